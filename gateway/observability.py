@@ -1,0 +1,60 @@
+"""Logging setup: structlog events, JSON lines (or a console renderer on a TTY), library loggers included.
+
+Events have fixed fields (``device``, ``endpoint``, ``tag``, ``error``); one event per state change, never
+one per sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal
+
+import structlog
+
+LogFormat = Literal["auto", "json", "console"]
+
+# Libraries that log a traceback per failed request or per reconnect attempt; we log the state change instead.
+_NOISY_LIBRARIES = ("asyncua", "pymodbus", "amqtt", "transitions")
+
+
+def configure_logging(*, level: str = "INFO", log_format: LogFormat = "auto") -> None:
+    """Route structlog and stdlib logging through one handler on stdout.
+
+    ``auto`` picks the console renderer when stdout is a terminal and JSON lines otherwise (systemd/journald).
+    """
+    use_console = log_format == "console" or (log_format == "auto" and sys.stdout.isatty())
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.stdlib.ExtraAdder(),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    renderer: structlog.types.Processor = (
+        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            # The console renderer prints exceptions itself; JSON needs them as a string field.
+            *([] if use_console else [structlog.processors.format_exc_info]),
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in _NOISY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # asyncua logs a traceback every second while a server is away; our sources log the state change instead.
+    logging.getLogger("asyncua.client.ua_client").setLevel(logging.CRITICAL)

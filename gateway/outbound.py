@@ -1,0 +1,139 @@
+"""Raw readings of one device -> MQTT messages: transform, topic, payload and ``seq`` per topic.
+
+Pure apart from the counters it keeps: the runtime passes ``now`` in and carries the messages out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from gateway.schema import (
+    STATUS_COMM_FAILURE,
+    EquipmentTopics,
+    Quality,
+    Sample,
+    TagMeta,
+    encode_batch_payload,
+    encode_equipment_status,
+    encode_meta,
+    encode_tag_payload,
+)
+from gateway.sources.base import RawReading
+from gateway.transform import TagRules, TagTransform
+
+
+class PublishMode(StrEnum):
+    TAG = "tag"
+    BATCH = "batch"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One MQTT message ready to publish."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TagOutput:
+    """What the outbound side needs to know of one tag."""
+
+    name: str
+    unit: str | None
+    rules: TagRules
+    meta: TagMeta
+
+
+class DeviceOutbound:
+    """Turns one device's raw readings into messages, keeping report-by-exception state and seq counters.
+
+    ``seq`` counts up by one per topic (per equipment for batches), starting at ``first_seq`` values given by
+    the caller, so a subscriber can see gaps and drop duplicates.
+    """
+
+    def __init__(
+        self,
+        *,
+        device: str,
+        protocol: str,
+        topics: EquipmentTopics,
+        mode: PublishMode,
+        interval_ms: int,
+        tags: Sequence[TagOutput],
+    ) -> None:
+        self.device = device
+        self.protocol = protocol
+        self.topics = topics
+        self.mode = mode
+        self.interval_ms = interval_ms
+        self._tags = {tag.name: tag for tag in tags}
+        self._units = {tag.name: tag.unit for tag in tags}
+        self._transforms = {
+            tag.name: TagTransform(device=device, tag=tag.name, rules=tag.rules) for tag in tags
+        }
+        self._tag_topics = {tag.name: topics.tag(tag.name) for tag in tags}
+        self._seq: dict[str, int] = {}
+        self.unknown_tags = 0  # readings for tags this device does not have (a source bug); counted, not raised
+
+    @property
+    def tag_names(self) -> list[str]:
+        return list(self._tags)
+
+    def _next_seq(self, topic: str) -> int:
+        seq = self._seq.get(topic, 0) + 1
+        self._seq[topic] = seq
+        return seq
+
+    def samples(self, readings: Iterable[RawReading], now: float) -> list[Sample]:
+        out: list[Sample] = []
+        transforms = self._transforms
+        for reading in readings:
+            transform = transforms.get(reading.tag)
+            if transform is None:
+                self.unknown_tags += 1
+                continue
+            sample = transform.apply(reading, now)
+            if sample is not None:
+                out.append(sample)
+        return out
+
+    def messages(self, readings: Iterable[RawReading], now: float) -> list[Message]:
+        samples = self.samples(readings, now)
+        if not samples:
+            return []
+        if self.mode is PublishMode.BATCH:
+            topic = self.topics.batch
+            payload = encode_batch_payload(samples, units=self._units, ts=now, seq=self._next_seq(topic))
+            return [Message(topic, payload)]
+        out: list[Message] = []
+        for sample in samples:
+            topic = self._tag_topics[sample.tag]
+            payload = encode_tag_payload(sample, unit=self._units[sample.tag], seq=self._next_seq(topic))
+            out.append(Message(topic, payload))
+        return out
+
+    def link_lost_readings(self, now: float) -> list[RawReading]:
+        """Every tag once with quality bad / comm_failure, for when the link to the PLC is lost."""
+        return [
+            RawReading(tag=name, value=None, ts=now, quality=Quality.BAD, status=STATUS_COMM_FAILURE)
+            for name in self._tags
+        ]
+
+    def status_message(self, *, connected: bool, since: float, error: str | None) -> Message:
+        return Message(
+            self.topics.status, encode_equipment_status(connected=connected, since=since, error=error), retain=True
+        )
+
+    def meta_message(self) -> Message:
+        payload = encode_meta(
+            device=self.device,
+            protocol=self.protocol,
+            tags=[tag.meta for tag in self._tags.values()],
+            publish_mode=self.mode.value,
+            interval_ms=self.interval_ms,
+        )
+        return Message(self.topics.meta, payload, retain=True)

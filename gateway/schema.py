@@ -1,0 +1,234 @@
+"""The normalised schema (version 1): Sample, Quality, topics and the JSON payload encoders.
+
+Everything here is pure: plain values in, bytes or strings out. Topics and payloads are a public API
+(see README "Topics and payloads"); change them only on purpose and bump ``SCHEMA_VERSION``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = 1
+
+Value = float | int | bool | str
+
+
+class Quality(StrEnum):
+    GOOD = "good"
+    UNCERTAIN = "uncertain"
+    BAD = "bad"
+
+
+# Status details used when quality is not good. OPC UA status names (e.g. "BadSensorFailure") are used as-is.
+STATUS_COMM_FAILURE = "comm_failure"
+STATUS_OUT_OF_RANGE = "out_of_range"
+STATUS_NOT_A_NUMBER = "not_a_number"
+STATUS_STALE = "stale"
+STATUS_DECODE_ERROR = "decode_error"
+
+
+def device_exception_status(exception_code: int) -> str:
+    """Status for a Modbus exception response, e.g. ``device_exception:2`` (illegal data address)."""
+    return f"device_exception:{exception_code}"
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One normalised reading of one tag.
+
+    ``ts`` is the source timestamp in seconds since the Unix epoch (UTC). ``value`` is None only when
+    quality is bad and no value could be read at all. ``status`` says why when quality is not good.
+    """
+
+    device: str
+    tag: str
+    value: Value | None
+    quality: Quality
+    ts: float
+    status: str | None = None
+
+
+# --------------------------------------------------------------------------------------------- topics
+
+_SEGMENT_FORBIDDEN = re.compile(r"[+#/\s\x00]")
+
+
+def topic_segment_problem(segment: str) -> str | None:
+    """Why ``segment`` cannot be one level of an MQTT topic, or None if it can.
+
+    Rejected: empty, wildcards ``+`` ``#``, ``/``, whitespace, NUL, and a leading ``$`` (reserved by brokers).
+    """
+    if not segment:
+        return "empty topic segment"
+    bad = _SEGMENT_FORBIDDEN.search(segment)
+    if bad:
+        shown = {" ": "a space", "\t": "a tab", "\n": "a newline", "\x00": "NUL"}.get(bad.group(), repr(bad.group()))
+        return f"topic segment {segment!r} contains {shown}"
+    if segment.startswith("$"):
+        return f"topic segment {segment!r} starts with '$' (reserved by MQTT brokers)"
+    return None
+
+
+def topic_path_problem(path: str) -> str | None:
+    """Why a slash-separated path (e.g. a tag name ``dryer/zone03/air_temperature``) is not a valid topic tail."""
+    for segment in path.split("/"):
+        problem = topic_segment_problem(segment)
+        if problem:
+            return problem
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class EquipmentTopics:
+    """The topics of one piece of equipment: ``{enterprise}/{site}/{area}/{line}/{equipment}/...``."""
+
+    base: str
+
+    @classmethod
+    def of(cls, *, enterprise: str, site: str, area: str, line: str, equipment: str) -> EquipmentTopics:
+        return cls(base=f"{enterprise}/{site}/{area}/{line}/{equipment}")
+
+    def tag(self, tag: str) -> str:
+        return f"{self.base}/{tag}"
+
+    @property
+    def batch(self) -> str:
+        return f"{self.base}/_batch"
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/_status"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.base}/_meta"
+
+
+def gateway_status_topic(*, enterprise: str, site: str, gateway_id: str) -> str:
+    return f"{enterprise}/{site}/_gateway/{gateway_id}/status"
+
+
+# ------------------------------------------------------------------------------------------- payloads
+
+
+def format_ts(ts: float) -> str:
+    """ISO 8601 UTC with milliseconds and ``Z``: ``2026-11-26T04:43:00.123Z``."""
+    whole = int(ts)
+    millis = round((ts - whole) * 1000)
+    if millis == 1000:
+        whole, millis = whole + 1, 0
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+
+
+def _json_value(value: Value | None) -> Value | None:
+    # JSON has no NaN/Infinity: a non-finite float is published as null (its quality is already bad).
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    return value
+
+
+def tag_payload_dict(
+    sample: Sample, *, unit: str | None, seq: int, historical: bool = False
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "value": _json_value(sample.value),
+        "unit": unit,
+        "quality": sample.quality.value,
+        "ts": format_ts(sample.ts),
+        "seq": seq,
+    }
+    if sample.quality is not Quality.GOOD and sample.status:
+        body["status"] = sample.status
+    if historical:
+        body["historical"] = True
+    return body
+
+
+def encode_tag_payload(sample: Sample, *, unit: str | None, seq: int, historical: bool = False) -> bytes:
+    """Per-tag payload: ``{"value", "unit", "quality", "ts", "seq"}`` (+ ``status``, ``historical``)."""
+    return orjson.dumps(tag_payload_dict(sample, unit=unit, seq=seq, historical=historical))
+
+
+def encode_batch_payload(
+    samples: Sequence[Sample],
+    *,
+    units: Mapping[str, str | None],
+    ts: float,
+    seq: int,
+    historical: bool = False,
+) -> bytes:
+    """Batch payload: ``{"ts", "seq", "samples": [{"tag", "value", "unit", "quality", "ts"[, "status"]}]}``."""
+    rows: list[dict[str, Any]] = []
+    for sample in samples:
+        row: dict[str, Any] = {
+            "tag": sample.tag,
+            "value": _json_value(sample.value),
+            "unit": units.get(sample.tag),
+            "quality": sample.quality.value,
+            "ts": format_ts(sample.ts),
+        }
+        if sample.quality is not Quality.GOOD and sample.status:
+            row["status"] = sample.status
+        rows.append(row)
+    body: dict[str, Any] = {"ts": format_ts(ts), "seq": seq, "samples": rows}
+    if historical:
+        body["historical"] = True
+    return orjson.dumps(body)
+
+
+def encode_equipment_status(*, connected: bool, since: float, error: str | None) -> bytes:
+    """Retained ``_status``: ``{"connected", "since", "error"}``."""
+    return orjson.dumps({"connected": connected, "since": format_ts(since), "error": error})
+
+
+@dataclass(frozen=True, slots=True)
+class TagMeta:
+    """One entry of an equipment's retained ``_meta`` catalogue."""
+
+    tag: str
+    type: str
+    unit: str | None = None
+    min: float | None = None
+    max: float | None = None
+    description: str | None = None
+    source: str | None = None  # e.g. "holding:1000" or "ns=2;s=Coater01.Line.Speed"
+
+
+def encode_meta(
+    *, device: str, protocol: str, tags: Iterable[TagMeta], publish_mode: str, interval_ms: int
+) -> bytes:
+    """Retained ``_meta``: the tag catalogue of one equipment."""
+    return orjson.dumps(
+        {
+            "schema": SCHEMA_VERSION,
+            "equipment": device,
+            "protocol": protocol,
+            "publish": publish_mode,
+            "interval_ms": interval_ms,
+            "tags": {
+                meta.tag: {
+                    "type": meta.type,
+                    "unit": meta.unit,
+                    "min": meta.min,
+                    "max": meta.max,
+                    "description": meta.description,
+                    "source": meta.source,
+                }
+                for meta in tags
+            },
+        }
+    )
+
+
+def encode_gateway_status(*, online: bool, gateway_id: str, ts: float, version: str) -> bytes:
+    """Retained gateway status; the MQTT will carries the same shape with ``online: false``."""
+    return orjson.dumps(
+        {"online": online, "gateway": gateway_id, "since": format_ts(ts), "version": version, "schema": SCHEMA_VERSION}
+    )

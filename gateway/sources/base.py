@@ -1,0 +1,33 @@
+"""What every source hands to the runtime: raw readings (before scaling/deadband) and link state.
+
+A source owns one client and one task per device (or per shared connection). It never blocks the loop
+on I/O without a timeout, never raises on bad data, and reports problems as readings with quality bad.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from gateway.schema import Quality, Value
+
+
+@dataclass(frozen=True, slots=True)
+class RawReading:
+    """One value as read from the PLC, before the transform (scale, range, deadband).
+
+    ``tag`` is the tag's name within its device. ``ts`` is the source timestamp (epoch seconds, UTC);
+    sources without one (Modbus) use the time the response arrived.
+    """
+
+    tag: str
+    value: Value | None
+    ts: float
+    quality: Quality = Quality.GOOD
+    status: str | None = None
+
+
+# Awaiting emit applies backpressure: it returns once the readings are queued for the sink.
+Emit = Callable[[Sequence[RawReading]], Awaitable[None]]
+# report_link(connected, error): called on every change of link state (not on every poll).
+ReportLink = Callable[[bool, str | None], None]

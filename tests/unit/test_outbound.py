@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import orjson
+
+from gateway.outbound import DeviceOutbound, PublishMode, TagOutput
+from gateway.schema import EquipmentTopics, Quality, TagMeta
+from gateway.sources.base import RawReading
+from gateway.transform import TagRules
+
+TOPICS = EquipmentTopics.of(enterprise="e", site="s", area="a", line="l", equipment="rack")
+
+
+def outbound(mode: PublishMode) -> DeviceOutbound:
+    tags = [
+        TagOutput(name="ch001/voltage", unit="V", rules=TagRules(), meta=TagMeta(tag="ch001/voltage", type="float32")),
+        TagOutput(name="ch001/temp", unit="Cel", rules=TagRules(scale=0.1, deadband=0.5),
+                  meta=TagMeta(tag="ch001/temp", type="int16", unit="Cel")),
+    ]
+    return DeviceOutbound(device="rack", protocol="modbus", topics=TOPICS, mode=mode, interval_ms=1000, tags=tags)
+
+
+def cycle(volts: float, temp_raw: int, ts: float) -> list[RawReading]:
+    return [RawReading(tag="ch001/voltage", value=volts, ts=ts), RawReading(tag="ch001/temp", value=temp_raw, ts=ts)]
+
+
+def test_tag_mode_seq_counts_per_topic_and_deadband_skips() -> None:
+    out = outbound(PublishMode.TAG)
+    first = out.messages(cycle(3.7, 250, 1.0), now=1.0)
+    second = out.messages(cycle(3.8, 252, 2.0), now=2.0)  # 25.2 vs 25.0: inside the 0.5 deadband
+    assert [m.topic for m in first] == ["e/s/a/l/rack/ch001/voltage", "e/s/a/l/rack/ch001/temp"]
+    assert [m.topic for m in second] == ["e/s/a/l/rack/ch001/voltage"]
+    assert [orjson.loads(m.payload)["seq"] for m in first + second] == [1, 1, 2]
+    assert orjson.loads(first[1].payload)["value"] == 25.0
+
+
+def test_batch_mode_one_message_per_cycle() -> None:
+    out = outbound(PublishMode.BATCH)
+    msgs = out.messages(cycle(3.7, 250, 1.0), now=1.0) + out.messages(cycle(3.7, 300, 2.0), now=2.0)
+    assert [m.topic for m in msgs] == ["e/s/a/l/rack/_batch"] * 2
+    bodies = [orjson.loads(m.payload) for m in msgs]
+    assert [b["seq"] for b in bodies] == [1, 2]
+    assert [row["tag"] for row in bodies[0]["samples"]] == ["ch001/voltage", "ch001/temp"]
+
+
+def test_link_lost_marks_every_tag_bad_once() -> None:
+    out = outbound(PublishMode.TAG)
+    out.messages(cycle(3.7, 250, 1.0), now=1.0)
+    lost = out.messages(out.link_lost_readings(now=2.0), now=2.0)
+    again = out.messages(out.link_lost_readings(now=3.0), now=3.0)
+    assert len(lost) == 2
+    assert {orjson.loads(m.payload)["quality"] for m in lost} == {"bad"}
+    assert {orjson.loads(m.payload)["status"] for m in lost} == {"comm_failure"}
+    assert again == []
+
+
+def test_unknown_tag_is_counted_not_raised() -> None:
+    out = outbound(PublishMode.TAG)
+    assert out.messages([RawReading(tag="nope", value=1, ts=0.0, quality=Quality.GOOD)], now=0.0) == []
+    assert out.unknown_tags == 1
+
+
+def test_status_and_meta_are_retained() -> None:
+    out = outbound(PublishMode.TAG)
+    status = out.status_message(connected=True, since=0.0, error=None)
+    meta = out.meta_message()
+    assert status.retain and meta.retain
+    assert orjson.loads(meta.payload)["tags"]["ch001/temp"]["unit"] == "Cel"
