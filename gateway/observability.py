@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 import structlog
 
@@ -18,12 +18,13 @@ LogFormat = Literal["auto", "json", "console"]
 _NOISY_LIBRARIES = ("asyncua", "pymodbus", "amqtt", "transitions")
 
 
-def configure_logging(*, level: str = "INFO", log_format: LogFormat = "auto") -> None:
+def configure_logging(*, level: str = "INFO", log_format: LogFormat = "auto", stream: TextIO | None = None) -> None:
     """Route structlog and stdlib logging through one handler on stdout.
 
     ``auto`` picks the console renderer when stdout is a terminal and JSON lines otherwise (systemd/journald).
     """
-    use_console = log_format == "console" or (log_format == "auto" and sys.stdout.isatty())
+    out = stream if stream is not None else sys.stdout
+    use_console = log_format == "console" or (log_format == "auto" and out.isatty())
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_logger_name,
@@ -49,7 +50,7 @@ def configure_logging(*, level: str = "INFO", log_format: LogFormat = "auto") ->
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

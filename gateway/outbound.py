@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
 from gateway.schema import (
     STATUS_COMM_FAILURE,
@@ -21,12 +20,10 @@ from gateway.schema import (
     encode_tag_payload,
 )
 from gateway.sources.base import RawReading
+from gateway.tagmap.model import PublishMode
 from gateway.transform import TagRules, TagTransform
 
-
-class PublishMode(StrEnum):
-    TAG = "tag"
-    BATCH = "batch"
+__all__ = ["DeviceOutbound", "Message", "PublishMode", "TagOutput"]
 
 
 @dataclass(frozen=True, slots=True)

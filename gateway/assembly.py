@@ -1,0 +1,295 @@
+"""Plan once: a validated ``Plant`` -> per-device outbound encoders, source tasks, MQTT options, a summary.
+
+This is the glue between the tag-map model and the protocol modules; it decides nothing at poll time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from gateway.outbound import DeviceOutbound, TagOutput
+from gateway.schema import EquipmentTopics, TagMeta
+from gateway.sinks.mqtt import MqttOptions
+from gateway.sources.base import Emit, ReportLink
+from gateway.sources.modbus import ModbusConnection, ModbusUnit, SerialEndpoint, TcpEndpoint
+from gateway.sources.modbus_plan import ModbusField, ReadLimits, ReadPlan, describe_plan, plan_reads
+from gateway.sources.opcua import OpcUaDeviceOptions, OpcUaSource, OpcUaTagRef
+from gateway.tagmap import Device, ModbusDevice, ModbusTag, OpcUaDevice, OpcUaTag, Plant, Transport
+from gateway.transform import TagRules
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceLink:
+    """Where one device's source sends its readings and link changes."""
+
+    emit: Emit
+    report_link: ReportLink
+
+
+@dataclass(frozen=True, slots=True)
+class SourceTask:
+    """One supervised task: a Modbus connection (one or more units) or one OPC UA device.
+
+    ``run`` builds a fresh client each time it is called, so a restart never reuses a broken one.
+    """
+
+    name: str
+    devices: tuple[str, ...]
+    run: Callable[[], Awaitable[None]]
+
+
+def active_devices(plant: Plant) -> list[Device]:
+    return [device for device in plant.devices if device.enabled]
+
+
+# ------------------------------------------------------------------------------------------ outbound
+
+
+def tag_source(tag: ModbusTag | OpcUaTag) -> str:
+    if isinstance(tag, ModbusTag):
+        bit = f".{tag.bit}" if tag.bit is not None else ""
+        return f"{tag.table.value}:{tag.address}{bit}"
+    return str(tag.node_id)
+
+
+def tag_type(tag: ModbusTag | OpcUaTag) -> str:
+    if tag.type is None:
+        return "variant"
+    return tag.type.value
+
+
+def build_outbound(plant: Plant, device: Device) -> DeviceOutbound:
+    topics = EquipmentTopics.of(
+        enterprise=plant.gateway.enterprise,
+        site=plant.gateway.site,
+        area=device.area,
+        line=device.line,
+        equipment=device.name,
+    )
+    tags: list[TagOutput] = []
+    for tag in device.tags:
+        rules = TagRules(
+            scale=tag.scale,
+            offset=tag.offset,
+            minimum=tag.min,
+            maximum=tag.max,
+            deadband=tag.deadband,
+            heartbeat_s=tag.heartbeat_s,
+        )
+        meta = TagMeta(
+            tag=tag.name,
+            type=tag_type(tag),
+            unit=tag.unit,
+            min=tag.min,
+            max=tag.max,
+            description=tag.description,
+            source=tag_source(tag),
+        )
+        tags.append(TagOutput(name=tag.name, unit=tag.unit, rules=rules, meta=meta))
+    return DeviceOutbound(
+        device=device.name,
+        protocol=device.protocol,
+        topics=topics,
+        mode=device.publish,
+        interval_ms=device.interval_ms,
+        tags=tags,
+    )
+
+
+# ------------------------------------------------------------------------------------------- modbus
+
+
+def modbus_plan(device: ModbusDevice) -> ReadPlan:
+    fields = [
+        ModbusField(
+            key=tag.name,
+            table=tag.table.value,
+            address=tag.address,
+            type=tag.type.value,
+            order=(tag.order or device.order).value,
+            bit=tag.bit,
+            width=tag.width,
+        )
+        for tag in device.tags
+    ]
+    limits = ReadLimits(
+        max_registers_per_read=device.max_registers_per_read,
+        max_bits_per_read=device.max_bits_per_read,
+        max_gap=device.max_gap,
+    )
+    return plan_reads(fields, unit_id=device.unit_id, limits=limits)
+
+
+def modbus_endpoint(device: ModbusDevice) -> TcpEndpoint | SerialEndpoint:
+    if device.transport is Transport.RTU:
+        serial = device.serial
+        assert serial is not None, "the tag map guarantees serial settings for rtu"
+        return SerialEndpoint(
+            port=serial.port,
+            baudrate=serial.baudrate,
+            parity=serial.parity,
+            stopbits=serial.stopbits,
+            bytesize=serial.bytesize,
+        )
+    assert device.host is not None, "the tag map guarantees a host for tcp"
+    return TcpEndpoint(host=device.host, port=device.port)
+
+
+def _modbus_tasks(devices: list[ModbusDevice], links: Mapping[str, DeviceLink]) -> list[SourceTask]:
+    # Several unit ids behind one TCP endpoint or one serial line share one client (one request at a time).
+    groups: dict[TcpEndpoint | SerialEndpoint, list[ModbusDevice]] = {}
+    for device in devices:
+        endpoint = modbus_endpoint(device)
+        key: TcpEndpoint | SerialEndpoint = endpoint
+        if isinstance(endpoint, SerialEndpoint):
+            # One serial port is one bus whatever its settings; the first device's line settings win.
+            key = next((k for k in groups if isinstance(k, SerialEndpoint) and k.port == endpoint.port), endpoint)
+        groups.setdefault(key, []).append(device)
+
+    tasks: list[SourceTask] = []
+    for endpoint, members in groups.items():
+        plans = {device.name: modbus_plan(device) for device in members}
+        timeout_ms = max(device.timeout_ms for device in members)
+
+        def run(
+            endpoint: TcpEndpoint | SerialEndpoint = endpoint,
+            members: list[ModbusDevice] = members,
+            plans: dict[str, ReadPlan] = plans,
+            timeout_ms: int = timeout_ms,
+        ) -> Awaitable[None]:
+            units = [
+                ModbusUnit(
+                    name=device.name,
+                    plan=plans[device.name],
+                    interval_ms=device.interval_ms,
+                    emit=links[device.name].emit,
+                    report_link=links[device.name].report_link,
+                )
+                for device in members
+            ]
+            return ModbusConnection(endpoint=endpoint, units=units, timeout_ms=timeout_ms).run()
+
+        tasks.append(
+            SourceTask(name=f"modbus[{endpoint}]", devices=tuple(d.name for d in members), run=run)
+        )
+    return tasks
+
+
+# -------------------------------------------------------------------------------------------- opcua
+
+
+def opcua_options(device: OpcUaDevice) -> OpcUaDeviceOptions:
+    return OpcUaDeviceOptions(
+        endpoint=device.endpoint,
+        namespace_uri=device.namespace,
+        mode=device.mode.value,
+        interval_ms=device.interval_ms,
+        sampling_interval_ms=device.sampling_interval_ms,
+        queue_size=device.queue_size,
+        timeout_ms=device.timeout_ms,
+        username=device.username,
+        password=device.password.get_secret_value() if device.password else None,
+    )
+
+
+def opcua_tag_refs(device: OpcUaDevice) -> list[OpcUaTagRef]:
+    refs: list[OpcUaTagRef] = []
+    for tag in device.tags:
+        node = tag.node_id
+        refs.append(
+            OpcUaTagRef(
+                name=tag.name,
+                kind=node.kind,
+                identifier=node.identifier,
+                namespace_uri=node.namespace_uri,
+                namespace_index=node.namespace_index,
+            )
+        )
+    return refs
+
+
+def _opcua_task(device: OpcUaDevice, link: DeviceLink) -> SourceTask:
+    options = opcua_options(device)
+    refs = opcua_tag_refs(device)
+
+    def run() -> Awaitable[None]:
+        source = OpcUaSource(device=device.name, options=options, tags=refs)
+        return source.run(link.emit, link.report_link)
+
+    return SourceTask(name=f"opcua[{device.name}]", devices=(device.name,), run=run)
+
+
+def build_sources(plant: Plant, links: Mapping[str, DeviceLink]) -> list[SourceTask]:
+    """One task per Modbus connection and per OPC UA device, for the enabled devices."""
+    devices = active_devices(plant)
+    tasks = _modbus_tasks([d for d in devices if isinstance(d, ModbusDevice)], links)
+    tasks += [_opcua_task(d, links[d.name]) for d in devices if isinstance(d, OpcUaDevice)]
+    return tasks
+
+
+# --------------------------------------------------------------------------------------------- mqtt
+
+
+def mqtt_options_for(
+    plant: Plant, *, will_topic: str, will_payload: bytes, online_payload: bytes | Callable[[], bytes]
+) -> MqttOptions:
+    mqtt = plant.mqtt
+    return MqttOptions(
+        host=mqtt.host,
+        port=mqtt.port,
+        tls=mqtt.tls,
+        ca_file=mqtt.ca_file,
+        cert_file=mqtt.cert_file,
+        key_file=mqtt.key_file,
+        username=mqtt.username,
+        password=mqtt.password.get_secret_value() if mqtt.password else None,
+        client_id=mqtt.client_id or f"cellgate-{plant.gateway.id}",
+        protocol=mqtt.protocol,
+        keepalive_s=mqtt.keepalive_s,
+        qos=mqtt.qos,
+        max_inflight=mqtt.max_inflight,
+        will_topic=will_topic,
+        will_payload=will_payload,
+        online_payload=online_payload,
+    )
+
+
+# ---------------------------------------------------------------------------------------- dry run
+
+
+def describe_plant(plant: Plant, *, list_tags: bool = False) -> str:
+    """What ``cellgate check`` prints: devices, tags, read plans per cycle, and (optionally) every topic."""
+    devices = active_devices(plant)
+    disabled = len(plant.devices) - len(devices)
+    mqtt = plant.mqtt
+    lines = [
+        f"tag map OK: {len(devices)} device(s), {sum(len(d.tags) for d in devices)} tag(s)"
+        + (f", {disabled} disabled device(s) skipped" if disabled else ""),
+        f"gateway {plant.gateway.id} ({plant.gateway.enterprise}/{plant.gateway.site}) -> "
+        f"{'mqtts' if mqtt.tls else 'mqtt'}://{mqtt.host}:{mqtt.port} qos {mqtt.qos}, MQTT {mqtt.protocol}",
+    ]
+    for device in devices:
+        outbound = build_outbound(plant, device)
+        base = outbound.topics.base
+        if isinstance(device, ModbusDevice):
+            endpoint = modbus_endpoint(device)
+            lines.append(
+                f"{base}: modbus {device.transport.value} {endpoint} unit {device.unit_id}, "
+                f"{len(device.tags)} tags every {device.interval_ms} ms, publish {device.publish.value}"
+            )
+            plan = modbus_plan(device)
+            lines.extend(f"  read {line}" for line in describe_plan(plan))
+            lines.append(f"  {len(plan.requests)} read request(s) per cycle")
+            lines.extend(f"  PROBLEM {problem}" for problem in plan.problems)
+        else:
+            lines.append(
+                f"{base}: opcua {device.mode.value} {device.endpoint}"
+                + (f" namespace {device.namespace}" if device.namespace else "")
+                + f", {len(device.tags)} tags every {device.interval_ms} ms, publish {device.publish.value}"
+            )
+        if list_tags:
+            for tag in device.tags:
+                unit = f" [{tag.unit}]" if tag.unit else ""
+                lines.append(f"    {base}/{tag.name} <- {tag_source(tag)} {tag_type(tag)}{unit}")
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""``cellgate run | check | sim | demo``: the command line. Thin: parse arguments, call into the package."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.errors import ConfigError
+
+EXIT_CONFIG_ERROR = 2
+DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+
+
+def _install_stop_signals(stop: asyncio.Event) -> None:
+    """The first SIGTERM/SIGINT starts a graceful stop; a second SIGINT exits at once."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    def on_sigint() -> None:
+        if stop.is_set():
+            raise SystemExit(130)
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+
+
+def _load_or_report(path: str) -> object:
+    from gateway.tagmap import load_plant
+
+    try:
+        return load_plant(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{path}: {len(exc.problems)} problem(s); nothing started", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG_ERROR) from None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.assembly import describe_plant
+    from gateway.tagmap import Plant
+
+    plant = _load_or_report(args.config)
+    assert isinstance(plant, Plant)
+    print(describe_plant(plant))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.observability import configure_logging
+    from gateway.runtime import Gateway
+    from gateway.tagmap import Plant
+
+    plant = _load_or_report(args.config)
+    assert isinstance(plant, Plant)
+    configure_logging(level=args.log_level, log_format=args.log_format)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _install_stop_signals(stop)
+        await Gateway(plant).run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from gateway.observability import configure_logging
+    from simulators.runner import run_simulators
+
+    configure_logging(level=args.log_level, log_format=args.log_format)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _install_stop_signals(stop)
+        await run_simulators(
+            opcua_port=args.opcua_port,
+            modbus_port=args.modbus_port,
+            channels=args.channels,
+            seed=args.seed,
+            speedup=args.speedup,
+            stop=stop,
+        )
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(config=args.config, broker_url=args.broker, view=not args.no_view)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cellgate", description="Battery-plant PLC data to MQTT.")
+    parser.add_argument("--version", action="version", version=f"cellgate {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add_logging(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+        sub.add_argument(
+            "--log-format", choices=("auto", "json", "console"), default="auto",
+            help="JSON lines, or a console renderer (auto: console on a terminal)",
+        )
+
+    run = commands.add_parser("run", help="run the gateway on a tag map until SIGTERM/SIGINT")
+    run.add_argument("-c", "--config", required=True, help="tag-map YAML file")
+    add_logging(run)
+    run.set_defaults(func=cmd_run)
+
+    check = commands.add_parser("check", help="validate a tag map and print what would be read and published")
+    check.add_argument("-c", "--config", required=True, help="tag-map YAML file")
+    check.set_defaults(func=cmd_check)
+
+    sim = commands.add_parser("sim", help="run the equipment simulators (coater over OPC UA, rack over Modbus)")
+    sim.add_argument("--opcua-port", type=int, default=4840)
+    sim.add_argument("--modbus-port", type=int, default=5020)
+    sim.add_argument("--channels", type=int, default=16, help="formation rack channels (default 16)")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--speedup", type=float, default=1.0, help="time acceleration factor (default 1)")
+    add_logging(sim)
+    sim.set_defaults(func=cmd_sim)
+
+    demo = commands.add_parser("demo", help="simulators + embedded MQTT broker + gateway, with a live view")
+    demo.add_argument("-c", "--config", default=str(DEFAULT_DEMO_CONFIG), help="tag map (default config/demo.yaml)")
+    demo.add_argument("--broker", default=None, help="use this broker (mqtt://host:port) instead of the embedded one")
+    demo.add_argument("--no-view", action="store_true", help="no live view; log instead")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

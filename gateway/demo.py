@@ -1,0 +1,274 @@
+"""``cellgate demo``: simulators + an embedded MQTT broker + the gateway, with a live view of the latest values.
+
+Everything binds 127.0.0.1. The ports in the tag map (config/demo.yaml: OPC UA 4840, Modbus 5020, MQTT 1883)
+are used when free; a busy one is replaced by a free port and the tag map is adjusted to match, so the demo
+starts even next to a running Mosquitto. ``--broker URL`` uses a real broker instead of the embedded one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import structlog
+
+from gateway.errors import ConfigError
+from gateway.observability import configure_logging
+from gateway.runtime import Gateway
+from gateway.tagmap import ModbusDevice, MqttSection, OpcUaDevice, Plant, load_plant
+
+log = structlog.get_logger("cellgate.demo")
+
+LOCALHOST = "127.0.0.1"
+VIEW_INTERVAL_S = 1.0
+TAGS_SHOWN_PER_EQUIPMENT = 12
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((LOCALHOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOCALHOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _with_port(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or LOCALHOST
+    return urlunsplit((parts.scheme, f"{host}:{port}", parts.path, parts.query, parts.fragment))
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPorts:
+    opcua: int
+    modbus: int
+    broker: int
+
+
+def choose_ports(plant: Plant) -> DemoPorts:
+    """The demo tag map's simulator ports, or free ones where those are busy."""
+    opcua = next((urlsplit(d.endpoint).port or 4840 for d in plant.devices if isinstance(d, OpcUaDevice)), 4840)
+    modbus = next((d.port for d in plant.devices if isinstance(d, ModbusDevice)), 5020)
+    broker = plant.mqtt.port
+    return DemoPorts(
+        opcua=opcua if port_is_free(opcua) else free_port(),
+        modbus=modbus if port_is_free(modbus) else free_port(),
+        broker=broker if port_is_free(broker) else free_port(),
+    )
+
+
+def retarget_plant(plant: Plant, ports: DemoPorts, *, broker_url: str | None) -> Plant:
+    """The same tag map pointed at the demo's simulators and broker."""
+    devices: list[OpcUaDevice | ModbusDevice] = []
+    for device in plant.devices:
+        if isinstance(device, OpcUaDevice):
+            devices.append(device.model_copy(update={"endpoint": _with_port(device.endpoint, ports.opcua)}))
+        else:
+            devices.append(device.model_copy(update={"port": ports.modbus}))
+    if broker_url is None:
+        # amqtt speaks MQTT 3.1.1 only.
+        mqtt: MqttSection = plant.mqtt.model_copy(
+            update={"url": f"mqtt://{LOCALHOST}:{ports.broker}", "protocol": "3.1.1"}
+        )
+    else:
+        mqtt = plant.mqtt.model_copy(update={"url": broker_url})
+    return plant.model_copy(update={"devices": tuple(devices), "mqtt": mqtt})
+
+
+# ---------------------------------------------------------------------------------------- live view
+
+
+@dataclass(slots=True)
+class LiveView:
+    """Latest payload per topic, fed from the subscriber thread; rendered by the event loop."""
+
+    prefix: str
+    latest: dict[str, dict[str, Any]] = field(default_factory=dict)
+    messages: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, topic: str, payload: bytes) -> None:
+        try:
+            body = orjson.loads(payload) if payload else {}
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(body, dict):
+            return
+        with self.lock:
+            self.latest[topic] = body
+            self.messages += 1
+
+    def snapshot(self) -> tuple[dict[str, dict[str, Any]], int]:
+        with self.lock:
+            return dict(self.latest), self.messages
+
+
+def _format_value(body: Mapping[str, Any]) -> str:
+    value = body.get("value")
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    unit = body.get("unit")
+    if unit:
+        text += f" {unit}"
+    if body.get("quality") not in (None, "good"):
+        text += f" ({body.get('quality')}: {body.get('status')})"
+    return text
+
+
+def render_view(latest: Mapping[str, Mapping[str, Any]], *, prefix: str, messages: int, rate: float) -> str:
+    """A compact text view: one block per equipment with its link state and the first few tags."""
+    equipment: dict[str, dict[str, Mapping[str, Any]]] = {}
+    statuses: dict[str, Mapping[str, Any]] = {}
+    gateway_line = "gateway: unknown"
+    for topic, body in latest.items():
+        if not topic.startswith(prefix + "/"):
+            continue
+        rest = topic[len(prefix) + 1 :]
+        if rest.startswith("_gateway/"):
+            gateway_line = f"gateway {rest.split('/')[1]}: {'online' if body.get('online') else 'OFFLINE'}"
+            continue
+        parts = rest.split("/")
+        if len(parts) < 4:
+            continue
+        key = "/".join(parts[:3])
+        tag = "/".join(parts[3:])
+        if tag == "_status":
+            statuses[key] = body
+        elif tag in ("_meta", "_batch"):
+            continue
+        else:
+            equipment.setdefault(key, {})[tag] = body
+    lines = [f"{prefix}  {gateway_line}  {messages} messages ({rate:.0f}/s)  Ctrl-C stops the demo"]
+    for key in sorted(set(equipment) | set(statuses)):
+        tags = equipment.get(key, {})
+        status = statuses.get(key, {})
+        state = "connected" if status.get("connected") else f"DISCONNECTED ({status.get('error')})"
+        lines.append("")
+        lines.append(f"{key}  [{state}]  {len(tags)} tags seen")
+        shown = sorted(tags)[:TAGS_SHOWN_PER_EQUIPMENT]
+        cells = [f"{tag[-28:]:>28} = {_format_value(tags[tag]):<18}" for tag in shown]
+        for row in range(0, len(cells), 2):
+            lines.append("  " + "  ".join(cells[row : row + 2]))
+        if len(tags) > len(shown):
+            lines.append(f"  ... and {len(tags) - len(shown)} more")
+    return "\n".join(lines)
+
+
+def _start_subscriber(host: str, port: int, protocol: str, view: LiveView) -> Any:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+    version = MQTTProtocolVersion.MQTTv5 if protocol == "5" else MQTTProtocolVersion.MQTTv311
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cellgate-demo-view-{time.time_ns()}",
+                         protocol=version)
+
+    def on_connect(c: Any, _u: Any, _f: Any, _rc: Any, _p: Any = None) -> None:
+        c.subscribe(view.prefix + "/#", qos=0)
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        view.record(msg.topic, msg.payload)
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.reconnect_delay_set(min_delay=1, max_delay=5)
+    client.connect_async(host, port, keepalive=30)
+    client.loop_start()
+    return client
+
+
+async def _show(view: LiveView, stop: asyncio.Event) -> None:
+    tty = sys.stdout.isatty()
+    last_count, last_time = 0, time.monotonic()
+    every = VIEW_INTERVAL_S if tty else 5.0
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+        latest, count = view.snapshot()
+        now = time.monotonic()
+        rate = (count - last_count) / max(now - last_time, 1e-6)
+        last_count, last_time = count, now
+        text = render_view(latest, prefix=view.prefix, messages=count, rate=rate)
+        if tty:
+            sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
+        else:
+            sys.stdout.write(text + "\n\n")
+        sys.stdout.flush()
+
+
+async def _embedded_broker(port: int) -> Any:
+    from amqtt.broker import Broker
+
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"{LOCALHOST}:{port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+    )
+    await broker.start()
+    return broker
+
+
+async def _demo(plant: Plant, *, broker_url: str | None, view_enabled: bool) -> None:
+    from simulators.runner import run_simulators
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    ports = choose_ports(plant)
+    plant = retarget_plant(plant, ports, broker_url=broker_url)
+    broker = await _embedded_broker(ports.broker) if broker_url is None else None
+    prefix = f"{plant.gateway.enterprise}/{plant.gateway.site}"
+    print(
+        f"cellgate demo: OPC UA opc.tcp://{LOCALHOST}:{ports.opcua}/  Modbus {LOCALHOST}:{ports.modbus}  "
+        f"MQTT mqtt://{plant.mqtt.host}:{plant.mqtt.port} ({'embedded' if broker else 'external'})\n"
+        f"  try: mosquitto_sub -h {plant.mqtt.host} -p {plant.mqtt.port} -t '{prefix}/#' -v",
+        flush=True,
+    )
+    view = LiveView(prefix=prefix)
+    subscriber = _start_subscriber(plant.mqtt.host, plant.mqtt.port, plant.mqtt.protocol, view)
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(
+                run_simulators(opcua_port=ports.opcua, modbus_port=ports.modbus, stop=stop), name="demo.simulators"
+            )
+            group.create_task(Gateway(plant).run(stop), name="demo.gateway")
+            if view_enabled:
+                group.create_task(_show(view, stop), name="demo.view")
+    finally:
+        subscriber.loop_stop()
+        subscriber.disconnect()
+        if broker is not None:
+            await broker.shutdown()
+
+
+def run_demo(*, config: str, broker_url: str | None, view: bool) -> int:
+    try:
+        plant = load_plant(config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    # The live view owns stdout; log state changes (warnings and up) to stderr, or everything when there is no view.
+    configure_logging(level="WARNING" if view else "INFO", log_format="auto", stream=sys.stderr)
+    asyncio.run(_demo(plant, broker_url=broker_url, view_enabled=view))
+    return 0

@@ -1,0 +1,408 @@
+"""Modbus TCP / RTU source: one pymodbus client per connection, polling the read plans of its units.
+
+A ``ModbusConnection`` owns one TCP host:port or one serial port. Several Modbus units (device ids) behind it,
+e.g. the drives of an RS-485 line or the slots of a gateway, share the client; each unit is one Cellgate device
+with its own plan, poll interval, ``emit`` and ``report_link``. Everything protocol-specific (which registers,
+how to decode them) was decided by ``modbus_plan``; this module only carries out the reads.
+
+Reconnecting is ours, not pymodbus's: its background reconnect never starts when the *first* connect fails and
+has no jitter, so the client is built with ``reconnect_delay=0`` and one supervisor task (tenacity, exponential
+backoff with jitter, capped) connects at start and again whenever the link drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Protocol, Self
+
+import structlog
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
+
+from gateway.errors import SourceError
+from gateway.schema import STATUS_COMM_FAILURE, STATUS_DECODE_ERROR, Quality, device_exception_status
+from gateway.sources.base import Emit, RawReading, ReportLink
+from gateway.sources.modbus_plan import ReadPlan, ReadRequest, Table, failed_readings
+
+# Added to the client's own timeout so the library, not our guard, normally reports the timeout.
+_GUARD_MARGIN_S = 0.5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TcpEndpoint:
+    """Modbus TCP server (a PLC, or a gateway in front of serial devices)."""
+
+    host: str
+    port: int = 502
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SerialEndpoint:
+    """Modbus RTU line on a serial port (RS-485/RS-232 adapter)."""
+
+    port: str
+    baudrate: int = 19200
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+
+    def __str__(self) -> str:
+        return f"{self.port}@{self.baudrate}/{self.bytesize}{self.parity}{self.stopbits}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModbusUnit:
+    """One Cellgate device behind a connection: a Modbus unit id (inside ``plan``) polled every ``interval_ms``.
+
+    ``name`` is the device name, used in logs, task names and ``ModbusConnection.stats``.
+    """
+
+    name: str
+    plan: ReadPlan
+    interval_ms: int
+    emit: Emit
+    report_link: ReportLink
+
+
+@dataclass(slots=True)
+class UnitStats:
+    """Counters of one unit's poll loop (read by metrics; never reset)."""
+
+    cycles: int = 0
+    # Cycles whose reads and emit ended after the next deadline.
+    overruns: int = 0
+    # Deadlines dropped to catch up after overruns (we skip ahead instead of polling in a burst).
+    skipped_cycles: int = 0
+    comm_failures: int = 0
+    exception_responses: int = 0
+    request_errors: int = 0
+
+
+class _ReadResponse(Protocol):
+    registers: list[int]
+    bits: list[bool]
+
+    def isError(self) -> bool: ...  # noqa: N802  (pymodbus's name)
+
+
+_Reader = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class _CommFailure:
+    """No usable answer: timeout or connection problem. Marks the whole unit bad."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _RequestFailure:
+    """The library refused or mangled one request (e.g. a count check); only that request's tags are bad."""
+
+    reason: str
+
+
+class _LinkState:
+    """Calls ``report_link`` once per change of a unit's link state (not on every poll)."""
+
+    __slots__ = ("_connected", "_log", "_report")
+
+    def __init__(self, report: ReportLink, log: Any) -> None:
+        self._report = report
+        self._log = log
+        self._connected: bool | None = None  # unknown until the first poll, which always reports
+
+    def up(self) -> None:
+        if self._connected is not True:
+            self._connected = True
+            self._log.info("modbus_link_up")
+            self._report(True, None)
+
+    def down(self, reason: str) -> None:
+        if self._connected is not False:
+            self._connected = False
+            self._log.warning("modbus_link_down", error=reason)
+            self._report(False, reason)
+
+
+class ModbusConnection:
+    """Poller of one Modbus TCP connection or serial line, serving one or more units.
+
+    Use ``await connection.run()`` (runs until cancelled) or ``async with connection:`` (runs in a background
+    task owned by the context). Per unit, every ``interval_ms`` (fixed rate: next deadline = previous deadline +
+    interval), each request of its plan is read and the readings are emitted in one batch:
+
+    * answer -> decoded raw readings (``ts`` = arrival time);
+    * exception response -> that request's tags bad, status ``device_exception:N``, the others unaffected;
+    * timeout / connection error -> every tag of the unit bad, status ``comm_failure``, the rest of the cycle
+      skipped, and ``report_link(False, reason)`` once; the next answer reports ``report_link(True, None)``.
+
+    ``timeout_ms`` is the client's per-request timeout (one client serves every unit, so the glue passes the
+    largest ``timeout_ms`` of the units). ``retries`` is pymodbus's resend count on no answer; 0 keeps the
+    timing simple: the next poll is the retry.
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint: TcpEndpoint | SerialEndpoint,
+        units: Sequence[ModbusUnit],
+        timeout_ms: int = 1000,
+        retries: int = 0,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        names = [unit.name for unit in units]
+        if len(set(names)) != len(names):
+            raise ValueError(f"unit names must be unique on one connection: {names}")
+        if timeout_ms < 1:
+            raise ValueError(f"timeout_ms must be >= 1, not {timeout_ms}")
+        for unit in units:
+            if unit.interval_ms < 1:
+                raise ValueError(f"{unit.name}: interval_ms must be >= 1, not {unit.interval_ms}")
+        self.endpoint = endpoint
+        self.units = tuple(units)
+        self.stats: dict[str, UnitStats] = {unit.name: UnitStats() for unit in units}
+        self._timeout_s = timeout_ms / 1000
+        self._retries = retries
+        self._guard_s = self._timeout_s * (retries + 1) + _GUARD_MARGIN_S
+        self._reconnect_min_s = reconnect_min_s
+        self._reconnect_max_s = reconnect_max_s
+        self._clock = clock
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._readers: dict[Table, _Reader] = {}
+        # One request on the wire at a time per client (the Modbus spec allows no more on a serial line, and
+        # pymodbus serialises anyway); taken outside the timeout so queueing behind another unit is not a timeout.
+        self._request_lock = asyncio.Lock()
+        self._link_lost = asyncio.Event()
+        # Polls start once the first connect attempt is over, so a healthy start never reports a link down.
+        self._first_attempt_done = asyncio.Event()
+        self._last_connect_error: str | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._log = structlog.get_logger(__name__).bind(endpoint=str(endpoint))
+        # pymodbus logs every failed request with a frame dump; we log one event per state change instead.
+        logging.getLogger("pymodbus").setLevel(logging.WARNING)
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        self._runner = asyncio.create_task(self.run(), name=f"modbus[{self.endpoint}]")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+    async def run(self) -> None:
+        """Connect (retrying forever with backoff) and poll every unit until cancelled."""
+        client = self._build_client()
+        self._client = client
+        self._readers = {
+            "holding": client.read_holding_registers,
+            "input": client.read_input_registers,
+            "coil": client.read_coils,
+            "discrete": client.read_discrete_inputs,
+        }
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._keep_connected(client), name=f"modbus[{self.endpoint}].connect")
+                for unit in self.units:
+                    tasks.create_task(self._poll_unit(client, unit), name=f"device[{unit.name}].poll")
+        finally:
+            client.close()
+            self._client = None
+
+    def _build_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        endpoint = self.endpoint
+        if isinstance(endpoint, TcpEndpoint):
+            return AsyncModbusTcpClient(
+                endpoint.host,
+                port=endpoint.port,
+                timeout=self._timeout_s,
+                retries=self._retries,
+                reconnect_delay=0,  # we reconnect (see module docstring)
+                trace_connect=self._on_link_change,
+            )
+        return AsyncModbusSerialClient(
+            endpoint.port,
+            framer=FramerType.RTU,
+            baudrate=endpoint.baudrate,
+            parity=endpoint.parity,
+            stopbits=endpoint.stopbits,
+            bytesize=endpoint.bytesize,
+            timeout=self._timeout_s,
+            retries=self._retries,
+            reconnect_delay=0,
+            trace_connect=self._on_link_change,
+        )
+
+    def _on_link_change(self, up: bool) -> None:
+        if not up:
+            self._link_lost.set()
+
+    # ------------------------------------------------------------------------------------------ connecting
+
+    async def _keep_connected(self, client: AsyncModbusTcpClient | AsyncModbusSerialClient) -> None:
+        while True:
+            # Cleared before connecting, so a drop right after the connect is not missed.
+            self._link_lost.clear()
+            if not client.connected:
+                await self._connect(client)
+            await self._link_lost.wait()
+
+    async def _connect(self, client: AsyncModbusTcpClient | AsyncModbusSerialClient) -> None:
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(SourceError),
+            wait=wait_exponential_jitter(
+                multiplier=self._reconnect_min_s, max=self._reconnect_max_s, jitter=self._reconnect_min_s
+            ),
+            stop=stop_never,
+            reraise=True,
+            before_sleep=self._log_connect_retry,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._connect_once(client)
+        self._last_connect_error = None
+        self._log.info("modbus_connected")
+
+    async def _connect_once(self, client: AsyncModbusTcpClient | AsyncModbusSerialClient) -> None:
+        client.close()  # drop a half-dead transport before opening a new one
+        try:
+            ok = await client.connect()
+        except Exception as exc:  # serial open errors and the like: retried like a refused connect
+            self._last_connect_error = f"cannot connect to {self.endpoint}: {exc}"
+            raise SourceError(self._last_connect_error) from exc
+        finally:
+            self._first_attempt_done.set()
+        if not ok:  # pymodbus returns False instead of raising (refused, unreachable, timeout)
+            self._last_connect_error = f"cannot connect to {self.endpoint}"
+            raise SourceError(self._last_connect_error)
+
+    def _log_connect_retry(self, state: RetryCallState) -> None:
+        # One line per attempt; attempts are spaced by the growing backoff, so this stays rare.
+        wait_s = state.next_action.sleep if state.next_action else None
+        self._log.warning("modbus_connect_failed", attempt=state.attempt_number, retry_in_s=wait_s,
+                          error=self._last_connect_error)  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------- polling
+
+    async def _poll_unit(self, client: AsyncModbusTcpClient | AsyncModbusSerialClient, unit: ModbusUnit) -> None:
+        loop = asyncio.get_running_loop()
+        interval = unit.interval_ms / 1000
+        stats = self.stats[unit.name]
+        log = self._log.bind(device=unit.name, unit_id=unit.plan.unit_id)
+        if not unit.plan.requests:
+            log.warning("modbus_unit_has_nothing_to_read", problems=[str(p) for p in unit.plan.problems])
+            return
+        link = _LinkState(unit.report_link, log)
+        await self._first_attempt_done.wait()
+        deadline = loop.time()
+        while True:
+            readings = await self._poll_once(client, unit, link, stats, log)
+            if readings:
+                await unit.emit(readings)
+            stats.cycles += 1
+            deadline += interval
+            now = loop.time()
+            if now > deadline:
+                # Overran into the next slot: skip to the first future deadline rather than poll in a burst.
+                stats.overruns += 1
+                missed = int((now - deadline) // interval) + 1
+                stats.skipped_cycles += missed
+                deadline += missed * interval
+            await asyncio.sleep(deadline - now)
+
+    async def _poll_once(
+        self,
+        client: AsyncModbusTcpClient | AsyncModbusSerialClient,
+        unit: ModbusUnit,
+        link: _LinkState,
+        stats: UnitStats,
+        log: Any,
+    ) -> list[RawReading]:
+        if not client.connected:
+            reason = self._last_connect_error or f"not connected to {self.endpoint}"
+            return self._unit_failed(unit, link, stats, reason)
+        readings: list[RawReading] = []
+        for request in unit.plan.requests:
+            outcome = await self._execute(unit.plan.unit_id, request)
+            ts = self._clock()
+            if isinstance(outcome, _CommFailure):
+                return self._unit_failed(unit, link, stats, outcome.reason)
+            if isinstance(outcome, _RequestFailure):
+                stats.request_errors += 1
+                log.warning("modbus_request_error", table=request.table, start=request.start,
+                            count=request.count, error=outcome.reason)  # fmt: skip
+                readings += failed_readings(request, ts=ts, status=STATUS_DECODE_ERROR)
+                continue
+            if outcome.isError():
+                # The device answered, so the link is fine; only this block is refused (e.g. code 2, bad address).
+                stats.exception_responses += 1
+                code = getattr(outcome, "exception_code", 0)
+                readings += failed_readings(request, ts=ts, status=device_exception_status(code))
+            else:
+                values = outcome.bits if request.reads_bits else outcome.registers
+                readings += request.decode(values, ts=ts)
+        link.up()
+        return readings
+
+    def _unit_failed(self, unit: ModbusUnit, link: _LinkState, stats: UnitStats, reason: str) -> list[RawReading]:
+        stats.comm_failures += 1
+        link.down(reason)
+        ts = self._clock()
+        return [
+            RawReading(tag=key, value=None, ts=ts, quality=Quality.BAD, status=STATUS_COMM_FAILURE)
+            for key in unit.plan.keys
+        ]
+
+    async def _execute(self, unit_id: int, request: ReadRequest) -> _ReadResponse | _CommFailure | _RequestFailure:
+        read = self._readers[request.table]
+        try:
+            async with self._request_lock:
+                response: _ReadResponse = await asyncio.wait_for(
+                    read(request.start, count=request.count, device_id=unit_id), timeout=self._guard_s
+                )
+        except (ConnectionException, ModbusIOException) as exc:
+            if not self.connected:
+                self._link_lost.set()
+            return _CommFailure(_reason(exc))
+        except TimeoutError:
+            return _CommFailure(f"no answer within {self._guard_s:.1f} s")
+        except OSError as exc:
+            self._link_lost.set()
+            return _CommFailure(_reason(exc))
+        except (ValueError, ModbusException) as exc:  # client-side count checks, malformed frames
+            return _RequestFailure(_reason(exc))
+        except Exception as exc:  # never let one odd response kill the poller
+            return _RequestFailure(f"{type(exc).__name__}: {exc}")
+        if response is None or not hasattr(response, "isError"):
+            return _RequestFailure(f"unexpected response {response!r}")
+        return response
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text or type(exc).__name__

@@ -1,0 +1,529 @@
+"""OPC UA source: one asyncua Client per device, subscription or batched Read, rebuilt on every link loss.
+
+Why a fresh Client per connection instead of asyncua's ``auto_reconnect``: auto-reconnect re-creates the
+subscriptions with the *old* NodeIds, but a restarted server may have registered its namespaces in a
+different order, so ``ns=2`` can now be another namespace and values would land on the wrong tags
+(and opcua-asyncio #1660 reports ``connect()`` hanging when a Client is reused after a blackhole). So:
+
+    connect (tenacity: exponential backoff + jitter, each attempt bounded by ``timeout_ms``)
+      → read NamespaceArray, resolve every tag's namespace URI to today's index (pure: ``plan_nodes``)
+      → subscribe (sync handler → bounded queue → consumer task → emit) or poll (fixed rate, chunked Read)
+      → wait for loss: ``connection_lost_callback`` (asyncua's supervisor probe / socket close),
+        a bad ``status_change_notification``, a failed Read, or our own subscription-silence watchdog
+      → tear the client down, report_link(False, reason) once, emit ``comm_failure`` for every tag once,
+        and start again with a NEW Client.
+
+Every network call is bounded by ``timeout_ms``. Nothing here raises on bad data: problems become readings
+with quality bad (see ``opcua_status`` for the status strings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.common.node import Node
+from asyncua.common.subscription import DataChangeNotif, Subscription
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uaerrors import UaStatusCodeError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
+
+from gateway.schema import STATUS_COMM_FAILURE
+from gateway.sources.base import Emit, RawReading, ReportLink
+from gateway.sources.opcua_status import (
+    NodePlan,
+    OpcUaDeviceOptions,
+    OpcUaTagRef,
+    bad_readings,
+    max_nodes_per_read,
+    next_deadline,
+    plan_nodes,
+    quality_of_status,
+    readings_from_data_value,
+    status_name,
+    subscription_timing,
+)
+
+__all__ = ["OpcUaDeviceOptions", "OpcUaSource", "OpcUaSourceStats", "OpcUaTagRef", "quiet_asyncua_loggers"]
+
+log = structlog.get_logger("cellgate.opcua")
+
+# Orphaned sessions (a link that died before CloseSession) hold a slot on the PLC until this expires.
+# asyncua's default is one hour; PLCs often allow only a handful of sessions.
+SESSION_TIMEOUT_MS = 60_000
+# The subscription is declared dead when no publish response (data or keep-alive) came for this many
+# keep-alive periods. asyncua's own stale watchdog tries to re-create it after 1.5 periods first.
+SILENCE_KEEPALIVES = 3
+NOTIFICATION_QUEUE_SIZE = 10_000
+EMIT_BATCH_MAX = 1_000
+
+# Exceptions that mean "this connection is unusable" (asyncua raises plain ConnectionError/TimeoutError,
+# OSError from the socket, UaError subclasses for service faults).
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ua.uaerrors.UaError)
+
+
+def quiet_asyncua_loggers() -> None:
+    """asyncua logs INFO per request, and while a server is away an ERROR traceback per publish retry
+    (``ua_session``: "Publish iteration crashed", every second) and a WARNING per call on a closed
+    connection (``ua_client``). We log the state change once instead (``opcua_link_down``)."""
+    logging.getLogger("asyncua").setLevel(logging.WARNING)
+    logging.getLogger("asyncua.client.ua_session").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncua.client.ua_client").setLevel(logging.CRITICAL)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, stable reason for ``report_link`` / logs: the OPC UA status name or the exception text."""
+    if isinstance(exc, UaStatusCodeError):
+        return status_name(exc.code)
+    if isinstance(exc, TimeoutError):
+        return "timeout"  # asyncio's TimeoutError has no message
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass(slots=True)
+class OpcUaSourceStats:
+    """Counters an operator wants to see (exported as metrics by the runtime)."""
+
+    connects: int = 0
+    connect_failures: int = 0
+    link_losses: int = 0
+    notifications: int = 0
+    queue_overflow_dropped: int = 0  # subscription readings dropped (oldest first) because the queue was full
+    queue_dropped_at_stop: int = 0  # readings still queued when the source was cancelled
+    polls: int = 0
+    poll_overruns: int = 0  # poll ticks skipped because a poll (or emit) took longer than interval_ms
+    read_requests: int = 0
+    read_chunk_reductions: int = 0  # BadTooManyOperations from a server that under-reports MaxNodesPerRead
+
+
+class _EmitError(Exception):
+    """Carries an exception raised by ``emit`` past the "any library error = link loss" handler."""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(repr(original))
+        self.original = original
+
+
+async def _emit_checked(emit: Emit, readings: Sequence[RawReading]) -> None:
+    try:
+        await emit(readings)
+    except Exception as exc:
+        raise _EmitError(exc) from exc
+
+
+class _LinkWatch:
+    """Collects the first reason a connection is lost, from any of the asyncua callbacks."""
+
+    def __init__(self) -> None:
+        self.lost = asyncio.Event()
+        self.reason: str | None = None
+
+    def lose(self, reason: str) -> None:
+        if not self.lost.is_set():
+            self.reason = reason
+            self.lost.set()
+
+    async def on_connection_lost(self, exc: Exception) -> None:  # asyncua's connection_lost_callback
+        self.lose(f"connection lost: {describe_error(exc)}")
+
+
+class _DataChangeHandler:
+    """asyncua subscription handler. SYNC on purpose: asyncua runs each call in its own task, and a sync
+    handler that only converts and ``put_nowait``s keeps arrival order and never blocks the publish loop."""
+
+    def __init__(
+        self,
+        *,
+        tags_by_node: dict[ua.NodeId, tuple[str, ...]],
+        push: Callable[[Sequence[RawReading]], None],
+        watch: _LinkWatch,
+        stats: OpcUaSourceStats,
+    ) -> None:
+        self._tags_by_node = tags_by_node
+        self._push = push
+        self._watch = watch
+        self._stats = stats
+        self.closed = False  # set at teardown: late dispatch tasks of a dead client must not emit anymore
+
+    def datachange_notification(self, node: Node, val: object, data: DataChangeNotif) -> None:
+        if self.closed:
+            return
+        tags = self._tags_by_node.get(node.nodeid)
+        if tags is None:
+            return
+        self._stats.notifications += 1
+        self._push(readings_from_data_value(tags, data.monitored_item.Value, received_at=time.time()))
+
+    def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
+        # BadShutdown (link lost), BadTimeout (subscription expired on the server), ...: resubscribe from scratch.
+        code = status.Status
+        if code is not None and not code.is_good():
+            self._watch.lose(f"subscription status {status_name(code.value)}")
+
+
+class OpcUaSource:
+    """Reads one OPC UA device and hands RawReadings to ``emit`` until cancelled.
+
+    ``tags`` are the device's tags in tag-map order (several tags may name the same node).
+    ``backoff_initial_s`` / ``backoff_max_s`` shape the reconnect backoff (exponential with jitter).
+    ``notification_queue_size`` bounds the subscription queue between asyncua and ``emit``.
+    """
+
+    def __init__(
+        self,
+        *,
+        device: str,
+        options: OpcUaDeviceOptions,
+        tags: Sequence[OpcUaTagRef],
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        notification_queue_size: int = NOTIFICATION_QUEUE_SIZE,
+        emit_batch_max: int = EMIT_BATCH_MAX,
+    ) -> None:
+        self.device = device
+        self.options = options
+        self.tags = tuple(tags)
+        self.stats = OpcUaSourceStats()
+        self._tag_names = tuple(tag.name for tag in self.tags)
+        self._timeout_s = options.timeout_ms / 1000.0
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._emit_batch_max = emit_batch_max
+        self._queue: asyncio.Queue[RawReading] = asyncio.Queue(maxsize=notification_queue_size)
+        self._link_up: bool | None = None  # None until the first connect attempt has an outcome
+        self._log = log.bind(device=device, endpoint=options.endpoint)
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    async def run(self, emit: Emit, report_link: ReportLink) -> None:
+        """Connect, read, reconnect on loss; returns only by cancellation."""
+        quiet_asyncua_loggers()
+        while True:
+            client = await self._connect_with_retry(emit, report_link)
+            watch = _LinkWatch()
+            client.connection_lost_callback = watch.on_connection_lost
+            try:
+                if self.options.mode == "subscribe":
+                    reason = await self._serve_subscription(client, watch, emit, report_link)
+                else:
+                    reason = await self._serve_poll(client, watch, emit, report_link)
+            except _EmitError as failed:
+                # The pipeline behind emit broke: that is not a link problem, let the runtime see it.
+                raise failed.original from None
+            except Exception as exc:  # any library failure ends this connection, never the source
+                reason = describe_error(exc)
+                if not isinstance(exc, _CONNECT_ERRORS):
+                    self._log.warning("opcua_session_error", error=reason, exc_info=True)
+            finally:
+                await self._close_client(client)
+            self.stats.link_losses += 1
+            await self._mark_down(emit, report_link, reason)
+
+    async def _connect_with_retry(self, emit: Emit, report_link: ReportLink) -> Client:
+        async def before_sleep(state: RetryCallState) -> None:
+            self.stats.connect_failures += 1
+            exc = state.outcome.exception() if state.outcome is not None else None
+            reason = describe_error(exc) if exc is not None else "connect failed"
+            # Log the first failure of a streak, then every 10th attempt: never a line per retry.
+            if state.attempt_number == 1 or state.attempt_number % 10 == 0:
+                self._log.warning("opcua_connect_failed", error=reason, attempt=state.attempt_number)
+            await self._mark_down(emit, report_link, reason)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_CONNECT_ERRORS),
+            wait=wait_exponential_jitter(
+                multiplier=self._backoff_initial_s, max=self._backoff_max_s, jitter=self._backoff_initial_s
+            ),
+            stop=stop_never,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        client: Client = await retrying(self._connect_once)
+        self.stats.connects += 1
+        return client
+
+    async def _connect_once(self) -> Client:
+        options = self.options
+        # The client's supervisor probes ServerState every watchdog interval, with that interval as timeout.
+        client = Client(options.endpoint, timeout=self._timeout_s, watchdog_intervall=min(self._timeout_s, 5.0))
+        client.session_timeout = SESSION_TIMEOUT_MS
+        if options.username is not None:
+            client.set_user(options.username)
+        if options.password is not None:
+            client.set_password(options.password)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await client.connect()
+        except BaseException:
+            await self._close_client(client)
+            raise
+        return client
+
+    async def _close_client(self, client: Client) -> None:
+        client.connection_lost_callback = None
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._timeout_s):
+                await client.disconnect()
+
+    async def _mark_down(self, emit: Emit, report_link: ReportLink, reason: str) -> None:
+        """Once per loss (or per failed first connect): report the link down and every tag bad."""
+        if self._link_up is False:
+            return
+        self._link_up = False
+        self._log.warning("opcua_link_down", error=reason)
+        report_link(False, reason)
+        await emit(bad_readings(self._tag_names, STATUS_COMM_FAILURE, ts=time.time()))
+
+    def _mark_up(self, report_link: ReportLink, plan: NodePlan) -> None:
+        self._link_up = True
+        self._log.info(
+            "opcua_link_up",
+            mode=self.options.mode,
+            nodes=len(plan.nodes),
+            tags=len(self.tags),
+            unreadable_tags=len(plan.problems),
+        )
+        report_link(True, None)
+
+    async def _plan(self, client: Client) -> NodePlan:
+        """Resolve namespaces against this connection's NamespaceArray (it may differ after a restart)."""
+        async with asyncio.timeout(self._timeout_s):
+            namespace_array = await client.get_namespace_array()
+        plan = plan_nodes(
+            self.tags, device_namespace_uri=self.options.namespace_uri, namespace_array=list(namespace_array)
+        )
+        if plan.problems:
+            # One line per connect, not per tag: a wrong namespace URI can make thousands of tags unreadable.
+            self._log.warning(
+                "opcua_tags_unreadable",
+                count=len(plan.problems),
+                examples=[f"{problem.tag}: {problem.status}" for problem in plan.problems[:5]],
+            )
+        return plan
+
+    def _problem_readings(self, plan: NodePlan) -> list[RawReading]:
+        now = time.time()
+        return [
+            reading for problem in plan.problems for reading in bad_readings((problem.tag,), problem.status, ts=now)
+        ]
+
+    # --------------------------------------------------------------------------------- subscription
+
+    def _push(self, readings: Sequence[RawReading]) -> None:
+        """Never blocks: when the queue is full the OLDEST reading is dropped (newest data wins) and counted."""
+        for reading in readings:
+            try:
+                self._queue.put_nowait(reading)
+            except asyncio.QueueFull:
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    self._queue.get_nowait()
+                    self._queue.task_done()
+                self.stats.queue_overflow_dropped += 1
+                self._queue.put_nowait(reading)
+
+    async def _drain(self, emit: Emit) -> None:
+        """Consumer task: hands queued readings to ``emit`` in batches (awaiting it applies backpressure)."""
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._emit_batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await _emit_checked(emit, batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _serve_subscription(
+        self,
+        client: Client,
+        watch: _LinkWatch,
+        emit: Emit,
+        report_link: ReportLink,
+    ) -> str:
+        options = self.options
+        plan = await self._plan(client)
+        handler = _DataChangeHandler(tags_by_node=plan.tags_by_node(), push=self._push, watch=watch, stats=self.stats)
+        timing = subscription_timing(options.interval_ms)
+        consumer = asyncio.create_task(self._drain(emit), name=f"device[{self.device}].opcua.emit")
+        try:
+            subscription: Subscription | None = None
+            if plan.nodes:
+                params = ua.CreateSubscriptionParameters()
+                params.RequestedPublishingInterval = timing.publishing_interval_ms
+                params.RequestedMaxKeepAliveCount = timing.max_keepalive_count
+                params.RequestedLifetimeCount = timing.lifetime_count
+                params.MaxNotificationsPerPublish = 0  # 0 = no limit
+                params.PublishingEnabled = True
+                params.Priority = 0
+                async with asyncio.timeout(self._timeout_s):
+                    subscription = await client.create_subscription(params, handler)
+                sampling_ms = ua.Double(options.sampling_interval_ms or options.interval_ms)
+                # One CreateMonitoredItems call; the server's answer per item is a handle or a Bad StatusCode.
+                async with asyncio.timeout(self._timeout_s):
+                    results = await subscription.subscribe_data_change(
+                        [client.get_node(planned.node_id) for planned in plan.nodes],
+                        sampling_interval=sampling_ms,
+                        queuesize=options.queue_size,
+                    )
+                if len(results) != len(plan.nodes):
+                    raise ua.uaerrors.UaError(f"{len(results)} monitored-item results for {len(plan.nodes)} nodes")
+                self._push(self._problem_readings(plan))
+                self._push(self._subscribe_failures(plan, results))
+            else:
+                self._push(self._problem_readings(plan))
+            self._mark_up(report_link, plan)
+            silence_s = max(SILENCE_KEEPALIVES * timing.keepalive_s, 2 * self._timeout_s)
+            reason = await self._watch_subscription(watch, subscription, consumer, silence_s)
+            handler.closed = True
+            await self._flush_queue(consumer)
+            return reason
+        except asyncio.CancelledError:
+            # Stopping: do not wait for a possibly stuck sink; what is still queued is dropped (and counted).
+            handler.closed = True
+            self._discard_queue()
+            raise
+        except Exception:
+            # Readings already queued belong before the comm_failure readings that follow: flush them first.
+            handler.closed = True
+            await self._flush_queue(consumer)
+            raise
+        finally:
+            consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer
+
+    async def _flush_queue(self, consumer: asyncio.Task[None]) -> None:
+        """Wait until the consumer has emitted everything queued (re-raising if emit failed meanwhile)."""
+        if consumer.done():
+            consumer.result()
+            return
+        joined = asyncio.ensure_future(self._queue.join())
+        try:
+            await asyncio.wait({joined, consumer}, return_when=asyncio.FIRST_COMPLETED)
+            if consumer.done():
+                consumer.result()
+        finally:
+            joined.cancel()
+
+    def _discard_queue(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            self._queue.task_done()
+            self.stats.queue_dropped_at_stop += 1
+
+    def _subscribe_failures(self, plan: NodePlan, results: Sequence[int | ua.StatusCode]) -> list[RawReading]:
+        now = time.time()
+        failed: list[RawReading] = []
+        for planned, result in zip(plan.nodes, results, strict=True):
+            if isinstance(result, ua.StatusCode):
+                _quality, detail = quality_of_status(result)
+                failed.extend(bad_readings(planned.tags, detail or status_name(result.value), ts=now))
+        if failed:
+            self._log.warning(
+                "opcua_monitor_failed",
+                count=len(failed),
+                examples=[f"{reading.tag}: {reading.status}" for reading in failed[:5]],
+            )
+        return failed
+
+    async def _watch_subscription(
+        self,
+        watch: _LinkWatch,
+        subscription: Subscription | None,
+        consumer: asyncio.Task[None],
+        silence_s: float,
+    ) -> str:
+        """Wait until the link is lost; also the watchdog on subscription silence (no data, no keep-alive)."""
+        started = time.monotonic()
+        check_s = min(1.0, silence_s / 4)
+        lost = asyncio.ensure_future(watch.lost.wait())
+        try:
+            while True:
+                done, _pending = await asyncio.wait(
+                    {lost, consumer}, timeout=check_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                if consumer in done:
+                    consumer.result()  # re-raises what emit raised; a clean exit would be a bug
+                    raise RuntimeError("notification consumer stopped")
+                if lost in done:
+                    return watch.reason or "connection lost"
+                if subscription is not None:
+                    last = subscription.last_publish_at or started
+                    if time.monotonic() - last > silence_s:
+                        return f"subscription silent for {silence_s:.0f} s"
+        finally:
+            lost.cancel()
+
+    # ----------------------------------------------------------------------------------------- poll
+
+    async def _serve_poll(self, client: Client, watch: _LinkWatch, emit: Emit, report_link: ReportLink) -> str:
+        plan = await self._plan(client)
+        async with asyncio.timeout(self._timeout_s):
+            limit_values = await client.read_attributes(
+                [client.get_node(ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead)],
+                AttributeIds.Value,
+            )
+        chunk_size = max_nodes_per_read(limit_values[0] if limit_values else None)
+        nodes = [client.get_node(planned.node_id) for planned in plan.nodes]
+        self._log.info("opcua_poll_plan", nodes=len(nodes), max_nodes_per_read=chunk_size)
+        self._mark_up(report_link, plan)
+        problems = self._problem_readings(plan)
+        if problems:
+            await _emit_checked(emit, problems)
+        interval_s = self.options.interval_ms / 1000.0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            if nodes:
+                readings, chunk_size = await self._poll_once(client, plan, nodes, chunk_size)
+                self.stats.polls += 1
+                await _emit_checked(emit, readings)
+            deadline, missed = next_deadline(deadline, interval_s, loop.time())
+            self.stats.poll_overruns += missed
+            if watch.lost.is_set():
+                return watch.reason or "connection lost"
+            try:
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    await watch.lost.wait()
+            except TimeoutError:
+                continue
+            return watch.reason or "connection lost"
+
+    async def _poll_once(
+        self, client: Client, plan: NodePlan, nodes: Sequence[Node], chunk_size: int
+    ) -> tuple[list[RawReading], int]:
+        """One Read per chunk (read_attributes keeps StatusCode and timestamps; read_values hides them)."""
+        readings: list[RawReading] = []
+        start = 0
+        while start < len(nodes):
+            part = nodes[start : start + chunk_size] if chunk_size > 0 else nodes
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    self.stats.read_requests += 1
+                    values = await client.read_attributes(part, AttributeIds.Value)
+            except UaStatusCodeError as exc:
+                # A server that under-reports its limit answers BadTooManyOperations: halve and retry.
+                if exc.code == StatusCodes.BadTooManyOperations and len(part) > 1:
+                    chunk_size = max(1, math.ceil(len(part) / 2))
+                    self.stats.read_chunk_reductions += 1
+                    self._log.warning("opcua_read_chunk_reduced", max_nodes_per_read=chunk_size)
+                    continue
+                raise
+            if len(values) != len(part):
+                raise ua.uaerrors.UaError(f"Read returned {len(values)} results for {len(part)} nodes")
+            received_at = time.time()
+            for planned, data_value in zip(plan.nodes[start : start + len(part)], values, strict=True):
+                readings.extend(readings_from_data_value(planned.tags, data_value, received_at=received_at))
+            start += len(part)
+        return readings, chunk_size

@@ -1,0 +1,380 @@
+"""Pure helpers of the OPC UA source: status → quality, Variant → Value, timestamps, node planning.
+
+Nothing here touches a socket, a clock or a logger: the I/O shell (``opcua.py``) passes the receive time
+and the server's namespace array in and carries out what these functions compute.
+
+Conventions (part of the public contract; the README status list should repeat them):
+
+* OPC UA StatusCodes keep their OPC UA name as ``status`` (``BadSensorFailure``, ``UncertainLastUsableValue``).
+  Good* codes give quality good and no status. The severity is the top two bits: ``00`` good,
+  ``01`` uncertain, ``10``/``11`` bad (Part 4 §7.34.1 says to treat the reserved ``11`` as bad).
+* A value of a Variant type we do not publish (arrays, matrices, ExtensionObjects / structures, Null,
+  DataValue, DiagnosticInfo, anything unexpected) becomes quality bad with status
+  ``unsupported_type:<TypeName>``; arrays are named ``Array[<ElementType>]``, e.g. ``unsupported_type:Array[Double]``.
+* Conversions: Boolean → bool; integer types → int; Float/Double → float (Float is rounded to the shortest
+  decimal that round-trips through float32, so 3.7f publishes as 3.7 and not 3.700000047683716);
+  String/XmlElement → str; LocalizedText → its text; DateTime → ISO 8601 UTC with milliseconds and ``Z``
+  (same format as payload timestamps); ByteString → **base64** (standard alphabet, padded — the encoding
+  OPC UA's own JSON mapping uses); Guid → canonical UUID text; NodeId / ExpandedNodeId / QualifiedName →
+  their OPC UA string form; StatusCode as a value → its name.
+* A tag whose namespace URI the server does not list gets quality bad, status ``namespace_unknown``
+  (this is our diagnosis, not a server status code, hence snake_case). A node reference that cannot be
+  turned into a NodeId (bad GUID or base64 text) gets ``node_id_invalid``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import struct
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from asyncua import ua
+from asyncua.ua import status_codes
+from asyncua.ua.uaerrors import UaError
+
+from gateway.schema import Quality, Value
+from gateway.sources.base import RawReading
+
+STATUS_NAMESPACE_UNKNOWN = "namespace_unknown"
+STATUS_NODE_ID_INVALID = "node_id_invalid"
+UNSUPPORTED_TYPE_PREFIX = "unsupported_type:"
+
+_SEVERITY_MASK = 0xC0000000
+_SEVERITY_UNCERTAIN = 0x40000000
+_CODE_MASK = 0xFFFF0000  # low 16 bits are info bits (overflow, limits) and do not change the code's name
+
+NodeKind = Literal["i", "s", "g", "b"]
+OpcUaMode = Literal["subscribe", "poll"]
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpcUaDeviceOptions:
+    """Connection and acquisition settings of one OPC UA device (already validated by the tag map).
+
+    ``interval_ms`` is the subscription publishing interval (subscribe) or the poll period (poll);
+    ``sampling_interval_ms`` defaults to ``interval_ms``; ``queue_size`` is the server-side monitored-item
+    queue; ``timeout_ms`` bounds every network call (and each connect attempt).
+    """
+
+    endpoint: str
+    namespace_uri: str | None = None
+    mode: OpcUaMode = "subscribe"
+    interval_ms: int = 1000
+    sampling_interval_ms: int | None = None
+    queue_size: int = 1
+    timeout_ms: int = 4000
+    username: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:  # never show the password in logs or tracebacks
+        return (
+            f"OpcUaDeviceOptions(endpoint={self.endpoint!r}, namespace_uri={self.namespace_uri!r}, "
+            f"mode={self.mode!r}, interval_ms={self.interval_ms}, username={self.username!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpcUaTagRef:
+    """One tag and its node reference, already parsed.
+
+    ``identifier`` is an int for ``kind="i"``, otherwise text: the string id (``s``), the GUID text (``g``)
+    or the base64 text of the opaque id (``b``). At most one of ``namespace_uri`` / ``namespace_index``
+    is set; with neither, the device's namespace URI applies, and without that namespace 0.
+    """
+
+    name: str
+    kind: NodeKind
+    identifier: str | int
+    namespace_uri: str | None = None
+    namespace_index: int | None = None
+
+
+# ------------------------------------------------------------------------------------- status codes
+
+
+def status_name(code: int) -> str:
+    """The OPC UA name of a StatusCode value, ignoring its info bits; ``0x80AB0000`` style when unknown."""
+    known = status_codes.code_to_name_doc.get(code & _CODE_MASK)
+    return known[0] if known is not None else f"0x{code:08X}"
+
+
+def quality_of_status(code: ua.StatusCode | int | None, name: str | None = None) -> tuple[Quality, str | None]:
+    """Quality and status detail for an OPC UA StatusCode (object or raw value; None means Good).
+
+    ``name`` overrides the looked-up name (e.g. when the caller already has it).
+    """
+    if code is None:
+        return Quality.GOOD, None
+    value = code.value if isinstance(code, ua.StatusCode) else int(code)
+    severity = value & _SEVERITY_MASK
+    if severity == 0:
+        return Quality.GOOD, None
+    detail = name if name is not None else status_name(value)
+    if severity == _SEVERITY_UNCERTAIN:
+        return Quality.UNCERTAIN, detail
+    return Quality.BAD, detail
+
+
+# ------------------------------------------------------------------------------------------- values
+
+_FLOAT32 = struct.Struct("<f")
+
+
+def _shortest_float32(value: float) -> float:
+    """The shortest decimal that maps to the same float32, so 3.7f is published as 3.7."""
+    if not math.isfinite(value):
+        return value
+    for digits in range(6, 10):
+        candidate = float(f"{value:.{digits}g}")
+        try:
+            if _FLOAT32.unpack(_FLOAT32.pack(candidate))[0] == value:
+                return candidate
+        except OverflowError:
+            break
+    return value
+
+
+def format_datetime(moment: datetime) -> str:
+    """ISO 8601 UTC with milliseconds and ``Z``; a naive datetime is taken as UTC (as OPC UA DateTime is)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def datetime_to_epoch(moment: datetime) -> float:
+    """Seconds since the Unix epoch (UTC); a naive datetime is taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _unsupported(type_name: str) -> tuple[None, str]:
+    return None, f"{UNSUPPORTED_TYPE_PREFIX}{type_name}"
+
+
+def convert_value(value: object, variant_type: ua.VariantType | None = None) -> tuple[Value | None, str | None]:
+    """Convert one OPC UA value to our Value. Never raises.
+
+    Returns ``(value, None)`` on success or ``(None, "unsupported_type:<TypeName>")``. ``variant_type``
+    (from the Variant) refines the conversion (Float rounding) and names unsupported types; without it the
+    Python type decides.
+    """
+    if isinstance(value, bool):  # before int: bool is an int subclass
+        return value, None
+    if isinstance(value, int):
+        return int(value), None  # int() drops IntEnum subclasses so JSON encoders see a plain int
+    if isinstance(value, float):
+        if variant_type is ua.VariantType.Float:
+            return _shortest_float32(value), None
+        return float(value), None
+    if isinstance(value, str):
+        return str(value), None
+    if isinstance(value, ua.LocalizedText):
+        return value.Text or "", None
+    if isinstance(value, datetime):
+        return format_datetime(value), None
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(bytes(value)).decode("ascii"), None
+    if isinstance(value, uuid.UUID):
+        return str(value), None
+    if isinstance(value, ua.NodeId | ua.QualifiedName):  # ExpandedNodeId is a NodeId subclass
+        return value.to_string(), None
+    if isinstance(value, ua.StatusCode):
+        return status_name(value.value), None
+    if value is None:
+        return _unsupported("Null")
+    if isinstance(value, list | tuple):
+        element = variant_type.name if variant_type is not None else "Variant"
+        return _unsupported(f"Array[{element}]")
+    if variant_type is not None and variant_type is not ua.VariantType.Null:
+        return _unsupported(variant_type.name)
+    return _unsupported(type(value).__name__)
+
+
+def convert_variant(variant: ua.Variant | None) -> tuple[Value | None, str | None]:
+    """Convert a Variant (as found in ``DataValue.Value``) to our Value; see :func:`convert_value`."""
+    if variant is None:
+        return _unsupported("Null")
+    if variant.is_array or variant.Dimensions:
+        return _unsupported(f"Array[{variant.VariantType.name}]")
+    return convert_value(variant.Value, variant.VariantType)
+
+
+def source_time(data_value: ua.DataValue | None, *, received_at: float) -> float:
+    """SourceTimestamp, else ServerTimestamp, else the receive time; epoch seconds UTC."""
+    if data_value is not None:
+        if data_value.SourceTimestamp is not None:
+            return datetime_to_epoch(data_value.SourceTimestamp)
+        if data_value.ServerTimestamp is not None:
+            return datetime_to_epoch(data_value.ServerTimestamp)
+    return received_at
+
+
+def readings_from_data_value(
+    tags: Sequence[str], data_value: ua.DataValue | None, *, received_at: float
+) -> list[RawReading]:
+    """One RawReading per tag for one DataValue (several tags may name the same node).
+
+    Bad status → value None (OPC UA says the value of a Bad DataValue must be ignored). Uncertain keeps
+    the value and carries the status name. An unsupported value type turns the reading bad.
+    """
+    ts = source_time(data_value, received_at=received_at)
+    if data_value is None:
+        return bad_readings(tags, f"{UNSUPPORTED_TYPE_PREFIX}Null", ts=ts)
+    quality, status = quality_of_status(data_value.StatusCode)
+    value = None
+    if quality is not Quality.BAD:
+        value, problem = convert_variant(data_value.Value)
+        if problem is not None:
+            quality, status = Quality.BAD, problem
+    return [RawReading(tag=tag, value=value, ts=ts, quality=quality, status=status) for tag in tags]
+
+
+def bad_readings(tags: Sequence[str], status: str, *, ts: float) -> list[RawReading]:
+    """Quality-bad readings without a value, e.g. ``comm_failure`` for every tag on link loss."""
+    return [RawReading(tag=tag, value=None, ts=ts, quality=Quality.BAD, status=status) for tag in tags]
+
+
+# ---------------------------------------------------------------------------------- node planning
+
+
+def node_id_of(ref: OpcUaTagRef, namespace_index: int) -> ua.NodeId:
+    """The NodeId of a tag reference in a resolved namespace. Raises ValueError for a malformed identifier."""
+    identifier = ref.identifier
+    if ref.kind == "i":
+        if isinstance(identifier, str):
+            identifier = int(identifier)  # ValueError for non-digits
+        return ua.NodeId(ua.Int32(identifier), ua.Int16(namespace_index), ua.NodeIdType.Numeric)
+    if not isinstance(identifier, str):
+        raise ValueError(f"{ref.kind}= identifier must be text, got {identifier!r}")
+    if ref.kind == "s":
+        return ua.NodeId(ua.String(identifier), ua.Int16(namespace_index), ua.NodeIdType.String)
+    if ref.kind == "g":
+        return ua.NodeId(ua.Guid(identifier), ua.Int16(namespace_index), ua.NodeIdType.Guid)
+    try:
+        opaque = base64.b64decode(identifier, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"b= identifier is not base64: {identifier!r}") from exc
+    return ua.NodeId(ua.ByteString(opaque), ua.Int16(namespace_index), ua.NodeIdType.ByteString)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedNode:
+    """One node to read or monitor and the tags (in tag-map order) that take its value."""
+
+    node_id: ua.NodeId
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TagProblem:
+    """A tag that cannot be read on this connection, with the status its readings carry."""
+
+    tag: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    """What one connection reads: unique nodes in first-seen order, and the tags that cannot be read."""
+
+    nodes: tuple[PlannedNode, ...]
+    problems: tuple[TagProblem, ...]
+
+    def tags_by_node(self) -> dict[ua.NodeId, tuple[str, ...]]:
+        return {planned.node_id: planned.tags for planned in self.nodes}
+
+
+def plan_nodes(
+    tags: Sequence[OpcUaTagRef], *, device_namespace_uri: str | None, namespace_array: Sequence[str]
+) -> NodePlan:
+    """Resolve every tag's namespace against the server's NamespaceArray of *this* connection.
+
+    Rule: the tag's ``namespace_uri``, else its ``namespace_index``, else the device's namespace URI,
+    else namespace 0. An unknown URI (or an index beyond the array) → ``namespace_unknown``.
+    """
+    index_of_uri = {uri: index for index, uri in reversed(list(enumerate(namespace_array)))}
+    grouped: dict[ua.NodeId, list[str]] = {}
+    problems: list[TagProblem] = []
+    for ref in tags:
+        namespace_index: int | None
+        if ref.namespace_uri is not None:
+            namespace_index = index_of_uri.get(ref.namespace_uri)
+        elif ref.namespace_index is not None:
+            namespace_index = ref.namespace_index if 0 <= ref.namespace_index < len(namespace_array) else None
+        elif device_namespace_uri is not None:
+            namespace_index = index_of_uri.get(device_namespace_uri)
+        else:
+            namespace_index = 0
+        if namespace_index is None:
+            problems.append(TagProblem(ref.name, STATUS_NAMESPACE_UNKNOWN))
+            continue
+        try:
+            node_id = node_id_of(ref, namespace_index)
+        except (ValueError, UaError):
+            problems.append(TagProblem(ref.name, STATUS_NODE_ID_INVALID))
+            continue
+        grouped.setdefault(node_id, []).append(ref.name)
+    nodes = tuple(PlannedNode(node_id, tuple(names)) for node_id, names in grouped.items())
+    return NodePlan(nodes=nodes, problems=tuple(problems))
+
+
+def max_nodes_per_read(data_value: ua.DataValue | None) -> int:
+    """The server's MaxNodesPerRead from a read of its OperationLimits node; 0 (no limit) if unusable."""
+    if data_value is None or data_value.StatusCode is None or not data_value.StatusCode.is_good():
+        return 0
+    raw = data_value.Value.Value if data_value.Value is not None else None
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        return 0
+    return raw
+
+
+# ------------------------------------------------------------------------------------- scheduling
+
+
+def next_deadline(previous: float, interval: float, now: float) -> tuple[float, int]:
+    """Fixed-rate scheduling: the next deadline after ``previous`` and how many ticks were missed.
+
+    The next deadline is ``previous + interval``; if ``now`` is already past it, the missed ticks are
+    skipped (counted as overruns) instead of being run back to back.
+    """
+    deadline = previous + interval
+    if now <= deadline:
+        return deadline, 0
+    missed = int((now - deadline) // interval) + 1
+    return deadline + missed * interval, missed
+
+
+# Subscription keep-alive: a publish response (data or keep-alive) at least this often, so a silent
+# subscription is noticed. asyncua's default keep-alive count is 75 % of the session timeout (45 min).
+SUBSCRIPTION_KEEPALIVE_S = 5.0
+# Orphaned server-side subscriptions (we never transfer them; a new client makes new ones) die after this.
+SUBSCRIPTION_LIFETIME_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionTiming:
+    publishing_interval_ms: float
+    max_keepalive_count: int
+    lifetime_count: int
+
+    @property
+    def keepalive_s(self) -> float:
+        return self.publishing_interval_ms * self.max_keepalive_count / 1000.0
+
+
+def subscription_timing(interval_ms: float) -> SubscriptionTiming:
+    """Keep-alive and lifetime counts for a publishing interval (lifetime ≥ 3 × keep-alive per Part 4)."""
+    interval_ms = max(float(interval_ms), 1.0)
+    keepalive = max(1, math.ceil(SUBSCRIPTION_KEEPALIVE_S * 1000.0 / interval_ms))
+    lifetime = max(3 * keepalive, math.ceil(SUBSCRIPTION_LIFETIME_S * 1000.0 / interval_ms))
+    return SubscriptionTiming(interval_ms, keepalive, lifetime)

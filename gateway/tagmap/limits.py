@@ -1,0 +1,32 @@
+"""Protocol limits, in one place: the tag-map validation and the Modbus read planner both import them.
+
+Modbus numbers come from the Modbus Application Protocol Specification v1.1b3 (section 6): a read PDU is
+capped at 253 bytes, so one "read holding/input registers" returns at most 125 registers (250 bytes) and
+one "read coils/discrete inputs" at most 2000 bits. Addresses are 16-bit, and serial unit ids above 247 are
+reserved.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+MAX_REGISTERS_PER_READ: Final = 125
+"""Registers one Modbus read (function 3 or 4) may return."""
+
+MAX_BITS_PER_READ: Final = 2000
+"""Coils or discrete inputs one Modbus read (function 1 or 2) may return."""
+
+MAX_ADDRESS: Final = 65535
+"""Highest 0-based Modbus protocol address of any table."""
+
+MAX_UNIT_ID: Final = 247
+"""Highest Modbus unit (device/slave) id; 0 is broadcast, 248..255 are reserved."""
+
+MAX_BIT_INDEX: Final = 15
+"""Highest bit of a 16-bit register (bit 0 is the least significant)."""
+
+MIN_INTERVAL_MS: Final = 10
+"""Shortest poll / publishing interval a device may ask for, in milliseconds."""
+
+MAX_REPEAT_COUNT: Final = 65536
+"""Most instances one ``repeat`` may produce (guards against a typo creating millions of tags)."""

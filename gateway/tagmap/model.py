@@ -1,0 +1,853 @@
+"""The tag-map schema: pydantic v2 models for the file as written (``TagMap``) and its expanded result (``Plant``).
+
+Defaults live here and only here. Synonyms (``hr`` -> holding, ``cdab`` -> CDAB, ...) are normalised at load
+time, so the rest of the gateway only ever sees the enum values. Cross-field rules are small named functions
+(``_rule_*``) run by one model validator per model; each yields ``Issue``s with the sub-path of the field at
+fault, so errors point at the exact YAML node.
+
+``Plant`` is what the runtime consumes: every device with its final tag list (templates and repeats expanded,
+``repeat`` empty), Modbus tags with their byte order filled from the device, OPC UA tags with resolved node
+ids, ``mqtt.client_id`` and ``sampling_interval_ms`` filled. See ``gateway.tagmap.loader`` for building one.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Iterator, Mapping
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    model_validator,
+)
+
+from gateway.schema import topic_path_problem, topic_segment_problem
+from gateway.tagmap.issues import Issue, did_you_mean, raise_issues, rule_error
+from gateway.tagmap.limits import (
+    MAX_ADDRESS,
+    MAX_BIT_INDEX,
+    MAX_BITS_PER_READ,
+    MAX_REGISTERS_PER_READ,
+    MAX_REPEAT_COUNT,
+    MAX_UNIT_ID,
+    MIN_INTERVAL_MS,
+)
+from gateway.tagmap.nodeid import ParsedNodeId, parse_node_id
+
+# ------------------------------------------------------------------------------------------------ enums
+
+
+class DataType(StrEnum):
+    BOOL = "bool"
+    INT16 = "int16"
+    UINT16 = "uint16"
+    INT32 = "int32"
+    UINT32 = "uint32"
+    INT64 = "int64"
+    UINT64 = "uint64"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+    STRING = "string"
+
+    @property
+    def is_numeric(self) -> bool:
+        """True for the integer and float types (the ones scale/offset/deadband/min/max apply to)."""
+        return self not in (DataType.BOOL, DataType.STRING)
+
+    def register_count(self, length: int | None = None) -> int:
+        """16-bit registers one value occupies; a string occupies ``length`` registers (2 characters each)."""
+        if self is DataType.STRING:
+            if length is None:
+                raise ValueError("a string's register count is its length, and no length was given")
+            return length
+        return _REGISTERS[self]
+
+
+_REGISTERS: Final[Mapping[DataType, int]] = {
+    DataType.BOOL: 1,
+    DataType.INT16: 1,
+    DataType.UINT16: 1,
+    DataType.INT32: 2,
+    DataType.UINT32: 2,
+    DataType.INT64: 4,
+    DataType.UINT64: 4,
+    DataType.FLOAT32: 2,
+    DataType.FLOAT64: 4,
+}
+
+
+class Table(StrEnum):
+    """Modbus data tables ("register types")."""
+
+    HOLDING = "holding"
+    INPUT = "input"
+    COIL = "coil"
+    DISCRETE = "discrete"
+
+    @property
+    def is_bit_table(self) -> bool:
+        """Coils and discrete inputs hold single bits; holding/input tables hold 16-bit registers."""
+        return self in (Table.COIL, Table.DISCRETE)
+
+
+class ByteOrder(StrEnum):
+    """Byte order of multi-register values, as the letters of ``0xAABBCCDD`` in wire order."""
+
+    ABCD = "ABCD"
+    CDAB = "CDAB"
+    BADC = "BADC"
+    DCBA = "DCBA"
+
+
+class PublishMode(StrEnum):
+    TAG = "tag"
+    BATCH = "batch"
+
+
+class OpcUaMode(StrEnum):
+    SUBSCRIBE = "subscribe"
+    POLL = "poll"
+
+
+class Transport(StrEnum):
+    TCP = "tcp"
+    RTU = "rtu"
+
+
+def _enum_normaliser(
+    enum_cls: type[StrEnum],
+    what: str,
+    synonyms: Mapping[str, StrEnum] | None = None,
+    refusals: Mapping[str, str] | None = None,
+) -> Callable[[Any], Any]:
+    """A before-validator accepting enum values case-insensitively plus ``synonyms``.
+
+    ``refusals`` are words that look plausible but are ambiguous, answered with an explanation.
+    """
+    lookup: dict[str, StrEnum] = {member.value.lower(): member for member in enum_cls}
+    lookup.update({word.lower(): member for word, member in (synonyms or {}).items()})
+    choices = [member.value for member in enum_cls]
+
+    def normalise(value: Any) -> Any:
+        if isinstance(value, enum_cls) or not isinstance(value, str):
+            return value  # non-text input: the enum validator reports it
+        key = value.strip().lower()
+        found = lookup.get(key)
+        if found is not None:
+            return found
+        refusal = (refusals or {}).get(key)
+        if refusal is not None:
+            raise rule_error([Issue((), refusal)])
+        raise rule_error(
+            [
+                Issue(
+                    (), f"unknown {what} {value!r}{did_you_mean(value, choices)}; expected one of: {', '.join(choices)}"
+                )
+            ]
+        )
+
+    return normalise
+
+
+_normalise_data_type = _enum_normaliser(
+    DataType,
+    "type",
+    synonyms={
+        "boolean": DataType.BOOL,
+        "float": DataType.FLOAT32,
+        "real": DataType.FLOAT32,
+        "double": DataType.FLOAT64,
+        "lreal": DataType.FLOAT64,
+        "word": DataType.UINT16,
+        "dword": DataType.UINT32,
+        "str": DataType.STRING,
+    },
+)
+_normalise_table = _enum_normaliser(
+    Table,
+    "table",
+    synonyms={
+        "holding_register": Table.HOLDING,
+        "holding_registers": Table.HOLDING,
+        "hr": Table.HOLDING,
+        "input_register": Table.INPUT,
+        "input_registers": Table.INPUT,
+        "ir": Table.INPUT,
+        "coils": Table.COIL,
+        "discrete_input": Table.DISCRETE,
+        "discrete_inputs": Table.DISCRETE,
+        "di": Table.DISCRETE,
+    },
+)
+_normalise_order = _enum_normaliser(
+    ByteOrder,
+    "order",
+    refusals={
+        word: f"order {word!r} is ambiguous: write ABCD (big-endian), CDAB (word-swapped, 'little' word order), "
+        "BADC (byte-swapped) or DCBA (fully little-endian)"
+        for word in ("big", "little", "big_endian", "little_endian", "big-endian", "little-endian")
+    },
+)
+_normalise_publish = _enum_normaliser(PublishMode, "publish mode")
+_normalise_opcua_mode = _enum_normaliser(
+    OpcUaMode, "mode", synonyms={"subscription": OpcUaMode.SUBSCRIBE, "polling": OpcUaMode.POLL}
+)
+_normalise_transport = _enum_normaliser(Transport, "transport", synonyms={"serial": Transport.RTU})
+
+DataTypeField = Annotated[DataType, BeforeValidator(_normalise_data_type)]
+TableField = Annotated[Table, BeforeValidator(_normalise_table)]
+ByteOrderField = Annotated[ByteOrder, BeforeValidator(_normalise_order)]
+PublishModeField = Annotated[PublishMode, BeforeValidator(_normalise_publish)]
+OpcUaModeField = Annotated[OpcUaMode, BeforeValidator(_normalise_opcua_mode)]
+TransportField = Annotated[Transport, BeforeValidator(_normalise_transport)]
+
+# ------------------------------------------------------------------------------------- topic segments
+
+
+def _check_topic_segment(value: str) -> str:
+    problem = topic_segment_problem(value)
+    if problem:
+        raise rule_error([Issue((), problem)])
+    return value
+
+
+def _check_area(value: str) -> str:
+    _check_topic_segment(value)
+    if value.startswith("_"):
+        # {enterprise}/{site}/_gateway/... is the gateway's own status topic.
+        raise rule_error([Issue((), f"area {value!r} starts with '_' (reserved for gateway topics such as _gateway)")])
+    return value
+
+
+def tag_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a tag name (a slash-separated topic tail under the equipment), or None."""
+    problem = topic_path_problem(name)
+    if problem:
+        return problem
+    if name.startswith("_"):
+        return f"tag name {name!r} starts with '_' (reserved for equipment topics _status, _meta, _batch)"
+    return None
+
+
+def _check_tag_name(value: str) -> str:
+    problem = tag_name_problem(value)
+    if problem:
+        raise rule_error([Issue((), problem)])
+    return value
+
+
+TopicSegment = Annotated[str, AfterValidator(_check_topic_segment)]
+AreaSegment = Annotated[str, AfterValidator(_check_area)]
+TagName = Annotated[str, AfterValidator(_check_tag_name)]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+
+def _one_or_many(value: Any) -> Any:
+    """``repeat:`` takes one mapping or a list of them."""
+    return [value] if isinstance(value, dict) else value
+
+
+class _Model(BaseModel):
+    # hide_input_in_errors: a ValidationError printed by code that builds models must not show secrets.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+# ------------------------------------------------------------------------------------------- sections
+
+
+class GatewaySection(_Model):
+    id: TopicSegment
+    enterprise: TopicSegment
+    site: TopicSegment
+    queue_size: int = Field(default=10000, ge=1)
+    """Capacity of the bounded queue between the sources and the sink, in messages."""
+
+
+def _mqtt_protocol(value: Any) -> Any:
+    # YAML reads `protocol: 5` as an int.
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == 5:
+        return "5"
+    return value
+
+
+def _int_from_text(value: Any) -> Any:
+    # Environment overrides arrive as text; Literal[0, 1] would not coerce "1".
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return value
+
+
+MQTT_DEFAULT_PORTS: Final[Mapping[str, int]] = {"mqtt": 1883, "mqtts": 8883}
+
+
+def _check_mqtt_url(url: str) -> str:
+    raise_issues(_mqtt_url_problems(url))
+    return url
+
+
+class MqttSection(_Model):
+    url: Annotated[str, AfterValidator(_check_mqtt_url)]
+    """mqtt://host[:port] or mqtts://host[:port] (ports default to 1883 / 8883)."""
+    client_id: NonEmptyStr | None = None
+    """MQTT client id; in a Plant always set (default ``cellgate-{gateway.id}``)."""
+    qos: Annotated[Literal[0, 1], BeforeValidator(_int_from_text)] = 1
+    keepalive_s: int = Field(default=30, ge=1, le=65535)
+    protocol: Annotated[Literal["5", "3.1.1"], BeforeValidator(_mqtt_protocol)] = "5"
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    max_inflight: int = Field(default=20, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttSection:
+        raise_issues(_rule_mqtt_tls_files(self))
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or MQTT_DEFAULT_PORTS[parts.scheme.lower()]
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme.lower() == "mqtts"
+
+
+def _mqtt_url_problems(url: str) -> Iterator[Issue]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in MQTT_DEFAULT_PORTS or not url.lower().startswith(f"{scheme}://"):
+        yield Issue((), "url must start with mqtt:// or mqtts://, e.g. mqtt://127.0.0.1:1883")
+        return
+    # Never echo the url here: it may carry a password.
+    if parts.username is not None or parts.password is not None:
+        yield Issue((), "put credentials in username/password (or CELLGATE_MQTT__PASSWORD), not in the url")
+    if not parts.hostname:
+        yield Issue((), "url has no host, e.g. mqtt://broker.example:1883")
+    try:
+        port = parts.port
+    except ValueError:
+        yield Issue((), "url port is not a number 1..65535")
+    else:
+        if port == 0:
+            yield Issue((), "url port is not a number 1..65535")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        yield Issue((), "url must not have a path, query or fragment")
+
+
+def _rule_mqtt_tls_files(mqtt: MqttSection) -> Iterator[Issue]:
+    if not mqtt.url.lower().startswith("mqtts://"):
+        for name in ("ca_file", "cert_file", "key_file"):
+            if getattr(mqtt, name) is not None:
+                yield Issue((name,), f"{name} needs an mqtts:// url (TLS)")
+    if mqtt.key_file is not None and mqtt.cert_file is None:
+        yield Issue(("key_file",), "key_file needs cert_file (the client certificate it belongs to)")
+
+
+# ----------------------------------------------------------------------------------------------- tags
+
+
+class _TagBase(_Model):
+    name: TagName
+    """Slash-separated topic tail under the equipment, e.g. ``dryer/zone03/air_temperature``."""
+    unit: str | None = None
+    """UCUM code, e.g. ``Cel``, ``V``, ``A.h``."""
+    description: str | None = None
+    scale: float = 1.0
+    """value = raw * scale + offset (numeric types only)."""
+    offset: float = 0.0
+    min: float | None = None
+    """Range check: a value outside [min, max] gets quality uncertain, status out_of_range (value kept)."""
+    max: float | None = None
+    deadband: float | None = Field(default=None, ge=0)
+    """Absolute; publish only when |value - last published| > deadband."""
+    heartbeat_s: float | None = Field(default=None, gt=0)
+    """Republish an unchanged value at least this often, in seconds."""
+
+
+_NUMERIC_ONLY_FIELDS: Final = ("scale", "offset", "deadband", "min", "max")
+
+
+def _rule_numeric_only(tag: _TagBase, data_type: DataType | None) -> Iterator[Issue]:
+    """scale/offset/deadband/min/max mean nothing for bool and string values."""
+    if data_type is None or data_type.is_numeric:
+        return
+    for field in _NUMERIC_ONLY_FIELDS:
+        if field in tag.model_fields_set and getattr(tag, field) is not None:
+            yield Issue((field,), f"{field} only applies to numeric types, not {data_type.value}")
+
+
+def _rule_range(tag: _TagBase) -> Iterator[Issue]:
+    if tag.min is not None and tag.max is not None and tag.min > tag.max:
+        yield Issue(("min",), f"min {tag.min:g} is greater than max {tag.max:g}")
+
+
+def _rule_scale_not_zero(tag: _TagBase) -> Iterator[Issue]:
+    if tag.scale == 0:
+        yield Issue(("scale",), "scale 0 would make every value equal to offset")
+
+
+_TABLE_WORDS: Final[Mapping[Table, str]] = {
+    Table.HOLDING: "holding register",
+    Table.INPUT: "input register",
+    Table.COIL: "coil",
+    Table.DISCRETE: "discrete input",
+}
+_MODICON_TABLES: Final[Mapping[str, Table]] = {
+    "0": Table.COIL,
+    "1": Table.DISCRETE,
+    "3": Table.INPUT,
+    "4": Table.HOLDING,
+}
+
+
+def parse_modicon_reference(text: str) -> tuple[Table, int]:
+    """A Modicon reference -> (table, 0-based protocol address). Raises ValueError.
+
+    Worked example: ``"40001"`` is holding register 0; ``"30017"`` is input register 16; ``"400001"`` (6-digit
+    form, offsets up to 65536) is holding register 0 as well. The leading digit picks the table:
+    0 coil, 1 discrete input, 3 input register, 4 holding register. Other lengths are ambiguous (is ``"1000"``
+    a coil or protocol address 1000?) and are refused.
+    """
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValueError(
+            f"address {text!r} is neither an integer 0..{MAX_ADDRESS} nor a Modicon reference such as '40001'"
+        )
+    if len(digits) not in (5, 6):
+        raise ValueError(
+            f"Modicon reference {text!r} must have 5 digits ('40001') or 6 digits ('400001'); "
+            "for a 0-based protocol address write a plain integer"
+        )
+    table = _MODICON_TABLES.get(digits[0])
+    if table is None:
+        raise ValueError(
+            f"Modicon reference {text!r} must start with 0 (coil), 1 (discrete input), 3 (input register) "
+            "or 4 (holding register)"
+        )
+    offset = int(digits[1:])
+    highest = 9999 if len(digits) == 5 else MAX_ADDRESS + 1
+    if not 1 <= offset <= highest:
+        raise ValueError(f"Modicon reference {text!r}: the offset counts from 1 and goes up to {highest}")
+    return table, offset - 1
+
+
+class ModbusTag(_TagBase):
+    table: TableField = Table.HOLDING
+    address: int = Field(ge=0, le=MAX_ADDRESS)
+    """0-based protocol address (a Modicon string such as "40001" is converted at load time)."""
+    type: DataTypeField
+    """Required, except in coil/discrete tables where it defaults to bool."""
+    bit: int | None = Field(default=None, ge=0, le=MAX_BIT_INDEX)
+    """bool from bit n (LSB = 0) of a holding/input register."""
+    length: int | None = Field(default=None, ge=1, le=MAX_REGISTERS_PER_READ)
+    """string only: number of registers (2 characters each)."""
+    order: ByteOrderField | None = None
+    """Per-tag override of the device order; in a Plant always set."""
+
+    foreign_key_hint: ClassVar[tuple[frozenset[str], str]] = (
+        frozenset({"node"}),
+        "'node' is an OPC UA tag setting; Modbus tags are read by `table` and `address`",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_modicon_and_default_type(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        address = data.get("address")
+        if isinstance(address, str):
+            try:
+                table, protocol_address = parse_modicon_reference(address)
+            except ValueError as exc:
+                raise rule_error([Issue(("address",), str(exc))]) from None
+            explicit = data.get("table")
+            if explicit is not None:
+                try:
+                    explicit_table = _normalise_table(explicit)
+                except ValueError:
+                    explicit_table = None  # the table field validator reports it
+                if isinstance(explicit_table, Table) and explicit_table is not table:
+                    raise rule_error(
+                        [
+                            Issue(
+                                ("table",),
+                                f"table {explicit_table.value!r} conflicts with Modicon reference {address!r} "
+                                f"(a {_TABLE_WORDS[table]}); drop `table` or fix the reference",
+                            )
+                        ]
+                    )
+            data = {**data, "address": protocol_address, "table": table}
+        if "type" not in data:
+            try:
+                table_given = _normalise_table(data.get("table", Table.HOLDING))
+            except ValueError:
+                table_given = None
+            if isinstance(table_given, Table) and table_given.is_bit_table:
+                data = {**data, "type": DataType.BOOL}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> ModbusTag:
+        raise_issues(
+            [
+                *_rule_bit_table_holds_bools(self),
+                *_rule_bit(self),
+                *_rule_string_length(self),
+                *_rule_address_span(self),
+                *_rule_numeric_only(self, self.type),
+                *_rule_range(self),
+                *_rule_scale_not_zero(self),
+            ]
+        )
+        return self
+
+    @property
+    def width(self) -> int:
+        """Addresses the tag spans: 1 in coil/discrete tables and for a register bit, else its registers."""
+        if self.table.is_bit_table:
+            return 1
+        return self.type.register_count(self.length)
+
+    @property
+    def end_address(self) -> int:
+        """Last address the tag occupies (inclusive)."""
+        return self.address + self.width - 1
+
+
+def _rule_bit_table_holds_bools(tag: ModbusTag) -> Iterator[Issue]:
+    if tag.table.is_bit_table and tag.type is not DataType.BOOL:
+        yield Issue(("type",), f"a {tag.table.value} holds a single bit: type must be bool, not {tag.type.value}")
+
+
+def _rule_bit(tag: ModbusTag) -> Iterator[Issue]:
+    in_registers = not tag.table.is_bit_table
+    if tag.type is DataType.BOOL and in_registers and tag.bit is None:
+        yield Issue(("bit",), f"a bool in a {tag.table.value} register needs `bit` (0..15, LSB = 0)")
+    elif tag.bit is not None and not (tag.type is DataType.BOOL and in_registers):
+        where = f"{tag.table.value} tag" if not in_registers else f"{tag.type.value} tag"
+        yield Issue(("bit",), f"bit only applies to bool tags in holding/input registers, not to a {where}")
+
+
+def _rule_string_length(tag: ModbusTag) -> Iterator[Issue]:
+    if tag.type is DataType.STRING and tag.length is None:
+        yield Issue(("length",), "a string needs `length` (number of registers, 2 characters each)")
+    elif tag.type is not DataType.STRING and tag.length is not None:
+        yield Issue(("length",), f"length only applies to type string, not {tag.type.value}")
+
+
+def _rule_address_span(tag: ModbusTag) -> Iterator[Issue]:
+    if tag.table.is_bit_table or (tag.type is DataType.STRING and tag.length is None):
+        return
+    if tag.end_address > MAX_ADDRESS:
+        yield Issue(
+            ("address",),
+            f"{tag.type.value} at address {tag.address} spans {tag.width} registers, up to {tag.end_address}, "
+            f"past the last Modbus address {MAX_ADDRESS}",
+        )
+
+
+class OpcUaTag(_TagBase):
+    node: str
+    """Node id as written: s=.., i=.., g=.., b=.., optionally after ns=N; or nsu=URI; (see nodeid.py)."""
+    type: DataTypeField | None = None
+    """Documentation/meta hint only; the server's variant type is what is read."""
+
+    _node_id: ParsedNodeId | None = PrivateAttr(default=None)
+
+    foreign_key_hint: ClassVar[tuple[frozenset[str], str]] = (
+        frozenset({"address", "table", "bit", "length", "order"}),
+        "a Modbus tag setting; OPC UA tags are read by `node`",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> OpcUaTag:
+        issues: list[Issue] = []
+        try:
+            self._node_id = parse_node_id(self.node)
+        except ValueError as exc:
+            issues.append(Issue(("node",), str(exc)))
+        issues += [*_rule_numeric_only(self, self.type), *_rule_range(self), *_rule_scale_not_zero(self)]
+        raise_issues(issues)
+        return self
+
+    @property
+    def node_id(self) -> ParsedNodeId:
+        """The parsed node id; in a Plant its namespace is resolved (namespace_uri or namespace_index set)."""
+        if self._node_id is None:  # only for instances made with model_construct
+            self._node_id = parse_node_id(self.node)
+        return self._node_id
+
+    def with_node_id(self, node_id: ParsedNodeId, **update: Any) -> OpcUaTag:
+        """A copy with ``node_id`` (already parsed and checked by the caller) and the ``update`` fields."""
+        copy = self.model_copy(update=update or None)
+        copy._node_id = node_id
+        return copy
+
+
+# -------------------------------------------------------------------------------------------- repeats
+
+
+def _check_repeat_name_pattern(pattern: str) -> str:
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(pattern) if field is not None]
+    except ValueError as exc:
+        raise rule_error([Issue((), f"name pattern {pattern!r} is not a valid format string: {exc}")]) from None
+    others = sorted({field for field in fields if field != "n"})
+    if others:
+        shown = ", ".join("{" + field + "}" for field in others)
+        raise rule_error(
+            [Issue((), f"name pattern {pattern!r} uses {shown}; only {{n}} is available (e.g. 'ch{{n:03d}}')")]
+        )
+    if "n" not in fields:
+        raise rule_error(
+            [Issue((), f"name pattern {pattern!r} must contain {{n}} (e.g. 'ch{{n:03d}}') so instances differ")]
+        )
+    return pattern
+
+
+class RepeatSpec(_Model):
+    """``count`` instances of a template; instance n (``first`` .. ``first+count-1``) starts at
+    ``start + (n - first) * stride`` (Modbus) and its tags are named ``{name.format(n=n)}/{template tag name}``."""
+
+    template: NonEmptyStr
+    count: int = Field(ge=1, le=MAX_REPEAT_COUNT)
+    start: int = Field(default=0, ge=0, le=MAX_ADDRESS)
+    """Modbus only: address of instance n=first."""
+    stride: int | None = Field(default=None, ge=1, le=MAX_ADDRESS)
+    """Modbus only: address distance between instances (required when count > 1)."""
+    first: int = Field(default=1, ge=0)
+    name: Annotated[str, AfterValidator(_check_repeat_name_pattern)]
+    """Python format string with ``n``, e.g. ``ch{n:03d}``."""
+
+    @model_validator(mode="after")
+    def _check(self) -> RepeatSpec:
+        raise_issues(_rule_repeat_names_format(self))
+        return self
+
+    def numbers(self) -> range:
+        return range(self.first, self.first + self.count)
+
+    def instance_name(self, n: int) -> str:
+        return self.name.format(n=n)
+
+
+def _rule_repeat_names_format(repeat: RepeatSpec) -> Iterator[Issue]:
+    for n in (repeat.first, repeat.first + repeat.count - 1):
+        try:
+            formatted = repeat.instance_name(n)
+        except (ValueError, TypeError) as exc:
+            yield Issue(("name",), f"name pattern {repeat.name!r} cannot format n={n}: {exc}")
+            return
+        problem = tag_name_problem(formatted)
+        if problem:
+            yield Issue(("name",), f"name pattern {repeat.name!r} gives {formatted!r} for n={n}: {problem}")
+            return
+
+
+# -------------------------------------------------------------------------------------------- devices
+
+
+_PARITIES: Final[Mapping[str, str]] = {"n": "N", "none": "N", "e": "E", "even": "E", "o": "O", "odd": "O"}
+
+
+def _parity(value: Any) -> Any:
+    return _PARITIES.get(value.strip().lower(), value) if isinstance(value, str) else value
+
+
+class SerialSettings(_Model):
+    port: NonEmptyStr
+    """Serial device, e.g. /dev/ttyUSB0."""
+    baudrate: int = Field(default=19200, ge=1)
+    parity: Annotated[Literal["N", "E", "O"], BeforeValidator(_parity)] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: int = Field(default=8, ge=5, le=8)
+
+
+class _DeviceBase(_Model):
+    name: TopicSegment
+    area: AreaSegment
+    line: TopicSegment
+    description: str | None = None
+    enabled: bool = True
+    interval_ms: int = Field(default=1000, ge=MIN_INTERVAL_MS)
+    """Poll interval, or OPC UA subscription publishing interval, in milliseconds."""
+    publish: PublishModeField = PublishMode.TAG
+    repeat: Annotated[tuple[RepeatSpec, ...], BeforeValidator(_one_or_many)] = ()
+    """As written; in a Plant always empty (its instances are in ``tags``)."""
+
+
+class ModbusDevice(_DeviceBase):
+    protocol: Literal["modbus"] = "modbus"
+    transport: TransportField = Transport.TCP
+    host: NonEmptyStr | None = None
+    port: int = Field(default=502, ge=1, le=65535)
+    serial: SerialSettings | None = None
+    unit_id: int = Field(default=1, ge=0, le=MAX_UNIT_ID)
+    timeout_ms: int = Field(default=1000, ge=1)
+    order: ByteOrderField = ByteOrder.ABCD
+    max_registers_per_read: int = Field(default=MAX_REGISTERS_PER_READ, ge=1, le=MAX_REGISTERS_PER_READ)
+    max_bits_per_read: int = Field(default=MAX_BITS_PER_READ, ge=1, le=MAX_BITS_PER_READ)
+    max_gap: int = Field(default=10, ge=0)
+    """Registers (or bits) a read may span that no tag needs."""
+    tags: tuple[ModbusTag, ...] = ()
+
+    foreign_key_hint: ClassVar[tuple[frozenset[str], str]] = (
+        frozenset({"endpoint", "namespace", "mode", "sampling_interval_ms", "queue_size", "username", "password"}),
+        "an OPC UA device setting, and this device has protocol: modbus",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ModbusDevice:
+        raise_issues(
+            [
+                *_rule_transport_settings(self),
+                *_rule_modbus_repeats(self),
+                *(
+                    issue.under(("tags", index))
+                    for index, tag in enumerate(self.tags)
+                    for issue in tag_fits_device(tag, self)
+                ),
+            ]
+        )
+        return self
+
+
+def tag_fits_device(tag: ModbusTag, device: ModbusDevice) -> Iterator[Issue]:
+    """A tag must fit in one read of its device (paths relative to the tag)."""
+    if not tag.table.is_bit_table and tag.width > device.max_registers_per_read:
+        field = "length" if tag.type is DataType.STRING else "type"
+        yield Issue(
+            (field,),
+            f"{tag.type.value} spans {tag.width} registers, more than the device's max_registers_per_read "
+            f"({device.max_registers_per_read})",
+        )
+
+
+def _rule_transport_settings(device: ModbusDevice) -> Iterator[Issue]:
+    given = device.model_fields_set
+    if device.transport is Transport.TCP:
+        if device.host is None:
+            yield Issue(("host",), "transport tcp needs `host`")
+        if "serial" in given and device.serial is not None:
+            yield Issue(("serial",), "serial only applies to transport rtu")
+    else:
+        if device.serial is None:
+            yield Issue(("serial",), "transport rtu needs `serial` (port, baudrate, parity, stopbits, bytesize)")
+        for field in ("host", "port"):
+            if field in given and getattr(device, field) is not None:
+                yield Issue((field,), f"{field} only applies to transport tcp")
+
+
+def _rule_modbus_repeats(device: ModbusDevice) -> Iterator[Issue]:
+    for index, repeat in enumerate(device.repeat):
+        if repeat.count > 1 and repeat.stride is None:
+            yield Issue(("repeat", index, "stride"), "a Modbus repeat with count > 1 needs `stride` (addresses)")
+
+
+def _check_opcua_endpoint(endpoint: str) -> str:
+    raise_issues(_opcua_endpoint_problems(endpoint))
+    return endpoint
+
+
+class OpcUaDevice(_DeviceBase):
+    protocol: Literal["opcua"] = "opcua"
+    endpoint: Annotated[str, AfterValidator(_check_opcua_endpoint)]
+    """e.g. opc.tcp://127.0.0.1:4840"""
+    namespace: NonEmptyStr | None = None
+    """Namespace URI for node ids without ns=/nsu=; resolved to an index at every connect."""
+    mode: OpcUaModeField = OpcUaMode.SUBSCRIBE
+    sampling_interval_ms: int | None = Field(default=None, ge=0)
+    """Server sampling interval; in a Plant always set (default: interval_ms)."""
+    queue_size: int = Field(default=1, ge=1)
+    """Monitored-item queue size on the server."""
+    timeout_ms: int = Field(default=4000, ge=1)
+    username: str | None = None
+    password: SecretStr | None = None
+    tags: tuple[OpcUaTag, ...] = ()
+
+    foreign_key_hint: ClassVar[tuple[frozenset[str], str]] = (
+        frozenset(
+            {"transport", "host", "port", "serial", "unit_id", "order", "max_registers_per_read", "max_bits_per_read",
+             "max_gap"}
+        ),
+        "a Modbus device setting, and this device has protocol: opcua",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _check(self) -> OpcUaDevice:
+        raise_issues(_rule_opcua_repeats(self))
+        return self
+
+
+def _opcua_endpoint_problems(endpoint: str) -> Iterator[Issue]:
+    parts = urlsplit(endpoint)
+    if parts.scheme.lower() != "opc.tcp" or not endpoint.lower().startswith("opc.tcp://"):
+        yield Issue((), "endpoint must start with opc.tcp://, e.g. opc.tcp://127.0.0.1:4840")
+        return
+    if parts.username is not None or parts.password is not None:
+        yield Issue((), "put credentials in username/password, not in the endpoint")
+    if not parts.hostname:
+        yield Issue((), "endpoint has no host")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port lazily
+    except ValueError:
+        yield Issue((), "endpoint port is not a number 1..65535")
+
+
+def _rule_opcua_repeats(device: OpcUaDevice) -> Iterator[Issue]:
+    for index, repeat in enumerate(device.repeat):
+        for field in ("start", "stride"):
+            if field in repeat.model_fields_set:
+                yield Issue(
+                    ("repeat", index, field),
+                    f"{field} only applies to Modbus repeats; OPC UA templates use {{n}} in `node`",
+                )
+
+
+Device: TypeAlias = Annotated[ModbusDevice | OpcUaDevice, Field(discriminator="protocol")]
+Tag: TypeAlias = ModbusTag | OpcUaTag
+
+TemplateTags: TypeAlias = Annotated[tuple[dict[str, Any], ...], Field(min_length=1)]
+"""A template as written: its tags stay plain mappings until a repeat expands them for its device's protocol."""
+
+
+class TagMap(_Model):
+    """The tag-map file as written (templates and repeats not yet expanded)."""
+
+    gateway: GatewaySection
+    mqtt: MqttSection
+    templates: dict[str, TemplateTags] = Field(default_factory=dict)
+    devices: tuple[Device, ...]
+
+
+class Plant(_Model):
+    """The validated, expanded tag map: what the runtime runs."""
+
+    gateway: GatewaySection
+    mqtt: MqttSection
+    devices: tuple[Device, ...]
+
+    def device(self, name: str) -> ModbusDevice | OpcUaDevice:
+        for device in self.devices:
+            if device.name == name:
+                return device
+        raise KeyError(name)
+
+    @property
+    def tag_count(self) -> int:
+        return sum(len(device.tags) for device in self.devices)

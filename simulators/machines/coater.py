@@ -1,0 +1,373 @@
+"""Electrode coater (slot die) with a 10-zone convection dryer: a pure, seeded process model.
+
+Physics (equipment notes §2.3, cathode NMC811/NMP reference recipe §2.1):
+
+* The line speed ramps towards its set point while PackML says the machine produces, and to 0 otherwise
+  (fast, on Abort). The produced length is the integral of the speed, so it never goes backwards.
+* The metering pump set point ratio-tracks the actual line speed (the PLC's feed-forward), and the pump follows
+  its set point with a first-order lag. That lag gives realistic coat-weight transients on every ramp.
+* Dry coat weight at the die: ``m = w_s · rho · Q / (v · W)``; wet film ``h_wet = m / (w_s · rho)`` (µm).
+  The gauge sits after the dryer, so it sees the weight that was coated ``web_path_die_to_gauge_m`` metres ago:
+  the model keeps a position-indexed record of the web, which is a transport delay of ``L / v`` seconds.
+* Dryer zone air temperatures follow their set points with a first-order lag (exact discretisation, so they
+  approach a new set point monotonically for any step size); the heater output is a P controller around a
+  load-dependent base.
+* Web tensions follow their set points, plus a term proportional to acceleration; they fall to a standby value
+  when the line is stopped and to 0 on Abort (the simulated cause of an abort is a web break).
+
+Noise is added to what is reported, never to the state, so the state stays smooth and tests can switch it off.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from simulators.machines.packml import PackMLMachine, PackMLState, PackMLTiming
+from simulators.machines.points import DataType, PointSpec, Value, check_dt, clamp
+
+D = DataType
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoaterConfig:
+    """Machine and recipe parameters. Units are in the names; defaults are the notes' cathode recipe."""
+
+    design_speed_m_min: float = 80.0
+    speed_sp_m_min: float = 50.0
+    ramp_m_min_per_s: float = 2.0  # ~2.5 %/s of design speed
+    abort_ramp_m_min_per_s: float = 20.0
+    coated_width_m: float = 1.2
+    solids_fraction: float = 0.70
+    slurry_density_g_cm3: float = 2.2
+    pump_displacement_cm3_rev: float = 45.0
+    pump_volumetric_efficiency: float = 0.97
+    pump_lag_s: float = 1.5
+    coat_weight_target_g_m2: float = 220.0
+    coat_weight_tolerance_pct: float = 2.0
+    web_path_die_to_gauge_m: float = 80.0
+    zone_setpoints_cel: tuple[float, ...] = (90.0, 110.0, 125.0, 135.0, 140.0, 140.0, 135.0, 130.0, 120.0, 100.0)
+    zone_time_constant_s: float = 240.0
+    zone_heater_max_kw: float = 80.0
+    unwind_tension_sp_n: float = 150.0
+    rewind_tension_sp_n: float = 140.0
+    standby_tension_n: float = 40.0
+    tension_lag_s: float = 0.5
+    base_power_kw: float = 120.0  # fans, exhaust, NMP recovery, auxiliaries
+    drive_power_kw_per_m_min: float = 1.2
+    noise: bool = True
+    packml: PackMLTiming = field(default_factory=PackMLTiming)
+    initial_state: PackMLState = PackMLState.EXECUTE
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.zone_setpoints_cel) <= 99:
+            raise ValueError("a dryer has 1..99 zones")
+        if not 0.0 <= self.speed_sp_m_min <= self.design_speed_m_min:
+            raise ValueError("speed_sp_m_min must be within 0..design_speed_m_min")
+        for name in ("ramp_m_min_per_s", "abort_ramp_m_min_per_s", "coated_width_m", "solids_fraction",
+                     "slurry_density_g_cm3", "pump_displacement_cm3_rev", "pump_volumetric_efficiency",
+                     "pump_lag_s", "web_path_die_to_gauge_m", "zone_time_constant_s", "tension_lag_s"):
+            if not getattr(self, name) > 0.0:
+                raise ValueError(f"{name} must be > 0")
+
+    @property
+    def pump_rpm_per_m_min(self) -> float:
+        """Pump speed per unit line speed that gives the target coat weight (rearranged mass balance)."""
+        return (
+            self.coat_weight_target_g_m2
+            * self.coated_width_m
+            / (self.solids_fraction * self.slurry_density_g_cm3 * self.pump_displacement_cm3_rev
+               * self.pump_volumetric_efficiency)
+        )
+
+
+MANUFACTURER = "Cellgate Simulators"
+MODEL = "SlotDie-1300 / 10-zone dryer"
+SERIAL_NUMBER = "SIM-CT-0001"
+DESIGN_SPEED_MAX_M_MIN = 80.0
+HEARTBEAT_MODULO = 65536
+MOVING_M_MIN = 0.1  # below this the web is considered at standstill (nothing coated, gauge parked)
+_WEB_RECORD_RESOLUTION_M = 0.1  # the position record keeps one entry per 0.1 m of web at most
+
+
+def zone_name(zone: int) -> str:
+    return f"Zone{zone:02d}"
+
+
+def coater_points(zone_count: int = 10) -> tuple[PointSpec, ...]:
+    """The coater's points. Names are dotted paths below the machine object (OPC UA hierarchy)."""
+    p = PointSpec
+    head: list[PointSpec] = [
+        p(name="Identification.Manufacturer", data_type=D.STRING, unit=None, description="Machine manufacturer."),
+        p(name="Identification.Model", data_type=D.STRING, unit=None, description="Machine model."),
+        p(name="Identification.SerialNumber", data_type=D.STRING, unit=None, description="Machine serial number."),
+        p(name="PackML.StateCurrent", data_type=D.INT32, unit=None, min=0, max=17,
+          description="PackML state number per OPC 30050 Annex B (6 = Execute)."),
+        p(name="PackML.UnitModeCurrent", data_type=D.INT32, unit=None, min=1, max=3,
+          description="PackML unit mode (1 Production, 2 Maintenance, 3 Manual)."),
+        p(name="PackML.MachDesignSpeed", data_type=D.DOUBLE, unit="m/min", min=0, max=DESIGN_SPEED_MAX_M_MIN,
+          description="Design line speed, the denominator of the OEE performance term."),
+        p(name="PackML.Blocked", data_type=D.BOOLEAN, unit=None,
+          description="Suspended because the downstream machine cannot take more material."),
+        p(name="PackML.Starved", data_type=D.BOOLEAN, unit=None,
+          description="Suspended because the upstream supply (slurry, foil) ran out."),
+        p(name="PackML.ProdProcessedCount", data_type=D.UINT32, unit="m", min=0, max=4294967295,
+          description="Coated length since the machine started, whole metres."),
+        p(name="PackML.ProdDefectiveCount", data_type=D.UINT32, unit="m", min=0, max=4294967295,
+          description="Coated length whose coat weight was out of tolerance at the gauge, whole metres."),
+        p(name="Line.SpeedSP", data_type=D.DOUBLE, unit="m/min", min=0, max=DESIGN_SPEED_MAX_M_MIN,
+          description="Line speed set point."),
+        p(name="Line.Speed", data_type=D.DOUBLE, unit="m/min", min=0, max=DESIGN_SPEED_MAX_M_MIN * 1.05,
+          description="Actual line speed."),
+        p(name="Line.Length", data_type=D.DOUBLE, unit="m", min=0, max=None,
+          description="Produced web length, the integral of the line speed; never decreases."),
+        p(name="Unwind.TensionSP", data_type=D.DOUBLE, unit="N", min=0, max=400,
+          description="Unwind web tension set point."),
+        p(name="Unwind.Tension", data_type=D.DOUBLE, unit="N", min=0, max=400,
+          description="Unwind web tension (load cell)."),
+        p(name="Rewind.TensionSP", data_type=D.DOUBLE, unit="N", min=0, max=400,
+          description="Rewind web tension set point."),
+        p(name="Rewind.Tension", data_type=D.DOUBLE, unit="N", min=0, max=400,
+          description="Rewind web tension (dancer)."),
+        p(name="CoatingHead.PumpSpeedSP", data_type=D.DOUBLE, unit="{rev}/min", min=0, max=400,
+          description="Metering pump speed set point; ratio-tracks the actual line speed."),
+        p(name="CoatingHead.PumpSpeed", data_type=D.DOUBLE, unit="{rev}/min", min=0, max=400,
+          description="Actual metering pump speed."),
+        p(name="CoatingHead.Flow", data_type=D.DOUBLE, unit="L/min", min=0, max=20,
+          description="Slurry flow to the slot die (displacement x speed x volumetric efficiency)."),
+        p(name="CoatingHead.DiePressure", data_type=D.DOUBLE, unit="bar", min=0, max=10,
+          description="Slot die inlet pressure; rises with flow."),
+        p(name="CoatingHead.WetFilm", data_type=D.DOUBLE, unit="um", min=0, max=500,
+          description="Wet film thickness leaving the die."),
+        p(name="CoatingHead.CoatWeightSP", data_type=D.DOUBLE, unit="g/m2", min=0, max=500,
+          description="Target dry coat weight (areal loading) per side."),
+        p(name="Gauge.CoatWeight", data_type=D.DOUBLE, unit="g/m2", min=0, max=500,
+          description="Dry coat weight measured after the dryer, delayed by the web transport time."),
+        p(name="Gauge.CoatWeightDeviation", data_type=D.DOUBLE, unit="%", min=-100, max=100,
+          description="Deviation of the measured coat weight from its target."),
+    ]
+    zones: list[PointSpec] = []
+    for zone in range(1, zone_count + 1):
+        z = f"Dryer.{zone_name(zone)}"
+        zones += [
+            p(name=f"{z}.AirTempSP", data_type=D.DOUBLE, unit="Cel", min=20, max=180,
+              description=f"Supply air temperature set point of dryer zone {zone}."),
+            p(name=f"{z}.AirTemp", data_type=D.DOUBLE, unit="Cel", min=0, max=200,
+              description=f"Supply air temperature of dryer zone {zone}."),
+            p(name=f"{z}.HeaterOutput", data_type=D.DOUBLE, unit="%", min=0, max=100,
+              description=f"Heater output of dryer zone {zone}."),
+        ]
+    tail = [
+        p(name="Energy.ActivePower", data_type=D.DOUBLE, unit="kW", min=0, max=1500,
+          description="Active electrical power of the whole line."),
+        p(name="Energy.ActiveEnergy", data_type=D.DOUBLE, unit="kW.h", min=0, max=None,
+          description="Active energy since the machine started; never decreases."),
+        p(name="Alarms.WebBreak", data_type=D.BOOLEAN, unit=None,
+          description="The web broke; the machine aborts until the web is re-threaded."),
+        p(name="Alarms.GaugeOutOfTolerance", data_type=D.BOOLEAN, unit=None,
+          description="The measured coat weight is outside its tolerance band."),
+        p(name="Diagnostics.Heartbeat", data_type=D.UINT32, unit=None, min=0, max=HEARTBEAT_MODULO - 1,
+          description="PLC watchdog counter: +1 per second, wraps from 65535 to 0."),
+    ]
+    return (*head, *zones, *tail)
+
+
+class Coater:
+    """The coater model. Construct with a seeded ``random.Random``; advance with ``step(dt_s)``."""
+
+    def __init__(self, *, rng: random.Random, config: CoaterConfig | None = None) -> None:
+        self.config = cfg = config if config is not None else CoaterConfig()
+        self._rng = rng
+        self.packml = PackMLMachine(rng=rng, timing=cfg.packml, initial=cfg.initial_state)
+        self._points = coater_points(len(cfg.zone_setpoints_cel))
+        self.time_s = 0.0
+        producing = self.packml.producing
+        self.speed_sp = cfg.speed_sp_m_min
+        self.speed = cfg.speed_sp_m_min if producing else 0.0
+        self.acceleration = 0.0  # m/min per s
+        self.pump_speed = cfg.pump_rpm_per_m_min * self.speed
+        self.length_m = 0.0
+        self.defective_m = 0.0
+        self.energy_kwh = 0.0
+        self.zone_sp = list(cfg.zone_setpoints_cel)
+        self.zone_temp = list(cfg.zone_setpoints_cel)
+        self.unwind_tension = self._tension_target(cfg.unwind_tension_sp_n)
+        self.rewind_tension = self._tension_target(cfg.rewind_tension_sp_n)
+        # Slurry density drifts slowly batch to batch (Ornstein-Uhlenbeck around the recipe value).
+        self.density_factor = 1.0
+        self.die_weight = cfg.coat_weight_target_g_m2
+        # Position-indexed record of the web between die and gauge: (position at the die in m, dry weight).
+        # Pre-filled with the target: the web already on the line was coated before the simulation started.
+        self._web: deque[tuple[float, float]] = deque([(-cfg.web_path_die_to_gauge_m, self.die_weight)])
+        self.gauge_weight = self.die_weight
+        self._values: dict[str, Value] = {}
+        self._publish()
+
+    @property
+    def points(self) -> tuple[PointSpec, ...]:
+        return self._points
+
+    def values(self) -> Mapping[str, Value]:
+        return self._values
+
+    def set_speed_sp(self, speed_m_min: float) -> None:
+        self.speed_sp = clamp(speed_m_min, 0.0, self.config.design_speed_m_min)
+
+    def set_zone_setpoint(self, zone: int, temp_cel: float) -> None:
+        """Change the air temperature set point of dryer zone ``zone`` (1-based)."""
+        if not 1 <= zone <= len(self.zone_sp):
+            raise ValueError(f"zone must be 1..{len(self.zone_sp)}, got {zone}")
+        self.zone_sp[zone - 1] = clamp(temp_cel, 20.0, 180.0)
+
+    # ------------------------------------------------------------------------------------------ dynamics
+
+    def step(self, dt_s: float) -> Mapping[str, Value]:
+        check_dt(dt_s)
+        if dt_s == 0.0:
+            return self._values
+        cfg = self.config
+        self.packml.step(dt_s)
+        state = self.packml.state
+        self.time_s += dt_s
+
+        # Line speed: ramp towards the target; a fast stop on abort.
+        target = self.speed_sp if self.packml.producing else 0.0
+        rate = cfg.abort_ramp_m_min_per_s if state in (PackMLState.ABORTING, PackMLState.ABORTED) \
+            else cfg.ramp_m_min_per_s
+        old_speed = self.speed
+        delta = clamp(target - old_speed, -rate * dt_s, rate * dt_s)
+        self.speed = old_speed + delta
+        self.acceleration = delta / dt_s
+        advanced_m = (old_speed + self.speed) / 2.0 / 60.0 * dt_s
+        self.length_m += advanced_m
+
+        # Pump: set point ratio-tracks the actual speed; the drive follows with a first-order lag.
+        pump_sp = cfg.pump_rpm_per_m_min * self.speed
+        self.pump_speed += (pump_sp - self.pump_speed) * (1.0 - math.exp(-dt_s / cfg.pump_lag_s))
+
+        if cfg.noise:
+            # Density drift: tau 30 min, stationary sigma 0.5 %.
+            decay = math.exp(-dt_s / 1800.0)
+            self.density_factor = 1.0 + (self.density_factor - 1.0) * decay + self._rng.gauss(
+                0.0, 0.005 * math.sqrt(1.0 - decay * decay))
+
+        if self.speed >= MOVING_M_MIN:
+            self.die_weight = clamp(self._coat_weight(self.pump_speed, self.speed), 0.0, 500.0)
+        self._record_web(advanced_m)
+        self._update_gauge(advanced_m)
+
+        # Dryer zones: exact first-order response to each set point.
+        alpha = 1.0 - math.exp(-dt_s / cfg.zone_time_constant_s)
+        for i, sp in enumerate(self.zone_sp):
+            self.zone_temp[i] += (sp - self.zone_temp[i]) * alpha
+
+        beta = 1.0 - math.exp(-dt_s / cfg.tension_lag_s)
+        self.unwind_tension += (self._tension_target(cfg.unwind_tension_sp_n) - self.unwind_tension) * beta
+        self.rewind_tension += (self._tension_target(cfg.rewind_tension_sp_n) - self.rewind_tension) * beta
+
+        self.energy_kwh += self._active_power() * dt_s / 3600.0
+        self._publish()
+        return self._values
+
+    def _coat_weight(self, pump_rpm: float, speed_m_min: float) -> float:
+        """Dry coat weight (g/m2) from the mass balance m = w_s · rho · Q / (v · W)."""
+        cfg = self.config
+        flow_cm3_s = cfg.pump_displacement_cm3_rev * cfg.pump_volumetric_efficiency * pump_rpm / 60.0
+        rho = cfg.slurry_density_g_cm3 * self.density_factor
+        return cfg.solids_fraction * rho * flow_cm3_s / (speed_m_min / 60.0 * cfg.coated_width_m)
+
+    def _record_web(self, advanced_m: float) -> None:
+        if advanced_m <= 0.0:
+            return
+        last_position, _ = self._web[-1]
+        if self.length_m - last_position >= _WEB_RECORD_RESOLUTION_M:
+            self._web.append((self.length_m, self.die_weight))
+
+    def _update_gauge(self, advanced_m: float) -> None:
+        """The gauge reads the weight coated where the web now under the gauge passed the die."""
+        at_gauge = self.length_m - self.config.web_path_die_to_gauge_m
+        while len(self._web) > 1 and self._web[1][0] <= at_gauge:
+            self._web.popleft()
+        self.gauge_weight = self._web[0][1]
+        if advanced_m > 0.0 and abs(self._deviation_pct()) > self.config.coat_weight_tolerance_pct:
+            self.defective_m += advanced_m
+
+    def _deviation_pct(self) -> float:
+        target = self.config.coat_weight_target_g_m2
+        return (self.gauge_weight - target) / target * 100.0
+
+    def _tension_target(self, sp: float) -> float:
+        state = self.packml.state
+        if state in (PackMLState.ABORTING, PackMLState.ABORTED):
+            return 0.0  # web break: no tension until re-threaded
+        if self.speed < MOVING_M_MIN and not self.packml.producing:
+            return self.config.standby_tension_n
+        return sp + 2.0 * self.acceleration  # acceleration torque shows up as tension
+
+    def _heater_output(self, zone_index: int) -> float:
+        sp = self.zone_sp[zone_index]
+        base = (sp - 20.0) / 160.0 * 45.0 + (10.0 if self.speed >= MOVING_M_MIN else 0.0)  # solvent load
+        return clamp(base + 8.0 * (sp - self.zone_temp[zone_index]), 0.0, 100.0)
+
+    def _active_power(self) -> float:
+        cfg = self.config
+        heat = sum(self._heater_output(i) for i in range(len(self.zone_sp))) / 100.0 * cfg.zone_heater_max_kw
+        return cfg.base_power_kw + cfg.drive_power_kw_per_m_min * self.speed + heat
+
+    # ------------------------------------------------------------------------------------------ values
+
+    def _noise(self, sigma: float) -> float:
+        return self._rng.gauss(0.0, sigma) if self.config.noise and sigma > 0.0 else 0.0
+
+    def _publish(self) -> None:
+        cfg = self.config
+        moving = self.speed >= MOVING_M_MIN
+        flow_l_min = cfg.pump_displacement_cm3_rev * cfg.pump_volumetric_efficiency * self.pump_speed / 1000.0
+        rho = cfg.slurry_density_g_cm3 * self.density_factor
+        wet_film_um = self.die_weight / (cfg.solids_fraction * rho) if moving else 0.0
+        die_pressure = 0.3 + 0.25 * flow_l_min if flow_l_min > 0.01 else 0.0
+        n = self._noise
+        gauge = max(0.0, self.gauge_weight + n(0.004 * self.gauge_weight))
+        deviation = (gauge - cfg.coat_weight_target_g_m2) / cfg.coat_weight_target_g_m2 * 100.0
+        values: dict[str, Value] = {
+            "Identification.Manufacturer": MANUFACTURER,
+            "Identification.Model": MODEL,
+            "Identification.SerialNumber": SERIAL_NUMBER,
+            "PackML.StateCurrent": int(self.packml.state),
+            "PackML.UnitModeCurrent": 1,
+            "PackML.MachDesignSpeed": cfg.design_speed_m_min,
+            "PackML.Blocked": self.packml.interlock == "blocked",
+            "PackML.Starved": self.packml.interlock == "starved",
+            "PackML.ProdProcessedCount": int(self.length_m) % 2**32,
+            "PackML.ProdDefectiveCount": int(self.defective_m) % 2**32,
+            "Line.SpeedSP": self.speed_sp,
+            "Line.Speed": max(0.0, self.speed + n(0.03)) if moving else 0.0,
+            "Line.Length": self.length_m,
+            "Unwind.TensionSP": cfg.unwind_tension_sp_n,
+            "Unwind.Tension": max(0.0, self.unwind_tension + n(0.015 * self.unwind_tension)),
+            "Rewind.TensionSP": cfg.rewind_tension_sp_n,
+            "Rewind.Tension": max(0.0, self.rewind_tension + n(0.015 * self.rewind_tension)),
+            "CoatingHead.PumpSpeedSP": cfg.pump_rpm_per_m_min * self.speed,
+            "CoatingHead.PumpSpeed": max(0.0, self.pump_speed + n(0.3)) if self.pump_speed > 0.05 else 0.0,
+            "CoatingHead.Flow": max(0.0, flow_l_min + n(0.01)) if flow_l_min > 0.01 else 0.0,
+            "CoatingHead.DiePressure": max(0.0, die_pressure + n(0.02)) if die_pressure > 0.0 else 0.0,
+            "CoatingHead.WetFilm": max(0.0, wet_film_um + n(0.5)) if moving else 0.0,
+            "CoatingHead.CoatWeightSP": cfg.coat_weight_target_g_m2,
+            "Gauge.CoatWeight": gauge,
+            "Gauge.CoatWeightDeviation": deviation,
+        }
+        for i in range(len(self.zone_sp)):
+            z = f"Dryer.{zone_name(i + 1)}"
+            values[f"{z}.AirTempSP"] = self.zone_sp[i]
+            values[f"{z}.AirTemp"] = self.zone_temp[i] + n(0.2)
+            values[f"{z}.HeaterOutput"] = clamp(self._heater_output(i) + n(0.5), 0.0, 100.0)
+        power = self._active_power()
+        values["Energy.ActivePower"] = max(0.0, power + n(0.01 * power))
+        values["Energy.ActiveEnergy"] = self.energy_kwh
+        values["Alarms.WebBreak"] = self.packml.state in (PackMLState.ABORTING, PackMLState.ABORTED)
+        values["Alarms.GaugeOutOfTolerance"] = moving and abs(deviation) > cfg.coat_weight_tolerance_pct
+        values["Diagnostics.Heartbeat"] = int(self.time_s) % HEARTBEAT_MODULO
+        self._values = values

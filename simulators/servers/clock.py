@@ -1,0 +1,39 @@
+"""The one clock of the simulator servers: a fixed-rate loop that advances models in model time.
+
+Scheduling is fixed-rate (next deadline = previous deadline + period), so the update rate does not drift with the
+time a tick takes. A tick that overruns by more than a period does not cause a burst of catch-up ticks: the missed
+ticks are dropped and model time falls behind wall time by that much (it is a simulator, not a recorder).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+
+def check_rate(*, step_hz: float, speedup: float) -> None:
+    if not 0.0 < step_hz <= 1000.0:
+        raise ValueError(f"step_hz must be within (0, 1000], got {step_hz!r}")
+    if not 0.0 < speedup <= 1_000_000.0:
+        raise ValueError(f"speedup must be within (0, 1e6], got {speedup!r}")
+
+
+async def run_fixed_rate(*, period_s: float, tick: Callable[[], Awaitable[None]]) -> None:
+    """Await ``tick()`` every ``period_s`` seconds of wall time, forever (until cancelled)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time()
+    while True:
+        deadline += period_s
+        await tick()
+        now = loop.time()
+        if now > deadline + period_s:
+            deadline = now  # overran by more than a period: drop the missed ticks
+        await asyncio.sleep(max(0.0, deadline - now))
+
+
+async def stop_task(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end, without swallowing a cancellation of the caller."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # mark a crash as retrieved; join() is where it is reported

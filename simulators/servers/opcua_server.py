@@ -1,0 +1,270 @@
+"""OPC UA server (asyncua 2.1) that exposes machine models, e.g. the coater.
+
+Address space, for a machine registered as ``Coater01`` with a point ``Dryer.Zone03.AirTemp``::
+
+    Objects/
+      Coater01/                        object,   ns=<urn:cellgate:simulators>;s=Coater01
+        Dryer/                         object,   s=Coater01.Dryer
+          Zone03/                      object,   s=Coater01.Dryer.Zone03
+            AirTemp                    variable, s=Coater01.Dryer.Zone03.AirTemp   (Double)
+              EURange                  property, s=Coater01.Dryer.Zone03.AirTemp.EURange          (Range)
+              EngineeringUnits         property, s=Coater01.Dryer.Zone03.AirTemp.EngineeringUnits (EUInformation)
+
+Node ids are strings in the namespace ``urn:cellgate:simulators`` (resolve its index by URI; it is 2 on this
+server but clients must not rely on that). Variant types follow the point's data type (Double, Int32, UInt32,
+Boolean, String). Double points with a range carry an ``EURange`` property, points with a unit an
+``EngineeringUnits`` property (UNECE code where one is known, the UCUM code as display name).
+
+Every step writes every value with a DataValue that carries both the source and the server timestamp: a bare
+DataValue would leave both None (library notes §2.5). The endpoint is ``opc.tcp://127.0.0.1:{port}/`` with
+SecurityPolicy None only, bound to 127.0.0.1 unless another host is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Self, cast
+
+from asyncua import ua
+from asyncua.common.node import Node
+from asyncua.server.server import Server
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+
+from simulators.machines.points import DataType, Machine, PointSpec, Value
+from simulators.servers.clock import check_rate, run_fixed_rate, stop_task
+
+NAMESPACE_URI = "urn:cellgate:simulators"
+APPLICATION_URI = "urn:cellgate:simulators:opcua-server"
+
+VARIANT_TYPES: Mapping[DataType, ua.VariantType] = {
+    DataType.DOUBLE: ua.VariantType.Double,
+    DataType.INT32: ua.VariantType.Int32,
+    DataType.UINT32: ua.VariantType.UInt32,
+    DataType.BOOLEAN: ua.VariantType.Boolean,
+    DataType.STRING: ua.VariantType.String,
+}
+
+# UNECE Recommendation 20 common codes for the UCUM units the models use (OPC 10000-8 §5.6.3 EUInformation).
+_UNECE_NAMESPACE = "http://www.opcfoundation.org/UA/units/un/cefact"
+_UNECE_CODES: Mapping[str, str] = {
+    "Cel": "CEL", "m/min": "2X", "m": "MTR", "N": "NEW", "{rev}/min": "RPM", "L/min": "L2", "bar": "BAR",
+    "um": "4H", "g/m2": "GM", "%": "P1", "kW": "KWT", "kW.h": "KWH", "V": "VLT", "A": "AMP", "A.h": "AMH",
+    "W.h": "WHR", "kPa": "KPA", "s": "SEC",
+}
+
+
+def node_id_string(machine: str, point: str) -> str:
+    """The string identifier of a point's node: ``Coater01`` + ``Dryer.Zone03.AirTemp``."""
+    return f"{machine}.{point}"
+
+
+def _string_node_id(identifier: str, namespace_index: int) -> ua.NodeId:
+    return ua.NodeId(ua.String(identifier), ua.Int16(namespace_index), ua.NodeIdType.String)
+
+
+def _unece_unit_id(code: str) -> int:
+    """UnitId of a UNECE common code: its (up to 3) ASCII characters packed big-endian into an Int32."""
+    unit_id = 0
+    for char in code:
+        unit_id = (unit_id << 8) | ord(char)
+    return unit_id
+
+
+def _eu_information(ucum: str) -> ua.EUInformation:
+    code = _UNECE_CODES.get(ucum)
+    return ua.EUInformation(
+        NamespaceUri=_UNECE_NAMESPACE if code else "http://unitsofmeasure.org",
+        UnitId=_unece_unit_id(code) if code else -1,
+        DisplayName=ua.LocalizedText(ucum),
+        Description=ua.LocalizedText(f"UCUM {ucum}"),
+    )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail in a millisecond, with a clear message, instead of after the ~1 s ``Server.init()``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's create_server does
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise OSError(exc.errno, f"OPC UA simulator cannot listen on {host}:{port}: {exc.strerror}") from exc
+
+
+def pick_free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (asyncua would advertise port 0 in its endpoints if bound to 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class OpcUaSimulatorServer:
+    """Serves ``machines`` (name -> model) over OPC UA and steps them at ``step_hz``.
+
+    ``async with OpcUaSimulatorServer(machines={"Coater01": coater}, port=4840) as server: ...``
+    Port 0 picks a free port before binding (read it back from ``server.port`` / ``server.endpoint``).
+    With ``autostep=False`` nothing moves unless the caller calls ``await server.step(dt_s)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        machines: Mapping[str, Machine],
+        port: int = 4840,
+        host: str = "127.0.0.1",
+        step_hz: float = 5.0,
+        speedup: float = 1.0,
+        autostep: bool = True,
+    ) -> None:
+        check_rate(step_hz=step_hz, speedup=speedup)
+        if not machines:
+            raise ValueError("an OPC UA simulator needs at least one machine")
+        self._machines = dict(machines)
+        self._host = host
+        self._port = port
+        self._step_hz = step_hz
+        self._speedup = speedup
+        self._autostep = autostep
+        self._server: Server | None = None
+        self._namespace_index = -1
+        # (machine, point name, node id, variant type) for every variable, in point order.
+        self._variables: list[tuple[Machine, str, ua.NodeId, ua.VariantType]] = []
+        self._stepper: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://{self._host}:{self._port}/"
+
+    @property
+    def namespace_index(self) -> int:
+        return self._namespace_index
+
+    async def __aenter__(self) -> Self:
+        if self._port == 0:
+            self._port = pick_free_port(self._host)
+        check_port_free(self._host, self._port)
+        server = Server()
+        await server.init()
+        server.set_endpoint(self.endpoint)
+        server.set_server_name("Cellgate equipment simulators")
+        await server.set_application_uri(APPLICATION_URI)
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        self._namespace_index = await server.register_namespace(NAMESPACE_URI)
+        for machine_name, machine in self._machines.items():
+            await self._add_machine(server, machine_name, machine)
+        await server.start()
+        self._server = server
+        try:
+            await self.publish()
+            if self._autostep:
+                dt_s = self._speedup / self._step_hz
+                self._stepper = asyncio.create_task(
+                    run_fixed_rate(period_s=1.0 / self._step_hz, tick=lambda: self.step(dt_s)),
+                    name=f"sim.opcua[{self._port}].step",
+                )
+        except BaseException:
+            await server.stop()
+            self._server = None
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        stepper, self._stepper = self._stepper, None
+        if stepper is not None:
+            await stop_task(stepper)
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+
+    async def join(self) -> None:
+        """Wait for the stepping task to end and re-raise its error. Never returns while all is well."""
+        if self._stepper is None:
+            await asyncio.Event().wait()
+        else:
+            await asyncio.shield(self._stepper)
+
+    async def step(self, dt_s: float) -> None:
+        """Advance every machine by ``dt_s`` seconds of model time and write the new values."""
+        for machine in self._machines.values():
+            machine.step(dt_s)
+        await self.publish()
+
+    async def publish(self) -> None:
+        """Write the current value of every point, stamped with the current time (source and server)."""
+        server = self._require_server()
+        now = cast(ua.DateTime, datetime.now(UTC))  # ua.DateTime is datetime at run time
+        current: dict[int, Mapping[str, Value]] = {id(m): m.values() for m in self._machines.values()}
+        for machine, point, node_id, variant_type in self._variables:
+            value = current[id(machine)][point]
+            await server.write_attribute_value(
+                node_id,
+                ua.DataValue(ua.Variant(value, variant_type), SourceTimestamp=now, ServerTimestamp=now),
+            )
+
+    def _require_server(self) -> Server:
+        if self._server is None:
+            raise RuntimeError("the OPC UA simulator is not running (use it as an async context manager)")
+        return self._server
+
+    async def _add_machine(self, server: Server, machine_name: str, machine: Machine) -> None:
+        idx = self._namespace_index
+        root = await server.nodes.objects.add_object(_string_node_id(machine_name, idx), machine_name)
+        folders: dict[str, Node] = {"": root}
+        values = machine.values()
+        for point in machine.points:
+            *path, leaf = point.name.split(".")
+            parent = await self._ensure_folder(folders, machine_name, path)
+            variant_type = VARIANT_TYPES[point.data_type]
+            identifier = node_id_string(machine_name, point.name)
+            node_id = _string_node_id(identifier, idx)
+            variable = await parent.add_variable(
+                node_id, ua.QualifiedName(leaf, idx), ua.Variant(values[point.name], variant_type)
+            )
+            await self._describe(server, variable, identifier, point)
+            self._variables.append((machine, point.name, node_id, variant_type))
+
+    async def _ensure_folder(self, folders: dict[str, Node], machine_name: str, path: list[str]) -> Node:
+        key = ""
+        node = folders[""]
+        for segment in path:
+            key = f"{key}.{segment}" if key else segment
+            child = folders.get(key)
+            if child is None:
+                child = await node.add_object(
+                    _string_node_id(node_id_string(machine_name, key), self._namespace_index),
+                    ua.QualifiedName(segment, self._namespace_index),
+                )
+                folders[key] = child
+            node = child
+        return node
+
+    async def _describe(self, server: Server, variable: Node, identifier: str, point: PointSpec) -> None:
+        idx = self._namespace_index
+        await server.write_attribute_value(
+            variable.nodeid,
+            ua.DataValue(ua.Variant(ua.LocalizedText(point.description), ua.VariantType.LocalizedText)),
+            AttributeIds.Description,
+        )
+        if point.data_type is DataType.DOUBLE and point.min is not None and point.max is not None:
+            await variable.add_property(
+                _string_node_id(f"{identifier}.EURange", idx), "EURange",
+                ua.Variant(ua.Range(Low=float(point.min), High=float(point.max)), ua.VariantType.ExtensionObject),
+                datatype=ua.NodeId(ua.Int32(ObjectIds.Range)),
+            )
+        if point.unit is not None:
+            await variable.add_property(
+                _string_node_id(f"{identifier}.EngineeringUnits", idx), "EngineeringUnits",
+                ua.Variant(_eu_information(point.unit), ua.VariantType.ExtensionObject),
+                datatype=ua.NodeId(ua.Int32(ObjectIds.EUInformation)),
+            )
