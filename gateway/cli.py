@@ -85,6 +85,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             seed=args.seed,
             speedup=args.speedup,
             stop=stop,
+            on_ready=lambda running: print(running.ready_line(), flush=True),
         )
 
     asyncio.run(main())

@@ -36,6 +36,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int, default=DEFAULT_CHANNELS, help="formation rack channels (1..1024)")
     parser.add_argument("--seed", type=int, default=1, help="random seed; the same seed gives the same run")
     parser.add_argument("--speedup", type=float, default=1.0, help="model seconds per wall-clock second")
+    parser.add_argument(
+        "--only", choices=("opcua", "modbus"), default=None, help="serve only this protocol (default: both)"
+    )
     parser.add_argument("--step-hz", type=float, default=DEFAULT_STEP_HZ, help="model steps per second")
     return parser.parse_args(argv)
 
@@ -58,6 +61,7 @@ async def _serve(args: argparse.Namespace) -> None:
         step_hz=args.step_hz,
         stop=stop,
         on_ready=_ready,
+        serve=(args.only,) if args.only else ("opcua", "modbus"),
     )
 
 

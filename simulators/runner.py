@@ -8,8 +8,9 @@ returns the address map of that set as plain data (dicts, lists, str, int, float
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -33,6 +34,7 @@ DEFAULT_OPCUA_PORT = 4840
 DEFAULT_MODBUS_PORT = 5020
 DEFAULT_CHANNELS = 16
 DEFAULT_STEP_HZ = 5.0
+SERVED_PROTOCOLS = ("opcua", "modbus")
 
 # Tag-map type names (``type:`` in the tag map) for the OPC UA data types.
 TAGMAP_TYPES: dict[DataType, str] = {
@@ -63,12 +65,13 @@ def build_default_set(*, channels: int = DEFAULT_CHANNELS, seed: int = 1) -> Def
 class RunningSimulators:
     """Where the running simulators listen (ports are the bound ones, also when 0 was asked for)."""
 
-    opcua_endpoint: str
+    opcua_endpoint: str | None
     modbus_host: str
-    modbus_port: int
+    modbus_port: int | None
 
     def ready_line(self) -> str:
-        return f"simulators ready opcua={self.opcua_endpoint} modbus={self.modbus_host}:{self.modbus_port}"
+        modbus = f"{self.modbus_host}:{self.modbus_port}" if self.modbus_port is not None else "off"
+        return f"simulators ready opcua={self.opcua_endpoint or 'off'} modbus={modbus}"
 
 
 async def run_simulators(
@@ -81,26 +84,40 @@ async def run_simulators(
     stop: asyncio.Event | None = None,
     step_hz: float = DEFAULT_STEP_HZ,
     on_ready: Callable[[RunningSimulators], None] | None = None,
+    serve: Collection[str] = SERVED_PROTOCOLS,
 ) -> None:
     """Serve the default set on 127.0.0.1 until ``stop`` is set or this coroutine is cancelled.
 
     ``speedup`` multiplies model time (each step at ``step_hz`` advances the models by ``speedup / step_hz`` s).
     Port 0 picks a free port; ``on_ready`` gets the real ones once both servers accept connections.
-    Raises if a server cannot start (port taken) or a model step fails.
+    Raises if a server cannot start (port taken) or a model step fails. ``serve`` picks the protocols
+    (``opcua``, ``modbus``); tests run each in its own process so one can be killed alone.
     """
     models = build_default_set(channels=channels, seed=seed)
     modbus = ModbusSimulatorServer(model=models.rack, register_map=formation_register_map(channels),
                                    port=modbus_port, host=HOST, step_hz=step_hz, speedup=speedup)
     opcua = OpcUaSimulatorServer(machines={COATER_NAME: models.coater}, port=opcua_port, host=HOST,
                                  step_hz=step_hz, speedup=speedup)
-    # Modbus first: it starts instantly and fails fast on a taken port; OPC UA takes about a second.
-    async with modbus, opcua:
+    unknown = set(serve) - set(SERVED_PROTOCOLS)
+    if unknown or not serve:
+        raise ValueError(f"serve must name some of {', '.join(SERVED_PROTOCOLS)}, got {sorted(serve)}")
+    async with contextlib.AsyncExitStack() as stack:
+        waiters: set[asyncio.Task[object]] = set()
+        # Modbus first: it starts instantly and fails fast on a taken port; OPC UA takes about a second.
+        if "modbus" in serve:
+            await stack.enter_async_context(modbus)
+            waiters.add(asyncio.create_task(modbus.join(), name="sim.modbus.join"))
+        if "opcua" in serve:
+            await stack.enter_async_context(opcua)
+            waiters.add(asyncio.create_task(opcua.join(), name="sim.opcua.join"))
         if on_ready is not None:
-            on_ready(RunningSimulators(opcua_endpoint=opcua.endpoint, modbus_host=HOST, modbus_port=modbus.port))
-        waiters: set[asyncio.Task[object]] = {
-            asyncio.create_task(opcua.join(), name="sim.opcua.join"),
-            asyncio.create_task(modbus.join(), name="sim.modbus.join"),
-        }
+            on_ready(
+                RunningSimulators(
+                    opcua_endpoint=opcua.endpoint if "opcua" in serve else None,
+                    modbus_host=HOST,
+                    modbus_port=modbus.port if "modbus" in serve else None,
+                )
+            )
         if stop is not None:
             waiters.add(asyncio.create_task(stop.wait(), name="sim.stop"))
         try:

@@ -31,7 +31,7 @@ from simulators.servers.modbus_server import Encoding, RegisterMap, RegisterPoin
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_LINE = re.compile(
-    r"^simulators ready opcua=(?P<opcua>opc\.tcp://[^ ]+) modbus=(?P<host>[0-9.]+):(?P<port>\d+)$"
+    r"^simulators ready opcua=(?P<opcua>opc\.tcp://[^ ]+|off) modbus=(?:(?P<host>[0-9.]+):(?P<port>\d+)|off)$"
 )
 MAX_REGISTERS_PER_READ = 125
 MAX_BITS_PER_READ = 2000
@@ -122,10 +122,12 @@ class SimulatorProcess:
         seed: int = 1,
         speedup: float = 1.0,
         start_timeout_s: float = 20.0,
+        only: str | None = None,
     ) -> None:
         self._args = [
             "--opcua-port", str(opcua_port), "--modbus-port", str(modbus_port),
             "--channels", str(channels), "--seed", str(seed), "--speedup", str(speedup),
+            *(["--only", only] if only else []),
         ]
         self._start_timeout_s = start_timeout_s
         self._process: subprocess.Popen[str] | None = None
@@ -167,9 +169,9 @@ class SimulatorProcess:
                 match = READY_LINE.match(line.strip())
                 if match:
                     break
-        self.opcua_endpoint = match["opcua"]
-        self.modbus_host = match["host"]
-        self.modbus_port = int(match["port"])
+        self.opcua_endpoint = match["opcua"] if match["opcua"] != "off" else ""
+        self.modbus_host = match["host"] or ""
+        self.modbus_port = int(match["port"]) if match["port"] else 0
 
     def _fail(self, error: type[Exception], message: str) -> NoReturn:
         self.stop()

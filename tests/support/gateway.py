@@ -1,0 +1,74 @@
+"""``cellgate run`` as a real child process, and a tag map retargeted at test ports."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = REPO_ROOT / "config" / "demo.yaml"
+
+
+def retarget_demo_config(*, opcua_port: int, modbus_port: int, destination: Path) -> Path:
+    """config/demo.yaml with the simulator ports replaced (the broker comes from CELLGATE_MQTT__URL)."""
+    text = DEMO_CONFIG.read_text(encoding="utf-8")
+    text, opcua_hits = re.subn(r"opc\.tcp://127\.0\.0\.1:4840", f"opc.tcp://127.0.0.1:{opcua_port}", text)
+    text, modbus_hits = re.subn(r"(?m)^(\s+port:\s*)5020\b", rf"\g<1>{modbus_port}", text)
+    assert opcua_hits >= 1, "config/demo.yaml no longer has the OPC UA endpoint this helper rewrites"
+    assert modbus_hits >= 1, "config/demo.yaml no longer has the Modbus port this helper rewrites"
+    destination.write_text(text, encoding="utf-8")
+    return destination
+
+
+class GatewayProcess:
+    """``python -m gateway.cli run -c CONFIG`` with extra environment; JSON logs kept in a temp file."""
+
+    def __init__(self, *, config: Path, env: dict[str, str]) -> None:
+        self._config = config
+        self._env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[str] | None = None
+        self.returncode: int | None = None
+
+    def start(self) -> None:
+        self._log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in close()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "-c", str(self._config), "--log-format", "json"],
+            cwd=REPO_ROOT, env=self._env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def log_text(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read()
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process is not None:
+            self.returncode = process.returncode
+        return self.returncode
+
+    def close(self) -> None:
+        self.stop()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
