@@ -133,6 +133,10 @@ def _format_value(body: Mapping[str, Any]) -> str:
     return text
 
 
+def _shorten(tag: str, width: int) -> str:
+    return tag if len(tag) <= width else "…" + tag[-(width - 1) :]
+
+
 def render_view(latest: Mapping[str, Mapping[str, Any]], *, prefix: str, messages: int, rate: float) -> str:
     """A compact text view: one block per equipment with its link state and the first few tags."""
     equipment: dict[str, dict[str, Mapping[str, Any]]] = {}
@@ -164,7 +168,7 @@ def render_view(latest: Mapping[str, Mapping[str, Any]], *, prefix: str, message
         lines.append("")
         lines.append(f"{key}  [{state}]  {len(tags)} tags seen")
         shown = sorted(tags)[:TAGS_SHOWN_PER_EQUIPMENT]
-        cells = [f"{tag[-28:]:>28} = {_format_value(tags[tag]):<18}" for tag in shown]
+        cells = [f"{_shorten(tag, 30):>30} = {_format_value(tags[tag]):<18}" for tag in shown]
         for row in range(0, len(cells), 2):
             lines.append("  " + "  ".join(cells[row : row + 2]))
         if len(tags) > len(shown):
@@ -248,9 +252,18 @@ async def _demo(plant: Plant, *, broker_url: str | None, view_enabled: bool) -> 
     subscriber = _start_subscriber(plant.mqtt.host, plant.mqtt.port, plant.mqtt.protocol, view)
     try:
         async with asyncio.TaskGroup() as group:
+            simulators_ready = asyncio.Event()
             group.create_task(
-                run_simulators(opcua_port=ports.opcua, modbus_port=ports.modbus, stop=stop), name="demo.simulators"
+                run_simulators(
+                    opcua_port=ports.opcua,
+                    modbus_port=ports.modbus,
+                    stop=stop,
+                    on_ready=lambda _running: simulators_ready.set(),
+                ),
+                name="demo.simulators",
             )
+            # Start the gateway once the simulators listen, so the demo does not open with connect errors.
+            await simulators_ready.wait()
             group.create_task(Gateway(plant).run(stop), name="demo.gateway")
             if view_enabled:
                 group.create_task(_show(view, stop), name="demo.view")
