@@ -24,6 +24,7 @@ import structlog
 from gateway import __version__
 from gateway.assembly import DeviceLink, active_devices, build_outbound, build_sources, mqtt_options_for
 from gateway.outbound import DeviceOutbound, Message
+from gateway.queueing import MessageQueue
 from gateway.schema import encode_gateway_status, gateway_status_topic
 from gateway.sinks.mqtt import MqttSink
 from gateway.sources.base import RawReading
@@ -45,7 +46,6 @@ class RuntimeCounters:
     """Numbers an operator wants to see; logged at stop and (later) exported as metrics."""
 
     messages_queued: int = 0
-    queue_full_waits: int = 0
     source_restarts: int = 0
     messages_dropped_at_stop: int = 0
     per_device_messages: dict[str, int] = field(default_factory=dict)
@@ -58,7 +58,7 @@ class _DeviceChannel:
         self,
         *,
         outbound: DeviceOutbound,
-        queue: asyncio.Queue[list[Message]],
+        queue: MessageQueue[Message],
         counters: RuntimeCounters,
         on_status: Callable[[Message], None],
         clock: Callable[[], float],
@@ -75,8 +75,6 @@ class _DeviceChannel:
         messages = self.outbound.messages(readings, self._clock())
         if not messages:
             return
-        if self._queue.full():
-            self._counters.queue_full_waits += 1
         await self._queue.put(messages)
         self._counters.messages_queued += len(messages)
         name = self.outbound.device
@@ -103,7 +101,7 @@ class Gateway:
         self.plant = plant
         self.counters = RuntimeCounters()
         self._clock = clock
-        self._queue: asyncio.Queue[list[Message]] = asyncio.Queue(maxsize=plant.gateway.queue_size)
+        self._queue: MessageQueue[Message] = MessageQueue(plant.gateway.queue_size)
         self._outbounds: list[DeviceOutbound] = [build_outbound(plant, device) for device in active_devices(plant)]
         self._channels: dict[str, _DeviceChannel] = {}
 
@@ -113,11 +111,9 @@ class Gateway:
         while True:
             messages = await self._queue.get()
             await sink.publish_many([(m.topic, m.payload) for m in messages])
-            self._queue.task_done()
 
     async def _drain_queue(self, sink: MqttSink) -> None:
-        while not self._queue.empty():
-            messages = self._queue.get_nowait()
+        while (messages := self._queue.get_nowait()) is not None:
             await sink.publish_many([(m.topic, m.payload) for m in messages])
 
     # --------------------------------------------------------------------------------- supervision
@@ -205,19 +201,13 @@ class Gateway:
             try:
                 await asyncio.wait_for(self._drain_queue(sink), DRAIN_QUEUE_BUDGET_S)
             except TimeoutError:
-                self.counters.messages_dropped_at_stop = sum(len(m) for m in _drain_nowait(self._queue))
+                self.counters.messages_dropped_at_stop = len(self._queue)
                 log.warning("stop_drain_timeout", dropped=self.counters.messages_dropped_at_stop)
             await sink.close(timeout_s=CLOSE_SINK_BUDGET_S)
         log.info(
             "gateway_stopped",
             messages_queued=self.counters.messages_queued,
+            queue_full_waits=self._queue.full_waits,
             delivered=sink.delivered,
             source_restarts=self.counters.source_restarts,
         )
-
-
-def _drain_nowait(queue: asyncio.Queue[list[Message]]) -> list[list[Message]]:
-    out: list[list[Message]] = []
-    while not queue.empty():
-        out.append(queue.get_nowait())
-    return out
