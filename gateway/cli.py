@@ -47,7 +47,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     plant = _load_or_report(args.config)
     assert isinstance(plant, Plant)
-    print(describe_plant(plant))
+    print(describe_plant(plant, list_tags=args.tags))
     return 0
 
 
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a tag map and print what would be read and published")
     check.add_argument("-c", "--config", required=True, help="tag-map YAML file")
+    check.add_argument("--tags", action="store_true", help="also list every tag: topic <- source, type, unit")
     check.set_defaults(func=cmd_check)
 
     sim = commands.add_parser("sim", help="run the equipment simulators (coater over OPC UA, rack over Modbus)")
