@@ -1,0 +1,132 @@
+"""The runtime in-process on real parts: a pymodbus server (two unit ids on one port) -> Gateway -> Mosquitto.
+
+Covers what the e2e test with the simulators cannot pin down exactly: batch payloads, NaN, Modbus exception
+responses, range checks, two units sharing one connection, and a clean stop with the offline status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import orjson
+
+from gateway.runtime import Gateway
+from gateway.tagmap import load_plant_from_text
+from tests.support.modbus import encode_registers, free_tcp_port, sim_device, tcp_server
+from tests.support.mosquitto import Mosquitto, Received, Subscriber, retained_snapshot
+
+FC_HOLDING = 3
+
+TAGMAP = """
+gateway: {{id: gw-rt, enterprise: {enterprise}, site: s1}}
+mqtt: {{url: "mqtt://127.0.0.1:{broker_port}"}}
+devices:
+  - name: rack
+    area: formation
+    line: l1
+    protocol: modbus
+    host: 127.0.0.1
+    port: {modbus_port}
+    unit_id: 1
+    interval_ms: 100
+    publish: batch
+    tags:
+      - {{name: voltage, address: 0, type: float32, unit: V}}
+      - {{name: temp, address: 2, type: int16, scale: 0.1, unit: Cel, min: -20, max: 80}}
+      - {{name: broken, address: 4, type: float32}}
+      - {{name: missing, address: 150, type: uint16}}
+  - name: cell
+    area: formation
+    line: l1
+    protocol: modbus
+    host: 127.0.0.1
+    port: {modbus_port}
+    unit_id: 2
+    interval_ms: 100
+    tags:
+      - {{name: soc, address: 0, type: uint16, unit: "%", min: 0, max: 100}}
+      - {{name: label, address: 1, type: string, length: 3}}
+"""
+
+
+def batches(messages: list[Received], topic: str) -> list[dict[str, object]]:
+    return [orjson.loads(m.payload) for m in messages if m.topic == topic]
+
+
+async def test_batch_per_tag_bad_values_shared_connection_and_clean_stop() -> None:
+    enterprise = f"rt{uuid.uuid4().hex[:8]}"
+    modbus_port = free_tcp_port()
+    with Mosquitto() as broker:
+        plant = load_plant_from_text(
+            TAGMAP.format(enterprise=enterprise, broker_port=broker.port, modbus_port=modbus_port),
+            filename="runtime.yaml",
+            environ={},
+        )
+        prefix = f"{enterprise}/s1/formation/l1"
+        subscriber = Subscriber(broker.host, broker.port, f"{enterprise}/#")
+        subscriber.start()
+        try:
+            async with tcp_server([sim_device(1), sim_device(2)], modbus_port) as server:
+                await server.async_setValues(1, FC_HOLDING, 0, encode_registers(3.5, "float32"))
+                await server.async_setValues(1, FC_HOLDING, 2, encode_registers(250, "int16"))
+                await server.async_setValues(1, FC_HOLDING, 4, encode_registers(float("nan"), "float32"))
+                await server.async_setValues(2, FC_HOLDING, 0, encode_registers(120, "uint16"))
+                await server.async_setValues(2, FC_HOLDING, 1, encode_registers("C42", "string", length=3))
+
+                stop = asyncio.Event()
+                gateway = Gateway(plant)
+                running = asyncio.create_task(gateway.run(stop))
+                try:
+                    await subscriber.wait_for(lambda ms: len(batches(ms, f"{prefix}/rack/_batch")) >= 3, 15)
+                    await subscriber.wait_for(lambda ms: any(m.topic == f"{prefix}/cell/label" for m in ms), 15)
+                finally:
+                    stop.set()
+                    await asyncio.wait_for(running, 15)
+        finally:
+            subscriber.stop()
+
+        rack = batches(subscriber.messages, f"{prefix}/rack/_batch")
+        seqs = [body["seq"] for body in rack]
+        assert seqs == list(range(1, len(rack) + 1))
+        rows = {row["tag"]: row for row in rack[0]["samples"]}  # type: ignore[attr-defined]
+        assert rows["voltage"]["value"] == 3.5
+        assert rows["voltage"]["quality"] == "good"
+        assert rows["temp"]["value"] == 25.0
+        assert rows["temp"]["unit"] == "Cel"
+        assert (rows["broken"]["value"], rows["broken"]["quality"], rows["broken"]["status"]) == (
+            None, "bad", "not_a_number",
+        )
+        assert (rows["missing"]["quality"], rows["missing"]["status"]) == ("bad", "device_exception:2")
+        # Later cycles carry the good values again; the unchanged bad ones are reported once, not every cycle.
+        assert {row["tag"] for row in rack[1]["samples"]} == {"voltage", "temp"}  # type: ignore[attr-defined]
+
+        soc = [orjson.loads(m.payload) for m in subscriber.on(f"{prefix}/cell/soc")]
+        assert (soc[0]["value"], soc[0]["quality"], soc[0]["status"]) == (120, "uncertain", "out_of_range")
+        label = orjson.loads(subscriber.on(f"{prefix}/cell/label")[0].payload)
+        assert label["value"] == "C42"
+
+        retained = await retained_snapshot(broker.host, broker.port, f"{enterprise}/#")
+        assert orjson.loads(retained[f"{enterprise}/s1/_gateway/gw-rt/status"])["online"] is False
+        assert orjson.loads(retained[f"{prefix}/rack/_status"])["connected"] is True
+        assert set(orjson.loads(retained[f"{prefix}/cell/_meta"])["tags"]) == {"soc", "label"}
+
+
+async def test_gateway_keeps_running_without_broker_and_stops_cleanly() -> None:
+    """A broker that is not there yet: sources run, the sink retries, stop still completes in budget."""
+    modbus_port = free_tcp_port()
+    plant = load_plant_from_text(
+        TAGMAP.format(enterprise="nobroker", broker_port=free_tcp_port(), modbus_port=modbus_port),
+        filename="runtime.yaml",
+        environ={},
+    )
+    async with tcp_server([sim_device(1), sim_device(2)], modbus_port):
+        stop = asyncio.Event()
+        running = asyncio.create_task(Gateway(plant).run(stop))
+        await asyncio.sleep(1.0)
+        assert not running.done()
+        stop.set()
+        started = time.monotonic()
+        await asyncio.wait_for(running, 20)  # returns normally: no exception, no hang
+        assert time.monotonic() - started < 10  # the stop budgets (2 + 3 + 3 s) plus slack
