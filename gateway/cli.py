@@ -69,29 +69,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sim(args: argparse.Namespace) -> int:
-    from gateway.observability import configure_logging
-    from simulators.runner import run_simulators
-
-    configure_logging(level=args.log_level, log_format=args.log_format)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        _install_stop_signals(stop)
-        await run_simulators(
-            opcua_port=args.opcua_port,
-            modbus_port=args.modbus_port,
-            channels=args.channels,
-            seed=args.seed,
-            speedup=args.speedup,
-            stop=stop,
-            on_ready=lambda running: print(running.ready_line(), flush=True),
-        )
-
-    asyncio.run(main())
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -120,14 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--tags", action="store_true", help="also list every tag: topic <- source, type, unit")
     check.set_defaults(func=cmd_check)
 
-    sim = commands.add_parser("sim", help="run the equipment simulators (coater over OPC UA, rack over Modbus)")
-    sim.add_argument("--opcua-port", type=int, default=4840)
-    sim.add_argument("--modbus-port", type=int, default=5020)
-    sim.add_argument("--channels", type=int, default=16, help="formation rack channels (default 16)")
-    sim.add_argument("--seed", type=int, default=1)
-    sim.add_argument("--speedup", type=float, default=1.0, help="time acceleration factor (default 1)")
-    add_logging(sim)
-    sim.set_defaults(func=cmd_sim)
+    commands.add_parser(
+        "sim",
+        add_help=False,
+        help="run the equipment simulators (coater over OPC UA, rack over Modbus); see `cellgate sim --help`",
+    )
 
     demo = commands.add_parser("demo", help="simulators + embedded MQTT broker + gateway, with a live view")
     demo.add_argument("-c", "--config", default=str(DEFAULT_DEMO_CONFIG), help="tag map (default config/demo.yaml)")
@@ -138,7 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["sim"]:
+        # argparse cannot forward options it does not know; `cellgate sim` hands them all to the simulators.
+        from simulators.__main__ import main as simulators_main
+
+        return simulators_main(arguments[1:])
+    args = build_parser().parse_args(arguments)
     result: int = args.func(args)
     return result
 
