@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -137,6 +138,22 @@ class _InFlight:
     acked: asyncio.Future[bool]
 
 
+class _PahoErrorRelay(logging.Handler):
+    """Passes paho's ERROR log lines (e.g. ``failed to receive on socket: <ssl error>``) to ``relay``.
+
+    Runs in paho's thread. Used on a private logger at ERROR level, so paho's per-packet DEBUG lines
+    are filtered by ``isEnabledFor`` before they are even formatted.
+    """
+
+    def __init__(self, relay: Callable[[str], None]) -> None:
+        super().__init__(logging.ERROR)
+        self._relay = relay
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):  # never raise into paho's thread
+            self._relay(record.getMessage())
+
+
 class MqttSink:
     """One MQTT connection for the whole gateway. Use as ``async with MqttSink(options) as sink: ...``.
 
@@ -161,6 +178,8 @@ class MqttSink:
         self._closing = False
         self._closed = False
         self._last_connect_problem: str | None = None
+        self._last_paho_error: str | None = None  # paho's last ERROR log line, e.g. a TLS alert on read
+        self._connack_refused = False  # the disconnect that follows a refused CONNACK is already reported
         self._rejection_logged = False  # one log line per connection for refused PUBACKs
         self._qos0_drop_logged = False  # one log line per outage for dropped QoS0 messages
         self._published = 0
@@ -240,6 +259,14 @@ class MqttSink:
             clean_session=None if v5 else True,
         )
         client.suppress_exceptions = True  # see the note above the paho callbacks
+        # paho reports socket read errors only through its logger; with TLS 1.3 that is where a broker
+        # rejecting our client certificate (mTLS) shows up: the handshake completes on our side and
+        # the alert arrives on the first read. A Logger built directly stays out of logging's global
+        # tree, so it is this client's alone.
+        paho_log = logging.Logger("cellgate.mqtt.paho", logging.ERROR)
+        paho_log.propagate = False
+        paho_log.addHandler(_PahoErrorRelay(lambda line: self._to_loop(self._note_paho_error, line)))
+        client.enable_logger(paho_log)
         try:
             if o.username is not None:
                 client.username_pw_set(o.username, o.password)
@@ -467,6 +494,7 @@ class MqttSink:
 
     def _on_connect(self, failed: bool, reason: str, session_present: bool, receive_maximum: int | None) -> None:
         if failed:
+            self._connack_refused = True
             self._note_connect_problem(f"CONNACK refused: {reason}")
             return
         self._last_connect_problem = None
@@ -508,8 +536,16 @@ class MqttSink:
             return None
 
     def _on_disconnect(self, reason: str, by_broker: bool) -> None:
+        paho_error, self._last_paho_error = self._last_paho_error, None
         if not self._connected:
-            return  # a failed connect attempt; already reported by _note_connect_problem
+            # The link was lost before any CONNACK: the TCP/TLS connect itself succeeded (failures there
+            # come through on_connect_fail), then the broker hung up, e.g. a TLS 1.3 broker refusing
+            # our client certificate (mTLS). Without this the sink would retry silently forever.
+            if self._connack_refused:
+                self._connack_refused = False  # paho hangs up after a refused CONNACK; reported there
+            elif not self._closing:
+                self._note_connect_problem(f"connection lost before CONNACK: {paho_error or reason}")
+            return
         self._set_disconnected()
         if self._closing:
             self._log.info("mqtt_disconnected", reason="closed")
@@ -520,6 +556,9 @@ class MqttSink:
         self._connected = False
         self._connected_event.clear()
         self._disconnected_event.set()
+
+    def _note_paho_error(self, line: str) -> None:
+        self._last_paho_error = line
 
     def _note_connect_problem(self, problem: str) -> None:
         # Logged when it changes, not at every backoff attempt of a long outage.

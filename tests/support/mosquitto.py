@@ -11,6 +11,10 @@ Plain classes and context managers (no pytest fixtures here; conftest.py wires t
 Password auth: ``Mosquitto(users={"gw": "secret"})`` writes a password file with ``mosquitto_passwd``
 and turns anonymous access off. ``persistence=True`` keeps retained messages and persistent sessions
 across a graceful ``stop()`` / ``start()`` (a ``stop(kill=True)`` crash loses what was not saved).
+
+TLS: ``Mosquitto(tls=ListenerTls(...))`` makes the listener mqtts-only (``url`` says ``mqtts://``);
+``require_certificate=True`` also demands a client certificate signed by ``ca_file`` (mTLS). Give the
+subscriber ``tls=ClientTls(...)`` to match. tests/support/tls.py generates the files.
 """
 
 from __future__ import annotations
@@ -50,6 +54,34 @@ class BrokerError(RuntimeError):
     """mosquitto did not start or stop as asked; the message carries the end of its log."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenerTls:
+    """PEM files for a TLS listener. ``ca_file`` verifies client certificates when they are required."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_certificate: bool = False
+
+    def config_lines(self) -> list[str]:
+        # Listener options: they apply to the ``listener`` line above them.
+        return [
+            f"cafile {self.ca_file}",
+            f"certfile {self.cert_file}",
+            f"keyfile {self.key_file}",
+            f"require_certificate {'true' if self.require_certificate else 'false'}",
+        ]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientTls:
+    """TLS for a test client: trust ``ca_file``; ``cert_file``/``key_file`` is the client certificate (mTLS)."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
 class Mosquitto:
     """One mosquitto process on 127.0.0.1 with a generated config in its own directory."""
 
@@ -60,12 +92,14 @@ class Mosquitto:
         users: Mapping[str, str] | None = None,
         persistence: bool = False,
         workdir: Path | None = None,
+        tls: ListenerTls | None = None,
     ) -> None:
         self.host = HOST
         self._fixed_port = port is not None
         self.port = port if port is not None else free_port()
         self._users = dict(users or {})
         self._persistence = persistence
+        self.tls = tls
         self._own_workdir = workdir is None
         self.workdir = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="cellgate-mosquitto-"))
         self.log_path = self.workdir / "mosquitto.log"
@@ -73,7 +107,7 @@ class Mosquitto:
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -94,6 +128,7 @@ class Mosquitto:
     def _write_config(self) -> Path:
         lines = [
             f"listener {self.port} {self.host}",
+            *(self.tls.config_lines() if self.tls else []),
             f"allow_anonymous {'false' if self._users else 'true'}",
             "max_queued_messages 100000",
             "log_dest stderr",
@@ -263,6 +298,7 @@ class Subscriber:
         password: str | None = None,
         client_id: str = "",
         session: bool = False,
+        tls: ClientTls | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -282,6 +318,12 @@ class Subscriber:
         )
         if username is not None:
             self._client.username_pw_set(username, password)
+        if tls is not None:
+            self._client.tls_set(
+                ca_certs=str(tls.ca_file),
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+            )
         # paho annotates the delays as int but handles floats; a quick resubscribe keeps tests short.
         self._client.reconnect_delay_set(min_delay=cast(int, 0.1), max_delay=cast(int, 0.5))
         self._client.on_connect = self._on_connect
@@ -378,11 +420,12 @@ async def retained_snapshot(
     settle_s: float = 0.3,
     username: str | None = None,
     password: str | None = None,
+    tls: ClientTls | None = None,
 ) -> dict[str, bytes]:
     """Topic -> payload of the retained messages a new subscriber gets right now.
 
     The broker sends retained messages right after the SUBACK; ``settle_s`` is how long we listen.
     """
-    with Subscriber(host, port, topic_filter, username=username, password=password) as sub:
+    with Subscriber(host, port, topic_filter, username=username, password=password, tls=tls) as sub:
         await asyncio.sleep(settle_s)
         return {m.topic: m.payload for m in sub.messages if m.retain}
