@@ -108,6 +108,11 @@ class MqttOptions:
             problems.append("connect_timeout_s must be > 0")
         if self.password is not None and self.username is None:
             problems.append("password given without username")
+        if not self.tls and (self.ca_file or self.cert_file or self.key_file):
+            # Never connect in plain text to a broker the caller meant to reach over TLS.
+            problems.append("ca_file/cert_file/key_file given without tls")
+        if self.key_file and not self.cert_file:
+            problems.append("key_file given without cert_file")
         topic_problem = publish_topic_problem(self.will_topic)
         if topic_problem:
             problems.append(f"will_topic: {topic_problem}")
