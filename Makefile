@@ -32,6 +32,10 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy gateway simulators
 
+## bench: benchmarks that print JSON (so far: load-50k, tag-map load + plan)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/load_plan.py
+
 sim: $(STAMP)
 	$(BIN)/cellgate sim
 
