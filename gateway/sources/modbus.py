@@ -8,6 +8,9 @@ how to decode them) was decided by ``modbus_plan``; this module only carries out
 Reconnecting is ours, not pymodbus's: its background reconnect never starts when the *first* connect fails and
 has no jitter, so the client is built with ``reconnect_delay=0`` and one supervisor task (tenacity, exponential
 backoff with jitter, capped) connects at start and again whenever the link drops.
+
+Every pymodbus call is awaited through ``await_within``: bounded by our own deadline, and never able to swallow
+the cancellation that stops the connection (see there).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Literal, Protocol, Self, TypeVar
 
 import structlog
 from pymodbus import FramerType
@@ -34,6 +37,27 @@ from gateway.sources.modbus_plan import ReadPlan, ReadRequest, Table, failed_rea
 
 # Added to the client's own timeout so the library, not our guard, normally reports the timeout.
 _GUARD_MARGIN_S = 0.5
+
+_T = TypeVar("_T")
+
+
+async def await_within(call: Awaitable[_T], timeout_s: float) -> _T:
+    """Result of ``call``, or ``TimeoutError`` after ``timeout_s``; cancelling the caller always cancels it.
+
+    pymodbus waits for answers and connects with ``asyncio.wait_for``, which on Python 3.11 swallows a
+    cancellation that arrives in the loop iteration in which the awaited result lands (CPython gh-86296, fixed
+    by the 3.12 rewrite): the cancelled task just gets the answer and carries on. A poll task that lost its
+    cancel polls forever, so ``run()``'s TaskGroup, and whoever stops the connection, waited forever. Here the
+    call runs in a task of its own that we watch through ``asyncio.shield``: our cancel and our deadline cancel
+    the shield's outer future, which no library code can intercept. The call is then cancelled and left to
+    finish on its own (the shield consumes its outcome).
+    """
+    call_task = asyncio.ensure_future(call)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await asyncio.shield(call_task)
+    finally:
+        call_task.cancel()  # no-op once it is done
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -291,9 +315,10 @@ class ModbusConnection:
     async def _connect_once(self, client: AsyncModbusTcpClient | AsyncModbusSerialClient) -> None:
         client.close()  # drop a half-dead transport before opening a new one
         try:
-            ok = await client.connect()
-        except Exception as exc:  # serial open errors and the like: retried like a refused connect
-            self._last_connect_error = f"cannot connect to {self.endpoint}: {exc}"
+            # pymodbus bounds the connect by its timeout; ours is the backstop (and keeps cancelling reliable).
+            ok = await await_within(client.connect(), self._timeout_s + _GUARD_MARGIN_S)
+        except Exception as exc:  # serial open errors, our deadline and the like: retried like a refused connect
+            self._last_connect_error = f"cannot connect to {self.endpoint}: {_reason(exc)}"
             raise SourceError(self._last_connect_error) from exc
         finally:
             self._first_attempt_done.set()
@@ -382,8 +407,8 @@ class ModbusConnection:
         read = self._readers[request.table]
         try:
             async with self._request_lock:
-                response: _ReadResponse = await asyncio.wait_for(
-                    read(request.start, count=request.count, device_id=unit_id), timeout=self._guard_s
+                response: _ReadResponse = await await_within(
+                    read(request.start, count=request.count, device_id=unit_id), self._guard_s
                 )
         except (ConnectionException, ModbusIOException) as exc:
             if not self.connected:

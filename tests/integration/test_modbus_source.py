@@ -11,7 +11,7 @@ import pytest
 from pymodbus.server.base import ModbusBaseServer
 
 from gateway.schema import Quality
-from gateway.sources.modbus import ModbusConnection, ModbusUnit, SerialEndpoint, TcpEndpoint
+from gateway.sources.modbus import ModbusConnection, ModbusUnit, SerialEndpoint, TcpEndpoint, await_within
 from gateway.sources.modbus_plan import ModbusField, ReadLimits, plan_reads
 from tests.support.modbus import (
     FC_COILS,
@@ -191,6 +191,38 @@ async def test_fixed_rate_counts_overruns_and_skips_ahead() -> None:
         # No burst to catch up: polls are never closer together than one interval.
         gaps = [b - a for a, b in zip(rec.emit_started, rec.emit_started[1:], strict=False)]
         assert min(gaps) >= 0.019
+
+
+async def answer_despite_cancel(answered: asyncio.Event) -> str:
+    """A library call that turns a cancel into an answer: what ``asyncio.wait_for`` inside pymodbus does on
+    Python 3.11 when the cancel and the device's answer land in the same loop iteration (CPython gh-86296)."""
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        answered.set()
+        return "late answer"
+    return "answer"
+
+
+async def test_cancelling_a_poll_is_not_lost_when_the_call_swallows_it() -> None:
+    # Regression: a poll task whose cancel was swallowed kept polling, and stopping the connection hung forever.
+    answered = asyncio.Event()
+    caller = asyncio.create_task(await_within(answer_despite_cancel(answered), 5))
+    await asyncio.sleep(0.01)  # the call is in flight
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.wait_for(answered.wait(), 1)  # the call itself was cancelled too, not leaked
+
+
+async def test_await_within_times_out_a_call_that_swallows_the_timeout() -> None:
+    answered = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await await_within(answer_despite_cancel(answered), 0.05)
+    assert loop.time() - started < 1
+    await asyncio.wait_for(answered.wait(), 1)
 
 
 async def test_rtu_two_units_on_one_serial_line(tmp_path: Path) -> None:

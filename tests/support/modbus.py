@@ -144,16 +144,21 @@ def socat_pty_pair(directory: Path) -> Iterator[tuple[str, str]]:
     socat = shutil.which("socat")
     assert socat is not None, "socat missing (the caller skips)"
     server_end, client_end = directory / "rtu-server", directory / "rtu-client"
-    process = subprocess.Popen(
-        [socat, "-d", "-d", f"pty,raw,echo=0,link={server_end}", f"pty,raw,echo=0,link={client_end}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    log_path = directory / "socat.log"
+    # socat's log goes to a file, not a pipe: nobody reads a pipe while the test runs, and a full one blocks socat.
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [socat, "-d", "-d", f"pty,raw,echo=0,link={server_end}", f"pty,raw,echo=0,link={client_end}"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     try:
         deadline = time.monotonic() + 5
+        # socat creates each link after opening its pty, so an existing link is ready to open.
         while not (server_end.exists() and client_end.exists()):
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"socat did not create the pty pair: {process.stderr!r}")
+                raise RuntimeError(f"socat did not create the pty pair: {log_path.read_text(errors='replace')}")
             time.sleep(0.02)
         yield str(server_end), str(client_end)
     finally:
@@ -163,8 +168,6 @@ def socat_pty_pair(directory: Path) -> Iterator[tuple[str, str]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
 
 
 @contextlib.asynccontextmanager
@@ -207,13 +210,11 @@ class Recorder:
     async def wait_until(self, condition: Callable[[Recorder], bool], *, within_s: float = 5.0) -> None:
         """Wait until ``condition(self)`` holds after some emit or link report; fail the test after ``within_s``."""
 
-        async def poll() -> None:
-            while not condition(self):
-                self._changed.clear()
-                await self._changed.wait()
-
         try:
-            await asyncio.wait_for(poll(), within_s)
+            async with asyncio.timeout(within_s):
+                while not condition(self):
+                    self._changed.clear()
+                    await self._changed.wait()
         except TimeoutError:
             raise AssertionError(
                 f"condition not met within {within_s} s; last cycle: {self.cycles[-1:]}, links: {self.links}"
