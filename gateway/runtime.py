@@ -13,7 +13,6 @@ close the sink (publish offline, wait for PUBACKs, disconnect).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -191,13 +190,8 @@ class Gateway:
                 log.info("gateway_running", sources=len(source_tasks))
                 await stop.wait()
                 log.info("gateway_stopping")
-                for task in source_tasks:
-                    task.cancel()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        asyncio.gather(*source_tasks, return_exceptions=True), STOP_SOURCES_BUDGET_S
-                    )
-                publish_task.cancel()
+                await cancel_until_done(source_tasks, budget_s=STOP_SOURCES_BUDGET_S)
+                await cancel_until_done([publish_task], budget_s=STOP_SOURCES_BUDGET_S)
             try:
                 await asyncio.wait_for(self._drain_queue(sink), DRAIN_QUEUE_BUDGET_S)
             except TimeoutError:
@@ -211,3 +205,24 @@ class Gateway:
             delivered=sink.delivered,
             source_restarts=self.counters.source_restarts,
         )
+
+
+async def cancel_until_done(tasks: Sequence[asyncio.Task[None]], *, budget_s: float) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again until every one has ended.
+
+    On Python 3.11 ``asyncio.wait_for`` (used inside asyncua and pymodbus) can swallow a cancellation that
+    arrives in the same loop step as its result (CPython gh-86296), and the task then runs on. One cancel is
+    therefore not enough to stop a source for sure; repeating it is. Past ``budget_s`` this logs once and
+    keeps trying, because the TaskGroup that owns the tasks cannot exit before they end.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget_s
+    pending = {task for task in tasks if not task.done()}
+    warned = False
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.2)
+        if pending and not warned and loop.time() > deadline:
+            warned = True
+            log.warning("stop_tasks_slow", tasks=sorted(task.get_name() for task in pending), budget_s=budget_s)
