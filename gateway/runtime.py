@@ -22,6 +22,7 @@ import structlog
 
 from gateway import __version__
 from gateway.assembly import DeviceLink, active_devices, build_outbound, build_sources, mqtt_options_for
+from gateway.errors import SinkError
 from gateway.outbound import DeviceOutbound, Message
 from gateway.queueing import MessageQueue
 from gateway.schema import encode_gateway_status, gateway_status_topic
@@ -45,6 +46,7 @@ class RuntimeCounters:
     """Numbers an operator wants to see; logged at stop and (later) exported as metrics."""
 
     messages_queued: int = 0
+    messages_rejected_by_sink: int = 0
     source_restarts: int = 0
     messages_dropped_at_stop: int = 0
     per_device_messages: dict[str, int] = field(default_factory=dict)
@@ -109,7 +111,13 @@ class Gateway:
     async def _publish_queue(self, sink: MqttSink) -> None:
         while True:
             messages = await self._queue.get()
-            await sink.publish_many([(m.topic, m.payload) for m in messages])
+            try:
+                await sink.publish_many([(m.topic, m.payload) for m in messages])
+            except SinkError as exc:
+                # The sink refused part of a batch (e.g. paho's own queue full): count it and keep running;
+                # one bad hand-over must never stop the gateway. (Part of the batch may have gone out.)
+                self.counters.messages_rejected_by_sink += len(messages)
+                log.error("sink_rejected_batch", messages=len(messages), error=str(exc))
 
     async def _drain_queue(self, sink: MqttSink) -> None:
         while (messages := self._queue.get_nowait()) is not None:
@@ -203,6 +211,7 @@ class Gateway:
             messages_queued=self.counters.messages_queued,
             queue_full_waits=self._queue.full_waits,
             delivered=sink.delivered,
+            rejected_by_sink=self.counters.messages_rejected_by_sink,
             source_restarts=self.counters.source_restarts,
         )
 
