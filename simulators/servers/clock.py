@@ -37,3 +37,36 @@ async def stop_task(task: asyncio.Task[None]) -> None:
     await asyncio.wait({task})
     if not task.cancelled():
         task.exception()  # mark a crash as retrieved; join() is where it is reported
+
+
+class AutoStepper:
+    """The optional background task of one simulator server that advances its models at ``step_hz``.
+
+    Each tick advances model time by ``speedup / step_hz`` seconds via ``step``. ``join`` waits for the task
+    and re-raises its crash; it never returns while all is well (or when the stepper was never started).
+    """
+
+    def __init__(
+        self, *, name: str, step_hz: float, speedup: float, step: Callable[[float], Awaitable[None]]
+    ) -> None:
+        self._name = name
+        self._period_s = 1.0 / step_hz
+        self._dt_s = speedup / step_hz
+        self._step = step
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(
+            run_fixed_rate(period_s=self._period_s, tick=lambda: self._step(self._dt_s)), name=self._name
+        )
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            await stop_task(task)
+
+    async def join(self) -> None:
+        if self._task is None:
+            await asyncio.Event().wait()
+        else:
+            await asyncio.shield(self._task)

@@ -65,7 +65,7 @@ from pymodbus.simulator import SimData, SimDevice
 
 from simulators.machines.formation import channel_name
 from simulators.machines.points import Machine, Value
-from simulators.servers.clock import check_rate, run_fixed_rate, stop_task
+from simulators.servers.clock import AutoStepper, check_rate
 
 CHANNEL_BASE = 1000
 CHANNEL_STRIDE = 32
@@ -279,7 +279,7 @@ class ModbusSimulatorServer:
         self._speedup = speedup
         self._autostep = autostep
         self._server: ModbusTcpServer | None = None
-        self._stepper: asyncio.Task[None] | None = None
+        self._stepper: AutoStepper | None = None
 
     @property
     def port(self) -> int:
@@ -314,11 +314,10 @@ class ModbusSimulatorServer:
                 self._port = int(listener.sockets[0].getsockname()[1])
             await self.publish()
             if self._autostep:
-                dt_s = self._speedup / self._step_hz
-                self._stepper = asyncio.create_task(
-                    run_fixed_rate(period_s=1.0 / self._step_hz, tick=lambda: self.step(dt_s)),
-                    name=f"sim.modbus[{self._port}].step",
+                self._stepper = AutoStepper(
+                    name=f"sim.modbus[{self._port}].step", step_hz=self._step_hz, speedup=self._speedup, step=self.step
                 )
+                self._stepper.start()
         except BaseException:
             await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus leaves it unannotated
             self._server = None
@@ -330,7 +329,7 @@ class ModbusSimulatorServer:
     ) -> None:
         stepper, self._stepper = self._stepper, None
         if stepper is not None:
-            await stop_task(stepper)
+            await stepper.stop()
         if self._server is not None:
             await self._server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus leaves it unannotated
             self._server = None
@@ -340,7 +339,7 @@ class ModbusSimulatorServer:
         if self._stepper is None:
             await asyncio.Event().wait()
         else:
-            await asyncio.shield(self._stepper)
+            await self._stepper.join()
 
     async def step(self, dt_s: float) -> None:
         """Advance the model by ``dt_s`` seconds of model time and publish the new values."""

@@ -36,7 +36,7 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 
 from simulators.machines.points import DataType, Machine, PointSpec, Value
-from simulators.servers.clock import check_rate, run_fixed_rate, stop_task
+from simulators.servers.clock import AutoStepper, check_rate
 
 NAMESPACE_URI = "urn:cellgate:simulators"
 APPLICATION_URI = "urn:cellgate:simulators:opcua-server"
@@ -134,7 +134,7 @@ class OpcUaSimulatorServer:
         self._namespace_index = -1
         # (machine, point name, node id, variant type) for every variable, in point order.
         self._variables: list[tuple[Machine, str, ua.NodeId, ua.VariantType]] = []
-        self._stepper: asyncio.Task[None] | None = None
+        self._stepper: AutoStepper | None = None
 
     @property
     def port(self) -> int:
@@ -166,11 +166,10 @@ class OpcUaSimulatorServer:
         try:
             await self.publish()
             if self._autostep:
-                dt_s = self._speedup / self._step_hz
-                self._stepper = asyncio.create_task(
-                    run_fixed_rate(period_s=1.0 / self._step_hz, tick=lambda: self.step(dt_s)),
-                    name=f"sim.opcua[{self._port}].step",
+                self._stepper = AutoStepper(
+                    name=f"sim.opcua[{self._port}].step", step_hz=self._step_hz, speedup=self._speedup, step=self.step
                 )
+                self._stepper.start()
         except BaseException:
             await server.stop()
             self._server = None
@@ -182,7 +181,7 @@ class OpcUaSimulatorServer:
     ) -> None:
         stepper, self._stepper = self._stepper, None
         if stepper is not None:
-            await stop_task(stepper)
+            await stepper.stop()
         if self._server is not None:
             await self._server.stop()
             self._server = None
@@ -192,7 +191,7 @@ class OpcUaSimulatorServer:
         if self._stepper is None:
             await asyncio.Event().wait()
         else:
-            await asyncio.shield(self._stepper)
+            await self._stepper.join()
 
     async def step(self, dt_s: float) -> None:
         """Advance every machine by ``dt_s`` seconds of model time and write the new values."""

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import re
 import signal
 import sys
 import time
@@ -22,11 +20,10 @@ import pytest
 
 from gateway.errors import SinkError
 from gateway.schema import Quality, Sample, encode_tag_payload
-from gateway.sinks.mqtt import MqttOptions, MqttSink
+from gateway.sinks.mqtt import MqttSink
 from tests.support.mosquitto import Mosquitto, Received, Subscriber, retained_snapshot
-
-ONLINE = b'{"online":true}'
-OFFLINE = b'{"online":false}'
+from tests.support.sink import OFFLINE, ONLINE
+from tests.support.sink import sink_options as make_options
 
 
 @pytest.fixture(scope="module")
@@ -41,25 +38,6 @@ def own_broker() -> Iterator[Mosquitto]:
         yield running
 
 
-@pytest.fixture
-def prefix(request: pytest.FixtureRequest) -> str:
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)
-    return f"cgtest/{name}-{uuid.uuid4().hex[:6]}"
-
-
-def make_options(broker: Mosquitto, prefix: str, **overrides: Any) -> MqttOptions:
-    options = MqttOptions(
-        host=broker.host,
-        port=broker.port,
-        client_id="cg-" + prefix.replace("/", "-"),
-        will_topic=f"{prefix}/_gateway/status",
-        will_payload=OFFLINE,
-        online_payload=ONLINE,
-        reconnect_min_s=0.1,
-        reconnect_max_s=0.5,
-        connect_timeout_s=2.0,
-    )
-    return dataclasses.replace(options, **overrides)
 
 
 def data_messages(messages: list[Received], prefix: str) -> list[Received]:

@@ -8,7 +8,6 @@ that arrives went over TLS.
 from __future__ import annotations
 
 import dataclasses
-import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +20,9 @@ from gateway.errors import SinkError
 from gateway.sinks.mqtt import MqttOptions, MqttSink
 from gateway.tagmap import load_plant_from_text
 from tests.support.mosquitto import Mosquitto, Subscriber
+from tests.support.sink import OFFLINE, ONLINE, sink_options
 from tests.support.tls import TestPki, make_test_pki
 
-ONLINE = b'{"online":true}'
-OFFLINE = b'{"online":false}'
 # Failure cases: the first connect attempt fails within milliseconds on 127.0.0.1; this is the margin.
 REFUSED_WAIT_S = 1.0
 
@@ -46,26 +44,6 @@ def mtls_broker(pki: TestPki) -> Iterator[Mosquitto]:
         yield running
 
 
-@pytest.fixture
-def prefix(request: pytest.FixtureRequest) -> str:
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)
-    return f"cgtest/{name}-{uuid.uuid4().hex[:6]}"
-
-
-def make_options(broker: Mosquitto, prefix: str, **overrides: Any) -> MqttOptions:
-    options = MqttOptions(
-        host=broker.host,
-        port=broker.port,
-        client_id="cg-" + prefix.replace("/", "-"),
-        will_topic=f"{prefix}/_gateway/status",
-        will_payload=OFFLINE,
-        online_payload=ONLINE,
-        tls=True,
-        reconnect_min_s=0.1,
-        reconnect_max_s=0.5,
-        connect_timeout_s=2.0,
-    )
-    return dataclasses.replace(options, **overrides)
 
 
 async def publish_one_and_check_received(sink: MqttSink, sub: Subscriber, topic: str, payload: bytes) -> None:
@@ -197,3 +175,8 @@ devices:
     with Subscriber(mtls_broker.host, mtls_broker.port, f"{prefix}/#", tls=pki.client(with_certificate=True)) as sub:
         async with MqttSink(fast) as sink:
             await publish_one_and_check_received(sink, sub, f"{prefix}/data/voltage", b"3.7")
+
+
+def make_options(broker: Mosquitto, prefix: str, **overrides: Any) -> MqttOptions:
+    """Sink options for the TLS listener: TLS on unless a test turns it off."""
+    return sink_options(broker, prefix, **{"tls": True, **overrides})
