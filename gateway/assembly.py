@@ -209,11 +209,12 @@ def opcua_tag_refs(device: OpcUaDevice) -> list[OpcUaTagRef]:
     return refs
 
 
-def _opcua_task(device: OpcUaDevice, link: DeviceLink) -> SourceTask:
+def _opcua_task(device: OpcUaDevice, links: Mapping[str, DeviceLink]) -> SourceTask:
     options = opcua_options(device)
     refs = opcua_tag_refs(device)
 
     def run() -> Awaitable[None]:
+        link = links[device.name]  # looked up at each start: a reload may have replaced the device's channel
         source = OpcUaSource(device=device.name, options=options, tags=refs)
         return source.run(link.emit, link.report_link)
 
@@ -224,7 +225,7 @@ def build_sources(plant: Plant, links: Mapping[str, DeviceLink]) -> list[SourceT
     """One task per Modbus connection and per OPC UA device, for the enabled devices."""
     devices = active_devices(plant)
     tasks = _modbus_tasks([d for d in devices if isinstance(d, ModbusDevice)], links)
-    tasks += [_opcua_task(d, links[d.name]) for d in devices if isinstance(d, OpcUaDevice)]
+    tasks += [_opcua_task(d, links) for d in devices if isinstance(d, OpcUaDevice)]
     return tasks
 
 
@@ -249,6 +250,8 @@ def mqtt_options_for(
         keepalive_s=mqtt.keepalive_s,
         qos=mqtt.qos,
         max_inflight=mqtt.max_inflight,
+        reconnect_max_s=mqtt.reconnect_max_s,
+        failover=mqtt.failover,
         will_topic=will_topic,
         will_payload=will_payload,
         online_payload=online_payload,

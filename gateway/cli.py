@@ -4,29 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import __version__
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
 
 EXIT_CONFIG_ERROR = 2
+EXIT_RUNTIME_ERROR = 1
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 
 
-def _install_stop_signals(stop: asyncio.Event) -> None:
-    """The first SIGTERM/SIGINT starts a graceful stop; a second SIGINT exits at once."""
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-
-    def on_sigint() -> None:
-        if stop.is_set():
-            raise SystemExit(130)
-        stop.set()
-
-    loop.add_signal_handler(signal.SIGINT, on_sigint)
+def default_state_dir() -> Path:
+    """systemd's $STATE_DIRECTORY (StateDirectory=cellgate), else $XDG_STATE_HOME/cellgate or ~/.local/state."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "cellgate"
 
 
 def _load_or_report(path: str) -> object:
@@ -52,20 +48,27 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.notify import SystemdNotifier
     from gateway.observability import configure_logging
-    from gateway.runtime import Gateway
-    from gateway.tagmap import Plant
+    from gateway.runtime import serve
+    from gateway.tagmap import Plant, load_plant
 
     plant = _load_or_report(args.config)
     assert isinstance(plant, Plant)
     configure_logging(level=args.log_level, log_format=args.log_format)
+    first: list[Plant] = [plant]
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        _install_stop_signals(stop)
-        await Gateway(plant).run(stop)
+    def load() -> Plant:
+        # The first call returns the map checked above; later calls (SIGHUP) read the file again.
+        return first.pop() if first else load_plant(args.config)
 
-    asyncio.run(main())
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    try:
+        with SystemdNotifier.from_environ() as notifier:
+            asyncio.run(serve(load=load, state_dir=state_dir, notifier=notifier))
+    except GatewayError as exc:
+        print(f"cellgate: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME_ERROR
     return 0
 
 
@@ -89,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the gateway on a tag map until SIGTERM/SIGINT")
     run.add_argument("-c", "--config", required=True, help="tag-map YAML file")
+    run.add_argument(
+        "--state-dir",
+        default=None,
+        help="spool and seq numbers (default: $STATE_DIRECTORY under systemd, else ~/.local/state/cellgate)",
+    )
     add_logging(run)
     run.set_defaults(func=cmd_run)
 

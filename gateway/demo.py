@@ -12,10 +12,12 @@ import contextlib
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -251,22 +253,24 @@ async def _demo(plant: Plant, *, broker_url: str | None, view_enabled: bool) -> 
     view = LiveView(prefix=prefix)
     subscriber = _start_subscriber(plant.mqtt.host, plant.mqtt.port, plant.mqtt.protocol, view)
     try:
-        async with asyncio.TaskGroup() as group:
-            simulators_ready = asyncio.Event()
-            group.create_task(
-                run_simulators(
-                    opcua_port=ports.opcua,
-                    modbus_port=ports.modbus,
-                    stop=stop,
-                    on_ready=lambda _running: simulators_ready.set(),
-                ),
-                name="demo.simulators",
-            )
-            # Start the gateway once the simulators listen, so the demo does not open with connect errors.
-            await simulators_ready.wait()
-            group.create_task(Gateway(plant).run(stop), name="demo.gateway")
-            if view_enabled:
-                group.create_task(_show(view, stop), name="demo.view")
+        # The demo keeps no state between runs: its spool lives in a temporary directory.
+        with tempfile.TemporaryDirectory(prefix="cellgate-demo-") as state_dir:
+            async with asyncio.TaskGroup() as group:
+                simulators_ready = asyncio.Event()
+                group.create_task(
+                    run_simulators(
+                        opcua_port=ports.opcua,
+                        modbus_port=ports.modbus,
+                        stop=stop,
+                        on_ready=lambda _running: simulators_ready.set(),
+                    ),
+                    name="demo.simulators",
+                )
+                # Start the gateway once the simulators listen, so the demo does not open with connect errors.
+                await simulators_ready.wait()
+                group.create_task(Gateway(plant, state_dir=Path(state_dir)).run(stop), name="demo.gateway")
+                if view_enabled:
+                    group.create_task(_show(view, stop), name="demo.view")
     finally:
         subscriber.loop_stop()
         subscriber.disconnect()

@@ -5,7 +5,7 @@ Pure apart from the counters it keeps: the runtime passes ``now`` in and carries
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.schema import (
@@ -79,6 +79,28 @@ class DeviceOutbound:
     @property
     def tag_names(self) -> list[str]:
         return list(self._tags)
+
+    @property
+    def seq_topics(self) -> list[str]:
+        """The topics this device numbers with ``seq`` (its tag topics, or its ``_batch`` topic)."""
+        if self.mode is PublishMode.BATCH:
+            return [self.topics.batch]
+        return list(self._tag_topics.values())
+
+    @property
+    def max_messages_per_s(self) -> float:
+        """Upper bound of messages per second on one of its topics: one per cycle, plus a link-lost one."""
+        return 1000.0 / self.interval_ms + 1.0
+
+    def restore_seq(self, last_seq: Mapping[str, int]) -> None:
+        """Continue numbering after ``last_seq`` (per topic), e.g. the values a previous run saved."""
+        for topic, seq in last_seq.items():
+            if seq > self._seq.get(topic, 0):
+                self._seq[topic] = seq
+
+    def seq_snapshot(self) -> dict[str, int]:
+        """The last seq handed out per topic (only topics that have had a message)."""
+        return dict(self._seq)
 
     def _next_seq(self, topic: str) -> int:
         seq = self._seq.get(topic, 0) + 1

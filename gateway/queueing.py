@@ -48,6 +48,13 @@ class MessageQueue(Generic[T]):
             self._changed.notify_all()
             return batch
 
+    async def put_unbounded(self, batch: Sequence[T]) -> None:
+        """Append ``batch`` without waiting for room (for the stop marker, which must not wait)."""
+        async with self._changed:
+            self._batches.append(batch)
+            self._count += len(batch)
+            self._changed.notify_all()
+
     def get_nowait(self) -> Sequence[T] | None:
         """The oldest batch, or None when empty. Producers waiting for room are woken on the next put/get."""
         if not self._batches:

@@ -1,32 +1,48 @@
-"""The runtime owns every task: sources -> bounded queue -> MQTT sink; supervision and graceful stop.
+"""The runtime owns every task: sources -> bounded queue -> store-and-forward -> MQTT sink / spool.
 
 Shape of a run::
 
     device sources (one task per connection, supervised) --emit--> DeviceOutbound.messages
-        --> bounded asyncio.Queue[list[Message]] --> publish task --> MqttSink (QoS1, PUBACK-tracked)
+        --> bounded MessageQueue --> publish task --> StoreAndForward --> MqttSink (QoS1, PUBACK-tracked)
+                                                                     \\--> Spool (broker down, window stuck)
+    replay task: Spool --> MqttSink (free window slots only, rate-limited, "historical": true)
     report_link --> retained _status per device --> MqttSink.set_retained (restored after every reconnect)
+    checkpoint task: last seq per topic --> Spool every SEQ_CHECKPOINT_S (exactly at a clean stop)
+    health task: systemd READY=1 / WATCHDOG=1 / STATUS=
 
-Stop stages (each with a time budget, sum below systemd's TimeoutStopSec): stop sources, drain the queue,
-close the sink (publish offline, wait for PUBACKs, disconnect).
+Signals are handled here (``serve``): SIGTERM/SIGINT stop, SIGHUP reloads the tag map.
+
+Stop stages (each with a time budget, sum below systemd's TimeoutStopSec): stop sources, drain the queue
+to the broker or the spool, close the sink (publish offline, wait for PUBACKs, disconnect), spool what is
+still unacknowledged and save the seq numbers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import random
+import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
 
 import structlog
 
 from gateway import __version__
-from gateway.assembly import DeviceLink, active_devices, build_outbound, build_sources, mqtt_options_for
-from gateway.errors import SinkError
+from gateway.assembly import DeviceLink, SourceTask, active_devices, build_outbound, build_sources, mqtt_options_for
+from gateway.errors import ConfigError, GatewayError, SinkError
+from gateway.notify import SystemdNotifier
 from gateway.outbound import DeviceOutbound, Message
 from gateway.queueing import MessageQueue
 from gateway.schema import encode_gateway_status, gateway_status_topic
 from gateway.sinks.mqtt import MqttSink
+from gateway.sinks.spool import SeqCheckpoint, Spool
+from gateway.sinks.store_forward import StoreAndForward
 from gateway.sources.base import RawReading
 from gateway.tagmap import Plant
 
@@ -40,15 +56,24 @@ CLOSE_SINK_BUDGET_S = 3.0
 SUPERVISOR_BACKOFF_MIN_S = 1.0
 SUPERVISOR_BACKOFF_MAX_S = 60.0
 
+SEQ_CHECKPOINT_S = 5.0
+"""How often the last seq per topic is saved while running (exactly, once more, at a clean stop)."""
+HEALTH_INTERVAL_S = 5.0
+"""How often the health task looks at the pipeline when systemd asks for no watchdog."""
+PUBLISH_STALL_S = 30.0
+"""The pipeline is unhealthy (no WATCHDOG=1) when queued messages have not moved for this long."""
+
 
 @dataclass(slots=True)
 class RuntimeCounters:
-    """Numbers an operator wants to see; logged at stop and (later) exported as metrics."""
+    """Numbers an operator wants to see; logged at stop."""
 
     messages_queued: int = 0
     messages_rejected_by_sink: int = 0
     source_restarts: int = 0
-    messages_dropped_at_stop: int = 0
+    batches_forwarded: int = 0
+    reloads: int = 0
+    reloads_rejected: int = 0
     per_device_messages: dict[str, int] = field(default_factory=dict)
 
 
@@ -86,46 +111,165 @@ class _DeviceChannel:
             return
         self.connected = connected
         self.error = error
-        log.info(
-            "device_link",
-            device=self.outbound.device,
-            connected=connected,
-            error=error,
-        )
+        log.info("device_link", device=self.outbound.device, connected=connected, error=error)
         self._on_status(self.outbound.status_message(connected=connected, since=self._clock(), error=error))
+
+    def link(self) -> DeviceLink:
+        return DeviceLink(emit=self.emit, report_link=self.report_link)
+
+
+@dataclass(frozen=True, slots=True)
+class _RunningSource:
+    task: asyncio.Task[None]
+    devices: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReloadPlan:
+    """What a reload changes: pure, from the old and the new plant and the sources the new one needs."""
+
+    added: frozenset[str]
+    removed: frozenset[str]
+    changed: frozenset[str]
+    sources_to_stop: tuple[str, ...]
+    sources_to_start: tuple[str, ...]
+    sections_ignored: tuple[str, ...]
+    """Top-level sections whose change needs a restart (they are not applied by a reload)."""
+
+
+def plan_reload(
+    old: Plant, new: Plant, *, running: Mapping[str, frozenset[str]], wanted: Mapping[str, frozenset[str]]
+) -> ReloadPlan:
+    """Which devices changed and which source tasks to stop and start so that only they are restarted.
+
+    ``running`` and ``wanted`` map source task names to their device names, for the old and the new
+    plant. A source keeps running when the new plant wants the same task with the same devices and
+    none of them changed; every other running source stops and every other wanted one starts.
+    """
+    old_devices = {device.name: device for device in active_devices(old)}
+    new_devices = {device.name: device for device in active_devices(new)}
+    both = old_devices.keys() & new_devices.keys()
+    changed = frozenset(name for name in both if old_devices[name] != new_devices[name])
+    keep = {name for name, devices in wanted.items() if running.get(name) == devices and not devices & changed}
+    sections = ("gateway", "mqtt", "spool")
+    ignored = tuple(section for section in sections if getattr(old, section) != getattr(new, section))
+    return ReloadPlan(
+        added=frozenset(new_devices.keys() - old_devices.keys()),
+        removed=frozenset(old_devices.keys() - new_devices.keys()),
+        changed=changed,
+        sources_to_stop=tuple(sorted(name for name in running if name not in keep)),
+        sources_to_start=tuple(sorted(name for name in wanted if name not in keep)),
+        sections_ignored=ignored,
+    )
 
 
 class Gateway:
-    """Runs one tag map until ``stop`` is set. Build it, then ``await gateway.run(stop)``."""
+    """Runs one tag map until ``stop`` is set. Build it, then ``await gateway.run(stop)``.
 
-    def __init__(self, plant: Plant, *, clock: Callable[[], float] = time.time) -> None:
+    ``state_dir`` holds the spool (unless the tag map's ``spool.path`` says otherwise) and a lock file so
+    two gateways never share one spool. ``reload(plant)`` applies a new tag map while running.
+    """
+
+    def __init__(
+        self,
+        plant: Plant,
+        *,
+        state_dir: Path,
+        clock: Callable[[], float] = time.time,
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
         self.plant = plant
+        self.state_dir = state_dir
         self.counters = RuntimeCounters()
         self._clock = clock
+        self._notifier = notifier
         self._queue: MessageQueue[Message] = MessageQueue(plant.gateway.queue_size)
-        self._outbounds: list[DeviceOutbound] = [build_outbound(plant, device) for device in active_devices(plant)]
         self._channels: dict[str, _DeviceChannel] = {}
+        self._links: dict[str, DeviceLink] = {}
+        self._sources: dict[str, _RunningSource] = {}
+        self._reloads: asyncio.Queue[Plant] = asyncio.Queue()
+        self._stopping = False
+        self._sink: MqttSink | None = None
+        self._forwarder: StoreAndForward | None = None
+
+    @property
+    def outbounds(self) -> list[DeviceOutbound]:
+        return [channel.outbound for channel in self._channels.values()]
+
+    def reload(self, plant: Plant) -> None:
+        """Apply ``plant`` while running: restart only the devices that changed (see ``plan_reload``)."""
+        self._reloads.put_nowait(plant)
 
     # ------------------------------------------------------------------------------------- publish
 
-    async def _publish_queue(self, sink: MqttSink) -> None:
+    async def _publish_queue(self, forwarder: StoreAndForward) -> None:
+        """Move batches from the queue to the broker or the spool until an empty batch marks the stop."""
         while True:
             messages = await self._queue.get()
+            if not messages:
+                return  # the stop marker: everything queued before it has been handed on
             try:
-                await sink.publish_many([(m.topic, m.payload) for m in messages])
+                await forwarder.forward([(m.topic, m.payload) for m in messages])
             except SinkError as exc:
                 # The sink refused part of a batch (e.g. paho's own queue full): count it and keep running;
                 # one bad hand-over must never stop the gateway. (Part of the batch may have gone out.)
                 self.counters.messages_rejected_by_sink += len(messages)
                 log.error("sink_rejected_batch", messages=len(messages), error=str(exc))
+            self.counters.batches_forwarded += 1
 
-    async def _drain_queue(self, sink: MqttSink) -> None:
-        while (messages := self._queue.get_nowait()) is not None:
-            await sink.publish_many([(m.topic, m.payload) for m in messages])
+    async def _checkpoint_seq(self, forwarder: StoreAndForward) -> None:
+        while True:
+            await asyncio.sleep(SEQ_CHECKPOINT_S)
+            await forwarder.save_seq(self._seq_snapshot(), now=self._clock(), clean=False)
+
+    def _seq_snapshot(self) -> dict[str, int]:
+        snapshot: dict[str, int] = {}
+        for outbound in self.outbounds:
+            snapshot.update(outbound.seq_snapshot())
+        return snapshot
+
+    def _restore_seq(self, outbound: DeviceOutbound, checkpoint: SeqCheckpoint, now: float) -> None:
+        rate = outbound.max_messages_per_s
+        outbound.restore_seq(
+            {topic: checkpoint.resume_from(topic, now=now, max_messages_per_s=rate) for topic in outbound.seq_topics}
+        )
+
+    # ---------------------------------------------------------------------------------- health
+
+    def _health_text(self, sink: MqttSink, forwarder: StoreAndForward) -> str:
+        devices = len(self._channels)
+        connected = sum(1 for channel in self._channels.values() if channel.connected)
+        broker = "connected" if sink.connected else "disconnected"
+        return f"devices {connected}/{devices} connected, broker {broker}, spooled {forwarder.spool.count}"
+
+    async def _report_health(self, sink: MqttSink, forwarder: StoreAndForward) -> None:
+        """systemd: READY=1 after the first publish or spool write; WATCHDOG=1 only while the pipeline moves."""
+        notifier = self._notifier
+        if notifier is None:
+            return
+        interval = notifier.watchdog_interval_s or HEALTH_INTERVAL_S
+        ready = False
+        last_forwarded = self.counters.batches_forwarded
+        last_progress = time.monotonic()
+        while True:
+            if not ready and (sink.delivered or sink.control_delivered or forwarder.spooled_total):
+                ready = True
+                notifier.ready(self._health_text(sink, forwarder))
+                log.info("gateway_ready")
+            if self.counters.batches_forwarded != last_forwarded or not len(self._queue):
+                last_forwarded = self.counters.batches_forwarded
+                last_progress = time.monotonic()
+            stalled_s = time.monotonic() - last_progress
+            if stalled_s < PUBLISH_STALL_S:
+                notifier.watchdog()
+            else:
+                log.error("pipeline_stalled", queued=len(self._queue), stalled_s=round(stalled_s, 1))
+            notifier.status(self._health_text(sink, forwarder))
+            await asyncio.sleep(min(interval, HEALTH_INTERVAL_S))
 
     # --------------------------------------------------------------------------------- supervision
 
-    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]], channels: list[_DeviceChannel]) -> None:
+    async def _supervise(self, name: str, run: Callable[[], Awaitable[None]], devices: Sequence[str]) -> None:
         """Run a source; if it dies, mark its devices disconnected and restart it with capped backoff."""
         backoff = SUPERVISOR_BACKOFF_MIN_S
         while True:
@@ -137,7 +281,10 @@ class Gateway:
                 raise
             except Exception as exc:  # a source must never take the gateway down with it
                 log.error("source_crashed", source=name, error=repr(exc), exc_info=exc)
-                for channel in channels:
+                for device in devices:
+                    channel = self._channels.get(device)
+                    if channel is None:
+                        continue
                     channel.report_link(False, f"source crashed: {exc!r}")
                     await channel.emit(channel.outbound.link_lost_readings(self._clock()))
             self.counters.source_restarts += 1
@@ -146,9 +293,84 @@ class Gateway:
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, SUPERVISOR_BACKOFF_MAX_S)
 
+    def _start_source(self, group: asyncio.TaskGroup, source: SourceTask) -> None:
+        task = group.create_task(self._supervise(source.name, source.run, source.devices), name=source.name)
+        self._sources[source.name] = _RunningSource(task, frozenset(source.devices))
+
+    def _add_channel(self, sink: MqttSink, outbound: DeviceOutbound) -> None:
+        channel = _DeviceChannel(
+            outbound=outbound,
+            queue=self._queue,
+            counters=self.counters,
+            # Retained: the sink publishes it now (if connected) and again after every reconnect.
+            on_status=lambda message: sink.set_retained(message.topic, message.payload),
+            clock=self._clock,
+        )
+        self._channels[outbound.device] = channel
+        self._links[outbound.device] = channel.link()
+        meta = outbound.meta_message()
+        sink.set_retained(meta.topic, meta.payload)
+        channel.report_link(False, "connecting")
+
+    # ---------------------------------------------------------------------------------- reload
+
+    async def _apply_reload(self, group: asyncio.TaskGroup, sink: MqttSink, new: Plant) -> None:
+        old = self.plant
+        new_outbounds = {device.name: build_outbound(new, device) for device in active_devices(new)}
+        # Sources look their links up when they start, after the channels below exist.
+        wanted = {source.name: source for source in build_sources(new, self._links)}
+        plan = plan_reload(
+            old,
+            new,
+            running={name: running.devices for name, running in self._sources.items()},
+            wanted={name: frozenset(source.devices) for name, source in wanted.items()},
+        )
+        if plan.sections_ignored:
+            log.warning("reload_sections_need_restart", sections=list(plan.sections_ignored))
+        await cancel_until_done([self._sources.pop(name).task for name in plan.sources_to_stop], budget_s=2.0)
+        for name in plan.removed:
+            channel = self._channels.pop(name)
+            self._links.pop(name)
+            # A device no longer in the tag map leaves no retained status or catalogue behind.
+            sink.clear_retained(channel.outbound.topics.status)
+            sink.clear_retained(channel.outbound.topics.meta)
+        for name in plan.changed | plan.added:
+            outbound = new_outbounds[name]
+            previous = self._channels.get(name)
+            if previous is not None:
+                outbound.restore_seq(previous.outbound.seq_snapshot())  # seq runs on across the change
+            self._add_channel(sink, outbound)
+        self.plant = new
+        for name in plan.sources_to_start:
+            self._start_source(group, wanted[name])
+        self.counters.reloads += 1
+        log.info(
+            "reload_applied",
+            added=sorted(plan.added),
+            removed=sorted(plan.removed),
+            changed=sorted(plan.changed),
+            sources_restarted=list(plan.sources_to_start),
+            sources_kept=len(self._sources) - len(plan.sources_to_start),
+        )
+
     # ----------------------------------------------------------------------------------------- run
 
     async def run(self, stop: asyncio.Event) -> None:
+        with _locked_state_dir(self.state_dir):
+            spool_path = Path(self.plant.spool.path) if self.plant.spool.path else self.state_dir / "spool.db"
+            spool = Spool(spool_path, max_bytes=int(self.plant.spool.max_mb * 1_000_000))
+            forwarder = StoreAndForward(
+                spool,
+                window_wait_s=self.plant.spool.window_wait_ms / 1000,
+                replay_per_s=self.plant.spool.replay_per_s,
+            )
+            try:
+                await self._run(stop, forwarder)
+            finally:
+                with contextlib.suppress(Exception):
+                    spool.close()
+
+    async def _run(self, stop: asyncio.Event, forwarder: StoreAndForward) -> None:
         plant = self.plant
         status_topic = gateway_status_topic(
             enterprise=plant.gateway.enterprise, site=plant.gateway.site, gateway_id=plant.gateway.id
@@ -161,59 +383,93 @@ class Gateway:
         options = mqtt_options_for(
             plant, will_topic=status_topic, will_payload=status_payload(False), online_payload=status_payload(True)
         )
+        checkpoint = await forwarder.load_seq()
+        await forwarder.mark_running(now=started)
         log.info(
             "gateway_starting",
             gateway=plant.gateway.id,
-            devices=len(self._outbounds),
-            tags=sum(len(outbound.tag_names) for outbound in self._outbounds),
+            devices=len(active_devices(plant)),
+            tags=sum(len(device.tags) for device in active_devices(plant)),
             broker=f"{options.host}:{options.port}",
+            failover=[f"{host}:{port}" for host, port in options.failover],
+            spool=str(forwarder.spool.path),
+            spooled=forwarder.spool.count,
+            previous_stop="clean" if checkpoint.clean else "unclean",
         )
-        sink = MqttSink(options)
+        sink = MqttSink(options, on_spool_ack=forwarder.on_spool_ack)
+        forwarder.bind(sink)
+        self._sink, self._forwarder = sink, forwarder
         async with sink:
-            for outbound in self._outbounds:
-                channel = _DeviceChannel(
-                    outbound=outbound,
-                    queue=self._queue,
-                    counters=self.counters,
-                    # Retained: the sink publishes it now (if connected) and again after every reconnect.
-                    on_status=lambda message: sink.set_retained(message.topic, message.payload),
-                    clock=self._clock,
-                )
-                self._channels[outbound.device] = channel
-                meta = outbound.meta_message()
-                sink.set_retained(meta.topic, meta.payload)
-                channel.report_link(False, "connecting")
-
-            links = {name: DeviceLink(emit=ch.emit, report_link=ch.report_link) for name, ch in self._channels.items()}
-            sources = build_sources(plant, links)
+            for device in active_devices(plant):
+                outbound = build_outbound(plant, device)
+                self._restore_seq(outbound, checkpoint, started)
+                self._add_channel(sink, outbound)
             async with asyncio.TaskGroup() as group:
-                publish_task = group.create_task(self._publish_queue(sink), name="sink.publish")
-                source_tasks = [
-                    group.create_task(
-                        self._supervise(source.name, source.run, [self._channels[d] for d in source.devices]),
-                        name=source.name,
-                    )
-                    for source in sources
+                publish_task = group.create_task(self._publish_queue(forwarder), name="sink.publish")
+                helpers = [
+                    group.create_task(forwarder.replay(), name="spool.replay"),
+                    group.create_task(self._checkpoint_seq(forwarder), name="spool.checkpoint"),
+                    group.create_task(self._report_health(sink, forwarder), name="health"),
                 ]
-                log.info("gateway_running", sources=len(source_tasks))
-                await stop.wait()
+                for source in build_sources(plant, self._links):
+                    self._start_source(group, source)
+                log.info("gateway_running", sources=len(self._sources))
+                await self._serve_reloads(group, sink, stop)
+
                 log.info("gateway_stopping")
-                await cancel_until_done(source_tasks, budget_s=STOP_SOURCES_BUDGET_S)
-                await cancel_until_done([publish_task], budget_s=STOP_SOURCES_BUDGET_S)
-            try:
-                await asyncio.wait_for(self._drain_queue(sink), DRAIN_QUEUE_BUDGET_S)
-            except TimeoutError:
-                self.counters.messages_dropped_at_stop = len(self._queue)
-                log.warning("stop_drain_timeout", dropped=self.counters.messages_dropped_at_stop)
+                if self._notifier is not None:
+                    self._notifier.stopping()
+                await cancel_until_done([s.task for s in self._sources.values()], budget_s=STOP_SOURCES_BUDGET_S)
+                await self._drain(publish_task, forwarder)
+                await cancel_until_done(helpers, budget_s=1.0)
             await sink.close(timeout_s=CLOSE_SINK_BUDGET_S)
+        await forwarder.keep_unacked()
+        await forwarder.save_seq(self._seq_snapshot(), now=self._clock(), clean=True)
+        await forwarder.close()
         log.info(
             "gateway_stopped",
             messages_queued=self.counters.messages_queued,
             queue_full_waits=self._queue.full_waits,
             delivered=sink.delivered,
+            spooled=forwarder.spooled_total,
+            replayed=forwarder.replayed_total,
+            spool_kept=forwarder.spool.count,
+            spool_dropped_by_cap=forwarder.spool.dropped,
             rejected_by_sink=self.counters.messages_rejected_by_sink,
             source_restarts=self.counters.source_restarts,
         )
+
+    async def _serve_reloads(self, group: asyncio.TaskGroup, sink: MqttSink, stop: asyncio.Event) -> None:
+        stop_wait = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                reload_wait = asyncio.ensure_future(self._reloads.get())
+                await asyncio.wait({stop_wait, reload_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not reload_wait.done():
+                    reload_wait.cancel()
+                    break
+                try:
+                    await self._apply_reload(group, sink, reload_wait.result())
+                except Exception as exc:  # a reload must never take the gateway down
+                    self.counters.reloads_rejected += 1
+                    log.error("reload_failed", error=repr(exc), exc_info=exc)
+                if self._notifier is not None:
+                    self._notifier.ready("reloaded")
+        finally:
+            stop_wait.cancel()
+
+    async def _drain(self, publish_task: asyncio.Task[None], forwarder: StoreAndForward) -> None:
+        """Let the publish task hand on everything queued; past the budget, spool the rest directly."""
+        await self._queue.put_unbounded([])  # the stop marker
+        done, _ = await asyncio.wait({publish_task}, timeout=DRAIN_QUEUE_BUDGET_S)
+        if not done:
+            forwarder.divert_to_spool()  # the broker is too slow: the remaining batches go to disk at once
+            log.warning("stop_drain_slow", queued=len(self._queue), action="spooling the rest")
+            done, _ = await asyncio.wait({publish_task}, timeout=DRAIN_QUEUE_BUDGET_S)
+        if not done:
+            await cancel_until_done([publish_task], budget_s=1.0)
+            lost = len(self._queue)
+            log.error("stop_drain_failed", lost=lost)
 
 
 async def cancel_until_done(tasks: Sequence[asyncio.Task[None]], *, budget_s: float) -> None:
@@ -235,3 +491,93 @@ async def cancel_until_done(tasks: Sequence[asyncio.Task[None]], *, budget_s: fl
         if pending and not warned and loop.time() > deadline:
             warned = True
             log.warning("stop_tasks_slow", tasks=sorted(task.get_name() for task in pending), budget_s=budget_s)
+
+
+@contextlib.contextmanager
+def _locked_state_dir(state_dir: Path) -> Iterator[None]:
+    """Hold ``state_dir/cellgate.lock`` for the run: two gateways must never share a spool."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        lock_file: IO[str] = open(state_dir / "cellgate.lock", "a+", encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise GatewayError(f"cannot use the state directory {state_dir}: {exc}") from exc
+    with lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            lock_file.seek(0)
+            holder = lock_file.read().strip() or "another process"
+            raise GatewayError(
+                f"the state directory {state_dir} is in use by cellgate pid {holder}; "
+                "give each gateway its own --state-dir"
+            ) from exc
+        lock_file.seek(0)
+        lock_file.truncate()
+        lock_file.write(f"{os.getpid()}\n")
+        lock_file.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+# ------------------------------------------------------------------------------------------- serve
+
+
+async def serve(
+    *,
+    load: Callable[[], Plant],
+    state_dir: Path,
+    notifier: SystemdNotifier | None = None,
+) -> None:
+    """Run the gateway on ``load()`` until SIGTERM/SIGINT; SIGHUP calls ``load()`` again and applies it.
+
+    A tag map that fails to load on SIGHUP is logged (every problem) and the gateway keeps running on the
+    one it has. The first SIGTERM/SIGINT starts a graceful stop; a second SIGINT exits at once.
+    """
+    gateway = Gateway(load(), state_dir=state_dir, notifier=notifier)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    reload_tasks: set[asyncio.Task[None]] = set()
+
+    async def reload_from_file() -> None:
+        if notifier is not None:
+            notifier.reloading(time.monotonic_ns() // 1000)
+        try:
+            # Loading a large tag map takes a moment: keep it off the event loop so polling goes on.
+            plant = await asyncio.to_thread(load)
+        except ConfigError as exc:
+            gateway.counters.reloads_rejected += 1
+            for problem in exc.problems:
+                log.error("reload_rejected", problem=str(problem))
+            log.error("reload_rejected_keeping_current", problems=len(exc.problems))
+            if notifier is not None:
+                notifier.ready("reload rejected; running on the previous tag map")
+            return
+        except Exception as exc:  # e.g. the file vanished: same outcome, never a crash
+            gateway.counters.reloads_rejected += 1
+            log.error("reload_rejected_keeping_current", error=repr(exc))
+            if notifier is not None:
+                notifier.ready("reload rejected; running on the previous tag map")
+            return
+        log.info("reload_requested", devices=len(plant.devices))
+        gateway.reload(plant)
+
+    def on_sighup() -> None:
+        task = loop.create_task(reload_from_file(), name="reload")
+        reload_tasks.add(task)
+        task.add_done_callback(reload_tasks.discard)
+
+    def on_sigint() -> None:
+        if stop.is_set():
+            raise SystemExit(130)
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    try:
+        await gateway.run(stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)

@@ -156,6 +156,21 @@ def encode_tag_payload(sample: Sample, *, unit: str | None, seq: int, historical
     return orjson.dumps(tag_payload_dict(sample, unit=unit, seq=seq, historical=historical))
 
 
+def mark_historical(payload: bytes) -> bytes:
+    """The same per-tag or batch payload with ``"historical": true`` added (for messages put in the spool).
+
+    Payloads are JSON objects written by the encoders above, so the member is appended before the final
+    brace without parsing; a payload already marked is returned unchanged.
+    """
+    if payload.endswith(b',"historical":true}'):
+        return payload
+    if not payload.endswith(b"}"):
+        raise ValueError("not a JSON object payload")
+    if payload.rstrip() == b"{}":
+        return b'{"historical":true}'
+    return payload[:-1] + b',"historical":true}'
+
+
 def encode_batch_payload(
     samples: Sequence[Sample],
     *,

@@ -21,7 +21,16 @@ Delivery contract:
 * ``unacked()`` returns the data messages handed to paho that have no PUBACK yet, in publish order.
   After ``close`` it is exactly what may not have reached the broker: give it to the spool. It can
   contain messages the broker did get (PUBACK lost with the link), so delivery is at-least-once and
-  subscribers drop duplicates by ``seq``.
+  subscribers drop duplicates by ``seq``. Messages published with a ``spool_id`` (replays from the
+  spool) are left out: they are still in the spool; their PUBACK goes to ``on_spool_ack`` instead.
+* For the store-and-forward stage: ``offer_many`` hands over live messages only while connected and
+  only while a window slot frees up within a bound, and returns how many it took (the rest goes to the
+  spool); ``try_replay`` takes one spooled message if a slot is free right now, so replays never make
+  live data wait.
+
+Failover: ``failover`` lists more brokers (host, port). After ``failover_after`` failed connection
+attempts in a row, paho's reconnect loop moves on to the next broker of the list (round robin); the
+switch is made inside paho's thread between attempts, where the connection is closed.
 
 Availability (Zigbee2MQTT style): the will is ``will_payload`` retained on ``will_topic``; on every
 (re)connect the sink publishes ``online_payload`` retained there, then republishes every message
@@ -34,6 +43,7 @@ retained, use no window slot and are not counted in ``published`` / ``delivered`
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import sys
@@ -83,8 +93,10 @@ class MqttOptions:
     max_inflight: int = 20  # mosquitto advertises ReceiveMaximum 20; a larger window was slower (notes §3.4)
     max_queued: int = 10_000
     reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 30.0
+    reconnect_max_s: float = 10.0
     connect_timeout_s: float = 5.0
+    failover: tuple[tuple[str, int], ...] = ()
+    failover_after: int = 3
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -106,6 +118,11 @@ class MqttOptions:
             problems.append("need 0 < reconnect_min_s <= reconnect_max_s")
         if self.connect_timeout_s <= 0:
             problems.append("connect_timeout_s must be > 0")
+        if self.failover_after < 1:
+            problems.append("failover_after must be >= 1")
+        for host, port in self.failover:
+            if not host or not 0 < port < 65536:
+                problems.append(f"failover broker {host!r}:{port} is not a host and a port in 1..65535")
         if self.password is not None and self.username is None:
             problems.append("password given without username")
         if not self.tls and (self.ca_file or self.cert_file or self.key_file):
@@ -141,6 +158,48 @@ class _InFlight:
     payload: bytes
     control: bool  # status / retained restore: no window slot, not counted
     acked: asyncio.Future[bool]
+    spool_id: int | None = None  # a replay from the spool: its PUBACK goes to on_spool_ack
+
+
+class _Window:
+    """The in-flight window: a counting semaphore with a non-blocking ``try_acquire``.
+
+    ``release`` hands the slot straight to the oldest waiter, so a slot freed by a PUBACK goes to the
+    publisher that waited longest and ``try_acquire`` (replays) cannot jump the queue.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def try_acquire(self) -> bool:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
+            return
+        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(slot)
+        try:
+            await slot
+        except asyncio.CancelledError:
+            if slot.done() and not slot.cancelled():
+                self.release()  # the slot was handed to us as we were cancelled: pass it on
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(slot)
+
+    def release(self) -> None:
+        while self._waiters:
+            slot = self._waiters.popleft()
+            if not slot.done():
+                slot.set_result(None)
+                return
+        self._free += 1
 
 
 class _PahoErrorRelay(logging.Handler):
@@ -166,14 +225,19 @@ class MqttSink:
     All methods must be called from the event loop that entered the context.
     """
 
-    def __init__(self, options: MqttOptions) -> None:
+    def __init__(self, options: MqttOptions, *, on_spool_ack: Callable[[int, bool], None] | None = None) -> None:
         self._options = options
+        self._on_spool_ack = on_spool_ack
+        self._brokers: tuple[tuple[str, int], ...] = ((options.host, options.port), *options.failover)
+        self._broker_index = 0  # paho's thread only (see _paho_failover)
+        self._failed_attempts = 0  # paho's thread only
+        self._current_broker = f"{options.host}:{options.port}"  # event-loop thread's view, for the logs
         self._log = structlog.get_logger("cellgate.mqtt").bind(
             broker=f"{options.host}:{options.port}", client_id=options.client_id
         )
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._window = asyncio.Semaphore(options.max_inflight)
+        self._window = _Window(options.max_inflight)
         self._in_flight: dict[int, _InFlight] = {}  # mid -> message; insertion order = publish order
         self._retained: dict[str, bytes] = {}
         self._connected = False
@@ -188,6 +252,7 @@ class MqttSink:
         self._rejection_logged = False  # one log line per connection for refused PUBACKs
         self._qos0_drop_logged = False  # one log line per outage for dropped QoS0 messages
         self._published = 0
+        self._control_delivered = 0
         self._delivered = 0
         self._failed = 0
 
@@ -209,6 +274,11 @@ class MqttSink:
         return self._delivered
 
     @property
+    def control_delivered(self) -> int:
+        """Control messages (online status, retained ``_status`` / ``_meta``) acknowledged by the broker."""
+        return self._control_delivered
+
+    @property
     def failed(self) -> int:
         """Data messages lost: QoS0 while disconnected, refused by the broker (PUBACK reason >= 0x80),
         refused by paho (full queue, bad topic)."""
@@ -225,7 +295,7 @@ class MqttSink:
         After ``close`` this is what the spool must keep. Control messages are not included: they are
         rebuilt from ``set_retained`` and the options at the next start.
         """
-        return [(m.topic, m.payload) for m in self._in_flight.values() if not m.control]
+        return [(m.topic, m.payload) for m in self._in_flight.values() if not m.control and m.spool_id is None]
 
     async def wait_connected(self, timeout_s: float) -> None:
         """Return once connected; raise SinkError (with the last connect error) after ``timeout_s``."""
@@ -238,6 +308,10 @@ class MqttSink:
             raise SinkError(
                 f"not connected to MQTT broker {self._options.host}:{self._options.port} after {timeout_s:g} s{detail}"
             ) from exc
+
+    async def until_connected(self) -> None:
+        """Wait, without a time limit, until the sink is connected."""
+        await self._connected_event.wait()
 
     # ------------------------------------------------------------------------------- lifecycle
 
@@ -375,6 +449,59 @@ class MqttSink:
                 await self._acquire_slot()
                 self._publish_qos1(topic, payload, False)
 
+    async def offer_many(self, messages: Sequence[tuple[str, bytes]], *, wait_s: float) -> int:
+        """Hand over ``messages`` in order while connected; return how many were taken.
+
+        Stops at the first message that finds the sink disconnected, or that waits longer than ``wait_s``
+        for a window slot; the caller spools that one and the rest. QoS0 takes everything while
+        connected. Raises SinkError when the sink is closed or paho refuses a message.
+        """
+        self._check_open()
+        window = self._window
+        for taken, (topic, payload) in enumerate(messages):
+            if not self._connected:
+                return taken
+            if self._options.qos == 0:
+                self._publish_qos0(topic, payload, False)
+                continue
+            if not window.try_acquire():
+                try:
+                    async with asyncio.timeout(wait_s):
+                        await self._acquire_slot()
+                except TimeoutError:
+                    return taken
+                if not self._connected:
+                    window.release()
+                    return taken
+            self._publish_qos1(topic, payload, False)
+        return len(messages)
+
+    def try_replay(self, spool_id: int, topic: str, payload: bytes) -> bool:
+        """Publish one spooled message if connected and a window slot is free now; False otherwise.
+
+        Its PUBACK (or refusal) is reported to ``on_spool_ack(spool_id, ok)``. Replays never wait for a
+        slot, so live data always gets the window first.
+        """
+        self._check_open()
+        if not self._connected:
+            return False
+        if self._options.qos == 0:
+            self._publish_qos0(topic, payload, False)
+            if self._on_spool_ack is not None:
+                self._on_spool_ack(spool_id, True)
+            return True
+        if not self._window.try_acquire():
+            return False
+        self._publish_qos1(topic, payload, False, spool_id=spool_id)
+        return True
+
+    def clear_retained(self, topic: str) -> None:
+        """Stop restoring ``topic`` and delete its retained message at the broker (an empty retained payload)."""
+        self._check_open()
+        self._retained.pop(topic, None)
+        if self._connected:
+            self._publish_control(topic, b"")
+
     def set_retained(self, topic: str, payload: bytes) -> None:
         """Publish ``payload`` retained on ``topic`` now (if connected) and again after every reconnect.
 
@@ -408,7 +535,7 @@ class MqttSink:
             self._window.release()
             raise SinkError("MqttSink is closed")
 
-    def _publish_qos1(self, topic: str, payload: bytes, retain: bool) -> None:
+    def _publish_qos1(self, topic: str, payload: bytes, retain: bool, *, spool_id: int | None = None) -> None:
         """Hand one message to paho; the caller holds a window slot, which the PUBACK gives back."""
         client, loop = self._running()
         try:
@@ -424,7 +551,7 @@ class MqttSink:
         # rc is SUCCESS, or NO_CONN: paho keeps the message and sends it after the reconnect (notes §3.2).
         # The PUBACK callback is delivered through call_soon_threadsafe, so it cannot run before this
         # registration, which happens without yielding to the loop.
-        self._in_flight[info.mid] = _InFlight(topic, payload, False, loop.create_future())
+        self._in_flight[info.mid] = _InFlight(topic, payload, False, loop.create_future(), spool_id)
         self._published += 1
 
     def _publish_qos0(self, topic: str, payload: bytes, retain: bool) -> None:
@@ -474,6 +601,8 @@ class MqttSink:
         self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode, props: Any
     ) -> None:
         receive_maximum: int | None = getattr(props, "ReceiveMaximum", None)  # MQTT 5 CONNACK only
+        if not reason.is_failure:
+            self._failed_attempts = 0
         self._to_loop(self._on_connect, reason.is_failure, str(reason), flags.session_present, receive_maximum)
 
     def _paho_on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
@@ -481,6 +610,30 @@ class MqttSink:
         # it is the only way to learn why (refused, DNS, TLS verification ...).
         exc = sys.exc_info()[1]
         self._to_loop(self._note_connect_problem, f"{type(exc).__name__}: {exc}" if exc else "connect failed")
+        self._paho_failover(client)
+
+    def _paho_failover(self, client: mqtt.Client) -> None:
+        """After ``failover_after`` failed attempts in a row, point paho's reconnect at the next broker.
+
+        Runs in paho's thread between two attempts of its reconnect loop; ``connect_async`` only resets
+        the target (the loop makes the next attempt after its backoff wait).
+        """
+        if len(self._brokers) < 2:
+            return
+        self._failed_attempts += 1
+        if self._failed_attempts < self._options.failover_after:
+            return
+        self._failed_attempts = 0
+        self._broker_index = (self._broker_index + 1) % len(self._brokers)
+        host, port = self._brokers[self._broker_index]
+        try:
+            if self._options.protocol == "5":
+                client.connect_async(host, port, keepalive=self._options.keepalive_s, clean_start=True)
+            else:
+                client.connect_async(host, port, keepalive=self._options.keepalive_s)
+        except ValueError:  # options are validated, so this is a bug; keep the old broker
+            return
+        self._to_loop(self._note_failover, host, port)
 
     def _paho_on_disconnect(
         self,
@@ -508,7 +661,12 @@ class MqttSink:
         self._connected = True
         self._connected_event.set()
         self._disconnected_event.clear()
-        self._log.info("mqtt_connected", protocol=self._options.protocol, session_present=session_present)
+        self._log.info(
+            "mqtt_connected",
+            broker=self._current_broker,
+            protocol=self._options.protocol,
+            session_present=session_present,
+        )
         if receive_maximum is not None and receive_maximum < self._options.max_inflight:
             # paho ignores the broker's Receive Maximum (and cannot change its window while connected);
             # a window above it can make brokers disconnect with 0x93. Lower max_inflight in the config.
@@ -562,6 +720,10 @@ class MqttSink:
         self._connected_event.clear()
         self._disconnected_event.set()
 
+    def _note_failover(self, host: str, port: int) -> None:
+        self._current_broker = f"{host}:{port}"
+        self._log.warning("mqtt_failover", next_broker=f"{host}:{port}", after_attempts=self._options.failover_after)
+
     def _note_paho_error(self, line: str) -> None:
         self._last_paho_error = line
 
@@ -580,10 +742,14 @@ class MqttSink:
         if not message.acked.done():
             message.acked.set_result(not failed)
         if message.control:
+            if not failed:
+                self._control_delivered += 1
             if failed:
                 self._log.warning("mqtt_status_rejected", topic=message.topic, reason=reason)
             return
         self._window.release()
+        if message.spool_id is not None and self._on_spool_ack is not None:
+            self._on_spool_ack(message.spool_id, not failed)
         if failed:  # MQTT 5 PUBACK reason >= 0x80, e.g. "Not authorized" from an ACL
             self._failed += 1
             if not self._rejection_logged:

@@ -26,8 +26,10 @@ from gateway.tagmap.model import (
     OpcUaTag,
     Plant,
     RepeatSpec,
+    SpoolSection,
     Tag,
     TagMap,
+    format_spec_problem,
     tag_fits_device,
     tag_name_problem,
 )
@@ -313,6 +315,9 @@ class _RepeatContext:
 
 def _fill(pattern: str, n: int) -> str:
     """``"s=Rack.Ch{n:03d}.V"`` -> ``"s=Rack.Ch001.V"``. Raises ValueError with a readable message."""
+    problem = format_spec_problem(pattern)
+    if problem:
+        raise ValueError(f"node {problem}")
     try:
         return pattern.format(n=n)
     except (KeyError, IndexError, AttributeError) as exc:
@@ -355,11 +360,13 @@ def expand_devices(
     return expanded, expander.finish()
 
 
-def assemble_plant(gateway: GatewaySection, mqtt: MqttSection, devices: Sequence[Device]) -> Plant:
+def assemble_plant(
+    gateway: GatewaySection, mqtt: MqttSection, devices: Sequence[Device], spool: SpoolSection | None = None
+) -> Plant:
     """The Plant from expanded devices, with the defaults that depend on other sections filled."""
     if mqtt.client_id is None:
         mqtt = mqtt.model_copy(update={"client_id": f"cellgate-{gateway.id}"})
-    return Plant(gateway=gateway, mqtt=mqtt, devices=tuple(devices))
+    return Plant(gateway=gateway, mqtt=mqtt, devices=tuple(devices), spool=spool or SpoolSection())
 
 
 def build_plant(tagmap: TagMap) -> tuple[Plant | None, list[Issue]]:
@@ -367,4 +374,4 @@ def build_plant(tagmap: TagMap) -> tuple[Plant | None, list[Issue]]:
     devices, issues = expand_devices(list(enumerate(tagmap.devices)), tagmap.templates)
     if issues:
         return None, issues
-    return assemble_plant(tagmap.gateway, tagmap.mqtt, devices), []
+    return assemble_plant(tagmap.gateway, tagmap.mqtt, devices, tagmap.spool), []

@@ -30,3 +30,12 @@ MIN_INTERVAL_MS: Final = 10
 
 MAX_REPEAT_COUNT: Final = 65536
 """Most instances one ``repeat`` may produce (guards against a typo creating millions of tags)."""
+
+MAX_FORMAT_WIDTH: Final = 64
+"""Largest width or precision a ``{n:...}`` placeholder (repeat ``name``, template ``node``) may ask for:
+``{n:>999999999}`` would build a gigabyte of padding, and a name never needs more than a few digits."""
+
+MAX_TAGS_PER_PLANT: Final = 250_000
+"""Most tags one tag map may expand to (explicit tags + template tags x repeat counts): five times the 51,200-tag
+``load-50k`` benchmark. Checked on the raw YAML data before anything is validated or expanded, so a few lines of
+aliases or repeats (``- *device`` a thousand times) cannot make the loader build millions of tags."""

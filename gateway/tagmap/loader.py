@@ -20,12 +20,13 @@ from gateway.errors import ConfigError, ConfigProblem
 from gateway.tagmap.env import OVERRIDABLE_SECTIONS, EnvOverrides, read_env_overrides
 from gateway.tagmap.expand import assemble_plant, expand_devices
 from gateway.tagmap.issues import Issue, Loc, did_you_mean, format_loc, issues_from_validation_error
-from gateway.tagmap.model import Device, GatewaySection, MqttSection, Plant, TemplateTags
+from gateway.tagmap.limits import MAX_REPEAT_COUNT, MAX_TAGS_PER_PLANT
+from gateway.tagmap.model import Device, GatewaySection, MqttSection, Plant, SpoolSection, TemplateTags
 from gateway.tagmap.yamlpos import YamlDocument, YamlSyntaxError, parse_yaml
 
 _DEVICE: TypeAdapter[Device] = TypeAdapter(Device)
 _TEMPLATES: TypeAdapter[dict[str, TemplateTags]] = TypeAdapter(dict[str, TemplateTags])
-_SECTIONS = ("gateway", "mqtt", "templates", "devices")
+_SECTIONS = ("gateway", "mqtt", "spool", "templates", "devices")
 _REQUIRED_SECTIONS = ("gateway", "mqtt", "devices")
 
 
@@ -36,11 +37,18 @@ def load_plant(path: str | Path, *, environ: Mapping[str, str] | None = None) ->
     """
     filename = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise _single(filename, f"not UTF-8 text (byte {exc.start})") from None
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise _single(filename, f"cannot read the tag map: {exc.strerror or exc}") from None
+    try:
+        # Bytes, not read_text: YAML reads \r\n itself, and a bad byte can then be shown at its LINE:COL.
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        # Everything before the first bad byte is valid UTF-8: count characters, not bytes, for the column.
+        line, column = data.count(b"\n", 0, exc.start) + 1, len(data[line_start : exc.start].decode("utf-8")) + 1
+        message = f"not UTF-8 text: byte 0x{data[exc.start]:02X} (save the file as UTF-8)"
+        raise ConfigError([ConfigProblem(filename, line, column, "", message)]) from None
     return load_plant_from_text(text, filename=filename, environ=environ)
 
 
@@ -134,6 +142,19 @@ def _validate(document: YamlDocument, env: EnvOverrides, report: _Report) -> Pla
 
     gateway = _validate_model(GatewaySection, data["gateway"], ("gateway",), report) if "gateway" in data else None
     mqtt = _validate_model(MqttSection, data["mqtt"], ("mqtt",), report) if "mqtt" in data else None
+    spool = _validate_model(SpoolSection, data["spool"], ("spool",), report) if data.get("spool") is not None else None
+
+    size = _raw_tag_count(data.get("devices"), data.get("templates"))
+    if size > MAX_TAGS_PER_PLANT:
+        # Before validating or expanding anything: the cost of both grows with this number, not with the text.
+        report.add(
+            Issue(
+                ("devices",),
+                f"the tag map expands to {size:,} tags (explicit, template and repeated), more than the "
+                f"{MAX_TAGS_PER_PLANT:,} one gateway takes; split the plant into several tag maps",
+            )
+        )
+        return None
 
     templates: dict[str, Any] | None = {}
     if data.get("templates") is not None:
@@ -157,4 +178,35 @@ def _validate(document: YamlDocument, env: EnvOverrides, report: _Report) -> Pla
     report.add_all(issues)
     if gateway is None or mqtt is None or report.problems:
         return None
-    return assemble_plant(gateway, mqtt, expanded)
+    return assemble_plant(gateway, mqtt, expanded, spool)
+
+
+def _raw_tag_count(raw_devices: Any, raw_templates: Any) -> int:
+    """How many tags the raw YAML data would make: every tag list as written (an alias counts each time it is
+    used), each repeat as count x its template's length, and every template once (templates are validated
+    even when unused). Malformed parts count as nothing: validation reports them."""
+    templates = raw_templates if isinstance(raw_templates, dict) else {}
+    lengths = {name: len(tags) for name, tags in templates.items() if isinstance(name, str) and isinstance(tags, list)}
+    total = sum(lengths.values())
+    for device in raw_devices if isinstance(raw_devices, list) else []:
+        if not isinstance(device, dict):
+            continue
+        tags = device.get("tags")
+        total += len(tags) if isinstance(tags, list) else 0
+        repeats = device.get("repeat")
+        for repeat in [repeats] if isinstance(repeats, dict) else repeats if isinstance(repeats, list) else []:
+            if isinstance(repeat, dict) and isinstance(repeat.get("template"), str):
+                total += _raw_count(repeat.get("count")) * lengths.get(repeat["template"], 0)
+    return total
+
+
+def _raw_count(value: Any) -> int:
+    """A repeat's ``count`` as pydantic will read it (int, integral float or digit text), capped at what
+    validation accepts; anything else counts 0 (validation rejects it)."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 12:
+        value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return min(value, MAX_REPEAT_COUNT) if isinstance(value, int) and value > 0 else 0

@@ -12,6 +12,7 @@ ids, ``mqtt.client_id`` and ``sampling_interval_ms`` filled. See ``gateway.tagma
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable, Iterator, Mapping
 from enum import StrEnum
@@ -35,6 +36,7 @@ from gateway.tagmap.limits import (
     MAX_ADDRESS,
     MAX_BIT_INDEX,
     MAX_BITS_PER_READ,
+    MAX_FORMAT_WIDTH,
     MAX_REGISTERS_PER_READ,
     MAX_REPEAT_COUNT,
     MAX_UNIT_ID,
@@ -307,11 +309,25 @@ class MqttSection(_Model):
     cert_file: str | None = None
     key_file: str | None = None
     max_inflight: int = Field(default=20, ge=1, le=65535)
+    reconnect_max_s: float = Field(default=10, ge=1, le=3600)
+    """Cap of the reconnect backoff (1 s, doubling); also how long failover waits per attempt at most."""
+    failover_urls: tuple[Annotated[str, AfterValidator(_check_mqtt_url)], ...] = ()
+    """More brokers, tried in turn after 3 failed connection attempts to the current one."""
 
     @model_validator(mode="after")
     def _check(self) -> MqttSection:
         raise_issues(_rule_mqtt_tls_files(self))
+        raise_issues(_rule_mqtt_failover_scheme(self))
         return self
+
+    @property
+    def failover(self) -> tuple[tuple[str, int], ...]:
+        """(host, port) of each failover broker."""
+        out: list[tuple[str, int]] = []
+        for url in self.failover_urls:
+            parts = urlsplit(url)
+            out.append((parts.hostname or "", parts.port or MQTT_DEFAULT_PORTS[parts.scheme.lower()]))
+        return tuple(out)
 
     @property
     def host(self) -> str:
@@ -325,6 +341,19 @@ class MqttSection(_Model):
     @property
     def tls(self) -> bool:
         return urlsplit(self.url).scheme.lower() == "mqtts"
+
+
+class SpoolSection(_Model):
+    """Store-and-forward: where undeliverable messages wait for the broker, and how big that may grow."""
+
+    path: NonEmptyStr | None = None
+    """SQLite file; default ``spool.db`` in the state directory (``cellgate run --state-dir``)."""
+    max_mb: float = Field(default=1024, gt=0)
+    """Cap on spooled messages (topic + payload + 48 bytes per message); past it the oldest are dropped."""
+    replay_per_s: int = Field(default=5000, ge=1)
+    """Most spooled messages replayed per second once the broker is back (live data always goes first)."""
+    window_wait_ms: int = Field(default=1000, ge=0)
+    """How long a live message may wait for a free in-flight slot before it goes to the spool instead."""
 
 
 def _mqtt_url_problems(url: str) -> Iterator[Issue]:
@@ -349,6 +378,14 @@ def _mqtt_url_problems(url: str) -> Iterator[Issue]:
         yield Issue((), "url must not have a path, query or fragment")
 
 
+def _rule_mqtt_failover_scheme(mqtt: MqttSection) -> Iterator[Issue]:
+    scheme = urlsplit(mqtt.url).scheme.lower()
+    for index, url in enumerate(mqtt.failover_urls):
+        if urlsplit(url).scheme.lower() != scheme:
+            # One TLS setting (and one set of certificates) serves every broker of the list.
+            yield Issue(("failover_urls", index), f"every failover url must use {scheme}:// like url")
+
+
 def _rule_mqtt_tls_files(mqtt: MqttSection) -> Iterator[Issue]:
     if not mqtt.url.lower().startswith("mqtts://"):
         for name in ("ca_file", "cert_file", "key_file"):
@@ -361,21 +398,26 @@ def _rule_mqtt_tls_files(mqtt: MqttSection) -> Iterator[Issue]:
 # ----------------------------------------------------------------------------------------------- tags
 
 
+# A tag's numbers must be finite: `scale: .nan` would turn every value into not_a_number, `min: .nan` would switch
+# the range check off silently, and '1e999' (YAML text pydantic reads as a float) is infinity.
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class _TagBase(_Model):
     name: TagName
     """Slash-separated topic tail under the equipment, e.g. ``dryer/zone03/air_temperature``."""
     unit: str | None = None
     """UCUM code, e.g. ``Cel``, ``V``, ``A.h``."""
     description: str | None = None
-    scale: float = 1.0
+    scale: FiniteFloat = 1.0
     """value = raw * scale + offset (numeric types only)."""
-    offset: float = 0.0
-    min: float | None = None
+    offset: FiniteFloat = 0.0
+    min: FiniteFloat | None = None
     """Range check: a value outside [min, max] gets quality uncertain, status out_of_range (value kept)."""
-    max: float | None = None
-    deadband: float | None = Field(default=None, ge=0)
+    max: FiniteFloat | None = None
+    deadband: FiniteFloat | None = Field(default=None, ge=0)
     """Absolute; publish only when |value - last published| > deadband."""
-    heartbeat_s: float | None = Field(default=None, gt=0)
+    heartbeat_s: FiniteFloat | None = Field(default=None, gt=0)
     """Republish an unchanged value at least this often, in seconds."""
 
 
@@ -617,7 +659,37 @@ def _check_repeat_name_pattern(pattern: str) -> str:
         raise rule_error(
             [Issue((), f"name pattern {pattern!r} must contain {{n}} (e.g. 'ch{{n:03d}}') so instances differ")]
         )
+    problem = format_spec_problem(pattern)
+    if problem:
+        raise rule_error([Issue((), f"name pattern {problem}")])
     return pattern
+
+
+def format_spec_problem(pattern: str) -> str | None:
+    """Why formatting ``pattern`` with ``n`` could build a huge string, or None (also for invalid patterns,
+    which the caller reports in its own words).
+
+    Refused: a placeholder nested in a format spec (``{n:{n}}`` pads to a width of n) and a width or precision
+    above MAX_FORMAT_WIDTH (``{n:>999999999}``, ``{n:.999999999f}``). Checked before formatting, never by trying.
+    """
+    try:
+        parsed = list(string.Formatter().parse(pattern))
+    except ValueError:
+        return None
+    for _, field, spec, _ in parsed:
+        if field is None or not spec:
+            continue
+        if "{" in spec or "}" in spec:
+            return f"{pattern!r} nests a placeholder in a format spec ({{{field}:{spec}}}); write a fixed width"
+        for digits in _SPEC_NUMBER.findall(spec):
+            if len(digits.lstrip("0")) > len(str(MAX_FORMAT_WIDTH)) or int(digits) > MAX_FORMAT_WIDTH:
+                shown = digits if len(digits) <= 12 else f"{digits[:9]}..."
+                return f"{pattern[:60]!r} asks for a width or precision of {shown}; at most {MAX_FORMAT_WIDTH}"
+    return None
+
+
+# Digit runs in a format spec: the width and the precision (and a digit used as fill character, which is small).
+_SPEC_NUMBER = re.compile(r"[0-9]+")
 
 
 class RepeatSpec(_Model):
@@ -831,6 +903,7 @@ class TagMap(_Model):
 
     gateway: GatewaySection
     mqtt: MqttSection
+    spool: SpoolSection = Field(default_factory=SpoolSection)
     templates: dict[str, TemplateTags] = Field(default_factory=dict)
     devices: tuple[Device, ...]
 
@@ -841,6 +914,7 @@ class Plant(_Model):
     gateway: GatewaySection
     mqtt: MqttSection
     devices: tuple[Device, ...]
+    spool: SpoolSection = Field(default_factory=SpoolSection)
 
     def device(self, name: str) -> ModbusDevice | OpcUaDevice:
         for device in self.devices:

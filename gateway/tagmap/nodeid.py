@@ -75,7 +75,7 @@ def parse_node_id(text: str) -> ParsedNodeId:
         index_text, separator, rest = text[3:].partition(";")
         if not separator:
             raise ValueError(f"node id {text!r}: ns=<index> must be followed by ';' and the identifier")
-        if not (index_text.isascii() and index_text.isdigit()) or int(index_text) > MAX_NAMESPACE_INDEX:
+        if not _small_number(index_text) or int(index_text) > MAX_NAMESPACE_INDEX:
             raise ValueError(f"node id {text!r}: namespace index {index_text!r} is not a number 0..65535")
         namespace_index = int(index_text)
     kind = _KINDS.get(rest[:1])
@@ -86,11 +86,16 @@ def parse_node_id(text: str) -> ParsedNodeId:
     return ParsedNodeId(namespace_uri=namespace_uri, namespace_index=namespace_index, kind=kind, identifier=identifier)
 
 
+def _small_number(text: str) -> bool:
+    """ASCII digits short enough for int(): Python refuses to convert more than 4300 digits (and ids need 10)."""
+    return text.isascii() and text.isdigit() and len(text.lstrip("0")) <= 20
+
+
 def _identifier(text: str, kind: str, value: str) -> str | int:
     if not value:
         raise ValueError(f"node id {text!r}: empty {kind}= identifier")
     if kind == "i":
-        if not (value.isascii() and value.isdigit()) or int(value) > MAX_NUMERIC_IDENTIFIER:
+        if not _small_number(value) or int(value) > MAX_NUMERIC_IDENTIFIER:
             raise ValueError(f"node id {text!r}: i= needs a number 0..{MAX_NUMERIC_IDENTIFIER}")
         return int(value)
     if kind == "g" and not _GUID.fullmatch(value):

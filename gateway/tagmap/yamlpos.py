@@ -135,10 +135,48 @@ def _friendly(problem: str, text_at_mark: str) -> str:
     return problem
 
 
+def _check_encodable(text: str) -> None:
+    """A lone surrogate (only possible in text built in Python, never in a UTF-8 file) is not YAML text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        before = text[: exc.start]
+        position = Position(before.count("\n") + 1, exc.start - (before.rfind("\n") + 1) + 1)
+        raise YamlSyntaxError(
+            position, f"character #x{ord(text[exc.start]):04x} is not allowed in YAML text"
+        ) from None
+
+
 def parse_yaml(text: str) -> YamlDocument:
     """Parse one YAML document. Raises YamlSyntaxError; duplicate keys etc. are collected as problems."""
     try:
-        root = yaml.compose(text, Loader=_Loader)
+        root = _compose(text)
+    except YamlSyntaxError as exc:
+        raise YamlSyntaxError(_within_text(text, exc.position), exc.message) from None
+    document = YamlDocument(data=None, root=root)
+    if root is not None:
+        builder = _Builder(document.problems)
+        document.data = builder.build(root, ())
+    return document
+
+
+_YAML_LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
+
+
+def _within_text(text: str, position: Position) -> Position:
+    """libyaml reports "end of stream" errors on the line after a last line without a newline, a line no editor
+    shows: point at the end of the last line instead."""
+    breaks = list(_YAML_LINE_BREAK.finditer(text))
+    if position.line <= len(breaks) + 1:
+        return position
+    last_line_start = breaks[-1].end() if breaks else 0
+    return Position(len(breaks) + 1, len(text) - last_line_start + 1)
+
+
+def _compose(text: str) -> Node | None:
+    _check_encodable(text)
+    try:
+        return yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         if mark is None:
@@ -166,11 +204,14 @@ def parse_yaml(text: str) -> YamlDocument:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "mark", None)
         position = Position(mark.line + 1, mark.column + 1) if mark is not None else Position(1, 1)
         raise YamlSyntaxError(position, str(getattr(exc, "problem", None) or exc)) from None
-    document = YamlDocument(data=None, root=root)
-    if root is not None:
-        builder = _Builder(document.problems)
-        document.data = builder.build(root, ())
-    return document
+
+
+def _scalar_problem(node: ScalarNode, exc: Exception) -> str:
+    kind = node.tag.rsplit(":", 1)[-1]
+    if kind == "int" and "digits" in str(exc):
+        return f"a number with {len(node.value):,} digits is too long"
+    shown = node.value if len(node.value) <= 40 else f"{node.value[:37]}..."
+    return f"{shown!r} is not a valid {kind}"
 
 
 class _Builder:
@@ -223,6 +264,12 @@ class _Builder:
             return self._constructor.construct_object(node)
         except yaml.constructor.ConstructorError as exc:
             self._problem(node, loc, f"unsupported YAML value: {exc.problem}")
+            return None
+        except (ValueError, LookupError) as exc:
+            # PyYAML lets the converters' own errors through: an explicit tag on text that is not of that type
+            # (`!!int abc`, `!!bool maybe`), an impossible date (2024-02-30), an integer with more digits than
+            # Python converts (4300).
+            self._problem(node, loc, _scalar_problem(node, exc))
             return None
 
     def _mapping(self, node: MappingNode, loc: Loc) -> dict[Any, Any]:

@@ -67,7 +67,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         prefix = f"{enterprise}/{plant.gateway.site}"
         subscriber = Subscriber(broker.host, broker.port, f"{prefix}/#")
         subscriber.start()
-        gateway = GatewayProcess(config=config, env=env)
+        gateway = GatewayProcess(config=config, env=env, state_dir=workdir / "state")
         gateway.start()
         running = Pipeline(broker, opcua_sim, modbus_sim, modbus_port, gateway, subscriber, plant, prefix)
         try:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 
 import orjson
 
 from gateway.runtime import Gateway
+from gateway.sinks.spool import Spool
 from gateway.tagmap import load_plant_from_text
 from tests.support.modbus import encode_registers, free_tcp_port, sim_device, tcp_server
 from tests.support.mosquitto import Mosquitto, Received, Subscriber, retained_snapshot
@@ -55,7 +57,7 @@ def batches(messages: list[Received], topic: str) -> list[dict[str, object]]:
     return [orjson.loads(m.payload) for m in messages if m.topic == topic]
 
 
-async def test_batch_per_tag_bad_values_shared_connection_and_clean_stop() -> None:
+async def test_batch_per_tag_bad_values_shared_connection_and_clean_stop(tmp_path: Path) -> None:
     enterprise = f"rt{uuid.uuid4().hex[:8]}"
     modbus_port = free_tcp_port()
     with Mosquitto() as broker:
@@ -76,7 +78,7 @@ async def test_batch_per_tag_bad_values_shared_connection_and_clean_stop() -> No
                 await server.async_setValues(2, FC_HOLDING, 1, encode_registers("C42", "string", length=3))
 
                 stop = asyncio.Event()
-                gateway = Gateway(plant)
+                gateway = Gateway(plant, state_dir=tmp_path)
                 running = asyncio.create_task(gateway.run(stop))
                 try:
                     await subscriber.wait_for(lambda ms: len(batches(ms, f"{prefix}/rack/_batch")) >= 3, 15)
@@ -113,8 +115,8 @@ async def test_batch_per_tag_bad_values_shared_connection_and_clean_stop() -> No
         assert set(orjson.loads(retained[f"{prefix}/cell/_meta"])["tags"]) == {"soc", "label"}
 
 
-async def test_gateway_keeps_running_without_broker_and_stops_cleanly() -> None:
-    """A broker that is not there yet: sources run, the sink retries, stop still completes in budget."""
+async def test_gateway_keeps_running_without_broker_and_stops_cleanly(tmp_path: Path) -> None:
+    """A broker that is not there yet: sources run, the sink retries, readings go to the spool, stop in budget."""
     modbus_port = free_tcp_port()
     plant = load_plant_from_text(
         TAGMAP.format(enterprise="nobroker", broker_port=free_tcp_port(), modbus_port=modbus_port),
@@ -123,10 +125,24 @@ async def test_gateway_keeps_running_without_broker_and_stops_cleanly() -> None:
     )
     async with tcp_server([sim_device(1), sim_device(2)], modbus_port):
         stop = asyncio.Event()
-        running = asyncio.create_task(Gateway(plant).run(stop))
-        await asyncio.sleep(1.0)
+        running = asyncio.create_task(Gateway(plant, state_dir=tmp_path).run(stop))
+        await asyncio.sleep(1.5)
         assert not running.done()
         stop.set()
         started = time.monotonic()
         await asyncio.wait_for(running, 20)  # returns normally: no exception, no hang
         assert time.monotonic() - started < 10  # the stop budgets (2 + 3 + 3 s) plus slack
+
+    spool = Spool(tmp_path / "spool.db", max_bytes=10**9)
+    try:
+        kept = spool.oldest(after_id=0, limit=1000)
+        checkpoint = spool.load_seq()
+    finally:
+        spool.close()
+    assert kept, "readings taken while the broker was away must be in the spool"
+    bodies = [orjson.loads(message.payload) for message in kept]
+    assert all(body["historical"] is True for body in bodies)
+    rack = [body for message, body in zip(kept, bodies, strict=True) if message.topic.endswith("/rack/_batch")]
+    assert [body["seq"] for body in rack] == list(range(1, len(rack) + 1))
+    assert checkpoint.clean
+    assert checkpoint.last_seq[kept[0].topic.rsplit("/", 2)[0] + "/rack/_batch"] == len(rack)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import IO
 
@@ -29,8 +32,9 @@ def retarget_demo_config(*, opcua_port: int, modbus_port: int, destination: Path
 class GatewayProcess:
     """``python -m gateway.cli run -c CONFIG`` with extra environment; JSON logs kept in a temp file."""
 
-    def __init__(self, *, config: Path, env: dict[str, str]) -> None:
+    def __init__(self, *, config: Path, env: dict[str, str], state_dir: Path) -> None:
         self._config = config
+        self.state_dir = state_dir
         self._env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[str] | None = None
@@ -39,7 +43,10 @@ class GatewayProcess:
     def start(self) -> None:
         self._log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in close()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "-c", str(self._config), "--log-format", "json"],
+            [
+                sys.executable, "-m", "gateway.cli", "run", "-c", str(self._config),
+                "--state-dir", str(self.state_dir), "--log-format", "json",
+            ],
             cwd=REPO_ROOT, env=self._env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -53,6 +60,41 @@ class GatewayProcess:
         self._log.flush()
         self._log.seek(0)
         return self._log.read()
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "not started"
+        return self._process.pid
+
+    def send_signal(self, signum: int) -> None:
+        assert self._process is not None, "not started"
+        self._process.send_signal(signum)
+
+    def events(self) -> list[dict[str, object]]:
+        """The JSON log lines written so far, parsed (lines that are not JSON are skipped)."""
+        out: list[dict[str, object]] = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
+
+    def wait_for_event(self, event: str, timeout_s: float, *, after: int = 0) -> dict[str, object]:
+        """The first log event named ``event`` among the lines after the first ``after`` events."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = [e for e in self.events()[after:] if e.get("event") == event]
+            if found:
+                return found[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {event!r} in the gateway log; tail:\n{self.log_text()[-3000:]}")
+            if not self.running:
+                raise AssertionError(f"gateway exited ({self._process and self._process.poll()}) before {event!r}")
+            time.sleep(0.1)
+
+    def rss_kb(self) -> int:
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
         process = self._process

@@ -1,0 +1,238 @@
+"""Nothing lost: broker outages, a stop while the broker is away, and the spool cap, on real processes.
+
+Simulators (two processes), Mosquitto and ``cellgate run`` each run as their own process. The subscriber
+uses a persistent session on a broker with persistence, so what the gateway publishes while the test's
+subscriber is reconnecting is queued for it: any hole it sees is the gateway's.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gateway.sinks.spool import Spool
+from tests.support.gateway import GatewayProcess, retarget_demo_config
+from tests.support.mosquitto import Mosquitto, Received, Subscriber, free_port
+from tests.support.sim import SimulatorProcess
+
+OUTAGE_S = 30.0
+
+
+@dataclass
+class Rig:
+    broker: Mosquitto
+    subscriber: Subscriber
+    config: Path
+    env: dict[str, str]
+    prefix: str
+    workdir: Path
+
+    def gateway(self, **env: str) -> GatewayProcess:
+        return GatewayProcess(config=self.config, env={**self.env, **env}, state_dir=self.workdir / "state")
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    enterprise = f"sf{uuid.uuid4().hex[:8]}"
+    modbus_port = free_port()
+    opcua_sim = SimulatorProcess(only="opcua", opcua_port=0)
+    modbus_sim = SimulatorProcess(only="modbus", modbus_port=modbus_port)
+    opcua_sim.start()
+    modbus_sim.start()
+    broker = Mosquitto(persistence=True, workdir=tmp_path / "broker")
+    (tmp_path / "broker").mkdir()
+    try:
+        broker.start()
+        opcua_port = int(opcua_sim.opcua_endpoint.rstrip("/").rsplit(":", 1)[1])
+        config = retarget_demo_config(opcua_port=opcua_port, modbus_port=modbus_port, destination=tmp_path / "map.yaml")
+        prefix = f"{enterprise}/dunkirk"
+        subscriber = Subscriber(
+            broker.host, broker.port, f"{prefix}/#", client_id=f"sub-{enterprise}", session=True
+        )
+        subscriber.start()
+        time.sleep(1.5)  # autosave_interval 1: the persistent session is on disk before any broker restart
+        env = {"CELLGATE_MQTT__URL": broker.url, "CELLGATE_GATEWAY__ENTERPRISE": enterprise}
+        yield Rig(broker, subscriber, config, env, prefix, tmp_path)
+        subscriber.stop()
+    finally:
+        broker.close()
+        opcua_sim.close()
+        modbus_sim.close()
+
+
+def data_messages(messages: list[Received]) -> dict[str, list[dict[str, object]]]:
+    """Tag messages (not _status/_meta/_gateway) per topic, in arrival order, duplicates included."""
+    out: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for message in messages:
+        last = message.topic.rsplit("/", 1)[-1]
+        if not message.payload or last.startswith("_") or "/_gateway/" in message.topic:
+            continue
+        out[message.topic].append(orjson.loads(message.payload))
+    return out
+
+
+def holes(per_topic: dict[str, list[dict[str, object]]]) -> dict[str, list[int]]:
+    """Per topic, the seq numbers missing between the first and the last received (duplicates allowed)."""
+    missing: dict[str, list[int]] = {}
+    for topic, bodies in per_topic.items():
+        seqs = {int(str(body["seq"])) for body in bodies}
+        gap = sorted(set(range(min(seqs), max(seqs) + 1)) - seqs)
+        if gap:
+            missing[topic] = gap
+    return missing
+
+
+def wait_until(predicate: object, timeout_s: float, what: str) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.25)
+
+
+def historical_count(rig: Rig) -> int:
+    return sum(1 for bodies in data_messages(rig.subscriber.messages).values() for b in bodies if b.get("historical"))
+
+
+def test_broker_outage_then_stop_while_away_then_restart_loses_nothing(rig: Rig) -> None:
+    gateway = rig.gateway()
+    gateway.start()
+    try:
+        heartbeat = f"{rig.prefix}/formation/hall-a/rack-01/heartbeat"
+        wait_until(lambda: len(rig.subscriber.on(heartbeat)) >= 3, 30, "live data before the outage")
+
+        # 1. The broker goes away for OUTAGE_S mid-stream and comes back on the same port.
+        rig.broker.stop()
+        outage_started = time.monotonic()
+        time.sleep(OUTAGE_S)
+        assert gateway.running, "the gateway must ride through a broker outage"
+        rig.broker.start()
+        outage_s = time.monotonic() - outage_started
+        # Replay: the gateway reconnects (backoff <= 10 s) and sends the spool; the subscriber's session
+        # queued whatever came before it was back.
+        wait_until(lambda: historical_count(rig) > 0, 40, "replayed messages")
+        wait_until(lambda: not holes(data_messages(rig.subscriber.messages)), 60, "every seq to arrive")
+
+        per_topic = data_messages(rig.subscriber.messages)
+        replayed = {topic: [b for b in bodies if b.get("historical")] for topic, bodies in per_topic.items()}
+        # The rack's heartbeat changes every second and is polled every second: the outage's samples are
+        # all there, replayed, in order.
+        beats = [int(str(b["seq"])) for b in replayed[heartbeat]]
+        assert beats == sorted(beats), "replayed messages of one tag arrive in order"
+        assert outage_s - 4 <= len(set(beats)) <= outage_s + 12, (len(set(beats)), outage_s)
+        for topic, bodies in replayed.items():
+            seqs = [int(str(b["seq"])) for b in bodies]
+            assert seqs == sorted(seqs), f"{topic}: replay out of order"
+
+        # 2. The broker goes away again; the gateway is stopped while it is away.
+        before_stop = len(rig.subscriber.messages)
+        rig.broker.stop()
+        time.sleep(4)
+        stop_started = time.monotonic()
+        assert gateway.stop(timeout_s=20) == 0
+        assert time.monotonic() - stop_started < 10, "SIGTERM to exit within 10 s"
+        kept = gateway.wait_for_event("spool_kept_for_next_start", 1)
+        assert int(str(kept["messages"])) > 0
+        stopped = gateway.wait_for_event("gateway_stopped", 1)
+        assert int(str(stopped["spool_kept"])) == int(str(kept["messages"]))
+    finally:
+        gateway.close()
+
+    # 3. Broker back, gateway restarted on the same state directory: the spool is replayed and every
+    #    topic's seq runs on from before the stop without a hole.
+    rig.broker.start()
+    restarted = rig.gateway()
+    restarted.start()
+    try:
+        starting = restarted.wait_for_event("gateway_starting", 20)
+        assert starting["previous_stop"] == "clean"
+        assert int(str(starting["spooled"])) > 0
+        wait_until(lambda: len(rig.subscriber.messages) > before_stop + 200, 40, "data after the restart")
+        wait_until(lambda: not holes(data_messages(rig.subscriber.messages)), 60, "every seq across the restart")
+        restarted.wait_for_event("spool_replay_done", 30)
+        assert restarted.stop() == 0
+    finally:
+        restarted.close()
+    per_topic = data_messages(rig.subscriber.messages)
+    assert not holes(per_topic)
+    # Numbering continued across the restart instead of starting again at 1.
+    assert all(sum(1 for b in bodies if b["seq"] == 1) <= 1 for bodies in per_topic.values() if bodies)
+
+
+def test_spool_cap_drops_the_oldest_counts_them_and_keeps_running(rig: Rig) -> None:
+    # A tiny cap (50 kB, a few hundred messages) so a short outage overflows it.
+    gateway = rig.gateway(CELLGATE_SPOOL__MAX_MB="0.05")
+    gateway.start()
+    try:
+        heartbeat = f"{rig.prefix}/formation/hall-a/rack-01/heartbeat"
+        wait_until(lambda: len(rig.subscriber.on(heartbeat)) >= 2, 30, "live data")
+        rig.broker.stop()
+        full = gateway.wait_for_event("spool_full_dropping_oldest", 30)
+        assert int(str(full["dropped"])) > 0
+        rss_at_cap = gateway.rss_kb()
+        time.sleep(8)
+        assert gateway.running
+        growth_kb = gateway.rss_kb() - rss_at_cap
+        assert growth_kb < 8_000, f"memory grew by {growth_kb} kB while the spool was full"
+        # Logged once per episode, not per dropped message.
+        assert sum(1 for e in gateway.events() if e.get("event") == "spool_full_dropping_oldest") == 1
+        spool_file = rig.workdir / "state" / "spool.db"
+        assert spool_file.stat().st_size < 2_000_000
+
+        rig.broker.start()
+        done = gateway.wait_for_event("spool_replay_done", 40)
+        assert int(str(done["dropped_by_cap"])) > 0
+
+        def live_after_replay() -> bool:
+            bodies = data_messages(rig.subscriber.messages)[heartbeat]
+            replayed = [int(str(b["seq"])) for b in bodies if b.get("historical")]
+            live = [int(str(b["seq"])) for b in bodies if not b.get("historical")]
+            return bool(replayed) and any(seq > max(replayed) for seq in live)
+
+        wait_until(live_after_replay, 15, "live data after the replay")
+        assert gateway.stop() == 0
+    finally:
+        gateway.close()
+    spool = Spool(rig.workdir / "state" / "spool.db", max_bytes=10**6)
+    try:
+        assert spool.count == 0  # what survived the cap was replayed and acknowledged
+    finally:
+        spool.close()
+    # What was kept is the newest: the replayed heartbeats run without a hole up to the first live one after
+    # the outage, and the oldest of the outage (right after the last live one before it) were dropped.
+    bodies = data_messages(rig.subscriber.messages)[heartbeat]
+    replayed = sorted({int(str(b["seq"])) for b in bodies if b.get("historical")})
+    live = sorted({int(str(b["seq"])) for b in bodies if not b.get("historical")})
+    assert replayed == list(range(replayed[0], replayed[-1] + 1))
+    assert min(s for s in live if s > replayed[-1]) == replayed[-1] + 1
+    assert max(s for s in live if s < replayed[0]) < replayed[0] - 1, "the oldest of the outage were dropped"
+
+
+def test_sigterm_exits_zero_and_sighup_with_a_broken_file_keeps_running(rig: Rig) -> None:
+    gateway = rig.gateway()
+    gateway.start()
+    try:
+        heartbeat = f"{rig.prefix}/formation/hall-a/rack-01/heartbeat"
+        wait_until(lambda: len(rig.subscriber.on(heartbeat)) >= 2, 30, "live data")
+        good_text = rig.config.read_text(encoding="utf-8")
+        rig.config.write_text(good_text.replace("interval_ms: 1000", "interval_ms: fast", 1), encoding="utf-8")
+        mark = len(gateway.events())
+        gateway.send_signal(signal.SIGHUP)
+        problem = gateway.wait_for_event("reload_rejected", 15, after=mark)
+        assert f"{rig.config}:" in str(problem["problem"]) and "interval_ms" in str(problem["problem"])
+        count = len(rig.subscriber.on(heartbeat))
+        wait_until(lambda: len(rig.subscriber.on(heartbeat)) >= count + 2, 10, "polling on the old map")
+        assert gateway.running
+    finally:
+        rig.config.write_text(good_text, encoding="utf-8")
+        assert gateway.stop() == 0
+        gateway.close()
