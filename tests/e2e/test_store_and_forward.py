@@ -7,6 +7,7 @@ subscriber is reconnecting is queued for it: any hole it sees is the gateway's.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 import uuid
@@ -217,13 +218,15 @@ def test_spool_cap_drops_the_oldest_counts_them_and_keeps_running(rig: Rig) -> N
     assert max(s for s in live if s < replayed[0]) < replayed[0] - 1, "the oldest of the outage were dropped"
 
 
-def test_sigterm_exits_zero_and_sighup_with_a_broken_file_keeps_running(rig: Rig) -> None:
+def test_sighup_broken_file_keeps_running_valid_file_restarts_only_the_changed_device(rig: Rig) -> None:
     gateway = rig.gateway()
     gateway.start()
+    good_text = rig.config.read_text(encoding="utf-8")
     try:
         heartbeat = f"{rig.prefix}/formation/hall-a/rack-01/heartbeat"
         wait_until(lambda: len(rig.subscriber.on(heartbeat)) >= 2, 30, "live data")
-        good_text = rig.config.read_text(encoding="utf-8")
+
+        # A broken file: every problem logged with FILE:LINE, the old map keeps running.
         rig.config.write_text(good_text.replace("interval_ms: 1000", "interval_ms: fast", 1), encoding="utf-8")
         mark = len(gateway.events())
         gateway.send_signal(signal.SIGHUP)
@@ -231,6 +234,34 @@ def test_sigterm_exits_zero_and_sighup_with_a_broken_file_keeps_running(rig: Rig
         assert f"{rig.config}:" in str(problem["problem"]) and "interval_ms" in str(problem["problem"])
         count = len(rig.subscriber.on(heartbeat))
         wait_until(lambda: len(rig.subscriber.on(heartbeat)) >= count + 2, 10, "polling on the old map")
+        assert gateway.running
+
+        # A valid change to the rack only: the rack's connection restarts, the coater never pauses.
+        changed = good_text.replace('description: "Bit 5 is a contact fault."', 'description: "re-wired"', 1)
+        assert changed != good_text
+        rig.config.write_text(changed, encoding="utf-8")
+        mark = len(gateway.events())
+        reload_at = time.monotonic()
+        gateway.send_signal(signal.SIGHUP)
+        applied = gateway.wait_for_event("reload_applied", 15, after=mark)
+        assert applied["changed"] == ["rack-01"]
+        assert applied["added"] == [] and applied["removed"] == []
+        restarted = applied["sources_restarted"]
+        assert isinstance(restarted, list) and len(restarted) == 1 and str(restarted[0]).startswith("modbus[")
+        rack_meta = f"{rig.prefix}/formation/hall-a/rack-01/_meta"
+        wait_until(
+            lambda: any(b"re-wired" in m.payload for m in rig.subscriber.on(rack_meta)), 10, "the new rack _meta"
+        )
+        count = len(rig.subscriber.on(heartbeat))
+        wait_until(lambda: len(rig.subscriber.on(heartbeat)) >= count + 2, 15, "the rack polling again")
+        time.sleep(2)
+        coater = sorted(
+            m.at for m in rig.subscriber.messages
+            if "/coater-01/" in m.topic and "/_" not in m.topic and reload_at - 2 <= m.at <= reload_at + 4
+        )
+        assert coater, "coater messages around the reload"
+        gaps = [later - earlier for earlier, later in itertools.pairwise(coater)]
+        assert max(gaps) < 1.0, f"the coater paused {max(gaps):.2f} s during a reload that did not concern it"
         assert gateway.running
     finally:
         rig.config.write_text(good_text, encoding="utf-8")
