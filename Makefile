@@ -32,9 +32,11 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy gateway simulators
 
-## bench: benchmarks that print JSON (so far: load-50k, tag-map load + plan)
+## bench: every benchmark scenario in both modes (options: make bench BENCH_ARGS="--scenario hall --scale 0.5");
+##        one summary line per run, JSON in benchmarks/results/. See `python benchmarks/run.py --help`.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/load_plan.py
+	.ci/ensure-system-packages mosquitto
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 sim: $(STAMP)
 	$(BIN)/cellgate sim

@@ -8,9 +8,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.errors import ConfigError, GatewayError
+
+if TYPE_CHECKING:
+    from gateway.tagmap import Plant
 
 EXIT_CONFIG_ERROR = 2
 EXIT_RUNTIME_ERROR = 1
@@ -37,13 +41,41 @@ def _load_or_report(path: str) -> object:
         raise SystemExit(EXIT_CONFIG_ERROR) from None
 
 
+def _shard(plant: Plant, shard: tuple[int, int] | None) -> Plant:
+    from gateway.sharding import select_shard
+
+    return plant if shard is None else select_shard(plant, *shard)
+
+
+def _shard_argument(text: str) -> tuple[int, int]:
+    from gateway.sharding import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_shard(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--shard",
+        type=_shard_argument,
+        default=None,
+        metavar="K/N",
+        help="read only the devices of shard K of N (one tag map spread over N gateways)",
+    )
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from gateway.assembly import describe_plant
     from gateway.tagmap import Plant
 
     plant = _load_or_report(args.config)
     assert isinstance(plant, Plant)
-    print(describe_plant(plant, list_tags=args.tags))
+    if args.shard:
+        shard, count = args.shard
+        print(f"shard {shard} of {count}")
+    print(describe_plant(_shard(plant, args.shard), list_tags=args.tags))
     return 0
 
 
@@ -60,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def load() -> Plant:
         # The first call returns the map checked above; later calls (SIGHUP) read the file again.
-        return first.pop() if first else load_plant(args.config)
+        return _shard(first.pop() if first else load_plant(args.config), args.shard)
 
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
     try:
@@ -97,12 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="spool and seq numbers (default: $STATE_DIRECTORY under systemd, else ~/.local/state/cellgate)",
     )
+    _add_shard(run)
     add_logging(run)
     run.set_defaults(func=cmd_run)
 
     check = commands.add_parser("check", help="validate a tag map and print what would be read and published")
     check.add_argument("-c", "--config", required=True, help="tag-map YAML file")
     check.add_argument("--tags", action="store_true", help="also list every tag: topic <- source, type, unit")
+    _add_shard(check)
     check.set_defaults(func=cmd_check)
 
     commands.add_parser(

@@ -251,11 +251,15 @@ class Gateway:
         ready = False
         last_forwarded = self.counters.batches_forwarded
         last_progress = time.monotonic()
-        while True:
-            if not ready and (sink.delivered or sink.control_delivered or forwarder.spooled_total):
+        while not ready:
+            # Until READY systemd's start timeout applies, not the watchdog: look often, ping nothing.
+            if sink.delivered or sink.control_delivered or forwarder.spooled_total:
                 ready = True
                 notifier.ready(self._health_text(sink, forwarder))
                 log.info("gateway_ready")
+            else:
+                await asyncio.sleep(0.1)
+        while True:
             if self.counters.batches_forwarded != last_forwarded or not len(self._queue):
                 last_forwarded = self.counters.batches_forwarded
                 last_progress = time.monotonic()

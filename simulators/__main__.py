@@ -5,6 +5,9 @@ Prints exactly one line on stdout once both servers accept connections, for scri
     simulators ready opcua=opc.tcp://127.0.0.1:4840/ modbus=127.0.0.1:5020
 
 Port 0 picks a free port; the line shows the real one. Exit status 0 after a signal, 2 if a server cannot start.
+With ``--control-port N`` the HTTP fault control interface (``simulators.servers.control_http``) listens on
+127.0.0.1:N and the line ends with `` control=PORT``. ``python -m simulators fault ...`` is its client
+(``simulators.fault_cli``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--only", choices=("opcua", "modbus"), default=None, help="serve only this protocol (default: both)"
     )
     parser.add_argument("--step-hz", type=float, default=DEFAULT_STEP_HZ, help="model steps per second")
+    parser.add_argument(
+        "--control-port", type=int, default=None,
+        help="serve the HTTP fault control interface on this port (0 = any free; default: off)",
+    )
     return parser.parse_args(argv)
 
 
@@ -62,11 +69,17 @@ async def _serve(args: argparse.Namespace) -> None:
         stop=stop,
         on_ready=_ready,
         serve=(args.only,) if args.only else ("opcua", "modbus"),
+        control_port=args.control_port,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["fault"]:
+        from simulators.fault_cli import main as fault_main
+
+        return fault_main(arguments[1:])
+    args = parse_args(arguments)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     # asyncua warns on every start that SecurityPolicy None has no signing; that is the point of a local simulator.
     logging.getLogger("asyncua").setLevel(logging.ERROR)

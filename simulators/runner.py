@@ -17,6 +17,7 @@ from typing import TypedDict
 from simulators.machines.coater import Coater, coater_points
 from simulators.machines.formation import FormationConfig, FormationRack, formation_rack_points
 from simulators.machines.points import DataType
+from simulators.servers.control_http import ControlledMachine, ControlServer
 from simulators.servers.modbus_server import (
     CHANNEL_ALARM_COIL_BASE,
     CHANNEL_BASE,
@@ -68,10 +69,13 @@ class RunningSimulators:
     opcua_endpoint: str | None
     modbus_host: str
     modbus_port: int | None
+    control_port: int | None = None  # the fault control interface, when asked for
 
     def ready_line(self) -> str:
         modbus = f"{self.modbus_host}:{self.modbus_port}" if self.modbus_port is not None else "off"
-        return f"simulators ready opcua={self.opcua_endpoint or 'off'} modbus={modbus}"
+        # control= comes last and only when enabled, so parsers of the older two-field line keep working.
+        control = f" control={self.control_port}" if self.control_port is not None else ""
+        return f"simulators ready opcua={self.opcua_endpoint or 'off'} modbus={modbus}{control}"
 
 
 async def run_simulators(
@@ -85,6 +89,7 @@ async def run_simulators(
     step_hz: float = DEFAULT_STEP_HZ,
     on_ready: Callable[[RunningSimulators], None] | None = None,
     serve: Collection[str] = SERVED_PROTOCOLS,
+    control_port: int | None = None,
 ) -> None:
     """Serve the default set on 127.0.0.1 until ``stop`` is set or this coroutine is cancelled.
 
@@ -92,10 +97,12 @@ async def run_simulators(
     Port 0 picks a free port; ``on_ready`` gets the real ones once both servers accept connections.
     Raises if a server cannot start (port taken) or a model step fails. ``serve`` picks the protocols
     (``opcua``, ``modbus``); tests run each in its own process so one can be killed alone.
+    ``control_port`` (0 = any free) starts the HTTP fault control interface (``simulators.servers.control_http``)
+    on 127.0.0.1; None leaves it off.
     """
     models = build_default_set(channels=channels, seed=seed)
     modbus = ModbusSimulatorServer(model=models.rack, register_map=formation_register_map(channels),
-                                   port=modbus_port, host=HOST, step_hz=step_hz, speedup=speedup)
+                                   port=modbus_port, host=HOST, step_hz=step_hz, speedup=speedup, name=RACK_NAME)
     opcua = OpcUaSimulatorServer(machines={COATER_NAME: models.coater}, port=opcua_port, host=HOST,
                                  step_hz=step_hz, speedup=speedup)
     unknown = set(serve) - set(SERVED_PROTOCOLS)
@@ -110,12 +117,21 @@ async def run_simulators(
         if "opcua" in serve:
             await stack.enter_async_context(opcua)
             waiters.add(asyncio.create_task(opcua.join(), name="sim.opcua.join"))
+        control: ControlServer | None = None
+        if control_port is not None:
+            controlled: list[ControlledMachine] = []
+            if "modbus" in serve:
+                controlled.append(ControlledMachine(name=RACK_NAME, protocol="modbus", server=modbus))
+            if "opcua" in serve:
+                controlled.append(ControlledMachine(name=COATER_NAME, protocol="opcua", server=opcua))
+            control = await stack.enter_async_context(ControlServer(machines=controlled, host=HOST, port=control_port))
         if on_ready is not None:
             on_ready(
                 RunningSimulators(
                     opcua_endpoint=opcua.endpoint if "opcua" in serve else None,
                     modbus_host=HOST,
                     modbus_port=modbus.port if "modbus" in serve else None,
+                    control_port=control.port if control is not None else None,
                 )
             )
         if stop is not None:

@@ -1,21 +1,32 @@
 """Formation rack (cycler) with N channels: a pure, seeded process model.
 
-Each channel drives one cell through a simplified formation protocol (equipment notes §5.2, §5.6)::
+Each channel drives one cell through a protocol: a list of steps (equipment notes §5.2, §5.6). Step kinds are
+Rest (time), CC charge (to a voltage, or time / capacity), CC-CV charge (CC to ``v_max``, then CV until the current
+falls to the cut-off, or time) and CC discharge (to a voltage, or time). Two protocols are built in:
 
-    step 0  Rest          initial_rest_s        (contact check; a seeded contact fault -> Protection)
-    step 1  CC-CV charge  CC at cc_current_a until V reaches v_max, then CV at v_max until I <= cutoff_current_a
-    step 2  Rest          final_rest_s
-            Finished      exchange_s            (operator unloads the cell), then a fresh cell starts at step 0
+* ``FormationProtocol()`` — the short v1 protocol: rest, CC-CV charge, rest (what ``config/demo.yaml`` maps);
+* ``FormationProtocol.formation_and_grading()`` — the reference protocol of notes §5.2: contact check, pre-charge,
+  CC charge, CC-CV charge to 4.2 V, rest, CC discharge for grading, rest, CC-CV to storage voltage. At its end the
+  cell gets a grade from its discharge capacity and coulombic efficiency.
 
-The cell is an OCV curve (NMC811/graphite table of §5.6) plus one series resistance: ``V = OCV(SOC) + I·R``,
-``dSOC/dt = eta·I / (3600·Q)``. With a piecewise-linear OCV the CV phase has an exact solution: inside one OCV
-segment of slope k the current decays as ``I(t) = I0·exp(-t/tau)`` with ``tau = 3600·Q·R / (eta·k)``. The model
-steps from event to event (CC->CV switch, OCV breakpoints, cut-off, end of rest), so any ``dt`` is exact: a caller
-accelerates time simply by passing a larger ``dt``. In consequence the CV current never rises, the voltage never
-exceeds ``v_max``, and the capacity is exactly the integral of the current.
+When the protocol ends the channel shows Finished for ``exchange_s`` (the operator unloads it), then a fresh cell
+(new id, seeded capacity / resistance spread) starts at step 0. A seeded contact fault puts the channel in
+Protection after step 0 until the cell is replaced.
+
+Cell model: ``V = OCV(SOC) + I·R0 + V1`` with one RC pair ``dV1/dt = I/C1 − V1/(R1·C1)`` and
+``dSOC/dt = eta·I / (3600·Q)`` (eta < 1 while charging: first-charge losses to SEI; eta = 1 discharging).
+With a piecewise-linear OCV every step kind has a closed-form solution inside one OCV segment (CV: a 2x2 linear
+system, solved with its eigenvalues), so the channel steps from event to event (limits, OCV breakpoints, cut-off,
+end of step) and any ``dt`` gives the same state as many small ones: a caller accelerates time simply by passing
+a larger ``dt``. In consequence the CV current never rises, the voltage never exceeds the CV limit and the
+capacity is exactly the integral of the current. Temperature: first-order towards the plate plus I²·R heating.
+
+The per-channel step is plain float arithmetic on slotted attributes: no allocation per channel per step.
 
 Rack level: PackML state (channels pause while the rack is not in Execute), ambient temperature (slow random walk),
 fixture clamp pressure (kPa) and plate temperature, DC bus voltage, grid power and energy, channel counts and alarms.
+With ``FormationConfig(extended_points=True)`` per-step capacity / energy, power, grading results, grade and cell id
+per channel and grade counters per rack are exposed as well (the default keeps the v1 point list).
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ import random
 from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum, IntEnum
+from enum import IntEnum
 
 from simulators.machines.packml import PackMLMachine, PackMLState, PackMLTiming
 from simulators.machines.points import DataType, PointSpec, Value, check_dt
@@ -47,10 +58,15 @@ def _slope(segment: int) -> float:
     return (OCV_V[segment + 1] - OCV_V[segment]) / (OCV_SOC[segment + 1] - OCV_SOC[segment])
 
 
+_SLOPES: tuple[float, ...] = tuple(_slope(j) for j in range(_LAST_SEGMENT + 1))
+# Breakpoints inside the table: a SOC left of _INNER[0] is segment 0, right of _INNER[-1] the last segment.
+_INNER: tuple[float, ...] = OCV_SOC[1:-1]
+
+
 def ocv(soc: float) -> float:
     """Open-circuit voltage (V) at state of charge ``soc`` (0..1; extrapolated linearly outside)."""
-    j = _segment(soc)
-    return OCV_V[j] + _slope(j) * (soc - OCV_SOC[j])
+    j = bisect_right(_INNER, soc)  # == _segment(soc), inlined: this runs several times per channel and step
+    return OCV_V[j] + _SLOPES[j] * (soc - OCV_SOC[j])
 
 
 def soc_at_ocv(voltage: float) -> float:
@@ -114,36 +130,65 @@ class ProtectionFlag(IntEnum):
     VOLTAGE_JUMP = 7
 
 
-class _Phase(Enum):
-    INITIAL_REST = "initial_rest"
-    CC = "cc"
-    CV = "cv"
-    FINAL_REST = "final_rest"
-    FAULT = "fault"
-    EXCHANGE = "exchange"
+class Grade(IntEnum):
+    """Grade of a formed cell (0 until a protocol with a discharge step has ended)."""
+
+    NONE = 0
+    A = 1
+    B = 2
+    C = 3
+    NG = 4
 
 
-# (status, step index, step type) reported in each phase.
-_PHASE_REPORT: dict[_Phase, tuple[ChannelStatus, int, StepType]] = {
-    _Phase.INITIAL_REST: (ChannelStatus.REST, 0, StepType.REST),
-    _Phase.CC: (ChannelStatus.CC_CHARGE, 1, StepType.CCCV_CHARGE),
-    _Phase.CV: (ChannelStatus.CV_CHARGE, 1, StepType.CCCV_CHARGE),
-    _Phase.FINAL_REST: (ChannelStatus.REST, 2, StepType.REST),
-    _Phase.FAULT: (ChannelStatus.PROTECTION, 0, StepType.REST),
-    _Phase.EXCHANGE: (ChannelStatus.FINISHED, 2, StepType.REST),
-}
-ACTIVE_STATUSES = frozenset({ChannelStatus.REST, ChannelStatus.CC_CHARGE, ChannelStatus.CV_CHARGE})
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProtocolStep:
+    """One protocol step. Currents are magnitudes in A (the kind gives the sign); voltages in V; times in s.
+
+    ``voltage_v`` is the end voltage of CC steps and the CV voltage of CC-CV steps. ``max_time_s`` and
+    ``max_capacity_ah`` (charge moved in this step) are optional extra end conditions; a Rest needs ``max_time_s``.
+    """
+
+    kind: StepType
+    current_a: float = 0.0
+    voltage_v: float = 0.0
+    cutoff_current_a: float = 0.0
+    max_time_s: float = math.inf
+    max_capacity_ah: float = math.inf
+
+    def __post_init__(self) -> None:
+        kind = self.kind
+        if kind not in _SUPPORTED_STEPS:
+            raise ValueError(f"step kind {kind.name} is not simulated")
+        if not self.max_time_s > 0.0 or not self.max_capacity_ah > 0.0:
+            raise ValueError("max_time_s and max_capacity_ah must be > 0")
+        if kind is StepType.REST:
+            if not math.isfinite(self.max_time_s):
+                raise ValueError("a Rest step needs a finite max_time_s")
+            return
+        if not self.current_a > 0.0:
+            raise ValueError("current_a must be > 0 (the step kind gives the sign)")
+        if not OCV_V[0] <= self.voltage_v <= OCV_V[-1]:
+            raise ValueError(f"voltage_v must be within [{OCV_V[0]}, {OCV_V[-1]}] V")
+        if kind is StepType.CCCV_CHARGE and not 0.0 < self.cutoff_current_a < self.current_a:
+            raise ValueError("a CC-CV step needs 0 < cutoff_current_a < current_a")
+
+
+_SUPPORTED_STEPS = frozenset({StepType.REST, StepType.CC_CHARGE, StepType.CCCV_CHARGE, StepType.CC_DISCHARGE})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CellSpec:
-    """Nominal cell (100 Ah NMC811/graphite pouch, EST). Each loaded cell varies around it (seeded)."""
+    """Nominal cell (100 Ah NMC811/graphite pouch, EST). Each loaded cell varies around it (seeded).
+
+    The effective DC resistance of a fresh cell in formation, polarisation included, is R0 + R1 = 3 mOhm: that
+    gives the CV tail of tens of minutes real formation data show.
+    """
 
     capacity_ah: float = 100.0
     capacity_spread: float = 0.02  # relative, uniform +-
-    # Effective series resistance of a fresh cell in formation, including polarisation (gives a CV tail of
-    # tens of minutes, as real formation data show).
-    resistance_ohm: float = 0.003
+    resistance_ohm: float = 0.0015  # R0, ohmic
+    rc_resistance_ohm: float = 0.0015  # R1 of the RC pair (0 = no RC pair)
+    rc_time_constant_s: float = 60.0  # R1·C1
     resistance_spread: float = 0.10
     coulombic_efficiency: float = 0.90  # first charge: ~10 % of the charge goes into SEI formation
     heat_capacity_j_per_k: float = 1500.0
@@ -152,9 +197,11 @@ class CellSpec:
 
     def __post_init__(self) -> None:
         for name in ("capacity_ah", "resistance_ohm", "coulombic_efficiency", "heat_capacity_j_per_k",
-                     "heat_transfer_w_per_k"):
+                     "heat_transfer_w_per_k", "rc_time_constant_s"):
             if not getattr(self, name) > 0.0:
                 raise ValueError(f"{name} must be > 0")
+        if self.rc_resistance_ohm < 0.0:
+            raise ValueError("rc_resistance_ohm must be >= 0")
         low, high = self.initial_soc
         if not 0.0 <= low <= high < 0.5:
             raise ValueError("initial_soc must satisfy 0 <= low <= high < 0.5")
@@ -162,16 +209,23 @@ class CellSpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FormationProtocol:
-    """The per-cell protocol. Currents in A (+ = charge), voltages in V, times in s."""
+    """The per-cell protocol. Without ``steps`` it is the v1 protocol built from the scalar fields:
+    Rest ``initial_rest_s``, CC-CV (``cc_current_a`` to ``v_max``, cut-off ``cutoff_current_a``), Rest
+    ``final_rest_s``. Grades: discharge capacity / nominal >= ``grade_a_fraction`` is A, >= ``grade_b_fraction``
+    is B, else (or coulombic efficiency < ``min_coulombic_efficiency``) C."""
 
     initial_rest_s: float = 60.0
     cc_current_a: float = 30.0  # 0.3C
     v_max: float = 4.20
     cutoff_current_a: float = 5.0  # 0.05C
     final_rest_s: float = 600.0
+    steps: tuple[ProtocolStep, ...] = ()
     exchange_s: float = 60.0
     fault_hold_s: float = 900.0  # how long a faulted channel waits for the operator
     contact_fault_probability: float = 0.005  # per loaded cell (notes §5.6: ~0.1 %/step)
+    grade_a_fraction: float = 0.96
+    grade_b_fraction: float = 0.95
+    min_coulombic_efficiency: float = 0.80
 
     def __post_init__(self) -> None:
         if not 0.0 < self.cutoff_current_a < self.cc_current_a:
@@ -183,6 +237,481 @@ class FormationProtocol:
                 raise ValueError(f"{name} must be > 0")
         if not 0.0 <= self.contact_fault_probability <= 1.0:
             raise ValueError("contact_fault_probability must be within 0..1")
+        if len(self.steps) > 255:
+            raise ValueError("a protocol has at most 255 steps")
+
+    def step_list(self) -> tuple[ProtocolStep, ...]:
+        if self.steps:
+            return self.steps
+        return (
+            ProtocolStep(kind=StepType.REST, max_time_s=self.initial_rest_s),
+            ProtocolStep(kind=StepType.CCCV_CHARGE, current_a=self.cc_current_a, voltage_v=self.v_max,
+                         cutoff_current_a=self.cutoff_current_a),
+            ProtocolStep(kind=StepType.REST, max_time_s=self.final_rest_s),
+        )
+
+    @classmethod
+    def formation_and_grading(
+        cls, *, capacity_ah: float = 100.0, contact_fault_probability: float = 0.005, exchange_s: float = 60.0
+    ) -> FormationProtocol:
+        """The reference formation + grading protocol of equipment notes §5.2 for a cell of ``capacity_ah``
+        (about 14 h for a 100 Ah cell)."""
+        c = capacity_ah
+        steps = (
+            ProtocolStep(kind=StepType.REST, max_time_s=60.0),  # contact check
+            ProtocolStep(kind=StepType.CC_CHARGE, current_a=0.03 * c, voltage_v=3.40, max_time_s=7200.0),
+            ProtocolStep(kind=StepType.CC_CHARGE, current_a=0.10 * c, voltage_v=3.90, max_capacity_ah=0.40 * c),
+            ProtocolStep(kind=StepType.CCCV_CHARGE, current_a=0.30 * c, voltage_v=4.20, cutoff_current_a=0.05 * c,
+                         max_time_s=4 * 3600.0),
+            ProtocolStep(kind=StepType.REST, max_time_s=1800.0),
+            ProtocolStep(kind=StepType.CC_DISCHARGE, current_a=0.30 * c, voltage_v=3.00, max_time_s=5 * 3600.0),
+            ProtocolStep(kind=StepType.REST, max_time_s=1800.0),
+            ProtocolStep(kind=StepType.CCCV_CHARGE, current_a=0.30 * c, voltage_v=3.70, cutoff_current_a=0.05 * c,
+                         max_time_s=2 * 3600.0),
+        )
+        return cls(steps=steps, cc_current_a=0.30 * c, cutoff_current_a=0.05 * c,
+                   contact_fault_probability=contact_fault_probability, exchange_s=exchange_s)
+
+    @property
+    def grades_cells(self) -> bool:
+        return any(step.kind is StepType.CC_DISCHARGE for step in self.step_list())
+
+
+# Internal phases of a channel (beyond "running step k").
+_RUN, _FAULT, _EXCHANGE = 0, 1, 2
+_STATUS_OF_KIND = {
+    StepType.REST: ChannelStatus.REST,
+    StepType.CC_CHARGE: ChannelStatus.CC_CHARGE,
+    StepType.CCCV_CHARGE: ChannelStatus.CC_CHARGE,
+    StepType.CC_DISCHARGE: ChannelStatus.CC_DISCHARGE,
+}
+ACTIVE_STATUSES = frozenset({ChannelStatus.REST, ChannelStatus.CC_CHARGE, ChannelStatus.CV_CHARGE,
+                             ChannelStatus.CC_DISCHARGE})
+_BISECTIONS = 64  # enough to pin an event time to the last bit of a double
+
+
+class FormationChannel:
+    """One power channel and the cell in it."""
+
+    __slots__ = (
+        "_cell",
+        "_charge_before_grading",
+        "_cv",
+        "_fault_pending",
+        "_noise",
+        "_phase",
+        "_protocol",
+        "_rc_r",
+        "_rc_tau",
+        "_rng",
+        "_steps",
+        "capacity_ah",
+        "cell_capacity_ah",
+        "cell_serial",
+        "cell_time_s",
+        "cells_completed",
+        "current",
+        "discharge_ah",
+        "end_reason",
+        "energy_wh",
+        "grade",
+        "grades",
+        "paused",
+        "protection_flags",
+        "resistance_ohm",
+        "result_charge_ah",
+        "result_discharge_ah",
+        "soc",
+        "step_capacity_ah",
+        "step_energy_wh",
+        "step_pos",
+        "step_time_s",
+        "temperature",
+        "v1",
+    )
+
+    def __init__(
+        self,
+        *,
+        rng: random.Random,
+        cell: CellSpec | None = None,
+        protocol: FormationProtocol | None = None,
+        plate_temp_cel: float = 45.0,
+        noise: bool = True,
+        cell_serial: int = 0,
+    ) -> None:
+        self._rng = rng
+        self._cell = cell if cell is not None else CellSpec()
+        self._protocol = protocol if protocol is not None else FormationProtocol()
+        self._steps = self._protocol.step_list()
+        self._noise = noise
+        self.temperature = plate_temp_cel
+        self.cells_completed = 0
+        self.grades = [0, 0, 0, 0, 0]  # cells per Grade value since the rack started
+        self.end_reason = EndReason.NONE
+        self.paused = False
+        self.grade = Grade.NONE
+        self.result_charge_ah = 0.0
+        self.result_discharge_ah = 0.0
+        self.cell_serial = cell_serial
+        self._load_cell()
+
+    # ------------------------------------------------------------------------------------------ state
+
+    @property
+    def phase_name(self) -> str:
+        if self._phase == _FAULT:
+            return "fault"
+        if self._phase == _EXCHANGE:
+            return "exchange"
+        return f"step{self.step_pos}" + ("_cv" if self._cv else "")
+
+    @property
+    def status(self) -> ChannelStatus:
+        if self.paused:
+            return ChannelStatus.PAUSE
+        if self._phase == _FAULT:
+            return ChannelStatus.PROTECTION
+        if self._phase == _EXCHANGE:
+            return ChannelStatus.FINISHED
+        return ChannelStatus.CV_CHARGE if self._cv else _STATUS_OF_KIND[self._steps[self.step_pos].kind]
+
+    @property
+    def step_index(self) -> int:
+        return self.step_pos
+
+    @property
+    def step_type(self) -> StepType:
+        return self._steps[self.step_pos].kind
+
+    @property
+    def rc_resistance_ohm(self) -> float:
+        """R1 of the RC pair of the cell in the channel (after the seeded spread)."""
+        return self._rc_r
+
+    @property
+    def charge_limit_v(self) -> float:
+        """Upper voltage limit of the running step if it charges, else +inf."""
+        if self._phase == _RUN and self._steps[self.step_pos].kind is not StepType.CC_DISCHARGE:
+            return self._steps[self.step_pos].voltage_v or math.inf
+        return math.inf
+
+    @property
+    def cell_id(self) -> str:
+        return f"CELL-{self.cell_serial:08d}"
+
+    @property
+    def voltage(self) -> float:
+        """Terminal voltage (V) right now, without measurement noise."""
+        v = ocv(self.soc) + self.current * self.resistance_ohm + self.v1
+        if self._cv:
+            return self._steps[self.step_pos].voltage_v  # held by the channel (equal up to rounding)
+        return v
+
+    def _load_cell(self) -> None:
+        rng, cell = self._rng, self._cell
+        self.cell_capacity_ah = cell.capacity_ah * (1.0 + rng.uniform(-cell.capacity_spread, cell.capacity_spread))
+        spread = 1.0 + rng.uniform(-cell.resistance_spread, cell.resistance_spread)
+        self.resistance_ohm = cell.resistance_ohm * spread
+        self._rc_r = cell.rc_resistance_ohm * spread
+        self._rc_tau = cell.rc_time_constant_s
+        self.soc = rng.uniform(*cell.initial_soc)
+        self._fault_pending = rng.random() < self._protocol.contact_fault_probability
+        self.capacity_ah = 0.0
+        self.energy_wh = 0.0
+        self.discharge_ah = 0.0
+        self.current = 0.0
+        self.v1 = 0.0
+        self.cell_time_s = 0.0
+        self.protection_flags = 0
+        self._charge_before_grading = 0.0
+        self.cell_serial += 1
+        self._phase = _RUN
+        self._enter_step(0)
+
+    def _enter_step(self, pos: int) -> None:
+        self.step_pos = pos
+        self.step_time_s = 0.0
+        self.step_capacity_ah = 0.0
+        self.step_energy_wh = 0.0
+        self._cv = False
+        if self._steps[pos].kind is StepType.CC_DISCHARGE and self._charge_before_grading == 0.0:
+            self._charge_before_grading = self.capacity_ah  # charge put in before grading (first charge)
+
+    def _end_step(self, reason: EndReason) -> None:
+        self.end_reason = reason
+        if self.step_pos == 0 and self._fault_pending:
+            self.protection_flags = 1 << ProtectionFlag.CONTACT_FAULT
+            self.end_reason = EndReason.PROTECTION
+            self.current = 0.0
+            self._phase = _FAULT
+            self.step_time_s = 0.0
+            self.grade = Grade.NG
+            self.grades[Grade.NG] += 1
+            return
+        if self.step_pos + 1 < len(self._steps):
+            self._enter_step(self.step_pos + 1)
+            return
+        # Protocol complete: grade the cell, then wait for the operator to exchange it.
+        self.cells_completed += 1
+        self.result_charge_ah = self._charge_before_grading or self.capacity_ah
+        self.result_discharge_ah = self.discharge_ah
+        if self._protocol.grades_cells:
+            self.grade = self._grade()
+            self.grades[self.grade] += 1
+        self._phase = _EXCHANGE
+        self.step_time_s = 0.0
+        self.current = 0.0
+
+    def _grade(self) -> Grade:
+        protocol = self._protocol
+        nominal = self._cell.capacity_ah
+        efficiency = self.discharge_ah / self.result_charge_ah if self.result_charge_ah > 0.0 else 0.0
+        if efficiency < protocol.min_coulombic_efficiency:
+            return Grade.C
+        if self.discharge_ah >= protocol.grade_a_fraction * nominal:
+            return Grade.A
+        if self.discharge_ah >= protocol.grade_b_fraction * nominal:
+            return Grade.B
+        return Grade.C
+
+    # ------------------------------------------------------------------------------------------ dynamics
+
+    def step(self, dt_s: float, *, plate_temp_cel: float, paused: bool = False) -> None:
+        """Advance ``dt_s`` seconds. While ``paused`` the protocol does not progress and no current flows."""
+        check_dt(dt_s)
+        self.paused = paused
+        if paused:
+            self.current = 0.0
+            self._relax(dt_s)
+            self._heat(dt_s, 0.0, plate_temp_cel)
+            return
+        remaining = dt_s
+        # Each handler consumes time up to its next event; an event may consume none. The loop ends because
+        # every step either consumes time or ends (and rests, faults and the exchange have durations > 0).
+        guard = 4 * len(self._steps) + 64
+        while remaining > 0.0:
+            used = self._advance(remaining, plate_temp_cel)
+            remaining -= used
+            if used == 0.0:
+                guard -= 1
+                if guard < 0:  # pragma: no cover - a protocol whose steps all end at once (e.g. CC to a V passed)
+                    raise RuntimeError("formation channel made no progress")
+
+    def _advance(self, remaining: float, plate: float) -> float:
+        phase = self._phase
+        if phase != _RUN:
+            hold = self._protocol.fault_hold_s if phase == _FAULT else self._protocol.exchange_s
+            used = min(remaining, hold - self.step_time_s)
+            self.current = 0.0
+            self._relax(used)
+            self._heat(used, 0.0, plate)
+            self.step_time_s += used
+            self.cell_time_s += used
+            if self.step_time_s >= hold:
+                self._load_cell()
+            return used
+        step = self._steps[self.step_pos]
+        kind = step.kind
+        time_left = step.max_time_s - self.step_time_s
+        if time_left <= 0.0:
+            self._end_step(EndReason.TIME)
+            return 0.0
+        if kind is StepType.REST:
+            used = min(remaining, time_left)
+            self.current = 0.0
+            self._relax(used)
+            self._heat(used, 0.0, plate)
+            self._elapse(used, 0.0, 0.0)
+            if used == time_left:
+                self._end_step(EndReason.TIME)
+            return used
+        if self._cv:
+            return self._advance_cv(step, min(remaining, time_left), time_left, plate)
+        return self._advance_cc(step, min(remaining, time_left), time_left, plate)
+
+    def _elapse(self, used: float, charge_ah: float, energy_wh: float) -> None:
+        """Count time, charge (signed Ah) and energy (signed Wh) of the current step and cell."""
+        self.step_time_s += used
+        self.cell_time_s += used
+        if charge_ah >= 0.0:
+            self.capacity_ah += charge_ah
+            self.energy_wh += energy_wh
+        else:
+            self.discharge_ah -= charge_ah
+        self.step_capacity_ah += abs(charge_ah)
+        self.step_energy_wh += abs(energy_wh)
+
+    def _relax(self, dt_s: float) -> None:
+        """RC-pair voltage with no current: exact exponential decay."""
+        if self.v1 != 0.0 and dt_s > 0.0:
+            self.v1 *= math.exp(-dt_s / self._rc_tau)
+
+    def _cc_state(self, current: float, soc_rate: float, t: float) -> tuple[float, float, float]:
+        """(soc, v1, terminal V) after ``t`` s at constant ``current``, from the present state."""
+        soc = self.soc + soc_rate * t
+        target = current * self._rc_r
+        v1 = target + (self.v1 - target) * math.exp(-t / self._rc_tau)
+        return soc, v1, ocv(soc) + current * self.resistance_ohm + v1
+
+    def _advance_cc(self, step: ProtocolStep, span: float, time_left: float, plate: float) -> float:
+        charging = step.kind is not StepType.CC_DISCHARGE
+        current = step.current_a if charging else -step.current_a
+        limit = step.voltage_v
+        efficiency = self._cell.coulombic_efficiency if charging else 1.0
+        soc_rate = efficiency * current / (3600.0 * self.cell_capacity_ah)
+        v_start = ocv(self.soc) + current * self.resistance_ohm + self.v1
+        if (v_start >= limit) if charging else (v_start <= limit):
+            return self._cc_limit_reached(step)
+        capacity_left = step.max_capacity_ah - self.step_capacity_ah
+        to_capacity = capacity_left * 3600.0 / step.current_a
+        used = min(span, to_capacity)
+        soc, v1, v_end = self._cc_state(current, soc_rate, used)
+        event = EndReason.NONE
+        if (v_end >= limit) if charging else (v_end <= limit):
+            # The voltage limit comes first: find the moment it is reached (V is monotonic within a CC step).
+            low, high = 0.0, used
+            for _ in range(_BISECTIONS):
+                mid = (low + high) / 2.0
+                _, _, v_mid = self._cc_state(current, soc_rate, mid)
+                if (v_mid >= limit) if charging else (v_mid <= limit):
+                    high = mid
+                else:
+                    low = mid
+                if high - low <= 1e-9 * max(high, 1.0):
+                    break
+            used = high
+            soc, v1, v_end = self._cc_state(current, soc_rate, used)
+            event = EndReason.V_LIMIT
+        elif used == to_capacity:
+            event = EndReason.CAPACITY
+        elif used == time_left:
+            event = EndReason.TIME
+        _, _, v_mid = self._cc_state(current, soc_rate, used / 2.0)
+        charge_ah = current * used / 3600.0
+        energy_wh = charge_ah * (v_start + 4.0 * v_mid + v_end) / 6.0  # Simpson
+        self.soc, self.v1, self.current = soc, v1, current
+        self._heat(used, current, plate)
+        self._elapse(used, charge_ah, energy_wh)
+        if event is EndReason.V_LIMIT:
+            self._cc_limit_reached(step)
+        elif event is not EndReason.NONE:
+            self._end_step(event)
+        return used
+
+    def _cc_limit_reached(self, step: ProtocolStep) -> float:
+        if step.kind is StepType.CCCV_CHARGE:
+            self._cv = True  # CC -> CV inside the same step
+        else:
+            self._end_step(EndReason.V_LIMIT)
+        return 0.0
+
+    def _cv_modes(self, v_cv: float) -> tuple[float, float, float, float, float, float]:
+        """Exact CV solution inside the present OCV segment: I(t) = a1·e^{l1 t} + a2·e^{l2 t} and
+        V1(t) = b1·e^{l1 t} + b2·e^{l2 t}; returns (l1, l2, a1, a2, b1, b2)."""
+        r0 = self.resistance_ohm
+        g = self._cell.coulombic_efficiency / (3600.0 * self.cell_capacity_ah)
+        k = _slope(_segment(self.soc))
+        i0 = (v_cv - ocv(self.soc) - self.v1) / r0
+        y0 = self.v1
+        if self._rc_r <= 0.0:
+            rate = -k * g / r0
+            return rate, rate, i0, 0.0, 0.0, 0.0
+        tau1 = self._rc_tau
+        inv_c1 = self._rc_r / tau1
+        # d[I, V1]/dt = M [I, V1]: from V = OCV(SOC) + I·R0 + V1 held constant.
+        m11 = -(k * g + inv_c1) / r0
+        m12 = 1.0 / (tau1 * r0)
+        m21 = inv_c1
+        m22 = -1.0 / tau1
+        half_trace = (m11 + m22) / 2.0
+        root = math.sqrt(max(half_trace * half_trace - (m11 * m22 - m12 * m21), 0.0))
+        l1, l2 = half_trace + root, half_trace - root  # l2 < l1 < 0; l1 is the slow (CV tail) mode
+        span = l1 - l2
+        a1 = ((m11 - l2) * i0 + m12 * y0) / span
+        a2 = -((m11 - l1) * i0 + m12 * y0) / span
+        b1 = (m21 * i0 + (m22 - l2) * y0) / span
+        b2 = -(m21 * i0 + (m22 - l1) * y0) / span
+        return l1, l2, a1, a2, b1, b2
+
+    @staticmethod
+    def _cv_at(modes: tuple[float, float, float, float, float, float], t: float) -> tuple[float, float, float]:
+        """(current, V1, charge in A·s) at time ``t`` of the CV solution ``modes``."""
+        l1, l2, a1, a2, b1, b2 = modes
+        e1, e2 = math.exp(l1 * t), math.exp(l2 * t)
+        charge = a1 * math.expm1(l1 * t) / l1 + (a2 * math.expm1(l2 * t) / l2 if a2 != 0.0 else 0.0)
+        return a1 * e1 + a2 * e2, b1 * e1 + b2 * e2, charge
+
+    def _advance_cv(self, step: ProtocolStep, span: float, time_left: float, plate: float) -> float:
+        v_cv = step.voltage_v
+        cutoff = step.cutoff_current_a
+        current_now = (v_cv - ocv(self.soc) - self.v1) / self.resistance_ohm
+        if current_now <= cutoff:
+            self.current = max(current_now, 0.0)
+            self._end_step(EndReason.I_CUTOFF)
+            return 0.0
+        g = self._cell.coulombic_efficiency / (3600.0 * self.cell_capacity_ah)
+        j = _segment(self.soc)
+        boundary = OCV_SOC[j + 1] if j < _LAST_SEGMENT else math.inf
+        modes = self._cv_modes(v_cv)
+        used = span
+        current, v1, charge = self._cv_at(modes, used)
+        event = EndReason.TIME if used == time_left else EndReason.NONE
+        crossed = self.soc + g * charge >= boundary
+        if current <= cutoff or crossed:
+            # Find the first of: cut-off reached, OCV breakpoint reached (both are monotonic in t).
+            low, high = 0.0, used
+            for _ in range(_BISECTIONS):
+                mid = (low + high) / 2.0
+                i_mid, _, q_mid = self._cv_at(modes, mid)
+                if i_mid <= cutoff or self.soc + g * q_mid >= boundary:
+                    high = mid
+                else:
+                    low = mid
+                if high - low <= 1e-9 * max(high, 1.0):
+                    break
+            used = high
+            current, v1, charge = self._cv_at(modes, used)
+            if current <= cutoff:
+                event = EndReason.I_CUTOFF
+            else:
+                event = EndReason.NONE
+                crossed = True
+        soc = self.soc + g * charge
+        if crossed and event is EndReason.NONE:
+            soc = boundary  # land exactly on the breakpoint so the next segment starts cleanly
+        self.soc, self.v1, self.current = soc, v1, max(current, 0.0)
+        charge_ah = charge / 3600.0
+        self._heat(used, charge / used if used > 0.0 else current, plate)
+        self._elapse(used, charge_ah, v_cv * charge_ah)
+        if event is not EndReason.NONE:
+            self._end_step(event)
+        return used
+
+    def _heat(self, dt_s: float, current: float, plate: float) -> None:
+        """Cell temperature: exact first-order response to the plate plus I²R self-heating."""
+        if dt_s <= 0.0:
+            return
+        cell = self._cell
+        resistance = self.resistance_ohm + self._rc_r
+        equilibrium = plate + current * current * resistance / cell.heat_transfer_w_per_k
+        tau = cell.heat_capacity_j_per_k / cell.heat_transfer_w_per_k
+        self.temperature += (equilibrium - self.temperature) * (1.0 - math.exp(-dt_s / tau))
+
+    # ------------------------------------------------------------------------------------------ values
+
+    def readings(self) -> tuple[float, float, float]:
+        """(voltage V, current A, temperature Cel) as the channel measures them (with noise if enabled)."""
+        v, i, t = self.voltage, self.current, self.temperature
+        if self._noise:
+            v += self._rng.gauss(0.0, 0.0002)
+            if i != 0.0:
+                i += self._rng.gauss(0.0, 0.005)
+            t += self._rng.gauss(0.0, 0.03)
+        if self.current > 0.0:
+            # The channel regulates on its own measurement, so what it reports never exceeds a charge limit.
+            v = min(v, self.charge_limit_v)
+        return v, i, t
 
 
 def _rack_timing() -> PackMLTiming:
@@ -198,7 +727,10 @@ def _rack_timing() -> PackMLTiming:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FormationConfig:
-    channels: int = 16
+    """Rack parameters. ``FormationConfig.full()`` is the complete rack of the issue (formation + grading
+    protocol, extended points); the plain default keeps the v1 protocol and point list."""
+
+    channels: int = 64
     cell: CellSpec = field(default_factory=CellSpec)
     protocol: FormationProtocol = field(default_factory=FormationProtocol)
     clamp_pressure_sp_kpa: float = 300.0
@@ -208,6 +740,7 @@ class FormationConfig:
     dc_bus_voltage_v: float = 380.0
     aux_power_kw: float = 1.5
     converter_efficiency: float = 0.92
+    extended_points: bool = False
     noise: bool = True
     stagger: bool = True  # start each channel at a random point of its protocol (a rack that has been running)
     packml: PackMLTiming = field(default_factory=_rack_timing)
@@ -217,227 +750,12 @@ class FormationConfig:
         if not 1 <= self.channels <= 1024:
             raise ValueError("channels must be 1..1024")
 
-
-class FormationChannel:
-    """One power channel and the cell in it."""
-
-    __slots__ = (
-        "_cell",
-        "_fault_pending",
-        "_left_s",
-        "_noise",
-        "_phase",
-        "_protocol",
-        "_rng",
-        "capacity_ah",
-        "cell_capacity_ah",
-        "cell_time_s",
-        "cells_completed",
-        "current",
-        "end_reason",
-        "energy_wh",
-        "paused",
-        "protection_flags",
-        "resistance_ohm",
-        "soc",
-        "step_time_s",
-        "temperature",
-    )
-
-    def __init__(
-        self,
-        *,
-        rng: random.Random,
-        cell: CellSpec | None = None,
-        protocol: FormationProtocol | None = None,
-        plate_temp_cel: float = 45.0,
-        noise: bool = True,
-    ) -> None:
-        self._rng = rng
-        self._cell = cell if cell is not None else CellSpec()
-        self._protocol = protocol if protocol is not None else FormationProtocol()
-        self._noise = noise
-        self.temperature = plate_temp_cel
-        self.cells_completed = 0
-        self.end_reason = EndReason.NONE
-        self.paused = False
-        self._load_cell()
-
-    # ------------------------------------------------------------------------------------------ state
-
-    @property
-    def phase_name(self) -> str:
-        return self._phase.value
-
-    @property
-    def status(self) -> ChannelStatus:
-        return ChannelStatus.PAUSE if self.paused else _PHASE_REPORT[self._phase][0]
-
-    @property
-    def step_index(self) -> int:
-        return _PHASE_REPORT[self._phase][1]
-
-    @property
-    def step_type(self) -> StepType:
-        return _PHASE_REPORT[self._phase][2]
-
-    @property
-    def voltage(self) -> float:
-        """Terminal voltage (V) right now, without measurement noise."""
-        v = ocv(self.soc) + self.current * self.resistance_ohm
-        return min(v, self._protocol.v_max) if self.current > 0.0 else v
-
-    def _load_cell(self) -> None:
-        rng, cell = self._rng, self._cell
-        self.cell_capacity_ah = cell.capacity_ah * (1.0 + rng.uniform(-cell.capacity_spread, cell.capacity_spread))
-        self.resistance_ohm = cell.resistance_ohm * (1.0 + rng.uniform(-cell.resistance_spread,
-                                                                        cell.resistance_spread))
-        self.soc = rng.uniform(*cell.initial_soc)
-        self._fault_pending = rng.random() < self._protocol.contact_fault_probability
-        self.capacity_ah = 0.0
-        self.energy_wh = 0.0
-        self.current = 0.0
-        self.cell_time_s = 0.0
-        self.protection_flags = 0
-        self._enter(_Phase.INITIAL_REST, self._protocol.initial_rest_s)
-
-    def _enter(self, phase: _Phase, duration_s: float = math.inf) -> None:
-        if phase is not _Phase.CV:  # CC -> CV is one CC-CV step; every other phase change starts a new step
-            self.step_time_s = 0.0
-        self._phase = phase
-        self._left_s = duration_s
-
-    def _elapse(self, dt_s: float) -> None:
-        """Count time in the current step and cell (before any phase change the same handler makes)."""
-        self.step_time_s += dt_s
-        self.cell_time_s += dt_s
-
-    # ------------------------------------------------------------------------------------------ dynamics
-
-    def step(self, dt_s: float, *, plate_temp_cel: float, paused: bool = False) -> None:
-        """Advance ``dt_s`` seconds. While ``paused`` the protocol does not progress and no current flows."""
-        check_dt(dt_s)
-        self.paused = paused
-        if paused:
-            self.current = 0.0
-            self._heat(dt_s, 0.0, plate_temp_cel)
-            return
-        remaining = dt_s
-        # Each handler consumes time up to its next event; a phase change may consume none. The loop ends because
-        # every phase either consumes time or moves on to one that does (rests and faults have durations > 0).
-        while remaining > 0.0:
-            remaining -= self._advance(remaining, plate_temp_cel)
-
-    def _advance(self, remaining: float, plate: float) -> float:
-        phase = self._phase
-        if phase is _Phase.CC:
-            return self._advance_cc(remaining, plate)
-        if phase is _Phase.CV:
-            return self._advance_cv(remaining, plate)
-        # Rest-like phases: no current, wait out the duration.
-        self.current = 0.0
-        used = min(remaining, self._left_s)
-        self._left_s -= used
-        self._heat(used, 0.0, plate)
-        self._elapse(used)
-        if self._left_s <= 0.0:
-            self._end_timed_phase()
-        return used
-
-    def _end_timed_phase(self) -> None:
-        protocol = self._protocol
-        phase = self._phase
-        if phase is _Phase.INITIAL_REST:
-            if self._fault_pending:
-                self.protection_flags = 1 << ProtectionFlag.CONTACT_FAULT
-                self.end_reason = EndReason.PROTECTION
-                self._enter(_Phase.FAULT, protocol.fault_hold_s)
-            else:
-                self.end_reason = EndReason.TIME
-                self._enter(_Phase.CC)
-        elif phase is _Phase.FINAL_REST:
-            self.end_reason = EndReason.TIME
-            self.cells_completed += 1
-            self._enter(_Phase.EXCHANGE, protocol.exchange_s)
-        else:  # EXCHANGE or FAULT: the operator puts a fresh cell in
-            self._load_cell()
-
-    def _advance_cc(self, remaining: float, plate: float) -> float:
-        cell, protocol = self._cell, self._protocol
-        current = protocol.cc_current_a
-        soc_switch = soc_at_ocv(protocol.v_max - current * self.resistance_ohm)
-        if self.soc >= soc_switch:
-            self._enter(_Phase.CV)
-            return 0.0
-        charge_per_s = cell.coulombic_efficiency * current / (3600.0 * self.cell_capacity_ah)
-        to_switch = (soc_switch - self.soc) / charge_per_s
-        used = min(remaining, to_switch)
-        self.current = current
-        v_start = self.voltage
-        self.soc = soc_switch if used == to_switch else self.soc + charge_per_s * used
-        v_end = self.voltage
-        self.capacity_ah += current * used / 3600.0
-        self.energy_wh += current * (v_start + v_end) / 2.0 * used / 3600.0  # trapezoid: OCV is linear in time
-        self._heat(used, current, plate)
-        self._elapse(used)
-        if used == to_switch:
-            self._enter(_Phase.CV)
-        return used
-
-    def _advance_cv(self, remaining: float, plate: float) -> float:
-        cell, protocol = self._cell, self._protocol
-        r = self.resistance_ohm
-        current = (protocol.v_max - ocv(self.soc)) / r
-        if current <= protocol.cutoff_current_a:
-            self.current = max(current, 0.0)
-            self.end_reason = EndReason.I_CUTOFF
-            self._enter(_Phase.FINAL_REST, protocol.final_rest_s)
-            return 0.0
-        j = _segment(self.soc)
-        tau = 3600.0 * self.cell_capacity_ah * r / (cell.coulombic_efficiency * _slope(j))
-        to_cutoff = tau * math.log(current / protocol.cutoff_current_a)
-        boundary_current = (protocol.v_max - OCV_V[j + 1]) / r if j < _LAST_SEGMENT else 0.0
-        to_boundary = tau * math.log(current / boundary_current) if boundary_current > 0.0 else math.inf
-        used = min(remaining, to_cutoff, to_boundary)
-        decay = math.exp(-used / tau)
-        charge_ah = current * tau * (1.0 - decay) / 3600.0
-        if used == to_boundary:
-            self.soc = OCV_SOC[j + 1]  # land exactly on the breakpoint so the next segment starts cleanly
-        else:
-            self.soc += cell.coulombic_efficiency * charge_ah / self.cell_capacity_ah
-        self.current = current * decay
-        self.capacity_ah += charge_ah
-        self.energy_wh += protocol.v_max * charge_ah
-        self._heat(used, charge_ah * 3600.0 / used if used > 0.0 else current, plate)
-        self._elapse(used)
-        if used == to_cutoff:
-            self.end_reason = EndReason.I_CUTOFF
-            self._enter(_Phase.FINAL_REST, protocol.final_rest_s)
-        return used
-
-    def _heat(self, dt_s: float, current: float, plate: float) -> None:
-        """Cell temperature: exact first-order response to the plate plus I²R self-heating."""
-        if dt_s <= 0.0:
-            return
-        cell = self._cell
-        equilibrium = plate + current * current * self.resistance_ohm / cell.heat_transfer_w_per_k
-        tau = cell.heat_capacity_j_per_k / cell.heat_transfer_w_per_k
-        self.temperature += (equilibrium - self.temperature) * (1.0 - math.exp(-dt_s / tau))
-
-    # ------------------------------------------------------------------------------------------ values
-
-    def readings(self) -> tuple[float, float, float]:
-        """(voltage V, current A, temperature Cel) as the channel measures them (with noise if enabled)."""
-        v, i, t = self.voltage, self.current, self.temperature
-        if self._noise:
-            v += self._rng.gauss(0.0, 0.0002)
-            if i != 0.0:
-                i += self._rng.gauss(0.0, 0.005)
-            t += self._rng.gauss(0.0, 0.03)
-        if self.current > 0.0:
-            # The channel regulates on its own measurement, so what it reports never exceeds the limit.
-            v = min(v, self._protocol.v_max)
-        return v, i, t
+    @classmethod
+    def full(cls, *, channels: int = 64, noise: bool = True) -> FormationConfig:
+        cell = CellSpec()
+        return cls(channels=channels, cell=cell,
+                   protocol=FormationProtocol.formation_and_grading(capacity_ah=cell.capacity_ah),
+                   extended_points=True, noise=noise)
 
 
 def channel_name(n: int, channels: int) -> str:
@@ -445,7 +763,9 @@ def channel_name(n: int, channels: int) -> str:
     return f"Ch{n:0{max(3, len(str(channels)))}d}"
 
 
-def formation_rack_points(channels: int) -> tuple[PointSpec, ...]:
+def formation_rack_points(channels: int, *, extended: bool = False) -> tuple[PointSpec, ...]:
+    """The rack's points: v1 list (what ``config/demo.yaml`` and the Modbus map cover), plus with ``extended``
+    the grade counters per rack and ``CHANNEL_EXTRA_SUFFIXES`` per channel after each channel's v1 points."""
     p = PointSpec
     rack = (
         p(name="Rack.StateCurrent", data_type=D.INT32, unit=None, min=0, max=17,
@@ -523,7 +843,43 @@ def formation_rack_points(channels: int) -> tuple[PointSpec, ...]:
             p(name=f"{c}.ProtectionAlarm", data_type=D.BOOLEAN, unit=None,
               description=f"Channel {n} is in protection."),
         ]
-    return (*rack, *per_channel)
+    if not extended:
+        return (*rack, *per_channel)
+    rack_extra = tuple(
+        p(name=f"Rack.Cells{grade.name.title() if grade is not Grade.NG else 'NG'}", data_type=D.UINT32, unit=None,
+          min=0, max=4294967295, description=f"Cells graded {grade.name} since the rack started.")
+        for grade in (Grade.A, Grade.B, Grade.C, Grade.NG)
+    )
+    extra: list[PointSpec] = []
+    for n in range(1, channels + 1):
+        c = channel_name(n, channels)
+        extra += [
+            p(name=f"{c}.StepCapacity", data_type=D.DOUBLE, unit="A.h", min=0, max=150,
+              description=f"Channel {n} charge moved in the current step (integral of |current|)."),
+            p(name=f"{c}.StepEnergy", data_type=D.DOUBLE, unit="W.h", min=0, max=700,
+              description=f"Channel {n} energy moved in the current step."),
+            p(name=f"{c}.Power", data_type=D.DOUBLE, unit="W", min=-600, max=600,
+              description=f"Channel {n} power V x I (positive = charge)."),
+            p(name=f"{c}.DischargeCapacity", data_type=D.DOUBLE, unit="A.h", min=0, max=150,
+              description=f"Channel {n} charge taken out of the current cell."),
+            p(name=f"{c}.ResultChargeCapacity", data_type=D.DOUBLE, unit="A.h", min=0, max=150,
+              description=f"Channel {n} first-charge capacity of the last finished cell."),
+            p(name=f"{c}.ResultDischargeCapacity", data_type=D.DOUBLE, unit="A.h", min=0, max=150,
+              description=f"Channel {n} graded discharge capacity of the last finished cell."),
+            p(name=f"{c}.ResultCoulombicEfficiency", data_type=D.DOUBLE, unit="%", min=0, max=100,
+              description=f"Channel {n} discharge / first charge of the last finished cell."),
+            p(name=f"{c}.Grade", data_type=D.UINT32, unit=None, min=0, max=4,
+              description=f"Channel {n} grade of the last finished cell (0 none, 1 A, 2 B, 3 C, 4 NG)."),
+            p(name=f"{c}.CellId", data_type=D.STRING, unit=None,
+              description=f"Channel {n} id of the cell in the channel."),
+        ]
+    return (*rack, *rack_extra, *per_channel, *extra)
+
+
+CHANNEL_EXTRA_SUFFIXES = ("StepCapacity", "StepEnergy", "Power", "DischargeCapacity", "ResultChargeCapacity",
+                          "ResultDischargeCapacity", "ResultCoulombicEfficiency", "Grade", "CellId")
+
+
 
 
 # Fixtures are clamped (and the door closed) in these rack states; they open for tray handling otherwise.
@@ -531,6 +887,7 @@ _CLAMPED_STATES = frozenset({
     PackMLState.STARTING, PackMLState.EXECUTE, PackMLState.SUSPENDING, PackMLState.SUSPENDED,
     PackMLState.UNSUSPENDING, PackMLState.UNHOLDING, PackMLState.HOLDING, PackMLState.COMPLETING,
 })
+_PROTECTION = ChannelStatus.PROTECTION
 
 
 class FormationRack:
@@ -540,8 +897,12 @@ class FormationRack:
         self.config = cfg = config if config is not None else FormationConfig()
         self._rng = rng
         self.packml = PackMLMachine(rng=rng, timing=cfg.packml, initial=cfg.initial_state)
-        self._points = formation_rack_points(cfg.channels)
-        self._names = [channel_name(n, cfg.channels) for n in range(1, cfg.channels + 1)]
+        self._points = formation_rack_points(cfg.channels, extended=cfg.extended_points)
+        names = [channel_name(n, cfg.channels) for n in range(1, cfg.channels + 1)]
+        self._names = names
+        # Point names per channel, built once: the publish loop must not format strings.
+        self._keys = [tuple(f"{name}.{suffix}" for suffix in _CHANNEL_SUFFIXES) for name in names]
+        self._extra_keys = [tuple(f"{name}.{suffix}" for suffix in CHANNEL_EXTRA_SUFFIXES) for name in names]
         self.time_s = 0.0
         self.ambient = cfg.ambient_mean_cel
         self.plate_temp = cfg.plate_temp_sp_cel
@@ -550,18 +911,17 @@ class FormationRack:
         self.energy_kwh = 0.0
         self.channels: list[FormationChannel] = []
         protocol = cfg.protocol
-        # Rough length of one cell's protocol: rests + CC from ~5 % to ~95 % SOC + a CV tail of about 40 min.
-        cycle_s = (protocol.initial_rest_s + protocol.final_rest_s + protocol.exchange_s + 2400.0
-                   + 0.9 * cfg.cell.capacity_ah / (cfg.cell.coulombic_efficiency * protocol.cc_current_a) * 3600.0)
-        for _ in range(cfg.channels):
+        cycle_s = _protocol_duration_estimate(protocol, cfg.cell)
+        for n in range(1, cfg.channels + 1):
             channel = FormationChannel(rng=rng, cell=cfg.cell, protocol=protocol, plate_temp_cel=self.plate_temp,
-                                       noise=cfg.noise)
+                                       noise=cfg.noise, cell_serial=n * 1_000_000)
             if cfg.stagger:
                 # A rack that has been running: each channel somewhere in its protocol. One exact step does it.
                 channel.step(rng.uniform(0.0, cycle_s), plate_temp_cel=self.plate_temp)
                 channel.cells_completed = 0
+                channel.grades = [0, 0, 0, 0, 0]
             self.channels.append(channel)
-        self._values: dict[str, Value] = {}
+        self._values: dict[str, Value] = dict.fromkeys((p.name for p in self._points), 0)
         self._publish()
 
     @property
@@ -569,6 +929,7 @@ class FormationRack:
         return self._points
 
     def values(self) -> Mapping[str, Value]:
+        """Current values. The mapping is updated in place by ``step``: copy it to keep a snapshot."""
         return self._values
 
     def step(self, dt_s: float) -> Mapping[str, Value]:
@@ -588,49 +949,82 @@ class FormationRack:
         target = cfg.clamp_pressure_sp_kpa if self.packml.state in _CLAMPED_STATES else 0.0
         self.clamp_pressure += (target - self.clamp_pressure) * (1.0 - math.exp(-dt_s / 5.0))
         paused = self.packml.state is not PackMLState.EXECUTE
+        plate = self.plate_temp
         for channel in self.channels:
-            channel.step(dt_s, plate_temp_cel=self.plate_temp, paused=paused)
-        self.energy_kwh += max(self._grid_power_kw(), 0.0) * dt_s / 3600.0
-        self._publish()
+            channel.step(dt_s, plate_temp_cel=plate, paused=paused)
+        self._publish(dt_s)
         return self._values
 
-    def _grid_power_kw(self) -> float:
-        cfg = self.config
-        dc_kw = sum(channel.voltage * channel.current for channel in self.channels) / 1000.0
-        return dc_kw / cfg.converter_efficiency + cfg.aux_power_kw
-
-    def _publish(self) -> None:
+    def _publish(self, dt_s: float = 0.0) -> None:
+        """Write every value into the values mapping (in place: it is the live view, copy it to keep a snapshot)
+        and integrate the grid energy over ``dt_s``."""
         cfg = self.config
         rng = self._rng
         noise = cfg.noise
-        values: dict[str, Value] = {}
+        gauss = rng.gauss
+        values = self._values
         active = faulted = completed = 0
-        for name, channel in zip(self._names, self.channels, strict=True):
+        dc_w = 0.0
+        extended = cfg.extended_points
+        grades = [0, 0, 0, 0, 0]
+        for keys, extra_keys, channel in zip(self._keys, self._extra_keys, self.channels, strict=True):
             status = channel.status
             active += status in ACTIVE_STATUSES
-            faulted += status is ChannelStatus.PROTECTION
+            is_fault = status is _PROTECTION
+            faulted += is_fault
             completed += channel.cells_completed
-            voltage, current, temperature = channel.readings()
-            values[f"{name}.Status"] = int(status)
-            values[f"{name}.StepIndex"] = channel.step_index
-            values[f"{name}.StepType"] = int(channel.step_type)
-            values[f"{name}.ProtectionFlags"] = channel.protection_flags
-            values[f"{name}.Voltage"] = voltage
-            values[f"{name}.Current"] = current
-            values[f"{name}.Capacity"] = channel.capacity_ah
-            values[f"{name}.Energy"] = channel.energy_wh
-            values[f"{name}.Temperature"] = temperature
-            values[f"{name}.EndReason"] = int(channel.end_reason)
-            values[f"{name}.StepTime"] = int(channel.step_time_s)
-            values[f"{name}.CellTime"] = int(channel.cell_time_s)
-            values[f"{name}.CellsCompleted"] = channel.cells_completed
-            values[f"{name}.ProtectionAlarm"] = status is ChannelStatus.PROTECTION
+            voltage = channel.voltage
+            current = channel.current
+            dc_w += voltage * current
+            temperature = channel.temperature
+            if noise:  # same measurement model as FormationChannel.readings(), inlined for speed
+                voltage += gauss(0.0, 0.0002)
+                if current != 0.0:
+                    current += gauss(0.0, 0.005)
+                temperature += gauss(0.0, 0.03)
+                if channel.current > 0.0:
+                    voltage = min(voltage, channel.charge_limit_v)
+            (k_status, k_index, k_type, k_flags, k_voltage, k_current, k_capacity, k_energy, k_temp, k_end,
+             k_step_time, k_cell_time, k_completed, k_alarm) = keys
+            values[k_status] = int(status)
+            values[k_index] = channel.step_pos
+            values[k_type] = int(channel.step_type)
+            values[k_flags] = channel.protection_flags
+            values[k_voltage] = voltage
+            values[k_current] = current
+            values[k_capacity] = min(channel.capacity_ah, 150.0)
+            values[k_energy] = min(channel.energy_wh, 700.0)
+            values[k_temp] = temperature
+            values[k_end] = int(channel.end_reason)
+            values[k_step_time] = int(channel.step_time_s)
+            values[k_cell_time] = int(channel.cell_time_s)
+            values[k_completed] = channel.cells_completed
+            values[k_alarm] = is_fault
+            if extended:
+                for grade, count in enumerate(channel.grades):
+                    grades[grade] += count
+                charge, discharge = channel.result_charge_ah, channel.result_discharge_ah
+                (k_step_cap, k_step_energy, k_power, k_discharge, k_res_charge, k_res_discharge, k_efficiency,
+                 k_grade, k_cell_id) = extra_keys
+                values[k_step_cap] = min(channel.step_capacity_ah, 150.0)
+                values[k_step_energy] = min(channel.step_energy_wh, 700.0)
+                values[k_power] = max(-600.0, min(voltage * current, 600.0))
+                values[k_discharge] = min(channel.discharge_ah, 150.0)
+                values[k_res_charge] = min(charge, 150.0)
+                values[k_res_discharge] = min(discharge, 150.0)
+                values[k_efficiency] = min(100.0 * discharge / charge, 100.0) if charge > 0.0 else 0.0
+                values[k_grade] = int(channel.grade)
+                values[k_cell_id] = channel.cell_id
+        # Discharging channels feed the DC bus (energy recovery); only the net flows through the grid converter.
+        dc_kw = dc_w / 1000.0
+        power = (dc_kw / cfg.converter_efficiency if dc_kw >= 0.0 else dc_kw * cfg.converter_efficiency) \
+            + cfg.aux_power_kw
+        self.energy_kwh += max(power, 0.0) * dt_s / 3600.0
         state = self.packml.state
         ambient_high = self.ambient > cfg.ambient_high_cel
         pressure_low = state is PackMLState.EXECUTE and self.clamp_pressure < 0.8 * cfg.clamp_pressure_sp_kpa
         channel_fault = faulted > 0
-        power = self._grid_power_kw()
-        rack: dict[str, Value] = {
+        values.update({
             "Rack.StateCurrent": int(state),
             "Rack.ChannelCount": cfg.channels,
             "Rack.Heartbeat": int(self.time_s) % 65536,
@@ -638,20 +1032,43 @@ class FormationRack:
             "Rack.ChannelsActive": active,
             "Rack.ChannelsFaulted": faulted,
             "Rack.CellsCompleted": completed,
-            "Rack.DcBusVoltage": cfg.dc_bus_voltage_v + (rng.gauss(0.0, 0.3) if noise else 0.0),
-            "Rack.GridPower": power + (rng.gauss(0.0, 0.01 * abs(power)) if noise else 0.0),
+            "Rack.DcBusVoltage": cfg.dc_bus_voltage_v + (gauss(0.0, 0.3) if noise else 0.0),
+            "Rack.GridPower": power + (gauss(0.0, 0.01 * abs(power)) if noise else 0.0),
             "Rack.ActiveEnergy": self.energy_kwh,
-            "Rack.AmbientTemp": self.ambient + (rng.gauss(0.0, 0.05) if noise else 0.0),
-            "Rack.ClampPressure": max(0.0, self.clamp_pressure + (rng.gauss(0.0, 1.0) if noise else 0.0))
+            "Rack.AmbientTemp": self.ambient + (gauss(0.0, 0.05) if noise else 0.0),
+            "Rack.ClampPressure": max(0.0, self.clamp_pressure + (gauss(0.0, 1.0) if noise else 0.0))
             if self.clamp_pressure > 1.0 else 0.0,
             "Rack.ClampPressureSP": cfg.clamp_pressure_sp_kpa,
-            "Rack.PlateTemp": self.plate_temp + (rng.gauss(0.0, 0.05) if noise else 0.0),
+            "Rack.PlateTemp": self.plate_temp + (gauss(0.0, 0.05) if noise else 0.0),
             "Rack.Uptime": int(self.time_s),
             "Rack.AirflowOk": not ambient_high,
             "Rack.DoorClosed": state in _CLAMPED_STATES,
             "Alarms.AmbientHigh": ambient_high,
             "Alarms.ClampPressureLow": pressure_low,
             "Alarms.ChannelFault": channel_fault,
-        }
-        rack.update(values)
-        self._values = rack
+        })
+        if extended:
+            values["Rack.CellsA"] = grades[Grade.A]
+            values["Rack.CellsB"] = grades[Grade.B]
+            values["Rack.CellsC"] = grades[Grade.C]
+            values["Rack.CellsNG"] = grades[Grade.NG]
+
+
+_CHANNEL_SUFFIXES = ("Status", "StepIndex", "StepType", "ProtectionFlags", "Voltage", "Current", "Capacity", "Energy",
+                     "Temperature", "EndReason", "StepTime", "CellTime", "CellsCompleted", "ProtectionAlarm")
+
+
+def _protocol_duration_estimate(protocol: FormationProtocol, cell: CellSpec) -> float:
+    """Rough length (s) of one cell's protocol, for staggering the channels of a fresh rack."""
+    total = protocol.exchange_s
+    for step in protocol.step_list():
+        if step.kind is StepType.REST:
+            total += step.max_time_s
+        else:
+            # CC from the typical start to the end voltage, plus a CV tail of about 40 min; capped by time limits.
+            efficiency = cell.coulombic_efficiency if step.kind is not StepType.CC_DISCHARGE else 1.0
+            span = 0.9 * cell.capacity_ah / (efficiency * step.current_a) * 3600.0
+            if step.kind is StepType.CCCV_CHARGE:
+                span += 2400.0
+            total += min(span, step.max_time_s)
+    return total

@@ -46,6 +46,11 @@ protocol addresses; 32-bit values are ABCD: high word first, big-endian bytes; s
 One FC03 read of 96 registers covers three channels. Every table is one contiguous block from address 0, so a
 read across the reserved gaps answers zeros instead of an exception. Values that do not fit their register
 saturate (a scaled int16 never wraps); counters wrap modulo 2^16 / 2^32 as PLC counters do.
+
+Faults (``simulators.faults``): ``await server.set_fault(Hang(), duration_s=5)``, ``await server.clear_faults()``,
+``await server.drop_connections()``. They act on the wire through a request handler subclass (the only per-request
+hook of pymodbus 3.16 that can delay, swallow or answer a request itself; ``trace_pdu`` is synchronous and cannot
+drop a request) and at publish time (NaN, frozen values).
 """
 
 from __future__ import annotations
@@ -59,13 +64,17 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Self, cast
 
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType as SimDataType
 from pymodbus.simulator import SimData, SimDevice
 
+from simulators.faults import BadValue, Fault, FaultKind, FaultState, Freeze, Restart, check_points
 from simulators.machines.formation import channel_name
 from simulators.machines.points import Machine, Value
 from simulators.servers.clock import AutoStepper, check_rate
+from simulators.servers.fault_gate import FaultGate
 
 CHANNEL_BASE = 1000
 CHANNEL_STRIDE = 32
@@ -95,6 +104,11 @@ class Encoding(StrEnum):
 # Function codes that pymodbus' async_setValues uses to pick a table.
 _FUNCTION_CODE: Mapping[Table, int] = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
 _BIT_TABLES = frozenset({Table.COIL, Table.DISCRETE})
+# Which table a request function code addresses (FC23 read/write is rare and left out: it answers normally).
+_REQUEST_TABLE: Mapping[int, Table] = {
+    1: Table.COIL, 5: Table.COIL, 15: Table.COIL, 2: Table.DISCRETE,
+    3: Table.HOLDING, 6: Table.HOLDING, 16: Table.HOLDING, 22: Table.HOLDING, 4: Table.INPUT,
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -243,12 +257,68 @@ def build_images(register_map: RegisterMap, values: Mapping[str, Value]) -> dict
     return {**words, **bits}
 
 
+def request_span(pdu: ModbusPDU) -> tuple[Table, int, int] | None:
+    """(table, first address, count) a request touches, or None for function codes without a table."""
+    table = _REQUEST_TABLE.get(pdu.function_code)
+    if table is None:
+        return None
+    # Single writes (FC5/FC6) carry no count; multiple writes carry their values.
+    count = max(1, pdu.count, len(pdu.registers or ()), len(pdu.bits or ()) if pdu.function_code == 15 else 0)
+    return table, pdu.address, count
+
+
+class _FaultGatedHandler(ServerRequestHandler):
+    """pymodbus' per-connection handler with the fault hooks in front of the datastore."""
+
+    def __init__(self, owner: _FaultGatedTcpServer, gate: FaultGate) -> None:
+        # pymodbus leaves these handler methods unannotated, hence the ignores below.
+        super().__init__(owner, owner.trace_packet, owner.trace_pdu, owner.trace_connect)  # type: ignore[no-untyped-call]
+        self._gate = gate
+
+    def callback_connected(self) -> None:
+        super().callback_connected()
+        if self._gate.refuses_connections():
+            self.close()
+
+    async def handle_request(self) -> None:
+        pdu, addr = self.last_pdu, self.last_addr
+        if pdu is None or self._gate.is_hung():
+            return  # hang: swallowed, never answered
+        await self._gate.delay()
+        if self._gate.is_hung() or not self.is_active():
+            return
+        span = request_span(pdu)
+        code = None if span is None else self._gate.exception_code(table=span[0].value, start=span[1], count=span[2])
+        if code is not None:
+            response = ExceptionResponse(pdu.function_code, code, device_id=pdu.dev_id, transaction=pdu.transaction_id)
+            self.server_send(response, addr)  # type: ignore[no-untyped-call]
+            return
+        # The base handler reads last_pdu again; a request that arrived during the delay must not replace ours.
+        self.last_pdu, self.last_addr = pdu, addr
+        await super().handle_request()  # type: ignore[no-untyped-call]
+
+
+class _FaultGatedTcpServer(ModbusTcpServer):
+    def __init__(self, device: SimDevice, *, address: tuple[str, int], gate: FaultGate) -> None:
+        super().__init__(device, address=address)
+        self._gate = gate
+
+    def callback_new_connection(self) -> _FaultGatedHandler:
+        return _FaultGatedHandler(self, self._gate)
+
+    def drop_connections(self) -> int:
+        connections = list(self.active_connections.values())
+        for connection in connections:
+            connection.close()
+        return len(connections)
+
+
 class ModbusSimulatorServer:
     """Serves one model through ``register_map`` as Modbus TCP device ``unit_id``, stepping it at ``step_hz``.
 
     ``async with ModbusSimulatorServer(model=rack, register_map=formation_register_map(16), port=5020) as s: ...``
     Port 0 binds an ephemeral port; read it back from ``server.port``. With ``autostep=False`` nothing moves
-    unless the caller calls ``await server.step(dt_s)``.
+    unless the caller calls ``await server.step(dt_s)``. ``name`` is the machine name faults refer to.
     """
 
     def __init__(
@@ -262,6 +332,7 @@ class ModbusSimulatorServer:
         step_hz: float = 5.0,
         speedup: float = 1.0,
         autostep: bool = True,
+        name: str = "modbus",
     ) -> None:
         check_rate(step_hz=step_hz, speedup=speedup)
         if not 1 <= unit_id <= 247:
@@ -278,8 +349,12 @@ class ModbusSimulatorServer:
         self._step_hz = step_hz
         self._speedup = speedup
         self._autostep = autostep
-        self._server: ModbusTcpServer | None = None
+        self._name = name
+        self._server: _FaultGatedTcpServer | None = None
         self._stepper: AutoStepper | None = None
+        self._gate = FaultGate()
+        # What the wire shows now, by point (frozen points keep these).
+        self._published: dict[str, Value] = {}
 
     @property
     def port(self) -> int:
@@ -293,6 +368,48 @@ class ModbusSimulatorServer:
     def unit_id(self) -> int:
         return self._unit_id
 
+    @property
+    def machines(self) -> tuple[str, ...]:
+        """The machine this server exposes (one), by the name faults use."""
+        return (self._name,)
+
+    @property
+    def faults(self) -> FaultState:
+        """The active faults (expired ones removed)."""
+        return self._gate.state
+
+    async def set_fault(self, fault: Fault | Restart, *, duration_s: float | None = None) -> None:
+        """Start ``fault`` for ``duration_s`` seconds (None: until cleared; ``DropConnections`` defaults to 0).
+
+        Behaviour on the wire is documented in ``simulators.faults``. Raises ValueError for a fault this server
+        cannot show: ``Restart``, an unknown point or machine, or NaN on a point that is not float32.
+        """
+        if isinstance(fault, Restart):
+            raise ValueError("restart is only supported by the OPC UA simulator")
+        if isinstance(fault, BadValue | Freeze):
+            check_points(fault, {self._name: [p.point for p in self._map]})
+            if isinstance(fault, BadValue) and fault.points is not None:
+                by_name = {p.point: p for p in self._map}
+                not_float = sorted(p for p in fault.points if by_name[p].encoding is not Encoding.FLOAT32)
+                if not_float:
+                    raise ValueError(f"NaN only exists in float32 points; not float32: {not_float[:5]}")
+        self._gate.set(fault, duration_s=duration_s)
+        if fault.kind is FaultKind.DROP and self._server is not None:
+            self._server.drop_connections()
+        if isinstance(fault, BadValue | Freeze) and self._server is not None:
+            await self.publish()
+
+    async def clear_faults(self, kind: FaultKind | None = None, *, machine: str | None = None) -> None:
+        """End the faults of ``kind`` (None: all); values are republished at once."""
+        self._gate.clear(kind, machine=machine)
+        if self._server is not None:
+            await self.publish()
+
+    async def drop_connections(self) -> int:
+        """Close every client connection now (new ones are accepted); returns how many were open."""
+        self._gate.clear(FaultKind.DROP)
+        return 0 if self._server is None else self._server.drop_connections()
+
     async def __aenter__(self) -> Self:
         sizes = table_sizes(self._map)
         device = SimDevice(id=self._unit_id, simdata=(
@@ -301,7 +418,7 @@ class ModbusSimulatorServer:
             [SimData(0, count=sizes[Table.HOLDING], values=0, datatype=SimDataType.REGISTERS)],
             [SimData(0, count=sizes[Table.INPUT], values=0, datatype=SimDataType.REGISTERS)],
         ))
-        server = ModbusTcpServer(device, address=(self._host, self._port))
+        server = _FaultGatedTcpServer(device, address=(self._host, self._port), gate=self._gate)
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:  # pymodbus' way of saying the bind failed (it logs the errno as a warning)
@@ -354,5 +471,20 @@ class ModbusSimulatorServer:
         """
         if self._server is None:
             raise RuntimeError("the Modbus simulator is not running (use it as an async context manager)")
-        for table, image in build_images(self._map, self._model.values()).items():
+        values = dict(self._model.values())
+        state = self._gate.state
+        if state.point_faults(self._gate.now()):
+            values = self._apply_point_faults(values, state)
+        self._published = values
+        for table, image in build_images(self._map, values).items():
             await self._server.async_setValues(self._unit_id, _FUNCTION_CODE[table], 0, image)
+
+    def _apply_point_faults(self, values: dict[str, Value], state: FaultState) -> dict[str, Value]:
+        now = self._gate.now()
+        for point in self._map:
+            name = point.point
+            if state.is_frozen(machine=self._name, point=name, now=now):
+                values[name] = self._published.get(name, values[name])
+            elif point.encoding is Encoding.FLOAT32 and state.bad_status(machine=self._name, point=name, now=now):
+                values[name] = math.nan
+        return values

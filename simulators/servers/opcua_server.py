@@ -18,6 +18,11 @@ Boolean, String). Double points with a range carry an ``EURange`` property, poin
 Every step writes every value with a DataValue that carries both the source and the server timestamp: a bare
 DataValue would leave both None (library notes §2.5). The endpoint is ``opc.tcp://127.0.0.1:{port}/`` with
 SecurityPolicy None only, bound to 127.0.0.1 unless another host is given.
+
+Faults (``simulators.faults``): ``await server.set_fault(Hang(), duration_s=5)``, ``await server.clear_faults()``,
+``await server.drop_connections()``, ``await server.restart(extra_namespaces=1)``. Connection faults act in a
+subclass of asyncua's per-connection protocol (asyncua 2.1 builds it inside ``Server.start``, so that method is
+re-done here with our ``BinaryServer``); point faults act when values are written.
 """
 
 from __future__ import annotations
@@ -27,18 +32,27 @@ import socket
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self, cast
+from typing import Any, Self, cast
 
 from asyncua import ua
+from asyncua.common.connection import TransportLimits
 from asyncua.common.node import Node
+from asyncua.common.utils import Buffer
+from asyncua.server.binary_server_asyncio import BinaryServer, OPCUAProtocol
+from asyncua.server.internal_server import InternalServer
 from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
 
+from simulators.faults import BadValue, Fault, FaultKind, FaultState, Freeze, Restart, check_points
 from simulators.machines.points import DataType, Machine, PointSpec, Value
 from simulators.servers.clock import AutoStepper, check_rate
+from simulators.servers.fault_gate import FaultGate
 
 NAMESPACE_URI = "urn:cellgate:simulators"
+# Registered before NAMESPACE_URI by a restart with extra namespaces, to move its index.
+DUMMY_NAMESPACE_URI = "urn:cellgate:simulators:dummy:{n}"
 APPLICATION_URI = "urn:cellgate:simulators:opcua-server"
 
 VARIANT_TYPES: Mapping[DataType, ua.VariantType] = {
@@ -103,6 +117,68 @@ def pick_free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+class _FaultGatedProtocol(OPCUAProtocol):
+    """asyncua's per-connection protocol with the fault hooks in front of the message processor."""
+
+    def __init__(self, gate: FaultGate, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._gate = gate
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._gate.refuses_connections():
+            transport.close()
+            return
+        super().connection_made(transport)
+
+    async def _process_one_msg(self, header: Any, buf: Buffer) -> bool:
+        # Held, never dropped: chunks carry sequence numbers and a gap would break the secure channel.
+        await self._gate.wait_while_hung()
+        await self._gate.delay()
+        await self._gate.wait_while_hung()
+        return await super()._process_one_msg(header, buf)
+
+
+class _FaultGatedBinaryServer(BinaryServer):
+    def __init__(
+        self, internal_server: InternalServer, hostname: str, port: int, limits: TransportLimits, gate: FaultGate
+    ) -> None:
+        super().__init__(internal_server, hostname, port, limits)
+        self._gate = gate
+
+    def _make_protocol(self) -> OPCUAProtocol:
+        return _FaultGatedProtocol(
+            self._gate, iserver=self.iserver, policies=self._policies, clients=self.clients,
+            closing_tasks=self.closing_tasks, limits=self.limits,
+        )
+
+
+class _FaultGatedServer(Server):
+    def __init__(self, gate: FaultGate) -> None:
+        super().__init__()
+        self._gate = gate
+
+    async def start(self) -> None:
+        # asyncua 2.1.0 Server.start, with our BinaryServer (no certificate check: SecurityPolicy None only).
+        await self._setup_server_nodes()
+        await self.iserver.start()
+        try:
+            host, port = self._get_bind_socket_info()
+            if host is None or port is None:
+                raise RuntimeError("the OPC UA simulator needs an endpoint with host and port")
+            self.bserver = _FaultGatedBinaryServer(self.iserver, host, port, self.limits, self._gate)
+            self.bserver.set_policies(self._policies)
+            await self.bserver.start()
+        except Exception:
+            await self.iserver.stop()
+            raise
+
+    def drop_connections(self) -> int:
+        transports = list(self.iserver.asyncio_transports)
+        for transport in transports:
+            transport.close()
+        return len(transports)
+
+
 class OpcUaSimulatorServer:
     """Serves ``machines`` (name -> model) over OPC UA and steps them at ``step_hz``.
 
@@ -130,11 +206,14 @@ class OpcUaSimulatorServer:
         self._step_hz = step_hz
         self._speedup = speedup
         self._autostep = autostep
-        self._server: Server | None = None
+        self._server: _FaultGatedServer | None = None
         self._namespace_index = -1
-        # (machine, point name, node id, variant type) for every variable, in point order.
-        self._variables: list[tuple[Machine, str, ua.NodeId, ua.VariantType]] = []
+        # (machine name, machine, point name, node id, variant type) for every variable, in point order.
+        self._variables: list[tuple[str, Machine, str, ua.NodeId, ua.VariantType]] = []
         self._stepper: AutoStepper | None = None
+        self._gate = FaultGate()
+        self._restarting = False
+        self._publish_lock = asyncio.Lock()
 
     @property
     def port(self) -> int:
@@ -152,17 +231,7 @@ class OpcUaSimulatorServer:
         if self._port == 0:
             self._port = pick_free_port(self._host)
         check_port_free(self._host, self._port)
-        server = Server()
-        await server.init()
-        server.set_endpoint(self.endpoint)
-        server.set_server_name("Cellgate equipment simulators")
-        await server.set_application_uri(APPLICATION_URI)
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        self._namespace_index = await server.register_namespace(NAMESPACE_URI)
-        for machine_name, machine in self._machines.items():
-            await self._add_machine(server, machine_name, machine)
-        await server.start()
-        self._server = server
+        server = await self._start_server(extra_namespaces=0)
         try:
             await self.publish()
             if self._autostep:
@@ -186,6 +255,86 @@ class OpcUaSimulatorServer:
             await self._server.stop()
             self._server = None
 
+    async def _start_server(self, *, extra_namespaces: int) -> _FaultGatedServer:
+        server = _FaultGatedServer(self._gate)
+        await server.init()
+        server.set_endpoint(self.endpoint)
+        server.set_server_name("Cellgate equipment simulators")
+        await server.set_application_uri(APPLICATION_URI)
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        for n in range(1, extra_namespaces + 1):
+            await server.register_namespace(DUMMY_NAMESPACE_URI.format(n=n))
+        self._namespace_index = await server.register_namespace(NAMESPACE_URI)
+        self._variables = []
+        for machine_name, machine in self._machines.items():
+            await self._add_machine(server, machine_name, machine)
+        await server.start()
+        self._server = server
+        return server
+
+    # -------------------------------------------------------------------------------------------- faults
+
+    @property
+    def machines(self) -> tuple[str, ...]:
+        return tuple(self._machines)
+
+    @property
+    def faults(self) -> FaultState:
+        """The active faults (expired ones removed)."""
+        return self._gate.state
+
+    async def set_fault(self, fault: Fault | Restart, *, duration_s: float | None = None) -> None:
+        """Start ``fault`` for ``duration_s`` seconds (None: until cleared; ``DropConnections`` defaults to 0).
+
+        Behaviour on the wire is documented in ``simulators.faults``. Connection faults (drop, hang, latency)
+        affect every machine of this server. ``Restart`` runs ``restart()`` (``duration_s`` is not used).
+        Raises ValueError for a Modbus exception fault, an unknown machine, point or status name.
+        """
+        if isinstance(fault, Restart):
+            await self.restart(extra_namespaces=fault.extra_namespaces, down_s=fault.down_s)
+            return
+        if fault.kind is FaultKind.EXCEPTION:
+            raise ValueError("Modbus exception codes only exist on the Modbus simulator")
+        if isinstance(fault, BadValue | Freeze):
+            check_points(fault, {name: [p.name for p in m.points] for name, m in self._machines.items()})
+        if isinstance(fault, BadValue) and not isinstance(getattr(StatusCodes, fault.status, None), int):
+            raise ValueError(f"unknown OPC UA status code name {fault.status!r} (e.g. BadSensorFailure)")
+        self._gate.set(fault, duration_s=duration_s)
+        if fault.kind is FaultKind.DROP and self._server is not None:
+            self._server.drop_connections()
+        if isinstance(fault, BadValue | Freeze) and self._server is not None:
+            await self.publish()
+
+    async def clear_faults(self, kind: FaultKind | None = None, *, machine: str | None = None) -> None:
+        """End the faults of ``kind`` (None: all; with ``machine``, only point faults aimed at it or all)."""
+        self._gate.clear(kind, machine=machine)
+        if self._server is not None:
+            await self.publish()
+
+    async def drop_connections(self) -> int:
+        """Close every client connection now (new ones are accepted); returns how many were open."""
+        self._gate.clear(FaultKind.DROP)
+        return 0 if self._server is None else self._server.drop_connections()
+
+    async def restart(self, *, extra_namespaces: int = 1, down_s: float = 0.0) -> None:
+        """Stop the server, wait ``down_s`` s, start it again on the same port with ``extra_namespaces`` dummy
+        namespaces registered before ours (its index becomes 2 + extra_namespaces). Models keep stepping
+        meanwhile; their values are not written while the server is down. Point faults stay active.
+        """
+        Restart(extra_namespaces=extra_namespaces, down_s=down_s)  # validates
+        server = self._require_server()
+        self._restarting = True
+        try:
+            async with self._publish_lock:
+                self._server = None
+                await server.stop()
+                if down_s > 0.0:
+                    await asyncio.sleep(down_s)
+                await self._start_server(extra_namespaces=extra_namespaces)
+        finally:
+            self._restarting = False
+        await self.publish()
+
     async def join(self) -> None:
         """Wait for the stepping task to end and re-raise its error. Never returns while all is well."""
         if self._stepper is None:
@@ -200,16 +349,34 @@ class OpcUaSimulatorServer:
         await self.publish()
 
     async def publish(self) -> None:
-        """Write the current value of every point, stamped with the current time (source and server)."""
-        server = self._require_server()
-        now = cast(ua.DateTime, datetime.now(UTC))  # ua.DateTime is datetime at run time
-        current: dict[int, Mapping[str, Value]] = {id(m): m.values() for m in self._machines.values()}
-        for machine, point, node_id, variant_type in self._variables:
-            value = current[id(machine)][point]
-            await server.write_attribute_value(
-                node_id,
-                ua.DataValue(ua.Variant(value, variant_type), SourceTimestamp=now, ServerTimestamp=now),
-            )
+        """Write the current value of every point, stamped with the current time (source and server).
+
+        Point faults apply here: frozen points are not written, bad ones carry their status code. Nothing is
+        written while a restart is in progress.
+        """
+        if self._restarting:
+            return
+        async with self._publish_lock:
+            server = self._require_server()
+            now = cast(ua.DateTime, datetime.now(UTC))  # ua.DateTime is datetime at run time
+            current: dict[int, Mapping[str, Value]] = {id(m): m.values() for m in self._machines.values()}
+            state = self._gate.state
+            clock = self._gate.now()
+            faulty = bool(state.point_faults(clock))
+            for machine_name, machine, point, node_id, variant_type in self._variables:
+                value = current[id(machine)][point]
+                status = ua.StatusCode()
+                if faulty:
+                    if state.is_frozen(machine=machine_name, point=point, now=clock):
+                        continue
+                    bad = state.bad_status(machine=machine_name, point=point, now=clock)
+                    if bad is not None:
+                        status = ua.StatusCode(getattr(StatusCodes, bad))
+                await server.write_attribute_value(
+                    node_id,
+                    ua.DataValue(ua.Variant(value, variant_type), StatusCode=status,
+                                 SourceTimestamp=now, ServerTimestamp=now),
+                )
 
     def _require_server(self) -> Server:
         if self._server is None:
@@ -231,7 +398,7 @@ class OpcUaSimulatorServer:
                 node_id, ua.QualifiedName(leaf, idx), ua.Variant(values[point.name], variant_type)
             )
             await self._describe(server, variable, identifier, point)
-            self._variables.append((machine, point.name, node_id, variant_type))
+            self._variables.append((machine_name, machine, point.name, node_id, variant_type))
 
     async def _ensure_folder(self, folders: dict[str, Node], machine_name: str, path: list[str]) -> Node:
         key = ""

@@ -7,6 +7,7 @@
 * ``SimulatorProcess`` starts ``python -m simulators`` on free ports, waits for its ready line, and stops it with
   SIGTERM. Use it as a context manager (``with SimulatorProcess() as sims: sims.modbus_port``); from async
   tests call ``await asyncio.to_thread(sims.start)`` so the event loop is not blocked for the ~1 s start-up.
+  ``SimulatorProcess(control_port=0)`` also starts the fault control interface (``sims.control_port``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from simulators.servers.modbus_server import Encoding, RegisterMap, RegisterPoin
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_LINE = re.compile(
-    r"^simulators ready opcua=(?P<opcua>opc\.tcp://[^ ]+|off) modbus=(?:(?P<host>[0-9.]+):(?P<port>\d+)|off)$"
+    r"^simulators ready opcua=(?P<opcua>opc\.tcp://[^ ]+|off) modbus=(?:(?P<host>[0-9.]+):(?P<port>\d+)|off)"
+    r"(?: control=(?P<control>\d+))?$"
 )
 MAX_REGISTERS_PER_READ = 125
 MAX_BITS_PER_READ = 2000
@@ -123,11 +125,13 @@ class SimulatorProcess:
         speedup: float = 1.0,
         start_timeout_s: float = 20.0,
         only: str | None = None,
+        control_port: int | None = None,
     ) -> None:
         self._args = [
             "--opcua-port", str(opcua_port), "--modbus-port", str(modbus_port),
             "--channels", str(channels), "--seed", str(seed), "--speedup", str(speedup),
             *(["--only", only] if only else []),
+            *(["--control-port", str(control_port)] if control_port is not None else []),
         ]
         self._start_timeout_s = start_timeout_s
         self._process: subprocess.Popen[str] | None = None
@@ -135,6 +139,7 @@ class SimulatorProcess:
         self.opcua_endpoint = ""
         self.modbus_host = ""
         self.modbus_port = 0
+        self.control_port = 0  # 0 when the control interface is off
         self.returncode: int | None = None
 
     @property
@@ -172,6 +177,7 @@ class SimulatorProcess:
         self.opcua_endpoint = match["opcua"] if match["opcua"] != "off" else ""
         self.modbus_host = match["host"] or ""
         self.modbus_port = int(match["port"]) if match["port"] else 0
+        self.control_port = int(match["control"]) if match["control"] else 0
 
     def _fail(self, error: type[Exception], message: str) -> NoReturn:
         self.stop()

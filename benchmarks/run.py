@@ -1,0 +1,507 @@
+"""Cellgate benchmark harness: real processes, an independent subscriber, numbers from /proc.
+
+    python benchmarks/run.py --scenario modbus-1k|hall|opcua-20k|load-50k|all --mode tag|batch|both \\
+        [--duration-s 20] [--warmup-s 5] [--interval-ms MS] [--scale 1.0 | --size N] [--out results.json]
+
+For each live scenario and mode it starts Mosquitto (free port, no persistence), the bench servers
+(benchmarks/servers.py), the subscriber (benchmarks/subscriber.py, its own process) and ``cellgate run`` as a
+real process with a fresh working directory; waits until every tag has been delivered at least once (start-up),
+then ``--warmup-s``, then measures a fixed ``--duration-s`` window:
+
+* values/s delivered, counted per tag at the subscriber (so a starved tag shows), seq gaps per topic;
+* data age p50/p95/p99 = subscriber receive wall time - the sample's ``ts``;
+* CPU seconds (utime + stime over the window) of the gateway, the broker, the servers and the subscriber, from
+  /proc/<pid>/stat; gateway CPU microseconds per delivered value; gateway RSS (now and peak) from /proc/<pid>/status;
+* how busy the whole machine was (it may be shared: read the numbers with that in mind);
+* the gateway's own warnings/errors (overload must never be silent).
+
+``load-50k`` runs benchmarks/load_plan.py (tag-map load + Modbus planning of ~51,200 tags) in its own process.
+
+Sizes (``--scale`` multiplies all of them; ``--size`` sets the one of a single chosen scenario):
+modbus-1k = holding registers on one device (1000), hall = channels per rack (256; 10 racks x 8 tags, --racks),
+opcua-20k = variables (20000, in objects of 100), load-50k = channels per device (640; 10 devices x 8 tags).
+Default intervals: modbus-1k 25 ms per-tag (40,000 values/s offered) and 10 ms batch (the tag-map minimum),
+hall and opcua-20k 1000 ms. ``--interval-ms`` overrides them all.
+
+Prints one summary line per scenario/mode and writes everything as JSON (default benchmarks/results/<time>.json).
+Exit status 0 when every run completed (whether or not it met its targets), 1 if a run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import tagmaps
+from procs import Broker, Child, ChildError, ProcSample, machine_busy_ticks, proc_sample
+from servers import OPCUA_NAMESPACE
+
+from gateway.tagmap import load_plant
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+LIVE_SCENARIOS = ("modbus-1k", "hall", "opcua-20k")
+SCENARIOS = (*LIVE_SCENARIOS, "load-50k")
+RESULT_SCHEMA = 1
+# Delivering less than this share of the offered values counts as falling behind.
+OVERLOAD_RATIO = 0.95
+
+TS_MEANING = {
+    "modbus": "time the gateway received the Modbus read response (RawReading ts = arrival time): data age is "
+    "gateway processing + MQTT transit, without the poll interval",
+    "opcua": "OPC UA SourceTimestamp, stamped by the bench server when it wrote the value: data age includes the "
+    "wait for the subscription's publishing interval",
+}
+
+# Issue 5 targets (2-core box). Each: (name, metric path, comparison, target).
+TARGETS: dict[tuple[str, str], list[tuple[str, str, str, float]]] = {
+    ("modbus-1k", "tag"): [
+        ("values_per_s", "delivered.values_per_s", ">=", 40_000),
+        ("gateway_us_per_value", "gateway.cpu_us_per_value", "<=", 20),
+        ("seq_missing", "delivered.seq_missing", "<=", 0),
+        ("values_not_good", "delivered.values_not_good", "<=", 0),
+        ("gateway_rss_mb", "gateway.rss_mb", "<=", 60),
+    ],
+    ("modbus-1k", "batch"): [
+        ("values_per_s", "delivered.values_per_s", ">=", 250_000),
+        ("gateway_us_per_value", "gateway.cpu_us_per_value", "<=", 4),
+        ("seq_missing", "delivered.seq_missing", "<=", 0),
+        ("gateway_rss_mb", "gateway.rss_mb", "<=", 60),
+    ],
+    ("opcua-20k", "tag"): [("gateway_us_per_value", "gateway.cpu_us_per_value", "<=", 20)],
+    ("opcua-20k", "batch"): [("gateway_us_per_value", "gateway.cpu_us_per_value", "<=", 20)],
+    ("load-50k", "n/a"): [
+        ("total_s_median", "load.total_s_median", "<=", 2.0),
+        ("max_rss_mb", "load.max_rss_mb", "<=", 150),
+    ],
+}
+
+
+@dataclass(kw_only=True)
+class Plan:
+    """One live run: what to start and what to expect."""
+
+    scenario: str
+    mode: str
+    protocol: str
+    interval_ms: int
+    size: int
+    tag_map: Callable[[str, list[str]], str]  # (broker url, server addresses) -> YAML text
+    server_argv: list[str]
+    server_ready_s: float
+    startup_timeout_s: float
+    devices: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------- planning
+
+
+def _scaled(base: int, args: argparse.Namespace, scenario: str, minimum: int = 1) -> int:
+    size: int = args.size if args.size is not None and args.scenario == scenario else round(base * args.scale)
+    return max(minimum, size)
+
+
+def plan_live(scenario: str, mode: str, args: argparse.Namespace) -> Plan:
+    python = sys.executable
+    servers = str(BENCH_DIR / "servers.py")
+    publish = mode
+    if scenario == "modbus-1k":
+        registers = _scaled(1000, args, scenario)
+        interval = args.interval_ms or (25 if mode == "tag" else 10)
+        return Plan(
+            scenario=scenario, mode=mode, protocol="modbus", interval_ms=interval, size=registers, devices=1,
+            tag_map=lambda url, addresses: tagmaps.modbus_1k(
+                broker_url=url, port=int(addresses[0].rsplit(":", 1)[1]), registers=registers,
+                interval_ms=interval, publish=publish,
+            ),
+            server_argv=[python, servers, "modbus", "--ports", "0", "--impl", args.modbus_impl],
+            server_ready_s=20, startup_timeout_s=30,
+            details={"registers": registers, "modbus_server": args.modbus_impl},
+        )
+    if scenario == "hall":
+        channels = _scaled(256, args, scenario)
+        racks = args.racks
+        interval = args.interval_ms or 1000
+        return Plan(
+            scenario=scenario, mode=mode, protocol="modbus", interval_ms=interval, size=channels, devices=racks,
+            tag_map=lambda url, addresses: tagmaps.hall(
+                broker_url=url, ports=[int(a.rsplit(":", 1)[1]) for a in addresses], channels=channels,
+                interval_ms=interval, publish=publish,
+            ),
+            # One process serves all racks (one port each): far cheaper than ten simulator processes.
+            server_argv=[python, servers, "modbus", "--ports", *["0"] * racks, "--impl", args.modbus_impl],
+            server_ready_s=20, startup_timeout_s=60,
+            details={"racks": racks, "channels_per_rack": channels, "tags_per_channel": tagmaps.HALL_TAGS_PER_CHANNEL,
+                     "modbus_server": args.modbus_impl},
+        )
+    if scenario == "opcua-20k":
+        variables = _scaled(20_000, args, scenario)
+        per_object = min(args.per_object, variables)
+        objects = math.ceil(variables / per_object)
+        variables = objects * per_object
+        interval = args.interval_ms or 1000
+        return Plan(
+            scenario=scenario, mode=mode, protocol="opcua", interval_ms=interval, size=variables, devices=1,
+            tag_map=lambda url, addresses: tagmaps.opcua_20k(
+                broker_url=url, endpoint=addresses[0], namespace=OPCUA_NAMESPACE, objects=objects,
+                per_object=per_object, interval_ms=interval, publish=publish, timeout_ms=args.opcua_timeout_ms,
+            ),
+            server_argv=[python, servers, "opcua", "--port", "0", "--variables", str(variables),
+                         "--per-object", str(per_object), "--rate-hz", str(1000 / interval)],
+            server_ready_s=300, startup_timeout_s=300,
+            details={"variables": variables, "variables_per_object": per_object,
+                     "opcua_timeout_ms": args.opcua_timeout_ms},
+        )
+    raise ValueError(f"not a live scenario: {scenario}")
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+
+def _gateway_argv(config: Path, state_dir: Path) -> list[str]:
+    argv = [sys.executable, "-m", "gateway.cli", "run", "-c", str(config), "--log-format", "json",
+            "--log-level", "INFO"]
+    # `--state-dir` may or may not exist yet: use it when `cellgate run --help` offers it.
+    help_text = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "run", "--help"], capture_output=True, text=True, cwd=REPO_ROOT,
+        check=False,
+    ).stdout
+    if "--state-dir" in help_text:
+        argv += ["--state-dir", str(state_dir)]
+    return argv
+
+
+def _cpu_delta(before: ProcSample | None, after: ProcSample | None) -> float | None:
+    if before is None or after is None:
+        return None
+    return round(after.cpu_s - before.cpu_s, 3)
+
+
+def _log_summary(text: str) -> dict[str, Any]:
+    """Count the gateway's JSON log lines by level, and its warning/error events by name."""
+    levels: Counter[str] = Counter()
+    events: Counter[str] = Counter()
+    other_lines = 0
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            other_lines += 1 if line.strip() else 0
+            continue
+        if not isinstance(entry, dict):
+            continue
+        level = str(entry.get("level", "?")).lower()
+        levels[level] += 1
+        if level in ("warning", "error", "critical", "exception"):
+            events[f"{level}:{entry.get('event', '?')}"] += 1
+    return {"levels": dict(levels), "warning_events": dict(events.most_common(20)), "non_json_lines": other_lines}
+
+
+def _per_key_stats(per_key: dict[str, int], expected: set[str], window_s: float) -> dict[str, Any]:
+    rates = sorted(per_key.get(key, 0) / window_s for key in expected) if window_s > 0 else []
+    starved = sorted(key for key in expected if per_key.get(key, 0) == 0)
+    return {
+        "tags_expected": len(expected),
+        "tags_with_values": len(expected) - len(starved),
+        "tags_starved": len(starved),
+        "starved_examples": starved[:10],
+        "unexpected_keys": len(set(per_key) - expected),
+        "per_tag_values_per_s": {
+            "min": round(rates[0], 2) if rates else None,
+            "p50": round(statistics.median(rates), 2) if rates else None,
+            "max": round(rates[-1], 2) if rates else None,
+        },
+    }
+
+
+def _overload(
+    *, values: int, window_s: float, offered_per_s: float, tags: int, counted: dict[str, Any], log: dict[str, Any]
+) -> dict[str, Any]:
+    """Did the gateway fall behind (or lose data), and did it say so in its log?
+
+    Falling behind shows as fewer values than offered (the poll loop stretches its cycle when the queue is full)
+    or as seq gaps; the issue asks that this is never silent, so ``silent`` is the finding to look at.
+    One cycle of every tag is allowed as slack: a window of a few slow cycles may cut one in two.
+    """
+    expected = offered_per_s * window_s
+    ratio = values / expected if expected else 0.0
+    behind = values < OVERLOAD_RATIO * expected - tags or counted["seq_missing"] > 0
+    warned = bool(log["warning_events"])
+    return {"ratio_of_offered": round(ratio, 3), "fell_behind": behind, "gateway_warned": warned,
+            "silent": behind and not warned}
+
+
+def _util(cpu_s: float | None, window_s: float) -> float | None:
+    return round(cpu_s / window_s, 3) if cpu_s is not None and window_s > 0 else None
+
+
+def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix=f"cellgate-bench-{plan.scenario}-{plan.mode}-"))
+    broker = Broker(workdir)
+    children: list[Child] = []
+    result: dict[str, Any] = {"scenario": plan.scenario, "mode": plan.mode, "workdir": str(workdir)}
+    server_stats = ""
+    gateway: Child | None = None
+    try:
+        broker.start()
+        server = Child("servers", plan.server_argv, log_path=workdir / "servers.log")
+        children.append(server)
+        ready = server.wait_for_prefix("ready ", plan.server_ready_s)
+        addresses = ready.split("=", 1)[1].split(",")
+        config = workdir / "tagmap.yaml"
+        config.write_text(plan.tag_map(broker.url, addresses), encoding="utf-8")
+        plant = load_plant(config, environ={})
+        expected = {f"{tagmaps.ENTERPRISE}/{tagmaps.SITE}/{d.area}/{d.line}/{d.name}/{t.name}"
+                    for d in plant.devices for t in d.tags}
+        subscriber = Child(
+            "subscriber",
+            [sys.executable, str(BENCH_DIR / "subscriber.py"), "--port", str(broker.port),
+             "--filter", f"{tagmaps.ENTERPRISE}/{tagmaps.SITE}/#", "--client", args.client],
+            log_path=workdir / "subscriber.log", stdin_pipe=True,
+        )
+        children.append(subscriber)
+        subscriber.wait_for_prefix("ready", 15)
+        state_dir = workdir / "state"
+        state_dir.mkdir()
+        gateway = Child("gateway", _gateway_argv(config, state_dir), log_path=workdir / "gateway.log",
+                        cwd=workdir, stdout_to_log=True)
+        children.append(gateway)
+        started = time.monotonic()
+
+        # Start-up: every tag delivered at least once (or give up waiting and say so).
+        keys_seen = 0
+        while time.monotonic() - started < plan.startup_timeout_s:
+            if not gateway.running:
+                raise ChildError(f"gateway exited with {gateway.process.returncode}; log:\n{gateway.log_tail()}")
+            subscriber.send("status")
+            keys_seen = int(subscriber.wait_for_prefix("status ", 30).split("keys=")[1].split()[0])
+            if keys_seen >= len(expected):
+                break
+            time.sleep(0.25)
+        startup_s = time.monotonic() - started
+        time.sleep(args.warmup_s)
+
+        pids = {"gateway": [gateway.pid], "broker": [broker.pid], "servers": [server.pid],
+                "subscriber": [subscriber.pid]}
+        before = {name: [proc_sample(pid) for pid in group] for name, group in pids.items()}
+        busy_before = machine_busy_ticks()
+        subscriber.send("start")
+        subscriber.wait_for_prefix("started", 30)
+        window_started = time.monotonic()
+        time.sleep(args.duration_s)
+        after = {name: [proc_sample(pid) for pid in group] for name, group in pids.items()}
+        busy_after = machine_busy_ticks()
+        window_s = time.monotonic() - window_started
+        subscriber.send("stop")
+        counted = orjson.loads(subscriber.wait_for_prefix("result ", 120)[len("result "):])
+        gateway_alive = gateway.running
+    except (ChildError, OSError, ValueError) as exc:
+        raise ChildError(f"{exc}\n(tag map and logs kept in {workdir})") from exc
+    finally:
+        for child in reversed(children):
+            _, rest = child.stop()
+            if child.name == "servers":
+                server_stats = next((line for line in rest.splitlines() if line.startswith("stats ")), "")
+        broker.stop()
+
+    assert gateway is not None
+    cpu = {name: sum(d for d in (_cpu_delta(b, a) for b, a in zip(before[name], after[name], strict=True))
+                     if d is not None) for name in pids}
+    gw_after = after["gateway"][0]
+    values = int(counted["values"])
+    sub_window_s = float(counted["window_s"]) or window_s
+    busy = busy_after[0] - busy_before[0]
+    total = busy_after[1] - busy_before[1]
+    tags = plant.tag_count
+    log_summary = _log_summary(gateway.log_path.read_text(errors="replace"))
+    result.update(
+        {
+            "protocol": plan.protocol,
+            "ts_meaning": TS_MEANING[plan.protocol],
+            "config": {
+                "tags": tags, "devices": plan.devices, "interval_ms": plan.interval_ms, "publish": plan.mode,
+                "mqtt_qos": plant.mqtt.qos, "offered_values_per_s": round(tags * 1000 / plan.interval_ms, 1),
+                "duration_s": args.duration_s, "warmup_s": args.warmup_s, "subscriber_client": args.client,
+                **plan.details,
+            },
+            "startup": {"s": round(startup_s, 2), "tags_seen": keys_seen, "complete": keys_seen >= len(expected)},
+            "delivered": {
+                "window_s": round(sub_window_s, 3),
+                "messages": counted["messages"],
+                "values": values,
+                "values_per_s": round(values / sub_window_s, 1),
+                "messages_per_s": round(counted["messages"] / sub_window_s, 1),
+                "values_not_good": counted["values_not_good"],
+                "values_null": counted["values_null"],
+                "unparsable": counted["unparsable"],
+                "seq_missing": counted["seq_missing"],
+                "seq_gap_events": counted["seq_gap_events"],
+                "seq_repeats": counted["seq_repeats"],
+                **_per_key_stats(counted["per_key"], expected, sub_window_s),
+            },
+            "data_age_ms": counted["age_ms"],
+            "overload": _overload(values=values, window_s=sub_window_s, offered_per_s=tags * 1000 / plan.interval_ms,
+                                  tags=tags, counted=counted, log=log_summary),
+            "gateway": {
+                "pid": gateway.pid,
+                "alive_at_end": gateway_alive,
+                "cpu_s": round(cpu["gateway"], 3),
+                "cpu_util": _util(cpu["gateway"], window_s),
+                "cpu_us_per_value": round(cpu["gateway"] / values * 1e6, 2) if values else None,
+                "rss_mb": round(gw_after.rss_mb, 1) if gw_after else None,
+                "peak_rss_mb": round(gw_after.peak_rss_mb, 1) if gw_after else None,
+                "threads": gw_after.threads if gw_after else None,
+                "log": log_summary,
+            },
+            "broker": {"cpu_s": round(cpu["broker"], 3), "cpu_util": _util(cpu["broker"], window_s)},
+            "servers": {"cpu_s": round(cpu["servers"], 3), "cpu_util": _util(cpu["servers"], window_s),
+                        "stats": server_stats},
+            "subscriber": {"cpu_s": round(cpu["subscriber"], 3), "cpu_util": _util(cpu["subscriber"], window_s)},
+            "machine": {"cpus": _cpu_count(), "busy_fraction": round(busy / total, 3) if total else None,
+                        "loadavg": Path("/proc/loadavg").read_text().split()[:3]},
+        }
+    )
+    return result
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def run_load(args: argparse.Namespace) -> dict[str, Any]:
+    channels = _scaled(640, args, "load-50k")
+    completed = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "load_plan.py"), "--devices", "10", "--channels", str(channels)],
+        capture_output=True, text=True, cwd=REPO_ROOT, check=False,
+    )
+    if completed.returncode != 0:
+        raise ChildError(f"load_plan.py failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
+    load = json.loads(completed.stdout.strip().splitlines()[-1])
+    return {"scenario": "load-50k", "mode": "n/a", "config": {"devices": 10, "channels_per_device": channels,
+            "tags": load["tags"]}, "load": load}
+
+
+# ------------------------------------------------------------------------------------------- reporting
+
+
+def _lookup(result: dict[str, Any], path: str) -> Any:
+    node: Any = result
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    checks: list[dict[str, Any]] = []
+    key = (result["scenario"], result["mode"])
+    specs = list(TARGETS.get(key, []))
+    if result["scenario"] != "load-50k" and "data_age_ms" in result:
+        interval = result["config"]["interval_ms"]
+        offered = result["config"]["offered_values_per_s"]
+        if offered >= 20_000:
+            specs.append(("data_age_p95_ms", "data_age_ms.p95", "<=", interval + 10))
+    for name, path, op, target in specs:
+        value = _lookup(result, path)
+        met = None if value is None else (value >= target if op == ">=" else value <= target)
+        checks.append({"name": name, "value": value, "op": op, "target": target, "met": met})
+    return checks
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    name = f"{result['scenario']}/{result['mode']}"
+    if "error" in result:
+        return f"{name}: FAILED: {result['error'].splitlines()[0]}"
+    if result["scenario"] == "load-50k":
+        load = result["load"]
+        return (f"{name}: {load['tags']:,} tags, load {load['load_s_best']} s + plan {load['plan_s_best']} s "
+                f"(median total {load['total_s_median']} s), rss {load['max_rss_mb']} MB")
+    d, g, age = result["delivered"], result["gateway"], result["data_age_ms"]
+    misses = [c["name"] for c in result.get("targets", []) if c["met"] is False]
+    return (
+        f"{name}: {d['values_per_s']:,.0f} values/s of {result['config']['offered_values_per_s']:,.0f} offered "
+        f"({d['messages_per_s']:,.0f} msg/s{', SILENT OVERLOAD' if result['overload']['silent'] else ''}), "
+        f"age p50/p95/p99 {age['p50']}/{age['p95']}/{age['p99']} ms, "
+        f"gw {g['cpu_us_per_value']} us/value {g['cpu_util']} cpu rss {g['rss_mb']} MB, "
+        f"broker {result['broker']['cpu_util']} cpu, servers {result['servers']['cpu_util']} cpu, "
+        f"gaps {d['seq_missing']}, starved {d['tags_starved']}/{d['tags_expected']}, "
+        f"not-good {d['values_not_good']}, machine busy {result['machine']['busy_fraction']}"
+        + (f", MISSED: {', '.join(misses)}" if misses else "")
+    )
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all")
+    parser.add_argument("--mode", choices=("tag", "batch", "both"), default="both")
+    parser.add_argument("--duration-s", type=float, default=20.0, help="measured window (default 20)")
+    parser.add_argument("--warmup-s", type=float, default=5.0, help="excluded after start-up (default 5)")
+    parser.add_argument("--interval-ms", type=int, default=None, help="poll/publishing interval for every scenario")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every scenario's size (default 1.0)")
+    parser.add_argument("--size", type=int, default=None, help="the size of the one chosen scenario (see above)")
+    parser.add_argument("--racks", type=int, default=10, help="hall: number of racks (default 10)")
+    parser.add_argument("--per-object", type=int, default=100, help="opcua-20k: variables per object (default 100)")
+    parser.add_argument("--opcua-timeout-ms", type=int, default=30_000,
+                        help="opcua-20k: device timeout_ms; one CreateMonitoredItems call for every item must fit")
+    parser.add_argument("--modbus-impl", choices=("raw", "pymodbus"), default="raw", help="bench Modbus server")
+    parser.add_argument("--client", choices=("raw", "paho"), default="raw", help="subscriber MQTT client")
+    parser.add_argument("--keep-workdir", action="store_true",
+                        help="keep each run's temp dir (tag map, logs); a failed run's is always kept")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/<time>.json)")
+    args = parser.parse_args(argv)
+    if args.size is not None and args.scenario == "all":
+        parser.error("--size needs one --scenario; use --scale for all")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
+    modes = ("tag", "batch") if args.mode == "both" else (args.mode,)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    results: list[dict[str, Any]] = []
+    failed = False
+    for scenario in scenarios:
+        for mode in modes if scenario in LIVE_SCENARIOS else ("n/a",):
+            try:
+                result = run_load(args) if scenario == "load-50k" else run_live(plan_live(scenario, mode, args), args)
+                result["targets"] = evaluate_targets(result)
+                if "workdir" in result and not args.keep_workdir:
+                    shutil.rmtree(result.pop("workdir"), ignore_errors=True)
+            except (ChildError, OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
+                result = {"scenario": scenario, "mode": mode, "error": str(exc)}
+                failed = True
+            results.append(result)
+            print(summary_line(result), flush=True)
+    out = args.out or BENCH_DIR / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "schema": RESULT_SCHEMA,
+        "started": started,
+        "argv": sys.argv[1:] if argv is None else list(argv),
+        "cpus": _cpu_count(),
+        "results": results,
+    }
+    out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    print(f"results: {out}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Tag maps for the benchmark scenarios, as YAML text (pure functions: sizes and addresses in, text out).
+
+Every map uses ``repeat`` templates, as an integrator would, and no deadband: the bench servers change every
+value on every read, so every tag is published on every cycle and the offered load is exactly
+``tags * 1000 / interval_ms`` values per second.
+"""
+
+from __future__ import annotations
+
+ENTERPRISE = "bench"
+SITE = "lab"
+
+
+def _header(*, broker_url: str, gateway_id: str, queue_size: int) -> list[str]:
+    return [
+        f"gateway: {{id: {gateway_id}, enterprise: {ENTERPRISE}, site: {SITE}, queue_size: {queue_size}}}",
+        f'mqtt: {{url: "{broker_url}", qos: 1}}',
+    ]
+
+
+def modbus_1k(*, broker_url: str, port: int, registers: int, interval_ms: int, publish: str) -> str:
+    """One Modbus device with ``registers`` uint16 holding registers at 0..registers-1, one tag each."""
+    lines = _header(broker_url=broker_url, gateway_id="bench-modbus", queue_size=10000)
+    lines += [
+        "templates:",
+        "  register:",
+        "    - {name: value, address: 0, type: uint16}",
+        "devices:",
+        "  - name: plc-01",
+        "    area: bench",
+        "    line: line-1",
+        "    protocol: modbus",
+        "    host: 127.0.0.1",
+        f"    port: {port}",
+        f"    interval_ms: {interval_ms}",
+        f"    publish: {publish}",
+        f"    repeat: {{template: register, count: {registers}, start: 0, stride: 1, name: 'hr{{n:05d}}'}}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# One formation channel: 8 tags in 13 of 16 registers, so reads merge into full 125-register requests.
+HALL_CHANNEL = [
+    "  channel:",
+    "    - {name: voltage, address: 0, type: float32, unit: V}",
+    "    - {name: current, address: 2, type: float32, unit: A}",
+    "    - {name: capacity, address: 4, type: float32, unit: A.h}",
+    "    - {name: energy, address: 6, type: float32, unit: W.h}",
+    "    - {name: temperature, address: 8, type: int16, scale: 0.1, unit: Cel}",
+    "    - {name: step, address: 9, type: uint16}",
+    "    - {name: status, address: 10, type: uint16}",
+    "    - {name: cell_time, address: 11, type: uint32, unit: s}",
+]
+HALL_TAGS_PER_CHANNEL = 8
+
+
+def hall(*, broker_url: str, ports: list[int], channels: int, interval_ms: int, publish: str) -> str:
+    """One Modbus rack per port, ``channels`` channels of 8 tags each (channel n at 1000 + 16 * (n - 1))."""
+    lines = _header(broker_url=broker_url, gateway_id="bench-hall", queue_size=10000)
+    lines += ["templates:", *HALL_CHANNEL, "devices:"]
+    for index, port in enumerate(ports, start=1):
+        lines += [
+            f"  - name: rack-{index:02d}",
+            "    area: formation",
+            "    line: hall-a",
+            "    protocol: modbus",
+            "    host: 127.0.0.1",
+            f"    port: {port}",
+            f"    interval_ms: {interval_ms}",
+            f"    publish: {publish}",
+            f"    repeat: {{template: channel, count: {channels}, start: 1000, stride: 16, name: 'ch{{n:03d}}'}}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def opcua_20k(
+    *, broker_url: str, endpoint: str, namespace: str, objects: int, per_object: int, interval_ms: int,
+    publish: str, timeout_ms: int,
+) -> str:
+    """One OPC UA device subscribing to ``objects * per_object`` variables ``s=B{object:03d}.V{index:03d}``."""
+    lines = _header(broker_url=broker_url, gateway_id="bench-opcua", queue_size=10000)
+    lines += ["templates:", "  block:"]
+    lines += [f'    - {{name: v{k:03d}, node: "s=B{{n:03d}}.V{k:03d}", type: float64}}' for k in range(per_object)]
+    lines += [
+        "devices:",
+        "  - name: server-01",
+        "    area: bench",
+        "    line: line-1",
+        "    protocol: opcua",
+        f"    endpoint: {endpoint}",
+        f"    namespace: {namespace}",
+        "    mode: subscribe",
+        f"    interval_ms: {interval_ms}",
+        f"    publish: {publish}",
+        f"    timeout_ms: {timeout_ms}",
+        f"    repeat: {{template: block, count: {objects}, first: 0, name: 'b{{n:03d}}'}}",
+    ]
+    return "\n".join(lines) + "\n"
