@@ -96,6 +96,7 @@ class _DeviceChannel:
         self._clock = clock
         self.connected: bool | None = None
         self.error: str | None = None
+        self._since = clock()
 
     async def emit(self, readings: Sequence[RawReading]) -> None:
         messages = self.outbound.messages(readings, self._clock())
@@ -109,10 +110,12 @@ class _DeviceChannel:
     def report_link(self, connected: bool, error: str | None) -> None:
         if connected == self.connected and error == self.error:
             return
+        if connected != self.connected:
+            self._since = self._clock()  # "since" is when the link changed, not when its error text did
         self.connected = connected
         self.error = error
         log.info("device_link", device=self.outbound.device, connected=connected, error=error)
-        self._on_status(self.outbound.status_message(connected=connected, since=self._clock(), error=error))
+        self._on_status(self.outbound.status_message(connected=connected, since=self._since, error=error))
 
     def link(self) -> DeviceLink:
         return DeviceLink(emit=self.emit, report_link=self.report_link)

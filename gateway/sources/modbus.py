@@ -11,6 +11,9 @@ backoff with jitter, capped) connects at start and again whenever the link drops
 
 Every pymodbus call is awaited through ``await_within``: bounded by our own deadline, and never able to swallow
 the cancellation that stops the connection (see there).
+
+A unit that keeps timing out while the connection is up (a dead slave on the line or behind a gateway) is skipped
+for a growing back-off period, so it cannot stall the other units of its connection (``modbus_skip``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +38,7 @@ from gateway.errors import SourceError
 from gateway.schema import STATUS_COMM_FAILURE, STATUS_DECODE_ERROR, Quality, device_exception_status
 from gateway.sources.base import Emit, RawReading, ReportLink
 from gateway.sources.modbus_plan import ReadPlan, ReadRequest, Table, failed_readings
+from gateway.sources.modbus_skip import Skip, SkipPolicy, UnitSkip
 
 # Added to the client's own timeout so the library, not our guard, normally reports the timeout.
 _GUARD_MARGIN_S = 0.5
@@ -111,6 +116,12 @@ class UnitStats:
     comm_failures: int = 0
     exception_responses: int = 0
     request_errors: int = 0
+    # Requests without an answer within the timeout while the connection was up (a subset of comm_failures).
+    timeouts: int = 0
+    # Times the unit was put into back-off after timeouts (the first skip and every failed probe).
+    backoffs: int = 0
+    # Poll deadlines passed over while the unit was in back-off.
+    backoff_skipped_polls: int = 0
 
 
 class _ReadResponse(Protocol):
@@ -125,9 +136,14 @@ _Reader = Callable[..., Awaitable[Any]]
 
 @dataclass(frozen=True, slots=True)
 class _CommFailure:
-    """No usable answer: timeout or connection problem. Marks the whole unit bad."""
+    """No usable answer: timeout or connection problem. Marks the whole unit bad.
+
+    ``timed_out``: the request went out on a live connection and nothing (usable) came back, which is the
+    unit's problem and counts towards skipping it; otherwise the connection itself failed.
+    """
 
     reason: str
+    timed_out: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,16 +154,19 @@ class _RequestFailure:
 
 
 class _LinkState:
-    """Calls ``report_link`` once per change of a unit's link state (not on every poll)."""
+    """Calls ``report_link`` once per change of a unit's link state (not on every poll), and once per change of
+    its back-off period."""
 
-    __slots__ = ("_connected", "_log", "_report")
+    __slots__ = ("_connected", "_log", "_report", "_skip_reason")
 
     def __init__(self, report: ReportLink, log: Any) -> None:
         self._report = report
         self._log = log
         self._connected: bool | None = None  # unknown until the first poll, which always reports
+        self._skip_reason: str | None = None
 
     def up(self) -> None:
+        self._skip_reason = None
         if self._connected is not True:
             self._connected = True
             self._log.info("modbus_link_up")
@@ -157,6 +176,17 @@ class _LinkState:
         if self._connected is not False:
             self._connected = False
             self._log.warning("modbus_link_down", error=reason)
+            self._report(False, reason)
+
+    def skipped(self, skip: Skip, timeouts: int) -> None:
+        """The unit is (again) in back-off. The reason names the nominal period, which stops changing at the cap,
+        so a unit that stays dead is reported a handful of times (5, 10, 20, 40, 60 s), not once per probe."""
+        reason = f"timeout: skipped for {skip.nominal_s:g} s"
+        self._connected = False
+        if reason != self._skip_reason:
+            self._skip_reason = reason
+            self._log.warning("modbus_unit_skipped", error=reason, level=skip.level,
+                              skip_s=round(skip.period_s, 3), consecutive_timeouts=timeouts)  # fmt: skip
             self._report(False, reason)
 
 
@@ -172,6 +202,12 @@ class ModbusConnection:
     * timeout / connection error -> every tag of the unit bad, status ``comm_failure``, the rest of the cycle
       skipped, and ``report_link(False, reason)`` once; the next answer reports ``report_link(True, None)``.
 
+    A unit that times out ``skip.after_timeouts`` polls in a row while the connection is up is skipped for a
+    back-off period (``skip.min_s`` doubling per failed probe up to ``skip.max_s``, with jitter; see
+    ``modbus_skip``): ``report_link(False, "timeout: skipped for N s")`` once per period change, nothing emitted
+    while skipped (its tags are already bad / ``comm_failure``), then one probe poll; an answer ends the back-off
+    and reports ``report_link(True, None)``. Connection errors keep the reconnect path and do not count.
+
     ``timeout_ms`` is the client's per-request timeout (one client serves every unit, so the glue passes the
     largest ``timeout_ms`` of the units). ``retries`` is pymodbus's resend count on no answer; 0 keeps the
     timing simple: the next poll is the retry.
@@ -186,6 +222,7 @@ class ModbusConnection:
         retries: int = 0,
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
+        skip: SkipPolicy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         names = [unit.name for unit in units]
@@ -204,6 +241,7 @@ class ModbusConnection:
         self._guard_s = self._timeout_s * (retries + 1) + _GUARD_MARGIN_S
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
+        self._skip_policy = skip if skip is not None else SkipPolicy()
         self._clock = clock
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self._readers: dict[Table, _Reader] = {}
@@ -343,13 +381,17 @@ class ModbusConnection:
             log.warning("modbus_unit_has_nothing_to_read", problems=[str(p) for p in unit.plan.problems])
             return
         link = _LinkState(unit.report_link, log)
+        skip = UnitSkip(self._skip_policy)
         await self._first_attempt_done.wait()
         deadline = loop.time()
         while True:
-            readings = await self._poll_once(client, unit, link, stats, log)
-            if readings:
-                await unit.emit(readings)
-            stats.cycles += 1
+            if skip.should_poll(loop.time()):
+                readings = await self._poll_once(client, unit, link, skip, stats, log)
+                if readings:
+                    await unit.emit(readings)
+                stats.cycles += 1
+            else:
+                stats.backoff_skipped_polls += 1
             deadline += interval
             now = loop.time()
             if now > deadline:
@@ -365,6 +407,7 @@ class ModbusConnection:
         client: AsyncModbusTcpClient | AsyncModbusSerialClient,
         unit: ModbusUnit,
         link: _LinkState,
+        skip: UnitSkip,
         stats: UnitStats,
         log: Any,
     ) -> list[RawReading]:
@@ -376,7 +419,15 @@ class ModbusConnection:
             outcome = await self._execute(unit.plan.unit_id, request)
             ts = self._clock()
             if isinstance(outcome, _CommFailure):
-                return self._unit_failed(unit, link, stats, outcome.reason)
+                # The rest of the cycle is skipped: one timeout per cycle is all a dead unit may cost the others.
+                failed = self._unit_failed(unit, link, stats, outcome.reason)
+                if outcome.timed_out:
+                    stats.timeouts += 1
+                    backoff = skip.on_timeout(asyncio.get_running_loop().time(), random.random())
+                    if backoff is not None:
+                        stats.backoffs += 1
+                        link.skipped(backoff, skip.consecutive_timeouts)
+                return failed
             if isinstance(outcome, _RequestFailure):
                 stats.request_errors += 1
                 log.warning("modbus_request_error", table=request.table, start=request.start,
@@ -391,6 +442,9 @@ class ModbusConnection:
             else:
                 values = outcome.bits if request.reads_bits else outcome.registers
                 readings += request.decode(values, ts=ts)
+        # Any answer, exception responses included, proves the unit is there.
+        if skip.on_success():
+            log.info("modbus_unit_recovered")
         link.up()
         return readings
 
@@ -410,12 +464,18 @@ class ModbusConnection:
                 response: _ReadResponse = await await_within(
                     read(request.start, count=request.count, device_id=unit_id), self._guard_s
                 )
-        except (ConnectionException, ModbusIOException) as exc:
+        except ConnectionException as exc:  # not connected: the connection's problem, not the unit's
             if not self.connected:
                 self._link_lost.set()
             return _CommFailure(_reason(exc))
+        except ModbusIOException as exc:
+            # pymodbus: no (matching) answer within its timeout. After retries + 3 unanswered requests in a row on
+            # TCP it also closes the connection ("CLOSING CONNECTION"); the reconnect path takes over from there.
+            if not self.connected:
+                self._link_lost.set()
+            return _CommFailure(_reason(exc), timed_out=True)
         except TimeoutError:
-            return _CommFailure(f"no answer within {self._guard_s:.1f} s")
+            return _CommFailure(f"no answer within {self._guard_s:.1f} s", timed_out=True)
         except OSError as exc:
             self._link_lost.set()
             return _CommFailure(_reason(exc))

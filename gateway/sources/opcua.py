@@ -10,8 +10,20 @@ different order, so ``ns=2`` can now be another namespace and values would land 
       → subscribe (sync handler → bounded queue → consumer task → emit) or poll (fixed rate, chunked Read)
       → wait for loss: ``connection_lost_callback`` (asyncua's supervisor probe / socket close),
         a bad ``status_change_notification``, a failed Read, or our own subscription-silence watchdog
-      → tear the client down, report_link(False, reason) once, emit ``comm_failure`` for every tag once,
-        and start again with a NEW Client.
+      → report_link(False, reason) once, emit ``comm_failure`` for every tag once, tear the client down,
+        and start again with a NEW Client (new session, new subscription).
+
+The silence watchdog (subscribe mode) is for a server that still answers requests but whose subscription went
+quiet: a PLC whose publish engine hung, or a frozen process behind a TCP stack that still accepts. Its liveness
+signal is every Publish response of the subscription, data or keep-alive. asyncua 2.1 passes keep-alives to
+neither ``datachange_notification`` nor ``status_change_notification``, but it reports every Publish response,
+keep-alives included (as 0 notifications), to the client's ``Observer.on_notification``; we install one per
+client (``_PublishActivity``). ``Subscription.last_publish_at`` is not usable: asyncua's own stale-subscription
+watchdog resets it every time it re-creates a silent subscription, so a server that never publishes again would
+never look silent. The bound: link down is reported at most ``silence_s + check`` after the last Publish
+response, where ``silence_s = max(SILENCE_KEEPALIVES × keep-alive period, 2 × timeout)`` (``OpcUaSource.
+silence_timeout_s``) and ``check = min(1 s, silence_s / 4)``; sooner when asyncua's ServerState probe (every
+``min(timeout, 5 s)``) fails first, as it does for a frozen server.
 
 Every network call is bounded by ``timeout_ms``. Nothing here raises on bad data: problems become readings
 with quality bad (see ``opcua_status`` for the status strings).
@@ -32,6 +44,7 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeNotif, Subscription
+from asyncua.observer import Observer
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
@@ -41,9 +54,11 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from gateway.schema import STATUS_COMM_FAILURE
 from gateway.sources.base import Emit, RawReading, ReportLink
 from gateway.sources.opcua_status import (
+    SUBSCRIPTION_KEEPALIVE_S,
     NodePlan,
     OpcUaDeviceOptions,
     OpcUaTagRef,
+    SubscriptionTiming,
     bad_readings,
     max_nodes_per_read,
     next_deadline,
@@ -62,7 +77,8 @@ log = structlog.get_logger("cellgate.opcua")
 # asyncua's default is one hour; PLCs often allow only a handful of sessions.
 SESSION_TIMEOUT_MS = 60_000
 # The subscription is declared dead when no publish response (data or keep-alive) came for this many
-# keep-alive periods. asyncua's own stale watchdog tries to re-create it after 1.5 periods first.
+# keep-alive periods (never less than two timeouts). asyncua's own stale watchdog tries to re-create it after
+# 1.5 periods first; if that does not bring publishes back, we build a new client.
 SILENCE_KEEPALIVES = 3
 NOTIFICATION_QUEUE_SIZE = 10_000
 EMIT_BATCH_MAX = 1_000
@@ -138,6 +154,23 @@ class _LinkWatch:
         self.lose(f"connection lost: {describe_error(exc)}")
 
 
+class _PublishActivity(Observer):
+    """asyncua observer that notes when the client last received a Publish response for a subscription, data
+    or keep-alive (asyncua calls ``on_notification`` for both, with 0 notifications for a keep-alive). The only
+    other hook, ``observe_request``, is made free: it would otherwise time every request of the client."""
+
+    def __init__(self) -> None:
+        self.last_at: float | None = None  # time.monotonic()
+        self.responses = 0
+
+    def observe_request(self, request: object) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def on_notification(self, subscription_id: int | None, event_count: int) -> None:
+        self.last_at = time.monotonic()
+        self.responses += 1
+
+
 class _DataChangeHandler:
     """asyncua subscription handler. SYNC on purpose: asyncua runs each call in its own task, and a sync
     handler that only converts and ``put_nowait``s keeps arrival order and never blocks the publish loop."""
@@ -178,6 +211,8 @@ class OpcUaSource:
     ``tags`` are the device's tags in tag-map order (several tags may name the same node).
     ``backoff_initial_s`` / ``backoff_max_s`` shape the reconnect backoff (exponential with jitter).
     ``notification_queue_size`` bounds the subscription queue between asyncua and ``emit``.
+    ``keepalive_s`` is the keep-alive period asked of the server (subscribe mode, rounded up to whole publishing
+    intervals); the silence watchdog fires after ``silence_timeout_s`` without a Publish response.
     """
 
     def __init__(
@@ -190,7 +225,10 @@ class OpcUaSource:
         backoff_max_s: float = 30.0,
         notification_queue_size: int = NOTIFICATION_QUEUE_SIZE,
         emit_batch_max: int = EMIT_BATCH_MAX,
+        keepalive_s: float = SUBSCRIPTION_KEEPALIVE_S,
     ) -> None:
+        if keepalive_s <= 0:
+            raise ValueError(f"keepalive_s must be > 0, not {keepalive_s}")
         self.device = device
         self.options = options
         self.tags = tuple(tags)
@@ -200,9 +238,17 @@ class OpcUaSource:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._emit_batch_max = emit_batch_max
+        self._timing = _subscription_timing(options.interval_ms, keepalive_s)
         self._queue: asyncio.Queue[RawReading] = asyncio.Queue(maxsize=notification_queue_size)
         self._link_up: bool | None = None  # None until the first connect attempt has an outcome
         self._log = log.bind(device=device, endpoint=options.endpoint)
+
+    @property
+    def silence_timeout_s(self) -> float:
+        """Subscribe mode: seconds without any Publish response (data or keep-alive) before the link is declared
+        lost and the client rebuilt: ``max(SILENCE_KEEPALIVES × keep-alive period, 2 × timeout)``. Widened for a
+        connection whose server revised the publishing interval so that keep-alives come less often."""
+        return max(SILENCE_KEEPALIVES * self._timing.keepalive_s, 2 * self._timeout_s)
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -214,21 +260,23 @@ class OpcUaSource:
             watch = _LinkWatch()
             client.connection_lost_callback = watch.on_connection_lost
             try:
-                if self.options.mode == "subscribe":
-                    reason = await self._serve_subscription(client, watch, emit, report_link)
-                else:
-                    reason = await self._serve_poll(client, watch, emit, report_link)
-            except _EmitError as failed:
-                # The pipeline behind emit broke: that is not a link problem, let the runtime see it.
-                raise failed.original from None
-            except Exception as exc:  # any library failure ends this connection, never the source
-                reason = describe_error(exc)
-                if not isinstance(exc, _CONNECT_ERRORS):
-                    self._log.warning("opcua_session_error", error=reason, exc_info=True)
+                try:
+                    if self.options.mode == "subscribe":
+                        reason = await self._serve_subscription(client, watch, emit, report_link)
+                    else:
+                        reason = await self._serve_poll(client, watch, emit, report_link)
+                except _EmitError as failed:
+                    # The pipeline behind emit broke: that is not a link problem, let the runtime see it.
+                    raise failed.original from None
+                except Exception as exc:  # any library failure ends this connection, never the source
+                    reason = describe_error(exc)
+                    if not isinstance(exc, _CONNECT_ERRORS):
+                        self._log.warning("opcua_session_error", error=reason, exc_info=True)
+                self.stats.link_losses += 1
+                # Reported before the teardown: closing a session on a frozen server waits out a whole timeout.
+                await self._mark_down(emit, report_link, reason)
             finally:
                 await self._close_client(client)
-            self.stats.link_losses += 1
-            await self._mark_down(emit, report_link, reason)
 
     async def _connect_with_retry(self, emit: Emit, report_link: ReportLink) -> Client:
         async def before_sleep(state: RetryCallState) -> None:
@@ -275,6 +323,10 @@ class OpcUaSource:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(self._timeout_s):
                 await client.disconnect()
+        # A server that does not answer CloseSession makes our timeout cut disconnect() short before it closes
+        # the socket; close it here so no half-open connection (and its publish loop) outlives this client.
+        with contextlib.suppress(Exception):
+            client.disconnect_socket()
 
     async def _mark_down(self, emit: Emit, report_link: ReportLink, reason: str) -> None:
         """Once per loss (or per failed first connect): report the link down and every tag bad."""
@@ -354,10 +406,14 @@ class OpcUaSource:
         options = self.options
         plan = await self._plan(client)
         handler = _DataChangeHandler(tags_by_node=plan.tags_by_node(), push=self._push, watch=watch, stats=self.stats)
-        timing = subscription_timing(options.interval_ms)
+        timing = self._timing
+        # A fresh Client per connection, so a fresh observer: it only ever sees this connection's subscription.
+        activity = _PublishActivity()
+        client.uaclient.observer = activity
         consumer = asyncio.create_task(self._drain(emit), name=f"device[{self.device}].opcua.emit")
         try:
             subscription: Subscription | None = None
+            silence_s = self.silence_timeout_s
             if plan.nodes:
                 params = ua.CreateSubscriptionParameters()
                 params.RequestedPublishingInterval = timing.publishing_interval_ms
@@ -368,6 +424,7 @@ class OpcUaSource:
                 params.Priority = 0
                 async with asyncio.timeout(self._timeout_s):
                     subscription = await client.create_subscription(params, handler)
+                silence_s = self._silence_after_revision(subscription, silence_s)
                 sampling_ms = ua.Double(options.sampling_interval_ms or options.interval_ms)
                 # One CreateMonitoredItems call; the server's answer per item is a handle or a Bad StatusCode.
                 async with asyncio.timeout(self._timeout_s):
@@ -383,8 +440,9 @@ class OpcUaSource:
             else:
                 self._push(self._problem_readings(plan))
             self._mark_up(report_link, plan)
-            silence_s = max(SILENCE_KEEPALIVES * timing.keepalive_s, 2 * self._timeout_s)
-            reason = await self._watch_subscription(watch, subscription, consumer, silence_s)
+            reason = await self._watch_subscription(
+                watch, activity if subscription is not None else None, consumer, silence_s
+            )
             handler.closed = True
             await self._flush_queue(consumer)
             return reason
@@ -402,6 +460,20 @@ class OpcUaSource:
             consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await consumer
+
+    def _silence_after_revision(self, subscription: Subscription, silence_s: float) -> float:
+        """The silence timeout for the keep-alive period actually in force. When the server revises the
+        publishing interval, asyncua modifies the subscription to a keep-alive count of its own (75 % of the
+        session timeout); ``parameters`` then holds those values. A longer keep-alive must widen the watchdog, or
+        a quiet subscription would be torn down between two keep-alives; a shorter one never narrows it."""
+        parameters = subscription.parameters
+        interval_ms = float(parameters.RequestedPublishingInterval)
+        keepalive_s = interval_ms * max(int(parameters.RequestedMaxKeepAliveCount), 1) / 1000
+        revised_s = SILENCE_KEEPALIVES * keepalive_s
+        if revised_s <= silence_s:
+            return silence_s
+        self._log.info("opcua_keepalive_revised", keepalive_s=keepalive_s, silence_s=revised_s)
+        return revised_s
 
     async def _flush_queue(self, consumer: asyncio.Task[None]) -> None:
         """Wait until the consumer has emitted everything queued (re-raising if emit failed meanwhile)."""
@@ -440,11 +512,14 @@ class OpcUaSource:
     async def _watch_subscription(
         self,
         watch: _LinkWatch,
-        subscription: Subscription | None,
+        activity: _PublishActivity | None,
         consumer: asyncio.Task[None],
         silence_s: float,
     ) -> str:
-        """Wait until the link is lost; also the watchdog on subscription silence (no data, no keep-alive)."""
+        """Wait until the link is lost; also the watchdog on subscription silence (no data, no keep-alive).
+
+        ``activity`` is None when nothing is subscribed (every tag failed to resolve): then there is nothing
+        to be silent, and the link is watched by asyncua's ServerState probe alone."""
         started = time.monotonic()
         check_s = min(1.0, silence_s / 4)
         lost = asyncio.ensure_future(watch.lost.wait())
@@ -458,10 +533,12 @@ class OpcUaSource:
                     raise RuntimeError("notification consumer stopped")
                 if lost in done:
                     return watch.reason or "connection lost"
-                if subscription is not None:
-                    last = subscription.last_publish_at or started
+                if activity is not None:
+                    last = activity.last_at if activity.last_at is not None else started
                     if time.monotonic() - last > silence_s:
-                        return f"subscription silent for {silence_s:.0f} s"
+                        self._log.warning("opcua_subscription_silent", silence_s=silence_s,
+                                          publish_responses=activity.responses)  # fmt: skip
+                        return f"subscription silent for {silence_s:g} s"
         finally:
             lost.cancel()
 
@@ -527,3 +604,15 @@ class OpcUaSource:
                 readings.extend(readings_from_data_value(planned.tags, data_value, received_at=received_at))
             start += len(part)
         return readings, chunk_size
+
+
+def _subscription_timing(interval_ms: float, keepalive_s: float) -> SubscriptionTiming:
+    """``subscription_timing`` with a keep-alive period other than its default (tests use a short one, so the
+    silence watchdog fires in seconds); the lifetime stays at least three keep-alives, as Part 4 requires."""
+    timing = subscription_timing(interval_ms)
+    if keepalive_s == SUBSCRIPTION_KEEPALIVE_S:
+        return timing
+    keepalive_count = max(1, math.ceil(keepalive_s * 1000.0 / timing.publishing_interval_ms))
+    return SubscriptionTiming(
+        timing.publishing_interval_ms, keepalive_count, max(3 * keepalive_count, timing.lifetime_count)
+    )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.base import ModbusBaseServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -119,8 +120,30 @@ class Stall:
         return None
 
 
-async def start_tcp_server(devices: Sequence[SimDevice], port: int) -> ModbusTcpServer:
-    server = ModbusTcpServer(list(devices), address=("127.0.0.1", port))
+@dataclass
+class DeafUnits:
+    """Makes a server ignore every request addressed to ``unit_ids``: no answer, no exception, nothing, like a
+    powered-off slave on an RS-485 line or a dead slot behind a TCP->RTU gateway. The other units answer.
+
+    Pass ``trace_pdu`` to the server. pymodbus hands it each decoded request; returning None drops the request
+    (the frame is consumed, so the stream stays in step), which is how a request gets swallowed.
+    """
+
+    unit_ids: set[int] = field(default_factory=set)
+    swallowed: int = 0
+
+    def trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU | None:
+        if not sending and pdu.dev_id in self.unit_ids:
+            self.swallowed += 1
+            return None
+        return pdu
+
+
+async def start_tcp_server(
+    devices: Sequence[SimDevice], port: int, *, trace_pdu: Callable[[bool, ModbusPDU], ModbusPDU | None] | None = None
+) -> ModbusTcpServer:
+    # pymodbus annotates trace_pdu as returning a PDU; None (drop the request) works, see DeafUnits.
+    server = ModbusTcpServer(list(devices), address=("127.0.0.1", port), trace_pdu=trace_pdu)  # type: ignore[arg-type]
     await server.serve_forever(background=True)
     return server
 
@@ -130,8 +153,10 @@ async def stop_server(server: ModbusBaseServer) -> None:
 
 
 @contextlib.asynccontextmanager
-async def tcp_server(devices: Sequence[SimDevice], port: int) -> AsyncIterator[ModbusTcpServer]:
-    server = await start_tcp_server(devices, port)
+async def tcp_server(
+    devices: Sequence[SimDevice], port: int, *, trace_pdu: Callable[[bool, ModbusPDU], ModbusPDU | None] | None = None
+) -> AsyncIterator[ModbusTcpServer]:
+    server = await start_tcp_server(devices, port, trace_pdu=trace_pdu)
     try:
         yield server
     finally:
@@ -172,9 +197,19 @@ def socat_pty_pair(directory: Path) -> Iterator[tuple[str, str]]:
 
 @contextlib.asynccontextmanager
 async def serial_server(
-    devices: Sequence[SimDevice], port: str, *, baudrate: int = 19200
+    devices: Sequence[SimDevice],
+    port: str,
+    *,
+    baudrate: int = 19200,
+    trace_pdu: Callable[[bool, ModbusPDU], ModbusPDU | None] | None = None,
 ) -> AsyncIterator[ModbusSerialServer]:
-    server = ModbusSerialServer(list(devices), framer=FramerType.RTU, port=port, baudrate=baudrate)
+    server = ModbusSerialServer(
+        list(devices),
+        framer=FramerType.RTU,
+        port=port,
+        baudrate=baudrate,
+        trace_pdu=trace_pdu,  # type: ignore[arg-type]  # None drops a request, see DeafUnits
+    )
     await server.serve_forever(background=True)
     try:
         yield server
@@ -230,3 +265,41 @@ def all_status(status: str) -> Callable[[Recorder], bool]:
         return bool(recorder.cycles) and all(reading.status == status for reading in recorder.cycles[-1])
 
     return check
+
+
+@dataclass
+class HungServer:
+    """A raw TCP server that accepts connections and reads every byte but never answers: a hung PLC whose
+    TCP stack still works. Counts connections and received bytes so a test can see the client keep trying."""
+
+    connections: int = 0
+    received_bytes: int = 0
+    handlers: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
+        self.connections += 1
+        try:
+            while data := await reader.read(4096):
+                self.received_bytes += len(data)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            self.handlers.discard(task)
+
+
+@contextlib.asynccontextmanager
+async def hung_tcp_server(port: int) -> AsyncIterator[HungServer]:
+    hung = HungServer()
+    server = await asyncio.start_server(hung.serve, "127.0.0.1", port)
+    try:
+        yield hung
+    finally:
+        server.close()
+        for handler in list(hung.handlers):
+            handler.cancel()
+        await asyncio.gather(*hung.handlers, return_exceptions=True)
+        await server.wait_closed()

@@ -7,6 +7,8 @@
 * ``restart(decoy_first=True)`` stops the server and starts a new one on the same port that registers
   ``urn:cellgate:decoy`` FIRST, so the test namespace moves from index 2 to 3. The decoy namespace has the
   same string NodeIds with decoy values: a client that keeps the old index reads the decoys.
+* ``publishing_muted()`` (a context manager): this server's subscriptions send nothing, not even keep-alives,
+  while every other service still answers: a PLC whose publish engine hung.
 * ``max_nodes_per_read`` is advertised in ServerCapabilities/OperationLimits/MaxNodesPerRead;
   ``enforce_max_nodes_per_read`` makes the server answer larger Reads with BadTooManyOperations, as PLCs do
   (asyncua itself does not enforce it). ``read_sizes`` records the size of every client Read.
@@ -17,14 +19,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from asyncua import ua
 from asyncua.common.callback import CallbackType, ServerItemCallback
+from asyncua.server.internal_subscription import InternalSubscription
 from asyncua.server.server import Server
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
@@ -137,6 +142,28 @@ class OpcUaTestServer:
             ua.NodeId(ua.Int32(ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead)),
             ua.DataValue(ua.Variant(limit, ua.VariantType.UInt32), SourceTimestamp=ua_time(datetime.now(UTC))),
         )
+
+    @contextlib.contextmanager
+    def publishing_muted(self) -> Iterator[None]:
+        """While inside, this server's client subscriptions publish nothing (no data, no keep-alive); Read,
+        CreateSubscription and the rest still answer. asyncua has no switch for this, so the subscription's
+        ``publish_results`` is patched for the duration, for the subscriptions of THIS server only (another
+        server may run in the same process): a muted subscription behaves as if it had nothing to send yet."""
+        aspace = self._require_server().iserver.aspace
+        original = InternalSubscription.publish_results
+
+        async def muted(subscription: InternalSubscription, requestdata: Any = None) -> bool:
+            ours = subscription.monitored_item_srv.aspace is aspace
+            # pub_request_callback is None for the server's own internal subscriptions: leave those alone.
+            if ours and subscription.pub_request_callback is not None:
+                return False
+            return await original(subscription, requestdata)
+
+        InternalSubscription.publish_results = muted  # type: ignore[method-assign, assignment]
+        try:
+            yield
+        finally:
+            InternalSubscription.publish_results = original  # type: ignore[method-assign]
 
     def _require_server(self) -> Server:
         if self._server is None:
