@@ -6,6 +6,8 @@ Everything here is pure: plain values in, bytes or strings out. Topics and paylo
 
 from __future__ import annotations
 
+import functools
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -120,16 +122,22 @@ def gateway_status_topic(*, enterprise: str, site: str, gateway_id: str) -> str:
 
 def format_ts(ts: float) -> str:
     """ISO 8601 UTC with milliseconds and ``Z``: ``2026-11-26T04:43:00.123Z``."""
-    whole = int(ts)
+    whole = math.floor(ts)  # not int(): before 1970 that rounds up and leaves negative milliseconds
     millis = round((ts - whole) * 1000)
     if millis == 1000:
         whole, millis = whole + 1, 0
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+    return f"{_utc_second(whole)}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_second(whole: int) -> str:
+    # strftime is the expensive part of a timestamp, and one poll cycle's samples share their second.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
 def _json_value(value: Value | None) -> Value | None:
     # JSON has no NaN/Infinity: a non-finite float is published as null (its quality is already bad).
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
 
@@ -140,7 +148,7 @@ def tag_payload_dict(
     body: dict[str, Any] = {
         "value": _json_value(sample.value),
         "unit": unit,
-        "quality": sample.quality.value,
+        "quality": sample.quality,  # a StrEnum: orjson writes its value
         "ts": format_ts(sample.ts),
         "seq": seq,
     }
@@ -186,7 +194,7 @@ def encode_batch_payload(
             "tag": sample.tag,
             "value": _json_value(sample.value),
             "unit": units.get(sample.tag),
-            "quality": sample.quality.value,
+            "quality": sample.quality,
             "ts": format_ts(sample.ts),
         }
         if sample.quality is not Quality.GOOD and sample.status:

@@ -16,7 +16,12 @@ Conventions (part of the public contract; the README status list should repeat t
   String/XmlElement → str; LocalizedText → its text; DateTime → ISO 8601 UTC with milliseconds and ``Z``
   (same format as payload timestamps); ByteString → **base64** (standard alphabet, padded — the encoding
   OPC UA's own JSON mapping uses); Guid → canonical UUID text; NodeId / ExpandedNodeId / QualifiedName →
-  their OPC UA string form; StatusCode as a value → its name.
+  their OPC UA string form; StatusCode as a value → its name. Text is always valid Unicode: bytes that were not
+  UTF-8 on the wire (asyncua keeps them as lone surrogates) become U+FFFD.
+* A value of a supported type that cannot be represented (an integer outside Int64/UInt64, a DateTime that
+  leaves the calendar in UTC, a malformed NodeId) becomes quality bad with status ``decode_error``.
+* A SourceTimestamp / ServerTimestamp at MinDateTime (≤ 1601-01-01, what servers send for "never set") or
+  MaxDateTime counts as absent: the next timestamp in line is used.
 * A tag whose namespace URI the server does not list gets quality bad, status ``namespace_unknown``
   (this is our diagnosis, not a server status code, hence snake_case). A node reference that cannot be
   turned into a NodeId (bad GUID or base64 text) gets ``node_id_invalid``.
@@ -38,7 +43,7 @@ from asyncua import ua
 from asyncua.ua import status_codes
 from asyncua.ua.uaerrors import UaError
 
-from gateway.schema import Quality, Value
+from gateway.schema import STATUS_DECODE_ERROR, Quality, Value
 from gateway.sources.base import RawReading
 
 STATUS_NAMESPACE_UNKNOWN = "namespace_unknown"
@@ -48,6 +53,10 @@ UNSUPPORTED_TYPE_PREFIX = "unsupported_type:"
 _SEVERITY_MASK = 0xC0000000
 _SEVERITY_UNCERTAIN = 0x40000000
 _CODE_MASK = 0xFFFF0000  # low 16 bits are info bits (overflow, limits) and do not change the code's name
+_STATUS_BITS = 0xFFFFFFFF
+# The widest integers OPC UA has (Int64, UInt64), which is also what the JSON encoder (orjson) can write.
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
 
 NodeKind = Literal["i", "s", "g", "b"]
 OpcUaMode = Literal["subscribe", "poll"]
@@ -103,6 +112,7 @@ class OpcUaTagRef:
 
 def status_name(code: int) -> str:
     """The OPC UA name of a StatusCode value, ignoring its info bits; ``0x80AB0000`` style when unknown."""
+    code &= _STATUS_BITS
     known = status_codes.code_to_name_doc.get(code & _CODE_MASK)
     return known[0] if known is not None else f"0x{code:08X}"
 
@@ -114,7 +124,10 @@ def quality_of_status(code: ua.StatusCode | int | None, name: str | None = None)
     """
     if code is None:
         return Quality.GOOD, None
-    value = code.value if isinstance(code, ua.StatusCode) else int(code)
+    raw = code.value if isinstance(code, ua.StatusCode) else code
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        return Quality.BAD, STATUS_DECODE_ERROR  # not a StatusCode at all: nothing in the reading can be trusted
+    value = raw & _STATUS_BITS  # a UInt32 on the wire; a negative or wider int is taken as its low 32 bits
     severity = value & _SEVERITY_MASK
     if severity == 0:
         return Quality.GOOD, None
@@ -161,16 +174,45 @@ def _unsupported(type_name: str) -> tuple[None, str]:
     return None, f"{UNSUPPORTED_TYPE_PREFIX}{type_name}"
 
 
+def _utf8_text(text: str) -> str:
+    """``text`` as valid Unicode: asyncua decodes OPC UA Strings with ``errors="surrogateescape"``, so a PLC that
+    sends Latin-1 (a bare 0xB0 for the degree sign) yields lone surrogates that no UTF-8/JSON encoder accepts.
+    The original bytes are recovered and every invalid sequence becomes U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")  # undoes asyncua's decoding: the bytes as received
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "surrogatepass")  # other lone surrogates (not from the wire)
+        return raw.decode("utf-8", "replace")
+    return text
+
+
 def convert_value(value: object, variant_type: ua.VariantType | None = None) -> tuple[Value | None, str | None]:
     """Convert one OPC UA value to our Value. Never raises.
 
     Returns ``(value, None)`` on success or ``(None, "unsupported_type:<TypeName>")``. ``variant_type``
     (from the Variant) refines the conversion (Float rounding) and names unsupported types; without it the
-    Python type decides.
+    Python type decides. Text is always valid Unicode (see ``_utf8_text``). A value that has the right type
+    but cannot be represented (an integer beyond 64 bits, a DateTime that leaves the calendar when moved to
+    UTC) gives ``(None, "decode_error")``.
     """
+    try:
+        converted, problem = _convert_value(value, variant_type)
+    except Exception:  # a malformed object from the library (e.g. a NodeId whose identifier misfits its type)
+        return None, STATUS_DECODE_ERROR
+    if isinstance(converted, str):
+        converted = _utf8_text(converted)
+    return converted, problem
+
+
+def _convert_value(value: object, variant_type: ua.VariantType | None) -> tuple[Value | None, str | None]:
     if isinstance(value, bool):  # before int: bool is an int subclass
         return value, None
     if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            return None, STATUS_DECODE_ERROR
         return int(value), None  # int() drops IntEnum subclasses so JSON encoders see a plain int
     if isinstance(value, float):
         if variant_type is ua.VariantType.Float:
@@ -181,7 +223,10 @@ def convert_value(value: object, variant_type: ua.VariantType | None = None) -> 
     if isinstance(value, ua.LocalizedText):
         return value.Text or "", None
     if isinstance(value, datetime):
-        return format_datetime(value), None
+        try:
+            return format_datetime(value), None
+        except OverflowError:  # e.g. 0001-01-01 in UTC+14 is before year 1 in UTC
+            return None, STATUS_DECODE_ERROR
     if isinstance(value, bytes | bytearray):
         return base64.b64encode(bytes(value)).decode("ascii"), None
     if isinstance(value, uuid.UUID):
@@ -209,13 +254,29 @@ def convert_variant(variant: ua.Variant | None) -> tuple[Value | None, str | Non
     return convert_value(variant.Value, variant.VariantType)
 
 
+# OPC UA Part 6, 5.2.2.5: a DateTime at or before 1601-01-01 (the encoding's zero, what servers send for "never
+# set") or at or after 9999-12-31 23:59:59 is MinDateTime / MaxDateTime, i.e. not a real moment.
+_MIN_DATETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC).timestamp()
+_MAX_DATETIME_EPOCH = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+
+
+def _real_moment(moment: datetime | None) -> float | None:
+    if not isinstance(moment, datetime):
+        return None
+    epoch = datetime_to_epoch(moment)
+    return epoch if _MIN_DATETIME_EPOCH < epoch < _MAX_DATETIME_EPOCH else None
+
+
 def source_time(data_value: ua.DataValue | None, *, received_at: float) -> float:
-    """SourceTimestamp, else ServerTimestamp, else the receive time; epoch seconds UTC."""
+    """SourceTimestamp, else ServerTimestamp, else the receive time; epoch seconds UTC.
+
+    A timestamp that is Min/MaxDateTime (or not a datetime at all) counts as absent.
+    """
     if data_value is not None:
-        if data_value.SourceTimestamp is not None:
-            return datetime_to_epoch(data_value.SourceTimestamp)
-        if data_value.ServerTimestamp is not None:
-            return datetime_to_epoch(data_value.ServerTimestamp)
+        for moment in (data_value.SourceTimestamp, data_value.ServerTimestamp):
+            epoch = _real_moment(moment)
+            if epoch is not None:
+                return epoch
     return received_at
 
 
