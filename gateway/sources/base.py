@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 from gateway.schema import Quality, Value
 
+OVERLOAD_LOG_EVERY_S = 60.0
+"""A source that keeps overrunning its interval or dropping readings logs it at most this often (with totals):
+overload is never silent, and never a log line per cycle."""
+
 
 @dataclass(frozen=True, slots=True)
 class RawReading:

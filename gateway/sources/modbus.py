@@ -36,7 +36,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from gateway.errors import SourceError
 from gateway.schema import STATUS_COMM_FAILURE, STATUS_DECODE_ERROR, Quality, device_exception_status
-from gateway.sources.base import Emit, RawReading, ReportLink
+from gateway.sources.base import OVERLOAD_LOG_EVERY_S, Emit, RawReading, ReportLink
 from gateway.sources.modbus_plan import ReadPlan, ReadRequest, Table, failed_readings
 from gateway.sources.modbus_skip import Skip, SkipPolicy, UnitSkip
 
@@ -384,8 +384,10 @@ class ModbusConnection:
         skip = UnitSkip(self._skip_policy)
         await self._first_attempt_done.wait()
         deadline = loop.time()
+        overrun_logged_at = -OVERLOAD_LOG_EVERY_S
         while True:
-            if skip.should_poll(loop.time()):
+            cycle_started = loop.time()
+            if skip.should_poll(cycle_started):
                 readings = await self._poll_once(client, unit, link, skip, stats, log)
                 if readings:
                     await unit.emit(readings)
@@ -400,6 +402,18 @@ class ModbusConnection:
                 missed = int((now - deadline) // interval) + 1
                 stats.skipped_cycles += missed
                 deadline += missed * interval
+                if now - overrun_logged_at >= OVERLOAD_LOG_EVERY_S:
+                    # Overload is never silent, but it is logged once a minute, not every cycle. The cycle
+                    # includes the hand-over to the queue, so a sink that cannot keep up shows here too.
+                    overrun_logged_at = now
+                    log.warning(
+                        "poll_overrun",
+                        interval_ms=unit.interval_ms,
+                        cycle_ms=round((now - cycle_started) * 1000, 1),
+                        overruns=stats.overruns,
+                        skipped_cycles=stats.skipped_cycles,
+                        cycles=stats.cycles,
+                    )
             await asyncio.sleep(deadline - now)
 
     async def _poll_once(

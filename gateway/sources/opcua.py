@@ -52,7 +52,7 @@ from asyncua.ua.uaerrors import UaStatusCodeError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
 from gateway.schema import STATUS_COMM_FAILURE
-from gateway.sources.base import Emit, RawReading, ReportLink
+from gateway.sources.base import OVERLOAD_LOG_EVERY_S, Emit, RawReading, ReportLink
 from gateway.sources.opcua_status import (
     SUBSCRIPTION_KEEPALIVE_S,
     NodePlan,
@@ -240,6 +240,7 @@ class OpcUaSource:
         self._emit_batch_max = emit_batch_max
         self._timing = _subscription_timing(options.interval_ms, keepalive_s)
         self._queue: asyncio.Queue[RawReading] = asyncio.Queue(maxsize=notification_queue_size)
+        self._overflow_logged_at = -OVERLOAD_LOG_EVERY_S
         self._link_up: bool | None = None  # None until the first connect attempt has an outcome
         self._log = log.bind(device=device, endpoint=options.endpoint)
 
@@ -383,6 +384,14 @@ class OpcUaSource:
                     self._queue.task_done()
                 self.stats.queue_overflow_dropped += 1
                 self._queue.put_nowait(reading)
+                now = time.monotonic()
+                if now - self._overflow_logged_at >= OVERLOAD_LOG_EVERY_S:
+                    self._overflow_logged_at = now
+                    self._log.warning(
+                        "subscription_queue_overflow",
+                        dropped_oldest=self.stats.queue_overflow_dropped,
+                        queue_size=self._queue.maxsize,
+                    )
 
     async def _drain(self, emit: Emit) -> None:
         """Consumer task: hands queued readings to ``emit`` in batches (awaiting it applies backpressure)."""
@@ -561,13 +570,25 @@ class OpcUaSource:
         interval_s = self.options.interval_ms / 1000.0
         loop = asyncio.get_running_loop()
         deadline = loop.time()
+        overrun_logged_at = -OVERLOAD_LOG_EVERY_S
         while True:
+            cycle_started = loop.time()
             if nodes:
                 readings, chunk_size = await self._poll_once(client, plan, nodes, chunk_size)
                 self.stats.polls += 1
                 await _emit_checked(emit, readings)
-            deadline, missed = next_deadline(deadline, interval_s, loop.time())
+            now = loop.time()
+            deadline, missed = next_deadline(deadline, interval_s, now)
             self.stats.poll_overruns += missed
+            if missed and now - overrun_logged_at >= OVERLOAD_LOG_EVERY_S:
+                overrun_logged_at = now  # never silent, never per cycle
+                self._log.warning(
+                    "poll_overrun",
+                    interval_ms=self.options.interval_ms,
+                    cycle_ms=round((now - cycle_started) * 1000, 1),
+                    skipped_cycles=self.stats.poll_overruns,
+                    polls=self.stats.polls,
+                )
             if watch.lost.is_set():
                 return watch.reason or "connection lost"
             try:

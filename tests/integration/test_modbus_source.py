@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from pymodbus.server.base import ModbusBaseServer
 
 from gateway.schema import Quality
@@ -268,3 +269,23 @@ async def test_rtu_two_units_on_one_serial_line(tmp_path: Path) -> None:
                 assert connection.stats["cycler-1"].cycles >= 3 and connection.stats["cycler-2"].cycles >= 3
                 assert connection.stats["cycler-1"].comm_failures == connection.stats["cycler-2"].comm_failures == 0
                 assert rec1.links == [(True, None)] and rec2.links == [(True, None)]
+
+
+async def test_overload_is_counted_logged_once_and_every_tag_still_published() -> None:
+    """A sink slower than the poll interval: every cycle still carries every tag, the overrun is logged once."""
+    port = free_tcp_port()
+    async with tcp_server([sim_device(1), sim_device(2)], port) as server:
+        await load_values(server)
+        rec1, rec2 = Recorder(emit_delay_s=0.06), Recorder()  # 60 ms hand-over against a 20 ms interval
+        with structlog.testing.capture_logs() as logs:
+            async with tcp_connection(port, make_units([rec1, rec2], interval_ms=20)) as connection:
+                await rec1.wait_until(lambda r: len(r.cycles) >= 10, within_s=10)
+                stats = connection.stats["dev1"]
+                assert stats.overruns >= 5
+                assert stats.skipped_cycles >= stats.overruns
+    # The reachable rate (one cycle per ~60 ms) carries every tag each time: nothing is starved.
+    assert all({r.tag for r in cycle} == {f.key for f in UNIT1_FIELDS} for cycle in rec1.cycles)
+    overruns = [entry for entry in logs if entry["event"] == "poll_overrun"]
+    assert len(overruns) == 1, overruns  # once a minute at most, not once per cycle
+    assert overruns[0]["device"] == "dev1" and overruns[0]["interval_ms"] == 20
+    assert overruns[0]["log_level"] == "warning"
