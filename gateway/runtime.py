@@ -199,6 +199,11 @@ class Gateway:
     def outbounds(self) -> list[DeviceOutbound]:
         return [channel.outbound for channel in self._channels.values()]
 
+    @property
+    def source_tasks(self) -> dict[str, asyncio.Task[None]]:
+        """The running source tasks by name (e.g. ``modbus[127.0.0.1:502]``, ``opcua[coater-01]``)."""
+        return {name: running.task for name, running in self._sources.items()}
+
     def reload(self, plant: Plant) -> None:
         """Apply ``plant`` while running: restart only the devices that changed (see ``plan_reload``)."""
         self._reloads.put_nowait(plant)
