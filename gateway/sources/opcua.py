@@ -82,6 +82,8 @@ SESSION_TIMEOUT_MS = 60_000
 SILENCE_KEEPALIVES = 3
 NOTIFICATION_QUEUE_SIZE = 10_000
 EMIT_BATCH_MAX = 1_000
+MONITORED_ITEMS_PER_CALL = 1_000
+"""Monitored items created per CreateMonitoredItems request."""
 
 # Exceptions that mean "this connection is unusable" (asyncua raises plain ConnectionError/TimeoutError,
 # OSError from the socket, UaError subclasses for service faults).
@@ -435,13 +437,17 @@ class OpcUaSource:
                     subscription = await client.create_subscription(params, handler)
                 silence_s = self._silence_after_revision(subscription, silence_s)
                 sampling_ms = ua.Double(options.sampling_interval_ms or options.interval_ms)
-                # One CreateMonitoredItems call; the server's answer per item is a handle or a Bad StatusCode.
-                async with asyncio.timeout(self._timeout_s):
-                    results = await subscription.subscribe_data_change(
-                        [client.get_node(planned.node_id) for planned in plan.nodes],
-                        sampling_interval=sampling_ms,
-                        queuesize=options.queue_size,
-                    )
+                # CreateMonitoredItems in chunks, each under the request timeout: one call for 20,000 items
+                # takes a server longer than any sane timeout. The answer per item is a handle or a Bad status.
+                results: list[int | ua.StatusCode] = []
+                nodes = [client.get_node(planned.node_id) for planned in plan.nodes]
+                for start in range(0, len(nodes), MONITORED_ITEMS_PER_CALL):
+                    async with asyncio.timeout(self._timeout_s):
+                        results += await subscription.subscribe_data_change(
+                            nodes[start : start + MONITORED_ITEMS_PER_CALL],
+                            sampling_interval=sampling_ms,
+                            queuesize=options.queue_size,
+                        )
                 if len(results) != len(plan.nodes):
                     raise ua.uaerrors.UaError(f"{len(results)} monitored-item results for {len(plan.nodes)} nodes")
                 self._push(self._problem_readings(plan))
