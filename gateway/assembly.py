@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.outbound import DeviceOutbound, TagOutput
 from gateway.schema import EquipmentTopics, TagMeta
@@ -14,9 +15,12 @@ from gateway.sinks.mqtt import MqttOptions
 from gateway.sources.base import Emit, ReportLink
 from gateway.sources.modbus import ModbusConnection, ModbusUnit, SerialEndpoint, TcpEndpoint
 from gateway.sources.modbus_plan import ModbusField, ReadLimits, ReadPlan, describe_plan, plan_reads
-from gateway.sources.opcua import OpcUaDeviceOptions, OpcUaSource, OpcUaTagRef
 from gateway.tagmap import Device, ModbusDevice, ModbusTag, OpcUaDevice, OpcUaTag, Plant, Transport
 from gateway.transform import TagRules
+
+if TYPE_CHECKING:
+    # asyncua costs about 40 MB of memory to import: a gateway without OPC UA devices never loads it.
+    from gateway.sources.opcua import OpcUaDeviceOptions, OpcUaTagRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +184,8 @@ def _modbus_tasks(devices: list[ModbusDevice], links: Mapping[str, DeviceLink]) 
 
 
 def opcua_options(device: OpcUaDevice) -> OpcUaDeviceOptions:
+    from gateway.sources.opcua import OpcUaDeviceOptions
+
     return OpcUaDeviceOptions(
         endpoint=device.endpoint,
         namespace_uri=device.namespace,
@@ -194,6 +200,8 @@ def opcua_options(device: OpcUaDevice) -> OpcUaDeviceOptions:
 
 
 def opcua_tag_refs(device: OpcUaDevice) -> list[OpcUaTagRef]:
+    from gateway.sources.opcua import OpcUaTagRef
+
     refs: list[OpcUaTagRef] = []
     for tag in device.tags:
         node = tag.node_id
@@ -210,6 +218,8 @@ def opcua_tag_refs(device: OpcUaDevice) -> list[OpcUaTagRef]:
 
 
 def _opcua_task(device: OpcUaDevice, links: Mapping[str, DeviceLink]) -> SourceTask:
+    from gateway.sources.opcua import OpcUaSource
+
     options = opcua_options(device)
     refs = opcua_tag_refs(device)
 
