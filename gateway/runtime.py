@@ -328,14 +328,19 @@ class Gateway:
 
     async def _apply_reload(self, group: asyncio.TaskGroup, sink: MqttSink, new: Plant) -> None:
         old = self.plant
-        new_outbounds = {device.name: build_outbound(new, device) for device in active_devices(new)}
+        # Planning a large map takes a second or more: do it off the event loop so polling goes on meanwhile.
         # Sources look their links up when they start, after the channels below exist.
-        wanted = {source.name: source for source in build_sources(new, self._links)}
+        new_sources = await asyncio.to_thread(build_sources, new, self._links)
+        wanted = {source.name: source for source in new_sources}
         plan = plan_reload(
             old,
             new,
             running={name: running.devices for name, running in self._sources.items()},
             wanted={name: frozenset(source.devices) for name, source in wanted.items()},
+        )
+        new_devices = {device.name: device for device in active_devices(new)}
+        new_outbounds = await asyncio.to_thread(
+            lambda: {name: build_outbound(new, new_devices[name]) for name in plan.changed | plan.added}
         )
         if plan.sections_ignored:
             log.warning("reload_sections_need_restart", sections=list(plan.sections_ignored))

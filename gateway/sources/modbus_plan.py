@@ -25,6 +25,7 @@ register, high byte first, and bit n means ``(register >> n) & 1``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -143,7 +144,7 @@ def compile_register_decoder(
 
     letter, registers = _NUMERIC[value_type]
     endian, permutation = _byte_permutation(order, registers)
-    unpacker = struct.Struct(endian + letter)
+    unpacker = _struct(endian + letter)
     if permutation is None:
         unpack_from = unpacker.unpack_from
 
@@ -161,6 +162,12 @@ def compile_register_decoder(
         return value
 
     return decode_permuted
+
+
+@functools.lru_cache(maxsize=64)
+def _struct(fmt: str) -> struct.Struct:
+    # Only a few dozen formats exist; sharing them saves a Struct object per field (MBs at 50k tags).
+    return struct.Struct(fmt)
 
 
 def compile_bit_decoder(*, offset: int) -> BitDecoder:
