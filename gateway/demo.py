@@ -1,8 +1,9 @@
 """``cellgate demo``: simulators + an embedded MQTT broker + the gateway, with a live view of the latest values.
 
-Everything binds 127.0.0.1. The ports in the tag map (config/demo.yaml: OPC UA 4840, Modbus 5020, MQTT 1883)
-are used when free; a busy one is replaced by a free port and the tag map is adjusted to match, so the demo
-starts even next to a running Mosquitto. ``--broker URL`` uses a real broker instead of the embedded one.
+Everything binds 127.0.0.1. The ports in the tag map (config/demo.yaml: OPC UA 4840, Modbus 5020 rack-01,
+5021 rack-02 and 5022 stacker-01, MQTT 1883) are used when free; a busy one is replaced by a free port and the
+tag map is adjusted to match, so the demo starts even next to a running Mosquitto. ``--broker URL`` uses a real
+broker instead of the embedded one.
 """
 
 from __future__ import annotations
@@ -62,18 +63,23 @@ def _with_port(url: str, port: int) -> str:
 @dataclass(frozen=True, slots=True)
 class DemoPorts:
     opcua: int
-    modbus: int
+    modbus: Mapping[str, int]  # Modbus device name -> port: every simulated Modbus machine has its own
     broker: int
 
 
 def choose_ports(plant: Plant) -> DemoPorts:
     """The demo tag map's simulator ports, or free ones where those are busy."""
     opcua = next((urlsplit(d.endpoint).port or 4840 for d in plant.devices if isinstance(d, OpcUaDevice)), 4840)
-    modbus = next((d.port for d in plant.devices if isinstance(d, ModbusDevice)), 5020)
     broker = plant.mqtt.port
+    modbus: dict[str, int] = {}
+    for device in plant.devices:
+        if isinstance(device, ModbusDevice):
+            wanted = device.port
+            taken = wanted in modbus.values() or wanted == opcua
+            modbus[device.name] = wanted if not taken and port_is_free(wanted) else free_port()
     return DemoPorts(
         opcua=opcua if port_is_free(opcua) else free_port(),
-        modbus=modbus if port_is_free(modbus) else free_port(),
+        modbus=modbus,
         broker=broker if port_is_free(broker) else free_port(),
     )
 
@@ -85,7 +91,7 @@ def retarget_plant(plant: Plant, ports: DemoPorts, *, broker_url: str | None) ->
         if isinstance(device, OpcUaDevice):
             devices.append(device.model_copy(update={"endpoint": _with_port(device.endpoint, ports.opcua)}))
         else:
-            devices.append(device.model_copy(update={"port": ports.modbus}))
+            devices.append(device.model_copy(update={"port": ports.modbus.get(device.name, device.port)}))
     if broker_url is None:
         # amqtt speaks MQTT 3.1.1 only.
         mqtt: MqttSection = plant.mqtt.model_copy(
@@ -245,7 +251,8 @@ async def _demo(plant: Plant, *, broker_url: str | None, view_enabled: bool) -> 
     broker = await _embedded_broker(ports.broker) if broker_url is None else None
     prefix = f"{plant.gateway.enterprise}/{plant.gateway.site}"
     print(
-        f"cellgate demo: OPC UA opc.tcp://{LOCALHOST}:{ports.opcua}/  Modbus {LOCALHOST}:{ports.modbus}  "
+        f"cellgate demo: OPC UA opc.tcp://{LOCALHOST}:{ports.opcua}/  Modbus "
+        f"{', '.join(f'{name} {LOCALHOST}:{port}' for name, port in ports.modbus.items())}  "
         f"MQTT mqtt://{plant.mqtt.host}:{plant.mqtt.port} ({'embedded' if broker else 'external'})\n"
         f"  try: mosquitto_sub -h {plant.mqtt.host} -p {plant.mqtt.port} -t '{prefix}/#' -v",
         flush=True,
@@ -260,7 +267,7 @@ async def _demo(plant: Plant, *, broker_url: str | None, view_enabled: bool) -> 
                 group.create_task(
                     run_simulators(
                         opcua_port=ports.opcua,
-                        modbus_port=ports.modbus,
+                        modbus_ports=ports.modbus,
                         stop=stop,
                         on_ready=lambda _running: simulators_ready.set(),
                     ),

@@ -1,65 +1,63 @@
-"""The default simulator set: one coater over OPC UA and one formation rack over Modbus TCP.
+"""Serve a simulator plan: one OPC UA server for every OPC UA machine, one Modbus TCP server (own port) per Modbus
+machine, and optionally the HTTP fault control interface with every machine registered.
 
-``run_simulators()`` serves both until ``stop`` is set (or the task is cancelled). ``describe_default_set()``
-returns the address map of that set as plain data (dicts, lists, str, int, float, None; JSON-serialisable);
-``config/demo.yaml`` is tested against it.
+``run_simulators()`` serves the default set (``simulators.describe``: coater-01 and calender-01 over OPC UA,
+stacker-01, rack-01 and rack-02 over Modbus TCP) until ``stop`` is set or the task is cancelled. What is
+served and where is decided by the pure ``simulators.describe.plan_simulators``; this module only builds the
+models and servers and runs them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import TypedDict
 
-from simulators.machines.coater import Coater, coater_points
-from simulators.machines.formation import FormationConfig, FormationRack, formation_rack_points
-from simulators.machines.points import DataType
-from simulators.servers.control_http import ControlledMachine, ControlServer
-from simulators.servers.modbus_server import (
-    CHANNEL_ALARM_COIL_BASE,
-    CHANNEL_BASE,
-    CHANNEL_STRIDE,
-    DEFAULT_UNIT_ID,
-    ModbusSimulatorServer,
-    formation_register_map,
+from simulators.describe import (
+    DEFAULT_CHANNELS,
+    DEFAULT_MODBUS_PORT,
+    DEFAULT_OPCUA_PORT,
+    DEFAULT_STEP_HZ,
+    HOST,
+    MachineKind,
+    MachinePlan,
+    Protocol,
+    SimulatorOptions,
+    SimulatorPlan,
+    plan_simulators,
 )
-from simulators.servers.opcua_server import NAMESPACE_URI, OpcUaSimulatorServer, node_id_string
+from simulators.machines.calender import Calender, CalenderConfig
+from simulators.machines.coater import Coater, CoaterConfig
+from simulators.machines.formation import FormationConfig, FormationRack
+from simulators.machines.points import Machine
+from simulators.machines.stacker import Stacker, StackerConfig
+from simulators.servers.control_http import ControlledMachine, ControlServer
+from simulators.servers.modbus_server import ModbusSimulatorServer
+from simulators.servers.opcua_server import OpcUaSimulatorServer
 
-HOST = "127.0.0.1"
-COATER_NAME = "Coater01"
-RACK_NAME = "Rack01"
-DEFAULT_OPCUA_PORT = 4840
-DEFAULT_MODBUS_PORT = 5020
-DEFAULT_CHANNELS = 16
-DEFAULT_STEP_HZ = 5.0
+__all__ = [
+    "DEFAULT_CHANNELS", "DEFAULT_MODBUS_PORT", "DEFAULT_OPCUA_PORT", "DEFAULT_STEP_HZ", "HOST", "SERVED_PROTOCOLS",
+    "RunningSimulators", "build_model", "run_simulators",
+]
+
 SERVED_PROTOCOLS = ("opcua", "modbus")
 
-# Tag-map type names (``type:`` in the tag map) for the OPC UA data types.
-TAGMAP_TYPES: dict[DataType, str] = {
-    DataType.DOUBLE: "float64",
-    DataType.INT32: "int32",
-    DataType.UINT32: "uint32",
-    DataType.BOOLEAN: "bool",
-    DataType.STRING: "string",
-}
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DefaultSet:
-    coater: Coater
-    rack: FormationRack
-
-
-def build_default_set(*, channels: int = DEFAULT_CHANNELS, seed: int = 1) -> DefaultSet:
-    """The models of the default set. Each has its own stream of random numbers derived from ``seed``."""
-    return DefaultSet(
-        coater=Coater(rng=random.Random(f"cellgate:{seed}:coater")),
-        rack=FormationRack(rng=random.Random(f"cellgate:{seed}:formation"),
-                           config=FormationConfig(channels=channels)),
-    )
+def build_model(machine: MachinePlan, *, seed: int) -> Machine:
+    """The model of one planned machine, with its own random stream derived from ``seed`` and its name."""
+    rng = random.Random(f"cellgate:{seed}:{machine.device}")
+    config = machine.config
+    if isinstance(config, CoaterConfig):
+        return Coater(rng=rng, config=config)
+    if isinstance(config, CalenderConfig):
+        return Calender(rng=rng, config=config)
+    if isinstance(config, StackerConfig):
+        return Stacker(rng=rng, config=config)
+    assert isinstance(config, FormationConfig)
+    return FormationRack(rng=rng, config=config)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,72 +66,133 @@ class RunningSimulators:
 
     opcua_endpoint: str | None
     modbus_host: str
-    modbus_port: int | None
+    modbus_ports: Mapping[str, int]  # device name -> port, in plan order (racks first)
     control_port: int | None = None  # the fault control interface, when asked for
+    first_rack: str | None = None  # device name of the first served rack
+
+    @property
+    def modbus_port(self) -> int | None:
+        """The first rack's port (or the first Modbus machine's, without racks); None when Modbus is off."""
+        if self.first_rack is not None and self.first_rack in self.modbus_ports:
+            return self.modbus_ports[self.first_rack]
+        return next(iter(self.modbus_ports.values()), None)
 
     def ready_line(self) -> str:
+        """``simulators ready opcua=... modbus=HOST:PORT modbus_ports=rack-01:5020,... [control=PORT]``.
+
+        ``modbus=`` is the first rack's port (the one-rack line of earlier versions); ``modbus_ports=`` lists
+        every Modbus machine and ``control=`` comes last, only when enabled.
+        """
         modbus = f"{self.modbus_host}:{self.modbus_port}" if self.modbus_port is not None else "off"
-        # control= comes last and only when enabled, so parsers of the older two-field line keep working.
-        control = f" control={self.control_port}" if self.control_port is not None else ""
-        return f"simulators ready opcua={self.opcua_endpoint or 'off'} modbus={modbus}{control}"
+        line = f"simulators ready opcua={self.opcua_endpoint or 'off'} modbus={modbus}"
+        if self.modbus_ports:
+            line += " modbus_ports=" + ",".join(f"{device}:{port}" for device, port in self.modbus_ports.items())
+        if self.control_port is not None:
+            line += f" control={self.control_port}"
+        return line
+
+
+def _options(
+    options: SimulatorOptions | None, *, opcua_port: int | None, modbus_port: int | None, channels: int | None,
+    seed: int | None, speedup: float | None, step_hz: float | None, modbus_ports: Mapping[str, int] | None,
+) -> SimulatorOptions:
+    given = {name: value for name, value in (
+        ("opcua_port", opcua_port), ("modbus_port", modbus_port), ("channels", channels), ("seed", seed),
+        ("speedup", speedup), ("step_hz", step_hz), ("modbus_ports", modbus_ports),
+    ) if value is not None}
+    return dataclasses.replace(options if options is not None else SimulatorOptions(), **given)  # type: ignore[arg-type]
 
 
 async def run_simulators(
+    options: SimulatorOptions | None = None,
     *,
-    opcua_port: int = DEFAULT_OPCUA_PORT,
-    modbus_port: int = DEFAULT_MODBUS_PORT,
-    channels: int = DEFAULT_CHANNELS,
-    seed: int = 1,
-    speedup: float = 1.0,
     stop: asyncio.Event | None = None,
-    step_hz: float = DEFAULT_STEP_HZ,
     on_ready: Callable[[RunningSimulators], None] | None = None,
     serve: Collection[str] = SERVED_PROTOCOLS,
     control_port: int | None = None,
+    opcua_port: int | None = None,
+    modbus_port: int | None = None,
+    modbus_ports: Mapping[str, int] | None = None,
+    channels: int | None = None,
+    seed: int | None = None,
+    speedup: float | None = None,
+    step_hz: float | None = None,
 ) -> None:
-    """Serve the default set on 127.0.0.1 until ``stop`` is set or this coroutine is cancelled.
+    """Serve the planned set on ``options.host`` until ``stop`` is set or this coroutine is cancelled.
 
-    ``speedup`` multiplies model time (each step at ``step_hz`` advances the models by ``speedup / step_hz`` s).
-    Port 0 picks a free port; ``on_ready`` gets the real ones once both servers accept connections.
-    Raises if a server cannot start (port taken) or a model step fails. ``serve`` picks the protocols
-    (``opcua``, ``modbus``); tests run each in its own process so one can be killed alone.
-    ``control_port`` (0 = any free) starts the HTTP fault control interface (``simulators.servers.control_http``)
-    on 127.0.0.1; None leaves it off.
+    ``options`` (default: the default set) says what and where; the keyword arguments ``opcua_port``,
+    ``modbus_port`` (rack-01's port, next machines +1; 0 = free ports), ``modbus_ports`` (device -> port),
+    ``channels``, ``seed``, ``speedup`` and ``step_hz`` override single fields. ``speedup`` multiplies model time.
+    Port 0 picks a free port; ``on_ready`` gets the real ones once every server accepts connections. Raises if a
+    server cannot start (port taken) or a model step fails. ``serve`` picks the protocols (``opcua``, ``modbus``);
+    tests run each in its own process so one can be killed alone (ports are planned for the whole set, so two
+    processes with the same options fit together). ``control_port`` (0 = any free) starts the HTTP fault control
+    interface (``simulators.servers.control_http``) with every served machine; None leaves it off.
     """
-    models = build_default_set(channels=channels, seed=seed)
-    modbus = ModbusSimulatorServer(model=models.rack, register_map=formation_register_map(channels),
-                                   port=modbus_port, host=HOST, step_hz=step_hz, speedup=speedup, name=RACK_NAME)
-    opcua = OpcUaSimulatorServer(machines={COATER_NAME: models.coater}, port=opcua_port, host=HOST,
-                                 step_hz=step_hz, speedup=speedup)
     unknown = set(serve) - set(SERVED_PROTOCOLS)
     if unknown or not serve:
         raise ValueError(f"serve must name some of {', '.join(SERVED_PROTOCOLS)}, got {sorted(serve)}")
+    plan = plan_simulators(_options(options, opcua_port=opcua_port, modbus_port=modbus_port, channels=channels,
+                                    seed=seed, speedup=speedup, step_hz=step_hz, modbus_ports=modbus_ports))
+    await _serve(plan, stop=stop, on_ready=on_ready, serve=frozenset(Protocol(p) for p in serve),
+                 control_port=control_port)
+
+
+async def _serve(
+    plan: SimulatorPlan,
+    *,
+    stop: asyncio.Event | None,
+    on_ready: Callable[[RunningSimulators], None] | None,
+    serve: frozenset[Protocol],
+    control_port: int | None,
+) -> None:
+    options = plan.options
+    machines = [m for m in plan.machines if m.protocol in serve]
+    if not machines:
+        raise ValueError("nothing to serve: no machine uses the chosen protocol(s)")
+    models = {m.device: build_model(m, seed=options.seed) for m in machines}
     async with contextlib.AsyncExitStack() as stack:
         waiters: set[asyncio.Task[object]] = set()
-        # Modbus first: it starts instantly and fails fast on a taken port; OPC UA takes about a second.
-        if "modbus" in serve:
-            await stack.enter_async_context(modbus)
-            waiters.add(asyncio.create_task(modbus.join(), name="sim.modbus.join"))
-        if "opcua" in serve:
+        controlled: list[ControlledMachine] = []
+        modbus_ports: dict[str, int] = {}
+        # Modbus first: each server starts instantly and fails fast on a taken port; OPC UA takes about a second.
+        for machine in machines:
+            if machine.protocol is not Protocol.MODBUS:
+                continue
+            assert machine.register_map is not None
+            step_hz = options.rack_step_hz if machine.kind is MachineKind.RACK else options.step_hz
+            server = ModbusSimulatorServer(
+                model=models[machine.device], register_map=machine.register_map, port=machine.port,
+                host=options.host, unit_id=machine.unit_id, step_hz=step_hz, speedup=options.speedup,
+                name=machine.equipment, word_order=options.word_order,
+            )
+            await stack.enter_async_context(server)
+            modbus_ports[machine.device] = server.port
+            waiters.add(asyncio.create_task(server.join(), name=f"sim.modbus[{machine.device}].join"))
+            controlled.append(ControlledMachine(name=machine.equipment, protocol="modbus", server=server))
+        opcua_machines = [m for m in machines if m.protocol is Protocol.OPCUA]
+        endpoint: str | None = None
+        if opcua_machines:
+            opcua = OpcUaSimulatorServer(
+                machines={m.equipment: models[m.device] for m in opcua_machines}, port=options.opcua_port,
+                host=options.host, step_hz=options.step_hz, speedup=options.speedup,
+            )
             await stack.enter_async_context(opcua)
+            endpoint = opcua.endpoint
             waiters.add(asyncio.create_task(opcua.join(), name="sim.opcua.join"))
+            controlled += [ControlledMachine(name=m.equipment, protocol="opcua", server=opcua) for m in opcua_machines]
         control: ControlServer | None = None
         if control_port is not None:
-            controlled: list[ControlledMachine] = []
-            if "modbus" in serve:
-                controlled.append(ControlledMachine(name=RACK_NAME, protocol="modbus", server=modbus))
-            if "opcua" in serve:
-                controlled.append(ControlledMachine(name=COATER_NAME, protocol="opcua", server=opcua))
-            control = await stack.enter_async_context(ControlServer(machines=controlled, host=HOST, port=control_port))
-        if on_ready is not None:
-            on_ready(
-                RunningSimulators(
-                    opcua_endpoint=opcua.endpoint if "opcua" in serve else None,
-                    modbus_host=HOST,
-                    modbus_port=modbus.port if "modbus" in serve else None,
-                    control_port=control.port if control is not None else None,
-                )
+            control = await stack.enter_async_context(
+                ControlServer(machines=controlled, host=options.host, port=control_port)
             )
+        if on_ready is not None:
+            first_rack = next((m.device for m in machines if m.kind is MachineKind.RACK
+                               and m.protocol is Protocol.MODBUS), None)
+            on_ready(RunningSimulators(
+                opcua_endpoint=endpoint, modbus_host=options.host, modbus_ports=modbus_ports,
+                control_port=control.port if control is not None else None, first_rack=first_rack,
+            ))
         if stop is not None:
             waiters.add(asyncio.create_task(stop.wait(), name="sim.stop"))
         try:
@@ -146,113 +205,14 @@ async def run_simulators(
             await asyncio.wait(waiters)
 
 
-# ------------------------------------------------------------------------------------------------ describe
-
-
-class OpcUaPointInfo(TypedDict):
-    point: str  # model point name, e.g. "Dryer.Zone03.AirTemp"
-    node: str  # tag-map node form, e.g. "s=Coater01.Dryer.Zone03.AirTemp" (namespace = the server's namespace)
-    type: str  # tag-map type name: float64 | int32 | uint32 | bool | string
-    variant: str  # OPC UA variant type: Double | Int32 | UInt32 | Boolean | String
-    unit: str | None  # UCUM
-    description: str
-    min: float | None
-    max: float | None
-
-
-class OpcUaServerInfo(TypedDict):
-    equipment: str
-    kind: str
-    endpoint: str
-    namespace: str
-    points: list[OpcUaPointInfo]
-
-
-class ModbusPointInfo(TypedDict):
-    point: str  # model point name, e.g. "Ch001.Voltage"
-    table: str  # holding | input | coil | discrete
-    address: int  # 0-based protocol address
-    type: str  # tag-map type name: bool | uint16 | int16 | uint32 | float32
-    order: str  # word/byte order of multi-register values
-    scale: float  # engineering value = raw * scale
-    unit: str | None
-    description: str
-    min: float | None  # engineering units
-    max: float | None
-
-
-class ModbusServerInfo(TypedDict):
-    equipment: str
-    kind: str
-    host: str
-    port: int
-    unit_id: int
-    channels: int
-    channel_start: int  # holding register of channel 1
-    channel_stride: int
-    channel_alarm_coil_start: int  # coil of channel 1's protection alarm (stride 1)
-    points: list[ModbusPointInfo]
-
-
-class SimulatorSetInfo(TypedDict):
-    opcua: list[OpcUaServerInfo]
-    modbus: list[ModbusServerInfo]
-
-
-def describe_default_set(
+async def serve_plan(
+    plan: SimulatorPlan,
     *,
-    opcua_port: int = DEFAULT_OPCUA_PORT,
-    modbus_port: int = DEFAULT_MODBUS_PORT,
-    channels: int = DEFAULT_CHANNELS,
-) -> SimulatorSetInfo:
-    """The address map of the default set: every point, where it is and what it is."""
-    coater: list[OpcUaPointInfo] = [
-        {
-            "point": p.name,
-            "node": f"s={node_id_string(COATER_NAME, p.name)}",
-            "type": TAGMAP_TYPES[p.data_type],
-            "variant": p.data_type.value,
-            "unit": p.unit,
-            "description": p.description,
-            "min": p.min,
-            "max": p.max,
-        }
-        for p in coater_points()
-    ]
-    specs = {p.name: p for p in formation_rack_points(channels)}
-    rack: list[ModbusPointInfo] = []
-    for r in formation_register_map(channels):
-        spec = specs[r.point]
-        rack.append({
-            "point": r.point,
-            "table": r.table.value,
-            "address": r.address,
-            "type": r.encoding.value,
-            "order": "ABCD",
-            "scale": r.scale,
-            "unit": spec.unit,
-            "description": spec.description,
-            "min": spec.min,
-            "max": spec.max,
-        })
-    return {
-        "opcua": [{
-            "equipment": COATER_NAME,
-            "kind": "coater",
-            "endpoint": f"opc.tcp://{HOST}:{opcua_port}/",
-            "namespace": NAMESPACE_URI,
-            "points": coater,
-        }],
-        "modbus": [{
-            "equipment": RACK_NAME,
-            "kind": "formation_rack",
-            "host": HOST,
-            "port": modbus_port,
-            "unit_id": DEFAULT_UNIT_ID,
-            "channels": channels,
-            "channel_start": CHANNEL_BASE,
-            "channel_stride": CHANNEL_STRIDE,
-            "channel_alarm_coil_start": CHANNEL_ALARM_COIL_BASE,
-            "points": rack,
-        }],
-    }
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[RunningSimulators], None] | None = None,
+    serve: Collection[str] = SERVED_PROTOCOLS,
+    control_port: int | None = None,
+) -> None:
+    """``run_simulators`` for a plan made elsewhere (``python -m simulators`` plans once, for --describe too)."""
+    await _serve(plan, stop=stop, on_ready=on_ready, serve=frozenset(Protocol(p) for p in serve),
+                 control_port=control_port)

@@ -1,9 +1,11 @@
 """OPC UA server (asyncua 2.1) that exposes machine models, e.g. the coater.
 
-Address space, for a machine registered as ``Coater01`` with a point ``Dryer.Zone03.AirTemp``::
+Address space (OPC 40001-1 Machinery style: a ``Machines`` folder with one object per machine, below it the
+functional groups of the machine), for a machine registered as ``Coater01`` with a point ``Dryer.Zone03.AirTemp``::
 
     Objects/
-      Coater01/                        object,   ns=<urn:cellgate:simulators>;s=Coater01
+      Machines/                        folder,   ns=<urn:cellgate:simulators>;s=Machines
+       Coater01/                       object,   s=Coater01
         Dryer/                         object,   s=Coater01.Dryer
           Zone03/                      object,   s=Coater01.Dryer.Zone03
             AirTemp                    variable, s=Coater01.Dryer.Zone03.AirTemp   (Double)
@@ -12,8 +14,11 @@ Address space, for a machine registered as ``Coater01`` with a point ``Dryer.Zon
 
 Node ids are strings in the namespace ``urn:cellgate:simulators`` (resolve its index by URI; it is 2 on this
 server but clients must not rely on that). Variant types follow the point's data type (Double, Int32, UInt32,
-Boolean, String). Double points with a range carry an ``EURange`` property, points with a unit an
-``EngineeringUnits`` property (UNECE code where one is known, the UCUM code as display name).
+Boolean, String). Double points with a range (analog values) carry an ``EURange`` property, points with a unit an
+``EngineeringUnits`` property (UNECE code where one is known, the UCUM code as display name). No object holds more
+than ``MAX_VARIABLES_PER_OBJECT`` (100) variables: the models group their points (per dryer zone, per functional
+group), and the server refuses a machine that breaks the rule, because asyncua's ``add_variable`` slows down
+quadratically with the children of one parent and browsing clients page through big objects.
 
 Every step writes every value with a DataValue that carries both the source and the server timestamp: a bare
 DataValue would leave both None (library notes §2.5). The endpoint is ``opc.tcp://127.0.0.1:{port}/`` with
@@ -29,7 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, cast
@@ -47,10 +53,12 @@ from asyncua.ua.status_codes import StatusCodes
 
 from simulators.faults import BadValue, Fault, FaultKind, FaultState, Freeze, Restart, check_points
 from simulators.machines.points import DataType, Machine, PointSpec, Value
+from simulators.servers.address_map import MACHINES_FOLDER, MAX_VARIABLES_PER_OBJECT, NAMESPACE_URI, node_id_string
 from simulators.servers.clock import AutoStepper, check_rate
 from simulators.servers.fault_gate import FaultGate
 
-NAMESPACE_URI = "urn:cellgate:simulators"
+__all__ = ["NAMESPACE_URI", "VARIANT_TYPES", "OpcUaSimulatorServer", "check_variables_per_object", "node_id_string"]
+
 # Registered before NAMESPACE_URI by a restart with extra namespaces, to move its index.
 DUMMY_NAMESPACE_URI = "urn:cellgate:simulators:dummy:{n}"
 APPLICATION_URI = "urn:cellgate:simulators:opcua-server"
@@ -68,13 +76,18 @@ _UNECE_NAMESPACE = "http://www.opcfoundation.org/UA/units/un/cefact"
 _UNECE_CODES: Mapping[str, str] = {
     "Cel": "CEL", "m/min": "2X", "m": "MTR", "N": "NEW", "{rev}/min": "RPM", "L/min": "L2", "bar": "BAR",
     "um": "4H", "g/m2": "GM", "%": "P1", "kW": "KWT", "kW.h": "KWH", "V": "VLT", "A": "AMP", "A.h": "AMH",
-    "W.h": "WHR", "kPa": "KPA", "s": "SEC",
+    "W.h": "WHR", "kPa": "KPA", "s": "SEC", "kN": "B47", "mm": "MMT", "W": "WTT", "deg": "DD", "m3/h": "MQH",
+    "kg/h": "E93", "g/cm3": "23", "MOhm": "B75",
 }
 
 
-def node_id_string(machine: str, point: str) -> str:
-    """The string identifier of a point's node: ``Coater01`` + ``Dryer.Zone03.AirTemp``."""
-    return f"{machine}.{point}"
+def check_variables_per_object(machine: str, points: Iterable[PointSpec]) -> None:
+    """Raise ValueError if a machine's points would put more than MAX_VARIABLES_PER_OBJECT variables in one object."""
+    counts = Counter(point.name.rpartition(".")[0] for point in points)
+    crowded = sorted(f"{machine}.{parent}".rstrip(".") for parent, n in counts.items() if n > MAX_VARIABLES_PER_OBJECT)
+    if crowded:
+        raise ValueError(f"more than {MAX_VARIABLES_PER_OBJECT} variables in one object: {crowded[:3]}; "
+                         "group the points into sub-objects")
 
 
 def _string_node_id(identifier: str, namespace_index: int) -> ua.NodeId:
@@ -200,6 +213,8 @@ class OpcUaSimulatorServer:
         check_rate(step_hz=step_hz, speedup=speedup)
         if not machines:
             raise ValueError("an OPC UA simulator needs at least one machine")
+        for machine_name, machine in machines.items():
+            check_variables_per_object(machine_name, machine.points)
         self._machines = dict(machines)
         self._host = host
         self._port = port
@@ -266,8 +281,12 @@ class OpcUaSimulatorServer:
             await server.register_namespace(DUMMY_NAMESPACE_URI.format(n=n))
         self._namespace_index = await server.register_namespace(NAMESPACE_URI)
         self._variables = []
+        folder = await server.nodes.objects.add_folder(
+            _string_node_id(MACHINES_FOLDER, self._namespace_index),
+            ua.QualifiedName(MACHINES_FOLDER, self._namespace_index),
+        )
         for machine_name, machine in self._machines.items():
-            await self._add_machine(server, machine_name, machine)
+            await self._add_machine(server, folder, machine_name, machine)
         await server.start()
         self._server = server
         return server
@@ -383,9 +402,9 @@ class OpcUaSimulatorServer:
             raise RuntimeError("the OPC UA simulator is not running (use it as an async context manager)")
         return self._server
 
-    async def _add_machine(self, server: Server, machine_name: str, machine: Machine) -> None:
+    async def _add_machine(self, server: Server, folder: Node, machine_name: str, machine: Machine) -> None:
         idx = self._namespace_index
-        root = await server.nodes.objects.add_object(_string_node_id(machine_name, idx), machine_name)
+        root = await folder.add_object(_string_node_id(machine_name, idx), ua.QualifiedName(machine_name, idx))
         folders: dict[str, Node] = {"": root}
         values = machine.values()
         for point in machine.points:

@@ -41,7 +41,7 @@ def run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[st
 def test_check_prints_devices_tags_and_read_plan() -> None:
     result = run_cli("check", "-c", str(DEMO_CONFIG))
     assert result.returncode == 0, result.stderr
-    assert "tag map OK: 2 device(s), 304 tag(s)" in result.stdout
+    assert "tag map OK: 5 device(s), 999 tag(s)" in result.stdout
     assert "acme/dunkirk/formation/hall-a/rack-01: modbus tcp 127.0.0.1:5020 unit 1" in result.stdout
     assert "read request(s) per cycle" in result.stdout
 
@@ -84,14 +84,15 @@ def test_demo_runs_simulators_broker_and_gateway_and_stops_on_ctrl_c(tmp_path: P
         try:
             deadline = time.monotonic() + 60
             connected: set[str] = set()
-            while time.monotonic() < deadline and connected != {"coater-01", "rack-01"}:
+            expected = {"coater-01", "calender-01", "stacker-01", "rack-01", "rack-02"}
+            while time.monotonic() < deadline and connected != expected:
                 time.sleep(0.5)
                 for line in log_path.read_text().splitlines():
                     if line.startswith("{"):
                         event = orjson.loads(line)
                         if event.get("event") == "device_link" and event.get("connected") is True:
                             connected.add(str(event["device"]))
-            assert connected == {"coater-01", "rack-01"}, log_path.read_text()[-3000:]
+            assert connected == expected, log_path.read_text()[-3000:]
             time.sleep(2)  # let a few cycles flow through the embedded broker
         finally:
             process.send_signal(signal.SIGINT)

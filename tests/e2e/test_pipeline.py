@@ -17,8 +17,8 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from gateway.tagmap import Plant, load_plant
 from tests.support.gateway import GatewayProcess, retarget_demo_config
-from tests.support.mosquitto import Mosquitto, Received, Subscriber, free_port
-from tests.support.sim import SimulatorProcess
+from tests.support.mosquitto import Mosquitto, Received, Subscriber
+from tests.support.sim import MODBUS_MACHINES_IN_DEFAULT_SET, SimulatorProcess, free_port_run
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +52,7 @@ class Pipeline:
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     workdir = tmp_path_factory.mktemp("e2e")
     enterprise = f"e2e{uuid.uuid4().hex[:8]}"  # own topic prefix: no other test's messages
-    modbus_port = free_port()
+    modbus_port = free_port_run(MODBUS_MACHINES_IN_DEFAULT_SET)
     with Mosquitto() as broker:
         opcua_sim = SimulatorProcess(only="opcua", opcua_port=0)
         modbus_sim = SimulatorProcess(only="modbus", modbus_port=modbus_port)

@@ -21,8 +21,8 @@ import pytest
 
 from gateway.sinks.spool import Spool
 from tests.support.gateway import GatewayProcess, retarget_demo_config
-from tests.support.mosquitto import Mosquitto, Received, Subscriber, free_port
-from tests.support.sim import SimulatorProcess
+from tests.support.mosquitto import Mosquitto, Received, Subscriber
+from tests.support.sim import MODBUS_MACHINES_IN_DEFAULT_SET, SimulatorProcess, free_port_run
 
 OUTAGE_S = 30.0
 
@@ -43,7 +43,7 @@ class Rig:
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
     enterprise = f"sf{uuid.uuid4().hex[:8]}"
-    modbus_port = free_port()
+    modbus_port = free_port_run(MODBUS_MACHINES_IN_DEFAULT_SET)
     opcua_sim = SimulatorProcess(only="opcua", opcua_port=0)
     modbus_sim = SimulatorProcess(only="modbus", modbus_port=modbus_port)
     opcua_sim.start()
@@ -237,7 +237,7 @@ def test_sighup_broken_file_keeps_running_valid_file_restarts_only_the_changed_d
         assert gateway.running
 
         # A valid change to the rack only: the rack's connection restarts, the coater never pauses.
-        changed = good_text.replace('description: "Bit 5 is a contact fault."', 'description: "re-wired"', 1)
+        changed = good_text.replace("b2 a channel is in protection.", "re-wired", 1)
         assert changed != good_text
         rig.config.write_text(changed, encoding="utf-8")
         mark = len(gateway.events())

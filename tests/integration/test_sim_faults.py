@@ -348,7 +348,9 @@ async def test_opcua_restart_moves_the_namespace_index() -> None:
 
 @pytest.fixture(scope="module")
 def sims_with_control() -> Iterator[SimulatorProcess]:
-    with SimulatorProcess(channels=CHANNELS, control_port=0) as sims:
+    # One rack and the coater only: the listing below is exact (the default set is covered in test_sim_default_set).
+    with SimulatorProcess(channels=CHANNELS, control_port=0,
+                          extra_args=["--racks", "1", "--calenders", "0", "--stackers", "0"]) as sims:
         yield sims
 
 

@@ -22,15 +22,15 @@ from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeEvent
 from pymodbus.client import AsyncModbusTcpClient
 
+from simulators.describe import SimulatorOptions, plan_simulators
 from simulators.machines.coater import Coater
 from simulators.machines.formation import FormationConfig, FormationRack
 from simulators.machines.points import Value
-from simulators.runner import describe_default_set, run_simulators
+from simulators.runner import run_simulators
 from simulators.servers.modbus_server import (
     Encoding,
     ModbusSimulatorServer,
     RegisterPoint,
-    Table,
     formation_register_map,
 )
 from simulators.servers.opcua_server import NAMESPACE_URI, VARIANT_TYPES, OpcUaSimulatorServer
@@ -120,6 +120,9 @@ async def test_opcua_address_space_is_a_browsable_hierarchy(
     coater_server: tuple[Coater, OpcUaSimulatorServer], ua_client: tuple[Client, int]
 ) -> None:
     client, index = ua_client
+    machines = string_node(client, "Machines", index)  # OPC 40001-1 style: Objects/Machines/<machine>
+    assert machines.nodeid in {n.nodeid for n in await client.nodes.objects.get_children()}
+    assert [await browse_name(m) for m in await machines.get_children()] == [COATER]
     root = string_node(client, COATER, index)
     children = {await browse_name(child): child for child in await root.get_children()}
     assert {"Identification", "PackML", "Line", "Unwind", "Rewind", "CoatingHead", "Gauge", "Dryer", "Energy",
@@ -247,42 +250,36 @@ def simulator_process() -> Iterator[SimulatorProcess]:
         process.close()
 
 
-def register_point(info: dict[str, Any]) -> RegisterPoint:
-    return RegisterPoint(point=info["point"], table=Table(info["table"]), address=info["address"],
-                         encoding=Encoding(info["type"]), scale=info["scale"])
-
-
-async def test_python_m_simulators_serves_the_described_set_and_stops_on_sigterm(
+async def test_python_m_simulators_serves_the_planned_set_and_stops_on_sigterm(
     simulator_process: SimulatorProcess,
 ) -> None:
     sims = simulator_process
-    port = int(sims.opcua_endpoint.rstrip("/").rsplit(":", 1)[1])
-    described = describe_default_set(opcua_port=port, modbus_port=sims.modbus_port, channels=16)
-    (coater,) = described["opcua"]
-    (rack,) = described["modbus"]
-    assert coater["endpoint"] == sims.opcua_endpoint
+    plan = plan_simulators(SimulatorOptions(channels=16))
+    assert set(sims.modbus_ports) == {m.device for m in plan.machines if m.register_map is not None}
+    assert sims.modbus_port == sims.modbus_ports["rack-01"]
+    coater = plan.machine("coater-01")
+    rack = plan.machine("rack-01")
+    assert rack.register_map is not None
 
-    async with Client(coater["endpoint"], timeout=4) as client:
-        index = await client.get_namespace_index(coater["namespace"])
-        nodes = [string_node(client, p["node"].removeprefix("s="), index) for p in coater["points"]]
+    async with Client(sims.opcua_endpoint, timeout=4) as client:
+        index = await client.get_namespace_index(NAMESPACE_URI)
+        nodes = [string_node(client, f"{coater.equipment}.{p.name}", index) for p in coater.points]
         first = await client.read_attributes(nodes)
-        for info, dv in zip(coater["points"], first, strict=True):
-            assert dv.StatusCode is not None and dv.StatusCode.is_good(), info["point"]
-            assert dv.Value is not None and dv.Value.VariantType.name == info["variant"], info["point"]
+        for point, dv in zip(coater.points, first, strict=True):
+            assert dv.StatusCode is not None and dv.StatusCode.is_good(), point.name
+            assert dv.Value is not None and dv.Value.VariantType is VARIANT_TYPES[point.data_type], point.name
 
-        register_map = tuple(register_point(dict(p)) for p in rack["points"])
-        mb = AsyncModbusTcpClient(rack["host"], port=rack["port"], timeout=2, retries=0)
+        mb = AsyncModbusTcpClient("127.0.0.1", port=sims.modbus_ports["rack-01"], timeout=2, retries=0)
         assert await mb.connect()
         try:
-            mb_first = await read_register_points(mb, register_map, device_id=rack["unit_id"])
-            await asyncio.sleep(2.0)  # the servers step on their own at 5 Hz
-            mb_second = await read_register_points(mb, register_map, device_id=rack["unit_id"])
+            mb_first = await read_register_points(mb, rack.register_map)
+            await asyncio.sleep(2.2)  # racks step on their own at 1 Hz, the coater at 5 Hz
+            mb_second = await read_register_points(mb, rack.register_map)
         finally:
             mb.close()
         second = await client.read_attributes(nodes)
 
-    by_point = {info["point"]: i for i, info in enumerate(coater["points"])}
-    length = by_point["Line.Length"]
+    length = [p.name for p in coater.points].index("Line.Length")
     assert value_of(second[length]) > value_of(first[length])
     assert num(mb_second["Rack.Uptime"]) > num(mb_first["Rack.Uptime"])
     assert mb_second["Rack.ChannelCount"] == 16

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -18,14 +19,39 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO_ROOT / "config" / "demo.yaml"
 
 
-def retarget_demo_config(*, opcua_port: int, modbus_port: int, destination: Path) -> Path:
-    """config/demo.yaml with the simulator ports replaced (the broker comes from CELLGATE_MQTT__URL)."""
+# The Modbus devices of config/demo.yaml and their offset from the first rack's port, as the simulators assign
+# them (``python -m simulators --modbus-port P``: rack-01 P, rack-02 P+1, stacker-01 P+2).
+DEMO_MODBUS_OFFSETS = {"rack-01": 0, "rack-02": 1, "stacker-01": 2}
+
+
+def retarget_demo_config(
+    *, opcua_port: int, modbus_port: int, destination: Path, modbus_ports: Mapping[str, int] | None = None
+) -> Path:
+    """config/demo.yaml with the simulator ports replaced (the broker comes from CELLGATE_MQTT__URL).
+
+    Every Modbus device gets ``modbus_port`` + its offset in ``DEMO_MODBUS_OFFSETS`` (what a simulator started with
+    ``--modbus-port modbus_port`` listens on), unless ``modbus_ports`` (device -> port) names it.
+    """
+    ports = {device: modbus_port + offset for device, offset in DEMO_MODBUS_OFFSETS.items()}
+    ports.update(modbus_ports or {})
     text = DEMO_CONFIG.read_text(encoding="utf-8")
     text, opcua_hits = re.subn(r"opc\.tcp://127\.0\.0\.1:4840", f"opc.tcp://127.0.0.1:{opcua_port}", text)
-    text, modbus_hits = re.subn(r"(?m)^(\s+port:\s*)5020\b", rf"\g<1>{modbus_port}", text)
     assert opcua_hits >= 1, "config/demo.yaml no longer has the OPC UA endpoint this helper rewrites"
-    assert modbus_hits >= 1, "config/demo.yaml no longer has the Modbus port this helper rewrites"
-    destination.write_text(text, encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    device: str | None = None
+    rewritten: set[str] = set()
+    for index, line in enumerate(lines):
+        named = re.match(r"^  - name:\s*([a-z0-9-]+)\s*$", line)
+        if named:
+            device = named[1]
+            continue
+        port = re.match(r"^(    port:\s*)\d+(\s*(?:#.*)?)$", line.rstrip("\n"))
+        if port and device in ports:
+            lines[index] = f"{port[1]}{ports[device]}{port[2]}\n"
+            rewritten.add(device)
+    missing = sorted(set(DEMO_MODBUS_OFFSETS) - rewritten)
+    assert not missing, f"config/demo.yaml no longer has a port line for {missing}"
+    destination.write_text("".join(lines), encoding="utf-8")
     return destination
 
 

@@ -8,6 +8,9 @@
   SIGTERM. Use it as a context manager (``with SimulatorProcess() as sims: sims.modbus_port``); from async
   tests call ``await asyncio.to_thread(sims.start)`` so the event loop is not blocked for the ~1 s start-up.
   ``SimulatorProcess(control_port=0)`` also starts the fault control interface (``sims.control_port``).
+  ``sims.modbus_port`` is the first rack's port, ``sims.modbus_ports`` every Modbus machine's (device -> port);
+  ``extra_args`` passes more options (``["--racks", "1"]``).
+* ``parse_ready_line(line)`` reads the ready line (None if it is not one).
 """
 
 from __future__ import annotations
@@ -23,17 +26,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, NoReturn
 
 from simulators.machines.points import Value
-from simulators.servers.modbus_server import Encoding, RegisterMap, RegisterPoint, Table
+from simulators.servers.modbus_server import Encoding, RegisterMap, RegisterPoint, Table, WordOrder
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_LINE = re.compile(
     r"^simulators ready opcua=(?P<opcua>opc\.tcp://[^ ]+|off) modbus=(?:(?P<host>[0-9.]+):(?P<port>\d+)|off)"
-    r"(?: control=(?P<control>\d+))?$"
+    r"(?: modbus_ports=(?P<ports>[a-z0-9-]+:\d+(?:,[a-z0-9-]+:\d+)*))?(?: control=(?P<control>\d+))?$"
 )
 MAX_REGISTERS_PER_READ = 125
 MAX_BITS_PER_READ = 2000
@@ -52,9 +56,68 @@ def free_tcp_port() -> int:
         return port
 
 
-def decode_register_point(point: RegisterPoint, words: Sequence[int]) -> float | int:
-    """Engineering value of ``point`` from its raw register words (ABCD for 32-bit values)."""
-    raw = b"".join(struct.pack(">H", w) for w in words[: point.width])
+def free_port_run(count: int, *, attempts: int = 50) -> int:
+    """A port P such that P .. P+count-1 are all free now (the default simulator set numbers its Modbus
+    machines from one base port: rack-01, rack-02, stacker-01)."""
+    for _ in range(attempts):
+        base = free_tcp_port()
+        if base + count > 65535:
+            continue
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no run of {count} free ports found")
+
+
+MODBUS_MACHINES_IN_DEFAULT_SET = 3  # rack-01, rack-02, stacker-01
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyLine:
+    opcua_endpoint: str  # "" when OPC UA is off
+    modbus_host: str
+    modbus_port: int  # the first rack's port, 0 when Modbus is off
+    modbus_ports: dict[str, int]  # device -> port of every Modbus machine
+    control_port: int  # 0 when the control interface is off
+
+
+def parse_ready_line(line: str) -> ReadyLine | None:
+    match = READY_LINE.match(line.strip())
+    if match is None:
+        return None
+    ports = {}
+    for item in (match["ports"] or "").split(","):
+        if item:
+            device, _, port = item.partition(":")
+            ports[device] = int(port)
+    return ReadyLine(
+        opcua_endpoint=match["opcua"] if match["opcua"] != "off" else "",
+        modbus_host=match["host"] or "",
+        modbus_port=int(match["port"]) if match["port"] else 0,
+        modbus_ports=ports,
+        control_port=int(match["control"]) if match["control"] else 0,
+    )
+
+
+def decode_register_point(
+    point: RegisterPoint, words: Sequence[int], word_order: WordOrder = WordOrder.ABCD
+) -> float | int | str:
+    """Engineering value of ``point`` from its raw register words (``word_order`` for 32-bit values)."""
+    if point.encoding is Encoding.STRING:
+        return b"".join(struct.pack(">H", w) for w in words[: point.width]).rstrip(b"\x00").decode("utf-8")
+    ordered = list(words[: point.width])
+    if word_order is WordOrder.CDAB and point.width == 2:
+        ordered.reverse()
+    raw = b"".join(struct.pack(">H", w) for w in ordered)
     match point.encoding:
         case Encoding.UINT16:
             number: float | int = struct.unpack(">H", raw)[0]
@@ -62,6 +125,8 @@ def decode_register_point(point: RegisterPoint, words: Sequence[int]) -> float |
             number = struct.unpack(">h", raw)[0]
         case Encoding.UINT32:
             number = struct.unpack(">I", raw)[0]
+        case Encoding.INT32:
+            number = struct.unpack(">i", raw)[0]
         case Encoding.FLOAT32:
             number = struct.unpack(">f", raw)[0]
         case _:
@@ -82,7 +147,9 @@ def _blocks(points: Sequence[RegisterPoint], limit: int) -> list[tuple[int, int]
     return blocks
 
 
-async def read_register_points(client: Any, register_map: RegisterMap, *, device_id: int = 1) -> dict[str, Value]:
+async def read_register_points(
+    client: Any, register_map: RegisterMap, *, device_id: int = 1, word_order: WordOrder = WordOrder.ABCD
+) -> dict[str, Value]:
     """Read every point of ``register_map`` from a connected ``AsyncModbusTcpClient``; decode independently."""
     values: dict[str, Value] = {}
     for table in Table:
@@ -108,7 +175,7 @@ async def read_register_points(client: Any, register_map: RegisterMap, *, device
                 values[point.point] = bool(data[point.address])
             else:
                 words = [int(data[a]) for a in range(point.address, point.address + point.width)]
-                values[point.point] = decode_register_point(point, words)
+                values[point.point] = decode_register_point(point, words, word_order)
     return values
 
 
@@ -126,12 +193,14 @@ class SimulatorProcess:
         start_timeout_s: float = 20.0,
         only: str | None = None,
         control_port: int | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self._args = [
             "--opcua-port", str(opcua_port), "--modbus-port", str(modbus_port),
             "--channels", str(channels), "--seed", str(seed), "--speedup", str(speedup),
             *(["--only", only] if only else []),
             *(["--control-port", str(control_port)] if control_port is not None else []),
+            *extra_args,
         ]
         self._start_timeout_s = start_timeout_s
         self._process: subprocess.Popen[str] | None = None
@@ -139,6 +208,7 @@ class SimulatorProcess:
         self.opcua_endpoint = ""
         self.modbus_host = ""
         self.modbus_port = 0
+        self.modbus_ports: dict[str, int] = {}
         self.control_port = 0  # 0 when the control interface is off
         self.returncode: int | None = None
 
@@ -171,13 +241,14 @@ class SimulatorProcess:
                 line = self._process.stdout.readline()
                 if not line:
                     self._fail(RuntimeError, "simulators exited before getting ready")
-                match = READY_LINE.match(line.strip())
-                if match:
+                ready = parse_ready_line(line)
+                if ready is not None:
                     break
-        self.opcua_endpoint = match["opcua"] if match["opcua"] != "off" else ""
-        self.modbus_host = match["host"] or ""
-        self.modbus_port = int(match["port"]) if match["port"] else 0
-        self.control_port = int(match["control"]) if match["control"] else 0
+        self.opcua_endpoint = ready.opcua_endpoint
+        self.modbus_host = ready.modbus_host
+        self.modbus_port = ready.modbus_port
+        self.modbus_ports = ready.modbus_ports
+        self.control_port = ready.control_port
 
     def _fail(self, error: type[Exception], message: str) -> NoReturn:
         self.stop()

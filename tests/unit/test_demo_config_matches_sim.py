@@ -1,151 +1,105 @@
-"""config/demo.yaml reads every point of the default simulator set exactly once, at the right address and type.
+"""config/demo.yaml reads every point of the default simulator set exactly once, as ``--describe`` describes it.
 
-The file is parsed with plain ``yaml.safe_load`` and templates are expanded here (per /tmp/cellgate-spec/tagmap.md
-semantics), so this test does not depend on the gateway's tag-map loader.
+Both files go through the gateway's tag-map loader (templates and repeats expanded), then every device and tag is
+compared: placement, transport, node ids or register addresses, types, scales, units and ranges. Deadbands and
+comments are the demo's own additions.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-import yaml
 
-from simulators.runner import describe_default_set
+from gateway.tagmap import ModbusDevice, ModbusTag, OpcUaDevice, OpcUaTag, Plant, load_plant, load_plant_from_text
+from simulators.describe import describe_yaml, plan_simulators
 
 DEMO = Path(__file__).resolve().parents[2] / "config" / "demo.yaml"
+WRAPPER = "gateway: {id: describe, enterprise: acme, site: dunkirk}\nmqtt: {url: 'mqtt://127.0.0.1:1883'}\n"
 NUMERIC_TYPES = {"int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"}
-MULTI_REGISTER_TYPES = {"int32", "uint32", "int64", "uint64", "float32", "float64"}
 
 
 @pytest.fixture(scope="module")
-def demo() -> dict[str, Any]:
-    loaded = yaml.safe_load(DEMO.read_text(encoding="utf-8"))
-    assert isinstance(loaded, dict)
-    return loaded
+def demo() -> Plant:
+    return load_plant(DEMO, environ={})
 
 
-def device(demo: dict[str, Any], protocol: str) -> dict[str, Any]:
-    (found,) = [d for d in demo["devices"] if d["protocol"] == protocol]
-    return dict(found)
+@pytest.fixture(scope="module")
+def described() -> Plant:
+    return load_plant_from_text(WRAPPER + describe_yaml(plan_simulators()), filename="<describe>", environ={})
 
 
-def expanded_tags(dev: dict[str, Any], templates: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The device's own tags plus its template instances, with names and addresses (or nodes) filled in."""
-    tags = [dict(t) for t in dev.get("tags") or []]
-    repeats = dev.get("repeat") or []
-    for repeat in [repeats] if isinstance(repeats, dict) else repeats:
-        first = repeat.get("first", 1)
-        for i in range(repeat["count"]):
-            n = first + i
-            prefix = repeat["name"].format(n=n)
-            for template_tag in templates[repeat["template"]]:
-                tag = dict(template_tag)
-                tag["name"] = f"{prefix}/{template_tag['name']}"
-                if "address" in tag:
-                    tag["address"] = repeat["start"] + i * repeat["stride"] + template_tag["address"]
-                if "node" in tag:
-                    tag["node"] = tag["node"].format(n=n)
-                tags.append(tag)
-    return tags
+def device_key(device: ModbusDevice | OpcUaDevice) -> dict[str, Any]:
+    common = {"name": device.name, "area": device.area, "line": device.line, "protocol": device.protocol,
+              "interval_ms": device.interval_ms}
+    if isinstance(device, OpcUaDevice):
+        return {**common, "endpoint": device.endpoint.rstrip("/"), "namespace": device.namespace, "mode": device.mode}
+    return {**common, "transport": device.transport, "host": device.host, "port": device.port,
+            "unit_id": device.unit_id, "order": device.order}
 
 
-def opcua_key(node: str, default_namespace: str) -> tuple[str, str]:
-    """(namespace URI, "s=...") for the node forms the demo may use."""
-    if node.startswith("nsu="):
-        namespace, _, rest = node[4:].partition(";")
-        return namespace, rest
-    assert not node.startswith("ns="), f"{node}: use the device namespace or nsu=, not a namespace index"
-    return default_namespace, node
+def tag_key(tag: ModbusTag | OpcUaTag) -> dict[str, Any]:
+    common = {"unit": tag.unit, "min": tag.min, "max": tag.max, "scale": tag.scale, "type": tag.type}
+    if isinstance(tag, OpcUaTag):
+        return {**common, "node": tag.node}
+    return {**common, "table": tag.table, "address": tag.address, "length": tag.length, "order": tag.order}
 
 
-def check_range_and_unit(tag: Mapping[str, Any], point: Mapping[str, Any]) -> None:
-    name = tag["name"]
-    assert tag.get("unit") == point["unit"], f"{name}: unit {tag.get('unit')!r}, simulator says {point['unit']!r}"
-    for bound in ("min", "max"):
-        if point[bound] is not None:
-            assert tag.get(bound) == pytest.approx(point[bound]), f"{name}: {bound} should be {point[bound]}"
-        else:
-            assert tag.get(bound) is None, f"{name}: the simulator has no {bound}"
+def by_name(plant: Plant) -> Mapping[str, ModbusDevice | OpcUaDevice]:
+    return {device.name: device for device in plant.devices}
 
 
-def test_gateway_identity_and_isa95_placement(demo: dict[str, Any]) -> None:
-    assert demo["gateway"]["id"] == "edge-demo-01"
-    assert demo["gateway"]["enterprise"] == "acme"
-    assert demo["gateway"]["site"] == "dunkirk"
-    coater, rack = device(demo, "opcua"), device(demo, "modbus")
-    assert (coater["area"], coater["line"]) == ("electrode", "cathode-1")
-    assert (rack["area"], rack["line"]) == ("formation", "hall-a")
-    assert len({d["name"] for d in demo["devices"]}) == len(demo["devices"])
+def test_demo_has_the_default_set_by_isa95_area_and_line(demo: Plant) -> None:
+    assert (demo.gateway.id, demo.gateway.enterprise, demo.gateway.site) == ("edge-demo-01", "acme", "dunkirk")
+    placement = {d.name: (d.area, d.line, d.protocol) for d in demo.devices}
+    assert placement == {
+        "coater-01": ("electrode", "cathode-1", "opcua"),
+        "calender-01": ("electrode", "cathode-1", "opcua"),
+        "stacker-01": ("cell-assembly", "line-1", "modbus"),
+        "rack-01": ("formation", "hall-a", "modbus"),
+        "rack-02": ("formation", "hall-a", "modbus"),
+    }
+    ports = {d.name: d.port for d in demo.devices if isinstance(d, ModbusDevice)}
+    assert ports == {"rack-01": 5020, "rack-02": 5021, "stacker-01": 5022}
+    assert {d.endpoint for d in demo.devices if isinstance(d, OpcUaDevice)} == {"opc.tcp://127.0.0.1:4840"}
 
 
-def test_coater_tags_read_every_opcua_point_exactly_once(demo: dict[str, Any]) -> None:
-    (server,) = describe_default_set()["opcua"]
-    dev = device(demo, "opcua")
-    endpoint, described_endpoint = urlsplit(dev["endpoint"]), urlsplit(server["endpoint"])
-    assert (endpoint.hostname, endpoint.port) == (described_endpoint.hostname, described_endpoint.port)
-    assert dev["namespace"] == server["namespace"]
-    assert dev.get("mode", "subscribe") == "subscribe"
-
-    points = {(server["namespace"], p["node"]): p for p in server["points"]}
-    tags = expanded_tags(dev, demo.get("templates") or {})
-    assert len({t["name"] for t in tags}) == len(tags), "tag names must be unique within the device"
-    keys = Counter(opcua_key(t["node"], dev["namespace"]) for t in tags)
-    missing = sorted(node for key, node in points if (key, node) not in keys)
-    assert not missing, f"points no tag reads: {missing}"
-    assert not [k for k in keys if k not in points], "tags that point at nothing"
-    assert not [k for k, count in keys.items() if count > 1], "points read more than once"
-    for tag in tags:
-        point = points[opcua_key(tag["node"], dev["namespace"])]
-        if "type" in tag:
-            assert tag["type"] == point["type"], tag["name"]
-        check_range_and_unit(tag, point)
+def test_demo_and_describe_have_the_same_devices(demo: Plant, described: Plant) -> None:
+    assert [d.name for d in demo.devices] == [d.name for d in described.devices]
+    for name, device in by_name(described).items():
+        assert device_key(by_name(demo)[name]) == device_key(device), name
 
 
-def test_rack_tags_read_every_modbus_point_exactly_once(demo: dict[str, Any]) -> None:
-    (server,) = describe_default_set()["modbus"]
-    dev = device(demo, "modbus")
-    assert dev.get("transport", "tcp") == "tcp"
-    assert (dev["host"], dev["port"], dev.get("unit_id", 1)) == (server["host"], server["port"], server["unit_id"])
-
-    points = {(p["table"], p["address"]): p for p in server["points"]}
-    tags = expanded_tags(dev, demo.get("templates") or {})
-    assert len({t["name"] for t in tags}) == len(tags), "tag names must be unique within the device"
-    for tag in tags:
-        assert isinstance(tag["address"], int), f"{tag['name']}: the demo uses plain 0-based addresses"
-    keys = Counter((t.get("table", "holding"), t["address"]) for t in tags)
-    missing = sorted(p["point"] for key, p in points.items() if key not in keys)
-    assert not missing, f"points no tag reads: {missing}"
-    assert not [k for k in keys if k not in points], "tags that point at nothing"
-    assert not [k for k, count in keys.items() if count > 1], "points read more than once"
-    for tag in tags:
-        point = points[(tag.get("table", "holding"), tag["address"])]
-        assert tag["type"] == point["type"], tag["name"]
-        assert tag.get("scale", 1.0) == pytest.approx(point["scale"]), tag["name"]
-        if tag["type"] in MULTI_REGISTER_TYPES:
-            assert (tag.get("order") or dev.get("order") or "ABCD") == point["order"], tag["name"]
-        check_range_and_unit(tag, point)
+def test_demo_and_describe_have_the_same_tags_at_the_same_addresses(demo: Plant, described: Plant) -> None:
+    for name, device in by_name(described).items():
+        expected = {tag.name: tag_key(tag) for tag in device.tags}
+        actual = {tag.name: tag_key(tag) for tag in by_name(demo)[name].tags}
+        assert sorted(set(expected) - set(actual)) == [], f"{name}: tags the demo lacks"
+        assert sorted(set(actual) - set(expected)) == [], f"{name}: tags the simulators do not serve"
+        different = {tag: (actual[tag], expected[tag]) for tag in expected if actual[tag] != expected[tag]}
+        assert not different, f"{name}: {list(different.items())[:3]}"
 
 
-def test_the_rack_repeat_covers_the_simulated_channels(demo: dict[str, Any]) -> None:
-    (server,) = describe_default_set()["modbus"]
-    repeats = device(demo, "modbus")["repeat"]
-    channel = next(r for r in repeats if r["start"] == server["channel_start"])
-    assert (channel["count"], channel["stride"]) == (server["channels"], server["channel_stride"])
-    alarms = next(r for r in repeats if r["start"] == server["channel_alarm_coil_start"])
-    assert (alarms["count"], alarms["stride"]) == (server["channels"], 1)
+def test_the_demo_uses_templates_for_rack_channels() -> None:
+    import yaml
+
+    raw = yaml.safe_load(DEMO.read_text(encoding="utf-8"))
+    racks = [d for d in raw["devices"] if d["name"].startswith("rack-")]
+    assert len(racks) == 2
+    for rack in racks:
+        templates = {r["template"]: r for r in rack["repeat"]}
+        assert templates["cycler-channel"]["count"] == 16
+        assert templates["cycler-channel"]["stride"] == 48
+        assert templates["cycler-channel-alarm"]["start"] == 100
 
 
-def test_deadbands_sit_on_noisy_numeric_tags_only(demo: dict[str, Any]) -> None:
-    templates = demo.get("templates") or {}
+def test_deadbands_sit_on_noisy_numeric_tags_only(demo: Plant) -> None:
     for protocol in ("opcua", "modbus"):
-        tags = expanded_tags(device(demo, protocol), templates)
-        with_deadband = [t for t in tags if t.get("deadband") is not None]
+        tags = [t for d in demo.devices if d.protocol == protocol for t in d.tags]
+        with_deadband = [t for t in tags if t.deadband is not None]
         assert len(with_deadband) >= 3, protocol
         for tag in with_deadband:
-            assert tag.get("type") in NUMERIC_TYPES, tag["name"]
-            assert tag["deadband"] > 0, tag["name"]
+            assert tag.type is not None and tag.type.value in NUMERIC_TYPES, tag.name
+            assert tag.deadband is not None and tag.deadband > 0, tag.name

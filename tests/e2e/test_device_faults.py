@@ -1,0 +1,155 @@
+"""PLC faults on real processes: a hung Modbus rack, an OPC UA server restarted with its namespaces reordered.
+
+The simulators run with their fault control interface; faults are set over HTTP exactly as a person would.
+The gateway (`cellgate run`), Mosquitto and a subscriber run as their own processes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import orjson
+import pytest
+
+from simulators.servers.control_http import request_control
+from tests.support.gateway import GatewayProcess, retarget_demo_config
+from tests.support.mosquitto import Mosquitto, Subscriber
+from tests.support.sim import MODBUS_MACHINES_IN_DEFAULT_SET, SimulatorProcess, free_port_run
+
+
+@dataclass
+class Plant:
+    opcua_sim: SimulatorProcess
+    modbus_sim: SimulatorProcess
+    subscriber: Subscriber
+    gateway: GatewayProcess
+    prefix: str
+
+    def latest(self, topic: str) -> dict[str, object] | None:
+        messages = self.subscriber.on(topic)
+        return orjson.loads(messages[-1].payload) if messages and messages[-1].payload else None
+
+
+@pytest.fixture(scope="module")
+def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plant]:
+    workdir = tmp_path_factory.mktemp("faults")
+    enterprise = f"flt{uuid.uuid4().hex[:8]}"
+    modbus_port = free_port_run(MODBUS_MACHINES_IN_DEFAULT_SET)
+    opcua_sim = SimulatorProcess(only="opcua", opcua_port=0, control_port=0)
+    modbus_sim = SimulatorProcess(only="modbus", modbus_port=modbus_port, control_port=0)
+    with Mosquitto() as broker:
+        opcua_sim.start()
+        modbus_sim.start()
+        try:
+            opcua_port = int(opcua_sim.opcua_endpoint.rstrip("/").rsplit(":", 1)[1])
+            config = retarget_demo_config(
+                opcua_port=opcua_port, modbus_port=modbus_port, destination=workdir / "m.yaml"
+            )
+            prefix = f"{enterprise}/dunkirk"
+            with Subscriber(broker.host, broker.port, f"{prefix}/#") as subscriber:
+                gateway = GatewayProcess(
+                    config=config,
+                    env={"CELLGATE_MQTT__URL": broker.url, "CELLGATE_GATEWAY__ENTERPRISE": enterprise},
+                    state_dir=workdir / "state",
+                )
+                gateway.start()
+                try:
+                    yield Plant(opcua_sim, modbus_sim, subscriber, gateway, prefix)
+                finally:
+                    assert gateway.stop() == 0
+                    gateway.close()
+        finally:
+            opcua_sim.close()
+            modbus_sim.close()
+
+
+def wait_until(predicate: object, timeout_s: float, what: str) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def status(plant: Plant, equipment: str) -> dict[str, object] | None:
+    return plant.latest(f"{plant.prefix}/{equipment}/_status")
+
+
+COATER = "electrode/cathode-1/coater-01"
+RACK = "formation/hall-a/rack-01"
+
+
+def test_a_hung_rack_goes_bad_and_back_while_the_coater_keeps_its_rate(plant: Plant) -> None:
+    voltage = f"{plant.prefix}/{RACK}/ch001/voltage"
+    wait_until(lambda: (plant.latest(voltage) or {}).get("quality") == "good", 40, "the rack reading good")
+    wait_until(lambda: (status(plant, COATER) or {}).get("connected") is True, 40, "the coater connected")
+
+    hang = {"fault": "hang", "duration_s": 12}
+    code, answer = request_control(plant.modbus_sim.control_port, "POST", "/faults/rack-01", hang)
+    assert code == 200, answer
+    hang_started = time.monotonic()
+    # Modbus: 3 timed-out polls (1 s timeout each) and the unit is skipped; its tags go bad once.
+    wait_until(lambda: (status(plant, RACK) or {}).get("connected") is False, 15, "the rack reported down")
+    wait_until(lambda: (plant.latest(voltage) or {}).get("status") == "comm_failure", 15, "rack tags bad")
+
+    # Meanwhile the coater publishes as before (its own task and client).
+    def coater_messages(since: float, until: float) -> int:
+        return sum(
+            1 for m in plant.subscriber.messages
+            if f"/{COATER}/" in m.topic and "/_" not in m.topic and since <= m.at < until
+        )
+
+    during = coater_messages(hang_started + 2, hang_started + 10)
+    wait_until(lambda: time.monotonic() > hang_started + 10, 15, "the hang window")
+    before = coater_messages(hang_started - 10, hang_started - 2)
+    assert during >= 0.6 * before, (before, during)
+
+    # The hang ends after 12 s; the back-off (5 s, then 10 s, ...) probes and the rack is good again well
+    # within the 60 s cap.
+    wait_until(lambda: (plant.latest(voltage) or {}).get("quality") == "good", 60, "the rack good again")
+    assert (status(plant, RACK) or {}).get("connected") is True
+    assert time.monotonic() - hang_started < 12 + 60
+
+
+def test_opcua_restart_with_reordered_namespaces_keeps_values_on_the_right_topics(plant: Plant) -> None:
+    serial = f"{plant.prefix}/{COATER}/identification/serial_number"
+    speed = f"{plant.prefix}/{COATER}/line/speed"
+    wait_until(lambda: (plant.latest(speed) or {}).get("quality") == "good", 40, "the coater reading good")
+    before = plant.latest(serial)
+    assert before is not None and before["quality"] == "good"
+    mark = len(plant.subscriber.messages)
+
+    code, answer = request_control(
+        plant.opcua_sim.control_port, "POST", "/faults/coater-01", {"fault": "restart", "extra_namespaces": 3}
+    )
+    assert code == 200, answer
+    # The link drops with the server, a fresh client resolves the namespace URI to its new index.
+    wait_until(
+        lambda: any(
+            m.topic.endswith(f"{COATER}/_status") and orjson.loads(m.payload)["connected"] is False
+            for m in plant.subscriber.messages[mark:]
+        ),
+        30,
+        "the coater reported down",
+    )
+    wait_until(lambda: (status(plant, COATER) or {}).get("connected") is True, 60, "the coater back")
+    restarted = len(plant.subscriber.messages)
+    wait_until(lambda: len(plant.subscriber.messages) > restarted + 100, 30, "coater data after the restart")
+
+    # Every coater tag published after the restart is good: with a stale namespace index the node ids would
+    # not resolve (bad, BadNodeIdUnknown) or would read another namespace's nodes.
+    after = [
+        (m.topic, orjson.loads(m.payload)) for m in plant.subscriber.messages[restarted:]
+        if f"/{COATER}/" in m.topic and "/_" not in m.topic
+    ]
+    assert after
+    assert all(body["quality"] == "good" for _, body in after), [t for t, b in after if b["quality"] != "good"][:5]
+    # A constant identification string lands on its own topic again, unchanged.
+    latest_serial = plant.latest(serial)
+    assert latest_serial is not None and latest_serial["value"] == before["value"]
+    speed_value = (plant.latest(speed) or {}).get("value")
+    assert isinstance(speed_value, float) and 0 <= speed_value <= 84
