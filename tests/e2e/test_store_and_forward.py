@@ -121,7 +121,9 @@ def test_broker_outage_then_stop_while_away_then_restart_loses_nothing(rig: Rig)
         # Replay: the gateway reconnects (backoff <= 10 s) and sends the spool; the subscriber's session
         # queued whatever came before it was back.
         wait_until(lambda: historical_count(rig) > 0, 40, "replayed messages")
-        wait_until(lambda: not holes(data_messages(rig.subscriber.messages)), 60, "every seq to arrive")
+        done = gateway.wait_for_event("spool_replay_done", 90)
+        assert int(str(done["replayed"])) > 0 and int(str(done["dropped_by_cap"])) == 0
+        wait_until(lambda: not holes(data_messages(rig.subscriber.messages)), 30, "every seq to arrive")
 
         per_topic = data_messages(rig.subscriber.messages)
         replayed = {topic: [b for b in bodies if b.get("historical")] for topic, bodies in per_topic.items()}
@@ -170,8 +172,8 @@ def test_broker_outage_then_stop_while_away_then_restart_loses_nothing(rig: Rig)
 
 
 def test_spool_cap_drops_the_oldest_counts_them_and_keeps_running(rig: Rig) -> None:
-    # A tiny cap (50 kB, a few hundred messages) so a short outage overflows it.
-    gateway = rig.gateway(CELLGATE_SPOOL__MAX_MB="0.05")
+    # A tiny cap (300 kB, under two seconds of the demo map's messages) so a short outage overflows it.
+    gateway = rig.gateway(CELLGATE_SPOOL__MAX_MB="0.3")
     gateway.start()
     try:
         heartbeat = f"{rig.prefix}/formation/hall-a/rack-01/heartbeat"
