@@ -381,7 +381,7 @@ def mutated_demo(draw: st.DrawFn) -> dict[str, Any]:
     return data
 
 
-@fuzz_settings(200)
+@fuzz_settings(60)  # each example loads the whole 999-tag demo map (~0.15 s); FUZZ_SCALE=10 for a long run
 @given(data=mutated_demo(), flow=st.booleans())
 def test_mutated_demo_gives_plant_or_clear_error(data: dict[str, Any], flow: bool) -> None:
     load_outcome(dump(data, flow))
