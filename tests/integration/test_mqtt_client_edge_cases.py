@@ -1,0 +1,320 @@
+"""MqttSink's own MQTT client where Mosquitto cannot be made to misbehave on cue.
+
+A scripted broker (real sockets on 127.0.0.1, packets via gateway.sinks.mqtt_wire) decides per message
+whether and how to acknowledge, can advertise MQTT 5 limits, ignore PINGREQ or drop the link, and
+records every packet it receives per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from gateway.errors import SinkError
+from gateway.sinks.mqtt import MqttOptions, MqttSink, backoff_delay_s
+from gateway.sinks.mqtt_wire import (
+    PINGRESP_BYTES,
+    Connack,
+    Connect,
+    Decoder,
+    Disconnect,
+    Packet,
+    PingReq,
+    Property,
+    ProtocolVersion,
+    Puback,
+    Publish,
+    encode,
+)
+
+ONLINE = b'{"online":true}'
+OFFLINE = b'{"online":false}'
+AckPolicy = Callable[[Publish], int | None]  # reason code to PUBACK with, or None to hold the PUBACK
+
+
+def ack_all(publish: Publish) -> int | None:
+    return 0
+
+
+class ScriptedBroker:
+    """An MQTT server that answers CONNECT with ``connack`` (``SILENT``: never answers) and each QoS1
+    PUBLISH as ``ack`` says (it can be replaced any time); held PUBACKs go out on ``release_held``.
+    ``max_outstanding`` is the most QoS1 messages it ever had unacknowledged on one connection."""
+
+    def __init__(self, *, connack: Connack | None = None, ack: AckPolicy = ack_all, answer_pings: bool = True) -> None:
+        self.connack = connack if connack is not None else Connack()
+        self.ack = ack
+        self.answer_pings = answer_pings
+        self.connections: list[list[Packet]] = []
+        self.max_outstanding = 0
+        self._writers: list[asyncio.StreamWriter] = []
+        self._held: list[tuple[asyncio.StreamWriter, ProtocolVersion, Publish]] = []
+        self._outstanding: dict[asyncio.StreamWriter, int] = {}
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> ScriptedBroker:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.drop_connections()
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        packets: list[Packet] = []
+        self.connections.append(packets)
+        decoder = Decoder(ProtocolVersion.V5)
+        self._outstanding[writer] = 0
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                for packet in decoder.feed(data):
+                    packets.append(packet)
+                    version = decoder.version
+                    if isinstance(packet, Connect):
+                        if self.connack is not SILENT:
+                            writer.write(encode(self.connack, version))
+                    elif isinstance(packet, Publish) and packet.qos:
+                        self._outstanding[writer] += 1
+                        self.max_outstanding = max(self.max_outstanding, self._outstanding[writer])
+                        reason = self.ack(packet)
+                        if reason is None:
+                            self._held.append((writer, version, packet))
+                        else:
+                            self._outstanding[writer] -= 1
+                            writer.write(encode(Puback(packet.packet_id or 0, reason), version))
+                    elif isinstance(packet, PingReq) and self.answer_pings:
+                        writer.write(PINGRESP_BYTES)
+        writer.close()
+
+    def release_held(self) -> None:
+        held, self._held = self._held, []
+        for writer, version, packet in held:
+            if not writer.is_closing():
+                self._outstanding[writer] -= 1
+                writer.write(encode(Puback(packet.packet_id or 0), version))
+
+    def drop_connections(self) -> None:
+        for writer in self._writers:
+            transport = writer.transport
+            transport.abort()
+        self._writers.clear()
+        self._held.clear()
+
+    def publishes(self, connection: int = -1) -> list[Publish]:
+        return [p for p in self.connections[connection] if isinstance(p, Publish)]
+
+
+SILENT = Connack(reason_code=0xFF)  # marker: never answer CONNECT
+
+
+def options(broker: ScriptedBroker, **overrides: Any) -> MqttOptions:
+    base = MqttOptions(
+        host="127.0.0.1",
+        port=broker.port,
+        client_id="cg-edge",
+        will_topic="edge/_gateway/status",
+        will_payload=OFFLINE,
+        online_payload=ONLINE,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.2,
+        connect_timeout_s=1.0,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def running(broker: ScriptedBroker, **overrides: Any) -> AsyncIterator[MqttSink]:
+    async with MqttSink(options(broker, **overrides)) as sink:
+        await sink.wait_connected(5)
+        yield sink
+
+
+def data(n: int) -> tuple[str, bytes]:
+    return f"edge/data/t{n}", b"%d" % n
+
+
+# ------------------------------------------------------------------------------------ windows
+
+
+async def test_the_brokers_receive_maximum_bounds_everything_unacknowledged() -> None:
+    connack = Connack(properties=((Property.RECEIVE_MAXIMUM, 3),))
+    async with ScriptedBroker(connack=connack, ack=lambda p: None) as broker, running(broker, max_inflight=20) as sink:
+        task = asyncio.create_task(sink.publish_many([data(n) for n in range(10)]))
+        await wait_until(lambda: sink.in_flight == 3)
+        await asyncio.sleep(0.1)
+        # window = min(max_inflight 20, Receive Maximum 3); the online status takes one of the three
+        # sends, so one data message waits in memory until a PUBACK comes.
+        assert not task.done()
+        assert len(broker.publishes()) == 3
+        while not task.done():
+            broker.release_held()
+            await asyncio.sleep(0.02)
+        broker.ack = ack_all
+        broker.release_held()
+        assert await sink.flush(5)
+        assert sink.delivered == 10
+    assert broker.max_outstanding == 3
+    topics = [p.topic for p in broker.publishes(0) if not p.retain]
+    assert topics == [f"edge/data/t{n}" for n in range(10)]
+
+
+async def test_unacknowledged_messages_are_resent_after_a_reconnect_dup_same_id_in_order() -> None:
+    async with ScriptedBroker(ack=lambda p: 0 if p.retain else None) as broker, running(broker) as sink:
+        await sink.publish_many([data(n) for n in range(3)])
+        await wait_until(lambda: len([p for p in broker.publishes(0) if not p.retain]) == 3)
+        first = [p for p in broker.publishes(0) if not p.retain]
+
+        broker.drop_connections()
+        await wait_until(lambda: not sink.connected)
+        await sink.publish(*data(3))  # handed over while disconnected: goes after the three
+        broker.ack = ack_all
+        await sink.wait_connected(5)
+        assert await sink.flush(5)
+        assert (sink.published, sink.delivered, sink.failed, sink.unacked()) == (4, 4, 0, [])
+
+    again = broker.publishes(1)
+    resent = [p for p in again if not p.retain]
+    assert [(p.topic, p.packet_id, p.dup) for p in resent[:3]] == [(p.topic, p.packet_id, True) for p in first]
+    assert [(p.topic, p.dup) for p in resent[3:]] == [("edge/data/t3", False)]
+    status = [p for p in again if p.topic == "edge/_gateway/status"]
+    assert [p.payload for p in status] == [ONLINE, OFFLINE]
+    assert again.index(status[0]) > again.index(resent[2])  # resends first
+
+
+async def test_a_refused_puback_counts_as_failed_and_tells_the_spool() -> None:
+    acks: list[tuple[int, bool]] = []
+    async with (
+        ScriptedBroker(ack=lambda p: 0 if p.retain else 0x87) as broker,
+        MqttSink(options(broker, max_inflight=2), on_spool_ack=lambda i, ok: acks.append((i, ok))) as sink,
+    ):
+        await sink.wait_connected(5)
+        await sink.publish_many([data(n) for n in range(5)])  # slots come back on refusals too
+        await wait_until(lambda: sink.try_replay(7, *data(99)))
+        assert await sink.flush(5)
+        assert (sink.published, sink.delivered, sink.failed, sink.in_flight) == (6, 0, 6, 0)
+        assert sink.control_delivered == 1  # the online status
+    assert acks == [(7, False)]
+
+
+async def test_a_message_larger_than_the_brokers_maximum_packet_size_is_refused_here() -> None:
+    connack = Connack(properties=((Property.MAXIMUM_PACKET_SIZE, 300),))
+    async with ScriptedBroker(connack=connack) as broker, running(broker) as sink:
+        await sink.publish("edge/data/big", b"x" * 1000)
+        await sink.publish("edge/data/small", b"ok")
+        assert await sink.flush(5)
+        assert (sink.published, sink.delivered, sink.failed) == (2, 1, 1)
+        assert sink.connected
+    assert [p.topic for p in broker.publishes(0) if not p.retain] == ["edge/data/small"]
+
+
+# --------------------------------------------------------------------------------- keep alive
+
+
+async def test_a_broker_that_stops_answering_pings_is_dropped_and_reconnected() -> None:
+    async with ScriptedBroker(answer_pings=False) as broker, running(broker, keepalive_s=1) as sink:
+        started = time.monotonic()
+        await wait_until(lambda: len(broker.connections) >= 2, timeout_s=6)
+        # PINGREQ after 1 s without traffic, no PINGRESP within 1 s: dropped at about 2 s.
+        assert 1.5 < time.monotonic() - started < 4.0
+        assert any(isinstance(p, PingReq) for p in broker.connections[0])
+        await sink.wait_connected(5)
+
+
+async def test_pings_keep_an_idle_link_and_the_server_keep_alive_wins() -> None:
+    connack = Connack(properties=((Property.SERVER_KEEP_ALIVE, 1),))
+    async with ScriptedBroker(connack=connack) as broker, running(broker, keepalive_s=30) as sink:
+        await asyncio.sleep(2.6)
+        assert sum(isinstance(p, PingReq) for p in broker.connections[0]) >= 2
+        assert len(broker.connections) == 1 and sink.connected
+
+
+# ----------------------------------------------------------------------------- connect and close
+
+
+async def test_connect_carries_the_will_and_close_ends_with_offline_and_a_normal_disconnect() -> None:
+    async with ScriptedBroker() as broker:
+        async with running(broker, username="gw", password="pw", keepalive_s=17) as sink:
+            await sink.publish(*data(1))
+        packets = broker.connections[0]
+    connect = packets[0]
+    assert isinstance(connect, Connect)
+    assert (connect.version, connect.client_id, connect.keepalive_s, connect.clean_start) == (
+        ProtocolVersion.V5,
+        "cg-edge",
+        17,
+        True,
+    )
+    assert (connect.username, connect.password) == ("gw", b"pw")
+    assert connect.will is not None
+    assert (connect.will.topic, connect.will.payload, connect.will.qos, connect.will.retain) == (
+        "edge/_gateway/status",
+        OFFLINE,
+        1,
+        True,
+    )
+    last_publish = [p for p in packets if isinstance(p, Publish)][-1]
+    assert (last_publish.topic, last_publish.payload, last_publish.retain) == ("edge/_gateway/status", OFFLINE, True)
+    assert packets[-1] == Disconnect()  # normal: the broker discards the will
+
+
+async def test_no_connack_within_the_connect_timeout_is_reported() -> None:
+    async with ScriptedBroker(connack=SILENT) as broker:
+        async with MqttSink(options(broker, connect_timeout_s=0.3)) as sink:
+            with pytest.raises(SinkError, match=r"last error: CONNACK to 127\.0\.0\.1:\d+ timed out after 0\.3 s"):
+                await sink.wait_connected(1.0)
+        assert len(broker.connections) >= 2  # it kept trying
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_a_refused_connack_gives_its_reason(protocol: str) -> None:
+    reason = 0x87 if protocol == "5" else 5
+    async with (
+        ScriptedBroker(connack=Connack(reason_code=reason)) as broker,
+        MqttSink(options(broker, protocol=protocol)) as sink,
+    ):
+        with pytest.raises(SinkError, match=r"CONNACK refused: (Not authorized \(0x87\)|not authorized \(5\))"):
+            await sink.wait_connected(0.5)
+
+
+async def test_offer_many_stops_at_a_full_window_after_wait_s_and_at_a_lost_link() -> None:
+    async with ScriptedBroker(ack=lambda p: 0 if p.retain else None) as broker, running(broker, max_inflight=4) as sink:
+        started = time.monotonic()
+        assert await sink.offer_many([data(n) for n in range(10)], wait_s=0.2) == 4
+        assert 0.15 < time.monotonic() - started < 1.5
+        task = asyncio.create_task(sink.offer_many([data(n) for n in range(10, 20)], wait_s=30))
+        await asyncio.sleep(0.1)
+        broker.drop_connections()  # the link goes: the parked rest goes back to the caller at once
+        assert await asyncio.wait_for(task, 2) == 0
+        assert sink.unacked() == [data(n) for n in range(4)]
+        broker.ack = ack_all  # the resends after the reconnect drain before close
+
+
+# ------------------------------------------------------------------------------------- backoff
+
+
+def test_reconnect_backoff_doubles_from_min_to_max_with_jitter() -> None:
+    def delay(failures: int, jitter: float) -> float:
+        return backoff_delay_s(failures, min_s=0.5, max_s=10.0, jitter=jitter)
+
+    assert [delay(n, 0.0) for n in range(4)] == [0.5, 0.5, 0.5, 0.5]  # never below the minimum
+    assert [delay(n, 0.999_999) for n in range(7)] == pytest.approx([1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0], rel=1e-5)
+    assert delay(2, 0.5) == pytest.approx(2.25)  # halfway between min and the ceiling of 4 s
+    assert delay(1000, 0.7) <= 10.0
