@@ -161,7 +161,8 @@ class Child:
 class Broker:
     """Mosquitto on a free 127.0.0.1 port, no persistence, queues large enough for a benchmark."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, max_inflight_messages: int = 20) -> None:
+        self.max_inflight_messages = max_inflight_messages
         self.workdir = workdir
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -191,7 +192,8 @@ class Broker:
                 "persistence false",
                 # A slow subscriber must show up as loss we can count, not as unbounded broker memory.
                 "max_queued_messages 1000000",
-                "max_inflight_messages 20",
+                # Also the Receive Maximum Mosquitto announces to MQTT 5 clients: the gateway's window.
+                f"max_inflight_messages {self.max_inflight_messages}",
                 "log_dest stderr",
                 "log_type error",
                 "log_type warning",

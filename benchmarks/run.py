@@ -252,7 +252,7 @@ def _util(cpu_s: float | None, window_s: float) -> float | None:
 
 def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"cellgate-bench-{plan.scenario}-{plan.mode}-"))
-    broker = Broker(workdir)
+    broker = Broker(workdir, max_inflight_messages=args.broker_inflight)
     children: list[Child] = []
     result: dict[str, Any] = {"scenario": plan.scenario, "mode": plan.mode, "workdir": str(workdir)}
     server_stats = ""
@@ -337,6 +337,7 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
                 "tags": tags, "devices": plan.devices, "interval_ms": plan.interval_ms, "publish": plan.mode,
                 "mqtt_qos": plant.mqtt.qos, "offered_values_per_s": round(tags * 1000 / plan.interval_ms, 1),
                 "duration_s": args.duration_s, "warmup_s": args.warmup_s, "subscriber_client": args.client,
+                "broker_max_inflight_messages": args.broker_inflight,
                 **plan.details,
             },
             "startup": {"s": round(startup_s, 2), "tags_seen": keys_seen, "complete": keys_seen >= len(expected)},
@@ -461,6 +462,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="opcua-20k: device timeout_ms; one CreateMonitoredItems call for every item must fit")
     parser.add_argument("--modbus-impl", choices=("raw", "pymodbus"), default="raw", help="bench Modbus server")
     parser.add_argument("--client", choices=("raw", "paho"), default="raw", help="subscriber MQTT client")
+    parser.add_argument(
+        "--broker-inflight", type=int, default=1000,
+        help="Mosquitto max_inflight_messages, announced as Receive Maximum (Mosquitto's own default is 20)",
+    )
     parser.add_argument("--keep-workdir", action="store_true",
                         help="keep each run's temp dir (tag map, logs); a failed run's is always kept")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/<time>.json)")

@@ -122,7 +122,8 @@ class MqttOptions:
     protocol: MqttProtocol = "5"
     keepalive_s: int = 30
     qos: Literal[0, 1] = 1
-    max_inflight: int = 20  # mosquitto advertises Receive Maximum 20 (its max_inflight_messages)
+    # With MQTT 5 the broker's Receive Maximum caps it (Mosquitto's default max_inflight_messages is 20).
+    max_inflight: int = 1000
     max_queued: int = 10_000
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 10.0

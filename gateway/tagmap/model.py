@@ -308,7 +308,8 @@ class MqttSection(_Model):
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
-    max_inflight: int = Field(default=20, ge=1, le=65535)
+    max_inflight: int = Field(default=1000, ge=1, le=9999)
+    """QoS 1 messages awaiting PUBACK at once; with MQTT 5 the broker's Receive Maximum caps it."""
     reconnect_max_s: float = Field(default=10, ge=1, le=3600)
     """Cap of the reconnect backoff (1 s, doubling); also how long failover waits per attempt at most."""
     failover_urls: tuple[Annotated[str, AfterValidator(_check_mqtt_url)], ...] = ()
