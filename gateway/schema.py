@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -41,12 +41,13 @@ def device_exception_status(exception_code: int) -> str:
     return f"device_exception:{exception_code}"
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+class Sample(NamedTuple):
     """One normalised reading of one tag.
 
     ``ts`` is the source timestamp in seconds since the Unix epoch (UTC). ``value`` is None only when
     quality is bad and no value could be read at all. ``status`` says why when quality is not good.
+    A NamedTuple, not a frozen dataclass: one is made per published value, and a tuple is built in C
+    (a frozen dataclass sets each field through ``object.__setattr__``).
     """
 
     device: str
@@ -120,8 +121,12 @@ def gateway_status_topic(*, enterprise: str, site: str, gateway_id: str) -> str:
 # ------------------------------------------------------------------------------------------- payloads
 
 
+@functools.lru_cache(maxsize=1024)
 def format_ts(ts: float) -> str:
-    """ISO 8601 UTC with milliseconds and ``Z``: ``2026-11-26T04:43:00.123Z``."""
+    """ISO 8601 UTC with milliseconds and ``Z``: ``2026-11-26T04:43:00.123Z``.
+
+    Cached: the readings of one Modbus response (or one OPC UA notification burst) share their timestamp.
+    """
     whole = math.floor(ts)  # not int(): before 1970 that rounds up and leaves negative milliseconds
     millis = round((ts - whole) * 1000)
     if millis == 1000:

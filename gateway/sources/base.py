@@ -7,7 +7,7 @@ on I/O without a timeout, never raises on bad data, and reports problems as read
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.schema import Quality, Value
 
@@ -16,12 +16,12 @@ OVERLOAD_LOG_EVERY_S = 60.0
 overload is never silent, and never a log line per cycle."""
 
 
-@dataclass(frozen=True, slots=True)
-class RawReading:
+class RawReading(NamedTuple):
     """One value as read from the PLC, before the transform (scale, range, deadband).
 
     ``tag`` is the tag's name within its device. ``ts`` is the source timestamp (epoch seconds, UTC);
-    sources without one (Modbus) use the time the response arrived.
+    sources without one (Modbus) use the time the response arrived. A NamedTuple because one is made per
+    value read (see ``gateway.schema.Sample``).
     """
 
     tag: str

@@ -305,7 +305,7 @@ class ReadRequest:
             except (ValueError, IndexError, struct.error):
                 append(RawReading(tag=slot.key, value=None, ts=ts, quality=Quality.BAD, status=STATUS_DECODE_ERROR))
             else:
-                append(RawReading(tag=slot.key, value=value, ts=ts))
+                append(RawReading(slot.key, value, ts))  # positional: the cheapest tuple to build, per value
         return readings
 
 
