@@ -164,9 +164,19 @@ def tag_payload_dict(
     return body
 
 
+def _json(body: Any) -> bytes:
+    """``orjson.dumps`` copied into a bytes object of its exact size.
+
+    orjson 3.13 returns bytes that keep a 4 KiB allocation behind a ~120-byte payload; with tens of thousands
+    of messages queued or in flight that was 4 KiB each (about 200 MB of RSS per 50,000). The copy costs
+    0.14 us per message.
+    """
+    return memoryview(orjson.dumps(body)).tobytes()
+
+
 def encode_tag_payload(sample: Sample, *, unit: str | None, seq: int, historical: bool = False) -> bytes:
     """Per-tag payload: ``{"value", "unit", "quality", "ts", "seq"}`` (+ ``status``, ``historical``)."""
-    return orjson.dumps(tag_payload_dict(sample, unit=unit, seq=seq, historical=historical))
+    return _json(tag_payload_dict(sample, unit=unit, seq=seq, historical=historical))
 
 
 def mark_historical(payload: bytes) -> bytes:
@@ -208,12 +218,12 @@ def encode_batch_payload(
     body: dict[str, Any] = {"ts": format_ts(ts), "seq": seq, "samples": rows}
     if historical:
         body["historical"] = True
-    return orjson.dumps(body)
+    return _json(body)
 
 
 def encode_equipment_status(*, connected: bool, since: float, error: str | None) -> bytes:
     """Retained ``_status``: ``{"connected", "since", "error"}``."""
-    return orjson.dumps({"connected": connected, "since": format_ts(since), "error": error})
+    return _json({"connected": connected, "since": format_ts(since), "error": error})
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +243,7 @@ def encode_meta(
     *, device: str, protocol: str, tags: Iterable[TagMeta], publish_mode: str, interval_ms: int
 ) -> bytes:
     """Retained ``_meta``: the tag catalogue of one equipment."""
-    return orjson.dumps(
+    return _json(
         {
             "schema": SCHEMA_VERSION,
             "equipment": device,
@@ -257,6 +267,6 @@ def encode_meta(
 
 def encode_gateway_status(*, online: bool, gateway_id: str, ts: float, version: str) -> bytes:
     """Retained gateway status; the MQTT will carries the same shape with ``online: false``."""
-    return orjson.dumps(
+    return _json(
         {"online": online, "gateway": gateway_id, "since": format_ts(ts), "version": version, "schema": SCHEMA_VERSION}
     )
