@@ -72,6 +72,7 @@ def build_outbound(plant: Plant, device: Device) -> DeviceOutbound:
         equipment=device.name,
     )
     tags: list[TagOutput] = []
+    shared_rules: dict[TagRules, TagRules] = {}  # a template's 256 channels share one rules object per tag
     for tag in device.tags:
         rules = TagRules(
             scale=tag.scale,
@@ -81,6 +82,7 @@ def build_outbound(plant: Plant, device: Device) -> DeviceOutbound:
             deadband=tag.deadband,
             heartbeat_s=tag.heartbeat_s,
         )
+        rules = shared_rules.setdefault(rules, rules)
         meta = TagMeta(
             tag=tag.name,
             type=tag_type(tag),
@@ -153,24 +155,25 @@ def _modbus_tasks(devices: list[ModbusDevice], links: Mapping[str, DeviceLink]) 
 
     tasks: list[SourceTask] = []
     for endpoint, members in groups.items():
-        plans = {device.name: modbus_plan(device) for device in members}
+        # Only plain values go into the closure, never the device models: the runtime lets the (large)
+        # tag-map models go once everything is built.
+        units_plan = [(device.name, device.interval_ms, modbus_plan(device)) for device in members]
         timeout_ms = max(device.timeout_ms for device in members)
 
         def run(
             endpoint: TcpEndpoint | SerialEndpoint = endpoint,
-            members: list[ModbusDevice] = members,
-            plans: dict[str, ReadPlan] = plans,
+            units_plan: list[tuple[str, int, ReadPlan]] = units_plan,
             timeout_ms: int = timeout_ms,
         ) -> Awaitable[None]:
             units = [
                 ModbusUnit(
-                    name=device.name,
-                    plan=plans[device.name],
-                    interval_ms=device.interval_ms,
-                    emit=links[device.name].emit,
-                    report_link=links[device.name].report_link,
+                    name=name,
+                    plan=plan,
+                    interval_ms=interval_ms,
+                    emit=links[name].emit,
+                    report_link=links[name].report_link,
                 )
-                for device in members
+                for name, interval_ms, plan in units_plan
             ]
             return ModbusConnection(endpoint=endpoint, units=units, timeout_ms=timeout_ms).run()
 
@@ -223,12 +226,14 @@ def _opcua_task(device: OpcUaDevice, links: Mapping[str, DeviceLink]) -> SourceT
     options = opcua_options(device)
     refs = opcua_tag_refs(device)
 
+    name = device.name  # not the model itself: see _modbus_tasks
+
     def run() -> Awaitable[None]:
-        link = links[device.name]  # looked up at each start: a reload may have replaced the device's channel
-        source = OpcUaSource(device=device.name, options=options, tags=refs)
+        link = links[name]  # looked up at each start: a reload may have replaced the device's channel
+        source = OpcUaSource(device=name, options=options, tags=refs)
         return source.run(link.emit, link.report_link)
 
-    return SourceTask(name=f"opcua[{device.name}]", devices=(device.name,), run=run)
+    return SourceTask(name=f"opcua[{name}]", devices=(name,), run=run)
 
 
 def build_sources(plant: Plant, links: Mapping[str, DeviceLink]) -> list[SourceTask]:

@@ -89,6 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     assert isinstance(plant, Plant)
     configure_logging(level=args.log_level, log_format=args.log_format)
     first: list[Plant] = [plant]
+    del plant  # the gateway keeps the models only until it has built its read plans (see runtime.without_tags)
 
     def load() -> Plant:
         # The first call returns the map checked above; later calls (SIGHUP) read the file again.

@@ -67,7 +67,14 @@ class DeviceOutbound:
         self.topics = topics
         self.mode = mode
         self.interval_ms = interval_ms
-        self._tags = {tag.name: tag for tag in tags}
+        # The catalogue is encoded once; the per-tag TagMeta objects are not kept (MBs at 50,000 tags).
+        self._meta_payload = encode_meta(
+            device=device,
+            protocol=protocol,
+            tags=[tag.meta for tag in tags],
+            publish_mode=mode.value,
+            interval_ms=interval_ms,
+        )
         self._units = {tag.name: tag.unit for tag in tags}
         self._transforms = {
             tag.name: TagTransform(device=device, tag=tag.name, rules=tag.rules) for tag in tags
@@ -78,7 +85,7 @@ class DeviceOutbound:
 
     @property
     def tag_names(self) -> list[str]:
-        return list(self._tags)
+        return list(self._units)
 
     @property
     def seq_topics(self) -> list[str]:
@@ -139,7 +146,7 @@ class DeviceOutbound:
         """Every tag once with quality bad / comm_failure, for when the link to the PLC is lost."""
         return [
             RawReading(tag=name, value=None, ts=now, quality=Quality.BAD, status=STATUS_COMM_FAILURE)
-            for name in self._tags
+            for name in self._units
         ]
 
     def status_message(self, *, connected: bool, since: float, error: str | None) -> Message:
@@ -148,11 +155,4 @@ class DeviceOutbound:
         )
 
     def meta_message(self) -> Message:
-        payload = encode_meta(
-            device=self.device,
-            protocol=self.protocol,
-            tags=[tag.meta for tag in self._tags.values()],
-            publish_mode=self.mode.value,
-            interval_ms=self.interval_ms,
-        )
-        return Message(self.topics.meta, payload, retain=True)
+        return Message(self.topics.meta, self._meta_payload, retain=True)

@@ -107,6 +107,7 @@ def _byte_permutation(order: ByteOrder, registers: int) -> tuple[str, tuple[int,
     return ">", tuple(2 * k + b for k in range(registers) for b in (1, 0))
 
 
+@functools.lru_cache(maxsize=8192)
 def compile_register_decoder(
     value_type: ValueType,
     *,
@@ -120,6 +121,9 @@ def compile_register_decoder(
     The block is the registers packed big-endian (``struct.pack(">%dH", *registers)``), i.e. exactly the bytes
     on the wire. ``bit`` (0 = LSB) selects one bit of the register for a ``bool``; ``length`` is the number of
     registers of a ``string``. Every choice (format, offsets, permutation) is made here, once.
+
+    Cached: decoders are pure functions of these arguments, and the channels of a rack repeat the same few
+    (type, order, offset) combinations in every request; sharing them saves a closure per tag.
     """
     if value_type == "bool":
         if bit is None or not 0 <= bit <= MAX_BIT_INDEX:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.runtime import plan_reload
+from gateway.runtime import PlantFingerprint, plan_reload
 from gateway.tagmap import Plant, load_plant_from_text
 
 BASE = """
@@ -32,7 +32,7 @@ def sources(*groups: tuple[str, set[str]]) -> dict[str, frozenset[str]]:
 def test_an_unchanged_map_restarts_nothing() -> None:
     old = plant(device("r1", 5001), device("r2", 5002))
     running = sources(("modbus[r1]", {"r1"}), ("modbus[r2]", {"r2"}))
-    result = plan_reload(old, old, running=running, wanted=running)
+    result = plan_reload(PlantFingerprint.of(old), PlantFingerprint.of(old), running=running, wanted=running)
     assert (result.added, result.removed, result.changed) == (frozenset(), frozenset(), frozenset())
     assert (result.sources_to_stop, result.sources_to_start, result.sections_ignored) == ((), (), ())
 
@@ -42,7 +42,7 @@ def test_only_the_changed_device_source_restarts_and_added_removed_are_named() -
     new = plant(device("r1", 5001), device("r2", 5002, interval_ms=500), device("r4", 5004))
     running = sources(("m1", {"r1"}), ("m2", {"r2"}), ("m3", {"r3"}))
     wanted = sources(("m1", {"r1"}), ("m2", {"r2"}), ("m4", {"r4"}))
-    result = plan_reload(old, new, running=running, wanted=wanted)
+    result = plan_reload(PlantFingerprint.of(old), PlantFingerprint.of(new), running=running, wanted=wanted)
     assert result.changed == {"r2"}
     assert result.added == {"r4"}
     assert result.removed == {"r3"}
@@ -54,7 +54,7 @@ def test_a_shared_connection_restarts_when_any_of_its_devices_changes() -> None:
     old = plant(device("u1", 5001, unit_id=1), device("u2", 5001, unit_id=2))
     new = plant(device("u1", 5001, unit_id=1), device("u2", 5001, unit_id=2, interval_ms=250))
     shared = sources(("modbus[5001]", {"u1", "u2"}))
-    result = plan_reload(old, new, running=shared, wanted=shared)
+    result = plan_reload(PlantFingerprint.of(old), PlantFingerprint.of(new), running=shared, wanted=shared)
     assert result.changed == {"u2"}
     assert (result.sources_to_stop, result.sources_to_start) == (("modbus[5001]",), ("modbus[5001]",))
 
@@ -63,8 +63,8 @@ def test_a_device_joining_a_running_connection_restarts_that_connection() -> Non
     old = plant(device("u1", 5001, unit_id=1))
     new = plant(device("u1", 5001, unit_id=1), device("u2", 5001, unit_id=2))
     result = plan_reload(
-        old,
-        new,
+        PlantFingerprint.of(old),
+        PlantFingerprint.of(new),
         running=sources(("modbus[5001]", {"u1"})),
         wanted=sources(("modbus[5001]", {"u1", "u2"})),
     )
@@ -76,7 +76,10 @@ def test_disabling_a_device_removes_it_and_section_changes_are_reported_not_appl
     old = plant(device("r1", 5001), device("r2", 5002))
     new = plant(device("r1", 5001), device("r2", 5002, enabled=False), broker_port=1884)
     result = plan_reload(
-        old, new, running=sources(("m1", {"r1"}), ("m2", {"r2"})), wanted=sources(("m1", {"r1"}))
+        PlantFingerprint.of(old),
+        PlantFingerprint.of(new),
+        running=sources(("m1", {"r1"}), ("m2", {"r2"})),
+        wanted=sources(("m1", {"r1"})),
     )
     assert result.removed == {"r2"}
     assert result.sources_to_stop == ("m2",)
