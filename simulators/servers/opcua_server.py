@@ -62,6 +62,8 @@ __all__ = ["NAMESPACE_URI", "VARIANT_TYPES", "OpcUaSimulatorServer", "check_vari
 # Registered before NAMESPACE_URI by a restart with extra namespaces, to move its index.
 DUMMY_NAMESPACE_URI = "urn:cellgate:simulators:dummy:{n}"
 APPLICATION_URI = "urn:cellgate:simulators:opcua-server"
+RESTART_STOP_TIMEOUT_S = 5.0
+"""How long a restart waits for asyncua's own stop before it closes the listener itself and starts again."""
 
 VARIANT_TYPES: Mapping[DataType, ua.VariantType] = {
     DataType.DOUBLE: ua.VariantType.Double,
@@ -346,7 +348,17 @@ class OpcUaSimulatorServer:
         try:
             async with self._publish_lock:
                 self._server = None
-                await server.stop()
+                # Close the client connections first: asyncua's stop() waits for its connection tasks and the
+                # listening server to close, which can otherwise wait on a connected client for many seconds.
+                server.drop_connections()
+                try:
+                    await asyncio.wait_for(server.stop(), RESTART_STOP_TIMEOUT_S)
+                except TimeoutError:
+                    # asyncua got stuck closing a session: close what is left ourselves so the port is free.
+                    server.drop_connections()
+                    listener = server.bserver._server if server.bserver is not None else None
+                    if listener is not None:
+                        listener.close()
                 if down_s > 0.0:
                     await asyncio.sleep(down_s)
                 await self._start_server(extra_namespaces=extra_namespaces)
@@ -397,7 +409,7 @@ class OpcUaSimulatorServer:
                                  SourceTimestamp=now, ServerTimestamp=now),
                 )
 
-    def _require_server(self) -> Server:
+    def _require_server(self) -> _FaultGatedServer:
         if self._server is None:
             raise RuntimeError("the OPC UA simulator is not running (use it as an async context manager)")
         return self._server
