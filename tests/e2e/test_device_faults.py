@@ -18,6 +18,7 @@ from simulators.servers.control_http import request_control
 from tests.support.gateway import GatewayProcess, retarget_demo_config
 from tests.support.mosquitto import Mosquitto, Subscriber
 from tests.support.sim import MODBUS_MACHINES_IN_DEFAULT_SET, SimulatorProcess, free_port_run
+from tests.support.waiting import wait_until
 
 
 @dataclass
@@ -64,15 +65,6 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plant]:
         finally:
             opcua_sim.close()
             modbus_sim.close()
-
-
-def wait_until(predicate: object, timeout_s: float, what: str) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def status(plant: Plant, equipment: str) -> dict[str, object] | None:

@@ -23,6 +23,7 @@ from gateway.sinks.spool import Spool
 from tests.support.gateway import GatewayProcess, retarget_demo_config
 from tests.support.mosquitto import Mosquitto, Received, Subscriber
 from tests.support.sim import MODBUS_MACHINES_IN_DEFAULT_SET, SimulatorProcess, free_port_run
+from tests.support.waiting import wait_until
 
 OUTAGE_S = 30.0
 
@@ -89,15 +90,6 @@ def holes(per_topic: dict[str, list[dict[str, object]]]) -> dict[str, list[int]]
         if gap:
             missing[topic] = gap
     return missing
-
-
-def wait_until(predicate: object, timeout_s: float, what: str) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
 
 
 def historical_count(rig: Rig) -> int:

@@ -12,6 +12,7 @@ from gateway.runtime import Gateway
 from gateway.tagmap import Plant, load_plant_from_text
 from tests.support.modbus import free_tcp_port, sim_device, tcp_server
 from tests.support.mosquitto import Mosquitto, Subscriber, retained_snapshot
+from tests.support.waiting import wait_until_async
 
 HEAD = """
 gateway: {{id: gw-reload, enterprise: {enterprise}, site: s1}}
@@ -29,15 +30,6 @@ DEVICE = """
     interval_ms: 100
     tags: [{{name: v, address: 0, type: uint16}}]
 """
-
-
-async def wait_for(predicate: object, timeout_s: float) -> None:
-    assert callable(predicate)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_reload_adds_and_removes_devices_and_keeps_the_others_running(tmp_path: Path) -> None:
@@ -58,22 +50,23 @@ async def test_reload_adds_and_removes_devices_and_keeps_the_others_running(tmp_
             stop = asyncio.Event()
             running = asyncio.create_task(gateway.run(stop))
             try:
-                await wait_for(lambda: len(subscriber.on(f"{prefix}/gone/v")) >= 2, 15)
+                await wait_until_async(lambda: len(subscriber.on(f"{prefix}/gone/v")) >= 2, 15)
                 kept_task = next(task for name, task in gateway.source_tasks.items() if str(port_a) in name)
 
                 gateway.reload(plant(("keep", port_a, 1), ("new", port_b, 2)))
-                await wait_for(lambda: len(subscriber.on(f"{prefix}/new/v")) >= 2, 15)
-                await wait_for(lambda: gateway.counters.reloads == 1, 5)
+                await wait_until_async(lambda: len(subscriber.on(f"{prefix}/new/v")) >= 2, 15)
+                await wait_until_async(lambda: gateway.counters.reloads == 1, 5)
                 # The unchanged device's task was not touched; the removed one's retained topics are gone.
                 assert not kept_task.done()
                 assert next(task for name, task in gateway.source_tasks.items() if str(port_a) in name) is kept_task
-                await wait_for(lambda: any(m.payload == b"" for m in subscriber.on(f"{prefix}/gone/_status")), 5)
+                gone_status = f"{prefix}/gone/_status"
+                await wait_until_async(lambda: any(m.payload == b"" for m in subscriber.on(gone_status)), 5)
                 retained = await retained_snapshot(broker.host, broker.port, f"{enterprise}/#")
                 assert f"{prefix}/gone/_status" not in retained
                 assert f"{prefix}/gone/_meta" not in retained
                 assert orjson.loads(retained[f"{prefix}/new/_status"])["connected"] is True
                 count = len(subscriber.on(f"{prefix}/keep/v"))
-                await wait_for(lambda: len(subscriber.on(f"{prefix}/keep/v")) > count, 5)
+                await wait_until_async(lambda: len(subscriber.on(f"{prefix}/keep/v")) > count, 5)
             finally:
                 stop.set()
                 await asyncio.wait_for(running, 20)

@@ -13,19 +13,11 @@ from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward
 from tests.support.mosquitto import Mosquitto, Subscriber, free_port
 from tests.support.sink import sink_options
+from tests.support.waiting import wait_until_async
 
 
 def data(prefix: str, n: int, topic: str = "t") -> tuple[str, bytes]:
     return f"{prefix}/data/{topic}", orjson.dumps({"value": n, "seq": n})
-
-
-async def wait_until(predicate: object, timeout_s: float) -> None:
-    assert callable(predicate)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_broker_down_spools_everything_then_replays_in_order_marked_historical(
@@ -47,12 +39,12 @@ async def test_broker_down_spools_everything_then_replays_in_order_marked_histor
             broker.start()
             with Subscriber(broker.host, broker.port, f"{prefix}/data/#") as subscriber:
                 await forwarder.forward([data(prefix, n, "live") for n in range(1, 4)])  # may race the connect
-                await wait_until(lambda: len(subscriber.on(f"{prefix}/data/t")) >= 50, 20)
-                await wait_until(lambda: spool.count == 0, 10)
+                await wait_until_async(lambda: len(subscriber.on(f"{prefix}/data/t")) >= 50, 20)
+                await wait_until_async(lambda: spool.count == 0, 10)
                 bodies = [orjson.loads(m.payload) for m in subscriber.on(f"{prefix}/data/t")]
                 assert [body["value"] for body in bodies] == list(range(1, 51))
                 assert all(body["historical"] is True for body in bodies)
-                await wait_until(lambda: len(subscriber.on(f"{prefix}/data/live")) >= 3, 10)
+                await wait_until_async(lambda: len(subscriber.on(f"{prefix}/data/live")) >= 3, 10)
                 live = [orjson.loads(m.payload)["value"] for m in subscriber.on(f"{prefix}/data/live")]
                 assert live == [1, 2, 3]
             assert forwarder.replayed_total == forwarder.spooled_total  # everything spooled was acknowledged
@@ -81,8 +73,8 @@ async def test_hung_broker_window_full_goes_to_spool_and_is_replayed_after(tmp_p
                     assert spool.count == 95
                 finally:
                     broker.resume()
-                await wait_until(lambda: len(subscriber.on(f"{prefix}/data/t")) >= 100, 20)
-                await wait_until(lambda: spool.count == 0, 10)
+                await wait_until_async(lambda: len(subscriber.on(f"{prefix}/data/t")) >= 100, 20)
+                await wait_until_async(lambda: spool.count == 0, 10)
                 bodies = [orjson.loads(m.payload) for m in subscriber.on(f"{prefix}/data/t")]
             replay.cancel()
         await forwarder.keep_unacked()
