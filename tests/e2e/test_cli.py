@@ -101,3 +101,29 @@ def test_demo_runs_simulators_broker_and_gateway_and_stops_on_ctrl_c(tmp_path: P
     assert returncode == 0, text[-3000:]
     assert '"event": "gateway_stopped"' in text
     assert "Traceback" not in text
+
+
+def test_a_second_gateway_on_the_same_state_directory_is_refused(tmp_path: Path) -> None:
+    """Two gateways must never share a spool: the second exits 1 and names the first one's pid."""
+    config = tmp_path / "map.yaml"
+    config.write_text(
+        BROKEN.replace("float33", "float32").replace('"bad name"', "current"), encoding="utf-8"
+    )
+    state = tmp_path / "state"
+    first = subprocess.Popen(
+        [*CLI, "run", "-c", str(config), "--state-dir", str(state), "--log-format", "json"],
+        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        lock = state / "cellgate.lock"
+        while not (lock.exists() and lock.read_text().strip() == str(first.pid)):
+            assert time.monotonic() < deadline, "the first gateway never took the lock"
+            time.sleep(0.1)
+        second = run_cli("run", "-c", str(config), "--state-dir", str(state))
+        assert second.returncode == 1
+        assert f"in use by cellgate pid {first.pid}" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=20) == 0
