@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from typing import Protocol
 
-from simulators.faults import Fault, FaultKind, FaultState
+from simulators.faults import BadValue, Fault, FaultKind, FaultState, Freeze
 
 
 class FaultGate:
@@ -74,3 +75,45 @@ class FaultGate:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await changed.wait()
+
+
+class ConnectionCloser(Protocol):
+    def drop_connections(self) -> int: ...
+
+
+class FaultControlledServer:
+    """What both simulator servers do with a fault once they have checked it makes sense for them.
+
+    Subclasses set ``_gate``, keep their listening server (or None while stopped) in ``_server`` and write their
+    values in ``publish()``.
+    """
+
+    _gate: FaultGate
+    _server: ConnectionCloser | None
+
+    async def publish(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def faults(self) -> FaultState:
+        """The active faults (expired ones removed)."""
+        return self._gate.state
+
+    async def _start_fault(self, fault: Fault, *, duration_s: float | None) -> None:
+        self._gate.set(fault, duration_s=duration_s)
+        if fault.kind is FaultKind.DROP and self._server is not None:
+            self._server.drop_connections()
+        if isinstance(fault, BadValue | Freeze) and self._server is not None:
+            await self.publish()  # bad and frozen points show at once, not at the next model step
+
+    async def clear_faults(self, kind: FaultKind | None = None, *, machine: str | None = None) -> None:
+        """End the faults of ``kind`` (None: all; with ``machine``, only point faults aimed at it or all);
+        values are republished at once."""
+        self._gate.clear(kind, machine=machine)
+        if self._server is not None:
+            await self.publish()
+
+    async def drop_connections(self) -> int:
+        """Close every client connection now (new ones are accepted); returns how many were open."""
+        self._gate.clear(FaultKind.DROP)
+        return 0 if self._server is None else self._server.drop_connections()

@@ -26,7 +26,7 @@ from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType as SimDataType
 from pymodbus.simulator import SimData, SimDevice
 
-from simulators.faults import BadValue, Fault, FaultKind, FaultState, Freeze, Restart, check_points
+from simulators.faults import BadValue, Fault, FaultState, Freeze, Restart, check_points
 from simulators.machines.points import Machine, Value
 from simulators.servers.address_map import (
     CHANNEL_ALARM_COIL_BASE,
@@ -47,7 +47,7 @@ from simulators.servers.address_map import (
     table_sizes,
 )
 from simulators.servers.clock import AutoStepper, check_rate
-from simulators.servers.fault_gate import FaultGate
+from simulators.servers.fault_gate import FaultControlledServer, FaultGate
 
 __all__ = [
     "CHANNEL_ALARM_COIL_BASE", "CHANNEL_BASE", "CHANNEL_STRIDE", "DEFAULT_UNIT_ID", "Encoding", "ModbusSimulatorServer",
@@ -120,7 +120,7 @@ class _FaultGatedTcpServer(ModbusTcpServer):
         return len(connections)
 
 
-class ModbusSimulatorServer:
+class ModbusSimulatorServer(FaultControlledServer):
     """Serves one model through ``register_map`` as Modbus TCP device ``unit_id``, stepping it at ``step_hz``.
 
     ``async with ModbusSimulatorServer(model=rack, register_map=formation_register_map(16), port=5020) as s: ...``
@@ -191,11 +191,6 @@ class ModbusSimulatorServer:
         """The machine this server exposes (one), by the name faults use."""
         return (self._name,)
 
-    @property
-    def faults(self) -> FaultState:
-        """The active faults (expired ones removed)."""
-        return self._gate.state
-
     async def set_fault(self, fault: Fault | Restart, *, duration_s: float | None = None) -> None:
         """Start ``fault`` for ``duration_s`` seconds (None: until cleared; ``DropConnections`` defaults to 0).
 
@@ -211,22 +206,7 @@ class ModbusSimulatorServer:
                 not_float = sorted(p for p in fault.points if by_name[p].encoding is not Encoding.FLOAT32)
                 if not_float:
                     raise ValueError(f"NaN only exists in float32 points; not float32: {not_float[:5]}")
-        self._gate.set(fault, duration_s=duration_s)
-        if fault.kind is FaultKind.DROP and self._server is not None:
-            self._server.drop_connections()
-        if isinstance(fault, BadValue | Freeze) and self._server is not None:
-            await self.publish()
-
-    async def clear_faults(self, kind: FaultKind | None = None, *, machine: str | None = None) -> None:
-        """End the faults of ``kind`` (None: all); values are republished at once."""
-        self._gate.clear(kind, machine=machine)
-        if self._server is not None:
-            await self.publish()
-
-    async def drop_connections(self) -> int:
-        """Close every client connection now (new ones are accepted); returns how many were open."""
-        self._gate.clear(FaultKind.DROP)
-        return 0 if self._server is None else self._server.drop_connections()
+        await self._start_fault(fault, duration_s=duration_s)
 
     async def __aenter__(self) -> Self:
         sizes = self._encoder.sizes

@@ -51,11 +51,11 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
-from simulators.faults import BadValue, Fault, FaultKind, FaultState, Freeze, Restart, check_points
+from simulators.faults import BadValue, Fault, FaultKind, Freeze, Restart, check_points
 from simulators.machines.points import DataType, Machine, PointSpec, Value
 from simulators.servers.address_map import MACHINES_FOLDER, MAX_VARIABLES_PER_OBJECT, NAMESPACE_URI, node_id_string
 from simulators.servers.clock import AutoStepper, check_rate
-from simulators.servers.fault_gate import FaultGate
+from simulators.servers.fault_gate import FaultControlledServer, FaultGate
 
 __all__ = ["NAMESPACE_URI", "VARIANT_TYPES", "OpcUaSimulatorServer", "check_variables_per_object", "node_id_string"]
 
@@ -194,7 +194,7 @@ class _FaultGatedServer(Server):
         return len(transports)
 
 
-class OpcUaSimulatorServer:
+class OpcUaSimulatorServer(FaultControlledServer):
     """Serves ``machines`` (name -> model) over OPC UA and steps them at ``step_hz``.
 
     ``async with OpcUaSimulatorServer(machines={"Coater01": coater}, port=4840) as server: ...``
@@ -299,11 +299,6 @@ class OpcUaSimulatorServer:
     def machines(self) -> tuple[str, ...]:
         return tuple(self._machines)
 
-    @property
-    def faults(self) -> FaultState:
-        """The active faults (expired ones removed)."""
-        return self._gate.state
-
     async def set_fault(self, fault: Fault | Restart, *, duration_s: float | None = None) -> None:
         """Start ``fault`` for ``duration_s`` seconds (None: until cleared; ``DropConnections`` defaults to 0).
 
@@ -320,22 +315,7 @@ class OpcUaSimulatorServer:
             check_points(fault, {name: [p.name for p in m.points] for name, m in self._machines.items()})
         if isinstance(fault, BadValue) and not isinstance(getattr(StatusCodes, fault.status, None), int):
             raise ValueError(f"unknown OPC UA status code name {fault.status!r} (e.g. BadSensorFailure)")
-        self._gate.set(fault, duration_s=duration_s)
-        if fault.kind is FaultKind.DROP and self._server is not None:
-            self._server.drop_connections()
-        if isinstance(fault, BadValue | Freeze) and self._server is not None:
-            await self.publish()
-
-    async def clear_faults(self, kind: FaultKind | None = None, *, machine: str | None = None) -> None:
-        """End the faults of ``kind`` (None: all; with ``machine``, only point faults aimed at it or all)."""
-        self._gate.clear(kind, machine=machine)
-        if self._server is not None:
-            await self.publish()
-
-    async def drop_connections(self) -> int:
-        """Close every client connection now (new ones are accepted); returns how many were open."""
-        self._gate.clear(FaultKind.DROP)
-        return 0 if self._server is None else self._server.drop_connections()
+        await self._start_fault(fault, duration_s=duration_s)
 
     async def restart(self, *, extra_namespaces: int = 1, down_s: float = 0.0) -> None:
         """Stop the server, wait ``down_s`` s, start it again on the same port with ``extra_namespaces`` dummy
