@@ -246,6 +246,21 @@ def _overload(
             "silent": behind and not warned}
 
 
+def _server_written_per_s(output: str, window_start: float, window_end: float) -> float | None:
+    """Values the OPC UA bench server wrote per second in the window, from its ``pass writes=N ended=T`` lines
+    (passes that ended inside the window); None for servers that print none (Modbus answers reads)."""
+    passes = [
+        (int(fields["writes"]), float(fields["ended"]))
+        for line in output.splitlines()
+        if line.startswith("pass ")
+        for fields in [dict(part.split("=", 1) for part in line.split()[1:])]
+    ]
+    if not passes or window_end <= window_start:
+        return None
+    written = sum(writes for writes, ended in passes if window_start < ended <= window_end)
+    return written / (window_end - window_start)
+
+
 def _util(cpu_s: float | None, window_s: float) -> float | None:
     return round(cpu_s / window_s, 3) if cpu_s is not None and window_s > 0 else None
 
@@ -256,6 +271,7 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
     children: list[Child] = []
     result: dict[str, Any] = {"scenario": plan.scenario, "mode": plan.mode, "workdir": str(workdir)}
     server_stats = ""
+    server_output = ""
     gateway: Child | None = None
     try:
         broker.start()
@@ -303,7 +319,9 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         subscriber.send("start")
         subscriber.wait_for_prefix("started", 30)
         window_started = time.monotonic()
+        window_wall = (time.time(), 0.0)
         time.sleep(args.duration_s)
+        window_wall = (window_wall[0], time.time())
         after = {name: [proc_sample(pid) for pid in group] for name, group in pids.items()}
         busy_after = machine_busy_ticks()
         window_s = time.monotonic() - window_started
@@ -316,6 +334,7 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         for child in reversed(children):
             _, rest = child.stop()
             if child.name == "servers":
+                server_output = rest
                 server_stats = next((line for line in rest.splitlines() if line.startswith("stats ")), "")
         broker.stop()
 
@@ -329,6 +348,10 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
     total = busy_after[1] - busy_before[1]
     tags = plant.tag_count
     log_summary = _log_summary(gateway.log_path.read_text(errors="replace"))
+    offered_per_s = tags * 1000 / plan.interval_ms
+    written_per_s = _server_written_per_s(server_output, *window_wall)
+    # What the gateway could have delivered: the configured rate, unless the server wrote less (OPC UA).
+    deliverable_per_s = min(offered_per_s, written_per_s) if written_per_s is not None else offered_per_s
     result.update(
         {
             "protocol": plan.protocol,
@@ -356,7 +379,7 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
                 **_per_key_stats(counted["per_key"], expected, sub_window_s),
             },
             "data_age_ms": counted["age_ms"],
-            "overload": _overload(values=values, window_s=sub_window_s, offered_per_s=tags * 1000 / plan.interval_ms,
+            "overload": _overload(values=values, window_s=sub_window_s, offered_per_s=deliverable_per_s,
                                   tags=tags, counted=counted, log=log_summary),
             "gateway": {
                 "pid": gateway.pid,
@@ -371,7 +394,8 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
             },
             "broker": {"cpu_s": round(cpu["broker"], 3), "cpu_util": _util(cpu["broker"], window_s)},
             "servers": {"cpu_s": round(cpu["servers"], 3), "cpu_util": _util(cpu["servers"], window_s),
-                        "stats": server_stats},
+                        "stats": server_stats,
+                        "written_values_per_s": round(written_per_s, 1) if written_per_s is not None else None},
             "subscriber": {"cpu_s": round(cpu["subscriber"], 3), "cpu_util": _util(cpu["subscriber"], window_s)},
             "machine": {"cpus": _cpu_count(), "busy_fraction": round(busy / total, 3) if total else None,
                         "loadavg": Path("/proc/loadavg").read_text().split()[:3]},
@@ -440,7 +464,9 @@ def summary_line(result: dict[str, Any]) -> str:
         f"({d['messages_per_s']:,.0f} msg/s{', SILENT OVERLOAD' if result['overload']['silent'] else ''}), "
         f"age p50/p95/p99 {age['p50']}/{age['p95']}/{age['p99']} ms, "
         f"gw {g['cpu_us_per_value']} us/value {g['cpu_util']} cpu rss {g['rss_mb']} MB, "
-        f"broker {result['broker']['cpu_util']} cpu, servers {result['servers']['cpu_util']} cpu, "
+        f"broker {result['broker']['cpu_util']} cpu, servers {result['servers']['cpu_util']} cpu"
+        + (f" (wrote {written:,.0f} values/s)" if (written := result["servers"].get("written_values_per_s")) else "")
+        + ", "
         f"gaps {d['seq_missing']}, starved {d['tags_starved']}/{d['tags_expected']}, "
         f"not-good {d['values_not_good']}, machine busy {result['machine']['busy_fraction']}"
         + (f", MISSED: {', '.join(misses)}" if misses else "")

@@ -32,6 +32,7 @@ with quality bad (see ``opcua_status`` for the status strings).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -42,17 +43,21 @@ from dataclasses import dataclass
 import structlog
 from asyncua import ua
 from asyncua.client.client import Client
+from asyncua.client.ua_session import UaSession
 from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeNotif, Subscription
+from asyncua.common.utils import Buffer
 from asyncua.observer import Observer
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
-from asyncua.ua.uaerrors import UaStatusCodeError
+from asyncua.ua.ua_binary import struct_from_binary
+from asyncua.ua.uaerrors import UaStatusCodeError, UaStructParsingError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
 from gateway.schema import STATUS_COMM_FAILURE
 from gateway.sources.base import OVERLOAD_LOG_EVERY_S, Emit, RawReading, ReportLink
+from gateway.sources.opcua_publish import DataChanges, decode_data_changes
 from gateway.sources.opcua_status import (
     SUBSCRIPTION_KEEPALIVE_S,
     NodePlan,
@@ -81,6 +86,8 @@ SESSION_TIMEOUT_MS = 60_000
 # 1.5 periods first; if that does not bring publishes back, we build a new client.
 SILENCE_KEEPALIVES = 3
 NOTIFICATION_QUEUE_SIZE = 10_000
+"""Smallest bound of the readings queued between the subscription and ``emit``; a device with more tags gets
+room for two of its full Publish responses (every tag changed), so one response never overflows it."""
 EMIT_BATCH_MAX = 1_000
 MONITORED_ITEMS_PER_CALL = 1_000
 """Monitored items created per CreateMonitoredItems request."""
@@ -117,6 +124,9 @@ class OpcUaSourceStats:
     connect_failures: int = 0
     link_losses: int = 0
     notifications: int = 0
+    fast_publish_responses: int = 0  # Publish responses of data changes decoded by opcua_publish
+    asyncua_publish_responses: int = 0  # the others (status changes, keep-alives of a recreated subscription...)
+    unknown_handles: int = 0  # notifications for a client handle this connection never asked for
     queue_overflow_dropped: int = 0  # subscription readings dropped (oldest first) because the queue was full
     queue_dropped_at_stop: int = 0  # readings still queued when the source was cancelled
     polls: int = 0
@@ -180,12 +190,12 @@ class _DataChangeHandler:
     def __init__(
         self,
         *,
-        tags_by_node: dict[ua.NodeId, tuple[str, ...]],
+        tags_by_handle: dict[int, tuple[str, ...]],
         push: Callable[[Sequence[RawReading]], None],
         watch: _LinkWatch,
         stats: OpcUaSourceStats,
     ) -> None:
-        self._tags_by_node = tags_by_node
+        self._tags_by_handle = tags_by_handle
         self._push = push
         self._watch = watch
         self._stats = stats
@@ -194,8 +204,9 @@ class _DataChangeHandler:
     def datachange_notification(self, node: Node, val: object, data: DataChangeNotif) -> None:
         if self.closed:
             return
-        tags = self._tags_by_node.get(node.nodeid)
+        tags = self._tags_by_handle.get(data.monitored_item.ClientHandle)
         if tags is None:
+            self._stats.unknown_handles += 1
             return
         self._stats.notifications += 1
         self._push(readings_from_data_value(tags, data.monitored_item.Value, received_at=time.time()))
@@ -207,12 +218,128 @@ class _DataChangeHandler:
             self._watch.lose(f"subscription status {status_name(code.value)}")
 
 
+class _FastPublishPath:
+    """Takes over the Publish responses of one subscription from asyncua's generic path (see ``opcua_publish``).
+
+    asyncua's publish loop stays in charge (one outstanding PublishRequest, acknowledgements, retries, the
+    session's life); only two of its session's hooks are replaced, for this connection's session alone (a fresh
+    Client per connection, so nothing outlives it):
+
+    * ``session.publish``: sends the PublishRequest as asyncua does, then reads a response of data changes with
+      ``decode_data_changes`` into readings at once; any other response (a status change, events, another
+      subscription id after asyncua re-created the subscription) is decoded by asyncua as before.
+    * the subscription's entry in ``session._subscription_callbacks``: hands those readings to ``push`` in one
+      go, notes the Publish activity for the silence watchdog and asyncua's stale check, and passes everything
+      else on to asyncua's own ``Subscription.publish_callback`` (which calls ``_DataChangeHandler``).
+
+    What asyncua needs from the response it gets back, a PublishResult with SubscriptionId, SequenceNumber and
+    NotificationData (non-empty when there is something to acknowledge), is kept: the readings travel inside it
+    as the single NotificationData element.
+    """
+
+    def __init__(
+        self,
+        *,
+        session: UaSession,
+        subscription: Subscription,
+        tags_by_handle: dict[int, tuple[str, ...]],
+        push: Callable[[Sequence[RawReading]], None],
+        activity: _PublishActivity,
+        handler: _DataChangeHandler,
+        stats: OpcUaSourceStats,
+    ) -> None:
+        if subscription.subscription_id is None:
+            raise ua.uaerrors.UaError("subscription has no id")
+        self._session = session
+        self._subscription = subscription
+        self._subscription_id: int = subscription.subscription_id
+        self._tags_by_handle = tags_by_handle
+        self._push = push
+        self._activity = activity
+        self._handler = handler
+        self._stats = stats
+        self._asyncua_callback = session._subscription_callbacks[self._subscription_id]
+
+    def install(self) -> None:
+        self._session._subscription_callbacks[self._subscription_id] = self._on_publish_result
+        # An instance attribute shadows the method for this session only; the publish loop looks it up each time.
+        self._session.publish = self._publish  # type: ignore[method-assign]
+
+    async def _publish(self, acks: list[ua.SubscriptionAcknowledgement]) -> ua.PublishResponse:
+        request = ua.PublishRequest()
+        request.Parameters.SubscriptionAcknowledgements = acks if acks else []
+        data = await self._session._send_request(request, timeout=0)  # 0: the server holds it until it has news
+        body = bytes(data)
+        try:
+            changes = decode_data_changes(body, tags_by_handle=self._tags_by_handle, received_at=time.time())
+            if changes is None or changes.subscription_id != self._subscription_id:
+                self._stats.asyncua_publish_responses += 1
+                response: ua.PublishResponse = struct_from_binary(ua.PublishResponse, Buffer(body))
+                return response
+        except Exception as exc:
+            # As asyncua's own publish: the loop drops this response and carries on with the next request.
+            log.warning("opcua_publish_response_unreadable", error=describe_error(exc))
+            raise UaStructParsingError from exc
+        self._stats.fast_publish_responses += 1
+        response = ua.PublishResponse()
+        message = response.Parameters.NotificationMessage
+        response.Parameters.SubscriptionId = changes.subscription_id
+        message.SequenceNumber = changes.sequence_number
+        # Non-empty only when the message carried notifications: asyncua acknowledges exactly those.
+        message.NotificationData = [changes] if changes.notifications else []
+        return response
+
+    def _on_publish_result(self, result: ua.PublishResult) -> object:
+        data = result.NotificationMessage.NotificationData
+        if not data or not isinstance(data[0], DataChanges):
+            return self._asyncua_callback(result)  # keep-alives and whatever asyncua decoded
+        changes: DataChanges = data[0]
+        self._subscription.last_publish_at = time.monotonic()  # asyncua's stale-subscription check reads it
+        self._subscription.last_sequence_number = changes.sequence_number
+        self._activity.on_notification(self._subscription_id, changes.items)
+        if changes.unknown_handles:
+            self._stats.unknown_handles += changes.unknown_handles
+        if self._handler.closed:
+            return None
+        self._stats.notifications += changes.items
+        if changes.readings:
+            self._push(changes.readings)
+        return None
+
+
+def _monitored_item_requests(
+    plan: NodePlan, *, sampling_interval_ms: float, queue_size: int
+) -> list[ua.MonitoredItemCreateRequest]:
+    """One request per planned node; its client handle is its position in the plan + 1 (0 is never used)."""
+    requests: list[ua.MonitoredItemCreateRequest] = []
+    for index, planned in enumerate(plan.nodes):
+        parameters = ua.MonitoringParameters()
+        parameters.ClientHandle = ua.UInt32(index + 1)
+        parameters.SamplingInterval = ua.Double(sampling_interval_ms)
+        parameters.QueueSize = ua.UInt32(queue_size)
+        parameters.DiscardOldest = True
+        item = ua.ReadValueId()
+        item.NodeId = planned.node_id
+        item.AttributeId = ua.UInt32(AttributeIds.Value)
+        request = ua.MonitoredItemCreateRequest()
+        request.ItemToMonitor = item
+        request.MonitoringMode = ua.MonitoringMode.Reporting
+        request.RequestedParameters = parameters
+        requests.append(request)
+    return requests
+
+
+def _tags_by_handle(plan: NodePlan) -> dict[int, tuple[str, ...]]:
+    return {index + 1: planned.tags for index, planned in enumerate(plan.nodes)}
+
+
 class OpcUaSource:
     """Reads one OPC UA device and hands RawReadings to ``emit`` until cancelled.
 
     ``tags`` are the device's tags in tag-map order (several tags may name the same node).
     ``backoff_initial_s`` / ``backoff_max_s`` shape the reconnect backoff (exponential with jitter).
-    ``notification_queue_size`` bounds the subscription queue between asyncua and ``emit``.
+    ``notification_queue_size`` bounds the readings queued between the subscription and ``emit`` (default:
+    ``max(NOTIFICATION_QUEUE_SIZE, 2 × tags)``); when ``emit`` cannot keep up the oldest are dropped and counted.
     ``keepalive_s`` is the keep-alive period asked of the server (subscribe mode, rounded up to whole publishing
     intervals); the silence watchdog fires after ``silence_timeout_s`` without a Publish response.
     """
@@ -225,7 +352,7 @@ class OpcUaSource:
         tags: Sequence[OpcUaTagRef],
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
-        notification_queue_size: int = NOTIFICATION_QUEUE_SIZE,
+        notification_queue_size: int | None = None,
         emit_batch_max: int = EMIT_BATCH_MAX,
         keepalive_s: float = SUBSCRIPTION_KEEPALIVE_S,
     ) -> None:
@@ -241,7 +368,15 @@ class OpcUaSource:
         self._backoff_max_s = backoff_max_s
         self._emit_batch_max = emit_batch_max
         self._timing = _subscription_timing(options.interval_ms, keepalive_s)
-        self._queue: asyncio.Queue[RawReading] = asyncio.Queue(maxsize=notification_queue_size)
+        if notification_queue_size is None:
+            notification_queue_size = max(NOTIFICATION_QUEUE_SIZE, 2 * len(self.tags))
+        if notification_queue_size < 1:
+            raise ValueError(f"notification_queue_size must be >= 1, not {notification_queue_size}")
+        # A deque with maxlen drops the oldest by itself; whole Publish responses go in with one extend().
+        self._queue: collections.deque[RawReading] = collections.deque(maxlen=notification_queue_size)
+        self._queue_filled = asyncio.Event()  # set while readings wait
+        self._queue_idle = asyncio.Event()  # set when nothing waits and no batch is being emitted
+        self._queue_idle.set()
         self._overflow_logged_at = -OVERLOAD_LOG_EVERY_S
         self._link_up: bool | None = None  # None until the first connect attempt has an outcome
         self._log = log.bind(device=device, endpoint=options.endpoint)
@@ -376,36 +511,35 @@ class OpcUaSource:
     # --------------------------------------------------------------------------------- subscription
 
     def _push(self, readings: Sequence[RawReading]) -> None:
-        """Never blocks: when the queue is full the OLDEST reading is dropped (newest data wins) and counted."""
-        for reading in readings:
-            try:
-                self._queue.put_nowait(reading)
-            except asyncio.QueueFull:
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    self._queue.get_nowait()
-                    self._queue.task_done()
-                self.stats.queue_overflow_dropped += 1
-                self._queue.put_nowait(reading)
-                now = time.monotonic()
-                if now - self._overflow_logged_at >= OVERLOAD_LOG_EVERY_S:
-                    self._overflow_logged_at = now
-                    self._log.warning(
-                        "subscription_queue_overflow",
-                        dropped_oldest=self.stats.queue_overflow_dropped,
-                        queue_size=self._queue.maxsize,
-                    )
+        """Never blocks: when the queue is full the OLDEST readings are dropped (newest data wins) and counted."""
+        if not readings:
+            return
+        queue = self._queue
+        limit = queue.maxlen or 0
+        overflow = len(queue) + len(readings) - limit
+        queue.extend(readings)
+        self._queue_idle.clear()
+        self._queue_filled.set()
+        if overflow > 0:
+            self.stats.queue_overflow_dropped += overflow
+            now = time.monotonic()
+            if now - self._overflow_logged_at >= OVERLOAD_LOG_EVERY_S:
+                self._overflow_logged_at = now
+                self._log.warning(
+                    "subscription_queue_overflow", dropped_oldest=self.stats.queue_overflow_dropped, queue_size=limit
+                )
 
     async def _drain(self, emit: Emit) -> None:
         """Consumer task: hands queued readings to ``emit`` in batches (awaiting it applies backpressure)."""
+        queue = self._queue
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._emit_batch_max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                await _emit_checked(emit, batch)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            await self._queue_filled.wait()
+            batch = [queue.popleft() for _ in range(min(len(queue), self._emit_batch_max))]
+            if not queue:
+                self._queue_filled.clear()
+            await _emit_checked(emit, batch)
+            if not queue:
+                self._queue_idle.set()
 
     async def _serve_subscription(
         self,
@@ -416,7 +550,8 @@ class OpcUaSource:
     ) -> str:
         options = self.options
         plan = await self._plan(client)
-        handler = _DataChangeHandler(tags_by_node=plan.tags_by_node(), push=self._push, watch=watch, stats=self.stats)
+        tags_by_handle = _tags_by_handle(plan)
+        handler = _DataChangeHandler(tags_by_handle=tags_by_handle, push=self._push, watch=watch, stats=self.stats)
         timing = self._timing
         # A fresh Client per connection, so a fresh observer: it only ever sees this connection's subscription.
         activity = _PublishActivity()
@@ -436,17 +571,27 @@ class OpcUaSource:
                 async with asyncio.timeout(self._timeout_s):
                     subscription = await client.create_subscription(params, handler)
                 silence_s = self._silence_after_revision(subscription, silence_s)
-                sampling_ms = ua.Double(options.sampling_interval_ms or options.interval_ms)
+                _FastPublishPath(
+                    session=client.uaclient.session,
+                    subscription=subscription,
+                    tags_by_handle=tags_by_handle,
+                    push=self._push,
+                    activity=activity,
+                    handler=handler,
+                    stats=self.stats,
+                ).install()
+                requests = _monitored_item_requests(
+                    plan,
+                    sampling_interval_ms=options.sampling_interval_ms or options.interval_ms,
+                    queue_size=options.queue_size,
+                )
                 # CreateMonitoredItems in chunks, each under the request timeout: one call for 20,000 items
                 # takes a server longer than any sane timeout. The answer per item is a handle or a Bad status.
                 results: list[int | ua.StatusCode] = []
-                nodes = [client.get_node(planned.node_id) for planned in plan.nodes]
-                for start in range(0, len(nodes), MONITORED_ITEMS_PER_CALL):
+                for start in range(0, len(requests), MONITORED_ITEMS_PER_CALL):
                     async with asyncio.timeout(self._timeout_s):
-                        results += await subscription.subscribe_data_change(
-                            nodes[start : start + MONITORED_ITEMS_PER_CALL],
-                            sampling_interval=sampling_ms,
-                            queuesize=options.queue_size,
+                        results += await subscription.create_monitored_items(
+                            requests[start : start + MONITORED_ITEMS_PER_CALL]
                         )
                 if len(results) != len(plan.nodes):
                     raise ua.uaerrors.UaError(f"{len(results)} monitored-item results for {len(plan.nodes)} nodes")
@@ -495,19 +640,19 @@ class OpcUaSource:
         if consumer.done():
             consumer.result()
             return
-        joined = asyncio.ensure_future(self._queue.join())
+        idle = asyncio.ensure_future(self._queue_idle.wait())
         try:
-            await asyncio.wait({joined, consumer}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({idle, consumer}, return_when=asyncio.FIRST_COMPLETED)
             if consumer.done():
                 consumer.result()
         finally:
-            joined.cancel()
+            idle.cancel()
 
     def _discard_queue(self) -> None:
-        while not self._queue.empty():
-            self._queue.get_nowait()
-            self._queue.task_done()
-            self.stats.queue_dropped_at_stop += 1
+        self.stats.queue_dropped_at_stop += len(self._queue)
+        self._queue.clear()
+        self._queue_filled.clear()
+        self._queue_idle.set()
 
     def _subscribe_failures(self, plan: NodePlan, results: Sequence[int | ua.StatusCode]) -> list[RawReading]:
         now = time.time()

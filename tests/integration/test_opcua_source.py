@@ -137,6 +137,9 @@ async def test_subscribe_delivers_initial_values_and_changes_with_source_timesta
         await server.write("Recipe", "NMC811", ts=INITIAL_SOURCE_TS)
     assert source.stats.notifications >= len(tags)
     assert source.stats.queue_overflow_dropped == 0
+    # The data changes came through our own decoder (opcua_publish), not asyncua's per-notification path.
+    assert source.stats.fast_publish_responses >= 2
+    assert source.stats.unknown_handles == 0
 
 
 async def test_subscribe_reports_bad_status_unknown_node_and_unknown_namespace(server: OpcUaTestServer) -> None:
