@@ -2,7 +2,10 @@
 
 No sockets: this isolates what Cellgate itself spends per value (the MQTT client and the sources are
 measured by benchmarks/run.py). Prints one JSON object with microseconds per value for per-tag and batch
-messages, for changing values (every reading published) and for unchanged ones (deadband suppresses them).
+messages, for changing values (every reading published) and for unchanged ones (deadband suppresses them),
+and for batches that start from Modbus register bytes (decode + transform + encode, as a poll does): the
+``modbus-1k`` layout (one uint16 per register, plain polling) and the ``hall`` one (8 tags of float32, scaled
+int16, uint16 and uint32 in each 16-register channel).
 Run: ``.venv/bin/python benchmarks/hot_path.py [--tags 1000] [--cycles 200]``.
 """
 
@@ -10,12 +13,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import struct
 import time
+from collections.abc import Callable
 
 from gateway.outbound import DeviceOutbound, PublishMode, TagOutput
 from gateway.schema import EquipmentTopics, TagMeta
 from gateway.sources.base import RawReading
+from gateway.sources.modbus_plan import ModbusField, ReadPlan, ValueType, plan_reads
 from gateway.transform import TagRules
+
+TOPICS = EquipmentTopics.of(enterprise="acme", site="dunkirk", area="formation", line="hall-a", equipment="rack-01")
+# One hall channel (benchmarks/tagmaps.py HALL_CHANNEL): (name, register offset, type, scale, unit).
+HALL_CHANNEL: tuple[tuple[str, int, ValueType, float, str | None], ...] = (
+    ("voltage", 0, "float32", 1.0, "V"),
+    ("current", 2, "float32", 1.0, "A"),
+    ("capacity", 4, "float32", 1.0, "A.h"),
+    ("energy", 6, "float32", 1.0, "W.h"),
+    ("temperature", 8, "int16", 0.1, "Cel"),
+    ("step", 9, "uint16", 1.0, None),
+    ("status", 10, "uint16", 1.0, None),
+    ("cell_time", 11, "uint32", 1.0, "s"),
+)
 
 
 def outbound(tags: int, mode: PublishMode, *, deadband: float | None) -> DeviceOutbound:
@@ -28,8 +47,7 @@ def outbound(tags: int, mode: PublishMode, *, deadband: float | None) -> DeviceO
         )
         for n in range(tags)
     ]
-    topics = EquipmentTopics.of(enterprise="acme", site="dunkirk", area="formation", line="hall-a", equipment="rack-01")
-    return DeviceOutbound(device="rack-01", protocol="modbus", topics=topics, mode=mode, interval_ms=1000, tags=outputs)
+    return DeviceOutbound(device="rack-01", protocol="modbus", topics=TOPICS, mode=mode, interval_ms=1000, tags=outputs)
 
 
 def measure(tags: int, cycles: int, mode: PublishMode, *, changing: bool, repeats: int = 5) -> float:
@@ -53,6 +71,75 @@ def _measure_once(tags: int, cycles: int, mode: PublishMode, *, changing: bool) 
     return (time.process_time() - started) / ((cycles - 1) * tags) * 1e6
 
 
+def modbus_1k_device(tags: int) -> tuple[ReadPlan, DeviceOutbound]:
+    """``tags`` uint16 holding registers at 0.., published in batches, every reading (no deadband)."""
+    names = [f"hr{n:05d}/value" for n in range(tags)]
+    plan = plan_reads(
+        [ModbusField(key=name, table="holding", address=n, type="uint16") for n, name in enumerate(names)], unit_id=1
+    )
+    outputs = [
+        TagOutput(name=name, unit=None, rules=TagRules(), meta=TagMeta(tag=name, type="uint16")) for name in names
+    ]
+    device = DeviceOutbound(
+        device="plc-01", protocol="modbus", topics=TOPICS, mode=PublishMode.BATCH, interval_ms=10, tags=outputs
+    )
+    return plan, device
+
+
+def hall_device(tags: int) -> tuple[ReadPlan, DeviceOutbound]:
+    """``tags // 8`` hall channels from register 1000 on, 16 registers apart, published in batches."""
+    fields: list[ModbusField] = []
+    outputs: list[TagOutput] = []
+    for channel in range(tags // len(HALL_CHANNEL)):
+        for name, offset, value_type, scale, unit in HALL_CHANNEL:
+            tag = f"ch{channel + 1:03d}/{name}"
+            fields.append(ModbusField(key=tag, table="holding", address=1000 + 16 * channel + offset, type=value_type))
+            outputs.append(
+                TagOutput(name=tag, unit=unit, rules=TagRules(scale=scale), meta=TagMeta(tag=tag, type=value_type))
+            )
+    device = DeviceOutbound(
+        device="rack-01", protocol="modbus", topics=TOPICS, mode=PublishMode.BATCH, interval_ms=1000, tags=outputs
+    )
+    return plan_reads(fields, unit_id=1), device
+
+
+def measure_from_registers(
+    build: Callable[[int], tuple[ReadPlan, DeviceOutbound]], tags: int, cycles: int, *, repeats: int = 5
+) -> float:
+    """Register bytes of every read -> ``decode_block`` -> batch message, as one poll cycle; the best of ``repeats``."""
+    return min(_measure_from_registers_once(build, tags, cycles) for _ in range(repeats))
+
+
+def _measure_from_registers_once(
+    build: Callable[[int], tuple[ReadPlan, DeviceOutbound]], tags: int, cycles: int
+) -> float:
+    plan, device = build(tags)
+    values = len(plan.keys)
+    now = time.time()
+    # Every register changes every cycle (as the bench servers do); 0x4040 + n keeps float32s finite.
+    responses = [
+        [(request, struct.pack(f">{request.count}H", *_registers(request.count, cycle))) for request in plan.requests]
+        for cycle in range(cycles)
+    ]
+
+    def poll(cycle: int) -> None:
+        ts = now + cycle
+        readings: list[RawReading] = []
+        for request, block in responses[cycle]:
+            readings += request.decode_block(block, ts=ts)
+        device.messages(readings, ts)
+
+    poll(0)  # first publish of every tag
+    started = time.process_time()
+    for cycle in range(1, cycles):
+        poll(cycle)
+    return (time.process_time() - started) / ((cycles - 1) * values) * 1e6
+
+
+def _registers(count: int, cycle: int) -> list[int]:
+    return [(0x4040 + cycle + n) % 0x10000 for n in range(count)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tags", type=int, default=1000)
@@ -65,6 +152,10 @@ def main() -> None:
             "tag_changing": round(measure(args.tags, args.cycles, PublishMode.TAG, changing=True), 3),
             "tag_unchanged": round(measure(args.tags, args.cycles, PublishMode.TAG, changing=False), 3),
             "batch_changing": round(measure(args.tags, args.cycles, PublishMode.BATCH, changing=True), 3),
+            "batch_from_registers_modbus_1k": round(
+                measure_from_registers(modbus_1k_device, args.tags, args.cycles), 3
+            ),
+            "batch_from_registers_hall": round(measure_from_registers(hall_device, args.tags, args.cycles), 3),
         },
     }
     print(json.dumps(result))

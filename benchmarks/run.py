@@ -116,10 +116,19 @@ def _scaled(base: int, args: argparse.Namespace, scenario: str, minimum: int = 1
     return max(minimum, size)
 
 
+def modbus_concurrent_requests(args: argparse.Namespace) -> int:
+    """Requests in flight per Modbus connection: as asked, else 8 against the raw bench server and 1 against
+    pymodbus's server, which handles one frame per packet and loses pipelined requests."""
+    if args.modbus_concurrent_requests is not None:
+        return int(args.modbus_concurrent_requests)
+    return 1 if args.modbus_impl == "pymodbus" else tagmaps.MODBUS_CONCURRENT_REQUESTS
+
+
 def plan_live(scenario: str, mode: str, args: argparse.Namespace) -> Plan:
     python = sys.executable
     servers = str(BENCH_DIR / "servers.py")
     publish = mode
+    concurrent = modbus_concurrent_requests(args)
     if scenario == "modbus-1k":
         registers = _scaled(1000, args, scenario)
         interval = args.interval_ms or (25 if mode == "tag" else 10)
@@ -127,11 +136,11 @@ def plan_live(scenario: str, mode: str, args: argparse.Namespace) -> Plan:
             scenario=scenario, mode=mode, protocol="modbus", interval_ms=interval, size=registers, devices=1,
             tag_map=lambda url, addresses: tagmaps.modbus_1k(
                 broker_url=url, port=int(addresses[0].rsplit(":", 1)[1]), registers=registers,
-                interval_ms=interval, publish=publish,
+                interval_ms=interval, publish=publish, max_concurrent_requests=concurrent,
             ),
             server_argv=[python, servers, "modbus", "--ports", "0", "--impl", args.modbus_impl],
             server_ready_s=20, startup_timeout_s=30,
-            details={"registers": registers, "modbus_server": args.modbus_impl},
+            details={"registers": registers, "modbus_server": args.modbus_impl, "max_concurrent_requests": concurrent},
         )
     if scenario == "hall":
         channels = _scaled(256, args, scenario)
@@ -141,13 +150,13 @@ def plan_live(scenario: str, mode: str, args: argparse.Namespace) -> Plan:
             scenario=scenario, mode=mode, protocol="modbus", interval_ms=interval, size=channels, devices=racks,
             tag_map=lambda url, addresses: tagmaps.hall(
                 broker_url=url, ports=[int(a.rsplit(":", 1)[1]) for a in addresses], channels=channels,
-                interval_ms=interval, publish=publish,
+                interval_ms=interval, publish=publish, max_concurrent_requests=concurrent,
             ),
             # One process serves all racks (one port each): far cheaper than ten simulator processes.
             server_argv=[python, servers, "modbus", "--ports", *["0"] * racks, "--impl", args.modbus_impl],
             server_ready_s=20, startup_timeout_s=60,
             details={"racks": racks, "channels_per_rack": channels, "tags_per_channel": tagmaps.HALL_TAGS_PER_CHANNEL,
-                     "modbus_server": args.modbus_impl},
+                     "modbus_server": args.modbus_impl, "max_concurrent_requests": concurrent},
         )
     if scenario == "opcua-20k":
         variables = _scaled(20_000, args, scenario)
@@ -487,6 +496,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--opcua-timeout-ms", type=int, default=30_000,
                         help="opcua-20k: device timeout_ms; one CreateMonitoredItems call for every item must fit")
     parser.add_argument("--modbus-impl", choices=("raw", "pymodbus"), default="raw", help="bench Modbus server")
+    parser.add_argument("--modbus-concurrent-requests", type=int, default=None, choices=range(1, 17),
+                        metavar="N", help="the devices' max_concurrent_requests (default 8; 1 with --modbus-impl "
+                        "pymodbus, whose server loses pipelined requests)")
     parser.add_argument("--client", choices=("raw", "paho"), default="raw", help="subscriber MQTT client")
     parser.add_argument(
         "--broker-inflight", type=int, default=1000,

@@ -3,12 +3,18 @@
 Every map uses ``repeat`` templates, as an integrator would, and no deadband: the bench servers change every
 value on every read, so every tag is published on every cycle and the offered load is exactly
 ``tags * 1000 / interval_ms`` values per second.
+
+The Modbus devices ask for ``max_concurrent_requests`` (default ``MODBUS_CONCURRENT_REQUESTS``) requests in flight:
+the raw bench server (``servers.py --impl raw``) answers pipelined requests; pymodbus 3.16's server does not (it
+takes one frame per packet, so pipelined requests time out): pass 1 with ``--impl pymodbus``.
 """
 
 from __future__ import annotations
 
 ENTERPRISE = "bench"
 SITE = "lab"
+# Requests in flight per Modbus connection: a poll cycle of 24 reads then costs about 3 round trips, not 24.
+MODBUS_CONCURRENT_REQUESTS = 8
 
 
 def _header(*, broker_url: str, gateway_id: str, queue_size: int) -> list[str]:
@@ -18,7 +24,10 @@ def _header(*, broker_url: str, gateway_id: str, queue_size: int) -> list[str]:
     ]
 
 
-def modbus_1k(*, broker_url: str, port: int, registers: int, interval_ms: int, publish: str) -> str:
+def modbus_1k(
+    *, broker_url: str, port: int, registers: int, interval_ms: int, publish: str,
+    max_concurrent_requests: int = MODBUS_CONCURRENT_REQUESTS,
+) -> str:
     """One Modbus device with ``registers`` uint16 holding registers at 0..registers-1, one tag each."""
     lines = _header(broker_url=broker_url, gateway_id="bench-modbus", queue_size=10000)
     lines += [
@@ -34,6 +43,7 @@ def modbus_1k(*, broker_url: str, port: int, registers: int, interval_ms: int, p
         f"    port: {port}",
         f"    interval_ms: {interval_ms}",
         f"    publish: {publish}",
+        f"    max_concurrent_requests: {max_concurrent_requests}",
         f"    repeat: {{template: register, count: {registers}, start: 0, stride: 1, name: 'hr{{n:05d}}'}}",
     ]
     return "\n".join(lines) + "\n"
@@ -54,7 +64,10 @@ HALL_CHANNEL = [
 HALL_TAGS_PER_CHANNEL = 8
 
 
-def hall(*, broker_url: str, ports: list[int], channels: int, interval_ms: int, publish: str) -> str:
+def hall(
+    *, broker_url: str, ports: list[int], channels: int, interval_ms: int, publish: str,
+    max_concurrent_requests: int = MODBUS_CONCURRENT_REQUESTS,
+) -> str:
     """One Modbus rack per port, ``channels`` channels of 8 tags each (channel n at 1000 + 16 * (n - 1))."""
     lines = _header(broker_url=broker_url, gateway_id="bench-hall", queue_size=10000)
     lines += ["templates:", *HALL_CHANNEL, "devices:"]
@@ -68,6 +81,7 @@ def hall(*, broker_url: str, ports: list[int], channels: int, interval_ms: int, 
             f"    port: {port}",
             f"    interval_ms: {interval_ms}",
             f"    publish: {publish}",
+            f"    max_concurrent_requests: {max_concurrent_requests}",
             f"    repeat: {{template: channel, count: {channels}, start: 1000, stride: 16, name: 'ch{{n:03d}}'}}",
         ]
     return "\n".join(lines) + "\n"

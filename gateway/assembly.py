@@ -143,7 +143,7 @@ def modbus_endpoint(device: ModbusDevice) -> TcpEndpoint | SerialEndpoint:
 
 
 def _modbus_tasks(devices: list[ModbusDevice], links: Mapping[str, DeviceLink]) -> list[SourceTask]:
-    # Several unit ids behind one TCP endpoint or one serial line share one client (one request at a time).
+    # Several unit ids behind one TCP endpoint or one serial line share one client (and its requests in flight).
     groups: dict[TcpEndpoint | SerialEndpoint, list[ModbusDevice]] = {}
     for device in devices:
         endpoint = modbus_endpoint(device)
@@ -159,11 +159,16 @@ def _modbus_tasks(devices: list[ModbusDevice], links: Mapping[str, DeviceLink]) 
         # tag-map models go once everything is built.
         units_plan = [(device.name, device.interval_ms, modbus_plan(device)) for device in members]
         timeout_ms = max(device.timeout_ms for device in members)
+        # Devices on one host:port share one connection and so one limit of requests in flight. The smallest value
+        # among them is the safe choice: a server that copes with N at once also copes with fewer, while more than
+        # one of the devices asked for may be more than the server handles. (RTU is always 1: the tag map says so.)
+        max_concurrent_requests = min(device.max_concurrent_requests for device in members)
 
         def run(
             endpoint: TcpEndpoint | SerialEndpoint = endpoint,
             units_plan: list[tuple[str, int, ReadPlan]] = units_plan,
             timeout_ms: int = timeout_ms,
+            max_concurrent_requests: int = max_concurrent_requests,
         ) -> Awaitable[None]:
             units = [
                 ModbusUnit(
@@ -175,7 +180,9 @@ def _modbus_tasks(devices: list[ModbusDevice], links: Mapping[str, DeviceLink]) 
                 )
                 for name, interval_ms, plan in units_plan
             ]
-            return ModbusConnection(endpoint=endpoint, units=units, timeout_ms=timeout_ms).run()
+            return ModbusConnection(
+                endpoint=endpoint, units=units, timeout_ms=timeout_ms, max_concurrent_requests=max_concurrent_requests
+            ).run()
 
         tasks.append(
             SourceTask(name=f"modbus[{endpoint}]", devices=tuple(d.name for d in members), run=run)

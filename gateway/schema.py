@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -26,6 +26,12 @@ class Quality(StrEnum):
     GOOD = "good"
     UNCERTAIN = "uncertain"
     BAD = "bad"
+
+
+# For the per-value encoders: on Python 3.11 reading a member off its Enum class (Quality.GOOD) costs ~70 ns,
+# a module global ~5 ns.
+_GOOD: Final = Quality.GOOD
+_INF: Final = math.inf
 
 
 # Status details used when quality is not good. OPC UA status names (e.g. "BadSensorFailure") are used as-is.
@@ -140,25 +146,21 @@ def _utc_second(whole: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
-def _json_value(value: Value | None) -> Value | None:
-    # JSON has no NaN/Infinity: a non-finite float is published as null (its quality is already bad).
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def tag_payload_dict(
     sample: Sample, *, unit: str | None, seq: int, historical: bool = False
 ) -> dict[str, Any]:
+    _, _, value, quality, ts, status = sample
+    if isinstance(value, float) and not -_INF < value < _INF:
+        value = None  # JSON has no NaN/Infinity: a non-finite float is published as null (its quality is bad)
     body: dict[str, Any] = {
-        "value": _json_value(sample.value),
+        "value": value,
         "unit": unit,
-        "quality": sample.quality,  # a StrEnum: orjson writes its value
-        "ts": format_ts(sample.ts),
+        "quality": quality,  # a StrEnum: orjson writes its value
+        "ts": format_ts(ts),
         "seq": seq,
     }
-    if sample.quality is not Quality.GOOD and sample.status:
-        body["status"] = sample.status
+    if quality is not _GOOD and status:
+        body["status"] = status
     if historical:
         body["historical"] = True
     return body
@@ -176,7 +178,34 @@ def _json(body: Any) -> bytes:
 
 def encode_tag_payload(sample: Sample, *, unit: str | None, seq: int, historical: bool = False) -> bytes:
     """Per-tag payload: ``{"value", "unit", "quality", "ts", "seq"}`` (+ ``status``, ``historical``)."""
-    return _json(tag_payload_dict(sample, unit=unit, seq=seq, historical=historical))
+    if sample.quality is not _GOOD or historical:
+        return _json(tag_payload_dict(sample, unit=unit, seq=seq, historical=historical))
+    # A good live sample, once per value in per-tag mode: the bytes tag_payload_dict + orjson would give, joined
+    # from parts (orjson writes NaN/Infinity as null too), into an exact-size bytes object. 0.5 us, not 0.8.
+    return b"".join(
+        (
+            b'{"value":',
+            orjson.dumps(sample.value),
+            _good_unit_part(unit),
+            _json_ts(sample.ts),
+            b',"seq":',
+            orjson.dumps(seq),
+            b"}",
+        )
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _good_unit_part(unit: str | None) -> bytes:
+    # What follows the value in a good per-tag payload, up to the ts: a device has a handful of units.
+    return b',"unit":' + orjson.dumps(unit) + b',"quality":"good","ts":'
+
+
+@functools.lru_cache(maxsize=1024)
+def _json_ts(ts: float) -> bytes:
+    # The readings of one response share their ts, as for format_ts. Kept through _json: orjson's own bytes keep
+    # 4 KiB each, and a full cache of them was 4 MB of RSS.
+    return _json(format_ts(ts))
 
 
 def mark_historical(payload: bytes) -> bytes:
@@ -203,22 +232,93 @@ def encode_batch_payload(
     historical: bool = False,
 ) -> bytes:
     """Batch payload: ``{"ts", "seq", "samples": [{"tag", "value", "unit", "quality", "ts"[, "status"]}]}``."""
+    # The hot loop of batch mode, once per value: fields unpacked in one step, no helper calls, and each distinct
+    # ts formatted once (the samples of one read share theirs).
     rows: list[dict[str, Any]] = []
-    for sample in samples:
+    append = rows.append
+    units_get = units.get
+    last_ts = math.nan  # equal to no ts, so the first sample formats its own
+    last_text = ""
+    for _, tag, value, quality, sample_ts, status in samples:
+        if sample_ts != last_ts:
+            last_ts = sample_ts
+            last_text = format_ts(sample_ts)
+        if isinstance(value, float) and not -_INF < value < _INF:
+            value = None  # as in tag_payload_dict
         row: dict[str, Any] = {
-            "tag": sample.tag,
-            "value": _json_value(sample.value),
-            "unit": units.get(sample.tag),
-            "quality": sample.quality,
-            "ts": format_ts(sample.ts),
+            "tag": tag,
+            "value": value,
+            "unit": units_get(tag),
+            "quality": quality,
+            "ts": last_text,
         }
-        if sample.quality is not Quality.GOOD and sample.status:
-            row["status"] = sample.status
-        rows.append(row)
+        if quality is not _GOOD and status:
+            row["status"] = status
+        append(row)
     body: dict[str, Any] = {"ts": format_ts(ts), "seq": seq, "samples": rows}
     if historical:
         body["historical"] = True
     return _json(body)
+
+
+class BatchEncoder:
+    """``encode_batch_payload`` for the tags of one device, byte for byte, for less CPU per value.
+
+    Batch mode spends most of its encoding in building a row dict per value (0.37 us a value at 1,000 tags;
+    0.25 us here, measured on the 2-core bench box). Here the constant parts of a good
+    row are prepared once per tag (``{"tag":"ch001/voltage","value":`` and ``,"unit":"V","quality":"good","ts":``),
+    the values of a whole batch are serialised by one ``orjson.dumps`` of their list and cut at the commas, each
+    distinct ``ts`` is written once, and the rows are joined in C. Any batch that is not plain (a sample that is
+    not good, a tag not given here, a value whose JSON holds a comma, e.g. a string) goes to
+    ``encode_batch_payload`` instead, so the bytes are always the same as that function's.
+    """
+
+    __slots__ = ("_heads", "_middles", "_units")
+
+    def __init__(self, units: Mapping[str, str | None]) -> None:
+        """``units``: the unit (or None) of every tag of the device."""
+        self._units = units
+        self._heads = {tag: b'{"tag":' + orjson.dumps(tag) + b',"value":' for tag in units}
+        # Shared by the tags with one unit: one bytes object per unit, not per tag.
+        by_unit = {unit: b',"unit":' + orjson.dumps(unit) + b',"quality":"good","ts":' for unit in set(units.values())}
+        self._middles = {tag: by_unit[unit] for tag, unit in units.items()}
+
+    def encode(self, samples: Sequence[Sample], *, ts: float, seq: int, historical: bool = False) -> bytes:
+        """The batch payload of ``samples`` sent at ``ts`` (epoch seconds) with ``seq``: see encode_batch_payload."""
+        rows = self._good_rows(samples)
+        if rows is None:
+            return encode_batch_payload(samples, units=self._units, ts=ts, seq=seq, historical=historical)
+        # orjson writes every JSON object compactly, in insertion order: {"ts":..,"seq":..,"samples":[..]}.
+        return b"".join(
+            (
+                b'{"ts":',
+                orjson.dumps(format_ts(ts)),
+                b',"seq":',
+                orjson.dumps(seq),
+                b',"samples":[',
+                rows,
+                b'],"historical":true}' if historical else b"]}",
+            )
+        )
+
+    def _good_rows(self, samples: Sequence[Sample]) -> bytes | None:
+        """The rows of a batch of good samples of known tags, or None when the batch is not that plain."""
+        if not samples:
+            return None
+        _, tags, values, qualities, times, _ = zip(*samples, strict=True)
+        if qualities.count(_GOOD) != len(qualities):
+            return None
+        # Numbers, booleans and null hold no comma; a string may: then the pieces do not add up.
+        value_texts = orjson.dumps(values)[1:-1].split(b",")
+        if len(value_texts) != len(values):
+            return None
+        try:
+            heads = list(map(self._heads.__getitem__, tags))
+        except KeyError:  # a tag this encoder was not given: encode_batch_payload writes its unit as null
+            return None
+        middles = map(self._middles.__getitem__, tags)
+        tails = {moment: orjson.dumps(format_ts(moment)) + b"}" for moment in dict.fromkeys(times)}
+        return b",".join(map(b"".join, zip(heads, value_texts, middles, map(tails.__getitem__, times), strict=True)))
 
 
 def encode_equipment_status(*, connected: bool, since: float, error: str | None) -> bytes:

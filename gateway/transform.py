@@ -6,8 +6,10 @@ state report-by-exception needs (the last published value, quality and time).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Final
 
 from gateway.schema import (
     STATUS_NOT_A_NUMBER,
@@ -17,6 +19,12 @@ from gateway.schema import (
     Value,
 )
 from gateway.sources.base import RawReading
+
+# Hot-path constants. On Python 3.11 reading an Enum member off its class (Quality.GOOD) takes ~70 ns, a module
+# global ~5 ns; apply() runs once per value read.
+_GOOD: Final = Quality.GOOD
+_UNCERTAIN: Final = Quality.UNCERTAIN
+_INF: Final = math.inf
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,10 +43,21 @@ class TagRules:
     maximum: float | None = None
     deadband: float | None = None
     heartbeat_s: float | None = None
+    # Derived once (rules are shared by the tags of a template) for TagTransform.apply's fast path.
+    scales: bool = dataclasses.field(init=False, repr=False, compare=False)
+    """Whether ``raw * scale + offset`` changes anything."""
+    low: float = dataclasses.field(init=False, repr=False, compare=False)
+    """``minimum``, or -inf: ``value < low`` is "below the range" either way."""
+    high: float = dataclasses.field(init=False, repr=False, compare=False)
+    """``maximum``, or +inf."""
+    publishes_every_reading: bool = dataclasses.field(init=False, repr=False, compare=False)
+    """Plain polling (no deadband, no heartbeat): every good reading is published, whatever came before."""
 
-    @property
-    def scales(self) -> bool:
-        return self.scale != 1.0 or self.offset != 0.0
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", self.scale != 1.0 or self.offset != 0.0)
+        object.__setattr__(self, "low", -math.inf if self.minimum is None else self.minimum)
+        object.__setattr__(self, "high", math.inf if self.maximum is None else self.maximum)
+        object.__setattr__(self, "publishes_every_reading", self.deadband is None and self.heartbeat_s is None)
 
 
 def normalise_value(raw: RawReading, rules: TagRules) -> tuple[Value | None, Quality, str | None]:
@@ -89,6 +108,37 @@ class TagTransform:
         return abs(value - last) > deadband
 
     def apply(self, raw: RawReading, now: float) -> Sample | None:
+        """The Sample to publish for ``raw`` (read at ``now``, epoch seconds), or None to suppress it.
+
+        The same result as ``apply_generic``, faster for the reading nearly every poll brings: a good int or
+        float that stays finite. That one is scaled and range-checked inline (what ``normalise_value`` does,
+        without the call and the tuple); everything else takes the generic path.
+        """
+        _, value, ts, quality, status = raw
+        if quality is not _GOOD or (type(value) is not float and type(value) is not int):  # bool is not int
+            return self.apply_generic(raw, now)
+        rules = self.rules
+        if rules.scales:
+            value = value * rules.scale + rules.offset
+        if not -_INF < value < _INF:  # NaN or infinite, as read or once scaled: the generic path says so
+            return self.apply_generic(raw, now)
+        if value < rules.low or value > rules.high:
+            quality = _UNCERTAIN
+            status = STATUS_OUT_OF_RANGE
+        if not (
+            rules.publishes_every_reading
+            or self._changed(value, quality, status)
+            or (rules.heartbeat_s is not None and now - self._last_publish_ts >= rules.heartbeat_s)
+        ):
+            return None  # with a deadband and no heartbeat due, an unchanged good value is not republished
+        self._last_value = value
+        self._last_quality = quality
+        self._last_status = status
+        self._last_publish_ts = now
+        return _new_sample(Sample, (self.device, self.tag, value, quality, ts, None if quality is _GOOD else status))
+
+    def apply_generic(self, raw: RawReading, now: float) -> Sample | None:
+        """``apply`` for any reading, through ``normalise_value``: the reference the fast path must match."""
         value, quality, status = normalise_value(raw, self.rules)
         rules = self.rules
         publish = self._changed(value, quality, status)
@@ -107,3 +157,8 @@ class TagTransform:
         self._last_publish_ts = now
         # Positional (device, tag, value, quality, ts, status): the cheapest tuple to build, once per value.
         return Sample(self.device, self.tag, value, quality, raw.ts, status if quality is not Quality.GOOD else None)
+
+
+# Sample is a NamedTuple: tuple.__new__(Sample, (all six fields)) builds it in C, without the Python __new__
+# that NamedTuple generates (0.1 us less per published value).
+_new_sample = tuple.__new__

@@ -29,6 +29,7 @@ import functools
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from operator import itemgetter
 from types import MappingProxyType
 from typing import Final, Literal, TypeAlias
@@ -174,6 +175,19 @@ def _struct(fmt: str) -> struct.Struct:
     return struct.Struct(fmt)
 
 
+@functools.lru_cache(maxsize=64)  # shares the few (order, letter) pairs between the slots of every plan
+def plain_format(value_type: ValueType, order: ByteOrder) -> tuple[str, str] | None:
+    """(struct byte order, format letter) of a value whose wire bytes need no permutation, else None.
+
+    Those are the numeric ABCD and DCBA values, and 16-bit CDAB/BADC ones (the same as ABCD/DCBA).
+    """
+    if value_type not in _NUMERIC:
+        return None
+    letter, registers = _NUMERIC[value_type]
+    endian, permutation = _byte_permutation(order, registers)
+    return None if permutation is not None else (endian, letter)
+
+
 def compile_bit_decoder(*, offset: int) -> BitDecoder:
     """Decoder of one coil / discrete input ``offset`` bits into a bit read."""
 
@@ -241,18 +255,31 @@ class PlanProblem:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FieldSlot:
-    """Where one tag sits in its read: ``offset`` registers (or bits) after the read's start."""
+    """Where one tag sits in its read: ``offset`` registers (or bits) after the read's start.
+
+    ``plain`` is the struct byte order and format letter (``(">", "f")``) of a numeric value that is its bytes
+    read straight through in one endianness (ABCD or DCBA, and 16-bit CDAB/BADC): such values are unpacked for
+    the whole block at once (see ``ReadRequest``). None for bits, strings and permuted (CDAB/BADC) values.
+    """
 
     key: str
     address: int
     width: int
     offset: int
     decode: RegisterDecoder | BitDecoder
+    plain: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReadRequest:
-    """One Modbus read (function 1, 2, 3 or 4) and the tags it serves, with their compiled decoders."""
+    """One Modbus read (function 1, 2, 3 or 4) and the tags it serves, with their compiled decoders.
+
+    Decoding is prepared here, once: ``unpacker`` is one ``struct.Struct`` over every plain numeric field of
+    the block, in slot order, with pad bytes for the registers in between (e.g. ``>f2xhI`` for a float32 at
+    offset 0, a skipped register, an int16 and a uint32), so a response is one ``unpack_from`` instead of a
+    decoder call per tag. Fields that need decoding of their own (bits, strings, CDAB/BADC values, fields that
+    overlap an earlier one, fields in the other endianness than the block's majority) keep their decoder.
+    """
 
     table: Table
     start: int
@@ -260,9 +287,17 @@ class ReadRequest:
     slots: tuple[FieldSlot, ...]
     # ">{count}H": packs a full register response into the block bytes the decoders cut from; built once here.
     packer: struct.Struct = dataclasses.field(init=False, repr=False, compare=False)
+    # Struct over the slots flagged in ``in_unpacker``, or None when no slot is plain (bit reads, odd mixes).
+    unpacker: struct.Struct | None = dataclasses.field(init=False, repr=False, compare=False)
+    in_unpacker: tuple[bool, ...] = dataclasses.field(init=False, repr=False, compare=False)
+    slot_keys: tuple[str, ...] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "packer", struct.Struct(f">{self.count}H"))
+        unpacker, in_unpacker = _block_unpacker(self.slots)
+        object.__setattr__(self, "unpacker", unpacker)
+        object.__setattr__(self, "in_unpacker", in_unpacker)
+        object.__setattr__(self, "slot_keys", tuple(slot.key for slot in self.slots))
 
     @property
     def reads_bits(self) -> bool:
@@ -275,7 +310,7 @@ class ReadRequest:
 
     @property
     def keys(self) -> tuple[str, ...]:
-        return tuple(slot.key for slot in self.slots)
+        return self.slot_keys
 
     def decode(self, values: Sequence[int] | Sequence[bool], *, ts: float) -> list[RawReading]:
         """Readings of every tag of this request from one response (``registers`` or ``bits``).
@@ -293,7 +328,27 @@ class ReadRequest:
             block = packer.pack(*values)
         except struct.error:  # a register outside 0..65535: the response is not trustworthy as a whole
             return failed_readings(self, ts=ts, status=STATUS_DECODE_ERROR)
-        return self._decode_slots(block, len(values), ts)
+        return self.decode_block(block, ts=ts)
+
+    def decode_block(self, block: bytes, *, ts: float) -> list[RawReading]:
+        """Readings of every tag of this register request from the response's register bytes as on the wire
+        (big-endian, ``2 * count`` bytes; a short block decodes what it holds, the rest ``decode_error``)."""
+        unpacker = self.unpacker
+        if unpacker is None or len(block) < self.packer.size:  # a short block: every slot checks its own bytes
+            return self._decode_slots(block, len(block) // 2, ts)
+        values = unpacker.unpack_from(block)
+        if len(values) == len(self.slots):  # every tag is plain: the common case
+            return _good_readings(self.slot_keys, values, ts)
+        # A mix: plain values come from the unpack in slot order, the others from their own decoders.
+        readings: list[RawReading] = []
+        append = readings.append
+        plain_values = iter(values)
+        for slot, in_unpacker in zip(self.slots, self.in_unpacker, strict=True):
+            if in_unpacker:
+                append(_new_tuple(RawReading, (slot.key, next(plain_values), ts, _GOOD, None)))
+            else:
+                append(_decode_slot(slot, block, ts))
+        return readings
 
     def _decode_slots(
         self, block: bytes | Sequence[int] | Sequence[bool], available: int, ts: float
@@ -302,15 +357,64 @@ class ReadRequest:
         append = readings.append
         for slot in self.slots:
             if slot.offset + slot.width > available:
-                append(RawReading(tag=slot.key, value=None, ts=ts, quality=Quality.BAD, status=STATUS_DECODE_ERROR))
-                continue
-            try:
-                value = slot.decode(block)  # type: ignore[arg-type]  # the table decides bytes vs bits, at plan time
-            except (ValueError, IndexError, struct.error):
-                append(RawReading(tag=slot.key, value=None, ts=ts, quality=Quality.BAD, status=STATUS_DECODE_ERROR))
+                append(_new_tuple(RawReading, (slot.key, None, ts, _BAD, STATUS_DECODE_ERROR)))
             else:
-                append(RawReading(slot.key, value, ts))  # positional: the cheapest tuple to build, per value
+                append(_decode_slot(slot, block, ts))
         return readings
+
+
+# RawReading is a NamedTuple; tuple.__new__(RawReading, (...)) builds one in C, skipping the Python __new__ that
+# NamedTuple generates (0.14 us a reading instead of 0.23). Every field must be given, in order.
+_new_tuple = tuple.__new__
+# Module constants, not Quality.GOOD per value: reading a member off its Enum class costs ~70 ns on Python 3.11.
+_GOOD: Final = Quality.GOOD
+_BAD: Final = Quality.BAD
+
+
+def _good_readings(keys: Iterable[str], values: Iterable[Value], ts: float) -> list[RawReading]:
+    """A good RawReading per (key, value), all with time ``ts``; built entirely in C (0.11 us a reading)."""
+    return list(map(_new_tuple, repeat(RawReading), zip(keys, values, repeat(ts), repeat(_GOOD), repeat(None))))
+
+
+def _decode_slot(slot: FieldSlot, block: bytes | Sequence[int] | Sequence[bool], ts: float) -> RawReading:
+    try:
+        value = slot.decode(block)  # type: ignore[arg-type]  # the table decides bytes vs bits, at plan time
+    except (ValueError, IndexError, struct.error):
+        return _new_tuple(RawReading, (slot.key, None, ts, _BAD, STATUS_DECODE_ERROR))
+    return _new_tuple(RawReading, (slot.key, value, ts, _GOOD, None))
+
+
+def _block_unpacker(slots: Sequence[FieldSlot]) -> tuple[struct.Struct | None, tuple[bool, ...]]:
+    """One Struct over the plain slots of a register read, and which slots it covers.
+
+    A struct format has one byte order, so the block takes the one most of its plain slots use; a slot in the
+    other order, or one that starts before the previous plain slot ends (two tags on one register), keeps its
+    own decoder. Slots come in address order, so the format's fields do too.
+    """
+    orders = [slot.plain[0] for slot in slots if slot.plain is not None]
+    if not orders:
+        return None, (False,) * len(slots)
+    endian = max(("<", ">"), key=orders.count)  # ties: big-endian, the Modbus default
+    fmt = [endian]
+    covered: list[bool] = []
+    cursor = 0  # byte offset where the format has got to
+    for slot in slots:
+        byte_offset = 2 * slot.offset
+        if slot.plain is None or slot.plain[0] != endian or byte_offset < cursor:
+            covered.append(False)
+            continue
+        if byte_offset > cursor:
+            fmt.append(f"{byte_offset - cursor}x")
+        fmt.append(slot.plain[1])
+        cursor = byte_offset + 2 * slot.width
+        covered.append(True)
+    return _block_struct("".join(fmt)), tuple(covered)
+
+
+@functools.lru_cache(maxsize=1024)
+def _block_struct(fmt: str) -> struct.Struct:
+    # The racks of a hall repeat one channel layout, so their reads repeat a few block formats: share them.
+    return struct.Struct(fmt)
 
 
 def failed_readings(request: ReadRequest, *, ts: float, status: str) -> list[RawReading]:
@@ -444,13 +548,17 @@ def _compile_request(table: Table, start: int, count: int, group: list[_Checked]
         field = item.field
         offset = field.address - start
         decode: RegisterDecoder | BitDecoder
+        plain: tuple[str, str] | None = None
         if table in BIT_TABLES:
             decode = compile_bit_decoder(offset=offset)
         else:
             decode = compile_register_decoder(
                 field.type, byte_offset=2 * offset, order=field.order, bit=field.bit, length=item.width
             )
-        slots.append(FieldSlot(key=field.key, address=field.address, width=item.width, offset=offset, decode=decode))
+            plain = plain_format(field.type, field.order)
+        slots.append(
+            FieldSlot(key=field.key, address=field.address, width=item.width, offset=offset, decode=decode, plain=plain)
+        )
     return ReadRequest(table=table, start=start, count=count, slots=tuple(slots))
 
 

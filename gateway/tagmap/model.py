@@ -777,6 +777,10 @@ class ModbusDevice(_DeviceBase):
     max_bits_per_read: int = Field(default=MAX_BITS_PER_READ, ge=1, le=MAX_BITS_PER_READ)
     max_gap: int = Field(default=10, ge=0)
     """Registers (or bits) a read may span that no tag needs."""
+    max_concurrent_requests: int = Field(default=1, ge=1, le=16)
+    """TCP only: how many read requests may be on the wire at once on this device's connection (answers are
+    matched by transaction id). 1 = one at a time, which every server handles; raise it only for a PLC known to
+    answer several transactions at once. Devices sharing one host:port use the smallest value among them."""
     tags: tuple[ModbusTag, ...] = ()
 
     foreign_key_hint: ClassVar[tuple[frozenset[str], str]] = (
@@ -824,6 +828,11 @@ def _rule_transport_settings(device: ModbusDevice) -> Iterator[Issue]:
         for field in ("host", "port"):
             if field in given and getattr(device, field) is not None:
                 yield Issue((field,), f"{field} only applies to transport tcp")
+        if device.max_concurrent_requests > 1:
+            yield Issue(
+                ("max_concurrent_requests",),
+                "transport rtu carries one request at a time: max_concurrent_requests must be 1 (or left out)",
+            )
 
 
 def _rule_modbus_repeats(device: ModbusDevice) -> Iterator[Issue]:
@@ -856,7 +865,7 @@ class OpcUaDevice(_DeviceBase):
     foreign_key_hint: ClassVar[tuple[frozenset[str], str]] = (
         frozenset(
             {"transport", "host", "port", "serial", "unit_id", "order", "max_registers_per_read", "max_bits_per_read",
-             "max_gap"}
+             "max_gap", "max_concurrent_requests"}
         ),
         "a Modbus device setting, and this device has protocol: opcua",
     )  # fmt: skip

@@ -198,6 +198,25 @@ def test_slots_know_their_offsets() -> None:
     assert [(s.key, s.address, s.width, s.offset) for s in request.slots] == [("a", 100, 2, 0), ("b", 105, 1, 5)]
 
 
+def test_slots_say_which_values_unpack_without_a_permutation() -> None:
+    plan = plan_reads(
+        [
+            reg("f", 0, "float32"),
+            reg("w", 2, "float32", order="CDAB"),
+            reg("s", 4, "int16", order="BADC"),  # 16-bit BADC is little-endian
+            reg("c", 5, "uint16", order="CDAB"),  # 16-bit CDAB is big-endian
+            reg("b", 6, "bool", bit=1),
+            reg("id", 7, "string", width=2),
+        ],
+        unit_id=1,
+    )
+    (request,) = plan.requests
+    assert [(s.key, s.plain) for s in request.slots] == [
+        ("f", (">", "f")), ("w", None), ("s", ("<", "h")), ("c", (">", "H")), ("b", None), ("id", None),
+    ]  # fmt: skip
+    assert request.unpacker is not None and request.unpacker.format == ">f6xH"
+
+
 def test_describe_plan() -> None:
     fields = [reg(f"ch{i}", 1000 + i) for i in range(125)] + [bit("run", 7)] + [reg("t", 0, table="input")]
     plan = plan_reads(fields, unit_id=1)

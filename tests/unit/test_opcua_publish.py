@@ -169,7 +169,7 @@ def test_truncated_response_is_a_value_error_not_a_crash() -> None:
     )
     body = publish_response([item, item])
     for cut in range(len(body) - 1, 40, -7):
-        with pytest.raises(ValueError, match="malformed PublishResponse|DataChangeNotification body|past the end"):
+        with pytest.raises(ValueError, match=r"malformed PublishResponse|DataChangeNotification body|past the end"):
             decode_data_changes(body[:cut], tags_by_handle=TAGS_BY_HANDLE, received_at=RECEIVED_AT)
 
 

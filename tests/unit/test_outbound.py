@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import orjson
 
-from gateway.outbound import DeviceOutbound, PublishMode, TagOutput
-from gateway.schema import EquipmentTopics, Quality, TagMeta
+from gateway.outbound import DeviceOutbound, Message, PublishMode, TagOutput
+from gateway.schema import EquipmentTopics, Quality, TagMeta, encode_batch_payload
 from gateway.sources.base import RawReading
 from gateway.transform import TagRules
 
@@ -65,3 +65,23 @@ def test_status_and_meta_are_retained() -> None:
     meta = out.meta_message()
     assert status.retain and meta.retain
     assert orjson.loads(meta.payload)["tags"]["ch001/temp"]["unit"] == "Cel"
+
+
+def test_batch_payload_is_the_schema_encoding_of_the_samples() -> None:
+    out = outbound(PublishMode.BATCH)
+    reference = outbound(PublishMode.BATCH)
+    for now, readings in [(1.0, cycle(3.7, 250, 1.0)), (2.0, cycle(3.75, 251, 1.5)), (3.0, cycle(1e9, 252, 2.5))]:
+        (message,) = out.messages(readings, now=now)
+        samples = reference.samples(readings, now)
+        seq = orjson.loads(message.payload)["seq"]
+        assert message == Message(
+            "e/s/a/l/rack/_batch",
+            encode_batch_payload(samples, units={"ch001/voltage": "V", "ch001/temp": "Cel"}, ts=now, seq=seq),
+        )
+    assert out.seq_topics == ["e/s/a/l/rack/_batch"]
+
+
+def test_messages_keep_their_fields_by_name() -> None:
+    (message,) = outbound(PublishMode.TAG).messages(cycle(3.7, 250, 1.0)[:1], now=1.0)
+    assert (message.topic, message.retain) == ("e/s/a/l/rack/ch001/voltage", False)
+    assert orjson.loads(message.payload)["value"] == 3.7

@@ -4,6 +4,7 @@ import orjson
 import pytest
 
 from gateway.schema import (
+    BatchEncoder,
     EquipmentTopics,
     Quality,
     Sample,
@@ -97,3 +98,26 @@ def test_batch_payload_rows() -> None:
 def test_equipment_status_payload() -> None:
     body = orjson.loads(encode_equipment_status(connected=False, since=0.0, error="timeout"))
     assert body == {"connected": False, "since": "1970-01-01T00:00:00.000Z", "error": "timeout"}
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [
+        # the fast path: good samples of known tags, two read times
+        [Sample("d", "a", 1.5, Quality.GOOD, 10.0), Sample("d", "b", 7, Quality.GOOD, 10.25)],
+        # not good: encoded by encode_batch_payload
+        [Sample("d", "a", 1.5, Quality.GOOD, 10.0), Sample("d", "b", None, Quality.BAD, 10.0, "comm_failure")],
+        # a string holding a comma, and one that does not
+        [Sample("d", "a", "x,y", Quality.GOOD, 10.0), Sample("d", "b", "xy", Quality.GOOD, 10.0)],
+        # a tag the encoder was not given (its unit is null)
+        [Sample("d", "zz", 2.0, Quality.GOOD, 10.0)],
+        # non-finite floats are null; booleans
+        [Sample("d", "a", float("inf"), Quality.GOOD, 10.0), Sample("d", "b", True, Quality.GOOD, 10.0)],
+        [],
+    ],
+)
+def test_batch_encoder_writes_what_encode_batch_payload_writes(samples: list[Sample]) -> None:
+    units = {"a": "V", "b": None}
+    for historical in (False, True):
+        expected = encode_batch_payload(samples, units=units, ts=11.0, seq=3, historical=historical)
+        assert BatchEncoder(units).encode(samples, ts=11.0, seq=3, historical=historical) == expected

@@ -27,6 +27,7 @@ from gateway.tagmap import (
     parse_node_id,
     resolve_namespace,
 )
+from tests.support.tagmap import problem_lines
 
 
 @pytest.mark.parametrize(
@@ -261,11 +262,62 @@ def test_string_length_is_capped_at_one_read() -> None:
             {"host": "h", "max_registers_per_read": 2, "tags": [{"name": "e", "address": 0, "type": "float64"}]},
             r"tags\[0\].type: float64 spans 4 registers, more than the device's max_registers_per_read \(2\)",
         ),
+        ({"host": "h", "max_concurrent_requests": 0}, "greater than or equal to 1"),
+        ({"host": "h", "max_concurrent_requests": 17}, "less than or equal to 16"),
+        (
+            {"transport": "rtu", "serial": {"port": "/dev/ttyUSB0"}, "max_concurrent_requests": 2},
+            "max_concurrent_requests: transport rtu carries one request at a time: max_concurrent_requests must be 1",
+        ),
     ],
 )
 def test_modbus_device_rules(fields: dict[str, Any], complaint: str) -> None:
     with pytest.raises(ValidationError, match=complaint):
         ModbusDevice.model_validate({"name": "rack", "area": "formation", "line": "a", **fields})
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"host": "h"}, 1),  # the default: one request at a time, which every server handles
+        ({"host": "h", "max_concurrent_requests": 8}, 8),
+        ({"host": "h", "max_concurrent_requests": 16}, 16),
+        ({"transport": "rtu", "serial": {"port": "/dev/ttyUSB0"}, "max_concurrent_requests": 1}, 1),
+    ],
+)
+def test_max_concurrent_requests(fields: dict[str, Any], expected: int) -> None:
+    device = ModbusDevice.model_validate({"name": "rack", "area": "formation", "line": "a", **fields})
+    assert device.max_concurrent_requests == expected
+
+
+MAX_CONCURRENT_TAGMAP = """\
+gateway: {id: gw, enterprise: acme, site: dunkirk}
+mqtt: {url: "mqtt://127.0.0.1"}
+devices:
+  - name: cycler-01
+    area: formation
+    line: a
+    protocol: modbus
+    transport: rtu
+    serial: {port: /dev/ttyUSB0}
+    max_concurrent_requests: 4
+    tags: [{name: v, address: 0, type: uint16}]
+  - name: coater-01
+    area: electrode
+    line: a
+    protocol: opcua
+    endpoint: opc.tcp://127.0.0.1:4840
+    max_concurrent_requests: 4
+    tags: [{name: s, node: "ns=2;s=S"}]
+"""
+
+
+def test_max_concurrent_requests_problems_point_at_the_file() -> None:
+    assert problem_lines(MAX_CONCURRENT_TAGMAP) == [
+        "tagmap.yaml:10:30: devices[0].max_concurrent_requests: transport rtu carries one request at a time: "
+        "max_concurrent_requests must be 1 (or left out)",
+        "tagmap.yaml:17:5: devices[1].max_concurrent_requests: unknown key 'max_concurrent_requests': "
+        "a Modbus device setting, and this device has protocol: opcua",
+    ]
 
 
 def test_serial_settings_normalise_parity() -> None:

@@ -1,0 +1,333 @@
+"""The per-value fast paths give exactly what the plain reference paths give, for any input.
+
+* ``ReadRequest.decode_block`` (one ``unpack_from`` over the plain fields of a block) vs decoding every slot
+  with its own decoder, as the planner compiled it.
+* ``TagTransform.apply`` (inline fast path for good numbers) vs ``TagTransform.apply_generic`` (through
+  ``normalise_value``), over whole sequences, so the report-by-exception state is compared too.
+* ``encode_batch_payload``, ``BatchEncoder.encode`` and ``encode_tag_payload`` vs copies of the encoders as they
+  were before they were made faster (below): the payloads are a public API, so the bytes must not change.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.schema import (
+    STATUS_DECODE_ERROR,
+    BatchEncoder,
+    Quality,
+    Sample,
+    Value,
+    encode_batch_payload,
+    encode_tag_payload,
+    format_ts,
+)
+from gateway.sources.base import RawReading
+from gateway.sources.modbus_plan import (
+    BYTE_ORDERS,
+    VALUE_TYPES,
+    FieldSlot,
+    ModbusField,
+    ReadLimits,
+    ReadRequest,
+    plan_reads,
+)
+from gateway.transform import TagRules, TagTransform
+
+# ------------------------------------------------------------------------------------ reference encoders
+# Copies of gateway/schema.py's encoders before the batch fast path (commit 1ede25e), kept verbatim apart from
+# names: the bytes every subscriber sees today.
+
+
+def _reference_json_value(value: Value | None) -> Value | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _reference_json(body: Any) -> bytes:
+    return memoryview(orjson.dumps(body)).tobytes()
+
+
+def reference_tag_payload(sample: Sample, *, unit: str | None, seq: int, historical: bool = False) -> bytes:
+    body: dict[str, Any] = {
+        "value": _reference_json_value(sample.value),
+        "unit": unit,
+        "quality": sample.quality,
+        "ts": format_ts(sample.ts),
+        "seq": seq,
+    }
+    if sample.quality is not Quality.GOOD and sample.status:
+        body["status"] = sample.status
+    if historical:
+        body["historical"] = True
+    return _reference_json(body)
+
+
+def reference_batch_payload(
+    samples: Sequence[Sample], *, units: Mapping[str, str | None], ts: float, seq: int, historical: bool = False
+) -> bytes:
+    rows: list[dict[str, Any]] = []
+    for sample in samples:
+        row: dict[str, Any] = {
+            "tag": sample.tag,
+            "value": _reference_json_value(sample.value),
+            "unit": units.get(sample.tag),
+            "quality": sample.quality,
+            "ts": format_ts(sample.ts),
+        }
+        if sample.quality is not Quality.GOOD and sample.status:
+            row["status"] = sample.status
+        rows.append(row)
+    body: dict[str, Any] = {"ts": format_ts(ts), "seq": seq, "samples": rows}
+    if historical:
+        body["historical"] = True
+    return _reference_json(body)
+
+
+# ------------------------------------------------------------------------------------------- strategies
+
+# Tag names and units as JSON must escape them: quotes, commas, backslashes, non-ASCII.
+TAGS = ["ch001/voltage", "ch001/temp", 'quote"d', "comma,tag", "back\\slash", "zone/Température", "t"]
+numbers = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.sampled_from([0, 1, -1, 0.0, -0.0, 1e16, 1e-7, 123456789.123, 2**53 + 1]),
+)
+values = st.one_of(numbers, st.booleans(), st.text(max_size=6), st.sampled_from(["a,b", '"', ",", ""]), st.none())
+qualities = st.sampled_from(list(Quality))
+statuses = st.one_of(st.none(), st.sampled_from(["comm_failure", "out_of_range", "BadSensorFailure", "", "a,b"]))
+# Epoch seconds that format_ts handles: 1901..2100, with millisecond edges.
+timestamps = st.one_of(
+    st.floats(min_value=-2.1e9, max_value=4.1e9, allow_nan=False),
+    st.sampled_from([0.0, -0.0, 1795668180.9996, 1795668180.0005, -0.5]),
+)
+
+
+@st.composite
+def samples(draw: st.DrawFn) -> Sample:
+    return Sample(
+        draw(st.sampled_from(["rack-01", "d"])),
+        draw(st.sampled_from(TAGS)),
+        draw(values),
+        draw(qualities),
+        draw(timestamps),
+        draw(statuses),
+    )
+
+
+# Mostly good numeric batches sharing a few timestamps, which is what takes BatchEncoder's fast path.
+good_samples = st.builds(
+    Sample,
+    st.just("rack-01"),
+    st.sampled_from(TAGS),
+    numbers,
+    st.just(Quality.GOOD),
+    st.sampled_from([1795668180.123, 1795668180.5, 0.0]),
+    statuses,
+)
+batches = st.one_of(st.lists(samples(), max_size=12), st.lists(good_samples, max_size=12))
+units_maps = st.dictionaries(
+    st.sampled_from(TAGS), st.one_of(st.none(), st.sampled_from(["V", "Cel", 'in"ch', "m/s", "°C"])), max_size=len(TAGS)
+)
+
+
+# ---------------------------------------------------------------------------------------------- encoders
+
+
+@given(batch=batches, units=units_maps, ts=timestamps, seq=st.integers(0, 2**63 - 1), historical=st.booleans())
+@settings(max_examples=400)
+def test_batch_payload_bytes_unchanged(
+    batch: list[Sample], units: dict[str, str | None], ts: float, seq: int, historical: bool
+) -> None:
+    try:
+        expected = reference_batch_payload(batch, units=units, ts=ts, seq=seq, historical=historical)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits: every encoder refuses it alike
+        expected = None
+    for encode in (
+        lambda: encode_batch_payload(batch, units=units, ts=ts, seq=seq, historical=historical),
+        lambda: BatchEncoder(units).encode(batch, ts=ts, seq=seq, historical=historical),
+    ):
+        if expected is None:
+            try:
+                encode()
+            except orjson.JSONEncodeError:
+                continue
+            raise AssertionError("an encoder accepted what the reference refuses")
+        assert encode() == expected
+
+
+@given(
+    sample=st.one_of(samples(), good_samples),
+    unit=st.one_of(st.none(), st.sampled_from(["V", 'in"ch', "°C"])),
+    seq=st.integers(0, 2**63 - 1),
+    historical=st.booleans(),
+)
+@settings(max_examples=400)
+def test_tag_payload_bytes_unchanged(sample: Sample, unit: str | None, seq: int, historical: bool) -> None:
+    try:
+        expected = reference_tag_payload(sample, unit=unit, seq=seq, historical=historical)
+    except orjson.JSONEncodeError:
+        return
+    assert encode_tag_payload(sample, unit=unit, seq=seq, historical=historical) == expected
+
+
+def test_batch_encoder_fast_path_is_taken_and_exact_size() -> None:
+    units = {"ch001/voltage": "V", 'quote"d': None}
+    batch = [
+        Sample("rack-01", "ch001/voltage", 3.25, Quality.GOOD, 1795668180.123),
+        Sample("rack-01", 'quote"d', 7, Quality.GOOD, 1795668180.5, "ignored when good"),
+    ]
+    payload = BatchEncoder(units).encode(batch, ts=1795668181.0, seq=9)
+    assert payload == reference_batch_payload(batch, units=units, ts=1795668181.0, seq=9)
+    assert type(payload) is bytes and orjson.loads(payload)["samples"][1]["tag"] == 'quote"d'
+
+
+# -------------------------------------------------------------------------------------------- transform
+
+# Small round numbers make readings land exactly on range limits and deadband edges.
+EDGES = [0, 1, 2, 10, 0.0, 0.5, 2.0, 10.0, -1.0]
+rules_strategy = st.builds(
+    TagRules,
+    scale=st.one_of(st.just(1.0), st.sampled_from([2.0, 0.5, -1.0]), st.floats(-1e3, 1e3), st.just(1e300)),
+    offset=st.one_of(st.just(0.0), st.sampled_from([1.0, -0.5]), st.floats(-1e3, 1e3)),
+    minimum=st.one_of(st.none(), st.sampled_from([0.0, 1.0]), st.floats(-100, 100), st.just(math.nan)),
+    maximum=st.one_of(st.none(), st.sampled_from([2.0, 10.0]), st.floats(-100, 100)),
+    deadband=st.one_of(st.none(), st.sampled_from([0.0, 0.5, 1.0]), st.floats(0, 5)),
+    heartbeat_s=st.one_of(st.none(), st.sampled_from([1.0, 2.0]), st.floats(0.5, 10)),
+)
+readings = st.builds(
+    RawReading,
+    st.just("t"),
+    st.one_of(numbers, st.sampled_from(EDGES), st.booleans(), st.sampled_from(["x", "y"]), st.none()),
+    st.floats(0, 1e9),
+    st.sampled_from([Quality.GOOD, Quality.GOOD, Quality.GOOD, Quality.UNCERTAIN, Quality.BAD]),
+    st.one_of(st.none(), st.sampled_from(["comm_failure", "stale"])),
+)
+
+
+def comparable(sample: Sample | None) -> object:
+    """A Sample with NaN made comparable and the value's type kept (1 and 1.0 are different JSON)."""
+    if sample is None:
+        return None
+    value = sample.value
+    shown = "nan" if isinstance(value, float) and math.isnan(value) else value
+    return (*sample[:2], type(value), shown, *sample[3:])
+
+
+@given(rules=rules_strategy, steps=st.lists(st.tuples(readings, st.sampled_from([0.0, 0.5, 1.0, 2.5])), max_size=25))
+@settings(max_examples=600)
+def test_transform_fast_path_equals_generic_path(rules: TagRules, steps: list[tuple[RawReading, float]]) -> None:
+    fast = TagTransform(device="d", tag="t", rules=rules)
+    generic = TagTransform(device="d", tag="t", rules=rules)
+    now = 1000.0
+    for raw, elapsed in steps:
+        now += elapsed
+        assert comparable(fast.apply(raw, now)) == comparable(generic.apply_generic(raw, now))
+
+
+def test_transform_derived_rules_do_not_change_equality() -> None:
+    # Rules are deduplicated by value (one object per template tag); the derived fields must not take part.
+    assert TagRules(minimum=0.0) == TagRules(minimum=0.0)
+    assert hash(TagRules(deadband=1.0)) == hash(TagRules(deadband=1.0))
+    rules = TagRules(scale=2.0, minimum=0.0)
+    assert (rules.scales, rules.low, rules.high, rules.publishes_every_reading) == (True, 0.0, math.inf, True)
+
+
+# ---------------------------------------------------------------------------------------------- decode
+
+
+def reference_decode(request: ReadRequest, block: bytes) -> list[RawReading]:
+    """Every slot with its own compiled decoder: the decoding as it was before the block-wide unpack."""
+    available = len(block) // 2
+    out: list[RawReading] = []
+    for slot in request.slots:
+        out.append(reference_slot(slot, block, available))
+    return out
+
+
+def reference_slot(slot: FieldSlot, block: bytes, available: int) -> RawReading:
+    bad = RawReading(tag=slot.key, value=None, ts=1.0, quality=Quality.BAD, status=STATUS_DECODE_ERROR)
+    if slot.offset + slot.width > available:
+        return bad
+    try:
+        return RawReading(slot.key, slot.decode(block), 1.0)  # type: ignore[arg-type]
+    except (ValueError, IndexError, struct.error):
+        return bad
+
+
+@st.composite
+def register_fields(draw: st.DrawFn) -> list[ModbusField]:
+    fields: list[ModbusField] = []
+    for n in range(draw(st.integers(1, 12))):
+        value_type = draw(st.sampled_from(VALUE_TYPES))
+        fields.append(
+            ModbusField(
+                key=f"f{n}",
+                table=draw(st.sampled_from(["holding", "input"])),
+                address=draw(st.integers(0, 40)),  # overlaps and gaps both happen
+                type=value_type,
+                order=draw(st.sampled_from(BYTE_ORDERS)),
+                bit=draw(st.integers(0, 15)) if value_type == "bool" else None,
+                width=draw(st.integers(1, 4)) if value_type == "string" else None,
+            )
+        )
+    return fields
+
+
+@given(fields=register_fields(), data=st.data())
+@settings(max_examples=300)
+def test_block_decode_equals_per_slot_decoding(fields: list[ModbusField], data: st.DataObject) -> None:
+    plan = plan_reads(fields, unit_id=1, limits=ReadLimits(max_gap=data.draw(st.integers(0, 12))))
+    assert not plan.problems
+    for request in plan.requests:
+        size = data.draw(st.sampled_from([2 * request.count, 2 * request.count + 4, 2 * request.count - 2, 3, 0]))
+        block = data.draw(st.binary(min_size=max(size, 0), max_size=max(size, 0)))
+        assert comparable_readings(request.decode_block(block, ts=1.0)) == comparable_readings(
+            reference_decode(request, block)
+        )
+
+
+def comparable_readings(found: list[RawReading]) -> list[tuple[object, ...]]:
+    return [
+        (r.tag, type(r.value), "nan" if isinstance(r.value, float) and math.isnan(r.value) else r.value, *r[2:])
+        for r in found
+    ]
+
+
+def test_block_unpacker_covers_plain_fields_and_leaves_the_rest_to_their_decoders() -> None:
+    plan = plan_reads(
+        [
+            ModbusField(key="v", table="holding", address=0, type="float32"),
+            ModbusField(key="t", table="holding", address=3, type="int16"),
+            ModbusField(key="t_raw", table="holding", address=3, type="uint16"),  # same register: overlaps
+            ModbusField(key="n", table="holding", address=4, type="uint32"),
+            ModbusField(key="w", table="holding", address=6, type="float32", order="CDAB"),  # permuted
+            ModbusField(key="alarm", table="holding", address=8, type="bool", bit=2),
+            ModbusField(key="e", table="holding", address=9, type="int32", order="DCBA"),  # the other endianness
+        ],
+        unit_id=1,
+    )
+    (request,) = plan.requests
+    assert request.unpacker is not None and request.unpacker.format == ">f2xhI"
+    assert dict(zip(request.keys, request.in_unpacker, strict=True)) == {
+        "v": True, "t": True, "t_raw": False, "n": True, "w": False, "alarm": False, "e": False,
+    }  # fmt: skip
+
+
+def test_block_of_dcba_fields_is_unpacked_little_endian() -> None:
+    plan = plan_reads(
+        [ModbusField(key=f"e{n}", table="input", address=2 * n, type="int32", order="DCBA") for n in range(3)],
+        unit_id=1,
+    )
+    (request,) = plan.requests
+    assert request.unpacker is not None and request.unpacker.format == "<iii"
+    block = struct.pack("<iii", -5, 7, 2**31 - 1)
+    assert [(r.tag, r.value) for r in request.decode_block(block, ts=2.0)] == [("e0", -5), ("e1", 7), ("e2", 2**31 - 1)]
