@@ -4,17 +4,17 @@ Every map uses ``repeat`` templates, as an integrator would, and no deadband: th
 value on every read, so every tag is published on every cycle and the offered load is exactly
 ``tags * 1000 / interval_ms`` values per second.
 
-The Modbus devices ask for ``max_concurrent_requests`` (default ``MODBUS_CONCURRENT_REQUESTS``) requests in flight:
-the raw bench server (``servers.py --impl raw``) answers pipelined requests; pymodbus 3.16's server does not (it
-takes one frame per packet, so pipelined requests time out): pass 1 with ``--impl pymodbus``.
+The Modbus devices use the tag map's default of one request in flight (``max_concurrent_requests: 1``) unless
+asked otherwise (``run.py --modbus-concurrent-requests N``). The raw bench server (``servers.py --impl raw``)
+answers pipelined requests; pymodbus 3.16's server does not (it takes one frame per packet).
 """
 
 from __future__ import annotations
 
 ENTERPRISE = "bench"
 SITE = "lab"
-# Requests in flight per Modbus connection: a poll cycle of 24 reads then costs about 3 round trips, not 24.
-MODBUS_CONCURRENT_REQUESTS = 8
+# Requests in flight per Modbus connection: the tag map's default.
+MODBUS_CONCURRENT_REQUESTS = 1
 
 
 def _header(*, broker_url: str, gateway_id: str, queue_size: int) -> list[str]:
@@ -107,6 +107,12 @@ def opcua_20k(
         f"    interval_ms: {interval_ms}",
         f"    publish: {publish}",
         f"    timeout_ms: {timeout_ms}",
+        # Two values per item per Publish. asyncua's client keeps one PublishRequest outstanding; while a
+        # 20,000-item response is encoded, sent and read the server holds none, and a publishing cycle that falls
+        # in that time waits for the next request. Meanwhile the next 1 Hz write of the same variable would
+        # overwrite the one still waiting if the item kept only one value (with one slot, about 6 % of the
+        # values never left the server). Two slots keep every write.
+        "    queue_size: 2",
         f"    repeat: {{template: block, count: {objects}, first: 0, name: 'b{{n:03d}}'}}",
     ]
     return "\n".join(lines) + "\n"
