@@ -52,7 +52,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from gateway.errors import SourceError
 from gateway.schema import STATUS_COMM_FAILURE, STATUS_DECODE_ERROR, Quality, device_exception_status
-from gateway.sources.base import OVERLOAD_LOG_EVERY_S, Emit, RawReading, ReportLink
+from gateway.sources.base import OVERLOAD_LOG_EVERY_S, Emit, PollSchedule, RawReading, ReportLink
 from gateway.sources.modbus_plan import ReadPlan, ReadRequest, Table, failed_readings
 from gateway.sources.modbus_skip import Skip, SkipPolicy, UnitSkip
 from gateway.sources.modbus_tcp import (
@@ -152,7 +152,7 @@ class UnitStats:
     """Counters of one unit's poll loop (read by metrics; never reset)."""
 
     cycles: int = 0
-    # Cycles whose reads and emit ended after the next deadline.
+    # Cycles whose reads and emit ended after the next deadline (see base.PollSchedule).
     overruns: int = 0
     # Polls the fixed rate asked for that did not happen: the time overruns pushed the schedule back, in intervals
     # (after an overrun the next poll starts at once, never in a burst to catch up).
@@ -462,8 +462,7 @@ class ModbusConnection:
         link = _LinkState(unit.report_link, log)
         skip = UnitSkip(self._skip_policy)
         await self._first_attempt_done.wait()
-        deadline = loop.time()
-        late_s = 0.0  # how far the schedule has been pushed back by overruns
+        schedule = PollSchedule(interval_s=interval, deadline=loop.time())
         overrun_logged_at = -OVERLOAD_LOG_EVERY_S
         while True:
             cycle_started = loop.time()
@@ -474,17 +473,10 @@ class ModbusConnection:
                 stats.cycles += 1
             else:
                 stats.backoff_skipped_polls += 1
-            deadline += interval
             now = loop.time()
-            if now > deadline:
-                # Overran into the next slot: poll again at once and run the schedule on from here. The unit is
-                # then read as often as it can be (waiting for the next slot would idle most of an interval after
-                # a cycle that overran by a little), and never in a burst: each poll starts after the previous
-                # one ended. Every shift of the schedule is time the fixed rate is behind; counted in cycles.
-                stats.overruns += 1
-                late_s += now - deadline
-                stats.skipped_cycles = int(late_s // interval)
-                deadline = now
+            if schedule.after_cycle(now):
+                stats.overruns = schedule.overruns
+                stats.skipped_cycles = schedule.skipped_cycles
                 if now - overrun_logged_at >= OVERLOAD_LOG_EVERY_S:
                     # Overload is never silent, but it is logged once a minute, not every cycle. The cycle
                     # includes the hand-over to the queue, so a sink that cannot keep up shows here too.
@@ -497,7 +489,7 @@ class ModbusConnection:
                         skipped_cycles=stats.skipped_cycles,
                         cycles=stats.cycles,
                     )
-            await asyncio.sleep(deadline - now)
+            await asyncio.sleep(schedule.deadline - now)
 
     async def _poll_once(
         self,

@@ -56,7 +56,7 @@ from asyncua.ua.uaerrors import UaStatusCodeError, UaStructParsingError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
 from gateway.schema import STATUS_COMM_FAILURE
-from gateway.sources.base import OVERLOAD_LOG_EVERY_S, Emit, RawReading, ReportLink
+from gateway.sources.base import OVERLOAD_LOG_EVERY_S, Emit, PollSchedule, RawReading, ReportLink
 from gateway.sources.opcua_publish import DataChanges, decode_data_changes
 from gateway.sources.opcua_status import (
     SUBSCRIPTION_KEEPALIVE_S,
@@ -66,7 +66,6 @@ from gateway.sources.opcua_status import (
     SubscriptionTiming,
     bad_readings,
     max_nodes_per_read,
-    next_deadline,
     plan_nodes,
     quality_of_status,
     readings_from_data_value,
@@ -130,7 +129,8 @@ class OpcUaSourceStats:
     queue_overflow_dropped: int = 0  # subscription readings dropped (oldest first) because the queue was full
     queue_dropped_at_stop: int = 0  # readings still queued when the source was cancelled
     polls: int = 0
-    poll_overruns: int = 0  # poll ticks skipped because a poll (or emit) took longer than interval_ms
+    poll_overruns: int = 0  # polls (with their emit) that ran past their slot; the next one then starts at once
+    poll_skipped_cycles: int = 0  # polls the fixed rate asked for that overruns cost (see base.PollSchedule)
     read_requests: int = 0
     read_chunk_reductions: int = 0  # BadTooManyOperations from a server that under-reports MaxNodesPerRead
 
@@ -718,9 +718,9 @@ class OpcUaSource:
         problems = self._problem_readings(plan)
         if problems:
             await _emit_checked(emit, problems)
-        interval_s = self.options.interval_ms / 1000.0
         loop = asyncio.get_running_loop()
-        deadline = loop.time()
+        schedule = PollSchedule(interval_s=self.options.interval_ms / 1000.0, deadline=loop.time())
+        overruns_before, skipped_before = self.stats.poll_overruns, self.stats.poll_skipped_cycles
         overrun_logged_at = -OVERLOAD_LOG_EVERY_S
         while True:
             cycle_started = loop.time()
@@ -729,21 +729,24 @@ class OpcUaSource:
                 self.stats.polls += 1
                 await _emit_checked(emit, readings)
             now = loop.time()
-            deadline, missed = next_deadline(deadline, interval_s, now)
-            self.stats.poll_overruns += missed
-            if missed and now - overrun_logged_at >= OVERLOAD_LOG_EVERY_S:
-                overrun_logged_at = now  # never silent, never per cycle
-                self._log.warning(
-                    "poll_overrun",
-                    interval_ms=self.options.interval_ms,
-                    cycle_ms=round((now - cycle_started) * 1000, 1),
-                    skipped_cycles=self.stats.poll_overruns,
-                    polls=self.stats.polls,
-                )
+            if schedule.after_cycle(now):
+                # The stats run across connections, the schedule is this connection's.
+                self.stats.poll_overruns = overruns_before + schedule.overruns
+                self.stats.poll_skipped_cycles = skipped_before + schedule.skipped_cycles
+                if now - overrun_logged_at >= OVERLOAD_LOG_EVERY_S:
+                    overrun_logged_at = now  # never silent, never per cycle
+                    self._log.warning(
+                        "poll_overrun",
+                        interval_ms=self.options.interval_ms,
+                        cycle_ms=round((now - cycle_started) * 1000, 1),
+                        overruns=self.stats.poll_overruns,
+                        skipped_cycles=self.stats.poll_skipped_cycles,
+                        polls=self.stats.polls,
+                    )
             if watch.lost.is_set():
                 return watch.reason or "connection lost"
             try:
-                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                async with asyncio.timeout(max(0.0, schedule.deadline - loop.time())):
                     await watch.lost.wait()
             except TimeoutError:
                 continue

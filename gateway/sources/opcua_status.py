@@ -402,19 +402,6 @@ def max_nodes_per_read(data_value: ua.DataValue | None) -> int:
 # ------------------------------------------------------------------------------------- scheduling
 
 
-def next_deadline(previous: float, interval: float, now: float) -> tuple[float, int]:
-    """Fixed-rate scheduling: the next deadline after ``previous`` and how many ticks were missed.
-
-    The next deadline is ``previous + interval``; if ``now`` is already past it, the missed ticks are
-    skipped (counted as overruns) instead of being run back to back.
-    """
-    deadline = previous + interval
-    if now <= deadline:
-        return deadline, 0
-    missed = int((now - deadline) // interval) + 1
-    return deadline + missed * interval, missed
-
-
 # Subscription keep-alive: a publish response (data or keep-alive) at least this often, so a silent
 # subscription is noticed. asyncua's default keep-alive count is 75 % of the session timeout (45 min).
 SUBSCRIPTION_KEEPALIVE_S = 5.0

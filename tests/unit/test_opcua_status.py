@@ -22,7 +22,6 @@ from gateway.sources.opcua_status import (
     convert_variant,
     datetime_to_epoch,
     max_nodes_per_read,
-    next_deadline,
     node_id_of,
     plan_nodes,
     quality_of_status,
@@ -332,22 +331,6 @@ def test_node_id_of_each_kind(ref: OpcUaTagRef, expected: ua.NodeId) -> None:
 )
 def test_max_nodes_per_read(data_value: ua.DataValue | None, expected: int) -> None:
     assert max_nodes_per_read(data_value) == expected
-
-
-# ------------------------------------------------------------------------------------- scheduling
-
-
-@pytest.mark.parametrize(
-    ("previous", "now", "expected"),
-    [
-        (10.0, 10.3, (11.0, 0)),  # on time: next = previous + interval, not now + interval
-        (10.0, 11.0, (11.0, 0)),
-        (10.0, 11.2, (12.0, 1)),  # one tick missed → skipped and counted
-        (10.0, 13.5, (14.0, 3)),
-    ],
-)
-def test_next_deadline_is_fixed_rate(previous: float, now: float, expected: tuple[float, int]) -> None:
-    assert next_deadline(previous, 1.0, now) == expected
 
 
 def test_subscription_timing_keeps_keepalive_near_five_seconds() -> None:
