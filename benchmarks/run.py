@@ -20,7 +20,7 @@ then ``--warmup-s``, then measures a fixed ``--duration-s`` window:
 Sizes (``--scale`` multiplies all of them; ``--size`` sets the one of a single chosen scenario):
 modbus-1k = holding registers on one device (1000 per-tag, 3000 batch), hall = channels per rack (256; 10 racks
 x 8 tags, --racks), opcua-20k = variables (20000, in objects of 100), load-50k = channels per device (640; 10
-devices x 8 tags). Default intervals: modbus-1k 25 ms per-tag (40,000 values/s offered) and 10 ms batch (the
+devices x 8 tags). Default intervals: modbus-1k 20 ms per-tag (50,000 values/s offered) and 10 ms batch (the
 tag-map minimum; 300,000 values/s offered), hall and opcua-20k 1000 ms. ``--interval-ms`` overrides them all.
 
 Prints one summary line per scenario/mode and writes everything as JSON (default benchmarks/results/<time>.json).
@@ -66,6 +66,9 @@ TS_MEANING = {
     "opcua": "OPC UA SourceTimestamp, stamped by the bench server when it wrote the value: data age includes the "
     "wait for the subscription's publishing interval",
 }
+
+# Offered values/s of the runs the data-age target applies to (p95 <= interval + 10 ms "at 20,000 values/s").
+DATA_AGE_LOAD = (15_000, 25_000)
 
 # Issue 5 targets (2-core box). Each: (name, metric path, comparison, target).
 TARGETS: dict[tuple[str, str], list[tuple[str, str, str, float]]] = {
@@ -132,7 +135,8 @@ def plan_live(scenario: str, mode: str, args: argparse.Namespace) -> Plan:
         # Batch: 3,000 registers, because at the tag map's 10 ms minimum 1,000 would offer only 100,000 values/s,
         # too few to test the 250,000 target.
         registers = _scaled(1000 if mode == "tag" else 3000, args, scenario)
-        interval = args.interval_ms or (25 if mode == "tag" else 10)
+        # Per-tag at 20 ms: 50,000 values/s offered, above the 40,000 target (at 25 ms it could only be equalled).
+        interval = args.interval_ms or (20 if mode == "tag" else 10)
         return Plan(
             scenario=scenario, mode=mode, protocol="modbus", interval_ms=interval, size=registers, devices=1,
             tag_map=lambda url, addresses: tagmaps.modbus_1k(
@@ -450,7 +454,8 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     if result["scenario"] != "load-50k" and "data_age_ms" in result:
         interval = result["config"]["interval_ms"]
         offered = result["config"]["offered_values_per_s"]
-        if offered >= 20_000:
+        # The issue's data-age target holds "at 20,000 values/s": checked on runs offering about that much.
+        if DATA_AGE_LOAD[0] <= offered <= DATA_AGE_LOAD[1]:
             specs.append(("data_age_p95_ms", "data_age_ms.p95", "<=", interval + 10))
     for name, path, op, target in specs:
         value = _lookup(result, path)
