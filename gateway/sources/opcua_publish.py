@@ -37,6 +37,8 @@ from asyncua.ua.ua_binary import variant_from_binary
 from gateway.schema import Quality, Value
 from gateway.sources.base import RawReading
 from gateway.sources.opcua_status import (
+    _MAX_DATETIME_EPOCH,
+    _MIN_DATETIME_EPOCH,
     UNSUPPORTED_TYPE_PREFIX,
     _shortest_float32,
     convert_variant,
@@ -91,9 +93,6 @@ _FLOAT_FORMAT = struct.Struct("<f")
 
 # DateTime: 100 ns ticks since 1601-01-01 UTC. asyncua keeps microseconds (ticks // 10); so does this.
 _UNIX_EPOCH_IN_MICROSECONDS_SINCE_1601 = 11_644_473_600_000_000
-# A timestamp at or before 1601-01-01 or at or after 9999-12-31 23:59:59 is Min/MaxDateTime, i.e. absent
-# (the same bounds as opcua_status.source_time).
-_MAX_REAL_EPOCH_S = 253_402_300_799.0
 
 _NULL_STATUS = f"{UNSUPPORTED_TYPE_PREFIX}Null"
 
@@ -285,12 +284,10 @@ def _variant(body: bytes, position: int) -> tuple[Value | None, str | None, int]
 
 
 def _epoch(ticks: int) -> float | None:
-    """Epoch seconds of a DateTime, or None for Min/MaxDateTime (absent); microsecond resolution as asyncua's."""
-    microseconds = ticks // 10
-    if microseconds <= 0:
-        return None
-    seconds = (microseconds - _UNIX_EPOCH_IN_MICROSECONDS_SINCE_1601) / 1_000_000
-    return seconds if seconds < _MAX_REAL_EPOCH_S else None
+    """Epoch seconds of a DateTime, or None for Min/MaxDateTime (absent: the bounds opcua_status.source_time
+    uses); microsecond resolution as asyncua's."""
+    seconds = (ticks // 10 - _UNIX_EPOCH_IN_MICROSECONDS_SINCE_1601) / 1_000_000
+    return seconds if _MIN_DATETIME_EPOCH < seconds < _MAX_DATETIME_EPOCH else None
 
 
 @functools.lru_cache(maxsize=256)
