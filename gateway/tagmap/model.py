@@ -314,6 +314,12 @@ class MqttSection(_Model):
     """Cap of the reconnect backoff (1 s, doubling); also how long failover waits per attempt at most."""
     failover_urls: tuple[Annotated[str, AfterValidator(_check_mqtt_url)], ...] = ()
     """More brokers, tried in turn after 3 failed connection attempts to the current one."""
+    max_packet_size: int | None = Field(default=None, ge=1024, le=268_435_460)
+    """Largest packet the broker takes, in bytes, for brokers that cannot announce it (MQTT 3.1.1); a smaller
+    Maximum Packet Size announced by an MQTT 5 broker wins. Larger messages go to the dead-letter table."""
+    puback_timeout_s: float = Field(default=10, gt=0, le=3600)
+    """A connection whose oldest unacknowledged message has waited this long for its PUBACK is dropped
+    and reconnected (a hung broker), even while keep-alive has not noticed yet."""
 
     @model_validator(mode="after")
     def _check(self) -> MqttSection:
@@ -355,6 +361,11 @@ class SpoolSection(_Model):
     """Most spooled messages replayed per second once the broker is back (live data always goes first)."""
     window_wait_ms: int = Field(default=1000, ge=0)
     """How long a live message may wait for a free in-flight slot before it goes to the spool instead."""
+    min_free_mb: float = Field(default=64, ge=0)
+    """Free space to leave on the spool's file system: past it the oldest spooled messages are dropped, as
+    past ``max_mb``; whichever limit is reached first applies."""
+    dead_letter_max_mb: float = Field(default=16, gt=0)
+    """Cap on messages the broker refused (too large, not authorised), kept for a later replay."""
 
 
 def _mqtt_url_problems(url: str) -> Iterator[Issue]:
