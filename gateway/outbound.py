@@ -165,10 +165,11 @@ class DeviceOutbound:
             for name in self._units
         ]
 
-    def status_message(self, *, connected: bool, since: float, error: str | None) -> Message:
-        return Message(
-            self.topics.status, encode_equipment_status(connected=connected, since=since, error=error), retain=True
-        )
+    def status_message(
+        self, *, connected: bool, since: float, error: str | None, gateway: str | None = None
+    ) -> Message:
+        payload = encode_equipment_status(connected=connected, since=since, error=error, gateway=gateway)
+        return Message(self.topics.status, payload, retain=True)
 
     def meta_message(self) -> Message:
         return Message(self.topics.meta, self._meta_payload, retain=True)

@@ -60,6 +60,9 @@ CLOSE_SINK_BUDGET_S = 3.0
 SUPERVISOR_BACKOFF_MIN_S = 1.0
 SUPERVISOR_BACKOFF_MAX_S = 60.0
 
+GATEWAY_STOPPED_ERROR = "gateway stopped"
+"""The ``error`` of every equipment's retained ``_status`` after a clean stop."""
+
 SEQ_CHECKPOINT_S = 5.0
 """How often the last seq per topic is saved while running (exactly, once more, at a clean stop)."""
 HEALTH_INTERVAL_S = 5.0
@@ -92,8 +95,10 @@ class _DeviceChannel:
         counters: RuntimeCounters,
         on_status: Callable[[Message], None],
         clock: Callable[[], float],
+        gateway_id: str,
     ) -> None:
         self.outbound = outbound
+        self._gateway_id = gateway_id
         self._queue = queue
         self._counters = counters
         self._on_status = on_status
@@ -119,7 +124,9 @@ class _DeviceChannel:
         self.connected = connected
         self.error = error
         log.info("device_link", device=self.outbound.device, connected=connected, error=error)
-        self._on_status(self.outbound.status_message(connected=connected, since=self._since, error=error))
+        self._on_status(
+            self.outbound.status_message(connected=connected, since=self._since, error=error, gateway=self._gateway_id)
+        )
 
     def link(self) -> DeviceLink:
         return DeviceLink(emit=self.emit, report_link=self.report_link)
@@ -352,6 +359,7 @@ class Gateway:
             # Retained: the sink publishes it now (if connected) and again after every reconnect.
             on_status=lambda message: sink.set_retained(message.topic, message.payload),
             clock=self._clock,
+            gateway_id=self.plant.gateway.id,
         )
         self._channels[outbound.device] = channel
         self._links[outbound.device] = channel.link()
@@ -478,6 +486,10 @@ class Gateway:
                     self._notifier.stopping()
                 await cancel_until_done([s.task for s in self._sources.values()], budget_s=STOP_SOURCES_BUDGET_S)
                 await self._drain(publish_task, forwarder)
+                # Every equipment is reported offline before the gateway is: its retained _status must not
+                # keep saying "connected" while nobody reads it (after a crash only the will says so).
+                for channel in self._channels.values():
+                    channel.report_link(False, GATEWAY_STOPPED_ERROR)
                 await cancel_until_done(helpers, budget_s=1.0)
             await sink.close(timeout_s=CLOSE_SINK_BUDGET_S)
         await forwarder.keep_unacked()

@@ -321,9 +321,14 @@ class BatchEncoder:
         return b",".join(map(b"".join, zip(heads, value_texts, middles, map(tails.__getitem__, times), strict=True)))
 
 
-def encode_equipment_status(*, connected: bool, since: float, error: str | None) -> bytes:
-    """Retained ``_status``: ``{"connected", "since", "error"}``."""
-    return _json({"connected": connected, "since": format_ts(since), "error": error})
+def encode_equipment_status(*, connected: bool, since: float, error: str | None, gateway: str | None = None) -> bytes:
+    """Retained ``_status``: ``{"connected", "since", "error"}`` plus ``"gateway"`` (the id of the gateway
+    that reads the equipment) when given: a subscriber trusts ``connected`` only while that gateway's own
+    retained status says ``online`` (after a crash the will marks the gateway offline, not each equipment)."""
+    body: dict[str, object] = {"connected": connected, "since": format_ts(since), "error": error}
+    if gateway is not None:
+        body["gateway"] = gateway
+    return _json(body)
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,7 +111,10 @@ async def test_batch_per_tag_bad_values_shared_connection_and_clean_stop(tmp_pat
 
         retained = await retained_snapshot(broker.host, broker.port, f"{enterprise}/#")
         assert orjson.loads(retained[f"{enterprise}/s1/_gateway/gw-rt/status"])["online"] is False
-        assert orjson.loads(retained[f"{prefix}/rack/_status"])["connected"] is True
+        # Issue 10, defect 11: a clean stop leaves no equipment retained as connected.
+        for equipment in ("rack", "cell"):
+            status = orjson.loads(retained[f"{prefix}/{equipment}/_status"])
+            assert (status["connected"], status["error"], status["gateway"]) == (False, "gateway stopped", "gw-rt")
         assert set(orjson.loads(retained[f"{prefix}/cell/_meta"])["tags"]) == {"soc", "label"}
 
 

@@ -98,6 +98,8 @@ def test_batch_payload_rows() -> None:
 def test_equipment_status_payload() -> None:
     body = orjson.loads(encode_equipment_status(connected=False, since=0.0, error="timeout"))
     assert body == {"connected": False, "since": "1970-01-01T00:00:00.000Z", "error": "timeout"}
+    with_gateway = orjson.loads(encode_equipment_status(connected=True, since=0.0, error=None, gateway="edge-01"))
+    assert with_gateway == {"connected": True, "since": "1970-01-01T00:00:00.000Z", "error": None, "gateway": "edge-01"}
 
 
 @pytest.mark.parametrize(
