@@ -430,7 +430,7 @@ def encode_meta_parts(
     entries = [orjson.dumps(meta.tag) + b":" + orjson.dumps(_meta_entry(meta)) for meta in tags]
     whole = b"".join((orjson.dumps({**header, "tags": {}})[:-2], b",".join(entries), b"}}"))
     if len(whole) <= max_payload_bytes:
-        return [memoryview(whole).tobytes()]
+        return [whole]
     digest = hashlib.sha256(whole).hexdigest()[:16]
     # The header of a part, with room for the largest part numbers: 7 digits each (250,000 tags at most).
     head_size = len(orjson.dumps({**header, "part": 9_999_999, "parts": 9_999_999, "digest": digest, "tags": {}}))

@@ -240,3 +240,10 @@ def test_the_gateway_builds_its_mqtt_options_from_every_map_that_loads() -> None
     )
     options = mqtt_options_for(plant, will_topic=plant.gateway.status_topic, will_payload=b"{}", online_payload=b"{}")
     assert options.password == "hunter2" and options.max_inflight == 9999
+
+
+def test_a_tiny_spool_from_the_environment_names_the_variable() -> None:
+    assert problem_lines(MINIMAL_MODBUS, {"CELLGATE_SPOOL__MAX_MB": "0.5"}) == [
+        "env CELLGATE_SPOOL__MAX_MB: max_mb 0.5 is below the smallest spool, 1 MB: it could not hold one large batch "
+        "or _meta part (SQLite's own pages take more); give at least 1"
+    ]
