@@ -28,10 +28,11 @@ from gateway.tagmap.yamlpos import YamlDocument, YamlSyntaxError, parse_yaml
 _DEVICE: TypeAdapter[Device] = TypeAdapter(Device)
 _TEMPLATES: TypeAdapter[dict[str, TemplateTags]] = TypeAdapter(dict[str, TemplateTags])
 _SECTIONS = ("gateway", "mqtt", "spool", "templates", "devices")
+_REQUIRED_SECTIONS = ("gateway", "mqtt", "devices")
+
 MAX_PROBLEM_CHARS = 400
 """Longest message of one problem line: values are shown cut (``quoted``), and this bounds whatever is left, so
 a 1 MB value can never make a 1 MB line on a terminal or in the journal."""
-_REQUIRED_SECTIONS = ("gateway", "mqtt", "devices")
 
 
 def load_plant(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Plant:
@@ -61,7 +62,7 @@ def load_plant_from_text(text: str, *, filename: str = "<string>", environ: Mapp
     try:
         document = parse_yaml(text)
     except YamlSyntaxError as exc:
-        raise ConfigError([ConfigProblem(filename, exc.position.line, exc.position.column, "", exc.message)]) from None
+        raise ConfigError([_bounded(filename, exc.position.line, exc.position.column, "", exc.message)]) from None
     env = read_env_overrides(os.environ if environ is None else environ)
     report = _Report(filename, document, env)
     plant = _validate(document, env, report)
