@@ -951,8 +951,14 @@ class OpcUaDevice(_DeviceBase):
 
     @model_validator(mode="after")
     def _check(self) -> OpcUaDevice:
-        raise_issues(_rule_opcua_repeats(self))
+        raise_issues([*_rule_opcua_repeats(self), *_rule_opcua_credentials(self)])
         return self
+
+
+def _rule_opcua_credentials(device: OpcUaDevice) -> Iterator[Issue]:
+    if device.password is not None and device.username is None:
+        # A user-name identity token needs the name; without it the session would be anonymous, the password unused.
+        yield Issue(("username",), "a password is set but no username: set username too")
 
 
 def _opcua_endpoint_problems(endpoint: str) -> Iterator[Issue]:

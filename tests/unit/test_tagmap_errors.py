@@ -247,3 +247,30 @@ def test_a_tiny_spool_from_the_environment_names_the_variable() -> None:
         "env CELLGATE_SPOOL__MAX_MB: max_mb 0.5 is below the smallest spool, 1 MB: it could not hold one large batch "
         "or _meta part (SQLite's own pages take more); give at least 1"
     ]
+
+
+def test_an_opcua_password_needs_a_username() -> None:
+    text = HEADER + """\
+devices:
+  - name: coater-01
+    area: electrode
+    line: cathode-1
+    protocol: opcua
+    endpoint: opc.tcp://127.0.0.1:4840
+    password: not-shown
+    tags: [{name: speed, node: "ns=2;s=Speed"}]
+"""
+    assert problem_lines(text) == [
+        "tagmap.yaml:4:5: devices[0].username: a password is set but no username: set username too"
+    ]
+
+
+def test_a_device_whose_own_topics_are_too_long_is_refused_at_its_name() -> None:
+    """`_meta/N` is the longest topic of an equipment of its own: checked even when every tag name is short."""
+    prefix = "acme/dunkirk/formation/hall-a/"
+    name = "r" * (MAX_TOPIC_BYTES - len(prefix) - len("/_meta/1") + 1)
+    lines = problem_lines(MINIMAL_MODBUS.replace("name: rack-01", f"name: {name}"))
+    assert len(lines) == 1
+    assert lines[0].startswith("tagmap.yaml:4:11: devices[0].name: topic 'acme/dunkirk/formation/hall-a/rrr")
+    assert lines[0].endswith(f"... ({MAX_TOPIC_BYTES + 1} bytes) is longer than the 65535 bytes MQTT allows")
+    assert load(MINIMAL_MODBUS.replace("name: rack-01", f"name: {name[:-1]}")).devices[0].name == name[:-1]
