@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.outbound import DeviceOutbound, TagOutput
-from gateway.schema import EquipmentTopics, TagMeta
+from gateway.schema import META_PART_DEFAULT_BYTES, EquipmentTopics, TagMeta
 from gateway.sinks.mqtt import MqttOptions
 from gateway.sources.base import Emit, ReportLink
 from gateway.sources.modbus import ModbusConnection, ModbusUnit, SerialEndpoint, TcpEndpoint
@@ -100,6 +100,7 @@ def build_outbound(plant: Plant, device: Device) -> DeviceOutbound:
         mode=device.publish,
         interval_ms=device.interval_ms,
         tags=tags,
+        max_packet_bytes=plant.mqtt.max_packet_size or META_PART_DEFAULT_BYTES,
     )
 
 

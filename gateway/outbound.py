@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from gateway.schema import (
+    META_PART_DEFAULT_BYTES,
+    PUBLISH_OVERHEAD_BYTES,
     STATUS_COMM_FAILURE,
     BatchEncoder,
     EquipmentTopics,
@@ -17,8 +19,9 @@ from gateway.schema import (
     Sample,
     TagMeta,
     encode_equipment_status,
-    encode_meta,
+    encode_meta_parts,
     encode_tag_payload,
+    utf8_length,
 )
 from gateway.sources.base import RawReading
 from gateway.tagmap.model import PublishMode
@@ -65,19 +68,25 @@ class DeviceOutbound:
         mode: PublishMode,
         interval_ms: int,
         tags: Sequence[TagOutput],
+        max_packet_bytes: int = META_PART_DEFAULT_BYTES,
     ) -> None:
+        """``max_packet_bytes``: the largest PUBLISH packet the broker takes (``mqtt.max_packet_size``, else
+        META_PART_DEFAULT_BYTES); the retained ``_meta`` catalogue is split into parts that fit it."""
         self.device = device
         self.protocol = protocol
         self.topics = topics
         self.mode = mode
         self.interval_ms = interval_ms
         # The catalogue is encoded once; the per-tag TagMeta objects are not kept (MBs at 50,000 tags).
-        self._meta_payload = encode_meta(
+        # Budget for the payload of a part: the packet less its topic (the longest a part can have) and header.
+        longest_meta_topic = topics.meta_part(max(1, len(tags)))
+        self._meta_payloads = encode_meta_parts(
             device=device,
             protocol=protocol,
             tags=[tag.meta for tag in tags],
             publish_mode=mode.value,
             interval_ms=interval_ms,
+            max_payload_bytes=max_packet_bytes - PUBLISH_OVERHEAD_BYTES - utf8_length(longest_meta_topic),
         )
         self._units = {tag.name: tag.unit for tag in tags}
         self._transforms = {
@@ -171,8 +180,14 @@ class DeviceOutbound:
         payload = encode_equipment_status(connected=connected, since=since, error=error, gateway=gateway)
         return Message(self.topics.status, payload, retain=True)
 
-    def meta_message(self) -> Message:
-        return Message(self.topics.meta, self._meta_payload, retain=True)
+    def meta_messages(self) -> list[Message]:
+        """The retained catalogue: ``_meta``, then ``_meta/2`` ... ``_meta/N`` when it had to be split (see
+        ``gateway.schema.encode_meta_parts``). Publish them all; on a reload clear the topics the previous
+        outbound of the device had and this one has not (a shrunken catalogue leaves no stale part behind)."""
+        return [
+            Message(self.topics.meta_part(number), payload, retain=True)
+            for number, payload in enumerate(self._meta_payloads, start=1)
+        ]
 
 
 # tuple.__new__(Message, (topic, payload, retain)) builds the NamedTuple in C, without its generated Python

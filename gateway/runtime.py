@@ -363,8 +363,8 @@ class Gateway:
         )
         self._channels[outbound.device] = channel
         self._links[outbound.device] = channel.link()
-        meta = outbound.meta_message()
-        sink.set_retained(meta.topic, meta.payload)
+        for meta in outbound.meta_messages():
+            sink.set_retained(meta.topic, meta.payload)
         channel.report_link(False, "connecting")
 
     # ---------------------------------------------------------------------------------- reload
@@ -393,12 +393,18 @@ class Gateway:
             self._links.pop(name)
             # A device no longer in the tag map leaves no retained status or catalogue behind.
             sink.clear_retained(channel.outbound.topics.status)
-            sink.clear_retained(channel.outbound.topics.meta)
+            for meta in channel.outbound.meta_messages():
+                sink.clear_retained(meta.topic)
         for name in plan.changed | plan.added:
             outbound = new_outbounds[name]
             previous = self._channels.get(name)
             if previous is not None:
                 outbound.restore_seq(previous.outbound.seq_snapshot())  # seq runs on across the change
+                # A catalogue that shrank leaves no stale parts retained.
+                kept = {meta.topic for meta in outbound.meta_messages()}
+                for meta in previous.outbound.meta_messages():
+                    if meta.topic not in kept:
+                        sink.clear_retained(meta.topic)
             self._add_channel(sink, outbound)
         self.plant = without_tags(new)
         self.fingerprint = new_fingerprint
@@ -419,7 +425,7 @@ class Gateway:
     async def run(self, stop: asyncio.Event) -> None:
         with _locked_state_dir(self.state_dir):
             spool_path = Path(self.plant.spool.path) if self.plant.spool.path else self.state_dir / "spool.db"
-            spool = Spool(spool_path, max_bytes=int(self.plant.spool.max_mb * 1_000_000))
+            spool = Spool(spool_path, max_bytes=self.plant.spool.max_bytes)
             forwarder = StoreAndForward(
                 spool,
                 window_wait_s=self.plant.spool.window_wait_ms / 1000,

@@ -7,6 +7,7 @@ Everything here is pure: plain values in, bytes or strings out. Topics and paylo
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import re
 import time
@@ -66,23 +67,56 @@ class Sample(NamedTuple):
 
 # --------------------------------------------------------------------------------------------- topics
 
+MAX_TOPIC_BYTES: Final = 65535
+"""Longest topic name, in UTF-8 bytes: MQTT writes it as a string with a two-byte length (3.1.1 and 5, 1.5.3/1.5.4)."""
+
+SHOWN_TEXT_CHARS: Final = 80
+"""Characters of a value shown in an error message before it is cut (see ``quoted``)."""
+
 _SEGMENT_FORBIDDEN = re.compile(r"[+#/\s\x00]")
+
+
+def quoted(text: str, limit: int = SHOWN_TEXT_CHARS) -> str:
+    """``repr(text)`` for messages; a text longer than ``limit`` characters is cut and its size given, so a
+    1 MB value makes a one-line message: ``'vvvv...'... (1048576 bytes)``."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text.encode('utf-8', errors='surrogatepass'))} bytes)"
+
+
+def utf8_length(text: str) -> int:
+    """Bytes of ``text`` in UTF-8 (a lone surrogate, which cannot be sent, counts as its 3 bytes)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", errors="surrogatepass"))
 
 
 def topic_segment_problem(segment: str) -> str | None:
     """Why ``segment`` cannot be one level of an MQTT topic, or None if it can.
 
-    Rejected: empty, wildcards ``+`` ``#``, ``/``, whitespace, NUL, and a leading ``$`` (reserved by brokers).
+    Rejected: empty, wildcards ``+`` ``#``, ``/``, whitespace, NUL, a leading ``$`` (reserved by brokers), and
+    text that is not UTF-8 (a lone surrogate such as YAML's ``"\\ud800"``: MQTT topics are UTF-8).
     """
     if not segment:
         return "empty topic segment"
     bad = _SEGMENT_FORBIDDEN.search(segment)
     if bad:
         shown = {" ": "a space", "\t": "a tab", "\n": "a newline", "\x00": "NUL"}.get(bad.group(), repr(bad.group()))
-        return f"topic segment {segment!r} contains {shown}"
+        return f"topic segment {quoted(segment)} contains {shown}"
     if segment.startswith("$"):
-        return f"topic segment {segment!r} starts with '$' (reserved by MQTT brokers)"
+        return f"topic segment {quoted(segment)} starts with '$' (reserved by MQTT brokers)"
+    if not segment.isascii():
+        try:
+            segment.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"topic segment {quoted(segment)} is not UTF-8 text (it holds a lone surrogate)"
     return None
+
+
+def topic_length_problem(topic: str) -> str | None:
+    """Why ``topic`` is too long to publish (more than MAX_TOPIC_BYTES in UTF-8), or None."""
+    size = utf8_length(topic)
+    if size <= MAX_TOPIC_BYTES:
+        return None
+    return f"topic {quoted(topic)} is longer than the {MAX_TOPIC_BYTES} bytes MQTT allows"
 
 
 def topic_path_problem(path: str) -> str | None:
@@ -118,6 +152,10 @@ class EquipmentTopics:
     @property
     def meta(self) -> str:
         return f"{self.base}/_meta"
+
+    def meta_part(self, part: int) -> str:
+        """Topic of part ``part`` (from 1) of a split ``_meta``: ``_meta`` itself, then ``_meta/2``, ``_meta/3``..."""
+        return self.meta if part == 1 else f"{self.base}/_meta/{part}"
 
 
 def gateway_status_topic(*, enterprise: str, site: str, gateway_id: str) -> str:
@@ -355,19 +393,78 @@ def encode_meta(
             "protocol": protocol,
             "publish": publish_mode,
             "interval_ms": interval_ms,
-            "tags": {
-                meta.tag: {
-                    "type": meta.type,
-                    "unit": meta.unit,
-                    "min": meta.min,
-                    "max": meta.max,
-                    "description": meta.description,
-                    "source": meta.source,
-                }
-                for meta in tags
-            },
+            "tags": {meta.tag: _meta_entry(meta) for meta in tags},
         }
     )
+
+
+META_PART_DEFAULT_BYTES: Final = 256 * 1024
+"""Largest ``_meta`` part (whole PUBLISH packet) when ``mqtt.max_packet_size`` is not set. Brokers cap packets
+(Mosquitto's ``max_packet_size``, cloud brokers at 128-256 KiB, the MQTT 5 Maximum Packet Size): 256 KiB keeps a
+10,000-tag catalogue in a handful of parts that every broker we know of takes."""
+
+PUBLISH_OVERHEAD_BYTES: Final = 32
+"""PUBLISH bytes besides topic and payload, rounded up: fixed header (5), topic length (2), packet id (2) and
+MQTT 5 properties (a property length; retained control messages carry no properties)."""
+
+
+def encode_meta_parts(
+    *,
+    device: str,
+    protocol: str,
+    tags: Iterable[TagMeta],
+    publish_mode: str,
+    interval_ms: int,
+    max_payload_bytes: int,
+) -> list[bytes]:
+    """Retained ``_meta`` in parts of at most ``max_payload_bytes`` each (a tag whose entry alone is larger gets
+    a part of its own, the only way it can exceed the limit).
+
+    One part: exactly ``encode_meta``. Several: each part is the same header plus ``"part": k`` (from 1),
+    ``"parts": N``, ``"digest"`` (the same in every part of one catalogue, so a subscriber can tell parts of
+    an older catalogue apart) and the ``"tags"`` of that part, in catalogue order; the union of the parts'
+    ``tags`` is the catalogue.
+    """
+    header: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "equipment": device,
+        "protocol": protocol,
+        "publish": publish_mode,
+        "interval_ms": interval_ms,
+    }
+    entries = [orjson.dumps(meta.tag) + b":" + orjson.dumps(_meta_entry(meta)) for meta in tags]
+    whole = b"".join((orjson.dumps({**header, "tags": {}})[:-2], b",".join(entries), b"}}"))
+    if len(whole) <= max_payload_bytes:
+        return [whole]
+    digest = hashlib.sha256(whole).hexdigest()[:16]
+    # The header of a part, with room for the largest part numbers: 7 digits each (250,000 tags at most).
+    head_size = len(orjson.dumps({**header, "part": 9_999_999, "parts": 9_999_999, "digest": digest, "tags": {}}))
+    # A part is its header (ending in '"tags":{') + its entries, comma-separated + '}}': head_size + entries + commas.
+    groups: list[list[bytes]] = []
+    size = 0
+    for entry in entries:
+        if groups and size + len(entry) + 1 <= max_payload_bytes:
+            groups[-1].append(entry)
+            size += len(entry) + 1
+        else:
+            groups.append([entry])
+            size = head_size + len(entry)
+    parts: list[bytes] = []
+    for number, group in enumerate(groups, start=1):
+        head = orjson.dumps({**header, "part": number, "parts": len(groups), "digest": digest, "tags": {}})[:-2]
+        parts.append(b"".join((head, b",".join(group), b"}}")))
+    return parts
+
+
+def _meta_entry(meta: TagMeta) -> dict[str, Any]:
+    return {
+        "type": meta.type,
+        "unit": meta.unit,
+        "min": meta.min,
+        "max": meta.max,
+        "description": meta.description,
+        "source": meta.source,
+    }
 
 
 def encode_gateway_status(*, online: bool, gateway_id: str, ts: float, version: str) -> bytes:

@@ -14,8 +14,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gateway.schema import MAX_TOPIC_BYTES, PUBLISH_OVERHEAD_BYTES, quoted, utf8_length
 from gateway.tagmap.issues import Issue, Loc, did_you_mean, format_loc, issues_from_validation_error
-from gateway.tagmap.limits import MAX_ADDRESS
+from gateway.tagmap.limits import MAX_ADDRESS, MIN_PAYLOAD_ROOM_BYTES
 from gateway.tagmap.model import (
     Device,
     GatewaySection,
@@ -57,10 +58,21 @@ class _Repeated:
     count: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class TopicLimit:
+    """What every topic of the plant must fit: ``{root}/{area}/{line}/{equipment}/...`` within ``max_bytes``
+    (UTF-8), ``why`` saying where the limit comes from, for the message."""
+
+    root: str  # "{enterprise}/{site}"
+    max_bytes: int = MAX_TOPIC_BYTES
+    why: str = f"the {MAX_TOPIC_BYTES} bytes MQTT allows"
+
+
 class _Expander:
-    def __init__(self, templates: Templates | None, describe: DescribeLocation) -> None:
+    def __init__(self, templates: Templates | None, describe: DescribeLocation, topics: TopicLimit | None) -> None:
         self.templates = templates
         self.describe = describe
+        self.topics = topics
         self.issues: list[Issue] = []
         self._prototypes: dict[tuple[str, str], list[_Prototype]] = {}
         self._repeated: dict[tuple[object, ...], _Repeated] = {}
@@ -114,7 +126,7 @@ class _Expander:
             if tag.name in names:
                 first = self.describe(("templates", template, names[tag.name], "name"))
                 self.issues.append(
-                    Issue((*where, "name"), f"duplicate tag name {tag.name!r} in template (first at {first})")
+                    Issue((*where, "name"), f"duplicate tag name {quoted(tag.name)} in template (first at {first})")
                 )
                 continue
             names[tag.name] = index
@@ -143,7 +155,7 @@ class _Expander:
             where: Loc = ("devices", index, "tags", tag_index, "name")
             first = origin.get(finished.name)
             if first is not None:
-                message = f"duplicate tag name {finished.name!r} (first defined by {self._origin_text(first)})"
+                message = f"duplicate tag name {quoted(finished.name)} (first defined by {self._origin_text(first)})"
                 self.issues.append(Issue(where, message))
                 continue
             origin[finished.name] = _Origin(f"tags[{tag_index}]", where)
@@ -154,10 +166,34 @@ class _Expander:
             self.issues.append(
                 Issue(("devices", index, "tags"), "an enabled device needs tags: add `tags` or `repeat`")
             )
+        if self.topics is not None:
+            self._check_topic_lengths(index, device, final, origin, self.topics)
         update: dict[str, Any] = {"tags": tuple(final), "repeat": ()}
         if isinstance(device, OpcUaDevice) and device.sampling_interval_ms is None:
             update["sampling_interval_ms"] = device.interval_ms
         return device.model_copy(update=update)
+
+    def _check_topic_lengths(
+        self, index: int, device: Device, tags: Sequence[Tag], origin: Mapping[str, _Origin], limit: TopicLimit
+    ) -> None:
+        """Every topic the device publishes fits ``limit``: its tag topics and its own ``_status``, ``_batch``,
+        ``_meta`` and ``_meta/N`` (the longest of these, N = its tag count, as the catalogue may be split)."""
+        base = f"{limit.root}/{device.area}/{device.line}/{device.name}"
+        room = limit.max_bytes - utf8_length(base) - 1  # bytes left after "{base}/"
+        own = f"_meta/{max(1, len(tags))}"
+        if len(own) > room:
+            self.issues.append(
+                Issue(("devices", index, "name"), f"topic {quoted(f'{base}/{own}')} is longer than {limit.why}")
+            )
+            return
+        too_long: dict[Loc, list[str]] = {}
+        for tag in tags:
+            name = tag.name
+            if len(name) > room or (len(name) * 4 > room and utf8_length(name) > room):
+                too_long.setdefault(origin[name].loc, []).append(name)
+        for loc, names in too_long.items():
+            more = f" (and {len(names) - 1} more like it)" if len(names) > 1 else ""
+            self.issues.append(Issue(loc, f"topic {quoted(f'{base}/{names[0]}')} is longer than {limit.why}{more}"))
 
     def _origin_text(self, origin: _Origin) -> str:
         return f"{origin.label} at {self.describe(origin.loc)}"
@@ -223,7 +259,7 @@ class _Expander:
                         (ctx.index, ctx.repeat_index, "duplicate"),
                         Issue(
                             name_loc,
-                            f"duplicate tag name {tag.name!r} made by repeat[{ctx.repeat_index}] ({prefix}); "
+                            f"duplicate tag name {quoted(tag.name)} made by repeat[{ctx.repeat_index}] ({prefix}); "
                             f"first defined by {self._origin_text(first)}",
                         ),
                     )
@@ -333,13 +369,15 @@ def expand_devices(
     templates: Templates | None,
     *,
     describe: DescribeLocation = format_loc,
+    topics: TopicLimit | None = None,
 ) -> tuple[list[Device], list[Issue]]:
     """Expand every device (``(index in the file, device)`` pairs) and check file-wide rules.
 
     ``templates`` is None when the templates section itself was invalid (repeats are then skipped).
     ``describe`` renders a path for "first at ..." references (the loader passes one giving LINE:COL).
+    ``topics``: check that every topic fits it (None when the gateway section is broken: no topic is known).
     """
-    expander = _Expander(templates, describe)
+    expander = _Expander(templates, describe, topics)
     expanded: list[Device] = []
     names: dict[str, int] = {}
     used: set[str] = set()
@@ -369,9 +407,24 @@ def assemble_plant(
     return Plant(gateway=gateway, mqtt=mqtt, devices=tuple(devices), spool=spool or SpoolSection())
 
 
+def topic_limit(gateway: GatewaySection, mqtt: MqttSection | None) -> TopicLimit:
+    """The limit every topic of the plant must fit: MQTT's 65,535 bytes, and with ``mqtt.max_packet_size`` what
+    leaves a packet room for its header and a small payload."""
+    root = f"{gateway.enterprise}/{gateway.site}"
+    if mqtt is None or mqtt.max_packet_size is None:
+        return TopicLimit(root)
+    fitting = mqtt.max_packet_size - PUBLISH_OVERHEAD_BYTES - MIN_PAYLOAD_ROOM_BYTES
+    if fitting >= MAX_TOPIC_BYTES:
+        return TopicLimit(root)
+    why = f"{fitting} bytes (mqtt.max_packet_size {mqtt.max_packet_size} less room for a payload)"
+    return TopicLimit(root, fitting, why)
+
+
 def build_plant(tagmap: TagMap) -> tuple[Plant | None, list[Issue]]:
     """Expand a TagMap built in code; returns the Plant, or None and the problems (paths, no positions)."""
-    devices, issues = expand_devices(list(enumerate(tagmap.devices)), tagmap.templates)
+    devices, issues = expand_devices(
+        list(enumerate(tagmap.devices)), tagmap.templates, topics=topic_limit(tagmap.gateway, tagmap.mqtt)
+    )
     if issues:
         return None, issues
     return assemble_plant(tagmap.gateway, tagmap.mqtt, devices, tagmap.spool), []

@@ -18,6 +18,8 @@ from typing import Any, Final, TypeAlias
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
+from gateway.schema import SHOWN_TEXT_CHARS, quoted
+
 Loc: TypeAlias = tuple[str | int, ...]
 
 RULE_ERROR_TYPE = "cellgate_rule"
@@ -42,13 +44,15 @@ class Issue:
 
 
 def format_loc(loc: Loc) -> str:
-    """``("devices", 2, "tags", 7, "type")`` -> ``devices[2].tags[7].type``."""
+    """``("devices", 2, "tags", 7, "type")`` -> ``devices[2].tags[7].type``. A key longer than SHOWN_TEXT_CHARS
+    is shown as ``quoted`` shows it (cut, with its size)."""
     parts: list[str] = []
     for part in loc:
         if isinstance(part, int):
             parts.append(f"[{part}]")
         else:
-            parts.append(f".{part}" if parts else str(part))
+            key = part if len(str(part)) <= SHOWN_TEXT_CHARS else quoted(str(part))
+            parts.append(f".{key}" if parts else str(key))
     return "".join(parts)
 
 
@@ -144,13 +148,13 @@ def _walk(root: Any, raw_loc: Loc) -> tuple[Loc, list[type[BaseModel]]]:
 
 def _unknown_key_message(key: object, owners: list[type[BaseModel]]) -> str:
     if len(owners) != 1:
-        return f"unknown key {key!r}"
+        return f"unknown key {quoted(str(key))}"
     owner = owners[0]
     # e.g. ``address`` on an OPC UA tag: say whose setting it is rather than guess a near spelling.
     foreign_keys, explanation = getattr(owner, "foreign_key_hint", (frozenset(), ""))
     if key in foreign_keys:
-        return f"unknown key {key!r}: {explanation}"
-    return f"unknown key {key!r}{did_you_mean(key, sorted(owner.model_fields))}"
+        return f"unknown key {quoted(str(key))}: {explanation}"
+    return f"unknown key {quoted(str(key))}{did_you_mean(key, sorted(owner.model_fields))}"
 
 
 def _message(error: Any, field_name: str | int | None) -> str:
@@ -170,7 +174,7 @@ def _message(error: Any, field_name: str | int | None) -> str:
     if kind in ("tuple_type", "list_type"):
         return f"expected a list, got {_yaml_kind(value)}"
     if kind in _ECHO_INPUT and field_name not in _SECRET_FIELDS and isinstance(value, (int, float, str)):
-        return f"{message} (got {value!r})"
+        return f"{message} (got {quoted(value) if isinstance(value, str) else repr(value)})"
     return message
 
 
@@ -182,7 +186,7 @@ def _yaml_kind(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return "a list"
     if isinstance(value, str):
-        return f"the text {value!r}"
+        return f"the text {quoted(value)}"
     return f"{type(value).__name__} {value!r}"
 
 

@@ -39,3 +39,15 @@ MAX_TAGS_PER_PLANT: Final = 250_000
 """Most tags one tag map may expand to (explicit tags + template tags x repeat counts): five times the 51,200-tag
 ``load-50k`` benchmark. Checked on the raw YAML data before anything is validated or expanded, so a few lines of
 aliases or repeats (``- *device`` a thousand times) cannot make the loader build millions of tags."""
+
+MIN_SPOOL_MB: Final = 1
+"""Smallest ``spool.max_mb``. The spool counts topic + payload + a row overhead per message against its cap and
+drops the oldest past it: below a megabyte it could not keep one batch of a large device or one ``_meta`` part
+(256 KiB by default), and SQLite's own pages and write-ahead log take more than that anyway."""
+
+MAX_MQTT_STRING_BYTES: Final = 65535
+"""Longest MQTT string (client id, user name) or binary field (password), in bytes: a two-byte length prefix."""
+
+MIN_PAYLOAD_ROOM_BYTES: Final = 256
+"""Room a packet must leave for the payload when ``mqtt.max_packet_size`` is set: a per-tag payload with its
+quality, timestamp, seq and a short text value. A topic that leaves less could never be published."""

@@ -17,8 +17,9 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gateway.errors import ConfigError, ConfigProblem
+from gateway.schema import quoted
 from gateway.tagmap.env import OVERRIDABLE_SECTIONS, EnvOverrides, read_env_overrides
-from gateway.tagmap.expand import assemble_plant, expand_devices
+from gateway.tagmap.expand import assemble_plant, expand_devices, topic_limit
 from gateway.tagmap.issues import Issue, Loc, did_you_mean, format_loc, issues_from_validation_error
 from gateway.tagmap.limits import MAX_REPEAT_COUNT, MAX_TAGS_PER_PLANT
 from gateway.tagmap.model import Device, GatewaySection, MqttSection, Plant, SpoolSection, TemplateTags
@@ -28,6 +29,10 @@ _DEVICE: TypeAdapter[Device] = TypeAdapter(Device)
 _TEMPLATES: TypeAdapter[dict[str, TemplateTags]] = TypeAdapter(dict[str, TemplateTags])
 _SECTIONS = ("gateway", "mqtt", "spool", "templates", "devices")
 _REQUIRED_SECTIONS = ("gateway", "mqtt", "devices")
+
+MAX_PROBLEM_CHARS = 400
+"""Longest message of one problem line: values are shown cut (``quoted``), and this bounds whatever is left, so
+a 1 MB value can never make a 1 MB line on a terminal or in the journal."""
 
 
 def load_plant(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Plant:
@@ -57,7 +62,7 @@ def load_plant_from_text(text: str, *, filename: str = "<string>", environ: Mapp
     try:
         document = parse_yaml(text)
     except YamlSyntaxError as exc:
-        raise ConfigError([ConfigProblem(filename, exc.position.line, exc.position.column, "", exc.message)]) from None
+        raise ConfigError([_bounded(filename, exc.position.line, exc.position.column, "", exc.message)]) from None
     env = read_env_overrides(os.environ if environ is None else environ)
     report = _Report(filename, document, env)
     plant = _validate(document, env, report)
@@ -86,20 +91,20 @@ class _Report:
         self.document = document
         self.env = env
         self.problems: list[ConfigProblem] = [
-            ConfigProblem(filename, p.position.line, p.position.column, p.path, p.message) for p in document.problems
+            _bounded(filename, p.position.line, p.position.column, p.path, p.message) for p in document.problems
         ]
-        self.problems += [ConfigProblem(f"env {variable}", 0, 0, "", message) for variable, message in env.problems]
+        self.problems += [_bounded(f"env {variable}", 0, 0, "", message) for variable, message in env.problems]
 
     def add(self, issue: Issue) -> None:
         loc = issue.loc
         if not issue.via and len(loc) >= 2 and loc[0] in OVERRIDABLE_SECTIONS:
             variable = self.env.variable_for(str(loc[0]), loc[1])
             if variable is not None:
-                self.problems.append(ConfigProblem(f"env {variable}", 0, 0, "", issue.message))
+                self.problems.append(_bounded(f"env {variable}", 0, 0, "", issue.message))
                 return
         position, written = self.document.locate(loc, at_key=issue.at_key)
         self.problems.append(
-            ConfigProblem(self.filename, position.line, position.column, issue.via + format_loc(written), issue.message)
+            _bounded(self.filename, position.line, position.column, issue.via + format_loc(written), issue.message)
         )
 
     def add_all(self, issues: list[Issue]) -> None:
@@ -114,6 +119,15 @@ class _Report:
     def sorted_problems(self) -> list[ConfigProblem]:
         unique = list(dict.fromkeys(self.problems))  # keep order, drop exact repeats
         return sorted(unique, key=lambda p: (p.line != 0, p.line, p.column))
+
+
+def _bounded(file: str, line: int, column: int, path: str, message: str) -> ConfigProblem:
+    """A ConfigProblem whose path and message are at most MAX_PROBLEM_CHARS each (cut, with the full size)."""
+    if len(path) > MAX_PROBLEM_CHARS:
+        path = quoted(path, MAX_PROBLEM_CHARS)
+    if len(message) > MAX_PROBLEM_CHARS:
+        message = f"{message[:MAX_PROBLEM_CHARS]}... ({len(message)} characters)"
+    return ConfigProblem(file, line, column, path, message)
 
 
 def _validate_model(model: type[BaseModel], data: Any, prefix: Loc, report: _Report) -> Any:
@@ -135,7 +149,7 @@ def _validate(document: YamlDocument, env: EnvOverrides, report: _Report) -> Pla
     data = env.merge_into(raw)
     for key in data:
         if key not in _SECTIONS:
-            report.add(Issue((key,), f"unknown key {key!r}{did_you_mean(key, _SECTIONS)}", at_key=True))
+            report.add(Issue((key,), f"unknown key {quoted(str(key))}{did_you_mean(key, _SECTIONS)}", at_key=True))
     for key in _REQUIRED_SECTIONS:
         if key not in data:
             report.add(Issue((key,), "missing required section"))
@@ -174,7 +188,9 @@ def _validate(document: YamlDocument, env: EnvOverrides, report: _Report) -> Pla
         except ValidationError as exc:
             report.add_all([i.under(("devices", index)) for i in issues_from_validation_error(exc, Device)])
 
-    expanded, issues = expand_devices(devices, templates, describe=report.describe)
+    # Topic lengths need the gateway section (enterprise/site prefix every topic): unknown while it is broken.
+    topics = topic_limit(gateway, mqtt) if gateway is not None else None
+    expanded, issues = expand_devices(devices, templates, describe=report.describe, topics=topics)
     report.add_all(issues)
     if gateway is None or mqtt is None or report.problems:
         return None

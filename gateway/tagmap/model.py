@@ -30,17 +30,26 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.schema import topic_path_problem, topic_segment_problem
+from gateway.schema import (
+    gateway_status_topic,
+    quoted,
+    topic_length_problem,
+    topic_path_problem,
+    topic_segment_problem,
+    utf8_length,
+)
 from gateway.tagmap.issues import Issue, did_you_mean, raise_issues, rule_error
 from gateway.tagmap.limits import (
     MAX_ADDRESS,
     MAX_BIT_INDEX,
     MAX_BITS_PER_READ,
     MAX_FORMAT_WIDTH,
+    MAX_MQTT_STRING_BYTES,
     MAX_REGISTERS_PER_READ,
     MAX_REPEAT_COUNT,
     MAX_UNIT_ID,
     MIN_INTERVAL_MS,
+    MIN_SPOOL_MB,
 )
 from gateway.tagmap.nodeid import ParsedNodeId, parse_node_id
 
@@ -151,7 +160,9 @@ def _enum_normaliser(
         raise rule_error(
             [
                 Issue(
-                    (), f"unknown {what} {value!r}{did_you_mean(value, choices)}; expected one of: {', '.join(choices)}"
+                    (),
+                    f"unknown {what} {quoted(value)}{did_you_mean(value, choices)}; "
+                    f"expected one of: {', '.join(choices)}",
                 )
             ]
         )
@@ -225,7 +236,8 @@ def _check_area(value: str) -> str:
     _check_topic_segment(value)
     if value.startswith("_"):
         # {enterprise}/{site}/_gateway/... is the gateway's own status topic.
-        raise rule_error([Issue((), f"area {value!r} starts with '_' (reserved for gateway topics such as _gateway)")])
+        message = f"area {quoted(value)} starts with '_' (reserved for gateway topics such as _gateway)"
+        raise rule_error([Issue((), message)])
     return value
 
 
@@ -235,7 +247,7 @@ def tag_name_problem(name: str) -> str | None:
     if problem:
         return problem
     if name.startswith("_"):
-        return f"tag name {name!r} starts with '_' (reserved for equipment topics _status, _meta, _batch)"
+        return f"tag name {quoted(name)} starts with '_' (reserved for equipment topics _status, _meta, _batch)"
     return None
 
 
@@ -271,6 +283,23 @@ class GatewaySection(_Model):
     site: TopicSegment
     queue_size: int = Field(default=10000, ge=1)
     """Capacity of the bounded queue between the sources and the sink, in messages."""
+
+    @model_validator(mode="after")
+    def _check(self) -> GatewaySection:
+        raise_issues(_rule_gateway_status_topic(self))
+        return self
+
+    @property
+    def status_topic(self) -> str:
+        """``{enterprise}/{site}/_gateway/{id}/status``: the gateway's retained status and its MQTT will."""
+        return gateway_status_topic(enterprise=self.enterprise, site=self.site, gateway_id=self.id)
+
+
+def _rule_gateway_status_topic(gateway: GatewaySection) -> Iterator[Issue]:
+    problem = topic_length_problem(gateway.status_topic)
+    if problem:
+        longest = max(("id", "enterprise", "site"), key=lambda name: len(getattr(gateway, name)))
+        yield Issue((longest,), f"the gateway status topic: {problem}")
 
 
 def _mqtt_protocol(value: Any) -> Any:
@@ -323,8 +352,9 @@ class MqttSection(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> MqttSection:
-        raise_issues(_rule_mqtt_tls_files(self))
-        raise_issues(_rule_mqtt_failover_scheme(self))
+        raise_issues(
+            [*_rule_mqtt_tls_files(self), *_rule_mqtt_failover_scheme(self), *_rule_mqtt_credentials(self)]
+        )
         return self
 
     @property
@@ -356,7 +386,8 @@ class SpoolSection(_Model):
     path: NonEmptyStr | None = None
     """SQLite file; default ``spool.db`` in the state directory (``cellgate run --state-dir``)."""
     max_mb: float = Field(default=1024, gt=0)
-    """Cap on spooled messages (topic + payload + 48 bytes per message); past it the oldest are dropped."""
+    """Cap on spooled messages (topic + payload + 48 bytes per message); past it the oldest are dropped.
+    At least MIN_SPOOL_MB."""
     replay_per_s: int = Field(default=5000, ge=1)
     """Most spooled messages replayed per second once the broker is back (live data always goes first)."""
     window_wait_ms: int = Field(default=1000, ge=0)
@@ -366,6 +397,43 @@ class SpoolSection(_Model):
     past ``max_mb``; whichever limit is reached first applies."""
     dead_letter_max_mb: float = Field(default=16, gt=0)
     """Cap on messages the broker refused (too large, not authorised), kept for a later replay."""
+
+    @model_validator(mode="after")
+    def _check(self) -> SpoolSection:
+        raise_issues(_rule_spool_size(self))
+        return self
+
+    @property
+    def max_bytes(self) -> int:
+        """``max_mb`` in bytes (1 MB = 1,000,000 bytes): what the runtime gives the spool as its cap."""
+        return int(self.max_mb * 1_000_000)
+
+
+def _rule_spool_size(spool: SpoolSection) -> Iterator[Issue]:
+    if spool.max_bytes < MIN_SPOOL_MB * 1_000_000:
+        yield Issue(
+            ("max_mb",),
+            f"max_mb {spool.max_mb:g} is below the smallest spool, {MIN_SPOOL_MB} MB: it could not hold one large "
+            "batch or _meta part (SQLite's own pages take more); give at least 1",
+        )
+
+
+def _rule_mqtt_credentials(mqtt: MqttSection) -> Iterator[Issue]:
+    if mqtt.password is not None and mqtt.username is None:
+        # MQTT 3.1.1 forbids a password without a user name (3.1.2.9); the client refuses it for MQTT 5 as well.
+        yield Issue(
+            ("username",),
+            "a password is set (in the file or CELLGATE_MQTT__PASSWORD) but no username: "
+            "set username too (or CELLGATE_MQTT__USERNAME)",
+        )
+    sizes = {
+        "client_id": utf8_length(mqtt.client_id or ""),
+        "username": utf8_length(mqtt.username or ""),
+        "password": utf8_length(mqtt.password.get_secret_value()) if mqtt.password else 0,
+    }
+    for name, size in sizes.items():
+        if size > MAX_MQTT_STRING_BYTES:
+            yield Issue((name,), f"{name} is {size} bytes, longer than the {MAX_MQTT_STRING_BYTES} MQTT allows")
 
 
 def _mqtt_url_problems(url: str) -> Iterator[Issue]:
@@ -883,8 +951,14 @@ class OpcUaDevice(_DeviceBase):
 
     @model_validator(mode="after")
     def _check(self) -> OpcUaDevice:
-        raise_issues(_rule_opcua_repeats(self))
+        raise_issues([*_rule_opcua_repeats(self), *_rule_opcua_credentials(self)])
         return self
+
+
+def _rule_opcua_credentials(device: OpcUaDevice) -> Iterator[Issue]:
+    if device.password is not None and device.username is None:
+        # A user-name identity token needs the name; without it the session would be anonymous, the password unused.
+        yield Issue(("username",), "a password is set but no username: set username too")
 
 
 def _opcua_endpoint_problems(endpoint: str) -> Iterator[Issue]:

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from gateway.schema import quoted
 from gateway.tagmap.issues import Loc, format_loc
 
 _Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: ~10x faster
@@ -286,7 +287,8 @@ class _Builder:
             key = self._scalar(key_node, loc)
             if key in first_keys:
                 first = _position(first_keys[key])
-                self._problem(key_node, (*loc, key), f"duplicate key {key!r} (first at {first.line}:{first.column})")
+                message = f"duplicate key {quoted(str(key))} (first at {first.line}:{first.column})"
+                self._problem(key_node, (*loc, key), message)
                 continue
             first_keys[key] = key_node
             result[key] = self.build(value_node, (*loc, key))

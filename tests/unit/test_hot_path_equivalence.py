@@ -143,7 +143,7 @@ units_maps = st.dictionaries(
 
 
 @given(batch=batches, units=units_maps, ts=timestamps, seq=st.integers(0, 2**63 - 1), historical=st.booleans())
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)  # behavioural: no per-example time limit on a loaded CI box
 def test_batch_payload_bytes_unchanged(
     batch: list[Sample], units: dict[str, str | None], ts: float, seq: int, historical: bool
 ) -> None:
@@ -170,7 +170,7 @@ def test_batch_payload_bytes_unchanged(
     seq=st.integers(0, 2**63 - 1),
     historical=st.booleans(),
 )
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)  # behavioural: no per-example time limit on a loaded CI box
 def test_tag_payload_bytes_unchanged(sample: Sample, unit: str | None, seq: int, historical: bool) -> None:
     try:
         expected = reference_tag_payload(sample, unit=unit, seq=seq, historical=historical)
@@ -223,7 +223,7 @@ def comparable(sample: Sample | None) -> object:
 
 
 @given(rules=rules_strategy, steps=st.lists(st.tuples(readings, st.sampled_from([0.0, 0.5, 1.0, 2.5])), max_size=25))
-@settings(max_examples=600)
+@settings(max_examples=600, deadline=None)  # behavioural: no per-example time limit on a loaded CI box
 def test_transform_fast_path_equals_generic_path(rules: TagRules, steps: list[tuple[RawReading, float]]) -> None:
     fast = TagTransform(device="d", tag="t", rules=rules)
     generic = TagTransform(device="d", tag="t", rules=rules)
@@ -283,7 +283,7 @@ def register_fields(draw: st.DrawFn) -> list[ModbusField]:
 
 
 @given(fields=register_fields(), data=st.data())
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)  # behavioural: no per-example time limit on a loaded CI box
 def test_block_decode_equals_per_slot_decoding(fields: list[ModbusField], data: st.DataObject) -> None:
     plan = plan_reads(fields, unit_id=1, limits=ReadLimits(max_gap=data.draw(st.integers(0, 12))))
     assert not plan.problems

@@ -3,7 +3,7 @@ from __future__ import annotations
 import orjson
 
 from gateway.outbound import DeviceOutbound, Message, PublishMode, TagOutput
-from gateway.schema import EquipmentTopics, Quality, TagMeta, encode_batch_payload
+from gateway.schema import PUBLISH_OVERHEAD_BYTES, EquipmentTopics, Quality, TagMeta, encode_batch_payload
 from gateway.sources.base import RawReading
 from gateway.transform import TagRules
 
@@ -62,7 +62,7 @@ def test_unknown_tag_is_counted_not_raised() -> None:
 def test_status_and_meta_are_retained() -> None:
     out = outbound(PublishMode.TAG)
     status = out.status_message(connected=True, since=0.0, error=None)
-    meta = out.meta_message()
+    (meta,) = out.meta_messages()
     assert status.retain and meta.retain
     assert orjson.loads(meta.payload)["tags"]["ch001/temp"]["unit"] == "Cel"
 
@@ -85,3 +85,42 @@ def test_messages_keep_their_fields_by_name() -> None:
     (message,) = outbound(PublishMode.TAG).messages(cycle(3.7, 250, 1.0)[:1], now=1.0)
     assert (message.topic, message.retain) == ("e/s/a/l/rack/ch001/voltage", False)
     assert orjson.loads(message.payload)["value"] == 3.7
+
+
+def large_outbound(count: int, max_packet_bytes: int) -> DeviceOutbound:
+    tags = [
+        TagOutput(name=f"ch{n:05d}/voltage", unit="V", rules=TagRules(),
+                  meta=TagMeta(tag=f"ch{n:05d}/voltage", type="float32", unit="V", source=f"holding:{n}"))
+        for n in range(count)
+    ]
+    return DeviceOutbound(device="rack", protocol="modbus", topics=TOPICS, mode=PublishMode.TAG, interval_ms=1000,
+                          tags=tags, max_packet_bytes=max_packet_bytes)
+
+
+def test_meta_messages_split_a_large_catalogue_into_packets_under_the_limit() -> None:
+    """Issue 10 defect 7: with a broker max_packet_size smaller than the retained `_meta`, the catalogue is published
+    in parts (`_meta`, `_meta/2`, ...) each of which fits, topic and packet header included."""
+    limit = 64 * 1024
+    messages = large_outbound(20_000, limit).meta_messages()
+    assert len(messages) > 1
+    assert [m.topic for m in messages] == ["e/s/a/l/rack/_meta"] + [f"e/s/a/l/rack/_meta/{n}"
+                                                                    for n in range(2, len(messages) + 1)]
+    assert all(m.retain for m in messages)
+    assert all(len(m.payload) + len(m.topic) + PUBLISH_OVERHEAD_BYTES <= limit for m in messages)
+    tags = [tag for m in messages for tag in orjson.loads(m.payload)["tags"]]
+    assert tags == [f"ch{n:05d}/voltage" for n in range(20_000)]
+
+
+def test_a_small_catalogue_is_one_meta_message() -> None:
+    out = outbound(PublishMode.TAG)
+    (meta,) = out.meta_messages()
+    assert meta.topic == out.topics.meta
+    assert "parts" not in orjson.loads(meta.payload)
+
+
+def test_a_shrunken_catalogue_has_fewer_meta_topics_to_keep() -> None:
+    """What a reload clears: the part topics of the old outbound that the new one no longer has."""
+    before = {m.topic for m in large_outbound(20_000, 64 * 1024).meta_messages()}
+    after = {m.topic for m in large_outbound(2_000, 64 * 1024).meta_messages()}
+    assert after < before
+    assert "e/s/a/l/rack/_meta" in after

@@ -20,6 +20,7 @@ from gateway.tagmap import (
     OpcUaTag,
     ParsedNodeId,
     RepeatSpec,
+    SpoolSection,
     Table,
     TagMap,
     build_plant,
@@ -420,3 +421,26 @@ def test_build_plant_from_models_made_in_code() -> None:
     assert device.sampling_interval_ms == device.interval_ms
     with pytest.raises(KeyError):
         plant.device("nope")
+
+
+def test_spool_size_is_at_least_one_megabyte() -> None:
+    """Issue 10 defect 9, recipe "a tiny spool.max_mb": refused by the model the runtime reads its cap from."""
+    assert SpoolSection(max_mb=1).max_bytes == 1_000_000
+    assert SpoolSection().max_bytes == 1_024_000_000
+    for tiny in (0.9999999, 0.0000001):
+        with pytest.raises(ValidationError, match="below the smallest spool, 1 MB"):
+            SpoolSection(max_mb=tiny)
+
+
+def test_a_password_needs_a_username() -> None:
+    """Issue 10 defect 9, recipe "a password without a user name"."""
+    with pytest.raises(ValidationError, match=r"a password is set .* but no username"):
+        MqttSection(url="mqtt://127.0.0.1", password="secret")
+    assert MqttSection(url="mqtt://127.0.0.1", username="edge", password="secret").username == "edge"
+    assert MqttSection(url="mqtt://127.0.0.1", username="edge").password is None
+
+
+def test_gateway_status_topic_must_fit_mqtt() -> None:
+    assert GatewaySection(id="gw", enterprise="acme", site="dunkirk").status_topic == "acme/dunkirk/_gateway/gw/status"
+    with pytest.raises(ValidationError, match="the gateway status topic: topic 'acme/dunkirk/_gateway/"):
+        GatewaySection(id="g" * 70_000, enterprise="acme", site="dunkirk")
