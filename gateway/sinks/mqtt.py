@@ -483,9 +483,11 @@ class _Connection(asyncio.BufferedProtocol):
             if exc is not None:
                 self.lost_reason = str(exc) or type(exc).__name__
             elif self.server_disconnect is not None:
-                self.lost_reason = (
-                    f"DISCONNECT from the broker: {self._sink._reason(self.server_disconnect.reason_code)}"
-                )
+                disconnect = self.server_disconnect
+                self.lost_reason = f"DISCONNECT from the broker: {self._sink._reason(disconnect.reason_code)}"
+                reason_string = find_property(disconnect.properties, Property.REASON_STRING)
+                if isinstance(reason_string, str):
+                    self.lost_reason += f" ({shorten(reason_string)})"
             else:
                 self.lost_reason = "connection closed by the broker"
         if not self.connack.done():

@@ -1,155 +1,39 @@
 """MqttSink's own MQTT client where Mosquitto cannot be made to misbehave on cue.
 
-A scripted broker (real sockets on 127.0.0.1, packets via gateway.sinks.mqtt_wire) decides per message
-whether and how to acknowledge, can advertise MQTT 5 limits, ignore PINGREQ or drop the link, and
-records every packet it receives per connection.
+A scripted broker (tests/support/mqtt_broker.py: real sockets on 127.0.0.1, packets via
+gateway.sinks.mqtt_wire) decides per message whether and how to acknowledge, can advertise MQTT 5
+limits, ignore PINGREQ or drop the link, and records every packet it receives per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
 
 from gateway.errors import SinkError
-from gateway.sinks.mqtt import MqttOptions, MqttSink, backoff_delay_s
+from gateway.sinks.mqtt import MqttSink, backoff_delay_s
 from gateway.sinks.mqtt_wire import (
-    PINGRESP_BYTES,
     Connack,
     Connect,
-    Decoder,
     Disconnect,
-    Packet,
     PingReq,
     Property,
     ProtocolVersion,
-    Puback,
     Publish,
-    encode,
 )
-
-ONLINE = b'{"online":true}'
-OFFLINE = b'{"online":false}'
-AckPolicy = Callable[[Publish], int | None]  # reason code to PUBACK with, or None to hold the PUBACK
-
-
-def ack_all(publish: Publish) -> int | None:
-    return 0
-
-
-class ScriptedBroker:
-    """An MQTT server that answers CONNECT with ``connack`` (``SILENT``: never answers) and each QoS1
-    PUBLISH as ``ack`` says (it can be replaced any time); held PUBACKs go out on ``release_held``.
-    ``max_outstanding`` is the most QoS1 messages it ever had unacknowledged on one connection."""
-
-    def __init__(self, *, connack: Connack | None = None, ack: AckPolicy = ack_all, answer_pings: bool = True) -> None:
-        self.connack = connack if connack is not None else Connack()
-        self.ack = ack
-        self.answer_pings = answer_pings
-        self.connections: list[list[Packet]] = []
-        self.max_outstanding = 0
-        self._writers: list[asyncio.StreamWriter] = []
-        self._held: list[tuple[asyncio.StreamWriter, ProtocolVersion, Publish]] = []
-        self._outstanding: dict[asyncio.StreamWriter, int] = {}
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    async def __aenter__(self) -> ScriptedBroker:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.drop_connections()
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.append(writer)
-        packets: list[Packet] = []
-        self.connections.append(packets)
-        decoder = Decoder(ProtocolVersion.V5)
-        self._outstanding[writer] = 0
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                for packet in decoder.feed(data):
-                    packets.append(packet)
-                    version = decoder.version
-                    if isinstance(packet, Connect):
-                        if self.connack is not SILENT:
-                            writer.write(encode(self.connack, version))
-                    elif isinstance(packet, Publish) and packet.qos:
-                        self._outstanding[writer] += 1
-                        self.max_outstanding = max(self.max_outstanding, self._outstanding[writer])
-                        reason = self.ack(packet)
-                        if reason is None:
-                            self._held.append((writer, version, packet))
-                        else:
-                            self._outstanding[writer] -= 1
-                            writer.write(encode(Puback(packet.packet_id or 0, reason), version))
-                    elif isinstance(packet, PingReq) and self.answer_pings:
-                        writer.write(PINGRESP_BYTES)
-        writer.close()
-
-    def release_held(self) -> None:
-        held, self._held = self._held, []
-        for writer, version, packet in held:
-            if not writer.is_closing():
-                self._outstanding[writer] -= 1
-                writer.write(encode(Puback(packet.packet_id or 0), version))
-
-    def drop_connections(self) -> None:
-        for writer in self._writers:
-            transport = writer.transport
-            transport.abort()
-        self._writers.clear()
-        self._held.clear()
-
-    def publishes(self, connection: int = -1) -> list[Publish]:
-        return [p for p in self.connections[connection] if isinstance(p, Publish)]
-
-
-SILENT = Connack(reason_code=0xFF)  # marker: never answer CONNECT
-
-
-def options(broker: ScriptedBroker, **overrides: Any) -> MqttOptions:
-    base = MqttOptions(
-        host="127.0.0.1",
-        port=broker.port,
-        client_id="cg-edge",
-        will_topic="edge/_gateway/status",
-        will_payload=OFFLINE,
-        online_payload=ONLINE,
-        reconnect_min_s=0.05,
-        reconnect_max_s=0.2,
-        connect_timeout_s=1.0,
-    )
-    return dataclasses.replace(base, **overrides)
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
-@contextlib.asynccontextmanager
-async def running(broker: ScriptedBroker, **overrides: Any) -> AsyncIterator[MqttSink]:
-    async with MqttSink(options(broker, **overrides)) as sink:
-        await sink.wait_connected(5)
-        yield sink
-
-
-def data(n: int) -> tuple[str, bytes]:
-    return f"edge/data/t{n}", b"%d" % n
-
+from tests.support.mqtt_broker import (
+    OFFLINE,
+    ONLINE,
+    SILENT,
+    ScriptedBroker,
+    ack_all,
+    data,
+    options,
+    running,
+    wait_until,
+)
 
 # ------------------------------------------------------------------------------------ windows
 
