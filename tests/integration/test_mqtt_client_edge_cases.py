@@ -126,6 +126,19 @@ async def test_a_broker_that_stops_answering_pings_is_dropped_and_reconnected() 
         await sink.wait_connected(5)
 
 
+async def test_the_wait_for_a_pingresp_is_bounded_by_the_puback_timeout() -> None:
+    """Issue 10 item 2: a hung broker took 2 x keepalive_s to notice when idle. The PINGRESP wait is now
+    min(keepalive_s, puback_timeout_s): PINGREQ after 2 s idle, dropped 0.5 s later (was 4 s)."""
+    async with (
+        ScriptedBroker(answer_pings=False) as broker,
+        running(broker, keepalive_s=2, puback_timeout_s=0.5) as sink,
+    ):
+        started = time.monotonic()
+        await wait_until(lambda: len(broker.connections) >= 2, timeout_s=6)
+        assert 2.0 < time.monotonic() - started < 3.5
+        await sink.wait_connected(5)
+
+
 async def test_pings_keep_an_idle_link_and_the_server_keep_alive_wins() -> None:
     connack = Connack(properties=((Property.SERVER_KEEP_ALIVE, 1),))
     async with ScriptedBroker(connack=connack) as broker, running(broker, keepalive_s=30) as sink:
@@ -209,3 +222,22 @@ def test_reconnect_backoff_doubles_from_min_to_max_with_jitter() -> None:
     assert [delay(n, 0.999_999) for n in range(7)] == pytest.approx([1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0], rel=1e-5)
     assert delay(2, 0.5) == pytest.approx(3.0)  # halfway between 2 s and the ceiling of 4 s
     assert delay(1000, 0.7) <= 10.0
+
+
+async def test_offer_many_with_wait_0_returns_at_once_with_what_fits() -> None:
+    """Issue 10 item 2: once the window is stuck, the store-and-forward stage must spool at the rate data
+    arrives, so ``offer_many(wait_s=0)`` takes what fits now and returns without waiting (not even one
+    event-loop turn: the coroutine finishes on its first step)."""
+    async with ScriptedBroker(ack=lambda p: 0 if p.retain else None) as broker, running(broker, max_inflight=4) as sink:
+        offer = sink.offer_many([data(n) for n in range(10)], wait_s=0)
+        with pytest.raises(StopIteration) as finished:
+            offer.send(None)
+        assert finished.value.value == 4
+        offer = sink.offer_many([data(n) for n in range(10, 12)], wait_s=0)
+        with pytest.raises(StopIteration) as finished:
+            offer.send(None)
+        assert finished.value.value == 0  # the window is full: nothing taken, nothing waited for
+        broker.ack = ack_all
+        broker.release_held()
+        assert await sink.flush(5)
+        assert sink.unacked() == []
