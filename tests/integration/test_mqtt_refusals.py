@@ -91,25 +91,28 @@ async def test_an_acl_refusing_one_topic_under_mqtt5_is_refused_and_the_others_d
     acl = tmp_path / "acl"
     acl.write_text(f"topic read {prefix}/#\ntopic write {prefix}/ok/#\ntopic write {prefix}/_gateway/#\n")
     refused: list[Refusal] = []
-    with structlog.testing.capture_logs() as logs, Mosquitto(extra_config=[f"acl_file {acl}"]) as broker:
-        with Subscriber(broker.host, broker.port, f"{prefix}/#") as sub:
-            options = sink_options(broker, prefix)
-            async with MqttSink(options, on_refused=lambda *args: refused.append(args)) as sink:
-                await sink.wait_connected(5)
-                await sink.publish_many(
-                    [
-                        (f"{prefix}/ok/1", b"1"),
-                        (f"{prefix}/secret/1", b"s1"),
-                        (f"{prefix}/ok/2", b"2"),
-                        (f"{prefix}/secret/2", b"s2"),
-                        (f"{prefix}/ok/3", b"3"),
-                    ]
-                )
-                assert await sink.flush(5)
-                await sub.wait_for(lambda msgs: len([m for m in msgs if "/ok/" in m.topic]) >= 3)
-                await asyncio.sleep(0.2)
-                assert sink.refused_by_reason == {"not_authorized": 2}
-                assert (sink.delivered, sink.failed, sink.connected) == (3, 2, True)
+    with (
+        structlog.testing.capture_logs() as logs,
+        Mosquitto(extra_config=[f"acl_file {acl}"]) as broker,
+        Subscriber(broker.host, broker.port, f"{prefix}/#") as sub,
+    ):
+        options = sink_options(broker, prefix)
+        async with MqttSink(options, on_refused=lambda *args: refused.append(args)) as sink:
+            await sink.wait_connected(5)
+            await sink.publish_many(
+                [
+                    (f"{prefix}/ok/1", b"1"),
+                    (f"{prefix}/secret/1", b"s1"),
+                    (f"{prefix}/ok/2", b"2"),
+                    (f"{prefix}/secret/2", b"s2"),
+                    (f"{prefix}/ok/3", b"3"),
+                ]
+            )
+            assert await sink.flush(5)
+            await sub.wait_for(lambda msgs: len([m for m in msgs if "/ok/" in m.topic]) >= 3)
+            await asyncio.sleep(0.2)
+            assert sink.refused_by_reason == {"not_authorized": 2}
+            assert (sink.delivered, sink.failed, sink.connected) == (3, 2, True)
     assert refused == [
         (f"{prefix}/secret/1", b"s1", "not_authorized", None),
         (f"{prefix}/secret/2", b"s2", "not_authorized", None),
