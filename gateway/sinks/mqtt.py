@@ -15,12 +15,17 @@ Delivery contract:
   MQTT 5, also at most the broker's Receive Maximum: window = min(max_inflight, Receive Maximum)); a
   caller beyond that waits. That is the backpressure: memory stays bounded while the broker is slow or
   away.
-* A QoS1 message counts as ``delivered`` only when its PUBACK arrives (MQTT 5: reason code < 0x80;
-  a reason >= 0x80 counts it in ``failed`` and is logged once per connection).
+* A QoS1 message counts as ``delivered`` only when its PUBACK arrives (MQTT 5: reason code < 0x80).
+* Refused: a message larger than the maximum packet size (``max_packet_size``, or a smaller one from
+  the MQTT 5 CONNACK) is never sent; one with a PUBACK reason >= 0x80 is refused by the broker. Either
+  goes once to ``on_refused(topic, payload, reason, spool_id)`` (``reason``: ``refusal_reason``'s
+  token), is counted in ``refused_by_reason`` (data also in ``failed``) and logged once per reason; its
+  window slot is freed, so it never blocks the others. A refused control message leaves the retained
+  set, so it is not sent again at every connect.
 * While disconnected, QoS1 messages stay in the in-flight set; after the reconnect they are sent
-  again in publish order (DUP=1 and the same packet id if they went out before), ahead of anything
-  newer; once the window is full, ``publish`` waits for the reconnection. QoS0 messages are dropped
-  while disconnected and counted in ``failed``.
+  again in publish order, ahead of anything newer. Every connection is a new session (Clean Start 1),
+  so the resend is a first delivery on it: DUP 0. Once the window is full, ``publish`` waits for the
+  reconnection. QoS0 messages are dropped while disconnected and counted in ``failed``.
 * ``unacked()`` returns the data messages handed over without a PUBACK yet, in publish order. After
   ``close`` it is exactly what may not have reached the broker: give it to the spool. It can contain
   messages the broker did get (PUBACK lost with the link), so delivery is at-least-once and subscribers
@@ -31,12 +36,17 @@ Delivery contract:
   spool); ``try_replay`` takes one spooled message if a slot is free right now, so replays never make
   live data wait.
 
-Connection: one background task connects (TCP, TLS, CONNECT/CONNACK within ``connect_timeout_s``),
-serves the connection (keep alive: PINGREQ after ``keepalive_s`` without traffic; no PINGRESP within
-``keepalive_s`` means a dead link, which is dropped) and reconnects with exponential backoff and jitter
-between ``reconnect_min_s`` and ``reconnect_max_s``. Failover: ``failover`` lists more brokers
-(host, port); after ``failover_after`` failed attempts in a row the next broker of the list is tried
-(round robin). Connect errors are logged once per change and kept for ``wait_connected``'s message.
+Connection: one background task connects (TCP, TLS, CONNECT/CONNACK within ``connect_timeout_s``; a
+CONNACK that breaks the MQTT 5 rules is a failed attempt, see ``mqtt_wire.connack_problem``), serves the
+connection and reconnects with exponential backoff and jitter between ``reconnect_min_s`` and
+``reconnect_max_s``. Serving: PINGREQ after ``keepalive_s`` without traffic (the broker's Server Keep
+Alive replaces it), no PINGRESP within min(keepalive, ``puback_timeout_s``) means a dead link; the
+oldest unacknowledged message waiting ``puback_timeout_s`` means a stuck broker (``mqtt_stuck``); both
+drop the link. A connection lost within ``_STABLE_CONNECTION_S`` of its CONNACK counts as a failed
+attempt, so the backoff keeps growing against a broker that accepts and hangs up. Failover: ``failover``
+lists more brokers (host, port); after ``failover_after`` failed attempts in a row the next broker of
+the list is tried (round robin). Connect errors and short-lived connections are logged once per change,
+then summed up every ``repeat_log_s``; the last connect error is kept for ``wait_connected``'s message.
 
 Availability (Zigbee2MQTT style): the will is ``will_payload`` retained QoS1 on ``will_topic``; on every
 (re)connect the sink publishes ``online_payload`` retained there, then republishes every message
