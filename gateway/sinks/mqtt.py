@@ -1432,11 +1432,15 @@ class MqttSink:
         # Lost right after connecting: the first time logged, repeats summed up (a flapping link).
         repeats = self._lost_repeats.note(reason, now)
         if repeats == 0:
+            # A 3.1.1 broker hangs up on a packet over its max_packet_size: the size of the largest
+            # message in flight hints at that (mqtt.max_packet_size then keeps it from being sent).
+            largest = max((len(m.packet) for m in self._in_flight.values()), default=0)
             self._log.warning(
                 "mqtt_disconnected",
                 reason=reason,
                 by_broker=conn.server_disconnect is not None,
                 connected_s=round(lived_s, 3),
+                largest_unacked_bytes=largest,
             )
         elif repeats is not None:
             self._log.warning(

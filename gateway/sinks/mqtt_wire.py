@@ -604,7 +604,8 @@ class PublishEncoder:
 
 
 def set_dup(packet: bytes) -> bytes:
-    """The same PUBLISH with the DUP flag set: how a QoS1 message is sent again after a reconnect (§3.3.1.1)."""
+    """The same PUBLISH with the DUP flag set: how a QoS1 message is sent again within the same session
+    (Clean Start 0 and Session Present 1, §4.4); on a new session a resend is a first delivery, DUP 0."""
     return bytes((packet[0] | 0x08,)) + packet[1:]
 
 
