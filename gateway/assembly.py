@@ -275,6 +275,8 @@ def mqtt_options_for(
         max_inflight=mqtt.max_inflight,
         reconnect_max_s=mqtt.reconnect_max_s,
         failover=mqtt.failover,
+        max_packet_size=mqtt.max_packet_size,
+        puback_timeout_s=mqtt.puback_timeout_s,
         will_topic=will_topic,
         will_payload=will_payload,
         online_payload=online_payload,

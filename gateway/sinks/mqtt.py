@@ -15,12 +15,17 @@ Delivery contract:
   MQTT 5, also at most the broker's Receive Maximum: window = min(max_inflight, Receive Maximum)); a
   caller beyond that waits. That is the backpressure: memory stays bounded while the broker is slow or
   away.
-* A QoS1 message counts as ``delivered`` only when its PUBACK arrives (MQTT 5: reason code < 0x80;
-  a reason >= 0x80 counts it in ``failed`` and is logged once per connection).
+* A QoS1 message counts as ``delivered`` only when its PUBACK arrives (MQTT 5: reason code < 0x80).
+* Refused: a message larger than the maximum packet size (``max_packet_size``, or a smaller one from
+  the MQTT 5 CONNACK) is never sent; one with a PUBACK reason >= 0x80 is refused by the broker. Either
+  goes once to ``on_refused(topic, payload, reason, spool_id)`` (``reason``: ``refusal_reason``'s
+  token), is counted in ``refused_by_reason`` (data also in ``failed``) and logged once per reason; its
+  window slot is freed, so it never blocks the others. A refused control message leaves the retained
+  set, so it is not sent again at every connect.
 * While disconnected, QoS1 messages stay in the in-flight set; after the reconnect they are sent
-  again in publish order (DUP=1 and the same packet id if they went out before), ahead of anything
-  newer; once the window is full, ``publish`` waits for the reconnection. QoS0 messages are dropped
-  while disconnected and counted in ``failed``.
+  again in publish order, ahead of anything newer. Every connection is a new session (Clean Start 1),
+  so the resend is a first delivery on it: DUP 0. Once the window is full, ``publish`` waits for the
+  reconnection. QoS0 messages are dropped while disconnected and counted in ``failed``.
 * ``unacked()`` returns the data messages handed over without a PUBACK yet, in publish order. After
   ``close`` it is exactly what may not have reached the broker: give it to the spool. It can contain
   messages the broker did get (PUBACK lost with the link), so delivery is at-least-once and subscribers
@@ -31,12 +36,17 @@ Delivery contract:
   spool); ``try_replay`` takes one spooled message if a slot is free right now, so replays never make
   live data wait.
 
-Connection: one background task connects (TCP, TLS, CONNECT/CONNACK within ``connect_timeout_s``),
-serves the connection (keep alive: PINGREQ after ``keepalive_s`` without traffic; no PINGRESP within
-``keepalive_s`` means a dead link, which is dropped) and reconnects with exponential backoff and jitter
-between ``reconnect_min_s`` and ``reconnect_max_s``. Failover: ``failover`` lists more brokers
-(host, port); after ``failover_after`` failed attempts in a row the next broker of the list is tried
-(round robin). Connect errors are logged once per change and kept for ``wait_connected``'s message.
+Connection: one background task connects (TCP, TLS, CONNECT/CONNACK within ``connect_timeout_s``; a
+CONNACK that breaks the MQTT 5 rules is a failed attempt, see ``mqtt_wire.connack_problem``), serves the
+connection and reconnects with exponential backoff and jitter between ``reconnect_min_s`` and
+``reconnect_max_s``. Serving: PINGREQ after ``keepalive_s`` without traffic (the broker's Server Keep
+Alive replaces it), no PINGRESP within min(keepalive, ``puback_timeout_s``) means a dead link; the
+oldest unacknowledged message waiting ``puback_timeout_s`` means a stuck broker (``mqtt_stuck``); both
+drop the link. A connection lost within ``_STABLE_CONNECTION_S`` of its CONNACK counts as a failed
+attempt, so the backoff keeps growing against a broker that accepts and hangs up. Failover: ``failover``
+lists more brokers (host, port); after ``failover_after`` failed attempts in a row the next broker of
+the list is tried (round robin). Connect errors and short-lived connections are logged once per change,
+then summed up every ``repeat_log_s``; the last connect error is kept for ``wait_connected``'s message.
 
 Availability (Zigbee2MQTT style): the will is ``will_payload`` retained QoS1 on ``will_topic``; on every
 (re)connect the sink publishes ``online_payload`` retained there, then republishes every message
@@ -65,8 +75,10 @@ from gateway.errors import SinkError
 from gateway.sinks.mqtt_wire import (
     DEFAULT_RECEIVE_MAXIMUM,
     MAX_PACKET_ID,
+    NO_PROPERTIES,
     PACKET_TOO_LARGE,
     PINGREQ_BYTES,
+    PROTOCOL_ERROR,
     Connack,
     Connect,
     Decoder,
@@ -74,14 +86,19 @@ from gateway.sinks.mqtt_wire import (
     MalformedPacketError,
     Packet,
     PingResp,
+    Properties,
+    Property,
     ProtocolVersion,
     Puback,
     PublishEncoder,
     Will,
+    connack_problem,
     encode_connect,
     encode_disconnect,
+    find_property,
     reason_text,
-    set_dup,
+    refusal_reason,
+    shorten,
     topic_field,
 )
 
@@ -91,8 +108,12 @@ DEFAULT_CLOSE_TIMEOUT_S = 5.0
 # Budget for DISCONNECT, the end of the connection and the connection task after the drain in close().
 _TEARDOWN_TIMEOUT_S = 2.0
 # The broker only sends us small packets (CONNACK, PUBACK, PINGRESP, DISCONNECT); anything announced
-# larger is a broken stream, and this bounds what the decoder buffers.
+# larger is a broken stream, and this bounds what the decoder buffers. MQTT 5 CONNECT announces it as
+# our Maximum Packet Size (§3.1.2.11.4), so a broker never sends more [MQTT-3.1.2-24].
 _MAX_INCOMING_PACKET = 1 << 20
+# A connection that ends sooner than this after its CONNACK counts as a failed attempt for the backoff:
+# a broker (or a proxy) that accepts and closes at once must not get a reconnect every reconnect_min_s.
+_STABLE_CONNECTION_S = 5.0
 _READ_BUFFER_BYTES = 64 * 1024  # one read: up to 16,384 PUBACKs
 _TOPIC_CACHE_ENTRIES = 65_536  # encoded topics kept; ~100 bytes each
 
@@ -130,6 +151,15 @@ class MqttOptions:
     connect_timeout_s: float = 5.0
     failover: tuple[tuple[str, int], ...] = ()
     failover_after: int = 3
+    # Largest packet (bytes, whole PUBLISH) the broker takes, for brokers that cannot announce it (MQTT
+    # 3.1.1); a smaller Maximum Packet Size in an MQTT 5 CONNACK wins. Larger messages are refused here.
+    max_packet_size: int | None = None
+    # A connection whose oldest unacknowledged message waited this long for its PUBACK is stuck (a hung
+    # broker): dropped and reconnected. Also bounds the wait for a PINGRESP.
+    puback_timeout_s: float = 10.0
+    # Repeated connection problems (the same connect error, a link that dies right after connecting)
+    # are logged once, then summed up at most this often.
+    repeat_log_s: float = 60.0
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -153,6 +183,12 @@ class MqttOptions:
             problems.append("connect_timeout_s must be > 0")
         if self.failover_after < 1:
             problems.append("failover_after must be >= 1")
+        if self.max_packet_size is not None and self.max_packet_size < 1:
+            problems.append("max_packet_size must be >= 1 (or None: the broker's)")
+        if self.puback_timeout_s <= 0:
+            problems.append("puback_timeout_s must be > 0")
+        if self.repeat_log_s <= 0:
+            problems.append("repeat_log_s must be > 0")
         for host, port in self.failover:
             if not host or not 0 < port < 65536:
                 problems.append(f"failover broker {host!r}:{port} is not a host and a port in 1..65535")
@@ -188,11 +224,42 @@ def backoff_delay_s(failures: int, *, min_s: float, max_s: float, jitter: float)
     failed since the last good connection (0: right after losing one).
 
     The ceiling is ``2 * min_s`` after a loss and doubles per failed attempt up to ``max_s``; the wait is
-    drawn between ``min_s`` and that ceiling (``jitter`` in [0, 1) is the draw), so gateways that lost
-    the same broker do not all come back in the same instant. Pure: the caller passes the random number.
+    drawn between half the ceiling (never below ``min_s``) and the ceiling (``jitter`` in [0, 1) is the
+    draw), so gateways that lost the same broker do not all come back in the same instant, and the wait
+    grows with every failure whatever the draw. Pure: the caller passes the random number.
     """
     ceiling = min(max_s, min_s * 2.0 ** min(failures + 1, 32))
-    return min_s + (ceiling - min_s) * jitter
+    floor = max(min_s, ceiling / 2.0)
+    return floor + (ceiling - floor) * jitter
+
+
+class _Repeats:
+    """Rate limit for a line that repeats while a link stays down or flaps: logged when its text changes;
+    repeats of the same text are only counted and summed up at most every ``every_s`` seconds."""
+
+    __slots__ = ("every_s", "last", "repeating", "repeats", "since")
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self.last: str | None = None
+        self.repeating = False  # the last text came again at least once
+        self.repeats = 0  # since the last line
+        self.since = 0.0  # time of the last line
+
+    def note(self, text: str, now: float) -> int | None:
+        """0: log the line; n > 0: log a summary of n repeats; None: stay quiet."""
+        if text != self.last:
+            self.last, self.repeats, self.since, self.repeating = text, 0, now, False
+            return 0
+        self.repeating = True
+        self.repeats += 1
+        if now - self.since < self.every_s:
+            return None
+        repeats, self.repeats, self.since = self.repeats, 0, now
+        return repeats
+
+    def reset(self) -> None:
+        self.last, self.repeats, self.repeating = None, 0, False
 
 
 def _encode_topic(topic: str) -> bytes:
@@ -209,9 +276,8 @@ def _encode_topic(topic: str) -> bytes:
 class _InFlight:
     """A QoS1 message handed over and not yet acknowledged.
 
-    ``packet`` is the encoded PUBLISH (DUP set once it went out on an earlier connection); ``sent``
-    says whether it went out on the current connection: only those count against the broker's
-    Receive Maximum.
+    ``packet`` is the encoded PUBLISH (DUP never set: see ``_on_connected``); ``sent`` says whether it
+    went out on the current connection: only those count against the broker's Receive Maximum.
     """
 
     __slots__ = ("control", "packet", "payload", "sent", "spool_id", "topic")
@@ -395,6 +461,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.lost_reason: str | None = None
         self.server_disconnect: Disconnect | None = None
         self.established = False  # CONNACK accepted and processed by the sink
+        self.connected_at = 0.0  # loop time of the accepted CONNACK
+        self.quiet = False  # its mqtt_connected line was left out (the link flaps)
         now = loop.time()
         self.last_sent = now
         self.last_received = now
@@ -425,9 +493,11 @@ class _Connection(asyncio.BufferedProtocol):
             if exc is not None:
                 self.lost_reason = str(exc) or type(exc).__name__
             elif self.server_disconnect is not None:
-                self.lost_reason = (
-                    f"DISCONNECT from the broker: {self._sink._reason(self.server_disconnect.reason_code)}"
-                )
+                disconnect = self.server_disconnect
+                self.lost_reason = f"DISCONNECT from the broker: {self._sink._reason(disconnect.reason_code)}"
+                reason_string = find_property(disconnect.properties, Property.REASON_STRING)
+                if isinstance(reason_string, str):
+                    self.lost_reason += f" ({shorten(reason_string)})"
             else:
                 self.lost_reason = "connection closed by the broker"
         if not self.connack.done():
@@ -458,9 +528,20 @@ class MqttSink:
     All methods must be called from the event loop that entered the context.
     """
 
-    def __init__(self, options: MqttOptions, *, on_spool_ack: Callable[[int, bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        options: MqttOptions,
+        *,
+        on_spool_ack: Callable[[int, bool], None] | None = None,
+        on_refused: Callable[[str, bytes, str, int | None], None] | None = None,
+    ) -> None:
+        """``on_spool_ack(spool_id, ok)``: the PUBACK (or refusal) of a replay from the spool.
+        ``on_refused(topic, payload, reason, spool_id)``: once per message the broker will never take
+        (``reason`` a ``refusal_reason`` token such as ``packet_too_large`` or ``not_authorized``;
+        ``spool_id`` None for live data and control messages), e.g. to keep it in a dead-letter table."""
         self._options = options
         self._on_spool_ack = on_spool_ack
+        self._on_refused = on_refused
         self._version = ProtocolVersion.V5 if options.protocol == "5" else ProtocolVersion.V311
         self._encoder = PublishEncoder(self._version)
         self._topic_fields: dict[str, bytes] = {}
@@ -484,8 +565,9 @@ class MqttSink:
         self._unsent: collections.deque[int] = collections.deque()  # ids waiting for the link or the quota
         self._outstanding = 0  # sent on this connection without PUBACK: bounded by the Receive Maximum
         self._quota = DEFAULT_RECEIVE_MAXIMUM
-        self._max_packet_size: int | None = None  # the broker's (MQTT 5 CONNACK), None = no limit
-        self._keepalive_s = float(options.keepalive_s)
+        # min(options, the last CONNACK's Maximum Packet Size); None = no limit
+        self._max_packet_size: int | None = options.max_packet_size
+        self._keepalive_s = float(options.keepalive_s)  # 0: no keep alive (MQTT 5 Server Keep Alive 0)
         self._out: list[bytes] = []  # packets to write at the end of this event-loop turn
         self._write_scheduled = False
         self._corked = False  # inside a batch: its packets are written once at its end, not scheduled
@@ -497,7 +579,11 @@ class MqttSink:
         self._closing = False
         self._closed = False
         self._last_connect_problem: str | None = None
-        self._rejection_logged = False  # one log line per connection for refused PUBACKs
+        self._connect_repeats = _Repeats(options.repeat_log_s)  # connect failures
+        self._lost_repeats = _Repeats(options.repeat_log_s)  # connections that ended soon after CONNACK
+        self._stuck = False  # an episode of mqtt_stuck: logged once, until a PUBACK comes again
+        self._refusals_logged: set[str] = set()  # one log line per refusal reason
+        self._refused_by_reason: dict[str, int] = {}
         self._qos0_drop_logged = False  # one log line per outage for dropped QoS0 messages
         self._published = 0
         self._control_delivered = 0
@@ -529,8 +615,14 @@ class MqttSink:
     @property
     def failed(self) -> int:
         """Data messages lost: QoS0 while disconnected, refused by the broker (PUBACK reason >= 0x80),
-        larger than the broker's Maximum Packet Size."""
+        larger than the maximum packet size."""
         return self._failed
+
+    @property
+    def refused_by_reason(self) -> dict[str, int]:
+        """Messages (data and control) the broker will never take, by ``refusal_reason`` token: each
+        went to ``on_refused`` once."""
+        return dict(self._refused_by_reason)
 
     @property
     def in_flight(self) -> int:
@@ -582,6 +674,9 @@ class MqttSink:
                     will=Will(topic=o.will_topic, payload=o.will_payload, qos=1, retain=True),
                     username=o.username,
                     password=o.password.encode("utf-8") if o.password is not None else None,
+                    properties=((Property.MAXIMUM_PACKET_SIZE, _MAX_INCOMING_PACKET),)
+                    if self._version == ProtocolVersion.V5
+                    else NO_PROPERTIES,
                 )
             )
         except (OSError, ValueError) as exc:  # ssl.SSLError and FileNotFoundError are OSErrors
@@ -622,6 +717,7 @@ class MqttSink:
             published=self._published,
             delivered=self._delivered,
             failed=self._failed,
+            refused=dict(self._refused_by_reason),
             unacked=self._data_in_flight,
         )
 
@@ -693,12 +789,13 @@ class MqttSink:
         """Hand over ``messages`` in order while connected; return how many were taken.
 
         Stops at the first message that finds the sink disconnected, or that waits longer than ``wait_s``
-        for a window slot; the caller spools that one and the rest. QoS0 takes everything while
-        connected. Raises SinkError when the sink is closed or a topic cannot be published to.
+        for a window slot; the caller spools that one and the rest. ``wait_s`` <= 0 returns at once with
+        what fits now, without yielding to the event loop. QoS0 takes everything while connected.
+        Raises SinkError when the sink is closed or a topic cannot be published to.
         """
         self._check_open()
         index = self._take_now(messages, stop_when_disconnected=True)
-        if index == len(messages) or not self._connected:
+        if index == len(messages) or not self._connected or wait_s <= 0:
             return index
         return await self._park(messages, index, wait_s=wait_s)
 
@@ -860,14 +957,17 @@ class MqttSink:
         self._published += 1
         # Straight out while connected, under the broker's Receive Maximum and with nothing queued
         # before it (order); else it waits in _unsent for the link or for a PUBACK.
+        limit = self._max_packet_size
         if self._connected and not self._unsent and self._outstanding < self._quota:
-            if self._max_packet_size is None and self._corked:
-                # _transmit inlined for the usual case: inside a batch, no size limit from the broker
+            if self._corked and (limit is None or len(packet) <= limit):
+                # _transmit inlined for the usual case: inside a batch, a packet the broker takes
                 message.sent = True
                 self._outstanding += 1
                 self._out.append(packet)
             else:
                 self._transmit(packet_id, message)
+        elif limit is not None and len(packet) > limit:
+            self._refuse_soon(packet_id)  # known too large: refused now, not after the reconnect
         else:
             self._unsent.append(packet_id)
 
@@ -898,7 +998,7 @@ class MqttSink:
             raise SinkError(f"cannot publish to {topic!r}: {exc}") from exc
         if self._max_packet_size is not None and len(packet) > self._max_packet_size:
             self._failed += 1
-            self._note_rejected(topic, self._reason(PACKET_TOO_LARGE))
+            self._note_refused(topic, payload, PACKET_TOO_LARGE, NO_PROPERTIES, None, control=False)
             return
         self._published += 1
         self._delivered += 1  # QoS0 has no PUBACK: written is all there is
@@ -909,10 +1009,7 @@ class MqttSink:
     def _transmit(self, packet_id: int, message: _InFlight) -> None:
         """Send one in-flight message on the current connection."""
         if self._max_packet_size is not None and len(message.packet) > self._max_packet_size:
-            # The broker would disconnect us for it, and we would resend it after every reconnect:
-            # refuse it as the broker would. Later, not here: this may run inside the window's hand-out.
-            assert self._loop is not None
-            self._loop.call_soon(self._refuse, packet_id, PACKET_TOO_LARGE)
+            self._refuse_soon(packet_id)
             return
         message.sent = True
         self._outstanding += 1
@@ -966,7 +1063,7 @@ class MqttSink:
         try:
             for packet in packets:
                 if type(packet) is Puback:
-                    if conn.established and complete(packet.packet_id, packet.reason_code):
+                    if conn.established and complete(packet.packet_id, packet.reason_code, packet.properties):
                         freed += 1
                 elif isinstance(packet, Connack):
                     if conn.connack.done():
@@ -982,11 +1079,12 @@ class MqttSink:
             if self._unsent and conn.established:
                 self._pump()
             if freed:
+                self._stuck = False  # the broker answers again: a new hang is a new episode
                 self._window.release(freed)
         finally:
             self._write_out()
 
-    def _complete(self, packet_id: int, reason_code: int) -> bool:
+    def _complete(self, packet_id: int, reason_code: int, properties: Properties = NO_PROPERTIES) -> bool:
         """A PUBACK (or a local refusal) for ``packet_id``: count it, tell who waits. True when it freed
         a window slot, which the caller releases (after all PUBACKs of a read: one hand-out per read)."""
         message = self._in_flight.pop(packet_id, None)
@@ -994,37 +1092,79 @@ class MqttSink:
             return False  # not ours (any more): ignore, as the specification asks of a client
         if message.sent:
             self._outstanding -= 1
-        failed = reason_code >= 0x80
         if self._flush_waiters:
             for waiter in self._flush_waiters:
                 pending = waiter.pending
                 pending.discard(packet_id)
                 if not pending and not waiter.done.done():
                     waiter.done.set_result(None)
+        if reason_code >= 0x80:  # MQTT 5 PUBACK reason, e.g. "Not authorized" from an ACL; or ours
+            return self._refused(message, reason_code, properties)
         if message.control:
-            if failed:
-                self._log.warning("mqtt_status_rejected", topic=message.topic, reason=self._reason(reason_code))
-            else:
-                self._control_delivered += 1
+            self._control_delivered += 1
             return False
         self._data_in_flight -= 1
         if message.spool_id is not None and self._on_spool_ack is not None:
-            self._on_spool_ack(message.spool_id, not failed)
-        if failed:  # MQTT 5 PUBACK reason >= 0x80, e.g. "Not authorized" from an ACL
-            self._failed += 1
-            self._note_rejected(message.topic, self._reason(reason_code))
-        else:
-            self._delivered += 1
+            self._on_spool_ack(message.spool_id, True)
+        self._delivered += 1
         return True
+
+    def _refused(self, message: _InFlight, reason_code: int, properties: Properties) -> bool:
+        """``message`` will never be taken: hand it to ``on_refused`` (and a replay to ``on_spool_ack``
+        as failed). A refused control message leaves the retained set, so it is not sent again at every
+        connect. True when it freed a data window slot."""
+        if message.control:
+            if self._retained.get(message.topic) == message.payload:
+                del self._retained[message.topic]
+        else:
+            self._data_in_flight -= 1
+            self._failed += 1
+        self._note_refused(message.topic, message.payload, reason_code, properties, message.spool_id, message.control)
+        if message.spool_id is not None and self._on_spool_ack is not None:
+            self._on_spool_ack(message.spool_id, False)
+        return not message.control
+
+    def _note_refused(
+        self,
+        topic: str,
+        payload: bytes,
+        reason_code: int,
+        properties: Properties,
+        spool_id: int | None,
+        control: bool,
+    ) -> None:
+        """Count a refusal, log the first one of each reason, tell ``on_refused``."""
+        reason = refusal_reason(reason_code)
+        self._refused_by_reason[reason] = self._refused_by_reason.get(reason, 0) + 1
+        if reason not in self._refusals_logged:
+            self._refusals_logged.add(reason)
+            reason_string = find_property(properties, Property.REASON_STRING)
+            self._log.warning(
+                "mqtt_message_refused",
+                topic=shorten(topic),
+                reason=reason,
+                reason_code=self._reason(reason_code),
+                reason_string=shorten(reason_string) if isinstance(reason_string, str) else None,
+                payload_bytes=len(payload),
+                max_packet_size=self._max_packet_size,
+                control=control,
+            )
+        if self._on_refused is not None:
+            try:
+                self._on_refused(topic, payload, reason, spool_id)
+            except Exception as exc:  # the caller's bug must not break the PUBACK handling
+                self._log.error("mqtt_on_refused_failed", error=repr(exc))
+
+    def _refuse_soon(self, packet_id: int) -> None:
+        """Refuse an in-flight message as too large: the broker would disconnect us for it (MQTT 3.1.1
+        brokers do), and it would be resent after every reconnect. Later, not here: this may run inside
+        the window's hand-out."""
+        assert self._loop is not None
+        self._loop.call_soon(self._refuse, packet_id, PACKET_TOO_LARGE)
 
     def _refuse(self, packet_id: int, reason_code: int) -> None:
         if self._complete(packet_id, reason_code):
             self._window.release()
-
-    def _note_rejected(self, topic: str, reason: str) -> None:
-        if not self._rejection_logged:
-            self._rejection_logged = True
-            self._log.warning("mqtt_publish_rejected", topic=topic, reason=reason)
 
     def _reason(self, reason_code: int) -> str:
         return reason_text(reason_code, self._version)
@@ -1032,7 +1172,11 @@ class MqttSink:
     # ----------------------------------------------------------------------------- connection
 
     async def _run(self) -> None:
-        """Connect, serve, and reconnect with backoff until cancelled by close()."""
+        """Connect, serve, and reconnect with backoff until cancelled by close().
+
+        A connection lost less than ``_STABLE_CONNECTION_S`` after its CONNACK counts as a failed
+        attempt, so a broker that accepts and closes at once meets a growing backoff, not a storm."""
+        loop = asyncio.get_running_loop()
         failures = 0  # failed attempts in a row, for the backoff
         failovers = 0  # failed attempts in a row on the current broker, for the failover
         while True:
@@ -1042,9 +1186,12 @@ class MqttSink:
             except Exception as exc:  # a bug here must not end the reconnect loop for good
                 self._log.error("mqtt_connection_task_error", error=repr(exc))
                 conn = None
+            stable = False
             if conn is not None:
-                failures = failovers = 0
                 await self._serve(conn)
+                stable = loop.time() - conn.connected_at >= _STABLE_CONNECTION_S
+            if stable:
+                failures = failovers = 0
             else:
                 failures += 1
                 failovers += 1
@@ -1096,11 +1243,15 @@ class MqttSink:
             self._abandon(conn)
             self._note_connect_problem(f"connection lost before CONNACK: {conn.lost_reason}")
             return None
-        if not connack.accepted:
+        problem = connack_problem(connack, self._version, clean_start=True)
+        if problem is not None:
+            if problem.protocol_error and self._version == ProtocolVersion.V5:
+                # §4.13.2: the client may say why before it closes; the broker then sends our will.
+                conn.write(encode_disconnect(Disconnect(reason_code=PROTOCOL_ERROR), self._version))
+                if conn.transport is not None:
+                    conn.transport.close()  # after the DISCONNECT has left
             self._abandon(conn)
-            reason = reason_text(connack.reason_code, self._version, connack=True)
-            detail = f" ({connack.reason_string})" if connack.reason_string else ""
-            self._note_connect_problem(f"CONNACK refused: {reason}{detail}")
+            self._note_connect_problem(problem.text)
             return None
         self._on_connected(conn, connack)
         return conn
@@ -1108,36 +1259,56 @@ class MqttSink:
     def _abandon(self, conn: _Connection) -> None:
         if self._conn is conn:
             self._conn = None
-        conn.drop("connect attempt abandoned")
+        if conn.transport is None or not conn.transport.is_closing():
+            conn.drop("connect attempt abandoned")
+        elif conn.lost_reason is None:
+            conn.lost_reason = "connect attempt abandoned"
 
     def _on_connected(self, conn: _Connection, connack: Connack) -> None:
         o = self._options
+        loop = asyncio.get_running_loop()
         self._last_connect_problem = None
-        self._rejection_logged = False
         self._qos0_drop_logged = False
-        # MQTT 5: the broker says how many unacknowledged QoS1 messages it takes. paho ignored this;
-        # here the data window and everything sent respect it.
+        # MQTT 5: the broker says how many unacknowledged QoS1 messages it takes [MQTT-3.3.4-7]; the
+        # data window and everything sent respect it (connack_problem refused a Receive Maximum of 0).
         self._quota = connack.receive_maximum
         window = min(o.max_inflight, connack.receive_maximum)
-        self._max_packet_size = connack.maximum_packet_size
-        self._keepalive_s = float(connack.server_keep_alive or o.keepalive_s)
+        broker_limit = connack.maximum_packet_size
+        self._max_packet_size = (
+            o.max_packet_size
+            if broker_limit is None
+            else broker_limit
+            if o.max_packet_size is None
+            else min(o.max_packet_size, broker_limit)
+        )
+        # Server Keep Alive replaces ours for this connection [MQTT-3.2.2-21]; 0 turns keep alive off.
+        server_keep_alive = connack.server_keep_alive
+        self._keepalive_s = float(o.keepalive_s if server_keep_alive is None else server_keep_alive)
         self._outstanding = 0
+        # CONNECT says Clean Start 1 (3.1.1: Clean Session 1), so every connection is a new session
+        # and a message resent on it is its first delivery there: DUP stays 0 [MQTT-3.3.1-1]. DUP and
+        # the same packet id are only for resending within one session (§4.4, [MQTT-4.4.0-1]).
         for message in self._in_flight.values():
-            if message.sent:  # went out on the lost connection: the resend is marked DUP (§3.3.1.1)
-                message.packet = set_dup(message.packet)
-                message.sent = False
+            message.sent = False
         # Everything not yet acknowledged goes again, in publish order, before anything newer.
         self._unsent = collections.deque(self._in_flight)
         conn.established = True
+        conn.connected_at = loop.time()
         self._connected = True
         self._connected_event.set()
-        self._log.info(
-            "mqtt_connected",
-            broker=self._current_broker,
-            protocol=o.protocol,
-            session_present=connack.session_present,
-            window=window,
-        )
+        if not self._lost_repeats.repeating:
+            self._log.info(
+                "mqtt_connected",
+                broker=self._current_broker,
+                protocol=o.protocol,
+                session_present=connack.session_present,
+                window=window,
+                max_packet_size=self._max_packet_size,
+                keepalive_s=self._keepalive_s,
+                reason_string=shorten(connack.reason_string) if connack.reason_string else None,
+            )
+        else:
+            conn.quiet = True  # the link flaps: logged once it proves stable (_serve)
         self._corked = True  # resends, status and whatever waited for the window: one write
         try:
             if not self._closing:  # close() publishes the offline status itself
@@ -1166,27 +1337,77 @@ class MqttSink:
             self._log.error("mqtt_online_payload_failed", error=repr(exc))
             return None
 
+    def _oldest_sent(self) -> _InFlight | None:
+        """The oldest message sent on this connection without a PUBACK yet (in practice the first)."""
+        for message in self._in_flight.values():
+            if message.sent:
+                return message
+        return None
+
     async def _serve(self, conn: _Connection) -> None:
-        """Keep the connection alive until it is lost: PINGREQ after keepalive_s without sending or
-        receiving anything; no PINGRESP within keepalive_s means a dead link (a broker that hangs, a
-        half-open TCP connection), which is dropped so that the reconnect starts."""
+        """Watch the connection until it is lost.
+
+        Keep alive: PINGREQ after keepalive_s without sending or receiving anything; no PINGRESP within
+        min(keepalive_s, puback_timeout_s) means a dead link (a half-open TCP connection). PUBACK
+        deadline: the oldest unacknowledged message waiting puback_timeout_s means a stuck broker (hung,
+        SIGSTOPped: TCP stays up and keep alive would take 2 x keepalive_s). Both drop the link, so the
+        reconnect starts; the messages stay in flight and go again on the next connection. The oldest
+        message's wait is measured from when this loop first saw it oldest: checked every quarter of
+        puback_timeout_s, so a stuck link is dropped within 1.25 x puback_timeout_s."""
         loop = asyncio.get_running_loop()
+        o = self._options
+        timeout = o.puback_timeout_s
+        oldest: _InFlight | None = None
+        oldest_since = 0.0
+        stable = False
         while not conn.lost.done():
-            keepalive = self._keepalive_s
             now = loop.time()
-            if conn.ping_sent_at is not None:
-                deadline = conn.ping_sent_at + keepalive
-                if now >= deadline:
-                    conn.drop(f"keep alive: no PINGRESP within {keepalive:g} s")
-                    break
-            else:
-                deadline = min(conn.last_sent, conn.last_received) + keepalive
-                if now >= deadline:
-                    conn.ping_sent_at = now
-                    conn.write(PINGREQ_BYTES)
-                    continue
-            await asyncio.wait([conn.lost], timeout=deadline - now)
+            deadline = now + timeout / 4
+            keepalive = self._keepalive_s
+            if keepalive:
+                if conn.ping_sent_at is not None:
+                    ping_deadline = conn.ping_sent_at + min(keepalive, timeout)
+                    if now >= ping_deadline:
+                        conn.drop(f"keep alive: no PINGRESP within {min(keepalive, timeout):g} s")
+                        break
+                else:
+                    ping_deadline = min(conn.last_sent, conn.last_received) + keepalive
+                    if now >= ping_deadline:
+                        conn.ping_sent_at = now
+                        conn.write(PINGREQ_BYTES)
+                        continue
+                deadline = min(deadline, ping_deadline)
+            first = self._oldest_sent()
+            if first is not oldest:
+                oldest, oldest_since = first, now
+            elif first is not None and now - oldest_since >= timeout:
+                self._note_stuck(now - oldest_since)
+                conn.drop(f"no PUBACK within {timeout:g} s")
+                break
+            if not stable:
+                stable_at = conn.connected_at + _STABLE_CONNECTION_S
+                if now >= stable_at:
+                    stable = True  # a new run of the same problems is logged again
+                    self._connect_repeats.reset()
+                    self._lost_repeats.reset()
+                    if conn.quiet:  # its mqtt_connected was left out while the link flapped
+                        self._log.info(
+                            "mqtt_connected", broker=self._current_broker, protocol=o.protocol, stable=True
+                        )
+                else:
+                    deadline = min(deadline, stable_at)
+            await asyncio.wait([conn.lost], timeout=max(0.0, deadline - now))
         await conn.lost
+
+    def _note_stuck(self, oldest_age_s: float) -> None:
+        if not self._stuck:  # once per episode: until a PUBACK comes again
+            self._stuck = True
+            self._log.warning(
+                "mqtt_stuck",
+                oldest_age_s=round(oldest_age_s, 3),
+                inflight=self._outstanding,
+                puback_timeout_s=self._options.puback_timeout_s,
+            )
 
     def _on_connection_lost(self, conn: _Connection) -> None:
         if conn is not self._conn:
@@ -1200,9 +1421,30 @@ class MqttSink:
         self._window.stop_offers()
         if self._closing:
             self._log.info("mqtt_disconnected", reason="closed")
-        else:
+            return
+        reason = conn.lost_reason or "unknown"
+        now = asyncio.get_running_loop().time()
+        lived_s = now - conn.connected_at
+        if lived_s >= _STABLE_CONNECTION_S:
+            self._lost_repeats.reset()
+            self._log.warning("mqtt_disconnected", reason=reason, by_broker=conn.server_disconnect is not None)
+            return
+        # Lost right after connecting: the first time logged, repeats summed up (a flapping link).
+        repeats = self._lost_repeats.note(reason, now)
+        if repeats == 0:
+            # A 3.1.1 broker hangs up on a packet over its max_packet_size: the size of the largest
+            # message in flight hints at that (mqtt.max_packet_size then keeps it from being sent).
+            largest = max((len(m.packet) for m in self._in_flight.values()), default=0)
             self._log.warning(
-                "mqtt_disconnected", reason=conn.lost_reason, by_broker=conn.server_disconnect is not None
+                "mqtt_disconnected",
+                reason=reason,
+                by_broker=conn.server_disconnect is not None,
+                connected_s=round(lived_s, 3),
+                largest_unacked_bytes=largest,
+            )
+        elif repeats is not None:
+            self._log.warning(
+                "mqtt_link_flapping", reason=reason, short_connections=repeats, over_s=self._options.repeat_log_s
             )
 
     def _set_disconnected(self) -> None:
@@ -1210,7 +1452,12 @@ class MqttSink:
         self._connected_event.clear()
 
     def _note_connect_problem(self, problem: str) -> None:
-        # Logged when it changes, not at every backoff attempt of a long outage.
-        if problem != self._last_connect_problem:
-            self._last_connect_problem = problem
+        # Logged when it changes, then summed up every repeat_log_s, not at every attempt of an outage.
+        self._last_connect_problem = problem
+        repeats = self._connect_repeats.note(problem, asyncio.get_running_loop().time())
+        if repeats == 0:
             self._log.warning("mqtt_connect_failed", error=problem)
+        elif repeats is not None:
+            self._log.warning(
+                "mqtt_connect_failing", error=problem, attempts=repeats, over_s=self._options.repeat_log_s
+            )

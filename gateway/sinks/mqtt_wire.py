@@ -210,7 +210,27 @@ CONNACK_311_NAMES: dict[int, str] = {
 """MQTT 3.1.1 CONNACK return codes (3.1.1 §3.2.2.3)."""
 
 NORMAL_DISCONNECTION = 0x00
+PROTOCOL_ERROR = 0x82
+UNSUPPORTED_PROTOCOL_VERSION = 0x84
 PACKET_TOO_LARGE = 0x95
+
+_REFUSAL_TOKENS: dict[int, str] = {
+    0x80: "unspecified_error",
+    0x83: "implementation_specific_error",
+    0x87: "not_authorized",
+    0x90: "topic_name_invalid",
+    0x91: "packet_identifier_in_use",
+    0x95: "packet_too_large",
+    0x97: "quota_exceeded",
+    0x99: "payload_format_invalid",
+}
+
+
+def refusal_reason(reason_code: int) -> str:
+    """A short stable snake_case token for a refused PUBLISH: the PUBACK reason codes of §3.4.2.1 (and
+    0x95 "Packet too large", which a client also uses for a message it will not send), else
+    ``reason_0x..``. Used in counters, dead-letter rows and logs, so the tokens never change."""
+    return _REFUSAL_TOKENS.get(reason_code) or f"reason_0x{reason_code:02x}"
 
 
 def is_failure(reason_code: int) -> bool:
@@ -259,6 +279,10 @@ class Connack:
     session_present: bool = False
     reason_code: int = 0
     properties: Properties = NO_PROPERTIES
+    # MQTT 5 decoding only: the CONNACK ended after its reason code, without a Property Length. That is
+    # the 3.1.1 layout (remaining length 2): what a 3.1.1-only server answers an MQTT 5 CONNECT with,
+    # return code 1 "unacceptable protocol version" (3.1.1 §3.1.2.2).
+    short_form: bool = False
 
     @property
     def accepted(self) -> bool:
@@ -298,6 +322,59 @@ class Connack:
     def reason_string(self) -> str | None:
         value = find_property(self.properties, Property.REASON_STRING)
         return value if isinstance(value, str) else None
+
+
+REASON_STRING_CHARS = 200
+"""Characters of a broker's Reason String kept for logs and errors: it may be 65,535 bytes long."""
+
+
+def shorten(text: str, limit: int = REASON_STRING_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+class ConnackProblem(NamedTuple):
+    """Why a CONNACK ends the connection attempt, as words for logs and errors. ``protocol_error``: the
+    CONNACK breaks the specification, so an MQTT 5 client closes with DISCONNECT 0x82 (§4.13.2);
+    otherwise the broker refused the connection."""
+
+    text: str
+    protocol_error: bool
+
+
+def connack_problem(connack: Connack, version: ProtocolVersion, *, clean_start: bool) -> ConnackProblem | None:
+    """None when the connection may be used; else what is wrong with ``connack``, the answer to a CONNECT
+    of ``version`` with ``clean_start``."""
+    v5 = version == ProtocolVersion.V5
+    if v5 and connack.short_form:
+        code = reason_text(connack.reason_code, ProtocolVersion.V311, connack=True)
+        return ConnackProblem(
+            "protocol version not supported: try protocol: 3.1.1 "
+            f"(the broker answered the MQTT 5 CONNECT with an MQTT 3.1.1 CONNACK: {code})",
+            False,
+        )
+    if not connack.accepted:
+        refused = "CONNACK refused: " + reason_text(connack.reason_code, version, connack=True)
+        if connack.reason_string:
+            refused += f" ({shorten(connack.reason_string)})"
+        if v5 and connack.reason_code == UNSUPPORTED_PROTOCOL_VERSION:
+            return ConnackProblem(f"protocol version not supported: try protocol: 3.1.1 ({refused})", False)
+        return ConnackProblem(refused, False)
+    if connack.session_present and clean_start:
+        # The server must answer Clean Start 1 with Session Present 0 [MQTT-3.2.2-2]; a client without
+        # session state that gets Session Present 1 must close the connection [MQTT-3.2.2-4].
+        return ConnackProblem("protocol error: CONNACK with Session Present 1 in reply to Clean Start 1", True)
+    if v5:
+        seen: set[Property] = set()
+        for prop, _ in connack.properties:
+            if prop in seen and prop != Property.USER_PROPERTY:  # §3.2.2.3: each at most once
+                return ConnackProblem(f"protocol error: CONNACK carries {prop.name} more than once", True)
+            seen.add(prop)
+        if connack.receive_maximum == 0:  # §3.2.2.3.3
+            return ConnackProblem("protocol error: CONNACK with Receive Maximum 0", True)
+        if connack.maximum_packet_size == 0:  # §3.2.2.3.6
+            return ConnackProblem("protocol error: CONNACK with Maximum Packet Size 0", True)
+    return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -446,7 +523,7 @@ def encode_connect(packet: Connect) -> bytes:
 
 def encode_connack(packet: Connack, version: ProtocolVersion) -> bytes:
     body = bytes((0x01 if packet.session_present else 0, packet.reason_code))
-    if version == ProtocolVersion.V5:
+    if version == ProtocolVersion.V5 and not packet.short_form:
         body += encode_properties(packet.properties)
     return _fixed_header(0x20, len(body)) + body
 
@@ -527,7 +604,8 @@ class PublishEncoder:
 
 
 def set_dup(packet: bytes) -> bytes:
-    """The same PUBLISH with the DUP flag set: how a QoS1 message is sent again after a reconnect (§3.3.1.1)."""
+    """The same PUBLISH with the DUP flag set: how a QoS1 message is sent again within the same session
+    (Clean Start 0 and Session Present 1, §4.4); on a new session a resend is a first delivery, DUP 0."""
     return bytes((packet[0] | 0x08,)) + packet[1:]
 
 
@@ -812,6 +890,8 @@ class Decoder:
         if flags & 0xFE:
             raise MalformedPacketError(f"CONNACK with reserved acknowledge flags 0x{flags:02X}")
         reason = body.byte()
+        if self._v5 and not body.remaining():
+            return Connack(session_present=bool(flags & 0x01), reason_code=reason, short_form=True)
         properties = body.properties() if self._v5 else NO_PROPERTIES
         return Connack(session_present=bool(flags & 0x01), reason_code=reason, properties=properties)
 

@@ -1,155 +1,39 @@
 """MqttSink's own MQTT client where Mosquitto cannot be made to misbehave on cue.
 
-A scripted broker (real sockets on 127.0.0.1, packets via gateway.sinks.mqtt_wire) decides per message
-whether and how to acknowledge, can advertise MQTT 5 limits, ignore PINGREQ or drop the link, and
-records every packet it receives per connection.
+A scripted broker (tests/support/mqtt_broker.py: real sockets on 127.0.0.1, packets via
+gateway.sinks.mqtt_wire) decides per message whether and how to acknowledge, can advertise MQTT 5
+limits, ignore PINGREQ or drop the link, and records every packet it receives per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
 
 from gateway.errors import SinkError
-from gateway.sinks.mqtt import MqttOptions, MqttSink, backoff_delay_s
+from gateway.sinks.mqtt import MqttSink, backoff_delay_s
 from gateway.sinks.mqtt_wire import (
-    PINGRESP_BYTES,
     Connack,
     Connect,
-    Decoder,
     Disconnect,
-    Packet,
     PingReq,
     Property,
     ProtocolVersion,
-    Puback,
     Publish,
-    encode,
 )
-
-ONLINE = b'{"online":true}'
-OFFLINE = b'{"online":false}'
-AckPolicy = Callable[[Publish], int | None]  # reason code to PUBACK with, or None to hold the PUBACK
-
-
-def ack_all(publish: Publish) -> int | None:
-    return 0
-
-
-class ScriptedBroker:
-    """An MQTT server that answers CONNECT with ``connack`` (``SILENT``: never answers) and each QoS1
-    PUBLISH as ``ack`` says (it can be replaced any time); held PUBACKs go out on ``release_held``.
-    ``max_outstanding`` is the most QoS1 messages it ever had unacknowledged on one connection."""
-
-    def __init__(self, *, connack: Connack | None = None, ack: AckPolicy = ack_all, answer_pings: bool = True) -> None:
-        self.connack = connack if connack is not None else Connack()
-        self.ack = ack
-        self.answer_pings = answer_pings
-        self.connections: list[list[Packet]] = []
-        self.max_outstanding = 0
-        self._writers: list[asyncio.StreamWriter] = []
-        self._held: list[tuple[asyncio.StreamWriter, ProtocolVersion, Publish]] = []
-        self._outstanding: dict[asyncio.StreamWriter, int] = {}
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    async def __aenter__(self) -> ScriptedBroker:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.drop_connections()
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.append(writer)
-        packets: list[Packet] = []
-        self.connections.append(packets)
-        decoder = Decoder(ProtocolVersion.V5)
-        self._outstanding[writer] = 0
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                for packet in decoder.feed(data):
-                    packets.append(packet)
-                    version = decoder.version
-                    if isinstance(packet, Connect):
-                        if self.connack is not SILENT:
-                            writer.write(encode(self.connack, version))
-                    elif isinstance(packet, Publish) and packet.qos:
-                        self._outstanding[writer] += 1
-                        self.max_outstanding = max(self.max_outstanding, self._outstanding[writer])
-                        reason = self.ack(packet)
-                        if reason is None:
-                            self._held.append((writer, version, packet))
-                        else:
-                            self._outstanding[writer] -= 1
-                            writer.write(encode(Puback(packet.packet_id or 0, reason), version))
-                    elif isinstance(packet, PingReq) and self.answer_pings:
-                        writer.write(PINGRESP_BYTES)
-        writer.close()
-
-    def release_held(self) -> None:
-        held, self._held = self._held, []
-        for writer, version, packet in held:
-            if not writer.is_closing():
-                self._outstanding[writer] -= 1
-                writer.write(encode(Puback(packet.packet_id or 0), version))
-
-    def drop_connections(self) -> None:
-        for writer in self._writers:
-            transport = writer.transport
-            transport.abort()
-        self._writers.clear()
-        self._held.clear()
-
-    def publishes(self, connection: int = -1) -> list[Publish]:
-        return [p for p in self.connections[connection] if isinstance(p, Publish)]
-
-
-SILENT = Connack(reason_code=0xFF)  # marker: never answer CONNECT
-
-
-def options(broker: ScriptedBroker, **overrides: Any) -> MqttOptions:
-    base = MqttOptions(
-        host="127.0.0.1",
-        port=broker.port,
-        client_id="cg-edge",
-        will_topic="edge/_gateway/status",
-        will_payload=OFFLINE,
-        online_payload=ONLINE,
-        reconnect_min_s=0.05,
-        reconnect_max_s=0.2,
-        connect_timeout_s=1.0,
-    )
-    return dataclasses.replace(base, **overrides)
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
-@contextlib.asynccontextmanager
-async def running(broker: ScriptedBroker, **overrides: Any) -> AsyncIterator[MqttSink]:
-    async with MqttSink(options(broker, **overrides)) as sink:
-        await sink.wait_connected(5)
-        yield sink
-
-
-def data(n: int) -> tuple[str, bytes]:
-    return f"edge/data/t{n}", b"%d" % n
-
+from tests.support.mqtt_broker import (
+    OFFLINE,
+    ONLINE,
+    SILENT,
+    ScriptedBroker,
+    ack_all,
+    data,
+    options,
+    running,
+    wait_until,
+)
 
 # ------------------------------------------------------------------------------------ windows
 
@@ -176,7 +60,10 @@ async def test_the_brokers_receive_maximum_bounds_everything_unacknowledged() ->
     assert topics == [f"edge/data/t{n}" for n in range(10)]
 
 
-async def test_unacknowledged_messages_are_resent_after_a_reconnect_dup_same_id_in_order() -> None:
+async def test_unacknowledged_messages_are_resent_after_a_reconnect_in_order_without_dup() -> None:
+    """Clean Start 1 makes every connection a new session: a resend is a first delivery there, so DUP
+    is 0 [MQTT-3.3.1-1], [MQTT-4.4.0-1] (issue 10 item 8: "unacknowledged messages are resent with DUP
+    on a new clean session")."""
     async with ScriptedBroker(ack=lambda p: 0 if p.retain else None) as broker, running(broker) as sink:
         await sink.publish_many([data(n) for n in range(3)])
         await wait_until(lambda: len([p for p in broker.publishes(0) if not p.retain]) == 3)
@@ -192,7 +79,8 @@ async def test_unacknowledged_messages_are_resent_after_a_reconnect_dup_same_id_
 
     again = broker.publishes(1)
     resent = [p for p in again if not p.retain]
-    assert [(p.topic, p.packet_id, p.dup) for p in resent[:3]] == [(p.topic, p.packet_id, True) for p in first]
+    assert [(p.topic, p.dup) for p in resent[:3]] == [(p.topic, False) for p in first]
+    assert not any(p.dup for p in again if isinstance(p, Publish))
     assert [(p.topic, p.dup) for p in resent[3:]] == [("edge/data/t3", False)]
     status = [p for p in again if p.topic == "edge/_gateway/status"]
     assert [p.payload for p in status] == [ONLINE, OFFLINE]
@@ -235,6 +123,19 @@ async def test_a_broker_that_stops_answering_pings_is_dropped_and_reconnected() 
         # PINGREQ after 1 s without traffic, no PINGRESP within 1 s: dropped at about 2 s.
         assert 1.5 < time.monotonic() - started < 4.0
         assert any(isinstance(p, PingReq) for p in broker.connections[0])
+        await sink.wait_connected(5)
+
+
+async def test_the_wait_for_a_pingresp_is_bounded_by_the_puback_timeout() -> None:
+    """Issue 10 item 2: a hung broker took 2 x keepalive_s to notice when idle. The PINGRESP wait is now
+    min(keepalive_s, puback_timeout_s): PINGREQ after 2 s idle, dropped 0.5 s later (was 4 s)."""
+    async with (
+        ScriptedBroker(answer_pings=False) as broker,
+        running(broker, keepalive_s=2, puback_timeout_s=0.5) as sink,
+    ):
+        started = time.monotonic()
+        await wait_until(lambda: len(broker.connections) >= 2, timeout_s=6)
+        assert 2.0 < time.monotonic() - started < 3.5
         await sink.wait_connected(5)
 
 
@@ -311,10 +212,32 @@ async def test_offer_many_stops_at_a_full_window_after_wait_s_and_at_a_lost_link
 
 
 def test_reconnect_backoff_doubles_from_min_to_max_with_jitter() -> None:
+    """The lowest draw grows too (half the ceiling), so repeated failures always slow the reconnects
+    down (issue 10 item 5: a link that dies right after connecting must meet a growing backoff)."""
+
     def delay(failures: int, jitter: float) -> float:
         return backoff_delay_s(failures, min_s=0.5, max_s=10.0, jitter=jitter)
 
-    assert [delay(n, 0.0) for n in range(4)] == [0.5, 0.5, 0.5, 0.5]  # never below the minimum
+    assert [delay(n, 0.0) for n in range(6)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]  # half the ceiling, >= min
     assert [delay(n, 0.999_999) for n in range(7)] == pytest.approx([1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0], rel=1e-5)
-    assert delay(2, 0.5) == pytest.approx(2.25)  # halfway between min and the ceiling of 4 s
+    assert delay(2, 0.5) == pytest.approx(3.0)  # halfway between 2 s and the ceiling of 4 s
     assert delay(1000, 0.7) <= 10.0
+
+
+async def test_offer_many_with_wait_0_returns_at_once_with_what_fits() -> None:
+    """Issue 10 item 2: once the window is stuck, the store-and-forward stage must spool at the rate data
+    arrives, so ``offer_many(wait_s=0)`` takes what fits now and returns without waiting (not even one
+    event-loop turn: the coroutine finishes on its first step)."""
+    async with ScriptedBroker(ack=lambda p: 0 if p.retain else None) as broker, running(broker, max_inflight=4) as sink:
+        offer = sink.offer_many([data(n) for n in range(10)], wait_s=0)
+        with pytest.raises(StopIteration) as finished:
+            offer.send(None)
+        assert finished.value.value == 4
+        offer = sink.offer_many([data(n) for n in range(10, 12)], wait_s=0)
+        with pytest.raises(StopIteration) as finished:
+            offer.send(None)
+        assert finished.value.value == 0  # the window is full: nothing taken, nothing waited for
+        broker.ack = ack_all
+        broker.release_held()
+        assert await sink.flush(5)
+        assert sink.unacked() == []

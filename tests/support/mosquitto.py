@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -93,8 +93,10 @@ class Mosquitto:
         persistence: bool = False,
         workdir: Path | None = None,
         tls: ListenerTls | None = None,
+        extra_config: Sequence[str] = (),
     ) -> None:
         self.host = HOST
+        self._extra_config = tuple(extra_config)  # more mosquitto.conf lines, e.g. "max_packet_size 1000"
         self._fixed_port = port is not None
         self.port = port if port is not None else free_port()
         self._users = dict(users or {})
@@ -158,6 +160,7 @@ class Mosquitto:
                     capture_output=True,
                 )
             lines.append(f"password_file {password_file}")
+        lines += self._extra_config
         config = self.workdir / "mosquitto.conf"
         config.write_text("\n".join(lines) + "\n")
         return config

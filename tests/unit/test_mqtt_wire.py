@@ -23,6 +23,7 @@ from gateway.sinks.mqtt_wire import (
     Publish,
     PublishEncoder,
     Will,
+    connack_problem,
     decode_one,
     encode,
     encode_connect,
@@ -31,7 +32,9 @@ from gateway.sinks.mqtt_wire import (
     is_failure,
     publish_packet,
     reason_text,
+    refusal_reason,
     set_dup,
+    shorten,
     topic_field,
 )
 
@@ -70,26 +73,26 @@ WILL = Will(topic="a/s", payload=b"off", qos=1, retain=True)
 
 ENCODED: list[tuple[str, Packet, ProtocolVersion, bytes]] = [
     (
-        "CONNECT 3.1.1 minimal, clean session",
+        "§3.1 CONNECT 3.1.1 minimal, clean session [MQTT-3.1.2-4]",
         Connect(version=V311, client_id="c1", keepalive_s=30),
         V311,
         b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x1e\x00\x02c1",
     ),
     (
-        "CONNECT 3.1.1 will retained QoS1, user, password",
+        "§3.1.2.3 CONNECT 3.1.1 will retained QoS1, user, password",
         Connect(version=V311, client_id="c", keepalive_s=60, will=WILL, username="u", password=b"p"),
         V311,
         # flags: user 0x80 | password 0x40 | will retain 0x20 | will QoS1 0x08 | will 0x04 | clean 0x02
         b"\x10\x1d\x00\x04MQTT\x04\xee\x00\x3c\x00\x01c\x00\x03a/s\x00\x03off\x00\x01u\x00\x01p",
     ),
     (
-        "CONNECT 5 with a will, empty properties everywhere",
+        "§3.1.2.11 CONNECT 5 with a will, empty properties everywhere",
         Connect(version=V5, client_id="c", keepalive_s=10, will=WILL),
         V5,
         b"\x10\x19\x00\x04MQTT\x05\x2e\x00\x0a\x00\x00\x01c\x00\x00\x03a/s\x00\x03off",
     ),
     (
-        "CONNECT 5 session expiry property, not clean",
+        "§3.1.2.11.2 CONNECT 5 session expiry property, not clean",
         Connect(
             version=V5,
             client_id="",
@@ -100,10 +103,22 @@ ENCODED: list[tuple[str, Packet, ProtocolVersion, bytes]] = [
         V5,
         b"\x10\x12\x00\x04MQTT\x05\x00\x00\x00\x05\x11\x00\x00\x0e\x10\x00\x00",
     ),
-    ("CONNACK 3.1.1 accepted", Connack(), V311, b"\x20\x02\x00\x00"),
-    ("CONNACK 3.1.1 not authorized", Connack(reason_code=5), V311, b"\x20\x02\x00\x05"),
     (
-        "CONNACK 5 with Receive Maximum and Topic Alias Maximum (what Mosquitto sends)",
+        "§3.1.2.11.4 CONNECT 5 announcing Maximum Packet Size 1 MiB",
+        Connect(version=V5, client_id="c", keepalive_s=30, properties=((Property.MAXIMUM_PACKET_SIZE, 1 << 20),)),
+        V5,
+        b"\x10\x13\x00\x04MQTT\x05\x02\x00\x1e\x05\x27\x00\x10\x00\x00\x00\x01c",
+    ),
+    ("3.1.1 §3.2.2.3 CONNACK accepted", Connack(), V311, b"\x20\x02\x00\x00"),
+    (
+        "3.1.1 §3.2.2.3 CONNACK 'unacceptable protocol version' read by an MQTT 5 client: short form",
+        Connack(reason_code=1, short_form=True),
+        V5,
+        b"\x20\x02\x00\x01",
+    ),
+    ("3.1.1 §3.2.2.3 CONNACK not authorized", Connack(reason_code=5), V311, b"\x20\x02\x00\x05"),
+    (
+        "§3.2.2.3.3 §3.2.2.3.8 CONNACK 5 with Receive Maximum and Topic Alias Maximum (what Mosquitto sends)",
         Connack(
             session_present=True,
             properties=((Property.RECEIVE_MAXIMUM, 20), (Property.TOPIC_ALIAS_MAXIMUM, 10)),
@@ -112,45 +127,45 @@ ENCODED: list[tuple[str, Packet, ProtocolVersion, bytes]] = [
         b"\x20\x09\x01\x00\x06\x21\x00\x14\x22\x00\x0a",
     ),
     (
-        "PUBLISH QoS0",
+        "§3.3 PUBLISH QoS0 [MQTT-2.2.1-2] no packet id",
         Publish(topic="a/b", payload=b"hi"),
         V311,
         b"\x30\x07\x00\x03a/bhi",
     ),
     (
-        "PUBLISH QoS1 retained, 3.1.1",
+        "§3.3.1.3 PUBLISH QoS1 retained, 3.1.1",
         Publish(topic="a/b", payload=b"hi", qos=1, retain=True, packet_id=10),
         V311,
         b"\x33\x09\x00\x03a/b\x00\x0ahi",
     ),
     (
-        "PUBLISH QoS1 DUP, 5: empty property length",
+        "§3.3.1.1 PUBLISH QoS1 DUP, 5: empty property length",
         Publish(topic="a/b", payload=b"hi", qos=1, dup=True, packet_id=0xABCD),
         V5,
         b"\x3a\x0a\x00\x03a/b\xab\xcd\x00hi",
     ),
     (
-        "PUBLISH 5 with content type",
+        "§3.3.2.3.9 PUBLISH 5 with content type",
         Publish(topic="t", payload=b"{}", properties=((Property.CONTENT_TYPE, "json"),)),
         V5,
         b"\x30\x0d\x00\x01t\x07\x03\x00\x04json{}",
     ),
-    ("PUBACK 3.1.1", Puback(7), V311, b"\x40\x02\x00\x07"),
-    ("PUBACK 5 success: reason left out", Puback(7), V5, b"\x40\x02\x00\x07"),
-    ("PUBACK 5 not authorized", Puback(7, 0x87), V5, b"\x40\x03\x00\x07\x87"),
+    ("3.1.1 §3.4 PUBACK", Puback(7), V311, b"\x40\x02\x00\x07"),
+    ("§3.4.2.1 PUBACK 5 success: reason left out", Puback(7), V5, b"\x40\x02\x00\x07"),
+    ("§3.4.2.1 PUBACK 5 not authorized", Puback(7, 0x87), V5, b"\x40\x03\x00\x07\x87"),
     (
-        "PUBACK 5 with a reason string",
+        "§3.4.2.2.2 PUBACK 5 with a reason string",
         Puback(7, 0x87, ((Property.REASON_STRING, "acl"),)),
         V5,
         b"\x40\x0a\x00\x07\x87\x06\x1f\x00\x03acl",
     ),
-    ("PINGREQ", PingReq(), V5, b"\xc0\x00"),
-    ("PINGRESP", PingResp(), V311, b"\xd0\x00"),
-    ("DISCONNECT 3.1.1", Disconnect(), V311, b"\xe0\x00"),
-    ("DISCONNECT 5 normal: reason left out", Disconnect(), V5, b"\xe0\x00"),
-    ("DISCONNECT 5 with will", Disconnect(reason_code=0x04), V5, b"\xe0\x01\x04"),
+    ("§3.12 PINGREQ", PingReq(), V5, b"\xc0\x00"),
+    ("§3.13 PINGRESP", PingResp(), V311, b"\xd0\x00"),
+    ("3.1.1 §3.14 DISCONNECT", Disconnect(), V311, b"\xe0\x00"),
+    ("§3.14.2.1 DISCONNECT 5 normal: reason left out", Disconnect(), V5, b"\xe0\x00"),
+    ("§3.14.2.1 DISCONNECT 5 with will", Disconnect(reason_code=0x04), V5, b"\xe0\x01\x04"),
     (
-        "DISCONNECT 5 session taken over, reason string",
+        "§3.14.2.2.3 DISCONNECT 5 session taken over, reason string",
         Disconnect(reason_code=0x8E, properties=((Property.REASON_STRING, "x"),)),
         V5,
         b"\xe0\x06\x8e\x04\x1f\x00\x01x",
@@ -279,23 +294,23 @@ def test_a_server_side_decoder_follows_the_version_of_connect() -> None:
 
 
 MALFORMED: list[tuple[str, ProtocolVersion, bytes]] = [
-    ("reserved packet type 0", V5, b"\x00\x00"),
-    ("PUBACK with flags", V5, b"\x41\x02\x00\x01"),
-    ("PUBACK with packet id 0", V5, b"\x40\x02\x00\x00"),
-    ("PUBACK with packet id 0, slow path", V5, b"\x40\x03\x00\x00\x00"),
-    ("PUBACK too short", V311, b"\x40\x01\x00"),
-    ("PUBACK 3.1.1 with extra bytes", V311, b"\x40\x03\x00\x01\x00"),
-    ("PINGRESP with a body", V5, b"\xd0\x01\x00"),
-    ("remaining length of five bytes", V5, b"\x30\xff\xff\xff\xff\x01"),
-    ("QoS 2 PUBLISH", V5, b"\x34\x06\x00\x01t\x00\x01\x00"),
-    ("QoS 0 PUBLISH with DUP", V311, b"\x38\x03\x00\x01t"),
-    ("topic of invalid UTF-8", V311, b"\x30\x04\x00\x02\xc3\x28"),
-    ("topic with U+0000", V311, b"\x30\x03\x00\x01\x00"),
-    ("unknown property", V5, b"\x20\x05\x00\x00\x02\x7f\x00"),
-    ("property runs past the packet", V5, b"\x20\x04\x00\x00\x05\x21"),
-    ("CONNACK with reserved flags", V311, b"\x20\x02\x02\x00"),
-    ("SUBACK is not for a publisher", V5, b"\x90\x03\x00\x01\x00"),
-    ("CONNECT of another protocol", V5, b"\x10\x0c\x00\x04MQTZ\x04\x02\x00\x1e\x00\x00"),
+    ("§2.1.2 reserved packet type 0", V5, b"\x00\x00"),
+    ("[MQTT-2.1.3-1] PUBACK with flags", V5, b"\x41\x02\x00\x01"),
+    ("§2.2.1 PUBACK with packet id 0", V5, b"\x40\x02\x00\x00"),
+    ("§2.2.1 PUBACK with packet id 0, slow path", V5, b"\x40\x03\x00\x00\x00"),
+    ("§3.4 PUBACK too short", V311, b"\x40\x01\x00"),
+    ("3.1.1 §3.4 PUBACK with extra bytes", V311, b"\x40\x03\x00\x01\x00"),
+    ("§3.13 PINGRESP with a body", V5, b"\xd0\x01\x00"),
+    ("§1.5.5 remaining length of five bytes", V5, b"\x30\xff\xff\xff\xff\x01"),
+    ("§3.3.1.2 QoS 2 PUBLISH (not handled here)", V5, b"\x34\x06\x00\x01t\x00\x01\x00"),
+    ("[MQTT-3.3.1-2] QoS 0 PUBLISH with DUP", V311, b"\x38\x03\x00\x01t"),
+    ("[MQTT-1.5.4-1] topic of invalid UTF-8", V311, b"\x30\x04\x00\x02\xc3\x28"),
+    ("[MQTT-1.5.4-2] topic with U+0000", V311, b"\x30\x03\x00\x01\x00"),
+    ("§2.2.2.2 unknown property", V5, b"\x20\x05\x00\x00\x02\x7f\x00"),
+    ("§2.2.2.1 property runs past the packet", V5, b"\x20\x04\x00\x00\x05\x21"),
+    ("[MQTT-3.2.2-1] CONNACK with reserved flags", V311, b"\x20\x02\x02\x00"),
+    ("§3.9 SUBACK is not for a publisher", V5, b"\x90\x03\x00\x01\x00"),
+    ("[MQTT-3.1.2-1] CONNECT of another protocol", V5, b"\x10\x0c\x00\x04MQTZ\x04\x02\x00\x1e\x00\x00"),
 ]
 
 
@@ -342,3 +357,129 @@ def test_reason_texts_for_logs_and_errors() -> None:
     assert [is_failure(code) for code in (0x00, 0x10, 0x7F, 0x80, 0x97)] == [False, False, False, True, True]
     assert encode(PingReq(), V311) == PINGREQ_BYTES and encode(PingResp(), V5) == PINGRESP_BYTES
     assert Puback(1).properties == NO_PROPERTIES
+
+
+# ------------------------------------------------------------------------ CONNACK conformance
+
+RM = Property.RECEIVE_MAXIMUM
+CONNACK_CASES: list[tuple[str, Connack, ProtocolVersion, str | None, bool]] = [
+    # (case, CONNACK, version of our CONNECT, problem text or None, protocol error)
+    ("§3.2.2.2 accepted, no properties", Connack(), V5, None, False),
+    ("§3.2.2.3.3 Receive Maximum 1 is fine", Connack(properties=((RM, 1),)), V5, None, False),
+    ("3.1.1 §3.2.2.3 accepted", Connack(), V311, None, False),
+    (
+        "§3.2.2.3.3 Receive Maximum 0 is a Protocol Error",
+        Connack(properties=((RM, 0),)),
+        V5,
+        "protocol error: CONNACK with Receive Maximum 0",
+        True,
+    ),
+    (
+        "§3.2.2.3.3 Receive Maximum more than once is a Protocol Error",
+        Connack(properties=((RM, 5), (RM, 5))),
+        V5,
+        "protocol error: CONNACK carries RECEIVE_MAXIMUM more than once",
+        True,
+    ),
+    (
+        "§3.2.2.3.6 Maximum Packet Size 0 is a Protocol Error",
+        Connack(properties=((Property.MAXIMUM_PACKET_SIZE, 0),)),
+        V5,
+        "protocol error: CONNACK with Maximum Packet Size 0",
+        True,
+    ),
+    (
+        "§3.2.2.3.10 User Property may repeat",
+        Connack(properties=((Property.USER_PROPERTY, ("a", "1")), (Property.USER_PROPERTY, ("a", "2")))),
+        V5,
+        None,
+        False,
+    ),
+    (
+        "[MQTT-3.2.2-2] [MQTT-3.2.2-4] Session Present 1 after Clean Start 1: close",
+        Connack(session_present=True),
+        V5,
+        "protocol error: CONNACK with Session Present 1 in reply to Clean Start 1",
+        True,
+    ),
+    (
+        "3.1.1 [MQTT-3.2.2-1] Session Present 1 after Clean Session 1: close",
+        Connack(session_present=True),
+        V311,
+        "protocol error: CONNACK with Session Present 1 in reply to Clean Start 1",
+        True,
+    ),
+    (
+        "3.1.1 §3.1.2.2 CONNACK of 3.1.1 (return code 1) to an MQTT 5 CONNECT",
+        Connack(reason_code=1, short_form=True),
+        V5,
+        "protocol version not supported: try protocol: 3.1.1 (the broker answered the MQTT 5 CONNECT with an "
+        "MQTT 3.1.1 CONNACK: unacceptable protocol version (1))",
+        False,
+    ),
+    (
+        "§3.2.2.2 0x84 Unsupported Protocol Version",
+        Connack(reason_code=0x84),
+        V5,
+        "protocol version not supported: try protocol: 3.1.1 (CONNACK refused: Unsupported Protocol Version (0x84))",
+        False,
+    ),
+    (
+        "§3.2.2.3.9 refused with a Reason String",
+        Connack(reason_code=0x87, properties=((Property.REASON_STRING, "not on the list"),)),
+        V5,
+        "CONNACK refused: Not authorized (0x87) (not on the list)",
+        False,
+    ),
+    (
+        "3.1.1 §3.2.2.3 refused: not authorized",
+        Connack(reason_code=5),
+        V311,
+        "CONNACK refused: not authorized (5)",
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("connack", "version", "text", "protocol_error"),
+    [case[1:] for case in CONNACK_CASES],
+    ids=[case[0] for case in CONNACK_CASES],
+)
+def test_connack_problems(connack: Connack, version: ProtocolVersion, text: str | None, protocol_error: bool) -> None:
+    problem = connack_problem(connack, version, clean_start=True)
+    if text is None:
+        assert problem is None
+    else:
+        assert problem is not None
+        assert (problem.text, problem.protocol_error) == (text, protocol_error)
+
+
+def test_session_present_is_fine_after_clean_start_0() -> None:
+    """[MQTT-3.2.2-3]: with Clean Start 0 the server may resume a session."""
+    assert connack_problem(Connack(session_present=True), V5, clean_start=False) is None
+
+
+def test_a_reason_string_in_a_problem_is_bounded() -> None:
+    connack = Connack(reason_code=0x87, properties=((Property.REASON_STRING, "x" * 60_000),))
+    problem = connack_problem(connack, V5, clean_start=True)
+    assert problem is not None and len(problem.text) < 300 and problem.text.endswith("(59800 more characters))")
+    assert shorten("short") == "short"
+
+
+@pytest.mark.parametrize(
+    ("code", "token"),
+    [  # §3.4.2.1 PUBACK reason codes >= 0x80, and 0x95 for a message the client will not send
+        (0x80, "unspecified_error"),
+        (0x83, "implementation_specific_error"),
+        (0x87, "not_authorized"),
+        (0x90, "topic_name_invalid"),
+        (0x91, "packet_identifier_in_use"),
+        (0x95, "packet_too_large"),
+        (0x97, "quota_exceeded"),
+        (0x99, "payload_format_invalid"),
+        (0x9A, "reason_0x9a"),
+    ],
+)
+def test_refusal_reasons_are_stable_tokens(code: int, token: str) -> None:
+    assert refusal_reason(code) == token
