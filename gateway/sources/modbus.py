@@ -54,7 +54,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 from gateway.errors import SourceError
 from gateway.schema import STATUS_COMM_FAILURE, STATUS_DECODE_ERROR, Quality, device_exception_status
-from gateway.sources.base import OVERLOAD_LOG_EVERY_S, Emit, PollSchedule, RawReading, ReportLink
+from gateway.sources.base import Emit, OverrunLine, OverrunLog, PollSchedule, RawReading, ReportLink
 from gateway.sources.modbus_plan import ReadPlan, ReadRequest, Table, failed_readings
 from gateway.sources.modbus_skip import Skip, SkipPolicy, UnitSkip
 from gateway.sources.modbus_tcp import (
@@ -527,7 +527,7 @@ class ModbusConnection:
         skip = UnitSkip(self._skip_policy)
         await self._first_attempt_done.wait()
         schedule = PollSchedule(interval_s=interval, deadline=loop.time())
-        overrun_logged_at = -OVERLOAD_LOG_EVERY_S
+        overrun_log = OverrunLog()
         while True:
             cycle_started = loop.time()
             if skip.should_poll(cycle_started):
@@ -539,21 +539,15 @@ class ModbusConnection:
                 stats.backoff_skipped_polls += 1
                 link.passed_over(cycle_started)
             now = loop.time()
-            if schedule.after_cycle(now):
+            overran = schedule.after_cycle(now)
+            if overran:
                 stats.overruns = schedule.overruns
                 stats.skipped_cycles = schedule.skipped_cycles
-                if now - overrun_logged_at >= OVERLOAD_LOG_EVERY_S:
-                    # Overload is never silent, but it is logged once a minute, not every cycle. The cycle
-                    # includes the hand-over to the queue, so a sink that cannot keep up shows here too.
-                    overrun_logged_at = now
-                    log.warning(
-                        "poll_overrun",
-                        interval_ms=unit.interval_ms,
-                        cycle_ms=round((now - cycle_started) * 1000, 1),
-                        overruns=stats.overruns,
-                        skipped_cycles=stats.skipped_cycles,
-                        cycles=stats.cycles,
-                    )
+            # Overload is never silent, but it is logged once a minute, not every cycle, and once when it is over.
+            # The cycle includes the hand-over to the queue, so a sink that cannot keep up shows here too.
+            line = overrun_log.after_cycle(schedule, overran=overran, now=now)
+            if line is not None:
+                _log_overrun(log, line, interval_ms=unit.interval_ms, cycle_s=now - cycle_started, cycles=stats.cycles)
             await asyncio.sleep(schedule.deadline - now)
 
     async def _poll_once(
@@ -797,6 +791,15 @@ class _TcpCycleReads:
             _, sent = self._sent.popleft()
             if isinstance(sent, asyncio.Future):
                 abandon(sent)
+
+
+def _log_overrun(log: Any, line: OverrunLine, *, interval_ms: int, cycle_s: float, cycles: int) -> None:
+    if line.caught_up:
+        log.warning("poll_caught_up", interval_ms=interval_ms, overruns=line.overruns,
+                    skipped_cycles=line.skipped_cycles)  # fmt: skip
+    else:
+        log.warning("poll_overrun", interval_ms=interval_ms, cycle_ms=round(cycle_s * 1000, 1),
+                    overruns=line.overruns, skipped_cycles=line.skipped_cycles, cycles=cycles)  # fmt: skip
 
 
 def _round(seconds: float | None) -> float | None:

@@ -58,7 +58,7 @@ from asyncua.ua.ua_binary import struct_from_binary
 from asyncua.ua.uaerrors import UaStatusCodeError, UaStructParsingError
 
 from gateway.schema import STATUS_COMM_FAILURE
-from gateway.sources.base import OVERLOAD_LOG_EVERY_S, Emit, PollSchedule, RawReading, ReportLink
+from gateway.sources.base import OVERLOAD_LOG_EVERY_S, Emit, OverrunLog, PollSchedule, RawReading, ReportLink
 from gateway.sources.opcua_publish import DataChanges, decode_data_changes
 from gateway.sources.opcua_status import (
     SUBSCRIPTION_KEEPALIVE_S,
@@ -772,7 +772,7 @@ class OpcUaSource:
         loop = asyncio.get_running_loop()
         schedule = PollSchedule(interval_s=self.options.interval_ms / 1000.0, deadline=loop.time())
         overruns_before, skipped_before = self.stats.poll_overruns, self.stats.poll_skipped_cycles
-        overrun_logged_at = -OVERLOAD_LOG_EVERY_S
+        overrun_log = OverrunLog()
         while True:
             cycle_started = loop.time()
             if nodes:
@@ -780,20 +780,24 @@ class OpcUaSource:
                 self.stats.polls += 1
                 await _emit_checked(emit, readings)
             now = loop.time()
-            if schedule.after_cycle(now):
+            overran = schedule.after_cycle(now)
+            if overran:
                 # The stats run across connections, the schedule is this connection's.
                 self.stats.poll_overruns = overruns_before + schedule.overruns
                 self.stats.poll_skipped_cycles = skipped_before + schedule.skipped_cycles
-                if now - overrun_logged_at >= OVERLOAD_LOG_EVERY_S:
-                    overrun_logged_at = now  # never silent, never per cycle
-                    self._log.warning(
-                        "poll_overrun",
-                        interval_ms=self.options.interval_ms,
-                        cycle_ms=round((now - cycle_started) * 1000, 1),
-                        overruns=self.stats.poll_overruns,
-                        skipped_cycles=self.stats.poll_skipped_cycles,
-                        polls=self.stats.polls,
-                    )
+            line = overrun_log.after_cycle(schedule, overran=overran, now=now)  # never silent, never per cycle
+            if line is not None and line.caught_up:
+                self._log.warning("poll_caught_up", interval_ms=self.options.interval_ms, overruns=line.overruns,
+                                  skipped_cycles=line.skipped_cycles)  # fmt: skip
+            elif line is not None:
+                self._log.warning(
+                    "poll_overrun",
+                    interval_ms=self.options.interval_ms,
+                    cycle_ms=round((now - cycle_started) * 1000, 1),
+                    overruns=self.stats.poll_overruns,
+                    skipped_cycles=self.stats.poll_skipped_cycles,
+                    polls=self.stats.polls,
+                )
             if watch.lost.is_set():
                 return watch.reason or "connection lost"
             self._check_stable()
