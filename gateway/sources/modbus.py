@@ -290,7 +290,9 @@ class ModbusConnection:
     ``timeout_ms`` is the client's per-request timeout (one client serves every unit, so the glue passes the
     largest ``timeout_ms`` of the units). ``retries`` is the resend count on no answer; 0 keeps the timing simple:
     the next poll is the retry. ``max_concurrent_requests`` (TCP only, 1..16; a serial line is always 1) is how
-    many requests may be on the wire at once; see the module docstring.
+    many requests may be on the wire at once; see the module docstring. ``reconnect_min_s`` / ``reconnect_max_s``
+    shape the reconnect backoff; a connection lost before it answered and lived ``stable_link_s`` counts as a failed
+    attempt (see ``reconnect``).
     """
 
     def __init__(
