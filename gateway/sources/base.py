@@ -6,6 +6,7 @@ on I/O without a timeout, never raises on bad data, and reports problems as read
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -68,3 +69,45 @@ class PollSchedule:
         self.late_s += now - self.deadline
         self.deadline = now
         return True
+
+
+class OverrunLine(NamedTuple):
+    """A line a poll loop logs about overruns: ``poll_overrun`` (``caught_up`` False; ``overruns`` and
+    ``skipped_cycles`` are the running totals) or ``poll_caught_up`` (``caught_up`` True; the counts are those since
+    the previous ``poll_caught_up``, so the log shows what each episode of overload cost)."""
+
+    caught_up: bool
+    overruns: int
+    skipped_cycles: int
+
+
+@dataclass(slots=True)
+class OverrunLog:
+    """When a poll loop says that it cannot keep its rate. Pure: the caller passes the schedule and the time.
+
+    The first overrun is logged at once, then at most one ``poll_overrun`` every ``every_s`` (with running totals),
+    and after a logged one, once the schedule keeps time again, one ``poll_caught_up`` with what the episode cost.
+    A stall that ends within the minute would otherwise show only its first cycle's numbers: the polls it cost
+    (``skipped_cycles``: values that were never read) are in the log, not just in the counters. At most two lines
+    per ``every_s``.
+    """
+
+    every_s: float = OVERLOAD_LOG_EVERY_S
+    logged_at: float = -math.inf
+    ended_overruns: int = 0
+    ended_skipped: int = 0
+    pending_end: bool = False
+
+    def after_cycle(self, schedule: PollSchedule, *, overran: bool, now: float) -> OverrunLine | None:
+        if overran:
+            if now - self.logged_at < self.every_s:
+                return None
+            self.logged_at = now
+            self.pending_end = True
+            return OverrunLine(False, schedule.overruns, schedule.skipped_cycles)
+        if not self.pending_end:
+            return None
+        self.pending_end = False
+        line = OverrunLine(True, schedule.overruns - self.ended_overruns, schedule.skipped_cycles - self.ended_skipped)
+        self.ended_overruns, self.ended_skipped = schedule.overruns, schedule.skipped_cycles
+        return line

@@ -18,9 +18,12 @@ request at a time (Modbus RTU has no transaction id).
 
 Reconnecting is ours: pymodbus's background reconnect never starts when the *first* connect fails and has no
 jitter, so its client is built with ``reconnect_delay=0``, and our TCP client never reconnects on its own. One
-supervisor task (tenacity, exponential backoff with jitter, capped) connects at start and again whenever the link
-drops. As pymodbus did on TCP, ``MAX_UNANSWERED_IN_A_ROW`` unanswered requests in a row (no answer of any unit in
-between) close the connection, which then goes through the same reconnect path: a PLC whose TCP stack still
+supervisor task connects at start and again whenever the link drops, paced by ``reconnect`` (exponential backoff
+with jitter, capped): a connection lost before it answered and lived ``stable_link_s`` is a failed attempt, so
+a server that accepts and closes at once (a PLC at its connection limit) is retried at the backoff's pace, and
+logged once per state change plus one ``device_reconnect_failing`` summary a minute.
+As pymodbus did on TCP, ``MAX_UNANSWERED_IN_A_ROW`` unanswered requests in a row (no answer of any unit in between)
+close the connection, which then goes through the same reconnect path: a PLC whose TCP stack still
 accepts but whose application hangs often needs a fresh connection.
 
 Every pymodbus call (RTU) is awaited through ``await_within``: bounded by our own deadline, and never able to
@@ -48,11 +51,10 @@ import structlog
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
 from gateway.errors import SourceError
 from gateway.schema import STATUS_COMM_FAILURE, STATUS_DECODE_ERROR, Quality, device_exception_status
-from gateway.sources.base import OVERLOAD_LOG_EVERY_S, Emit, PollSchedule, RawReading, ReportLink
+from gateway.sources.base import Emit, OverrunLine, OverrunLog, PollSchedule, RawReading, ReportLink
 from gateway.sources.modbus_plan import ReadPlan, ReadRequest, Table, failed_readings
 from gateway.sources.modbus_skip import Skip, SkipPolicy, UnitSkip
 from gateway.sources.modbus_tcp import (
@@ -66,6 +68,7 @@ from gateway.sources.modbus_tcp import (
     TcpClientStats,
     abandon,
 )
+from gateway.sources.reconnect import STABLE_LINK_S, LogLine, Reconnect, ReconnectPolicy, Step
 
 # Added to pymodbus's own timeout (RTU) so the library, not our guard, normally reports the timeout.
 _GUARD_MARGIN_S = 0.5
@@ -167,6 +170,12 @@ class UnitStats:
     # Poll deadlines passed over while the unit was in back-off.
     backoff_skipped_polls: int = 0
 
+    @property
+    def missed_cycles(self) -> int:
+        """Poll deadlines at which nothing could be read: failed cycles (link down, timeout) and polls skipped in
+        back-off. Logged per outage as ``missed_cycles`` of ``modbus_link_up``."""
+        return self.comm_failures + self.backoff_skipped_polls
+
 
 class _ReadResponse(Protocol):
     registers: list[int]
@@ -205,28 +214,48 @@ _Outcome: TypeAlias = bytes | list[int] | list[bool] | ExceptionResponse | _Comm
 
 class _LinkState:
     """Calls ``report_link`` once per change of a unit's link state (not on every poll), and once per change of
-    its back-off period."""
+    its back-off period. Counts the poll deadlines at which nothing could be read while the link was down (failed
+    cycles and polls skipped in back-off), and says how many when the link is up again (``missed_cycles``)."""
 
-    __slots__ = ("_connected", "_log", "_report", "_skip_reason")
+    __slots__ = ("_connected", "_down_since", "_log", "_missed", "_report", "_skip_reason")
 
     def __init__(self, report: ReportLink, log: Any) -> None:
         self._report = report
         self._log = log
         self._connected: bool | None = None  # unknown until the first poll, which always reports
         self._skip_reason: str | None = None
+        self._down_since: float | None = None
+        self._missed = 0
 
-    def up(self) -> None:
+    def up(self, now: float) -> None:
         self._skip_reason = None
         if self._connected is not True:
             self._connected = True
-            self._log.info("modbus_link_up")
+            if self._down_since is None:
+                self._log.info("modbus_link_up")
+            else:
+                self._log.info("modbus_link_up", missed_cycles=self._missed, down_s=round(now - self._down_since, 1))
+            self._down_since = None
+            self._missed = 0
             self._report(True, None)
 
-    def down(self, reason: str) -> None:
+    def down(self, reason: str, now: float) -> None:
+        """A poll deadline at which nothing was read (reported once per change of state)."""
+        self._went_down(now)
+        self._missed += 1
         if self._connected is not False:
             self._connected = False
             self._log.warning("modbus_link_down", error=reason)
             self._report(False, reason)
+
+    def passed_over(self, now: float) -> None:
+        """A poll deadline passed over in back-off: nothing read."""
+        self._went_down(now)
+        self._missed += 1
+
+    def _went_down(self, now: float) -> None:
+        if self._down_since is None:
+            self._down_since = now
 
     def skipped(self, skip: Skip, timeouts: int) -> None:
         """The unit is (again) in back-off. The reason names the nominal period, which stops changing at the cap,
@@ -261,7 +290,9 @@ class ModbusConnection:
     ``timeout_ms`` is the client's per-request timeout (one client serves every unit, so the glue passes the
     largest ``timeout_ms`` of the units). ``retries`` is the resend count on no answer; 0 keeps the timing simple:
     the next poll is the retry. ``max_concurrent_requests`` (TCP only, 1..16; a serial line is always 1) is how
-    many requests may be on the wire at once; see the module docstring.
+    many requests may be on the wire at once; see the module docstring. ``reconnect_min_s`` / ``reconnect_max_s``
+    shape the reconnect backoff; a connection lost before it answered and lived ``stable_link_s`` counts as a failed
+    attempt (see ``reconnect``).
     """
 
     def __init__(
@@ -273,6 +304,7 @@ class ModbusConnection:
         retries: int = 0,
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
+        stable_link_s: float = STABLE_LINK_S,
         skip: SkipPolicy | None = None,
         clock: Callable[[], float] = time.time,
         max_concurrent_requests: int = 1,
@@ -297,8 +329,9 @@ class ModbusConnection:
         self._timeout_s = timeout_ms / 1000
         self._retries = retries
         self._guard_s = self._timeout_s * (retries + 1) + _GUARD_MARGIN_S
-        self._reconnect_min_s = reconnect_min_s
-        self._reconnect_max_s = reconnect_max_s
+        self._reconnect = Reconnect(
+            ReconnectPolicy(min_s=reconnect_min_s, max_s=reconnect_max_s, stable_s=stable_link_s)
+        )
         self._skip_policy = skip if skip is not None else SkipPolicy()
         self._clock = clock
         self.max_concurrent_requests = max_concurrent_requests
@@ -311,6 +344,7 @@ class ModbusConnection:
         # the timeout so queueing behind another unit is not a timeout. Our TCP client limits itself the same way.
         self._request_lock = asyncio.Lock()
         self._link_lost = asyncio.Event()
+        self._lost_reason: str | None = None
         # Polls start once the first connect attempt is over, so a healthy start never reports a link down.
         self._first_attempt_done = asyncio.Event()
         self._last_connect_error: str | None = None
@@ -386,38 +420,49 @@ class ModbusConnection:
 
     def _on_link_change(self, up: bool) -> None:
         if not up:
-            self._link_lost.set()
+            self._lost("serial link closed")
 
     def _on_tcp_connection_lost(self, reason: str) -> None:
-        # Once per lost connection; the units report their link down (once each) at their next poll.
-        self._log.warning("modbus_connection_lost", error=reason)
-        self._link_lost.set()
+        # Once per lost connection; logged by the supervisor (once per state change, see ``reconnect``), and the
+        # units report their link down (once each) at their next poll.
+        self._lost(reason)
+
+    def _lost(self, reason: str) -> None:
+        if not self._link_lost.is_set():
+            self._lost_reason = reason
+            self._link_lost.set()
 
     # ------------------------------------------------------------------------------------------ connecting
 
     async def _keep_connected(self, client: ModbusTcpClient | AsyncModbusSerialClient) -> None:
+        """Connect, wait for the loss, wait as ``reconnect`` says, again. A connection that is lost before it has
+        answered and lived ``stable_link_s`` counts as a failed attempt, so a server that accepts and closes at
+        once is retried at the growing backoff, not in a loop."""
+        loop = asyncio.get_running_loop()
+        reconnect = self._reconnect
         while True:
             # Cleared before connecting, so a drop right after the connect is not missed.
             self._link_lost.clear()
+            self._lost_reason = None
             if not client.connected:
-                await self._connect(client)
+                try:
+                    await self._connect_once(client)
+                except SourceError as exc:
+                    step = reconnect.connect_failed(loop.time(), self._last_connect_error or str(exc), random.random())
+                    self._log_reconnect(step)
+                    await asyncio.sleep(step.delay_s)
+                    continue
+                self._last_connect_error = None
+                self._log_reconnect(reconnect.connected(loop.time()))
             await self._link_lost.wait()
-
-    async def _connect(self, client: ModbusTcpClient | AsyncModbusSerialClient) -> None:
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(SourceError),
-            wait=wait_exponential_jitter(
-                multiplier=self._reconnect_min_s, max=self._reconnect_max_s, jitter=self._reconnect_min_s
-            ),
-            stop=stop_never,
-            reraise=True,
-            before_sleep=self._log_connect_retry,
-        )
-        async for attempt in retrying:
-            with attempt:
-                await self._connect_once(client)
-        self._last_connect_error = None
-        self._log.info("modbus_connected")
+            if client.connected:
+                continue  # a request failed on a link that is still open: not a loss
+            step = reconnect.lost(loop.time(), self._lost_reason or "connection lost", random.random())
+            self._log_reconnect(step)
+            if step.delay_s > 0:
+                # The units report this in their own words at their next poll; meanwhile polls fail at once.
+                self._last_connect_error = f"connection to {self.endpoint} lost: {step.error}"
+                await asyncio.sleep(step.delay_s)
 
     async def _connect_once(self, client: ModbusTcpClient | AsyncModbusSerialClient) -> None:
         if isinstance(client, ModbusTcpClient):
@@ -443,11 +488,32 @@ class ModbusConnection:
             self._last_connect_error = f"cannot connect to {self.endpoint}"
             raise SourceError(self._last_connect_error)
 
-    def _log_connect_retry(self, state: RetryCallState) -> None:
-        # One line per attempt; attempts are spaced by the growing backoff, so this stays rare.
-        wait_s = state.next_action.sleep if state.next_action else None
-        self._log.warning("modbus_connect_failed", attempt=state.attempt_number, retry_in_s=wait_s,
-                          error=self._last_connect_error)  # fmt: skip
+    def _log_reconnect(self, step: Step) -> None:
+        """One line per state change of the connection, and while attempts keep failing one summary a minute."""
+        log = self._log
+        retry_in_s = round(step.delay_s, 3)
+        match step.log:
+            case LogLine.UP:
+                log.info("modbus_connected", attempts=step.attempts, failing_s=round(step.failing_s, 1))
+            case LogLine.LOST:
+                log.warning("modbus_connection_lost", error=step.error, lived_s=_round(step.lived_s))
+            case LogLine.FAILING:
+                log.warning("modbus_connect_failed", error=step.error, attempt=step.attempts, retry_in_s=retry_in_s,
+                            lived_s=_round(step.lived_s))  # fmt: skip
+            case LogLine.SUMMARY:
+                log.warning("device_reconnect_failing", devices=[unit.name for unit in self.units],
+                            attempts=step.attempts, failures=step.failures, failing_s=round(step.failing_s, 1),
+                            error=step.error, retry_in_s=retry_in_s)  # fmt: skip
+            case None:
+                pass
+
+    def _answered(self) -> None:
+        """Any answer on the connection: the reconnect backoff learns the link works (cheap once it is stable)."""
+        if self._reconnect.stable:
+            return
+        step = self._reconnect.answered(asyncio.get_running_loop().time())
+        if step is not None:
+            self._log_reconnect(step)
 
     # ------------------------------------------------------------------------------------------- polling
 
@@ -463,7 +529,7 @@ class ModbusConnection:
         skip = UnitSkip(self._skip_policy)
         await self._first_attempt_done.wait()
         schedule = PollSchedule(interval_s=interval, deadline=loop.time())
-        overrun_logged_at = -OVERLOAD_LOG_EVERY_S
+        overrun_log = OverrunLog()
         while True:
             cycle_started = loop.time()
             if skip.should_poll(cycle_started):
@@ -473,22 +539,17 @@ class ModbusConnection:
                 stats.cycles += 1
             else:
                 stats.backoff_skipped_polls += 1
+                link.passed_over(cycle_started)
             now = loop.time()
-            if schedule.after_cycle(now):
+            overran = schedule.after_cycle(now)
+            if overran:
                 stats.overruns = schedule.overruns
                 stats.skipped_cycles = schedule.skipped_cycles
-                if now - overrun_logged_at >= OVERLOAD_LOG_EVERY_S:
-                    # Overload is never silent, but it is logged once a minute, not every cycle. The cycle
-                    # includes the hand-over to the queue, so a sink that cannot keep up shows here too.
-                    overrun_logged_at = now
-                    log.warning(
-                        "poll_overrun",
-                        interval_ms=unit.interval_ms,
-                        cycle_ms=round((now - cycle_started) * 1000, 1),
-                        overruns=stats.overruns,
-                        skipped_cycles=stats.skipped_cycles,
-                        cycles=stats.cycles,
-                    )
+            # Overload is never silent, but it is logged once a minute, not every cycle, and once when it is over.
+            # The cycle includes the hand-over to the queue, so a sink that cannot keep up shows here too.
+            line = overrun_log.after_cycle(schedule, overran=overran, now=now)
+            if line is not None:
+                _log_overrun(log, line, interval_ms=unit.interval_ms, cycle_s=now - cycle_started, cycles=stats.cycles)
             await asyncio.sleep(schedule.deadline - now)
 
     async def _poll_once(
@@ -548,10 +609,11 @@ class ModbusConnection:
                     readings += request.decode(outcome, ts=ts)
         finally:
             reads.abandon()
-        # Any answer, exception responses included, proves the unit is there.
+        # Any answer, exception responses included, proves the unit (and the connection) is there.
+        self._answered()
         if skip.on_success():
             log.info("modbus_unit_recovered")
-        link.up()
+        link.up(asyncio.get_running_loop().time())
         return readings
 
     def _count_unanswered(self, client: ModbusTcpClient | AsyncModbusSerialClient) -> None:
@@ -565,11 +627,11 @@ class ModbusConnection:
             reason = f"{MAX_UNANSWERED_IN_A_ROW} requests in a row unanswered: connection closed"
             self._log.warning("modbus_connection_closed", error=reason)
             client.close(reason)
-            self._link_lost.set()  # the supervisor reconnects
+            self._lost(reason)  # the supervisor reconnects
 
     def _unit_failed(self, unit: ModbusUnit, link: _LinkState, stats: UnitStats, reason: str) -> list[RawReading]:
         stats.comm_failures += 1
-        link.down(reason)
+        link.down(reason, asyncio.get_running_loop().time())
         ts = self._clock()
         return [
             RawReading(tag=key, value=None, ts=ts, quality=Quality.BAD, status=STATUS_COMM_FAILURE)
@@ -586,18 +648,18 @@ class ModbusConnection:
                 )
         except ConnectionException as exc:  # not connected: the connection's problem, not the unit's
             if not self.connected:
-                self._link_lost.set()
+                self._lost(_reason(exc))
             return _CommFailure(_reason(exc))
         except ModbusIOException as exc:
             # pymodbus: no (matching) answer within its timeout. After retries + 3 unanswered requests in a row on
             # TCP it also closes the connection ("CLOSING CONNECTION"); the reconnect path takes over from there.
             if not self.connected:
-                self._link_lost.set()
+                self._lost(_reason(exc))
             return _CommFailure(_reason(exc), timed_out=True)
         except TimeoutError:
             return _CommFailure(f"no answer within {self._guard_s:.1f} s", timed_out=True)
         except OSError as exc:
-            self._link_lost.set()
+            self._lost(_reason(exc))
             return _CommFailure(_reason(exc))
         except (ValueError, ModbusException) as exc:  # client-side count checks, malformed frames
             return _RequestFailure(_reason(exc))
@@ -731,6 +793,19 @@ class _TcpCycleReads:
             _, sent = self._sent.popleft()
             if isinstance(sent, asyncio.Future):
                 abandon(sent)
+
+
+def _log_overrun(log: Any, line: OverrunLine, *, interval_ms: int, cycle_s: float, cycles: int) -> None:
+    if line.caught_up:
+        log.warning("poll_caught_up", interval_ms=interval_ms, overruns=line.overruns,
+                    skipped_cycles=line.skipped_cycles)  # fmt: skip
+    else:
+        log.warning("poll_overrun", interval_ms=interval_ms, cycle_ms=round(cycle_s * 1000, 1),
+                    overruns=line.overruns, skipped_cycles=line.skipped_cycles, cycles=cycles)  # fmt: skip
+
+
+def _round(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def _reason(exc: BaseException) -> str:

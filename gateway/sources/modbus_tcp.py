@@ -228,6 +228,8 @@ def validate_response(
 class TcpClientStats:
     """Counters of one client (read by metrics; never reset, kept across reconnects when passed in)."""
 
+    # Connections opened (each connect() that succeeded).
+    connects: int = 0
     requests_sent: int = 0
     answers: int = 0
     timeouts: int = 0
@@ -402,6 +404,7 @@ class ModbusTcpClient:
         except OSError as exc:  # refused, unreachable, name resolution
             raise ModbusConnectionError(_describe(exc)) from exc
         self._protocol = protocol
+        self.stats.connects += 1
 
     def close(self, reason: str = "connection closed by the client") -> None:
         """Close the connection, failing pending requests with ``ModbusConnectionError(reason)``. No-op if closed;

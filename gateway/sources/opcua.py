@@ -5,13 +5,15 @@ subscriptions with the *old* NodeIds, but a restarted server may have registered
 different order, so ``ns=2`` can now be another namespace and values would land on the wrong tags
 (and opcua-asyncio #1660 reports ``connect()`` hanging when a Client is reused after a blackhole). So:
 
-    connect (tenacity: exponential backoff + jitter, each attempt bounded by ``timeout_ms``)
+    connect (each attempt bounded by ``timeout_ms``; paced by ``reconnect``: exponential backoff + jitter)
       → read NamespaceArray, resolve every tag's namespace URI to today's index (pure: ``plan_nodes``)
       → subscribe (sync handler → bounded queue → consumer task → emit) or poll (fixed rate, chunked Read)
       → wait for loss: ``connection_lost_callback`` (asyncua's supervisor probe / socket close),
         a bad ``status_change_notification``, a failed Read, or our own subscription-silence watchdog
       → report_link(False, reason) once, emit ``comm_failure`` for every tag once, tear the client down,
-        and start again with a NEW Client (new session, new subscription).
+        and start again with a NEW Client (new session, new subscription): at once after a stable link, after
+        the growing backoff when the link was lost before it had lived ``stable_link_s`` (a server that closes
+        right after the session is created must not be reconnected in a loop).
 
 The silence watchdog (subscribe mode) is for a server that still answers requests but whose subscription went
 quiet: a PLC whose publish engine hung, or a frozen process behind a TCP stack that still accepts. Its liveness
@@ -36,6 +38,7 @@ import collections
 import contextlib
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,10 +56,9 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.ua_binary import struct_from_binary
 from asyncua.ua.uaerrors import UaStatusCodeError, UaStructParsingError
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
 from gateway.schema import STATUS_COMM_FAILURE
-from gateway.sources.base import OVERLOAD_LOG_EVERY_S, Emit, PollSchedule, RawReading, ReportLink
+from gateway.sources.base import OVERLOAD_LOG_EVERY_S, Emit, OverrunLog, PollSchedule, RawReading, ReportLink
 from gateway.sources.opcua_publish import DataChanges, decode_data_changes
 from gateway.sources.opcua_status import (
     SUBSCRIPTION_KEEPALIVE_S,
@@ -72,6 +74,7 @@ from gateway.sources.opcua_status import (
     status_name,
     subscription_timing,
 )
+from gateway.sources.reconnect import STABLE_LINK_S, LogLine, Reconnect, ReconnectPolicy, Step
 
 __all__ = ["OpcUaDeviceOptions", "OpcUaSource", "OpcUaSourceStats", "OpcUaTagRef", "quiet_asyncua_loggers"]
 
@@ -133,6 +136,7 @@ class OpcUaSourceStats:
     poll_skipped_cycles: int = 0  # polls the fixed rate asked for that overruns cost (see base.PollSchedule)
     read_requests: int = 0
     read_chunk_reductions: int = 0  # BadTooManyOperations from a server that under-reports MaxNodesPerRead
+    missed_cycles: int = 0  # intervals (interval_ms) that passed while the link was down, added when it is up again
 
 
 class _EmitError(Exception):
@@ -342,6 +346,7 @@ class OpcUaSource:
     ``max(NOTIFICATION_QUEUE_SIZE, 2 × tags)``); when ``emit`` cannot keep up the oldest are dropped and counted.
     ``keepalive_s`` is the keep-alive period asked of the server (subscribe mode, rounded up to whole publishing
     intervals); the silence watchdog fires after ``silence_timeout_s`` without a Publish response.
+    ``stable_link_s``: a link lost before it has lived this long counts as a failed attempt for the backoff.
     """
 
     def __init__(
@@ -355,6 +360,7 @@ class OpcUaSource:
         notification_queue_size: int | None = None,
         emit_batch_max: int = EMIT_BATCH_MAX,
         keepalive_s: float = SUBSCRIPTION_KEEPALIVE_S,
+        stable_link_s: float = STABLE_LINK_S,
     ) -> None:
         if keepalive_s <= 0:
             raise ValueError(f"keepalive_s must be > 0, not {keepalive_s}")
@@ -364,8 +370,9 @@ class OpcUaSource:
         self.stats = OpcUaSourceStats()
         self._tag_names = tuple(tag.name for tag in self.tags)
         self._timeout_s = options.timeout_ms / 1000.0
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
+        self._reconnect = Reconnect(
+            ReconnectPolicy(min_s=backoff_initial_s, max_s=backoff_max_s, stable_s=stable_link_s)
+        )
         self._emit_batch_max = emit_batch_max
         self._timing = _subscription_timing(options.interval_ms, keepalive_s)
         if notification_queue_size is None:
@@ -379,6 +386,11 @@ class OpcUaSource:
         self._queue_idle.set()
         self._overflow_logged_at = -OVERLOAD_LOG_EVERY_S
         self._link_up: bool | None = None  # None until the first connect attempt has an outcome
+        self._down_since: float | None = None  # loop time of the last change to down
+        # While attempts keep failing, opcua_link_up waits until the new link is stable (and opcua_link_down is
+        # only logged for a link whose up was): a link that lives a second each attempt is not logged each time.
+        self._up_logged = False
+        self._up_fields: dict[str, object] = {}
         self._log = log.bind(device=device, endpoint=options.endpoint)
 
     @property
@@ -393,8 +405,9 @@ class OpcUaSource:
     async def run(self, emit: Emit, report_link: ReportLink) -> None:
         """Connect, read, reconnect on loss; returns only by cancellation."""
         quiet_asyncua_loggers()
+        loop = asyncio.get_running_loop()
         while True:
-            client = await self._connect_with_retry(emit, report_link)
+            client = await self._connect_with_backoff(emit, report_link)
             watch = _LinkWatch()
             client.connection_lost_callback = watch.on_connection_lost
             try:
@@ -411,33 +424,55 @@ class OpcUaSource:
                     if not isinstance(exc, _CONNECT_ERRORS):
                         self._log.warning("opcua_session_error", error=reason, exc_info=True)
                 self.stats.link_losses += 1
+                step = self._reconnect.lost(loop.time(), reason, random.random())
+                self._log_reconnect(step)
                 # Reported before the teardown: closing a session on a frozen server waits out a whole timeout.
                 await self._mark_down(emit, report_link, reason)
             finally:
                 await self._close_client(client)
+            await asyncio.sleep(step.delay_s)
 
-    async def _connect_with_retry(self, emit: Emit, report_link: ReportLink) -> Client:
-        async def before_sleep(state: RetryCallState) -> None:
-            self.stats.connect_failures += 1
-            exc = state.outcome.exception() if state.outcome is not None else None
-            reason = describe_error(exc) if exc is not None else "connect failed"
-            # Log the first failure of a streak, then every 10th attempt: never a line per retry.
-            if state.attempt_number == 1 or state.attempt_number % 10 == 0:
-                self._log.warning("opcua_connect_failed", error=reason, attempt=state.attempt_number)
-            await self._mark_down(emit, report_link, reason)
+    async def _connect_with_backoff(self, emit: Emit, report_link: ReportLink) -> Client:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                client = await self._connect_once()
+            except _CONNECT_ERRORS as exc:
+                self.stats.connect_failures += 1
+                reason = describe_error(exc)
+                step = self._reconnect.connect_failed(loop.time(), reason, random.random())
+                self._log_reconnect(step)
+                await self._mark_down(emit, report_link, reason)
+                await asyncio.sleep(step.delay_s)
+                continue
+            self._reconnect.connected(loop.time())  # the link's up line is opcua_link_up, logged by _mark_up
+            self.stats.connects += 1
+            return client
 
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_CONNECT_ERRORS),
-            wait=wait_exponential_jitter(
-                multiplier=self._backoff_initial_s, max=self._backoff_max_s, jitter=self._backoff_initial_s
-            ),
-            stop=stop_never,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        client: Client = await retrying(self._connect_once)
-        self.stats.connects += 1
-        return client
+    def _log_reconnect(self, step: Step) -> None:
+        """The first failed attempt of a streak, then one summary a minute; never a line per attempt."""
+        match step.log:
+            case LogLine.FAILING:
+                self._log.warning("opcua_connect_failed", error=step.error, attempt=step.attempts,
+                                  retry_in_s=round(step.delay_s, 3), lived_s=_round(step.lived_s))  # fmt: skip
+            case LogLine.SUMMARY:
+                self._log.warning("device_reconnect_failing", attempts=step.attempts, failures=step.failures,
+                                  failing_s=round(step.failing_s, 1), error=step.error,
+                                  retry_in_s=round(step.delay_s, 3))  # fmt: skip
+            case LogLine.UP | LogLine.LOST | None:
+                pass  # opcua_link_up / opcua_link_down say it
+
+    def _check_stable(self) -> None:
+        """Called while the link works: once it is stable after failed attempts, its deferred up line is logged."""
+        if self._reconnect.stable:
+            return
+        step = self._reconnect.answered(asyncio.get_running_loop().time())
+        if step is not None and not self._up_logged:
+            self._log_link_up(attempts=step.attempts, failing_s=round(step.failing_s, 1))
+
+    def _log_link_up(self, **extra: object) -> None:
+        self._up_logged = True
+        self._log.info("opcua_link_up", **self._up_fields, **extra)
 
     async def _connect_once(self) -> Client:
         options = self.options
@@ -471,19 +506,34 @@ class OpcUaSource:
         if self._link_up is False:
             return
         self._link_up = False
-        self._log.warning("opcua_link_down", error=reason)
+        self._down_since = asyncio.get_running_loop().time()
+        if self._up_logged or not self._reconnect.failing:
+            self._log.warning("opcua_link_down", error=reason)
+        self._up_logged = False
         report_link(False, reason)
         await emit(bad_readings(self._tag_names, STATUS_COMM_FAILURE, ts=time.time()))
 
     def _mark_up(self, report_link: ReportLink, plan: NodePlan) -> None:
+        """The link works (session, namespaces, subscription or poll plan). ``missed_cycles``: the intervals that
+        passed while it was down, values that were never read."""
+        now = asyncio.get_running_loop().time()
         self._link_up = True
-        self._log.info(
-            "opcua_link_up",
-            mode=self.options.mode,
-            nodes=len(plan.nodes),
-            tags=len(self.tags),
-            unreadable_tags=len(plan.problems),
-        )
+        fields: dict[str, object] = {
+            "mode": self.options.mode,
+            "nodes": len(plan.nodes),
+            "tags": len(self.tags),
+            "unreadable_tags": len(plan.problems),
+        }
+        if self._down_since is not None:
+            down_s = now - self._down_since
+            missed = int(down_s * 1000 // self.options.interval_ms)
+            self.stats.missed_cycles += missed
+            fields.update(missed_cycles=missed, down_s=round(down_s, 1))
+            self._down_since = None
+        self._up_fields = fields
+        self._reconnect.answered(now)
+        if not self._reconnect.failing:
+            self._log_link_up()
         report_link(True, None)
 
     async def _plan(self, client: Client) -> NodePlan:
@@ -693,6 +743,7 @@ class OpcUaSource:
                     raise RuntimeError("notification consumer stopped")
                 if lost in done:
                     return watch.reason or "connection lost"
+                self._check_stable()
                 if activity is not None:
                     last = activity.last_at if activity.last_at is not None else started
                     if time.monotonic() - last > silence_s:
@@ -721,7 +772,7 @@ class OpcUaSource:
         loop = asyncio.get_running_loop()
         schedule = PollSchedule(interval_s=self.options.interval_ms / 1000.0, deadline=loop.time())
         overruns_before, skipped_before = self.stats.poll_overruns, self.stats.poll_skipped_cycles
-        overrun_logged_at = -OVERLOAD_LOG_EVERY_S
+        overrun_log = OverrunLog()
         while True:
             cycle_started = loop.time()
             if nodes:
@@ -729,22 +780,27 @@ class OpcUaSource:
                 self.stats.polls += 1
                 await _emit_checked(emit, readings)
             now = loop.time()
-            if schedule.after_cycle(now):
+            overran = schedule.after_cycle(now)
+            if overran:
                 # The stats run across connections, the schedule is this connection's.
                 self.stats.poll_overruns = overruns_before + schedule.overruns
                 self.stats.poll_skipped_cycles = skipped_before + schedule.skipped_cycles
-                if now - overrun_logged_at >= OVERLOAD_LOG_EVERY_S:
-                    overrun_logged_at = now  # never silent, never per cycle
-                    self._log.warning(
-                        "poll_overrun",
-                        interval_ms=self.options.interval_ms,
-                        cycle_ms=round((now - cycle_started) * 1000, 1),
-                        overruns=self.stats.poll_overruns,
-                        skipped_cycles=self.stats.poll_skipped_cycles,
-                        polls=self.stats.polls,
-                    )
+            line = overrun_log.after_cycle(schedule, overran=overran, now=now)  # never silent, never per cycle
+            if line is not None and line.caught_up:
+                self._log.warning("poll_caught_up", interval_ms=self.options.interval_ms, overruns=line.overruns,
+                                  skipped_cycles=line.skipped_cycles)  # fmt: skip
+            elif line is not None:
+                self._log.warning(
+                    "poll_overrun",
+                    interval_ms=self.options.interval_ms,
+                    cycle_ms=round((now - cycle_started) * 1000, 1),
+                    overruns=self.stats.poll_overruns,
+                    skipped_cycles=self.stats.poll_skipped_cycles,
+                    polls=self.stats.polls,
+                )
             if watch.lost.is_set():
                 return watch.reason or "connection lost"
+            self._check_stable()
             try:
                 async with asyncio.timeout(max(0.0, schedule.deadline - loop.time())):
                     await watch.lost.wait()
@@ -779,6 +835,10 @@ class OpcUaSource:
                 readings.extend(readings_from_data_value(planned.tags, data_value, received_at=received_at))
             start += len(part)
         return readings, chunk_size
+
+
+def _round(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def _subscription_timing(interval_ms: float, keepalive_s: float) -> SubscriptionTiming:

@@ -294,3 +294,29 @@ async def test_overload_is_counted_logged_once_and_every_tag_still_published() -
     assert len(overruns) == 1, overruns  # once a minute at most, not once per cycle
     assert overruns[0]["device"] == "dev1" and overruns[0]["interval_ms"] == 20
     assert overruns[0]["log_level"] == "warning"
+
+
+async def test_a_held_up_source_logs_the_end_of_the_stall_with_the_polls_it_cost() -> None:
+    """Issue 10, defect 2 (a hung broker stalls polling): a hand-over that blocks for a while costs polls that never
+    happen. ``poll_overrun`` is logged when it starts; ``poll_caught_up`` when the schedule keeps time again, with
+    the polls the stall cost, so the gap is in the log and not only in the counters."""
+    port = free_tcp_port()
+    async with tcp_server([sim_device(1), sim_device(2)], port) as server:
+        await load_values(server)
+        rec1, rec2 = Recorder(), Recorder()
+        with structlog.testing.capture_logs() as logs:
+            async with tcp_connection(port, make_units([rec1, rec2], interval_ms=50)) as connection:
+                await rec1.wait_until(lambda r: len(r.cycles) >= 3)
+                rec1.emit_delay_s = 0.5  # the queue is full for a while: each hand-over blocks 0.5 s
+                await rec1.wait_until(lambda r: len(r.cycles) >= 6)
+                rec1.emit_delay_s = 0.0
+                await rec1.wait_until(lambda r: any(entry["event"] == "poll_caught_up" for entry in logs), within_s=5)
+                stats = connection.stats["dev1"]
+    overruns = [entry for entry in logs if entry["event"] == "poll_overrun"]
+    caught_up = [entry for entry in logs if entry["event"] == "poll_caught_up"]
+    assert len(overruns) == 1 and len(caught_up) == 1, logs
+    assert caught_up[0]["device"] == "dev1"
+    assert caught_up[0]["skipped_cycles"] >= 3 * 8  # three or four hand-overs of 0.5 s at 50 ms: ~30 polls lost
+    # The counters agree (a late cycle after the line, on a busy machine, could only add to them).
+    assert 0 <= stats.skipped_cycles - caught_up[0]["skipped_cycles"] <= 2
+    assert 0 <= stats.overruns - caught_up[0]["overruns"] <= 2

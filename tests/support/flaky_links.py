@@ -1,0 +1,107 @@
+"""Servers that let a client connect and then drop it at once: a PLC at its connection limit.
+
+* ``accept_and_close_server()``: a raw TCP server on a free loopback port that accepts every connection and
+  closes it straight away (the client sees connect, then EOF). Counts the connections.
+* ``session_then_close_proxy(upstream_port, after_messages=2)``: a TCP proxy in front of a real OPC UA server
+  that closes each connection once it has passed ``after_messages`` complete service responses (``MSG`` final
+  chunks) to the client. With 2 that is right after CreateSession and ActivateSession: the client's
+  ``connect()`` succeeds, its next request finds the connection closed.
+
+Both count connections, so a test can bound the attempts a client made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+# OPC UA Connection Protocol (Part 6, 7.1.2): every chunk starts with MessageType (3 bytes), chunk type (1 byte:
+# F final, C intermediate, A abort) and the chunk's whole size including this header (UInt32, little-endian).
+_UA_HEADER_SIZE = 8
+
+
+@dataclass
+class ConnectionCounter:
+    """The port clients connect to, and how many connections it has accepted so far."""
+
+    port: int = 0
+    connections: int = 0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+@contextlib.asynccontextmanager
+async def accept_and_close_server() -> AsyncIterator[ConnectionCounter]:
+    counter = ConnectionCounter()
+
+    async def handle(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        counter.connections += 1
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    counter.port = server.sockets[0].getsockname()[1]
+    try:
+        yield counter
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+
+
+async def _pass_responses(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, after_messages: int) -> None:
+    """Copy whole chunks from the server to the client; return after the ``after_messages``-th service response."""
+    passed = 0
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+        while passed < after_messages:
+            header = await reader.readexactly(_UA_HEADER_SIZE)
+            size = int.from_bytes(header[4:8], "little")
+            body = await reader.readexactly(size - _UA_HEADER_SIZE)
+            writer.write(header + body)
+            await writer.drain()
+            if header[:4] == b"MSGF":
+                passed += 1
+
+
+@contextlib.asynccontextmanager
+async def session_then_close_proxy(upstream_port: int, *, after_messages: int = 2) -> AsyncIterator[ConnectionCounter]:
+    counter = ConnectionCounter()
+
+    async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        counter.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        counter.tasks.add(task)
+        try:
+            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+        except OSError:
+            client_writer.close()
+            counter.tasks.discard(task)
+            return
+        upstream = asyncio.create_task(_copy(client_reader, server_writer))
+        try:
+            await _pass_responses(server_reader, client_writer, after_messages)
+        finally:
+            upstream.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upstream
+            client_writer.close()
+            server_writer.close()
+            counter.tasks.discard(task)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    counter.port = server.sockets[0].getsockname()[1]
+    try:
+        yield counter
+    finally:
+        server.close()
+        for task in list(counter.tasks):
+            task.cancel()
+        await asyncio.gather(*counter.tasks, return_exceptions=True)
+        await server.wait_closed()
