@@ -510,6 +510,11 @@ class Gateway:
                 except Exception as exc:  # a reload must never take the gateway down
                     self.counters.reloads_rejected += 1
                     log.error("reload_failed", error=repr(exc), exc_info=exc)
+                # The future holds the new tag map with all its tags; the replaced channels and the cancelled
+                # sources' tasks sit in reference cycles. Let go of both, as after start-up.
+                del reload_wait
+                release_freed_memory()
+                settle_garbage_collector()
                 if self._notifier is not None:
                     self._notifier.ready("reloaded")
         finally:
@@ -530,11 +535,16 @@ class Gateway:
 
 
 def release_freed_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``).
+    """Collect all garbage, frozen objects included, and hand freed heap pages back to the OS (``malloc_trim``).
 
     Building the read plans of a large tag map peaks well above what the running gateway keeps; without this,
-    that peak stays in the resident size for good.
+    that peak stays in the resident size for good. After a reload the replaced channels and the cancelled
+    sources (whose tasks, frames and CancelledError tracebacks form reference cycles) are garbage too; those
+    built at start-up were frozen by ``settle_garbage_collector``, and a frozen object is never collected, nor
+    is any cycle it belongs to, so they are unfrozen first. Call ``settle_garbage_collector`` afterwards to
+    freeze what survived.
     """
+    gc.unfreeze()
     gc.collect()
     try:
         libc = ctypes.CDLL("libc.so.6")
