@@ -470,6 +470,7 @@ class Gateway:
                 self.plant = plant = without_tags(plant)
                 release_freed_memory()
                 settle_garbage_collector()
+                log.info("memory_released", stage="start", **memory_usage_mb())
                 log.info("gateway_running", sources=len(self._sources))
                 await self._serve_reloads(group, sink, stop)
 
@@ -515,6 +516,7 @@ class Gateway:
                 del reload_wait
                 release_freed_memory()
                 settle_garbage_collector()
+                log.info("memory_released", stage="reload", **memory_usage_mb())
                 if self._notifier is not None:
                     self._notifier.ready("reloaded")
         finally:
@@ -551,6 +553,22 @@ def release_freed_memory() -> None:
     except OSError:  # not glibc: nothing to trim
         return
     libc.malloc_trim(0)
+
+
+def memory_usage_mb() -> dict[str, float]:
+    """``rss_mb`` (resident now) and ``peak_rss_mb`` (high-water mark) of this process in MiB, from
+    ``/proc/self/status``; empty where there is no such file. ``MemoryMax`` of the systemd unit bounds these."""
+    try:
+        status = Path("/proc/self/status").read_text(errors="replace")
+    except OSError:
+        return {}
+    fields = {"VmRSS": "rss_mb", "VmHWM": "peak_rss_mb"}
+    usage: dict[str, float] = {}
+    for line in status.splitlines():
+        key, _, rest = line.partition(":")
+        if key in fields:
+            usage[fields[key]] = round(int(rest.split()[0]) / 1024, 1)  # the kernel writes "123456 kB"
+    return usage
 
 
 GC_YOUNG_THRESHOLD = 50_000
