@@ -1,19 +1,21 @@
-"""Memory benchmarks on a real ``cellgate run``: peak RSS of a large map, and RSS across SIGHUP reloads.
+"""Memory benchmarks on a real ``cellgate run``: peak RSS at the tag limit, and RSS across SIGHUP reloads.
 
-    .venv/bin/python benchmarks/memory.py peak [--racks 10] [--channels 3120] [--interval-ms 5000]
+    .venv/bin/python benchmarks/memory.py limit [--publish batch|tag] [--reloads 15] [--channels N]
     .venv/bin/python benchmarks/memory.py reload [--reloads 50] [--change all|one|none] [--channels 256]
 
 Both start Mosquitto, the raw Modbus bench servers (``servers.py``, one port per rack) and the gateway on a
-``hall`` map (racks x channels x 8 tags) and read the gateway's VmRSS/VmHWM from ``/proc/<pid>/status``.
+``hall`` map (10 racks x channels x 8 tags), and read the gateway's VmRSS/VmHWM from ``/proc/<pid>/status``.
 
-``peak`` (scenario ``peak-250k``): start-up (load + validate + expand + plan + first cycles) until every rack has
-published, then ``--settle-s`` of running; prints the high-water mark (VmHWM, what ``MemoryMax`` must hold) and
-the RSS after the settle.
+``limit`` (scenario ``limit``): a map of ``MAX_TAGS_PER_PLANT`` tags (``gateway/tagmap/limits.py``), start-up
+(load + validate + expand + plan), ``--settle-s`` of running, then ``--reloads`` SIGHUPs that rebuild every
+device (a reload holds the running channels and the new map's at once: the highest peak). Prints the
+high-water mark (VmHWM), which ``MemoryMax`` in ``systemd/cellgate.service`` must hold with a margin; that number
+is ``MEASURED_PEAK_MB_AT_LIMIT`` in limits.py.
 
 ``reload`` (scenario ``reload-50``): after start-up, ``--reloads`` SIGHUPs in a row, each waiting for
-``reload_applied``. ``--change all`` rewrites every rack's ``interval_ms`` each time (every device and source is
-rebuilt), ``one`` only rack-01's, ``none`` reloads the same file. Prints RSS after start, after the reloads, and
-the growth.
+``reload_applied`` and ``memory_released``. ``--change all`` rewrites every rack's ``interval_ms`` each time
+(every device and source is rebuilt), ``one`` only rack-01's, ``none`` reloads the same file. Prints RSS after
+start, after each reload and after the last, and the growth.
 
 Prints one JSON object on the last line of stdout.
 """
@@ -32,9 +34,14 @@ from typing import Any
 import tagmaps
 from procs import Broker, Child, ChildError, proc_sample
 
+from gateway.tagmap.limits import MAX_TAGS_PER_PLANT
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RELEASE_WAIT_S = 1.0
+RACKS = 10
+# The loader's count includes the template's own 8 tags: the most channels per rack that stay within the limit.
+LIMIT_CHANNELS = (MAX_TAGS_PER_PLANT - tagmaps.HALL_TAGS_PER_CHANNEL) // (RACKS * tagmaps.HALL_TAGS_PER_CHANNEL)
 
 
 def _events(log_path: Path) -> list[dict[str, Any]]:
@@ -148,9 +155,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "startup_s": round(running_s, 2),
             "rss_after_start_mb": round(sampler.rss_mb(), 1),
         }
-        if args.command == "peak":
-            result.update({"scenario": "peak-250k", "peak_rss_mb": round(sampler.peak_mb(), 1)})
-            return result
         peak_before = sampler.peak_mb()
         after_each: list[float] = []
         for index in range(args.reloads):
@@ -167,7 +171,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         failed = _count(gateway.log_path, "reload_failed")
         result.update(
             {
-                "scenario": f"reload-{args.reloads}",
+                "scenario": "limit" if args.command == "limit" else f"reload-{args.reloads}",
+                "max_tags_per_plant": MAX_TAGS_PER_PLANT,
                 "change": args.change,
                 "reloads": args.reloads,
                 "reloads_failed": failed,
@@ -190,19 +195,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    peak = sub.add_parser("peak", help="peak RSS of a large map (peak-250k)")
-    peak.add_argument("--channels", type=int, default=3120, help="channels per rack (default 3120: 249,600 tags)")
-    peak.add_argument("--interval-ms", type=int, default=5000)
-    peak.add_argument("--settle-s", type=float, default=20.0, help="running time after start-up (default 20)")
+    limit = sub.add_parser("limit", help="peak RSS at MAX_TAGS_PER_PLANT, start-up and reloads")
+    limit.add_argument("--channels", type=int, default=LIMIT_CHANNELS,
+                       help=f"channels per rack (default {LIMIT_CHANNELS}: MAX_TAGS_PER_PLANT tags)")
+    limit.add_argument("--interval-ms", type=int, default=5000)
+    limit.add_argument("--reloads", type=int, default=15)
+    limit.add_argument("--settle-s", type=float, default=15.0, help="running time before and after (default 15)")
     reload = sub.add_parser("reload", help="RSS across SIGHUP reloads (reload-50)")
     reload.add_argument("--channels", type=int, default=256, help="channels per rack (default 256: 20,480 tags)")
     reload.add_argument("--interval-ms", type=int, default=1000)
     reload.add_argument("--reloads", type=int, default=50)
-    reload.add_argument("--change", choices=("all", "one", "none"), default="all")
     reload.add_argument("--settle-s", type=float, default=5.0, help="running time before and after (default 5)")
-    reload.add_argument("--reload-timeout-s", type=float, default=120.0)
-    for command in (peak, reload):
-        command.add_argument("--racks", type=int, default=10)
+    for command in (limit, reload):
+        command.add_argument("--change", choices=("all", "one", "none"), default="all")
+        command.add_argument("--reload-timeout-s", type=float, default=120.0)
+        command.add_argument("--racks", type=int, default=RACKS)
         command.add_argument("--publish", choices=("tag", "batch"), default="batch")
         command.add_argument("--startup-timeout-s", type=float, default=300.0)
     return parser.parse_args(argv)
