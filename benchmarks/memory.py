@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import sys
 import tempfile
@@ -160,7 +161,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for index in range(args.reloads):
             config.write_text(_changed(base_text, args.change, index, args.interval_ms), encoding="utf-8")
             gateway.process.send_signal(signal.SIGHUP)
-            # A reload that fails to load is logged as reload_rejected: count both, so a failure cannot hang us.
             sampler.wait_for("reload_applied", index + 1, args.reload_timeout_s)
             # The gateway logs memory_released once it has collected and trimmed after the reload (start-up
             # counts as one). A gateway that does not log it is sampled a second after the reload instead.
@@ -183,13 +183,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "peak_rss_mb": round(sampler.peak_mb(), 1),
             }
         )
-        return result
     except (ChildError, OSError, ValueError) as exc:
         raise ChildError(f"{exc}\n(tag map and logs kept in {workdir})") from exc
     finally:
         for child in reversed(children):
             child.stop(timeout_s=30)
         broker.stop()
+    if not args.keep_workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -212,6 +214,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         command.add_argument("--racks", type=int, default=RACKS)
         command.add_argument("--publish", choices=("tag", "batch"), default="batch")
         command.add_argument("--startup-timeout-s", type=float, default=300.0)
+        command.add_argument("--keep-workdir", action="store_true", help="keep the tag map and logs")
     return parser.parse_args(argv)
 
 
