@@ -541,10 +541,10 @@ def release_freed_memory() -> None:
 
     Building the read plans of a large tag map peaks well above what the running gateway keeps; without this,
     that peak stays in the resident size for good. After a reload the replaced channels and the cancelled
-    sources (whose tasks, frames and CancelledError tracebacks form reference cycles) are garbage too; those
-    built at start-up were frozen by ``settle_garbage_collector``, and a frozen object is never collected, nor
-    is any cycle it belongs to, so they are unfrozen first. Call ``settle_garbage_collector`` afterwards to
-    freeze what survived.
+    sources (whose tasks, frames and CancelledError tracebacks form reference cycles) are garbage too. They were
+    built before the last ``settle_garbage_collector`` (at start-up or the previous reload) and so are frozen, and
+    a frozen object is never collected, nor is any cycle it belongs to: everything is unfrozen first. Call
+    ``settle_garbage_collector`` afterwards to freeze what survived.
     """
     gc.unfreeze()
     gc.collect()
