@@ -484,6 +484,7 @@ class Gateway:
                 self.plant = plant = without_tags(plant)
                 release_freed_memory()
                 settle_garbage_collector()
+                log.info("memory_released", stage="start", **memory_usage_mb())
                 log.info("gateway_running", sources=len(self._sources))
                 await self._serve_reloads(group, sink, stop)
 
@@ -528,6 +529,12 @@ class Gateway:
                 except Exception as exc:  # a reload must never take the gateway down
                     self.counters.reloads_rejected += 1
                     log.error("reload_failed", error=repr(exc), exc_info=exc)
+                # The future holds the new tag map with all its tags; the replaced channels and the cancelled
+                # sources' tasks sit in reference cycles. Let go of both, as after start-up.
+                del reload_wait
+                release_freed_memory()
+                settle_garbage_collector()
+                log.info("memory_released", stage="reload", **memory_usage_mb())
                 if self._notifier is not None:
                     self._notifier.ready("reloaded")
         finally:
@@ -548,17 +555,38 @@ class Gateway:
 
 
 def release_freed_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``).
+    """Collect all garbage, frozen objects included, and hand freed heap pages back to the OS (``malloc_trim``).
 
     Building the read plans of a large tag map peaks well above what the running gateway keeps; without this,
-    that peak stays in the resident size for good.
+    that peak stays in the resident size for good. After a reload the replaced channels and the cancelled
+    sources (whose tasks, frames and CancelledError tracebacks form reference cycles) are garbage too. They were
+    built before the last ``settle_garbage_collector`` (at start-up or the previous reload) and so are frozen, and
+    a frozen object is never collected, nor is any cycle it belongs to: everything is unfrozen first. Call
+    ``settle_garbage_collector`` afterwards to freeze what survived.
     """
+    gc.unfreeze()
     gc.collect()
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc: nothing to trim
         return
     libc.malloc_trim(0)
+
+
+def memory_usage_mb() -> dict[str, float]:
+    """``rss_mb`` (resident now) and ``peak_rss_mb`` (high-water mark) of this process in MiB, from
+    ``/proc/self/status``; empty where there is no such file. ``MemoryMax`` of the systemd unit bounds these."""
+    try:
+        status = Path("/proc/self/status").read_text(errors="replace")
+    except OSError:
+        return {}
+    fields = {"VmRSS": "rss_mb", "VmHWM": "peak_rss_mb"}
+    usage: dict[str, float] = {}
+    for line in status.splitlines():
+        key, _, rest = line.partition(":")
+        if key in fields:
+            usage[fields[key]] = round(int(rest.split()[0]) / 1024, 1)  # the kernel writes "123456 kB"
+    return usage
 
 
 GC_YOUNG_THRESHOLD = 50_000

@@ -35,10 +35,21 @@ MAX_FORMAT_WIDTH: Final = 64
 """Largest width or precision a ``{n:...}`` placeholder (repeat ``name``, template ``node``) may ask for:
 ``{n:>999999999}`` would build a gigabyte of padding, and a name never needs more than a few digits."""
 
-MAX_TAGS_PER_PLANT: Final = 250_000
-"""Most tags one tag map may expand to (explicit tags + template tags x repeat counts): five times the 51,200-tag
-``load-50k`` benchmark. Checked on the raw YAML data before anything is validated or expanded, so a few lines of
-aliases or repeats (``- *device`` a thousand times) cannot make the loader build millions of tags."""
+MAX_TAGS_PER_PLANT: Final = 100_000
+"""Most tags one tag map may expand to (explicit tags + template tags x repeat counts), so that the gateway fits
+in the systemd unit's ``MemoryMax`` (see ``MEASURED_PEAK_MB_AT_LIMIT``); a larger plant is split over several
+gateways. Checked on the raw YAML data before anything is validated or expanded, so a few lines of aliases or
+repeats (``- *device`` a thousand times) cannot make the loader build millions of tags."""
+
+MEASURED_PEAK_MB_AT_LIMIT: Final = 390
+"""Peak resident size (VmHWM, MiB) of ``cellgate run`` with a Modbus map of ``MAX_TAGS_PER_PLANT`` tags: start-up
+(load, validate, expand, plan) and then reloads that rebuild every device, the highest peak, since a reload holds
+the running channels and the new map at once. The larger of the per-tag and batch runs of
+``benchmarks/memory.py limit`` (numbers in the README's Performance section)."""
+
+MEMORY_MARGIN: Final = 0.15
+"""Share of ``MEASURED_PEAK_MB_AT_LIMIT`` that ``MemoryMax`` must hold on top of it (a busier broker link, a
+longer queue, another Python build); tests/unit/test_systemd_units.py checks the unit file against it."""
 
 MIN_SPOOL_MB: Final = 1
 """Smallest ``spool.max_mb``. The spool counts topic + payload + a row overhead per message against its cap and

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.cli import EXIT_CONFIG_ERROR
 from gateway.runtime import CLOSE_SINK_BUDGET_S, DRAIN_QUEUE_BUDGET_S, STOP_SOURCES_BUDGET_S
+from gateway.tagmap.limits import MAX_TAGS_PER_PLANT, MEASURED_PEAK_MB_AT_LIMIT, MEMORY_MARGIN
 from simulators.__main__ import parse_args as parse_simulator_args
 from tests.support.systemd import (
     UnitFile,
@@ -156,6 +157,26 @@ def test_gateway_unit_environment(gateway_unit: UnitFile) -> None:
     assert environment["PYTHONUNBUFFERED"] == "1"
     # The CLI has no CELLGATE_LOG_FORMAT variable; one in the unit would be a silent no-op.
     assert "CELLGATE_LOG_FORMAT" not in environment
+
+
+def mebibytes(value: str) -> float:
+    """systemd sizes as our units write them: ``512M``, ``1G`` (base 1024, as systemd reads them)."""
+    size = re.fullmatch(r"(\d+)([KMGT]?)", value.strip())
+    assert size is not None, f"not a size our units write: {value!r}"
+    number, suffix = size.groups()
+    return int(number) * {"": 1 / 1024**2, "K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0**2}[suffix]
+
+
+def test_memory_max_holds_the_peak_measured_at_the_tag_limit(gateway_unit: UnitFile) -> None:
+    """Issue 10 defect 10 recipe: "249,750 tags (accepted by the 250,000 limit) need 530 MB, above the unit's
+    MemoryMax=512M". The largest map the loader accepts, started and then reloaded (``benchmarks/memory.py
+    limit``), must fit under MemoryMax with MEMORY_MARGIN to spare."""
+    assert MEASURED_PEAK_MB_AT_LIMIT > 0, "MEASURED_PEAK_MB_AT_LIMIT must be a measured number"
+    memory_max_mb = mebibytes(single(gateway_unit, "MemoryMax"))
+    assert memory_max_mb >= MEASURED_PEAK_MB_AT_LIMIT * (1 + MEMORY_MARGIN), (
+        f"{MAX_TAGS_PER_PLANT:,} tags peak at {MEASURED_PEAK_MB_AT_LIMIT} MiB: with a {MEMORY_MARGIN:.0%} margin "
+        f"that is more than MemoryMax={memory_max_mb:.0f} MiB"
+    )
 
 
 def test_stop_budgets_fit_in_timeout_stop_sec(gateway_unit: UnitFile) -> None:
