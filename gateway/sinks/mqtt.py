@@ -458,9 +458,16 @@ class MqttSink:
     All methods must be called from the event loop that entered the context.
     """
 
-    def __init__(self, options: MqttOptions, *, on_spool_ack: Callable[[int, bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        options: MqttOptions,
+        *,
+        on_spool_ack: Callable[[int, bool], None] | None = None,
+        on_refused: Callable[[str, bytes, str, int | None], None] | None = None,
+    ) -> None:
         self._options = options
         self._on_spool_ack = on_spool_ack
+        self._on_refused = on_refused
         self._version = ProtocolVersion.V5 if options.protocol == "5" else ProtocolVersion.V311
         self._encoder = PublishEncoder(self._version)
         self._topic_fields: dict[str, bytes] = {}

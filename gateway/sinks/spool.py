@@ -178,6 +178,7 @@ class Spool:
         self.min_free_bytes = min_free_bytes
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.reserve_bytes = reserve_bytes
+        """Size of the reserve file: ``reserve_bytes``, at most an eighth of the file system (a tiny disk)."""
         self._reserve_path = path.with_name(path.name + ".reserve")
         self.moved_aside: MovedAside | None = None
         """Set when the file was damaged at open (see the module docstring)."""
@@ -199,6 +200,9 @@ class Spool:
         self._count: int = row[0]
         self._bytes: int = row[1]
         self._dead_bytes: int = dead[0]
+        with contextlib.suppress(OSError):
+            stat = os.statvfs(path.parent)
+            self.reserve_bytes = min(reserve_bytes, stat.f_blocks * stat.f_frsize // 8)
         if moved is not None and damage is not None:
             self.moved_aside = MovedAside(moved, damage, self._salvage(moved))
         self._keep_reserve()
