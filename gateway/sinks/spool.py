@@ -58,6 +58,8 @@ WAL_AUTOCHECKPOINT_PAGES = 64
 """WAL pages before SQLite checkpoints (its default is 1000, 4 MB): keeps the WAL far below the reserve."""
 RECOVER_TIMEOUT_S = 120.0
 """Most time ``sqlite3 .recover`` may take on a damaged spool before salvaging row by row instead."""
+SETTLE_CHUNK_ON_FULL_DISK = 200
+"""Rows deleted per transaction when the disk is full (each transaction's WAL must fit in what is free)."""
 SALVAGE_PROBE_IDS = 2000
 """After an unreadable stretch of a damaged file, how many ids further the row-by-row salvage looks."""
 
@@ -86,6 +88,7 @@ CREATE TABLE IF NOT EXISTS state (
 ) WITHOUT ROWID;
 """
 
+_SQLITE_HEADER = b"SQLite format 3\x00"
 _CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 
 
@@ -272,19 +275,22 @@ class Spool:
             elif self._disk_cap < limit:
                 limit, reason = self._disk_cap, DropReason.DISK_FULL
         if self.min_free_bytes and free is not None:
-            room = self._bytes + self._free_page_bytes() + free - self.min_free_bytes
+            # Below min_free the file stops growing; its own pages stay usable (dropping rows frees no disk).
+            room = self._bytes + self._free_page_bytes() + max(0, free - self.min_free_bytes)
             if room < limit:
                 limit, reason = max(0, room), DropReason.MIN_FREE_MB
         return limit, reason
 
     def _make_room_on_full_disk(self, incoming: int) -> None:
-        """SQLITE_FULL: give up the reserve, move the WAL into the file, delete the oldest rows."""
+        """SQLITE_FULL: give up the reserve, delete the oldest rows, hand their pages back, re-make the reserve.
+
+        From then on (``_disk_cap``) new rows only replace the oldest ones, so the file stops growing.
+        """
         with contextlib.suppress(OSError):
             self._reserve_path.unlink()
-        with contextlib.suppress(sqlite3.Error):
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        # Make room for this append and as much again; the file then stays at the size it has.
-        target = max(0, self._bytes - 2 * incoming)
+        self._checkpoint()
+        # Room for this append and as much again, plus the reserve's worth to give back to the file system.
+        target = max(0, self._bytes - 2 * incoming - self.reserve_bytes)
         try:
             with self._transaction():
                 dropped = self._delete_oldest(self._bytes - target)
@@ -293,12 +299,25 @@ class Spool:
         if dropped:
             self.dropped_by_reason[DropReason.DISK_FULL] = self.dropped_by_reason.get(DropReason.DISK_FULL, 0) + dropped
             self.last_drop_reason = DropReason.DISK_FULL
+        self._checkpoint()
+        self._give_back_pages(self.reserve_bytes)
+        # The WAL grows back into the room made here; the reserve returns once there is room for both.
+        self._disk_cap = self._bytes + 2 * incoming
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it to zero bytes (frees its space on a full disk)."""
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._disk_cap = self._bytes + incoming
+
+    def _give_back_pages(self, nbytes: int) -> None:
+        """Shrink the file by up to ``nbytes`` of its free pages (files created with auto_vacuum=INCREMENTAL)."""
+        with contextlib.suppress(sqlite3.Error):
+            size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            self._db.execute(f"PRAGMA incremental_vacuum({max(1, nbytes // size)})").fetchall()
+        self._checkpoint()
 
     def _keep_reserve(self) -> None:
-        """Create the reserve file when it is missing and the file system has room for it (else go without)."""
+        """Create the reserve file when it is missing and there is room for it twice over (else go without)."""
         if not self.reserve_bytes or self._reserve_path.exists():
             return
         free = _free_bytes(self.path.parent)
@@ -341,11 +360,28 @@ class Spool:
 
         A refused replay (``spool_id`` set) leaves ``message`` for ``dead_letter``; a refused live message
         is added. The oldest dead letters past ``dead_letter_max_bytes`` are dropped and counted.
-        ``now``: wall-clock seconds, stored as the dead letters' ``ts``.
+        ``now``: wall-clock seconds, stored as the dead letters' ``ts``. On a full disk the reserve is given
+        up and the work is done in small transactions, the WAL emptied between them.
         """
         id_list = list(delivered) + [letter.spool_id for letter in refused if letter.spool_id is not None]
         if not id_list and not refused:
             return
+        try:
+            self._settle(id_list, refused, now)
+            return
+        except SinkError as exc:
+            if not _is_disk_full(exc):
+                raise
+        with contextlib.suppress(OSError):
+            self._reserve_path.unlink()
+        self._checkpoint()
+        for start in range(0, len(id_list), SETTLE_CHUNK_ON_FULL_DISK):
+            self._settle(id_list[start : start + SETTLE_CHUNK_ON_FULL_DISK], (), now)
+            self._checkpoint()
+        self._settle([], refused, now)
+        self._give_back_pages(self.reserve_bytes)
+
+    def _settle(self, id_list: Sequence[int], refused: Sequence[DeadLetter], now: float) -> None:
         with self._transaction():
             for start in range(0, len(id_list), 500):
                 chunk = id_list[start : start + 500]
@@ -474,10 +510,12 @@ class Spool:
         """
         messages: list[tuple[str, bytes]] = []
         seq: list[tuple[str, int]] = []
-        recovered = _recover_with_cli(damaged)
-        for source in ([recovered] if recovered is not None else []) + [damaged]:
+        # An empty file holds nothing to salvage (and SQLite would delete the WAL kept beside it).
+        recovered = _recover_with_cli(damaged) if damaged.stat().st_size else None
+        sources = ([recovered] if recovered is not None else []) + ([damaged] if damaged.stat().st_size else [])
+        for source in sources:
             messages, seq = _read_rows(source)
-            if messages or source == damaged:
+            if messages:
                 break
         if recovered is not None:
             _remove_with_journals(recovered)
@@ -519,6 +557,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per call.
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
+        # Set before the first table exists (a no-op on older files): lets a full disk get pages back.
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a committed write survives a process crash; a power loss can lose the
         # last transactions (documented in the README).
@@ -536,16 +576,21 @@ def _damage(path: Path) -> str | None:
     """What is wrong with the spool file at ``path`` (None: missing or sound).
 
     Only damage is reported; a file that cannot be opened for other reasons (permissions, a read-only or
-    full disk) raises, so it is never moved aside for that.
+    full disk) raises, so it is never moved aside for that. The check only reads: a damaged file and its WAL
+    are kept as they were, for forensics.
     """
     try:
-        if path.stat().st_size == 0:
-            # The spool always writes its schema at once: an empty file lost everything it had.
-            return "empty file"
+        with path.open("rb") as file:
+            header = file.read(len(_SQLITE_HEADER))
     except FileNotFoundError:
         return None
+    if not header:
+        # The spool always writes its schema at once: an empty file lost everything it had.
+        return "empty file"
+    if header != _SQLITE_HEADER:
+        return "not an SQLite database (bad header)"
     try:
-        db = sqlite3.connect(path, isolation_level=None)
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
     except sqlite3.Error as exc:
         if exc.sqlite_errorcode in _CORRUPT_CODES:
             return str(exc)
@@ -584,27 +629,26 @@ def _remove_with_journals(path: Path) -> None:
 
 
 def _recover_with_cli(damaged: Path) -> Path | None:
-    """``sqlite3 damaged .recover`` into a scratch database next to it; None without the program or on failure."""
+    """``sqlite3 -readonly damaged .recover | sqlite3 scratch``: a scratch database next to it with what SQLite's
+    recovery finds; None without the program or when it fails. Piped, so a large file never sits in memory."""
     program = shutil.which("sqlite3")
     if program is None:
         return None
     scratch = damaged.with_name(damaged.name + ".recovered")
     _remove_with_journals(scratch)
     try:
-        dump = subprocess.run(
-            [program, str(damaged), ".recover"], capture_output=True, timeout=RECOVER_TIMEOUT_S, check=False
-        )
-        if not dump.stdout:
-            return None
-        load = subprocess.run(
-            [program, str(scratch)], input=dump.stdout, capture_output=True, timeout=RECOVER_TIMEOUT_S, check=False
-        )
+        with subprocess.Popen(
+            [program, "-readonly", str(damaged), ".recover"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        ) as dump:
+            # check=False: a load that stops at an error still holds what was recovered before it.
+            subprocess.run(
+                [program, str(scratch)], stdin=dump.stdout, capture_output=True, timeout=RECOVER_TIMEOUT_S, check=False
+            )
+            dump.wait(timeout=RECOVER_TIMEOUT_S)
     except (OSError, subprocess.SubprocessError):
         _remove_with_journals(scratch)
         return None
-    if load.returncode != 0 and not scratch.exists():
-        return None
-    return scratch
+    return scratch if scratch.exists() else None
 
 
 def _read_rows(source: Path) -> tuple[list[tuple[str, bytes]], list[tuple[str, int]]]:
