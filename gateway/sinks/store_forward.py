@@ -84,7 +84,7 @@ class StoreAndForward:
     """Owns the spool side of the sink. Create it, then ``bind(sink)`` before the first ``forward``.
 
     ``spool`` None: no spool yet (see the module docstring); ``reopen`` opens it (tried every
-    ``SPOOL_RETRY_S``). ``window_wait_s``: how long a live message may wait for an in-flight slot before
+    ``reopen_every_s``, and after a write failure). ``window_wait_s``: how long a live message may wait for an in-flight slot before
     it goes to the spool. ``replay_per_s``: the most spooled messages replayed per second. ``clock``:
     wall-clock seconds, for the dead letters' time stamps.
     """
@@ -96,12 +96,14 @@ class StoreAndForward:
         window_wait_s: float,
         replay_per_s: float,
         reopen: SpoolOpener | None = None,
+        reopen_every_s: float = SPOOL_RETRY_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if window_wait_s < 0 or replay_per_s <= 0:
             raise ValueError("need window_wait_s >= 0 and replay_per_s > 0")
         self.spool = spool
         self._reopen = reopen
+        self._reopen_every_s = reopen_every_s
         self._clock = clock
         self._window_wait_s = window_wait_s
         self._window_stuck = False
@@ -281,8 +283,10 @@ class StoreAndForward:
             return
         self._unavailable_since = self._last_open_try = self._last_reminder = time.monotonic()
         self._spooled.clear()
-        log.error("spool_unavailable", error=error, action="live data only", retry_s=SPOOL_RETRY_S,
-                  lost=dict(self.lost_by_reason))
+        log.error(
+            "spool_unavailable", error=error, action="live data only", retry_s=self._reopen_every_s,
+            lost=dict(self.lost_by_reason),
+        )
         await self._io(spool.close)
 
     # ---------------------------------------------------------------------------------- replay
@@ -342,9 +346,9 @@ class StoreAndForward:
                 action="live data only",
                 down_s=round(now - self._unavailable_since),
                 lost=dict(self.lost_by_reason),
-                retry_s=SPOOL_RETRY_S,
+                retry_s=self._reopen_every_s,
             )
-        if self._reopen is None or now - self._last_open_try < SPOOL_RETRY_S:
+        if self._reopen is None or now - self._last_open_try < self._reopen_every_s:
             return
         self._last_open_try = now
         spool = await self._io(open_spool, self._reopen)
