@@ -35,11 +35,12 @@ class StateDirLock:
 
 
 def lock_holder(state_dir: Path) -> str:
-    """The pid written by the process holding ``state_dir``'s lock, or a phrase when it is unknown."""
+    """Who holds ``state_dir``'s lock: "cellgate pid N" from the pid file, else "another process"."""
     try:
-        return (state_dir / LOCK_FILE_NAME).read_text(encoding="utf-8").strip() or "another process"
+        pid = (state_dir / LOCK_FILE_NAME).read_text(encoding="utf-8").strip()
     except OSError:
-        return "another process"
+        pid = ""
+    return f"cellgate pid {pid}" if pid.isdigit() else "another process"
 
 
 @contextlib.contextmanager
@@ -62,7 +63,7 @@ def locked_state_dir(state_dir: Path) -> Iterator[StateDirLock]:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise GatewayError(f"cannot lock the state directory {state_dir}: {exc}") from exc
             raise StateDirBusyError(
-                f"the state directory {state_dir} is in use by cellgate pid {lock_holder(state_dir)}; "
+                f"the state directory {state_dir} is in use by {lock_holder(state_dir)}; "
                 "give each gateway its own --state-dir"
             ) from exc
         problem: str | None = None

@@ -549,6 +549,22 @@ class Spool:
         self._count, self._bytes, self._dead_bytes = row[0], row[1], dead[0]
 
 
+def read_dead_letter_counts(path: Path) -> dict[str, int]:
+    """Dead letters by reason in the spool file at ``path``, read-only (safe while a gateway runs); {} if none."""
+    if not path.exists():
+        return {}
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        try:
+            return dict(db.execute("SELECT reason, COUNT(*) FROM dead_letter GROUP BY reason").fetchall())
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        if "no such table" in str(exc):
+            return {}  # written by a version without dead letters
+        raise SinkError(f"cannot read the spool {path}: {exc}") from exc
+
+
 def _row_size(topic: str, payload: bytes) -> int:
     return len(topic) + len(payload) + ROW_OVERHEAD_BYTES
 

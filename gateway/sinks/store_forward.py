@@ -83,10 +83,11 @@ def open_spool(opener: SpoolOpener) -> Spool | None:
 class StoreAndForward:
     """Owns the spool side of the sink. Create it, then ``bind(sink)`` before the first ``forward``.
 
-    ``spool`` None: no spool yet (see the module docstring); ``reopen`` opens it (tried every
-    ``reopen_every_s``, and after a write failure). ``window_wait_s``: how long a live message may wait for an in-flight slot before
-    it goes to the spool. ``replay_per_s``: the most spooled messages replayed per second. ``clock``:
-    wall-clock seconds, for the dead letters' time stamps.
+    ``spool`` None: no spool yet (see the module docstring); ``reopen`` opens it, tried every
+    ``reopen_every_s`` while there is none (also after a write failure closed it). ``window_wait_s``: how
+    long a live message may wait for an in-flight slot before it goes to the spool. ``replay_per_s``: the
+    most spooled messages replayed per second. ``clock``: wall-clock seconds, for the dead letters' time
+    stamps.
     """
 
     def __init__(

@@ -11,8 +11,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from gateway.cli import main as cli_main
 from gateway.schema import mark_historical
 from gateway.sinks.spool import ROW_OVERHEAD_BYTES, DeadLetter, DropReason, SeqCheckpoint, Spool
+from gateway.state_dir import StateDirBusyError, locked_state_dir
+from tests.support.tmpfs import mounted_tmpfs, remount_read_only
 
 
 def message(n: int, topic: str = "a/b/t") -> tuple[str, bytes]:
@@ -265,3 +268,57 @@ def test_the_dead_letter_table_is_capped_oldest_dropped_and_counted(tmp_path: Pa
     spool.requeue_dead_letters()
     assert [row.payload for row in spool.oldest(after_id=0, limit=10)] == [message(n)[1] for n in (2, 3, 4)]
     spool.close()
+
+
+# ---------------------------------------------------------------------------------- commands
+
+
+def test_cellgate_spool_dead_letters_and_requeue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 10 defect 7: `cellgate spool dead-letters` counts by reason, `cellgate spool requeue [--reason R]`
+    moves them back for replay, and refuses (exit 2) while a gateway holds the state directory."""
+    state = tmp_path / "state"
+    spool = Spool(state / "spool.db", max_bytes=10**6)
+    spool.settle(
+        [],
+        [DeadLetter(*message(1), reason="not_authorized"), DeadLetter(*message(2), reason="not_authorized"),
+         DeadLetter(*message(3), reason="packet_too_large")],
+        now=1.0,
+    )
+    spool.close()
+
+    assert cli_main(["spool", "dead-letters", "--state-dir", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "not_authorized\t2" in out and "packet_too_large\t1" in out and "3 dead letter(s)" in out
+
+    with locked_state_dir(state):  # what a running gateway holds
+        assert cli_main(["spool", "requeue", "--state-dir", str(state)]) == 2
+        err = capsys.readouterr().err
+        assert f"in use by cellgate pid {os.getpid()}" in err and "stop it before" in err
+        # Reading is safe while a gateway runs.
+        assert cli_main(["spool", "dead-letters", "--state-dir", str(state)]) == 0
+        assert "not_authorized\t2" in capsys.readouterr().out
+
+    assert cli_main(["spool", "requeue", "--reason", "not_authorized", "--state-dir", str(state)]) == 0
+    assert "2 dead letter(s) of reason not_authorized requeued" in capsys.readouterr().out
+    assert cli_main(["spool", "dead-letters", "--state-dir", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "packet_too_large\t1" in out and "not_authorized" not in out
+    spool = Spool(state / "spool.db", max_bytes=10**6)
+    assert [row.payload for row in spool.oldest(after_id=0, limit=10)] == [message(1)[1], message(2)[1]]
+    spool.close()
+
+
+def test_the_state_directory_lock_works_on_a_read_only_directory(tmp_path: Path) -> None:
+    """Issue 10 defect 1: the lock is flock on the directory itself, so a read-only state directory (no lock
+    file can be written) still keeps a second gateway out; the missing pid file is reported, not fatal."""
+    state = tmp_path / "state"
+    with mounted_tmpfs(state, size="1m"):
+        remount_read_only(state)
+        with locked_state_dir(state) as lock:
+            assert lock.locked and not lock.pid_written and lock.problem is not None
+            with pytest.raises(StateDirBusyError, match="in use by another process"), locked_state_dir(
+                state
+            ):
+                pass
+        with locked_state_dir(state) as again:  # released at the end of the block
+            assert again.locked
