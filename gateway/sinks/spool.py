@@ -199,7 +199,8 @@ class Spool:
             row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM message").fetchone()
             dead = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM dead_letter").fetchone()
         except (sqlite3.Error, OSError) as exc:
-            raise SinkError(f"cannot open the spool {path}: {exc}") from exc
+            hint = "" if os.access(path.parent, os.W_OK) else f" ({path.parent} is not writable)"
+            raise SinkError(f"cannot open the spool {path}: {exc}{hint}") from exc
         self._count: int = row[0]
         self._bytes: int = row[1]
         self._dead_bytes: int = dead[0]
