@@ -215,7 +215,7 @@ def test_kill_during_a_replay_resends_at_most_about_one_second_of_it(rig: Rig) -
     try:
         wait_until(lambda: rig.live_after(2), 30, "live data")
         rig.broker.stop()
-        time.sleep(20)  # spooled: several seconds of replay at replay_per_s
+        time.sleep(14)  # spooled: several seconds of replay at replay_per_s
         rig.broker.start()
         gateway.wait_for_event("spool_replay_starting", 30)
 
