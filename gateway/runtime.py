@@ -295,7 +295,7 @@ class Gateway:
         last_progress = time.monotonic()
         while not ready:
             # Until READY systemd's start timeout applies, not the watchdog: look often, ping nothing.
-            if sink.delivered or sink.control_delivered or forwarder.spooled_total:
+            if sink.delivered or sink.control_delivered or forwarder.spooled_total or forwarder.lost_by_reason:
                 ready = True
                 notifier.ready(self._health_text(sink, forwarder))
                 log.info("gateway_ready")
