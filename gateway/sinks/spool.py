@@ -21,9 +21,11 @@ Size limits, whichever is reached first (the oldest rows are deleted and counted
 * ``disk_full``: a write that fails with SQLITE_FULL. The spool keeps a reserve file (``spool.db.reserve``,
   ``RESERVE_BYTES``) next to the database; on a full disk it deletes the reserve, which gives SQLite room to
   checkpoint its WAL and delete the oldest rows, and from then on new rows only reuse the pages the
-  deleted ones freed (the file stops growing) until the file system has room again. The reserve is
-  re-created when there is room. A small WAL auto-checkpoint keeps the WAL, which SQLite reuses in place
-  after each checkpoint, well below the reserve.
+  deleted ones freed (the file stops growing) until the file system has room again. Files are created with
+  ``auto_vacuum=INCREMENTAL``, so the freed pages of a reserve's worth of rows are handed back to the file
+  system; the WAL grows back into that room, and the reserve is re-created once there is room for it twice
+  over. A small WAL auto-checkpoint keeps the WAL, which SQLite reuses in place after each checkpoint, small.
+  Deleting many rows on a full disk is done in small transactions, the WAL emptied between them.
 
 Opening checks the file (``PRAGMA quick_check``). A damaged file (not a database, truncated, a smashed
 page, zero bytes) is moved aside as ``spool.db.corrupt-<UTC time>`` with its -wal/-shm, what still reads
