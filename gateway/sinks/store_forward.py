@@ -181,9 +181,14 @@ class StoreAndForward:
         return await loop.run_in_executor(self._executor, lambda: call(*args, **kwargs))
 
     async def load_seq(self) -> SeqCheckpoint:
-        if self.spool is None:
-            return SeqCheckpoint(last_seq={}, saved_at=None, clean=False)
-        return await self._io(self.spool.load_seq)
+        """The saved seq numbers; without a spool, or when they cannot be read, none (an unclean stop)."""
+        if self.spool is not None:
+            try:
+                return await self._io(self.spool.load_seq)
+            except SinkError as exc:
+                self.spool_errors += 1
+                log.error("spool_seq_load_failed", error=str(exc))
+        return SeqCheckpoint(last_seq={}, saved_at=None, clean=False)
 
     async def save_seq(self, last_seq: Mapping[str, int], *, now: float, clean: bool) -> None:
         if self.spool is None:
