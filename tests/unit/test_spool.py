@@ -322,3 +322,27 @@ def test_the_state_directory_lock_works_on_a_read_only_directory(tmp_path: Path)
                 pass
         with locked_state_dir(state) as again:  # released at the end of the block
             assert again.locked
+
+
+def test_a_full_disk_drops_the_oldest_keeps_the_newest_and_deletes_and_checkpoints_still_work(tmp_path: Path) -> None:
+    """Issue 10 defect 1 (spool on a 2 MB tmpfs): once the disk is full every append still succeeds by dropping
+    the oldest (reason disk_full), replayed rows can be deleted and seq saved, and the file reopens."""
+    with mounted_tmpfs(tmp_path / "disk", size="2m") as disk:
+        spool = Spool(disk / "spool.db", max_bytes=10**9)
+        padded = [(f"a/b/t{n % 50}", b'{"value":%8d,"pad":"%s"}' % (n, b"x" * 60)) for n in range(40_000)]
+        for start in range(0, len(padded), 100):
+            spool.append(padded[start : start + 100])  # never raises: the oldest make room
+        assert spool.dropped_by_reason.get(DropReason.DISK_FULL, 0) > 0
+        assert spool.count + spool.dropped == len(padded)
+        rows = spool.oldest(after_id=0, limit=10**6)
+        assert rows[-1].payload == padded[-1][1]  # the newest is kept
+        assert [row.payload for row in rows] == [payload for _, payload in padded[-len(rows) :]]
+        spool.remove([row.id for row in rows[:2500]])  # one replay flush
+        spool.save_seq({"a/b/t0": 1}, now=1.0, clean=False)
+        spool.remove([row.id for row in rows[2500:]])  # everything at once: done in small transactions
+        assert spool.count == 0
+        spool.append(padded[:100])
+        spool.close()
+        again = Spool(disk / "spool.db", max_bytes=10**9)
+        assert again.moved_aside is None and again.count == 100
+        again.close()
