@@ -225,7 +225,7 @@ def test_kill_during_a_replay_resends_at_most_about_one_second_of_it(rig: Rig) -
                        if b.get("historical"))
 
         wait_until(lambda: replayed() > 3 * replay_per_s, 30, "a good part of the replay")
-        assert not gateway.events() or not [e for e in gateway.events() if e.get("event") == "spool_replay_done"]
+        assert not [e for e in gateway.events() if e.get("event") == "spool_replay_done"], "killed mid-replay"
         gateway.send_signal(signal.SIGKILL)
         time.sleep(1)
     finally:
