@@ -30,7 +30,7 @@ Size limits, whichever is reached first (the oldest rows are deleted and counted
 Opening checks the file (``PRAGMA quick_check``). A damaged file (not a database, truncated, a smashed
 page, zero bytes) is moved aside as ``spool.db.corrupt-<UTC time>`` with its -wal/-shm, what still reads
 is salvaged into a fresh file (with the ``sqlite3`` program's ``.recover`` when it is installed, else row by
-row), and the fresh file starts marked "unclean stop".
+row, else from the table leaf pages still whole in the file), and the fresh file starts marked "unclean stop".
 
 This class is synchronous and not thread-safe by itself: the store-and-forward stage calls it from one
 worker thread (``gateway.sinks.store_forward``), so the event loop never waits on the disk.
@@ -39,6 +39,8 @@ worker thread (``gateway.sinks.store_forward``), so the event loop never waits o
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import math
 import os
 import shutil
@@ -49,6 +51,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import BinaryIO
 
 from gateway.errors import SinkError
 
@@ -509,29 +512,49 @@ class Spool:
     def _salvage(self, damaged: Path) -> int:
         """Copy what still reads from the moved-aside file into this fresh spool; returns messages saved.
 
-        The fresh file is marked "unclean stop": the damaged file's clean-stop mark cannot be trusted.
+        Tried in turn until one yields messages: SQLite's own recovery (the ``sqlite3`` program), SQL reads
+        row by row, then a scan of the file's table leaf pages (what survives a truncation). Rows are
+        streamed in, never all held in memory. The fresh file is marked "unclean stop": the damaged file's
+        clean-stop mark cannot be trusted.
         """
-        messages: list[tuple[str, bytes]] = []
+        # An empty file holds nothing to salvage, and SQLite opening it would delete the WAL kept beside it.
+        empty = damaged.stat().st_size == 0
+        recovered = None if empty else _recover_with_cli(damaged)
+        sources = ([recovered] if recovered is not None else []) + ([] if empty else [damaged])
+        readers = [functools.partial(_sql_rows, source) for source in sources]
+        if not empty:
+            readers.append(functools.partial(_leaf_page_rows, damaged))
         seq: list[tuple[str, int]] = []
-        # An empty file holds nothing to salvage (and SQLite would delete the WAL kept beside it).
-        recovered = _recover_with_cli(damaged) if damaged.stat().st_size else None
-        sources = ([recovered] if recovered is not None else []) + ([damaged] if damaged.stat().st_size else [])
-        for source in sources:
-            messages, seq = _read_rows(source)
-            if messages:
-                break
-        if recovered is not None:
-            _remove_with_journals(recovered)
+        try:
+            for read in readers:
+                if self._insert_salvaged(read()):
+                    break
+            for source in sources:
+                seq = _read_seq(source)
+                if seq:
+                    break
+        finally:
+            if recovered is not None:
+                _remove_with_journals(recovered)
         with contextlib.suppress(SinkError), self._transaction():
-            for start in range(0, len(messages), 500):
-                chunk = [(t, p, _row_size(t, p)) for t, p in messages[start : start + 500]]
-                self._db.executemany("INSERT INTO message (topic, payload, size) VALUES (?, ?, ?)", chunk)
-                self._count += len(chunk)
-                self._bytes += sum(row[2] for row in chunk)
             self._db.executemany("INSERT OR REPLACE INTO seq (topic, last) VALUES (?, ?)", seq)
             self._db.execute("INSERT OR REPLACE INTO state (key, value) VALUES ('clean_stop', 0.0)")
-            self._delete_oldest(self._bytes - self.max_bytes)
         return self._count
+
+    def _insert_salvaged(self, rows: Iterator[tuple[str, bytes]]) -> int:
+        """Append ``rows`` in chunks under the size cap; returns how many were read."""
+        total = 0
+        while chunk := [(t, p, _row_size(t, p)) for t, p in itertools.islice(rows, 500)]:
+            total += len(chunk)
+            try:
+                with self._transaction():
+                    self._db.executemany("INSERT INTO message (topic, payload, size) VALUES (?, ?, ?)", chunk)
+                    self._count += len(chunk)
+                    self._bytes += sum(row[2] for row in chunk)
+                    self._delete_oldest(self._bytes - self.max_bytes)
+            except SinkError:
+                break  # e.g. a full disk: keep what is in
+        return total
 
     # ------------------------------------------------------------------------------ plumbing
 
@@ -670,21 +693,30 @@ def _recover_with_cli(damaged: Path) -> Path | None:
     return scratch if scratch.exists() else None
 
 
-def _read_rows(source: Path) -> tuple[list[tuple[str, bytes]], list[tuple[str, int]]]:
-    """The messages (oldest first) and seq rows that still read from ``source``; damage is skipped."""
-    messages: list[tuple[str, bytes]] = []
-    seq: list[tuple[str, int]] = []
+def _sql_rows(source: Path) -> Iterator[tuple[str, bytes]]:
+    """The messages (oldest first) that SQLite can still read from ``source``; damage is skipped."""
     try:
         db = sqlite3.connect(f"file:{source}?mode=ro", uri=True, isolation_level=None)
     except sqlite3.Error:
-        return messages, seq
+        return
     try:
-        messages = list(_readable_messages(db))
-        with contextlib.suppress(sqlite3.Error):
-            seq = [(str(t), int(n)) for t, n in db.execute("SELECT topic, last FROM seq")]
+        yield from _readable_messages(db)
     finally:
         db.close()
-    return messages, seq
+
+
+def _read_seq(source: Path) -> list[tuple[str, int]]:
+    """The seq rows that still read from ``source`` ([] when none do)."""
+    try:
+        db = sqlite3.connect(f"file:{source}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return []
+    try:
+        return [(str(t), int(n)) for t, n in db.execute("SELECT topic, last FROM seq")]
+    except (sqlite3.Error, ValueError, TypeError):
+        return []
+    finally:
+        db.close()
 
 
 def _readable_messages(db: sqlite3.Connection) -> Iterator[tuple[str, bytes]]:
@@ -718,6 +750,125 @@ def _readable_messages(db: sqlite3.Connection) -> Iterator[tuple[str, bytes]]:
                 break
         if not found:
             return
+
+
+def _leaf_page_rows(source: Path) -> Iterator[tuple[str, bytes]]:
+    """Messages read straight from the table leaf pages of ``source``, by rowid, for a file SQLite cannot walk.
+
+    A truncated file loses the b-tree's upper pages, but its leaf pages still hold whole rows. A cell counts
+    only when it decodes as a ``message`` row (NULL id, text topic, blob payload, and the integer ``size``
+    this module computes from them), which rules out other tables and garbage. Pages on the freelist (whose
+    stale rows were delivered) are skipped when the header still names them. File format:
+    https://www.sqlite.org/fileformat2.html (sections 1.3, 1.6, 2.1).
+    """
+    try:
+        file = source.open("rb")
+    except OSError:
+        return
+    with file:
+        header = file.read(100)
+        page_size = 4096
+        if header.startswith(_SQLITE_HEADER) and len(header) == 100:
+            raw = int.from_bytes(header[16:18], "big")
+            page_size = 65536 if raw == 1 else raw if raw >= 512 and raw & (raw - 1) == 0 else 4096
+        usable = page_size - (header[20] if len(header) == 100 else 0)
+        skip = _freelist_pages(file, header, page_size)
+        rows: list[tuple[int, str, bytes]] = []
+        file.seek(0)
+        number = 0
+        while page := file.read(page_size):
+            number += 1
+            if number not in skip and len(page) == page_size:
+                rows.extend(_leaf_cells(page, 100 if number == 1 else 0, usable))
+    seen: set[int] = set()
+    for rowid, topic, payload in sorted(rows, key=lambda row: row[0]):
+        if rowid not in seen:
+            seen.add(rowid)
+            yield topic, payload
+
+
+def _freelist_pages(file: BinaryIO, header: bytes, page_size: int) -> set[int]:
+    """Page numbers of the freelist (trunk and leaf pages), as far as the header and the trunks still read."""
+    pages: set[int] = set()
+    if not header.startswith(_SQLITE_HEADER) or len(header) < 40:
+        return pages
+    trunk = int.from_bytes(header[32:36], "big")
+    while trunk and trunk not in pages and len(pages) < 1 << 24:
+        pages.add(trunk)
+        file.seek((trunk - 1) * page_size)
+        data = file.read(page_size)
+        if len(data) < 8:
+            break
+        count = min(int.from_bytes(data[4:8], "big"), (len(data) - 8) // 4)
+        pages.update(int.from_bytes(data[8 + 4 * i : 12 + 4 * i], "big") for i in range(count))
+        trunk = int.from_bytes(data[0:4], "big")
+    return pages
+
+
+def _leaf_cells(page: bytes, offset: int, usable: int) -> Iterator[tuple[int, str, bytes]]:
+    """The ``message`` rows (rowid, topic, payload) in one page, if it is a table leaf page (type 13)."""
+    if page[offset] != 0x0D:
+        return
+    cells = int.from_bytes(page[offset + 3 : offset + 5], "big")
+    max_local = usable - 35  # larger payloads continue on overflow pages: not salvaged
+    for index in range(min(cells, (len(page) - offset - 8) // 2)):
+        at = offset + 8 + 2 * index
+        pointer = int.from_bytes(page[at : at + 2], "big")
+        try:
+            size, pos = _varint(page, pointer)
+            rowid, pos = _varint(page, pos)
+            if size > max_local or pos + size > len(page):
+                continue
+            row = _message_record(page[pos : pos + size])
+        except IndexError:
+            continue
+        if row is not None:
+            yield rowid, row[0], row[1]
+
+
+def _message_record(record: bytes) -> tuple[str, bytes] | None:
+    """(topic, payload) when ``record`` is a ``message`` row whose ``size`` column matches them."""
+    header_size, pos = _varint(record, 0)
+    types: list[int] = []
+    while pos < header_size and len(types) < 5:
+        serial, pos = _varint(record, pos)
+        types.append(serial)
+    if len(types) != 4 or types[0] != 0 or types[1] < 13 or types[1] % 2 != 1 or types[2] < 12 or types[2] % 2:
+        return None
+    if types[3] not in _INT_SIZES:
+        return None
+    topic_len, payload_len = (types[1] - 13) // 2, (types[2] - 12) // 2
+    body = header_size
+    topic_raw = record[body : body + topic_len]
+    payload = record[body + topic_len : body + topic_len + payload_len]
+    size_raw = record[body + topic_len + payload_len : body + topic_len + payload_len + _INT_SIZES[types[3]]]
+    if len(size_raw) != _INT_SIZES[types[3]]:
+        return None
+    size = {8: 0, 9: 1}.get(types[3], int.from_bytes(size_raw, "big", signed=True))
+    try:
+        topic = topic_raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not topic or size != _row_size(topic, payload):
+        return None
+    return topic, payload
+
+
+_INT_SIZES = {1: 1, 2: 2, 3: 3, 4: 4, 5: 6, 6: 8, 8: 0, 9: 0}
+"""Bytes of an integer per SQLite record serial type."""
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """SQLite's big-endian varint at ``pos``: (value, position after it). IndexError past the end."""
+    value = 0
+    for index in range(9):
+        byte = data[pos + index]
+        if index == 8:
+            return (value << 8) | byte, pos + 9
+        value = (value << 7) | (byte & 0x7F)
+        if byte < 0x80:
+            return value, pos + index + 1
+    raise AssertionError("unreachable")
 
 
 def _free_bytes(directory: Path) -> int | None:
