@@ -348,3 +348,23 @@ def test_a_full_disk_drops_the_oldest_keeps_the_newest_and_deletes_and_checkpoin
         again = Spool(disk / "spool.db", max_bytes=10**9)
         assert again.moved_aside is None and again.count == 100
         again.close()
+
+
+def test_salvage_from_pages_never_brings_back_delivered_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10 defect 4 (truncated spool.db): rows read straight from the file's pages come only from live
+    pages; the freelist's stale copies of delivered (deleted) messages are skipped."""
+    monkeypatch.setenv("PATH", "")  # the spool's own salvage, not the sqlite3 program's
+    path = tmp_path / "spool.db"
+    spool = Spool(path, max_bytes=10**9)
+    spool.append([message(n) for n in range(3000)])
+    spool.remove([row.id for row in spool.oldest(after_id=0, limit=2000)])  # delivered
+    spool.close()
+    path.write_bytes(path.read_bytes()[:-4096])  # the last page lost: SQLite can no longer walk the table
+    again = Spool(path, max_bytes=10**9)
+    salvaged = [row.payload for row in again.oldest(after_id=0, limit=10**6)]
+    again.close()
+    assert salvaged, "rows on the intact pages are salvaged"
+    remaining = [message(n)[1] for n in range(2000, 3000)]
+    assert salvaged == [payload for payload in remaining if payload in set(salvaged)]
