@@ -47,8 +47,8 @@ def lock_holder(state_dir: Path) -> str:
 def locked_state_dir(state_dir: Path) -> Iterator[StateDirLock]:
     """Hold ``state_dir``'s lock for the ``with`` block; StateDirBusyError when another process holds it.
 
-    A directory that cannot be created or opened (missing parent, EACCES) yields ``locked=False``
-    instead of failing: the caller runs without a spool and says so.
+    A directory that cannot be created, opened or locked (missing parent, EACCES, no flock) yields
+    ``locked=False`` instead of failing: the caller runs (without a spool if it cannot be opened) and says so.
     """
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,9 @@ def locked_state_dir(state_dir: Path) -> Iterator[StateDirLock]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise GatewayError(f"cannot lock the state directory {state_dir}: {exc}") from exc
+                # A file system without flock (e.g. some network mounts): run, and say so.
+                yield StateDirLock(locked=False, pid_written=False, problem=f"cannot lock {state_dir}: {exc}")
+                return
             raise StateDirBusyError(
                 f"the state directory {state_dir} is in use by {lock_holder(state_dir)}; "
                 "give each gateway its own --state-dir"
