@@ -511,6 +511,7 @@ class Gateway:
             spool_lost=forwarder.lost_by_reason,
             spool_available=forwarder.available,
             refused_by_broker=forwarder.refused_by_reason,
+            dead_letters_dropped=forwarder.dead_letters_dropped,
             rejected_by_sink=self.counters.messages_rejected_by_sink,
             source_restarts=self.counters.source_restarts,
         )

@@ -108,6 +108,10 @@ class StoreAndForward:
         self._clock = clock
         self._window_wait_s = window_wait_s
         self._window_stuck = False
+        self._stuck_logged = False
+        self._stuck_logged_at = -SPOOL_REMINDER_S
+        self.window_stuck_episodes = 0
+        """How often the in-flight window stayed full for ``window_wait_s`` while connected (a hung broker)."""
         self._replay_interval_s = 1.0 / replay_per_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellgate-spool")
         self._sink: MqttSink | None = None
@@ -149,6 +153,11 @@ class StoreAndForward:
     def spooled_now(self) -> int:
         """Messages in the spool now (0 without a spool)."""
         return self.spool.count if self.spool is not None else 0
+
+    @property
+    def dead_letters_dropped(self) -> int:
+        """Dead letters deleted by ``spool.dead_letter_max_mb`` since the spool was opened."""
+        return self.spool.dead_letters_dropped if self.spool is not None else 0
 
     def bind(self, sink: MqttSink) -> None:
         self._sink = sink
@@ -219,13 +228,25 @@ class StoreAndForward:
             taken = await sink.offer_many(messages, wait_s=0)  # only the slots free right now
             if taken:
                 self._window_stuck = False
-                log.info("broker_window_moving")
+                if self._stuck_logged:
+                    self._stuck_logged = False
+                    log.info("broker_window_moving", stuck_episodes=self.window_stuck_episodes)
         else:
             taken = await sink.offer_many(messages, wait_s=self._window_wait_s)
             if taken < len(messages) and sink.connected:
                 # No slot for window_wait_s while connected: do not wait again until one frees.
                 self._window_stuck = True
-                log.warning("broker_window_stuck", in_flight=sink.in_flight, waited_s=self._window_wait_s)
+                self.window_stuck_episodes += 1
+                now = time.monotonic()
+                if now - self._stuck_logged_at >= SPOOL_REMINDER_S:  # a slow broker may do this every second
+                    self._stuck_logged_at = now
+                    self._stuck_logged = True
+                    log.warning(
+                        "broker_window_stuck",
+                        in_flight=sink.in_flight,
+                        waited_s=self._window_wait_s,
+                        stuck_episodes=self.window_stuck_episodes,
+                    )
         if taken < len(messages):
             await self.store(messages[taken:])
 
