@@ -253,9 +253,10 @@ def test_a_hung_broker_never_blocks_polling_and_leaves_no_hole(rig: Rig) -> None
     """Issue 10 defect 2 (kill -STOP on Mosquitto): while the broker is hung every batch goes to the spool as it
     comes (no window_wait_ms per batch), the queue never fills, every poll cycle is read, and once the broker
     is back and the replay done no seq is missing."""
-    stall_s = 20.0
+    stall_s = 12.0
     state = rig.workdir / "state"
-    gateway = rig.gateway(state)
+    # A queue of about two seconds of the demo map's messages, so a pipeline that waits shows within the stall.
+    gateway = rig.gateway(state, CELLGATE_GATEWAY__QUEUE_SIZE="2000")
     gateway.start()
     try:
         wait_until(lambda: rig.live_after(3), 30, "live data")
