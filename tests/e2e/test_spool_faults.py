@@ -108,11 +108,14 @@ def holes(
 
 def fill_disk(directory: Path) -> None:
     """Write a filler file until the file system is full (ENOSPC)."""
-    with (directory / "filler").open("wb") as filler, contextlib.suppress(OSError):
-        while True:
-            filler.write(b"\0" * 65536)
-            filler.flush()
-            os.fsync(filler.fileno())
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for size in (65536, 4096, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
 
 
 def test_a_full_state_disk_drops_the_oldest_replays_the_rest_and_restarts_on_the_full_disk(rig: Rig) -> None:
