@@ -151,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--broker", default=None, help="use this broker (mqtt://host:port) instead of the embedded one")
     demo.add_argument("--no-view", action="store_true", help="no live view; log instead")
     demo.set_defaults(func=cmd_demo)
+
+    from gateway.spool_cli import add_spool_commands
+
+    spool = commands.add_parser("spool", help="look at the spool offline: dead letters, requeue them")
+    add_spool_commands(spool, default_state_dir=default_state_dir)
     return parser
 
 

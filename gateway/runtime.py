@@ -22,32 +22,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import fcntl
 import gc
 import hashlib
-import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import structlog
 from pydantic import BaseModel
 
 from gateway import __version__
 from gateway.assembly import DeviceLink, SourceTask, active_devices, build_outbound, build_sources, mqtt_options_for
-from gateway.errors import ConfigError, GatewayError, SinkError
+from gateway.errors import ConfigError, SinkError
 from gateway.notify import SystemdNotifier
 from gateway.outbound import DeviceOutbound, Message
 from gateway.queueing import MessageQueue
 from gateway.schema import encode_gateway_status, gateway_status_topic
 from gateway.sinks.mqtt import MqttSink
 from gateway.sinks.spool import SeqCheckpoint, Spool
-from gateway.sinks.store_forward import StoreAndForward
+from gateway.sinks.store_forward import StoreAndForward, open_spool
 from gateway.sources.base import RawReading
+from gateway.state_dir import locked_state_dir
 from gateway.tagmap import Plant
 
 log = structlog.get_logger("cellgate.runtime")
@@ -290,7 +288,8 @@ class Gateway:
         devices = len(self._channels)
         connected = sum(1 for channel in self._channels.values() if channel.connected)
         broker = "connected" if sink.connected else "disconnected"
-        return f"devices {connected}/{devices} connected, broker {broker}, spooled {forwarder.spool.count}"
+        spooled = forwarder.spooled_now if forwarder.available else "unavailable"
+        return f"devices {connected}/{devices} connected, broker {broker}, spooled {spooled}"
 
     async def _report_health(self, sink: MqttSink, forwarder: StoreAndForward) -> None:
         """systemd: READY=1 after the first publish or spool write; WATCHDOG=1 only while the pipeline moves."""
@@ -303,7 +302,7 @@ class Gateway:
         last_progress = time.monotonic()
         while not ready:
             # Until READY systemd's start timeout applies, not the watchdog: look often, ping nothing.
-            if sink.delivered or sink.control_delivered or forwarder.spooled_total:
+            if sink.delivered or sink.control_delivered or forwarder.spooled_total or forwarder.lost_by_reason:
                 ready = True
                 notifier.ready(self._health_text(sink, forwarder))
                 log.info("gateway_ready")
@@ -423,19 +422,35 @@ class Gateway:
     # ----------------------------------------------------------------------------------------- run
 
     async def run(self, stop: asyncio.Event) -> None:
-        with _locked_state_dir(self.state_dir):
-            spool_path = Path(self.plant.spool.path) if self.plant.spool.path else self.state_dir / "spool.db"
-            spool = Spool(spool_path, max_bytes=self.plant.spool.max_bytes)
+        with locked_state_dir(self.state_dir) as lock:
+            if lock.problem is not None:
+                log.error("state_dir_degraded", state_dir=str(self.state_dir), problem=lock.problem, locked=lock.locked)
+            settings = self.plant.spool
+            spool_path = Path(settings.path) if settings.path else self.state_dir / "spool.db"
+
+            def open_at_path() -> Spool:
+                return Spool(
+                    spool_path,
+                    max_bytes=settings.max_bytes,
+                    min_free_bytes=int(settings.min_free_mb * 1_000_000),
+                    dead_letter_max_bytes=int(settings.dead_letter_max_mb * 1_000_000),
+                )
+
+            # Off the event loop: opening checks the file (PRAGMA quick_check) and may salvage a damaged one.
+            spool = await asyncio.to_thread(open_spool, open_at_path)
             forwarder = StoreAndForward(
                 spool,
-                window_wait_s=self.plant.spool.window_wait_ms / 1000,
-                replay_per_s=self.plant.spool.replay_per_s,
+                window_wait_s=settings.window_wait_ms / 1000,
+                replay_per_s=settings.replay_per_s,
+                reopen=open_at_path,
+                clock=self._clock,
             )
             try:
                 await self._run(stop, forwarder)
             finally:
-                with contextlib.suppress(Exception):
-                    spool.close()
+                if forwarder.spool is not None:
+                    with contextlib.suppress(Exception):
+                        forwarder.spool.close()
 
     async def _run(self, stop: asyncio.Event, forwarder: StoreAndForward) -> None:
         plant = self.plant
@@ -459,11 +474,11 @@ class Gateway:
             tags=sum(len(device.tags) for device in active_devices(plant)),
             broker=f"{options.host}:{options.port}",
             failover=[f"{host}:{port}" for host, port in options.failover],
-            spool=str(forwarder.spool.path),
-            spooled=forwarder.spool.count,
+            spool=str(forwarder.spool.path) if forwarder.spool is not None else None,
+            spooled=forwarder.spooled_now,
             previous_stop="clean" if checkpoint.clean else "unclean",
         )
-        sink = MqttSink(options, on_spool_ack=forwarder.on_spool_ack)
+        sink = MqttSink(options, on_spool_ack=forwarder.on_spool_ack, on_refused=forwarder.on_refused)
         forwarder.bind(sink)
         self._sink, self._forwarder = sink, forwarder
         async with sink:
@@ -509,8 +524,13 @@ class Gateway:
             delivered=sink.delivered,
             spooled=forwarder.spooled_total,
             replayed=forwarder.replayed_total,
-            spool_kept=forwarder.spool.count,
-            spool_dropped_by_cap=forwarder.spool.dropped,
+            spool_kept=forwarder.spooled_now,
+            spool_dropped_by_cap=sum(forwarder.dropped_by_reason.values()),
+            spool_dropped=forwarder.dropped_by_reason,
+            spool_lost=forwarder.lost_by_reason,
+            spool_available=forwarder.available,
+            refused_by_broker=forwarder.refused_by_reason,
+            dead_letters_dropped=forwarder.dead_letters_dropped,
             rejected_by_sink=self.counters.messages_rejected_by_sink,
             source_restarts=self.counters.source_restarts,
         )
@@ -634,34 +654,6 @@ async def cancel_until_done(tasks: Sequence[asyncio.Task[None]], *, budget_s: fl
         if pending and not warned and loop.time() > deadline:
             warned = True
             log.warning("stop_tasks_slow", tasks=sorted(task.get_name() for task in pending), budget_s=budget_s)
-
-
-@contextlib.contextmanager
-def _locked_state_dir(state_dir: Path) -> Iterator[None]:
-    """Hold ``state_dir/cellgate.lock`` for the run: two gateways must never share a spool."""
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        lock_file: IO[str] = open(state_dir / "cellgate.lock", "a+", encoding="utf-8")  # noqa: SIM115
-    except OSError as exc:
-        raise GatewayError(f"cannot use the state directory {state_dir}: {exc}") from exc
-    with lock_file:
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            lock_file.seek(0)
-            holder = lock_file.read().strip() or "another process"
-            raise GatewayError(
-                f"the state directory {state_dir} is in use by cellgate pid {holder}; "
-                "give each gateway its own --state-dir"
-            ) from exc
-        lock_file.seek(0)
-        lock_file.truncate()
-        lock_file.write(f"{os.getpid()}\n")
-        lock_file.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 # ------------------------------------------------------------------------------------------- serve

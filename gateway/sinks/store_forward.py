@@ -5,12 +5,21 @@
     forward(messages) --connected, window slot within window_wait_s--> MqttSink (live)
                       \\--otherwise (broker down, window stuck, shutdown)--> Spool (marked historical)
     replay task: Spool oldest first --free window slot only, at most replay_per_s--> MqttSink
-                 PUBACK --> removed from the spool
+                 PUBACK --> removed from the spool (in groups, at least every ACK_FLUSH_S)
+    refused by the broker (on_refused) --> dead_letter table of the spool
 
 Live data always has the window first: a replay takes a slot only when one is free at that moment, and
 the live path never waits behind a replay. Within each topic the spool keeps arrival order, so
 historical messages arrive in order among themselves; they may interleave with newer live ones (the
 ``historical`` flag and ``seq`` say which is which).
+
+A stuck window (a hung broker: connected, no PUBACK) costs ``window_wait_s`` once: from then on batches
+take only the slots free at that moment and the rest goes straight to the spool, at the rate it
+arrives, until a slot frees again. So the queue in front never fills and the sources never block.
+
+Without a spool (it cannot be opened: read-only or full disk, permissions) the gateway runs on live data
+only: what cannot be sent is counted as lost with a reason and said loudly (``spool_unavailable`` at
+once, then at most every ``SPOOL_REMINDER_S``), and opening is tried again every ``SPOOL_RETRY_S``.
 
 All spool I/O runs on one worker thread (SQLite is blocking), so the event loop never waits on the disk.
 """
@@ -18,6 +27,7 @@ All spool I/O runs on one worker thread (SQLite is blocking), so the event loop 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +38,7 @@ import structlog
 from gateway.errors import SinkError
 from gateway.schema import mark_historical
 from gateway.sinks.mqtt import MqttSink
-from gateway.sinks.spool import SeqCheckpoint, Spool, SpooledMessage
+from gateway.sinks.spool import DeadLetter, DropReason, SeqCheckpoint, Spool, SpooledMessage, SpoolFullError
 
 log = structlog.get_logger("cellgate.spool")
 
@@ -40,58 +50,158 @@ REPLAY_CHUNK = 500
 REPLAY_SLOT_POLL_S = 0.002
 """How long a replay waits before looking for a free window slot again."""
 ACK_FLUSH_S = 0.5
-"""Acknowledged replays are deleted from the spool in groups, at least this often."""
+"""Acknowledged replays are deleted from the spool in groups, at least this often, whatever the replay does."""
+SPOOL_RETRY_S = 30.0
+"""How often opening an unavailable spool is tried again."""
+SPOOL_REMINDER_S = 60.0
+"""Least time between two ``spool_unavailable`` / ``spool_messages_lost`` lines of one episode."""
+REPLAY_ERROR_PAUSE_S = 1.0
+"""How long the replay pauses after the spool could not be read."""
+
+SpoolOpener = Callable[[], Spool]
+
+
+def open_spool(opener: SpoolOpener) -> Spool | None:
+    """``opener()``, logging a damaged file moved aside; None (logged loudly) when the spool cannot be opened."""
+    try:
+        spool = opener()
+    except SinkError as exc:
+        log.error("spool_unavailable", error=str(exc), action="live data only", retry_s=SPOOL_RETRY_S, lost=0)
+        return None
+    if spool.moved_aside is not None:
+        moved = spool.moved_aside
+        log.error(
+            "spool_corrupt_moved_aside",
+            moved_to=str(moved.path),
+            damage=moved.damage,
+            salvaged=moved.salvaged,
+            spool=str(spool.path),
+        )
+    return spool
 
 
 class StoreAndForward:
     """Owns the spool side of the sink. Create it, then ``bind(sink)`` before the first ``forward``.
 
-    ``window_wait_s``: how long a live message may wait for an in-flight slot before it goes to the spool.
-    ``replay_per_s``: the most spooled messages replayed per second.
+    ``spool`` None: no spool yet (see the module docstring); ``reopen`` opens it, tried every
+    ``reopen_every_s`` while there is none (also after a write failure closed it). ``window_wait_s``: how
+    long a live message may wait for an in-flight slot before it goes to the spool. ``replay_per_s``: the
+    most spooled messages replayed per second. ``clock``: wall-clock seconds, for the dead letters' time
+    stamps.
     """
 
-    def __init__(self, spool: Spool, *, window_wait_s: float, replay_per_s: float) -> None:
+    def __init__(
+        self,
+        spool: Spool | None,
+        *,
+        window_wait_s: float,
+        replay_per_s: float,
+        reopen: SpoolOpener | None = None,
+        reopen_every_s: float = SPOOL_RETRY_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if window_wait_s < 0 or replay_per_s <= 0:
             raise ValueError("need window_wait_s >= 0 and replay_per_s > 0")
         self.spool = spool
+        self._reopen = reopen
+        self._reopen_every_s = reopen_every_s
+        self._clock = clock
         self._window_wait_s = window_wait_s
+        self._window_stuck = False
+        self._stuck_logged = False
+        self._stuck_logged_at = -SPOOL_REMINDER_S
+        self.window_stuck_episodes = 0
+        """How often the in-flight window stayed full for ``window_wait_s`` while connected (a hung broker)."""
         self._replay_interval_s = 1.0 / replay_per_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellgate-spool")
         self._sink: MqttSink | None = None
         self._spooled = asyncio.Event()  # set while the spool may hold messages to replay
-        if spool.count:
+        if spool is not None and spool.count:
             self._spooled.set()
         self._cursor = 0  # highest spool id handed to the sink in this run
         self._next_replay_at = 0.0  # monotonic time the next replay may go out (rate limit)
         self._acked: list[int] = []
+        self._refused: list[DeadLetter] = []
         self._replays_in_flight = 0
         self._cap_episode_dropped = 0
+        self._episode_reasons: set[DropReason] = set()
+        self._unavailable_since = 0.0 if spool is not None else time.monotonic()
+        self._last_reminder = time.monotonic()
+        self._last_open_try = time.monotonic()
+        self._refused_logged: set[str] = set()
         self.spooled_total = 0
         """Live messages written to the spool in this run."""
         self.replayed_total = 0
         """Spooled messages acknowledged by the broker in this run."""
         self.spool_errors = 0
+        self.lost_by_reason: dict[str, int] = {}
+        """Messages neither sent nor kept, by reason (``spool_unavailable``, ``disk_full``, ``write_failed``)."""
+        self.refused_by_reason: dict[str, int] = {}
+        """Messages the broker refused for good (kept as dead letters), by reason."""
+        self.dropped_by_reason: dict[str, int] = {}
+        """Spooled messages deleted by a size limit in this run, by limit (``max_mb``, ``min_free_mb``,
+        ``disk_full``)."""
 
     # ---------------------------------------------------------------------------------- set-up
+
+    @property
+    def available(self) -> bool:
+        """False while running without a spool."""
+        return self.spool is not None
+
+    @property
+    def spooled_now(self) -> int:
+        """Messages in the spool now (0 without a spool)."""
+        return self.spool.count if self.spool is not None else 0
+
+    @property
+    def dead_letters_dropped(self) -> int:
+        """Dead letters deleted by ``spool.dead_letter_max_mb`` since the spool was opened."""
+        return self.spool.dead_letters_dropped if self.spool is not None else 0
 
     def bind(self, sink: MqttSink) -> None:
         self._sink = sink
 
     def on_spool_ack(self, spool_id: int, ok: bool) -> None:
-        """The sink's ``on_spool_ack``: a replayed message was acknowledged (or refused: dropped too)."""
+        """The sink's ``on_spool_ack``: a replayed message was acknowledged (or refused: see ``on_refused``)."""
         self._replays_in_flight -= 1
         self._acked.append(spool_id)
         if ok:
             self.replayed_total += 1
+
+    def on_refused(self, topic: str, payload: bytes, reason: str, spool_id: int | None) -> None:
+        """The sink's ``on_refused``: the broker will never take this message (``reason``, e.g. ``not_authorized``).
+
+        Kept in the spool's dead-letter table (a replay moves there from the message table) at the next
+        acknowledgement flush; counted by reason, logged once per reason. Never blocks.
+        """
+        self.refused_by_reason[reason] = self.refused_by_reason.get(reason, 0) + 1
+        if reason not in self._refused_logged:
+            self._refused_logged.add(reason)
+            log.warning("message_refused_by_broker", reason=reason, topic=topic, size=len(payload))
+        if spool_id is None:
+            # Replayed as historical once requeued; a payload that is not a JSON object is kept as it was.
+            with contextlib.suppress(ValueError):
+                payload = mark_historical(payload)
+        self._refused.append(DeadLetter(topic, payload, reason, spool_id))
 
     async def _io(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: call(*args, **kwargs))
 
     async def load_seq(self) -> SeqCheckpoint:
-        return await self._io(self.spool.load_seq)
+        """The saved seq numbers; without a spool, or when they cannot be read, none (an unclean stop)."""
+        if self.spool is not None:
+            try:
+                return await self._io(self.spool.load_seq)
+            except SinkError as exc:
+                self.spool_errors += 1
+                log.error("spool_seq_load_failed", error=str(exc))
+        return SeqCheckpoint(last_seq={}, saved_at=None, clean=False)
 
     async def save_seq(self, last_seq: Mapping[str, int], *, now: float, clean: bool) -> None:
+        if self.spool is None:
+            return
         try:
             await self._io(self.spool.save_seq, last_seq, now=now, clean=clean)
         except SinkError as exc:
@@ -99,14 +209,44 @@ class StoreAndForward:
             log.error("spool_seq_save_failed", error=str(exc))
 
     async def mark_running(self, *, now: float) -> None:
-        await self._io(self.spool.mark_running, now=now)
+        if self.spool is None:
+            return
+        try:
+            await self._io(self.spool.mark_running, now=now)
+        except SinkError as exc:
+            self.spool_errors += 1
+            log.error("spool_seq_save_failed", error=str(exc))
 
     # ------------------------------------------------------------------------------------ live
 
     async def forward(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Hand ``messages`` to the broker, or whatever it cannot take now to the spool, in order."""
         sink = self._require_sink()
-        taken = 0 if self._window_wait_s < 0 else await sink.offer_many(messages, wait_s=self._window_wait_s)
+        if self._window_wait_s < 0:
+            taken = 0
+        elif self._window_stuck:
+            taken = await sink.offer_many(messages, wait_s=0)  # only the slots free right now
+            if taken:
+                self._window_stuck = False
+                if self._stuck_logged:
+                    self._stuck_logged = False
+                    log.info("broker_window_moving", stuck_episodes=self.window_stuck_episodes)
+        else:
+            taken = await sink.offer_many(messages, wait_s=self._window_wait_s)
+            if taken < len(messages) and sink.connected:
+                # No slot for window_wait_s while connected: do not wait again until one frees.
+                self._window_stuck = True
+                self.window_stuck_episodes += 1
+                now = time.monotonic()
+                if now - self._stuck_logged_at >= SPOOL_REMINDER_S:  # a slow broker may do this every second
+                    self._stuck_logged_at = now
+                    self._stuck_logged = True
+                    log.warning(
+                        "broker_window_stuck",
+                        in_flight=sink.in_flight,
+                        waited_s=self._window_wait_s,
+                        stuck_episodes=self.window_stuck_episodes,
+                    )
         if taken < len(messages):
             await self.store(messages[taken:])
 
@@ -114,50 +254,138 @@ class StoreAndForward:
         """Write live messages to the spool, marked historical. A spool failure is counted and logged."""
         if not messages:
             return
+        spool = self.spool
+        if spool is None:
+            self._lose(len(messages), "spool_unavailable")
+            return
         rows = [(topic, mark_historical(payload)) for topic, payload in messages]
+        before = dict(spool.dropped_by_reason)
         try:
-            dropped = await self._io(self.spool.append, rows)
+            await self._io(spool.append, rows)
+        except SpoolFullError as exc:
+            self.spool_errors += 1
+            self._note_dropped(spool, before)
+            self._lose(len(rows), "disk_full", error=str(exc))
+            return
         except SinkError as exc:
-            self.spool_errors += len(rows)
-            log.error("spool_write_failed", messages=len(rows), error=str(exc))
+            self.spool_errors += 1
+            self._lose(len(rows), "write_failed", error=str(exc))
+            await self._give_up_spool(str(exc))
             return
         self.spooled_total += len(rows)
         self._spooled.set()
-        if dropped:
-            if not self._cap_episode_dropped:
+        self._note_dropped(spool, before)
+
+    def _note_dropped(self, spool: Spool, before: Mapping[DropReason, int]) -> None:
+        """Count what the size limits dropped since ``before``; log once per limit per episode (ends at a replay)."""
+        for reason, total in spool.dropped_by_reason.items():
+            dropped = total - before.get(reason, 0)
+            if dropped <= 0:
+                continue
+            self.dropped_by_reason[str(reason)] = self.dropped_by_reason.get(str(reason), 0) + dropped
+            self._cap_episode_dropped += dropped
+            if reason not in self._episode_reasons:
+                self._episode_reasons.add(reason)
                 log.warning(
                     "spool_full_dropping_oldest",
-                    max_mb=round(self.spool.max_bytes / 1e6, 3),
+                    reason=str(reason),
+                    max_mb=round(spool.max_bytes / 1e6, 3),
+                    min_free_mb=round(spool.min_free_bytes / 1e6, 3),
                     dropped=dropped,
                 )
-            self._cap_episode_dropped += dropped
+
+    def _lose(self, messages: int, reason: str, *, error: str | None = None) -> None:
+        """Count messages neither sent nor kept; say so at once, then at most every SPOOL_REMINDER_S."""
+        first = reason not in self.lost_by_reason
+        self.lost_by_reason[reason] = self.lost_by_reason.get(reason, 0) + messages
+        now = time.monotonic()
+        if first or now - self._last_reminder >= SPOOL_REMINDER_S:
+            self._last_reminder = now
+            log.error("spool_messages_lost", reason=reason, lost=dict(self.lost_by_reason), error=error)
+
+    async def _give_up_spool(self, error: str) -> None:
+        """A write failed for a reason other than a full disk: close the spool, run without, retry later."""
+        spool, self.spool = self.spool, None
+        if spool is None:
+            return
+        self._unavailable_since = self._last_open_try = self._last_reminder = time.monotonic()
+        self._spooled.clear()
+        log.error(
+            "spool_unavailable", error=error, action="live data only", retry_s=self._reopen_every_s,
+            lost=dict(self.lost_by_reason),
+        )
+        await self._io(spool.close)
 
     # ---------------------------------------------------------------------------------- replay
 
     async def replay(self) -> None:
-        """Run forever: whenever connected, replay the spool oldest first. Cancel to stop."""
+        """Run forever: whenever connected, replay the spool oldest first. Cancel to stop.
+
+        Also runs the upkeep: acknowledgements flushed every ACK_FLUSH_S, an unavailable spool reopened.
+        """
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._upkeep(), name="spool.upkeep")
+            await self._replay()
+
+    async def _replay(self) -> None:
         sink = self._require_sink()
         self._next_replay_at = time.monotonic()
         while True:
             await self._spooled.wait()
+            spool = self.spool
+            if spool is None:
+                await asyncio.sleep(REPLAY_ERROR_PAUSE_S)
+                continue
             if not sink.connected:
                 await sink.until_connected()
-                log.info("spool_replay_starting", spooled=self.spool.count)
-            rows = await self._io(self.spool.oldest, after_id=self._cursor, limit=REPLAY_CHUNK)
+                log.info("spool_replay_starting", spooled=spool.count)
+            try:
+                rows = await self._io(spool.oldest, after_id=self._cursor, limit=REPLAY_CHUNK)
+            except SinkError as exc:
+                self.spool_errors += 1
+                log.error("spool_read_failed", error=str(exc))
+                await asyncio.sleep(REPLAY_ERROR_PAUSE_S)
+                continue
             if not rows:
                 await self._flush_acks()
-                if self._replays_in_flight <= 0 and self.spool.count == 0:
+                if self._replays_in_flight <= 0 and spool.count == 0:
                     self._finish_episode()
                 else:
                     await asyncio.sleep(ACK_FLUSH_S / 5)  # acknowledgements still to come
                 continue
-            last_flush = time.monotonic()
             for row in rows:
                 if not await self._replay_one(sink, row):
                     break  # disconnected: wait for the next connection
-                if time.monotonic() - last_flush > ACK_FLUSH_S:
-                    last_flush = time.monotonic()
-                    await self._flush_acks()
+
+    async def _upkeep(self) -> None:
+        while True:
+            await asyncio.sleep(ACK_FLUSH_S)
+            await self._flush_acks()
+            if self.spool is None:
+                await self._retry_open()
+
+    async def _retry_open(self) -> None:
+        now = time.monotonic()
+        if now - self._last_reminder >= SPOOL_REMINDER_S:
+            self._last_reminder = now
+            log.error(
+                "spool_unavailable",
+                action="live data only",
+                down_s=round(now - self._unavailable_since),
+                lost=dict(self.lost_by_reason),
+                retry_s=self._reopen_every_s,
+            )
+        if self._reopen is None or now - self._last_open_try < self._reopen_every_s:
+            return
+        self._last_open_try = now
+        spool = await self._io(open_spool, self._reopen)
+        if spool is None:
+            return
+        self.spool = spool
+        self._cursor = 0
+        if spool.count:
+            self._spooled.set()
+        log.warning("spool_available_again", spool=str(spool.path), spooled=spool.count, lost=dict(self.lost_by_reason))
 
     async def _replay_one(self, sink: MqttSink, row: SpooledMessage) -> bool:
         """Send one spooled message at the replay rate, into a free window slot; False if disconnected."""
@@ -175,14 +403,22 @@ class StoreAndForward:
         return True
 
     async def _flush_acks(self) -> None:
-        if not self._acked:
+        """Delete acknowledged replays and keep refused messages as dead letters, in one transaction."""
+        if not self._acked and not self._refused:
             return
         acked, self._acked = self._acked, []
+        refused, self._refused = self._refused, []
+        spool = self.spool
+        if spool is None:
+            if refused:
+                self._lose(len(refused), "spool_unavailable")
+            return
         try:
-            await self._io(self.spool.remove, acked)
+            await self._io(spool.settle, acked, refused, now=self._clock())
         except SinkError as exc:
             self.spool_errors += 1
-            log.error("spool_remove_failed", messages=len(acked), error=str(exc))
+            # Not deleted: they are replayed again next time (a duplicate, never a loss).
+            log.error("spool_remove_failed", messages=len(acked), dead_letters=len(refused), error=str(exc))
 
     def _finish_episode(self) -> None:
         self._spooled.clear()
@@ -190,8 +426,10 @@ class StoreAndForward:
             "spool_replay_done",
             replayed=self.replayed_total,
             dropped_by_cap=self._cap_episode_dropped,
+            dropped=dict(self.dropped_by_reason),
         )
         self._cap_episode_dropped = 0
+        self._episode_reasons.clear()
 
     # ----------------------------------------------------------------------------------- close
 
@@ -204,12 +442,13 @@ class StoreAndForward:
         sink = self._require_sink()
         await self.store(sink.unacked())
         await self._flush_acks()
-        if self.spool.count:
+        if self.spool is not None and self.spool.count:
             log.info("spool_kept_for_next_start", messages=self.spool.count, bytes=self.spool.size_bytes)
 
     async def close(self) -> None:
         """Close the spool database and the worker thread."""
-        await self._io(self.spool.close)
+        if self.spool is not None:
+            await self._io(self.spool.close)
         self._executor.shutdown(wait=True)
 
     def _require_sink(self) -> MqttSink:

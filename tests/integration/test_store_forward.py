@@ -1,4 +1,4 @@
-"""Store and forward against a real Mosquitto: broker away, broker hung, stop while away."""
+"""Store and forward against a real Mosquitto: broker away, broker hung, stop while away, dead letters, no spool."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import orjson
 
 from gateway.sinks.mqtt import MqttSink
 from gateway.sinks.spool import Spool
-from gateway.sinks.store_forward import StoreAndForward
+from gateway.sinks.store_forward import StoreAndForward, open_spool
 from tests.support.mosquitto import Mosquitto, Subscriber, free_port
 from tests.support.sink import sink_options
 from tests.support.waiting import wait_until_async
@@ -102,3 +102,153 @@ async def test_stop_while_broker_away_keeps_the_window_in_the_spool(tmp_path: Pa
     # The four in the window were never acknowledged: spooled after the six, marked historical.
     assert sorted(orjson.loads(row.payload)["value"] for row in kept) == list(range(1, 11))
     assert all(orjson.loads(row.payload)["historical"] is True for row in kept)
+
+
+async def test_a_stuck_window_sends_later_batches_straight_to_the_spool(tmp_path: Path, prefix: str) -> None:
+    """Issue 10 defect 2 (kill -STOP on Mosquitto): once one offer waited window_wait_s in vain, later batches do
+    not wait it again each; they go to the spool as they come, and live sending resumes when slots free."""
+    with Mosquitto() as broker:
+        spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
+        forwarder = StoreAndForward(spool, window_wait_s=2.0, replay_per_s=5000)
+        options = sink_options(broker, prefix, max_inflight=5, keepalive_s=60)
+        async with MqttSink(options, on_spool_ack=forwarder.on_spool_ack) as sink:
+            forwarder.bind(sink)
+            await sink.wait_connected(5)
+            with Subscriber(broker.host, broker.port, f"{prefix}/data/#") as subscriber:
+                broker.pause()
+                try:
+                    await forwarder.forward([data(prefix, n) for n in range(1, 11)])  # waits window_wait_s once
+                    assert (sink.in_flight, spool.count) == (5, 5)
+
+                    async def twenty_batches() -> None:
+                        for start in range(11, 1011, 50):
+                            await forwarder.forward([data(prefix, n) for n in range(start, start + 50)])
+
+                    # Were each batch to wait window_wait_s, these would take 40 s.
+                    await asyncio.wait_for(twenty_batches(), 10)
+                    assert spool.count == 1005
+                finally:
+                    broker.resume()
+                replay = asyncio.create_task(forwarder.replay())
+                await wait_until_async(lambda: len(subscriber.on(f"{prefix}/data/t")) >= 1010, 30)
+                await wait_until_async(lambda: spool.count == 0, 10)
+                # Slots free again: a new batch goes live, not to the spool.
+                await forwarder.forward([data(prefix, n, "after") for n in range(1, 4)])
+                await wait_until_async(lambda: len(subscriber.on(f"{prefix}/data/after")) >= 3, 10)
+                after = [orjson.loads(m.payload) for m in subscriber.on(f"{prefix}/data/after")]
+                values = sorted(orjson.loads(m.payload)["value"] for m in subscriber.on(f"{prefix}/data/t"))
+                replay.cancel()
+        await forwarder.keep_unacked()
+        await forwarder.close()
+    assert sorted(set(values)) == list(range(1, 1011))
+    assert not any(body.get("historical") for body in after)
+
+
+async def test_replay_acknowledgements_are_deleted_while_the_replay_waits_for_a_reconnect(
+    tmp_path: Path, prefix: str
+) -> None:
+    """Issue 10 defect 6 (kill during a replay duplicates what was already sent): acknowledged replays leave the
+    spool within about ACK_FLUSH_S even while the replay is stuck waiting for the broker to come back."""
+    port = free_port()
+    broker = Mosquitto(port=port)
+    spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
+    spool.append([data(prefix, n) for n in range(1, 2001)])
+    forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=200)
+    options = dataclasses.replace(sink_options(broker, prefix), host=broker.host, port=port)
+    try:
+        broker.start()
+        async with MqttSink(options, on_spool_ack=forwarder.on_spool_ack) as sink:
+            forwarder.bind(sink)
+            replay = asyncio.create_task(forwarder.replay())
+            await wait_until_async(lambda: forwarder.replayed_total >= 100, 20)
+            broker.stop()  # the replay now waits for a reconnect that does not come
+            await wait_until_async(lambda: not sink.connected, 10)
+            acked = forwarder.replayed_total
+            await wait_until_async(lambda: spool.count <= 2000 - acked, 3, "the acknowledged replays to be deleted")
+            assert 100 <= acked < 2000
+            replay.cancel()
+        await forwarder.close()
+    finally:
+        broker.close()
+    again = Spool(tmp_path / "spool.db", max_bytes=10**7)
+    try:
+        assert again.count == 2000 - acked  # after a kill only the unacknowledged ones would be sent again
+    finally:
+        again.close()
+
+
+async def test_refused_messages_are_kept_as_dead_letters_and_never_block_the_others(
+    tmp_path: Path, prefix: str
+) -> None:
+    """Issue 10 defect 7, storage side: on_refused (what the sink calls for a PUBACK >= 0x80 or an oversize
+    message) keeps the message in dead_letter; a refused replay leaves the message table for it."""
+    with Mosquitto() as broker:
+        spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
+        spool.append([data(prefix, 1, "replayed")])
+        replayed_id = spool.oldest(after_id=0, limit=1)[0].id
+        forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=5000)
+        async with MqttSink(sink_options(broker, prefix), on_spool_ack=forwarder.on_spool_ack) as sink:
+            forwarder.bind(sink)
+            await sink.wait_connected(5)
+            replay = asyncio.create_task(forwarder.replay())
+            topic, payload = data(prefix, 7, "denied")
+            forwarder.on_refused(topic, payload, "not_authorized", None)
+            forwarder.on_refused(topic, payload, "not_authorized", None)
+            forwarder.on_refused(f"{prefix}/data/replayed", b'{"value":1}', "packet_too_large", replayed_id)
+            with Subscriber(broker.host, broker.port, f"{prefix}/data/#") as subscriber:
+                await forwarder.forward([data(prefix, n, "ok") for n in range(1, 4)])
+                await wait_until_async(lambda: len(subscriber.on(f"{prefix}/data/ok")) >= 3, 10)
+            wanted = {"not_authorized": 2, "packet_too_large": 1}
+            await wait_until_async(lambda: spool.dead_letter_counts() == wanted, 5)
+            replay.cancel()
+        await forwarder.close()
+    assert forwarder.refused_by_reason == {"not_authorized": 2, "packet_too_large": 1}
+    again = Spool(tmp_path / "spool.db", max_bytes=10**7)
+    try:
+        assert again.count == 0  # the refused replay moved to dead_letter: not lost, not replayed again
+        assert again.requeue_dead_letters("not_authorized") == 2
+        rows = again.oldest(after_id=0, limit=10)
+        assert [orjson.loads(row.payload) for row in rows] == [{"value": 7, "seq": 7, "historical": True}] * 2
+    finally:
+        again.close()
+
+
+async def test_without_a_spool_live_data_flows_losses_are_counted_and_the_spool_is_opened_later(
+    tmp_path: Path, prefix: str
+) -> None:
+    """Issue 10 defect 1 (read-only or full state disk at start): no spool is no reason to stop; what cannot be
+    sent is counted as lost, and the spool is opened as soon as it can be."""
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state directory should be")  # opening the spool fails: not a directory
+
+    def open_at_path() -> Spool:
+        return Spool(blocker / "spool.db", max_bytes=10**7)
+
+    forwarder = StoreAndForward(
+        open_spool(open_at_path), window_wait_s=0.2, replay_per_s=5000, reopen=open_at_path, reopen_every_s=0.5
+    )
+    assert not forwarder.available
+    port = free_port()
+    broker = Mosquitto(port=port)
+    options = dataclasses.replace(sink_options(broker, prefix), host=broker.host, port=port)
+    try:
+        async with MqttSink(options, on_spool_ack=forwarder.on_spool_ack) as sink:
+            forwarder.bind(sink)
+            replay = asyncio.create_task(forwarder.replay())
+            await forwarder.forward([data(prefix, n) for n in range(1, 11)])  # broker down, no spool
+            assert forwarder.lost_by_reason == {"spool_unavailable": 10}
+            broker.start()
+            await sink.wait_connected(10)
+            with Subscriber(broker.host, broker.port, f"{prefix}/data/#") as subscriber:
+                await forwarder.forward([data(prefix, n) for n in range(11, 14)])
+                await wait_until_async(lambda: len(subscriber.on(f"{prefix}/data/t")) >= 3, 10)
+            blocker.unlink()  # the disk is usable again
+            await wait_until_async(lambda: forwarder.available, 5, "the spool to be opened again")
+            broker.stop()
+            await wait_until_async(lambda: not sink.connected, 10)
+            await forwarder.forward([data(prefix, n) for n in range(14, 17)])
+            assert forwarder.spooled_now == 3
+            replay.cancel()
+        await forwarder.close()
+    finally:
+        broker.close()
