@@ -7,7 +7,7 @@ Shape of a run::
                                                                      \\--> Spool (broker down, window stuck)
     replay task: Spool --> MqttSink (free window slots only, rate-limited, "historical": true)
     report_link --> retained _status per device --> MqttSink.set_retained (restored after every reconnect)
-    checkpoint task: last seq per topic --> Spool every SEQ_CHECKPOINT_S (exactly at a clean stop)
+    checkpoint task: seq reservation --> state_dir/seq.{a,b}.json every SEQ_CHECKPOINT_S (exact at a clean stop)
     health task: systemd READY=1 / WATCHDOG=1 / STATUS=
 
 Signals are handled here (``serve``): SIGTERM/SIGINT stop, SIGHUP reloads the tag map.
@@ -44,8 +44,9 @@ from gateway.notify import SystemdNotifier
 from gateway.outbound import DeviceOutbound, Message
 from gateway.queueing import MessageQueue
 from gateway.schema import encode_gateway_status, gateway_status_topic
+from gateway.seq_reservation import SeqBudget, SeqFileStore, SeqReservations
 from gateway.sinks.mqtt import MqttSink
-from gateway.sinks.spool import SeqCheckpoint, Spool
+from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward
 from gateway.sources.base import RawReading
 from gateway.tagmap import Plant
@@ -61,7 +62,7 @@ SUPERVISOR_BACKOFF_MIN_S = 1.0
 SUPERVISOR_BACKOFF_MAX_S = 60.0
 
 SEQ_CHECKPOINT_S = 5.0
-"""How often the last seq per topic is saved while running (exactly, once more, at a clean stop)."""
+"""How often the seq reservation is renewed while running (see gateway.seq_reservation)."""
 HEALTH_INTERVAL_S = 5.0
 """How often the health task looks at the pipeline when systemd asks for no watchdog."""
 PUBLISH_STALL_S = 30.0
@@ -92,8 +93,10 @@ class _DeviceChannel:
         counters: RuntimeCounters,
         on_status: Callable[[Message], None],
         clock: Callable[[], float],
+        seq_budget: SeqBudget,
     ) -> None:
         self.outbound = outbound
+        self._seq_budget = seq_budget
         self._queue = queue
         self._counters = counters
         self._on_status = on_status
@@ -103,7 +106,12 @@ class _DeviceChannel:
         self._since = clock()
 
     async def emit(self, readings: Sequence[RawReading]) -> None:
+        # No seq number goes out before a durable reservation covers it (waits only when the budget is spent).
+        budget = self._seq_budget
+        need = self.outbound.seq_need(readings)
+        await budget.take(need)
         messages = self.outbound.messages(readings, self._clock())
+        budget.left += need - len(messages)
         if not messages:
             return
         await self._queue.put(messages)
@@ -229,6 +237,8 @@ class Gateway:
         self._stopping = False
         self._sink: MqttSink | None = None
         self._forwarder: StoreAndForward | None = None
+        self._state_dir_used = False
+        self._seq = SeqReservations(SeqFileStore(state_dir), snapshot=self._seq_snapshot, period_s=SEQ_CHECKPOINT_S)
 
     @property
     def outbounds(self) -> list[DeviceOutbound]:
@@ -260,10 +270,10 @@ class Gateway:
                 log.error("sink_rejected_batch", messages=len(messages), error=str(exc))
             self.counters.batches_forwarded += 1
 
-    async def _checkpoint_seq(self, forwarder: StoreAndForward) -> None:
+    async def _checkpoint_seq(self) -> None:
         while True:
             await asyncio.sleep(SEQ_CHECKPOINT_S)
-            await forwarder.save_seq(self._seq_snapshot(), now=self._clock(), clean=False)
+            await self._seq.checkpoint()
 
     def _seq_snapshot(self) -> dict[str, int]:
         snapshot: dict[str, int] = {}
@@ -271,11 +281,11 @@ class Gateway:
             snapshot.update(outbound.seq_snapshot())
         return snapshot
 
-    def _restore_seq(self, outbound: DeviceOutbound, checkpoint: SeqCheckpoint, now: float) -> None:
-        rate = outbound.max_messages_per_s
-        outbound.restore_seq(
-            {topic: checkpoint.resume_from(topic, now=now, max_messages_per_s=rate) for topic in outbound.seq_topics}
-        )
+    def _restore_seq(self, outbound: DeviceOutbound) -> None:
+        """Continue after the resume points, or after a running device's numbers (a topic moved by a reload)."""
+        live = self._seq_snapshot()
+        resume = self._seq.resume_points(outbound.seq_topics)
+        outbound.restore_seq({topic: max(seq, live.get(topic, 0)) for topic, seq in resume.items()})
 
     # ---------------------------------------------------------------------------------- health
 
@@ -352,6 +362,7 @@ class Gateway:
             # Retained: the sink publishes it now (if connected) and again after every reconnect.
             on_status=lambda message: sink.set_retained(message.topic, message.payload),
             clock=self._clock,
+            seq_budget=self._seq.budget(outbound.device),
         )
         self._channels[outbound.device] = channel
         self._links[outbound.device] = channel.link()
@@ -388,10 +399,10 @@ class Gateway:
             sink.clear_retained(channel.outbound.topics.meta)
         for name in plan.changed | plan.added:
             outbound = new_outbounds[name]
-            previous = self._channels.get(name)
-            if previous is not None:
-                outbound.restore_seq(previous.outbound.seq_snapshot())  # seq runs on across the change
+            self._restore_seq(outbound)  # seq runs on across the change
             self._add_channel(sink, outbound)
+        # A topic can change device in a reload: every device renews its seq budget before its next message.
+        self._seq.invalidate()
         self.plant = without_tags(new)
         self.fingerprint = new_fingerprint
         for name in plan.sources_to_start:
@@ -409,6 +420,7 @@ class Gateway:
     # ----------------------------------------------------------------------------------------- run
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._state_dir_used = (self.state_dir / "cellgate.lock").exists()  # for the seq state (lost vs new)
         with _locked_state_dir(self.state_dir):
             spool_path = Path(self.plant.spool.path) if self.plant.spool.path else self.state_dir / "spool.db"
             spool = Spool(spool_path, max_bytes=int(self.plant.spool.max_mb * 1_000_000))
@@ -436,8 +448,7 @@ class Gateway:
         options = mqtt_options_for(
             plant, will_topic=status_topic, will_payload=status_payload(False), online_payload=status_payload(True)
         )
-        checkpoint = await forwarder.load_seq()
-        await forwarder.mark_running(now=started)
+        seq_resume = await self._seq.start(used_before=self._state_dir_used)
         log.info(
             "gateway_starting",
             gateway=plant.gateway.id,
@@ -447,7 +458,7 @@ class Gateway:
             failover=[f"{host}:{port}" for host, port in options.failover],
             spool=str(forwarder.spool.path),
             spooled=forwarder.spool.count,
-            previous_stop="clean" if checkpoint.clean else "unclean",
+            previous_stop=seq_resume.previous_stop.value,
         )
         sink = MqttSink(options, on_spool_ack=forwarder.on_spool_ack)
         forwarder.bind(sink)
@@ -455,13 +466,13 @@ class Gateway:
         async with sink:
             for device in active_devices(plant):
                 outbound = build_outbound(plant, device)
-                self._restore_seq(outbound, checkpoint, started)
+                self._restore_seq(outbound)
                 self._add_channel(sink, outbound)
             async with asyncio.TaskGroup() as group:
                 publish_task = group.create_task(self._publish_queue(forwarder), name="sink.publish")
                 helpers = [
                     group.create_task(forwarder.replay(), name="spool.replay"),
-                    group.create_task(self._checkpoint_seq(forwarder), name="spool.checkpoint"),
+                    group.create_task(self._checkpoint_seq(), name="seq.checkpoint"),
                     group.create_task(self._report_health(sink, forwarder), name="health"),
                 ]
                 for source in build_sources(plant, self._links):
@@ -481,7 +492,7 @@ class Gateway:
                 await cancel_until_done(helpers, budget_s=1.0)
             await sink.close(timeout_s=CLOSE_SINK_BUDGET_S)
         await forwarder.keep_unacked()
-        await forwarder.save_seq(self._seq_snapshot(), now=self._clock(), clean=True)
+        await self._seq.stop()
         await forwarder.close()
         log.info(
             "gateway_stopped",
