@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import hashlib
 import math
@@ -330,6 +331,11 @@ class SeqReservations:
     def reserve(self) -> int:
         return self._reserve
 
+    @property
+    def degraded(self) -> bool:
+        """The last reservation could not be written: until one is, a crash can make numbers repeat."""
+        return self._failing
+
     async def start(self, *, used_before: bool) -> Resume:
         """Read both slots, decide where to continue, and mark this run unclean in both slots."""
         slots: list[SeqState | SlotCorruptError | None] = [None, None]
@@ -436,17 +442,22 @@ class SeqReservations:
             try:
                 await asyncio.shield(write)
             except asyncio.CancelledError:
-                cancelled = True
+                cancelled = not write.cancelled()
+            except Exception:  # looked at below, from the future
+                break
         try:
-            self._record(state, write)
+            await self._record(state, write)
         finally:
             if cancelled:
                 raise asyncio.CancelledError
 
-    def _record(self, state: SeqState, write: asyncio.Future[None]) -> None:
+    async def _record(self, state: SeqState, write: asyncio.Future[None]) -> None:
         exc = write.exception()
         if isinstance(exc, OSError):
             self.write_failures += 1
+            # Applied in memory all the same (sources never wait on a failing disk), promise included, so a
+            # burst above it does not retry in a loop.
+            self._promise = state.promise
             if not self._failing:
                 self._failing = True
                 log.error(
@@ -463,3 +474,6 @@ class SeqReservations:
         if self._failing:
             self._failing = False
             log.warning("seq_reservation_restored", failures=self.write_failures)
+            # The other slot is from before the failures, so its ``last + R + P`` no longer bounds what was
+            # sent: write this reservation to both slots, as at the start of a run.
+            await self._write(dataclasses.replace(state, generation=state.generation + 1))
