@@ -85,3 +85,18 @@ def test_messages_keep_their_fields_by_name() -> None:
     (message,) = outbound(PublishMode.TAG).messages(cycle(3.7, 250, 1.0)[:1], now=1.0)
     assert (message.topic, message.retain) == ("e/s/a/l/rack/ch001/voltage", False)
     assert orjson.loads(message.payload)["value"] == 3.7
+
+
+def test_seq_need_bounds_the_numbers_one_call_hands_out() -> None:
+    """What a device's seq budget is charged before numbering (issue 10 defect 3: reservations)."""
+    readings = cycle(3.7, 250, 1.0) + cycle(3.8, 260, 1.1)  # one tag twice, as OPC UA with queue_size > 1 sends
+    for mode in PublishMode:
+        out = outbound(mode)
+        need = out.seq_need(readings)
+        before = out.seq_snapshot()
+        sent = out.messages(readings, now=1.0)
+        advance = {topic: seq - before.get(topic, 0) for topic, seq in out.seq_snapshot().items()}
+        assert len(sent) <= need
+        assert max(advance.values()) <= need
+    assert outbound(PublishMode.TAG).seq_need(readings) == 4
+    assert outbound(PublishMode.BATCH).seq_need(readings) == 1
