@@ -434,9 +434,9 @@ class SeqReservations:
         A cancellation (the stop cancels the checkpoint task) waits for the write to end first, so that two
         writes never race on one slot's temporary file.
         """
-        data = encode_state(state)
         slot = state.generation % len(SLOT_FILES)
-        write = asyncio.ensure_future(self._run_io(lambda: self._store.write(slot, data)))
+        # Encoded in the worker too: a large tag map has hundreds of thousands of topics.
+        write = asyncio.ensure_future(self._run_io(lambda: self._store.write(slot, encode_state(state))))
         cancelled = False
         while not write.done():
             try:
