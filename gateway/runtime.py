@@ -282,10 +282,7 @@ class Gateway:
         return snapshot
 
     def _restore_seq(self, outbound: DeviceOutbound) -> None:
-        """Continue after the resume points, or after a running device's numbers (a topic moved by a reload)."""
-        live = self._seq_snapshot()
-        resume = self._seq.resume_points(outbound.seq_topics)
-        outbound.restore_seq({topic: max(seq, live.get(topic, 0)) for topic, seq in resume.items()})
+        outbound.restore_seq(self._seq.resume_points(outbound.seq_topics))
 
     # ---------------------------------------------------------------------------------- health
 
@@ -391,6 +388,9 @@ class Gateway:
         if plan.sections_ignored:
             log.warning("reload_sections_need_restart", sections=list(plan.sections_ignored))
         await cancel_until_done([self._sources.pop(name).task for name in plan.sources_to_stop], budget_s=2.0)
+        # Where every topic stands now, also those of devices about to go: a topic that comes back (or moves to
+        # another device) continues after it.
+        self._seq.remember(self._seq_snapshot())
         for name in plan.removed:
             channel = self._channels.pop(name)
             self._links.pop(name)
@@ -399,7 +399,7 @@ class Gateway:
             sink.clear_retained(channel.outbound.topics.meta)
         for name in plan.changed | plan.added:
             outbound = new_outbounds[name]
-            self._restore_seq(outbound)  # seq runs on across the change
+            self._restore_seq(outbound)  # seq runs on across the change, and for a topic that changed device
             self._add_channel(sink, outbound)
         # A topic can change device in a reload: every device renews its seq budget before its next message.
         self._seq.invalidate()

@@ -368,6 +368,14 @@ class SeqReservations:
         known, floor = self._known, self._floor
         return {topic: known.get(topic, floor) for topic in topics}
 
+    def remember(self, last: Mapping[str, int]) -> None:
+        """Raise the resume points to ``last`` (seq per topic handed out so far), e.g. before a reload."""
+        known, floor = dict(self._known), self._floor  # a copy: the dict may be in a state being written
+        for topic, seq in last.items():
+            if seq > known.get(topic, floor):
+                known[topic] = seq
+        self._known = known
+
     def budget(self, device: str) -> SeqBudget:
         """The budget of ``device`` (made empty for a new device: its first message waits for a renewal)."""
         budget = self._budgets.get(device)
