@@ -144,7 +144,8 @@ _BURST = ("emit", 0, 0, 400)
 
 
 # Hand-picked cases besides the random search: a burst that spends a whole reservation right before the kill;
-# the same with the newest slot torn (the older slot's promise must cover it); a burst during a slow write.
+# the same with the newest slot torn (the older slot's promise must cover it); a burst during a slow write;
+# a stop then a deleted slot.
 @example(devices=_ONE_TAG, script=[("tick", 1.0), _BURST, ("kill", "plain"), ("tick", 1.0), _BURST], damaged="newest")
 @example(devices=_ONE_TAG, script=[("tick", 1.0), _BURST, ("kill", "torn"), ("tick", 1.0), _BURST], damaged="newest")
 @example(
@@ -156,6 +157,12 @@ _BURST = ("emit", 0, 0, 400)
 @example(
     devices=_ONE_TAG,
     script=[("tick", 1.0), _BURST, ("stop",), ("tick", 1.0), _BURST, ("kill", "delete_one"), ("tick", 1.0), _BURST],
+    damaged="newest",
+)
+@example(  # R shrinks at a checkpoint while a device still holds a large budget from the old block
+    devices=_ONE_TAG,
+    script=[("tick", 1.0), _BURST, ("tick", 6.0), ("emit", 0, 0, 1), ("tick", 12.0), ("hold", 4), ("checkpoint",),
+            ("emit", 0, 0, 300), ("tick", 0.1), ("tick", 0.1), ("kill", "plain"), ("tick", 1.0), _BURST],
     damaged="newest",
 )
 @given(
