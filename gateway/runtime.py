@@ -238,7 +238,9 @@ class Gateway:
         self._sink: MqttSink | None = None
         self._forwarder: StoreAndForward | None = None
         self._state_dir_used = False
-        self._seq = SeqReservations(SeqFileStore(state_dir), snapshot=self._seq_snapshot, period_s=SEQ_CHECKPOINT_S)
+        self._seq = SeqReservations(
+            SeqFileStore(state_dir), snapshot=self._seq_snapshot_by_device, period_s=SEQ_CHECKPOINT_S
+        )
 
     @property
     def outbounds(self) -> list[DeviceOutbound]:
@@ -280,6 +282,9 @@ class Gateway:
         for outbound in self.outbounds:
             snapshot.update(outbound.seq_snapshot())
         return snapshot
+
+    def _seq_snapshot_by_device(self) -> dict[str, dict[str, int]]:
+        return {outbound.device: outbound.seq_snapshot() for outbound in self.outbounds}
 
     def _restore_seq(self, outbound: DeviceOutbound) -> None:
         outbound.restore_seq(self._seq.resume_points(outbound.seq_topics))

@@ -2,19 +2,21 @@
 
 The scheme (the proof the property test in ``tests/unit/test_seq_reservation.py`` checks):
 
-* A reservation is a state file saying, per topic, the last ``seq`` handed out when it was written
-  (``last``), plus one block size ``reserve`` (R) for every topic. It promises: no topic goes past
-  ``last[topic] + R`` (or ``floor + R`` for a topic not listed) until a newer reservation is durable.
 * A topic's ``seq`` grows by one per message on it, so it can grow at most by the number of messages its
-  device sent. Each device therefore gets a budget of R messages per reservation (:class:`SeqBudget`); a
-  device that would go over it waits until the next reservation is on disk. Reservations are renewed at
-  every checkpoint, with R sized from the observed rate so that the wait normally never happens.
-* After a crash every topic resumes after ``last + R``: the subscriber sees a gap, never a reused number.
-  After a clean stop the file holds the exact numbers and the next run continues without a gap.
+  device sent. Each device gets a block of R_d messages per reservation (:class:`SeqBudget`), R_d sized
+  from the device's own rate so that it lasts about two checkpoint periods.
+* A reservation is a state file holding, per topic, a ceiling (``last``): the seq handed out when it was
+  written plus its device's R_d. No topic goes past its ceiling (or ``floor + reserve``, ``reserve`` the
+  largest R_d, for a topic not listed) until a newer reservation is durable: a device that would spend more
+  than its block waits for the next reservation. Reservations are renewed at every checkpoint, so that wait
+  normally never happens.
+* After a crash every topic resumes after its ceiling: the subscriber sees a gap (at most R_d plus what the
+  crash lost), never a reused number. After a clean stop the file holds the exact numbers (``clean``) and
+  the next run continues without a gap.
 * Two files (slots A and B) take turns, each with a generation number and a checksum, written atomically
   (temp file, fsync, rename, directory fsync). If one is unreadable the other still bounds what was used:
-  each file also records ``promise`` (P), a bound the next reservation's R keeps to, so resuming after
-  ``last + R + P`` of the older slot is safe whether the lost slot was older or newer. The first
+  each file also records ``promise`` (P), a bound every R_d of the next reservation keeps to, so resuming
+  after ``last + P`` of the remaining slot is safe whether the lost slot was older or newer. The first
   reservation of a run is written to both slots, so the pair always describes the same run.
 * With neither slot readable (or both missing in a state directory used before) the numbers resume at a
   wall-clock floor, microseconds since the epoch. That is above every number used before as long as the
@@ -83,10 +85,13 @@ class SeqState:
     generation: int
     clean: bool
     reserve: int
+    """The largest block R_d of this reservation: how far a topic not in ``last`` may be past ``floor``."""
     promise: int
+    """No block of the next reservation is larger (see the module docstring)."""
     floor: int
-    """Where a topic not in ``last`` stands."""
+    """Where a topic not in ``last`` stood when the run started."""
     last: Mapping[str, int]
+    """Per topic: the ceiling of this reservation, or with ``clean`` the exact last seq."""
     saved_at: float
 
 
@@ -174,16 +179,17 @@ def plan_resume(
                       promise=MIN_RESERVE * PROMISE_FACTOR, generation=generation)
     newest = states[-1]
     if bad:
-        # The other slot may have been a newer reservation: its R was at most this one's P.
-        previous_stop, extra = PreviousStop.ONE_SLOT_BAD, newest.reserve + newest.promise
+        # The other slot may have been a newer reservation: its ceilings were at most these plus P.
+        previous_stop, extra = PreviousStop.ONE_SLOT_BAD, newest.promise
     elif newest.clean:
         previous_stop, extra = PreviousStop.CLEAN, 0
     else:
-        previous_stop, extra = PreviousStop.UNCLEAN, newest.reserve
+        previous_stop, extra = PreviousStop.UNCLEAN, 0  # ``last`` holds the ceilings
+    unlisted = 0 if previous_stop is PreviousStop.CLEAN else newest.reserve
     return Resume(
         previous_stop=previous_stop,
         last={topic: seq + extra for topic, seq in newest.last.items()},
-        floor=newest.floor + extra,
+        floor=newest.floor + unlisted + extra,
         reserve=newest.reserve,
         promise=newest.promise,
         generation=newest.generation,
@@ -191,10 +197,10 @@ def plan_resume(
 
 
 def size_reserve(*, used: int, elapsed_s: float, period_s: float, need: int) -> int:
-    """The block R wanted: ``RESERVE_PERIODS`` checkpoint periods at the rate of the busiest device.
+    """The block R_d wanted for a device: ``RESERVE_PERIODS`` checkpoint periods at its rate.
 
-    ``used`` messages were sent by the busiest device in ``elapsed_s`` since the last reservation;
-    ``need`` is what a waiting device must send at once.
+    ``used`` messages were sent by the device in ``elapsed_s`` since the last reservation; ``need`` is
+    what it must send at once (it is waiting).
     """
     rate = used / max(elapsed_s, 1.0)
     return max(MIN_RESERVE, need, math.ceil(rate * period_s * RESERVE_PERIODS))
@@ -272,13 +278,15 @@ class SeqBudget:
     messages, then ``budget.left += n - sent`` for what was not sent.
     """
 
-    __slots__ = ("_renew", "device", "granted", "left")
+    __slots__ = ("_renew", "device", "granted", "left", "reserve")
 
     def __init__(self, device: str, renew: Callable[[SeqBudget, int], Awaitable[None]]) -> None:
         self.device = device
         self.left = 0
         self.granted = 0
         """``left`` right after the last reservation: ``granted - left`` is what the device sent since."""
+        self.reserve = 0
+        """This device's block R_d in the last reservation."""
         self._renew = renew
 
     async def take(self, need: int) -> None:
@@ -294,7 +302,7 @@ async def _to_thread(call: Callable[[], _T]) -> _T:
 class SeqReservations:
     """Owns the seq state of one run: resume points, per-device budgets, renewals and the clean stop.
 
-    ``snapshot`` returns the last seq handed out per topic, of every device (``DeviceOutbound.seq_snapshot``).
+    ``snapshot`` returns, per device, the last seq handed out per topic (``DeviceOutbound.seq_snapshot``).
     ``run_io`` runs a blocking store call off the event loop.
     """
 
@@ -302,7 +310,7 @@ class SeqReservations:
         self,
         store: SeqStore,
         *,
-        snapshot: Callable[[], Mapping[str, int]],
+        snapshot: Callable[[], Mapping[str, Mapping[str, int]]],
         period_s: float,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -329,6 +337,7 @@ class SeqReservations:
 
     @property
     def reserve(self) -> int:
+        """The largest block R_d of the last reservation."""
         return self._reserve
 
     @property
@@ -359,8 +368,8 @@ class SeqReservations:
         self._promise = max(resume.promise, resume.reserve)
         self._generation = resume.generation
         async with self._lock:
-            for _ in SLOT_FILES:  # the first reservation of a run goes to both slots; R as the last run's
-                await self._reserve_once(need=resume.reserve)
+            for _ in SLOT_FILES:  # the first reservation of a run goes to both slots
+                await self._reserve_once()
         return resume
 
     def resume_points(self, topics: Iterable[str]) -> dict[str, int]:
@@ -389,14 +398,20 @@ class SeqReservations:
             budget.left = 0
 
     async def checkpoint(self) -> None:
-        """The periodic renewal (every ``period_s``): R re-sized from the rate since the last one."""
+        """The periodic renewal (every ``period_s``): each R_d re-sized from the device's rate since the last."""
         async with self._lock:
-            await self._reserve_once(need=0)
+            await self._reserve_once()
+
+    def _exact(self, snapshot: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+        exact = dict(self._known)
+        for topics in snapshot.values():
+            exact.update(topics)
+        return exact
 
     async def stop(self) -> None:
         """Write the exact numbers after the last message of a clean stop."""
         async with self._lock:
-            last = self._known | dict(self._snapshot())
+            last = self._exact(self._snapshot())
             state = SeqState(
                 generation=self._generation + 1, clean=True, reserve=self._reserve, promise=self._promise,
                 floor=self._floor, last=last, saved_at=self._clock(),
@@ -407,34 +422,51 @@ class SeqReservations:
     async def _renew(self, budget: SeqBudget, need: int) -> None:
         async with self._lock:
             while budget.left < need:
-                await self._reserve_once(need=need)
+                await self._reserve_once(waiting=budget, need=need)
 
-    async def _reserve_once(self, *, need: int) -> None:
-        """One reservation (lock held): size R, cap every budget to it, write, then grant it."""
+    async def _reserve_once(self, *, waiting: SeqBudget | None = None, need: int = 0) -> None:
+        """One reservation (lock held): size each R_d, cap every budget to it, write, then grant it."""
         now = self._monotonic()
-        used = max((b.granted - b.left for b in self._budgets.values()), default=0)
-        wanted = size_reserve(used=used, elapsed_s=now - self._reserved_at, period_s=self._period_s, need=need)
-        # R may exceed the last durable reservation's promise only through an intermediate write.
-        reserve = min(wanted, self._promise)
-        promise = max(PROMISE_FACTOR * wanted, reserve)
-        last = self._known | dict(self._snapshot())
-        # While the file is written devices go on under the old reservation, but within R of the snapshot,
+        elapsed_s = now - self._reserved_at
+        wanted = {
+            budget: size_reserve(
+                used=budget.granted - budget.left, elapsed_s=elapsed_s, period_s=self._period_s,
+                need=need if budget is waiting else 0,
+            )
+            for budget in self._budgets.values()
+        }
+        # An R_d may exceed the last durable reservation's promise only through an intermediate write.
+        reserves = {budget: min(want, self._promise) for budget, want in wanted.items()}
+        largest = max(reserves.values(), default=MIN_RESERVE)
+        promise = max(PROMISE_FACTOR * max(wanted.values(), default=MIN_RESERVE), largest)
+        snapshot = self._snapshot()
+        exact = self._exact(snapshot)
+        # A topic no device has numbered yet in this run (or that left with its device) may still be numbered
+        # from its resume point: it gets the largest block.
+        ceilings = {topic: seq + largest for topic, seq in exact.items()}
+        for device, topics in snapshot.items():
+            budget = self._budgets.get(device)
+            block = largest if budget is None else reserves[budget]
+            for topic, seq in topics.items():
+                ceilings[topic] = seq + block
+        # While the file is written devices go on under the old reservation, but within R_d of the snapshot,
         # so that both the old and the new reservation cover what they send.
         mark = {}
-        for budget in self._budgets.values():
+        for budget, reserve in reserves.items():
             budget.left = min(budget.left, reserve)
             mark[budget] = budget.left
         state = SeqState(
-            generation=self._generation + 1, clean=False, reserve=reserve, promise=promise,
-            floor=self._floor, last=last, saved_at=self._clock(),
+            generation=self._generation + 1, clean=False, reserve=largest, promise=promise,
+            floor=self._floor, last=ceilings, saved_at=self._clock(),
         )
         await self._write(state)
-        self._known = last
-        self._reserve = reserve
+        self._known = exact
+        self._reserve = largest
         self._reserved_at = now
         for budget, left_at_mark in mark.items():
+            reserve = reserves[budget]
             budget.left = reserve - (left_at_mark - budget.left)
-            budget.granted = reserve
+            budget.granted = budget.reserve = reserve
 
     async def _write(self, state: SeqState) -> None:
         """Write ``state`` to its slot; on success it is the last durable reservation (generation, promise).

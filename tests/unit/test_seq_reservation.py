@@ -78,11 +78,11 @@ BAD = SlotCorruptError("checksum mismatch")
         pytest.param([MISSING, MISSING], False, PreviousStop.NEW, 0, 0, id="first-start"),
         # Clean stop: exactly the saved numbers, no gap.
         pytest.param([state(4), state(5, clean=True)], True, PreviousStop.CLEAN, 41, 0, id="clean"),
-        # Crash: the newest reservation's last + R.
-        pytest.param([state(7), state(6, clean=True)], True, PreviousStop.UNCLEAN, 141, 100, id="unclean"),
-        # One slot unreadable or gone: the other one + R + P (the lost one may have been newer).
-        pytest.param([state(6), BAD], True, PreviousStop.ONE_SLOT_BAD, 541, 500, id="newest-corrupt"),
-        pytest.param([MISSING, state(6, clean=True)], True, PreviousStop.ONE_SLOT_BAD, 541, 500, id="one-deleted"),
+        # Crash: the newest reservation's ceilings; a topic not listed, the floor + the largest block.
+        pytest.param([state(7), state(6, clean=True)], True, PreviousStop.UNCLEAN, 41, 100, id="unclean"),
+        # One slot unreadable or gone: the other one + P (the lost one may have been newer).
+        pytest.param([state(6), BAD], True, PreviousStop.ONE_SLOT_BAD, 441, 500, id="newest-corrupt"),
+        pytest.param([MISSING, state(6, clean=True)], True, PreviousStop.ONE_SLOT_BAD, 441, 500, id="one-deleted"),
         # Nothing readable: the wall-clock floor, microseconds since the epoch.
         pytest.param([BAD, BAD], True, PreviousStop.LOST, None, int(NOW * 1e6), id="both-corrupt"),
         pytest.param([BAD, MISSING], False, PreviousStop.LOST, None, int(NOW * 1e6), id="corrupt-and-missing"),
@@ -162,7 +162,8 @@ def test_a_failed_write_keeps_the_previous_slot(tmp_path: Path) -> None:
 
 
 def reservations(directory: Path, last: dict[str, int]) -> SeqReservations:
-    return SeqReservations(SeqFileStore(directory), snapshot=lambda: dict(last), period_s=5.0)
+    """Reservations for one device "dev" whose topics stand at ``last``."""
+    return SeqReservations(SeqFileStore(directory), snapshot=lambda: {"dev": dict(last)}, period_s=5.0)
 
 
 async def test_clean_stop_then_exact_numbers_crash_then_a_jump_past_the_block(tmp_path: Path) -> None:

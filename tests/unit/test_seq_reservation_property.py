@@ -159,6 +159,14 @@ _BURST = ("emit", 0, 0, 400)
     script=[("tick", 1.0), _BURST, ("stop",), ("tick", 1.0), _BURST, ("kill", "delete_one"), ("tick", 1.0), _BURST],
     damaged="newest",
 )
+@example(  # both slots lost: the wall-clock floor
+    devices=_ONE_TAG, script=[("tick", 1.0), _BURST, ("kill", "both_lost"), ("tick", 2.0), _BURST], damaged="older"
+)
+@example(  # writes fail during a burst, the next checkpoint succeeds, then the newest slot is torn
+    devices=_ONE_TAG,
+    script=[("tick", 1.0), ("fail", 2), _BURST, ("checkpoint",), ("kill", "torn"), ("tick", 1.0), _BURST],
+    damaged="newest",
+)
 @example(  # R shrinks at a checkpoint while a device still holds a large budget from the old block
     devices=_ONE_TAG,
     script=[("tick", 1.0), _BURST, ("tick", 6.0), ("emit", 0, 0, 1), ("tick", 12.0), ("hold", 4), ("checkpoint",),
@@ -191,11 +199,8 @@ async def _simulate(devices: list[tuple[PublishMode, int]], script: list[tuple[o
         reservations: SeqReservations
         outbounds = [make_device(index, mode, tag_count) for index, (mode, tag_count) in enumerate(devices)]
 
-        def snapshot(outbounds: list[DeviceOutbound] = outbounds) -> dict[str, int]:
-            merged: dict[str, int] = {}
-            for outbound in outbounds:
-                merged.update(outbound.seq_snapshot())
-            return merged
+        def snapshot(outbounds: list[DeviceOutbound] = outbounds) -> dict[str, dict[str, int]]:
+            return {outbound.device: outbound.seq_snapshot() for outbound in outbounds}
 
         reservations = SeqReservations(
             store, snapshot=snapshot, period_s=5.0, clock=lambda: clock[0], monotonic=lambda: clock[0],
@@ -217,7 +222,7 @@ async def _simulate(devices: list[tuple[PublishMode, int]], script: list[tuple[o
                     outbound.restore_seq(reservations.resume_points(outbound.seq_topics))
                 if exact_after_clean is not None:
                     assert resume.previous_stop is PreviousStop.CLEAN
-                    assert snapshot() == exact_after_clean, "a clean stop must be followed by exact numbers"
+                    assert _flat(snapshot()) == exact_after_clean, "a clean stop must be followed by exact numbers"
             exact_after_clean = None
             kind = step[0]
             if kind == "emit" and started:
@@ -278,6 +283,10 @@ async def _simulate(devices: list[tuple[PublishMode, int]], script: list[tuple[o
             return
 
 
+def _flat(by_device: dict[str, dict[str, int]]) -> dict[str, int]:
+    return {topic: seq for topics in by_device.values() for topic, seq in topics.items()}
+
+
 async def _settle() -> None:
     for _ in range(10):
         await asyncio.sleep(0)
@@ -317,7 +326,7 @@ async def _clean_stop(
     tasks: dict[int, asyncio.Task[list[tuple[str, int]]]],
     background: list[asyncio.Task[None]],
     used: dict[str, set[int]],
-    snapshot: Callable[[], dict[str, int]],
+    snapshot: Callable[[], dict[str, dict[str, int]]],
 ) -> dict[str, int]:
     """The runtime's stop: sources cancelled, checkpoint task cancelled (its write ends first), exact save."""
     _collect(tasks, used)
@@ -335,4 +344,4 @@ async def _clean_stop(
         io.complete_one()
         await _settle()
     stopping.result()
-    return snapshot()
+    return _flat(snapshot())
