@@ -287,7 +287,7 @@ class Gateway:
         return {outbound.device: outbound.seq_snapshot() for outbound in self.outbounds}
 
     def _restore_seq(self, outbound: DeviceOutbound) -> None:
-        outbound.restore_seq(self._seq.resume_points(outbound.seq_topics))
+        outbound.restore_seq(self._seq.claim(outbound.seq_topics))
 
     # ---------------------------------------------------------------------------------- health
 

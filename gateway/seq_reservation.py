@@ -206,6 +206,34 @@ def size_reserve(*, used: int, elapsed_s: float, period_s: float, need: int) -> 
     return max(MIN_RESERVE, need, math.ceil(rate * period_s * RESERVE_PERIODS))
 
 
+def reservation_state(
+    *,
+    known: Mapping[str, int],
+    snapshot: Mapping[str, Mapping[str, int]],
+    blocks: Mapping[str, int],
+    largest: int,
+) -> dict[str, int]:
+    """The ceilings of a reservation: each device's topics (``snapshot``) plus its block R_d (``blocks``).
+
+    ``known`` holds the topics no device numbers at the moment (resume points not yet claimed, topics of
+    removed devices): they get the ``largest`` block, as does a device without a block of its own.
+    """
+    ceilings = {topic: seq + largest for topic, seq in known.items()}
+    for device, topics in snapshot.items():
+        block = blocks.get(device, largest)
+        for topic, seq in topics.items():
+            ceilings[topic] = seq + block
+    return ceilings
+
+
+def exact_state(*, known: Mapping[str, int], snapshot: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """The exact last seq per topic, for a clean stop."""
+    exact = dict(known)
+    for topics in snapshot.values():
+        exact.update(topics)
+    return exact
+
+
 # --------------------------------------------------------------------------------------------- shell
 
 
@@ -325,6 +353,9 @@ class SeqReservations:
         self._lock = asyncio.Lock()
         self._budgets: dict[str, SeqBudget] = {}
         self._known: dict[str, int] = {}
+        """Resume points not claimed by a device yet, and the last seq of topics whose device was removed."""
+        self._known_shared = False
+        """``_known`` is being read by a write in the worker: copy it before changing it."""
         self._floor = 0
         self._reserve = MIN_RESERVE
         self._promise = MIN_RESERVE * PROMISE_FACTOR
@@ -372,18 +403,28 @@ class SeqReservations:
                 await self._reserve_once()
         return resume
 
-    def resume_points(self, topics: Iterable[str]) -> dict[str, int]:
-        """The seq each of ``topics`` continues after (its known value, else the floor)."""
-        known, floor = self._known, self._floor
-        return {topic: known.get(topic, floor) for topic in topics}
+    def claim(self, topics: Iterable[str]) -> dict[str, int]:
+        """The seq each of ``topics`` continues after (its known value, else the floor).
+
+        The caller's device numbers them from now on and shows them in ``snapshot``: they are no longer
+        kept here (a large tag map's topics are held once, by the devices).
+        """
+        floor = self._floor
+        known = self._own_known()
+        return {topic: known.pop(topic, floor) for topic in topics}
 
     def remember(self, last: Mapping[str, int]) -> None:
         """Raise the resume points to ``last`` (seq per topic handed out so far), e.g. before a reload."""
-        known, floor = dict(self._known), self._floor  # a copy: the dict may be in a state being written
+        known, floor = self._own_known(), self._floor
         for topic, seq in last.items():
             if seq > known.get(topic, floor):
                 known[topic] = seq
-        self._known = known
+
+    def _own_known(self) -> dict[str, int]:
+        if self._known_shared:
+            self._known = dict(self._known)
+            self._known_shared = False
+        return self._known
 
     def budget(self, device: str) -> SeqBudget:
         """The budget of ``device`` (made empty for a new device: its first message waits for a renewal)."""
@@ -402,22 +443,16 @@ class SeqReservations:
         async with self._lock:
             await self._reserve_once()
 
-    def _exact(self, snapshot: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
-        exact = dict(self._known)
-        for topics in snapshot.values():
-            exact.update(topics)
-        return exact
-
     async def stop(self) -> None:
         """Write the exact numbers after the last message of a clean stop."""
         async with self._lock:
-            last = self._exact(self._snapshot())
+            known, snapshot = self._known, self._snapshot()
+            self._known_shared = True
             state = SeqState(
                 generation=self._generation + 1, clean=True, reserve=self._reserve, promise=self._promise,
-                floor=self._floor, last=last, saved_at=self._clock(),
+                floor=self._floor, last={}, saved_at=self._clock(),
             )
-            await self._write(state)
-            self._known = last
+            await self._write(state, lambda: exact_state(known=known, snapshot=snapshot))
 
     async def _renew(self, budget: SeqBudget, need: int) -> None:
         async with self._lock:
@@ -439,16 +474,9 @@ class SeqReservations:
         reserves = {budget: min(want, self._promise) for budget, want in wanted.items()}
         largest = max(reserves.values(), default=MIN_RESERVE)
         promise = max(PROMISE_FACTOR * max(wanted.values(), default=MIN_RESERVE), largest)
-        snapshot = self._snapshot()
-        exact = self._exact(snapshot)
-        # A topic no device has numbered yet in this run (or that left with its device) may still be numbered
-        # from its resume point: it gets the largest block.
-        ceilings = {topic: seq + largest for topic, seq in exact.items()}
-        for device, topics in snapshot.items():
-            budget = self._budgets.get(device)
-            block = largest if budget is None else reserves[budget]
-            for topic, seq in topics.items():
-                ceilings[topic] = seq + block
+        known, snapshot = self._known, self._snapshot()
+        self._known_shared = True
+        blocks = {budget.device: reserve for budget, reserve in reserves.items()}
         # While the file is written devices go on under the old reservation, but within R_d of the snapshot,
         # so that both the old and the new reservation cover what they send.
         mark = {}
@@ -457,10 +485,11 @@ class SeqReservations:
             mark[budget] = budget.left
         state = SeqState(
             generation=self._generation + 1, clean=False, reserve=largest, promise=promise,
-            floor=self._floor, last=ceilings, saved_at=self._clock(),
+            floor=self._floor, last={}, saved_at=self._clock(),
         )
-        await self._write(state)
-        self._known = exact
+        await self._write(
+            state, lambda: reservation_state(known=known, snapshot=snapshot, blocks=blocks, largest=largest)
+        )
         self._reserve = largest
         self._reserved_at = now
         for budget, left_at_mark in mark.items():
@@ -468,15 +497,19 @@ class SeqReservations:
             budget.left = reserve - (left_at_mark - budget.left)
             budget.granted = budget.reserve = reserve
 
-    async def _write(self, state: SeqState) -> None:
-        """Write ``state`` to its slot; on success it is the last durable reservation (generation, promise).
+    async def _write(self, state: SeqState, last: Callable[[], dict[str, int]]) -> None:
+        """Write ``state`` with ``last()`` to its slot; on success it is the last durable reservation.
 
+        ``last`` runs in the worker with the encoding: a large tag map has hundreds of thousands of topics.
         A cancellation (the stop cancels the checkpoint task) waits for the write to end first, so that two
         writes never race on one slot's temporary file.
         """
         slot = state.generation % len(SLOT_FILES)
-        # Encoded in the worker too: a large tag map has hundreds of thousands of topics.
-        write = asyncio.ensure_future(self._run_io(lambda: self._store.write(slot, encode_state(state))))
+
+        def write_slot() -> None:
+            self._store.write(slot, encode_state(dataclasses.replace(state, last=last())))
+
+        write = asyncio.ensure_future(self._run_io(write_slot))
         cancelled = False
         while not write.done():
             try:
@@ -486,12 +519,12 @@ class SeqReservations:
             except Exception:  # looked at below, from the future
                 break
         try:
-            await self._record(state, write)
+            await self._record(state, last, write)
         finally:
             if cancelled:
                 raise asyncio.CancelledError
 
-    async def _record(self, state: SeqState, write: asyncio.Future[None]) -> None:
+    async def _record(self, state: SeqState, last: Callable[[], dict[str, int]], write: asyncio.Future[None]) -> None:
         exc = write.exception()
         if isinstance(exc, OSError):
             self.write_failures += 1
@@ -516,4 +549,4 @@ class SeqReservations:
             log.warning("seq_reservation_restored", failures=self.write_failures)
             # The other slot is from before the failures, so its ``last + R + P`` no longer bounds what was
             # sent: write this reservation to both slots, as at the start of a run.
-            await self._write(dataclasses.replace(state, generation=state.generation + 1))
+            await self._write(dataclasses.replace(state, generation=state.generation + 1), last)

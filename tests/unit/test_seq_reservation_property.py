@@ -130,6 +130,7 @@ _during_run = st.one_of(
     st.tuples(st.just("checkpoint")),
     st.tuples(st.just("hold"), st.integers(1, 6)),
     st.tuples(st.just("fail"), st.integers(1, 3)),
+    st.tuples(st.just("reload"), st.integers(0, 2), st.integers(1, 4)),
 )
 _damages = ["plain", "plain", "plain", "torn", "flip", "delete_one", "both_lost"]
 _end_of_run = st.one_of(st.tuples(st.just("kill"), st.sampled_from(_damages)), st.tuples(st.just("stop")))
@@ -219,7 +220,7 @@ async def _simulate(devices: list[tuple[PublishMode, int]], script: list[tuple[o
                 resume = starting.result()
                 started = True
                 for outbound in outbounds:
-                    outbound.restore_seq(reservations.resume_points(outbound.seq_topics))
+                    outbound.restore_seq(reservations.claim(outbound.seq_topics))
                 if exact_after_clean is not None:
                     assert resume.previous_stop is PreviousStop.CLEAN
                     assert _flat(snapshot()) == exact_after_clean, "a clean stop must be followed by exact numbers"
@@ -243,6 +244,18 @@ async def _simulate(devices: list[tuple[PublishMode, int]], script: list[tuple[o
                 background.append(asyncio.ensure_future(reservations.checkpoint()))
             elif kind == "hold":
                 hold = int(step[1])
+            elif kind == "reload" and started:
+                # What Gateway._apply_reload does: the device's source stopped, its topics remembered, a new
+                # outbound (here with another number of tags) continues after them, every budget renewed.
+                device, tag_count = int(step[1]), int(step[2])
+                _collect(tasks, used)
+                if device in tasks:
+                    tasks.pop(device).cancel()
+                    await _settle()
+                reservations.remember(_flat(snapshot()))
+                outbounds[device] = make_device(device, devices[device][0], tag_count)
+                outbounds[device].restore_seq(reservations.claim(outbounds[device].seq_topics))
+                reservations.invalidate()
             elif kind == "fail":
                 store.failures_left = int(step[1])
             elif kind == "kill":
