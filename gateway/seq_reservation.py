@@ -1,6 +1,6 @@
 """Durable ``seq`` reservations: after a crash no topic ever carries the same ``seq`` on two messages.
 
-The scheme (the proof the property test in ``tests/unit/test_seq_reservation.py`` checks):
+The scheme (what the property test in ``tests/unit/test_seq_reservation_property.py`` checks):
 
 * A topic's ``seq`` grows by one per message on it, so it can grow at most by the number of messages its
   device sent. Each device gets a block of R_d messages per reservation (:class:`SeqBudget`), R_d sized
@@ -27,7 +27,10 @@ The scheme (the proof the property test in ``tests/unit/test_seq_reservation.py`
   at the next checkpoint. During such an episode a crash can make numbers repeat.
 
 Pure core: :class:`SeqState`, :func:`encode_state`, :func:`decode_state`, :func:`plan_resume`,
-:func:`size_reserve`. Shell: :class:`SeqFileStore` (files) and :class:`SeqReservations` (budgets, renewal).
+:func:`size_reserve`, :func:`reservation_state`, :func:`exact_state`. Shell: :class:`SeqFileStore` (files) and
+:class:`SeqReservations` (budgets, renewals, the clean stop), which the runtime drives: ``start`` before any
+device, ``claim`` a device's topics, ``budget(device).take(n)`` before numbering, ``checkpoint`` every 5 s,
+``remember`` + ``invalidate`` around a reload, ``stop`` after the last message.
 """
 
 from __future__ import annotations
