@@ -2,9 +2,9 @@
 
 The coater over OPC UA with ``interval_ms: 1000, sampling_interval_ms: 50, queue_size: 20``, the simulator at
 ``--step-hz 20``: the server sends up to 20 values a second per tag, far more than one per ``interval_ms``.
-SIGKILL some 4.5 s after a seq checkpoint, restart on the same state directory: an independent subscriber
-(persistent session) must never see one ``seq`` carried by two different samples on any topic. Before the fix
-4,480 numbers were reused in 56 of 101 topics.
+SIGKILL 4.7 s after a seq reservation was written, restart on the same state directory: an independent
+subscriber (persistent session) must never see one ``seq`` carried by two different samples on any topic. The
+issue measured 4,480 numbers reused in 56 of 101 topics; this test saw 1,941 in 49 topics before the fix.
 """
 
 from __future__ import annotations
@@ -83,10 +83,10 @@ def test_kill_after_a_checkpoint_with_fast_opcua_reuses_no_seq(tmp_path: Path) -
                 try:
                     first.wait_for_event("gateway_running", 30)
                     wait_until(lambda: len(subscriber.messages) > 500, 20, "coater data")
-                    # Wait for a periodic checkpoint (a slot rewritten), then kill 4.5 s after it.
+                    # Wait for a periodic checkpoint (a slot rewritten), then kill 4.7 s after it.
                     seen = newest_slot_mtime(state_dir)
                     wait_until(lambda: newest_slot_mtime(state_dir) > seen, 15, "a seq checkpoint")
-                    time.sleep(4.5)
+                    time.sleep(4.7)
                     first.send_signal(signal.SIGKILL)
                     assert first.stop(timeout_s=10) is not None
                 finally:
