@@ -401,6 +401,7 @@ class SeqReservations:
         self._reserve = resume.reserve
         self._promise = max(resume.promise, resume.reserve)
         self._generation = resume.generation
+        self.invalidate()  # budgets of an earlier run of this object start empty
         async with self._lock:
             for _ in SLOT_FILES:  # the first reservation of a run goes to both slots
                 await self._reserve_once()
