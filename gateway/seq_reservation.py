@@ -440,6 +440,7 @@ class SeqReservations:
     def invalidate(self) -> None:
         """Empty every budget: after a reload moved topics between devices, renew before any more messages."""
         for budget in self._budgets.values():
+            budget.granted -= budget.left  # what it sent since the last reservation stays what it was
             budget.left = 0
 
     async def checkpoint(self) -> None:
