@@ -5,7 +5,7 @@ Pure apart from the counters it keeps: the runtime passes ``now`` in and carries
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -55,8 +55,8 @@ class TagOutput:
 class DeviceOutbound:
     """Turns one device's raw readings into messages, keeping report-by-exception state and seq counters.
 
-    ``seq`` counts up by one per topic (per equipment for batches), starting at ``first_seq`` values given by
-    the caller, so a subscriber can see gaps and drop duplicates.
+    ``seq`` counts up by one per topic (per equipment for batches), continuing after the values the caller
+    restores (``restore_seq``), so a subscriber can see gaps and drop duplicates.
     """
 
     def __init__(
@@ -110,13 +110,16 @@ class DeviceOutbound:
             return [self.topics.batch]
         return list(self._tag_topics.values())
 
-    @property
-    def max_messages_per_s(self) -> float:
-        """Upper bound of messages per second on one of its topics: one per cycle, plus a link-lost one."""
-        return 1000.0 / self.interval_ms + 1.0
+    def seq_need(self, readings: Sized) -> int:
+        """The most messages (so the most seq numbers on any one topic) ``messages(readings)`` can make.
+
+        One per reading in per-tag mode, one per call in batch mode: what a device's seq budget is charged
+        before numbering (see gateway.seq_reservation).
+        """
+        return 1 if self._batch_encoder is not None else len(readings)
 
     def restore_seq(self, last_seq: Mapping[str, int]) -> None:
-        """Continue numbering after ``last_seq`` (per topic), e.g. the values a previous run saved."""
+        """Continue numbering after ``last_seq`` (per topic), e.g. the resume points of a previous run."""
         for topic, seq in last_seq.items():
             if seq > self._seq.get(topic, 0):
                 self._seq[topic] = seq

@@ -7,7 +7,7 @@ Shape of a run::
                                                                      \\--> Spool (broker down, window stuck)
     replay task: Spool --> MqttSink (free window slots only, rate-limited, "historical": true)
     report_link --> retained _status per device --> MqttSink.set_retained (restored after every reconnect)
-    checkpoint task: last seq per topic --> Spool every SEQ_CHECKPOINT_S (exactly at a clean stop)
+    checkpoint task: seq reservation --> state_dir/seq.{a,b}.json every SEQ_CHECKPOINT_S (exact at a clean stop)
     health task: systemd READY=1 / WATCHDOG=1 / STATUS=
 
 Signals are handled here (``serve``): SIGTERM/SIGINT stop, SIGHUP reloads the tag map.
@@ -41,11 +41,12 @@ from gateway.notify import SystemdNotifier
 from gateway.outbound import DeviceOutbound, Message
 from gateway.queueing import MessageQueue
 from gateway.schema import encode_gateway_status, gateway_status_topic
+from gateway.seq_reservation import SeqBudget, SeqFileStore, SeqReservations
 from gateway.sinks.mqtt import MqttSink
-from gateway.sinks.spool import SeqCheckpoint, Spool
+from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward, open_spool
 from gateway.sources.base import RawReading
-from gateway.state_dir import locked_state_dir
+from gateway.state_dir import LOCK_FILE_NAME, locked_state_dir
 from gateway.tagmap import Plant
 
 log = structlog.get_logger("cellgate.runtime")
@@ -62,7 +63,7 @@ GATEWAY_STOPPED_ERROR = "gateway stopped"
 """The ``error`` of every equipment's retained ``_status`` after a clean stop."""
 
 SEQ_CHECKPOINT_S = 5.0
-"""How often the last seq per topic is saved while running (exactly, once more, at a clean stop)."""
+"""How often the seq reservation is renewed while running (see gateway.seq_reservation)."""
 HEALTH_INTERVAL_S = 5.0
 """How often the health task looks at the pipeline when systemd asks for no watchdog."""
 PUBLISH_STALL_S = 30.0
@@ -94,9 +95,11 @@ class _DeviceChannel:
         on_status: Callable[[Message], None],
         clock: Callable[[], float],
         gateway_id: str,
+        seq_budget: SeqBudget,
     ) -> None:
         self.outbound = outbound
         self._gateway_id = gateway_id
+        self._seq_budget = seq_budget
         self._queue = queue
         self._counters = counters
         self._on_status = on_status
@@ -106,7 +109,12 @@ class _DeviceChannel:
         self._since = clock()
 
     async def emit(self, readings: Sequence[RawReading]) -> None:
+        # No seq number goes out before a durable reservation covers it (waits only when the budget is spent).
+        budget = self._seq_budget
+        need = self.outbound.seq_need(readings)
+        await budget.take(need)
         messages = self.outbound.messages(readings, self._clock())
+        budget.left += need - len(messages)
         if not messages:
             return
         await self._queue.put(messages)
@@ -234,6 +242,10 @@ class Gateway:
         self._stopping = False
         self._sink: MqttSink | None = None
         self._forwarder: StoreAndForward | None = None
+        self._state_dir_used = False
+        self._seq = SeqReservations(
+            SeqFileStore(state_dir), snapshot=self._seq_snapshot_by_device, period_s=SEQ_CHECKPOINT_S
+        )
 
     @property
     def outbounds(self) -> list[DeviceOutbound]:
@@ -265,10 +277,10 @@ class Gateway:
                 log.error("sink_rejected_batch", messages=len(messages), error=str(exc))
             self.counters.batches_forwarded += 1
 
-    async def _checkpoint_seq(self, forwarder: StoreAndForward) -> None:
+    async def _checkpoint_seq(self) -> None:
         while True:
             await asyncio.sleep(SEQ_CHECKPOINT_S)
-            await forwarder.save_seq(self._seq_snapshot(), now=self._clock(), clean=False)
+            await self._seq.checkpoint()
 
     def _seq_snapshot(self) -> dict[str, int]:
         snapshot: dict[str, int] = {}
@@ -276,11 +288,11 @@ class Gateway:
             snapshot.update(outbound.seq_snapshot())
         return snapshot
 
-    def _restore_seq(self, outbound: DeviceOutbound, checkpoint: SeqCheckpoint, now: float) -> None:
-        rate = outbound.max_messages_per_s
-        outbound.restore_seq(
-            {topic: checkpoint.resume_from(topic, now=now, max_messages_per_s=rate) for topic in outbound.seq_topics}
-        )
+    def _seq_snapshot_by_device(self) -> dict[str, dict[str, int]]:
+        return {outbound.device: outbound.seq_snapshot() for outbound in self.outbounds}
+
+    def _restore_seq(self, outbound: DeviceOutbound) -> None:
+        outbound.restore_seq(self._seq.claim(outbound.seq_topics))
 
     # ---------------------------------------------------------------------------------- health
 
@@ -359,6 +371,7 @@ class Gateway:
             on_status=lambda message: sink.set_retained(message.topic, message.payload),
             clock=self._clock,
             gateway_id=self.plant.gateway.id,
+            seq_budget=self._seq.budget(outbound.device),
         )
         self._channels[outbound.device] = channel
         self._links[outbound.device] = channel.link()
@@ -387,6 +400,9 @@ class Gateway:
         if plan.sections_ignored:
             log.warning("reload_sections_need_restart", sections=list(plan.sections_ignored))
         await cancel_until_done([self._sources.pop(name).task for name in plan.sources_to_stop], budget_s=2.0)
+        # Where every topic stands now, also those of devices about to go: a topic that comes back (or moves to
+        # another device) continues after it.
+        self._seq.remember(self._seq_snapshot())
         for name in plan.removed:
             channel = self._channels.pop(name)
             self._links.pop(name)
@@ -396,15 +412,17 @@ class Gateway:
                 sink.clear_retained(meta.topic)
         for name in plan.changed | plan.added:
             outbound = new_outbounds[name]
+            self._restore_seq(outbound)  # seq runs on across the change, and for a topic that changed device
             previous = self._channels.get(name)
             if previous is not None:
-                outbound.restore_seq(previous.outbound.seq_snapshot())  # seq runs on across the change
                 # A catalogue that shrank leaves no stale parts retained.
                 kept = {meta.topic for meta in outbound.meta_messages()}
                 for meta in previous.outbound.meta_messages():
                     if meta.topic not in kept:
                         sink.clear_retained(meta.topic)
             self._add_channel(sink, outbound)
+        # A topic can change device in a reload: every device renews its seq budget before its next message.
+        self._seq.invalidate()
         self.plant = without_tags(new)
         self.fingerprint = new_fingerprint
         for name in plan.sources_to_start:
@@ -422,6 +440,7 @@ class Gateway:
     # ----------------------------------------------------------------------------------------- run
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._state_dir_used = (self.state_dir / LOCK_FILE_NAME).exists()  # for the seq state (lost vs new)
         with locked_state_dir(self.state_dir) as lock:
             if lock.problem is not None:
                 log.error("state_dir_degraded", state_dir=str(self.state_dir), problem=lock.problem, locked=lock.locked)
@@ -465,8 +484,7 @@ class Gateway:
         options = mqtt_options_for(
             plant, will_topic=status_topic, will_payload=status_payload(False), online_payload=status_payload(True)
         )
-        checkpoint = await forwarder.load_seq()
-        await forwarder.mark_running(now=started)
+        seq_resume = await self._seq.start(used_before=self._state_dir_used)
         log.info(
             "gateway_starting",
             gateway=plant.gateway.id,
@@ -476,7 +494,7 @@ class Gateway:
             failover=[f"{host}:{port}" for host, port in options.failover],
             spool=str(forwarder.spool.path) if forwarder.spool is not None else None,
             spooled=forwarder.spooled_now,
-            previous_stop="clean" if checkpoint.clean else "unclean",
+            previous_stop=seq_resume.previous_stop.value,
         )
         sink = MqttSink(options, on_spool_ack=forwarder.on_spool_ack, on_refused=forwarder.on_refused)
         forwarder.bind(sink)
@@ -484,13 +502,13 @@ class Gateway:
         async with sink:
             for device in active_devices(plant):
                 outbound = build_outbound(plant, device)
-                self._restore_seq(outbound, checkpoint, started)
+                self._restore_seq(outbound)
                 self._add_channel(sink, outbound)
             async with asyncio.TaskGroup() as group:
                 publish_task = group.create_task(self._publish_queue(forwarder), name="sink.publish")
                 helpers = [
                     group.create_task(forwarder.replay(), name="spool.replay"),
-                    group.create_task(self._checkpoint_seq(forwarder), name="spool.checkpoint"),
+                    group.create_task(self._checkpoint_seq(), name="seq.checkpoint"),
                     group.create_task(self._report_health(sink, forwarder), name="health"),
                 ]
                 for source in build_sources(plant, self._links):
@@ -515,7 +533,7 @@ class Gateway:
                 await cancel_until_done(helpers, budget_s=1.0)
             await sink.close(timeout_s=CLOSE_SINK_BUDGET_S)
         await forwarder.keep_unacked()
-        await forwarder.save_seq(self._seq_snapshot(), now=self._clock(), clean=True)
+        await self._seq.stop()
         await forwarder.close()
         log.info(
             "gateway_stopped",

@@ -124,3 +124,18 @@ def test_a_shrunken_catalogue_has_fewer_meta_topics_to_keep() -> None:
     after = {m.topic for m in large_outbound(2_000, 64 * 1024).meta_messages()}
     assert after < before
     assert "e/s/a/l/rack/_meta" in after
+
+
+def test_seq_need_bounds_the_numbers_one_call_hands_out() -> None:
+    """What a device's seq budget is charged before numbering (issue 10 defect 3: reservations)."""
+    readings = cycle(3.7, 250, 1.0) + cycle(3.8, 260, 1.1)  # one tag twice, as OPC UA with queue_size > 1 sends
+    for mode in PublishMode:
+        out = outbound(mode)
+        need = out.seq_need(readings)
+        before = out.seq_snapshot()
+        sent = out.messages(readings, now=1.0)
+        advance = {topic: seq - before.get(topic, 0) for topic, seq in out.seq_snapshot().items()}
+        assert len(sent) <= need
+        assert max(advance.values()) <= need
+    assert outbound(PublishMode.TAG).seq_need(readings) == 4
+    assert outbound(PublishMode.BATCH).seq_need(readings) == 1
