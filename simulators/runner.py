@@ -4,7 +4,8 @@ machine, and optionally the HTTP fault control interface with every machine regi
 ``run_simulators()`` serves the default set (``simulators.describe``: coater-01 and calender-01 over OPC UA,
 stacker-01, rack-01 and rack-02 over Modbus TCP) until ``stop`` is set or the task is cancelled. What is
 served and where is decided by the pure ``simulators.describe.plan_simulators``; this module only builds the
-models and servers and runs them.
+models, connects them into one line (``simulators.machines.line``: roll and cell ids flow downstream) and runs
+the servers.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from simulators.describe import (
 from simulators.machines.calender import Calender, CalenderConfig
 from simulators.machines.coater import Coater, CoaterConfig
 from simulators.machines.formation import FormationConfig, FormationRack
+from simulators.machines.line import connect as connect_line
 from simulators.machines.points import Machine
 from simulators.machines.stacker import Stacker, StackerConfig
 from simulators.servers.control_http import ControlledMachine, ControlServer
@@ -151,6 +153,7 @@ async def _serve(
     if not machines:
         raise ValueError("nothing to serve: no machine uses the chosen protocol(s)")
     models = {m.device: build_model(m, seed=options.seed) for m in machines}
+    connect_line(list(models.values()))  # outputs feed inputs by id (simulators.machines.line)
     async with contextlib.AsyncExitStack() as stack:
         waiters: set[asyncio.Task[object]] = set()
         controlled: list[ControlledMachine] = []

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -38,6 +38,7 @@ from simulators.machines.header import (
 )
 from simulators.machines.packml import PackMLCommand, PackMLState, PackMLTiming
 from simulators.machines.points import DataType, PointSpec, Value, check_dt, clamp
+from simulators.machines.results import ResultFifo, RunningStats
 
 D = DataType
 S = PackMLState
@@ -212,7 +213,32 @@ def calender_points(config: CalenderConfig | None = None) -> tuple[PointSpec, ..
         p(name="Alarms.HydraulicOverPressure", data_type=D.BOOLEAN, unit=None,
           description="A hydraulic pressure is above 230 bar."),
     )
-    return (*header_points(cfg.header_config()), *process)
+    results = ResultFifo(unit="roll", fields=calender_result_fields()).points
+    return (*header_points(cfg.header_config()), *process, *results)
+
+
+def calender_result_fields() -> tuple[PointSpec, ...]:
+    """Fields of the per-roll record, statistics weighted by calendered length."""
+    p = PointSpec
+    return (
+        p(name="Result.RollId", data_type=D.STRING, unit=None, description="Id of the calendered roll."),
+        p(name="Result.InputRollId", data_type=D.STRING, unit=None,
+          description="Coated roll it was made from (the coater's roll id)."),
+        p(name="Result.RecipeVersion", data_type=D.STRING, unit=None, description="Recipe version used."),
+        p(name="Result.Length", data_type=D.DOUBLE, unit="m", min=0, max=100000, description="Calendered length."),
+        p(name="Result.CoatWeightMean", data_type=D.DOUBLE, unit="g/m2", min=0, max=500,
+          description="Mean incoming dry coat weight per side."),
+        p(name="Result.CoatWeightStd", data_type=D.DOUBLE, unit="g/m2", min=0, max=500,
+          description="Standard deviation of the incoming coat weight."),
+        p(name="Result.ThicknessMean", data_type=D.DOUBLE, unit="um", min=0, max=400,
+          description="Mean electrode thickness after the nip."),
+        p(name="Result.ThicknessStd", data_type=D.DOUBLE, unit="um", min=0, max=400,
+          description="Standard deviation of the thickness after the nip."),
+        p(name="Result.DensityMean", data_type=D.DOUBLE, unit="g/cm3", min=0, max=4.5,
+          description="Mean coating density."),
+        p(name="Result.DefectiveLength", data_type=D.DOUBLE, unit="m", min=0, max=100000,
+          description="Length out of thickness tolerance."),
+    )
 
 
 class Calender:
@@ -231,8 +257,14 @@ class Calender:
         self.roll_temp = list(self.roll_temp_sp)
         self.weight_factor = 1.0  # incoming coat weight / recipe
         self.tilt = 0.0  # (F_OS - F_DS) / F_total
+        self.line_load = 0.0  # gap control iterates from the present load
         self.line_load = self._line_load_target() if self._nip_closed() else 0.0
         self.tension = cfg.tension_sp_n if self.header.producing else 0.0
+        self.results = ResultFifo(unit="roll", fields=calender_result_fields())
+        self.finished_rolls: list[str] = []  # ids of finished rolls, in order (the line model takes them)
+        # Where the next input roll comes from (the line model: the coater's finished rolls); None: own counter.
+        self.roll_source: Callable[[], str | None] | None = None
+        self._reset_roll()
         self._values: dict[str, Value] = {}
         self._publish()
 
@@ -310,6 +342,13 @@ class Calender:
             return self._gap_line_load()
         return 0.0
 
+    def target_out_um(self) -> float:
+        """Thickness the recipe asks for: at the line-load set point (force control), at the gap set point (gap
+        control, through the load that gap needs), the incoming thickness with the press open."""
+        if self.control_mode is PressControlMode.OPEN:
+            return self.thickness_in_um()
+        return self.thickness_out_um(self._line_load_target())
+
     def _nip_closed(self) -> bool:
         return self.header.state in _NIP_CLOSED
 
@@ -323,7 +362,10 @@ class Calender:
         header = self.header
         rng = self._rng
         old_speed = header.speed
+        roll_id, recipe, lots = header.output_lot_id, header.config.recipe_version, header.lots_completed
         header.step(dt_s)
+        if header.lots_completed != lots:
+            self._finish_roll(roll_id, recipe)
         advanced_m = (old_speed + header.speed) / 2.0 / 60.0 * dt_s
 
         if cfg.noise:
@@ -345,16 +387,57 @@ class Calender:
         self.tension += (tension_target - self.tension) * (1.0 - math.exp(-dt_s / 0.5))
 
         if advanced_m > 0.0:
-            target_out = self.thickness_out_um(self.line_load_sp)
+            target_out = self.target_out_um()
             deviation = abs(self.thickness_out_um(self.line_load) - target_out) / target_out * 100.0
-            header.count(processed=advanced_m,
-                         defective=advanced_m if deviation > cfg.thickness_tolerance_pct else 0.0)
+            defective = advanced_m if deviation > cfg.thickness_tolerance_pct else 0.0
+            header.count(processed=advanced_m, defective=defective)
+            nip = self.line_load > 1.0
+            porosity = self.porosity(self.line_load) if nip else cfg.eps_0
+            self._roll_weight.add(cfg.coat_weight_g_m2 * self.weight_factor, advanced_m)
+            self._roll_thickness.add(self.thickness_out_um(self.line_load) if nip else self.thickness_in_um(),
+                                     advanced_m)
+            self._roll_density.add(cfg.true_density_g_cm3 * (1.0 - porosity), advanced_m)
+            self._roll_defective_m += defective
         # Drive power grows with the rolling torque (line load) and the speed (EST: 50-250 kW in production).
         power = cfg.base_power_kw + 1.2 * header.speed + 0.001 * self.line_load * header.speed
         power += 0.3 * sum(max(0.0, t - 25.0) for t in self.roll_temp_sp)  # roll heating
         header.add_energy(power, dt_s)
         self._publish()
         return self._values
+
+    def _reset_roll(self) -> None:
+        self._roll_weight = RunningStats()
+        self._roll_thickness = RunningStats()
+        self._roll_density = RunningStats()
+        self._roll_defective_m = 0.0
+
+    def _finish_roll(self, roll_id: str, recipe_version: str) -> None:
+        """End of roll (PackML Complete): record it, then mount the next coated roll if the line has one."""
+        thickness = self._roll_thickness
+        self.results.push({
+            "Result.RollId": roll_id, "Result.InputRollId": self.header.input_lot_id,
+            "Result.RecipeVersion": recipe_version, "Result.Length": min(thickness.weight, 100_000.0),
+            "Result.CoatWeightMean": clamp(self._roll_weight.mean, 0.0, 500.0),
+            "Result.CoatWeightStd": min(self._roll_weight.std, 500.0),
+            "Result.ThicknessMean": clamp(thickness.mean, 0.0, 400.0), "Result.ThicknessStd": min(thickness.std, 400.0),
+            "Result.DensityMean": clamp(self._roll_density.mean, 0.0, 4.5),
+            "Result.DefectiveLength": min(self._roll_defective_m, 100_000.0),
+        })
+        self.finished_rolls.append(roll_id)
+        self._reset_roll()
+        if self.roll_source is not None:
+            next_roll = self.roll_source()
+            if next_roll is not None:
+                self.header.input_lot_text = next_roll
+
+    def ack_result(self, record_id: int) -> bool:
+        acked = self.results.ack(record_id)
+        self._values.update(self.results.values())
+        return acked
+
+    @property
+    def ack_seen(self) -> int:
+        return self.results.last_ack
 
     # ------------------------------------------------------------------------------------------ values
 
@@ -379,7 +462,7 @@ class Calender:
         wedge = 20.0 * self.tilt  # µm of OS/DS difference per unit tilt (EST)
         gap = h_out - cfg.springback_um - self._deflection_um(q) if nip else min(h_in + 50.0, 500.0)
         density = cfg.true_density_g_cm3 * (1.0 - porosity)
-        target_out = self.thickness_out_um(self.line_load_sp)
+        target_out = self.target_out_um()
         moving = header.speed >= MOVING_M_MIN
         speed = max(0.0, header.speed + n(0.03)) if moving else 0.0
         thickness_out = h_out + n(0.3)
@@ -420,4 +503,5 @@ class Calender:
             "Alarms.ParticleCrackingRisk": nip and porosity < cfg.eps_min + 0.02,
             "Alarms.HydraulicOverPressure": max(pressure_os, pressure_ds) > 230.0,
         })
+        values.update(self.results.values())
         self._values = values

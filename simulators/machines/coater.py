@@ -46,6 +46,7 @@ from simulators.machines.header import (
 )
 from simulators.machines.packml import PackMLCommand, PackMLState, PackMLTiming
 from simulators.machines.points import DataType, PointSpec, Value, check_dt, clamp
+from simulators.machines.results import ResultFifo, RunningStats
 
 D = DataType
 
@@ -84,7 +85,12 @@ class CoaterConfig:
     dryer_tension_sp_n: float = 130.0
     outfeed_tension_sp_n: float = 135.0
     # Exhaust: solvent load ṁ = m_wet·(1 − w_s)·W·v, concentration = ṁ / Q; NMP LEL ≈ 54 g/m³ (notes §2.3).
+    # The exhaust fan follows the load: it keeps the concentration at ``exhaust_lel_target_pct`` within its
+    # minimum (``exhaust_flow_nm3_h``) and maximum flow, with a first-order lag (damper / fan ramp).
     exhaust_flow_nm3_h: float = 30_000.0
+    exhaust_flow_max_nm3_h: float = 60_000.0
+    exhaust_lel_target_pct: float = 20.0
+    exhaust_lag_s: float = 20.0
     solvent_lel_g_m3: float = 54.0
     dryer_residence_s: float = 60.0  # lag between coating and evaporation
     profile_lanes: int = 12
@@ -94,6 +100,8 @@ class CoaterConfig:
     initial_state: PackMLState = PackMLState.EXECUTE
 
     def __post_init__(self) -> None:
+        if self.exhaust_flow_max_nm3_h < self.exhaust_flow_nm3_h:
+            raise ValueError("exhaust_flow_max_nm3_h must be >= exhaust_flow_nm3_h")
         if not 2 <= self.profile_lanes <= 500:
             raise ValueError("profile_lanes must be 2..500")
         if not 1 <= len(self.zone_setpoints_cel) <= 99:
@@ -103,7 +111,8 @@ class CoaterConfig:
         for name in ("ramp_m_min_per_s", "abort_ramp_m_min_per_s", "coated_width_m", "solids_fraction",
                      "slurry_density_g_cm3", "pump_displacement_cm3_rev", "pump_volumetric_efficiency",
                      "pump_lag_s", "web_path_die_to_gauge_m", "zone_time_constant_s", "tension_lag_s",
-                     "die_gap_sp_um", "exhaust_flow_nm3_h", "solvent_lel_g_m3", "dryer_residence_s"):
+                     "die_gap_sp_um", "exhaust_flow_nm3_h", "solvent_lel_g_m3", "dryer_residence_s",
+                     "exhaust_lel_target_pct", "exhaust_lag_s"):
             if not getattr(self, name) > 0.0:
                 raise ValueError(f"{name} must be > 0")
 
@@ -277,7 +286,25 @@ def coater_extra_points(config: CoaterConfig, known: set[str]) -> tuple[PointSpe
           description=f"Cross-web coat-weight profile, lane {n} of {config.profile_lanes} (operator side first).")
         for n in range(1, config.profile_lanes + 1)
     ]
-    return (*header, *process, *lanes)
+    results = ResultFifo(unit="roll", fields=coater_result_fields()).points
+    return (*header, *process, *lanes, *results)
+
+
+def coater_result_fields() -> tuple[PointSpec, ...]:
+    """Fields of the per-roll record (extended points only), statistics weighted by coated length."""
+    p = PointSpec
+    return (
+        p(name="Result.RollId", data_type=D.STRING, unit=None, description="Id of the finished (rewound) roll."),
+        p(name="Result.SlurryLotId", data_type=D.STRING, unit=None, description="Slurry batch coated on it."),
+        p(name="Result.RecipeVersion", data_type=D.STRING, unit=None, description="Recipe version it was coated with."),
+        p(name="Result.Length", data_type=D.DOUBLE, unit="m", min=0, max=100000, description="Coated length."),
+        p(name="Result.CoatWeightMean", data_type=D.DOUBLE, unit="g/m2", min=0, max=500,
+          description="Mean dry coat weight at the gauge over the roll."),
+        p(name="Result.CoatWeightStd", data_type=D.DOUBLE, unit="g/m2", min=0, max=500,
+          description="Standard deviation of the gauge coat weight over the roll."),
+        p(name="Result.DefectiveLength", data_type=D.DOUBLE, unit="m", min=0, max=100000,
+          description="Length out of coat-weight tolerance."),
+    )
 
 
 def profile_shape(lanes: int) -> tuple[float, ...]:
@@ -317,8 +344,13 @@ class Coater:
         self.gauge_weight = self.die_weight
         self.gap_um = cfg.die_gap_sp_um
         self.solvent_load_g_s = self._solvent_at_die_g_s()
+        self.exhaust_flow_nm3_h = self._exhaust_demand_nm3_h()
         self._shape = profile_shape(cfg.profile_lanes)
         self._lane_walk = [0.0] * cfg.profile_lanes
+        self.results = ResultFifo(unit="roll", fields=coater_result_fields())
+        self.finished_rolls: list[str] = []  # ids of finished rolls, in order (the line model takes them)
+        self._roll_weight = RunningStats()
+        self._roll_defective_m = 0.0
         self._values: dict[str, Value] = {}
         self._publish()
 
@@ -379,7 +411,10 @@ class Coater:
         cfg = self.config
         header = self.header
         old_speed = header.speed
+        roll_id, recipe, lots = header.output_lot_id, header.config.recipe_version, header.lots_completed
         header.step(dt_s)
+        if header.lots_completed != lots:
+            self._finish_roll(roll_id, recipe)
         advanced_m = (old_speed + header.speed) / 2.0 / 60.0 * dt_s
         header.count(processed=advanced_m)
 
@@ -409,6 +444,8 @@ class Coater:
         # Evaporation follows what the die puts on the web, lagged by the dryer residence time.
         lag = 1.0 - math.exp(-dt_s / cfg.dryer_residence_s)
         self.solvent_load_g_s += (self._solvent_at_die_g_s() - self.solvent_load_g_s) * lag
+        fan = 1.0 - math.exp(-dt_s / cfg.exhaust_lag_s)
+        self.exhaust_flow_nm3_h += (self._exhaust_demand_nm3_h() - self.exhaust_flow_nm3_h) * fan
 
         # Dryer zones: exact first-order response to each set point.
         alpha = 1.0 - math.exp(-dt_s / cfg.zone_time_constant_s)
@@ -460,9 +497,34 @@ class Coater:
         while len(self._web) > 1 and self._web[1][0] <= at_gauge:
             self._web.popleft()
         self.gauge_weight = self._web[0][1]
+        self._roll_weight.add(self.gauge_weight, advanced_m)
         if advanced_m > 0.0 and abs(self._deviation_pct()) > self.config.coat_weight_tolerance_pct:
+            self._roll_defective_m += advanced_m
             self.defective_m += advanced_m
             self.header.count(processed=0.0, defective=advanced_m)
+
+    def _finish_roll(self, roll_id: str, recipe_version: str) -> None:
+        stats = self._roll_weight
+        if self.config.extended_points:
+            self.results.push({
+                "Result.RollId": roll_id, "Result.SlurryLotId": self.header.input_lot_id,
+                "Result.RecipeVersion": recipe_version, "Result.Length": min(stats.weight, 100_000.0),
+                "Result.CoatWeightMean": clamp(stats.mean, 0.0, 500.0), "Result.CoatWeightStd": min(stats.std, 500.0),
+                "Result.DefectiveLength": min(self._roll_defective_m, 100_000.0),
+            })
+        self.finished_rolls.append(roll_id)
+        self._roll_weight = RunningStats()
+        self._roll_defective_m = 0.0
+
+    def ack_result(self, record_id: int) -> bool:
+        acked = self.results.ack(record_id)
+        if self.config.extended_points:
+            self._values.update(self.results.values())
+        return acked
+
+    @property
+    def ack_seen(self) -> int:
+        return self.results.last_ack
 
     def _deviation_pct(self) -> float:
         target = self.config.coat_weight_target_g_m2
@@ -489,6 +551,18 @@ class Coater:
 
     def _noise(self, sigma: float) -> float:
         return self._rng.gauss(0.0, sigma) if self.config.noise and sigma > 0.0 else 0.0
+
+    def _exhaust_demand_nm3_h(self) -> float:
+        """Exhaust flow that holds the solvent at its %LEL target, within the fan's range."""
+        cfg = self.config
+        needed_m3_s = self.solvent_load_g_s / (cfg.solvent_lel_g_m3 * cfg.exhaust_lel_target_pct / 100.0)
+        return clamp(needed_m3_s * 3600.0, cfg.exhaust_flow_nm3_h, cfg.exhaust_flow_max_nm3_h)
+
+    @property
+    def solvent_lel_pct(self) -> float:
+        """Exhaust solvent concentration as % of the lower explosive limit (noiseless)."""
+        exhaust_m3_s = self.exhaust_flow_nm3_h / 3600.0
+        return clamp(100.0 * self.solvent_load_g_s / exhaust_m3_s / self.config.solvent_lel_g_m3, 0.0, 100.0)
 
     def _publish(self) -> None:
         cfg = self.config
@@ -545,6 +619,7 @@ class Coater:
         values["Diagnostics.Heartbeat"] = int(self.time_s) % HEARTBEAT_MODULO
         if cfg.extended_points:
             self._publish_extended(values, line_speed=line_speed, power=power, wet_film_um=wet_film_um, gauge=gauge)
+            values.update(self.results.values())
         self._values = values
 
     def _publish_extended(
@@ -564,9 +639,8 @@ class Coater:
         for name, tension in zip(("Infeed.Tension", "Dryer.Tension", "Outfeed.Tension"), self.zone_tensions,
                                  strict=True):
             values[name] = clamp(tension + n(0.015 * tension), 0.0, 400.0)
-        exhaust_m3_s = cfg.exhaust_flow_nm3_h / 3600.0
-        lel_pct = clamp(100.0 * self.solvent_load_g_s / exhaust_m3_s / cfg.solvent_lel_g_m3, 0.0, 100.0)
-        values["Dryer.Exhaust.Flow"] = clamp(cfg.exhaust_flow_nm3_h + n(100.0), 0.0, 60_000.0)
+        lel_pct = self.solvent_lel_pct
+        values["Dryer.Exhaust.Flow"] = clamp(self.exhaust_flow_nm3_h + n(100.0), 0.0, 60_000.0)
         values["Dryer.Exhaust.SolventLoad"] = min(self.solvent_load_g_s * 3.6, 1000.0)
         values["Dryer.Exhaust.SolventConc"] = clamp(lel_pct + n(0.1), 0.0, 100.0) if lel_pct > 0.0 else 0.0
         values["Alarms.SolventLelHigh"] = lel_pct > 25.0

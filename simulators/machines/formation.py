@@ -34,18 +34,22 @@ from __future__ import annotations
 import math
 import random
 from bisect import bisect_right
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
 from simulators.machines.packml import PackMLMachine, PackMLState, PackMLTiming
 from simulators.machines.points import DataType, PointSpec, Value, check_dt
+from simulators.machines.results import ResultFifo
 
 D = DataType
 
-# OCV of an NMC811/graphite cell at 25 Cel (equipment notes §5.6, EST).
-OCV_SOC: tuple[float, ...] = (0.0, 0.05, 0.10, 0.20, 0.30, 0.50, 0.70, 0.80, 0.90, 1.00)
-OCV_V: tuple[float, ...] = (3.00, 3.40, 3.50, 3.58, 3.63, 3.70, 3.85, 3.95, 4.07, 4.20)
+# OCV of an NMC811/graphite cell at 25 Cel (equipment notes §5.6, EST). SOC below 0 is the unformed cell: fresh
+# from electrolyte filling it sits near 0.5-1 V (graphite not yet lithiated) and the first ~1 % of charge of the
+# pre-charge lifts it to 3 V. A formed cell never goes back there (discharges end at 3 V = SOC 0).
+OCV_SOC: tuple[float, ...] = (-0.01, -0.005, 0.0, 0.05, 0.10, 0.20, 0.30, 0.50, 0.70, 0.80, 0.90, 1.00)
+OCV_V: tuple[float, ...] = (0.50, 1.50, 3.00, 3.40, 3.50, 3.58, 3.63, 3.70, 3.85, 3.95, 4.07, 4.20)
+MIN_STEP_VOLTAGE_V = 3.00  # lowest end / CV voltage a protocol step may ask for (a formed cell's empty voltage)
 _LAST_SEGMENT = len(OCV_SOC) - 2
 
 
@@ -167,8 +171,8 @@ class ProtocolStep:
             return
         if not self.current_a > 0.0:
             raise ValueError("current_a must be > 0 (the step kind gives the sign)")
-        if not OCV_V[0] <= self.voltage_v <= OCV_V[-1]:
-            raise ValueError(f"voltage_v must be within [{OCV_V[0]}, {OCV_V[-1]}] V")
+        if not MIN_STEP_VOLTAGE_V <= self.voltage_v <= OCV_V[-1]:
+            raise ValueError(f"voltage_v must be within [{MIN_STEP_VOLTAGE_V}, {OCV_V[-1]}] V")
         if kind is StepType.CCCV_CHARGE and not 0.0 < self.cutoff_current_a < self.current_a:
             raise ValueError("a CC-CV step needs 0 < cutoff_current_a < current_a")
 
@@ -190,10 +194,11 @@ class CellSpec:
     rc_resistance_ohm: float = 0.0015  # R1 of the RC pair (0 = no RC pair)
     rc_time_constant_s: float = 60.0  # R1·C1
     resistance_spread: float = 0.10
-    coulombic_efficiency: float = 0.90  # first charge: ~10 % of the charge goes into SEI formation
+    coulombic_efficiency: float = 0.90  # first charge only: ~10 % of it goes into SEI formation
+    load_temp_cel: float = 25.0  # a fresh cell arrives from the (ambient) wetting store, not at plate temperature
     heat_capacity_j_per_k: float = 1500.0
     heat_transfer_w_per_k: float = 1.0
-    initial_soc: tuple[float, float] = (0.02, 0.06)
+    initial_soc: tuple[float, float] = (-0.01, -0.0075)  # unformed: 0.5-1.0 V open-circuit (OCV table)
 
     def __post_init__(self) -> None:
         for name in ("capacity_ah", "resistance_ohm", "coulombic_efficiency", "heat_capacity_j_per_k",
@@ -203,8 +208,8 @@ class CellSpec:
         if self.rc_resistance_ohm < 0.0:
             raise ValueError("rc_resistance_ohm must be >= 0")
         low, high = self.initial_soc
-        if not 0.0 <= low <= high < 0.5:
-            raise ValueError("initial_soc must satisfy 0 <= low <= high < 0.5")
+        if not OCV_SOC[0] <= low <= high < 0.5:
+            raise ValueError(f"initial_soc must satisfy {OCV_SOC[0]} <= low <= high < 0.5")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -230,8 +235,8 @@ class FormationProtocol:
     def __post_init__(self) -> None:
         if not 0.0 < self.cutoff_current_a < self.cc_current_a:
             raise ValueError("need 0 < cutoff_current_a < cc_current_a")
-        if not OCV_V[0] < self.v_max <= OCV_V[-1]:
-            raise ValueError(f"v_max must be within ({OCV_V[0]}, {OCV_V[-1]}] V")
+        if not MIN_STEP_VOLTAGE_V < self.v_max <= OCV_V[-1]:
+            raise ValueError(f"v_max must be within ({MIN_STEP_VOLTAGE_V}, {OCV_V[-1]}] V")
         for name in ("initial_rest_s", "final_rest_s", "exchange_s", "fault_hold_s"):
             if not getattr(self, name) > 0.0:
                 raise ValueError(f"{name} must be > 0")
@@ -259,15 +264,16 @@ class FormationProtocol:
         c = capacity_ah
         steps = (
             ProtocolStep(kind=StepType.REST, max_time_s=60.0),  # contact check
-            ProtocolStep(kind=StepType.CC_CHARGE, current_a=0.03 * c, voltage_v=3.40, max_time_s=7200.0),
+            ProtocolStep(kind=StepType.CC_CHARGE, current_a=0.03 * c, voltage_v=3.40, max_time_s=3 * 3600.0),
             ProtocolStep(kind=StepType.CC_CHARGE, current_a=0.10 * c, voltage_v=3.90, max_capacity_ah=0.40 * c),
             ProtocolStep(kind=StepType.CCCV_CHARGE, current_a=0.30 * c, voltage_v=4.20, cutoff_current_a=0.05 * c,
                          max_time_s=4 * 3600.0),
             ProtocolStep(kind=StepType.REST, max_time_s=1800.0),
             ProtocolStep(kind=StepType.CC_DISCHARGE, current_a=0.30 * c, voltage_v=3.00, max_time_s=5 * 3600.0),
             ProtocolStep(kind=StepType.REST, max_time_s=1800.0),
+            # Storage charge: CC to 3.7 V takes ~50 min from empty, the CV tail to 0.05C ~1.5 h more.
             ProtocolStep(kind=StepType.CCCV_CHARGE, current_a=0.30 * c, voltage_v=3.70, cutoff_current_a=0.05 * c,
-                         max_time_s=2 * 3600.0),
+                         max_time_s=4 * 3600.0),
         )
         return cls(steps=steps, cc_current_a=0.30 * c, cutoff_current_a=0.05 * c,
                    contact_fault_probability=contact_fault_probability, exchange_s=exchange_s)
@@ -295,7 +301,9 @@ class FormationChannel:
 
     __slots__ = (
         "_cell",
+        "_cell_id_text",
         "_charge_before_grading",
+        "_charge_eta",
         "_cv",
         "_fault_pending",
         "_noise",
@@ -308,6 +316,7 @@ class FormationChannel:
         "capacity_ah",
         "cell_capacity_ah",
         "cell_serial",
+        "cell_source",
         "cell_time_s",
         "cells_completed",
         "current",
@@ -354,6 +363,10 @@ class FormationChannel:
         self.result_charge_ah = 0.0
         self.result_discharge_ah = 0.0
         self.cell_serial = cell_serial
+        # Where the next cell comes from (the line model: the stacker's finished cells); None: a seeded own id.
+        # A source that has no cell keeps the channel Finished (starved) until it has one.
+        self.cell_source: Callable[[], str | None] | None = None
+        self._cell_id_text: str | None = None
         self._load_cell()
 
     # ------------------------------------------------------------------------------------------ state
@@ -398,7 +411,7 @@ class FormationChannel:
 
     @property
     def cell_id(self) -> str:
-        return f"CELL-{self.cell_serial:08d}"
+        return self._cell_id_text if self._cell_id_text is not None else f"CELL-{self.cell_serial:08d}"
 
     @property
     def voltage(self) -> float:
@@ -408,8 +421,9 @@ class FormationChannel:
             return self._steps[self.step_pos].voltage_v  # held by the channel (equal up to rounding)
         return v
 
-    def _load_cell(self) -> None:
+    def _load_cell(self, cell_id: str | None = None) -> None:
         rng, cell = self._rng, self._cell
+        self._cell_id_text = cell_id
         self.cell_capacity_ah = cell.capacity_ah * (1.0 + rng.uniform(-cell.capacity_spread, cell.capacity_spread))
         spread = 1.0 + rng.uniform(-cell.resistance_spread, cell.resistance_spread)
         self.resistance_ohm = cell.resistance_ohm * spread
@@ -425,6 +439,8 @@ class FormationChannel:
         self.cell_time_s = 0.0
         self.protection_flags = 0
         self._charge_before_grading = 0.0
+        self._charge_eta = cell.coulombic_efficiency  # until the first discharge: SEI formation takes its share
+        self.temperature = cell.load_temp_cel
         self.cell_serial += 1
         self._phase = _RUN
         self._enter_step(0)
@@ -437,6 +453,7 @@ class FormationChannel:
         self._cv = False
         if self._steps[pos].kind is StepType.CC_DISCHARGE and self._charge_before_grading == 0.0:
             self._charge_before_grading = self.capacity_ah  # charge put in before grading (first charge)
+            self._charge_eta = 1.0  # the SEI is formed: later charges store all their charge
 
     def _end_step(self, reason: EndReason) -> None:
         self.end_reason = reason
@@ -509,7 +526,14 @@ class FormationChannel:
             self.step_time_s += used
             self.cell_time_s += used
             if self.step_time_s >= hold:
-                self._load_cell()
+                if self.cell_source is None:
+                    self._load_cell()
+                else:
+                    cell_id = self.cell_source()
+                    if cell_id is None:
+                        self.step_time_s = hold  # no cell to load: wait, Finished, until the line brings one
+                        return remaining
+                    self._load_cell(cell_id)
             return used
         step = self._steps[self.step_pos]
         kind = step.kind
@@ -558,7 +582,7 @@ class FormationChannel:
         charging = step.kind is not StepType.CC_DISCHARGE
         current = step.current_a if charging else -step.current_a
         limit = step.voltage_v
-        efficiency = self._cell.coulombic_efficiency if charging else 1.0
+        efficiency = self._charge_eta if charging else 1.0
         soc_rate = efficiency * current / (3600.0 * self.cell_capacity_ah)
         v_start = ocv(self.soc) + current * self.resistance_ohm + self.v1
         if (v_start >= limit) if charging else (v_start <= limit):
@@ -610,7 +634,7 @@ class FormationChannel:
         """Exact CV solution inside the present OCV segment: I(t) = a1·e^{l1 t} + a2·e^{l2 t} and
         V1(t) = b1·e^{l1 t} + b2·e^{l2 t}; returns (l1, l2, a1, a2, b1, b2)."""
         r0 = self.resistance_ohm
-        g = self._cell.coulombic_efficiency / (3600.0 * self.cell_capacity_ah)
+        g = self._charge_eta / (3600.0 * self.cell_capacity_ah)
         k = _slope(_segment(self.soc))
         i0 = (v_cv - ocv(self.soc) - self.v1) / r0
         y0 = self.v1
@@ -650,7 +674,7 @@ class FormationChannel:
             self.current = max(current_now, 0.0)
             self._end_step(EndReason.I_CUTOFF)
             return 0.0
-        g = self._cell.coulombic_efficiency / (3600.0 * self.cell_capacity_ah)
+        g = self._charge_eta / (3600.0 * self.cell_capacity_ah)
         j = _segment(self.soc)
         boundary = OCV_SOC[j + 1] if j < _LAST_SEGMENT else math.inf
         modes = self._cv_modes(v_cv)
@@ -826,7 +850,7 @@ def formation_rack_points(channels: int, *, extended: bool = False) -> tuple[Poi
               description=f"Channel {n} cell voltage."),
             p(name=f"{c}.Current", data_type=D.DOUBLE, unit="A", min=-120, max=120,
               description=f"Channel {n} cell current (positive = charge)."),
-            p(name=f"{c}.Capacity", data_type=D.DOUBLE, unit="A.h", min=0, max=150,
+            p(name=f"{c}.Capacity", data_type=D.DOUBLE, unit="A.h", min=0, max=200,
               description=f"Channel {n} charge put into the current cell (integral of the current)."),
             p(name=f"{c}.Energy", data_type=D.DOUBLE, unit="W.h", min=0, max=700,
               description=f"Channel {n} energy put into the current cell."),
@@ -873,7 +897,26 @@ def formation_rack_points(channels: int, *, extended: bool = False) -> tuple[Poi
             p(name=f"{c}.CellId", data_type=D.STRING, unit=None,
               description=f"Channel {n} id of the cell in the channel."),
         ]
-    return (*rack, *rack_extra, *per_channel, *extra)
+    results = ResultFifo(unit="cell", fields=formation_result_fields()).points if extended else ()
+    return (*rack, *rack_extra, *per_channel, *extra, *results)
+
+
+def formation_result_fields() -> tuple[PointSpec, ...]:
+    """Fields of the per-cell record the rack keeps for every graded cell (extended points only)."""
+    p = PointSpec
+    return (
+        p(name="Result.CellId", data_type=D.STRING, unit=None, description="Id of the graded cell."),
+        p(name="Result.Channel", data_type=D.UINT32, unit=None, min=1, max=1024,
+          description="Channel (1-based) that formed the cell."),
+        p(name="Result.FirstChargeCapacity", data_type=D.DOUBLE, unit="A.h", min=0, max=150,
+          description="Charge put in before grading (first charge, SEI losses included)."),
+        p(name="Result.DischargeCapacity", data_type=D.DOUBLE, unit="A.h", min=0, max=150,
+          description="Graded discharge capacity."),
+        p(name="Result.CoulombicEfficiency", data_type=D.DOUBLE, unit="%", min=0, max=100,
+          description="Discharge / first charge."),
+        p(name="Result.Grade", data_type=D.UINT32, unit=None, min=0, max=4,
+          description="Grade (1 A, 2 B, 3 C, 4 NG: contact fault, no capacity measured)."),
+    )
 
 
 CHANNEL_EXTRA_SUFFIXES = ("StepCapacity", "StepEnergy", "Power", "DischargeCapacity", "ResultChargeCapacity",
@@ -910,6 +953,7 @@ class FormationRack:
         self.clamp_pressure = cfg.clamp_pressure_sp_kpa if clamped else 0.0
         self.energy_kwh = 0.0
         self.channels: list[FormationChannel] = []
+        self.results = ResultFifo(unit="cell", fields=formation_result_fields())
         protocol = cfg.protocol
         cycle_s = _protocol_duration_estimate(protocol, cfg.cell)
         for n in range(1, cfg.channels + 1):
@@ -950,10 +994,46 @@ class FormationRack:
         self.clamp_pressure += (target - self.clamp_pressure) * (1.0 - math.exp(-dt_s / 5.0))
         paused = self.packml.state is not PackMLState.EXECUTE
         plate = self.plate_temp
-        for channel in self.channels:
+        extended = cfg.extended_points
+        for n, channel in enumerate(self.channels, start=1):
+            before = (channel.cells_completed, channel.grades[Grade.NG], channel.cell_id)
             channel.step(dt_s, plate_temp_cel=plate, paused=paused)
+            if extended:
+                self._record_finished(n, channel, before)
         self._publish(dt_s)
         return self._values
+
+    def set_cell_source(self, source: Callable[[], str | None] | None) -> None:
+        """Load every next cell from ``source`` (the line model); None: seeded own ids."""
+        for channel in self.channels:
+            channel.cell_source = source
+
+    def ack_result(self, record_id: int) -> bool:
+        acked = self.results.ack(record_id)
+        if self.config.extended_points:
+            self._values.update(self.results.values())
+        return acked
+
+    @property
+    def ack_seen(self) -> int:
+        return self.results.last_ack
+
+    def _record_finished(self, n: int, channel: FormationChannel, before: tuple[int, int, str]) -> None:
+        """Push a record when the channel graded its cell (or rejected it on a contact fault) in this step."""
+        completed, ng, cell_id = before
+        if channel.cells_completed > completed and self.config.protocol.grades_cells:
+            charge, discharge = channel.result_charge_ah, channel.result_discharge_ah
+            self.results.push({
+                "Result.CellId": cell_id, "Result.Channel": n,
+                "Result.FirstChargeCapacity": min(charge, 150.0), "Result.DischargeCapacity": min(discharge, 150.0),
+                "Result.CoulombicEfficiency": min(100.0 * discharge / charge, 100.0) if charge > 0.0 else 0.0,
+                "Result.Grade": int(channel.grade),
+            })
+        elif channel.grades[Grade.NG] > ng:
+            self.results.push({
+                "Result.CellId": cell_id, "Result.Channel": n, "Result.FirstChargeCapacity": 0.0,
+                "Result.DischargeCapacity": 0.0, "Result.CoulombicEfficiency": 0.0, "Result.Grade": int(Grade.NG),
+            })
 
     def _publish(self, dt_s: float = 0.0) -> None:
         """Write every value into the values mapping (in place: it is the live view, copy it to keep a snapshot)
@@ -1052,6 +1132,7 @@ class FormationRack:
             values["Rack.CellsB"] = grades[Grade.B]
             values["Rack.CellsC"] = grades[Grade.C]
             values["Rack.CellsNG"] = grades[Grade.NG]
+            values.update(self.results.values())
 
 
 _CHANNEL_SUFFIXES = ("Status", "StepIndex", "StepType", "ProtectionFlags", "Voltage", "Current", "Capacity", "Energy",

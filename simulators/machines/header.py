@@ -236,6 +236,7 @@ class MachineHeader:
         self.input_lot = 1 + rng.randrange(1000)
         self.output_lot = 1 + rng.randrange(100_000)
         self.lots_completed = 0
+        self.input_lot_text: str | None = None  # set by the line model: the id of the upstream roll / lot in use
 
     # ------------------------------------------------------------------------------------------ commands
 
@@ -260,7 +261,11 @@ class MachineHeader:
 
     @property
     def input_lot_id(self) -> str:
-        return f"{self.config.input_lot_prefix}{self.input_lot:05d}"
+        """The input lot: what the line model mounted (``input_lot_text``), else the seeded own counter, in the same
+        format as the output lot ids (prefix + 6 digits) so an upstream machine's output id can be the input id."""
+        if self.input_lot_text is not None:
+            return self.input_lot_text
+        return f"{self.config.input_lot_prefix}{self.input_lot:06d}"
 
     # ------------------------------------------------------------------------------------------ dynamics
 

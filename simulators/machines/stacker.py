@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -33,6 +33,7 @@ from simulators.machines.header import (
 )
 from simulators.machines.packml import PackMLCommand, PackMLState, PackMLTiming
 from simulators.machines.points import DataType, PointSpec, Value, check_dt, clamp
+from simulators.machines.results import ResultFifo
 
 D = DataType
 
@@ -63,6 +64,12 @@ class StackerConfig:
     particle_ng_probability: float = 0.003
     hipot_ng_probability: float = 0.002
     cell_id_prefix: str = "CELL-ST01-"
+    # Rolls in use at start (ids as the electrode lines print them); the line model replaces them as they run out.
+    anode_roll_id: str = "CL02-R000001"
+    cathode_roll_id: str = "CL01-R000001"
+    separator_roll_id: str = "SEP-R000001"
+    cells_per_roll: int = 100  # electrode rolls change every so many cells (~1 h at design speed)
+    cells_per_separator_roll: int = 200
     noise: bool = True
     packml: PackMLTiming = field(default_factory=lambda: PackMLTiming(
         mean_s_between_holds=1800.0, mean_s_between_suspends=600.0, mean_s_between_stops=4 * 3600.0,
@@ -80,6 +87,8 @@ class StackerConfig:
                      "theta_limit_deg", "separator_tension_sp_n"):
             if not getattr(self, name) > 0.0:
                 raise ValueError(f"{name} must be > 0")
+        if self.cells_per_roll < 1 or self.cells_per_separator_roll < 1:
+            raise ValueError("cells_per_roll and cells_per_separator_roll must be >= 1")
         if self.walk_step_mm < 0.0 or self.recalibration_cells < 1:
             raise ValueError("walk_step_mm must be >= 0 and recalibration_cells >= 1")
 
@@ -112,6 +121,59 @@ STACKER_STOP_CAUSES: tuple[StopCause, ...] = (
     StopCause(id=422, message="Separator break", category=StopCategory.FAULT, command=PackMLCommand.ABORT),
     StopCause(id=423, message="Vacuum loss", category=StopCategory.FAULT, command=PackMLCommand.ABORT),
 )
+
+
+def next_roll_id(roll_id: str) -> str:
+    """The id after ``roll_id``: its trailing number + 1, same width (``CL02-R000041`` -> ``CL02-R000042``)."""
+    digits = len(roll_id) - len(roll_id.rstrip("0123456789"))
+    if digits == 0:
+        return f"{roll_id}-2"
+    number = int(roll_id[-digits:]) + 1
+    return f"{roll_id[:-digits]}{number:0{digits}d}"
+
+
+class Reject(IntEnum):
+    OK = 0
+    ALIGNMENT = 1
+    PARTICLE = 2
+    HIPOT = 3
+
+
+def stacker_result_fields() -> tuple[PointSpec, ...]:
+    """Fields of the per-cell record: every sheet of the cell counts in its alignment statistics."""
+    p = PointSpec
+    big = 2**32 - 1
+    out: list[PointSpec] = [
+        p(name="Result.CellId", data_type=D.STRING, unit=None, description="Id (DMC) of the stacked cell."),
+        p(name="Result.AnodeRollId", data_type=D.STRING, unit=None,
+          description="Anode roll the cell's anodes came from."),
+        p(name="Result.CathodeRollId", data_type=D.STRING, unit=None,
+          description="Cathode roll the cell's cathodes came from."),
+        p(name="Result.SeparatorRollId", data_type=D.STRING, unit=None, description="Separator roll used."),
+        p(name="Result.Sheets", data_type=D.UINT32, unit=None, min=0, max=big, description="Sheets inspected."),
+    ]
+    for axis in ("X", "Y"):
+        out += [
+            p(name=f"Result.Offset{axis}Mean", data_type=D.DOUBLE, unit="mm", min=-1, max=1,
+              description=f"Mean placement offset along {axis} over every sheet of the cell."),
+            p(name=f"Result.Offset{axis}Std", data_type=D.DOUBLE, unit="mm", min=0, max=1,
+              description=f"Standard deviation of the {axis} offsets over every sheet of the cell."),
+            p(name=f"Result.Offset{axis}MaxAbs", data_type=D.DOUBLE, unit="mm", min=0, max=2,
+              description=f"Largest |{axis} offset| over every sheet of the cell."),
+        ]
+    out += [
+        p(name="Result.ThetaMaxAbs", data_type=D.DOUBLE, unit="deg", min=0, max=2,
+          description="Largest |rotation| over every sheet of the cell."),
+        p(name="Result.SheetsOutOfLimit", data_type=D.UINT32, unit=None, min=0, max=big,
+          description="Sheets placed outside the alignment or rotation limit."),
+        p(name="Result.Reject", data_type=D.UINT32, unit=None, min=0, max=3,
+          description="0 OK, 1 alignment, 2 particle, 3 hi-pot."),
+        p(name="Result.InsulationResistance", data_type=D.DOUBLE, unit="MOhm", min=0, max=10000,
+          description="Hi-pot insulation resistance of the cell."),
+        p(name="Result.StackThickness", data_type=D.DOUBLE, unit="mm", min=0, max=20,
+          description="Stack thickness after the hot press."),
+    ]
+    return tuple(out)
 
 
 def stacker_points(config: StackerConfig | None = None) -> tuple[PointSpec, ...]:
@@ -168,7 +230,8 @@ def stacker_points(config: StackerConfig | None = None) -> tuple[PointSpec, ...]
         p(name="Alarms.SeparatorBreak", data_type=D.BOOLEAN, unit=None,
           description="The separator web broke (PackML abort with that cause)."),
     )
-    return (*header_points(cfg.header_config()), *process)
+    fifo = ResultFifo(unit="cell", fields=stacker_result_fields())
+    return (*header_points(cfg.header_config()), *process, *fifo.points)
 
 
 class Stacker:
@@ -203,6 +266,16 @@ class Stacker:
         self.insulation_mohm = 500.0
         self.stack_thickness_mm = 0.0
         self.separator_m = 0.0
+        self.anode_roll_id = cfg.anode_roll_id
+        self.cathode_roll_id = cfg.cathode_roll_id
+        self.separator_roll_id = cfg.separator_roll_id
+        self.results = ResultFifo(unit="cell", fields=stacker_result_fields())
+        self.completed_cell_ids: list[str] = []  # every good cell finished, in order, for the line model
+        # Where the next cathode roll comes from (the line model: the calender's finished rolls); None, or a
+        # source that has none: the next id of the own counter.
+        self.cathode_source: Callable[[], str | None] | None = None
+        self.header.input_lot_text = self.cathode_roll_id
+        self._reset_cell_stats()
         self._values: dict[str, Value] = {}
         self._publish()
 
@@ -227,6 +300,32 @@ class Stacker:
 
     def set_speed_sp(self, sheets_per_min: float) -> None:
         self.header.set_speed_sp(sheets_per_min)
+
+    def load_rolls(self, *, anode: str | None = None, cathode: str | None = None, separator: str | None = None) -> None:
+        """Mount new rolls (the line model does it when one runs out); later cells record them."""
+        if anode is not None:
+            self.anode_roll_id = anode
+        if cathode is not None:
+            self.cathode_roll_id = cathode
+            self.header.input_lot_text = cathode
+        if separator is not None:
+            self.separator_roll_id = separator
+
+    def ack_result(self, record_id: int) -> bool:
+        acked = self.results.ack(record_id)
+        self._publish()
+        return acked
+
+    @property
+    def ack_seen(self) -> int:
+        return self.results.last_ack
+
+    def _reset_cell_stats(self) -> None:
+        self._n = 0
+        self._sum = [0.0, 0.0]
+        self._sumsq = [0.0, 0.0]
+        self._max_abs = [0.0, 0.0, 0.0]
+        self._out_of_limit = 0
 
     # ------------------------------------------------------------------------------------------ dynamics
 
@@ -284,9 +383,16 @@ class Stacker:
         self.offset_x = self.walk_x + rng.gauss(0.0, sigma)
         self.offset_y = self.walk_y + rng.gauss(0.0, sigma)
         self.offset_theta = rng.gauss(0.0, cfg.theta_sigma_deg * widen)
+        self._n += 1
+        for i, offset in enumerate((self.offset_x, self.offset_y)):
+            self._sum[i] += offset
+            self._sumsq[i] += offset * offset
+        for i, offset in enumerate((self.offset_x, self.offset_y, self.offset_theta)):
+            self._max_abs[i] = max(self._max_abs[i], abs(offset))
         if (abs(self.offset_x) > cfg.alignment_limit_mm or abs(self.offset_y) > cfg.alignment_limit_mm
                 or abs(self.offset_theta) > cfg.theta_limit_deg):
             self._cell_misaligned = True
+            self._out_of_limit += 1
         self.header.count(processed=1.0)
         if self.sheet_index >= cfg.sheets_per_cell:
             self._complete_cell(now_s)
@@ -307,6 +413,9 @@ class Stacker:
         else:
             self.cells_ok += 1
         ng = self._cell_misaligned or particle or hipot
+        reject = (Reject.ALIGNMENT if self._cell_misaligned else Reject.PARTICLE if particle
+                  else Reject.HIPOT if hipot else Reject.OK)
+        self._push_record(reject)
         self.consecutive_ng = self.consecutive_ng + 1 if ng else 0
         if ng:
             self.header.count(processed=0.0, defective=float(cfg.sheets_per_cell))
@@ -315,9 +424,41 @@ class Stacker:
         if self.cells_completed % cfg.recalibration_cells == 0:
             self.walk_x = self.walk_y = 0.0  # gripper / vision recalibration
 
+    def _push_record(self, reject: Reject) -> None:
+        n = max(self._n, 1)
+        record: dict[str, Value] = {
+            "Result.CellId": self.cell_id,
+            "Result.AnodeRollId": self.anode_roll_id,
+            "Result.CathodeRollId": self.cathode_roll_id,
+            "Result.SeparatorRollId": self.separator_roll_id,
+            "Result.Sheets": self._n,
+            "Result.ThetaMaxAbs": clamp(self._max_abs[2], 0.0, 2.0),
+            "Result.SheetsOutOfLimit": self._out_of_limit,
+            "Result.Reject": int(reject),
+            "Result.InsulationResistance": clamp(self.insulation_mohm, 0.0, 10_000.0),
+            "Result.StackThickness": clamp(self.stack_thickness_mm, 0.0, 20.0),
+        }
+        for i, axis in enumerate(("X", "Y")):
+            mean = self._sum[i] / n
+            variance = max(self._sumsq[i] / n - mean * mean, 0.0)
+            record[f"Result.Offset{axis}Mean"] = clamp(mean, -1.0, 1.0)
+            record[f"Result.Offset{axis}Std"] = clamp(math.sqrt(variance), 0.0, 1.0)
+            record[f"Result.Offset{axis}MaxAbs"] = clamp(self._max_abs[i], 0.0, 2.0)
+        self.results.push(record)
+        if reject is Reject.OK:
+            self.completed_cell_ids.append(self.cell_id)  # NG stacks are scrapped, not formed
+        done = self.cells_completed
+        if done % self.config.cells_per_roll == 0:
+            cathode = self.cathode_source() if self.cathode_source is not None else None
+            self.load_rolls(anode=next_roll_id(self.anode_roll_id),
+                            cathode=cathode if cathode is not None else next_roll_id(self.cathode_roll_id))
+        if done % self.config.cells_per_separator_roll == 0:
+            self.load_rolls(separator=next_roll_id(self.separator_roll_id))
+
     def _start_cell(self, now_s: float) -> None:
         self.sheet_index = 0
         self._cell_misaligned = False
+        self._reset_cell_stats()
         self.cell_serial += 1
         self._cell_started_s = now_s
 
@@ -363,4 +504,5 @@ class Stacker:
             "Alarms.VisionNgConsecutive": self.consecutive_ng >= 2,
             "Alarms.SeparatorBreak": header.aborted and header.stop_cause.id == 422,
         })
+        values.update(self.results.values())
         self._values = values

@@ -29,6 +29,17 @@ Modbus: formation racks (``formation_register_map``)
           24-25  Rack.ClampPressureSP  kPa                      float32          uint16 x 0.1
           26     Rack.PlateTemp  Cel                            int16 x 0.1      int16 x 0.1
           30-37  Rack.CellsA, CellsB, CellsC, CellsNG           uint32 each      (extended points only)
+          result FIFO, extended points only (``simulators.machines.results``; handshake in the README):
+          40-41  Result.RecordId  (0 = none)                    uint32           uint32
+          42-43  Result.Pending                                 uint32           uint32
+          44-45  Result.Lost                                    uint32           uint32
+          46-47  Result.Ack  (write RecordId here)              uint32           uint32
+          48-49  Result.Channel                                 uint32           uint32
+          50-51  Result.FirstChargeCapacity  A.h                float32          uint32 x 0.001
+          52-53  Result.DischargeCapacity  A.h                  float32          uint32 x 0.001
+          54-55  Result.CoulombicEfficiency  %                  float32          uint16 x 0.01
+          56     Result.Grade  (1 A, 2 B, 3 C, 4 NG)            uint16           uint16
+          60-79  Result.CellId  string, 40 characters, NUL-padded
         Holding registers, channel n (1-based) at base = 1000 + stride x (n - 1), with a stride of 48 for the
         extended points (ch1 at 1000, ch2 at 1048, ch16 at 1720, ch256 at 13240) and 32 for the v1 point list
         (offsets 20..31 reserved). Offsets within the block:
@@ -62,7 +73,7 @@ Modbus: formation racks (``formation_register_map``)
           0 Alarms.AmbientHigh, 1 Alarms.ClampPressureLow, 2 Alarms.ChannelFault,
           100 + (n - 1)  channel n protection alarm (ChNNN.ProtectionAlarm)
         Discrete inputs (FC02)
-          0 Rack.AirflowOk, 1 Rack.DoorClosed
+          0 Rack.AirflowOk, 1 Rack.DoorClosed, 2 Result.Ready (extended points only)
 
     One FC03 read of 92 registers covers two extended channels (or three v1 channels in 116).
 
@@ -70,7 +81,8 @@ Modbus: any other machine (``machine_register_map``: stacker, and coater / calen
     Laid out from the machine's point list, in point order, one section (first name segment: ``PackML``,
     ``Separator``, ...) after the other, each section starting at the next multiple of 100:
 
-    * set points (last name segment ends in ``SP``) -> holding registers (FC03, the values a PLC lets you write);
+    * set points (last name segment ends in ``SP``) and ``Result.Ack`` -> holding registers (FC03, the values a
+      PLC lets you write; only ``Result.Ack`` is read back from the wire, see ``simulators.machines.results``);
     * every other number and string -> input registers (FC04);
     * booleans of the ``Alarms`` section -> coils (FC01), from 0 in point order;
     * other booleans -> discrete inputs (FC02), from 0 in point order.
@@ -98,6 +110,7 @@ from enum import StrEnum
 
 from simulators.machines.formation import channel_name
 from simulators.machines.points import DataType, PointSpec, Value
+from simulators.machines.results import ACK_POINT
 
 NAMESPACE_URI = "urn:cellgate:simulators"
 MACHINES_FOLDER = "Machines"
@@ -251,6 +264,20 @@ _RACK_LAYOUT: tuple[tuple[str, Table, int, _Variant, _Variant], ...] = (
 _RACK_EXTRA_LAYOUT: tuple[tuple[str, int], ...] = (
     ("Rack.CellsA", 30), ("Rack.CellsB", 32), ("Rack.CellsC", 34), ("Rack.CellsNG", 36),
 )
+# The result FIFO (extended points only): holding registers 40..79 of the rack block, Ready a discrete input.
+_RACK_RESULT_LAYOUT: tuple[tuple[str, Table, int, _Variant, _Variant], ...] = (
+    ("Result.RecordId", Table.HOLDING, 40, (Encoding.UINT32, 1.0), (Encoding.UINT32, 1.0)),
+    ("Result.Pending", Table.HOLDING, 42, (Encoding.UINT32, 1.0), (Encoding.UINT32, 1.0)),
+    ("Result.Lost", Table.HOLDING, 44, (Encoding.UINT32, 1.0), (Encoding.UINT32, 1.0)),
+    ("Result.Ack", Table.HOLDING, 46, (Encoding.UINT32, 1.0), (Encoding.UINT32, 1.0)),
+    ("Result.Channel", Table.HOLDING, 48, (Encoding.UINT32, 1.0), (Encoding.UINT32, 1.0)),
+    ("Result.FirstChargeCapacity", Table.HOLDING, 50, (Encoding.FLOAT32, 1.0), (Encoding.UINT32, 0.001)),
+    ("Result.DischargeCapacity", Table.HOLDING, 52, (Encoding.FLOAT32, 1.0), (Encoding.UINT32, 0.001)),
+    ("Result.CoulombicEfficiency", Table.HOLDING, 54, (Encoding.FLOAT32, 1.0), (Encoding.UINT16, 0.01)),
+    ("Result.Grade", Table.HOLDING, 56, (Encoding.UINT16, 1.0), (Encoding.UINT16, 1.0)),
+    ("Result.Ready", Table.DISCRETE, 2, (Encoding.BOOL, 1.0), (Encoding.BOOL, 1.0)),
+)
+RACK_RESULT_CELL_ID_ADDRESS = 60
 
 
 def channel_stride(*, extended: bool) -> int:
@@ -279,6 +306,11 @@ def formation_register_map(
     if extended:
         points += [RegisterPoint(point=name, table=Table.HOLDING, address=address, encoding=Encoding.UINT32)
                    for name, address in _RACK_EXTRA_LAYOUT]
+        points += [RegisterPoint(point=name, table=table, address=address, encoding=(s if scaled else f)[0],
+                                 scale=(s if scaled else f)[1])
+                   for name, table, address, f, s in _RACK_RESULT_LAYOUT]
+        points.append(RegisterPoint(point="Result.CellId", table=Table.HOLDING, address=RACK_RESULT_CELL_ID_ADDRESS,
+                                    encoding=Encoding.STRING, length=STRING_REGISTERS))
     layout = CHANNEL_LAYOUT + CHANNEL_EXTRA_LAYOUT if extended else CHANNEL_LAYOUT
     for n in range(1, channels + 1):
         prefix = channel_name(n, channels)
@@ -345,7 +377,7 @@ def machine_register_map(
                                      encoding=Encoding.BOOL))
             next_free[table] += 1
             continue
-        table = Table.HOLDING if leaf.endswith("SP") else Table.INPUT
+        table = Table.HOLDING if leaf.endswith("SP") or point.name == ACK_POINT else Table.INPUT
         if section_of[table] != section:
             if section_of[table] is not None:
                 next_free[table] = -(-next_free[table] // SECTION_ALIGNMENT) * SECTION_ALIGNMENT

@@ -10,6 +10,10 @@ Faults (``simulators.faults``): ``await server.set_fault(Hang(), duration_s=5)``
 ``await server.drop_connections()``. They act on the wire through a request handler subclass (the only per-request
 hook of pymodbus 3.16 that can delay, swallow or answer a request itself; ``trace_pdu`` is synchronous and cannot
 drop a request) and at publish time (NaN, frozen values).
+
+The one register a client writes is ``Result.Ack`` of a machine with a result FIFO: every publish first reads it
+back from the datastore and hands a new value to the model (``ack_result``), then writes the tables, the ack
+register holding the value just read (pymodbus does not yield between the two, so no write is lost).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pymodbus.simulator import SimData, SimDevice
 
 from simulators.faults import BadValue, Fault, FaultState, Freeze, Restart, check_points
 from simulators.machines.points import Machine, Value
+from simulators.machines.results import ACK_POINT, Acknowledging
 from simulators.servers.address_map import (
     CHANNEL_ALARM_COIL_BASE,
     CHANNEL_BASE,
@@ -165,6 +170,10 @@ class ModbusSimulatorServer(FaultControlledServer):
         self._gate = FaultGate()
         # What the wire shows now, by point (frozen points keep these).
         self._published: dict[str, Value] = {}
+        ack = next((p for p in register_map if p.point == ACK_POINT), None)
+        if ack is not None and (ack.table is not Table.HOLDING or ack.encoding is not Encoding.UINT32):
+            raise ValueError(f"{ACK_POINT} must be a uint32 holding register")
+        self._ack = ack if isinstance(model, Acknowledging) else None
 
     @property
     def port(self) -> int:
@@ -270,6 +279,7 @@ class ModbusSimulatorServer(FaultControlledServer):
         server = self._server
         if server is None:
             raise RuntimeError("the Modbus simulator is not running (use it as an async context manager)")
+        await self._read_ack(server)
         values = dict(self._model.values())  # a snapshot: frozen points keep what was on the wire before
         state = self._gate.state
         if state.point_faults(self._gate.now()):
@@ -277,6 +287,20 @@ class ModbusSimulatorServer(FaultControlledServer):
         self._published = values
         for table, image in self._encoder.images(values).items():
             await server.async_setValues(self._unit_id, _FUNCTION_CODE[table], 0, image)
+
+    async def _read_ack(self, server: _FaultGatedTcpServer) -> None:
+        """Hand the model a record id a client wrote to the ack register since the last publish."""
+        ack = self._ack
+        if ack is None or ACK_POINT not in self._published:
+            return
+        registers = await server.async_getValues(self._unit_id, _FUNCTION_CODE[Table.HOLDING], ack.address, 2)
+        high, low = (int(registers[0]), int(registers[1]))
+        if self._word_order is WordOrder.CDAB:
+            high, low = low, high
+        written = high << 16 | low
+        if written != self._published[ACK_POINT]:
+            assert isinstance(self._model, Acknowledging)
+            self._model.ack_result(written)
 
     def _apply_point_faults(self, values: dict[str, Value], state: FaultState) -> dict[str, Value]:
         now = self._gate.now()

@@ -28,6 +28,10 @@ Faults (``simulators.faults``): ``await server.set_fault(Hang(), duration_s=5)``
 ``await server.drop_connections()``, ``await server.restart(extra_namespaces=1)``. Connection faults act in a
 subclass of asyncua's per-connection protocol (asyncua 2.1 builds it inside ``Server.start``, so that method is
 re-done here with our ``BinaryServer``); point faults act when values are written.
+
+Result FIFOs (``simulators.machines.results``): a machine's ``Result.Ack`` variable is the one writable node. The
+server never writes it after creating it; every publish reads it first and hands a new value to the model
+(``ack_result``), so the record a client acknowledged is gone from the values written in the same publish.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from asyncua.ua.status_codes import StatusCodes
 
 from simulators.faults import BadValue, Fault, FaultKind, Freeze, Restart, check_points
 from simulators.machines.points import DataType, Machine, PointSpec, Value
+from simulators.machines.results import ACK_POINT, Acknowledging
 from simulators.servers.address_map import MACHINES_FOLDER, MAX_VARIABLES_PER_OBJECT, NAMESPACE_URI, node_id_string
 from simulators.servers.clock import AutoStepper, check_rate
 from simulators.servers.fault_gate import FaultControlledServer, FaultGate
@@ -227,6 +232,7 @@ class OpcUaSimulatorServer(FaultControlledServer):
         self._namespace_index = -1
         # (machine name, machine, point name, node id, variant type) for every variable, in point order.
         self._variables: list[tuple[str, Machine, str, ua.NodeId, ua.VariantType]] = []
+        self._acks: list[tuple[Acknowledging, ua.NodeId]] = []  # (machine, its Result.Ack node)
         self._stepper: AutoStepper | None = None
         self._gate = FaultGate()
         self._restarting = False
@@ -283,6 +289,7 @@ class OpcUaSimulatorServer(FaultControlledServer):
             await server.register_namespace(DUMMY_NAMESPACE_URI.format(n=n))
         self._namespace_index = await server.register_namespace(NAMESPACE_URI)
         self._variables = []
+        self._acks = []
         folder = await server.nodes.objects.add_folder(
             _string_node_id(MACHINES_FOLDER, self._namespace_index),
             ua.QualifiedName(MACHINES_FOLDER, self._namespace_index),
@@ -370,11 +377,14 @@ class OpcUaSimulatorServer(FaultControlledServer):
         async with self._publish_lock:
             server = self._require_server()
             now = cast(ua.DateTime, datetime.now(UTC))  # ua.DateTime is datetime at run time
+            self._read_acks(server)
             current: dict[int, Mapping[str, Value]] = {id(m): m.values() for m in self._machines.values()}
             state = self._gate.state
             clock = self._gate.now()
             faulty = bool(state.point_faults(clock))
             for machine_name, machine, point, node_id, variant_type in self._variables:
+                if point == ACK_POINT and isinstance(machine, Acknowledging):
+                    continue  # the client's to write
                 value = current[id(machine)][point]
                 status = ua.StatusCode()
                 if faulty:
@@ -388,6 +398,13 @@ class OpcUaSimulatorServer(FaultControlledServer):
                     ua.DataValue(ua.Variant(value, variant_type), StatusCode=status,
                                  SourceTimestamp=now, ServerTimestamp=now),
                 )
+
+    def _read_acks(self, server: _FaultGatedServer) -> None:
+        for machine, node_id in self._acks:
+            written = server.read_attribute_value(node_id).Value
+            value = written.Value if written is not None else None
+            if isinstance(value, int) and value != machine.ack_seen:
+                machine.ack_result(value)
 
     def _require_server(self) -> _FaultGatedServer:
         if self._server is None:
@@ -409,6 +426,9 @@ class OpcUaSimulatorServer(FaultControlledServer):
                 node_id, ua.QualifiedName(leaf, idx), ua.Variant(values[point.name], variant_type)
             )
             await self._describe(server, variable, identifier, point)
+            if point.name == ACK_POINT and isinstance(machine, Acknowledging):
+                await variable.set_writable()
+                self._acks.append((machine, node_id))
             self._variables.append((machine_name, machine, point.name, node_id, variant_type))
 
     async def _ensure_folder(self, folders: dict[str, Node], machine_name: str, path: list[str]) -> Node:

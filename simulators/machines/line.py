@@ -1,0 +1,81 @@
+"""The simulated line: what one machine produces is what the next one loads, by id (pure: no I/O).
+
+    coater  --finished roll ids-->  calender (input roll at each end of roll)
+    calender --finished roll ids--> stacker (cathode roll every ``cells_per_roll`` cells)
+    stacker --good cell ids------>  formation racks (each channel loads the next cell when it is free)
+
+Each link is a queue of ids the upstream machine appended (its ``finished_rolls`` / ``completed_cell_ids``) that the
+downstream machine takes from, oldest first, when it needs material. A machine that finds its queue empty keeps
+what it has (calender, stacker: the roll in use runs on) or waits (a formation channel stays Finished until a
+cell comes). At start every machine holds material made before the simulation: the calender the coater's
+previous roll, the stacker the calender's previous roll, the racks cells with their own ids. Anode and separator
+rolls come from lines that are not simulated; their ids count up. Everything is driven by the machines' own
+steps, so with the same seed and the same step sequence the ids are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from simulators.machines.calender import Calender
+from simulators.machines.coater import Coater
+from simulators.machines.formation import FormationRack
+from simulators.machines.stacker import Stacker
+
+
+class IdQueue:
+    """Takes ids, oldest first, from a list an upstream machine appends to (consumed ids are dropped)."""
+
+    def __init__(self, produced: list[str]) -> None:
+        self._produced = produced
+
+    def take(self) -> str | None:
+        if not self._produced:
+            return None
+        return self._produced.pop(0)
+
+    def __len__(self) -> int:
+        return len(self._produced)
+
+
+def previous_lot_id(machine_output_lot: int, prefix: str) -> str:
+    """Id of the roll the upstream machine finished just before the simulation started."""
+    return f"{prefix}{max(machine_output_lot - 1, 0):06d}"
+
+
+class Line:
+    """Connects the machines of one line. Any of them may be missing (a partial plan): links skip it."""
+
+    def __init__(
+        self,
+        *,
+        coater: Coater | None = None,
+        calender: Calender | None = None,
+        stacker: Stacker | None = None,
+        racks: Sequence[FormationRack] = (),
+    ) -> None:
+        self.queues: dict[str, IdQueue] = {}
+        if coater is not None and calender is not None:
+            header = coater.header
+            calender.header.input_lot_text = previous_lot_id(header.output_lot, header.config.output_lot_prefix)
+            queue = self.queues["coated_rolls"] = IdQueue(coater.finished_rolls)
+            calender.roll_source = queue.take
+        if calender is not None and stacker is not None:
+            header = calender.header
+            stacker.load_rolls(cathode=previous_lot_id(header.output_lot, header.config.output_lot_prefix))
+            queue = self.queues["calendered_rolls"] = IdQueue(calender.finished_rolls)
+            stacker.cathode_source = queue.take
+        if stacker is not None and racks:
+            queue = self.queues["stacked_cells"] = IdQueue(stacker.completed_cell_ids)
+            source: Callable[[], str | None] = queue.take
+            for rack in racks:
+                rack.set_cell_source(source)
+
+
+def connect(models: Sequence[object]) -> Line:
+    """Wire the first coater, calender and stacker and every rack among ``models`` (plan order) into one line."""
+    coater = next((m for m in models if isinstance(m, Coater)), None)
+    calender = next((m for m in models if isinstance(m, Calender)), None)
+    stacker = next((m for m in models if isinstance(m, Stacker)), None)
+    racks = [m for m in models if isinstance(m, FormationRack)]
+    return Line(coater=coater, calender=calender, stacker=stacker, racks=racks)
