@@ -8,7 +8,7 @@ import pytest
 
 from simulators.machines.calender import Calender, CalenderConfig
 from simulators.machines.coater import Coater, CoaterConfig
-from simulators.machines.formation import FormationConfig, FormationRack, FormationProtocol
+from simulators.machines.formation import FormationConfig, FormationProtocol, FormationRack
 from simulators.machines.header import MachineHeader
 from simulators.machines.line import Line
 from simulators.machines.packml import PackMLTiming
@@ -80,7 +80,8 @@ def test_formation_rack_records_every_graded_cell() -> None:
     assert len(records) == sum(channel.cells_completed for channel in rack.channels) >= 2
     assert {r.fields["Result.CellId"] for r in records[:2]} == set(cells)
     for record in records:
-        charge, discharge = num(record.fields["Result.FirstChargeCapacity"]), num(record.fields["Result.DischargeCapacity"])
+        charge = num(record.fields["Result.FirstChargeCapacity"])
+        discharge = num(record.fields["Result.DischargeCapacity"])
         assert num(record.fields["Result.CoulombicEfficiency"]) == pytest.approx(100.0 * discharge / charge)
         assert record.fields["Result.Grade"] in (1, 2, 3)
 
