@@ -1,0 +1,131 @@
+"""The result FIFO handshake on real sockets, with plain clients: pymodbus against the stacker, asyncua against the
+calender. The servers step on their own clock (sped up); the client reads the presented record, acknowledges it by
+writing its record id, and now and then goes away before acknowledging. Every record arrives exactly once, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+from asyncua import ua
+from asyncua.client.client import Client
+from pymodbus.client import AsyncModbusTcpClient
+
+from simulators.machines.calender import Calender, CalenderConfig
+from simulators.machines.packml import PackMLTiming
+from simulators.machines.results import ResultFifo
+from simulators.machines.stacker import Stacker, StackerConfig
+from simulators.servers.address_map import Table, machine_register_map
+from simulators.servers.modbus_server import ModbusSimulatorServer
+from simulators.servers.opcua_server import NAMESPACE_URI, OpcUaSimulatorServer
+from tests.support.machines import STEADY
+from tests.support.sim import read_register_points
+
+RECORDS = 8
+# Ends of roll every ~10 min of model time and nothing else.
+ROLLS = PackMLTiming(mean_s_between_holds=None, mean_s_between_suspends=None, mean_s_between_stops=None,
+                     mean_s_between_aborts=None, mean_s_between_completes=600.0)
+
+
+async def wait_until_acknowledged(fifo: ResultFifo, count: int) -> None:
+    """The server hands a written ack to the model at its next step: wait for that (the server keeps stepping)."""
+    for _ in range(200):  # at most 10 s
+        if fifo.acknowledged >= count:
+            break
+        await asyncio.sleep(0.05)
+    assert fifo.acknowledged == count
+
+
+def check_once_in_order(received: list[tuple[int, str]]) -> None:
+    ids = [record_id for record_id, _ in received]
+    assert ids == list(range(1, len(ids) + 1)), ids  # never lost, never twice
+    assert len({key for _, key in received}) == len(received)
+
+
+async def test_modbus_stacker_records_arrive_once_each_across_client_restarts() -> None:
+    stacker = Stacker(rng=random.Random(7), config=StackerConfig(packml=STEADY))
+    register_map = machine_register_map(stacker.points)
+    record = tuple(p for p in register_map if p.point.startswith("Result.") and p.table is Table.INPUT)
+    ack = next(p for p in register_map if p.point == "Result.Ack")
+    received: list[tuple[int, str]] = []
+    abandoned = 0
+    async with ModbusSimulatorServer(model=stacker, register_map=register_map, port=0, step_hz=10.0,
+                                     speedup=40.0) as server:
+        async def session(limit: int) -> bool:
+            """One client connection: acknowledge up to ``limit`` records, then read one more and leave."""
+            nonlocal abandoned
+            client: Any = AsyncModbusTcpClient("127.0.0.1", port=server.port, timeout=2, retries=0)
+            assert await client.connect()
+            try:
+                acked = 0
+                while len(received) < RECORDS:
+                    values = await read_register_points(client, record)  # one FC04 block: a consistent record
+                    record_id = int(values["Result.RecordId"])  # type: ignore[arg-type]
+                    if record_id == 0 or (received and received[-1][0] == record_id):
+                        await asyncio.sleep(0.05)
+                        continue
+                    if acked == limit:
+                        abandoned += 1
+                        return False  # gone without acknowledging: the PLC keeps the record
+                    received.append((record_id, str(values["Result.CellId"])))
+                    assert values["Result.Sheets"] == stacker.config.sheets_per_cell
+                    response = await client.write_registers(ack.address, [record_id >> 16, record_id & 0xFFFF])
+                    assert not response.isError()
+                    acked += 1
+                return True
+            finally:
+                client.close()
+
+        done = False
+        limit = 1
+        while not done:
+            done = await asyncio.wait_for(session(limit), timeout=60.0)
+            limit += 1
+        await wait_until_acknowledged(stacker.results, RECORDS)
+    assert abandoned >= 2
+    check_once_in_order(received)
+    serials = [int(cell.rsplit("-", 1)[1]) for _, cell in received]
+    assert serials == list(range(serials[0], serials[0] + RECORDS))  # every stacked cell, none skipped
+
+
+async def test_opcua_calender_roll_records_arrive_once_each_across_client_restarts() -> None:
+    calender = Calender(rng=random.Random(3), config=CalenderConfig(packml=ROLLS))
+    received: list[tuple[int, str]] = []
+    abandoned = 0
+    async with OpcUaSimulatorServer(machines={"Calender01": calender}, port=0, step_hz=10.0,
+                                    speedup=300.0) as server:
+        async def session(limit: int) -> bool:
+            nonlocal abandoned
+            async with Client(server.endpoint, timeout=4) as client:
+                index = await client.get_namespace_index(NAMESPACE_URI)
+
+                def node(point: str) -> Any:
+                    return client.get_node(ua.NodeId(f"Calender01.Result.{point}", index, ua.NodeIdType.String))
+
+                nodes = [node("RecordId"), node("RollId"), node("InputRollId"), node("Length")]
+                acked = 0
+                while len(received) < 4:
+                    values = [dv.Value.Value for dv in await client.read_attributes(nodes)]  # one Read call
+                    record_id = int(values[0])
+                    if record_id == 0 or (received and received[-1][0] == record_id):
+                        await asyncio.sleep(0.05)
+                        continue
+                    if acked == limit:
+                        abandoned += 1
+                        return False
+                    assert str(values[2]).startswith("CT01-R") and float(values[3]) > 0.0
+                    received.append((record_id, str(values[1])))
+                    await node("Ack").write_value(ua.DataValue(ua.Variant(record_id, ua.VariantType.UInt32)))
+                    acked += 1
+                return True
+
+        done = False
+        limit = 1
+        while not done:
+            done = await asyncio.wait_for(session(limit), timeout=60.0)
+            limit += 1
+        await wait_until_acknowledged(calender.results, len(received))  # the last ack is read at the next step
+    assert abandoned >= 1
+    check_once_in_order(received)
