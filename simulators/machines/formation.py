@@ -906,8 +906,8 @@ def formation_result_fields() -> tuple[PointSpec, ...]:
     p = PointSpec
     return (
         p(name="Result.CellId", data_type=D.STRING, unit=None, description="Id of the graded cell."),
-        p(name="Result.Channel", data_type=D.UINT32, unit=None, min=1, max=1024,
-          description="Channel (1-based) that formed the cell."),
+        p(name="Result.Channel", data_type=D.UINT32, unit=None, min=0, max=1024,
+          description="Channel (1-based) that formed the cell; 0 while no record is presented."),
         p(name="Result.FirstChargeCapacity", data_type=D.DOUBLE, unit="A.h", min=0, max=150,
           description="Charge put in before grading (first charge, SEI losses included)."),
         p(name="Result.DischargeCapacity", data_type=D.DOUBLE, unit="A.h", min=0, max=150,
