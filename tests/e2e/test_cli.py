@@ -41,7 +41,7 @@ def run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[st
 def test_check_prints_devices_tags_and_read_plan() -> None:
     result = run_cli("check", "-c", str(DEMO_CONFIG))
     assert result.returncode == 0, result.stderr
-    assert "tag map OK: 5 device(s), 999 tag(s)" in result.stdout
+    assert "tag map OK: 5 device(s), 1069 tag(s)" in result.stdout
     assert "acme/dunkirk/formation/hall-a/rack-01: modbus tcp 127.0.0.1:5020 unit 1" in result.stdout
     assert "read request(s) per cycle" in result.stdout
 

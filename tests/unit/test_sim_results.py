@@ -139,3 +139,13 @@ def test_roll_ids_count_up_in_their_own_format() -> None:
     assert next_roll_id("SEP-R999999") == "SEP-R1000000"
     header = MachineHeader(rng=random.Random(1), config=CalenderConfig().header_config())
     assert len(header.input_lot_id) == len("CT01-R") + 6
+
+
+def test_describe_documents_the_handshake_and_puts_every_ack_where_a_client_can_write() -> None:
+    from simulators.describe import describe_yaml, plan_simulators
+
+    text = describe_yaml(plan_simulators())
+    assert "write that record_id to result/ack" in text
+    acks = [line for line in text.splitlines() if "{name: result/ack," in line]
+    assert len(acks) == 5  # coater, calender, stacker, two racks
+    assert all("table: input" not in line and "table: coil" not in line for line in acks)
