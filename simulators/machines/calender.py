@@ -362,7 +362,7 @@ class Calender:
         header = self.header
         rng = self._rng
         old_speed = header.speed
-        roll_id, recipe, lots = header.output_lot_id, header.config.recipe_version, header.lots_completed
+        roll_id, recipe, lots = header.output_lot_id, header.recipe_version, header.lots_completed
         header.step(dt_s)
         if header.lots_completed != lots:
             self._finish_roll(roll_id, recipe)

@@ -411,7 +411,7 @@ class Coater:
         cfg = self.config
         header = self.header
         old_speed = header.speed
-        roll_id, recipe, lots = header.output_lot_id, header.config.recipe_version, header.lots_completed
+        roll_id, recipe, lots = header.output_lot_id, header.recipe_version, header.lots_completed
         header.step(dt_s)
         if header.lots_completed != lots:
             self._finish_roll(roll_id, recipe)

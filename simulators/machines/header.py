@@ -12,7 +12,8 @@
 * the first-out stop reason, drawn from the machine's own list of causes whenever PackML leaves Execute;
 * heartbeat (+1 per second of model time, wraps at 65536), time in state, time since reset;
 * active power (given by the machine each step) and the energy integral;
-* recipe ids and input / output lot ids (the output lot advances at every end of lot, i.e. Complete).
+* recipe ids and input / output lot ids (the output lot advances at every end of lot, i.e. Complete; the recipe
+  version every ``lots_per_recipe`` lots; the input lot is what the line model mounted, if anything).
 
 The header draws from the machine's ``random.Random`` only in a fixed order, so the run depends on the seed alone.
 """
@@ -125,6 +126,7 @@ class HeaderConfig:
     recipe_version: str = "3"
     input_lot_prefix: str = "IN"
     output_lot_prefix: str = "OUT"
+    lots_per_recipe: int = 5  # the recipe version moves on (a process change) every so many lots; 0 = never
     acc_count_offset: tuple[float, float] = (1.0e5, 1.0e6)  # lifetime count before the simulation started
     stop_causes: tuple[StopCause, ...] = DEFAULT_STOP_CAUSES
     packml: PackMLTiming = field(default_factory=PackMLTiming)
@@ -137,6 +139,8 @@ class HeaderConfig:
             raise ValueError("speed_sp must be within 0..design_speed")
         if not (self.ramp_per_s > 0.0 and self.abort_ramp_per_s > 0.0):
             raise ValueError("ramps must be > 0")
+        if self.lots_per_recipe < 0:
+            raise ValueError("lots_per_recipe must be >= 0")
         low, high = self.acc_count_offset
         if not 0.0 <= low <= high:
             raise ValueError("acc_count_offset must satisfy 0 <= low <= high")
@@ -209,6 +213,11 @@ def header_points(config: HeaderConfig) -> tuple[PointSpec, ...]:
     )
 
 
+def next_version(version: str) -> str:
+    """``"3"`` -> ``"4"``; a version that is not a number gets ``.1`` appended."""
+    return str(int(version) + 1) if version.isdigit() else f"{version}.1"
+
+
 _NO_CAUSE = StopCause(id=0, message="", category=StopCategory.OPERATOR, command=C.STOP)
 
 
@@ -236,6 +245,7 @@ class MachineHeader:
         self.input_lot = 1 + rng.randrange(1000)
         self.output_lot = 1 + rng.randrange(100_000)
         self.lots_completed = 0
+        self.recipe_version = config.recipe_version
         self.input_lot_text: str | None = None  # set by the line model: the id of the upstream roll / lot in use
 
     # ------------------------------------------------------------------------------------------ commands
@@ -298,6 +308,9 @@ class MachineHeader:
             # End of lot: the next roll / lot starts; every few lots the input material changes too.
             self.output_lot += 1
             self.lots_completed += 1
+            every = self.config.lots_per_recipe
+            if every and self.lots_completed % every == 0:
+                self.recipe_version = next_version(self.recipe_version)
             if self._rng.random() < 0.3:
                 self.input_lot += 1
 
@@ -356,7 +369,7 @@ class MachineHeader:
             "Energy.ActiveEnergy": self.energy_kwh,
             "Recipe.ProductId": cfg.recipe_product_id,
             "Recipe.Name": cfg.recipe_name,
-            "Recipe.Version": cfg.recipe_version,
+            "Recipe.Version": self.recipe_version,
             "Lot.InputLotId": self.input_lot_id,
             "Lot.OutputLotId": self.output_lot_id,
             "Diagnostics.Heartbeat": int(self.time_s) % HEARTBEAT_MODULO,

@@ -63,7 +63,7 @@ class StackerConfig:
     separator_per_sheet_m: float = 0.105  # one Z-fold layer: electrode width + margin
     particle_ng_probability: float = 0.003
     hipot_ng_probability: float = 0.002
-    cell_id_prefix: str = "CELL-ST01-"
+    cell_id_prefix: str = "CELL-S1-"  # + 8 digits: 16 characters, what a rack channel's CellId holds
     # Rolls in use at start (ids as the electrode lines print them); the line model replaces them as they run out.
     anode_roll_id: str = "CL02-R000001"
     cathode_roll_id: str = "CL01-R000001"

@@ -61,7 +61,7 @@ def test_stacker_records_every_cell_once_with_its_rolls() -> None:
     records = stacker.results.pending
     assert len(records) == stacker.cells_completed >= 8
     assert [r.fields["Result.CellId"] for r in records] == [
-        f"CELL-ST01-{stacker.cell_serial - stacker.cells_completed + i:08d}" for i in range(len(records))]
+        f"CELL-S1-{stacker.cell_serial - stacker.cells_completed + i:08d}" for i in range(len(records))]
     cathodes = [r.fields["Result.CathodeRollId"] for r in records]
     assert cathodes[:3] == ["CL01-R000001"] * 3 and cathodes[3:6] == ["CL01-R000002"] * 3
     assert all(r.fields["Result.Sheets"] == 81 for r in records)
@@ -116,7 +116,7 @@ def test_the_line_passes_roll_ids_from_coater_to_calender_to_stacker_and_cells_t
     # Formation graded cells the stacker made (the racks' first cells were loaded before the start).
     stacked = {r.fields["Result.CellId"] for r in stacker.results.pending}
     formed = [r.fields["Result.CellId"] for rack in racks for r in rack.results.pending]
-    from_line = [c for c in formed if str(c).startswith("CELL-ST01-")]
+    from_line = [c for c in formed if str(c).startswith("CELL-S1-")]
     assert from_line and set(from_line) <= stacked
     assert len(set(formed)) == len(formed)
 
@@ -149,3 +149,23 @@ def test_describe_documents_the_handshake_and_puts_every_ack_where_a_client_can_
     acks = [line for line in text.splitlines() if "{name: result/ack," in line]
     assert len(acks) == 5  # coater, calender, stacker, two racks
     assert all("table: input" not in line and "table: coil" not in line for line in acks)
+
+
+def test_a_stacker_cell_id_fits_a_rack_channels_cell_id_registers_whole() -> None:
+    from simulators.servers.address_map import CELL_ID_REGISTERS
+
+    stacker = Stacker(rng=random.Random(1))
+    assert len(stacker.cell_id.encode()) <= 2 * CELL_ID_REGISTERS
+
+
+def test_recipe_version_and_lots_change_over_time() -> None:
+    coater = Coater(rng=random.Random(1), config=CoaterConfig(extended_points=True, packml=ROLLS, noise=False))
+    seen: set[tuple[object, object]] = set()
+    for _ in range(int(4 * 3600 / 5.0)):
+        values = coater.step(5.0)
+        seen.add((values["Recipe.Version"], values["Lot.OutputLotId"]))
+    versions = {version for version, _ in seen}
+    assert len(versions) >= 2 and len({lot for _, lot in seen}) >= 6
+    records = [r.fields for r in coater.results.pending]
+    recorded = {r["Result.RecipeVersion"] for r in records}
+    assert recorded <= versions and len(recorded) >= 2  # each roll carries the version it was coated with
