@@ -17,6 +17,7 @@ from simulators.machines.calender import Calender, CalenderConfig
 from simulators.machines.packml import PackMLTiming
 from simulators.machines.results import ResultFifo
 from simulators.machines.stacker import Stacker, StackerConfig
+from simulators.runner import RunningSimulators, run_simulators
 from simulators.servers.address_map import Table, machine_register_map
 from simulators.servers.modbus_server import ModbusSimulatorServer
 from simulators.servers.opcua_server import NAMESPACE_URI, OpcUaSimulatorServer
@@ -129,3 +130,39 @@ async def test_opcua_calender_roll_records_arrive_once_each_across_client_restar
         await wait_until_acknowledged(calender.results, len(received))  # the last ack is read at the next step
     assert abandoned >= 1
     check_once_in_order(received)
+
+
+async def test_the_served_default_set_is_one_line_whose_ids_connect() -> None:
+    """``run_simulators`` wires the line: the calender works the coater's previous roll, the stacker the
+    calender's, as a plain client reads them (OPC UA for the electrode machines, Modbus for the stacker)."""
+    stop = asyncio.Event()
+    ready: asyncio.Future[RunningSimulators] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_simulators(opcua_port=0, modbus_port=0, seed=5, stop=stop,
+                                              on_ready=ready.set_result))
+    try:
+        running = await asyncio.wait_for(ready, timeout=30.0)
+        assert running.opcua_endpoint is not None
+        async with Client(running.opcua_endpoint, timeout=4) as client:
+            index = await client.get_namespace_index(NAMESPACE_URI)
+            nodes = [client.get_node(ua.NodeId(name, index, ua.NodeIdType.String)) for name in (
+                "Coater01.Lot.OutputLotId", "Calender01.Lot.InputLotId", "Calender01.Lot.OutputLotId")]
+            coater_out, calender_in, calender_out = [dv.Value.Value for dv in await client.read_attributes(nodes)]
+        stacker = Stacker(rng=random.Random(0))
+        register_map = machine_register_map(stacker.points)
+        lot = tuple(p for p in register_map if p.point == "Lot.InputLotId")
+        client_mb: Any = AsyncModbusTcpClient("127.0.0.1", port=running.modbus_ports["stacker-01"], timeout=2,
+                                              retries=0)
+        assert await client_mb.connect()
+        try:
+            stacker_in = (await read_register_points(client_mb, lot))["Lot.InputLotId"]
+        finally:
+            client_mb.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30.0)
+
+    def number(roll_id: object) -> int:
+        return int(str(roll_id)[-6:])
+
+    assert str(calender_in).startswith("CT01-R") and number(calender_in) == number(coater_out) - 1
+    assert str(stacker_in).startswith("CL01-R") and number(stacker_in) == number(calender_out) - 1
