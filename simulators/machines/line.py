@@ -2,7 +2,8 @@
 
     coater  --finished roll ids-->  calender (input roll at each end of roll)
     calender --finished roll ids--> stacker (cathode roll every ``cells_per_roll`` cells)
-    stacker --good cell ids------>  formation racks (each channel loads the next cell when it is free)
+    stacker --good cell ids------>  formation racks (in trays of ``tray_cells``; a free channel loads the next
+                                    cell of its rack's tray)
 
 Each link is a queue of ids the upstream machine appended (its ``finished_rolls`` / ``completed_cell_ids``) that the
 downstream machine takes from, oldest first, when it needs material. A machine that finds its queue empty keeps
@@ -38,6 +39,26 @@ class IdQueue:
         return len(self._produced)
 
 
+class TrayQueue:
+    """Cells reach a rack tray by tray: a tray of ``size`` ids leaves the store only once it is full."""
+
+    def __init__(self, store: IdQueue, size: int) -> None:
+        if size < 1:
+            raise ValueError("a tray holds at least one cell")
+        self._store = store
+        self._size = size
+        self.tray: list[str] = []
+        self.trays = 0
+
+    def take(self) -> str | None:
+        if not self.tray:
+            if len(self._store) < self._size:
+                return None
+            self.tray = [cell for cell in (self._store.take() for _ in range(self._size)) if cell is not None]
+            self.trays += 1
+        return self.tray.pop(0)
+
+
 def previous_lot_id(machine_output_lot: int, prefix: str) -> str:
     """Id of the roll the upstream machine finished just before the simulation started."""
     return f"{prefix}{max(machine_output_lot - 1, 0):06d}"
@@ -53,8 +74,10 @@ class Line:
         calender: Calender | None = None,
         stacker: Stacker | None = None,
         racks: Sequence[FormationRack] = (),
+        tray_cells: int = 8,
     ) -> None:
         self.queues: dict[str, IdQueue] = {}
+        self.trays: list[TrayQueue] = []
         if coater is not None and calender is not None:
             header = coater.header
             calender.header.input_lot_text = previous_lot_id(header.output_lot, header.config.output_lot_prefix)
@@ -67,8 +90,10 @@ class Line:
             stacker.cathode_source = queue.take
         if stacker is not None and racks:
             queue = self.queues["stacked_cells"] = IdQueue(stacker.completed_cell_ids)
-            source: Callable[[], str | None] = queue.take
             for rack in racks:
+                tray = TrayQueue(queue, tray_cells)
+                self.trays.append(tray)
+                source: Callable[[], str | None] = tray.take
                 rack.set_cell_source(source)
 
 

@@ -169,3 +169,27 @@ def test_recipe_version_and_lots_change_over_time() -> None:
     records = [r.fields for r in coater.results.pending]
     recorded = {r["Result.RecipeVersion"] for r in records}
     assert recorded <= versions and len(recorded) >= 2  # each roll carries the version it was coated with
+
+
+def test_cells_reach_a_rack_tray_by_tray() -> None:
+    stacker = Stacker(rng=random.Random(3), config=StackerConfig(packml=STEADY))
+    protocol = FormationProtocol(exchange_s=30.0, contact_fault_probability=0.0)  # the short v1 protocol
+    rack = FormationRack(rng=random.Random(5), config=FormationConfig(
+        channels=4, protocol=protocol, stagger=False, noise=False, packml=STEADY))
+    line = Line(stacker=stacker, racks=[rack], tray_cells=3)
+    tray = line.trays[0]
+    store = line.queues["stacked_cells"]
+    for _ in range(int(10 * 3600 / 30.0)):  # a v1 cell takes ~3 h
+        stacker.step(30.0)
+        before = (tray.trays, len(store), list(tray.tray))
+        rack.step(30.0)
+        if tray.trays != before[0]:
+            # A whole tray left the store (the stacker did not step in between), and the rack had emptied its
+            # previous one: cells never dribble in one by one.
+            assert before[2] == [] and tray.trays == before[0] + 1 and len(store) == before[1] - 3
+        else:
+            assert len(store) == before[1]
+    loaded = [c.cell_id for c in rack.channels if c.cell_id.startswith("CELL-S1-")]
+    assert tray.trays >= 2 and loaded
+    taken = 3 * tray.trays - len(tray.tray)
+    assert taken >= len(loaded)
