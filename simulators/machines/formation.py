@@ -366,7 +366,7 @@ class FormationChannel:
         # Where the next cell comes from (the line model: the stacker's finished cells); None: a seeded own id.
         # A source that has no cell keeps the channel Finished (starved) until it has one.
         self.cell_source: Callable[[], str | None] | None = None
-        self._cell_id_text: str | None = None
+        self._cell_id_text = ""
         self._load_cell()
 
     # ------------------------------------------------------------------------------------------ state
@@ -411,7 +411,7 @@ class FormationChannel:
 
     @property
     def cell_id(self) -> str:
-        return self._cell_id_text if self._cell_id_text is not None else f"CELL-{self.cell_serial:08d}"
+        return self._cell_id_text
 
     @property
     def voltage(self) -> float:
@@ -423,7 +423,6 @@ class FormationChannel:
 
     def _load_cell(self, cell_id: str | None = None) -> None:
         rng, cell = self._rng, self._cell
-        self._cell_id_text = cell_id
         self.cell_capacity_ah = cell.capacity_ah * (1.0 + rng.uniform(-cell.capacity_spread, cell.capacity_spread))
         spread = 1.0 + rng.uniform(-cell.resistance_spread, cell.resistance_spread)
         self.resistance_ohm = cell.resistance_ohm * spread
@@ -442,6 +441,7 @@ class FormationChannel:
         self._charge_eta = cell.coulombic_efficiency  # until the first discharge: SEI formation takes its share
         self.temperature = cell.load_temp_cel
         self.cell_serial += 1
+        self._cell_id_text = cell_id if cell_id is not None else f"CELL-{self.cell_serial:08d}"
         self._phase = _RUN
         self._enter_step(0)
 
@@ -996,10 +996,12 @@ class FormationRack:
         plate = self.plate_temp
         extended = cfg.extended_points
         for n, channel in enumerate(self.channels, start=1):
-            before = (channel.cells_completed, channel.grades[Grade.NG], channel.cell_id)
-            channel.step(dt_s, plate_temp_cel=plate, paused=paused)
             if extended:
+                before = (channel.cells_completed, channel.grades[Grade.NG], channel.cell_id)
+                channel.step(dt_s, plate_temp_cel=plate, paused=paused)
                 self._record_finished(n, channel, before)
+            else:
+                channel.step(dt_s, plate_temp_cel=plate, paused=paused)
         self._publish(dt_s)
         return self._values
 
