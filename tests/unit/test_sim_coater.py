@@ -45,7 +45,7 @@ def test_exhaust_solvent_concentration_follows_the_lel_relation() -> None:
     # ṁ = m_wet·(1 − w_s)·W·v = 314·0.30·1.2·0.833 g/s ≈ 94 g/s; C = ṁ / Q; %LEL = 100·C / 54.
     solvent_g_s = 220.0 / 0.70 * 0.30 * 1.2 * 50.0 / 60.0
     assert num(values["Dryer.Exhaust.SolventLoad"]) == pytest.approx(solvent_g_s * 3.6, rel=1e-3)
-    flow_m3_s = num(values["Dryer.Exhaust.Flow"]) / 3600.0  # the fan follows the load (process-review fix)
+    flow_m3_s = num(values["Dryer.Exhaust.Flow"]) / 3600.0  # the fan follows the solvent load
     assert num(values["Dryer.Exhaust.SolventConc"]) == pytest.approx(100.0 * solvent_g_s / flow_m3_s / 54.0, rel=1e-3)
     assert values["Alarms.SolventLelHigh"] is False
     assert num(values["CoatingHead.GapToWetFilmRatio"]) == pytest.approx(200.0 / (220.0 / (0.70 * 2.2)))

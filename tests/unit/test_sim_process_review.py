@@ -31,7 +31,7 @@ def run_one_cell(seed: int) -> tuple[FormationChannel, dict[int, tuple[EndReason
 
 def test_calender_in_gap_control_constructs_and_targets_what_the_gap_gives() -> None:
     config = CalenderConfig(control_mode=PressControlMode.GAP, gap_sp_um=140.0, noise=False, packml=STEADY)
-    calender = Calender(rng=random.Random(3), config=config)  # crashed in the constructor before
+    calender = Calender(rng=random.Random(3), config=config)  # gap control from the constructor on
     for _ in range(120):
         values = calender.step(1.0)
     out, target = num(values["Thickness.Out"]), num(values["Thickness.OutTarget"])
@@ -65,7 +65,7 @@ def test_formation_first_charge_loss_only_on_the_first_charge_and_no_clipping() 
         # The storage charge (last step) stores all of its charge: the SOC rises by exactly charge / capacity.
         storage_charge = ends[7][1] - first_charge
         soc_gain = ends[7][2] - ends[6][2]
-        assert soc_gain * channel.cell_capacity_ah == pytest.approx(storage_charge, rel=0.01)  # was 0.9x
+        assert soc_gain * channel.cell_capacity_ah == pytest.approx(storage_charge, rel=0.01)  # no SEI loss here
         assert 40.0 < storage_charge < 55.0
         assert ends[7][1] < 200.0  # the point's range: no clipping
 
