@@ -271,8 +271,8 @@ class Stacker:
         self.separator_roll_id = cfg.separator_roll_id
         self.results = ResultFifo(unit="cell", fields=stacker_result_fields())
         self.completed_cell_ids: list[str] = []  # every good cell finished, in order, for the line model
-        # Where the next cathode roll comes from (the line model: the calender's finished rolls); None, or a
-        # source that has none: the next id of the own counter.
+        # Where the next cathode roll comes from (the line model: the calender's finished rolls; when it has none
+        # the roll in use runs on); None: the next id of the own counter.
         self.cathode_source: Callable[[], str | None] | None = None
         self.header.input_lot_text = self.cathode_roll_id
         self._reset_cell_stats()
@@ -449,9 +449,9 @@ class Stacker:
             self.completed_cell_ids.append(self.cell_id)  # NG stacks are scrapped, not formed
         done = self.cells_completed
         if done % self.config.cells_per_roll == 0:
-            cathode = self.cathode_source() if self.cathode_source is not None else None
-            self.load_rolls(anode=next_roll_id(self.anode_roll_id),
-                            cathode=cathode if cathode is not None else next_roll_id(self.cathode_roll_id))
+            source = self.cathode_source
+            cathode = source() if source is not None else next_roll_id(self.cathode_roll_id)
+            self.load_rolls(anode=next_roll_id(self.anode_roll_id), cathode=cathode)
         if done % self.config.cells_per_separator_roll == 0:
             self.load_rolls(separator=next_roll_id(self.separator_roll_id))
 

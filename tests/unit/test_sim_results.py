@@ -193,3 +193,15 @@ def test_cells_reach_a_rack_tray_by_tray() -> None:
     assert tray.trays >= 2 and loaded
     taken = 3 * tray.trays - len(tray.tray)
     assert taken >= len(loaded)
+
+
+def test_a_stacker_whose_line_has_no_finished_roll_runs_on_with_the_roll_it_has() -> None:
+    stacker = Stacker(rng=random.Random(2), config=StackerConfig(packml=STEADY, cells_per_roll=2))
+    calender = Calender(rng=random.Random(2), config=CalenderConfig(packml=STEADY))  # never ends a roll
+    Line(calender=calender, stacker=stacker)
+    mounted = stacker.cathode_roll_id
+    for _ in range(int(8 * 40 / 0.5)):
+        stacker.step(0.5)
+    assert stacker.cells_completed >= 6
+    assert {r.fields["Result.CathodeRollId"] for r in stacker.results.pending} == {mounted}
+    assert len({r.fields["Result.AnodeRollId"] for r in stacker.results.pending}) >= 3
