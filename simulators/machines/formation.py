@@ -10,11 +10,16 @@ falls to the cut-off, or time) and CC discharge (to a voltage, or time). Two pro
   cell gets a grade from its discharge capacity and coulombic efficiency.
 
 When the protocol ends the channel shows Finished for ``exchange_s`` (the operator unloads it), then a fresh cell
-(new id, seeded capacity / resistance spread) starts at step 0. A seeded contact fault puts the channel in
+(new id, seeded capacity / resistance spread) starts at step 0: unformed (0.5-1 V open-circuit) and at
+``CellSpec.load_temp_cel``. With a ``cell_source`` (the line model) the new cell's id is the next one the source
+gives, and the channel stays Finished while the source has none. With the extended points the rack keeps a result
+FIFO (``simulators.machines.results``): one record per graded cell, and per cell rejected on a contact fault.
+A seeded contact fault puts the channel in
 Protection after step 0 until the cell is replaced.
 
 Cell model: ``V = OCV(SOC) + I·R0 + V1`` with one RC pair ``dV1/dt = I/C1 − V1/(R1·C1)`` and
-``dSOC/dt = eta·I / (3600·Q)`` (eta < 1 while charging: first-charge losses to SEI; eta = 1 discharging).
+``dSOC/dt = eta·I / (3600·Q)`` (eta < 1 while charging before the first discharge: first-charge losses to SEI;
+eta = 1 otherwise).
 With a piecewise-linear OCV every step kind has a closed-form solution inside one OCV segment (CV: a 2x2 linear
 system, solved with its eigenvalues), so the channel steps from event to event (limits, OCV breakpoints, cut-off,
 end of step) and any ``dt`` gives the same state as many small ones: a caller accelerates time simply by passing
