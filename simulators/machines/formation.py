@@ -14,8 +14,7 @@ When the protocol ends the channel shows Finished for ``exchange_s`` (the operat
 ``CellSpec.load_temp_cel``. With a ``cell_source`` (the line model) the new cell's id is the next one the source
 gives, and the channel stays Finished while the source has none. With the extended points the rack keeps a result
 FIFO (``simulators.machines.results``): one record per graded cell, and per cell rejected on a contact fault.
-A seeded contact fault puts the channel in
-Protection after step 0 until the cell is replaced.
+A seeded contact fault puts the channel in Protection after step 0 until the cell is replaced.
 
 Cell model: ``V = OCV(SOC) + I·R0 + V1`` with one RC pair ``dV1/dt = I/C1 − V1/(R1·C1)`` and
 ``dSOC/dt = eta·I / (3600·Q)`` (eta < 1 while charging before the first discharge: first-charge losses to SEI;
