@@ -21,8 +21,9 @@ Physics (equipment notes §2.3, cathode NMC811/NMP reference recipe §2.1):
 
 With ``CoaterConfig(extended_points=True)`` the coater also exposes the full common header, the slot-die gap and
 coating-defect risk, zoned web tensions (infeed, dryer, outfeed), the exhaust solvent load and concentration
-(%LEL) and a cross-web coat-weight profile (one point per lane). The default (False) keeps exactly the point list
-``config/demo.yaml`` reads.
+(%LEL; the exhaust fan follows the load to hold ``exhaust_lel_target_pct`` within its flow range), a cross-web
+coat-weight profile (one point per lane) and a result FIFO with one record per finished roll
+(``simulators.machines.results``). The default (False) keeps the v1 point list.
 
 Noise is added to what is reported, never to the state, so the state stays smooth and tests can switch it off.
 """
