@@ -96,7 +96,7 @@ async def test_opcua_calender_roll_records_arrive_once_each_across_client_restar
     received: list[tuple[int, str]] = []
     abandoned = 0
     async with OpcUaSimulatorServer(machines={"Calender01": calender}, port=0, step_hz=10.0,
-                                    speedup=300.0) as server:
+                                    speedup=600.0) as server:
         async def session(limit: int) -> bool:
             nonlocal abandoned
             async with Client(server.endpoint, timeout=4) as client:
