@@ -447,8 +447,8 @@ def describe_yaml(plan: SimulatorPlan) -> str:
         f"{options.word_order.value}. Add `gateway:` and `mqtt:` sections to run it.",
         "# Result FIFOs (result/*, one record per roll or cell): while result/record_id is not 0 (result/ready) the",
         "# result/* fields hold the oldest unacknowledged record; write that record_id to result/ack (uint32, the one",
-        "# writable tag: an OPC UA variable, a Modbus holding register) and the next record is presented at the",
-        "# next model step. Records stay until acknowledged; ids count up from 1 and never repeat.",
+        "# writable tag: an OPC UA variable, a Modbus holding register) and the next record is presented (Modbus: at",
+        "# once; OPC UA: at the next model step). Records stay until acknowledged; ids count up from 1, never repeat.",
     ]
     if described["templates"]:
         lines.append("templates:")

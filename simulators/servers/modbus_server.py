@@ -13,14 +13,15 @@ drop a request) and at publish time (NaN, frozen values).
 
 The one register a client writes is ``Result.Ack`` of a machine with a result FIFO: every publish first reads it
 back from the datastore and hands a new value to the model (``ack_result``), then writes the tables, the ack
-register holding the value just read (pymodbus does not yield between the two, so no write is lost).
+register holding the value just read (pymodbus does not yield between the two, so no write is lost). A write to
+the ack register publishes at once (before the next request is served), so the next read sees the next record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Self, cast
 
@@ -62,6 +63,8 @@ __all__ = [
 
 # Function codes that pymodbus' async_setValues uses to pick a table.
 _FUNCTION_CODE: Mapping[Table, int] = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
+# Requests that write holding registers.
+_WRITE_CODES = frozenset({6, 16, 22})
 # Which table a request function code addresses (FC23 read/write is rare and left out: it answers normally).
 _REQUEST_TABLE: Mapping[int, Table] = {
     1: Table.COIL, 5: Table.COIL, 15: Table.COIL, 2: Table.DISCRETE,
@@ -86,6 +89,7 @@ class _FaultGatedHandler(ServerRequestHandler):
         # pymodbus leaves these handler methods unannotated, hence the ignores below.
         super().__init__(owner, owner.trace_packet, owner.trace_pdu, owner.trace_connect)  # type: ignore[no-untyped-call]
         self._gate = gate
+        self._owner = owner
 
     def callback_connected(self) -> None:
         super().callback_connected()
@@ -108,12 +112,23 @@ class _FaultGatedHandler(ServerRequestHandler):
         # The base handler reads last_pdu again; a request that arrived during the delay must not replace ours.
         self.last_pdu, self.last_addr = pdu, addr
         await super().handle_request()  # type: ignore[no-untyped-call]
+        if span is not None and span[0] is Table.HOLDING and pdu.function_code in _WRITE_CODES:
+            await self._owner.holding_written(span[1], span[2])
 
 
 class _FaultGatedTcpServer(ModbusTcpServer):
-    def __init__(self, device: SimDevice, *, address: tuple[str, int], gate: FaultGate) -> None:
+    def __init__(
+        self, device: SimDevice, *, address: tuple[str, int], gate: FaultGate,
+        on_holding_write: Callable[[int, int], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__(device, address=address)
         self._gate = gate
+        self._on_holding_write = on_holding_write
+
+    async def holding_written(self, start: int, count: int) -> None:
+        """A client wrote holding registers ``start`` .. ``start + count - 1`` (after the datastore took them)."""
+        if self._on_holding_write is not None:
+            await self._on_holding_write(start, count)
 
     def callback_new_connection(self) -> _FaultGatedHandler:
         return _FaultGatedHandler(self, self._gate)
@@ -225,7 +240,8 @@ class ModbusSimulatorServer(FaultControlledServer):
             [SimData(0, count=sizes[Table.HOLDING], values=0, datatype=SimDataType.REGISTERS)],
             [SimData(0, count=sizes[Table.INPUT], values=0, datatype=SimDataType.REGISTERS)],
         ))
-        server = _FaultGatedTcpServer(device, address=(self._host, self._port), gate=self._gate)
+        server = _FaultGatedTcpServer(device, address=(self._host, self._port), gate=self._gate,
+                                      on_holding_write=self._holding_written)
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:  # pymodbus' way of saying the bind failed (it logs the errno as a warning)
@@ -287,6 +303,12 @@ class ModbusSimulatorServer(FaultControlledServer):
         self._published = values
         for table, image in self._encoder.images(values).items():
             await server.async_setValues(self._unit_id, _FUNCTION_CODE[table], 0, image)
+
+    async def _holding_written(self, start: int, count: int) -> None:
+        """A write touching ``Result.Ack`` is taken at once: the next record is on the wire for the next read."""
+        ack = self._ack
+        if ack is not None and self._server is not None and start < ack.address + 2 and ack.address < start + count:
+            await self.publish()
 
     async def _read_ack(self, server: _FaultGatedTcpServer) -> None:
         """Hand the model a record id a client wrote to the ack register since the last publish."""

@@ -166,3 +166,27 @@ async def test_the_served_default_set_is_one_line_whose_ids_connect() -> None:
 
     assert str(calender_in).startswith("CT01-R") and number(calender_in) == number(coater_out) - 1
     assert str(stacker_in).startswith("CL01-R") and number(stacker_in) == number(calender_out) - 1
+
+
+async def test_a_modbus_ack_presents_the_next_record_to_the_very_next_read() -> None:
+    stacker = Stacker(rng=random.Random(7), config=StackerConfig(packml=STEADY))
+    for _ in range(int(3 * 40 / 0.5)):
+        stacker.step(0.5)
+    assert len(stacker.results.pending) >= 3
+    register_map = machine_register_map(stacker.points)
+    record = tuple(p for p in register_map if p.point in ("Result.RecordId", "Result.CellId"))
+    ack = next(p for p in register_map if p.point == "Result.Ack")
+    async with ModbusSimulatorServer(model=stacker, register_map=register_map, port=0, autostep=False) as server:
+        client: Any = AsyncModbusTcpClient("127.0.0.1", port=server.port, timeout=2, retries=0)
+        assert await client.connect()
+        try:
+            seen = []
+            for _ in range(3):  # no model step in between: the acks alone move the FIFO
+                values = await read_register_points(client, record)
+                record_id = int(values["Result.RecordId"])  # type: ignore[arg-type]
+                seen.append((record_id, values["Result.CellId"]))
+                assert not (await client.write_registers(ack.address, [0, record_id])).isError()
+        finally:
+            client.close()
+    assert [record_id for record_id, _ in seen] == [1, 2, 3]
+    assert len({cell for _, cell in seen}) == 3
