@@ -641,7 +641,7 @@ class SeqReservations:
     async def _reserve_once(self, *, waiting: SeqBudget | None = None, need: int = 0) -> None:
         """One reservation (lock held): size each block, cap every budget to it, write, then grant it."""
         snapshot_error: OSError | None = None
-        if self._snapshot_due:
+        while self._snapshot_due and snapshot_error is None:  # again if a reload changed the mapping meanwhile
             async with self._snapshot_lock:
                 if self._snapshot_due:
                     snapshot_error = await self._take_snapshot(clean=False)
