@@ -7,7 +7,8 @@ Shape of a run::
                                                                      \\--> Spool (broker down, window stuck)
     replay task: Spool --> MqttSink (free window slots only, rate-limited, "historical": true)
     report_link --> retained _status per device --> MqttSink.set_retained (restored after every reconnect)
-    checkpoint task: seq reservation --> state_dir/seq.{a,b}.json every SEQ_CHECKPOINT_S (exact at a clean stop)
+    checkpoint task: seq reservation --> state_dir/seq.{a,b}.json every SEQ_CHECKPOINT_S, per-topic snapshot
+        --> state_dir/seq-snapshot.{a,b}.json every SNAPSHOT_PERIOD_S (exact at a clean stop)
     health task: systemd READY=1 / WATCHDOG=1 / STATUS=
 
 Signals are handled here (``serve``): SIGTERM/SIGINT stop, SIGHUP reloads the tag map.

@@ -533,12 +533,13 @@ class MqttSink:
         options: MqttOptions,
         *,
         on_spool_ack: Callable[[int, bool], None] | None = None,
-        on_refused: Callable[[str, bytes, str, int | None], None] | None = None,
+        on_refused: Callable[[str, bytes, str, int | None], bool | None] | None = None,
     ) -> None:
         """``on_spool_ack(spool_id, ok)``: the PUBACK (or refusal) of a replay from the spool.
         ``on_refused(topic, payload, reason, spool_id)``: once per message the broker will never take
         (``reason`` a ``refusal_reason`` token such as ``packet_too_large`` or ``not_authorized``;
-        ``spool_id`` None for live data and control messages), e.g. to keep it in a dead-letter table."""
+        ``spool_id`` None for live data and control messages), e.g. to keep it in a dead-letter table; it
+        returns True when it keeps the message (``dead_letter`` of the ``mqtt_message_refused`` line)."""
         self._options = options
         self._on_spool_ack = on_spool_ack
         self._on_refused = on_refused
@@ -1133,9 +1134,15 @@ class MqttSink:
         spool_id: int | None,
         control: bool,
     ) -> None:
-        """Count a refusal, log the first one of each reason, tell ``on_refused``."""
+        """Count a refusal, tell ``on_refused``, log the first one of each reason (the only log line of it)."""
         reason = refusal_reason(reason_code)
         self._refused_by_reason[reason] = self._refused_by_reason.get(reason, 0) + 1
+        kept = False
+        if self._on_refused is not None:
+            try:
+                kept = bool(self._on_refused(topic, payload, reason, spool_id))
+            except Exception as exc:  # the caller's bug must not break the PUBACK handling
+                self._log.error("mqtt_on_refused_failed", error=repr(exc))
         if reason not in self._refusals_logged:
             self._refusals_logged.add(reason)
             reason_string = find_property(properties, Property.REASON_STRING)
@@ -1148,12 +1155,8 @@ class MqttSink:
                 payload_bytes=len(payload),
                 max_packet_size=self._max_packet_size,
                 control=control,
+                dead_letter=kept,
             )
-        if self._on_refused is not None:
-            try:
-                self._on_refused(topic, payload, reason, spool_id)
-            except Exception as exc:  # the caller's bug must not break the PUBACK handling
-                self._log.error("mqtt_on_refused_failed", error=repr(exc))
 
     def _refuse_soon(self, packet_id: int) -> None:
         """Refuse an in-flight message as too large: the broker would disconnect us for it (MQTT 3.1.1

@@ -1,4 +1,4 @@
-"""SQLite store-and-forward spool: messages the broker could not take, dead letters, the last ``seq`` per topic.
+"""SQLite store-and-forward spool: messages the broker could not take, and dead letters.
 
 One database file in the state directory, WAL journal. Tables:
 
@@ -8,9 +8,9 @@ One database file in the state directory, WAL journal. Tables:
 * ``dead_letter``: (id, topic, payload, reason, ts, size): messages the broker refused for good (not
   authorised, too large). Kept for ``cellgate spool requeue`` once the broker's policy is fixed, capped by
   ``dead_letter_max_bytes`` (oldest dropped).
-* ``seq``: the last ``seq`` handed out per topic, written as a checkpoint every few seconds and exactly
-  at a clean stop, plus a ``state`` row saying when the checkpoint was taken and whether the stop was
-  clean; see :class:`SeqCheckpoint` for how a run after a crash continues without reusing a number.
+
+``seq`` numbers are not kept here (see ``gateway.seq_reservation``). Files written by earlier versions also
+hold ``seq`` and ``state`` tables: they open as usual and those tables are left alone, unread.
 
 Size limits, whichever is reached first (the oldest rows are deleted and counted by reason):
 
@@ -30,7 +30,7 @@ Size limits, whichever is reached first (the oldest rows are deleted and counted
 Opening checks the file (``PRAGMA quick_check``). A damaged file (not a database, truncated, a smashed
 page, zero bytes) is moved aside as ``spool.db.corrupt-<UTC time>`` with its -wal/-shm, what still reads
 is salvaged into a fresh file (with the ``sqlite3`` program's ``.recover`` when it is installed, else row by
-row, else from the table leaf pages still whole in the file), and the fresh file starts marked "unclean stop".
+row, else from the table leaf pages still whole in the file).
 
 This class is synchronous and not thread-safe by itself: the store-and-forward stage calls it from one
 worker thread (``gateway.sinks.store_forward``), so the event loop never waits on the disk.
@@ -41,13 +41,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import math
 import os
 import shutil
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -83,14 +82,6 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     ts REAL NOT NULL,
     size INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS seq (
-    topic TEXT PRIMARY KEY,
-    last INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS state (
-    key TEXT PRIMARY KEY,
-    value REAL NOT NULL
-) WITHOUT ROWID;
 """
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
@@ -133,33 +124,6 @@ class MovedAside:
     path: Path
     damage: str
     salvaged: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SeqCheckpoint:
-    """The last ``seq`` per topic as saved by an earlier run.
-
-    ``clean`` is True when that run stopped normally and saved its exact numbers. After a crash the
-    numbers are from the last periodic checkpoint (``saved_at``, wall-clock seconds) and the run went on
-    counting afterwards; :meth:`resume_from` skips far enough ahead that no number is used twice.
-    """
-
-    last_seq: Mapping[str, int]
-    saved_at: float | None
-    clean: bool
-
-    def resume_from(self, topic: str, *, now: float, max_messages_per_s: float) -> int:
-        """The last seq to continue after for ``topic`` (0 for a topic never seen).
-
-        After a crash: the saved number plus the most messages the topic could have had between the
-        checkpoint and ``now`` (``max_messages_per_s`` per second), plus a margin of 8. The subscriber sees
-        a gap, which is honest: messages of that window may have been lost with the process.
-        """
-        last = self.last_seq.get(topic, 0)
-        if self.clean or self.saved_at is None:
-            return last
-        elapsed_s = max(0.0, now - self.saved_at)
-        return last + math.ceil(elapsed_s * max_messages_per_s) + 8
 
 
 class Spool:
@@ -473,40 +437,6 @@ class Spool:
             self.dropped_by_reason[DropReason.MAX_MB] = self.dropped_by_reason.get(DropReason.MAX_MB, 0) + dropped
         return int(moved)
 
-    # ------------------------------------------------------------------------------------ seq
-
-    def save_seq(self, last_seq: Mapping[str, int], *, now: float, clean: bool) -> None:
-        """Checkpoint the last seq per topic; ``clean`` only at a normal stop, after the last message."""
-        with self._transaction():
-            self._db.executemany(
-                "INSERT INTO seq (topic, last) VALUES (?, ?) ON CONFLICT(topic) DO UPDATE SET last = excluded.last",
-                last_seq.items(),
-            )
-            self._db.executemany(
-                "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
-                [("seq_saved_at", now), ("clean_stop", 1.0 if clean else 0.0)],
-            )
-
-    def load_seq(self) -> SeqCheckpoint:
-        try:
-            last_seq = dict(self._db.execute("SELECT topic, last FROM seq").fetchall())
-            state = dict(self._db.execute("SELECT key, value FROM state").fetchall())
-        except sqlite3.Error as exc:
-            raise SinkError(f"cannot read the spool {self.path}: {exc}") from exc
-        return SeqCheckpoint(
-            last_seq=last_seq,
-            saved_at=state.get("seq_saved_at"),
-            clean=state.get("clean_stop", 1.0) == 1.0,
-        )
-
-    def mark_running(self, *, now: float) -> None:
-        """Record that a run started: until its clean stop, the saved seq values are only a checkpoint."""
-        with self._transaction():
-            self._db.executemany(
-                "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
-                [("clean_stop", 0.0), ("started_at", now)],
-            )
-
     # ------------------------------------------------------------------------------ salvage
 
     def _salvage(self, damaged: Path) -> int:
@@ -514,8 +444,7 @@ class Spool:
 
         Tried in turn until one yields messages: SQLite's own recovery (the ``sqlite3`` program), SQL reads
         row by row, then a scan of the file's table leaf pages (what survives a truncation). Rows are
-        streamed in, never all held in memory. The fresh file is marked "unclean stop": the damaged file's
-        clean-stop mark cannot be trusted.
+        streamed in, never all held in memory.
         """
         # An empty file holds nothing to salvage, and SQLite opening it would delete the WAL kept beside it.
         empty = damaged.stat().st_size == 0
@@ -524,21 +453,13 @@ class Spool:
         readers = [functools.partial(_sql_rows, source) for source in sources]
         if not empty:
             readers.append(functools.partial(_leaf_page_rows, damaged))
-        seq: list[tuple[str, int]] = []
         try:
             for read in readers:
                 if self._insert_salvaged(read()):
                     break
-            for source in sources:
-                seq = _read_seq(source)
-                if seq:
-                    break
         finally:
             if recovered is not None:
                 _remove_with_journals(recovered)
-        with contextlib.suppress(SinkError), self._transaction():
-            self._db.executemany("INSERT OR REPLACE INTO seq (topic, last) VALUES (?, ?)", seq)
-            self._db.execute("INSERT OR REPLACE INTO state (key, value) VALUES ('clean_stop', 0.0)")
         return self._count
 
     def _insert_salvaged(self, rows: Iterator[tuple[str, bytes]]) -> int:
@@ -701,20 +622,6 @@ def _sql_rows(source: Path) -> Iterator[tuple[str, bytes]]:
         return
     try:
         yield from _readable_messages(db)
-    finally:
-        db.close()
-
-
-def _read_seq(source: Path) -> list[tuple[str, int]]:
-    """The seq rows that still read from ``source`` ([] when none do)."""
-    try:
-        db = sqlite3.connect(f"file:{source}?mode=ro", uri=True, isolation_level=None)
-    except sqlite3.Error:
-        return []
-    try:
-        return [(str(t), int(n)) for t, n in db.execute("SELECT topic, last FROM seq")]
-    except (sqlite3.Error, ValueError, TypeError):
-        return []
     finally:
         db.close()
 

@@ -38,7 +38,7 @@ import structlog
 from gateway.errors import SinkError
 from gateway.schema import mark_historical
 from gateway.sinks.mqtt import MqttSink
-from gateway.sinks.spool import DeadLetter, DropReason, SeqCheckpoint, Spool, SpooledMessage, SpoolFullError
+from gateway.sinks.spool import DeadLetter, DropReason, Spool, SpooledMessage, SpoolFullError
 
 log = structlog.get_logger("cellgate.spool")
 
@@ -128,7 +128,6 @@ class StoreAndForward:
         self._unavailable_since = 0.0 if spool is not None else time.monotonic()
         self._last_reminder = time.monotonic()
         self._last_open_try = time.monotonic()
-        self._refused_logged: set[str] = set()
         self.spooled_total = 0
         """Live messages written to the spool in this run."""
         self.replayed_total = 0
@@ -169,53 +168,24 @@ class StoreAndForward:
         if ok:
             self.replayed_total += 1
 
-    def on_refused(self, topic: str, payload: bytes, reason: str, spool_id: int | None) -> None:
+    def on_refused(self, topic: str, payload: bytes, reason: str, spool_id: int | None) -> bool:
         """The sink's ``on_refused``: the broker will never take this message (``reason``, e.g. ``not_authorized``).
 
         Kept in the spool's dead-letter table (a replay moves there from the message table) at the next
-        acknowledgement flush; counted by reason, logged once per reason. Never blocks.
+        acknowledgement flush; counted by reason. Never blocks. Returns whether it is kept (False without a
+        spool); the sink logs the refusal, once per reason, with that answer.
         """
         self.refused_by_reason[reason] = self.refused_by_reason.get(reason, 0) + 1
-        if reason not in self._refused_logged:
-            self._refused_logged.add(reason)
-            log.warning("message_refused_by_broker", reason=reason, topic=topic, size=len(payload))
         if spool_id is None:
             # Replayed as historical once requeued; a payload that is not a JSON object is kept as it was.
             with contextlib.suppress(ValueError):
                 payload = mark_historical(payload)
         self._refused.append(DeadLetter(topic, payload, reason, spool_id))
+        return self.spool is not None
 
     async def _io(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: call(*args, **kwargs))
-
-    async def load_seq(self) -> SeqCheckpoint:
-        """The saved seq numbers; without a spool, or when they cannot be read, none (an unclean stop)."""
-        if self.spool is not None:
-            try:
-                return await self._io(self.spool.load_seq)
-            except SinkError as exc:
-                self.spool_errors += 1
-                log.error("spool_seq_load_failed", error=str(exc))
-        return SeqCheckpoint(last_seq={}, saved_at=None, clean=False)
-
-    async def save_seq(self, last_seq: Mapping[str, int], *, now: float, clean: bool) -> None:
-        if self.spool is None:
-            return
-        try:
-            await self._io(self.spool.save_seq, last_seq, now=now, clean=clean)
-        except SinkError as exc:
-            self.spool_errors += 1
-            log.error("spool_seq_save_failed", error=str(exc))
-
-    async def mark_running(self, *, now: float) -> None:
-        if self.spool is None:
-            return
-        try:
-            await self._io(self.spool.mark_running, now=now)
-        except SinkError as exc:
-            self.spool_errors += 1
-            log.error("spool_seq_save_failed", error=str(exc))
 
     # ------------------------------------------------------------------------------------ live
 

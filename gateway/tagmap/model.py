@@ -396,7 +396,9 @@ class SpoolSection(_Model):
     """Free space to leave on the spool's file system: past it the oldest spooled messages are dropped, as
     past ``max_mb``; whichever limit is reached first applies."""
     dead_letter_max_mb: float = Field(default=16, gt=0)
-    """Cap on messages the broker refused (too large, not authorised), kept for a later replay."""
+    """Cap on messages the broker refused (too large, not authorised), kept for a later replay. At least
+    MIN_SPOOL_MB, as ``max_mb``: a refused message can be a large batch or ``_meta`` part, and a smaller cap
+    (0 bytes once converted, for a tiny value) could keep none of them."""
 
     @model_validator(mode="after")
     def _check(self) -> SpoolSection:
@@ -415,6 +417,12 @@ def _rule_spool_size(spool: SpoolSection) -> Iterator[Issue]:
             ("max_mb",),
             f"max_mb {spool.max_mb:g} is below the smallest spool, {MIN_SPOOL_MB} MB: it could not hold one large "
             "batch or _meta part (SQLite's own pages take more); give at least 1",
+        )
+    if spool.dead_letter_max_mb < MIN_SPOOL_MB:
+        yield Issue(
+            ("dead_letter_max_mb",),
+            f"dead_letter_max_mb {spool.dead_letter_max_mb:g} is below {MIN_SPOOL_MB} MB: it could not keep one "
+            "large refused batch or _meta part; give at least 1",
         )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 
 from gateway.runtime import Gateway
-from gateway.seq_reservation import SeqFileStore, SeqState
+from gateway.seq_reservation import SNAPSHOT_FILES, SeqFileStore, SeqSnapshot, decode_snapshot, read_slots
 from gateway.sinks.spool import Spool
 from gateway.tagmap import load_plant_from_text
 from tests.support.modbus import encode_registers, free_tcp_port, sim_device, tcp_server
@@ -147,7 +147,7 @@ async def test_gateway_keeps_running_without_broker_and_stops_cleanly(tmp_path: 
     assert all(body["historical"] is True for body in bodies)
     rack = [body for message, body in zip(kept, bodies, strict=True) if message.topic.endswith("/rack/_batch")]
     assert [body["seq"] for body in rack] == list(range(1, len(rack) + 1))
-    slots = [slot for slot in SeqFileStore(tmp_path).read() if isinstance(slot, SeqState)]
-    saved = max(slots, key=lambda slot: slot.generation)  # the newest seq state: the exact numbers of the stop
-    assert saved.clean
-    assert saved.last[kept[0].topic.rsplit("/", 2)[0] + "/rack/_batch"] == len(rack)
+    snapshots = read_slots(SeqFileStore(tmp_path), SNAPSHOT_FILES, decode_snapshot)
+    saved = max((slot for slot in snapshots if isinstance(slot, SeqSnapshot)), key=lambda slot: slot.generation)
+    assert saved.clean  # the newest seq snapshot: the exact numbers of the stop
+    assert saved.devices["rack"].seq[kept[0].topic.rsplit("/", 2)[0] + "/rack/_batch"] == len(rack)

@@ -3,7 +3,7 @@
 The gateway runs in-process against a real Mosquitto and a Modbus TCP server; between runs the test deletes
 ``spool.db`` (before the fix the seq numbers lived there, so they restarted at 1), then the seq state files
 themselves (then numbering resumes at the wall-clock floor, said loudly), then overwrites one of them with
-random bytes (moved aside, named in the log; the other one still bounds what was used).
+random bytes (moved aside, named in the log; the other one and the reservations still bound what was used).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import orjson
 import structlog
 
 from gateway.runtime import Gateway
-from gateway.seq_reservation import SLOT_FILES
+from gateway.seq_reservation import SLOT_FILES, SNAPSHOT_FILES
 from gateway.tagmap import load_plant_from_text
 from tests.support.modbus import encode_registers, free_tcp_port, sim_device, tcp_server
 from tests.support.mosquitto import Mosquitto, Subscriber
@@ -63,10 +63,14 @@ async def test_seq_survives_a_deleted_spool_and_a_lost_or_corrupt_seq_state(tmp_
                         for name in ("spool.db", "spool.db-wal", "spool.db-shm"):
                             (state_dir / name).unlink(missing_ok=True)
                     if run == 2:
-                        for name in SLOT_FILES:
+                        for name in (*SLOT_FILES, *SNAPSHOT_FILES):
                             (state_dir / name).unlink()
                     if run == 3:
-                        newest = max((state_dir / name for name in SLOT_FILES), key=lambda path: path.stat().st_mtime)
+                        # The newest snapshot (the clean stop's): the other one is older, the reservations bound
+                        # what was sent since it.
+                        newest = max(
+                            (state_dir / name for name in SNAPSHOT_FILES), key=lambda path: path.stat().st_mtime
+                        )
                         newest.write_bytes(os.urandom(4096))
                     subscriber.clear()
                     plant = load_plant_from_text(plant_text, filename="seq.yaml", environ={})

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import orjson
+import structlog
 
 from gateway.sinks.mqtt import MqttSink
 from gateway.sinks.spool import Spool
@@ -211,6 +212,36 @@ async def test_refused_messages_are_kept_as_dead_letters_and_never_block_the_oth
         assert [orjson.loads(row.payload) for row in rows] == [{"value": 7, "seq": 7, "historical": True}] * 2
     finally:
         again.close()
+
+
+async def test_a_broker_refusal_is_logged_once_per_reason_by_the_sink_saying_it_is_kept(
+    tmp_path: Path, prefix: str
+) -> None:
+    """Issue 10 follow-up: a refusal was logged twice (``mqtt_message_refused`` by the sink and
+    ``message_refused_by_broker`` by store-and-forward). Now one line per reason, the sink's, with the
+    reason, topic, size and whether the message is kept as a dead letter (MQTT 5, a broker ACL refusing a topic)."""
+    acl = tmp_path / "acl"
+    acl.write_text(f"topic read {prefix}/#\ntopic write {prefix}/data/ok\ntopic write {prefix}/_gateway/#\n")
+    spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
+    forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=5000)
+    with structlog.testing.capture_logs() as logs, Mosquitto(extra_config=[f"acl_file {acl}"]) as broker:
+        options = sink_options(broker, prefix, protocol="5")
+        async with MqttSink(options, on_spool_ack=forwarder.on_spool_ack, on_refused=forwarder.on_refused) as sink:
+            forwarder.bind(sink)
+            await sink.wait_connected(5)
+            replay = asyncio.create_task(forwarder.replay())  # flushes acknowledgements and dead letters
+            with Subscriber(broker.host, broker.port, f"{prefix}/data/#") as subscriber:
+                await forwarder.forward([data(prefix, 1, "denied"), data(prefix, 2, "ok"), data(prefix, 3, "denied")])
+                await wait_until_async(lambda: len(subscriber.on(f"{prefix}/data/ok")) >= 1, 10)
+            await wait_until_async(lambda: spool.dead_letter_counts() == {"not_authorized": 2}, 5)
+            replay.cancel()
+        await forwarder.close()
+    refusals = [entry for entry in logs if "refused" in entry["event"] and "failed" not in entry["event"]]
+    assert [(entry["event"], entry["reason"], entry["dead_letter"]) for entry in refusals] == [
+        ("mqtt_message_refused", "not_authorized", True)
+    ]
+    assert refusals[0]["topic"] == f"{prefix}/data/denied"
+    assert refusals[0]["payload_bytes"] == len(data(prefix, 1, "denied")[1])
 
 
 async def test_without_a_spool_live_data_flows_losses_are_counted_and_the_spool_is_opened_later(

@@ -9,6 +9,12 @@ random spans, writes fail
 process is killed at random points: what survives a kill is exactly what the store last wrote, sometimes with
 one slot torn or damaged (issue 10, defect 4: seq never restarts below what subscribers saw), or both lost.
 After a clean stop the next run must continue without a gap.
+
+Two kinds of files (the flash-wear redesign): frequent small reservations (a ceiling per device) and rare
+per-topic snapshots (every ``snapshot_period_s``, here short so that runs see several). Every slot write of
+either kind is a separate store call held at the gate, so kills fall between the two kinds' writes, between
+the two slots of a first write, and while either is pending (a pending write never reaches the store); the
+damage after a kill hits either kind.
 """
 
 from __future__ import annotations
@@ -25,18 +31,21 @@ from gateway.outbound import DeviceOutbound, PublishMode, TagOutput
 from gateway.schema import EquipmentTopics, TagMeta
 from gateway.seq_reservation import (
     SLOT_FILES,
+    SNAPSHOT_FILES,
     PreviousStop,
     SeqBudget,
     SeqReservations,
-    SeqState,
     SlotCorruptError,
-    decode_state,
+    decode_reservation,
+    decode_snapshot,
 )
 from gateway.sources.base import RawReading
 from gateway.transform import TagRules
 from tests.support.fuzz import fuzz_settings
 
 TAGS = ("t0", "t1", "t2", "t3")
+SNAPSHOT_PERIOD_S = 20.0
+"""Shorter than the runtime's, so that a run of a few dozen steps writes periodic snapshots too."""
 
 
 class KilledError(Exception):
@@ -45,29 +54,23 @@ class KilledError(Exception):
 
 @dataclass
 class MemoryStore:
-    """Two durable slots; ``write`` applies at once, like the file store's rename after fsync."""
+    """The slots of both kinds; ``write`` applies at once, like the file store's rename after fsync."""
 
-    slots: list[bytes | None] = field(default_factory=lambda: [None] * len(SLOT_FILES))
+    slots: dict[str, bytes] = field(default_factory=dict)
     failures_left: int = 0
     """The next this many writes fail (a full or read-only state directory)."""
 
-    def read(self) -> list[SeqState | SlotCorruptError | None]:
-        out: list[SeqState | SlotCorruptError | None] = []
-        for data in self.slots:
-            if data is None:
-                out.append(None)
-                continue
-            try:
-                out.append(decode_state(data))
-            except SlotCorruptError as exc:
-                out.append(exc)
-        return out
+    def read(self, name: str) -> bytes | None:
+        return self.slots.get(name)
 
-    def write(self, slot: int, data: bytes) -> None:
+    def write(self, name: str, data: bytes) -> None:
         if self.failures_left:
             self.failures_left -= 1
             raise OSError(28, "No space left on device")
-        self.slots[slot] = data
+        self.slots[name] = data
+
+    def set_aside(self, name: str, problem: str) -> None:
+        self.slots.pop(name, None)
 
 
 class GatedIo:
@@ -101,9 +104,10 @@ class GatedIo:
         self.pending.clear()
 
 
-def make_device(index: int, mode: PublishMode, tag_count: int) -> DeviceOutbound:
-    """A device with ``tag_count`` tags: with one tag in per-tag mode its budget bounds one topic exactly."""
-    topics = EquipmentTopics.of(enterprise="e", site="s", area="a", line="l", equipment=f"dev{index}")
+def make_device(index: int, mode: PublishMode, tag_count: int, equipment: str | None = None) -> DeviceOutbound:
+    """A device with ``tag_count`` tags: with one tag in per-tag mode its budget bounds one topic exactly.
+    Its topics are those of ``equipment`` (default its own name): a reload can move them to another device."""
+    topics = EquipmentTopics.of(enterprise="e", site="s", area="a", line="l", equipment=equipment or f"dev{index}")
     tags = [
         TagOutput(name=tag, unit=None, rules=TagRules(), meta=TagMeta(tag=tag, type="float64"))
         for tag in TAGS[:tag_count]
@@ -131,9 +135,13 @@ _during_run = st.one_of(
     st.tuples(st.just("hold"), st.integers(1, 6)),
     st.tuples(st.just("fail"), st.integers(1, 3)),
     st.tuples(st.just("reload"), st.integers(0, 2), st.integers(1, 4)),
+    st.tuples(st.just("swap"), st.integers(0, 2), st.integers(1, 2)),
 )
 _damages = ["plain", "plain", "plain", "torn", "flip", "delete_one", "both_lost"]
-_end_of_run = st.one_of(st.tuples(st.just("kill"), st.sampled_from(_damages)), st.tuples(st.just("stop")))
+_kinds = ["snapshot", "reservation"]
+_end_of_run = st.one_of(
+    st.tuples(st.just("kill"), st.sampled_from(_damages), st.sampled_from(_kinds)), st.tuples(st.just("stop"))
+)
 # A script: a few runs, each some steps then a kill or a clean stop.
 scripts = st.lists(
     st.tuples(st.lists(_during_run, min_size=1, max_size=40), _end_of_run), min_size=2, max_size=5
@@ -142,36 +150,61 @@ scripts = st.lists(
 
 _ONE_TAG = [(PublishMode.TAG, 1), (PublishMode.TAG, 1), (PublishMode.BATCH, 2)]
 _BURST = ("emit", 0, 0, 400)
+_KILL = ("kill", "plain", "reservation")
+_TORN = ("kill", "torn", "reservation")
+_SNAPSHOT_TORN = ("kill", "torn", "snapshot")
 
 
 # Hand-picked cases besides the random search: a burst that spends a whole reservation right before the kill;
 # the same with the newest slot torn (the older slot's promise must cover it); a burst during a slow write;
 # a stop then a deleted slot.
-@example(devices=_ONE_TAG, script=[("tick", 1.0), _BURST, ("kill", "plain"), ("tick", 1.0), _BURST], damaged="newest")
-@example(devices=_ONE_TAG, script=[("tick", 1.0), _BURST, ("kill", "torn"), ("tick", 1.0), _BURST], damaged="newest")
+@example(devices=_ONE_TAG, script=[("tick", 1.0), _BURST, _KILL, ("tick", 1.0), _BURST], damaged="newest")
+@example(devices=_ONE_TAG, script=[("tick", 1.0), _BURST, _TORN, ("tick", 1.0), _BURST], damaged="newest")
 @example(
     devices=_ONE_TAG,
     script=[("tick", 6.0), ("emit", 0, 0, 50), ("tick", 1.0), ("checkpoint",), ("hold", 3), _BURST, ("emit", 1, 0, 9),
-            ("kill", "plain"), ("tick", 1.0), _BURST, ("emit", 1, 0, 400), ("kill", "plain")],
+            _KILL, ("tick", 1.0), _BURST, ("emit", 1, 0, 400), _KILL],
     damaged="newest",
 )
 @example(
     devices=_ONE_TAG,
-    script=[("tick", 1.0), _BURST, ("stop",), ("tick", 1.0), _BURST, ("kill", "delete_one"), ("tick", 1.0), _BURST],
+    script=[("tick", 1.0), _BURST, ("stop",), ("tick", 1.0), _BURST, ("kill", "delete_one", "reservation"),
+            ("tick", 1.0), _BURST],
+    damaged="newest",
+)
+@example(  # a reload (topics move to a device with more tags), a periodic snapshot, then the newest snapshot torn
+    devices=_ONE_TAG,
+    script=[("tick", 1.0), _BURST, ("emit", 1, 0, 300), ("tick", 21.0), ("checkpoint",), ("reload", 0, 4), _BURST,
+            ("tick", 21.0), ("checkpoint",), ("emit", 0, 1, 400), ("emit", 1, 0, 400), _SNAPSHOT_TORN, ("tick", 1.0),
+            _BURST, ("emit", 0, 3, 400)],
+    damaged="newest",
+)
+@example(  # a reload moves topics between devices, the snapshot of the new mapping is then lost
+    devices=_ONE_TAG,
+    script=[("tick", 1.0), _BURST, ("emit", 1, 0, 300), ("tick", 21.0), ("checkpoint",), ("swap", 0, 1),
+            ("emit", 0, 0, 400), ("emit", 1, 0, 400), ("tick", 1.0), ("emit", 0, 0, 400), _SNAPSHOT_TORN,
+            ("tick", 1.0), _BURST, ("emit", 1, 0, 400)],
+    damaged="newest",
+)
+@example(  # killed while the first snapshot of a run is written (held), then again after its reservation
+    devices=_ONE_TAG,
+    script=[("tick", 1.0), ("hold", 2), _BURST, _KILL, ("tick", 1.0), ("hold", 1), _BURST, ("tick", 1.0), _KILL,
+            ("tick", 1.0), _BURST],
     damaged="newest",
 )
 @example(  # both slots lost: the wall-clock floor
-    devices=_ONE_TAG, script=[("tick", 1.0), _BURST, ("kill", "both_lost"), ("tick", 2.0), _BURST], damaged="older"
+    devices=_ONE_TAG, script=[("tick", 1.0), _BURST, ("kill", "both_lost", "snapshot"), ("tick", 2.0), _BURST],
+    damaged="older",
 )
 @example(  # writes fail during a burst, the next checkpoint succeeds, then the newest slot is torn
     devices=_ONE_TAG,
-    script=[("tick", 1.0), ("fail", 2), _BURST, ("checkpoint",), ("kill", "torn"), ("tick", 1.0), _BURST],
+    script=[("tick", 1.0), ("fail", 2), _BURST, ("checkpoint",), _TORN, ("tick", 1.0), _BURST],
     damaged="newest",
 )
 @example(  # R shrinks at a checkpoint while a device still holds a large budget from the old block
     devices=_ONE_TAG,
     script=[("tick", 1.0), _BURST, ("tick", 6.0), ("emit", 0, 0, 1), ("tick", 12.0), ("hold", 4), ("checkpoint",),
-            ("emit", 0, 0, 300), ("tick", 0.1), ("tick", 0.1), ("kill", "plain"), ("tick", 1.0), _BURST],
+            ("emit", 0, 0, 300), ("tick", 0.1), ("tick", 0.1), _KILL, ("tick", 1.0), _BURST],
     damaged="newest",
 )
 @given(
@@ -199,13 +232,14 @@ async def _simulate(devices: list[tuple[PublishMode, int]], script: list[tuple[o
         io = GatedIo()
         reservations: SeqReservations
         outbounds = [make_device(index, mode, tag_count) for index, (mode, tag_count) in enumerate(devices)]
+        equipment = [f"dev{index}" for index in range(len(devices))]
 
         def snapshot(outbounds: list[DeviceOutbound] = outbounds) -> dict[str, dict[str, int]]:
             return {outbound.device: outbound.seq_snapshot() for outbound in outbounds}
 
         reservations = SeqReservations(
-            store, snapshot=snapshot, period_s=5.0, clock=lambda: clock[0], monotonic=lambda: clock[0],
-            run_io=io.run_io,
+            store, snapshot=snapshot, period_s=5.0, snapshot_period_s=SNAPSHOT_PERIOD_S, clock=lambda: clock[0],
+            monotonic=lambda: clock[0], run_io=io.run_io,
         )
         starting = asyncio.ensure_future(reservations.start(used_before=used_before))
         used_before = True
@@ -253,8 +287,23 @@ async def _simulate(devices: list[tuple[PublishMode, int]], script: list[tuple[o
                     tasks.pop(device).cancel()
                     await _settle()
                 reservations.remember(_flat(snapshot()))
-                outbounds[device] = make_device(device, devices[device][0], tag_count)
+                outbounds[device] = make_device(device, devices[device][0], tag_count, equipment[device])
                 outbounds[device].restore_seq(reservations.claim(outbounds[device].seq_topics))
+                reservations.invalidate()
+            elif kind == "swap" and started:
+                # A reload that swaps two devices' equipment: their topics move to the other device.
+                first, second = int(step[1]), (int(step[1]) + int(step[2])) % len(outbounds)
+                _collect(tasks, used)
+                for device in (first, second):
+                    if device in tasks:
+                        tasks.pop(device).cancel()
+                await _settle()
+                reservations.remember(_flat(snapshot()))
+                equipment[first], equipment[second] = equipment[second], equipment[first]
+                for device in (first, second):
+                    tag_count = len(outbounds[device].tag_names)
+                    outbounds[device] = make_device(device, devices[device][0], tag_count, equipment[device])
+                    outbounds[device].restore_seq(reservations.claim(outbounds[device].seq_topics))
                 reservations.invalidate()
             elif kind == "fail":
                 store.failures_left = int(step[1])
@@ -263,7 +312,7 @@ async def _simulate(devices: list[tuple[PublishMode, int]], script: list[tuple[o
                 if reservations.degraded:
                     used.clear()  # the documented limit: numbers sent while no reservation could be written
                 io.kill()
-                _damage(store, str(step[1]), damaged)
+                _damage(store, str(step[1]), damaged, str(step[2]))
                 ended = True
                 break
             elif kind == "stop" and started:
@@ -316,21 +365,30 @@ def _collect(tasks: dict[int, asyncio.Task[list[tuple[str, int]]]], used: dict[s
         del tasks[device]
 
 
-def _damage(store: MemoryStore, how: str, which: str) -> None:
-    """What the disk holds after the kill: as written, or one slot (newest or older) torn / flipped / gone."""
-    generations = [state.generation if isinstance(state, SeqState) else -1 for state in store.read()]
+def _damage(store: MemoryStore, how: str, which: str, kind: str) -> None:
+    """What the disk holds after the kill: as written, or one slot (newest or older) of one kind torn /
+    flipped / gone, or both slots of that kind lost."""
+    names, decode = (SNAPSHOT_FILES, decode_snapshot) if kind == "snapshot" else (SLOT_FILES, decode_reservation)
+    generations = []
+    for name in names:
+        data = store.slots.get(name)
+        try:
+            generations.append(decode(data).generation if data is not None else -1)
+        except SlotCorruptError:
+            generations.append(-1)
     newest = generations.index(max(generations))
-    slot = newest if which == "newest" else 1 - newest
-    data = store.slots[slot]
+    name = names[newest if which == "newest" else 1 - newest]
+    data = store.slots.get(name)
     if how == "torn" and data is not None:
-        store.slots[slot] = data[: len(data) // 2]
+        store.slots[name] = data[: len(data) // 2]
     elif how == "flip" and data is not None:
         index = len(data) // 3
-        store.slots[slot] = data[:index] + bytes([data[index] ^ 0x04]) + data[index + 1 :]
+        store.slots[name] = data[:index] + bytes([data[index] ^ 0x04]) + data[index + 1 :]
     elif how == "delete_one":
-        store.slots[slot] = None
+        store.slots.pop(name, None)
     elif how == "both_lost":
-        store.slots[:] = [b"garbage", None]
+        store.slots[names[0]] = b"garbage"
+        store.slots.pop(names[1], None)
 
 
 async def _clean_stop(

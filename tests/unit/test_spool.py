@@ -1,10 +1,11 @@
-"""The SQLite spool on a real file: order, removal, size limits, restart, damaged files, dead letters, seq."""
+"""The SQLite spool on a real file: order, removal, size limits, restart, damaged files, dead letters."""
 
 from __future__ import annotations
 
 import os
 import random
 import shutil
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from gateway.cli import main as cli_main
 from gateway.schema import mark_historical
-from gateway.sinks.spool import ROW_OVERHEAD_BYTES, DeadLetter, DropReason, SeqCheckpoint, Spool
+from gateway.sinks.spool import ROW_OVERHEAD_BYTES, DeadLetter, DropReason, Spool
 from gateway.state_dir import StateDirBusyError, locked_state_dir
 from tests.support.tmpfs import mounted_tmpfs, remount_read_only
 
@@ -79,36 +80,30 @@ def test_what_is_spooled_survives_a_reopen_and_ids_keep_growing(tmp_path: Path) 
     again.close()
 
 
-def test_seq_checkpoint_after_a_clean_stop_continues_exactly(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool.db", max_bytes=10**6)
-    assert spool.load_seq() == SeqCheckpoint(last_seq={}, saved_at=None, clean=True)
-    spool.mark_running(now=1000.0)
-    spool.save_seq({"a/t1": 41, "a/t2": 7}, now=1010.0, clean=False)
-    spool.save_seq({"a/t1": 45}, now=1020.0, clean=True)
+def test_a_spool_written_by_a_version_that_kept_seq_in_it_opens_and_keeps_its_messages(tmp_path: Path) -> None:
+    """Spools written before seq moved to gateway.seq_reservation also hold ``seq`` and ``state`` tables: the
+    file opens as sound (not moved aside), its messages replay, and those tables are left alone."""
+    path = tmp_path / "spool.db"
+    spool = Spool(path, max_bytes=10**6)
+    spool.append([message(n) for n in range(3)])
     spool.close()
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("CREATE TABLE seq (topic TEXT PRIMARY KEY, last INTEGER NOT NULL) WITHOUT ROWID")
+        db.execute("CREATE TABLE state (key TEXT PRIMARY KEY, value REAL NOT NULL) WITHOUT ROWID")
+        db.execute("INSERT INTO seq VALUES ('a/b/t', 41)")
+        db.execute("INSERT INTO state VALUES ('clean_stop', 0.0)")
+    db.close()
 
-    checkpoint = Spool(tmp_path / "spool.db", max_bytes=10**6).load_seq()
-    assert checkpoint.clean
-    assert checkpoint.last_seq == {"a/t1": 45, "a/t2": 7}
-    assert checkpoint.resume_from("a/t1", now=5000.0, max_messages_per_s=100) == 45
-    assert checkpoint.resume_from("never/seen", now=5000.0, max_messages_per_s=100) == 0
-
-
-def test_seq_after_a_crash_skips_past_anything_the_lost_run_could_have_used(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool.db", max_bytes=10**6)
-    spool.mark_running(now=1000.0)
-    spool.save_seq({"a/t1": 41}, now=1010.0, clean=False)
-    spool.close()  # no clean save: the process died
-
-    checkpoint = Spool(tmp_path / "spool.db", max_bytes=10**6).load_seq()
-    assert not checkpoint.clean
-    assert checkpoint.saved_at == 1010.0
-    # 12.5 s after the checkpoint at up to 2 messages/s: at most 25 numbers were used; skip past them.
-    resumed = checkpoint.resume_from("a/t1", now=1022.5, max_messages_per_s=2.0)
-    assert resumed >= 41 + 25
-    assert resumed == 41 + 25 + 8
-    # A clock that went backwards never makes the number go down.
-    assert checkpoint.resume_from("a/t1", now=900.0, max_messages_per_s=2.0) >= 41
+    again = Spool(path, max_bytes=10**6)
+    assert again.moved_aside is None
+    assert [row.payload for row in again.oldest(after_id=0, limit=10)] == [message(n)[1] for n in range(3)]
+    again.append([message(3)])
+    assert again.count == 4
+    again.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT topic, last FROM seq").fetchall() == [("a/b/t", 41)]
+    db.close()
 
 
 def test_mark_historical_adds_the_flag_once() -> None:
@@ -157,8 +152,6 @@ def test_max_mb_is_named_as_the_reason_when_it_is_the_limit_reached(tmp_path: Pa
 def healthy_spool(path: Path, messages: int) -> None:
     spool = Spool(path, max_bytes=10**9)
     spool.append([message(n) for n in range(messages)])
-    spool.mark_running(now=1000.0)
-    spool.save_seq({"a/b/t": messages}, now=1001.0, clean=True)
     spool.close()  # the last connection checkpoints the WAL into the file
 
 
@@ -210,8 +203,6 @@ def test_a_damaged_spool_is_moved_aside_salvaged_and_replaced(
         assert 2000 < len(salvaged) < 3000, "one page lost, the rest salvaged"
     if damage in ("truncated file", "smashed header"):
         assert len(salvaged) > 1000, "the whole leaf pages still in the file are salvaged"
-    # The damaged file's "clean stop" cannot be trusted.
-    assert not spool.load_seq().clean
     spool.append([message(9999)])
     assert spool.oldest(after_id=0, limit=10**6)[-1].payload == message(9999)[1]
     spool.close()
@@ -328,7 +319,7 @@ def test_the_state_directory_lock_works_on_a_read_only_directory(tmp_path: Path)
 
 def test_a_full_disk_drops_the_oldest_keeps_the_newest_and_deletes_and_checkpoints_still_work(tmp_path: Path) -> None:
     """Issue 10 defect 1 (spool on a 2 MB tmpfs): once the disk is full every append still succeeds by dropping
-    the oldest (reason disk_full), replayed rows can be deleted and seq saved, and the file reopens."""
+    the oldest (reason disk_full), replayed rows can be deleted, and the file reopens."""
     with mounted_tmpfs(tmp_path / "disk", size="2m") as disk:
         spool = Spool(disk / "spool.db", max_bytes=10**9)
         padded = [(f"a/b/t{n % 50}", b'{"value":%8d,"pad":"%s"}' % (n, b"x" * 60)) for n in range(40_000)]
@@ -340,7 +331,6 @@ def test_a_full_disk_drops_the_oldest_keeps_the_newest_and_deletes_and_checkpoin
         assert rows[-1].payload == padded[-1][1]  # the newest is kept
         assert [row.payload for row in rows] == [payload for _, payload in padded[-len(rows) :]]
         spool.remove([row.id for row in rows[:2500]])  # one replay flush
-        spool.save_seq({"a/b/t0": 1}, now=1.0, clean=False)
         spool.remove([row.id for row in rows[2500:]])  # everything at once: done in small transactions
         assert spool.count == 0
         spool.append(padded[:100])
