@@ -89,7 +89,8 @@ def choose_endpoint(
         for endpoint in endpoints:
             if endpoint.SecurityMode == _MODES[mode] and endpoint.SecurityPolicyUri == POLICIES[name].URI:
                 return endpoint
-    offered = sorted({f"{_policy_name(e.SecurityPolicyUri)}/{e.SecurityMode.name}" for e in endpoints}) or ["nothing"]
+    offered = sorted({f"{_policy_name(e.SecurityPolicyUri)}/{e.SecurityMode.name.rstrip('_')}" for e in endpoints})
+    offered = offered or ["nothing"]
     if allow_insecure and any(e.SecurityPolicyUri == _NONE_URI for e in endpoints):
         return None
     raise SecurityRefusedError(f"the server offers {', '.join(offered)}; the map asks for {policy}/{mode}")
@@ -129,7 +130,7 @@ async def secure_client(client: Client, security: ClientSecurity, *, endpoint: s
         POLICIES[_policy_name(chosen.SecurityPolicyUri)],
         certificate=cert.public_bytes(serialization.Encoding.DER),
         private_key=key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ),
         server_certificate=server_cert.public_bytes(serialization.Encoding.DER),
         mode=chosen.SecurityMode,

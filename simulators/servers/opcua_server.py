@@ -388,7 +388,7 @@ class OpcUaSimulatorServer(FaultControlledServer):
             await server.load_certificate(cert.public_bytes(serialization.Encoding.DER))
             await server.load_private_key(
                 key.private_bytes(
-                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                    serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
                 )
             )
             server.set_security_policy(list(security.policies))
