@@ -36,7 +36,7 @@ from simulators.machines.points import Machine
 from simulators.machines.stacker import Stacker, StackerConfig
 from simulators.servers.control_http import ControlledMachine, ControlServer
 from simulators.servers.modbus_server import ModbusSimulatorServer
-from simulators.servers.opcua_server import OpcUaSimulatorServer
+from simulators.servers.opcua_server import OpcUaSimulatorServer, ServerSecurity
 
 __all__ = [
     "DEFAULT_CHANNELS", "DEFAULT_MODBUS_PORT", "DEFAULT_OPCUA_PORT", "DEFAULT_STEP_HZ", "HOST", "SERVED_PROTOCOLS",
@@ -145,6 +145,7 @@ async def _serve(
     on_ready: Callable[[RunningSimulators], None] | None,
     serve: frozenset[Protocol],
     control_port: int | None,
+    opcua_security: ServerSecurity | None = None,
 ) -> None:
     options = plan.options
     machines = [m for m in plan.machines if m.protocol in serve]
@@ -175,7 +176,7 @@ async def _serve(
         if opcua_machines:
             opcua = OpcUaSimulatorServer(
                 machines={m.equipment: models[m.device] for m in opcua_machines}, port=options.opcua_port,
-                host=options.host, step_hz=options.step_hz, speedup=options.speedup,
+                host=options.host, step_hz=options.step_hz, speedup=options.speedup, security=opcua_security,
             )
             await stack.enter_async_context(opcua)
             endpoint = opcua.endpoint
@@ -212,7 +213,9 @@ async def serve_plan(
     on_ready: Callable[[RunningSimulators], None] | None = None,
     serve: Collection[str] = SERVED_PROTOCOLS,
     control_port: int | None = None,
+    opcua_security: ServerSecurity | None = None,
 ) -> None:
-    """``run_simulators`` for a plan made elsewhere (``python -m simulators`` plans once, for --describe too)."""
+    """``run_simulators`` for a plan made elsewhere (``python -m simulators`` plans once, for --describe too).
+    ``opcua_security``: serve secure OPC UA endpoints instead of SecurityPolicy None."""
     await _serve(plan, stop=stop, on_ready=on_ready, serve=frozenset(Protocol(p) for p in serve),
-                 control_port=control_port)
+                 control_port=control_port, opcua_security=opcua_security)
