@@ -230,6 +230,12 @@ def opcua_tag_refs(device: OpcUaDevice) -> list[OpcUaTagRef]:
     return refs
 
 
+def _secret_file(name: str | None) -> str | None:
+    from gateway.secrets import read_secret_file
+
+    return None if name is None else read_secret_file(name)
+
+
 def opcua_security(device: OpcUaDevice, *, gateway_id: str, pki_root: Path | None) -> ClientSecurity | None:
     """The device's secure-channel settings (None: SecurityPolicy None); the PKI folder is ``pki_root``."""
     from gateway.pki import Pki, application_uri
@@ -296,7 +302,7 @@ def mqtt_options_for(
         cert_file=mqtt.cert_file,
         key_file=mqtt.key_file,
         username=mqtt.username,
-        password=mqtt.password.get_secret_value() if mqtt.password else None,
+        password=mqtt.password.get_secret_value() if mqtt.password else _secret_file(mqtt.password_file),
         client_id=mqtt.client_id or f"cellgate-{plant.gateway.id}",
         protocol=mqtt.protocol,
         keepalive_s=mqtt.keepalive_s,

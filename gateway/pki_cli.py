@@ -136,7 +136,7 @@ def check_security_files(plant: Plant, state_dir: Path | None, *, create: bool) 
     """Problems with the files secure devices need: own certificate/key (made if ``create``), user
     certificates and keys, password files. An empty list means all can be read."""
     from gateway.pki import Pki, PkiError, application_uri, load_certificate_file, load_private_key_file
-    from gateway.sources.opcua_security import read_password_file
+    from gateway.secrets import SecretFileError, read_secret_file
     from gateway.tagmap import OpcUaDevice
 
     problems: list[str] = []
@@ -156,9 +156,14 @@ def check_security_files(plant: Plant, state_dir: Path | None, *, create: bool) 
             if device.user_key is not None:
                 load_private_key_file(Path(device.user_key))
             if device.password_file is not None:
-                read_password_file(Path(device.password_file))
-        except PkiError as exc:
+                read_secret_file(device.password_file)
+        except (PkiError, SecretFileError) as exc:
             problems.append(f"device {device.name}: {exc}")
+    if plant.mqtt.password_file is not None:
+        try:
+            read_secret_file(plant.mqtt.password_file)
+        except SecretFileError as exc:
+            problems.append(f"mqtt: {exc}")
     return problems
 
 

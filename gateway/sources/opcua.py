@@ -59,6 +59,7 @@ from asyncua.ua.uaerrors import UaStatusCodeError, UaStructParsingError
 
 from gateway.pki import PkiError, ServerCertificateRejectedError
 from gateway.schema import STATUS_COMM_FAILURE
+from gateway.secrets import SecretFileError
 from gateway.sources.base import OVERLOAD_LOG_EVERY_S, Emit, OverrunLog, PollSchedule, RawReading, ReportLink
 from gateway.sources.opcua_publish import DataChanges, decode_data_changes
 from gateway.sources.opcua_security import ClientSecurity, SecurityRefusedError, read_password_file, secure_client
@@ -100,6 +101,7 @@ MONITORED_ITEMS_PER_CALL = 1_000
 # OSError from the socket, UaError subclasses for service faults).
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     OSError, TimeoutError, ua.uaerrors.UaError, PkiError, ServerCertificateRejectedError, SecurityRefusedError,
+    SecretFileError,
 )  # fmt: skip
 # A server refusing the user identity: logged on every attempt (accounts lock after a few failures; say each one).
 _LOGIN_REFUSED = frozenset({StatusCodes.BadUserAccessDenied, StatusCodes.BadIdentityTokenRejected,

@@ -9,7 +9,6 @@ PKI folder (gateway.pki) before any key is used; an unknown one lands in ``rejec
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.errors import GatewayError
-from gateway.pki import Pki, PkiError, load_certificate_file, load_private_key_file
+from gateway.pki import Pki, load_certificate_file, load_private_key_file
+from gateway.secrets import read_secret_file
 
 __all__ = [
     "POLICIES",
@@ -64,16 +64,8 @@ class ClientSecurity:
 
 
 def read_password_file(path: Path) -> str:
-    """First line of ``path``; a relative path is looked up in systemd's $CREDENTIALS_DIRECTORY when it is set."""
-    if not path.is_absolute() and os.environ.get("CREDENTIALS_DIRECTORY"):
-        path = Path(os.environ["CREDENTIALS_DIRECTORY"]) / path
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-        raise PkiError(f"cannot read password file {path}: {reason}") from None
-    lines = text.splitlines()
-    return lines[0] if lines else ""
+    """The password in ``path`` (gateway.secrets: relative names are systemd credentials)."""
+    return read_secret_file(path)
 
 
 def _policy_name(uri: str) -> str:

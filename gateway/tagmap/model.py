@@ -334,6 +334,8 @@ class MqttSection(_Model):
     protocol: Annotated[Literal["5", "3.1.1"], BeforeValidator(_mqtt_protocol)] = "5"
     username: str | None = None
     password: SecretStr | None = None
+    password_file: NonEmptyStr | None = None
+    """File holding the password (first line); a relative name is looked up in $CREDENTIALS_DIRECTORY."""
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
@@ -419,6 +421,10 @@ def _rule_spool_size(spool: SpoolSection) -> Iterator[Issue]:
 
 
 def _rule_mqtt_credentials(mqtt: MqttSection) -> Iterator[Issue]:
+    if mqtt.password is not None and mqtt.password_file is not None:
+        yield Issue(("password_file",), "set either password or password_file, not both")
+    if mqtt.password_file is not None and mqtt.username is None:
+        yield Issue(("username",), "a password_file is set but no username: set username too")
     if mqtt.password is not None and mqtt.username is None:
         # MQTT 3.1.1 forbids a password without a user name (3.1.2.9); the client refuses it for MQTT 5 as well.
         yield Issue(
