@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
-    return run_demo(config=args.config, broker_url=args.broker, view=not args.no_view)
+    return run_demo(config=args.config, broker_url=args.broker, view=not args.no_view, secure=args.secure)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-c", "--config", default=str(DEFAULT_DEMO_CONFIG), help="tag map (default config/demo.yaml)")
     demo.add_argument("--broker", default=None, help="use this broker (mqtt://host:port) instead of the embedded one")
     demo.add_argument("--no-view", action="store_true", help="no live view; log instead")
+    demo.add_argument(
+        "--secure", action="store_true",
+        help="OPC UA with certificates, SignAndEncrypt and a user login (the demo trusts its simulator by itself)",
+    )
     demo.set_defaults(func=cmd_demo)
 
     from gateway.pki_cli import add_pki_commands

@@ -117,6 +117,7 @@ async def run_simulators(
     seed: int | None = None,
     speedup: float | None = None,
     step_hz: float | None = None,
+    opcua_security: ServerSecurity | None = None,
 ) -> None:
     """Serve the planned set on ``options.host`` until ``stop`` is set or this coroutine is cancelled.
 
@@ -128,6 +129,7 @@ async def run_simulators(
     tests run each in its own process so one can be killed alone (ports are planned for the whole set, so two
     processes with the same options fit together). ``control_port`` (0 = any free) starts the HTTP fault control
     interface (``simulators.servers.control_http``) with every served machine; None leaves it off.
+    ``opcua_security`` serves secure OPC UA endpoints only (``simulators.servers.opcua_server.ServerSecurity``).
     """
     unknown = set(serve) - set(SERVED_PROTOCOLS)
     if unknown or not serve:
@@ -135,7 +137,7 @@ async def run_simulators(
     plan = plan_simulators(_options(options, opcua_port=opcua_port, modbus_port=modbus_port, channels=channels,
                                     seed=seed, speedup=speedup, step_hz=step_hz, modbus_ports=modbus_ports))
     await _serve(plan, stop=stop, on_ready=on_ready, serve=frozenset(Protocol(p) for p in serve),
-                 control_port=control_port)
+                 control_port=control_port, opcua_security=opcua_security)
 
 
 async def _serve(
