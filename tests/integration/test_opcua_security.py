@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 from structlog.testing import capture_logs
 
 from gateway.pki import Pki, make_certificate, new_key, thumbprint, write_private_key
@@ -90,7 +92,7 @@ def trust_server(pki: Pki, server_pki: Path) -> str:
     """What an operator does with `cellgate pki trust`, done by copying the server's certificate to trusted/."""
     pki.ensure()
     der = (server_pki / "own" / "cert.der").read_bytes()
-    thumb = thumbprint(__import__("cryptography.x509", fromlist=["x"]).load_der_x509_certificate(der))
+    thumb = thumbprint(x509.load_der_x509_certificate(der))
     (pki.folder("trusted") / f"{thumb}.der").write_bytes(der)
     return thumb
 
@@ -272,3 +274,44 @@ async def test_corrupt_own_key_is_a_clear_error(
     async with running(make_source(secure_server.endpoint, pki), recorder):
         await recorder.wait_until(lambda: bool(recorder.errors()))
     assert f"private key {pki.key_path} is corrupt" in recorder.errors()[0]
+
+
+async def test_ca_signed_server_is_trusted_through_issuers_until_revoked(tmp_path: Path, pki: Pki) -> None:
+    ca_key = new_key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Plant OT CA")])
+    now = datetime.now(UTC)
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    server_key = new_key()
+    server_cert = make_certificate(
+        server_key, uri=APPLICATION_URI, common_name="plc", server=True, issuer=(ca, ca_key)
+    )
+    pki.ensure()
+    (pki.folder("issuers") / "plant-ca.der").write_bytes(ca.public_bytes(serialization.Encoding.DER))
+    security = ServerSecurity(
+        pki_dir=tmp_path / "ca-sim", users={USER: PASSWORD}, certificate=server_cert, key=server_key
+    )
+    machines = {"Coater01": Coater(rng=random.Random(1))}
+    async with OpcUaSimulatorServer(machines=machines, port=0, autostep=False, security=security) as server:
+        trusted = Recorder()
+        async with running(make_source(server.endpoint, pki), trusted):
+            await trusted.wait_until(lambda: bool(trusted.good()))
+        assert pki.listing("trusted") == [] and pki.listing("rejected") == []
+        revoked = (
+            x509.RevokedCertificateBuilder().serial_number(server_cert.serial_number).revocation_date(now).build()
+        )
+        crl = (
+            x509.CertificateRevocationListBuilder().issuer_name(ca_name).last_update(now)
+            .next_update(now + timedelta(days=7)).add_revoked_certificate(revoked).sign(ca_key, hashes.SHA256())
+        )  # fmt: skip
+        (pki.folder("issuers") / "plant-ca.crl").write_bytes(crl.public_bytes(serialization.Encoding.DER))
+        refused = Recorder()
+        async with running(make_source(server.endpoint, pki), refused):
+            await refused.wait_until(lambda: bool(refused.errors()))
+        assert "is not trusted" in refused.errors()[0]
+        assert not refused.good()
