@@ -16,7 +16,9 @@ Nothing is ever trusted on first use. The thumbprint is the SHA-1 of the DER cer
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass
@@ -191,6 +193,30 @@ def load_private_key_file(path: Path) -> rsa.RSAPrivateKey:
     return key
 
 
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def cert_hosts(cert: x509.Certificate) -> list[str]:
+    """The DNS names and IP addresses in the certificate's SubjectAltName."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*san.get_values_for_type(x509.DNSName), *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
+
+
+def names_host(cert: x509.Certificate, host: str) -> bool:
+    """True if ``host`` (a name or an IP address) is in the SubjectAltName; a loopback address matches a
+    certificate for ``localhost`` or a loopback address (the usual certificate of a server on the same box)."""
+    wanted = host.strip("[]").lower()
+    names = {name.lower() for name in cert_hosts(cert)}
+    with contextlib.suppress(ValueError):  # a DNS name stays as it is
+        wanted = str(ipaddress.ip_address(wanted))
+    if wanted in names:
+        return True
+    return wanted in _LOOPBACK_NAMES and bool(names & _LOOPBACK_NAMES)
+
+
 class Pki:
     """One PKI folder (see the module doc). ``uri`` is the gateway's application URI."""
 
@@ -269,8 +295,11 @@ class Pki:
         os.replace(matches[0], target)
         return target
 
-    def check_server(self, cert: x509.Certificate, *, server_uri: str, server_name: str) -> None:
-        """Raise ServerCertificateRejectedError unless ``cert`` is valid now, names ``server_uri`` and is trusted."""
+    def check_server(
+        self, cert: x509.Certificate, *, server_uri: str, server_name: str, host: str | None = None
+    ) -> None:
+        """Raise ServerCertificateRejectedError unless ``cert`` is valid now, names ``server_uri`` (and ``host``,
+        the endpoint's host, unless None) and is trusted."""
         info = describe(cert)
         thumb = info.thumbprint
         now = datetime.now(UTC)
@@ -288,6 +317,13 @@ class Pki:
             raise ServerCertificateRejectedError(
                 f"server {server_name}: certificate {thumb} is for {','.join(info.uris) or 'no URI'}, "
                 f"but the server says it is {server_uri}",
+                thumbprint=thumb,
+            )
+        if host is not None and not names_host(cert, host):
+            raise ServerCertificateRejectedError(
+                f"server {server_name}: certificate {thumb} does not name the host {host} "
+                f"(it names {', '.join(cert_hosts(cert)) or 'no host'}); connect by a name it has, or set "
+                "security.check_hostname: false",
                 thumbprint=thumb,
             )
         if (self.folder("trusted") / f"{thumb}.der").exists() or self._issued_by_trusted_ca(cert):

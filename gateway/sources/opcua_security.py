@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import structlog
 from asyncua import ua
@@ -59,6 +60,7 @@ class ClientSecurity:
     user_certificate: Path | None = None
     user_key: Path | None = None
     password_file: Path | None = None
+    check_hostname: bool = True
     channel: bool = True
     """False: only ``password_file`` is used, the channel stays SecurityPolicy None (no ``security`` in the map)."""
 
@@ -117,7 +119,10 @@ async def secure_client(client: Client, security: ClientSecurity, *, endpoint: s
         raise SecurityRefusedError(f"server at {endpoint} sent a corrupt certificate") from None
     server = chosen.Server
     name = server.ApplicationName.Text or endpoint
-    security.pki.check_server(server_cert, server_uri=server.ApplicationUri or "", server_name=f"{name} at {endpoint}")
+    host = urlsplit(endpoint).hostname if security.check_hostname else None
+    security.pki.check_server(
+        server_cert, server_uri=server.ApplicationUri or "", server_name=f"{name} at {endpoint}", host=host
+    )
     await client.set_security(
         POLICIES[_policy_name(chosen.SecurityPolicyUri)],
         certificate=cert.public_bytes(serialization.Encoding.DER),

@@ -939,6 +939,8 @@ class OpcUaSecurity(_Model):
     mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
     allow_insecure: bool = False
     """Only with this may ``auto`` fall back to SecurityPolicy None when the server offers nothing else."""
+    check_hostname: bool = True
+    """The server certificate must name the endpoint's host (DNS name or IP address) in its SubjectAltName."""
 
 
 class OpcUaDevice(_DeviceBase):

@@ -227,8 +227,9 @@ def odd_certificate(tmp_path: Path, **changes: object) -> Iterator[ServerSecurit
         ({"not_before": datetime.now(UTC) - timedelta(days=30), "days": 1}, "expired on"),
         ({"not_before": datetime.now(UTC) + timedelta(days=30)}, "is not valid before"),
         ({"uri": "urn:somewhere-else:plc"}, "is for urn:somewhere-else:plc, but the server says it is"),
+        ({"hosts": ("plc-17.plant.example",)}, "does not name the host 127.0.0.1 (it names plc-17.plant.example)"),
     ],
-    ids=["expired", "not-yet-valid", "wrong-uri"],
+    ids=["expired", "not-yet-valid", "wrong-uri", "wrong-host"],
 )
 async def test_bad_server_certificates_are_refused_with_the_reason(
     tmp_path: Path, pki: Pki, changes: dict[str, object], reason: str
