@@ -869,7 +869,8 @@ class ModbusDevice(_DeviceBase):
     tags: tuple[ModbusTag, ...] = ()
 
     foreign_key_hint: ClassVar[tuple[frozenset[str], str]] = (
-        frozenset({"endpoint", "namespace", "mode", "sampling_interval_ms", "queue_size", "username", "password"}),
+        frozenset({"endpoint", "namespace", "mode", "sampling_interval_ms", "queue_size", "username", "password",
+                   "password_file", "security", "user_certificate", "user_key"}),
         "an OPC UA device setting, and this device has protocol: modbus",
     )
 
