@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -50,13 +51,18 @@ class NodeOpcUaServer:
 
     def start(self) -> None:
         env = {**os.environ, "INTEROP_USERS": json.dumps({USER: PASSWORD})}
-        self._process = subprocess.Popen(
-            ["node", str(HERE / "opcua_server.js"), str(self.port), str(self.pki_dir)],
-            cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline()  # blocks until the server listens (or exits)
-        assert line.startswith("interop ready"), f"node-opcua server did not start: {line!r}"
+        # node-opcua logs to stdout too (warnings before and after the ready line): a file, never a full pipe.
+        self._output = self.pki_dir.parent / f"node-server-{self.port}.log"
+        with self._output.open("w") as output:
+            self._process = subprocess.Popen(
+                ["node", str(HERE / "opcua_server.js"), str(self.port), str(self.pki_dir)],
+                cwd=HERE, env=env, stdout=output, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while "interop ready" not in self._output.read_text():
+            assert self._process.poll() is None, f"node-opcua server exited: {self._output.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"node-opcua server did not start: {self._output.read_text()[-2000:]}"
+            time.sleep(0.1)
 
     def certificate(self) -> x509.Certificate:
         return x509.load_pem_x509_certificate((self.pki_dir / "own" / "certs" / "certificate.pem").read_bytes())
