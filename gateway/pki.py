@@ -237,10 +237,13 @@ class Pki:
 
     def ensure(self) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
         """The own certificate and key, created on first use; a damaged pair raises PkiError (never replaced)."""
-        for name in ("own", "trusted", "rejected", "issuers"):
-            self.folder(name).mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not self.cert_path.exists() and not self.key_path.exists():
-            self._write_own(new_key())
+        try:
+            for name in ("own", "trusted", "rejected", "issuers"):
+                self.folder(name).mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self.cert_path.exists() and not self.key_path.exists():
+                self._write_own(new_key())
+        except OSError as exc:
+            raise PkiError(f"cannot create the PKI folder {self.root}: {exc.strerror}") from None
         cert = load_certificate_file(self.cert_path)
         key = load_private_key_file(self.key_path)
         public = cert.public_key()

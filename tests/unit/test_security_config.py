@@ -95,3 +95,9 @@ def test_own_certificate_of_another_gateway_is_refused(tmp_path: Path) -> None:
     Pki(tmp_path, uri="urn:h:cellgate:one").ensure()
     with pytest.raises(PkiError, match="is for another application URI"):
         Pki(tmp_path, uri="urn:h:cellgate:two").ensure()
+
+
+def test_a_pki_folder_that_cannot_be_made_is_a_pki_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(PkiError, match="cannot create the PKI folder"):
+        Pki(tmp_path / "file" / "pki", uri="urn:h:cellgate:one").ensure()
