@@ -19,9 +19,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cellgate demo
 
-## test: lint, types and the whole test suite (installs Mosquitto and socat when missing and possible)
+## test: lint, types and the whole test suite (installs Mosquitto, socat, Node.js + node-opcua when missing)
 test: $(STAMP)
-	.ci/ensure-system-packages mosquitto mosquitto-clients socat
+	.ci/ensure-system-packages mosquitto mosquitto-clients socat nodejs npm
+	cd tests/interop && npm ci --no-audit --no-fund --loglevel=error
 	$(BIN)/ruff check gateway simulators tests $(wildcard benchmarks)
 	$(BIN)/mypy gateway simulators
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
@@ -42,4 +43,4 @@ sim: $(STAMP)
 	$(BIN)/cellgate sim
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/interop/node_modules

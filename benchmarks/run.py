@@ -1,6 +1,6 @@
 """Cellgate benchmark harness: real processes, an independent subscriber, numbers from /proc.
 
-    python benchmarks/run.py --scenario modbus-1k|hall|opcua-20k|load-50k|limit|reload-50|all \\
+    python benchmarks/run.py --scenario modbus-1k|hall|opcua-20k|opcua-20k-secure|load-50k|limit|reload-50|all \\
         --mode tag|batch|both \\
         [--duration-s 20] [--warmup-s 5] [--interval-ms MS] [--scale 1.0 | --size N] [--out results.json]
 
@@ -25,6 +25,11 @@ modbus-1k = holding registers on one device (1000 per-tag, 3000 batch), hall = c
 x 8 tags, --racks), opcua-20k = variables (20000, in objects of 100), load-50k = channels per device (640; 10
 devices x 8 tags). Default intervals: modbus-1k 20 ms per-tag (50,000 values/s offered) and 10 ms batch (the
 tag-map minimum; 300,000 values/s offered), hall and opcua-20k 1000 ms. ``--interval-ms`` overrides them all.
+
+``opcua-20k-secure`` is opcua-20k over Aes256_Sha256_RsaPss / SignAndEncrypt (the bench server offers nothing
+else; the harness puts its certificate in the gateway's trusted/ as an operator would with `cellgate pki trust`).
+When both run (``--scenario opcua-security`` runs just the two), one more line compares the gateway's CPU per
+value with and without security.
 
 Prints one summary line per scenario/mode and writes everything as JSON (default benchmarks/results/<time>.json).
 Exit status 0 when every run completed (whether or not it met its targets), 1 if a run failed.
@@ -57,9 +62,11 @@ from gateway.tagmap import load_plant
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
-LIVE_SCENARIOS = ("modbus-1k", "hall", "opcua-20k")
+LIVE_SCENARIOS = ("modbus-1k", "hall", "opcua-20k", "opcua-20k-secure")
 MEMORY_SCENARIOS = ("limit", "reload-50")
 SCENARIOS = (*LIVE_SCENARIOS, "load-50k", *MEMORY_SCENARIOS)
+# Names for several scenarios run one after the other in one invocation (their numbers compared).
+SCENARIO_GROUPS = {"opcua-security": ("opcua-20k", "opcua-20k-secure")}
 RESULT_SCHEMA = 1
 # Delivering less than this share of the offered values counts as falling behind.
 OVERLOAD_RATIO = 0.95
@@ -117,6 +124,7 @@ class Plan:
     startup_timeout_s: float
     devices: int
     details: dict[str, Any] = field(default_factory=dict)
+    server_pki: Path | None = None  # a secure server's PKI folder: its certificate is trusted by the gateway
 
 
 # ------------------------------------------------------------------------------------------- planning
@@ -171,7 +179,9 @@ def plan_live(scenario: str, mode: str, args: argparse.Namespace) -> Plan:
             details={"racks": racks, "channels_per_rack": channels, "tags_per_channel": tagmaps.HALL_TAGS_PER_CHANNEL,
                      "modbus_server": args.modbus_impl, "max_concurrent_requests": concurrent},
         )
-    if scenario == "opcua-20k":
+    if scenario in ("opcua-20k", "opcua-20k-secure"):
+        secure = scenario == "opcua-20k-secure"
+        server_pki = Path(tempfile.mkdtemp(prefix="cellgate-bench-server-pki-")) if secure else None
         variables = _scaled(20_000, args, scenario)
         per_object = min(args.per_object, variables)
         objects = math.ceil(variables / per_object)
@@ -182,12 +192,16 @@ def plan_live(scenario: str, mode: str, args: argparse.Namespace) -> Plan:
             tag_map=lambda url, addresses: tagmaps.opcua_20k(
                 broker_url=url, endpoint=addresses[0], namespace=OPCUA_NAMESPACE, objects=objects,
                 per_object=per_object, interval_ms=interval, publish=publish, timeout_ms=args.opcua_timeout_ms,
+                secure=secure,
             ),
             server_argv=[python, servers, "opcua", "--port", "0", "--variables", str(variables),
-                         "--per-object", str(per_object), "--rate-hz", str(1000 / interval)],
+                         "--per-object", str(per_object), "--rate-hz", str(1000 / interval),
+                         *(["--security", str(server_pki)] if server_pki else [])],
+            server_pki=server_pki,
             server_ready_s=300, startup_timeout_s=300,
             details={"variables": variables, "variables_per_object": per_object,
-                     "opcua_timeout_ms": args.opcua_timeout_ms},
+                     "opcua_timeout_ms": args.opcua_timeout_ms,
+                     "security": "Aes256_Sha256_RsaPss/SignAndEncrypt" if secure else "None"},
         )
     raise ValueError(f"not a live scenario: {scenario}")
 
@@ -287,6 +301,35 @@ def _util(cpu_s: float | None, window_s: float) -> float | None:
     return round(cpu_s / window_s, 3) if cpu_s is not None and window_s > 0 else None
 
 
+def _trust_server(plant: Any, state_dir: Path, server_pki: Path) -> None:
+    """What an operator does with `cellgate pki trust`: the bench server's certificate into trusted/."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from gateway.pki import Pki, application_uri, thumbprint
+
+    pki = Pki(state_dir / "pki", uri=application_uri(plant.gateway.id))
+    pki.ensure()
+    cert = x509.load_der_x509_certificate((server_pki / "own" / "cert.der").read_bytes())
+    (pki.folder("trusted") / f"{thumbprint(cert)}.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
+
+
+def security_cost_lines(results: Sequence[dict[str, Any]]) -> list[str]:
+    """For each mode run with and without security: the gateway's CPU per value, secure against None."""
+    by_key = {(r["scenario"], r["mode"]): r for r in results if "error" not in r and "gateway" in r}
+    lines = []
+    for (scenario, mode), secure in by_key.items():
+        plain = by_key.get(("opcua-20k", mode))
+        if scenario != "opcua-20k-secure" or plain is None:
+            continue
+        us_secure, us_plain = secure["gateway"]["cpu_us_per_value"], plain["gateway"]["cpu_us_per_value"]
+        if us_secure is None or not us_plain:
+            continue
+        lines.append(f"opcua-20k/{mode} security cost: {us_secure} us/value with SignAndEncrypt vs {us_plain} "
+                     f"us/value with None ({us_secure / us_plain:.2f}x, same run)")
+    return lines
+
+
 def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"cellgate-bench-{plan.scenario}-{plan.mode}-"))
     broker = Broker(workdir, max_inflight_messages=args.broker_inflight)
@@ -316,6 +359,8 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         subscriber.wait_for_prefix("ready", 15)
         state_dir = workdir / "state"
         state_dir.mkdir()
+        if plan.server_pki is not None:
+            _trust_server(plant, state_dir, plan.server_pki)
         gateway = Child("gateway", _gateway_argv(config, state_dir), log_path=workdir / "gateway.log",
                         cwd=workdir, stdout_to_log=True)
         children.append(gateway)
@@ -359,6 +404,8 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
                 server_output = rest
                 server_stats = next((line for line in rest.splitlines() if line.startswith("stats ")), "")
         broker.stop()
+        if plan.server_pki is not None:
+            shutil.rmtree(plan.server_pki, ignore_errors=True)  # the bench server's key: never left behind
 
     assert gateway is not None
     cpu = {name: sum(d for d in (_cpu_delta(b, a) for b, a in zip(before[name], after[name], strict=True))
@@ -515,7 +562,7 @@ def summary_line(result: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all")
+    parser.add_argument("--scenario", choices=(*SCENARIOS, *SCENARIO_GROUPS, "all"), default="all")
     parser.add_argument("--mode", choices=("tag", "batch", "both"), default="both")
     parser.add_argument("--duration-s", type=float, default=20.0, help="measured window (default 20)")
     parser.add_argument("--warmup-s", type=float, default=5.0, help="excluded after start-up (default 5)")
@@ -546,7 +593,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
+    scenarios = SCENARIOS if args.scenario == "all" else SCENARIO_GROUPS.get(args.scenario, (args.scenario,))
     modes = ("tag", "batch") if args.mode == "both" else (args.mode,)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     results: list[dict[str, Any]] = []
@@ -568,6 +615,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failed = True
             results.append(result)
             print(summary_line(result), flush=True)
+    for line in security_cost_lines(results):
+        print(line, flush=True)
     out = args.out or BENCH_DIR / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     document = {

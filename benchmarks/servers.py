@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 OPCUA_NAMESPACE = "urn:cellgate:bench"
@@ -254,7 +255,22 @@ async def run_opcua(args: argparse.Namespace, stop: asyncio.Event) -> str:
     server = Server()
     await server.init()
     server.set_endpoint(endpoint)
-    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    if args.security is None:
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    else:
+        # What the gateway's `policy: auto` picks: the strongest policy, every message signed and encrypted.
+        from cryptography.hazmat.primitives import serialization
+
+        from simulators.servers.opcua_server import APPLICATION_URI, ServerSecurity
+
+        cert, key = ServerSecurity(pki_dir=Path(args.security)).load_or_create()
+        await server.set_application_uri(APPLICATION_URI)  # the URI in the certificate's SubjectAltName
+        await server.load_certificate(cert.public_bytes(serialization.Encoding.DER))
+        await server.load_private_key(
+            key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption())
+        )  # fmt: skip
+        server.set_security_policy([ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt])
     idx = await server.register_namespace(OPCUA_NAMESPACE)
     node_ids: list[Any] = []
     for first in range(0, args.variables, args.per_object):
@@ -313,6 +329,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     opcua.add_argument("--variables", type=int, default=20000)
     opcua.add_argument("--per-object", type=int, default=100)
     opcua.add_argument("--rate-hz", type=float, default=1.0)
+    opcua.add_argument("--security", metavar="PKI_DIR", default=None,
+                       help="serve Aes256_Sha256_RsaPss/SignAndEncrypt only; certificate in PKI_DIR/own/cert.der")
     return parser.parse_args(argv)
 
 

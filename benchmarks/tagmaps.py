@@ -89,9 +89,10 @@ def hall(
 
 def opcua_20k(
     *, broker_url: str, endpoint: str, namespace: str, objects: int, per_object: int, interval_ms: int,
-    publish: str, timeout_ms: int,
+    publish: str, timeout_ms: int, secure: bool = False,
 ) -> str:
-    """One OPC UA device subscribing to ``objects * per_object`` variables ``s=B{object:03d}.V{index:03d}``."""
+    """One OPC UA device subscribing to ``objects * per_object`` variables ``s=B{object:03d}.V{index:03d}``
+    (``secure``: over the strongest policy the server offers, SignAndEncrypt)."""
     lines = _header(broker_url=broker_url, gateway_id="bench-opcua", queue_size=10000)
     lines += ["templates:", "  block:"]
     lines += [f'    - {{name: v{k:03d}, node: "s=B{{n:03d}}.V{k:03d}", type: float64}}' for k in range(per_object)]
@@ -115,4 +116,6 @@ def opcua_20k(
         "    queue_size: 2",
         f"    repeat: {{template: block, count: {objects}, first: 0, name: 'b{{n:03d}}'}}",
     ]
+    if secure:
+        lines.append("    security: {policy: auto, mode: SignAndEncrypt}")
     return "\n".join(lines) + "\n"

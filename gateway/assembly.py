@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.outbound import DeviceOutbound, TagOutput
@@ -21,6 +22,7 @@ from gateway.transform import TagRules
 if TYPE_CHECKING:
     # asyncua costs about 40 MB of memory to import: a gateway without OPC UA devices never loads it.
     from gateway.sources.opcua import OpcUaDeviceOptions, OpcUaTagRef
+    from gateway.sources.opcua_security import ClientSecurity
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,27 +230,61 @@ def opcua_tag_refs(device: OpcUaDevice) -> list[OpcUaTagRef]:
     return refs
 
 
-def _opcua_task(device: OpcUaDevice, links: Mapping[str, DeviceLink]) -> SourceTask:
+def _secret_file(name: str | None) -> str | None:
+    from gateway.secrets import read_secret_file
+
+    return None if name is None else read_secret_file(name)
+
+
+def opcua_security(device: OpcUaDevice, *, gateway_id: str, pki_root: Path | None) -> ClientSecurity | None:
+    """The device's secure-channel settings (None: SecurityPolicy None); the PKI folder is ``pki_root``."""
+    from gateway.pki import Pki, application_uri
+    from gateway.sources.opcua_security import ClientSecurity
+
+    if device.security is None and device.password_file is None:
+        return None
+    security = device.security
+    return ClientSecurity(
+        policy=security.policy if security else "auto",
+        mode=security.mode if security else "SignAndEncrypt",
+        allow_insecure=security.allow_insecure if security else True,
+        check_hostname=security.check_hostname if security else True,
+        pki=Pki(pki_root or Path("pki"), uri=application_uri(gateway_id)),
+        user_certificate=Path(device.user_certificate) if device.user_certificate else None,
+        user_key=Path(device.user_key) if device.user_key else None,
+        password_file=Path(device.password_file) if device.password_file else None,
+        channel=security is not None,
+    )
+
+
+def _opcua_task(
+    device: OpcUaDevice, links: Mapping[str, DeviceLink], *, gateway_id: str = "gateway", pki_root: Path | None = None
+) -> SourceTask:
     from gateway.sources.opcua import OpcUaSource
 
     options = opcua_options(device)
+    security = opcua_security(device, gateway_id=gateway_id, pki_root=pki_root)
     refs = opcua_tag_refs(device)
 
     name = device.name  # not the model itself: see _modbus_tasks
 
     def run() -> Awaitable[None]:
         link = links[name]  # looked up at each start: a reload may have replaced the device's channel
-        source = OpcUaSource(device=name, options=options, tags=refs)
+        source = OpcUaSource(device=name, options=options, tags=refs, security=security)
         return source.run(link.emit, link.report_link)
 
     return SourceTask(name=f"opcua[{name}]", devices=(name,), run=run)
 
 
-def build_sources(plant: Plant, links: Mapping[str, DeviceLink]) -> list[SourceTask]:
-    """One task per Modbus connection and per OPC UA device, for the enabled devices."""
+def build_sources(plant: Plant, links: Mapping[str, DeviceLink], *, pki_root: Path | None = None) -> list[SourceTask]:
+    """One task per Modbus connection and per OPC UA device, for the enabled devices (``pki_root``: see gateway.pki)."""
     devices = active_devices(plant)
     tasks = _modbus_tasks([d for d in devices if isinstance(d, ModbusDevice)], links)
-    tasks += [_opcua_task(d, links) for d in devices if isinstance(d, OpcUaDevice)]
+    tasks += [
+        _opcua_task(d, links, gateway_id=plant.gateway.id, pki_root=pki_root)
+        for d in devices
+        if isinstance(d, OpcUaDevice)
+    ]
     return tasks
 
 
@@ -267,7 +303,7 @@ def mqtt_options_for(
         cert_file=mqtt.cert_file,
         key_file=mqtt.key_file,
         username=mqtt.username,
-        password=mqtt.password.get_secret_value() if mqtt.password else None,
+        password=mqtt.password.get_secret_value() if mqtt.password else _secret_file(mqtt.password_file),
         client_id=mqtt.client_id or f"cellgate-{plant.gateway.id}",
         protocol=mqtt.protocol,
         keepalive_s=mqtt.keepalive_s,

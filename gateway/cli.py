@@ -76,6 +76,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         shard, count = args.shard
         print(f"shard {shard} of {count}")
     print(describe_plant(_shard(plant, args.shard), list_tags=args.tags))
+    from gateway.pki_cli import check_security_files, describe_endpoints, secure_devices
+
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    problems = check_security_files(plant, state_dir, create=False)
+    for problem in problems:
+        print(f"PROBLEM {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_CONFIG_ERROR
+    if secure_devices(plant) and not args.offline:
+        print("OPC UA endpoints (GetEndpoints):")
+        print("\n".join(f"  {line}" for line in describe_endpoints(_shard(plant, args.shard))))
     return 0
 
 
@@ -88,6 +99,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     plant = _load_or_report(args.config)
     assert isinstance(plant, Plant)
     configure_logging(level=args.log_level, log_format=args.log_format)
+    from gateway.pki_cli import check_security_files
+
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    problems = check_security_files(plant, state_dir, create=True)  # the own certificate is made on first start
+    for problem in problems:
+        print(f"cellgate: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_CONFIG_ERROR
     first: list[Plant] = [plant]
     del plant  # the gateway keeps the models only until it has built its read plans (see runtime.without_tags)
 
@@ -95,7 +114,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         # The first call returns the map checked above; later calls (SIGHUP) read the file again.
         return _shard(first.pop() if first else load_plant(args.config), args.shard)
 
-    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
     try:
         with SystemdNotifier.from_environ() as notifier:
             asyncio.run(serve(load=load, state_dir=state_dir, notifier=notifier))
@@ -108,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
-    return run_demo(config=args.config, broker_url=args.broker, view=not args.no_view)
+    return run_demo(config=args.config, broker_url=args.broker, view=not args.no_view, secure=args.secure)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a tag map and print what would be read and published")
     check.add_argument("-c", "--config", required=True, help="tag-map YAML file")
     check.add_argument("--tags", action="store_true", help="also list every tag: topic <- source, type, unit")
+    check.add_argument("--state-dir", default=None, help="state directory, for the PKI folder (as for `run`)")
+    check.add_argument("--offline", action="store_true", help="do not ask secure OPC UA devices for their endpoints")
     _add_shard(check)
     check.set_defaults(func=cmd_check)
 
@@ -150,7 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-c", "--config", default=str(DEFAULT_DEMO_CONFIG), help="tag map (default config/demo.yaml)")
     demo.add_argument("--broker", default=None, help="use this broker (mqtt://host:port) instead of the embedded one")
     demo.add_argument("--no-view", action="store_true", help="no live view; log instead")
+    demo.add_argument(
+        "--secure", action="store_true",
+        help="OPC UA with certificates, SignAndEncrypt and a user login (the demo trusts its simulator by itself)",
+    )
     demo.set_defaults(func=cmd_demo)
+
+    from gateway.pki_cli import add_pki_commands
+
+    pki = commands.add_parser("pki", help="OPC UA certificates: show, list, trust a server, renew")
+    add_pki_commands(pki, default_state_dir=default_state_dir)
 
     from gateway.spool_cli import add_spool_commands
 

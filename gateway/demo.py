@@ -238,8 +238,46 @@ async def _embedded_broker(port: int) -> Any:
     return broker
 
 
-async def _demo(plant: Plant, *, broker_url: str | None, view_enabled: bool) -> None:
+DEMO_OPCUA_USER = "demo"
+
+
+def secure_plant(plant: Plant, password: str) -> Plant:
+    """The tag map with every OPC UA device on SignAndEncrypt (strongest policy) and a user-name login."""
+    from pydantic import SecretStr
+
+    from gateway.tagmap.model import OpcUaSecurity
+
+    devices = [
+        device.model_copy(
+            update={"security": OpcUaSecurity(), "username": DEMO_OPCUA_USER, "password": SecretStr(password)}
+        )
+        if isinstance(device, OpcUaDevice)
+        else device
+        for device in plant.devices
+    ]
+    return plant.model_copy(update={"devices": tuple(devices)})
+
+
+def trust_demo_server(plant: Plant, state_dir: Path, server_pki: Path) -> str:
+    """Demo only: put the simulator's certificate in the gateway's trusted/ (a real gateway never does this)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from gateway.pki import Pki, application_uri, thumbprint
+
+    pki = Pki(state_dir / "pki", uri=application_uri(plant.gateway.id))
+    pki.ensure()
+    cert = x509.load_der_x509_certificate((server_pki / "own" / "cert.der").read_bytes())
+    thumb = thumbprint(cert)
+    (pki.folder("trusted") / f"{thumb}.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    return thumb
+
+
+async def _demo(plant: Plant, *, broker_url: str | None, view_enabled: bool, secure: bool = False) -> None:
+    import secrets
+
     from simulators.runner import run_simulators
+    from simulators.servers.opcua_server import ServerSecurity
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -248,6 +286,9 @@ async def _demo(plant: Plant, *, broker_url: str | None, view_enabled: bool) -> 
 
     ports = choose_ports(plant)
     plant = retarget_plant(plant, ports, broker_url=broker_url)
+    password = secrets.token_urlsafe(18)  # made up per run, never printed
+    if secure:
+        plant = secure_plant(plant, password)
     broker = await _embedded_broker(ports.broker) if broker_url is None else None
     prefix = f"{plant.gateway.enterprise}/{plant.gateway.site}"
     print(
@@ -262,6 +303,8 @@ async def _demo(plant: Plant, *, broker_url: str | None, view_enabled: bool) -> 
     try:
         # The demo keeps no state between runs: its spool lives in a temporary directory.
         with tempfile.TemporaryDirectory(prefix="cellgate-demo-") as state_dir:
+            server_pki = Path(state_dir) / "simulator-pki"
+            security = ServerSecurity(pki_dir=server_pki, users={DEMO_OPCUA_USER: password}) if secure else None
             async with asyncio.TaskGroup() as group:
                 simulators_ready = asyncio.Event()
                 group.create_task(
@@ -270,11 +313,20 @@ async def _demo(plant: Plant, *, broker_url: str | None, view_enabled: bool) -> 
                         modbus_ports=ports.modbus,
                         stop=stop,
                         on_ready=lambda _running: simulators_ready.set(),
+                        opcua_security=security,
                     ),
                     name="demo.simulators",
                 )
                 # Start the gateway once the simulators listen, so the demo does not open with connect errors.
                 await simulators_ready.wait()
+                if secure:
+                    thumb = trust_demo_server(plant, Path(state_dir), server_pki)
+                    print(
+                        f"cellgate demo --secure: OPC UA over the strongest policy with SignAndEncrypt, user "
+                        f"{DEMO_OPCUA_USER!r}; the simulator's certificate {thumb} was trusted automatically "
+                        "(demo only: a real gateway puts unknown servers in rejected/ until `cellgate pki trust`)",
+                        flush=True,
+                    )
                 group.create_task(Gateway(plant, state_dir=Path(state_dir)).run(stop), name="demo.gateway")
                 if view_enabled:
                     group.create_task(_show(view, stop), name="demo.view")
@@ -285,7 +337,7 @@ async def _demo(plant: Plant, *, broker_url: str | None, view_enabled: bool) -> 
             await broker.shutdown()
 
 
-def run_demo(*, config: str, broker_url: str | None, view: bool) -> int:
+def run_demo(*, config: str, broker_url: str | None, view: bool, secure: bool = False) -> int:
     try:
         plant = load_plant(config)
     except ConfigError as exc:
@@ -294,5 +346,5 @@ def run_demo(*, config: str, broker_url: str | None, view: bool) -> int:
         return 2
     # The live view owns stdout; log state changes (warnings and up) to stderr, or everything when there is no view.
     configure_logging(level="WARNING" if view else "INFO", log_format="auto", stream=sys.stderr)
-    asyncio.run(_demo(plant, broker_url=broker_url, view_enabled=view))
+    asyncio.run(_demo(plant, broker_url=broker_url, view_enabled=view, secure=secure))
     return 0

@@ -386,7 +386,7 @@ class Gateway:
         new_fingerprint = await asyncio.to_thread(PlantFingerprint.of, new)
         # Planning a large map takes a second or more: do it off the event loop so polling goes on meanwhile.
         # Sources look their links up when they start, after the channels below exist.
-        new_sources = await asyncio.to_thread(build_sources, new, self._links)
+        new_sources = await asyncio.to_thread(build_sources, new, self._links, pki_root=self.state_dir / "pki")
         wanted = {source.name: source for source in new_sources}
         plan = plan_reload(
             self.fingerprint,
@@ -512,7 +512,7 @@ class Gateway:
                     group.create_task(self._checkpoint_seq(), name="seq.checkpoint"),
                     group.create_task(self._report_health(sink, forwarder), name="health"),
                 ]
-                for source in build_sources(plant, self._links):
+                for source in build_sources(plant, self._links, pki_root=self.state_dir / "pki"):
                     self._start_source(group, source)
                 # Everything the tag map's models were needed for is built: let them go.
                 self.plant = plant = without_tags(plant)

@@ -10,6 +10,9 @@ ports; the line shows the real ones. Exit status 0 after a signal, 2 if a server
 With ``--control-port N`` the HTTP fault control interface (``simulators.servers.control_http``) listens on
 127.0.0.1:N with every machine registered and the line ends with `` control=PORT``.
 ``python -m simulators fault ...`` is its client (``simulators.fault_cli``).
+With ``--security PKI_DIR`` the OPC UA server offers only secure endpoints (Basic256Sha256, Aes128_Sha256_RsaOaep,
+Aes256_Sha256_RsaPss, each with Sign and SignAndEncrypt), keeps its certificate in PKI_DIR/own/cert.der, and
+logs users in from ``--users-file`` (``name:password`` lines) or ``--user-cert`` X.509 certificates.
 
 ``--describe`` (with the same options) prints the address map as a tag-map fragment instead of serving: a
 ``templates`` + ``devices`` YAML document that needs only ``gateway:`` and ``mqtt:`` sections to run.
@@ -25,10 +28,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from simulators.describe import (
     DEFAULT_CHANNELS,
@@ -46,6 +54,7 @@ from simulators.describe import (
 )
 from simulators.runner import RunningSimulators, serve_plan
 from simulators.servers.address_map import NumberFormat, WordOrder
+from simulators.servers.opcua_server import ServerSecurity
 
 
 def _kind_protocol(text: str) -> tuple[MachineKind, Protocol]:
@@ -111,7 +120,51 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--control-port", type=int, default=None,
         help="serve the HTTP fault control interface on this port (0 = any free; default: off)",
     )
+    parser.add_argument(
+        "--security", metavar="PKI_DIR", default=None,
+        help="OPC UA: secure endpoints only (every policy, Sign and SignAndEncrypt); the server certificate is "
+             "kept in PKI_DIR/own/cert.der",
+    )
+    parser.add_argument(
+        "--users-file", metavar="FILE", default=None,
+        help="with --security: user database, one `name:password` a line (else sessions are anonymous)",
+    )
+    parser.add_argument(
+        "--user-cert", metavar="FILE", action="append", default=[],
+        help="with --security: accept this X.509 user certificate (DER or PEM); repeatable",
+    )
     return parser.parse_args(argv)
+
+
+def opcua_security_of(args: argparse.Namespace) -> ServerSecurity | None:
+    """The secure-endpoint settings the command line asks for (raises ValueError on unreadable files)."""
+    if args.security is None:
+        if args.users_file or args.user_cert:
+            raise ValueError("--users-file and --user-cert need --security")
+        return None
+    users: dict[str, str] = {}
+    if args.users_file:
+        try:
+            lines = Path(args.users_file).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ValueError(f"cannot read {args.users_file}: {exc.strerror}") from None
+        for line in lines:
+            name, sep, password = line.partition(":")
+            if line.strip() and not sep:
+                raise ValueError(f"{args.users_file}: a line without `name:password`")
+            if sep:
+                users[name.strip()] = password
+    thumbprints = set()
+    for path in args.user_cert:
+        try:
+            data = Path(path).read_bytes()
+            pem = b"-----BEGIN" in data
+            cert = x509.load_pem_x509_certificate(data) if pem else x509.load_der_x509_certificate(data)
+        except (OSError, ValueError):
+            raise ValueError(f"cannot read the X.509 user certificate {path}") from None
+        der = cert.public_bytes(serialization.Encoding.DER)
+        thumbprints.add(hashlib.sha1(der, usedforsecurity=False).hexdigest())
+    return ServerSecurity(pki_dir=Path(args.security), users=users, user_certificates=frozenset(thumbprints))
 
 
 def options_of(args: argparse.Namespace) -> SimulatorOptions:
@@ -140,6 +193,7 @@ async def _serve(plan: SimulatorPlan, args: argparse.Namespace) -> None:
         on_ready=_ready,
         serve=(args.only,) if args.only else ("opcua", "modbus"),
         control_port=args.control_port,
+        opcua_security=opcua_security_of(args),
     )
 
 
@@ -152,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(arguments)
     try:
         plan = plan_simulators(options_of(args))
+        opcua_security_of(args)  # reports unreadable user files before anything starts
     except ValueError as exc:
         print(f"simulators: {exc}", file=sys.stderr)
         return 2

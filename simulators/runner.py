@@ -38,7 +38,7 @@ from simulators.machines.points import Machine
 from simulators.machines.stacker import Stacker, StackerConfig
 from simulators.servers.control_http import ControlledMachine, ControlServer
 from simulators.servers.modbus_server import ModbusSimulatorServer
-from simulators.servers.opcua_server import OpcUaSimulatorServer
+from simulators.servers.opcua_server import OpcUaSimulatorServer, ServerSecurity
 
 __all__ = [
     "DEFAULT_CHANNELS", "DEFAULT_MODBUS_PORT", "DEFAULT_OPCUA_PORT", "DEFAULT_STEP_HZ", "HOST", "SERVED_PROTOCOLS",
@@ -119,6 +119,7 @@ async def run_simulators(
     seed: int | None = None,
     speedup: float | None = None,
     step_hz: float | None = None,
+    opcua_security: ServerSecurity | None = None,
 ) -> None:
     """Serve the planned set on ``options.host`` until ``stop`` is set or this coroutine is cancelled.
 
@@ -130,6 +131,7 @@ async def run_simulators(
     tests run each in its own process so one can be killed alone (ports are planned for the whole set, so two
     processes with the same options fit together). ``control_port`` (0 = any free) starts the HTTP fault control
     interface (``simulators.servers.control_http``) with every served machine; None leaves it off.
+    ``opcua_security`` serves secure OPC UA endpoints only (``simulators.servers.opcua_server.ServerSecurity``).
     """
     unknown = set(serve) - set(SERVED_PROTOCOLS)
     if unknown or not serve:
@@ -137,7 +139,7 @@ async def run_simulators(
     plan = plan_simulators(_options(options, opcua_port=opcua_port, modbus_port=modbus_port, channels=channels,
                                     seed=seed, speedup=speedup, step_hz=step_hz, modbus_ports=modbus_ports))
     await _serve(plan, stop=stop, on_ready=on_ready, serve=frozenset(Protocol(p) for p in serve),
-                 control_port=control_port)
+                 control_port=control_port, opcua_security=opcua_security)
 
 
 async def _serve(
@@ -147,6 +149,7 @@ async def _serve(
     on_ready: Callable[[RunningSimulators], None] | None,
     serve: frozenset[Protocol],
     control_port: int | None,
+    opcua_security: ServerSecurity | None = None,
 ) -> None:
     options = plan.options
     machines = [m for m in plan.machines if m.protocol in serve]
@@ -178,7 +181,7 @@ async def _serve(
         if opcua_machines:
             opcua = OpcUaSimulatorServer(
                 machines={m.equipment: models[m.device] for m in opcua_machines}, port=options.opcua_port,
-                host=options.host, step_hz=options.step_hz, speedup=options.speedup,
+                host=options.host, step_hz=options.step_hz, speedup=options.speedup, security=opcua_security,
             )
             await stack.enter_async_context(opcua)
             endpoint = opcua.endpoint
@@ -215,7 +218,9 @@ async def serve_plan(
     on_ready: Callable[[RunningSimulators], None] | None = None,
     serve: Collection[str] = SERVED_PROTOCOLS,
     control_port: int | None = None,
+    opcua_security: ServerSecurity | None = None,
 ) -> None:
-    """``run_simulators`` for a plan made elsewhere (``python -m simulators`` plans once, for --describe too)."""
+    """``run_simulators`` for a plan made elsewhere (``python -m simulators`` plans once, for --describe too).
+    ``opcua_security``: serve secure OPC UA endpoints instead of SecurityPolicy None."""
     await _serve(plan, stop=stop, on_ready=on_ready, serve=frozenset(Protocol(p) for p in serve),
-                 control_port=control_port)
+                 control_port=control_port, opcua_security=opcua_security)

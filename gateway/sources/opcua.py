@@ -57,9 +57,12 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.ua_binary import struct_from_binary
 from asyncua.ua.uaerrors import UaStatusCodeError, UaStructParsingError
 
+from gateway.pki import PkiError, ServerCertificateRejectedError
 from gateway.schema import STATUS_COMM_FAILURE
+from gateway.secrets import SecretFileError
 from gateway.sources.base import OVERLOAD_LOG_EVERY_S, Emit, OverrunLog, PollSchedule, RawReading, ReportLink
 from gateway.sources.opcua_publish import DataChanges, decode_data_changes
+from gateway.sources.opcua_security import ClientSecurity, SecurityRefusedError, read_password_file, secure_client
 from gateway.sources.opcua_status import (
     SUBSCRIPTION_KEEPALIVE_S,
     NodePlan,
@@ -96,7 +99,13 @@ MONITORED_ITEMS_PER_CALL = 1_000
 
 # Exceptions that mean "this connection is unusable" (asyncua raises plain ConnectionError/TimeoutError,
 # OSError from the socket, UaError subclasses for service faults).
-_CONNECT_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, ua.uaerrors.UaError)
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, ua.uaerrors.UaError, PkiError, ServerCertificateRejectedError, SecurityRefusedError,
+    SecretFileError,
+)  # fmt: skip
+# A server refusing the user identity: logged on every attempt (accounts lock after a few failures; say each one).
+_LOGIN_REFUSED = frozenset({StatusCodes.BadUserAccessDenied, StatusCodes.BadIdentityTokenRejected,
+                            StatusCodes.BadIdentityTokenInvalid})  # fmt: skip
 
 
 def quiet_asyncua_loggers() -> None:
@@ -361,11 +370,13 @@ class OpcUaSource:
         emit_batch_max: int = EMIT_BATCH_MAX,
         keepalive_s: float = SUBSCRIPTION_KEEPALIVE_S,
         stable_link_s: float = STABLE_LINK_S,
+        security: ClientSecurity | None = None,
     ) -> None:
         if keepalive_s <= 0:
             raise ValueError(f"keepalive_s must be > 0, not {keepalive_s}")
         self.device = device
         self.options = options
+        self.security = security
         self.tags = tuple(tags)
         self.stats = OpcUaSourceStats()
         self._tag_names = tuple(tag.name for tag in self.tags)
@@ -391,6 +402,7 @@ class OpcUaSource:
         # only logged for a link whose up was): a link that lives a second each attempt is not logged each time.
         self._up_logged = False
         self._up_fields: dict[str, object] = {}
+        self._channel: dict[str, object] = {"security_policy": "None", "security_mode": "None"}
         self._log = log.bind(device=device, endpoint=options.endpoint)
 
     @property
@@ -441,7 +453,11 @@ class OpcUaSource:
                 self.stats.connect_failures += 1
                 reason = describe_error(exc)
                 step = self._reconnect.connect_failed(loop.time(), reason, random.random())
-                self._log_reconnect(step)
+                if isinstance(exc, UaStatusCodeError) and exc.code in _LOGIN_REFUSED:
+                    self._log.warning("opcua_login_refused", error=reason, attempt=step.attempts,
+                                      user=self.options.username, retry_in_s=round(step.delay_s, 3))  # fmt: skip
+                else:
+                    self._log_reconnect(step)
                 await self._mark_down(emit, report_link, reason)
                 await asyncio.sleep(step.delay_s)
                 continue
@@ -481,10 +497,15 @@ class OpcUaSource:
         client.session_timeout = SESSION_TIMEOUT_MS
         if options.username is not None:
             client.set_user(options.username)
-        if options.password is not None:
-            client.set_password(options.password)
+        password = options.password
+        if self.security is not None and self.security.password_file is not None:
+            password = read_password_file(self.security.password_file)  # at each connect: a rotated file counts
+        if password is not None:
+            client.set_password(password)
         try:
             async with asyncio.timeout(self._timeout_s):
+                if self.security is not None and self.security.channel:
+                    self._channel = await secure_client(client, self.security, endpoint=options.endpoint)
                 await client.connect()
         except BaseException:
             await self._close_client(client)
@@ -523,6 +544,7 @@ class OpcUaSource:
             "nodes": len(plan.nodes),
             "tags": len(self.tags),
             "unreadable_tags": len(plan.problems),
+            **self._channel,
         }
         if self._down_since is not None:
             down_s = now - self._down_since

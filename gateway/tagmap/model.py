@@ -334,6 +334,8 @@ class MqttSection(_Model):
     protocol: Annotated[Literal["5", "3.1.1"], BeforeValidator(_mqtt_protocol)] = "5"
     username: str | None = None
     password: SecretStr | None = None
+    password_file: NonEmptyStr | None = None
+    """File holding the password (first line); a relative name is looked up in $CREDENTIALS_DIRECTORY."""
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
@@ -427,6 +429,10 @@ def _rule_spool_size(spool: SpoolSection) -> Iterator[Issue]:
 
 
 def _rule_mqtt_credentials(mqtt: MqttSection) -> Iterator[Issue]:
+    if mqtt.password is not None and mqtt.password_file is not None:
+        yield Issue(("password_file",), "set either password or password_file, not both")
+    if mqtt.password_file is not None and mqtt.username is None:
+        yield Issue(("username",), "a password_file is set but no username: set username too")
     if mqtt.password is not None and mqtt.username is None:
         # MQTT 3.1.1 forbids a password without a user name (3.1.2.9); the client refuses it for MQTT 5 as well.
         yield Issue(
@@ -871,7 +877,8 @@ class ModbusDevice(_DeviceBase):
     tags: tuple[ModbusTag, ...] = ()
 
     foreign_key_hint: ClassVar[tuple[frozenset[str], str]] = (
-        frozenset({"endpoint", "namespace", "mode", "sampling_interval_ms", "queue_size", "username", "password"}),
+        frozenset({"endpoint", "namespace", "mode", "sampling_interval_ms", "queue_size", "username", "password",
+                   "password_file", "security", "user_certificate", "user_key"}),
         "an OPC UA device setting, and this device has protocol: modbus",
     )
 
@@ -933,6 +940,18 @@ def _check_opcua_endpoint(endpoint: str) -> str:
     return endpoint
 
 
+class OpcUaSecurity(_Model):
+    """How the OPC UA secure channel is protected (see README "Security")."""
+
+    policy: Literal["auto", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"] = "auto"
+    """auto: the strongest policy the server offers with ``mode``."""
+    mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
+    allow_insecure: bool = False
+    """Only with this may ``auto`` fall back to SecurityPolicy None when the server offers nothing else."""
+    check_hostname: bool = True
+    """The server certificate must name the endpoint's host (DNS name or IP address) in its SubjectAltName."""
+
+
 class OpcUaDevice(_DeviceBase):
     protocol: Literal["opcua"] = "opcua"
     endpoint: Annotated[str, AfterValidator(_check_opcua_endpoint)]
@@ -947,6 +966,13 @@ class OpcUaDevice(_DeviceBase):
     timeout_ms: int = Field(default=4000, ge=1)
     username: str | None = None
     password: SecretStr | None = None
+    password_file: NonEmptyStr | None = None
+    """File holding the password (first line); a relative name is looked up in $CREDENTIALS_DIRECTORY."""
+    security: OpcUaSecurity | None = None
+    """Absent: SecurityPolicy None (no certificate)."""
+    user_certificate: NonEmptyStr | None = None
+    """X.509 user identity: certificate file (DER or PEM); needs ``user_key`` and ``security``."""
+    user_key: NonEmptyStr | None = None
     tags: tuple[OpcUaTag, ...] = ()
 
     foreign_key_hint: ClassVar[tuple[frozenset[str], str]] = (
@@ -964,6 +990,16 @@ class OpcUaDevice(_DeviceBase):
 
 
 def _rule_opcua_credentials(device: OpcUaDevice) -> Iterator[Issue]:
+    if device.password is not None and device.password_file is not None:
+        yield Issue(("password_file",), "set either password or password_file, not both")
+    if device.password_file is not None and device.username is None:
+        yield Issue(("username",), "a password_file is set but no username: set username too")
+    if (device.user_certificate is None) != (device.user_key is None):
+        yield Issue(("user_certificate",), "an X.509 user identity needs both user_certificate and user_key")
+    if device.user_certificate is not None and device.username is not None:
+        yield Issue(("user_certificate",), "choose one user identity: username or user_certificate")
+    if device.user_certificate is not None and device.security is None:
+        yield Issue(("security",), "an X.509 user identity needs a secure channel: set security")
     if device.password is not None and device.username is None:
         # A user-name identity token needs the name; without it the session would be anonymous, the password unused.
         yield Issue(("username",), "a password is set but no username: set username too")

@@ -21,8 +21,10 @@ group), and the server refuses a machine that breaks the rule, because asyncua's
 quadratically with the children of one parent and browsing clients page through big objects.
 
 Every step writes every value with a DataValue that carries both the source and the server timestamp: a bare
-DataValue would leave both None (library notes §2.5). The endpoint is ``opc.tcp://127.0.0.1:{port}/`` with
-SecurityPolicy None only, bound to 127.0.0.1 unless another host is given.
+DataValue would leave both None (library notes §2.5). The endpoint is ``opc.tcp://127.0.0.1:{port}/``, bound to
+127.0.0.1 unless another host is given, with SecurityPolicy None only; with ``security=ServerSecurity(...)`` it
+offers every secure policy and mode instead (no None), a server certificate kept in a PKI folder, and a user
+database (user name + password, X.509 user certificates).
 
 Faults (``simulators.faults``): ``await server.set_fault(Hang(), duration_s=5)``, ``await server.clear_faults()``,
 ``await server.drop_connections()``, ``await server.restart(extra_namespaces=1)``. Connection faults act in a
@@ -37,10 +39,14 @@ server never writes it after creating it; every publish reads it first and hands
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import socket
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, cast
 
@@ -48,12 +54,19 @@ from asyncua import ua
 from asyncua.common.connection import TransportLimits
 from asyncua.common.node import Node
 from asyncua.common.utils import Buffer
+from asyncua.crypto import cert_gen
+from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.binary_server_asyncio import BinaryServer, OPCUAProtocol
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.server import Server
+from asyncua.server.user_managers import UserManager
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from simulators.faults import BadValue, Fault, FaultKind, Freeze, Restart, check_points
 from simulators.machines.points import DataType, Machine, PointSpec, Value
@@ -62,13 +75,100 @@ from simulators.servers.address_map import MACHINES_FOLDER, MAX_VARIABLES_PER_OB
 from simulators.servers.clock import AutoStepper, check_rate
 from simulators.servers.fault_gate import FaultControlledServer, FaultGate
 
-__all__ = ["NAMESPACE_URI", "VARIANT_TYPES", "OpcUaSimulatorServer", "check_variables_per_object", "node_id_string"]
+__all__ = [
+    "NAMESPACE_URI",
+    "SECURE_POLICIES",
+    "VARIANT_TYPES",
+    "OpcUaSimulatorServer",
+    "ServerSecurity",
+    "check_variables_per_object",
+    "node_id_string",
+]
 
 # Registered before NAMESPACE_URI by a restart with extra namespaces, to move its index.
 DUMMY_NAMESPACE_URI = "urn:cellgate:simulators:dummy:{n}"
 APPLICATION_URI = "urn:cellgate:simulators:opcua-server"
 RESTART_STOP_TIMEOUT_S = 5.0
 """How long a restart waits for asyncua's own stop before it closes the listener itself and starts again."""
+
+SECURE_POLICIES: tuple[ua.SecurityPolicyType, ...] = (
+    ua.SecurityPolicyType.Basic256Sha256_Sign,
+    ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+    ua.SecurityPolicyType.Aes128Sha256RsaOaep_Sign,
+    ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
+    ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
+    ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerSecurity:
+    """Secure endpoints for the simulator.
+
+    ``pki_dir``: the server's certificate is ``own/cert.der`` (key ``own/private/key.pem``), made on first start
+    and kept, so a client trusts it once. ``certificate``/``key`` replace it (tests: expired, wrong URI).
+    ``users``: user name -> password; ``user_certificates``: SHA-1 thumbprints of accepted X.509 user
+    certificates. With neither, sessions are anonymous. ``policies``: the endpoints offered.
+    """
+
+    pki_dir: Path
+    users: Mapping[str, str] = field(default_factory=dict)
+    user_certificates: frozenset[str] = frozenset()
+    certificate: x509.Certificate | None = None
+    key: rsa.RSAPrivateKey | None = None
+    policies: tuple[ua.SecurityPolicyType, ...] = SECURE_POLICIES
+
+    def load_or_create(self) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+        if self.certificate is not None and self.key is not None:
+            return self.certificate, self.key
+        cert_path = self.pki_dir / "own" / "cert.der"
+        key_path = self.pki_dir / "own" / "private" / "key.pem"
+        if cert_path.exists() and key_path.exists():
+            cert = x509.load_der_x509_certificate(cert_path.read_bytes())
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            if not isinstance(key, rsa.RSAPrivateKey):
+                raise ValueError(f"{key_path} is not an RSA key")
+            return cert, key
+        key = cert_gen.generate_private_key()
+        hosts = sorted({"localhost", socket.gethostname()})
+        alt: list[x509.GeneralName] = [x509.UniformResourceIdentifier(APPLICATION_URI)]
+        alt += [x509.DNSName(host) for host in hosts]
+        cert = cert_gen.generate_self_signed_app_certificate(
+            key, "Cellgate simulators", {}, alt,
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], days=365,
+        )  # fmt: skip
+        key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(cert_gen.dump_private_key_as_pem(key))
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+        return cert, key
+
+
+class _UserDatabase(UserManager):
+    """asyncua user manager: the users of a ServerSecurity; anonymous only when it has none."""
+
+    def __init__(self, security: ServerSecurity) -> None:
+        self._security = security
+
+    def get_user(
+        self, iserver: InternalServer, username: str | None = None, password: str | None = None, certificate: Any = None
+    ) -> User | None:
+        der: bytes
+        if username is not None:
+            known = self._security.users.get(username)
+            return User(role=UserRole.User, name=username) if known is not None and known == password else None
+        if certificate is not None and self._security.user_certificates:
+            der = (
+                certificate if isinstance(certificate, bytes) else certificate.public_bytes(serialization.Encoding.DER)
+            )
+            thumb = hashlib.sha1(der, usedforsecurity=False).hexdigest()
+            if thumb in self._security.user_certificates:
+                return User(role=UserRole.User, name=thumb)
+        if self._security.users or self._security.user_certificates:
+            return None
+        return User(role=UserRole.User)
+
 
 VARIANT_TYPES: Mapping[DataType, ua.VariantType] = {
     DataType.DOUBLE: ua.VariantType.Double,
@@ -173,8 +273,8 @@ class _FaultGatedBinaryServer(BinaryServer):
 
 
 class _FaultGatedServer(Server):
-    def __init__(self, gate: FaultGate) -> None:
-        super().__init__()
+    def __init__(self, gate: FaultGate, user_manager: _UserDatabase | None = None) -> None:
+        super().__init__(user_manager=user_manager)
         self._gate = gate
 
     async def start(self) -> None:
@@ -216,6 +316,7 @@ class OpcUaSimulatorServer(FaultControlledServer):
         step_hz: float = 5.0,
         speedup: float = 1.0,
         autostep: bool = True,
+        security: ServerSecurity | None = None,
     ) -> None:
         check_rate(step_hz=step_hz, speedup=speedup)
         if not machines:
@@ -228,6 +329,7 @@ class OpcUaSimulatorServer(FaultControlledServer):
         self._step_hz = step_hz
         self._speedup = speedup
         self._autostep = autostep
+        self._security = security
         self._server: _FaultGatedServer | None = None
         self._namespace_index = -1
         # (machine name, machine, point name, node id, variant type) for every variable, in point order.
@@ -279,12 +381,31 @@ class OpcUaSimulatorServer(FaultControlledServer):
             self._server = None
 
     async def _start_server(self, *, extra_namespaces: int) -> _FaultGatedServer:
-        server = _FaultGatedServer(self._gate)
+        security = self._security
+        server = _FaultGatedServer(self._gate, _UserDatabase(security) if security is not None else None)
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name("Cellgate equipment simulators")
         await server.set_application_uri(APPLICATION_URI)
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        if security is None:
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            cert, key = await asyncio.to_thread(security.load_or_create)
+            await server.load_certificate(cert.public_bytes(serialization.Encoding.DER))
+            await server.load_private_key(
+                key.private_bytes(
+                    serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
+            server.set_security_policy(list(security.policies))
+            tokens: list[type] = []
+            if not security.users and not security.user_certificates:
+                tokens.append(ua.AnonymousIdentityToken)
+            if security.users:
+                tokens.append(ua.UserNameIdentityToken)
+            if security.user_certificates:
+                tokens.append(ua.X509IdentityToken)
+            server.set_identity_tokens(tokens)
         for n in range(1, extra_namespaces + 1):
             await server.register_namespace(DUMMY_NAMESPACE_URI.format(n=n))
         self._namespace_index = await server.register_namespace(NAMESPACE_URI)

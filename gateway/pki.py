@@ -1,0 +1,379 @@
+"""The gateway's OPC UA PKI folder: its application instance certificate and the server trust list.
+
+Layout (as OPC UA tools lay it out)::
+
+    pki/
+      own/cert.der            the gateway's application instance certificate
+      own/private/key.pem     its RSA key, mode 0600
+      trusted/<thumb>.der     server certificates trusted one by one (`cellgate pki trust THUMB`)
+      rejected/<thumb>.der    server certificates seen and refused; trusting one moves it to trusted/
+      issuers/                CA certificates (*.der, *.pem) and their CRLs (*.crl) for CA-signed servers
+
+A server certificate is accepted when it is inside its validity period, names the server's application URI in
+its SubjectAltName, and is either in ``trusted/`` or chains to a CA in ``issuers/`` without being revoked.
+Nothing is ever trusted on first use. The thumbprint is the SHA-1 of the DER certificate, as OPC UA tools show it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.errors import GatewayError
+
+__all__ = [
+    "CertificateInfo",
+    "Pki",
+    "PkiError",
+    "ServerCertificateRejectedError",
+    "application_uri",
+    "make_certificate",
+    "thumbprint",
+]
+
+CERT_VALID_DAYS = 365 * 2
+KEY_BITS = 2048
+
+
+class PkiError(GatewayError):
+    """The PKI folder cannot be used: unreadable or corrupt certificate or key, unknown thumbprint."""
+
+
+class ServerCertificateRejectedError(GatewayError):
+    """A server certificate failed validation; the message says why and what to do."""
+
+    def __init__(self, message: str, *, thumbprint: str) -> None:
+        super().__init__(message)
+        self.thumbprint = thumbprint
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateInfo:
+    thumbprint: str
+    subject: str
+    uris: tuple[str, ...]
+    not_before: datetime
+    not_after: datetime
+
+    def line(self) -> str:
+        uris = ",".join(self.uris) or "-"
+        valid = f"{self.not_before:%Y-%m-%d}..{self.not_after:%Y-%m-%d}"
+        return f"{self.thumbprint}  {self.subject}  uri={uris}  valid {valid}"
+
+
+def application_uri(gateway_id: str, host: str | None = None) -> str:
+    """``urn:{host}:cellgate:{gateway.id}``: the client's ApplicationUri, also in its certificate's SubjectAltName."""
+    return f"urn:{host or socket.gethostname()}:cellgate:{gateway_id}"
+
+
+def thumbprint(cert: x509.Certificate) -> str:
+    return hashlib.sha1(cert.public_bytes(serialization.Encoding.DER), usedforsecurity=False).hexdigest()
+
+
+def describe(cert: x509.Certificate) -> CertificateInfo:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
+    except x509.ExtensionNotFound:
+        uris = ()
+    return CertificateInfo(
+        thumbprint=thumbprint(cert),
+        subject=cert.subject.rfc4514_string(),
+        uris=uris,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+    )
+
+
+def make_certificate(
+    key: rsa.RSAPrivateKey,
+    *,
+    uri: str,
+    common_name: str,
+    server: bool,
+    not_before: datetime | None = None,
+    days: int = CERT_VALID_DAYS,
+    issuer: tuple[x509.Certificate, rsa.RSAPrivateKey] | None = None,
+    hosts: tuple[str, ...] = ("localhost",),
+) -> x509.Certificate:
+    """A self-signed (or ``issuer``-signed) OPC UA application certificate (OPC 10000-6 §6.2.2) for ``uri``."""
+    start = not_before or datetime.now(UTC) - timedelta(minutes=5)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    alt: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
+    alt += [x509.DNSName(host) for host in hosts]
+    usages = (
+        [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+        if server
+        else [ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
+    sign_cert, sign_key = issuer if issuer is not None else (None, key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(sign_cert.subject if sign_cert is not None else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=True,
+                key_encipherment=True,
+                data_encipherment=True,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    return builder.sign(sign_key, hashes.SHA256())
+
+
+def new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+
+
+def write_private_key(path: Path, key: rsa.RSAPrivateKey) -> None:
+    """PEM, unencrypted, created with mode 0600 (never readable by others, not even for a moment)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+    os.replace(tmp, path)
+
+
+def load_certificate_file(path: Path) -> x509.Certificate:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PkiError(f"cannot read certificate {path}: {exc.strerror}") from None
+    try:
+        return x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise PkiError(f"certificate {path} is corrupt (neither DER nor PEM X.509)") from None
+
+
+def load_private_key_file(path: Path) -> rsa.RSAPrivateKey:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PkiError(f"cannot read private key {path}: {exc.strerror}") from None
+    try:
+        key = (
+            serialization.load_pem_private_key(data, password=None)
+            if b"-----BEGIN" in data
+            else serialization.load_der_private_key(data, password=None)
+        )
+    except (ValueError, TypeError):
+        raise PkiError(f"private key {path} is corrupt or encrypted (an unencrypted RSA key is needed)") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise PkiError(f"private key {path} is not an RSA key")
+    return key
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def cert_hosts(cert: x509.Certificate) -> list[str]:
+    """The DNS names and IP addresses in the certificate's SubjectAltName."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*san.get_values_for_type(x509.DNSName), *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
+
+
+def names_host(cert: x509.Certificate, host: str) -> bool:
+    """True if ``host`` (a name or an IP address) is in the SubjectAltName; a loopback address matches a
+    certificate for ``localhost`` or a loopback address (the usual certificate of a server on the same box)."""
+    wanted = host.strip("[]").lower()
+    names = {name.lower() for name in cert_hosts(cert)}
+    with contextlib.suppress(ValueError):  # a DNS name stays as it is
+        wanted = str(ipaddress.ip_address(wanted))
+    if wanted in names:
+        return True
+    return wanted in _LOOPBACK_NAMES and bool(names & _LOOPBACK_NAMES)
+
+
+class Pki:
+    """One PKI folder (see the module doc). ``uri`` is the gateway's application URI."""
+
+    def __init__(self, root: Path, *, uri: str) -> None:
+        self.root = root
+        self.uri = uri
+
+    @property
+    def cert_path(self) -> Path:
+        return self.root / "own" / "cert.der"
+
+    @property
+    def key_path(self) -> Path:
+        return self.root / "own" / "private" / "key.pem"
+
+    def folder(self, name: str) -> Path:
+        return self.root / name
+
+    def ensure(self) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+        """The own certificate and key, created on first use; a damaged pair raises PkiError (never replaced)."""
+        try:
+            for name in ("own", "trusted", "rejected", "issuers"):
+                self.folder(name).mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self.cert_path.exists() and not self.key_path.exists():
+                self._write_own(new_key())
+        except OSError as exc:
+            raise PkiError(f"cannot create the PKI folder {self.root}: {exc.strerror}") from None
+        cert = load_certificate_file(self.cert_path)
+        key = load_private_key_file(self.key_path)
+        public = cert.public_key()
+        if not isinstance(public, rsa.RSAPublicKey) or public.public_numbers() != key.public_key().public_numbers():
+            raise PkiError(f"{self.cert_path} and {self.key_path} do not belong together")
+        if self.uri not in describe(cert).uris:
+            raise PkiError(
+                f"{self.cert_path} is for another application URI ({','.join(describe(cert).uris)}, not {self.uri}): "
+                "run `cellgate pki renew`"
+            )
+        return cert, key
+
+    def renew(self) -> CertificateInfo:
+        """A new key and certificate for this URI (the old pair is replaced; servers must trust the new one)."""
+        for name in ("own", "trusted", "rejected", "issuers"):
+            self.folder(name).mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self._write_own(new_key())
+
+    def _write_own(self, key: rsa.RSAPrivateKey) -> CertificateInfo:
+        cert = make_certificate(key, uri=self.uri, common_name="Cellgate", server=False, hosts=(socket.gethostname(),))
+        write_private_key(self.key_path, key)
+        tmp = self.cert_path.with_suffix(".tmp")
+        tmp.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+        os.replace(tmp, self.cert_path)
+        return describe(cert)
+
+    def own(self) -> CertificateInfo:
+        return describe(load_certificate_file(self.cert_path))
+
+    def listing(self, name: str) -> list[CertificateInfo]:
+        folder = self.folder(name)
+        if not folder.is_dir():
+            return []
+        infos = []
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() in (".der", ".pem", ".crt"):
+                try:
+                    infos.append(describe(load_certificate_file(path)))
+                except PkiError:
+                    continue
+        return infos
+
+    def trust(self, thumb: str) -> Path:
+        """Move the rejected certificate with this thumbprint (or a unique prefix of it) to ``trusted/``."""
+        thumb = thumb.strip().lower().replace(":", "")
+        matches = [p for p in self.folder("rejected").glob("*.der") if p.stem.startswith(thumb)] if thumb else []
+        if len(matches) != 1:
+            found = "no" if not matches else "more than one"
+            raise PkiError(f"{found} rejected certificate matches {thumb!r}: see `cellgate pki list`")
+        target = self.folder("trusted") / matches[0].name
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.replace(matches[0], target)
+        return target
+
+    def check_server(
+        self, cert: x509.Certificate, *, server_uri: str, server_name: str, host: str | None = None
+    ) -> None:
+        """Raise ServerCertificateRejectedError unless ``cert`` is valid now, names ``server_uri`` (and ``host``,
+        the endpoint's host, unless None) and is trusted."""
+        info = describe(cert)
+        thumb = info.thumbprint
+        now = datetime.now(UTC)
+        if now > info.not_after:
+            raise ServerCertificateRejectedError(
+                f"server {server_name}: certificate {thumb} expired on {info.not_after:%Y-%m-%d %H:%M} UTC",
+                thumbprint=thumb,
+            )
+        if now < info.not_before:
+            raise ServerCertificateRejectedError(
+                f"server {server_name}: certificate {thumb} is not valid before {info.not_before:%Y-%m-%d %H:%M} UTC",
+                thumbprint=thumb,
+            )
+        if server_uri not in info.uris:
+            raise ServerCertificateRejectedError(
+                f"server {server_name}: certificate {thumb} is for {','.join(info.uris) or 'no URI'}, "
+                f"but the server says it is {server_uri}",
+                thumbprint=thumb,
+            )
+        if host is not None and not names_host(cert, host):
+            raise ServerCertificateRejectedError(
+                f"server {server_name}: certificate {thumb} does not name the host {host} "
+                f"(it names {', '.join(cert_hosts(cert)) or 'no host'}); connect by a name it has, or set "
+                "security.check_hostname: false",
+                thumbprint=thumb,
+            )
+        if (self.folder("trusted") / f"{thumb}.der").exists() or self._issued_by_trusted_ca(cert):
+            return
+        rejected = self.folder("rejected")
+        rejected.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (rejected / f"{thumb}.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
+        raise ServerCertificateRejectedError(
+            f"server {server_name} ({server_uri}): certificate {thumb} is not trusted; it was copied to "
+            f"{rejected}; if it is the right server, run `cellgate pki trust {thumb}`",
+            thumbprint=thumb,
+        )
+
+    def _issued_by_trusted_ca(self, cert: x509.Certificate) -> bool:
+        """True if a CA in ``issuers/`` signed ``cert`` and no CRL there revokes it."""
+        folder = self.folder("issuers")
+        if not folder.is_dir():
+            return False
+        for path in folder.iterdir():
+            if path.suffix.lower() not in (".der", ".pem", ".crt"):
+                continue
+            try:
+                ca = load_certificate_file(path)
+            except PkiError:
+                continue
+            if ca.subject != cert.issuer:
+                continue
+            try:
+                cert.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return not self._revoked(cert, ca)
+        return False
+
+    def _revoked(self, cert: x509.Certificate, ca: x509.Certificate) -> bool:
+        for path in self.folder("issuers").glob("*.crl"):
+            data = path.read_bytes()
+            try:
+                crl = x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
+            except ValueError:
+                continue
+            ca_key = ca.public_key()
+            if (
+                isinstance(ca_key, rsa.RSAPublicKey)
+                and crl.issuer == ca.subject
+                and crl.is_signature_valid(ca_key)
+                and crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+            ):
+                return True
+        return False

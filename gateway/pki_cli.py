@@ -1,0 +1,207 @@
+"""``cellgate pki show | list | trust | renew`` and the security checks of ``cellgate check`` / ``run``.
+
+The PKI folder is ``<state dir>/pki`` (gateway.pki). ``renew`` replaces the gateway's key and certificate; it is
+never done silently (servers that trusted the old certificate must be told about the new one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gateway.errors import ConfigError, GatewayError
+
+if TYPE_CHECKING:
+    from gateway.pki import Pki
+    from gateway.tagmap import OpcUaDevice, Plant
+
+EXIT_OK = 0
+EXIT_REFUSED = 2
+RENEW_WARNING_DAYS = 30
+
+
+def add_pki_commands(pki: argparse.ArgumentParser, *, default_state_dir: Callable[[], Path]) -> None:
+    actions = pki.add_subparsers(dest="pki_command", required=True)
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--state-dir", default=None, help="the gateway's state directory (as for `cellgate run`)")
+        sub.add_argument("-c", "--config", default=None, help="tag map, for gateway.id (the application URI)")
+        sub.set_defaults(default_state_dir=default_state_dir)
+
+    show = actions.add_parser("show", help="the gateway's certificate: thumbprint, application URI, expiry")
+    common(show)
+    show.set_defaults(func=cmd_show)
+    listing = actions.add_parser("list", help="trusted and rejected server certificates, and CAs in issuers/")
+    common(listing)
+    listing.set_defaults(func=cmd_list)
+    trust = actions.add_parser("trust", help="trust a rejected server certificate (thumbprint or unique prefix)")
+    trust.add_argument("thumbprint")
+    common(trust)
+    trust.set_defaults(func=cmd_trust)
+    renew = actions.add_parser("renew", help="new key and certificate for the gateway (needs -c for gateway.id)")
+    common(renew)
+    renew.set_defaults(func=cmd_renew)
+
+
+def pki_root(state_dir: Path) -> Path:
+    return state_dir / "pki"
+
+
+def _pki(args: argparse.Namespace, *, need_uri: bool = False) -> Pki:
+    from gateway.pki import Pki, application_uri
+    from gateway.tagmap import load_plant
+
+    state_dir = Path(args.state_dir) if args.state_dir else args.default_state_dir()
+    uri = ""
+    if args.config:
+        try:
+            uri = application_uri(load_plant(args.config).gateway.id)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            raise SystemExit(EXIT_REFUSED) from None
+    elif need_uri:
+        print("cellgate pki: give the tag map (-c) so the certificate gets the gateway's URI", file=sys.stderr)
+        raise SystemExit(EXIT_REFUSED)
+    return Pki(pki_root(state_dir), uri=uri)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from gateway.pki import PkiError
+
+    pki = _pki(args)
+    if not pki.cert_path.exists():
+        print(f"no certificate yet in {pki.root}: it is created at the first start with a secure OPC UA device")
+        return EXIT_OK
+    try:
+        info = pki.own()
+    except PkiError as exc:
+        print(f"cellgate: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"certificate  {pki.cert_path}")
+    print(f"thumbprint   {info.thumbprint}")
+    print(f"uri          {','.join(info.uris)}")
+    print(f"valid        {info.not_before:%Y-%m-%d %H:%M} .. {info.not_after:%Y-%m-%d %H:%M} UTC")
+    from datetime import UTC, datetime
+
+    days = (info.not_after - datetime.now(UTC)).days
+    if days < RENEW_WARNING_DAYS:
+        print(f"expires in {days} day(s): run `cellgate pki renew -c MAP` and trust the new one on the servers")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    pki = _pki(args)
+    for folder in ("trusted", "rejected", "issuers"):
+        infos = pki.listing(folder)
+        print(f"{folder}/ ({len(infos)})")
+        for info in infos:
+            print(f"  {info.line()}")
+    return EXIT_OK
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    from gateway.pki import PkiError
+
+    pki = _pki(args)
+    try:
+        target = pki.trust(args.thumbprint)
+    except PkiError as exc:
+        print(f"cellgate: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"trusted {target.stem} ({target}); a running gateway uses it at its next connect attempt")
+    return EXIT_OK
+
+
+def cmd_renew(args: argparse.Namespace) -> int:
+    pki = _pki(args, need_uri=True)
+    info = pki.renew()
+    print(f"new certificate {info.thumbprint} for {','.join(info.uris)}, valid until {info.not_after:%Y-%m-%d}")
+    print("servers that trusted the old certificate must trust this one; restart the gateway to use it")
+    return EXIT_OK
+
+
+def secure_devices(plant: Plant) -> list[OpcUaDevice]:
+    from gateway.assembly import active_devices
+    from gateway.tagmap import OpcUaDevice
+
+    return [d for d in active_devices(plant) if isinstance(d, OpcUaDevice) and d.security is not None]
+
+
+def check_security_files(plant: Plant, state_dir: Path | None, *, create: bool) -> list[str]:
+    """Problems with the files secure devices need: own certificate/key (made if ``create``), user
+    certificates and keys, password files. An empty list means all can be read."""
+    from gateway.pki import Pki, PkiError, application_uri, load_certificate_file, load_private_key_file
+    from gateway.secrets import SecretFileError, read_secret_file
+    from gateway.tagmap import OpcUaDevice
+
+    problems: list[str] = []
+    if secure_devices(plant) and state_dir is not None:
+        pki = Pki(pki_root(state_dir), uri=application_uri(plant.gateway.id))
+        if create or pki.cert_path.exists() or pki.key_path.exists():
+            try:
+                pki.ensure()
+            except PkiError as exc:
+                problems.append(str(exc))
+    for device in plant.devices:
+        if not isinstance(device, OpcUaDevice) or not device.enabled:
+            continue
+        try:
+            if device.user_certificate is not None:
+                load_certificate_file(Path(device.user_certificate))
+            if device.user_key is not None:
+                load_private_key_file(Path(device.user_key))
+            if device.password_file is not None:
+                read_secret_file(device.password_file)
+        except (PkiError, SecretFileError) as exc:
+            problems.append(f"device {device.name}: {exc}")
+    if plant.mqtt.password_file is not None:
+        try:
+            read_secret_file(plant.mqtt.password_file)
+        except SecretFileError as exc:
+            problems.append(f"mqtt: {exc}")
+    return problems
+
+
+def describe_endpoints(plant: Plant) -> list[str]:
+    """For ``check --endpoints``: the endpoint each secure OPC UA device would use, or why not."""
+    return asyncio.run(_describe_endpoints(plant))
+
+
+async def _describe_endpoints(plant: Plant) -> list[str]:
+    from asyncua.client.client import Client
+
+    from gateway.sources.opcua_security import choose_endpoint
+
+    lines = []
+    for device in plant.devices:
+        from gateway.tagmap import OpcUaDevice
+
+        if not isinstance(device, OpcUaDevice) or not device.enabled:
+            continue
+        security = device.security
+        client = Client(device.endpoint, timeout=device.timeout_ms / 1000)
+        try:
+            async with asyncio.timeout(device.timeout_ms / 1000):
+                endpoints = await client.connect_and_get_server_endpoints()
+            if security is None:
+                lines.append(f"{device.name}: {device.endpoint} SecurityPolicy None (no security in the map)")
+                continue
+            chosen = choose_endpoint(
+                list(endpoints), policy=security.policy, mode=security.mode, allow_insecure=security.allow_insecure
+            )
+        except (OSError, TimeoutError, GatewayError, Exception) as exc:  # any failure: say it, go on
+            reason = "timeout" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+            lines.append(f"{device.name}: {device.endpoint} could not choose an endpoint: {reason}")
+            continue
+        if chosen is None:
+            lines.append(f"{device.name}: {device.endpoint} SecurityPolicy None (allow_insecure)")
+        else:
+            policy = chosen.SecurityPolicyUri.rsplit("#", 1)[-1]
+            server = chosen.Server.ApplicationUri
+            lines.append(f"{device.name}: {chosen.EndpointUrl} {policy} {chosen.SecurityMode.name} server {server}")
+    return lines

@@ -1,0 +1,140 @@
+"""OPC UA secure channel set-up for one client: pick the endpoint, check the server certificate, set the keys.
+
+The endpoint comes from GetEndpoints (over an unsecured channel, as the standard does it). ``policy: auto``
+takes the strongest policy offered with the wanted mode; SecurityPolicy None is used only when the map allows it
+(``allow_insecure``) and the server offers nothing else. The server certificate is checked against the gateway's
+PKI folder (gateway.pki) before any key is used; an unknown one lands in ``rejected/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import structlog
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.crypto import security_policies
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gateway.errors import GatewayError
+from gateway.pki import Pki, load_certificate_file, load_private_key_file
+from gateway.secrets import read_secret_file
+
+__all__ = [
+    "POLICIES",
+    "ClientSecurity",
+    "SecurityRefusedError",
+    "choose_endpoint",
+    "read_password_file",
+    "secure_client",
+]
+
+log = structlog.get_logger("gateway.sources.opcua")
+
+# Strongest first: what ``policy: auto`` prefers.
+POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
+    "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+    "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+}
+_NONE_URI = "http://opcfoundation.org/UA/SecurityPolicy#None"
+_MODES = {"Sign": ua.MessageSecurityMode.Sign, "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt}
+
+
+class SecurityRefusedError(GatewayError):
+    """The server offers no endpoint the map accepts (e.g. only SecurityPolicy None)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientSecurity:
+    """``policy``/``mode`` as in the map; ``pki`` holds the gateway's certificate and trust list."""
+
+    policy: str
+    mode: str
+    allow_insecure: bool
+    pki: Pki
+    user_certificate: Path | None = None
+    user_key: Path | None = None
+    password_file: Path | None = None
+    check_hostname: bool = True
+    channel: bool = True
+    """False: only ``password_file`` is used, the channel stays SecurityPolicy None (no ``security`` in the map)."""
+
+
+def read_password_file(path: Path) -> str:
+    """The password in ``path`` (gateway.secrets: relative names are systemd credentials)."""
+    return read_secret_file(path)
+
+
+def _policy_name(uri: str) -> str:
+    return uri.rsplit("#", 1)[-1]
+
+
+def choose_endpoint(
+    endpoints: list[ua.EndpointDescription], *, policy: str, mode: str, allow_insecure: bool
+) -> ua.EndpointDescription | None:
+    """The endpoint to use; None: SecurityPolicy None (only with ``allow_insecure``). Raises SecurityRefusedError."""
+    wanted = list(POLICIES) if policy == "auto" else [policy]
+    for name in wanted:
+        for endpoint in endpoints:
+            if endpoint.SecurityMode == _MODES[mode] and endpoint.SecurityPolicyUri == POLICIES[name].URI:
+                return endpoint
+    offered = sorted({f"{_policy_name(e.SecurityPolicyUri)}/{e.SecurityMode.name.rstrip('_')}" for e in endpoints})
+    offered = offered or ["nothing"]
+    if allow_insecure and any(e.SecurityPolicyUri == _NONE_URI for e in endpoints):
+        return None
+    raise SecurityRefusedError(f"the server offers {', '.join(offered)}; the map asks for {policy}/{mode}")
+
+
+def first_certificate(chain: bytes) -> bytes:
+    """The first DER certificate of a ServerCertificate field (a chain is several DER blobs back to back)."""
+    if len(chain) < 2 or chain[0] != 0x30:
+        return chain
+    length = chain[1]
+    if length < 0x80:
+        return chain[: 2 + length]
+    count = length & 0x7F
+    size = int.from_bytes(chain[2 : 2 + count], "big")
+    return chain[: 2 + count + size]
+
+
+async def secure_client(client: Client, security: ClientSecurity, *, endpoint: str) -> dict[str, object]:
+    """Set ``client`` up for ``security`` before connect(); returns the chosen channel for the logs."""
+    cert, key = await asyncio.to_thread(security.pki.ensure)
+    client.application_uri = security.pki.uri
+    endpoints = await client.connect_and_get_server_endpoints()
+    chosen = choose_endpoint(
+        list(endpoints), policy=security.policy, mode=security.mode, allow_insecure=security.allow_insecure
+    )
+    if chosen is None:
+        log.warning("opcua_insecure_channel", endpoint=endpoint, reason="server offers only SecurityPolicy None")
+        return {"security_policy": "None", "security_mode": "None"}
+    try:
+        server_cert = x509.load_der_x509_certificate(first_certificate(chosen.ServerCertificate or b""))
+    except ValueError:
+        raise SecurityRefusedError(f"server at {endpoint} sent a corrupt certificate") from None
+    server = chosen.Server
+    name = server.ApplicationName.Text or endpoint
+    host = urlsplit(endpoint).hostname if security.check_hostname else None
+    security.pki.check_server(
+        server_cert, server_uri=server.ApplicationUri or "", server_name=f"{name} at {endpoint}", host=host
+    )
+    await client.set_security(
+        POLICIES[_policy_name(chosen.SecurityPolicyUri)],
+        certificate=cert.public_bytes(serialization.Encoding.DER),
+        private_key=key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+        server_certificate=server_cert.public_bytes(serialization.Encoding.DER),
+        mode=chosen.SecurityMode,
+    )
+    if security.user_certificate is not None and security.user_key is not None:
+        user_cert = await asyncio.to_thread(load_certificate_file, security.user_certificate)
+        user_key = await asyncio.to_thread(load_private_key_file, security.user_key)
+        client.user_certificate = user_cert
+        client.user_private_key = user_key
+    return {"security_policy": _policy_name(chosen.SecurityPolicyUri), "security_mode": chosen.SecurityMode.name}

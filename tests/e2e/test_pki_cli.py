@@ -1,0 +1,99 @@
+"""`cellgate pki ...`, and `cellgate check` / `run` refusing unreadable security files (exit 2, no traceback).
+
+Real processes (`python -m gateway.cli`); nothing listens on the OPC UA endpoint, so `check` runs with
+--offline and `run` must refuse before it tries to connect.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.pki import Pki, application_uri
+
+pytestmark = pytest.mark.e2e
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TAG_MAP = """\
+gateway: {{id: gw-pki, enterprise: acme, site: lab}}
+mqtt: {{url: 'mqtt://127.0.0.1:9'}}
+devices:
+  - name: coater-01
+    area: electrode
+    line: cathode-1
+    protocol: opcua
+    endpoint: 'opc.tcp://127.0.0.1:9'
+    security: {{mode: Sign}}
+    {extra}
+    tags:
+      - {{name: t, node: 'ns=2;s=X', type: float64}}
+"""
+
+
+def cellgate(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, **(env or {})}, check=False,
+    )  # fmt: skip
+
+
+def write_map(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "map.yaml"
+    path.write_text(TAG_MAP.format(extra=extra))
+    return path
+
+
+def test_show_renew_and_trust_of_an_unknown_thumbprint(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = write_map(tmp_path)
+    empty = cellgate("pki", "show", "--state-dir", str(state), cwd=tmp_path)
+    assert empty.returncode == 0 and "no certificate yet" in empty.stdout
+    refused = cellgate("pki", "renew", "--state-dir", str(state), cwd=tmp_path)
+    assert refused.returncode == 2 and "-c" in refused.stderr
+    first = cellgate("pki", "renew", "-c", str(config), "--state-dir", str(state), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    pki = Pki(state / "pki", uri=application_uri("gw-pki"))
+    before = pki.own()
+    shown = cellgate("pki", "show", "--state-dir", str(state), cwd=tmp_path)
+    assert before.thumbprint in shown.stdout and application_uri("gw-pki") in shown.stdout
+    assert f"{before.not_after:%Y-%m-%d}" in shown.stdout
+    second = cellgate("pki", "renew", "-c", str(config), "--state-dir", str(state), cwd=tmp_path)
+    assert second.returncode == 0 and pki.own().thumbprint != before.thumbprint
+    assert pki.key_path.stat().st_mode & 0o777 == 0o600
+    unknown = cellgate("pki", "trust", "0123abcd", "--state-dir", str(state), cwd=tmp_path)
+    assert unknown.returncode == 2 and "no rejected certificate matches" in unknown.stderr
+    listing = cellgate("pki", "list", "--state-dir", str(state), cwd=tmp_path)
+    assert listing.stdout.splitlines() == ["trusted/ (0)", "rejected/ (0)", "issuers/ (0)"]
+
+
+@pytest.mark.parametrize("damage", ["cert", "key"])
+def test_check_and_run_refuse_a_corrupt_own_certificate_or_key(tmp_path: Path, damage: str) -> None:
+    state = tmp_path / "state"
+    config = write_map(tmp_path)
+    pki = Pki(state / "pki", uri=application_uri("gw-pki"))
+    pki.renew()
+    (pki.cert_path if damage == "cert" else pki.key_path).write_bytes(b"\x30\x03garbage")
+    for args in (["check", "--offline"], ["run"]):
+        result = cellgate(*args, "-c", str(config), "--state-dir", str(state), cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "is corrupt" in result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_missing_password_file_is_refused_naming_the_file_not_a_secret(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    config = write_map(tmp_path, "username: operator\n    password_file: opcua-password")
+    env = {"CREDENTIALS_DIRECTORY": str(credentials)}
+    check = ["check", "--offline", "-c", str(config), "--state-dir", str(tmp_path / "s")]
+    result = cellgate(*check, cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert f"cannot read secret file {credentials / 'opcua-password'}" in result.stderr
+    (credentials / "opcua-password").write_text("hunter2-secret\n")
+    ok = cellgate(*check, cwd=tmp_path, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "hunter2-secret" not in ok.stdout + ok.stderr

@@ -1,0 +1,183 @@
+"""Interoperability: OpcUaSource over secure channels against an OPC UA server from another stack (node-opcua).
+
+The server (tests/interop/opcua_server.js) runs as a Node.js process on a free port; `make test` installs
+node-opcua with `npm ci` in tests/interop. Every policy x mode, user name + password, the untrusted-server path
+and a wrong password are checked against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from structlog.testing import capture_logs
+
+from gateway.pki import Pki, thumbprint
+from gateway.schema import Quality
+from gateway.sources.base import RawReading
+from gateway.sources.opcua import OpcUaDeviceOptions, OpcUaSource, OpcUaTagRef
+from gateway.sources.opcua_security import ClientSecurity
+from tests.support.sim import free_tcp_port
+
+HERE = Path(__file__).resolve().parent
+USER = "line-reader"
+PASSWORD = "node-Pw-7c1e"
+NAMESPACE = "urn:cellgate:interop"
+TAG = OpcUaTagRef(name="counter", kind="s", identifier="Counter")
+START_TIMEOUT_S = 60.0
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None or not (HERE / "node_modules" / "node-opcua").is_dir(),
+    reason="needs Node.js and node-opcua (`make test` runs `npm ci` in tests/interop)",
+)
+
+
+class NodeOpcUaServer:
+    def __init__(self, pki_dir: Path) -> None:
+        self.pki_dir = pki_dir
+        self.port = free_tcp_port()
+        self.endpoint = f"opc.tcp://127.0.0.1:{self.port}"
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "INTEROP_USERS": json.dumps({USER: PASSWORD})}
+        # node-opcua logs to stdout too (warnings before and after the ready line): a file, never a full pipe.
+        self._output = self.pki_dir.parent / f"node-server-{self.port}.log"
+        with self._output.open("w") as output:
+            self._process = subprocess.Popen(
+                ["node", str(HERE / "opcua_server.js"), str(self.port), str(self.pki_dir)],
+                cwd=HERE, env=env, stdout=output, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while "interop ready" not in self._output.read_text():
+            assert self._process.poll() is None, f"node-opcua server exited: {self._output.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"node-opcua server did not start: {self._output.read_text()[-2000:]}"
+            time.sleep(0.1)
+
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate((self.pki_dir / "own" / "certs" / "certificate.pem").read_bytes())
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+
+@pytest.fixture(scope="module")
+def node_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeOpcUaServer]:
+    server = NodeOpcUaServer(tmp_path_factory.mktemp("node-pki"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.readings: list[RawReading] = []
+        self.links: list[tuple[bool, str | None]] = []
+        self._changed = asyncio.Event()
+
+    async def emit(self, readings: Sequence[RawReading]) -> None:
+        self.readings.extend(readings)
+        self._changed.set()
+
+    def report_link(self, connected: bool, error: str | None) -> None:
+        self.links.append((connected, error))
+        self._changed.set()
+
+    def good(self) -> list[RawReading]:
+        return [reading for reading in self.readings if reading.quality is Quality.GOOD]
+
+    def errors(self) -> list[str]:
+        return [error for up, error in self.links if not up and error]
+
+    async def wait_until(self, condition: Callable[[], bool], within_s: float = 15.0) -> None:
+        async with asyncio.timeout(within_s):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@contextlib.asynccontextmanager
+async def running(source: OpcUaSource, recorder: Recorder) -> AsyncIterator[None]:
+    task = asyncio.create_task(source.run(recorder.emit, recorder.report_link))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def source(server: NodeOpcUaServer, pki: Pki, *, policy: str, mode: str, password: str = PASSWORD) -> OpcUaSource:
+    options = OpcUaDeviceOptions(
+        endpoint=server.endpoint, namespace_uri=NAMESPACE, mode="subscribe", interval_ms=100, timeout_ms=5000,
+        username=USER, password=password,
+    )  # fmt: skip
+    # node-opcua's certificate names the machine's host name and external address, not 127.0.0.1 (these tests
+    # stay on loopback): the host check is off here, as `security.check_hostname: false` does in a map.
+    security = ClientSecurity(policy=policy, mode=mode, allow_insecure=False, pki=pki, check_hostname=False)
+    return OpcUaSource(device="node", options=options, tags=[TAG], backoff_initial_s=0.1, backoff_max_s=0.3,
+                       security=security)  # fmt: skip
+
+
+def trust(pki: Pki, server: NodeOpcUaServer) -> None:
+    pki.ensure()
+    cert = server.certificate()
+    (pki.folder("trusted") / f"{thumbprint(cert)}.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
+
+
+@pytest.mark.parametrize("policy", ["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"])
+@pytest.mark.parametrize("mode", ["Sign", "SignAndEncrypt"])
+async def test_every_policy_and_mode_against_node_opcua(
+    node_server: NodeOpcUaServer, tmp_path: Path, policy: str, mode: str
+) -> None:
+    pki = Pki(tmp_path / "pki", uri="urn:testhost:cellgate:interop")
+    trust(pki, node_server)
+    recorder = Recorder()
+    with capture_logs() as logs:
+        async with running(source(node_server, pki, policy=policy, mode=mode), recorder):
+            await recorder.wait_until(lambda: len(recorder.good()) >= 2)
+    values = [reading.value for reading in recorder.good()]
+    assert all(isinstance(value, float) for value in values) and values == sorted(values)
+    [up] = [line for line in logs if line["event"] == "opcua_link_up"]
+    assert (up["security_policy"], up["security_mode"]) == (policy, mode)
+
+
+async def test_node_opcua_server_is_rejected_until_trusted(node_server: NodeOpcUaServer, tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki", uri="urn:testhost:cellgate:interop")
+    recorder = Recorder()
+    async with running(source(node_server, pki, policy="auto", mode="SignAndEncrypt"), recorder):
+        await recorder.wait_until(lambda: bool(recorder.errors()))
+        thumb = thumbprint(node_server.certificate())
+        assert f"cellgate pki trust {thumb}" in recorder.errors()[0]
+        pki.trust(thumb)
+        await recorder.wait_until(lambda: bool(recorder.good()))
+
+
+async def test_wrong_password_against_node_opcua(node_server: NodeOpcUaServer, tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki", uri="urn:testhost:cellgate:interop")
+    trust(pki, node_server)
+    recorder = Recorder()
+    with capture_logs() as logs:
+        async with running(source(node_server, pki, policy="auto", mode="SignAndEncrypt", password="nope"), recorder):
+            await recorder.wait_until(lambda: bool(recorder.errors()))
+    refused = [line for line in logs if line["event"] == "opcua_login_refused"]
+    assert refused and refused[0]["error"] in {"BadUserAccessDenied", "BadIdentityTokenRejected"}
+    assert not recorder.good()
