@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint types unit bench sim clean
+.PHONY: demo test lint types unit bench sim clean deb
 
 $(STAMP): pyproject.toml
 	.ci/ensure-system-packages python3-venv
@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 ## test: lint, types and the whole test suite (installs Mosquitto and socat when missing and possible)
 test: $(STAMP)
-	.ci/ensure-system-packages mosquitto mosquitto-clients socat
+	.ci/ensure-system-packages mosquitto mosquitto-clients socat $(DEB_BUILD_PACKAGES)
 	$(BIN)/ruff check gateway simulators tests $(wildcard benchmarks)
 	$(BIN)/mypy gateway simulators
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
@@ -38,8 +38,21 @@ bench: $(STAMP)
 	.ci/ensure-system-packages mosquitto
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
+## deb: build/deb/cellgate_{version}_{arch}.deb, the gateway in its own virtualenv under /opt/cellgate/venv
+##      (dh-virtualenv; the exact versions of constraints.txt). Built from a copy of the working tree.
+DEB_BUILD_PACKAGES := dpkg-dev debhelper dh-virtualenv lintian python3-venv
+DEB_DIR       ?= build/deb
+PIP_CACHE_DIR ?= $(HOME)/.cache/pip
+deb:
+	.ci/ensure-system-packages $(DEB_BUILD_PACKAGES)
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
+	git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C $(DEB_DIR)/src
+	cd $(DEB_DIR)/src && PIP_CACHE_DIR=$(abspath $(PIP_CACHE_DIR)) dpkg-buildpackage -b -us -uc
+	rm -rf $(DEB_DIR)/src
+	@ls $(DEB_DIR)/*.deb
+
 sim: $(STAMP)
 	$(BIN)/cellgate sim
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build/deb .pytest_cache .mypy_cache .ruff_cache .hypothesis
