@@ -111,6 +111,17 @@ def test_demo_and_init_run_from_the_installed_wheel(dists: tuple[Path, Path], tm
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
 
+    # Without amqtt (as in an install without the demo extra; None in sys.modules makes its import fail): the
+    # bundled tag map loads, then one line names the extra; exit status 2 and no traceback.
+    no_extra = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['amqtt'] = None; from gateway.cli import main; "
+         "sys.exit(main(['demo', '--no-view']))"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert no_extra.returncode == 2, no_extra.stdout + no_extra.stderr
+    assert no_extra.stderr.count("\n") == 1, no_extra.stderr
+    assert "amqtt missing" in no_extra.stderr and "cellgate[demo]" in no_extra.stderr
+
     config = retarget_demo_config(
         opcua_port=free_tcp_port(), modbus_port=free_port_run(3), destination=tmp_path / "demo.yaml"
     )
