@@ -43,11 +43,13 @@ bench: $(STAMP)
 DEB_BUILD_PACKAGES := dpkg-dev debhelper dh-virtualenv lintian python3-venv
 DEB_DIR       ?= build/deb
 PIP_CACHE_DIR ?= $(HOME)/.cache/pip
+DEB_COMPRESSION ?= xz
 deb:
 	.ci/ensure-system-packages $(DEB_BUILD_PACKAGES)
 	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
 	git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C $(DEB_DIR)/src
-	cd $(DEB_DIR)/src && PIP_CACHE_DIR=$(abspath $(PIP_CACHE_DIR)) dpkg-buildpackage -b -us -uc
+	cd $(DEB_DIR)/src && PIP_CACHE_DIR=$(abspath $(PIP_CACHE_DIR)) DEB_COMPRESSION=$(DEB_COMPRESSION) \
+	    dpkg-buildpackage -b -us -uc
 	rm -rf $(DEB_DIR)/src
 	@ls $(DEB_DIR)/*.deb
 
