@@ -292,13 +292,13 @@ async def _demo(plant: Plant, *, broker_url: str | None, view_enabled: bool) -> 
 
 def missing_demo_modules(*, broker_url: str | None, view: bool) -> list[str]:
     """The modules of the ``demo`` extra this run needs and cannot import: amqtt (embedded broker), paho (view)."""
-    needed = ([] if broker_url else ["amqtt"]) + (["paho.mqtt"] if view else [])
+    needed = ({} if broker_url else {"amqtt": "amqtt"}) | ({"paho.mqtt": "paho-mqtt"} if view else {})
     missing = []
-    for name in needed:
+    for module, distribution in needed.items():
         try:
-            importlib.import_module(name)
+            importlib.import_module(module)
         except ImportError:
-            missing.append(name.split(".")[0])
+            missing.append(distribution)
     return missing
 
 
