@@ -19,9 +19,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cellgate demo
 
-## test: lint, types and the whole test suite (installs Mosquitto and socat when missing and possible)
+## test: lint, types and the whole test suite (installs Mosquitto and socat when missing and possible; as root also
+##       the Debian package tools for tests/package)
 test: $(STAMP)
-	.ci/ensure-system-packages mosquitto mosquitto-clients socat $(DEB_BUILD_PACKAGES)
+	.ci/ensure-system-packages mosquitto mosquitto-clients socat
+	# tests/package installs the .deb it builds, so it runs as root only (CI); it needs the build tools then.
+	if [ "$$(id -u)" -eq 0 ]; then .ci/ensure-system-packages $(DEB_BUILD_PACKAGES); fi
 	$(BIN)/ruff check gateway simulators tests $(wildcard benchmarks)
 	$(BIN)/mypy gateway simulators
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)

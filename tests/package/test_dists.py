@@ -145,3 +145,12 @@ def test_demo_and_init_run_from_the_installed_wheel(dists: tuple[Path, Path], tm
         returncode = demo.wait(timeout=30)
     assert returncode == 0
     assert "Traceback" not in (tmp_path / "demo.log").read_text()
+
+
+def test_the_debian_changelog_and_pyproject_name_the_same_version() -> None:
+    first = (REPO_ROOT / "debian" / "changelog").read_text().splitlines()[0]
+    match = re.match(r"cellgate \(([^)]+)\)", first)
+    assert match, first
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE)
+    assert version and match[1] == version[1], (match[1], version and version[1])
