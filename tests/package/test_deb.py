@@ -25,6 +25,7 @@ import pytest
 from tests.support.gateway import DEMO_CONFIG, REPO_ROOT, retarget_demo_config
 from tests.support.mosquitto import Mosquitto, Received, Subscriber
 from tests.support.sim import free_port_run, free_tcp_port, parse_ready_line
+from tests.support.systemd import systemd_analyze_unusable_reason, systemd_analyze_verify
 
 pytestmark = [
     pytest.mark.package,
@@ -170,6 +171,17 @@ def test_installs_the_venv_units_conffiles_and_a_system_user_without_starting_an
     assert STATE.is_dir() and STATE.owner() == "cellgate"
     # Not enabled, so not started on installation (and not after upgrades either until an administrator enables it).
     assert not list(Path("/etc/systemd/system").glob("*.wants/cellgate*.service"))
+
+
+def test_installed_units_and_the_package_drop_in_pass_systemd_analyze_verify(installed: Path, tmp_path: Path) -> None:
+    reason = systemd_analyze_unusable_reason(tmp_path)
+    if reason is not None:
+        pytest.skip(f"systemd-analyze verify cannot run in this environment: {reason}")
+    units = [UNITS / "cellgate.service", UNITS / "cellgate-simulators.service"]
+    result = systemd_analyze_verify(units)
+    findings = [line for unit in units for line in result.lines_about(unit.name, unit)]
+    findings += result.lines_about("cellgate-package.conf", UNITS / "cellgate.service.d" / "cellgate-package.conf")
+    assert result.returncode == 0 and not findings, result.output
 
 
 def test_installed_cellgate_check_validates_etc_tagmap(installed: Path) -> None:
