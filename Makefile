@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint types unit bench sim clean
+.PHONY: demo test lint types unit bench sim clean deb
 
 $(STAMP): pyproject.toml
 	.ci/ensure-system-packages python3-venv
@@ -19,10 +19,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cellgate demo
 
-## test: lint, types and the whole test suite (installs Mosquitto, socat, Node.js + node-opcua when missing)
+## test: lint, types and the whole test suite (installs Mosquitto, socat, Node.js + node-opcua when missing;
+##       as root also the Debian package tools for tests/package)
 test: $(STAMP)
 	.ci/ensure-system-packages mosquitto mosquitto-clients socat nodejs npm
 	cd tests/interop && npm ci --no-audit --no-fund --loglevel=error
+	# tests/package installs the .deb it builds, so it runs as root only (CI); it needs the build tools then.
+	if [ "$$(id -u)" -eq 0 ]; then .ci/ensure-system-packages $(DEB_BUILD_PACKAGES); fi
 	$(BIN)/ruff check gateway simulators tests $(wildcard benchmarks)
 	$(BIN)/mypy gateway simulators
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
@@ -39,8 +42,23 @@ bench: $(STAMP)
 	.ci/ensure-system-packages mosquitto
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
+## deb: build/deb/cellgate_{version}_{arch}.deb, the gateway in its own virtualenv under /opt/cellgate/venv
+##      (dh-virtualenv; the exact versions of constraints.txt). Built from a copy of the working tree.
+DEB_BUILD_PACKAGES := dpkg-dev debhelper dh-virtualenv lintian python3-venv
+DEB_DIR       ?= build/deb
+PIP_CACHE_DIR ?= $(HOME)/.cache/pip
+DEB_COMPRESSION ?= xz
+deb:
+	.ci/ensure-system-packages $(DEB_BUILD_PACKAGES)
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
+	git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C $(DEB_DIR)/src
+	cd $(DEB_DIR)/src && PIP_CACHE_DIR=$(abspath $(PIP_CACHE_DIR)) DEB_COMPRESSION=$(DEB_COMPRESSION) \
+	    dpkg-buildpackage -b -us -uc
+	rm -rf $(DEB_DIR)/src
+	@ls $(DEB_DIR)/*.deb
+
 sim: $(STAMP)
 	$(BIN)/cellgate sim
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/interop/node_modules
+	rm -rf $(VENV) build/deb .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/interop/node_modules

@@ -1,4 +1,4 @@
-"""``cellgate run | check | sim | demo``: the command line. Thin: parse arguments, call into the package."""
+"""``cellgate run | check | sim | demo | init``: the command line. Thin: parse arguments, call into the package."""
 
 from __future__ import annotations
 
@@ -18,7 +18,17 @@ if TYPE_CHECKING:
 
 EXIT_CONFIG_ERROR = 2
 EXIT_RUNTIME_ERROR = 1
-DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+# Package data (gateway/data/): the example tag map (config/demo.yaml, which matches the simulators), an
+# environment file and the systemd units. They ship in the wheel, so an installed `cellgate` finds them.
+DATA_DIR = Path(__file__).resolve().parent / "data"
+DEFAULT_DEMO_CONFIG = DATA_DIR / "tagmap.yaml"
+# `cellgate init` writes these (source under DATA_DIR -> name in the target directory).
+INIT_FILES = {
+    "tagmap.yaml": "tagmap.yaml",
+    "cellgate.env": "cellgate.env",
+    "systemd/cellgate.service": "cellgate.service",
+    "systemd/cellgate-simulators.service": "cellgate-simulators.service",
+}
 
 
 def default_state_dir() -> Path:
@@ -129,6 +139,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(config=args.config, broker_url=args.broker, view=not args.no_view, secure=args.secure)
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    target = Path(args.directory)
+    existing = [name for name in INIT_FILES.values() if (target / name).exists()]
+    if existing and not args.force:
+        print(f"cellgate init: {', '.join(existing)} already in {target}; nothing written (--force overwrites)",
+              file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    target.mkdir(parents=True, exist_ok=True)
+    for source, name in INIT_FILES.items():
+        destination = target / name
+        destination.write_bytes((DATA_DIR / source).read_bytes())
+        if name == "cellgate.env":
+            destination.chmod(0o600)  # it is where the broker password goes
+        print(destination)
+    print(
+        f"next: edit {target / 'tagmap.yaml'}, then `cellgate check -c {target / 'tagmap.yaml'}`; "
+        "the units expect /etc/cellgate/tagmap.yaml, /etc/cellgate/cellgate.env and /opt/cellgate/venv "
+        "(README, \"Run as a systemd service\")"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cellgate", description="Battery-plant PLC data to MQTT.")
     parser.add_argument("--version", action="version", version=f"cellgate {__version__}")
@@ -167,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo = commands.add_parser("demo", help="simulators + embedded MQTT broker + gateway, with a live view")
-    demo.add_argument("-c", "--config", default=str(DEFAULT_DEMO_CONFIG), help="tag map (default config/demo.yaml)")
+    demo.add_argument(
+        "-c", "--config", default=str(DEFAULT_DEMO_CONFIG), help="tag map (default: the bundled config/demo.yaml)"
+    )
     demo.add_argument("--broker", default=None, help="use this broker (mqtt://host:port) instead of the embedded one")
     demo.add_argument("--no-view", action="store_true", help="no live view; log instead")
     demo.add_argument(
@@ -180,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     pki = commands.add_parser("pki", help="OPC UA certificates: show, list, trust a server, renew")
     add_pki_commands(pki, default_state_dir=default_state_dir)
+
+    init = commands.add_parser(
+        "init", help="write an example tag map, an environment file and the systemd units to adapt"
+    )
+    init.add_argument("directory", nargs="?", default=".", help="where to write them (default: here)")
+    init.add_argument("--force", action="store_true", help="overwrite files that are already there")
+    init.set_defaults(func=cmd_init)
 
     from gateway.spool_cli import add_spool_commands
 

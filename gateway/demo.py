@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import signal
 import socket
 import sys
@@ -299,7 +300,10 @@ async def _demo(plant: Plant, *, broker_url: str | None, view_enabled: bool, sec
         flush=True,
     )
     view = LiveView(prefix=prefix)
-    subscriber = _start_subscriber(plant.mqtt.host, plant.mqtt.port, plant.mqtt.protocol, view)
+    # The live view's subscriber (paho-mqtt, from the demo extra) runs only when there is a view.
+    subscriber = (
+        _start_subscriber(plant.mqtt.host, plant.mqtt.port, plant.mqtt.protocol, view) if view_enabled else None
+    )
     try:
         # The demo keeps no state between runs: its spool lives in a temporary directory.
         with tempfile.TemporaryDirectory(prefix="cellgate-demo-") as state_dir:
@@ -331,10 +335,23 @@ async def _demo(plant: Plant, *, broker_url: str | None, view_enabled: bool, sec
                 if view_enabled:
                     group.create_task(_show(view, stop), name="demo.view")
     finally:
-        subscriber.loop_stop()
-        subscriber.disconnect()
+        if subscriber is not None:
+            subscriber.loop_stop()
+            subscriber.disconnect()
         if broker is not None:
             await broker.shutdown()
+
+
+def missing_demo_modules(*, broker_url: str | None, view: bool) -> list[str]:
+    """The modules of the ``demo`` extra this run needs and cannot import: amqtt (embedded broker), paho (view)."""
+    needed = ({} if broker_url else {"amqtt": "amqtt"}) | ({"paho.mqtt": "paho-mqtt"} if view else {})
+    missing = []
+    for module, distribution in needed.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(distribution)
+    return missing
 
 
 def run_demo(*, config: str, broker_url: str | None, view: bool, secure: bool = False) -> int:
@@ -343,6 +360,14 @@ def run_demo(*, config: str, broker_url: str | None, view: bool, secure: bool = 
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return 2
+    missing = missing_demo_modules(broker_url=broker_url, view=view)
+    if missing:
+        print(
+            f"cellgate demo: {' and '.join(missing)} missing; install the demo extra: pip install 'cellgate[demo]' "
+            "(or run `cellgate demo --broker mqtt://HOST:PORT --no-view`, which needs neither)",
+            file=sys.stderr,
+        )
         return 2
     # The live view owns stdout; log state changes (warnings and up) to stderr, or everything when there is no view.
     configure_logging(level="WARNING" if view else "INFO", log_format="auto", stream=sys.stderr)
