@@ -111,6 +111,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(config=args.config, broker_url=args.broker, view=not args.no_view)
 
 
+def cmd_browse(args: argparse.Namespace) -> int:
+    from gateway.browse import run_browse
+
+    return run_browse(
+        endpoint=args.endpoint, root=args.root, depth=args.depth, include=args.include, exclude=args.exclude,
+        output=args.output, area=args.area, line=args.line, templates=not args.no_templates,
+        timeout_s=args.timeout, max_references=args.max_references,
+    )
+
+
+def _add_browse(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    browse = commands.add_parser("browse", help="walk an OPC UA server and write a tag map of its variables")
+    browse.add_argument("endpoint", help="opc.tcp://HOST:PORT")
+    browse.add_argument("--root", default=None, help="node to start at (default Objects), e.g. nsu=URI;s=Machines")
+    browse.add_argument("--depth", type=int, default=10, help="levels below the root to walk (default 10)")
+    browse.add_argument("--include", action="append", default=[], metavar="GLOB",
+                        help="keep only variables whose browse path (Device/Group/Var) matches; repeatable")
+    browse.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                        help="leave out variables whose browse path matches; repeatable")
+    browse.add_argument("--area", default="area", help="ISA-95 area written for every device (default 'area')")
+    browse.add_argument("--line", default="line", help="ISA-95 line written for every device (default 'line')")
+    browse.add_argument("--no-templates", action="store_true", help="write every tag; no templates + repeat")
+    browse.add_argument("--timeout", type=float, default=10.0, help="request timeout in seconds (default 10)")
+    browse.add_argument("--max-references", type=int, default=1000, metavar="N",
+                        help="references per node per Browse answer before BrowseNext (default 1000)")
+    browse.add_argument("-o", "--output", default=None, help="write the tag map here (default: standard output)")
+    browse.set_defaults(func=cmd_browse)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cellgate", description="Battery-plant PLC data to MQTT.")
     parser.add_argument("--version", action="version", version=f"cellgate {__version__}")
@@ -151,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--broker", default=None, help="use this broker (mqtt://host:port) instead of the embedded one")
     demo.add_argument("--no-view", action="store_true", help="no live view; log instead")
     demo.set_defaults(func=cmd_demo)
+
+    _add_browse(commands)
 
     from gateway.spool_cli import add_spool_commands
 
