@@ -140,6 +140,29 @@ def _add_browse(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     browse.set_defaults(func=cmd_browse)
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    from gateway.scan import run_scan
+
+    return run_scan(
+        url=args.url, unit_id=args.unit, table=args.table, address_range=args.range, rate=args.rate,
+        timeout_s=args.timeout, max_requests=args.max_requests, block=args.block,
+    )
+
+
+def _add_scan(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    scan = commands.add_parser("scan", help="read a Modbus table and report which address ranges answer (reads only)")
+    scan.add_argument("url", help="modbus://HOST[:PORT]")
+    scan.add_argument("--unit", type=int, default=1, help="unit id (default 1)")
+    scan.add_argument("--table", choices=("holding", "input", "coil", "discrete"), default="holding")
+    scan.add_argument("--range", default="0-9999", metavar="FIRST-LAST", help="addresses to scan (default 0-9999)")
+    scan.add_argument("--rate", type=float, default=20.0, help="at most this many requests per second (default 20)")
+    scan.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for each answer (default 1)")
+    scan.add_argument("--max-requests", type=int, default=2000, help="stop after this many requests (default 2000)")
+    scan.add_argument("--block", type=int, default=None,
+                      help="largest read (default 125 registers / 2000 bits, the protocol maximum)")
+    scan.set_defaults(func=cmd_scan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cellgate", description="Battery-plant PLC data to MQTT.")
     parser.add_argument("--version", action="version", version=f"cellgate {__version__}")
@@ -182,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     _add_browse(commands)
+    _add_scan(commands)
 
     from gateway.spool_cli import add_spool_commands
 
