@@ -189,7 +189,7 @@ def skip_reason(variable: BrowsedVariable) -> str | None:
     """Why the gateway cannot read ``variable`` as a scalar tag, or None."""
     if not variable.readable:
         return "not readable (AccessLevel)"
-    if variable.value_rank != SCALAR_VALUE_RANK:
+    if variable.value_rank >= 0:  # -1 scalar; -2 Any and -3 ScalarOrOneDimension: the value decides
         return f"array (ValueRank {variable.value_rank})"
     if variable.data_type is None or variable.data_type not in BUILTIN_TYPES:
         return f"unsupported_type:{variable.data_type_name}"

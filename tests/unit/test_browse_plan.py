@@ -96,7 +96,8 @@ def test_include_and_exclude_globs_on_the_browse_path(
 
 @pytest.mark.parametrize(
     ("variable", "reason"),
-    [(var("A"), None), (var("A", value_rank=1), "array (ValueRank 1)"),
+    [(var("A"), None), (var("A", value_rank=1), "array (ValueRank 1)"), (var("A", value_rank=0),
+     "array (ValueRank 0)"), (var("A", value_rank=-2), None), (var("A", value_rank=-3), None),
      (var("A", data_type=None, data_type_name="StepResult"), "unsupported_type:StepResult"),
      (var("A", data_type=13, data_type_name="DateTime"), "unsupported_type:DateTime"),
      (var("A", readable=False), "not readable (AccessLevel)")],
