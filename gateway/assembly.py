@@ -207,6 +207,7 @@ def opcua_options(device: OpcUaDevice) -> OpcUaDeviceOptions:
         timeout_ms=device.timeout_ms,
         username=device.username,
         password=device.password.get_secret_value() if device.password else None,
+        structures=device.structures,
     )
 
 

@@ -67,7 +67,7 @@ def normalise_value(raw: RawReading, rules: TagRules) -> tuple[Value | None, Qua
     status = raw.status
     if quality is Quality.BAD or value is None:
         return value, Quality.BAD if value is None else quality, status
-    if isinstance(value, bool | str):
+    if isinstance(value, bool | str | list | dict):  # arrays and structures are published as read
         return value, quality, status
     if isinstance(value, float) and not math.isfinite(value):
         return None, Quality.BAD, STATUS_NOT_A_NUMBER
@@ -100,7 +100,9 @@ class TagTransform:
         if self._last_quality is None or quality is not self._last_quality or status != self._last_status:
             return True
         last = self._last_value
-        if value is None or last is None or isinstance(value, bool | str) or isinstance(last, bool | str):
+        if value is None or last is None or isinstance(value, bool | str | list | dict) or isinstance(
+            last, bool | str | list | dict
+        ):
             return value != last
         deadband = self.rules.deadband
         if deadband is None:

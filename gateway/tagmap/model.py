@@ -939,6 +939,8 @@ class OpcUaDevice(_DeviceBase):
     timeout_ms: int = Field(default=4000, ge=1)
     username: str | None = None
     password: SecretStr | None = None
+    structures: bool = False
+    """Load the server's DataTypeDefinitions at every connect so structured values are published as objects."""
     tags: tuple[OpcUaTag, ...] = ()
 
     foreign_key_hint: ClassVar[tuple[frozenset[str], str]] = (
