@@ -52,10 +52,12 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
 from simulators.faults import BadValue, Fault, FaultKind, Freeze, Restart, check_points
+from simulators.machines.coater import Coater
 from simulators.machines.points import DataType, Machine, PointSpec, Value
 from simulators.servers.address_map import MACHINES_FOLDER, MAX_VARIABLES_PER_OBJECT, NAMESPACE_URI, node_id_string
 from simulators.servers.clock import AutoStepper, check_rate
 from simulators.servers.fault_gate import FaultControlledServer, FaultGate
+from simulators.servers.opcua_structures import StructureTypes, add_coater_extras, add_structure_types, coater_extras
 
 __all__ = ["NAMESPACE_URI", "VARIANT_TYPES", "OpcUaSimulatorServer", "check_variables_per_object", "node_id_string"]
 
@@ -227,6 +229,9 @@ class OpcUaSimulatorServer(FaultControlledServer):
         self._namespace_index = -1
         # (machine name, machine, point name, node id, variant type) for every variable, in point order.
         self._variables: list[tuple[str, Machine, str, ua.NodeId, ua.VariantType]] = []
+        # Coaters also serve a profile array and structures (simulators.servers.opcua_structures).
+        self._structure_types: StructureTypes | None = None
+        self._extras: list[tuple[Coater, int, dict[str, ua.NodeId]]] = []
         self._stepper: AutoStepper | None = None
         self._gate = FaultGate()
         self._restarting = False
@@ -283,6 +288,10 @@ class OpcUaSimulatorServer(FaultControlledServer):
             await server.register_namespace(DUMMY_NAMESPACE_URI.format(n=n))
         self._namespace_index = await server.register_namespace(NAMESPACE_URI)
         self._variables = []
+        self._extras = []
+        self._structure_types = None
+        if any(isinstance(machine, Coater) for machine in self._machines.values()):
+            self._structure_types = await add_structure_types(server, self._namespace_index)
         folder = await server.nodes.objects.add_folder(
             _string_node_id(MACHINES_FOLDER, self._namespace_index),
             ua.QualifiedName(MACHINES_FOLDER, self._namespace_index),
@@ -388,6 +397,12 @@ class OpcUaSimulatorServer(FaultControlledServer):
                     ua.DataValue(ua.Variant(value, variant_type), StatusCode=status,
                                  SourceTimestamp=now, ServerTimestamp=now),
                 )
+            for coater, zones, nodes in self._extras:
+                if self._structure_types is None:
+                    break
+                for point, variant in coater_extras(coater, self._structure_types, zones).items():
+                    await server.write_attribute_value(
+                        nodes[point], ua.DataValue(variant, SourceTimestamp=now, ServerTimestamp=now))
 
     def _require_server(self) -> _FaultGatedServer:
         if self._server is None:
@@ -410,6 +425,10 @@ class OpcUaSimulatorServer(FaultControlledServer):
             )
             await self._describe(server, variable, identifier, point)
             self._variables.append((machine_name, machine, point.name, node_id, variant_type))
+        if isinstance(machine, Coater) and self._structure_types is not None:
+            zones = sum(1 for key in folders if key.startswith("Dryer.Zone"))
+            nodes = await add_coater_extras(folders, machine_name, machine, self._structure_types, idx, zones)
+            self._extras.append((machine, zones, nodes))
 
     async def _ensure_folder(self, folders: dict[str, Node], machine_name: str, path: list[str]) -> Node:
         key = ""
