@@ -248,6 +248,8 @@ def _convert_value(value: object, variant_type: ua.VariantType | None) -> tuple[
         return _unsupported("Null")
     if isinstance(value, list | tuple):
         return _convert_array(value, variant_type)
+    if isinstance(value, ua.DataValue | ua.DiagnosticInfo | ua.Variant):  # not values of a variable
+        return _unsupported(type(value).__name__)
     if isinstance(value, ua.ExtensionObject):  # a structure whose definition was not loaded: still encoded
         return _unsupported(f"ExtensionObject[{value.TypeId.to_string()}]")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
