@@ -41,7 +41,7 @@ import dataclasses
 import math
 import struct
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -52,6 +52,7 @@ from asyncua.ua.uaerrors import UaError
 
 from gateway.schema import STATUS_DECODE_ERROR, Quality, Value
 from gateway.sources.base import RawReading
+from gateway.tagmap.index_range import INDEX_OUT_OF_RANGE, IndexItem, select
 
 STATUS_NAMESPACE_UNKNOWN = "namespace_unknown"
 STATUS_NODE_ID_INVALID = "node_id_invalid"
@@ -484,3 +485,25 @@ def subscription_timing(interval_ms: float) -> SubscriptionTiming:
     keepalive = max(1, math.ceil(SUBSCRIPTION_KEEPALIVE_S * 1000.0 / interval_ms))
     lifetime = max(3 * keepalive, math.ceil(SUBSCRIPTION_LIFETIME_S * 1000.0 / interval_ms))
     return SubscriptionTiming(interval_ms, keepalive, lifetime)
+
+
+def indexed_readings(
+    readings: Sequence[RawReading], indexes: Mapping[str, tuple[IndexItem, ...]]
+) -> list[RawReading]:
+    """The readings with each indexed tag's value cut to its ``index`` (see ``gateway.tagmap.index_range``).
+
+    A value without the elements asked for (too short, not an array) gets quality bad, status
+    ``index_out_of_range``; a bad reading stays as it is. Only tags with an ``index`` pay for this.
+    """
+    out: list[RawReading] = []
+    for reading in readings:
+        items = indexes.get(reading.tag)
+        if items is None or reading.value is None:
+            out.append(reading)
+            continue
+        value, ok = select(reading.value, items)
+        if ok:
+            out.append(reading._replace(value=value))
+        else:
+            out.append(reading._replace(value=None, quality=Quality.BAD, status=INDEX_OUT_OF_RANGE))
+    return out

@@ -33,6 +33,10 @@ TAGS = (
     f"      - {{name: packml/status, node: '{NSU}.PackML.Status'}}\n"
     f"      - {{name: dryer/zones, node: '{NSU}.DryerZoneStatus'}}\n"
     f"      - {{name: gauge/coat_weight, node: '{NSU}.Gauge.CoatWeight', unit: g/m2}}\n"
+    f"      - {{name: gauge/lane006, node: '{NSU}.Gauge.ProfileArray', index: 5, unit: g/m2}}\n"
+    f"      - {{name: gauge/lanes011_020, node: '{NSU}.Gauge.ProfileArray', index: '10:19', unit: g/m2}}\n"
+    f"      - {{name: dryer/zone03, node: '{NSU}.DryerZoneStatus', index: 2}}\n"
+    f"      - {{name: gauge/lane999, node: '{NSU}.Gauge.ProfileArray', index: 999}}\n"
 )
 
 
@@ -113,6 +117,17 @@ async def test_arrays_and_structures_arrive_as_served(running: Running) -> None:
         got_zones = latest(messages, f"{running.prefix}/{device}/dryer/zones")
         assert got_zones is not None
         assert (got_zones["quality"], got_zones["value"]) == ("good", zones)
+
+    # index: one element, a range, one structure of an array; an index past the end is bad.
+    indexed = [f"{running.prefix}/coater-sub/{tag}" for tag in
+               ("gauge/lane006", "gauge/lanes011_020", "dryer/zone03", "gauge/lane999")]
+    messages = await running.subscriber.wait_for(
+        lambda received: all(latest(received, topic) is not None for topic in indexed), timeout_s=10.0)
+    lane, lanes, zone, past = (latest(messages, topic) for topic in indexed)
+    assert lane is not None and (lane["quality"], lane["value"]) == ("good", profile[5])
+    assert lanes is not None and (lanes["quality"], lanes["value"]) == ("good", profile[10:20])
+    assert zone is not None and (zone["quality"], zone["value"]) == ("good", zones[2])
+    assert past is not None and (past["quality"], past["value"], past["status"]) == ("bad", None, "index_out_of_range")
 
     plain_status = latest(messages, f"{running.prefix}/coater-plain/packml/status")
     assert plain_status is not None
