@@ -30,6 +30,8 @@ from asyncua.ua.uaerrors import UaError
 
 from gateway.browse_plan import (
     BUILTIN_TYPE_NAMES,
+    ENUMERATION,
+    STRUCTURE,
     BrowsedDevice,
     BrowsedVariable,
     BrowsePlan,
@@ -271,7 +273,7 @@ class Browser:
         texts = await self.read(nodes, AttributeIds.Description)
         range_values = dict(zip(ranges, await self.read(list(ranges.values()), AttributeIds.Value), strict=True))
         unit_values = dict(zip(units, await self.read(list(units.values()), AttributeIds.Value), strict=True))
-        type_names = await self._type_names([_value(dv) for dv in data_types])
+        type_names, type_kinds = await self._type_names([_value(dv) for dv in data_types])
         out: list[BrowsedVariable] = []
         for index, item in enumerate(found):
             data_type = _value(data_types[index])
@@ -287,6 +289,7 @@ class Browser:
                 node_id=self.node_text(item.node_id),
                 data_type=builtin,
                 data_type_name=type_names.get(str(data_type), str(data_type)),
+                data_type_kind=type_kinds.get(str(data_type)),
                 value_rank=int(rank) if isinstance(rank, int) else -1,
                 description=text.Text if isinstance(text, ua.LocalizedText) and text.Text else None,
                 unit=EngineeringUnit(eu.NamespaceUri or "", int(eu.UnitId), eu.DisplayName.Text or "")
@@ -297,9 +300,11 @@ class Browser:
             ))
         return out
 
-    async def _type_names(self, data_types: Iterable[Any]) -> dict[str, str]:
+    async def _type_names(self, data_types: Iterable[Any]) -> tuple[dict[str, str], dict[str, str]]:
+        """(type id text -> name, type id text -> "structure" / "enumeration") for the types used."""
         unique = {str(node): node for node in data_types if isinstance(node, ua.NodeId)}
         names: dict[str, str] = {}
+        kinds: dict[str, str] = {}
         unknown = []
         for text, node in unique.items():
             if node.NamespaceIndex == 0 and isinstance(node.Identifier, int) and node.Identifier in BUILTIN_TYPE_NAMES:
@@ -312,7 +317,14 @@ class Browser:
                 qualified = _value(value)
                 if isinstance(qualified, ua.QualifiedName) and qualified.Name:
                     names[text] = qualified.Name
-        return names
+            definitions = await self.read([node for _, node in unknown], AttributeIds.DataTypeDefinition)
+            for (text, _), value in zip(unknown, definitions, strict=True):
+                definition = _value(value)
+                if isinstance(definition, ua.StructureDefinition):
+                    kinds[text] = STRUCTURE
+                elif isinstance(definition, ua.EnumDefinition):
+                    kinds[text] = ENUMERATION
+        return names, kinds
 
 
 async def browse_server(

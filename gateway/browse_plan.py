@@ -16,8 +16,10 @@ EngineeringUnits. Output is the ``templates`` + ``devices`` part of a tag map, a
   number become one template and one ``repeat``. Descriptions that differ between instances are left out of
   the template (a template tag's text is the same for every instance).
 
-Variables the gateway cannot read as a scalar (arrays, structures, other types) are skipped with a reason;
-``BrowsePlan.skipped`` lists them for the summary.
+Arrays become tags (published as JSON arrays; element type as ``type``, no range), structures and enumerations
+too (their kind comes from the type's DataTypeDefinition; a device with a structure gets ``structures: true``).
+Variables of other types the gateway does not publish, and those without read access, are skipped with a
+reason; ``BrowsePlan.skipped`` lists them for the summary.
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ from typing import Any, Final
 BUILTIN_TYPES: Final[Mapping[int, str | None]] = {
     1: "bool", 2: "int16", 3: "uint16", 4: "int16", 5: "uint16", 6: "int32", 7: "uint32", 8: "int64",
     9: "uint64", 10: "float32", 11: "float64", 12: "string", 26: None, 27: None, 28: None,
+    # Published as text (ISO time, UUID, base64, OPC UA string forms, the text of a LocalizedText).
+    13: "string", 14: "string", 15: "string", 17: "string", 19: "string", 20: "string", 21: "string",
 }
+STRUCTURE: Final = "structure"
+ENUMERATION: Final = "enumeration"
 BUILTIN_TYPE_NAMES: Final[Mapping[int, str]] = {
     1: "Boolean", 2: "SByte", 3: "Byte", 4: "Int16", 5: "UInt16", 6: "Int32", 7: "UInt32", 8: "Int64",
     9: "UInt64", 10: "Float", 11: "Double", 12: "String", 13: "DateTime", 14: "Guid", 15: "ByteString",
@@ -85,6 +91,12 @@ class BrowsedVariable:
     low: float | None = None
     high: float | None = None
     readable: bool = True
+    data_type_kind: str | None = None
+    """For a type outside the built-in ones: ``structure`` or ``enumeration`` (from its DataTypeDefinition)."""
+
+    @property
+    def is_array(self) -> bool:
+        return self.value_rank >= 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +182,8 @@ class _Leaf:
 def _tag_fields(variable: BrowsedVariable, plan: BrowsePlan) -> dict[str, Any]:
     out: dict[str, Any] = {}
     tag_type = BUILTIN_TYPES.get(variable.data_type) if variable.data_type is not None else None
+    if variable.data_type_kind == ENUMERATION:
+        tag_type = "int32"  # an enumeration travels as its Int32 value
     if tag_type is not None:
         out["type"] = tag_type
     if variable.unit is not None:
@@ -178,7 +192,7 @@ def _tag_fields(variable: BrowsedVariable, plan: BrowsePlan) -> dict[str, Any]:
             plan.unmapped_units[variable.unit.display_name or str(variable.unit.unit_id)] += 1
         else:
             out["unit"] = unit
-    numeric = tag_type not in ("bool", "string")
+    numeric = tag_type not in ("bool", "string", None) and not variable.is_array  # a range checks scalars only
     if numeric and variable.low is not None and variable.high is not None and variable.low <= variable.high:
         out["min"] = _number(variable.low)
         out["max"] = _number(variable.high)
@@ -189,8 +203,8 @@ def skip_reason(variable: BrowsedVariable) -> str | None:
     """Why the gateway cannot read ``variable`` as a scalar tag, or None."""
     if not variable.readable:
         return "not readable (AccessLevel)"
-    if variable.value_rank >= 0:  # -1 scalar; -2 Any and -3 ScalarOrOneDimension: the value decides
-        return f"array (ValueRank {variable.value_rank})"
+    if variable.data_type_kind in (STRUCTURE, ENUMERATION):
+        return None
     if variable.data_type is None or variable.data_type not in BUILTIN_TYPES:
         return f"unsupported_type:{variable.data_type_name}"
     return None
@@ -446,6 +460,8 @@ def plan_tag_map(
         if namespace:
             entry["namespace"] = namespace
         entry["interval_ms"] = interval_ms
+        if any(leaf.variable.data_type_kind == STRUCTURE for leaf in leaves):
+            entry["structures"] = True  # decode the server's structures (load its DataTypeDefinitions)
         if planner.repeats:
             entry["repeat"] = planner.repeats
         entry["tags"] = planner.tags

@@ -1,8 +1,9 @@
 """``cellgate browse`` as a real process against real OPC UA servers.
 
 * Against ``python -m simulators --only opcua``: the written map loads as is and reads exactly the OPC UA points
-  of config/demo.yaml, with the same node ids, types, units and (where the server has an EURange) ranges; the
-  dryer zones come out as one template and one repeat.
+  of config/demo.yaml, with the same node ids, types, units and (where the server has an EURange) ranges, plus
+  the coater's profile array and structures (with ``structures: true``); the dryer zones come out as one
+  template and one repeat.
 * Against an asyncua server that advertises small MaxNodesPerBrowse / MaxNodesPerRead limits and refuses bigger
   Read and Browse requests (BadTooManyOperations): the browse keeps to the limits and finds every node.
   BrowseNext is not exercised here: asyncua's server hands out no continuation points and does not serve
@@ -35,6 +36,7 @@ from tests.support.opcua import free_port, ua_time
 from tests.support.sim import REPO_ROOT, SimulatorProcess
 
 DEMO = REPO_ROOT / "config" / "demo.yaml"
+COATER_NS = "nsu=urn:cellgate:simulators;s=Coater01"
 
 
 def browse(*args: str, output: Path) -> subprocess.CompletedProcess[str]:
@@ -76,6 +78,16 @@ def test_browse_of_the_simulators_reads_what_the_demo_map_reads(simulators: Simu
 
     demo_devices = opcua_tags(demo)
     browsed_devices = opcua_tags(browsed)
+    # The coater's array and structures are not in the demo map (it reads scalars): check them, then compare.
+    extras = {f"{COATER_NS}.Gauge.ProfileArray": ("gauge/profile_array", "float64"),
+              f"{COATER_NS}.PackML.Status": ("pack_ml/status", None),
+              f"{COATER_NS}.DryerZoneStatus": ("dryer_zone_status", None)}
+    coater_tags = browsed_devices["coater01"]
+    assert {node: (coater_tags[node].name, coater_tags[node].type) for node in extras} == extras
+    for node in extras:
+        del coater_tags[node]
+    coater_device = next(d for d in browsed.devices if d.name == "coater01")
+    assert isinstance(coater_device, OpcUaDevice) and coater_device.structures
     # The same devices (each machine object is one device), each with exactly the demo's nodes.
     by_nodes = {frozenset(tags): name for name, tags in browsed_devices.items()}
     pairs = {name: by_nodes.get(frozenset(tags)) for name, tags in demo_devices.items()}

@@ -96,10 +96,13 @@ def test_include_and_exclude_globs_on_the_browse_path(
 
 @pytest.mark.parametrize(
     ("variable", "reason"),
-    [(var("A"), None), (var("A", value_rank=1), "array (ValueRank 1)"), (var("A", value_rank=0),
-     "array (ValueRank 0)"), (var("A", value_rank=-2), None), (var("A", value_rank=-3), None),
+    [(var("A"), None), (var("A", value_rank=1), None), (var("A", value_rank=2), None),
+     (var("A", value_rank=-2), None), (var("A", value_rank=-3), None),
      (var("A", data_type=None, data_type_name="StepResult"), "unsupported_type:StepResult"),
-     (var("A", data_type=13, data_type_name="DateTime"), "unsupported_type:DateTime"),
+     (var("A", data_type=None, data_type_name="StepResult", data_type_kind="structure"), None),
+     (var("A", data_type=None, data_type_name="Mode", data_type_kind="enumeration"), None),
+     (var("A", data_type=13, data_type_name="DateTime"), None),
+     (var("A", data_type=25, data_type_name="DiagnosticInfo"), "unsupported_type:DiagnosticInfo"),
      (var("A", readable=False), "not readable (AccessLevel)")],
 )
 def test_what_is_skipped_and_why(variable: BrowsedVariable, reason: str | None) -> None:
@@ -113,7 +116,10 @@ def test_flat_tags_carry_type_unit_range_and_description() -> None:
         var("Line", "Running", data_type=1, low=0, high=1),
         var("Recipe", data_type=12),
         var("Counts", data_type=7),
-        var("Profile", value_rank=1),
+        var("Profile", value_rank=1, low=0, high=500),
+        var("Status", data_type=None, data_type_name="PackMLStatus", data_type_kind="structure"),
+        var("Mode", data_type=None, data_type_name="ModeEnum", data_type_kind="enumeration"),
+        var("Diagnostics", data_type=25, data_type_name="DiagnosticInfo"),
     )
     plant = load(result)
     tags = tags_by_node(plant)
@@ -124,9 +130,14 @@ def test_flat_tags_carry_type_unit_range_and_description() -> None:
     assert (running.type, running.min, running.max) == ("bool", None, None)  # no range on a bool
     assert tags[f"nsu={NS};s=Recipe"].type == "string"
     assert tags[f"nsu={NS};s=Counts"].type == "uint32"
-    assert [(s.path, s.reason) for s in result.skipped] == [("Rack01/Profile", "array (ValueRank 1)")]
+    profile = tags[f"nsu={NS};s=Profile"]  # an array: its element type, no range (ranges check scalars)
+    assert (profile.type, profile.min, profile.max) == ("float64", None, None)
+    assert tags[f"nsu={NS};s=Status"].type is None
+    assert tags[f"nsu={NS};s=Mode"].type == "int32"
+    assert [(s.path, s.reason) for s in result.skipped] == [("Rack01/Diagnostics", "unsupported_type:DiagnosticInfo")]
     device = plant.devices[0]
     assert (device.name, device.protocol, getattr(device, "namespace", None)) == ("rack01", "opcua", NS)
+    assert getattr(device, "structures", None) is True  # a structure tag: load the type definitions
 
 
 def channel(n: int, *, width: int = 3, extra: bool = False) -> list[BrowsedVariable]:
