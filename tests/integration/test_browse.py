@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from asyncua.server.server import Server
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.uaerrors import BadTooManyOperations
 
+from gateway.browse import run_browse
 from gateway.tagmap import OpcUaDevice, OpcUaTag, Plant, load_plant
 from tests.support.opcua import free_port, ua_time
 from tests.support.sim import REPO_ROOT, SimulatorProcess
@@ -217,3 +219,31 @@ async def test_browse_keeps_to_the_server_limits(tmp_path: Path) -> None:
     step = tags["rack"][f"nsu={NS};s=Rack.Ch07.Step"]
     assert (step.name, step.type) == ("ch07/step", "uint32")
     assert tags["rack"][f"nsu={NS};s=Rack.Aux24"].name == "aux24_value"
+
+
+def test_progress_on_a_terminal_and_the_summary(simulators: SimulatorProcess, tmp_path: Path) -> None:
+    """In-process, with stderr taken for a terminal: progress lines (carriage returns), then the summary."""
+    stderr, stdout = io.StringIO(), io.StringIO()
+    status = run_browse(endpoint=simulators.opcua_endpoint, root="nsu=urn:cellgate:simulators;s=Machines", depth=10,
+                        include=[], exclude=["*/Diagnostics/*"], output=None, area="electrode", line="cathode-1",
+                        templates=True, stdout=stdout, stderr=stderr, is_terminal=lambda: True)
+    assert status == 0
+    text = stderr.getvalue()
+    assert "\rbrowse Coater01: " in text and "\rbrowse Calender01: " in text
+    assert "\rread attributes of " in text
+    summary = text.rsplit("\r\x1b[K", 1)[-1]
+    assert "wrote 2 device(s)" in summary and "1 template(s), 1 repeat(s)" in summary
+    written = yaml.safe_load(stdout.getvalue())
+    assert {(d["name"], d["area"], d["line"]) for d in written["devices"]} == {
+        ("coater01", "electrode", "cathode-1"), ("calender01", "electrode", "cathode-1")}
+    assert not any("diagnostics/" in t["name"] for d in written["devices"] for t in d["tags"])
+
+
+def test_unreachable_server_fails_with_a_message(tmp_path: Path) -> None:
+    stderr = io.StringIO()
+    status = run_browse(endpoint=f"opc.tcp://127.0.0.1:{free_port()}", root=None, depth=3, include=[], exclude=[],
+                        output=str(tmp_path / "none.yaml"), area="a", line="l", templates=True, timeout_s=2.0,
+                        stderr=stderr, is_terminal=lambda: False)
+    assert status == 1
+    assert stderr.getvalue().startswith("cellgate browse: opc.tcp://127.0.0.1:")
+    assert not (tmp_path / "none.yaml").exists()
