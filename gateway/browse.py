@@ -250,7 +250,8 @@ class Browser:
                         self.stats.variables += 1
                         found.append(_Found(plain, child_path, ref.NodeClass, None))
             frontier = next_frontier
-            self._progress.show(f"browse {name}: {self.stats.objects} objects, {self.stats.variables} variables")
+            self._progress.show(f"browse {name}: {self.stats.objects} objects, {self.stats.variables} variables",
+                                force=not frontier)  # a device's final count is always shown
         variables = await self._describe([item for item in found])
         return BrowsedDevice(browse_name=name, node_id=self.node_text(device_node), variables=tuple(variables))
 
