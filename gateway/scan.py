@@ -198,6 +198,10 @@ def run_scan(
         function = TABLE_FUNCTIONS[table]
         if rate <= 0 or max_requests < 1 or timeout_s <= 0:
             raise ValueError("--rate, --timeout and --max-requests must be > 0")
+        if not 0 <= unit_id <= 255:
+            raise ValueError(f"--unit {unit_id}: expected 0..255")
+        if block is not None and block < 1:
+            raise ValueError(f"--block {block}: expected at least 1")
     except (ValueError, KeyError) as exc:
         print(f"cellgate scan: {exc}", file=stderr)
         return 2

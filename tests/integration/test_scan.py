@@ -60,3 +60,26 @@ def test_scan_stops_at_max_requests(rack: SimulatorProcess) -> None:
     assert lines[1].split()[:2] == ["0-49", "answers"]
     assert lines[2].split()[:3] == ["50-9999", "not", "scanned"]
     assert "stopped at --max-requests 5" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--range", "10-2"], "range '10-2'"), (["--unit", "300"], "--unit 300"), (["--block", "0"], "--block 0"),
+     (["--rate", "0"], "--rate")],
+)
+def test_bad_arguments_exit_2_without_a_request(args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "scan", "modbus://127.0.0.1:1", *args],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_unreachable_device_exits_1() -> None:
+    from tests.support.sim import free_tcp_port
+
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "scan", f"modbus://127.0.0.1:{free_tcp_port()}", "--range", "0-9"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 1 and "cellgate scan: modbus://127.0.0.1:" in result.stderr, result.stderr
