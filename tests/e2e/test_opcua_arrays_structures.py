@@ -5,12 +5,15 @@ values it has; the gateway (``cellgate run``) reads them, once subscribed and on
 what reaches the broker with what the server serves: the cross-web profile as a JSON array of 120 numbers, the
 PackMLStatus structure as an object with its field names (a nested structure inside), the dryer zones as an
 array of objects. A device that does not load the server's DataTypeDefinitions publishes the structure bad,
-``unsupported_type:ExtensionObject[<type id>]``, and the array still good.
+``unsupported_type:ExtensionObject[<type id>]``, and the array still good. A map written by ``cellgate browse``
+runs as is and publishes the structure and the array it found.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ import pytest
 
 from simulators.machines.coater import PROFILE_ARRAY_LANES, Coater
 from simulators.servers.opcua_server import OpcUaSimulatorServer
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import REPO_ROOT, GatewayProcess
 from tests.support.mosquitto import Mosquitto, Received, Subscriber
 
 pytestmark = pytest.mark.e2e
@@ -138,3 +141,38 @@ async def test_arrays_and_structures_arrive_as_served(running: Running) -> None:
     assert plain_zones["status"].startswith("unsupported_type:Array[ExtensionObject[ns=2;")
     plain_profile = latest(messages, f"{running.prefix}/coater-plain/gauge/profile")
     assert plain_profile is not None and plain_profile["value"] == profile
+
+
+async def test_a_browsed_map_runs_and_publishes_structures(tmp_path: Path) -> None:
+    """``cellgate browse`` -> ``cellgate run`` unchanged (broker and enterprise from the environment): the structure
+    and the array the browse found are published as served."""
+    coater = Coater(rng=random.Random(3))
+    enterprise = f"brw{uuid.uuid4().hex[:8]}"
+    async with OpcUaSimulatorServer(machines={"Coater01": coater}, port=0, autostep=False) as server:
+        for _ in range(40):
+            await server.step(5.0)
+        config = tmp_path / "browsed.yaml"
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "browse", server.endpoint, "--include", "Coater01/PackML/Status",
+            "--include", "Coater01/Gauge/ProfileArray", "-o", str(config),
+            cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, stderr.decode()
+        with Mosquitto() as broker:
+            env = {"CELLGATE_MQTT__URL": broker.url, "CELLGATE_GATEWAY__ENTERPRISE": enterprise}
+            with Subscriber(broker.host, broker.port, f"{enterprise}/#") as subscriber:
+                gateway = GatewayProcess(config=config, env=env, state_dir=tmp_path / "state")
+                gateway.start()
+                try:
+                    base = f"{enterprise}/site/area/line/coater01"
+                    topics = (f"{base}/pack_ml/status", f"{base}/gauge/profile_array")
+                    messages = await subscriber.wait_for(
+                        lambda received: all(latest(received, topic) is not None for topic in topics), timeout_s=30.0)
+                finally:
+                    gateway.stop()
+                    gateway.close()
+    status, profile = (latest(messages, topic) for topic in topics)
+    assert status is not None and status["quality"] == "good"
+    assert status["value"]["StateCurrent"] == coater.values()["PackML.StateCurrent"]
+    assert status["value"]["Counts"]["ProdProcessedCount"] == coater.values()["PackML.ProdProcessedCount"]
+    assert profile is not None and (profile["quality"], profile["value"]) == ("good", coater.cross_web_profile())
