@@ -5,7 +5,7 @@ This is the glue between the tag-map model and the protocol modules; it decides 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 from gateway.outbound import DeviceOutbound, TagOutput
 from gateway.schema import META_PART_DEFAULT_BYTES, EquipmentTopics, TagMeta
 from gateway.sinks.mqtt import MqttOptions
-from gateway.sources.base import Emit, ReportLink
+from gateway.sources.base import Emit, RawReading, ReportLink
 from gateway.sources.modbus import ModbusConnection, ModbusUnit, SerialEndpoint, TcpEndpoint
 from gateway.sources.modbus_plan import ModbusField, ReadLimits, ReadPlan, describe_plan, plan_reads
 from gateway.tagmap import Device, ModbusDevice, ModbusTag, OpcUaDevice, OpcUaTag, Plant, Transport
+from gateway.tagmap.index_range import IndexItem, parse_index_range
 from gateway.transform import TagRules
 
 if TYPE_CHECKING:
@@ -209,7 +210,23 @@ def opcua_options(device: OpcUaDevice) -> OpcUaDeviceOptions:
         timeout_ms=device.timeout_ms,
         username=device.username,
         password=device.password.get_secret_value() if device.password else None,
+        structures=device.structures,
     )
+
+
+def opcua_indexes(device: OpcUaDevice) -> dict[str, tuple[IndexItem, ...]]:
+    """Tag name -> parsed ``index`` of the tags that have one."""
+    return {tag.name: parse_index_range(tag.index) for tag in device.tags if tag.index is not None}
+
+
+def indexed_emit(emit: Emit, indexes: Mapping[str, tuple[IndexItem, ...]]) -> Emit:
+    """``emit`` with every indexed tag's value cut to its ``index`` first (``opcua_status.indexed_readings``)."""
+    from gateway.sources.opcua_status import indexed_readings
+
+    async def emit_indexed(readings: Sequence[RawReading]) -> None:
+        await emit(indexed_readings(readings, indexes))
+
+    return emit_indexed
 
 
 def opcua_tag_refs(device: OpcUaDevice) -> list[OpcUaTagRef]:
@@ -265,13 +282,14 @@ def _opcua_task(
     options = opcua_options(device)
     security = opcua_security(device, gateway_id=gateway_id, pki_root=pki_root)
     refs = opcua_tag_refs(device)
+    indexes = opcua_indexes(device)
 
     name = device.name  # not the model itself: see _modbus_tasks
 
     def run() -> Awaitable[None]:
         link = links[name]  # looked up at each start: a reload may have replaced the device's channel
         source = OpcUaSource(device=name, options=options, tags=refs, security=security)
-        return source.run(link.emit, link.report_link)
+        return source.run(indexed_emit(link.emit, indexes) if indexes else link.emit, link.report_link)
 
     return SourceTask(name=f"opcua[{name}]", devices=(name,), run=run)
 

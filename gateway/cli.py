@@ -161,6 +161,58 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_browse(args: argparse.Namespace) -> int:
+    from gateway.browse import run_browse
+
+    return run_browse(
+        endpoint=args.endpoint, root=args.root, depth=args.depth, include=args.include, exclude=args.exclude,
+        output=args.output, area=args.area, line=args.line, templates=not args.no_templates,
+        timeout_s=args.timeout, max_references=args.max_references,
+    )
+
+
+def _add_browse(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    browse = commands.add_parser("browse", help="walk an OPC UA server and write a tag map of its variables")
+    browse.add_argument("endpoint", help="opc.tcp://HOST:PORT")
+    browse.add_argument("--root", default=None, help="node to start at (default Objects), e.g. nsu=URI;s=Machines")
+    browse.add_argument("--depth", type=int, default=10, help="levels below the root to walk (default 10)")
+    browse.add_argument("--include", action="append", default=[], metavar="GLOB",
+                        help="keep only variables whose browse path (Device/Group/Var) matches; repeatable")
+    browse.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                        help="leave out variables whose browse path matches; repeatable")
+    browse.add_argument("--area", default="area", help="ISA-95 area written for every device (default 'area')")
+    browse.add_argument("--line", default="line", help="ISA-95 line written for every device (default 'line')")
+    browse.add_argument("--no-templates", action="store_true", help="write every tag; no templates + repeat")
+    browse.add_argument("--timeout", type=float, default=10.0, help="request timeout in seconds (default 10)")
+    browse.add_argument("--max-references", type=int, default=1000, metavar="N",
+                        help="references per node per Browse answer before BrowseNext (default 1000)")
+    browse.add_argument("-o", "--output", default=None, help="write the tag map here (default: standard output)")
+    browse.set_defaults(func=cmd_browse)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from gateway.scan import run_scan
+
+    return run_scan(
+        url=args.url, unit_id=args.unit, table=args.table, address_range=args.range, rate=args.rate,
+        timeout_s=args.timeout, max_requests=args.max_requests, block=args.block,
+    )
+
+
+def _add_scan(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    scan = commands.add_parser("scan", help="read a Modbus table and report which address ranges answer (reads only)")
+    scan.add_argument("url", help="modbus://HOST[:PORT]")
+    scan.add_argument("--unit", type=int, default=1, help="unit id (default 1)")
+    scan.add_argument("--table", choices=("holding", "input", "coil", "discrete"), default="holding")
+    scan.add_argument("--range", default="0-9999", metavar="FIRST-LAST", help="addresses to scan (default 0-9999)")
+    scan.add_argument("--rate", type=float, default=20.0, help="at most this many requests per second (default 20)")
+    scan.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for each answer (default 1)")
+    scan.add_argument("--max-requests", type=int, default=2000, help="stop after this many requests (default 2000)")
+    scan.add_argument("--block", type=int, default=None,
+                      help="largest read (default 125 registers / 2000 bits, the protocol maximum)")
+    scan.set_defaults(func=cmd_scan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cellgate", description="Battery-plant PLC data to MQTT.")
     parser.add_argument("--version", action="version", version=f"cellgate {__version__}")
@@ -221,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("directory", nargs="?", default=".", help="where to write them (default: here)")
     init.add_argument("--force", action="store_true", help="overwrite files that are already there")
     init.set_defaults(func=cmd_init)
+
+    _add_browse(commands)
+    _add_scan(commands)
 
     from gateway.spool_cli import add_spool_commands
 

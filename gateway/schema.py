@@ -20,7 +20,8 @@ import orjson
 
 SCHEMA_VERSION = 1
 
-Value = float | int | bool | str
+Value = float | int | bool | str | list[Any] | dict[str, Any]
+"""A published value: a number, boolean or text; OPC UA arrays as (nested) lists, structures as objects."""
 
 
 class Quality(StrEnum):

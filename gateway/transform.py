@@ -25,6 +25,11 @@ from gateway.sources.base import RawReading
 _GOOD: Final = Quality.GOOD
 _UNCERTAIN: Final = Quality.UNCERTAIN
 _INF: Final = math.inf
+# Values published as read, compared by equality: text, booleans, OPC UA arrays and structures. A tuple, not
+# ``bool | str | ...``: that union would be built again at every call of the per-value paths.
+_NOT_SCALED: Final = (bool, str, list, dict)
+_NUMBERS: Final = frozenset((int, float))
+"""The types a deadband applies to (``bool`` is not among them: ``type(True)`` is bool)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,7 +72,7 @@ def normalise_value(raw: RawReading, rules: TagRules) -> tuple[Value | None, Qua
     status = raw.status
     if quality is Quality.BAD or value is None:
         return value, Quality.BAD if value is None else quality, status
-    if isinstance(value, bool | str):
+    if isinstance(value, _NOT_SCALED):
         return value, quality, status
     if isinstance(value, float) and not math.isfinite(value):
         return None, Quality.BAD, STATUS_NOT_A_NUMBER
@@ -100,12 +105,13 @@ class TagTransform:
         if self._last_quality is None or quality is not self._last_quality or status != self._last_status:
             return True
         last = self._last_value
-        if value is None or last is None or isinstance(value, bool | str) or isinstance(last, bool | str):
-            return value != last
+        if type(value) not in _NUMBERS or type(last) not in _NUMBERS:
+            return value != last  # None, text, booleans, arrays, structures: any change
         deadband = self.rules.deadband
         if deadband is None:
             return value != last
-        return abs(value - last) > deadband
+        # Both are int or float here (checked by exact type above, which mypy cannot follow).
+        return abs(value - last) > deadband  # type: ignore[operator,no-any-return]
 
     def apply(self, raw: RawReading, now: float) -> Sample | None:
         """The Sample to publish for ``raw`` (read at ``now``, epoch seconds), or None to suppress it.

@@ -507,10 +507,22 @@ class OpcUaSource:
                 if self.security is not None and self.security.channel:
                     self._channel = await secure_client(client, self.security, endpoint=options.endpoint)
                 await client.connect()
+            if options.structures:
+                await self._load_data_types(client)
         except BaseException:
             await self._close_client(client)
             raise
         return client
+
+    async def _load_data_types(self, client: Client) -> None:
+        """Let asyncua decode the server's structures (its public ``load_data_type_definitions``, from the
+        DataTypeDefinitions the server exposes). On failure they stay undecoded: published bad, status
+        ``unsupported_type:ExtensionObject[<type id>]``; the link itself is fine."""
+        try:
+            async with asyncio.timeout(self._timeout_s * 4):  # it browses the whole DataType tree
+                await client.load_data_type_definitions()
+        except (TimeoutError, ua.uaerrors.UaError, ValueError, KeyError) as exc:
+            self._log.warning("opcua_data_types_not_loaded", error=describe_error(exc))
 
     async def _close_client(self, client: Client) -> None:
         client.connection_lost_callback = None

@@ -8,9 +8,15 @@ Conventions (part of the public contract; the README status list should repeat t
 * OPC UA StatusCodes keep their OPC UA name as ``status`` (``BadSensorFailure``, ``UncertainLastUsableValue``).
   Good* codes give quality good and no status. The severity is the top two bits: ``00`` good,
   ``01`` uncertain, ``10``/``11`` bad (Part 4 §7.34.1 says to treat the reserved ``11`` as bad).
-* A value of a Variant type we do not publish (arrays, matrices, ExtensionObjects / structures, Null,
-  DataValue, DiagnosticInfo, anything unexpected) becomes quality bad with status
-  ``unsupported_type:<TypeName>``; arrays are named ``Array[<ElementType>]``, e.g. ``unsupported_type:Array[Double]``.
+* Arrays (and matrices: a Variant with ArrayDimensions) become JSON arrays, nested per dimension, so a
+  2 x 3 matrix is ``[[a, b, c], [d, e, f]]``; each element is converted as a scalar would be.
+* Structures (ExtensionObjects that asyncua decoded because the server exposes their DataTypeDefinition and the
+  source loaded it with ``load_data_type_definitions``) become JSON objects with the definition's field names,
+  nested structures and arrays of structures included.
+* A value of a type we do not publish (a structure the server does not describe, Null, DataValue,
+  DiagnosticInfo, anything unexpected) becomes quality bad with status ``unsupported_type:<TypeName>``: an
+  undescribed structure is named by its encoding's node id (``unsupported_type:ExtensionObject[ns=2;i=3002]``);
+  an array of something unsupported is named ``Array[<that>]``.
 * Conversions: Boolean → bool; integer types → int; Float/Double → float (Float is rounded to the shortest
   decimal that round-trips through float32, so 3.7f publishes as 3.7 and not 3.700000047683716);
   String/XmlElement → str; LocalizedText → its text; DateTime → ISO 8601 UTC with milliseconds and ``Z``
@@ -31,10 +37,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import math
 import struct
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -45,6 +52,7 @@ from asyncua.ua.uaerrors import UaError
 
 from gateway.schema import STATUS_DECODE_ERROR, Quality, Value
 from gateway.sources.base import RawReading
+from gateway.tagmap.index_range import INDEX_OUT_OF_RANGE, IndexItem, select
 
 STATUS_NAMESPACE_UNKNOWN = "namespace_unknown"
 STATUS_NODE_ID_INVALID = "node_id_invalid"
@@ -83,6 +91,8 @@ class OpcUaDeviceOptions:
     timeout_ms: int = 4000
     username: str | None = None
     password: str | None = None
+    structures: bool = False
+    """Load the server's DataTypeDefinitions at every connect, so its structures decode into objects."""
 
     def __repr__(self) -> str:  # never show the password in logs or tracebacks
         return (
@@ -238,20 +248,69 @@ def _convert_value(value: object, variant_type: ua.VariantType | None) -> tuple[
     if value is None:
         return _unsupported("Null")
     if isinstance(value, list | tuple):
-        element = variant_type.name if variant_type is not None else "Variant"
-        return _unsupported(f"Array[{element}]")
+        return _convert_array(value, variant_type)
+    if isinstance(value, ua.DataValue | ua.DiagnosticInfo | ua.Variant):  # not values of a variable
+        return _unsupported(type(value).__name__)
+    if isinstance(value, ua.ExtensionObject):  # a structure whose definition was not loaded: still encoded
+        return _unsupported(f"ExtensionObject[{value.TypeId.to_string()}]")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _convert_structure(value)
     if variant_type is not None and variant_type is not ua.VariantType.Null:
         return _unsupported(variant_type.name)
     return _unsupported(type(value).__name__)
+
+
+def _convert_array(
+    items: list[object] | tuple[object, ...], variant_type: ua.VariantType | None
+) -> tuple[Value | None, str | None]:
+    out: list[Value | None] = []
+    for item in items:
+        converted, problem = _convert_value(item, variant_type)
+        if problem is not None:
+            if problem.startswith(UNSUPPORTED_TYPE_PREFIX):
+                return _unsupported(f"Array[{problem.removeprefix(UNSUPPORTED_TYPE_PREFIX)}]")
+            return None, problem
+        out.append(_utf8_text(converted) if isinstance(converted, str) else converted)
+    return out, None
+
+
+def _convert_structure(value: object) -> tuple[Value | None, str | None]:
+    out: dict[str, Value | None] = {}
+    for item in dataclasses.fields(value):  # type: ignore[arg-type]  # checked by the caller
+        field_value = getattr(value, item.name)
+        if field_value is None:  # an optional field that is absent
+            out[item.name] = None
+            continue
+        converted, problem = _convert_value(field_value, None)
+        if problem is not None:
+            return None, problem
+        out[item.name] = _utf8_text(converted) if isinstance(converted, str) else converted
+    return out, None
+
+
+def _reshape(flat: list[Value | None], dimensions: Sequence[int]) -> list[Value | None] | None:
+    """Nested lists of ``dimensions`` (outermost first) from a flat row-major list, or None when they disagree."""
+    if math.prod(dimensions) != len(flat):
+        return None
+    nested: list[Value | None] = flat
+    for size in reversed(dimensions[1:]):
+        nested = [nested[start:start + size] for start in range(0, len(nested), size)]
+    return nested
 
 
 def convert_variant(variant: ua.Variant | None) -> tuple[Value | None, str | None]:
     """Convert a Variant (as found in ``DataValue.Value``) to our Value; see :func:`convert_value`."""
     if variant is None:
         return _unsupported("Null")
-    if variant.is_array or variant.Dimensions:
-        return _unsupported(f"Array[{variant.VariantType.name}]")
-    return convert_value(variant.Value, variant.VariantType)
+    value, problem = convert_value(variant.Value, variant.VariantType)
+    dimensions = variant.Dimensions
+    flat = isinstance(value, list) and bool(value) and not isinstance(value[0], list)
+    if problem is None and dimensions and len(dimensions) > 1 and flat and isinstance(value, list):
+        shaped = _reshape(value, dimensions)  # flat on the wire: give it its shape
+        if shaped is None:
+            return None, STATUS_DECODE_ERROR
+        value = shaped
+    return value, problem
 
 
 # OPC UA Part 6, 5.2.2.5: a DateTime at or before 1601-01-01 (the encoding's zero, what servers send for "never
@@ -426,3 +485,25 @@ def subscription_timing(interval_ms: float) -> SubscriptionTiming:
     keepalive = max(1, math.ceil(SUBSCRIPTION_KEEPALIVE_S * 1000.0 / interval_ms))
     lifetime = max(3 * keepalive, math.ceil(SUBSCRIPTION_LIFETIME_S * 1000.0 / interval_ms))
     return SubscriptionTiming(interval_ms, keepalive, lifetime)
+
+
+def indexed_readings(
+    readings: Sequence[RawReading], indexes: Mapping[str, tuple[IndexItem, ...]]
+) -> list[RawReading]:
+    """The readings with each indexed tag's value cut to its ``index`` (see ``gateway.tagmap.index_range``).
+
+    A value without the elements asked for (too short, not an array) gets quality bad, status
+    ``index_out_of_range``; a bad reading stays as it is. Only tags with an ``index`` pay for this.
+    """
+    out: list[RawReading] = []
+    for reading in readings:
+        items = indexes.get(reading.tag)
+        if items is None or reading.value is None:
+            out.append(reading)
+            continue
+        value, ok = select(reading.value, items)
+        if ok:
+            out.append(reading._replace(value=value))
+        else:
+            out.append(reading._replace(value=None, quality=Quality.BAD, status=INDEX_OUT_OF_RANGE))
+    return out

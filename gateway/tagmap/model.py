@@ -38,6 +38,7 @@ from gateway.schema import (
     topic_segment_problem,
     utf8_length,
 )
+from gateway.tagmap.index_range import parse_index_range
 from gateway.tagmap.issues import Issue, did_you_mean, raise_issues, rule_error
 from gateway.tagmap.limits import (
     MAX_ADDRESS,
@@ -697,11 +698,24 @@ def _rule_address_span(tag: ModbusTag) -> Iterator[Issue]:
         )
 
 
+def _index_text(value: Any) -> Any:
+    """``index: 5`` (a YAML int) or ``index: '0:9'``; checked by parse_index_range."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if isinstance(text, str):
+        try:
+            parse_index_range(text)
+        except ValueError as exc:
+            raise rule_error([Issue((), str(exc))]) from None
+    return text
+
+
 class OpcUaTag(_TagBase):
     node: str
     """Node id as written: s=.., i=.., g=.., b=.., optionally after ns=N; or nsu=URI; (see nodeid.py)."""
     type: DataTypeField | None = None
     """Documentation/meta hint only; the server's variant type is what is read."""
+    index: Annotated[str, BeforeValidator(_index_text)] | None = None
+    """Array values: publish only this element or range (``5``, ``0:9``, ``1,0:3``; see index_range.py)."""
 
     _node_id: ParsedNodeId | None = PrivateAttr(default=None)
 
@@ -973,6 +987,8 @@ class OpcUaDevice(_DeviceBase):
     user_certificate: NonEmptyStr | None = None
     """X.509 user identity: certificate file (DER or PEM); needs ``user_key`` and ``security``."""
     user_key: NonEmptyStr | None = None
+    structures: bool = False
+    """Load the server's DataTypeDefinitions at every connect so structured values are published as objects."""
     tags: tuple[OpcUaTag, ...] = ()
 
     foreign_key_hint: ClassVar[tuple[frozenset[str], str]] = (

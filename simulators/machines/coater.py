@@ -319,6 +319,10 @@ def profile_shape(lanes: int) -> tuple[float, ...]:
     return tuple(r - mean for r in raw)
 
 
+PROFILE_ARRAY_LANES = 120
+"""Lanes of the gauge's full-resolution cross-web profile (served over OPC UA as one Double array)."""
+
+
 class Coater:
     """The coater model. Construct with a seeded ``random.Random``; advance with ``step(dt_s)``."""
 
@@ -462,6 +466,18 @@ class Coater:
         header.add_energy(self._active_power(), dt_s)
         self._publish()
         return self._values
+
+    def cross_web_profile(self) -> list[float]:
+        """The gauge's cross-web coat-weight profile in g/m2, PROFILE_ARRAY_LANES lanes from the operator side:
+        the measured coat weight with the edge-bead/smile shape and the slow lane drift (each of the
+        ``profile_lanes`` drift values covers a band of neighbouring lanes); all 0 while nothing is coated."""
+        gauge = self.values()["Gauge.CoatWeight"]
+        assert isinstance(gauge, float | int)
+        if gauge <= 0.0:
+            return [0.0] * PROFILE_ARRAY_LANES
+        walk = self._lane_walk
+        return [clamp(gauge * (1.0 + shape + walk[lane * len(walk) // PROFILE_ARRAY_LANES]), 0.0, 500.0)
+                for lane, shape in enumerate(profile_shape(PROFILE_ARRAY_LANES))]
 
     def _pump_sp(self) -> float:
         return self.config.pump_rpm_per_m_min * self._pump_ratio_factor * self.header.speed

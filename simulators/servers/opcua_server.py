@@ -69,11 +69,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from simulators.faults import BadValue, Fault, FaultKind, Freeze, Restart, check_points
+from simulators.machines.coater import Coater
 from simulators.machines.points import DataType, Machine, PointSpec, Value
 from simulators.machines.results import ACK_POINT, Acknowledging
 from simulators.servers.address_map import MACHINES_FOLDER, MAX_VARIABLES_PER_OBJECT, NAMESPACE_URI, node_id_string
 from simulators.servers.clock import AutoStepper, check_rate
 from simulators.servers.fault_gate import FaultControlledServer, FaultGate
+from simulators.servers.opcua_structures import StructureTypes, add_coater_extras, add_structure_types, coater_extras
 
 __all__ = [
     "NAMESPACE_URI",
@@ -335,6 +337,9 @@ class OpcUaSimulatorServer(FaultControlledServer):
         # (machine name, machine, point name, node id, variant type) for every variable, in point order.
         self._variables: list[tuple[str, Machine, str, ua.NodeId, ua.VariantType]] = []
         self._acks: list[tuple[Acknowledging, ua.NodeId]] = []  # (machine, its Result.Ack node)
+        # Coaters also serve a profile array and structures (simulators.servers.opcua_structures).
+        self._structure_types: StructureTypes | None = None
+        self._extras: list[tuple[Coater, int, dict[str, ua.NodeId]]] = []
         self._stepper: AutoStepper | None = None
         self._gate = FaultGate()
         self._restarting = False
@@ -411,6 +416,10 @@ class OpcUaSimulatorServer(FaultControlledServer):
         self._namespace_index = await server.register_namespace(NAMESPACE_URI)
         self._variables = []
         self._acks = []
+        self._extras = []
+        self._structure_types = None
+        if any(isinstance(machine, Coater) for machine in self._machines.values()):
+            self._structure_types = await add_structure_types(server, self._namespace_index)
         folder = await server.nodes.objects.add_folder(
             _string_node_id(MACHINES_FOLDER, self._namespace_index),
             ua.QualifiedName(MACHINES_FOLDER, self._namespace_index),
@@ -519,6 +528,12 @@ class OpcUaSimulatorServer(FaultControlledServer):
                     ua.DataValue(ua.Variant(value, variant_type), StatusCode=status,
                                  SourceTimestamp=now, ServerTimestamp=now),
                 )
+            for coater, zones, nodes in self._extras:
+                if self._structure_types is None:
+                    break
+                for point, variant in coater_extras(coater, self._structure_types, zones).items():
+                    await server.write_attribute_value(
+                        nodes[point], ua.DataValue(variant, SourceTimestamp=now, ServerTimestamp=now))
 
     def _read_acks(self, server: _FaultGatedServer) -> None:
         for machine, node_id in self._acks:
@@ -551,6 +566,10 @@ class OpcUaSimulatorServer(FaultControlledServer):
                 await variable.set_writable()
                 self._acks.append((machine, node_id))
             self._variables.append((machine_name, machine, point.name, node_id, variant_type))
+        if isinstance(machine, Coater) and self._structure_types is not None:
+            zones = sum(1 for key in folders if key.startswith("Dryer.Zone"))
+            nodes = await add_coater_extras(folders, machine_name, machine, self._structure_types, idx, zones)
+            self._extras.append((machine, zones, nodes))
 
     async def _ensure_folder(self, folders: dict[str, Node], machine_name: str, path: list[str]) -> Node:
         key = ""

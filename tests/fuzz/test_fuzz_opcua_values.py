@@ -205,6 +205,17 @@ rules = st.builds(
 
 
 def check_conversion(value: object, problem: str | None) -> None:
+    if problem is None and isinstance(value, list):  # an array: every element is a converted value (or null)
+        for item in value:
+            if item is not None:
+                check_conversion(item, None)
+        return
+    if problem is None and isinstance(value, dict):  # a structure: field names and converted values
+        for key, item in value.items():
+            assert isinstance(key, str)
+            if item is not None:
+                check_conversion(item, None)
+        return
     if problem is None:
         assert type(value) in VALUE_TYPES, (type(value), value)
         if isinstance(value, str):
@@ -264,7 +275,7 @@ def test_quality_of_any_status_code(code: Any) -> None:
 def check_payload(body: dict[str, Any], quality: Quality) -> None:
     assert {"value", "unit", "quality", "ts"} <= body.keys()
     assert body["quality"] == quality.value
-    assert body["value"] is None or type(body["value"]) in VALUE_TYPES
+    assert body["value"] is None or type(body["value"]) in (*VALUE_TYPES, list, dict)  # arrays, structures
     assert isinstance(body["ts"], str) and body["ts"].endswith("Z")
 
 
@@ -337,11 +348,13 @@ def test_latin1_text_from_a_plc_is_published_with_replacement_characters(text: b
 def test_unique_values_are_named_in_unsupported_status() -> None:
     """Fixed points of the contract the fuzzing relies on (names of unsupported types)."""
     assert convert_value(None) == (None, "unsupported_type:Null")
-    assert convert_value([1, 2], ua.VariantType.Int32) == (None, "unsupported_type:Array[Int32]")
+    assert convert_value([1, 2], ua.VariantType.Int32) == ([1, 2], None)  # arrays are published (issue 15)
+    assert convert_value([object()], ua.VariantType.Variant) == (None, "unsupported_type:Array[Variant]")
+    assert convert_value(ua.DiagnosticInfo()) == (None, "unsupported_type:DiagnosticInfo")
     assert convert_value({"a": 1}) == (None, "unsupported_type:dict")
     assert convert_value(ua.ExtensionObject(), ua.VariantType.ExtensionObject) == (
         None,
-        "unsupported_type:ExtensionObject",
+        "unsupported_type:ExtensionObject[i=0]",
     )
     assert convert_value(uuid.UUID(int=1)) == ("00000000-0000-0000-0000-000000000001", None)
     assert convert_value(2**64) == (None, STATUS_DECODE_ERROR)

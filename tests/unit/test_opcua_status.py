@@ -122,10 +122,20 @@ _GUID = uuid.UUID("72962b91-fa75-4ae6-8d28-b404dc7daf63")
         (ua.Variant(_code(StatusCodes.BadTimeout), ua.VariantType.StatusCode), ("BadTimeout", None)),
         (ua.Variant(None), (None, "unsupported_type:Null")),
         (None, (None, "unsupported_type:Null")),
-        (ua.Variant([1.0, 2.0], ua.VariantType.Double), (None, "unsupported_type:Array[Double]")),
-        (ua.Variant([], ua.VariantType.Int32), (None, "unsupported_type:Array[Int32]")),
-        (ua.Variant(ua.ExtensionObject(), ua.VariantType.ExtensionObject), (None, "unsupported_type:ExtensionObject")),
-        (ua.Variant(ua.Range(Low=0.0, High=1.0)), (None, "unsupported_type:ExtensionObject")),  # decoded structure
+        # Arrays are JSON arrays, matrices nested lists; structures objects with their field names.
+        (ua.Variant([1.0, 2.0], ua.VariantType.Double), ([1.0, 2.0], None)),
+        (ua.Variant([], ua.VariantType.Int32), ([], None)),
+        (ua.Variant([1, 2, 3, 4, 5, 6], ua.VariantType.Int32, Dimensions=[2, 3]), ([[1, 2, 3], [4, 5, 6]], None)),
+        (ua.Variant([1, 2, 3, 4, 5], ua.VariantType.Int32, Dimensions=[2, 3]), (None, "decode_error")),
+        (ua.Variant([1.5, 2.5], ua.VariantType.Float), ([1.5, 2.5], None)),
+        (ua.Variant(ua.ExtensionObject(TypeId=_node(3002, 2, ua.NodeIdType.Numeric)), ua.VariantType.ExtensionObject),
+         (None, "unsupported_type:ExtensionObject[ns=2;i=3002]")),
+        (ua.Variant(ua.Range(Low=0.0, High=1.0)), ({"Low": 0.0, "High": 1.0}, None)),  # decoded structure
+        (ua.Variant([ua.Range(Low=0.0, High=1.0), ua.Range(Low=2.0, High=3.0)]),
+         ([{"Low": 0.0, "High": 1.0}, {"Low": 2.0, "High": 3.0}], None)),
+        (ua.Variant(ua.EUInformation(NamespaceUri="u", UnitId=1, DisplayName=ua.LocalizedText("V"),
+                                     Description=ua.LocalizedText("volt"))),
+         ({"NamespaceUri": "u", "UnitId": 1, "DisplayName": "V", "Description": "volt"}, None)),
     ],
 )
 def test_convert_variant(variant: ua.Variant | None, expected: tuple[object, str | None]) -> None:
@@ -143,7 +153,8 @@ def test_convert_variant(variant: ua.Variant | None, expected: tuple[object, str
         (datetime(2026, 1, 1, 2, 0, 0, tzinfo=timezone(timedelta(hours=2))), ("2026-01-01T00:00:00.000Z", None)),
         (object(), (None, "unsupported_type:object")),
         ({"a": 1}, (None, "unsupported_type:dict")),
-        ([1, 2], (None, "unsupported_type:Array[Variant]")),
+        ([1, 2], ([1, 2], None)),
+        ([1, object()], (None, "unsupported_type:Array[object]")),
         (complex(1, 2), (None, "unsupported_type:complex")),
     ],
 )
@@ -205,12 +216,12 @@ def _dv(value: Any, vtype: ua.VariantType, status: int = StatusCodes.Good) -> ua
             Quality.UNCERTAIN,
             "UncertainLastUsableValue",
         ),
-        (_dv([1, 2], ua.VariantType.Int32), None, Quality.BAD, "unsupported_type:Array[Int32]"),
+        (_dv([1, 2], ua.VariantType.Int32), [1, 2], Quality.GOOD, None),
         (
             _dv([1, 2], ua.VariantType.Int32, StatusCodes.UncertainInitialValue),
-            None,
-            Quality.BAD,
-            "unsupported_type:Array[Int32]",
+            [1, 2],
+            Quality.UNCERTAIN,
+            "UncertainInitialValue",
         ),
         (ua.DataValue(StatusCode=_code(StatusCodes.BadNodeIdUnknown)), None, Quality.BAD, "BadNodeIdUnknown"),
         (None, None, Quality.BAD, "unsupported_type:Null"),

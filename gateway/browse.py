@@ -1,0 +1,437 @@
+"""``cellgate browse``: walk an OPC UA server's address space and write a tag map (the I/O shell).
+
+Browse/BrowseNext over hierarchical references (continuation points followed, at most the server's
+MaxNodesPerBrowse nodes per Browse request), then Read in chunks of at most MaxNodesPerRead: DataType, ValueRank,
+AccessLevel and Description of every variable, and the values of its EURange and EngineeringUnits properties.
+``gateway.browse_plan`` turns the result into ``templates`` + ``devices``.
+
+Devices are the first objects below the root that are not folders (FolderType); the walk goes through folders
+to find them (OPC 40001-1 puts machines in a ``Machines`` folder). A non-folder root is one device. Standard
+nodes (namespace 0, e.g. the ``Server`` object) are not walked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.uaerrors import UaError
+
+from gateway.browse_plan import (
+    BUILTIN_TYPE_NAMES,
+    ENUMERATION,
+    STRUCTURE,
+    BrowsedDevice,
+    BrowsedVariable,
+    BrowsePlan,
+    EngineeringUnit,
+    plan_tag_map,
+)
+
+DEFAULT_LIMIT = 1000
+"""Nodes per Browse/Read request when the server advertises no limit (0)."""
+MAX_REFERENCES_PER_NODE = 1000
+"""References the server may return per node before it hands out a continuation point."""
+_CURRENT_READ = 0x01
+_FOLDER_TYPE = 61
+_HAS_PROPERTY = 46
+
+
+@dataclass(slots=True)
+class _Found:
+    node_id: ua.NodeId
+    path: tuple[str, ...]
+    node_class: ua.NodeClass
+    type_definition: int | None
+    property_of: int | None = None  # index of the variable this property belongs to
+
+
+@dataclass(slots=True)
+class BrowseStats:
+    objects: int = 0
+    variables: int = 0
+    browse_requests: int = 0
+    browse_next_requests: int = 0
+    read_requests: int = 0
+    max_nodes_per_browse: int = 0
+    max_nodes_per_read: int = 0
+    elapsed_s: float = 0.0
+    devices: list[BrowsedDevice] = field(default_factory=list)
+
+
+class _Progress:
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+        self._last = 0.0
+
+    def show(self, text: str, *, force: bool = False) -> None:
+        if self._stream is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last >= 0.2:
+            self._last = now
+            self._stream.write(f"\r{text}\033[K")
+            self._stream.flush()
+
+    def done(self) -> None:
+        if self._stream is not None:
+            self._stream.write("\r\033[K")
+            self._stream.flush()
+
+
+def _ns0(identifier: int) -> ua.NodeId:
+    return ua.NodeId(ua.Int32(identifier), ua.Int16(0))
+
+
+def _value(data_value: ua.DataValue) -> Any:
+    return data_value.Value.Value if data_value.Value is not None else None
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class Browser:
+    """One browse session on a connected asyncua ``Client``."""
+
+    def __init__(
+        self, client: Client, *, progress: _Progress, max_depth: int, max_references: int = MAX_REFERENCES_PER_NODE
+    ) -> None:
+        self._client = client
+        self._max_references = max_references
+        self._progress = progress
+        self._max_depth = max_depth
+        self.stats = BrowseStats()
+        self._namespaces: list[str] = []
+
+    async def _limit(self, node: int) -> int:
+        try:
+            value = await self._client.get_node(_ns0(node)).read_value()
+        except (TimeoutError, UaError):
+            return DEFAULT_LIMIT
+        return int(value) if isinstance(value, int) and value > 0 else DEFAULT_LIMIT
+
+    async def start(self) -> None:
+        self._namespaces = list(await self._client.get_namespace_array())
+        self.stats.max_nodes_per_browse = await self._limit(
+            ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse)
+        self.stats.max_nodes_per_read = await self._limit(
+            ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead)
+
+    def node_text(self, node_id: ua.NodeId) -> str:
+        """``nsu=URI;s=...`` (``i=85`` in namespace 0)."""
+        body = node_id.to_string()
+        if node_id.NamespaceIndex == 0:
+            return body
+        body = body.split(";", 1)[1] if body.startswith("ns=") else body
+        uri = self._namespaces[node_id.NamespaceIndex] if node_id.NamespaceIndex < len(self._namespaces) else ""
+        return f"nsu={uri};{body}" if uri else node_id.to_string()
+
+    def namespace_of(self, node_id: ua.NodeId) -> str | None:
+        index = node_id.NamespaceIndex
+        return self._namespaces[index] if 0 < index < len(self._namespaces) else None
+
+    async def browse_children(self, parents: Sequence[ua.NodeId], mask: int) -> list[list[ua.ReferenceDescription]]:
+        """Forward hierarchical references of every parent (BrowseNext until no continuation point is left)."""
+        out: list[list[ua.ReferenceDescription]] = [[] for _ in parents]
+        for offset in range(0, len(parents), self.stats.max_nodes_per_browse):
+            chunk = parents[offset:offset + self.stats.max_nodes_per_browse]
+            params = ua.BrowseParameters()
+            params.RequestedMaxReferencesPerNode = self._max_references
+            params.NodesToBrowse = [
+                ua.BrowseDescription(
+                    NodeId=node, BrowseDirection=ua.BrowseDirection.Forward,
+                    ReferenceTypeId=_ns0(ObjectIds.HierarchicalReferences), IncludeSubtypes=True,
+                    NodeClassMask=mask, ResultMask=int(ua.BrowseResultMask.All),
+                )
+                for node in chunk
+            ]
+            results = await self._client.uaclient.browse(params)
+            self.stats.browse_requests += 1
+            pending: list[tuple[int, bytes]] = []
+            for position, result in enumerate(results):
+                if result.StatusCode.is_good():
+                    out[offset + position].extend(result.References)
+                    if result.ContinuationPoint:
+                        pending.append((offset + position, result.ContinuationPoint))
+            while pending:
+                next_params = ua.BrowseNextParameters(
+                    ReleaseContinuationPoints=False, ContinuationPoints=[point for _, point in pending])
+                next_results = await self._client.uaclient.browse_next(next_params)
+                self.stats.browse_next_requests += 1
+                still: list[tuple[int, bytes]] = []
+                for (index, _), result in zip(pending, next_results, strict=True):
+                    if result.StatusCode.is_good():
+                        out[index].extend(result.References)
+                        if result.ContinuationPoint:
+                            still.append((index, result.ContinuationPoint))
+                pending = still
+        return out
+
+    async def read(self, nodes: Sequence[ua.NodeId], attribute: AttributeIds) -> list[ua.DataValue]:
+        values: list[ua.DataValue] = []
+        for chunk in _chunks(nodes, self.stats.max_nodes_per_read):
+            params = ua.ReadParameters()
+            params.NodesToRead = [ua.ReadValueId(NodeId=node, AttributeId=attribute) for node in chunk]
+            values.extend(await self._client.uaclient.read(params))
+            self.stats.read_requests += 1
+        return values
+
+    async def walk(self, root: ua.NodeId) -> list[BrowsedDevice]:
+        """Find the devices below ``root`` and every variable of each (see the module docstring)."""
+        root_name = (await self._client.get_node(root).read_browse_name()).Name
+        root_type = await self._type_definition(root)
+        devices: list[tuple[str, ua.NodeId]] = []
+        if root_type != _FOLDER_TYPE and root != _ns0(ObjectIds.ObjectsFolder):
+            devices.append((root_name, root))
+        else:
+            folders = [root]
+            depth = 0
+            while folders and depth < self._max_depth:
+                depth += 1
+                children = await self.browse_children(folders, int(ua.NodeClass.Object))
+                folders = []
+                for references in children:
+                    for ref in references:
+                        node_id = ref.NodeId
+                        if node_id.NamespaceIndex == 0:
+                            continue
+                        plain = ua.NodeId(node_id.Identifier, node_id.NamespaceIndex, node_id.NodeIdType)
+                        self.stats.objects += 1
+                        if ref.TypeDefinition.Identifier == _FOLDER_TYPE and ref.TypeDefinition.NamespaceIndex == 0:
+                            folders.append(plain)
+                        else:
+                            devices.append((ref.BrowseName.Name, plain))
+        out = []
+        for name, node in devices:
+            out.append(await self._device(name, node))
+        self._progress.done()
+        return out
+
+    async def _type_definition(self, node: ua.NodeId) -> int | None:
+        refs = await self._client.get_node(node).get_references(
+            ObjectIds.HasTypeDefinition, ua.BrowseDirection.Forward)
+        for ref in refs:
+            if ref.NodeId.NamespaceIndex == 0 and isinstance(ref.NodeId.Identifier, int):
+                return ref.NodeId.Identifier
+        return None
+
+    async def _device(self, name: str, device_node: ua.NodeId) -> BrowsedDevice:
+        found: list[_Found] = []
+        frontier: list[tuple[ua.NodeId, tuple[str, ...]]] = [(device_node, ())]
+        depth = 0
+        mask = int(ua.NodeClass.Object) | int(ua.NodeClass.Variable)
+        while frontier and depth < self._max_depth:
+            depth += 1
+            children = await self.browse_children([node for node, _ in frontier], mask)
+            next_frontier: list[tuple[ua.NodeId, tuple[str, ...]]] = []
+            for (_, path), references in zip(frontier, children, strict=True):
+                for ref in references:
+                    if ref.NodeId.NamespaceIndex == 0:
+                        continue
+                    plain = ua.NodeId(ref.NodeId.Identifier, ref.NodeId.NamespaceIndex, ref.NodeId.NodeIdType)
+                    child_path = (*path, ref.BrowseName.Name)
+                    if ref.NodeClass == ua.NodeClass.Object:
+                        self.stats.objects += 1
+                        next_frontier.append((plain, child_path))
+                    elif ref.NodeClass == ua.NodeClass.Variable and ref.ReferenceTypeId.Identifier != _HAS_PROPERTY:
+                        self.stats.variables += 1
+                        found.append(_Found(plain, child_path, ref.NodeClass, None))
+            frontier = next_frontier
+            self._progress.show(f"browse {name}: {self.stats.objects} objects, {self.stats.variables} variables",
+                                force=not frontier)  # a device's final count is always shown
+        variables = await self._describe([item for item in found])
+        return BrowsedDevice(browse_name=name, node_id=self.node_text(device_node), variables=tuple(variables))
+
+    async def _describe(self, found: Sequence[_Found]) -> list[BrowsedVariable]:
+        nodes = [item.node_id for item in found]
+        properties = await self.browse_children(nodes, int(ua.NodeClass.Variable))
+        ranges: dict[int, ua.NodeId] = {}
+        units: dict[int, ua.NodeId] = {}
+        for index, refs in enumerate(properties):
+            for ref in refs:
+                plain = ua.NodeId(ref.NodeId.Identifier, ref.NodeId.NamespaceIndex, ref.NodeId.NodeIdType)
+                if ref.BrowseName.Name == "EURange":
+                    ranges[index] = plain
+                elif ref.BrowseName.Name == "EngineeringUnits":
+                    units[index] = plain
+        self._progress.show(f"read attributes of {len(nodes)} variables", force=True)
+        data_types = await self.read(nodes, AttributeIds.DataType)
+        ranks = await self.read(nodes, AttributeIds.ValueRank)
+        access = await self.read(nodes, AttributeIds.AccessLevel)
+        texts = await self.read(nodes, AttributeIds.Description)
+        range_values = dict(zip(ranges, await self.read(list(ranges.values()), AttributeIds.Value), strict=True))
+        unit_values = dict(zip(units, await self.read(list(units.values()), AttributeIds.Value), strict=True))
+        type_names, type_kinds = await self._type_names([_value(dv) for dv in data_types])
+        out: list[BrowsedVariable] = []
+        for index, item in enumerate(found):
+            data_type = _value(data_types[index])
+            builtin = (data_type.Identifier if isinstance(data_type, ua.NodeId) and data_type.NamespaceIndex == 0
+                       and isinstance(data_type.Identifier, int) else None)
+            rank = _value(ranks[index])
+            level = _value(access[index])
+            text = _value(texts[index])
+            eu_range = _value(range_values[index]) if index in range_values else None
+            eu = _value(unit_values[index]) if index in unit_values else None
+            out.append(BrowsedVariable(
+                path=item.path,
+                node_id=self.node_text(item.node_id),
+                data_type=builtin,
+                data_type_name=type_names.get(str(data_type), str(data_type)),
+                data_type_kind=type_kinds.get(str(data_type)),
+                value_rank=int(rank) if isinstance(rank, int) else -1,
+                description=text.Text if isinstance(text, ua.LocalizedText) and text.Text else None,
+                unit=EngineeringUnit(eu.NamespaceUri or "", int(eu.UnitId), eu.DisplayName.Text or "")
+                if isinstance(eu, ua.EUInformation) else None,
+                low=float(eu_range.Low) if isinstance(eu_range, ua.Range) else None,
+                high=float(eu_range.High) if isinstance(eu_range, ua.Range) else None,
+                readable=bool(int(level) & _CURRENT_READ) if isinstance(level, int) else True,
+            ))
+        return out
+
+    async def _type_names(self, data_types: Iterable[Any]) -> tuple[dict[str, str], dict[str, str]]:
+        """(type id text -> name, type id text -> "structure" / "enumeration") for the types used."""
+        unique = {str(node): node for node in data_types if isinstance(node, ua.NodeId)}
+        names: dict[str, str] = {}
+        kinds: dict[str, str] = {}
+        unknown = []
+        for text, node in unique.items():
+            if node.NamespaceIndex == 0 and isinstance(node.Identifier, int) and node.Identifier in BUILTIN_TYPE_NAMES:
+                names[text] = BUILTIN_TYPE_NAMES[node.Identifier]
+            else:
+                unknown.append((text, node))
+        if unknown:
+            values = await self.read([node for _, node in unknown], AttributeIds.BrowseName)
+            for (text, _), value in zip(unknown, values, strict=True):
+                qualified = _value(value)
+                if isinstance(qualified, ua.QualifiedName) and qualified.Name:
+                    names[text] = qualified.Name
+            definitions = await self.read([node for _, node in unknown], AttributeIds.DataTypeDefinition)
+            for (text, _), value in zip(unknown, definitions, strict=True):
+                definition = _value(value)
+                if isinstance(definition, ua.StructureDefinition):
+                    kinds[text] = STRUCTURE
+                elif isinstance(definition, ua.EnumDefinition):
+                    kinds[text] = ENUMERATION
+        return names, kinds
+
+
+async def browse_server(
+    endpoint: str,
+    *,
+    root: str | None,
+    max_depth: int,
+    timeout_s: float,
+    progress: TextIO | None,
+    max_references: int = MAX_REFERENCES_PER_NODE,
+) -> tuple[list[BrowsedDevice], BrowseStats, str | None]:
+    """Connect, walk, disconnect. Returns the devices, the statistics and the main namespace URI."""
+    started = time.monotonic()
+    client = Client(endpoint, timeout=timeout_s)
+    async with client:
+        browser = Browser(client, progress=_Progress(progress), max_depth=max_depth, max_references=max_references)
+        await browser.start()
+        root_id = ua.NodeId.from_string(root) if root else _ns0(ObjectIds.ObjectsFolder)
+        if root and root.startswith("nsu="):
+            uri, _, rest = root[4:].partition(";")
+            index = await client.get_namespace_index(uri)
+            parsed = ua.NodeId.from_string(rest)
+            root_id = ua.NodeId(parsed.Identifier, ua.Int16(index), parsed.NodeIdType)
+        devices = await browser.walk(root_id)
+        namespaces = [ns for d in devices for v in d.variables if (ns := _uri_of(v.node_id))]
+        main = max(set(namespaces), key=namespaces.count) if namespaces else None
+    browser.stats.elapsed_s = time.monotonic() - started
+    browser.stats.devices = devices
+    return devices, browser.stats, main
+
+
+def _uri_of(node_text: str) -> str | None:
+    return node_text[4:].partition(";")[0] if node_text.startswith("nsu=") else None
+
+
+def render_yaml(plan: BrowsePlan, *, endpoint: str) -> str:
+    """The whole tag map as YAML, with a header telling what to edit."""
+    document: dict[str, Any] = {
+        "gateway": {"id": "browse", "enterprise": "enterprise", "site": "site"},
+        "mqtt": {"url": "mqtt://127.0.0.1:1883"},
+    }
+    if plan.templates:
+        document["templates"] = plan.templates
+    document["devices"] = plan.devices
+    header = (
+        f"# Tag map written by `cellgate browse {endpoint}`.\n"
+        "# Set gateway.id/enterprise/site, mqtt.url and each device's area/line; add deadbands where wanted.\n"
+    )
+    return header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=120)
+
+
+def summary(plan: BrowsePlan, stats: BrowseStats) -> str:
+    reasons: dict[str, int] = {}
+    for skipped in plan.skipped:
+        key = skipped.reason.split(" (")[0] if skipped.reason.startswith("array") else skipped.reason
+        reasons[key] = reasons.get(key, 0) + 1
+    lines = [
+        f"browsed {stats.objects} objects and {stats.variables} variables in {stats.elapsed_s:.1f} s "
+        f"({stats.browse_requests} Browse, {stats.browse_next_requests} BrowseNext, {stats.read_requests} Read; "
+        f"MaxNodesPerBrowse {stats.max_nodes_per_browse}, MaxNodesPerRead {stats.max_nodes_per_read})",
+        f"wrote {len(plan.devices)} device(s), {plan.tags} tag(s), {len(plan.templates)} template(s), "
+        f"{plan.repeats} repeat(s)",
+    ]
+    if plan.skipped:
+        lines.append(f"skipped {len(plan.skipped)} variable(s): "
+                     + ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items())))
+    if plan.unmapped_units:
+        lines.append("units with no UCUM mapping (left out): "
+                     + ", ".join(f"{unit} x{count}" for unit, count in sorted(plan.unmapped_units.items())))
+    return "\n".join(lines)
+
+
+def run_browse(
+    *,
+    endpoint: str,
+    root: str | None,
+    depth: int,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    output: str | None,
+    area: str,
+    line: str,
+    templates: bool,
+    timeout_s: float = 10.0,
+    max_references: int = MAX_REFERENCES_PER_NODE,
+    stdout: TextIO = sys.stdout,
+    stderr: TextIO = sys.stderr,
+    is_terminal: Callable[[], bool] = sys.stderr.isatty,
+) -> int:
+    """The ``cellgate browse`` command: returns the exit status."""
+    # asyncua logs every session-timeout negotiation as a warning; the summary says what matters here.
+    logging.getLogger("asyncua").setLevel(logging.ERROR)
+    try:
+        devices, stats, namespace = asyncio.run(browse_server(
+            endpoint, root=root, max_depth=depth, timeout_s=timeout_s,
+            progress=stderr if is_terminal() else None, max_references=max_references,
+        ))
+    except (TimeoutError, OSError, UaError) as exc:
+        print(f"cellgate browse: {endpoint}: {type(exc).__name__}: {exc}", file=stderr)
+        return 1
+    plan = plan_tag_map(devices, endpoint=endpoint, namespace=namespace, area=area, line=line,
+                        include=include, exclude=exclude, templates=templates)
+    text = render_yaml(plan, endpoint=endpoint)
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+    else:
+        stdout.write(text)
+    print(summary(plan, stats), file=stderr)
+    return 0
