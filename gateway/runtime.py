@@ -32,6 +32,7 @@ import structlog
 
 from gateway import __version__
 from gateway.assembly import DeviceLink, SourceTask, active_devices, build_outbound, build_sources, mqtt_options_for
+from gateway.backoff import Backoff
 from gateway.errors import ConfigError, SinkError
 from gateway.health import PipelineView, report_health
 from gateway.notify import SystemdNotifier
@@ -55,8 +56,8 @@ STOP_SOURCES_BUDGET_S = 2.0
 DRAIN_QUEUE_BUDGET_S = 3.0
 CLOSE_SINK_BUDGET_S = 3.0
 
-SUPERVISOR_BACKOFF_MIN_S = 1.0
-SUPERVISOR_BACKOFF_MAX_S = 60.0
+SUPERVISOR_BACKOFF = Backoff(min_s=1.0, max_s=60.0, jitter=0.2)
+"""Wait before restarting a crashed source; a source that ran longer than ``max_s`` starts from ``min_s``."""
 
 GATEWAY_STOPPED_ERROR = "gateway stopped"
 """The ``error`` of every equipment's retained ``_status`` after a clean stop."""
@@ -240,7 +241,7 @@ class Gateway:
 
     async def _supervise(self, name: str, run: Callable[[], Awaitable[None]], devices: Sequence[str]) -> None:
         """Run a source; if it dies, mark its devices disconnected and restart it with capped backoff."""
-        backoff = SUPERVISOR_BACKOFF_MIN_S
+        failures = 0
         while True:
             started = self._clock()
             try:
@@ -257,10 +258,8 @@ class Gateway:
                     channel.report_link(False, f"source crashed: {exc!r}")
                     await channel.emit(channel.outbound.link_lost_readings(self._clock()))
             self.counters.source_restarts += 1
-            if self._clock() - started > SUPERVISOR_BACKOFF_MAX_S:
-                backoff = SUPERVISOR_BACKOFF_MIN_S
-            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-            backoff = min(backoff * 2, SUPERVISOR_BACKOFF_MAX_S)
+            failures = 1 if self._clock() - started > SUPERVISOR_BACKOFF.max_s else failures + 1
+            await asyncio.sleep(SUPERVISOR_BACKOFF.delay_s(failures, random.random()))
 
     def _start_source(self, group: asyncio.TaskGroup, source: SourceTask) -> None:
         task = group.create_task(self._supervise(source.name, source.run, source.devices), name=source.name)

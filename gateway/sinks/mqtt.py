@@ -71,6 +71,7 @@ from typing import Literal, cast
 
 import structlog
 
+from gateway.backoff import Backoff
 from gateway.errors import SinkError
 from gateway.sinks.mqtt_wire import (
     DEFAULT_RECEIVE_MAXIMUM,
@@ -223,14 +224,18 @@ def backoff_delay_s(failures: int, *, min_s: float, max_s: float, jitter: float)
     """Seconds to wait before the next connection attempt, ``failures`` (>= 0) attempts in a row having
     failed since the last good connection (0: right after losing one).
 
-    The ceiling is ``2 * min_s`` after a loss and doubles per failed attempt up to ``max_s``; the wait is
-    drawn between half the ceiling (never below ``min_s``) and the ceiling (``jitter`` in [0, 1) is the
-    draw), so gateways that lost the same broker do not all come back in the same instant, and the wait
-    grows with every failure whatever the draw. Pure: the caller passes the random number.
+    The shared schedule (``gateway.backoff``) two doublings on, with jitter up to half: the ceiling is
+    ``2 * min_s`` after a loss and doubles per failed attempt up to ``max_s``; the wait is drawn between half
+    the ceiling (never below ``min_s``) and the ceiling (``jitter`` in [0, 1) is the draw), so gateways that
+    lost the same broker do not all come back in the same instant, and the wait grows with every failure
+    whatever the draw. Pure: the caller passes the random number.
     """
-    ceiling = min(max_s, min_s * 2.0 ** min(failures + 1, 32))
-    floor = max(min_s, ceiling / 2.0)
-    return floor + (ceiling - floor) * jitter
+    schedule = Backoff(min_s=min_s, max_s=max_s, jitter=_MQTT_JITTER)
+    return max(min_s, schedule.delay_s(failures + 2, 1.0 - jitter))
+
+
+_MQTT_JITTER = 0.5
+"""The MQTT reconnect wait is drawn from the upper half of its ceiling."""
 
 
 class _Repeats:
