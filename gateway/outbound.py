@@ -24,8 +24,8 @@ from gateway.schema import (
     utf8_length,
 )
 from gateway.sources.base import RawReading
-from gateway.tagmap.model import PublishMode
 from gateway.transform import TagRules, TagTransform
+from gateway.vocabulary import PublishMode
 
 __all__ = ["DeviceOutbound", "Message", "PublishMode", "TagOutput"]
 
@@ -84,7 +84,7 @@ class DeviceOutbound:
             device=device,
             protocol=protocol,
             tags=[tag.meta for tag in tags],
-            publish_mode=mode.value,
+            publish_mode=mode,
             interval_ms=interval_ms,
             max_payload_bytes=max_packet_bytes - PUBLISH_OVERHEAD_BYTES - utf8_length(longest_meta_topic),
         )
