@@ -24,9 +24,9 @@ devices:
 
 
 def test_the_planner_knows_exactly_the_tag_maps_members() -> None:
-    assert TABLES == tuple(Table)
-    assert VALUE_TYPES == tuple(DataType)
-    assert BYTE_ORDERS == tuple(ByteOrder)
+    assert tuple(Table) == TABLES
+    assert tuple(DataType) == VALUE_TYPES
+    assert tuple(ByteOrder) == BYTE_ORDERS
 
 
 def test_the_read_plan_carries_the_tag_maps_enum_members() -> None:
