@@ -35,6 +35,7 @@ from gateway.assembly import DeviceLink, SourceTask, active_devices, build_outbo
 from gateway.backoff import Backoff
 from gateway.errors import ConfigError, SinkError
 from gateway.health import PipelineView, report_health
+from gateway.mqtt.connection import MqttSink
 from gateway.notify import SystemdNotifier
 from gateway.outbound import DeviceOutbound, Message
 from gateway.process_tuning import memory_usage_mb, release_freed_memory, settle_garbage_collector
@@ -42,7 +43,6 @@ from gateway.queueing import MessageQueue
 from gateway.reload import PlantFingerprint, plan_reload, without_tags
 from gateway.schema import encode_gateway_status, gateway_status_topic
 from gateway.seq_reservation import SeqBudget, SeqFileStore, SeqReservations
-from gateway.sinks.mqtt import MqttSink
 from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward, open_spool
 from gateway.sources.base import RawReading

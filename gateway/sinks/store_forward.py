@@ -36,8 +36,8 @@ from typing import ParamSpec, TypeVar
 import structlog
 
 from gateway.errors import SinkError
+from gateway.mqtt.connection import MqttSink
 from gateway.schema import mark_historical
-from gateway.sinks.mqtt import MqttSink
 from gateway.sinks.spool import DeadLetter, DropReason, SeqCheckpoint, Spool, SpooledMessage, SpoolFullError
 
 log = structlog.get_logger("cellgate.spool")

@@ -1,7 +1,7 @@
 """MqttSink's own MQTT client where Mosquitto cannot be made to misbehave on cue.
 
 A scripted broker (tests/support/mqtt_broker.py: real sockets on 127.0.0.1, packets via
-gateway.sinks.mqtt_wire) decides per message whether and how to acknowledge, can advertise MQTT 5
+gateway.mqtt.wire) decides per message whether and how to acknowledge, can advertise MQTT 5
 limits, ignore PINGREQ or drop the link, and records every packet it receives per connection.
 """
 
@@ -13,8 +13,8 @@ import time
 import pytest
 
 from gateway.errors import SinkError
-from gateway.sinks.mqtt import MqttSink, backoff_delay_s
-from gateway.sinks.mqtt_wire import (
+from gateway.mqtt.connection import MqttSink, backoff_delay_s
+from gateway.mqtt.wire import (
     Connack,
     Connect,
     Disconnect,

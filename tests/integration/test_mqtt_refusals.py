@@ -9,7 +9,7 @@ from pathlib import Path
 
 import structlog
 
-from gateway.sinks.mqtt import MqttSink
+from gateway.mqtt.connection import MqttSink
 from tests.support.mosquitto import Mosquitto, Subscriber
 from tests.support.sink import sink_options
 

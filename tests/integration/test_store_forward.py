@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway.sinks.mqtt import MqttSink
+from gateway.mqtt.connection import MqttSink
 from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward, open_spool
 from tests.support.mosquitto import Mosquitto, Subscriber, free_port

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.backoff import Backoff
-from gateway.sinks.mqtt import backoff_delay_s
+from gateway.mqtt.connection import backoff_delay_s
 from gateway.sources.reconnect import ReconnectPolicy
 
 SCHEDULE = Backoff(min_s=0.5, max_s=30.0, jitter=0.2)
