@@ -399,7 +399,7 @@ class Gateway:
             spooled=forwarder.spooled_now,
             previous_stop=seq_resume.previous_stop.value,
         )
-        sink = MqttSink(options, on_spool_ack=forwarder.on_spool_ack, on_refused=forwarder.on_refused)
+        sink = MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused)
         forwarder.bind(sink)
         self._sink, self._forwarder = sink, forwarder
         async with sink:

@@ -18,7 +18,7 @@ Delivery contract:
 * A QoS1 message counts as ``delivered`` only when its PUBACK arrives (MQTT 5: reason code < 0x80).
 * Refused: a message larger than the maximum packet size (``max_packet_size``, or a smaller one from
   the MQTT 5 CONNACK) is never sent; one with a PUBACK reason >= 0x80 is refused by the broker. Either
-  goes once to ``on_refused(topic, payload, reason, spool_id)`` (``reason``: ``refusal_reason``'s
+  goes once to ``on_refused(topic, payload, reason, handle)`` (``reason``: ``refusal_reason``'s
   token), is counted in ``refused_by_reason`` (data also in ``failed``) and logged once per reason; its
   window slot is freed, so it never blocks the others. A refused control message leaves the retained
   set, so it is not sent again at every connect.
@@ -29,12 +29,13 @@ Delivery contract:
 * ``unacked()`` returns the data messages handed over without a PUBACK yet, in publish order. After
   ``close`` it is exactly what may not have reached the broker: give it to the spool. It can contain
   messages the broker did get (PUBACK lost with the link), so delivery is at-least-once and subscribers
-  drop duplicates by ``seq``. Messages published with a ``spool_id`` (replays from the spool) are left
-  out: they are still in the spool; their PUBACK goes to ``on_spool_ack`` instead.
+  drop duplicates by ``seq``. Messages published with a ``handle`` (``try_publish``) are left out:
+  their caller tracks them (store-and-forward: they are still in the spool); their PUBACK goes to
+  ``on_ack(handle)`` and a refusal to ``on_refused`` with the handle.
 * For the store-and-forward stage: ``offer_many`` hands over live messages only while connected and
   only while a window slot frees up within a bound, and returns how many it took (the rest goes to the
-  spool); ``try_replay`` takes one spooled message if a slot is free right now, so replays never make
-  live data wait.
+  spool); ``try_publish`` takes one message with a handle if a slot is free right now, so replays never
+  make live data wait. The client knows nothing of the spool: a handle is an opaque number of the caller's.
 
 Connection: one background task connects (TCP, TLS, CONNECT/CONNACK within ``connect_timeout_s``; a
 CONNACK that breaks the MQTT 5 rules is a failed attempt, see ``wire.connack_problem``), serves the
@@ -102,6 +103,7 @@ from gateway.mqtt.wire import (
     shorten,
     topic_field,
 )
+from gateway.sinks.base import Handle
 
 DEFAULT_CLOSE_TIMEOUT_S = 5.0
 # Budget for DISCONNECT, the end of the connection and the connection task after the drain in close().
@@ -182,14 +184,14 @@ class _InFlight:
     went out on the current connection: only those count against the broker's Receive Maximum.
     """
 
-    __slots__ = ("control", "packet", "payload", "sent", "spool_id", "topic")
+    __slots__ = ("control", "handle", "packet", "payload", "sent", "topic")
 
-    def __init__(self, topic: str, payload: bytes, packet: bytes, control: bool, spool_id: int | None) -> None:
+    def __init__(self, topic: str, payload: bytes, packet: bytes, control: bool, handle: Handle | None) -> None:
         self.topic = topic
         self.payload = payload
         self.packet = packet
         self.control = control  # status / retained restore: no window slot, not counted
-        self.spool_id = spool_id  # a replay from the spool: its PUBACK goes to on_spool_ack
+        self.handle = handle  # the caller tracks it (try_publish): its PUBACK goes to on_ack
         self.sent = False
 
 
@@ -434,15 +436,16 @@ class MqttSink:
         self,
         options: MqttOptions,
         *,
-        on_spool_ack: Callable[[int, bool], None] | None = None,
-        on_refused: Callable[[str, bytes, str, int | None], None] | None = None,
+        on_ack: Callable[[Handle], None] | None = None,
+        on_refused: Callable[[str, bytes, str, Handle | None], None] | None = None,
     ) -> None:
-        """``on_spool_ack(spool_id, ok)``: the PUBACK (or refusal) of a replay from the spool.
-        ``on_refused(topic, payload, reason, spool_id)``: once per message the broker will never take
+        """``on_ack(handle)``: the PUBACK of a message published with a handle (``try_publish``).
+        ``on_refused(topic, payload, reason, handle)``: once per message the broker will never take
         (``reason`` a ``refusal_reason`` token such as ``packet_too_large`` or ``not_authorized``;
-        ``spool_id`` None for live data and control messages), e.g. to keep it in a dead-letter table."""
+        ``handle`` None for messages published without one and control messages), e.g. to keep it in a
+        dead-letter table. A message with a handle gets exactly one of the two."""
         self._options = options
-        self._on_spool_ack = on_spool_ack
+        self._on_ack = on_ack
         self._on_refused = on_refused
         self._version = ProtocolVersion.V5 if options.protocol == "5" else ProtocolVersion.V311
         self._encoder = PublishEncoder(self._version)
@@ -535,9 +538,10 @@ class MqttSink:
         """Data messages (topic, payload) handed over without a PUBACK yet, oldest first.
 
         After ``close`` this is what the spool must keep. Control messages are not included: they are
-        rebuilt from ``set_retained`` and the options at the next start.
+        rebuilt from ``set_retained`` and the options at the next start; nor are messages with a handle,
+        which their caller tracks.
         """
-        return [(m.topic, m.payload) for m in self._in_flight.values() if not m.control and m.spool_id is None]
+        return [(m.topic, m.payload) for m in self._in_flight.values() if not m.control and m.handle is None]
 
     async def wait_connected(self, timeout_s: float) -> None:
         """Return once connected; raise SinkError (with the last connect error) after ``timeout_s``."""
@@ -757,24 +761,24 @@ class MqttSink:
             raise batch.error
         return batch.index
 
-    def try_replay(self, spool_id: int, topic: str, payload: bytes) -> bool:
-        """Publish one spooled message if connected and a window slot is free now; False otherwise.
+    def try_publish(self, topic: str, payload: bytes, handle: Handle) -> bool:
+        """Publish one message if connected and a window slot is free now; False otherwise.
 
-        Its PUBACK (or refusal) is reported to ``on_spool_ack(spool_id, ok)``. Replays never wait for a
-        slot, so live data always gets the window first.
+        Its PUBACK is reported to ``on_ack(handle)``, a refusal to ``on_refused``. It never waits for a slot,
+        so messages given to ``offer_many`` / ``publish_many`` get the window first.
         """
         self._check_open()
         if not self._connected:
             return False
         if self._options.qos == 0:
             self._send_qos0(topic, payload, False)
-            if self._on_spool_ack is not None:
-                self._on_spool_ack(spool_id, True)
+            if self._on_ack is not None:
+                self._on_ack(handle)
             return True
         if not self._window.try_acquire():
             return False
         try:
-            self._hand_over(topic, payload, False, spool_id)
+            self._hand_over(topic, payload, False, handle)
         except SinkError:
             self._window.release()
             raise
@@ -837,7 +841,7 @@ class MqttSink:
                 self._next_packet_id = packet_id
                 return packet_id
 
-    def _hand_over(self, topic: str, payload: bytes, retain: bool, spool_id: int | None) -> None:
+    def _hand_over(self, topic: str, payload: bytes, retain: bool, handle: Handle | None) -> None:
         """Take one QoS1 data message into the in-flight set and send it if it may go now. The caller
         holds a window slot for it and keeps it when this raises SinkError (it must give it back: this
         never calls the window). The hot path: one call per message."""
@@ -853,7 +857,7 @@ class MqttSink:
         except (SinkError, MalformedPacketError) as exc:  # all ids in use; a payload of over 256 MB
             raise SinkError(f"cannot publish to {topic!r}: {exc}") from exc
         self._next_packet_id = packet_id
-        message = _InFlight(topic, payload, packet, False, spool_id)
+        message = _InFlight(topic, payload, packet, False, handle)
         in_flight[packet_id] = message
         self._data_in_flight += 1
         self._published += 1
@@ -1006,24 +1010,21 @@ class MqttSink:
             self._control_delivered += 1
             return False
         self._data_in_flight -= 1
-        if message.spool_id is not None and self._on_spool_ack is not None:
-            self._on_spool_ack(message.spool_id, True)
+        if message.handle is not None and self._on_ack is not None:
+            self._on_ack(message.handle)
         self._delivered += 1
         return True
 
     def _refused(self, message: _InFlight, reason_code: int, properties: Properties) -> bool:
-        """``message`` will never be taken: hand it to ``on_refused`` (and a replay to ``on_spool_ack``
-        as failed). A refused control message leaves the retained set, so it is not sent again at every
-        connect. True when it freed a data window slot."""
+        """``message`` will never be taken: hand it to ``on_refused``. A refused control message leaves the
+        retained set, so it is not sent again at every connect. True when it freed a data window slot."""
         if message.control:
             if self._retained.get(message.topic) == message.payload:
                 del self._retained[message.topic]
         else:
             self._data_in_flight -= 1
             self._failed += 1
-        self._note_refused(message.topic, message.payload, reason_code, properties, message.spool_id, message.control)
-        if message.spool_id is not None and self._on_spool_ack is not None:
-            self._on_spool_ack(message.spool_id, False)
+        self._note_refused(message.topic, message.payload, reason_code, properties, message.handle, message.control)
         return not message.control
 
     def _note_refused(
@@ -1032,7 +1033,7 @@ class MqttSink:
         payload: bytes,
         reason_code: int,
         properties: Properties,
-        spool_id: int | None,
+        handle: Handle | None,
         control: bool,
     ) -> None:
         """Count a refusal, log the first one of each reason, tell ``on_refused``."""
@@ -1053,7 +1054,7 @@ class MqttSink:
             )
         if self._on_refused is not None:
             try:
-                self._on_refused(topic, payload, reason, spool_id)
+                self._on_refused(topic, payload, reason, handle)
             except Exception as exc:  # the caller's bug must not break the PUBACK handling
                 self._log.error("mqtt_on_refused_failed", error=repr(exc))
 

@@ -2,9 +2,9 @@
 
 ::
 
-    forward(messages) --connected, window slot within window_wait_s--> MqttSink (live)
+    forward(messages) --connected, window slot within window_wait_s--> Sink (live)
                       \\--otherwise (broker down, window stuck, shutdown)--> Spool (marked historical)
-    replay task: Spool oldest first --free window slot only, at most replay_per_s--> MqttSink
+    replay task: Spool oldest first --free window slot only, at most replay_per_s--> Sink
                  PUBACK --> removed from the spool (in groups, at least every ACK_FLUSH_S)
     refused by the broker (on_refused) --> dead_letter table of the spool
 
@@ -36,8 +36,8 @@ from typing import ParamSpec, TypeVar
 import structlog
 
 from gateway.errors import SinkError
-from gateway.mqtt.connection import MqttSink
 from gateway.schema import mark_historical
+from gateway.sinks.base import Handle, Sink
 from gateway.sinks.spool import DeadLetter, DropReason, SeqCheckpoint, Spool, SpooledMessage, SpoolFullError
 
 log = structlog.get_logger("cellgate.spool")
@@ -114,7 +114,7 @@ class StoreAndForward:
         """How often the in-flight window stayed full for ``window_wait_s`` while connected (a hung broker)."""
         self._replay_interval_s = 1.0 / replay_per_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellgate-spool")
-        self._sink: MqttSink | None = None
+        self._sink: Sink | None = None
         self._spooled = asyncio.Event()  # set while the spool may hold messages to replay
         if spool is not None and spool.count:
             self._spooled.set()
@@ -159,17 +159,19 @@ class StoreAndForward:
         """Dead letters deleted by ``spool.dead_letter_max_mb`` since the spool was opened."""
         return self.spool.dead_letters_dropped if self.spool is not None else 0
 
-    def bind(self, sink: MqttSink) -> None:
+    def bind(self, sink: Sink) -> None:
         self._sink = sink
 
-    def on_spool_ack(self, spool_id: int, ok: bool) -> None:
-        """The sink's ``on_spool_ack``: a replayed message was acknowledged (or refused: see ``on_refused``)."""
+    def on_ack(self, handle: Handle) -> None:
+        """The sink's ``on_ack``: the replay of spooled message ``handle`` (its spool id) was acknowledged."""
+        self._replay_done(handle)
+        self.replayed_total += 1
+
+    def _replay_done(self, spool_id: int) -> None:
         self._replays_in_flight -= 1
         self._acked.append(spool_id)
-        if ok:
-            self.replayed_total += 1
 
-    def on_refused(self, topic: str, payload: bytes, reason: str, spool_id: int | None) -> None:
+    def on_refused(self, topic: str, payload: bytes, reason: str, handle: Handle | None) -> None:
         """The sink's ``on_refused``: the broker will never take this message (``reason``, e.g. ``not_authorized``).
 
         Kept in the spool's dead-letter table (a replay moves there from the message table) at the next
@@ -179,11 +181,13 @@ class StoreAndForward:
         if reason not in self._refused_logged:
             self._refused_logged.add(reason)
             log.warning("message_refused_by_broker", reason=reason, topic=topic, size=len(payload))
-        if spool_id is None:
+        if handle is None:
             # Replayed as historical once requeued; a payload that is not a JSON object is kept as it was.
             with contextlib.suppress(ValueError):
                 payload = mark_historical(payload)
-        self._refused.append(DeadLetter(topic, payload, reason, spool_id))
+        self._refused.append(DeadLetter(topic, payload, reason, handle))
+        if handle is not None:  # a replay: its spool id (see _replay_one)
+            self._replay_done(handle)
 
     async def _io(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         loop = asyncio.get_running_loop()
@@ -387,14 +391,14 @@ class StoreAndForward:
             self._spooled.set()
         log.warning("spool_available_again", spool=str(spool.path), spooled=spool.count, lost=dict(self.lost_by_reason))
 
-    async def _replay_one(self, sink: MqttSink, row: SpooledMessage) -> bool:
+    async def _replay_one(self, sink: Sink, row: SpooledMessage) -> bool:
         """Send one spooled message at the replay rate, into a free window slot; False if disconnected."""
         now = time.monotonic()
         if self._next_replay_at > now:
             await asyncio.sleep(self._next_replay_at - now)
         # Never bank more than a second of unused rate (after a pause the replay would burst).
         self._next_replay_at = max(self._next_replay_at + self._replay_interval_s, time.monotonic() - 1.0)
-        while not sink.try_replay(row.id, row.topic, row.payload):
+        while not sink.try_publish(row.topic, row.payload, row.id):
             if not sink.connected:
                 return False
             await asyncio.sleep(REPLAY_SLOT_POLL_S)
@@ -451,7 +455,7 @@ class StoreAndForward:
             await self._io(self.spool.close)
         self._executor.shutdown(wait=True)
 
-    def _require_sink(self) -> MqttSink:
+    def _require_sink(self) -> Sink:
         if self._sink is None:
             raise SinkError("StoreAndForward used before bind(sink)")
         return self._sink

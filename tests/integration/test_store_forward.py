@@ -29,7 +29,7 @@ async def test_broker_down_spools_everything_then_replays_in_order_marked_histor
     forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=2000)
     options = dataclasses.replace(sink_options(broker, prefix), host=broker.host, port=port)
     try:
-        async with MqttSink(options, on_spool_ack=forwarder.on_spool_ack) as sink:
+        async with MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused) as sink:
             forwarder.bind(sink)
             replay = asyncio.create_task(forwarder.replay())
             await forwarder.forward([data(prefix, n) for n in range(1, 51)])
@@ -60,7 +60,7 @@ async def test_hung_broker_window_full_goes_to_spool_and_is_replayed_after(tmp_p
         spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
         forwarder = StoreAndForward(spool, window_wait_s=0.3, replay_per_s=5000)
         options = sink_options(broker, prefix, max_inflight=5, keepalive_s=60)
-        async with MqttSink(options, on_spool_ack=forwarder.on_spool_ack) as sink:
+        async with MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused) as sink:
             forwarder.bind(sink)
             await sink.wait_connected(5)
             replay = asyncio.create_task(forwarder.replay())
@@ -88,7 +88,9 @@ async def test_stop_while_broker_away_keeps_the_window_in_the_spool(tmp_path: Pa
     with Mosquitto() as broker:
         spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
         forwarder = StoreAndForward(spool, window_wait_s=0.2, replay_per_s=5000)
-        async with MqttSink(sink_options(broker, prefix, max_inflight=4), on_spool_ack=forwarder.on_spool_ack) as sink:
+        async with MqttSink(
+            sink_options(broker, prefix, max_inflight=4), on_ack=forwarder.on_ack, on_refused=forwarder.on_refused
+        ) as sink:
             forwarder.bind(sink)
             await sink.wait_connected(5)
             broker.pause()
@@ -111,7 +113,7 @@ async def test_a_stuck_window_sends_later_batches_straight_to_the_spool(tmp_path
         spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
         forwarder = StoreAndForward(spool, window_wait_s=2.0, replay_per_s=5000)
         options = sink_options(broker, prefix, max_inflight=5, keepalive_s=60)
-        async with MqttSink(options, on_spool_ack=forwarder.on_spool_ack) as sink:
+        async with MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused) as sink:
             forwarder.bind(sink)
             await sink.wait_connected(5)
             with Subscriber(broker.host, broker.port, f"{prefix}/data/#") as subscriber:
@@ -157,7 +159,7 @@ async def test_replay_acknowledgements_are_deleted_while_the_replay_waits_for_a_
     options = dataclasses.replace(sink_options(broker, prefix), host=broker.host, port=port)
     try:
         broker.start()
-        async with MqttSink(options, on_spool_ack=forwarder.on_spool_ack) as sink:
+        async with MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused) as sink:
             forwarder.bind(sink)
             replay = asyncio.create_task(forwarder.replay())
             await wait_until_async(lambda: forwarder.replayed_total >= 100, 20)
@@ -187,7 +189,9 @@ async def test_refused_messages_are_kept_as_dead_letters_and_never_block_the_oth
         spool.append([data(prefix, 1, "replayed")])
         replayed_id = spool.oldest(after_id=0, limit=1)[0].id
         forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=5000)
-        async with MqttSink(sink_options(broker, prefix), on_spool_ack=forwarder.on_spool_ack) as sink:
+        async with MqttSink(
+            sink_options(broker, prefix), on_ack=forwarder.on_ack, on_refused=forwarder.on_refused
+        ) as sink:
             forwarder.bind(sink)
             await sink.wait_connected(5)
             replay = asyncio.create_task(forwarder.replay())
@@ -232,7 +236,7 @@ async def test_without_a_spool_live_data_flows_losses_are_counted_and_the_spool_
     broker = Mosquitto(port=port)
     options = dataclasses.replace(sink_options(broker, prefix), host=broker.host, port=port)
     try:
-        async with MqttSink(options, on_spool_ack=forwarder.on_spool_ack) as sink:
+        async with MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused) as sink:
             forwarder.bind(sink)
             replay = asyncio.create_task(forwarder.replay())
             await forwarder.forward([data(prefix, n) for n in range(1, 11)])  # broker down, no spool
