@@ -33,6 +33,7 @@ import structlog
 from gateway import __version__
 from gateway.assembly import DeviceLink, SourceTask, active_devices, build_outbound, build_sources, mqtt_options_for
 from gateway.backoff import Backoff
+from gateway.encoders.uns_json import UnsJsonEncoder
 from gateway.errors import ConfigError, SinkError
 from gateway.health import PipelineView, report_health
 from gateway.mqtt.connection import MqttSink
@@ -41,7 +42,6 @@ from gateway.outbound import DeviceOutbound, Message
 from gateway.process_tuning import memory_usage_mb, release_freed_memory, settle_garbage_collector
 from gateway.queueing import MessageQueue
 from gateway.reload import PlantFingerprint, plan_reload, without_tags
-from gateway.schema import encode_gateway_status, gateway_status_topic
 from gateway.seq_reservation import SeqBudget, SeqFileStore, SeqReservations
 from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward, open_spool
@@ -347,6 +347,14 @@ class Gateway:
         with locked_state_dir(self.state_dir) as lock:
             if lock.problem is not None:
                 log.error("state_dir_degraded", state_dir=str(self.state_dir), problem=lock.problem, locked=lock.locked)
+            gateway = self.plant.gateway
+            encoder = UnsJsonEncoder(
+                enterprise=gateway.enterprise,
+                site=gateway.site,
+                gateway_id=gateway.id,
+                started=self._clock(),
+                version=__version__,
+            )
             settings = self.plant.spool
             spool_path = Path(settings.path) if settings.path else self.state_dir / "spool.db"
 
@@ -362,30 +370,26 @@ class Gateway:
             spool = await asyncio.to_thread(open_spool, open_at_path)
             forwarder = StoreAndForward(
                 spool,
+                historical=encoder.historical,
                 window_wait_s=settings.window_wait_ms / 1000,
                 replay_per_s=settings.replay_per_s,
                 reopen=open_at_path,
                 clock=self._clock,
             )
             try:
-                await self._run(stop, forwarder)
+                await self._run(stop, forwarder, encoder)
             finally:
                 if forwarder.spool is not None:
                     with contextlib.suppress(Exception):
                         forwarder.spool.close()
 
-    async def _run(self, stop: asyncio.Event, forwarder: StoreAndForward) -> None:
+    async def _run(self, stop: asyncio.Event, forwarder: StoreAndForward, encoder: UnsJsonEncoder) -> None:
         plant = self.plant
-        status_topic = gateway_status_topic(
-            enterprise=plant.gateway.enterprise, site=plant.gateway.site, gateway_id=plant.gateway.id
-        )
-        started = self._clock()
-
-        def status_payload(online: bool) -> bytes:
-            return encode_gateway_status(online=online, gateway_id=plant.gateway.id, ts=started, version=__version__)
-
         options = mqtt_options_for(
-            plant, will_topic=status_topic, will_payload=status_payload(False), online_payload=status_payload(True)
+            plant,
+            will_topic=encoder.status_topic,
+            will_payload=encoder.gateway_status(online=False).payload,
+            online_payload=encoder.gateway_status(online=True).payload,
         )
         seq_resume = await self._seq.start(used_before=self._state_dir_used)
         log.info(

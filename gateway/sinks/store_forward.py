@@ -36,11 +36,13 @@ from typing import ParamSpec, TypeVar
 import structlog
 
 from gateway.errors import SinkError
-from gateway.schema import mark_historical
 from gateway.sinks.base import Handle, Sink
 from gateway.sinks.spool import DeadLetter, DropReason, SeqCheckpoint, Spool, SpooledMessage, SpoolFullError
 
 log = structlog.get_logger("cellgate.spool")
+
+Historical = Callable[[str, bytes], bytes]
+"""The encoder's replay form of a message (topic, payload): what the spool keeps (e.g. ``"historical": true``)."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -96,6 +98,7 @@ class StoreAndForward:
         *,
         window_wait_s: float,
         replay_per_s: float,
+        historical: Historical,
         reopen: SpoolOpener | None = None,
         reopen_every_s: float = SPOOL_RETRY_S,
         clock: Callable[[], float] = time.time,
@@ -103,6 +106,7 @@ class StoreAndForward:
         if window_wait_s < 0 or replay_per_s <= 0:
             raise ValueError("need window_wait_s >= 0 and replay_per_s > 0")
         self.spool = spool
+        self._historical = historical
         self._reopen = reopen
         self._reopen_every_s = reopen_every_s
         self._clock = clock
@@ -182,9 +186,9 @@ class StoreAndForward:
             self._refused_logged.add(reason)
             log.warning("message_refused_by_broker", reason=reason, topic=topic, size=len(payload))
         if handle is None:
-            # Replayed as historical once requeued; a payload that is not a JSON object is kept as it was.
+            # Replayed as historical once requeued; a payload the encoder cannot mark is kept as it was.
             with contextlib.suppress(ValueError):
-                payload = mark_historical(payload)
+                payload = self._historical(topic, payload)
         self._refused.append(DeadLetter(topic, payload, reason, handle))
         if handle is not None:  # a replay: its spool id (see _replay_one)
             self._replay_done(handle)
@@ -262,7 +266,8 @@ class StoreAndForward:
         if spool is None:
             self._lose(len(messages), "spool_unavailable")
             return
-        rows = [(topic, mark_historical(payload)) for topic, payload in messages]
+        historical = self._historical
+        rows = [(topic, historical(topic, payload)) for topic, payload in messages]
         before = dict(spool.dropped_by_reason)
         try:
             await self._io(spool.append, rows)

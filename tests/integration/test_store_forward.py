@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 
+from gateway.encoders.uns_json import historical
 from gateway.mqtt.connection import MqttSink
 from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward, open_spool
@@ -26,7 +27,7 @@ async def test_broker_down_spools_everything_then_replays_in_order_marked_histor
     port = free_port()
     broker = Mosquitto(port=port)
     spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
-    forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=2000)
+    forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=2000, historical=historical)
     options = dataclasses.replace(sink_options(broker, prefix), host=broker.host, port=port)
     try:
         async with MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused) as sink:
@@ -58,7 +59,7 @@ async def test_broker_down_spools_everything_then_replays_in_order_marked_histor
 async def test_hung_broker_window_full_goes_to_spool_and_is_replayed_after(tmp_path: Path, prefix: str) -> None:
     with Mosquitto() as broker:
         spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
-        forwarder = StoreAndForward(spool, window_wait_s=0.3, replay_per_s=5000)
+        forwarder = StoreAndForward(spool, window_wait_s=0.3, replay_per_s=5000, historical=historical)
         options = sink_options(broker, prefix, max_inflight=5, keepalive_s=60)
         async with MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused) as sink:
             forwarder.bind(sink)
@@ -87,7 +88,7 @@ async def test_hung_broker_window_full_goes_to_spool_and_is_replayed_after(tmp_p
 async def test_stop_while_broker_away_keeps_the_window_in_the_spool(tmp_path: Path, prefix: str) -> None:
     with Mosquitto() as broker:
         spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
-        forwarder = StoreAndForward(spool, window_wait_s=0.2, replay_per_s=5000)
+        forwarder = StoreAndForward(spool, window_wait_s=0.2, replay_per_s=5000, historical=historical)
         async with MqttSink(
             sink_options(broker, prefix, max_inflight=4), on_ack=forwarder.on_ack, on_refused=forwarder.on_refused
         ) as sink:
@@ -111,7 +112,7 @@ async def test_a_stuck_window_sends_later_batches_straight_to_the_spool(tmp_path
     not wait it again each; they go to the spool as they come, and live sending resumes when slots free."""
     with Mosquitto() as broker:
         spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
-        forwarder = StoreAndForward(spool, window_wait_s=2.0, replay_per_s=5000)
+        forwarder = StoreAndForward(spool, window_wait_s=2.0, replay_per_s=5000, historical=historical)
         options = sink_options(broker, prefix, max_inflight=5, keepalive_s=60)
         async with MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused) as sink:
             forwarder.bind(sink)
@@ -155,7 +156,7 @@ async def test_replay_acknowledgements_are_deleted_while_the_replay_waits_for_a_
     broker = Mosquitto(port=port)
     spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
     spool.append([data(prefix, n) for n in range(1, 2001)])
-    forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=200)
+    forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=200, historical=historical)
     options = dataclasses.replace(sink_options(broker, prefix), host=broker.host, port=port)
     try:
         broker.start()
@@ -188,7 +189,7 @@ async def test_refused_messages_are_kept_as_dead_letters_and_never_block_the_oth
         spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
         spool.append([data(prefix, 1, "replayed")])
         replayed_id = spool.oldest(after_id=0, limit=1)[0].id
-        forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=5000)
+        forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=5000, historical=historical)
         async with MqttSink(
             sink_options(broker, prefix), on_ack=forwarder.on_ack, on_refused=forwarder.on_refused
         ) as sink:
@@ -229,7 +230,8 @@ async def test_without_a_spool_live_data_flows_losses_are_counted_and_the_spool_
         return Spool(blocker / "spool.db", max_bytes=10**7)
 
     forwarder = StoreAndForward(
-        open_spool(open_at_path), window_wait_s=0.2, replay_per_s=5000, reopen=open_at_path, reopen_every_s=0.5
+        open_spool(open_at_path), window_wait_s=0.2, replay_per_s=5000, reopen=open_at_path, reopen_every_s=0.5,
+        historical=historical,
     )
     assert not forwarder.available
     port = free_port()
