@@ -1,12 +1,10 @@
-"""MQTT sink: our own small asyncio MQTT client (3.1.1 / 5.0), QoS1 with a bounded in-flight window.
+"""The MQTT connection: our own small asyncio MQTT client (3.1.1 / 5.0), QoS1 with a bounded in-flight window.
 
-Why not paho-mqtt: at 40,000 per-tag messages/s paho alone cost ~40 us of CPU per message here (its
-network thread, a socketpair write per publish, three recv() per PUBACK, a ``call_soon_threadsafe``
-per PUBACK), and its API cannot batch publishes (issue 5). This client is one ``asyncio.Protocol`` on
-the event loop: ``data_received`` decodes every PUBACK of one read in a loop (``gateway.mqtt.wire``), and the
-PUBLISH packets of one ``publish_many`` / ``offer_many`` call leave in one ``transport.write``. No
-thread, no task or future per message, no log line per message. Packet encoding and decoding are in
-``gateway/mqtt/wire.py`` (pure, table-tested); this module is the I/O shell and the bookkeeping.
+It runs on the event loop with no thread: every PUBACK of one read is decoded in one loop, and the PUBLISH
+packets of one ``publish_many`` / ``offer_many`` call leave in one ``transport.write``. It makes no task,
+future or log line per message. Packet encoding and decoding are in ``gateway/mqtt/wire.py`` (pure,
+table-tested); this module is the I/O shell and the bookkeeping. (Why not paho-mqtt, and what each costs: README
+"How it works" and "Performance".)
 
 Delivery contract:
 
@@ -347,9 +345,8 @@ class _Connection(asyncio.BufferedProtocol):
     the sink; ``connack`` resolves with the CONNACK (None if the link ended first), ``lost`` when the
     link is gone, with ``lost_reason`` saying why.
 
-    A BufferedProtocol: the transport reads into our one buffer (``recv_into``). A plain Protocol gets
-    ``recv(256 KiB)`` per read, a fresh 256 KiB allocation (mmap) each time: measured ~15 us per read,
-    and a read carries only a handful of PUBACKs.
+    A BufferedProtocol: the transport reads into our one buffer (``recv_into``), so a read allocates nothing
+    (a plain Protocol gets a fresh 256 KiB bytes object per ``recv``, for a read of a handful of PUBACKs).
     """
 
     def __init__(self, sink: MqttSink, connect_packet: bytes, version: ProtocolVersion) -> None:

@@ -565,7 +565,7 @@ def topic_field(topic: bytes) -> bytes:
 class PublishEncoder:
     """PUBLISH packets for the hot path of a client: one per message, from a topic field the caller
     keeps per topic (``topic_field``), so a message costs a few concatenations. ``publish_packet``
-    builds the same bytes; this skips its keyword arguments and checks (measured 0.8 -> 0.4 us)."""
+    builds the same bytes (a test checks it); this skips its keyword arguments and checks."""
 
     __slots__ = ("_properties",)
 
