@@ -3,12 +3,16 @@
 Shape of a run::
 
     device sources (one task per connection, supervised) --emit--> DeviceOutbound.messages
+        (transform -> Samples -> the device's encoder, gateway.encoders: topics, payloads, seq)
         --> bounded MessageQueue --> publish task --> StoreAndForward --> MqttSink (QoS1, PUBACK-tracked)
-                                                                     \\--> Spool (broker down, window stuck)
-    replay task: Spool --> MqttSink (free window slots only, rate-limited, "historical": true)
+                                                                     \\--> Spool (broker down, window stuck;
+                                                                          the encoder's historical form)
+    replay task: Spool --> MqttSink (free window slots only, rate-limited; acknowledged per handle)
     report_link --> retained _status per device --> MqttSink.set_retained (restored after every reconnect)
     checkpoint task: seq reservation --> state_dir/seq.{a,b}.json every SEQ_CHECKPOINT_S (exact at a clean stop)
-    health task: systemd READY=1 / WATCHDOG=1 / STATUS=
+    health task: systemd READY=1 / WATCHDOG=1 / STATUS= (gateway.health)
+
+Reload planning is in gateway.reload, garbage-collector and heap tuning in gateway.process_tuning.
 
 Signals are handled here (``serve``): SIGTERM/SIGINT stop, SIGHUP reloads the tag map.
 
