@@ -135,3 +135,7 @@ class DeviceOutbound:
         see ``gateway.schema.encode_meta_parts``). Publish them all; on a reload clear the topics the previous
         outbound of the device had and this one has not (a shrunken catalogue leaves no stale part behind)."""
         return self.encoder.meta()
+
+    def retained_topics(self) -> list[str]:
+        """Every topic this device's output is retained on (see ``DeviceEncoder.retained_topics``)."""
+        return self.encoder.retained_topics()

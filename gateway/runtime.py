@@ -314,19 +314,18 @@ class Gateway:
             channel = self._channels.pop(name)
             self._links.pop(name)
             # A device no longer in the tag map leaves no retained status or catalogue behind.
-            sink.clear_retained(channel.outbound.topics.status)
-            for meta in channel.outbound.meta_messages():
-                sink.clear_retained(meta.topic)
+            for topic in channel.outbound.retained_topics():
+                sink.clear_retained(topic)
         for name in plan.changed | plan.added:
             outbound = new_outbounds[name]
             self._restore_seq(outbound)  # seq runs on across the change, and for a topic that changed device
             previous = self._channels.get(name)
             if previous is not None:
                 # A catalogue that shrank leaves no stale parts retained.
-                kept = {meta.topic for meta in outbound.meta_messages()}
-                for meta in previous.outbound.meta_messages():
-                    if meta.topic not in kept:
-                        sink.clear_retained(meta.topic)
+                kept = set(outbound.retained_topics())
+                for topic in previous.outbound.retained_topics():
+                    if topic not in kept:
+                        sink.clear_retained(topic)
             self._add_channel(sink, outbound)
         # A topic can change device in a reload: every device renews its seq budget before its next message.
         self._seq.invalidate()

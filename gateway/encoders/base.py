@@ -58,6 +58,11 @@ class DeviceEncoder(Protocol):
         """The retained tag catalogue of the device (one or more messages)."""
         ...
 
+    def retained_topics(self) -> list[str]:
+        """Every topic the device's messages are retained on (status and catalogue): what to clear when the
+        device leaves the tag map."""
+        ...
+
 
 class Encoder(Protocol):
     """Gateway-wide messages of one encoding: its status (birth) and will, and replays' historical form."""

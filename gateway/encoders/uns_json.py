@@ -143,6 +143,10 @@ class UnsJsonDeviceEncoder:
         ]
 
 
+    def retained_topics(self) -> list[str]:
+        return [self.topics.status, *(message.topic for message in self.meta())]
+
+
 # tuple.__new__(Message, (topic, payload, retain)) builds the NamedTuple in C, without its generated Python
 # __new__: once per message in per-tag mode.
 _new_message = tuple.__new__

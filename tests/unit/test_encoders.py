@@ -56,6 +56,9 @@ class LinesEncoder:
     def meta(self) -> list[Message]:
         return [Message("lines/rack/tags", b"volts temp", retain=True)]
 
+    def retained_topics(self) -> list[str]:
+        return ["lines/rack/status", "lines/rack/tags"]
+
 
 def test_outbound_hands_transformed_samples_to_any_encoder() -> None:
     lines = LinesEncoder()
@@ -74,6 +77,19 @@ def test_outbound_hands_transformed_samples_to_any_encoder() -> None:
     assert out.seq_snapshot() == {"lines/rack": 43}
     assert out.status_message(connected=False, since=0.0, error="x") == Message("lines/rack/status", b"down", True)
     assert out.meta_messages() == [Message("lines/rack/tags", b"volts temp", True)]
+    assert out.retained_topics() == ["lines/rack/status", "lines/rack/tags"]
+
+
+def test_uns_json_retained_topics_are_the_status_and_every_meta_part() -> None:
+    many = [TagMeta(tag=f"ch{n:03}/voltage", type="float32", description="x" * 200) for n in range(40)]
+    device = UnsJsonDeviceEncoder(
+        device="rack", protocol="modbus", topics=TOPICS, mode=PublishMode.TAG, interval_ms=1000,
+        units={meta.tag: "V" for meta in many}, catalogue=many, max_packet_bytes=2048,
+    )  # fmt: skip
+    parts = [message.topic for message in device.meta()]
+    assert len(parts) > 1  # split to fit the packet size
+    assert device.retained_topics() == ["e/s/a/l/rack/_status", *parts]
+    assert parts[:2] == ["e/s/a/l/rack/_meta", "e/s/a/l/rack/_meta/2"]
 
 
 def test_uns_json_gateway_status_is_the_birth_and_its_offline_form_the_will() -> None:
