@@ -258,3 +258,19 @@ async def test_without_a_spool_live_data_flows_losses_are_counted_and_the_spool_
         await forwarder.close()
     finally:
         broker.close()
+
+
+async def test_the_spool_keeps_the_encoders_historical_form_and_knows_no_payload_format(tmp_path: Path) -> None:
+    """Store-and-forward asks the encoder for the replay form of each message; it never edits payloads itself,
+    so an encoding that is not JSON is spooled as its encoder says."""
+    spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
+
+    def replay_form(topic: str, payload: bytes) -> bytes:
+        return b"H|" + topic.encode() + b"|" + payload
+
+    forwarder = StoreAndForward(spool, window_wait_s=0.1, replay_per_s=100, historical=replay_form)
+    await forwarder.store([("lines/rack", b"1 volts=3.7"), ("lines/rack", b"2 volts=3.8")])
+    rows = spool.oldest(after_id=0, limit=10)
+    assert [row.payload for row in rows] == [b"H|lines/rack|1 volts=3.7", b"H|lines/rack|2 volts=3.8"]
+    await forwarder.close()
+    spool.close()
