@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
-__all__ = ["ByteOrder", "DataType", "OpcUaMode", "PublishMode", "Table", "Transport"]
+__all__ = ["ByteOrder", "DataType", "MqttProtocol", "OpcUaMode", "Parity", "PublishMode", "QoS", "Table", "Transport"]
+
+# Closed sets whose members are numbers or protocol tokens rather than words: Literal types, defined once here.
+MqttProtocol: TypeAlias = Literal["5", "3.1.1"]
+"""MQTT protocol version as written in the tag map (``mqtt.protocol``)."""
+QoS: TypeAlias = Literal[0, 1]
+"""The MQTT QoS levels the gateway publishes at."""
+Parity: TypeAlias = Literal["N", "E", "O"]
+"""Modbus RTU serial parity: none, even, odd."""
 
 
 class DataType(StrEnum):

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
-MqttProtocol = Literal["5", "3.1.1"]
+from gateway.vocabulary import MqttProtocol, QoS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,7 +36,7 @@ class MqttOptions:
     password: str | None = field(default=None, repr=False)  # never logged, never in repr
     protocol: MqttProtocol = "5"
     keepalive_s: int = 30
-    qos: Literal[0, 1] = 1
+    qos: QoS = 1
     # With MQTT 5 the broker's Receive Maximum caps it (Mosquitto's default max_inflight_messages is 20).
     max_inflight: int = 1000
     max_queued: int = 10_000

@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
-from typing import Any, Final, Literal, Protocol, Self, TypeAlias, TypeVar
+from typing import Any, Final, Protocol, Self, TypeAlias, TypeVar
 
 import structlog
 from pymodbus import FramerType
@@ -69,7 +69,7 @@ from gateway.sources.modbus_tcp import (
     abandon,
 )
 from gateway.sources.reconnect import STABLE_LINK_S, LogLine, Reconnect, ReconnectPolicy, Step
-from gateway.vocabulary import Table
+from gateway.vocabulary import Parity, Table
 
 # Added to pymodbus's own timeout (RTU) so the library, not our guard, normally reports the timeout.
 _GUARD_MARGIN_S = 0.5
@@ -129,7 +129,7 @@ class SerialEndpoint:
 
     port: str
     baudrate: int = 19200
-    parity: Literal["N", "E", "O"] = "N"
+    parity: Parity = "N"
     stopbits: int = 1
     bytesize: int = 8
 

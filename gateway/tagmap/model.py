@@ -52,7 +52,17 @@ from gateway.tagmap.limits import (
     MIN_SPOOL_MB,
 )
 from gateway.tagmap.nodeid import ParsedNodeId, parse_node_id
-from gateway.vocabulary import ByteOrder, DataType, OpcUaMode, PublishMode, Table, Transport
+from gateway.vocabulary import (
+    ByteOrder,
+    DataType,
+    MqttProtocol,
+    OpcUaMode,
+    Parity,
+    PublishMode,
+    QoS,
+    Table,
+    Transport,
+)
 
 # ------------------------------------------------------------------------------------------------ enums
 
@@ -253,9 +263,9 @@ class MqttSection(_Model):
     """mqtt://host[:port] or mqtts://host[:port] (ports default to 1883 / 8883)."""
     client_id: NonEmptyStr | None = None
     """MQTT client id; in a Plant always set (default ``cellgate-{gateway.id}``)."""
-    qos: Annotated[Literal[0, 1], BeforeValidator(_int_from_text)] = 1
+    qos: Annotated[QoS, BeforeValidator(_int_from_text)] = 1
     keepalive_s: int = Field(default=30, ge=1, le=65535)
-    protocol: Annotated[Literal["5", "3.1.1"], BeforeValidator(_mqtt_protocol)] = "5"
+    protocol: Annotated[MqttProtocol, BeforeValidator(_mqtt_protocol)] = "5"
     username: str | None = None
     password: SecretStr | None = None
     ca_file: str | None = None
@@ -749,7 +759,7 @@ class SerialSettings(_Model):
     port: NonEmptyStr
     """Serial device, e.g. /dev/ttyUSB0."""
     baudrate: int = Field(default=19200, ge=1)
-    parity: Annotated[Literal["N", "E", "O"], BeforeValidator(_parity)] = "N"
+    parity: Annotated[Parity, BeforeValidator(_parity)] = "N"
     stopbits: Literal[1, 2] = 1
     bytesize: int = Field(default=8, ge=5, le=8)
 
