@@ -15,7 +15,7 @@ Prints one JSON object: ``sink_msg_per_s`` (messages / time until the last PUBAC
 sink and, for paho, its network thread -- per message, also split into user and system time; the broker
 and the subscriber are other processes), and the subscriber's own count with ``seq`` gaps and repeats. A
 warm-up of 5 % goes first, unmeasured. ``--sink-module`` loads another implementation of
-gateway/sinks/mqtt.py from a file, e.g. a copy of the paho-mqtt based one, to compare on the same machine.
+gateway/mqtt/connection.py from a file, e.g. a copy of the paho-mqtt based one, to compare on the same machine.
 Set BENCH_NODELAY=1 to turn Nagle off in the broker (``set_tcp_nodelay``), for experiments.
 """
 
@@ -94,7 +94,7 @@ class BenchBroker:
 
 def load_sink_module(path: str | None) -> ModuleType:
     if path is None:
-        import gateway.sinks.mqtt as module
+        import gateway.mqtt.connection as module
 
         return module
     spec = importlib.util.spec_from_file_location("bench_sink_under_test", path)
@@ -191,7 +191,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         count = len(measured)
         return {
             "scenario": "mqtt-sink",
-            "sink": args.sink_module or "gateway.sinks.mqtt",
+            "sink": args.sink_module or "gateway.mqtt.connection",
             "protocol": args.protocol,
             "messages": count,
             "batch": args.batch,
@@ -225,7 +225,7 @@ def main() -> None:
     parser.add_argument("--receive-maximum", type=int, default=20,
                         help="the broker's max_inflight_messages = the Receive Maximum it announces (default 20)")
     parser.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
-    parser.add_argument("--sink-module", help="path of another gateway/sinks/mqtt.py to measure instead")
+    parser.add_argument("--sink-module", help="path of another gateway/mqtt/connection.py to measure instead")
     args = parser.parse_args()
     # The sink's log lines (connected, closed) go to stderr: stdout is the JSON result.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.mqtt.options import MqttOptions
 from gateway.outbound import DeviceOutbound, TagOutput
 from gateway.schema import META_PART_DEFAULT_BYTES, EquipmentTopics, TagMeta
-from gateway.sinks.mqtt import MqttOptions
 from gateway.sources.base import Emit, RawReading, ReportLink
 from gateway.sources.modbus import ModbusConnection, ModbusUnit, SerialEndpoint, TcpEndpoint
 from gateway.sources.modbus_plan import ModbusField, ReadLimits, ReadPlan, describe_plan, plan_reads
@@ -56,14 +56,14 @@ def active_devices(plant: Plant) -> list[Device]:
 def tag_source(tag: ModbusTag | OpcUaTag) -> str:
     if isinstance(tag, ModbusTag):
         bit = f".{tag.bit}" if tag.bit is not None else ""
-        return f"{tag.table.value}:{tag.address}{bit}"
+        return f"{tag.table}:{tag.address}{bit}"
     return str(tag.node_id)
 
 
 def tag_type(tag: ModbusTag | OpcUaTag) -> str:
     if tag.type is None:
         return "variant"
-    return tag.type.value
+    return tag.type
 
 
 def build_outbound(plant: Plant, device: Device) -> DeviceOutbound:
@@ -114,10 +114,10 @@ def modbus_plan(device: ModbusDevice) -> ReadPlan:
     fields = [
         ModbusField(
             key=tag.name,
-            table=tag.table.value,
+            table=tag.table,
             address=tag.address,
-            type=tag.type.value,
-            order=(tag.order or device.order).value,
+            type=tag.type,
+            order=tag.order or device.order,
             bit=tag.bit,
             width=tag.width,
         )
@@ -357,8 +357,8 @@ def describe_plant(plant: Plant, *, list_tags: bool = False) -> str:
         if isinstance(device, ModbusDevice):
             endpoint = modbus_endpoint(device)
             lines.append(
-                f"{base}: modbus {device.transport.value} {endpoint} unit {device.unit_id}, "
-                f"{len(device.tags)} tags every {device.interval_ms} ms, publish {device.publish.value}"
+                f"{base}: modbus {device.transport} {endpoint} unit {device.unit_id}, "
+                f"{len(device.tags)} tags every {device.interval_ms} ms, publish {device.publish}"
             )
             plan = modbus_plan(device)
             lines.extend(f"  read {line}" for line in describe_plan(plan))
@@ -366,9 +366,9 @@ def describe_plant(plant: Plant, *, list_tags: bool = False) -> str:
             lines.extend(f"  PROBLEM {problem}" for problem in plan.problems)
         else:
             lines.append(
-                f"{base}: opcua {device.mode.value} {device.endpoint}"
+                f"{base}: opcua {device.mode} {device.endpoint}"
                 + (f" namespace {device.namespace}" if device.namespace else "")
-                + f", {len(device.tags)} tags every {device.interval_ms} ms, publish {device.publish.value}"
+                + f", {len(device.tags)} tags every {device.interval_ms} ms, publish {device.publish}"
             )
         if list_tags:
             for tag in device.tags:

@@ -3,13 +3,17 @@
 Shape of a run::
 
     device sources (one task per connection, supervised) --emit--> DeviceOutbound.messages
+        (transform -> Samples -> the device's encoder, gateway.encoders: topics, payloads, seq)
         --> bounded MessageQueue --> publish task --> StoreAndForward --> MqttSink (QoS1, PUBACK-tracked)
-                                                                     \\--> Spool (broker down, window stuck)
-    replay task: Spool --> MqttSink (free window slots only, rate-limited, "historical": true)
+                                                                     \\--> Spool (broker down, window stuck;
+                                                                          the encoder's historical form)
+    replay task: Spool --> MqttSink (free window slots only, rate-limited; acknowledged per handle)
     report_link --> retained _status per device --> MqttSink.set_retained (restored after every reconnect)
     checkpoint task: seq reservation --> state_dir/seq.{a,b}.json every SEQ_CHECKPOINT_S, per-topic snapshot
         --> state_dir/seq-snapshot.{a,b}.json every SNAPSHOT_PERIOD_S (exact at a clean stop)
-    health task: systemd READY=1 / WATCHDOG=1 / STATUS=
+    health task: systemd READY=1 / WATCHDOG=1 / STATUS= (gateway.health)
+
+Reload planning is in gateway.reload, garbage-collector and heap tuning in gateway.process_tuning.
 
 Signals are handled here (``serve``): SIGTERM/SIGINT stop, SIGHUP reloads the tag map.
 
@@ -22,28 +26,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import gc
-import hashlib
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
-from pydantic import BaseModel
 
 from gateway import __version__
 from gateway.assembly import DeviceLink, SourceTask, active_devices, build_outbound, build_sources, mqtt_options_for
+from gateway.backoff import Backoff
+from gateway.encoders.uns_json import UnsJsonEncoder
 from gateway.errors import ConfigError, SinkError
+from gateway.health import PipelineView, report_health
+from gateway.mqtt.connection import MqttSink
 from gateway.notify import SystemdNotifier
 from gateway.outbound import DeviceOutbound, Message
+from gateway.process_tuning import memory_usage_mb, release_freed_memory, settle_garbage_collector
 from gateway.queueing import MessageQueue
-from gateway.schema import encode_gateway_status, gateway_status_topic
+from gateway.reload import PlantFingerprint, plan_reload, without_tags
 from gateway.seq_reservation import SeqBudget, SeqFileStore, SeqReservations
-from gateway.sinks.mqtt import MqttSink
 from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward, open_spool
 from gateway.sources.base import RawReading
@@ -57,18 +61,14 @@ STOP_SOURCES_BUDGET_S = 2.0
 DRAIN_QUEUE_BUDGET_S = 3.0
 CLOSE_SINK_BUDGET_S = 3.0
 
-SUPERVISOR_BACKOFF_MIN_S = 1.0
-SUPERVISOR_BACKOFF_MAX_S = 60.0
+SUPERVISOR_BACKOFF = Backoff(min_s=1.0, max_s=60.0, jitter=0.2)
+"""Wait before restarting a crashed source; a source that ran longer than ``max_s`` starts from ``min_s``."""
 
 GATEWAY_STOPPED_ERROR = "gateway stopped"
 """The ``error`` of every equipment's retained ``_status`` after a clean stop."""
 
 SEQ_CHECKPOINT_S = 5.0
 """How often the seq reservation is renewed while running (see gateway.seq_reservation)."""
-HEALTH_INTERVAL_S = 5.0
-"""How often the health task looks at the pipeline when systemd asks for no watchdog."""
-PUBLISH_STALL_S = 30.0
-"""The pipeline is unhealthy (no WATCHDOG=1) when queued messages have not moved for this long."""
 
 
 @dataclass(slots=True)
@@ -143,74 +143,6 @@ class _DeviceChannel:
 class _RunningSource:
     task: asyncio.Task[None]
     devices: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReloadPlan:
-    """What a reload changes: pure, from the old and the new plant and the sources the new one needs."""
-
-    added: frozenset[str]
-    removed: frozenset[str]
-    changed: frozenset[str]
-    sources_to_stop: tuple[str, ...]
-    sources_to_start: tuple[str, ...]
-    sections_ignored: tuple[str, ...]
-    """Top-level sections whose change needs a restart (they are not applied by a reload)."""
-
-
-@dataclass(frozen=True, slots=True)
-class PlantFingerprint:
-    """A digest per top-level section and per enabled device: what a reload compares.
-
-    The runtime keeps this instead of the tag-map models, which take about 1.2 kB per tag (60 MB at 50,000
-    tags) and are not needed once the read plans and encoders are built.
-    """
-
-    sections: Mapping[str, bytes]
-    devices: Mapping[str, bytes]
-
-    @classmethod
-    def of(cls, plant: Plant) -> PlantFingerprint:
-        def digest(model: BaseModel) -> bytes:
-            return hashlib.blake2b(model.model_dump_json().encode(), digest_size=16).digest()
-
-        return cls(
-            sections={name: digest(getattr(plant, name)) for name in RELOADABLE_ONLY_BY_RESTART},
-            devices={device.name: digest(device) for device in active_devices(plant)},
-        )
-
-
-RELOADABLE_ONLY_BY_RESTART = ("gateway", "mqtt", "spool")
-
-
-def plan_reload(
-    old: PlantFingerprint,
-    new: PlantFingerprint,
-    *,
-    running: Mapping[str, frozenset[str]],
-    wanted: Mapping[str, frozenset[str]],
-) -> ReloadPlan:
-    """Which devices changed and which source tasks to stop and start so that only they are restarted.
-
-    ``running`` and ``wanted`` map source task names to their device names, for the old and the new
-    plant. A source keeps running when the new plant wants the same task with the same devices and
-    none of them changed; every other running source stops and every other wanted one starts.
-    """
-    old_devices, new_devices = old.devices, new.devices
-    both = old_devices.keys() & new_devices.keys()
-    changed = frozenset(name for name in both if old_devices[name] != new_devices[name])
-    keep = {name for name, devices in wanted.items() if running.get(name) == devices and not devices & changed}
-    ignored = tuple(
-        section for section in RELOADABLE_ONLY_BY_RESTART if old.sections[section] != new.sections[section]
-    )
-    return ReloadPlan(
-        added=frozenset(new_devices.keys() - old_devices.keys()),
-        removed=frozenset(old_devices.keys() - new_devices.keys()),
-        changed=changed,
-        sources_to_stop=tuple(sorted(name for name in running if name not in keep)),
-        sources_to_start=tuple(sorted(name for name in wanted if name not in keep)),
-        sections_ignored=ignored,
-    )
 
 
 class Gateway:
@@ -297,47 +229,24 @@ class Gateway:
 
     # ---------------------------------------------------------------------------------- health
 
-    def _health_text(self, sink: MqttSink, forwarder: StoreAndForward) -> str:
-        devices = len(self._channels)
-        connected = sum(1 for channel in self._channels.values() if channel.connected)
-        broker = "connected" if sink.connected else "disconnected"
-        spooled = forwarder.spooled_now if forwarder.available else "unavailable"
-        return f"devices {connected}/{devices} connected, broker {broker}, spooled {spooled}"
-
     async def _report_health(self, sink: MqttSink, forwarder: StoreAndForward) -> None:
-        """systemd: READY=1 after the first publish or spool write; WATCHDOG=1 only while the pipeline moves."""
-        notifier = self._notifier
-        if notifier is None:
+        if self._notifier is None:
             return
-        interval = notifier.watchdog_interval_s or HEALTH_INTERVAL_S
-        ready = False
-        last_forwarded = self.counters.batches_forwarded
-        last_progress = time.monotonic()
-        while not ready:
-            # Until READY systemd's start timeout applies, not the watchdog: look often, ping nothing.
-            if sink.delivered or sink.control_delivered or forwarder.spooled_total or forwarder.lost_by_reason:
-                ready = True
-                notifier.ready(self._health_text(sink, forwarder))
-                log.info("gateway_ready")
-            else:
-                await asyncio.sleep(0.1)
-        while True:
-            if self.counters.batches_forwarded != last_forwarded or not len(self._queue):
-                last_forwarded = self.counters.batches_forwarded
-                last_progress = time.monotonic()
-            stalled_s = time.monotonic() - last_progress
-            if stalled_s < PUBLISH_STALL_S:
-                notifier.watchdog()
-            else:
-                log.error("pipeline_stalled", queued=len(self._queue), stalled_s=round(stalled_s, 1))
-            notifier.status(self._health_text(sink, forwarder))
-            await asyncio.sleep(min(interval, HEALTH_INTERVAL_S))
+        channels = self._channels
+
+        def devices() -> tuple[int, int]:
+            return sum(1 for channel in channels.values() if channel.connected), len(channels)
+
+        pipeline = PipelineView(
+            devices=devices, forwarded=lambda: self.counters.batches_forwarded, queued=lambda: len(self._queue)
+        )
+        await report_health(self._notifier, pipeline=pipeline, sink=sink, forwarder=forwarder)
 
     # --------------------------------------------------------------------------------- supervision
 
     async def _supervise(self, name: str, run: Callable[[], Awaitable[None]], devices: Sequence[str]) -> None:
         """Run a source; if it dies, mark its devices disconnected and restart it with capped backoff."""
-        backoff = SUPERVISOR_BACKOFF_MIN_S
+        failures = 0
         while True:
             started = self._clock()
             try:
@@ -354,10 +263,8 @@ class Gateway:
                     channel.report_link(False, f"source crashed: {exc!r}")
                     await channel.emit(channel.outbound.link_lost_readings(self._clock()))
             self.counters.source_restarts += 1
-            if self._clock() - started > SUPERVISOR_BACKOFF_MAX_S:
-                backoff = SUPERVISOR_BACKOFF_MIN_S
-            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-            backoff = min(backoff * 2, SUPERVISOR_BACKOFF_MAX_S)
+            failures = 1 if self._clock() - started > SUPERVISOR_BACKOFF.max_s else failures + 1
+            await asyncio.sleep(SUPERVISOR_BACKOFF.delay_s(failures, random.random()))
 
     def _start_source(self, group: asyncio.TaskGroup, source: SourceTask) -> None:
         task = group.create_task(self._supervise(source.name, source.run, source.devices), name=source.name)
@@ -408,19 +315,18 @@ class Gateway:
             channel = self._channels.pop(name)
             self._links.pop(name)
             # A device no longer in the tag map leaves no retained status or catalogue behind.
-            sink.clear_retained(channel.outbound.topics.status)
-            for meta in channel.outbound.meta_messages():
-                sink.clear_retained(meta.topic)
+            for topic in channel.outbound.retained_topics():
+                sink.clear_retained(topic)
         for name in plan.changed | plan.added:
             outbound = new_outbounds[name]
             self._restore_seq(outbound)  # seq runs on across the change, and for a topic that changed device
             previous = self._channels.get(name)
             if previous is not None:
                 # A catalogue that shrank leaves no stale parts retained.
-                kept = {meta.topic for meta in outbound.meta_messages()}
-                for meta in previous.outbound.meta_messages():
-                    if meta.topic not in kept:
-                        sink.clear_retained(meta.topic)
+                kept = set(outbound.retained_topics())
+                for topic in previous.outbound.retained_topics():
+                    if topic not in kept:
+                        sink.clear_retained(topic)
             self._add_channel(sink, outbound)
         # A topic can change device in a reload: every device renews its seq budget before its next message.
         self._seq.invalidate()
@@ -445,6 +351,14 @@ class Gateway:
         with locked_state_dir(self.state_dir) as lock:
             if lock.problem is not None:
                 log.error("state_dir_degraded", state_dir=str(self.state_dir), problem=lock.problem, locked=lock.locked)
+            gateway = self.plant.gateway
+            encoder = UnsJsonEncoder(
+                enterprise=gateway.enterprise,
+                site=gateway.site,
+                gateway_id=gateway.id,
+                started=self._clock(),
+                version=__version__,
+            )
             settings = self.plant.spool
             spool_path = Path(settings.path) if settings.path else self.state_dir / "spool.db"
 
@@ -460,30 +374,26 @@ class Gateway:
             spool = await asyncio.to_thread(open_spool, open_at_path)
             forwarder = StoreAndForward(
                 spool,
+                historical=encoder.historical,
                 window_wait_s=settings.window_wait_ms / 1000,
                 replay_per_s=settings.replay_per_s,
                 reopen=open_at_path,
                 clock=self._clock,
             )
             try:
-                await self._run(stop, forwarder)
+                await self._run(stop, forwarder, encoder)
             finally:
                 if forwarder.spool is not None:
                     with contextlib.suppress(Exception):
                         forwarder.spool.close()
 
-    async def _run(self, stop: asyncio.Event, forwarder: StoreAndForward) -> None:
+    async def _run(self, stop: asyncio.Event, forwarder: StoreAndForward, encoder: UnsJsonEncoder) -> None:
         plant = self.plant
-        status_topic = gateway_status_topic(
-            enterprise=plant.gateway.enterprise, site=plant.gateway.site, gateway_id=plant.gateway.id
-        )
-        started = self._clock()
-
-        def status_payload(online: bool) -> bytes:
-            return encode_gateway_status(online=online, gateway_id=plant.gateway.id, ts=started, version=__version__)
-
         options = mqtt_options_for(
-            plant, will_topic=status_topic, will_payload=status_payload(False), online_payload=status_payload(True)
+            plant,
+            will_topic=encoder.status_topic,
+            will_payload=encoder.gateway_status(online=False).payload,
+            online_payload=encoder.gateway_status(online=True).payload,
         )
         seq_resume = await self._seq.start(used_before=self._state_dir_used)
         log.info(
@@ -497,7 +407,7 @@ class Gateway:
             spooled=forwarder.spooled_now,
             previous_stop=seq_resume.previous_stop.value,
         )
-        sink = MqttSink(options, on_spool_ack=forwarder.on_spool_ack, on_refused=forwarder.on_refused)
+        sink = MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused)
         forwarder.bind(sink)
         self._sink, self._forwarder = sink, forwarder
         async with sink:
@@ -591,67 +501,6 @@ class Gateway:
             await cancel_until_done([publish_task], budget_s=1.0)
             lost = len(self._queue)
             log.error("stop_drain_failed", lost=lost)
-
-
-def release_freed_memory() -> None:
-    """Collect all garbage, frozen objects included, and hand freed heap pages back to the OS (``malloc_trim``).
-
-    Building the read plans of a large tag map peaks well above what the running gateway keeps; without this,
-    that peak stays in the resident size for good. After a reload the replaced channels and the cancelled
-    sources (whose tasks, frames and CancelledError tracebacks form reference cycles) are garbage too. They were
-    built before the last ``settle_garbage_collector`` (at start-up or the previous reload) and so are frozen, and
-    a frozen object is never collected, nor is any cycle it belongs to: everything is unfrozen first. Call
-    ``settle_garbage_collector`` afterwards to freeze what survived.
-    """
-    gc.unfreeze()
-    gc.collect()
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to trim
-        return
-    libc.malloc_trim(0)
-
-
-def memory_usage_mb() -> dict[str, float]:
-    """``rss_mb`` (resident now) and ``peak_rss_mb`` (high-water mark) of this process in MiB, from
-    ``/proc/self/status``; empty where there is no such file. ``MemoryMax`` of the systemd unit bounds these."""
-    try:
-        status = Path("/proc/self/status").read_text(errors="replace")
-    except OSError:
-        return {}
-    fields = {"VmRSS": "rss_mb", "VmHWM": "peak_rss_mb"}
-    usage: dict[str, float] = {}
-    for line in status.splitlines():
-        key, _, rest = line.partition(":")
-        if key in fields:
-            usage[fields[key]] = round(int(rest.split()[0]) / 1024, 1)  # the kernel writes "123456 kB"
-    return usage
-
-
-GC_YOUNG_THRESHOLD = 50_000
-"""Container allocations (net of frees) between two young-generation collections; CPython's default is 700."""
-
-
-def settle_garbage_collector() -> None:
-    """Freeze what start-up built and collect the young generation less often.
-
-    The hot path allocates tens of thousands of short-lived tuples and payloads a second and frees nearly all of
-    them by reference counting; what it holds a moment longer (queued messages, a Publish response's readings)
-    is still counted by the cyclic collector, which with the default threshold of 700 ran several young and
-    middle collections per poll cycle and now and then a full one over the whole tag plan (hundreds of
-    thousands of objects). ``gc.freeze`` moves the start-up objects (plans, transforms, topics) out of every
-    collection, and the higher young threshold makes the remaining collections rare. The gateway makes few
-    reference cycles, so in practice garbage is still freed at once, by reference counting.
-    """
-    gc.freeze()
-    _young, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
-
-
-def without_tags(plant: Plant) -> Plant:
-    """``plant`` with every device's tag list emptied (not validated again): the runtime's view once running."""
-    slim = tuple(device.model_copy(update={"tags": ()}) for device in plant.devices)
-    return plant.model_copy(update={"devices": slim})
 
 
 async def cancel_until_done(tasks: Sequence[asyncio.Task[None]], *, budget_s: float) -> None:

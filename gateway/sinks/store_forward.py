@@ -2,9 +2,9 @@
 
 ::
 
-    forward(messages) --connected, window slot within window_wait_s--> MqttSink (live)
+    forward(messages) --connected, window slot within window_wait_s--> Sink (live)
                       \\--otherwise (broker down, window stuck, shutdown)--> Spool (marked historical)
-    replay task: Spool oldest first --free window slot only, at most replay_per_s--> MqttSink
+    replay task: Spool oldest first --free window slot only, at most replay_per_s--> Sink
                  PUBACK --> removed from the spool (in groups, at least every ACK_FLUSH_S)
     refused by the broker (on_refused) --> dead_letter table of the spool
 
@@ -36,11 +36,13 @@ from typing import ParamSpec, TypeVar
 import structlog
 
 from gateway.errors import SinkError
-from gateway.schema import mark_historical
-from gateway.sinks.mqtt import MqttSink
+from gateway.sinks.base import Handle, Sink
 from gateway.sinks.spool import DeadLetter, DropReason, Spool, SpooledMessage, SpoolFullError
 
 log = structlog.get_logger("cellgate.spool")
+
+Historical = Callable[[str, bytes], bytes]
+"""The encoder's replay form of a message (topic, payload): what the spool keeps (e.g. ``"historical": true``)."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -96,6 +98,7 @@ class StoreAndForward:
         *,
         window_wait_s: float,
         replay_per_s: float,
+        historical: Historical,
         reopen: SpoolOpener | None = None,
         reopen_every_s: float = SPOOL_RETRY_S,
         clock: Callable[[], float] = time.time,
@@ -103,6 +106,7 @@ class StoreAndForward:
         if window_wait_s < 0 or replay_per_s <= 0:
             raise ValueError("need window_wait_s >= 0 and replay_per_s > 0")
         self.spool = spool
+        self._historical = historical
         self._reopen = reopen
         self._reopen_every_s = reopen_every_s
         self._clock = clock
@@ -114,7 +118,7 @@ class StoreAndForward:
         """How often the in-flight window stayed full for ``window_wait_s`` while connected (a hung broker)."""
         self._replay_interval_s = 1.0 / replay_per_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellgate-spool")
-        self._sink: MqttSink | None = None
+        self._sink: Sink | None = None
         self._spooled = asyncio.Event()  # set while the spool may hold messages to replay
         if spool is not None and spool.count:
             self._spooled.set()
@@ -158,17 +162,19 @@ class StoreAndForward:
         """Dead letters deleted by ``spool.dead_letter_max_mb`` since the spool was opened."""
         return self.spool.dead_letters_dropped if self.spool is not None else 0
 
-    def bind(self, sink: MqttSink) -> None:
+    def bind(self, sink: Sink) -> None:
         self._sink = sink
 
-    def on_spool_ack(self, spool_id: int, ok: bool) -> None:
-        """The sink's ``on_spool_ack``: a replayed message was acknowledged (or refused: see ``on_refused``)."""
+    def on_ack(self, handle: Handle) -> None:
+        """The sink's ``on_ack``: the replay of spooled message ``handle`` (its spool id) was acknowledged."""
+        self._replay_done(handle)
+        self.replayed_total += 1
+
+    def _replay_done(self, spool_id: int) -> None:
         self._replays_in_flight -= 1
         self._acked.append(spool_id)
-        if ok:
-            self.replayed_total += 1
 
-    def on_refused(self, topic: str, payload: bytes, reason: str, spool_id: int | None) -> bool:
+    def on_refused(self, topic: str, payload: bytes, reason: str, handle: Handle | None) -> bool:
         """The sink's ``on_refused``: the broker will never take this message (``reason``, e.g. ``not_authorized``).
 
         Kept in the spool's dead-letter table (a replay moves there from the message table) at the next
@@ -176,11 +182,13 @@ class StoreAndForward:
         spool); the sink logs the refusal, once per reason, with that answer.
         """
         self.refused_by_reason[reason] = self.refused_by_reason.get(reason, 0) + 1
-        if spool_id is None:
-            # Replayed as historical once requeued; a payload that is not a JSON object is kept as it was.
+        if handle is None:
+            # Replayed as historical once requeued; a payload the encoder cannot mark is kept as it was.
             with contextlib.suppress(ValueError):
-                payload = mark_historical(payload)
-        self._refused.append(DeadLetter(topic, payload, reason, spool_id))
+                payload = self._historical(topic, payload)
+        self._refused.append(DeadLetter(topic, payload, reason, handle))
+        if handle is not None:  # a replay: its spool id (see _replay_one)
+            self._replay_done(handle)
         return self.spool is not None
 
     async def _io(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
@@ -228,7 +236,8 @@ class StoreAndForward:
         if spool is None:
             self._lose(len(messages), "spool_unavailable")
             return
-        rows = [(topic, mark_historical(payload)) for topic, payload in messages]
+        historical = self._historical
+        rows = [(topic, historical(topic, payload)) for topic, payload in messages]
         before = dict(spool.dropped_by_reason)
         try:
             await self._io(spool.append, rows)
@@ -357,14 +366,14 @@ class StoreAndForward:
             self._spooled.set()
         log.warning("spool_available_again", spool=str(spool.path), spooled=spool.count, lost=dict(self.lost_by_reason))
 
-    async def _replay_one(self, sink: MqttSink, row: SpooledMessage) -> bool:
+    async def _replay_one(self, sink: Sink, row: SpooledMessage) -> bool:
         """Send one spooled message at the replay rate, into a free window slot; False if disconnected."""
         now = time.monotonic()
         if self._next_replay_at > now:
             await asyncio.sleep(self._next_replay_at - now)
         # Never bank more than a second of unused rate (after a pause the replay would burst).
         self._next_replay_at = max(self._next_replay_at + self._replay_interval_s, time.monotonic() - 1.0)
-        while not sink.try_replay(row.id, row.topic, row.payload):
+        while not sink.try_publish(row.topic, row.payload, row.id):
             if not sink.connected:
                 return False
             await asyncio.sleep(REPLAY_SLOT_POLL_S)
@@ -421,7 +430,7 @@ class StoreAndForward:
             await self._io(self.spool.close)
         self._executor.shutdown(wait=True)
 
-    def _require_sink(self) -> MqttSink:
+    def _require_sink(self) -> Sink:
         if self._sink is None:
             raise SinkError("StoreAndForward used before bind(sink)")
         return self._sink

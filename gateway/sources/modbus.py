@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
-from typing import Any, Final, Literal, Protocol, Self, TypeAlias, TypeVar
+from typing import Any, Final, Protocol, Self, TypeAlias, TypeVar
 
 import structlog
 from pymodbus import FramerType
@@ -55,7 +55,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from gateway.errors import SourceError
 from gateway.schema import STATUS_COMM_FAILURE, STATUS_DECODE_ERROR, Quality, device_exception_status
 from gateway.sources.base import Emit, OverrunLine, OverrunLog, PollSchedule, RawReading, ReportLink
-from gateway.sources.modbus_plan import ReadPlan, ReadRequest, Table, failed_readings
+from gateway.sources.modbus_plan import ReadPlan, ReadRequest, failed_readings
 from gateway.sources.modbus_skip import Skip, SkipPolicy, UnitSkip
 from gateway.sources.modbus_tcp import (
     ExceptionResponse,
@@ -69,6 +69,7 @@ from gateway.sources.modbus_tcp import (
     abandon,
 )
 from gateway.sources.reconnect import STABLE_LINK_S, LogLine, Reconnect, ReconnectPolicy, Step
+from gateway.vocabulary import Parity, Table
 
 # Added to pymodbus's own timeout (RTU) so the library, not our guard, normally reports the timeout.
 _GUARD_MARGIN_S = 0.5
@@ -82,10 +83,10 @@ MAX_CONCURRENT_REQUESTS: Final = 16
 
 _TABLE_FUNCTIONS: Final = MappingProxyType(
     {
-        "holding": ReadFunction.READ_HOLDING_REGISTERS,
-        "input": ReadFunction.READ_INPUT_REGISTERS,
-        "coil": ReadFunction.READ_COILS,
-        "discrete": ReadFunction.READ_DISCRETE_INPUTS,
+        Table.HOLDING: ReadFunction.READ_HOLDING_REGISTERS,
+        Table.INPUT: ReadFunction.READ_INPUT_REGISTERS,
+        Table.COIL: ReadFunction.READ_COILS,
+        Table.DISCRETE: ReadFunction.READ_DISCRETE_INPUTS,
     }
 )
 
@@ -128,7 +129,7 @@ class SerialEndpoint:
 
     port: str
     baudrate: int = 19200
-    parity: Literal["N", "E", "O"] = "N"
+    parity: Parity = "N"
     stopbits: int = 1
     bytesize: int = 8
 
@@ -380,10 +381,10 @@ class ModbusConnection:
         self._unanswered_in_row = 0
         if isinstance(client, AsyncModbusSerialClient):
             self._readers = {
-                "holding": client.read_holding_registers,
-                "input": client.read_input_registers,
-                "coil": client.read_coils,
-                "discrete": client.read_discrete_inputs,
+                Table.HOLDING: client.read_holding_registers,
+                Table.INPUT: client.read_input_registers,
+                Table.COIL: client.read_coils,
+                Table.DISCRETE: client.read_discrete_inputs,
             }
         try:
             async with asyncio.TaskGroup() as tasks:

@@ -32,40 +32,36 @@ from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
 from types import MappingProxyType
-from typing import Final, Literal, TypeAlias
+from typing import Final, TypeAlias
 
 from gateway.schema import STATUS_DECODE_ERROR, Quality, Value
 from gateway.sources.base import RawReading
 from gateway.tagmap.limits import MAX_ADDRESS, MAX_BIT_INDEX, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ
+from gateway.vocabulary import ByteOrder, DataType, Table
 
 # The read planner's default hole size; the protocol limits themselves live in gateway.tagmap.limits, shared with
 # the tag-map validation.
 DEFAULT_MAX_GAP: Final = 10
 
-Table: TypeAlias = Literal["holding", "input", "coil", "discrete"]
-ValueType: TypeAlias = Literal[
-    "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
-]
-ByteOrder: TypeAlias = Literal["ABCD", "CDAB", "BADC", "DCBA"]
+ValueType: TypeAlias = DataType
+"""The planner's name for a tag's data type (the tag map's DataType)."""
 
-TABLES: Final[tuple[Table, ...]] = ("holding", "input", "coil", "discrete")
-BIT_TABLES: Final[frozenset[str]] = frozenset({"coil", "discrete"})
-VALUE_TYPES: Final[tuple[ValueType, ...]] = (
-    "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string",
-)  # fmt: skip
-BYTE_ORDERS: Final[tuple[ByteOrder, ...]] = ("ABCD", "CDAB", "BADC", "DCBA")
+TABLES: Final[tuple[Table, ...]] = tuple(Table)
+BIT_TABLES: Final[frozenset[Table]] = frozenset({Table.COIL, Table.DISCRETE})
+VALUE_TYPES: Final[tuple[ValueType, ...]] = tuple(DataType)
+BYTE_ORDERS: Final[tuple[ByteOrder, ...]] = tuple(ByteOrder)
 
 # struct format letter and width in registers of every fixed-size numeric type.
 _NUMERIC: Final = MappingProxyType(
     {
-        "int16": ("h", 1),
-        "uint16": ("H", 1),
-        "int32": ("i", 2),
-        "uint32": ("I", 2),
-        "int64": ("q", 4),
-        "uint64": ("Q", 4),
-        "float32": ("f", 2),
-        "float64": ("d", 4),
+        DataType.INT16: ("h", 1),
+        DataType.UINT16: ("H", 1),
+        DataType.INT32: ("i", 2),
+        DataType.UINT32: ("I", 2),
+        DataType.INT64: ("q", 4),
+        DataType.UINT64: ("Q", 4),
+        DataType.FLOAT32: ("f", 2),
+        DataType.FLOAT64: ("d", 4),
     }
 )
 
@@ -80,9 +76,9 @@ def value_width(value_type: ValueType, length: int | None = None) -> int:
 
     ``length`` is the number of registers of a string (two characters each); ignored for other types.
     """
-    if value_type == "bool":
+    if value_type == DataType.BOOL:
         return 1
-    if value_type == "string":
+    if value_type == DataType.STRING:
         if length is None or length < 1:
             raise ValueError("a string needs a length of at least 1 register")
         return length
@@ -98,11 +94,11 @@ def _byte_permutation(order: ByteOrder, registers: int) -> tuple[str, tuple[int,
     ABCD is plain big-endian and DCBA plain little-endian, so neither needs a permutation. CDAB and BADC gather
     the bytes into big-endian order first: ``value_bytes[i] = wire_bytes[permutation[i]]``.
     """
-    if order == "ABCD" or (order == "CDAB" and registers == 1):
+    if order == ByteOrder.ABCD or (order == ByteOrder.CDAB and registers == 1):
         return ">", None
-    if order == "DCBA" or (order == "BADC" and registers == 1):
+    if order == ByteOrder.DCBA or (order == ByteOrder.BADC and registers == 1):
         return "<", None
-    if order == "CDAB":  # register order reversed, bytes inside each register kept
+    if order == ByteOrder.CDAB:  # register order reversed, bytes inside each register kept
         return ">", tuple(2 * (registers - 1 - k) + b for k in range(registers) for b in (0, 1))
     # BADC: registers in order, the two bytes inside each register swapped
     return ">", tuple(2 * k + b for k in range(registers) for b in (1, 0))
@@ -113,7 +109,7 @@ def compile_register_decoder(
     value_type: ValueType,
     *,
     byte_offset: int,
-    order: ByteOrder = "ABCD",
+    order: ByteOrder = ByteOrder.ABCD,
     bit: int | None = None,
     length: int | None = None,
 ) -> RegisterDecoder:
@@ -126,7 +122,7 @@ def compile_register_decoder(
     Cached: decoders are pure functions of these arguments, and the channels of a rack repeat the same few
     (type, order, offset) combinations in every request; sharing them saves a closure per tag.
     """
-    if value_type == "bool":
+    if value_type == DataType.BOOL:
         if bit is None or not 0 <= bit <= MAX_BIT_INDEX:
             raise ValueError(f"a bool in a register needs a bit 0..{MAX_BIT_INDEX}")
         # Bit n of the register value (high byte first on the wire): bits 8..15 live in the first byte.
@@ -138,8 +134,8 @@ def compile_register_decoder(
 
         return decode_bit
 
-    if value_type == "string":
-        end = byte_offset + 2 * value_width("string", length)
+    if value_type == DataType.STRING:
+        end = byte_offset + 2 * value_width(DataType.STRING, length)
 
         def decode_string(block: bytes) -> Value:
             # Devices pad fixed-size string fields with NUL or space; invalid UTF-8 raises UnicodeDecodeError.
@@ -202,11 +198,11 @@ def decode_value(
     registers: Sequence[int],
     value_type: ValueType,
     *,
-    order: ByteOrder = "ABCD",
+    order: ByteOrder = ByteOrder.ABCD,
     bit: int | None = None,
 ) -> Value:
     """Decode one value from exactly its registers (a convenience for tools and tests; polling uses plans)."""
-    length = len(registers) if value_type == "string" else None
+    length = len(registers) if value_type == DataType.STRING else None
     if len(registers) != value_width(value_type, length):
         raise ValueError(f"{value_type} needs {value_width(value_type, length)} registers, got {len(registers)}")
     block = struct.pack(f">{len(registers)}H", *registers)
@@ -229,7 +225,7 @@ class ModbusField:
     table: Table
     address: int
     type: ValueType
-    order: ByteOrder = "ABCD"
+    order: ByteOrder = ByteOrder.ABCD
     bit: int | None = None
     width: int | None = None
 
@@ -445,7 +441,7 @@ def _field_problem(field: ModbusField, width_limit: int) -> tuple[int, str | Non
     if field.order not in BYTE_ORDERS:
         return 0, f"unknown order {field.order!r}"
     if field.table in BIT_TABLES:
-        if field.type != "bool":
+        if field.type != DataType.BOOL:
             return 0, f"a {field.table} holds single bits: type must be bool, not {field.type}"
         if field.bit is not None:
             return 0, f"bit is only for holding/input registers, not {field.table}"
@@ -453,13 +449,13 @@ def _field_problem(field: ModbusField, width_limit: int) -> tuple[int, str | Non
             return 0, f"a {field.table} is 1 bit wide, not {field.width}"
         width = 1
     else:
-        if field.type == "bool" and field.bit is None:
+        if field.type == DataType.BOOL and field.bit is None:
             return 0, f"a bool in a register needs bit (0..{MAX_BIT_INDEX})"
-        if field.bit is not None and field.type != "bool":
+        if field.bit is not None and field.type != DataType.BOOL:
             return 0, f"bit is only for bool, not {field.type}"
         if field.bit is not None and not 0 <= field.bit <= MAX_BIT_INDEX:
             return 0, f"bit {field.bit} outside 0..{MAX_BIT_INDEX}"
-        if field.type == "string":
+        if field.type == DataType.STRING:
             if field.width is None or field.width < 1:
                 return 0, "a string needs a width (length) of at least 1 register"
             width = field.width

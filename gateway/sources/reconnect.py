@@ -5,16 +5,12 @@ the time in: ``connected(now)``, ``answered(now)`` (the first good exchange on t
 ``connect_failed(now, error, draw)`` and ``lost(now, error, draw)``. It answers with how long to wait before the
 next attempt and which log line, if any, the event deserves.
 
-A TCP connect is not proof of a working link. A PLC at its connection limit, or a server that accepts and closes
-at once, lets every connect succeed; if a successful connect reset the backoff, the source reconnected
-thousands of times a second and logged two lines each time (issue 10, defect 5: 13,040 reconnects in 13 s, 93 %
-of a core, 26,094 log lines). So a link only counts as good once it is *stable*: it answered at least once and
-has lived ``stable_s``. A link lost before that is one more failed attempt, exactly like a refused connect, and
-the wait before the next attempt keeps growing::
-
-    failures   1      2     3     4     5     6      7+
-    wait (s)   0.5    1     2     4     8     16     30   (min_s 0.5 doubling up to max_s 30; jitter shortens
-                                                          each wait by up to 20 %, so links never retry in step)
+A TCP connect is not proof of a working link. A PLC at its connection limit, or a server that accepts and closes at
+once, lets every connect succeed; if a successful connect reset the backoff, the source would reconnect thousands of
+times a second and log two lines each time. So a link only counts as good once it is *stable*: it answered at least
+once and has lived ``stable_s``. A link lost before that is one more failed attempt, exactly like a refused connect,
+and the wait before the next attempt keeps growing (``gateway.backoff``: by default 0.5 s doubling up to 30 s,
+jitter shortening each wait by up to 20 %).
 
 A stable link that is lost is reconnected at once (failures back to 0). Log lines: one per state change
 (``FAILING`` for the first failure after a good link or at start, ``LOST`` when a stable link goes, ``UP`` when
@@ -26,8 +22,10 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, NamedTuple
+
+from gateway.backoff import Backoff
 
 RECONNECT_MIN_S: Final = 0.5
 RECONNECT_MAX_S: Final = 30.0
@@ -48,22 +46,18 @@ class ReconnectPolicy:
     stable_s: float = STABLE_LINK_S
     summary_every_s: float = RECONNECT_SUMMARY_EVERY_S
 
+    backoff: Backoff = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
-        if not 0 < self.min_s <= self.max_s:
-            raise ValueError(f"need 0 < min_s <= max_s, not min_s={self.min_s}, max_s={self.max_s}")
-        if not 0 <= self.jitter < 1:
-            raise ValueError(f"jitter must be in [0, 1), not {self.jitter}")
+        # Backoff checks min_s, max_s and jitter.
+        object.__setattr__(self, "backoff", Backoff(min_s=self.min_s, max_s=self.max_s, jitter=self.jitter))
         if self.stable_s < 0 or self.summary_every_s <= 0:
             raise ValueError("need stable_s >= 0 and summary_every_s > 0")
 
     def delay_s(self, failures: int, draw: float) -> float:
-        """Wait before the next attempt after ``failures`` (>= 1) failed attempts in a row: ``min_s`` doubling per
-        failure up to ``max_s``, shortened by up to ``jitter`` of itself (``draw`` is uniform in [0, 1)).
-        0 for no failure: a good link that is lost is reconnected at once."""
-        if failures <= 0:
-            return 0.0
-        nominal = min(self.max_s, self.min_s * 2.0 ** min(failures - 1, 64))
-        return nominal * (1.0 - self.jitter * min(max(draw, 0.0), 1.0))
+        """Wait before the next attempt after ``failures`` failed attempts in a row (see ``gateway.backoff``;
+        ``draw`` uniform in [0, 1)). 0 for no failure: a good link that is lost is reconnected at once."""
+        return self.backoff.delay_s(failures, draw)
 
 
 class LogLine(enum.Enum):

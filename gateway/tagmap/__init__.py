@@ -26,28 +26,23 @@ from gateway.tagmap.limits import (
 )
 from gateway.tagmap.loader import format_problems, load_plant, load_plant_from_text
 from gateway.tagmap.model import (
-    ByteOrder,
-    DataType,
     Device,
     GatewaySection,
     ModbusDevice,
     ModbusTag,
     MqttSection,
     OpcUaDevice,
-    OpcUaMode,
     OpcUaTag,
     Plant,
-    PublishMode,
     RepeatSpec,
     SerialSettings,
     SpoolSection,
-    Table,
     Tag,
     TagMap,
-    Transport,
     parse_modicon_reference,
 )
 from gateway.tagmap.nodeid import NodeIdKind, ParsedNodeId, parse_node_id, resolve_namespace
+from gateway.vocabulary import ByteOrder, DataType, OpcUaMode, PublishMode, Table, Transport
 
 __all__ = [
     "ENV_NESTED_DELIMITER",

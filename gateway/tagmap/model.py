@@ -53,85 +53,19 @@ from gateway.tagmap.limits import (
     MIN_SPOOL_MB,
 )
 from gateway.tagmap.nodeid import ParsedNodeId, parse_node_id
+from gateway.vocabulary import (
+    ByteOrder,
+    DataType,
+    MqttProtocol,
+    OpcUaMode,
+    Parity,
+    PublishMode,
+    QoS,
+    Table,
+    Transport,
+)
 
 # ------------------------------------------------------------------------------------------------ enums
-
-
-class DataType(StrEnum):
-    BOOL = "bool"
-    INT16 = "int16"
-    UINT16 = "uint16"
-    INT32 = "int32"
-    UINT32 = "uint32"
-    INT64 = "int64"
-    UINT64 = "uint64"
-    FLOAT32 = "float32"
-    FLOAT64 = "float64"
-    STRING = "string"
-
-    @property
-    def is_numeric(self) -> bool:
-        """True for the integer and float types (the ones scale/offset/deadband/min/max apply to)."""
-        return self not in (DataType.BOOL, DataType.STRING)
-
-    def register_count(self, length: int | None = None) -> int:
-        """16-bit registers one value occupies; a string occupies ``length`` registers (2 characters each)."""
-        if self is DataType.STRING:
-            if length is None:
-                raise ValueError("a string's register count is its length, and no length was given")
-            return length
-        return _REGISTERS[self]
-
-
-_REGISTERS: Final[Mapping[DataType, int]] = {
-    DataType.BOOL: 1,
-    DataType.INT16: 1,
-    DataType.UINT16: 1,
-    DataType.INT32: 2,
-    DataType.UINT32: 2,
-    DataType.INT64: 4,
-    DataType.UINT64: 4,
-    DataType.FLOAT32: 2,
-    DataType.FLOAT64: 4,
-}
-
-
-class Table(StrEnum):
-    """Modbus data tables ("register types")."""
-
-    HOLDING = "holding"
-    INPUT = "input"
-    COIL = "coil"
-    DISCRETE = "discrete"
-
-    @property
-    def is_bit_table(self) -> bool:
-        """Coils and discrete inputs hold single bits; holding/input tables hold 16-bit registers."""
-        return self in (Table.COIL, Table.DISCRETE)
-
-
-class ByteOrder(StrEnum):
-    """Byte order of multi-register values, as the letters of ``0xAABBCCDD`` in wire order."""
-
-    ABCD = "ABCD"
-    CDAB = "CDAB"
-    BADC = "BADC"
-    DCBA = "DCBA"
-
-
-class PublishMode(StrEnum):
-    TAG = "tag"
-    BATCH = "batch"
-
-
-class OpcUaMode(StrEnum):
-    SUBSCRIBE = "subscribe"
-    POLL = "poll"
-
-
-class Transport(StrEnum):
-    TCP = "tcp"
-    RTU = "rtu"
 
 
 def _enum_normaliser(
@@ -330,9 +264,9 @@ class MqttSection(_Model):
     """mqtt://host[:port] or mqtts://host[:port] (ports default to 1883 / 8883)."""
     client_id: NonEmptyStr | None = None
     """MQTT client id; in a Plant always set (default ``cellgate-{gateway.id}``)."""
-    qos: Annotated[Literal[0, 1], BeforeValidator(_int_from_text)] = 1
+    qos: Annotated[QoS, BeforeValidator(_int_from_text)] = 1
     keepalive_s: int = Field(default=30, ge=1, le=65535)
-    protocol: Annotated[Literal["5", "3.1.1"], BeforeValidator(_mqtt_protocol)] = "5"
+    protocol: Annotated[MqttProtocol, BeforeValidator(_mqtt_protocol)] = "5"
     username: str | None = None
     password: SecretStr | None = None
     password_file: NonEmptyStr | None = None
@@ -853,7 +787,7 @@ class SerialSettings(_Model):
     port: NonEmptyStr
     """Serial device, e.g. /dev/ttyUSB0."""
     baudrate: int = Field(default=19200, ge=1)
-    parity: Annotated[Literal["N", "E", "O"], BeforeValidator(_parity)] = "N"
+    parity: Annotated[Parity, BeforeValidator(_parity)] = "N"
     stopbits: Literal[1, 2] = 1
     bytesize: int = Field(default=8, ge=5, le=8)
 

@@ -13,8 +13,8 @@ import pytest
 import structlog
 
 from gateway.errors import SinkError
-from gateway.sinks.mqtt import MqttSink
-from gateway.sinks.mqtt_wire import (
+from gateway.mqtt.connection import MqttSink
+from gateway.mqtt.wire import (
     Connack,
     Connect,
     Disconnect,

@@ -1,7 +1,7 @@
 """MqttSink's own MQTT client where Mosquitto cannot be made to misbehave on cue.
 
 A scripted broker (tests/support/mqtt_broker.py: real sockets on 127.0.0.1, packets via
-gateway.sinks.mqtt_wire) decides per message whether and how to acknowledge, can advertise MQTT 5
+gateway.mqtt.wire) decides per message whether and how to acknowledge, can advertise MQTT 5
 limits, ignore PINGREQ or drop the link, and records every packet it receives per connection.
 """
 
@@ -13,8 +13,8 @@ import time
 import pytest
 
 from gateway.errors import SinkError
-from gateway.sinks.mqtt import MqttSink, backoff_delay_s
-from gateway.sinks.mqtt_wire import (
+from gateway.mqtt.connection import MqttSink, backoff_delay_s
+from gateway.mqtt.wire import (
     Connack,
     Connect,
     Disconnect,
@@ -87,19 +87,36 @@ async def test_unacknowledged_messages_are_resent_after_a_reconnect_in_order_wit
     assert again.index(status[0]) > again.index(resent[2])  # resends first
 
 
-async def test_a_refused_puback_counts_as_failed_and_tells_the_spool() -> None:
-    acks: list[tuple[int, bool]] = []
+async def test_a_refused_puback_counts_as_failed_and_is_reported_with_its_handle() -> None:
+    acks: list[int] = []
+    refused: list[tuple[str, str, int | None]] = []
     async with (
         ScriptedBroker(ack=lambda p: 0 if p.retain else 0x87) as broker,
-        MqttSink(options(broker, max_inflight=2), on_spool_ack=lambda i, ok: acks.append((i, ok))) as sink,
+        MqttSink(
+            options(broker, max_inflight=2),
+            on_ack=acks.append,
+            on_refused=lambda topic, payload, reason, handle: refused.append((topic, reason, handle)),
+        ) as sink,
     ):
         await sink.wait_connected(5)
         await sink.publish_many([data(n) for n in range(5)])  # slots come back on refusals too
-        await wait_until(lambda: sink.try_replay(7, *data(99)))
+        await wait_until(lambda: sink.try_publish(*data(99), 7))
         assert await sink.flush(5)
         assert (sink.published, sink.delivered, sink.failed, sink.in_flight) == (6, 0, 6, 0)
         assert sink.control_delivered == 1  # the online status
-    assert acks == [(7, False)]
+    assert acks == []  # a refused message is never acknowledged
+    assert [handle for _, _, handle in refused] == [None] * 5 + [7]
+    assert {reason for _, reason, _ in refused} == {"not_authorized"}
+
+
+async def test_an_acknowledged_message_with_a_handle_is_reported_once_and_never_given_back() -> None:
+    acks: list[int] = []
+    async with ScriptedBroker() as broker, MqttSink(options(broker, max_inflight=4), on_ack=acks.append) as sink:
+        await sink.wait_connected(5)
+        assert sink.try_publish(*data(1), 11)
+        assert sink.unacked() == []  # the caller tracks it, not the sink
+        assert await sink.flush(5)
+    assert acks == [11]
 
 
 async def test_a_message_larger_than_the_brokers_maximum_packet_size_is_refused_here() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.sinks.mqtt import MqttSink
+from gateway.mqtt.connection import MqttSink
 from tests.support.mosquitto import Mosquitto, Subscriber, free_port
 from tests.support.sink import sink_options
 

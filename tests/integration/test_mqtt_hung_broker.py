@@ -8,7 +8,7 @@ import time
 
 import structlog
 
-from gateway.sinks.mqtt import MqttSink
+from gateway.mqtt.connection import MqttSink
 from tests.support.mosquitto import Mosquitto, Subscriber
 from tests.support.sink import sink_options
 from tests.support.waiting import wait_until_async

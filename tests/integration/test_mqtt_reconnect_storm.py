@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import structlog
 
-from gateway.sinks.mqtt import MqttSink, backoff_delay_s
+from gateway.mqtt.connection import MqttSink, backoff_delay_s
 from tests.support.mqtt_broker import ScriptedBroker, options
 
 MIN_S = 0.1

@@ -19,8 +19,8 @@ import orjson
 import pytest
 
 from gateway.errors import SinkError
+from gateway.mqtt.connection import MqttSink
 from gateway.schema import Quality, Sample, encode_tag_payload
-from gateway.sinks.mqtt import MqttSink
 from tests.support.mosquitto import Mosquitto, Received, Subscriber, retained_snapshot
 from tests.support.sink import OFFLINE, ONLINE
 from tests.support.sink import sink_options as make_options
@@ -180,7 +180,8 @@ async def test_online_status_on_connect_and_offline_after_close(broker: Mosquitt
 
 CHILD = """
 import asyncio, sys
-from gateway.sinks.mqtt import MqttOptions, MqttSink
+from gateway.mqtt.options import MqttOptions
+from gateway.mqtt.connection import MqttSink
 
 async def main() -> None:
     host, port, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3]

@@ -17,7 +17,8 @@ import pytest
 
 from gateway.assembly import mqtt_options_for
 from gateway.errors import SinkError
-from gateway.sinks.mqtt import MqttOptions, MqttSink
+from gateway.mqtt.connection import MqttSink
+from gateway.mqtt.options import MqttOptions
 from gateway.tagmap import load_plant_from_text
 from tests.support.mosquitto import Mosquitto, Subscriber
 from tests.support.sink import OFFLINE, ONLINE, sink_options

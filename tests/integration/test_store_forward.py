@@ -9,7 +9,8 @@ from pathlib import Path
 import orjson
 import structlog
 
-from gateway.sinks.mqtt import MqttSink
+from gateway.encoders.uns_json import historical
+from gateway.mqtt.connection import MqttSink
 from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward, open_spool
 from tests.support.mosquitto import Mosquitto, Subscriber, free_port
@@ -27,10 +28,10 @@ async def test_broker_down_spools_everything_then_replays_in_order_marked_histor
     port = free_port()
     broker = Mosquitto(port=port)
     spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
-    forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=2000)
+    forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=2000, historical=historical)
     options = dataclasses.replace(sink_options(broker, prefix), host=broker.host, port=port)
     try:
-        async with MqttSink(options, on_spool_ack=forwarder.on_spool_ack) as sink:
+        async with MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused) as sink:
             forwarder.bind(sink)
             replay = asyncio.create_task(forwarder.replay())
             await forwarder.forward([data(prefix, n) for n in range(1, 51)])
@@ -59,9 +60,9 @@ async def test_broker_down_spools_everything_then_replays_in_order_marked_histor
 async def test_hung_broker_window_full_goes_to_spool_and_is_replayed_after(tmp_path: Path, prefix: str) -> None:
     with Mosquitto() as broker:
         spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
-        forwarder = StoreAndForward(spool, window_wait_s=0.3, replay_per_s=5000)
+        forwarder = StoreAndForward(spool, window_wait_s=0.3, replay_per_s=5000, historical=historical)
         options = sink_options(broker, prefix, max_inflight=5, keepalive_s=60)
-        async with MqttSink(options, on_spool_ack=forwarder.on_spool_ack) as sink:
+        async with MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused) as sink:
             forwarder.bind(sink)
             await sink.wait_connected(5)
             replay = asyncio.create_task(forwarder.replay())
@@ -88,8 +89,10 @@ async def test_hung_broker_window_full_goes_to_spool_and_is_replayed_after(tmp_p
 async def test_stop_while_broker_away_keeps_the_window_in_the_spool(tmp_path: Path, prefix: str) -> None:
     with Mosquitto() as broker:
         spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
-        forwarder = StoreAndForward(spool, window_wait_s=0.2, replay_per_s=5000)
-        async with MqttSink(sink_options(broker, prefix, max_inflight=4), on_spool_ack=forwarder.on_spool_ack) as sink:
+        forwarder = StoreAndForward(spool, window_wait_s=0.2, replay_per_s=5000, historical=historical)
+        async with MqttSink(
+            sink_options(broker, prefix, max_inflight=4), on_ack=forwarder.on_ack, on_refused=forwarder.on_refused
+        ) as sink:
             forwarder.bind(sink)
             await sink.wait_connected(5)
             broker.pause()
@@ -110,9 +113,9 @@ async def test_a_stuck_window_sends_later_batches_straight_to_the_spool(tmp_path
     not wait it again each; they go to the spool as they come, and live sending resumes when slots free."""
     with Mosquitto() as broker:
         spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
-        forwarder = StoreAndForward(spool, window_wait_s=2.0, replay_per_s=5000)
+        forwarder = StoreAndForward(spool, window_wait_s=2.0, replay_per_s=5000, historical=historical)
         options = sink_options(broker, prefix, max_inflight=5, keepalive_s=60)
-        async with MqttSink(options, on_spool_ack=forwarder.on_spool_ack) as sink:
+        async with MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused) as sink:
             forwarder.bind(sink)
             await sink.wait_connected(5)
             with Subscriber(broker.host, broker.port, f"{prefix}/data/#") as subscriber:
@@ -154,11 +157,11 @@ async def test_replay_acknowledgements_are_deleted_while_the_replay_waits_for_a_
     broker = Mosquitto(port=port)
     spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
     spool.append([data(prefix, n) for n in range(1, 2001)])
-    forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=200)
+    forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=200, historical=historical)
     options = dataclasses.replace(sink_options(broker, prefix), host=broker.host, port=port)
     try:
         broker.start()
-        async with MqttSink(options, on_spool_ack=forwarder.on_spool_ack) as sink:
+        async with MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused) as sink:
             forwarder.bind(sink)
             replay = asyncio.create_task(forwarder.replay())
             await wait_until_async(lambda: forwarder.replayed_total >= 100, 20)
@@ -187,8 +190,10 @@ async def test_refused_messages_are_kept_as_dead_letters_and_never_block_the_oth
         spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
         spool.append([data(prefix, 1, "replayed")])
         replayed_id = spool.oldest(after_id=0, limit=1)[0].id
-        forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=5000)
-        async with MqttSink(sink_options(broker, prefix), on_spool_ack=forwarder.on_spool_ack) as sink:
+        forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=5000, historical=historical)
+        async with MqttSink(
+            sink_options(broker, prefix), on_ack=forwarder.on_ack, on_refused=forwarder.on_refused
+        ) as sink:
             forwarder.bind(sink)
             await sink.wait_connected(5)
             replay = asyncio.create_task(forwarder.replay())
@@ -223,10 +228,10 @@ async def test_a_broker_refusal_is_logged_once_per_reason_by_the_sink_saying_it_
     acl = tmp_path / "acl"
     acl.write_text(f"topic read {prefix}/#\ntopic write {prefix}/data/ok\ntopic write {prefix}/_gateway/#\n")
     spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
-    forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=5000)
+    forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=5000, historical=historical)
     with structlog.testing.capture_logs() as logs, Mosquitto(extra_config=[f"acl_file {acl}"]) as broker:
         options = sink_options(broker, prefix, protocol="5")
-        async with MqttSink(options, on_spool_ack=forwarder.on_spool_ack, on_refused=forwarder.on_refused) as sink:
+        async with MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused) as sink:
             forwarder.bind(sink)
             await sink.wait_connected(5)
             replay = asyncio.create_task(forwarder.replay())  # flushes acknowledgements and dead letters
@@ -256,14 +261,15 @@ async def test_without_a_spool_live_data_flows_losses_are_counted_and_the_spool_
         return Spool(blocker / "spool.db", max_bytes=10**7)
 
     forwarder = StoreAndForward(
-        open_spool(open_at_path), window_wait_s=0.2, replay_per_s=5000, reopen=open_at_path, reopen_every_s=0.5
+        open_spool(open_at_path), window_wait_s=0.2, replay_per_s=5000, reopen=open_at_path, reopen_every_s=0.5,
+        historical=historical,
     )
     assert not forwarder.available
     port = free_port()
     broker = Mosquitto(port=port)
     options = dataclasses.replace(sink_options(broker, prefix), host=broker.host, port=port)
     try:
-        async with MqttSink(options, on_spool_ack=forwarder.on_spool_ack) as sink:
+        async with MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused) as sink:
             forwarder.bind(sink)
             replay = asyncio.create_task(forwarder.replay())
             await forwarder.forward([data(prefix, n) for n in range(1, 11)])  # broker down, no spool
@@ -283,3 +289,19 @@ async def test_without_a_spool_live_data_flows_losses_are_counted_and_the_spool_
         await forwarder.close()
     finally:
         broker.close()
+
+
+async def test_the_spool_keeps_the_encoders_historical_form_and_knows_no_payload_format(tmp_path: Path) -> None:
+    """Store-and-forward asks the encoder for the replay form of each message; it never edits payloads itself,
+    so an encoding that is not JSON is spooled as its encoder says."""
+    spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
+
+    def replay_form(topic: str, payload: bytes) -> bytes:
+        return b"H|" + topic.encode() + b"|" + payload
+
+    forwarder = StoreAndForward(spool, window_wait_s=0.1, replay_per_s=100, historical=replay_form)
+    await forwarder.store([("lines/rack", b"1 volts=3.7"), ("lines/rack", b"2 volts=3.8")])
+    rows = spool.oldest(after_id=0, limit=10)
+    assert [row.payload for row in rows] == [b"H|lines/rack|1 volts=3.7", b"H|lines/rack|2 volts=3.8"]
+    await forwarder.close()
+    spool.close()

@@ -18,8 +18,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from gateway.sinks.mqtt import MqttOptions, MqttSink
-from gateway.sinks.mqtt_wire import (
+from gateway.mqtt.connection import MqttSink
+from gateway.mqtt.options import MqttOptions
+from gateway.mqtt.wire import (
     PINGRESP_BYTES,
     Connack,
     Connect,

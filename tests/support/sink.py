@@ -7,7 +7,7 @@ import re
 import uuid
 from typing import Any
 
-from gateway.sinks.mqtt import MqttOptions
+from gateway.mqtt.options import MqttOptions
 from tests.support.mosquitto import Mosquitto
 
 ONLINE = b'{"online":true}'

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.sinks.mqtt_wire import (
+from gateway.mqtt.wire import (
     MAX_REMAINING_LENGTH,
     NO_PROPERTIES,
     PINGREQ_BYTES,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.runtime import PlantFingerprint, plan_reload
+from gateway.reload import PlantFingerprint, plan_reload
 from gateway.tagmap import Plant, load_plant_from_text
 
 BASE = """

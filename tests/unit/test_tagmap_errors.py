@@ -9,8 +9,8 @@ import pytest
 
 from gateway.assembly import build_outbound, mqtt_options_for
 from gateway.errors import ConfigError
+from gateway.mqtt.options import publish_topic_problem
 from gateway.schema import MAX_TOPIC_BYTES
-from gateway.sinks.mqtt import publish_topic_problem
 from gateway.tagmap import format_problems
 from gateway.tagmap.loader import MAX_PROBLEM_CHARS
 from tests.support.tagmap import HEADER, MINIMAL_MODBUS, ErrorCase, error_cases, load, problem_lines

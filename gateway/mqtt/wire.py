@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Literal, NamedTuple
+from typing import NamedTuple
+
+from gateway.vocabulary import QoS
 
 # ------------------------------------------------------------------------------- protocol limits
 
@@ -29,7 +31,6 @@ MAX_STRING_BYTES = 65_535
 DEFAULT_RECEIVE_MAXIMUM = 65_535
 """Receive Maximum when the server does not send one, and the implicit one of MQTT 3.1.1 (§3.2.2.3.3)."""
 
-QoS = Literal[0, 1]
 
 
 class ProtocolVersion(IntEnum):
@@ -565,7 +566,7 @@ def topic_field(topic: bytes) -> bytes:
 class PublishEncoder:
     """PUBLISH packets for the hot path of a client: one per message, from a topic field the caller
     keeps per topic (``topic_field``), so a message costs a few concatenations. ``publish_packet``
-    builds the same bytes; this skips its keyword arguments and checks (measured 0.8 -> 0.4 us)."""
+    builds the same bytes (a test checks it); this skips its keyword arguments and checks."""
 
     __slots__ = ("_properties",)
 

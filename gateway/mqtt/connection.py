@@ -1,12 +1,10 @@
-"""MQTT sink: our own small asyncio MQTT client (3.1.1 / 5.0), QoS1 with a bounded in-flight window.
+"""The MQTT connection: our own small asyncio MQTT client (3.1.1 / 5.0), QoS1 with a bounded in-flight window.
 
-Why not paho-mqtt: at 40,000 per-tag messages/s paho alone cost ~40 us of CPU per message here (its
-network thread, a socketpair write per publish, three recv() per PUBACK, a ``call_soon_threadsafe``
-per PUBACK), and its API cannot batch publishes (issue 5). This client is one ``asyncio.Protocol`` on
-the event loop: ``data_received`` decodes every PUBACK of one read in a loop (``mqtt_wire``), and the
-PUBLISH packets of one ``publish_many`` / ``offer_many`` call leave in one ``transport.write``. No
-thread, no task or future per message, no log line per message. Packet encoding and decoding are in
-``gateway/sinks/mqtt_wire.py`` (pure, table-tested); this module is the I/O shell and the bookkeeping.
+It runs on the event loop with no thread: every PUBACK of one read is decoded in one loop, and the PUBLISH
+packets of one ``publish_many`` / ``offer_many`` call leave in one ``transport.write``. It makes no task,
+future or log line per message. Packet encoding and decoding are in ``gateway/mqtt/wire.py`` (pure,
+table-tested); this module is the I/O shell and the bookkeeping. (Why not paho-mqtt, and what each costs: README
+"How it works" and "Performance".)
 
 Delivery contract:
 
@@ -18,7 +16,7 @@ Delivery contract:
 * A QoS1 message counts as ``delivered`` only when its PUBACK arrives (MQTT 5: reason code < 0x80).
 * Refused: a message larger than the maximum packet size (``max_packet_size``, or a smaller one from
   the MQTT 5 CONNACK) is never sent; one with a PUBACK reason >= 0x80 is refused by the broker. Either
-  goes once to ``on_refused(topic, payload, reason, spool_id)`` (``reason``: ``refusal_reason``'s
+  goes once to ``on_refused(topic, payload, reason, handle)`` (``reason``: ``refusal_reason``'s
   token), is counted in ``refused_by_reason`` (data also in ``failed``) and logged once per reason; its
   window slot is freed, so it never blocks the others. A refused control message leaves the retained
   set, so it is not sent again at every connect.
@@ -29,15 +27,16 @@ Delivery contract:
 * ``unacked()`` returns the data messages handed over without a PUBACK yet, in publish order. After
   ``close`` it is exactly what may not have reached the broker: give it to the spool. It can contain
   messages the broker did get (PUBACK lost with the link), so delivery is at-least-once and subscribers
-  drop duplicates by ``seq``. Messages published with a ``spool_id`` (replays from the spool) are left
-  out: they are still in the spool; their PUBACK goes to ``on_spool_ack`` instead.
+  drop duplicates by ``seq``. Messages published with a ``handle`` (``try_publish``) are left out:
+  their caller tracks them (store-and-forward: they are still in the spool); their PUBACK goes to
+  ``on_ack(handle)`` and a refusal to ``on_refused`` with the handle.
 * For the store-and-forward stage: ``offer_many`` hands over live messages only while connected and
   only while a window slot frees up within a bound, and returns how many it took (the rest goes to the
-  spool); ``try_replay`` takes one spooled message if a slot is free right now, so replays never make
-  live data wait.
+  spool); ``try_publish`` takes one message with a handle if a slot is free right now, so replays never
+  make live data wait. The client knows nothing of the spool: a handle is an opaque number of the caller's.
 
 Connection: one background task connects (TCP, TLS, CONNECT/CONNACK within ``connect_timeout_s``; a
-CONNACK that breaks the MQTT 5 rules is a failed attempt, see ``mqtt_wire.connack_problem``), serves the
+CONNACK that breaks the MQTT 5 rules is a failed attempt, see ``wire.connack_problem``), serves the
 connection and reconnects with exponential backoff and jitter between ``reconnect_min_s`` and
 ``reconnect_max_s``. Serving: PINGREQ after ``keepalive_s`` without traffic (the broker's Server Keep
 Alive replaces it), no PINGRESP within min(keepalive, ``puback_timeout_s``) means a dead link; the
@@ -66,13 +65,14 @@ import contextlib
 import random
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import cast
 
 import structlog
 
+from gateway.backoff import Backoff
 from gateway.errors import SinkError
-from gateway.sinks.mqtt_wire import (
+from gateway.mqtt.options import MqttOptions, publish_topic_problem
+from gateway.mqtt.wire import (
     DEFAULT_RECEIVE_MAXIMUM,
     MAX_PACKET_ID,
     NO_PROPERTIES,
@@ -101,8 +101,7 @@ from gateway.sinks.mqtt_wire import (
     shorten,
     topic_field,
 )
-
-MqttProtocol = Literal["5", "3.1.1"]
+from gateway.sinks.base import Handle
 
 DEFAULT_CLOSE_TIMEOUT_S = 5.0
 # Budget for DISCONNECT, the end of the connection and the connection task after the drain in close().
@@ -118,119 +117,22 @@ _READ_BUFFER_BYTES = 64 * 1024  # one read: up to 16,384 PUBACKs
 _TOPIC_CACHE_ENTRIES = 65_536  # encoded topics kept; ~100 bytes each
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MqttOptions:
-    """How to reach the broker and how to behave there. Built by the runtime from the tag map ``mqtt:``.
-
-    ``online_payload`` is published retained on ``will_topic`` at every (re)connect; a callable is called
-    each time (so it can carry a fresh ``since``). ``will_payload`` is the MQTT will and also what
-    ``close`` publishes. ``max_queued`` caps the messages held in memory (window + control messages); it
-    is a safety net, the window keeps data far below it. Times are seconds.
-    """
-
-    host: str
-    port: int = 1883
-    client_id: str
-    will_topic: str
-    will_payload: bytes
-    online_payload: bytes | Callable[[], bytes]
-    tls: bool = False
-    ca_file: str | None = None  # None with tls: the system CA store
-    cert_file: str | None = None  # client certificate for mTLS
-    key_file: str | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)  # never logged, never in repr
-    protocol: MqttProtocol = "5"
-    keepalive_s: int = 30
-    qos: Literal[0, 1] = 1
-    # With MQTT 5 the broker's Receive Maximum caps it (Mosquitto's default max_inflight_messages is 20).
-    max_inflight: int = 1000
-    max_queued: int = 10_000
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 10.0
-    connect_timeout_s: float = 5.0
-    failover: tuple[tuple[str, int], ...] = ()
-    failover_after: int = 3
-    # Largest packet (bytes, whole PUBLISH) the broker takes, for brokers that cannot announce it (MQTT
-    # 3.1.1); a smaller Maximum Packet Size in an MQTT 5 CONNACK wins. Larger messages are refused here.
-    max_packet_size: int | None = None
-    # A connection whose oldest unacknowledged message waited this long for its PUBACK is stuck (a hung
-    # broker): dropped and reconnected. Also bounds the wait for a PINGRESP.
-    puback_timeout_s: float = 10.0
-    # Repeated connection problems (the same connect error, a link that dies right after connecting)
-    # are logged once, then summed up at most this often.
-    repeat_log_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        if not self.host:
-            problems.append("host is empty")
-        if not 0 < self.port < 65536:
-            problems.append(f"port {self.port} is not in 1..65535")
-        if self.protocol not in ("5", "3.1.1"):
-            problems.append(f"protocol {self.protocol!r} is not '5' or '3.1.1'")
-        if self.qos not in (0, 1):
-            problems.append(f"qos {self.qos} is not 0 or 1")
-        if self.keepalive_s < 1:
-            problems.append("keepalive_s must be >= 1")
-        if self.max_inflight < 1:
-            problems.append("max_inflight must be >= 1")
-        if self.max_queued <= self.max_inflight:
-            problems.append("max_queued must be larger than max_inflight (it also holds status messages)")
-        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
-            problems.append("need 0 < reconnect_min_s <= reconnect_max_s")
-        if self.connect_timeout_s <= 0:
-            problems.append("connect_timeout_s must be > 0")
-        if self.failover_after < 1:
-            problems.append("failover_after must be >= 1")
-        if self.max_packet_size is not None and self.max_packet_size < 1:
-            problems.append("max_packet_size must be >= 1 (or None: the broker's)")
-        if self.puback_timeout_s <= 0:
-            problems.append("puback_timeout_s must be > 0")
-        if self.repeat_log_s <= 0:
-            problems.append("repeat_log_s must be > 0")
-        for host, port in self.failover:
-            if not host or not 0 < port < 65536:
-                problems.append(f"failover broker {host!r}:{port} is not a host and a port in 1..65535")
-        if self.password is not None and self.username is None:
-            problems.append("password given without username")
-        if not self.tls and (self.ca_file or self.cert_file or self.key_file):
-            # Never connect in plain text to a broker the caller meant to reach over TLS.
-            problems.append("ca_file/cert_file/key_file given without tls")
-        if self.key_file and not self.cert_file:
-            problems.append("key_file given without cert_file")
-        topic_problem = publish_topic_problem(self.will_topic)
-        if topic_problem:
-            problems.append(f"will_topic: {topic_problem}")
-        if problems:
-            raise ValueError("invalid MQTT options: " + "; ".join(problems))
-
-
-def publish_topic_problem(topic: str) -> str | None:
-    """Why ``topic`` cannot be published to, or None. Checked up front so a bad topic fails at the caller."""
-    if not topic:
-        return "empty topic"
-    if "+" in topic or "#" in topic:
-        return f"topic {topic!r} contains a wildcard"
-    if "\x00" in topic:
-        return f"topic {topic!r} contains NUL"
-    if len(topic.encode("utf-8", errors="surrogatepass")) > 65535:
-        return "topic longer than 65535 bytes"
-    return None
-
-
 def backoff_delay_s(failures: int, *, min_s: float, max_s: float, jitter: float) -> float:
     """Seconds to wait before the next connection attempt, ``failures`` (>= 0) attempts in a row having
     failed since the last good connection (0: right after losing one).
 
-    The ceiling is ``2 * min_s`` after a loss and doubles per failed attempt up to ``max_s``; the wait is
-    drawn between half the ceiling (never below ``min_s``) and the ceiling (``jitter`` in [0, 1) is the
-    draw), so gateways that lost the same broker do not all come back in the same instant, and the wait
-    grows with every failure whatever the draw. Pure: the caller passes the random number.
+    The shared schedule (``gateway.backoff``) two doublings on, with jitter up to half: the ceiling is
+    ``2 * min_s`` after a loss and doubles per failed attempt up to ``max_s``; the wait is drawn between half
+    the ceiling (never below ``min_s``) and the ceiling (``jitter`` in [0, 1) is the draw), so gateways that
+    lost the same broker do not all come back in the same instant, and the wait grows with every failure
+    whatever the draw. Pure: the caller passes the random number.
     """
-    ceiling = min(max_s, min_s * 2.0 ** min(failures + 1, 32))
-    floor = max(min_s, ceiling / 2.0)
-    return floor + (ceiling - floor) * jitter
+    schedule = Backoff(min_s=min_s, max_s=max_s, jitter=_MQTT_JITTER)
+    return max(min_s, schedule.delay_s(failures + 2, 1.0 - jitter))
+
+
+_MQTT_JITTER = 0.5
+"""The MQTT reconnect wait is drawn from the upper half of its ceiling."""
 
 
 class _Repeats:
@@ -280,14 +182,14 @@ class _InFlight:
     went out on the current connection: only those count against the broker's Receive Maximum.
     """
 
-    __slots__ = ("control", "packet", "payload", "sent", "spool_id", "topic")
+    __slots__ = ("control", "handle", "packet", "payload", "sent", "topic")
 
-    def __init__(self, topic: str, payload: bytes, packet: bytes, control: bool, spool_id: int | None) -> None:
+    def __init__(self, topic: str, payload: bytes, packet: bytes, control: bool, handle: Handle | None) -> None:
         self.topic = topic
         self.payload = payload
         self.packet = packet
         self.control = control  # status / retained restore: no window slot, not counted
-        self.spool_id = spool_id  # a replay from the spool: its PUBACK goes to on_spool_ack
+        self.handle = handle  # the caller tracks it (try_publish): its PUBACK goes to on_ack
         self.sent = False
 
 
@@ -443,9 +345,8 @@ class _Connection(asyncio.BufferedProtocol):
     the sink; ``connack`` resolves with the CONNACK (None if the link ended first), ``lost`` when the
     link is gone, with ``lost_reason`` saying why.
 
-    A BufferedProtocol: the transport reads into our one buffer (``recv_into``). A plain Protocol gets
-    ``recv(256 KiB)`` per read, a fresh 256 KiB allocation (mmap) each time: measured ~15 us per read,
-    and a read carries only a handful of PUBACKs.
+    A BufferedProtocol: the transport reads into our one buffer (``recv_into``), so a read allocates nothing
+    (a plain Protocol gets a fresh 256 KiB bytes object per ``recv``, for a read of a handful of PUBACKs).
     """
 
     def __init__(self, sink: MqttSink, connect_packet: bytes, version: ProtocolVersion) -> None:
@@ -532,16 +433,17 @@ class MqttSink:
         self,
         options: MqttOptions,
         *,
-        on_spool_ack: Callable[[int, bool], None] | None = None,
-        on_refused: Callable[[str, bytes, str, int | None], bool | None] | None = None,
+        on_ack: Callable[[Handle], None] | None = None,
+        on_refused: Callable[[str, bytes, str, Handle | None], bool | None] | None = None,
     ) -> None:
-        """``on_spool_ack(spool_id, ok)``: the PUBACK (or refusal) of a replay from the spool.
-        ``on_refused(topic, payload, reason, spool_id)``: once per message the broker will never take
+        """``on_ack(handle)``: the PUBACK of a message published with a handle (``try_publish``).
+        ``on_refused(topic, payload, reason, handle)``: once per message the broker will never take
         (``reason`` a ``refusal_reason`` token such as ``packet_too_large`` or ``not_authorized``;
-        ``spool_id`` None for live data and control messages), e.g. to keep it in a dead-letter table; it
-        returns True when it keeps the message (``dead_letter`` of the ``mqtt_message_refused`` line)."""
+        ``handle`` None for messages published without one and control messages), e.g. to keep it in a
+        dead-letter table; it returns True when it keeps the message (``dead_letter`` of the
+        ``mqtt_message_refused`` line). A message with a handle gets exactly one of the two."""
         self._options = options
-        self._on_spool_ack = on_spool_ack
+        self._on_ack = on_ack
         self._on_refused = on_refused
         self._version = ProtocolVersion.V5 if options.protocol == "5" else ProtocolVersion.V311
         self._encoder = PublishEncoder(self._version)
@@ -634,9 +536,10 @@ class MqttSink:
         """Data messages (topic, payload) handed over without a PUBACK yet, oldest first.
 
         After ``close`` this is what the spool must keep. Control messages are not included: they are
-        rebuilt from ``set_retained`` and the options at the next start.
+        rebuilt from ``set_retained`` and the options at the next start; nor are messages with a handle,
+        which their caller tracks.
         """
-        return [(m.topic, m.payload) for m in self._in_flight.values() if not m.control and m.spool_id is None]
+        return [(m.topic, m.payload) for m in self._in_flight.values() if not m.control and m.handle is None]
 
     async def wait_connected(self, timeout_s: float) -> None:
         """Return once connected; raise SinkError (with the last connect error) after ``timeout_s``."""
@@ -856,24 +759,24 @@ class MqttSink:
             raise batch.error
         return batch.index
 
-    def try_replay(self, spool_id: int, topic: str, payload: bytes) -> bool:
-        """Publish one spooled message if connected and a window slot is free now; False otherwise.
+    def try_publish(self, topic: str, payload: bytes, handle: Handle) -> bool:
+        """Publish one message if connected and a window slot is free now; False otherwise.
 
-        Its PUBACK (or refusal) is reported to ``on_spool_ack(spool_id, ok)``. Replays never wait for a
-        slot, so live data always gets the window first.
+        Its PUBACK is reported to ``on_ack(handle)``, a refusal to ``on_refused``. It never waits for a slot,
+        so messages given to ``offer_many`` / ``publish_many`` get the window first.
         """
         self._check_open()
         if not self._connected:
             return False
         if self._options.qos == 0:
             self._send_qos0(topic, payload, False)
-            if self._on_spool_ack is not None:
-                self._on_spool_ack(spool_id, True)
+            if self._on_ack is not None:
+                self._on_ack(handle)
             return True
         if not self._window.try_acquire():
             return False
         try:
-            self._hand_over(topic, payload, False, spool_id)
+            self._hand_over(topic, payload, False, handle)
         except SinkError:
             self._window.release()
             raise
@@ -936,7 +839,7 @@ class MqttSink:
                 self._next_packet_id = packet_id
                 return packet_id
 
-    def _hand_over(self, topic: str, payload: bytes, retain: bool, spool_id: int | None) -> None:
+    def _hand_over(self, topic: str, payload: bytes, retain: bool, handle: Handle | None) -> None:
         """Take one QoS1 data message into the in-flight set and send it if it may go now. The caller
         holds a window slot for it and keeps it when this raises SinkError (it must give it back: this
         never calls the window). The hot path: one call per message."""
@@ -952,7 +855,7 @@ class MqttSink:
         except (SinkError, MalformedPacketError) as exc:  # all ids in use; a payload of over 256 MB
             raise SinkError(f"cannot publish to {topic!r}: {exc}") from exc
         self._next_packet_id = packet_id
-        message = _InFlight(topic, payload, packet, False, spool_id)
+        message = _InFlight(topic, payload, packet, False, handle)
         in_flight[packet_id] = message
         self._data_in_flight += 1
         self._published += 1
@@ -1105,24 +1008,21 @@ class MqttSink:
             self._control_delivered += 1
             return False
         self._data_in_flight -= 1
-        if message.spool_id is not None and self._on_spool_ack is not None:
-            self._on_spool_ack(message.spool_id, True)
+        if message.handle is not None and self._on_ack is not None:
+            self._on_ack(message.handle)
         self._delivered += 1
         return True
 
     def _refused(self, message: _InFlight, reason_code: int, properties: Properties) -> bool:
-        """``message`` will never be taken: hand it to ``on_refused`` (and a replay to ``on_spool_ack``
-        as failed). A refused control message leaves the retained set, so it is not sent again at every
-        connect. True when it freed a data window slot."""
+        """``message`` will never be taken: hand it to ``on_refused``. A refused control message leaves the
+        retained set, so it is not sent again at every connect. True when it freed a data window slot."""
         if message.control:
             if self._retained.get(message.topic) == message.payload:
                 del self._retained[message.topic]
         else:
             self._data_in_flight -= 1
             self._failed += 1
-        self._note_refused(message.topic, message.payload, reason_code, properties, message.spool_id, message.control)
-        if message.spool_id is not None and self._on_spool_ack is not None:
-            self._on_spool_ack(message.spool_id, False)
+        self._note_refused(message.topic, message.payload, reason_code, properties, message.handle, message.control)
         return not message.control
 
     def _note_refused(
@@ -1131,7 +1031,7 @@ class MqttSink:
         payload: bytes,
         reason_code: int,
         properties: Properties,
-        spool_id: int | None,
+        handle: Handle | None,
         control: bool,
     ) -> None:
         """Count a refusal, tell ``on_refused``, log the first one of each reason (the only log line of it)."""
@@ -1140,7 +1040,7 @@ class MqttSink:
         kept = False
         if self._on_refused is not None:
             try:
-                kept = bool(self._on_refused(topic, payload, reason, spool_id))
+                kept = bool(self._on_refused(topic, payload, reason, handle))
             except Exception as exc:  # the caller's bug must not break the PUBACK handling
                 self._log.error("mqtt_on_refused_failed", error=repr(exc))
         if reason not in self._refusals_logged:

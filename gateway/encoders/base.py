@@ -1,0 +1,77 @@
+"""The encoder seam: what an output encoding provides, and the ``Message`` it produces.
+
+The outbound side hands an encoder plain ``Sample`` values (gateway.schema), a device's link state and its tag
+catalogue; the encoder owns everything format-specific: topics, payloads, birth and status messages, the will,
+``seq`` numbering and the form a message takes when it is replayed from the spool (``historical``). Store-and-
+forward and the sink only move the resulting messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple, Protocol
+
+from gateway.schema import Sample
+
+
+class Message(NamedTuple):
+    """One message ready to publish: topic, payload and whether the broker keeps it (retained).
+
+    The QoS is the connection's (``mqtt.qos``) for data and 1 for retained control messages. A NamedTuple, as
+    Sample: in per-tag mode one is made per published value, and a tuple is built in C.
+    """
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+class DeviceEncoder(Protocol):
+    """The encoding of one device's output, with its ``seq`` state."""
+
+    @property
+    def seq_topics(self) -> list[str]:
+        """The topics this device numbers with ``seq``."""
+        ...
+
+    def seq_need(self, samples: int) -> int:
+        """The most seq numbers on any one topic that encoding ``samples`` samples in one call takes."""
+        ...
+
+    def restore_seq(self, last_seq: Mapping[str, int]) -> None:
+        """Continue numbering after ``last_seq`` (per topic)."""
+        ...
+
+    def seq_snapshot(self) -> dict[str, int]:
+        """The last seq handed out per topic (only topics that have had a message)."""
+        ...
+
+    def encode(self, samples: Sequence[Sample], now: float) -> list[Message]:
+        """The data messages for ``samples`` (non-empty), numbered with ``seq``; ``now`` in epoch seconds."""
+        ...
+
+    def status(self, *, connected: bool, since: float, error: str | None, gateway: str | None) -> Message:
+        """The retained link state of the device."""
+        ...
+
+    def meta(self) -> list[Message]:
+        """The retained tag catalogue of the device (one or more messages)."""
+        ...
+
+    def retained_topics(self) -> list[str]:
+        """Every topic the device's messages are retained on (status and catalogue): what to clear when the
+        device leaves the tag map."""
+        ...
+
+
+class Encoder(Protocol):
+    """Gateway-wide messages of one encoding: its status (birth) and will, and replays' historical form."""
+
+    def gateway_status(self, *, online: bool) -> Message:
+        """The retained gateway status: online after every connect, offline as the will and at a clean stop."""
+        ...
+
+    def historical(self, topic: str, payload: bytes) -> bytes:
+        """``payload`` (a data message this encoding made for ``topic``) as it is replayed from the spool:
+        marked as historical. Raises ValueError for a payload it did not make."""
+        ...

@@ -1,0 +1,113 @@
+"""Settings of the MQTT client (``MqttSink`` in gateway.mqtt.connection), checked when built.
+
+Built from the tag map's ``mqtt:`` section by gateway.assembly.mqtt_options_for; the client takes them as
+they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.vocabulary import MqttProtocol, QoS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MqttOptions:
+    """How to reach the broker and how to behave there. Built by the runtime from the tag map ``mqtt:``.
+
+    ``online_payload`` is published retained on ``will_topic`` at every (re)connect; a callable is called
+    each time (so it can carry a fresh ``since``). ``will_payload`` is the MQTT will and also what
+    ``close`` publishes. ``max_queued`` caps the messages held in memory (window + control messages); it
+    is a safety net, the window keeps data far below it. Times are seconds.
+    """
+
+    host: str
+    port: int = 1883
+    client_id: str
+    will_topic: str
+    will_payload: bytes
+    online_payload: bytes | Callable[[], bytes]
+    tls: bool = False
+    ca_file: str | None = None  # None with tls: the system CA store
+    cert_file: str | None = None  # client certificate for mTLS
+    key_file: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never logged, never in repr
+    protocol: MqttProtocol = "5"
+    keepalive_s: int = 30
+    qos: QoS = 1
+    # With MQTT 5 the broker's Receive Maximum caps it (Mosquitto's default max_inflight_messages is 20).
+    max_inflight: int = 1000
+    max_queued: int = 10_000
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 10.0
+    connect_timeout_s: float = 5.0
+    failover: tuple[tuple[str, int], ...] = ()
+    failover_after: int = 3
+    # Largest packet (bytes, whole PUBLISH) the broker takes, for brokers that cannot announce it (MQTT
+    # 3.1.1); a smaller Maximum Packet Size in an MQTT 5 CONNACK wins. Larger messages are refused here.
+    max_packet_size: int | None = None
+    # A connection whose oldest unacknowledged message waited this long for its PUBACK is stuck (a hung
+    # broker): dropped and reconnected. Also bounds the wait for a PINGRESP.
+    puback_timeout_s: float = 10.0
+    # Repeated connection problems (the same connect error, a link that dies right after connecting)
+    # are logged once, then summed up at most this often.
+    repeat_log_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if not self.host:
+            problems.append("host is empty")
+        if not 0 < self.port < 65536:
+            problems.append(f"port {self.port} is not in 1..65535")
+        if self.protocol not in ("5", "3.1.1"):
+            problems.append(f"protocol {self.protocol!r} is not '5' or '3.1.1'")
+        if self.qos not in (0, 1):
+            problems.append(f"qos {self.qos} is not 0 or 1")
+        if self.keepalive_s < 1:
+            problems.append("keepalive_s must be >= 1")
+        if self.max_inflight < 1:
+            problems.append("max_inflight must be >= 1")
+        if self.max_queued <= self.max_inflight:
+            problems.append("max_queued must be larger than max_inflight (it also holds status messages)")
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            problems.append("need 0 < reconnect_min_s <= reconnect_max_s")
+        if self.connect_timeout_s <= 0:
+            problems.append("connect_timeout_s must be > 0")
+        if self.failover_after < 1:
+            problems.append("failover_after must be >= 1")
+        if self.max_packet_size is not None and self.max_packet_size < 1:
+            problems.append("max_packet_size must be >= 1 (or None: the broker's)")
+        if self.puback_timeout_s <= 0:
+            problems.append("puback_timeout_s must be > 0")
+        if self.repeat_log_s <= 0:
+            problems.append("repeat_log_s must be > 0")
+        for host, port in self.failover:
+            if not host or not 0 < port < 65536:
+                problems.append(f"failover broker {host!r}:{port} is not a host and a port in 1..65535")
+        if self.password is not None and self.username is None:
+            problems.append("password given without username")
+        if not self.tls and (self.ca_file or self.cert_file or self.key_file):
+            # Never connect in plain text to a broker the caller meant to reach over TLS.
+            problems.append("ca_file/cert_file/key_file given without tls")
+        if self.key_file and not self.cert_file:
+            problems.append("key_file given without cert_file")
+        topic_problem = publish_topic_problem(self.will_topic)
+        if topic_problem:
+            problems.append(f"will_topic: {topic_problem}")
+        if problems:
+            raise ValueError("invalid MQTT options: " + "; ".join(problems))
+
+
+def publish_topic_problem(topic: str) -> str | None:
+    """Why ``topic`` cannot be published to, or None. Checked up front so a bad topic fails at the caller."""
+    if not topic:
+        return "empty topic"
+    if "+" in topic or "#" in topic:
+        return f"topic {topic!r} contains a wildcard"
+    if "\x00" in topic:
+        return f"topic {topic!r} contains NUL"
+    if len(topic.encode("utf-8", errors="surrogatepass")) > 65535:
+        return "topic longer than 65535 bytes"
+    return None
