@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,12 +22,11 @@ from cryptography.x509.oid import NameOID
 from structlog.testing import capture_logs
 
 from gateway.pki import Pki, make_certificate, new_key, thumbprint, write_private_key
-from gateway.schema import Quality
-from gateway.sources.base import RawReading
 from gateway.sources.opcua import OpcUaDeviceOptions, OpcUaSource, OpcUaTagRef
 from gateway.sources.opcua_security import ClientSecurity
 from simulators.machines.coater import Coater
 from simulators.servers.opcua_server import APPLICATION_URI, NAMESPACE_URI, OpcUaSimulatorServer, ServerSecurity
+from tests.support.recorder import Recorder, running
 
 USER = "operator"
 PASSWORD = "s3cret-Pw!-for-tests"
@@ -35,42 +34,6 @@ TAG = OpcUaTagRef(name="id/manufacturer", kind="s", identifier="Coater01.Identif
 GATEWAY_URI = "urn:testhost:cellgate:gw-test"
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.readings: list[RawReading] = []
-        self.links: list[tuple[bool, str | None]] = []
-        self._changed = asyncio.Event()
-
-    async def emit(self, readings: Sequence[RawReading]) -> None:
-        self.readings.extend(readings)
-        self._changed.set()
-
-    def report_link(self, connected: bool, error: str | None) -> None:
-        self.links.append((connected, error))
-        self._changed.set()
-
-    def good(self) -> list[RawReading]:
-        return [reading for reading in self.readings if reading.quality is Quality.GOOD]
-
-    def errors(self) -> list[str]:
-        return [error for up, error in self.links if not up and error]
-
-    async def wait_until(self, condition: Callable[[], bool], within_s: float = 8.0) -> None:
-        async with asyncio.timeout(within_s):
-            while not condition():
-                self._changed.clear()
-                await self._changed.wait()
-
-
-@contextlib.asynccontextmanager
-async def running(source: OpcUaSource, recorder: Recorder) -> AsyncIterator[None]:
-    task = asyncio.create_task(source.run(recorder.emit, recorder.report_link))
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def make_source(
@@ -125,7 +88,7 @@ async def test_every_policy_and_mode_reads_values(
     secure_server: OpcUaSimulatorServer, server_pki: Path, pki: Pki, policy: str, mode: str
 ) -> None:
     trust_server(pki, server_pki)
-    recorder = Recorder()
+    recorder = Recorder(8.0)
     with capture_logs() as logs:
         async with running(make_source(secure_server.endpoint, pki, policy=policy, mode=mode), recorder):
             await recorder.wait_until(lambda: bool(recorder.good()))
@@ -139,7 +102,7 @@ async def test_auto_picks_the_strongest_policy_and_creates_the_own_certificate(
     secure_server: OpcUaSimulatorServer, server_pki: Path, pki: Pki
 ) -> None:
     trust_server(pki, server_pki)
-    recorder = Recorder()
+    recorder = Recorder(8.0)
     with capture_logs() as logs:
         async with running(make_source(secure_server.endpoint, pki), recorder):
             await recorder.wait_until(lambda: bool(recorder.good()))
@@ -154,7 +117,7 @@ async def test_auto_picks_the_strongest_policy_and_creates_the_own_certificate(
 async def test_unknown_server_goes_to_rejected_until_trusted(
     secure_server: OpcUaSimulatorServer, server_pki: Path, pki: Pki
 ) -> None:
-    recorder = Recorder()
+    recorder = Recorder(8.0)
     async with running(make_source(secure_server.endpoint, pki), recorder):
         await recorder.wait_until(lambda: bool(recorder.errors()))
         error = recorder.errors()[0]
@@ -173,7 +136,7 @@ async def test_wrong_password_is_one_line_per_attempt_with_backoff(
     secure_server: OpcUaSimulatorServer, server_pki: Path, pki: Pki
 ) -> None:
     trust_server(pki, server_pki)
-    recorder = Recorder()
+    recorder = Recorder(8.0)
     with capture_logs() as logs:
         async with running(make_source(secure_server.endpoint, pki, password="wrong"), recorder):
             async with asyncio.timeout(10):
@@ -198,7 +161,7 @@ async def test_x509_user_identity(server_pki: Path, pki: Pki, tmp_path: Path) ->
     machines = {"Coater01": Coater(rng=random.Random(1))}
     async with OpcUaSimulatorServer(machines=machines, port=0, autostep=False, security=security) as server:
         trust_server(pki, server_pki)
-        recorder = Recorder()
+        recorder = Recorder(8.0)
         source = make_source(
             server.endpoint, pki, username=None, password=None,
             user_certificate=tmp_path / "alice.der", user_key=tmp_path / "alice.pem",
@@ -206,7 +169,7 @@ async def test_x509_user_identity(server_pki: Path, pki: Pki, tmp_path: Path) ->
         async with running(source, recorder):
             await recorder.wait_until(lambda: bool(recorder.good()))
         # Without the user certificate the same server refuses the (anonymous) session.
-        refused = Recorder()
+        refused = Recorder(8.0)
         async with running(make_source(server.endpoint, pki, username=None, password=None), refused):
             await refused.wait_until(lambda: bool(refused.errors()))
         assert not refused.good()
@@ -242,7 +205,7 @@ async def test_bad_server_certificates_are_refused_with_the_reason(
         (pki.folder("trusted") / f"{thumbprint(security.certificate)}.der").write_bytes(der)
         machines = {"Coater01": Coater(rng=random.Random(1))}
         async with OpcUaSimulatorServer(machines=machines, port=0, autostep=False, security=security) as server:
-            recorder = Recorder()
+            recorder = Recorder(8.0)
             async with running(make_source(server.endpoint, pki), recorder):
                 await recorder.wait_until(lambda: bool(recorder.errors()))
     assert reason in recorder.errors()[0]
@@ -253,12 +216,12 @@ async def test_bad_server_certificates_are_refused_with_the_reason(
 async def test_server_offering_only_none_is_refused_unless_allowed(pki: Pki) -> None:
     machines = {"Coater01": Coater(rng=random.Random(1))}
     async with OpcUaSimulatorServer(machines=machines, port=0, autostep=False) as server:
-        refused = Recorder()
+        refused = Recorder(8.0)
         async with running(make_source(server.endpoint, pki, username=None, password=None), refused):
             await refused.wait_until(lambda: bool(refused.errors()))
         assert "the server offers None/None; the map asks for auto/SignAndEncrypt" in refused.errors()[0]
         assert not refused.good()
-        allowed = Recorder()
+        allowed = Recorder(8.0)
         source = make_source(server.endpoint, pki, username=None, password=None, allow_insecure=True)
         with capture_logs() as logs:
             async with running(source, allowed):
@@ -271,7 +234,7 @@ async def test_corrupt_own_key_is_a_clear_error(
 ) -> None:
     trust_server(pki, server_pki)
     pki.key_path.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
-    recorder = Recorder()
+    recorder = Recorder(8.0)
     async with running(make_source(secure_server.endpoint, pki), recorder):
         await recorder.wait_until(lambda: bool(recorder.errors()))
     assert f"private key {pki.key_path} is corrupt" in recorder.errors()[0]
@@ -299,7 +262,7 @@ async def test_ca_signed_server_is_trusted_through_issuers_until_revoked(tmp_pat
     )
     machines = {"Coater01": Coater(rng=random.Random(1))}
     async with OpcUaSimulatorServer(machines=machines, port=0, autostep=False, security=security) as server:
-        trusted = Recorder()
+        trusted = Recorder(8.0)
         async with running(make_source(server.endpoint, pki), trusted):
             await trusted.wait_until(lambda: bool(trusted.good()))
         assert pki.listing("trusted") == [] and pki.listing("rejected") == []
@@ -311,7 +274,7 @@ async def test_ca_signed_server_is_trusted_through_issuers_until_revoked(tmp_pat
             .next_update(now + timedelta(days=7)).add_revoked_certificate(revoked).sign(ca_key, hashes.SHA256())
         )  # fmt: skip
         (pki.folder("issuers") / "plant-ca.crl").write_bytes(crl.public_bytes(serialization.Encoding.DER))
-        refused = Recorder()
+        refused = Recorder(8.0)
         async with running(make_source(server.endpoint, pki), refused):
             await refused.wait_until(lambda: bool(refused.errors()))
         assert "is not trusted" in refused.errors()[0]

@@ -15,60 +15,17 @@ import pytest
 import pytest_asyncio
 
 from gateway.schema import STATUS_COMM_FAILURE, Quality
-from gateway.sources.base import Emit, RawReading
+from gateway.sources.base import RawReading
 from gateway.sources.opcua import OpcUaDeviceOptions, OpcUaSource, OpcUaTagRef
 from gateway.sources.opcua_status import STATUS_NAMESPACE_UNKNOWN
 from tests.support.opcua import DECOY_VALUES, INITIAL_SOURCE_TS, TEST_NAMESPACE, OpcUaTestServer, free_port
+from tests.support.recorder import Recorder, running
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The module server advertises MaxNodesPerRead = 2 and, like a real PLC, rejects larger Reads.
 READ_LIMIT = 2
 
 
-class Recorder:
-    """Collects what a source emits and reports; lets a test wait for a condition."""
-
-    def __init__(self) -> None:
-        self.readings: list[RawReading] = []
-        self.links: list[tuple[bool, str | None]] = []
-        self._changed = asyncio.Event()
-
-    async def emit(self, readings: Sequence[RawReading]) -> None:
-        self.readings.extend(readings)
-        self._changed.set()
-
-    def report_link(self, connected: bool, error: str | None) -> None:
-        self.links.append((connected, error))
-        self._changed.set()
-
-    def of(self, tag: str) -> list[RawReading]:
-        return [reading for reading in self.readings if reading.tag == tag]
-
-    def latest(self, tag: str) -> RawReading | None:
-        found = self.of(tag)
-        return found[-1] if found else None
-
-    def has(self, tag: str, value: object) -> bool:
-        return any(reading.value == value for reading in self.of(tag))
-
-    async def wait_until(self, condition: Callable[[], bool], within_s: float = 6.0) -> None:
-        async with asyncio.timeout(within_s):
-            while not condition():
-                self._changed.clear()
-                await self._changed.wait()
-
-
-@contextlib.asynccontextmanager
-async def running(source: OpcUaSource, recorder: Recorder, emit: Emit | None = None) -> AsyncIterator[None]:
-    task = asyncio.create_task(source.run(emit or recorder.emit, recorder.report_link))
-    try:
-        yield
-    finally:
-        crashed = task.done() and not task.cancelled() and task.exception() is not None
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        assert not crashed, f"source task crashed: {task.exception()!r}"
 
 
 def options(server: OpcUaTestServer, **overrides: object) -> OpcUaDeviceOptions:

@@ -7,14 +7,12 @@ and a wrong password are checked against it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,10 +21,9 @@ from cryptography.hazmat.primitives import serialization
 from structlog.testing import capture_logs
 
 from gateway.pki import Pki, thumbprint
-from gateway.schema import Quality
-from gateway.sources.base import RawReading
 from gateway.sources.opcua import OpcUaDeviceOptions, OpcUaSource, OpcUaTagRef
 from gateway.sources.opcua_security import ClientSecurity
+from tests.support.recorder import Recorder, running
 from tests.support.sim import free_tcp_port
 
 HERE = Path(__file__).resolve().parent
@@ -87,42 +84,6 @@ def node_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeOpcUaS
         server.stop()
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.readings: list[RawReading] = []
-        self.links: list[tuple[bool, str | None]] = []
-        self._changed = asyncio.Event()
-
-    async def emit(self, readings: Sequence[RawReading]) -> None:
-        self.readings.extend(readings)
-        self._changed.set()
-
-    def report_link(self, connected: bool, error: str | None) -> None:
-        self.links.append((connected, error))
-        self._changed.set()
-
-    def good(self) -> list[RawReading]:
-        return [reading for reading in self.readings if reading.quality is Quality.GOOD]
-
-    def errors(self) -> list[str]:
-        return [error for up, error in self.links if not up and error]
-
-    async def wait_until(self, condition: Callable[[], bool], within_s: float = 15.0) -> None:
-        async with asyncio.timeout(within_s):
-            while not condition():
-                self._changed.clear()
-                await self._changed.wait()
-
-
-@contextlib.asynccontextmanager
-async def running(source: OpcUaSource, recorder: Recorder) -> AsyncIterator[None]:
-    task = asyncio.create_task(source.run(recorder.emit, recorder.report_link))
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def source(server: NodeOpcUaServer, pki: Pki, *, policy: str, mode: str, password: str = PASSWORD) -> OpcUaSource:
@@ -150,7 +111,7 @@ async def test_every_policy_and_mode_against_node_opcua(
 ) -> None:
     pki = Pki(tmp_path / "pki", uri="urn:testhost:cellgate:interop")
     trust(pki, node_server)
-    recorder = Recorder()
+    recorder = Recorder(15.0)
     with capture_logs() as logs:
         async with running(source(node_server, pki, policy=policy, mode=mode), recorder):
             await recorder.wait_until(lambda: len(recorder.good()) >= 2)
@@ -162,7 +123,7 @@ async def test_every_policy_and_mode_against_node_opcua(
 
 async def test_node_opcua_server_is_rejected_until_trusted(node_server: NodeOpcUaServer, tmp_path: Path) -> None:
     pki = Pki(tmp_path / "pki", uri="urn:testhost:cellgate:interop")
-    recorder = Recorder()
+    recorder = Recorder(15.0)
     async with running(source(node_server, pki, policy="auto", mode="SignAndEncrypt"), recorder):
         await recorder.wait_until(lambda: bool(recorder.errors()))
         thumb = thumbprint(node_server.certificate())
@@ -174,7 +135,7 @@ async def test_node_opcua_server_is_rejected_until_trusted(node_server: NodeOpcU
 async def test_wrong_password_against_node_opcua(node_server: NodeOpcUaServer, tmp_path: Path) -> None:
     pki = Pki(tmp_path / "pki", uri="urn:testhost:cellgate:interop")
     trust(pki, node_server)
-    recorder = Recorder()
+    recorder = Recorder(15.0)
     with capture_logs() as logs:
         async with running(source(node_server, pki, policy="auto", mode="SignAndEncrypt", password="nope"), recorder):
             await recorder.wait_until(lambda: bool(recorder.errors()))
