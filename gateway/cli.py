@@ -139,6 +139,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(config=args.config, broker_url=args.broker, view=not args.no_view, secure=args.secure)
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    from gateway.tail import run_tail
+
+    return run_tail(config=args.config, broker_url=args.broker, topic_filter=args.topic_filter,
+                    protocol=args.protocol, interval_s=args.interval)
+
+
+def _add_tail(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tail = commands.add_parser("tail", help="live view of the values, equipment and gateway status on a broker")
+    source = tail.add_mutually_exclusive_group()
+    source.add_argument("-c", "--config", default=None, help="tag map: its broker, and its site as default filter")
+    source.add_argument("--broker", default=None,
+                        help="mqtt[s]://[USER:PASSWORD@]HOST[:PORT] (default mqtt://127.0.0.1:1883, filter '#')")
+    tail.add_argument("topic_filter", nargs="?", default=None, metavar="TOPIC_FILTER",
+                      help="MQTT topic filter (default: ENTERPRISE/SITE/# of the tag map, or '#')")
+    tail.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version with --broker (default 5)")
+    tail.add_argument("--interval", type=float, default=None, metavar="SECONDS",
+                      help="redraw every SECONDS (default 1 on a terminal, 5 into a pipe or file)")
+    tail.set_defaults(func=cmd_tail)
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     target = Path(args.directory)
     existing = [name for name in INIT_FILES.values() if (target / name).exists()]
@@ -276,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_browse(commands)
     _add_scan(commands)
+    _add_tail(commands)
 
     from gateway.spool_cli import add_spool_commands
 
