@@ -86,6 +86,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         shard, count = args.shard
         print(f"shard {shard} of {count}")
     print(describe_plant(_shard(plant, args.shard), list_tags=args.tags))
+    if args.explain:
+        from gateway.explain import explain_plant, render_explain
+
+        print(render_explain(explain_plant(_shard(plant, args.shard), rtt_ms=args.assume_rtt_ms),
+                             rtt_ms=args.assume_rtt_ms))
     from gateway.pki_cli import check_security_files, describe_endpoints, secure_devices
 
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
@@ -262,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--tags", action="store_true", help="also list every tag: topic <- source, type, unit")
     check.add_argument("--state-dir", default=None, help="state directory, for the PKI folder (as for `run`)")
     check.add_argument("--offline", action="store_true", help="do not ask secure OPC UA devices for their endpoints")
+    check.add_argument("--explain", action="store_true",
+                       help="also print the requests/s, values/s, messages/s and bytes/s per device and in total, "
+                            "and warn about plans that cannot keep their interval, gappy reads, oversized messages")
+    check.add_argument("--assume-rtt-ms", type=float, default=5.0, metavar="MS",
+                       help="round trip of one TCP/OPC UA request for --explain (default 5)")
     _add_shard(check)
     check.set_defaults(func=cmd_check)
 
