@@ -86,8 +86,8 @@ def target_from_map(config: str, topic_filter: str | None) -> TailTarget:
         password = read_secret_file(mqtt.password_file)
     return TailTarget(
         host=mqtt.host, port=mqtt.port, protocol=mqtt.protocol, topic_filter=topic_filter or prefix + "/#",
-        # A filter of one's own may reach other sites: then the names keep their enterprise/site.
-        prefix=prefix if topic_filter is None else None,
+        # A filter reaching beyond the map's site shows every site seen, the names with their enterprise/site.
+        prefix=prefix if topic_filter is None or topic_filter.startswith(prefix + "/") else None,
         tls=mqtt.tls, ca_file=mqtt.ca_file, cert_file=mqtt.cert_file, key_file=mqtt.key_file,
         username=mqtt.username, password=password,
     )
