@@ -40,6 +40,7 @@ class LiveView:
     topic_filter: str
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)
     messages: int = 0
+    connected: bool = False  # the subscriber's link to the broker, set from its thread
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, topic: str, payload: bytes) -> None:
@@ -53,9 +54,14 @@ class LiveView:
             self.latest[topic] = body
             self.messages += 1
 
-    def snapshot(self) -> tuple[dict[str, dict[str, Any]], int]:
+    def set_connected(self, connected: bool) -> None:
         with self.lock:
-            return dict(self.latest), self.messages
+            self.connected = connected
+
+    def snapshot(self) -> tuple[dict[str, dict[str, Any]], int, bool]:
+        """The latest payload per topic, the number of messages so far, and whether the broker is connected."""
+        with self.lock:
+            return dict(self.latest), self.messages, self.connected
 
 
 def _paint(text: str, colour: str | None, enabled: bool) -> str:
@@ -92,11 +98,12 @@ def render_view(
     rate: float,
     colour: bool = False,
     hint: str = "Ctrl-C stops the demo",
+    broker_connected: bool | None = None,
 ) -> str:
     """A compact text view: the gateways' status, then one block per equipment with its link state and tags.
 
     ``prefix`` (``enterprise/site``) is left out of the equipment names; with None every ``enterprise/site`` seen
-    is shown, and stays part of the names.
+    is shown, and stays part of the names. ``broker_connected`` None leaves the broker's state out of the header.
     """
     equipment: dict[str, dict[str, Mapping[str, Any]]] = {}
     statuses: dict[str, Mapping[str, Any]] = {}
@@ -129,7 +136,15 @@ def render_view(
     else:
         gateway_text = "gateway: unknown"
     title = prefix if prefix is not None else "all sites"
-    lines = [f"{_paint(title, BOLD, colour)}  {gateway_text}  {messages} messages ({rate:.0f}/s)  {hint}"]
+    if broker_connected is None:
+        broker_text = ""
+    elif broker_connected:
+        broker_text = "broker: " + _paint("connected", GREEN, colour) + "  "
+    else:
+        broker_text = "broker: " + _paint("NOT CONNECTED (retrying)", RED, colour) + "  "
+    lines = [
+        f"{_paint(title, BOLD, colour)}  {broker_text}{gateway_text}  {messages} messages ({rate:.0f}/s)  {hint}"
+    ]
     for key in sorted(set(equipment) | set(statuses)):
         tags = equipment.get(key, {})
         status = statuses.get(key)
@@ -173,14 +188,21 @@ def start_subscriber(
     if username is not None:
         client.username_pw_set(username, password)
 
-    def on_connect(c: Any, _u: Any, _f: Any, _rc: Any, _p: Any = None) -> None:
+    def on_connect(c: Any, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
+        if reason.is_failure:
+            return
+        view.set_connected(True)
         c.subscribe(view.topic_filter, qos=0)
+
+    def on_disconnect(_c: Any, _u: Any, _f: Any, _reason: Any, _p: Any = None) -> None:
+        view.set_connected(False)
 
     def on_message(_c: Any, _u: Any, msg: Any) -> None:
         view.record(msg.topic, msg.payload)
 
     client.on_connect = on_connect
     client.on_message = on_message
+    client.on_disconnect = on_disconnect
     client.reconnect_delay_set(min_delay=1, max_delay=5)
     client.connect_async(host, port, keepalive=30)
     client.loop_start()
@@ -198,18 +220,20 @@ def missing_paho() -> bool:
 
 async def show(
     view: LiveView, stop: asyncio.Event, *, prefix: str | None, out: TextIO, tty: bool, interval_s: float,
-    hint: str,
+    hint: str, broker_state: bool = False,
 ) -> None:
     """Render ``view`` to ``out`` every ``interval_s`` until ``stop``: a refreshed, coloured screen on a terminal,
-    otherwise plain blocks one after the other (for a pipe or a log file)."""
+    otherwise plain blocks one after the other (for a pipe or a log file). ``broker_state``: show whether the
+    subscriber is connected (the demo's embedded broker always is)."""
     last_count, last_time = 0, time.monotonic()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
-        latest, count = view.snapshot()
+        latest, count, connected = view.snapshot()
         now = time.monotonic()
         rate = (count - last_count) / max(now - last_time, 1e-6)
         last_count, last_time = count, now
-        text = render_view(latest, prefix=prefix, messages=count, rate=rate, colour=tty, hint=hint)
+        text = render_view(latest, prefix=prefix, messages=count, rate=rate, colour=tty, hint=hint,
+                           broker_connected=connected if broker_state else None)
         out.write(CLEAR_SCREEN + text + "\n" if tty else text + "\n\n")
         out.flush()

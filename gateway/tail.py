@@ -109,7 +109,7 @@ async def _tail(target: TailTarget, *, out: TextIO, interval_s: float | None) ->
         await show(
             view, stop, prefix=target.prefix, out=out, tty=tty,
             interval_s=interval_s or (TTY_INTERVAL_S if tty else PIPE_INTERVAL_S),
-            hint=f"{target.host}:{target.port} {target.topic_filter}  {HINT}",
+            hint=f"{target.host}:{target.port} {target.topic_filter}  {HINT}", broker_state=True,
         )
     finally:
         client.loop_stop()

@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.cli import main
 from tests.support.gateway import REPO_ROOT
-from tests.support.mosquitto import Mosquitto
+from tests.support.mosquitto import Mosquitto, free_port
 
 CLI = [sys.executable, "-m", "gateway.cli", "tail"]
 ESC = "\x1b["
@@ -102,6 +102,7 @@ def test_tail_broker_into_a_pipe_shows_every_site_without_colour(broker: Mosquit
     )
     assert process.stdout is not None
     wanted = [
+        "broker: connected",
         "gateway acme/dunkirk/edge-01: online",
         "gateway globex/lyon/edge-09: OFFLINE",
         "acme/dunkirk/formation/hall-a/rack-01  [DISCONNECTED (timeout)]  2 tags seen",
@@ -146,6 +147,22 @@ def test_tail_on_a_terminal_colours_by_quality(broker: Mosquitto, tmp_path: Path
     assert "formation/hall-a/rack-01" in out and "acme/dunkirk/formation" not in out
     assert "globex" not in out
     assert code == 0
+
+
+def test_tail_says_so_while_the_broker_cannot_be_reached() -> None:
+    url = f"mqtt://127.0.0.1:{free_port()}"  # nobody listens there
+    process = subprocess.Popen(
+        [*CLI, "--broker", url, "--interval", "0.2"], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        out = _read_until(process, process.stdout.fileno(), ["broker: NOT CONNECTED (retrying)"])
+    finally:
+        code = _stop(process)
+    assert "broker: NOT CONNECTED (retrying)  gateway: unknown  0 messages" in out, out
+    assert code == 0
+    assert process.stderr is not None
+    assert "Traceback" not in process.stderr.read().decode()
 
 
 def test_tail_without_paho_names_the_extra_and_exits_2(tmp_path: Path) -> None:

@@ -85,6 +85,10 @@ def test_render_view_colours_only_when_asked() -> None:
     assert f"{GREEN}1.5 V{RESET}" in coloured and f"{YELLOW}99 (uncertain: out_of_range){RESET}" in coloured
     assert f"formation/hall-a/rack-01  [{GREEN}connected{RESET}]  2 tags seen" in coloured
     assert "formation/hall-a/rack-02  [no status yet]  1 tags seen" in plain
+    assert "broker" not in plain  # the demo's view leaves the broker's state out
+    assert f"broker: {RED}NOT CONNECTED (retrying){RESET}" in render_view(
+        LATEST, prefix=None, messages=0, rate=0.0, colour=True, broker_connected=False
+    )
     # without the colour codes the two are the same text, cell padding included
     for code in (GREEN, RED, YELLOW, RESET, "\x1b[1m"):
         coloured = coloured.replace(code, "")
