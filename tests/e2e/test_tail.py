@@ -18,8 +18,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.cli import main
-from tests.support.gateway import REPO_ROOT
+from tests.support.gateway import REPO_ROOT, GatewayProcess
 from tests.support.mosquitto import Mosquitto, free_port
+from tests.support.sim import SimulatorProcess
 
 CLI = [sys.executable, "-m", "gateway.cli", "tail"]
 ESC = "\x1b["
@@ -146,6 +147,48 @@ def test_tail_on_a_terminal_colours_by_quality(broker: Mosquitto, tmp_path: Path
     # -c: the tag map's site only, its enterprise/site left out of the names
     assert "formation/hall-a/rack-01" in out and "acme/dunkirk/formation" not in out
     assert "globex" not in out
+    assert code == 0
+
+
+def test_tail_on_a_running_gateway(broker: Mosquitto, tmp_path: Path) -> None:
+    """A real gateway reading the rack simulator and a PLC nobody answers for: tail shows both as the gateway
+    publishes them (its own status and payloads, not fixtures)."""
+    config = tmp_path / "tagmap.yaml"
+    with SimulatorProcess(only="modbus", extra_args=["--racks", "1", "--stackers", "0"]) as sims:
+        config.write_text(
+            "gateway: {id: edge-tail, enterprise: initech, site: plant-7}\n"
+            f'mqtt: {{url: "mqtt://127.0.0.1:{broker.port}"}}\n'
+            "devices:\n"
+            f"  - {{name: rack-01, area: formation, line: hall-a, protocol: modbus, host: 127.0.0.1,\n"
+            f"     port: {sims.modbus_ports['rack-01']}, interval_ms: 200,\n"
+            # 16 channels: above a max of 4, so published as uncertain / out_of_range
+            "     tags: [{name: channel_count, address: 1, type: uint16, max: 4}]}\n"
+            f"  - {{name: plc-gone, area: formation, line: hall-a, protocol: modbus, host: 127.0.0.1,\n"
+            f"     port: {free_port()}, tags: [{{name: x, address: 0, type: uint16}}]}}\n"
+        )
+        gateway = GatewayProcess(config=config, env={}, state_dir=tmp_path / "state")
+        gateway.start()
+        process = subprocess.Popen(
+            [*CLI, "-c", str(config), "--interval", "0.2"], cwd=REPO_ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        wanted = [
+            "broker: connected  gateway edge-tail: online",
+            "formation/hall-a/rack-01  [connected]  1 tags seen",
+            "channel_count = 16 (uncertain: out_of_range)",
+            "formation/hall-a/plc-gone  [DISCONNECTED (",
+        ]
+        try:
+            out = _read_until(process, process.stdout.fileno(), wanted, timeout_s=30)
+        finally:
+            code = _stop(process)
+            gateway.stop()
+            gateway.close()
+    for item in wanted:
+        assert item in out, out
+    assert "acme" not in out  # the map's site only
+    assert ESC not in out
     assert code == 0
 
 
