@@ -29,13 +29,16 @@ RED: Final = "\x1b[31m"
 BOLD: Final = "\x1b[1m"
 RESET: Final = "\x1b[0m"
 QUALITY_COLOURS: Final = {"good": GREEN, "uncertain": YELLOW, "bad": RED}
-# Topic tails the view leaves out: the retained catalogue and whole-device batches.
-SKIPPED_TAGS: Final = frozenset({"_meta", "_batch"})
+# Topic tails the view does not show as tags: the retained catalogue, and batches (recorded per tag instead).
+BATCH: Final = "_batch"
+SKIPPED_TAGS: Final = frozenset({"_meta", BATCH})
 
 
 @dataclass(slots=True)
 class LiveView:
-    """Latest JSON-object payload per topic, fed from the subscriber thread; rendered by the event loop."""
+    """Latest JSON-object payload per topic, fed from the subscriber thread; rendered by the event loop.
+
+    The samples of a ``_batch`` are recorded as if each had come on its own tag topic."""
 
     topic_filter: str
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -50,8 +53,17 @@ class LiveView:
             return
         if not isinstance(body, dict):
             return
+        entries = {topic: body}
+        if topic.endswith("/" + BATCH) and isinstance(body.get("samples"), list):
+            # A batch (publish: batch) carries the samples that changed: each becomes its tag's latest value.
+            base = topic[: -len(BATCH) - 1]
+            entries = {
+                f"{base}/{sample['tag']}": sample
+                for sample in body["samples"]
+                if isinstance(sample, dict) and isinstance(sample.get("tag"), str) and sample["tag"]
+            }
         with self.lock:
-            self.latest[topic] = body
+            self.latest.update(entries)
             self.messages += 1
 
     def set_connected(self, connected: bool) -> None:
@@ -124,7 +136,7 @@ def render_view(
         tag = "/".join(parts[5:])
         if tag == "_status":
             statuses[key] = body
-        elif tag in SKIPPED_TAGS:
+        elif parts[5] in SKIPPED_TAGS:  # also the further parts of a split catalogue, _meta/2 ...
             continue
         else:
             equipment.setdefault(key, {})[tag] = body

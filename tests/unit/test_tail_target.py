@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
-from gateway.live_view import GREEN, RED, RESET, YELLOW, render_view
+from gateway.live_view import GREEN, RED, RESET, YELLOW, LiveView, render_view
 from gateway.tail import filter_problem, target_from_map, target_from_url
 
 
@@ -74,6 +75,9 @@ LATEST = {
     "acme/dunkirk/formation/hall-a/rack-01/v": {"value": 1.5, "unit": "V", "quality": "good"},
     "acme/dunkirk/formation/hall-a/rack-01/t": {"value": 99.0, "quality": "uncertain", "status": "out_of_range"},
     "acme/dunkirk/formation/hall-a/rack-02/v": {"value": 2.0, "unit": "V", "quality": "good"},
+    "acme/dunkirk/formation/hall-a/rack-02/_meta": {"tags": {}},
+    "acme/dunkirk/formation/hall-a/rack-02/_meta/2": {"tags": {}},
+    "acme/dunkirk/formation/hall-a/rack-02/_batch": {"ts": 1, "values": {}},
 }
 
 
@@ -84,7 +88,8 @@ def test_render_view_colours_only_when_asked() -> None:
     assert "gateway edge-01: OFFLINE" in plain and f"gateway edge-01: {RED}OFFLINE{RESET}" in coloured
     assert f"{GREEN}1.5 V{RESET}" in coloured and f"{YELLOW}99 (uncertain: out_of_range){RESET}" in coloured
     assert f"formation/hall-a/rack-01  [{GREEN}connected{RESET}]  2 tags seen" in coloured
-    assert "formation/hall-a/rack-02  [no status yet]  1 tags seen" in plain
+    assert "formation/hall-a/rack-02  [no status yet]  1 tags seen" in plain  # _meta, _meta/2, _batch left out
+    assert "_meta" not in plain and "_batch" not in plain
     assert "broker" not in plain  # the demo's view leaves the broker's state out
     assert f"broker: {RED}NOT CONNECTED (retrying){RESET}" in render_view(
         LATEST, prefix=None, messages=0, rate=0.0, colour=True, broker_connected=False
@@ -93,3 +98,21 @@ def test_render_view_colours_only_when_asked() -> None:
     for code in (GREEN, RED, YELLOW, RESET, "\x1b[1m"):
         coloured = coloured.replace(code, "")
     assert coloured == plain
+
+
+def test_a_batch_shows_as_its_tags() -> None:
+    view = LiveView(topic_filter="#")
+    base = "acme/dunkirk/formation/hall-a/rack-03"
+    view.record(base + "/_batch", orjson.dumps({"ts": "t", "seq": 1, "samples": [
+        {"tag": "ch001/voltage", "value": 3.5, "unit": "V", "quality": "good", "ts": "t"},
+        {"tag": "ch001/current", "value": None, "unit": "A", "quality": "bad", "ts": "t", "status": "comm_failure"},
+    ]}))
+    view.record(base + "/_batch", orjson.dumps({"ts": "t", "seq": 2, "samples": [
+        {"tag": "ch001/voltage", "value": 3.6, "unit": "V", "quality": "good", "ts": "t"},
+    ]}))
+    view.record(base + "/_batch", b"not json")
+    latest, messages, _connected = view.snapshot()
+    text = render_view(latest, prefix="acme/dunkirk", messages=messages, rate=0.0)
+    assert "formation/hall-a/rack-03  [no status yet]  2 tags seen" in text
+    assert "ch001/voltage = 3.6 V" in text and "None A (bad: comm_failure)" in text
+    assert messages == 2
