@@ -4,9 +4,9 @@ Pure: everything is computed from the tag map and two assumptions, never measure
 gives requests/s, values/s, messages/s and bytes/s (an upper bound: every value is taken as changed, so a deadband
 only lowers them). Warnings:
 
-* a cycle that cannot fit its interval: Modbus RTU from the baud rate and the frame sizes (devices on one serial
-  port share the line, so their shares of it are added up); Modbus TCP and OPC UA polling from the number of
-  requests, ``max_concurrent_requests`` and an assumed round trip (``--assume-rtt-ms``);
+* a cycle that cannot fit its interval: Modbus RTU from the baud rate and the frame sizes; Modbus TCP and OPC UA
+  polling from the number of requests, ``max_concurrent_requests`` and an assumed round trip (``--assume-rtt-ms``).
+  Modbus devices on one serial port, or one host:port, take turns on it, so their shares of it are added up;
 * a gappy read block: registers (or bits) read that no tag uses;
 * topics or payloads beyond a broker's usual limits (a 64 KiB topic, a 256 KiB packet unless
   ``mqtt.max_packet_size`` says otherwise).
@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 from gateway.assembly import active_devices, build_outbound, modbus_plan
 from gateway.encoders.base import Message
@@ -141,7 +141,7 @@ class DeviceLoad:
     messages: int
     bytes: int
     cycle_s: float | None  # estimated time of one cycle; None where the server pushes (OPC UA subscriptions)
-    line: str | None = None  # the serial port an RTU device shares with others, else None
+    link: str | None = None  # Modbus: the serial port or host:port; devices on one link take turns on it
     read_width: int = 0  # Modbus: registers and bits read per cycle
     unused: int = 0  # Modbus: of those, read but used by no tag
     warnings: tuple[str, ...] = ()
@@ -155,7 +155,7 @@ class PlantLoad:
     devices: tuple[DeviceLoad, ...]
     warnings: tuple[str, ...] = field(default=())
 
-    def total(self, attribute: str) -> float:
+    def total(self, attribute: Literal["requests", "values", "messages", "bytes"]) -> float:
         return sum(device.per_second(getattr(device, attribute)) for device in self.devices)
 
 
@@ -183,7 +183,7 @@ def explain_device(plant: Plant, device: ModbusDevice | OpcUaDevice, *, rtt_s: f
         for message in (*cycle_messages, *meta_messages)
         for problem in size_problems(message.topic, message.payload, packet_limit=packet_limit)
     ]
-    line: str | None = None
+    link: str | None = None
     read = unused = 0
     if isinstance(device, ModbusDevice):
         plan = modbus_plan(device)
@@ -194,11 +194,12 @@ def explain_device(plant: Plant, device: ModbusDevice | OpcUaDevice, *, rtt_s: f
             baud = device.serial.baudrate
             cycle_s = rtu_cycle_seconds(baud, ((r.count, r.reads_bits) for r in plan.requests))
             summary = f"modbus rtu {device.serial.port} at {baud} baud"
-            line = device.serial.port
+            link = f"serial line {device.serial.port}"
         else:
             concurrency = device.max_concurrent_requests
             cycle_s = round_trip_cycle_seconds(requests, concurrency=concurrency, rtt_s=rtt_s)
             summary = f"modbus tcp {device.host}:{device.port}, {concurrency} request(s) at once"
+            link = f"connection {device.host}:{device.port}"
     else:
         if device.mode is OpcUaMode.POLL:
             requests = 1  # one Read per cycle, unless the server's MaxNodesPerRead splits it (known only online)
@@ -209,7 +210,8 @@ def explain_device(plant: Plant, device: ModbusDevice | OpcUaDevice, *, rtt_s: f
             cycle_s = None
             summary = f"opcua subscribe {device.endpoint}"
     if cycle_s is not None and cycle_s > interval_s:
-        basis = "at that baud rate" if line is not None else f"with a {rtt_s * 1000:g} ms round trip"
+        rtu = isinstance(device, ModbusDevice) and device.transport is Transport.RTU
+        basis = "at that baud rate" if rtu else f"with a {rtt_s * 1000:g} ms round trip"
         warnings.append(
             f"one cycle of {requests} request(s) takes about {cycle_s * 1000:.0f} ms {basis}, "
             f"longer than its interval of {device.interval_ms} ms: it cannot keep up"
@@ -225,33 +227,32 @@ def explain_device(plant: Plant, device: ModbusDevice | OpcUaDevice, *, rtt_s: f
         messages=len(cycle_messages),
         bytes=sum(publish_bytes(message.topic, message.payload) for message in cycle_messages),
         cycle_s=cycle_s,
-        line=line,
+        link=link,
         read_width=read,
         unused=unused,
         warnings=tuple(warnings),
     )
 
 
-def shared_line_warnings(devices: Sequence[DeviceLoad]) -> list[str]:
-    """Devices on one serial port take turns on it: warn when their shares of the line add up to more than all."""
+def shared_link_warnings(devices: Sequence[DeviceLoad]) -> list[str]:
+    """Modbus devices on one serial port, or one host:port (one connection, e.g. units behind a gateway), take
+    turns on it: warn when their shares of it add up to more than all of its time."""
     shares: dict[str, list[DeviceLoad]] = {}
     for device in devices:
-        if device.line is not None and device.cycle_s is not None:
-            shares.setdefault(device.line, []).append(device)
+        if device.link is not None and device.cycle_s is not None:
+            shares.setdefault(device.link, []).append(device)
     warnings: list[str] = []
-    for port, on_line in sorted(shares.items()):
-        busy = sum(device.cycle_s / device.interval_s for device in on_line if device.cycle_s is not None)
-        if len(on_line) > 1 and busy > 1:
-            names = ", ".join(device.name for device in on_line)
-            warnings.append(
-                f"serial line {port} ({names}) is needed {busy:.0%} of the time: the devices cannot keep up"
-            )
+    for link, on_link in sorted(shares.items()):
+        busy = sum(device.cycle_s / device.interval_s for device in on_link if device.cycle_s is not None)
+        if len(on_link) > 1 and busy > 1:
+            names = ", ".join(device.name for device in on_link)
+            warnings.append(f"{link} ({names}) is needed {busy:.0%} of the time: the devices cannot keep up")
     return warnings
 
 
 def explain_plant(plant: Plant, *, rtt_ms: float = DEFAULT_ASSUMED_RTT_MS) -> PlantLoad:
     devices = tuple(explain_device(plant, device, rtt_s=rtt_ms / 1000) for device in active_devices(plant))
-    return PlantLoad(devices=devices, warnings=tuple(shared_line_warnings(devices)))
+    return PlantLoad(devices=devices, warnings=tuple(shared_link_warnings(devices)))
 
 
 def _rate(value: float) -> str:

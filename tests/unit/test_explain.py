@@ -163,6 +163,17 @@ def test_rtu_devices_sharing_a_line_add_up() -> None:
     assert load.warnings == ("serial line /dev/ttyUSB0 (a, b) is needed 120% of the time: the devices cannot keep up",)
 
 
+def test_tcp_devices_sharing_a_connection_add_up() -> None:
+    # two units behind one host:port, 12 round trips of 25 ms = 300 ms each every 500 ms: 120 % together
+    load = explain_plant(_plant(_tcp("a", tags=12, interval_ms=500), _tcp("b", tags=12, interval_ms=500)), rtt_ms=25)
+    assert all(device.warnings == () for device in load.devices)
+    assert load.warnings == (
+        "connection 127.0.0.1:502 (a, b) is needed 120% of the time: the devices cannot keep up",
+    )
+    alone = explain_plant(_plant(_tcp("a", tags=12, interval_ms=500)), rtt_ms=25)
+    assert alone.warnings == ()
+
+
 @pytest.mark.parametrize(
     ("concurrency", "rtt_ms", "warned"),
     [(1, 5.0, False), (1, 50.0, True), (4, 50.0, False)],
