@@ -86,6 +86,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         shard, count = args.shard
         print(f"shard {shard} of {count}")
     print(describe_plant(_shard(plant, args.shard), list_tags=args.tags))
+    if args.explain:
+        from gateway.explain import explain_plant, render_explain
+
+        print(render_explain(explain_plant(_shard(plant, args.shard), rtt_ms=args.assume_rtt_ms),
+                             rtt_ms=args.assume_rtt_ms))
     from gateway.pki_cli import check_security_files, describe_endpoints, secure_devices
 
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
@@ -137,6 +142,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
     return run_demo(config=args.config, broker_url=args.broker, view=not args.no_view, secure=args.secure)
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from gateway.tail import run_tail
+
+    return run_tail(config=args.config, broker_url=args.broker, topic_filter=args.topic_filter,
+                    protocol=args.protocol, interval_s=args.interval)
+
+
+def _add_tail(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    tail = commands.add_parser("tail", help="live view of the values, equipment and gateway status on a broker")
+    source = tail.add_mutually_exclusive_group()
+    source.add_argument("-c", "--config", default=None, help="tag map: its broker, and its site as default filter")
+    source.add_argument("--broker", default=None,
+                        help="mqtt[s]://[USER:PASSWORD@]HOST[:PORT] (default mqtt://127.0.0.1:1883, filter '#')")
+    tail.add_argument("topic_filter", nargs="?", default=None, metavar="TOPIC_FILTER",
+                      help="MQTT topic filter (default: ENTERPRISE/SITE/# of the tag map, or '#')")
+    tail.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version with --broker (default 5)")
+    tail.add_argument("--interval", type=float, default=None, metavar="SECONDS",
+                      help="redraw every SECONDS (default 1 on a terminal, 5 into a pipe or file)")
+    tail.set_defaults(func=cmd_tail)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -241,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--tags", action="store_true", help="also list every tag: topic <- source, type, unit")
     check.add_argument("--state-dir", default=None, help="state directory, for the PKI folder (as for `run`)")
     check.add_argument("--offline", action="store_true", help="do not ask secure OPC UA devices for their endpoints")
+    check.add_argument("--explain", action="store_true",
+                       help="also print the requests/s, values/s, messages/s and bytes/s per device and in total, "
+                            "and warn about plans that cannot keep their interval, gappy reads, oversized messages")
+    check.add_argument("--assume-rtt-ms", type=float, default=5.0, metavar="MS",
+                       help="round trip of one TCP/OPC UA request for --explain (default 5)")
     _add_shard(check)
     check.set_defaults(func=cmd_check)
 
@@ -276,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_browse(commands)
     _add_scan(commands)
+    _add_tail(commands)
 
     from gateway.spool_cli import add_spool_commands
 

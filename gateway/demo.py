@@ -9,24 +9,21 @@ broker instead of the embedded one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import signal
 import socket
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import orjson
 import structlog
 
 from gateway.errors import ConfigError
+from gateway.live_view import LiveView, show, start_subscriber
 from gateway.observability import configure_logging
 from gateway.runtime import Gateway
 from gateway.tagmap import ModbusDevice, MqttSection, OpcUaDevice, Plant, load_plant
@@ -35,7 +32,7 @@ log = structlog.get_logger("cellgate.demo")
 
 LOCALHOST = "127.0.0.1"
 VIEW_INTERVAL_S = 1.0
-TAGS_SHOWN_PER_EQUIPMENT = 12
+PIPE_VIEW_INTERVAL_S = 5.0  # stdout is not a terminal: a new block every few seconds, not every second
 
 
 def port_is_free(port: int) -> bool:
@@ -101,129 +98,6 @@ def retarget_plant(plant: Plant, ports: DemoPorts, *, broker_url: str | None) ->
     else:
         mqtt = plant.mqtt.model_copy(update={"url": broker_url})
     return plant.model_copy(update={"devices": tuple(devices), "mqtt": mqtt})
-
-
-# ---------------------------------------------------------------------------------------- live view
-
-
-@dataclass(slots=True)
-class LiveView:
-    """Latest payload per topic, fed from the subscriber thread; rendered by the event loop."""
-
-    prefix: str
-    latest: dict[str, dict[str, Any]] = field(default_factory=dict)
-    messages: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def record(self, topic: str, payload: bytes) -> None:
-        try:
-            body = orjson.loads(payload) if payload else {}
-        except orjson.JSONDecodeError:
-            return
-        if not isinstance(body, dict):
-            return
-        with self.lock:
-            self.latest[topic] = body
-            self.messages += 1
-
-    def snapshot(self) -> tuple[dict[str, dict[str, Any]], int]:
-        with self.lock:
-            return dict(self.latest), self.messages
-
-
-def _format_value(body: Mapping[str, Any]) -> str:
-    value = body.get("value")
-    text = f"{value:.4g}" if isinstance(value, float) else str(value)
-    unit = body.get("unit")
-    if unit:
-        text += f" {unit}"
-    if body.get("quality") not in (None, "good"):
-        text += f" ({body.get('quality')}: {body.get('status')})"
-    return text
-
-
-def _shorten(tag: str, width: int) -> str:
-    return tag if len(tag) <= width else "…" + tag[-(width - 1) :]
-
-
-def render_view(latest: Mapping[str, Mapping[str, Any]], *, prefix: str, messages: int, rate: float) -> str:
-    """A compact text view: one block per equipment with its link state and the first few tags."""
-    equipment: dict[str, dict[str, Mapping[str, Any]]] = {}
-    statuses: dict[str, Mapping[str, Any]] = {}
-    gateway_line = "gateway: unknown"
-    for topic, body in latest.items():
-        if not topic.startswith(prefix + "/"):
-            continue
-        rest = topic[len(prefix) + 1 :]
-        if rest.startswith("_gateway/"):
-            gateway_line = f"gateway {rest.split('/')[1]}: {'online' if body.get('online') else 'OFFLINE'}"
-            continue
-        parts = rest.split("/")
-        if len(parts) < 4:
-            continue
-        key = "/".join(parts[:3])
-        tag = "/".join(parts[3:])
-        if tag == "_status":
-            statuses[key] = body
-        elif tag in ("_meta", "_batch"):
-            continue
-        else:
-            equipment.setdefault(key, {})[tag] = body
-    lines = [f"{prefix}  {gateway_line}  {messages} messages ({rate:.0f}/s)  Ctrl-C stops the demo"]
-    for key in sorted(set(equipment) | set(statuses)):
-        tags = equipment.get(key, {})
-        status = statuses.get(key, {})
-        state = "connected" if status.get("connected") else f"DISCONNECTED ({status.get('error')})"
-        lines.append("")
-        lines.append(f"{key}  [{state}]  {len(tags)} tags seen")
-        shown = sorted(tags)[:TAGS_SHOWN_PER_EQUIPMENT]
-        cells = [f"{_shorten(tag, 30):>30} = {_format_value(tags[tag]):<18}" for tag in shown]
-        for row in range(0, len(cells), 2):
-            lines.append("  " + "  ".join(cells[row : row + 2]))
-        if len(tags) > len(shown):
-            lines.append(f"  ... and {len(tags) - len(shown)} more")
-    return "\n".join(lines)
-
-
-def _start_subscriber(host: str, port: int, protocol: str, view: LiveView) -> Any:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
-    version = MQTTProtocolVersion.MQTTv5 if protocol == "5" else MQTTProtocolVersion.MQTTv311
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cellgate-demo-view-{time.time_ns()}",
-                         protocol=version)
-
-    def on_connect(c: Any, _u: Any, _f: Any, _rc: Any, _p: Any = None) -> None:
-        c.subscribe(view.prefix + "/#", qos=0)
-
-    def on_message(_c: Any, _u: Any, msg: Any) -> None:
-        view.record(msg.topic, msg.payload)
-
-    client.on_connect = on_connect
-    client.on_message = on_message
-    client.reconnect_delay_set(min_delay=1, max_delay=5)
-    client.connect_async(host, port, keepalive=30)
-    client.loop_start()
-    return client
-
-
-async def _show(view: LiveView, stop: asyncio.Event) -> None:
-    tty = sys.stdout.isatty()
-    last_count, last_time = 0, time.monotonic()
-    every = VIEW_INTERVAL_S if tty else 5.0
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every)
-        latest, count = view.snapshot()
-        now = time.monotonic()
-        rate = (count - last_count) / max(now - last_time, 1e-6)
-        last_count, last_time = count, now
-        text = render_view(latest, prefix=view.prefix, messages=count, rate=rate)
-        if tty:
-            sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
-        else:
-            sys.stdout.write(text + "\n\n")
-        sys.stdout.flush()
 
 
 async def _embedded_broker(port: int) -> Any:
@@ -299,10 +173,12 @@ async def _demo(plant: Plant, *, broker_url: str | None, view_enabled: bool, sec
         f"  try: mosquitto_sub -h {plant.mqtt.host} -p {plant.mqtt.port} -t '{prefix}/#' -v",
         flush=True,
     )
-    view = LiveView(prefix=prefix)
+    view = LiveView(topic_filter=prefix + "/#")
     # The live view's subscriber (paho-mqtt, from the demo extra) runs only when there is a view.
     subscriber = (
-        _start_subscriber(plant.mqtt.host, plant.mqtt.port, plant.mqtt.protocol, view) if view_enabled else None
+        start_subscriber(plant.mqtt.host, plant.mqtt.port, plant.mqtt.protocol, view, client_name="cellgate-demo-view")
+        if view_enabled
+        else None
     )
     try:
         # The demo keeps no state between runs: its spool lives in a temporary directory.
@@ -333,7 +209,13 @@ async def _demo(plant: Plant, *, broker_url: str | None, view_enabled: bool, sec
                     )
                 group.create_task(Gateway(plant, state_dir=Path(state_dir)).run(stop), name="demo.gateway")
                 if view_enabled:
-                    group.create_task(_show(view, stop), name="demo.view")
+                    tty = sys.stdout.isatty()
+                    group.create_task(
+                        show(view, stop, prefix=prefix, out=sys.stdout, tty=tty,
+                             interval_s=VIEW_INTERVAL_S if tty else PIPE_VIEW_INTERVAL_S,
+                             hint="Ctrl-C stops the demo"),
+                        name="demo.view",
+                    )
     finally:
         if subscriber is not None:
             subscriber.loop_stop()

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.demo import render_view
+from gateway.live_view import render_view
 from tests.support.gateway import DEMO_CONFIG, REPO_ROOT
 
 CLI = [sys.executable, "-m", "gateway.cli"]
