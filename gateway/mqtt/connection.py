@@ -90,11 +90,16 @@ from gateway.mqtt.wire import (
     Property,
     ProtocolVersion,
     Puback,
+    Publish,
     PublishEncoder,
+    Suback,
+    Subscribe,
     Will,
     connack_problem,
     encode_connect,
     encode_disconnect,
+    encode_puback,
+    encode_subscribe,
     find_property,
     reason_text,
     refusal_reason,
@@ -102,6 +107,7 @@ from gateway.mqtt.wire import (
     topic_field,
 )
 from gateway.sinks.base import Handle
+from gateway.vocabulary import QoS
 
 DEFAULT_CLOSE_TIMEOUT_S = 5.0
 # Budget for DISCONNECT, the end of the connection and the connection task after the drain in close().
@@ -465,6 +471,7 @@ class MqttSink:
         self._in_flight: dict[int, _InFlight] = {}
         self._data_in_flight = 0
         self._next_packet_id = 0
+        self._subscribing: dict[int, tuple[tuple[str, QoS], ...]] = {}  # SUBSCRIBE packet id -> its filters
         self._unsent: collections.deque[int] = collections.deque()  # ids waiting for the link or the quota
         self._outstanding = 0  # sent on this connection without PUBACK: bounded by the Receive Maximum
         self._quota = DEFAULT_RECEIVE_MAXIMUM
@@ -978,8 +985,11 @@ class MqttSink:
                     conn.ping_sent_at = None
                 elif isinstance(packet, Disconnect):
                     conn.server_disconnect = packet  # the broker closes the link next; logged then
-                # PUBLISH would need a subscription, and we never subscribe; PINGREQ and CONNECT are
-                # not for clients. Nothing else comes out of the decoder.
+                elif isinstance(packet, Publish):
+                    self._on_incoming(conn, packet)
+                elif isinstance(packet, Suback):
+                    self._on_suback(packet)
+                # PINGREQ, CONNECT and SUBSCRIBE are not for clients. Nothing else comes out of the decoder.
             if self._unsent and conn.established:
                 self._pump()
             if freed:
@@ -987,6 +997,34 @@ class MqttSink:
                 self._window.release(freed)
         finally:
             self._write_out()
+
+    def _on_incoming(self, conn: _Connection, packet: Publish) -> None:
+        """A PUBLISH on one of ``options.subscriptions``: handed to ``options.on_message``, then acknowledged
+        (QoS 1: PUBACK, §4.3.2; the callback runs first, so a message it could not take is not lost silently)."""
+        handler = self._options.on_message
+        if handler is not None:
+            try:
+                handler(packet.topic, packet.payload)
+            except Exception as exc:  # a bug in the caller's callback must not break the connection
+                self._log.error("mqtt_on_message_failed", topic=shorten(packet.topic), error=repr(exc))
+        if packet.qos and packet.packet_id is not None and conn.established:
+            self._write(encode_puback(Puback(packet.packet_id), self._version))
+
+    def _on_suback(self, packet: Suback) -> None:
+        filters = self._subscribing.pop(packet.packet_id, ())
+        for (topic_filter, _), code in zip(filters, packet.reason_codes, strict=False):
+            if code >= 0x80:
+                self._log.error("mqtt_subscribe_refused", topic_filter=topic_filter, reason_code=code)
+
+    def _subscribe(self) -> None:
+        """SUBSCRIBE to ``options.subscriptions`` (every connection is a clean session: again at each connect).
+        The id comes from the publish sequence, so a PUBLISH could reuse it only after 65535 more before SUBACK."""
+        filters = self._options.subscriptions
+        if not filters:
+            return
+        packet_id = self._new_packet_id()
+        self._subscribing[packet_id] = filters
+        self._write(encode_subscribe(Subscribe(packet_id=packet_id, filters=filters), self._version))
 
     def _complete(self, packet_id: int, reason_code: int, properties: Properties = NO_PROPERTIES) -> bool:
         """A PUBACK (or a local refusal) for ``packet_id``: count it, tell who waits. True when it freed
@@ -1218,6 +1256,7 @@ class MqttSink:
                 # A control message still pending from an earlier connection is resent above, in
                 # order; publishing it again would only pile up copies while the link flaps.
                 pending = {m.topic for m in self._in_flight.values() if m.control}
+                self._subscribe()  # before the status: a command sent in answer to it must reach us
                 if o.will_topic not in pending:
                     online = self._online_payload()
                     if online is not None:

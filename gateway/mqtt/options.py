@@ -54,6 +54,10 @@ class MqttOptions:
     # Repeated connection problems (the same connect error, a link that dies right after connecting)
     # are logged once, then summed up at most this often.
     repeat_log_s: float = 60.0
+    # Topic filters subscribed to at every connect (e.g. Sparkplug NCMD), and what gets their messages
+    # (topic, payload), called on the event loop; QoS 1 messages are acknowledged after it returns.
+    subscriptions: tuple[tuple[str, QoS], ...] = ()
+    on_message: Callable[[str, bytes], None] | None = None
 
     def __post_init__(self) -> None:
         problems: list[str] = []
