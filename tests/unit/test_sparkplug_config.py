@@ -19,13 +19,17 @@ def test_uns_json_is_the_default_output() -> None:
     assert gateway().outputs == (Output.UNS_JSON,)
 
 
-def test_sparkplug_alone_or_with_uns_json() -> None:
-    both = gateway(outputs=["uns-json", "sparkplug"], sparkplug={"group_id": "Plant1"})
-    assert both.outputs == (Output.UNS_JSON, Output.SPARKPLUG)
-    assert both.sparkplug == SparkplugSection(group_id="Plant1")
-    assert both.sparkplug_edge_node_id == "gw-01"  # default: the gateway id
-    alone = gateway(outputs=["sparkplug"], sparkplug={"group_id": "Plant1", "edge_node_id": "edge-7"})
-    assert alone.sparkplug_edge_node_id == "edge-7"
+def test_the_sparkplug_section_and_the_edge_node_id() -> None:
+    section = SparkplugSection(group_id="Plant1")
+    assert section.edge_node_id is None
+    assert gateway(sparkplug={"group_id": "Plant1"}).sparkplug_edge_node_id == "gw-01"  # default: the gateway id
+    assert gateway(sparkplug={"group_id": "P", "edge_node_id": "edge-7"}).sparkplug_edge_node_id == "edge-7"
+
+
+@pytest.mark.parametrize("outputs", [["sparkplug"], ["uns-json", "sparkplug"]])
+def test_sparkplug_output_is_refused_until_the_runtime_drives_it(outputs: list[str]) -> None:
+    with pytest.raises(ValidationError, match="sparkplug is not run by this version yet"):
+        gateway(outputs=outputs, sparkplug={"group_id": "Plant1"})
 
 
 @pytest.mark.parametrize(
@@ -35,8 +39,8 @@ def test_sparkplug_alone_or_with_uns_json() -> None:
         ({"outputs": ["uns-json", "uns-json"]}, "more than once"),
         ({"outputs": []}, "at least 1"),
         ({"outputs": ["opc-ua"]}, "uns-json"),
-        ({"outputs": ["sparkplug"], "sparkplug": {"group_id": "a/b"}}, "group_id"),  # no '/' in an id
-        ({"outputs": ["sparkplug"], "sparkplug": {"group_id": "G", "edge_node_id": "e#"}}, "edge_node_id"),
+        ({"sparkplug": {"group_id": "a/b"}}, "group_id"),  # no '/' in an id
+        ({"sparkplug": {"group_id": "G", "edge_node_id": "e#"}}, "edge_node_id"),
         ({"sparkplug": {"group_id": "G", "bd_seq": 1}}, "bd_seq"),  # unknown field
     ],
 )
