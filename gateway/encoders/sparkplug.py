@@ -14,12 +14,14 @@ retained and are published at QoS 0 except the will (QoS 1), as the specificatio
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from typing import Final
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Final
 
 from gateway.encoders import sparkplug_b_pb2 as pb
-from gateway.encoders.base import Message
+from gateway.encoders.base import DeviceEncoder, Encoder, Message
 from gateway.schema import Quality, Sample, TagMeta
+from gateway.vocabulary import DataType
 
 __all__ = [
     "NAMESPACE",
@@ -48,20 +50,20 @@ DOUBLE: Final = pb.Double
 BOOLEAN: Final = pb.Boolean
 STRING: Final = pb.String
 
-# Tag types (TagMeta.type) -> Sparkplug datatype. Numeric tags are Double: scale and offset turn any register
-# into a real number, so the birth's datatype holds for every value the tag can have. Other types (OPC UA arrays
-# and structures) are sent as String holding their JSON.
-_DATATYPES: Final[Mapping[str, int]] = {"bool": BOOLEAN, "boolean": BOOLEAN, "string": STRING}
+# Tag types (TagMeta.type: gateway.vocabulary.DataType, or "variant" for an OPC UA tag without a type) ->
+# Sparkplug datatype. Numeric tags are Double: scale and offset turn any register into a real number, so the
+# birth's datatype holds for every value the tag can have. A variant (any OPC UA value, arrays and structures
+# included) is String holding its JSON.
+_DATATYPES: Final[Mapping[str, int]] = {
+    **{kind.value: DOUBLE for kind in DataType if kind.is_numeric},
+    DataType.BOOL.value: BOOLEAN,
+    DataType.STRING.value: STRING,
+}
 
 
 def datatype_of(tag_type: str) -> int:
     """The Sparkplug datatype a tag of ``tag_type`` (TagMeta.type) is published with."""
-    lowered = tag_type.lower()
-    if lowered in _DATATYPES:
-        return _DATATYPES[lowered]
-    if lowered.startswith(("int", "uint", "float", "double", "byte", "sbyte")):
-        return DOUBLE
-    return STRING
+    return _DATATYPES.get(tag_type, STRING)
 
 
 def _ms(ts: float) -> int:
@@ -96,8 +98,12 @@ def _quality_properties(metric: pb.Payload.Metric, quality: Quality) -> None:
 class SparkplugEdgeNode:
     """The edge node (this gateway): bdSeq, the shared ``seq``, NBIRTH/NDEATH, Rebirth commands, replay form."""
 
-    def __init__(self, *, group_id: str, edge_node_id: str, bd_seq: int = 0) -> None:
-        """``bd_seq``: the bdSeq of the first connect (0 for a fresh start; the specification counts per CONNECT)."""
+    def __init__(
+        self, *, group_id: str, edge_node_id: str, bd_seq: int = 0, clock: Callable[[], float] = time.time
+    ) -> None:
+        """``bd_seq``: the bdSeq of the first connect (0 for a fresh start; the specification counts per CONNECT).
+        ``clock``: epoch seconds, for the NBIRTH of ``gateway_status``."""
+        self._clock = clock
         self.group_id = group_id
         self.edge_node_id = edge_node_id
         self._prefix = f"{NAMESPACE}/{group_id}"
@@ -149,7 +155,7 @@ class SparkplugEdgeNode:
 
     def gateway_status(self, *, online: bool) -> Message:
         """The Encoder protocol's gateway status: NBIRTH when online, the NDEATH will when offline."""
-        return self.birth(0.0) if online else self.will()
+        return self.birth(self._clock()) if online else self.will()
 
     def wants_rebirth(self, topic: str, payload: bytes) -> bool:
         """True for an NCMD to this node that sets ``Node Control/Rebirth`` true. Malformed payloads are False."""
@@ -275,3 +281,8 @@ class SparkplugDeviceEncoder:
 
     def retained_topics(self) -> list[str]:
         return []
+
+
+if TYPE_CHECKING:  # both fit the seam's protocols (checked by mypy)
+    _device_encoder: type[DeviceEncoder] = SparkplugDeviceEncoder
+    _encoder: type[Encoder] = SparkplugEdgeNode

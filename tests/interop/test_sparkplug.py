@@ -208,3 +208,31 @@ def test_replayed_data_is_historical() -> None:
         node.historical("spBv1.0/Plant1/DDATA/gw-01/Coater01", b"\xff\xff not protobuf")
     with pytest.raises(ValueError, match="Sparkplug"):
         node.historical("acme/site/area/line/Coater01/_batch", message.payload)
+
+
+def test_values_of_every_kind_decode_with_their_birth_datatype() -> None:
+    node = SparkplugEdgeNode(group_id="Plant1", edge_node_id="gw-01", clock=lambda: T0)
+    metas = [
+        TagMeta(tag="Int", type="int16"),
+        TagMeta(tag="Big", type="uint64"),
+        TagMeta(tag="Flag", type="bool"),
+        TagMeta(tag="Profile", type="variant"),
+        TagMeta(tag="Text", type="string"),
+    ]
+    device = SparkplugDeviceEncoder(node=node, device="Calender01", catalogue=metas, alias_base=100)
+    samples = [
+        Sample("Calender01", "Int", 7, Quality.GOOD, T0),  # an int on a numeric tag: sent as Double
+        Sample("Calender01", "Big", 2**40, Quality.GOOD, T0),
+        Sample("Calender01", "Flag", False, Quality.GOOD, T0),
+        Sample("Calender01", "Profile", [1.5, 2.5], Quality.GOOD, T0),  # an OPC UA variant: String holding JSON
+        Sample("Calender01", "Text", "ok", Quality.GOOD, T0),
+    ]
+    status = node.gateway_status(online=True)
+    birth, data = device.birth(T0), device.encode(samples, T0)[0]
+    nbirth, dbirth, ddata = (entry["decoded"] for entry in decode([status, birth, data]))
+    assert status.topic == "spBv1.0/Plant1/NBIRTH/gw-01"
+    assert nbirth["timestamp"] == int(T0 * 1000)
+    assert node.gateway_status(online=False) == node.will()
+    assert [m["type"] for m in dbirth["metrics"]] == ["Double", "Double", "Boolean", "String", "String"]
+    assert [m["alias"] for m in dbirth["metrics"]] == [100, 101, 102, 103, 104]
+    assert [m["value"] for m in ddata["metrics"]] == [7.0, float(2**40), False, "[1.5,2.5]", "ok"]
