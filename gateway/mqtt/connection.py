@@ -463,6 +463,7 @@ class MqttSink:
         self._random = random.Random()
         self._ssl: ssl.SSLContext | None = None
         self._connect_packet = b""
+        self._will = b""  # the will of the last CONNECT: what close() publishes
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: _Connection | None = None  # the connection being made or in use
@@ -576,20 +577,8 @@ class MqttSink:
                 if o.cert_file:
                     context.load_cert_chain(o.cert_file, o.key_file)
                 self._ssl = context
-            self._connect_packet = encode_connect(
-                Connect(
-                    version=self._version,
-                    client_id=o.client_id,
-                    keepalive_s=o.keepalive_s,
-                    clean_start=True,
-                    will=Will(topic=o.will_topic, payload=o.will_payload, qos=1, retain=True),
-                    username=o.username,
-                    password=o.password.encode("utf-8") if o.password is not None else None,
-                    properties=((Property.MAXIMUM_PACKET_SIZE, _MAX_INCOMING_PACKET),)
-                    if self._version == ProtocolVersion.V5
-                    else NO_PROPERTIES,
-                )
-            )
+            if not callable(o.will_payload):  # a callable will is built for each CONNECT (_connect)
+                self._connect_packet = self._encode_connect()
         except (OSError, ValueError) as exc:  # ssl.SSLError and FileNotFoundError are OSErrors
             raise SinkError(f"cannot set up the MQTT client for {o.host}:{o.port}: {exc}") from exc
         self._entered = True
@@ -613,7 +602,7 @@ class MqttSink:
             return
         self._closing = True
         if self._connected or self._data_in_flight:
-            self._publish_control(self._options.will_topic, self._options.will_payload)
+            self._publish_control(self._options.will_topic, self._will, retain=self._options.will_retain)
             drained = await self.flush(timeout_s)
         else:
             # Not connected and nothing to drain: waiting would only cost the whole budget. A lost
@@ -882,13 +871,33 @@ class MqttSink:
         else:
             self._unsent.append(packet_id)
 
-    def _publish_control(self, topic: str, payload: bytes) -> None:
-        """QoS1 retained status message outside the window (bounded: one per registered topic)."""
+    def _encode_connect(self) -> bytes:
+        """CONNECT with the will of this connection (``will_payload``, called now when it is a callable)."""
+        o = self._options
+        will = o.will_payload() if callable(o.will_payload) else o.will_payload
+        self._will = will
+        return encode_connect(
+            Connect(
+                version=self._version,
+                client_id=o.client_id,
+                keepalive_s=o.keepalive_s,
+                clean_start=True,
+                will=Will(topic=o.will_topic, payload=will, qos=1, retain=o.will_retain),
+                username=o.username,
+                password=o.password.encode("utf-8") if o.password is not None else None,
+                properties=((Property.MAXIMUM_PACKET_SIZE, _MAX_INCOMING_PACKET),)
+                if self._version == ProtocolVersion.V5
+                else NO_PROPERTIES,
+            )
+        )
+
+    def _publish_control(self, topic: str, payload: bytes, *, retain: bool = True) -> None:
+        """QoS1 status message (retained unless told) outside the window (bounded: one per registered topic)."""
         if len(self._in_flight) >= self._options.max_queued:
             self._log.warning("mqtt_status_publish_failed", topic=topic, error="max_queued messages in memory")
             return
         packet_id = self._new_packet_id()
-        packet = self._encoder.qos1(self._topic_field(topic), payload, packet_id, True)
+        packet = self._encoder.qos1(self._topic_field(topic), payload, packet_id, retain)
         message = _InFlight(topic, payload, packet, True, None)
         self._in_flight[packet_id] = message
         if self._connected and not self._unsent and self._outstanding < self._quota:
@@ -1156,6 +1165,12 @@ class MqttSink:
         noted) if it failed."""
         o = self._options
         loop = asyncio.get_running_loop()
+        if callable(o.will_payload):
+            try:
+                self._connect_packet = self._encode_connect()  # a new will for every CONNECT
+            except Exception as exc:  # a bug in the caller's callback: tried again at the next attempt
+                self._note_connect_problem(f"will_payload failed: {exc!r}")
+                return None
         conn = _Connection(self, self._connect_packet, self._version)
         self._conn = conn
         stage = "TCP/TLS connect"

@@ -11,7 +11,7 @@ import paho.mqtt.publish as paho_publish
 import pytest
 
 from gateway.mqtt.connection import MqttSink
-from tests.support.mosquitto import Mosquitto
+from tests.support.mosquitto import Mosquitto, Subscriber, retained_snapshot
 from tests.support.sink import sink_options
 
 
@@ -57,3 +57,35 @@ async def test_commands_reach_on_message_at_qos0_and_qos1_and_after_a_restart(
         own_broker.restart()
         await sink.wait_connected(10)
         await publish_until_received(own_broker, f"{prefix}/cmd/c", b"after restart", 1, received)
+
+
+async def test_a_will_made_for_every_connect_and_not_retained(own_broker: Mosquitto, prefix: str) -> None:
+    """Sparkplug's NDEATH carries the bdSeq of its CONNECT: a callable will is called for every CONNECT, the
+    broker sends the one of the connection it lost (here: taken over by a client with the same id), and
+    ``close`` publishes the last one, none of them retained (``will_retain=False``)."""
+    connects: list[int] = []
+
+    def will() -> bytes:
+        connects.append(len(connects) + 1)
+        return f"will-{connects[-1]}".encode()
+
+    will_topic = f"{prefix}/NDEATH"
+    options = sink_options(own_broker, prefix, will_topic=will_topic, will_payload=will, will_retain=False,
+                           online_payload=None)
+    with Subscriber(own_broker.host, own_broker.port, will_topic) as sub:
+        async with MqttSink(options) as sink:
+            await sink.wait_connected(5)
+            # Another client with our id takes the session over: the broker publishes our first will.
+            await asyncio.to_thread(
+                paho_publish.single, f"{prefix}/x", b"", hostname=own_broker.host, port=own_broker.port,
+                client_id=options.client_id,
+            )
+            deadline = time.monotonic() + 10
+            while not sub.messages or len(connects) < 2 or not sink.connected:
+                assert time.monotonic() < deadline, f"no will or no reconnect: {sub.messages} {connects}"
+                await asyncio.sleep(0.02)
+        payloads = [m.payload for m in sub.messages]
+        assert payloads[0] == b"will-1"
+        assert payloads[-1] == f"will-{len(connects)}".encode()  # close(): the will of the last CONNECT
+        assert not any(m.retain for m in sub.messages)
+    assert await retained_snapshot(own_broker.host, own_broker.port, will_topic) == {}
