@@ -90,11 +90,16 @@ from gateway.mqtt.wire import (
     Property,
     ProtocolVersion,
     Puback,
+    Publish,
     PublishEncoder,
+    Suback,
+    Subscribe,
     Will,
     connack_problem,
     encode_connect,
     encode_disconnect,
+    encode_puback,
+    encode_subscribe,
     find_property,
     reason_text,
     refusal_reason,
@@ -102,6 +107,7 @@ from gateway.mqtt.wire import (
     topic_field,
 )
 from gateway.sinks.base import Handle
+from gateway.vocabulary import QoS
 
 DEFAULT_CLOSE_TIMEOUT_S = 5.0
 # Budget for DISCONNECT, the end of the connection and the connection task after the drain in close().
@@ -457,6 +463,7 @@ class MqttSink:
         self._random = random.Random()
         self._ssl: ssl.SSLContext | None = None
         self._connect_packet = b""
+        self._will = b""  # the will of the last CONNECT: what close() publishes
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: _Connection | None = None  # the connection being made or in use
@@ -465,6 +472,7 @@ class MqttSink:
         self._in_flight: dict[int, _InFlight] = {}
         self._data_in_flight = 0
         self._next_packet_id = 0
+        self._subscribing: dict[int, tuple[tuple[str, QoS], ...]] = {}  # SUBSCRIBE packet id -> its filters
         self._unsent: collections.deque[int] = collections.deque()  # ids waiting for the link or the quota
         self._outstanding = 0  # sent on this connection without PUBACK: bounded by the Receive Maximum
         self._quota = DEFAULT_RECEIVE_MAXIMUM
@@ -569,20 +577,8 @@ class MqttSink:
                 if o.cert_file:
                     context.load_cert_chain(o.cert_file, o.key_file)
                 self._ssl = context
-            self._connect_packet = encode_connect(
-                Connect(
-                    version=self._version,
-                    client_id=o.client_id,
-                    keepalive_s=o.keepalive_s,
-                    clean_start=True,
-                    will=Will(topic=o.will_topic, payload=o.will_payload, qos=1, retain=True),
-                    username=o.username,
-                    password=o.password.encode("utf-8") if o.password is not None else None,
-                    properties=((Property.MAXIMUM_PACKET_SIZE, _MAX_INCOMING_PACKET),)
-                    if self._version == ProtocolVersion.V5
-                    else NO_PROPERTIES,
-                )
-            )
+            if not callable(o.will_payload):  # a callable will is built for each CONNECT (_connect)
+                self._connect_packet = self._encode_connect()
         except (OSError, ValueError) as exc:  # ssl.SSLError and FileNotFoundError are OSErrors
             raise SinkError(f"cannot set up the MQTT client for {o.host}:{o.port}: {exc}") from exc
         self._entered = True
@@ -606,7 +602,7 @@ class MqttSink:
             return
         self._closing = True
         if self._connected or self._data_in_flight:
-            self._publish_control(self._options.will_topic, self._options.will_payload)
+            self._publish_control(self._options.will_topic, self._will, retain=self._options.will_retain)
             drained = await self.flush(timeout_s)
         else:
             # Not connected and nothing to drain: waiting would only cost the whole budget. A lost
@@ -875,13 +871,33 @@ class MqttSink:
         else:
             self._unsent.append(packet_id)
 
-    def _publish_control(self, topic: str, payload: bytes) -> None:
-        """QoS1 retained status message outside the window (bounded: one per registered topic)."""
+    def _encode_connect(self) -> bytes:
+        """CONNECT with the will of this connection (``will_payload``, called now when it is a callable)."""
+        o = self._options
+        will = o.will_payload() if callable(o.will_payload) else o.will_payload
+        self._will = will
+        return encode_connect(
+            Connect(
+                version=self._version,
+                client_id=o.client_id,
+                keepalive_s=o.keepalive_s,
+                clean_start=True,
+                will=Will(topic=o.will_topic, payload=will, qos=1, retain=o.will_retain),
+                username=o.username,
+                password=o.password.encode("utf-8") if o.password is not None else None,
+                properties=((Property.MAXIMUM_PACKET_SIZE, _MAX_INCOMING_PACKET),)
+                if self._version == ProtocolVersion.V5
+                else NO_PROPERTIES,
+            )
+        )
+
+    def _publish_control(self, topic: str, payload: bytes, *, retain: bool = True) -> None:
+        """QoS1 status message (retained unless told) outside the window (bounded: one per registered topic)."""
         if len(self._in_flight) >= self._options.max_queued:
             self._log.warning("mqtt_status_publish_failed", topic=topic, error="max_queued messages in memory")
             return
         packet_id = self._new_packet_id()
-        packet = self._encoder.qos1(self._topic_field(topic), payload, packet_id, True)
+        packet = self._encoder.qos1(self._topic_field(topic), payload, packet_id, retain)
         message = _InFlight(topic, payload, packet, True, None)
         self._in_flight[packet_id] = message
         if self._connected and not self._unsent and self._outstanding < self._quota:
@@ -978,8 +994,11 @@ class MqttSink:
                     conn.ping_sent_at = None
                 elif isinstance(packet, Disconnect):
                     conn.server_disconnect = packet  # the broker closes the link next; logged then
-                # PUBLISH would need a subscription, and we never subscribe; PINGREQ and CONNECT are
-                # not for clients. Nothing else comes out of the decoder.
+                elif isinstance(packet, Publish):
+                    self._on_incoming(conn, packet)
+                elif isinstance(packet, Suback):
+                    self._on_suback(packet)
+                # PINGREQ, CONNECT and SUBSCRIBE are not for clients. Nothing else comes out of the decoder.
             if self._unsent and conn.established:
                 self._pump()
             if freed:
@@ -987,6 +1006,34 @@ class MqttSink:
                 self._window.release(freed)
         finally:
             self._write_out()
+
+    def _on_incoming(self, conn: _Connection, packet: Publish) -> None:
+        """A PUBLISH on one of ``options.subscriptions``: handed to ``options.on_message``, then acknowledged
+        (QoS 1: PUBACK, §4.3.2; the callback runs first, so a message it could not take is not lost silently)."""
+        handler = self._options.on_message
+        if handler is not None:
+            try:
+                handler(packet.topic, packet.payload)
+            except Exception as exc:  # a bug in the caller's callback must not break the connection
+                self._log.error("mqtt_on_message_failed", topic=shorten(packet.topic), error=repr(exc))
+        if packet.qos and packet.packet_id is not None and conn.established:
+            self._write(encode_puback(Puback(packet.packet_id), self._version))
+
+    def _on_suback(self, packet: Suback) -> None:
+        filters = self._subscribing.pop(packet.packet_id, ())
+        for (topic_filter, _), code in zip(filters, packet.reason_codes, strict=False):
+            if code >= 0x80:
+                self._log.error("mqtt_subscribe_refused", topic_filter=topic_filter, reason_code=code)
+
+    def _subscribe(self) -> None:
+        """SUBSCRIBE to ``options.subscriptions`` (every connection is a clean session: again at each connect).
+        The id comes from the publish sequence, so a PUBLISH could reuse it only after 65535 more before SUBACK."""
+        filters = self._options.subscriptions
+        if not filters:
+            return
+        packet_id = self._new_packet_id()
+        self._subscribing[packet_id] = filters
+        self._write(encode_subscribe(Subscribe(packet_id=packet_id, filters=filters), self._version))
 
     def _complete(self, packet_id: int, reason_code: int, properties: Properties = NO_PROPERTIES) -> bool:
         """A PUBACK (or a local refusal) for ``packet_id``: count it, tell who waits. True when it freed
@@ -1118,6 +1165,12 @@ class MqttSink:
         noted) if it failed."""
         o = self._options
         loop = asyncio.get_running_loop()
+        if callable(o.will_payload):
+            try:
+                self._connect_packet = self._encode_connect()  # a new will for every CONNECT
+            except Exception as exc:  # a bug in the caller's callback: tried again at the next attempt
+                self._note_connect_problem(f"will_payload failed: {exc!r}")
+                return None
         conn = _Connection(self, self._connect_packet, self._version)
         self._conn = conn
         stage = "TCP/TLS connect"
@@ -1218,6 +1271,7 @@ class MqttSink:
                 # A control message still pending from an earlier connection is resent above, in
                 # order; publishing it again would only pile up copies while the link flaps.
                 pending = {m.topic for m in self._in_flight.values() if m.control}
+                self._subscribe()  # before the status: a command sent in answer to it must reach us
                 if o.will_topic not in pending:
                     online = self._online_payload()
                     if online is not None:

@@ -17,8 +17,10 @@ class MqttOptions:
     """How to reach the broker and how to behave there. Built by the runtime from the tag map ``mqtt:``.
 
     ``online_payload`` is published retained on ``will_topic`` at every (re)connect; a callable is called
-    each time (so it can carry a fresh ``since``). ``will_payload`` is the MQTT will and also what
-    ``close`` publishes. ``max_queued`` caps the messages held in memory (window + control messages); it
+    each time (so it can carry a fresh ``since``); None publishes nothing. ``will_payload`` is the MQTT will
+    and also what ``close`` publishes; a callable is called for every CONNECT (e.g. Sparkplug's NDEATH with
+    the bdSeq of that connection), and ``close`` publishes the one of the last CONNECT.
+    ``max_queued`` caps the messages held in memory (window + control messages); it
     is a safety net, the window keeps data far below it. Times are seconds.
     """
 
@@ -26,8 +28,8 @@ class MqttOptions:
     port: int = 1883
     client_id: str
     will_topic: str
-    will_payload: bytes
-    online_payload: bytes | Callable[[], bytes]
+    will_payload: bytes | Callable[[], bytes]
+    online_payload: bytes | Callable[[], bytes] | None
     tls: bool = False
     ca_file: str | None = None  # None with tls: the system CA store
     cert_file: str | None = None  # client certificate for mTLS
@@ -54,6 +56,12 @@ class MqttOptions:
     # Repeated connection problems (the same connect error, a link that dies right after connecting)
     # are logged once, then summed up at most this often.
     repeat_log_s: float = 60.0
+    # Whether the will (and its copy ``close`` publishes) is retained. Sparkplug's NDEATH will is not.
+    will_retain: bool = True
+    # Topic filters subscribed to at every connect (e.g. Sparkplug NCMD), and what gets their messages
+    # (topic, payload), called on the event loop; QoS 1 messages are acknowledged after it returns.
+    subscriptions: tuple[tuple[str, QoS], ...] = ()
+    on_message: Callable[[str, bytes], None] | None = None
 
     def __post_init__(self) -> None:
         problems: list[str] = []

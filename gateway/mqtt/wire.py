@@ -414,7 +414,25 @@ class Disconnect:
     properties: Properties = NO_PROPERTIES
 
 
-Packet = Connect | Connack | Publish | Puback | PingReq | PingResp | Disconnect
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Subscribe:
+    """SUBSCRIBE (§3.8): topic filters with the QoS asked for each (QoS 0 and 1; no MQTT 5 options)."""
+
+    packet_id: int
+    filters: tuple[tuple[str, QoS], ...]
+    properties: Properties = NO_PROPERTIES
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Suback:
+    """SUBACK (§3.9): one return / reason code per filter, in order (0x00-0x02 granted QoS, >= 0x80 refused)."""
+
+    packet_id: int
+    reason_codes: tuple[int, ...]
+    properties: Properties = NO_PROPERTIES
+
+
+Packet = Connect | Connack | Publish | Puback | PingReq | PingResp | Disconnect | Subscribe | Suback
 
 PINGREQ_BYTES = b"\xc0\x00"
 PINGRESP_BYTES = b"\xd0\x00"
@@ -657,6 +675,33 @@ def encode_disconnect(packet: Disconnect, version: ProtocolVersion) -> bytes:
     return _fixed_header(0xE0, len(body)) + body
 
 
+def encode_subscribe(packet: Subscribe, version: ProtocolVersion) -> bytes:
+    """SUBSCRIBE (§3.8): fixed-header flags 0010 (§3.8.1), at least one filter (§3.8.3), each followed by its
+    options byte: the requested QoS in bits 0-1, the other bits 0 (3.1.1 reserved; MQTT 5 No Local, Retain As
+    Published and Retain Handling 0: the defaults)."""
+    if not 0 < packet.packet_id <= MAX_PACKET_ID:
+        raise MalformedPacketError(f"packet id {packet.packet_id} is not in 1..65535")
+    if not packet.filters:
+        raise MalformedPacketError("SUBSCRIBE without a topic filter")
+    body = packet.packet_id.to_bytes(2, "big")
+    if version == ProtocolVersion.V5:
+        body += encode_properties(packet.properties)
+    for topic_filter, qos in packet.filters:
+        if not topic_filter:
+            raise MalformedPacketError("SUBSCRIBE with an empty topic filter")
+        body += _string(topic_filter) + bytes((qos,))
+    return _fixed_header(0x82, len(body)) + body
+
+
+def encode_suback(packet: Suback, version: ProtocolVersion) -> bytes:
+    """SUBACK (§3.9), as a broker sends it (for tests and a server-side reader)."""
+    body = packet.packet_id.to_bytes(2, "big")
+    if version == ProtocolVersion.V5:
+        body += encode_properties(packet.properties)
+    body += bytes(packet.reason_codes)
+    return _fixed_header(0x90, len(body)) + body
+
+
 def encode(packet: Packet, version: ProtocolVersion) -> bytes:
     """Any supported packet as bytes (CONNECT carries its own version)."""
     if isinstance(packet, Puback):
@@ -671,6 +716,10 @@ def encode(packet: Packet, version: ProtocolVersion) -> bytes:
         return PINGREQ_BYTES
     if isinstance(packet, PingResp):
         return PINGRESP_BYTES
+    if isinstance(packet, Subscribe):
+        return encode_subscribe(packet, version)
+    if isinstance(packet, Suback):
+        return encode_suback(packet, version)
     return encode_disconnect(packet, version)
 
 
@@ -768,6 +817,8 @@ _REQUIRED_FLAGS = {
     PacketType.PINGREQ: 0,
     PacketType.PINGRESP: 0,
     PacketType.DISCONNECT: 0,
+    PacketType.SUBSCRIBE: 0b0010,  # §3.8.1
+    PacketType.SUBACK: 0,
 }
 _PINGREQ = PingReq()
 _PINGRESP = PingResp()
@@ -866,6 +917,10 @@ class Decoder:
             packet = _PINGRESP
         elif kind == PacketType.DISCONNECT:
             packet = self._disconnect(body)
+        elif kind == PacketType.SUBACK:
+            packet = self._suback(body)
+        elif kind == PacketType.SUBSCRIBE:
+            packet = self._subscribe(body)
         else:
             packet = self._connect(body)
         if body.remaining():
@@ -902,6 +957,35 @@ class Decoder:
         reason = body.byte()
         properties = body.properties() if body.remaining() else NO_PROPERTIES
         return Disconnect(reason_code=reason, properties=properties)
+
+    def _suback(self, body: _Reader) -> Suback:
+        packet_id = body.uint(2)
+        if not packet_id:
+            raise MalformedPacketError("SUBACK with packet id 0")
+        properties = body.properties() if self._v5 else NO_PROPERTIES
+        codes = body.take(body.remaining())
+        if not codes:
+            raise MalformedPacketError("SUBACK without a return code")  # one per filter, §3.9.3
+        return Suback(packet_id=packet_id, reason_codes=tuple(codes), properties=properties)
+
+    def _subscribe(self, body: _Reader) -> Subscribe:
+        packet_id = body.uint(2)
+        if not packet_id:
+            raise MalformedPacketError("SUBSCRIBE with packet id 0")
+        properties = body.properties() if self._v5 else NO_PROPERTIES
+        filters: list[tuple[str, QoS]] = []
+        while body.remaining():
+            topic_filter = body.string()
+            options = body.byte()
+            qos = options & 0x03
+            # 3.1.1 §3.8.3.1: the upper six bits are reserved; MQTT 5 §3.8.3.1: bits 6-7 are.
+            reserved = 0xFC if not self._v5 else 0xC0
+            if options & reserved or qos > 1:
+                raise MalformedPacketError(f"SUBSCRIBE options 0x{options:02X} (QoS 0 and 1, no reserved bits)")
+            filters.append((topic_filter, 1 if qos else 0))
+        if not filters:
+            raise MalformedPacketError("SUBSCRIBE without a topic filter")  # §3.8.3
+        return Subscribe(packet_id=packet_id, filters=tuple(filters), properties=properties)
 
     def _publish(self, flags: int, body: _Reader) -> Publish:
         qos = (flags >> 1) & 0x03
