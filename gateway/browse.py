@@ -272,9 +272,12 @@ class Browser:
         ranks = await self.read(nodes, AttributeIds.ValueRank)
         access = await self.read(nodes, AttributeIds.AccessLevel)
         texts = await self.read(nodes, AttributeIds.Description)
+        arrays = [index for index, rank in enumerate(ranks) if isinstance(_value(rank), int) and _value(rank) >= 1]
+        dimension_values = dict(zip(
+            arrays, await self.read([nodes[index] for index in arrays], AttributeIds.ArrayDimensions), strict=True))
         range_values = dict(zip(ranges, await self.read(list(ranges.values()), AttributeIds.Value), strict=True))
         unit_values = dict(zip(units, await self.read(list(units.values()), AttributeIds.Value), strict=True))
-        type_names, type_kinds = await self._type_names([_value(dv) for dv in data_types])
+        type_names, type_kinds, type_fields = await self._type_names([_value(dv) for dv in data_types])
         out: list[BrowsedVariable] = []
         for index, item in enumerate(found):
             data_type = _value(data_types[index])
@@ -298,14 +301,19 @@ class Browser:
                 low=float(eu_range.Low) if isinstance(eu_range, ua.Range) else None,
                 high=float(eu_range.High) if isinstance(eu_range, ua.Range) else None,
                 readable=bool(int(level) & _CURRENT_READ) if isinstance(level, int) else True,
+                dimensions=shape_of(rank, _value(dimension_values[index]) if index in dimension_values else None),
+                fields=type_fields.get(str(data_type)),
             ))
         return out
 
-    async def _type_names(self, data_types: Iterable[Any]) -> tuple[dict[str, str], dict[str, str]]:
-        """(type id text -> name, type id text -> "structure" / "enumeration") for the types used."""
+    async def _type_names(
+        self, data_types: Iterable[Any]
+    ) -> tuple[dict[str, str], dict[str, str], dict[str, tuple[str, ...]]]:
+        """For the types used, by type id text: name, ``structure`` / ``enumeration``, a structure's field names."""
         unique = {str(node): node for node in data_types if isinstance(node, ua.NodeId)}
         names: dict[str, str] = {}
         kinds: dict[str, str] = {}
+        fields: dict[str, tuple[str, ...]] = {}
         unknown = []
         for text, node in unique.items():
             if node.NamespaceIndex == 0 and isinstance(node.Identifier, int) and node.Identifier in BUILTIN_TYPE_NAMES:
@@ -323,9 +331,22 @@ class Browser:
                 definition = _value(value)
                 if isinstance(definition, ua.StructureDefinition):
                     kinds[text] = STRUCTURE
+                    names_of_fields = tuple(item.Name for item in definition.Fields or [] if item.Name)
+                    if names_of_fields:
+                        fields[text] = names_of_fields
                 elif isinstance(definition, ua.EnumDefinition):
                     kinds[text] = ENUMERATION
-        return names, kinds
+        return names, kinds, fields
+
+
+def shape_of(rank: Any, array_dimensions: Any) -> tuple[int, ...] | None:
+    """An array's length per dimension from ValueRank and ArrayDimensions (0: any length); None: not an array
+    of a known number of dimensions (scalar, or ValueRank Any / OneOrMoreDimensions)."""
+    if not isinstance(rank, int) or rank < 1:
+        return None
+    if isinstance(array_dimensions, list) and len(array_dimensions) == rank:
+        return tuple(int(size) if isinstance(size, int) and size > 0 else 0 for size in array_dimensions)
+    return (0,) * rank
 
 
 async def browse_server(

@@ -57,6 +57,7 @@ from gateway.tagmap.index_range import INDEX_OUT_OF_RANGE, IndexItem, select
 STATUS_NAMESPACE_UNKNOWN = "namespace_unknown"
 STATUS_NODE_ID_INVALID = "node_id_invalid"
 UNSUPPORTED_TYPE_PREFIX = "unsupported_type:"
+STATUS_SHAPE_MISMATCH = "shape_mismatch"
 
 _SEVERITY_MASK = 0xC0000000
 _SEVERITY_UNCERTAIN = 0x40000000
@@ -506,4 +507,42 @@ def indexed_readings(
             out.append(reading._replace(value=value))
         else:
             out.append(reading._replace(value=None, quality=Quality.BAD, status=INDEX_OUT_OF_RANGE))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ValueShape:
+    """What a tag map declares about an array or structure tag (``shape`` / ``fields``)."""
+
+    shape: tuple[int, ...] | None = None
+    fields: tuple[str, ...] | None = None
+
+
+def _fits_shape(value: object, shape: Sequence[int]) -> bool:
+    if not shape:
+        return not isinstance(value, list)
+    if not isinstance(value, list) or (shape[0] and len(value) != shape[0]):
+        return False
+    return all(_fits_shape(item, shape[1:]) for item in value)
+
+
+def fits(value: object, declared: ValueShape) -> bool:
+    """Whether ``value`` (as published) has the declared dimensions (0: any length) or exactly the fields."""
+    if declared.shape is not None and not _fits_shape(value, declared.shape):
+        return False
+    if declared.fields is not None:
+        return isinstance(value, dict) and tuple(value) == declared.fields
+    return True
+
+
+def shaped_readings(readings: Sequence[RawReading], shapes: Mapping[str, ValueShape]) -> list[RawReading]:
+    """The readings with every value that does not fit its tag's declared shape turned bad, ``shape_mismatch``
+    (a subscriber relies on ``_meta``'s ``shape``/``fields``). Only tags that declare one pay for this."""
+    out: list[RawReading] = []
+    for reading in readings:
+        declared = shapes.get(reading.tag)
+        if declared is None or reading.value is None or fits(reading.value, declared):
+            out.append(reading)
+        else:
+            out.append(reading._replace(value=None, quality=Quality.BAD, status=STATUS_SHAPE_MISMATCH))
     return out
