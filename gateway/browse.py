@@ -38,6 +38,9 @@ from gateway.browse_plan import (
     EngineeringUnit,
     plan_tag_map,
 )
+from gateway.errors import GatewayError
+from gateway.pki import Pki, PkiError, application_uri, describe, load_certificate_file
+from gateway.sources.opcua_security import ClientSecurity, read_password_file, secure_client
 
 DEFAULT_LIMIT = 1000
 """Nodes per Browse/Read request when the server advertises no limit (0)."""
@@ -357,10 +360,19 @@ async def browse_server(
     timeout_s: float,
     progress: TextIO | None,
     max_references: int = MAX_REFERENCES_PER_NODE,
+    security: ClientSecurity | None = None,
+    username: str | None = None,
 ) -> tuple[list[BrowsedDevice], BrowseStats, str | None]:
-    """Connect, walk, disconnect. Returns the devices, the statistics and the main namespace URI."""
+    """Connect (over a secure channel when ``security`` says so, as a device does), walk, disconnect.
+    Returns the devices, the statistics and the main namespace URI."""
     started = time.monotonic()
     client = Client(endpoint, timeout=timeout_s)
+    if username is not None:
+        client.set_user(username)
+    if security is not None and security.password_file is not None:
+        client.set_password(read_password_file(security.password_file))
+    if security is not None and security.channel:
+        await secure_client(client, security, endpoint=endpoint)
     async with client:
         browser = Browser(client, progress=_Progress(progress), max_depth=max_depth, max_references=max_references)
         await browser.start()
@@ -376,6 +388,38 @@ async def browse_server(
     browser.stats.elapsed_s = time.monotonic() - started
     browser.stats.devices = devices
     return devices, browser.stats, main
+
+
+BROWSE_GATEWAY_ID = "browse"
+"""gateway.id in the application URI of a certificate that ``cellgate browse`` makes itself."""
+
+
+def browse_security(
+    *,
+    policy: str | None,
+    mode: str,
+    pki_root: Path,
+    password_file: str | None,
+    check_hostname: bool = True,
+) -> ClientSecurity | None:
+    """The secure-channel settings of ``cellgate browse --security POLICY`` (None: SecurityPolicy None).
+
+    The PKI folder is the gateway's (``STATE_DIR/pki``): its certificate, already trusted by the servers the
+    gateway reads, is used with the application URI it carries; without one, a certificate for
+    ``urn:HOST:cellgate:browse`` is made there. Server certificates are checked against its trust list.
+    """
+    if policy is None and password_file is None:
+        return None
+    uri = application_uri(BROWSE_GATEWAY_ID)
+    own = pki_root / "own" / "cert.der"
+    if own.exists():
+        uris = describe(load_certificate_file(own)).uris
+        uri = uris[0] if uris else uri
+    return ClientSecurity(
+        policy=policy or "auto", mode=mode, allow_insecure=policy is None, pki=Pki(pki_root, uri=uri),
+        password_file=Path(password_file) if password_file else None, check_hostname=check_hostname,
+        channel=policy is not None,
+    )
 
 
 def _uri_of(node_text: str) -> str | None:
@@ -432,6 +476,12 @@ def run_browse(
     templates: bool,
     timeout_s: float = 10.0,
     max_references: int = MAX_REFERENCES_PER_NODE,
+    security: str | None = None,
+    security_mode: str = "SignAndEncrypt",
+    pki_root: Path | None = None,
+    username: str | None = None,
+    password_file: str | None = None,
+    check_hostname: bool = True,
     stdout: TextIO = sys.stdout,
     stderr: TextIO = sys.stderr,
     is_terminal: Callable[[], bool] = sys.stderr.isatty,
@@ -440,10 +490,17 @@ def run_browse(
     # asyncua logs every session-timeout negotiation as a warning; the summary says what matters here.
     logging.getLogger("asyncua").setLevel(logging.ERROR)
     try:
+        client_security = browse_security(
+            policy=security, mode=security_mode, pki_root=pki_root or Path("pki"), password_file=password_file,
+            check_hostname=check_hostname)
         devices, stats, namespace = asyncio.run(browse_server(
             endpoint, root=root, max_depth=depth, timeout_s=timeout_s,
             progress=stderr if is_terminal() else None, max_references=max_references,
+            security=client_security, username=username,
         ))
+    except (PkiError, GatewayError) as exc:  # refused: no acceptable endpoint, untrusted server, unusable PKI
+        print(f"cellgate browse: {endpoint}: {exc}", file=stderr)
+        return 2
     except (TimeoutError, OSError, UaError) as exc:
         print(f"cellgate browse: {endpoint}: {type(exc).__name__}: {exc}", file=stderr)
         return 1
