@@ -26,6 +26,7 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError
 
 from gateway.browse_plan import (
@@ -41,6 +42,7 @@ from gateway.browse_plan import (
 from gateway.errors import GatewayError
 from gateway.pki import Pki, PkiError, application_uri, describe, load_certificate_file
 from gateway.sources.opcua_security import ClientSecurity, read_password_file, secure_client
+from gateway.sources.opcua_status import status_name
 
 DEFAULT_LIMIT = 1000
 """Nodes per Browse/Read request when the server advertises no limit (0)."""
@@ -71,6 +73,8 @@ class BrowseStats:
     max_nodes_per_read: int = 0
     elapsed_s: float = 0.0
     devices: list[BrowsedDevice] = field(default_factory=list)
+    failed: dict[str, int] = field(default_factory=dict)
+    """Browse / BrowseNext results the server answered with a Bad status, by status name (their nodes are missing)."""
 
 
 class _Progress:
@@ -149,6 +153,7 @@ class Browser:
     async def browse_children(self, parents: Sequence[ua.NodeId], mask: int) -> list[list[ua.ReferenceDescription]]:
         """Forward hierarchical references of every parent (BrowseNext until no continuation point is left)."""
         out: list[list[ua.ReferenceDescription]] = [[] for _ in parents]
+        retry: list[int] = []
         for offset in range(0, len(parents), self.stats.max_nodes_per_browse):
             chunk = parents[offset:offset + self.stats.max_nodes_per_browse]
             params = ua.BrowseParameters()
@@ -169,6 +174,10 @@ class Browser:
                     out[offset + position].extend(result.References)
                     if result.ContinuationPoint:
                         pending.append((offset + position, result.ContinuationPoint))
+                elif result.StatusCode.value == StatusCodes.BadNoContinuationPoints and len(chunk) > 1:
+                    retry.append(offset + position)  # the server's continuation points ran out: again, alone
+                else:
+                    self._failed(result.StatusCode)
             while pending:
                 next_params = ua.BrowseNextParameters(
                     ReleaseContinuationPoints=False, ContinuationPoints=[point for _, point in pending])
@@ -180,8 +189,16 @@ class Browser:
                         out[index].extend(result.References)
                         if result.ContinuationPoint:
                             still.append((index, result.ContinuationPoint))
+                    else:
+                        self._failed(result.StatusCode)
                 pending = still
+        for index in retry:
+            [out[index]] = await self.browse_children([parents[index]], mask)
         return out
+
+    def _failed(self, code: ua.StatusCode) -> None:
+        name = status_name(code.value)
+        self.stats.failed[name] = self.stats.failed.get(name, 0) + 1
 
     async def read(self, nodes: Sequence[ua.NodeId], attribute: AttributeIds) -> list[ua.DataValue]:
         values: list[ua.DataValue] = []
@@ -454,6 +471,9 @@ def summary(plan: BrowsePlan, stats: BrowseStats) -> str:
         f"wrote {len(plan.devices)} device(s), {plan.tags} tag(s), {len(plan.templates)} template(s), "
         f"{plan.repeats} repeat(s)",
     ]
+    if stats.failed:
+        lines.append("server refused to browse (those nodes are missing): "
+                     + ", ".join(f"{count} {name}" for name, count in sorted(stats.failed.items())))
     if plan.skipped:
         lines.append(f"skipped {len(plan.skipped)} variable(s): "
                      + ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items())))

@@ -1,12 +1,13 @@
 // A large OPC UA server from another stack (node-opcua) for the `cellgate browse` interoperability test.
 //
-//   node browse_server.js PORT RACKS CHANNELS PKI_DIR
+//   node browse_server.js PORT RACKS CHANNELS PKI_DIR [MAX_CONTINUATION_POINTS]
 //
 // SecurityPolicy None, anonymous; its own certificate lives in PKI_DIR. Objects/Hall (a folder) holds RACKS rack objects (Rack01..), each with CHANNELS
 // channel objects (CH001..) of 40 variables each: Voltage (an AnalogItem with EngineeringUnits volt, UNECE VLT, and
 // EURange 0..5), Current, Temperature, StepNo, State, Running, Recipe and Aux01..Aux33, with node ids
 // ns=<urn:cellgate:interop-browse>;s=Rack01.CH001.Voltage. 2 racks x 128 channels = 10,240 variables.
-// Prints "interop ready <endpoint>" when listening.
+// MAX_CONTINUATION_POINTS (default 10) caps the continuation points a session may hold; a Browse that needs more
+// gets BadNoContinuationPoints for those nodes. Prints "interop ready <endpoint>" when listening.
 "use strict";
 const { OPCUAServer, OPCUACertificateManager, DataType, standardUnits } = require("node-opcua");
 
@@ -28,6 +29,7 @@ async function main() {
   const server = new OPCUAServer({
     port,
     serverCertificateManager,
+    serverCapabilities: { maxBrowseContinuationPoints: parseInt(process.argv[6] || "10", 10) },
     hostname: "127.0.0.1",
     allowAnonymous: true,
     buildInfo: { productName: "cellgate-interop-browse" },

@@ -3,7 +3,9 @@
 The server (tests/interop/browse_server.js) serves 2 racks x 128 channel objects x 40 variables; `make test`
 installs node-opcua with `npm ci` in tests/interop. The browse asks for at most 50 references per node, so the
 racks' 128 channels come back with continuation points that only BrowseNext resolves (asyncua's own server never
-hands them out). The map must validate as is (`cellgate check`'s loader), expand to every variable with the
+hands them out). The server lets a session hold only 5 continuation points: with 20 references per node all 256
+channels need one in the same Browse, and those refused (BadNoContinuationPoints) are browsed again alone, so
+no variable goes missing. The map must validate as is (`cellgate check`'s loader), expand to every variable with the
 right node ids, types, unit and range, and be written as templates + repeat, not 10,240 tags.
 """
 
@@ -26,6 +28,7 @@ from tests.support.sim import REPO_ROOT, free_tcp_port
 HERE = Path(__file__).resolve().parent
 RACKS, CHANNELS, VARIABLES = 2, 128, 40
 NAMESPACE = "urn:cellgate:interop-browse"
+MAX_CONTINUATION_POINTS = 5
 START_TIMEOUT_S = 60.0
 
 pytestmark = pytest.mark.skipif(
@@ -41,7 +44,8 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = folder / "server.log"  # node-opcua logs to stdout too: a file, never a full pipe
     with log.open("w") as output:
         process = subprocess.Popen(
-            ["node", str(HERE / "browse_server.js"), str(port), str(RACKS), str(CHANNELS), str(folder / "pki")],
+            ["node", str(HERE / "browse_server.js"), str(port), str(RACKS), str(CHANNELS), str(folder / "pki"),
+             str(MAX_CONTINUATION_POINTS)],
             cwd=HERE, stdout=output, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -59,15 +63,23 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             process.wait()
 
 
-def test_browse_of_10240_node_opcua_variables(endpoint: str, tmp_path: Path) -> None:
-    output = tmp_path / "hall.yaml"
+def browse(endpoint: str, output: Path, max_references: int) -> tuple[int, int, int, int]:
+    """Runs the browse; returns (objects, variables, Browse requests, BrowseNext requests) from its summary."""
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "browse", endpoint, "--max-references", "50", "-o", str(output)],
+        [sys.executable, "-m", "gateway.cli", "browse", endpoint, "--max-references", str(max_references),
+         "-o", str(output)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
+    assert "refused" not in result.stderr, result.stderr
     counts = re.search(r"(\d+) objects and (\d+) variables .*\((\d+) Browse, (\d+) BrowseNext", result.stderr)
     assert counts is not None, result.stderr
-    objects, variables, _, browse_next = (int(group) for group in counts.groups())
+    objects, variables, requests, browse_next = (int(group) for group in counts.groups())
+    return objects, variables, requests, browse_next
+
+
+def test_browse_of_10240_node_opcua_variables(endpoint: str, tmp_path: Path) -> None:
+    output = tmp_path / "hall.yaml"
+    objects, variables, _, browse_next = browse(endpoint, output, 50)
     assert (objects, variables) == (1 + RACKS + RACKS * CHANNELS, RACKS * CHANNELS * VARIABLES)
     assert browse_next > 0  # the racks' channels did not fit 50 references per node
 
@@ -90,3 +102,10 @@ def test_browse_of_10240_node_opcua_variables(endpoint: str, tmp_path: Path) -> 
         "float64", "V", 0, 5)
     recipe = next(tag for (device, name), tag in tags.items() if device == "rack01" and name.endswith("128/recipe"))
     assert isinstance(recipe, OpcUaTag) and recipe.type is not None and recipe.type.value == "string"
+
+
+def test_nodes_refused_a_continuation_point_are_browsed_again(endpoint: str, tmp_path: Path) -> None:
+    objects, variables, requests, browse_next = browse(endpoint, tmp_path / "hall.yaml", 20)
+    assert (objects, variables) == (1 + RACKS + RACKS * CHANNELS, RACKS * CHANNELS * VARIABLES)
+    assert requests > RACKS * CHANNELS - MAX_CONTINUATION_POINTS  # the refused channels, one Browse each
+    assert browse_next >= RACKS * CHANNELS
