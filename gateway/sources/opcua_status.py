@@ -116,6 +116,8 @@ class OpcUaTagRef:
     identifier: str | int
     namespace_uri: str | None = None
     namespace_index: int | None = None
+    typed: bool = False
+    """The map gives the tag a ``type`` (a scalar): its node's DataType is not read to name structures."""
 
 
 # ------------------------------------------------------------------------------------- status codes
@@ -340,13 +342,31 @@ def source_time(data_value: ua.DataValue | None, *, received_at: float) -> float
     return received_at
 
 
+def name_unsupported(status: str, type_names: Mapping[str, str]) -> str:
+    """``unsupported_type:ExtensionObject[<encoding id>]`` (also inside ``Array[...]``) with the structure's type
+    name instead (``unsupported_type:PackMLStatus``) when ``type_names`` (encoding id text -> DataType BrowseName)
+    knows the id; any other status as it is."""
+    marker = "ExtensionObject["
+    start = status.find(marker)
+    if start < 0:
+        return status
+    depth = status.count("Array[", 0, start)
+    name = type_names.get(status[start + len(marker) : len(status) - depth - 1])
+    return status if name is None else status[:start] + name + "]" * depth
+
+
 def readings_from_data_value(
-    tags: Sequence[str], data_value: ua.DataValue | None, *, received_at: float
+    tags: Sequence[str],
+    data_value: ua.DataValue | None,
+    *,
+    received_at: float,
+    type_names: Mapping[str, str] | None = None,
 ) -> list[RawReading]:
     """One RawReading per tag for one DataValue (several tags may name the same node).
 
     Bad status → value None (OPC UA says the value of a Bad DataValue must be ignored). Uncertain keeps
-    the value and carries the status name. An unsupported value type turns the reading bad.
+    the value and carries the status name. An unsupported value type turns the reading bad; an undescribed
+    structure is named from ``type_names`` (see :func:`name_unsupported`).
     """
     ts = source_time(data_value, received_at=received_at)
     if data_value is None:
@@ -356,7 +376,7 @@ def readings_from_data_value(
     if quality is not Quality.BAD:
         value, problem = convert_variant(data_value.Value)
         if problem is not None:
-            quality, status = Quality.BAD, problem
+            quality, status = Quality.BAD, name_unsupported(problem, type_names) if type_names else problem
     return [RawReading(tag=tag, value=value, ts=ts, quality=quality, status=status) for tag in tags]
 
 

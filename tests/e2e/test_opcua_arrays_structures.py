@@ -5,8 +5,8 @@ values it has; the gateway (``cellgate run``) reads them, once subscribed and on
 what reaches the broker with what the server serves: the cross-web profile as a JSON array of 120 numbers, the
 PackMLStatus structure as an object with its field names (a nested structure inside), the dryer zones as an
 array of objects. A device that does not load the server's DataTypeDefinitions publishes the structure bad,
-``unsupported_type:ExtensionObject[<type id>]``, and the array still good. A map written by ``cellgate browse``
-runs as is and publishes the structure and the array it found.
+``unsupported_type:<type name>`` (read from the server at connect), and the array still good. A map written by
+``cellgate browse`` runs as is and publishes the structure and the array it found.
 """
 
 from __future__ import annotations
@@ -156,10 +156,10 @@ async def test_arrays_and_structures_arrive_as_served(running: Running) -> None:
     plain_status = latest(messages, f"{running.prefix}/coater-plain/packml/status")
     assert plain_status is not None
     assert (plain_status["quality"], plain_status["value"]) == ("bad", None)
-    assert plain_status["status"].startswith("unsupported_type:ExtensionObject[ns=2;")
+    assert plain_status["status"] == "unsupported_type:PackMLStatus"
     plain_zones = latest(messages, f"{running.prefix}/coater-plain/dryer/zones")
     assert plain_zones is not None and plain_zones["quality"] == "bad"
-    assert plain_zones["status"].startswith("unsupported_type:Array[ExtensionObject[ns=2;")
+    assert plain_zones["status"] == "unsupported_type:Array[DryerZoneStatus]"
     plain_profile = latest(messages, f"{running.prefix}/coater-plain/gauge/profile")
     assert plain_profile is not None and plain_profile["value"] == profile
 

@@ -6,13 +6,14 @@ from typing import Any
 
 import orjson
 import pytest
+from asyncua import ua
 
 from gateway.browse import shape_of
 from gateway.browse_plan import STRUCTURE, BrowsedVariable, BrowsePlan, _tag_fields
 from gateway.errors import ConfigError
 from gateway.schema import Quality, TagMeta, encode_meta
 from gateway.sources.base import RawReading
-from gateway.sources.opcua_status import ValueShape, fits, shaped_readings
+from gateway.sources.opcua_status import ValueShape, fits, name_unsupported, readings_from_data_value, shaped_readings
 from gateway.tagmap import load_plant_from_text
 
 MAP = """gateway: {id: g, enterprise: e, site: s}
@@ -112,3 +113,24 @@ def test_browse_writes_shape_and_fields() -> None:
                                 data_type_kind=STRUCTURE, fields=("StateCurrent", "Counts"))
     assert _tag_fields(array, plan)["shape"] == [120]
     assert _tag_fields(structure, plan)["fields"] == ["StateCurrent", "Counts"]
+
+
+@pytest.mark.parametrize(("status", "expected"), [
+    ("unsupported_type:ExtensionObject[ns=2;i=3002]", "unsupported_type:PackMLStatus"),
+    ("unsupported_type:Array[ExtensionObject[ns=2;i=3002]]", "unsupported_type:Array[PackMLStatus]"),
+    ("unsupported_type:Array[Array[ExtensionObject[ns=2;i=3002]]]", "unsupported_type:Array[Array[PackMLStatus]]"),
+    ("unsupported_type:ExtensionObject[ns=2;i=9999]", "unsupported_type:ExtensionObject[ns=2;i=9999]"),
+    ("unsupported_type:DiagnosticInfo", "unsupported_type:DiagnosticInfo"),
+    ("decode_error", "decode_error"),
+])
+def test_undescribed_structure_is_named(status: str, expected: str) -> None:
+    assert name_unsupported(status, {"ns=2;i=3002": "PackMLStatus"}) == expected
+
+
+def test_readings_name_an_undescribed_structure() -> None:
+    body = ua.ExtensionObject(TypeId=ua.NodeId(3002, 2), Body=b"\x01")
+    data_value = ua.DataValue(ua.Variant(body, ua.VariantType.ExtensionObject))
+    [named] = readings_from_data_value(("s",), data_value, received_at=1.0, type_names={"ns=2;i=3002": "PackMLStatus"})
+    assert (named.quality, named.value, named.status) == (Quality.BAD, None, "unsupported_type:PackMLStatus")
+    [plain] = readings_from_data_value(("s",), data_value, received_at=1.0)
+    assert plain.status == "unsupported_type:ExtensionObject[ns=2;i=3002]"
