@@ -257,7 +257,7 @@ def opcua_tag_refs(device: OpcUaDevice) -> list[OpcUaTagRef]:
                 identifier=node.identifier,
                 namespace_uri=node.namespace_uri,
                 namespace_index=node.namespace_index,
-                typed=tag.type is not None,
+                name_structure=tag.type is None,
             )
         )
     return refs

@@ -528,7 +528,7 @@ class OpcUaSource:
     async def _load_data_types(self, client: Client) -> None:
         """Let asyncua decode the server's structures (its public ``load_data_type_definitions``, from the
         DataTypeDefinitions the server exposes). On failure they stay undecoded: published bad, status
-        ``unsupported_type:ExtensionObject[<type id>]``; the link itself is fine."""
+        ``unsupported_type:<TypeName>`` (see ``_name_structures``); the link itself is fine."""
         try:
             async with asyncio.timeout(self._timeout_s * 4):  # it browses the whole DataType tree
                 await client.load_data_type_definitions()
@@ -604,7 +604,7 @@ class OpcUaSource:
         Once per connect: the DataType attribute of those nodes, then each such type's BrowseName and encodings.
         A failure only leaves the names out (``unsupported_type:ExtensionObject[<id>]``); the link is fine."""
         self._type_names.clear()
-        untyped = {ref.name for ref in self.tags if not ref.typed}
+        untyped = {ref.name for ref in self.tags if ref.name_structure}
         nodes = [client.get_node(planned.node_id) for planned in plan.nodes if not untyped.isdisjoint(planned.tags)]
         if not nodes:
             return

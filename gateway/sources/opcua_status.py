@@ -15,8 +15,9 @@ Conventions (part of the public contract; the README status list should repeat t
   nested structures and arrays of structures included.
 * A value of a type we do not publish (a structure the server does not describe, Null, DataValue,
   DiagnosticInfo, anything unexpected) becomes quality bad with status ``unsupported_type:<TypeName>``: an
-  undescribed structure is named by its encoding's node id (``unsupported_type:ExtensionObject[ns=2;i=3002]``);
-  an array of something unsupported is named ``Array[<that>]``.
+  undescribed structure is named by its DataType's BrowseName when the source read it at connect
+  (``unsupported_type:PackMLStatus``, see ``name_unsupported``), else by its encoding's node id
+  (``unsupported_type:ExtensionObject[ns=2;i=3002]``); an array of something unsupported is ``Array[<that>]``.
 * Conversions: Boolean → bool; integer types → int; Float/Double → float (Float is rounded to the shortest
   decimal that round-trips through float32, so 3.7f publishes as 3.7 and not 3.700000047683716);
   String/XmlElement → str; LocalizedText → its text; DateTime → ISO 8601 UTC with milliseconds and ``Z``
@@ -116,8 +117,9 @@ class OpcUaTagRef:
     identifier: str | int
     namespace_uri: str | None = None
     namespace_index: int | None = None
-    typed: bool = False
-    """The map gives the tag a ``type`` (a scalar): its node's DataType is not read to name structures."""
+    name_structure: bool = False
+    """Read its node's DataType at connect, to name a structure the device cannot decode (the map gives the tag
+    no ``type``, so it may be one)."""
 
 
 # ------------------------------------------------------------------------------------- status codes
