@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     # asyncua costs about 40 MB of memory to import: a gateway without OPC UA devices never loads it.
     from gateway.sources.opcua import OpcUaDeviceOptions, OpcUaTagRef
     from gateway.sources.opcua_security import ClientSecurity
+    from gateway.sources.opcua_status import ValueShape
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,8 @@ def build_outbound(plant: Plant, device: Device) -> DeviceOutbound:
             max=tag.max,
             description=tag.description,
             source=tag_source(tag),
+            shape=tag.shape if isinstance(tag, OpcUaTag) else None,
+            fields=tag.fields if isinstance(tag, OpcUaTag) else None,
         )
         tags.append(TagOutput(name=tag.name, unit=tag.unit, rules=rules, meta=meta))
     return DeviceOutbound(
@@ -219,12 +222,24 @@ def opcua_indexes(device: OpcUaDevice) -> dict[str, tuple[IndexItem, ...]]:
     return {tag.name: parse_index_range(tag.index) for tag in device.tags if tag.index is not None}
 
 
-def indexed_emit(emit: Emit, indexes: Mapping[str, tuple[IndexItem, ...]]) -> Emit:
-    """``emit`` with every indexed tag's value cut to its ``index`` first (``opcua_status.indexed_readings``)."""
-    from gateway.sources.opcua_status import indexed_readings
+def opcua_shapes(device: OpcUaDevice) -> dict[str, ValueShape]:
+    """Tag name -> declared ``shape`` / ``fields`` of the tags that have one."""
+    from gateway.sources.opcua_status import ValueShape
+
+    return {tag.name: ValueShape(tag.shape, tag.fields) for tag in device.tags
+            if tag.shape is not None or tag.fields is not None}
+
+
+def indexed_emit(
+    emit: Emit, indexes: Mapping[str, tuple[IndexItem, ...]], shapes: Mapping[str, ValueShape] | None = None
+) -> Emit:
+    """``emit`` with every indexed tag's value cut to its ``index`` first (``opcua_status.indexed_readings``),
+    then every value checked against its declared shape (``opcua_status.shaped_readings``)."""
+    from gateway.sources.opcua_status import indexed_readings, shaped_readings
 
     async def emit_indexed(readings: Sequence[RawReading]) -> None:
-        await emit(indexed_readings(readings, indexes))
+        out = indexed_readings(readings, indexes) if indexes else readings
+        await emit(shaped_readings(out, shapes) if shapes else out)
 
     return emit_indexed
 
@@ -242,6 +257,7 @@ def opcua_tag_refs(device: OpcUaDevice) -> list[OpcUaTagRef]:
                 identifier=node.identifier,
                 namespace_uri=node.namespace_uri,
                 namespace_index=node.namespace_index,
+                name_structure=tag.type is None,
             )
         )
     return refs
@@ -283,13 +299,15 @@ def _opcua_task(
     security = opcua_security(device, gateway_id=gateway_id, pki_root=pki_root)
     refs = opcua_tag_refs(device)
     indexes = opcua_indexes(device)
+    shapes = opcua_shapes(device)
 
     name = device.name  # not the model itself: see _modbus_tasks
 
     def run() -> Awaitable[None]:
         link = links[name]  # looked up at each start: a reload may have replaced the device's channel
         source = OpcUaSource(device=name, options=options, tags=refs, security=security)
-        return source.run(indexed_emit(link.emit, indexes) if indexes else link.emit, link.report_link)
+        checked = indexed_emit(link.emit, indexes, shapes) if indexes or shapes else link.emit
+        return source.run(checked, link.report_link)
 
     return SourceTask(name=f"opcua[{name}]", devices=(name,), run=run)
 

@@ -26,6 +26,7 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError
 
 from gateway.browse_plan import (
@@ -38,6 +39,10 @@ from gateway.browse_plan import (
     EngineeringUnit,
     plan_tag_map,
 )
+from gateway.errors import GatewayError
+from gateway.pki import Pki, PkiError, application_uri, describe, load_certificate_file
+from gateway.sources.opcua_security import ClientSecurity, read_password_file, secure_client
+from gateway.sources.opcua_status import status_name
 
 DEFAULT_LIMIT = 1000
 """Nodes per Browse/Read request when the server advertises no limit (0)."""
@@ -68,6 +73,8 @@ class BrowseStats:
     max_nodes_per_read: int = 0
     elapsed_s: float = 0.0
     devices: list[BrowsedDevice] = field(default_factory=list)
+    failed: dict[str, int] = field(default_factory=dict)
+    """Browse / BrowseNext results the server answered with a Bad status, by status name (their nodes are missing)."""
 
 
 class _Progress:
@@ -146,6 +153,7 @@ class Browser:
     async def browse_children(self, parents: Sequence[ua.NodeId], mask: int) -> list[list[ua.ReferenceDescription]]:
         """Forward hierarchical references of every parent (BrowseNext until no continuation point is left)."""
         out: list[list[ua.ReferenceDescription]] = [[] for _ in parents]
+        retry: list[int] = []
         for offset in range(0, len(parents), self.stats.max_nodes_per_browse):
             chunk = parents[offset:offset + self.stats.max_nodes_per_browse]
             params = ua.BrowseParameters()
@@ -166,6 +174,10 @@ class Browser:
                     out[offset + position].extend(result.References)
                     if result.ContinuationPoint:
                         pending.append((offset + position, result.ContinuationPoint))
+                elif result.StatusCode.value == StatusCodes.BadNoContinuationPoints and len(chunk) > 1:
+                    retry.append(offset + position)  # the server's continuation points ran out: again, alone
+                else:
+                    self._failed(result.StatusCode)
             while pending:
                 next_params = ua.BrowseNextParameters(
                     ReleaseContinuationPoints=False, ContinuationPoints=[point for _, point in pending])
@@ -177,8 +189,16 @@ class Browser:
                         out[index].extend(result.References)
                         if result.ContinuationPoint:
                             still.append((index, result.ContinuationPoint))
+                    else:
+                        self._failed(result.StatusCode)
                 pending = still
+        for index in retry:
+            [out[index]] = await self.browse_children([parents[index]], mask)
         return out
+
+    def _failed(self, code: ua.StatusCode) -> None:
+        name = status_name(code.value)
+        self.stats.failed[name] = self.stats.failed.get(name, 0) + 1
 
     async def read(self, nodes: Sequence[ua.NodeId], attribute: AttributeIds) -> list[ua.DataValue]:
         values: list[ua.DataValue] = []
@@ -272,9 +292,12 @@ class Browser:
         ranks = await self.read(nodes, AttributeIds.ValueRank)
         access = await self.read(nodes, AttributeIds.AccessLevel)
         texts = await self.read(nodes, AttributeIds.Description)
+        arrays = [index for index, rank in enumerate(ranks) if isinstance(_value(rank), int) and _value(rank) >= 1]
+        dimension_values = dict(zip(
+            arrays, await self.read([nodes[index] for index in arrays], AttributeIds.ArrayDimensions), strict=True))
         range_values = dict(zip(ranges, await self.read(list(ranges.values()), AttributeIds.Value), strict=True))
         unit_values = dict(zip(units, await self.read(list(units.values()), AttributeIds.Value), strict=True))
-        type_names, type_kinds = await self._type_names([_value(dv) for dv in data_types])
+        type_names, type_kinds, type_fields = await self._type_names([_value(dv) for dv in data_types])
         out: list[BrowsedVariable] = []
         for index, item in enumerate(found):
             data_type = _value(data_types[index])
@@ -298,14 +321,19 @@ class Browser:
                 low=float(eu_range.Low) if isinstance(eu_range, ua.Range) else None,
                 high=float(eu_range.High) if isinstance(eu_range, ua.Range) else None,
                 readable=bool(int(level) & _CURRENT_READ) if isinstance(level, int) else True,
+                dimensions=shape_of(rank, _value(dimension_values[index]) if index in dimension_values else None),
+                fields=type_fields.get(str(data_type)),
             ))
         return out
 
-    async def _type_names(self, data_types: Iterable[Any]) -> tuple[dict[str, str], dict[str, str]]:
-        """(type id text -> name, type id text -> "structure" / "enumeration") for the types used."""
+    async def _type_names(
+        self, data_types: Iterable[Any]
+    ) -> tuple[dict[str, str], dict[str, str], dict[str, tuple[str, ...]]]:
+        """For the types used, by type id text: name, ``structure`` / ``enumeration``, a structure's field names."""
         unique = {str(node): node for node in data_types if isinstance(node, ua.NodeId)}
         names: dict[str, str] = {}
         kinds: dict[str, str] = {}
+        fields: dict[str, tuple[str, ...]] = {}
         unknown = []
         for text, node in unique.items():
             if node.NamespaceIndex == 0 and isinstance(node.Identifier, int) and node.Identifier in BUILTIN_TYPE_NAMES:
@@ -323,9 +351,22 @@ class Browser:
                 definition = _value(value)
                 if isinstance(definition, ua.StructureDefinition):
                     kinds[text] = STRUCTURE
+                    names_of_fields = tuple(item.Name for item in definition.Fields or [] if item.Name)
+                    if names_of_fields:
+                        fields[text] = names_of_fields
                 elif isinstance(definition, ua.EnumDefinition):
                     kinds[text] = ENUMERATION
-        return names, kinds
+        return names, kinds, fields
+
+
+def shape_of(rank: Any, array_dimensions: Any) -> tuple[int, ...] | None:
+    """An array's length per dimension from ValueRank and ArrayDimensions (0: any length); None: not an array
+    of a known number of dimensions (scalar, or ValueRank Any / OneOrMoreDimensions)."""
+    if not isinstance(rank, int) or rank < 1:
+        return None
+    if isinstance(array_dimensions, list) and len(array_dimensions) == rank:
+        return tuple(int(size) if isinstance(size, int) and size > 0 else 0 for size in array_dimensions)
+    return (0,) * rank
 
 
 async def browse_server(
@@ -336,10 +377,19 @@ async def browse_server(
     timeout_s: float,
     progress: TextIO | None,
     max_references: int = MAX_REFERENCES_PER_NODE,
+    security: ClientSecurity | None = None,
+    username: str | None = None,
 ) -> tuple[list[BrowsedDevice], BrowseStats, str | None]:
-    """Connect, walk, disconnect. Returns the devices, the statistics and the main namespace URI."""
+    """Connect (over a secure channel when ``security`` says so, as a device does), walk, disconnect.
+    Returns the devices, the statistics and the main namespace URI."""
     started = time.monotonic()
     client = Client(endpoint, timeout=timeout_s)
+    if username is not None:
+        client.set_user(username)
+    if security is not None and security.password_file is not None:
+        client.set_password(read_password_file(security.password_file))
+    if security is not None and security.channel:
+        await secure_client(client, security, endpoint=endpoint)
     async with client:
         browser = Browser(client, progress=_Progress(progress), max_depth=max_depth, max_references=max_references)
         await browser.start()
@@ -355,6 +405,38 @@ async def browse_server(
     browser.stats.elapsed_s = time.monotonic() - started
     browser.stats.devices = devices
     return devices, browser.stats, main
+
+
+BROWSE_GATEWAY_ID = "browse"
+"""gateway.id in the application URI of a certificate that ``cellgate browse`` makes itself."""
+
+
+def browse_security(
+    *,
+    policy: str | None,
+    mode: str,
+    pki_root: Path,
+    password_file: str | None,
+    check_hostname: bool = True,
+) -> ClientSecurity | None:
+    """The secure-channel settings of ``cellgate browse --security POLICY`` (None: SecurityPolicy None).
+
+    The PKI folder is the gateway's (``STATE_DIR/pki``): its certificate, already trusted by the servers the
+    gateway reads, is used with the application URI it carries; without one, a certificate for
+    ``urn:HOST:cellgate:browse`` is made there. Server certificates are checked against its trust list.
+    """
+    if policy is None and password_file is None:
+        return None
+    uri = application_uri(BROWSE_GATEWAY_ID)
+    own = pki_root / "own" / "cert.der"
+    if own.exists():
+        uris = describe(load_certificate_file(own)).uris
+        uri = uris[0] if uris else uri
+    return ClientSecurity(
+        policy=policy or "auto", mode=mode, allow_insecure=policy is None, pki=Pki(pki_root, uri=uri),
+        password_file=Path(password_file) if password_file else None, check_hostname=check_hostname,
+        channel=policy is not None,
+    )
 
 
 def _uri_of(node_text: str) -> str | None:
@@ -389,6 +471,9 @@ def summary(plan: BrowsePlan, stats: BrowseStats) -> str:
         f"wrote {len(plan.devices)} device(s), {plan.tags} tag(s), {len(plan.templates)} template(s), "
         f"{plan.repeats} repeat(s)",
     ]
+    if stats.failed:
+        lines.append("server refused to browse (those nodes are missing): "
+                     + ", ".join(f"{count} {name}" for name, count in sorted(stats.failed.items())))
     if plan.skipped:
         lines.append(f"skipped {len(plan.skipped)} variable(s): "
                      + ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items())))
@@ -411,6 +496,12 @@ def run_browse(
     templates: bool,
     timeout_s: float = 10.0,
     max_references: int = MAX_REFERENCES_PER_NODE,
+    security: str | None = None,
+    security_mode: str = "SignAndEncrypt",
+    pki_root: Path | None = None,
+    username: str | None = None,
+    password_file: str | None = None,
+    check_hostname: bool = True,
     stdout: TextIO = sys.stdout,
     stderr: TextIO = sys.stderr,
     is_terminal: Callable[[], bool] = sys.stderr.isatty,
@@ -419,10 +510,17 @@ def run_browse(
     # asyncua logs every session-timeout negotiation as a warning; the summary says what matters here.
     logging.getLogger("asyncua").setLevel(logging.ERROR)
     try:
+        client_security = browse_security(
+            policy=security, mode=security_mode, pki_root=pki_root or Path("pki"), password_file=password_file,
+            check_hostname=check_hostname)
         devices, stats, namespace = asyncio.run(browse_server(
             endpoint, root=root, max_depth=depth, timeout_s=timeout_s,
             progress=stderr if is_terminal() else None, max_references=max_references,
+            security=client_security, username=username,
         ))
+    except (PkiError, GatewayError) as exc:  # refused: no acceptable endpoint, untrusted server, unusable PKI
+        print(f"cellgate browse: {endpoint}: {exc}", file=stderr)
+        return 2
     except (TimeoutError, OSError, UaError) as exc:
         print(f"cellgate browse: {endpoint}: {type(exc).__name__}: {exc}", file=stderr)
         return 1

@@ -93,6 +93,10 @@ class BrowsedVariable:
     readable: bool = True
     data_type_kind: str | None = None
     """For a type outside the built-in ones: ``structure`` or ``enumeration`` (from its DataTypeDefinition)."""
+    dimensions: tuple[int, ...] | None = None
+    """An array's length per dimension (ValueRank, ArrayDimensions; 0: any length), written as the tag's ``shape``."""
+    fields: tuple[str, ...] | None = None
+    """A structure's field names (its StructureDefinition), written as the tag's ``fields``."""
 
     @property
     def is_array(self) -> bool:
@@ -192,6 +196,10 @@ def _tag_fields(variable: BrowsedVariable, plan: BrowsePlan) -> dict[str, Any]:
             plan.unmapped_units[variable.unit.display_name or str(variable.unit.unit_id)] += 1
         else:
             out["unit"] = unit
+    if variable.dimensions is not None:
+        out["shape"] = list(variable.dimensions)
+    elif variable.fields is not None and variable.data_type_kind == STRUCTURE and not variable.is_array:
+        out["fields"] = list(variable.fields)
     numeric = tag_type not in ("bool", "string", None) and not variable.is_array  # a range checks scalars only
     if numeric and variable.low is not None and variable.high is not None and variable.low <= variable.high:
         out["min"] = _number(variable.low)

@@ -194,6 +194,9 @@ def cmd_browse(args: argparse.Namespace) -> int:
         endpoint=args.endpoint, root=args.root, depth=args.depth, include=args.include, exclude=args.exclude,
         output=args.output, area=args.area, line=args.line, templates=not args.no_templates,
         timeout_s=args.timeout, max_references=args.max_references,
+        security=args.security, security_mode=args.mode, username=args.username, password_file=args.password_file,
+        pki_root=(Path(args.state_dir) if args.state_dir else default_state_dir()) / "pki",
+        check_hostname=not args.no_check_hostname,
     )
 
 
@@ -213,6 +216,19 @@ def _add_browse(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     browse.add_argument("--max-references", type=int, default=1000, metavar="N",
                         help="references per node per Browse answer before BrowseNext (default 1000)")
     browse.add_argument("-o", "--output", default=None, help="write the tag map here (default: standard output)")
+    secure = browse.add_argument_group("security (as a device's `security:` block; README, Security)")
+    secure.add_argument("--security", default=None, metavar="POLICY",
+                        choices=["auto", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"],
+                        help="secure channel: auto (the strongest offered) or a policy name; default: None")
+    secure.add_argument("--mode", default="SignAndEncrypt", choices=["SignAndEncrypt", "Sign"],
+                        help="message security mode with --security (default SignAndEncrypt)")
+    secure.add_argument("--state-dir", default=None,
+                        help="state directory whose pki/ holds the certificate and trust list (as for `run`)")
+    secure.add_argument("--no-check-hostname", action="store_true",
+                        help="accept a server certificate that does not name the endpoint's host")
+    secure.add_argument("--username", default=None, help="user-name identity")
+    secure.add_argument("--password-file", default=None, metavar="FILE",
+                        help="the password (first line; a relative name is a systemd credential)")
     browse.set_defaults(func=cmd_browse)
 
 

@@ -379,6 +379,8 @@ class TagMeta:
     max: float | None = None
     description: str | None = None
     source: str | None = None  # e.g. "holding:1000" or "ns=2;s=Coater01.Line.Speed"
+    shape: tuple[int, ...] | None = None  # array: length per dimension, outermost first (0: any length)
+    fields: tuple[str, ...] | None = None  # structure: its field names in order
 
 
 def encode_meta(
@@ -456,7 +458,7 @@ def encode_meta_parts(
 
 
 def _meta_entry(meta: TagMeta) -> dict[str, Any]:
-    return {
+    entry: dict[str, Any] = {
         "type": meta.type,
         "unit": meta.unit,
         "min": meta.min,
@@ -464,6 +466,12 @@ def _meta_entry(meta: TagMeta) -> dict[str, Any]:
         "description": meta.description,
         "source": meta.source,
     }
+    # Only arrays and structures carry these keys: a scalar's entry stays as it was.
+    if meta.shape is not None:
+        entry["shape"] = list(meta.shape)
+    if meta.fields is not None:
+        entry["fields"] = list(meta.fields)
+    return entry
 
 
 def encode_gateway_status(*, online: bool, gateway_id: str, ts: float, version: str) -> bytes:

@@ -40,7 +40,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -55,7 +55,7 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.ua_binary import struct_from_binary
-from asyncua.ua.uaerrors import UaStatusCodeError, UaStructParsingError
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError, UaStructParsingError
 
 from gateway.pki import PkiError, ServerCertificateRejectedError
 from gateway.schema import STATUS_COMM_FAILURE
@@ -106,6 +106,10 @@ _CONNECT_ERRORS: tuple[type[BaseException], ...] = (
 # A server refusing the user identity: logged on every attempt (accounts lock after a few failures; say each one).
 _LOGIN_REFUSED = frozenset({StatusCodes.BadUserAccessDenied, StatusCodes.BadIdentityTokenRejected,
                             StatusCodes.BadIdentityTokenInvalid})  # fmt: skip
+
+
+STRUCTURE_NAME_READ_CHUNK = 1000
+"""Nodes per Read of the DataType attribute at connect (below every MaxNodesPerRead seen in practice)."""
 
 
 def quiet_asyncua_loggers() -> None:
@@ -207,8 +211,10 @@ class _DataChangeHandler:
         push: Callable[[Sequence[RawReading]], None],
         watch: _LinkWatch,
         stats: OpcUaSourceStats,
+        type_names: Mapping[str, str] | None = None,
     ) -> None:
         self._tags_by_handle = tags_by_handle
+        self._type_names = type_names
         self._push = push
         self._watch = watch
         self._stats = stats
@@ -222,7 +228,8 @@ class _DataChangeHandler:
             self._stats.unknown_handles += 1
             return
         self._stats.notifications += 1
-        self._push(readings_from_data_value(tags, data.monitored_item.Value, received_at=time.time()))
+        self._push(readings_from_data_value(tags, data.monitored_item.Value, received_at=time.time(),
+                                            type_names=self._type_names))
 
     def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
         # BadShutdown (link lost), BadTimeout (subscription expired on the server), ...: resubscribe from scratch.
@@ -260,6 +267,7 @@ class _FastPublishPath:
         activity: _PublishActivity,
         handler: _DataChangeHandler,
         stats: OpcUaSourceStats,
+        type_names: Mapping[str, str] | None = None,
     ) -> None:
         if subscription.subscription_id is None:
             raise ua.uaerrors.UaError("subscription has no id")
@@ -271,6 +279,7 @@ class _FastPublishPath:
         self._activity = activity
         self._handler = handler
         self._stats = stats
+        self._type_names = type_names
         self._asyncua_callback = session._subscription_callbacks[self._subscription_id]
 
     def install(self) -> None:
@@ -284,7 +293,8 @@ class _FastPublishPath:
         data = await self._session._send_request(request, timeout=0)  # 0: the server holds it until it has news
         body = bytes(data)
         try:
-            changes = decode_data_changes(body, tags_by_handle=self._tags_by_handle, received_at=time.time())
+            changes = decode_data_changes(body, tags_by_handle=self._tags_by_handle, received_at=time.time(),
+                                          type_names=self._type_names)
             if changes is None or changes.subscription_id != self._subscription_id:
                 self._stats.asyncua_publish_responses += 1
                 response: ua.PublishResponse = struct_from_binary(ua.PublishResponse, Buffer(body))
@@ -403,6 +413,7 @@ class OpcUaSource:
         self._up_logged = False
         self._up_fields: dict[str, object] = {}
         self._channel: dict[str, object] = {"security_policy": "None", "security_mode": "None"}
+        self._type_names: dict[str, str] = {}  # this connection's structure encoding ids -> type names
         self._log = log.bind(device=device, endpoint=options.endpoint)
 
     @property
@@ -517,7 +528,7 @@ class OpcUaSource:
     async def _load_data_types(self, client: Client) -> None:
         """Let asyncua decode the server's structures (its public ``load_data_type_definitions``, from the
         DataTypeDefinitions the server exposes). On failure they stay undecoded: published bad, status
-        ``unsupported_type:ExtensionObject[<type id>]``; the link itself is fine."""
+        ``unsupported_type:<TypeName>`` (see ``_name_structures``); the link itself is fine."""
         try:
             async with asyncio.timeout(self._timeout_s * 4):  # it browses the whole DataType tree
                 await client.load_data_type_definitions()
@@ -584,7 +595,39 @@ class OpcUaSource:
                 count=len(plan.problems),
                 examples=[f"{problem.tag}: {problem.status}" for problem in plan.problems[:5]],
             )
+        await self._name_structures(client, plan)
         return plan
+
+    async def _name_structures(self, client: Client, plan: NodePlan) -> None:
+        """Encoding id -> type name of the non-standard DataTypes of the nodes of untyped tags (a tag with a map
+        ``type`` is a scalar), so a structure the device cannot decode is published ``unsupported_type:<Name>``.
+        Once per connect: the DataType attribute of those nodes, then each such type's BrowseName and encodings.
+        A failure only leaves the names out (``unsupported_type:ExtensionObject[<id>]``); the link is fine."""
+        self._type_names.clear()
+        untyped = {ref.name for ref in self.tags if ref.name_structure}
+        nodes = [client.get_node(planned.node_id) for planned in plan.nodes if not untyped.isdisjoint(planned.tags)]
+        if not nodes:
+            return
+        try:
+            async with asyncio.timeout(self._timeout_s * 2):
+                types: dict[str, ua.NodeId] = {}
+                for start in range(0, len(nodes), STRUCTURE_NAME_READ_CHUNK):
+                    for data_value in await client.read_attributes(
+                        nodes[start : start + STRUCTURE_NAME_READ_CHUNK], AttributeIds.DataType
+                    ):
+                        data_type = data_value.Value.Value if data_value.Value is not None else None
+                        if isinstance(data_type, ua.NodeId) and data_type.NamespaceIndex != 0:
+                            types[data_type.to_string()] = data_type
+                for data_type in types.values():
+                    node = client.get_node(data_type)
+                    name = (await node.read_browse_name()).Name
+                    for ref in await node.get_references(ObjectIds.HasEncoding, ua.BrowseDirection.Forward):
+                        encoding = ua.NodeId(ref.NodeId.Identifier, ref.NodeId.NamespaceIndex, ref.NodeId.NodeIdType)
+                        if name:
+                            self._type_names[encoding.to_string()] = name
+        except (TimeoutError, UaError, ValueError) as exc:
+            self._type_names.clear()
+            self._log.warning("opcua_structure_names_unread", error=describe_error(exc))
 
     def _problem_readings(self, plan: NodePlan) -> list[RawReading]:
         now = time.time()
@@ -635,7 +678,8 @@ class OpcUaSource:
         options = self.options
         plan = await self._plan(client)
         tags_by_handle = _tags_by_handle(plan)
-        handler = _DataChangeHandler(tags_by_handle=tags_by_handle, push=self._push, watch=watch, stats=self.stats)
+        handler = _DataChangeHandler(tags_by_handle=tags_by_handle, push=self._push, watch=watch, stats=self.stats,
+                                     type_names=self._type_names)
         timing = self._timing
         # A fresh Client per connection, so a fresh observer: it only ever sees this connection's subscription.
         activity = _PublishActivity()
@@ -663,6 +707,7 @@ class OpcUaSource:
                     activity=activity,
                     handler=handler,
                     stats=self.stats,
+                    type_names=self._type_names,
                 ).install()
                 requests = _monitored_item_requests(
                     plan,
@@ -866,7 +911,8 @@ class OpcUaSource:
                 raise ua.uaerrors.UaError(f"Read returned {len(values)} results for {len(part)} nodes")
             received_at = time.time()
             for planned, data_value in zip(plan.nodes[start : start + len(part)], values, strict=True):
-                readings.extend(readings_from_data_value(planned.tags, data_value, received_at=received_at))
+                readings.extend(readings_from_data_value(planned.tags, data_value, received_at=received_at,
+                                                         type_names=self._type_names))
             start += len(part)
         return readings, chunk_size
 

@@ -42,6 +42,7 @@ from gateway.sources.opcua_status import (
     UNSUPPORTED_TYPE_PREFIX,
     _shortest_float32,
     convert_variant,
+    name_unsupported,
     quality_of_status,
 )
 
@@ -120,19 +121,28 @@ class _NotFastPathError(Exception):
 
 
 def decode_data_changes(
-    body: bytes, *, tags_by_handle: Mapping[int, tuple[str, ...]], received_at: float
+    body: bytes,
+    *,
+    tags_by_handle: Mapping[int, tuple[str, ...]],
+    received_at: float,
+    type_names: Mapping[str, str] | None = None,
 ) -> DataChanges | None:
     """Readings from a PublishResponse body (starting at its type NodeId), or None when it is not a plain
     data-change response (see the module docstring). Raises ``ValueError`` for a truncated or malformed body."""
     try:
-        return _decode(body, tags_by_handle, received_at)
+        return _decode(body, tags_by_handle, received_at, type_names)
     except _NotFastPathError:
         return None
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise ValueError(f"malformed PublishResponse: {exc}") from exc
 
 
-def _decode(body: bytes, tags_by_handle: Mapping[int, tuple[str, ...]], received_at: float) -> DataChanges:
+def _decode(
+    body: bytes,
+    tags_by_handle: Mapping[int, tuple[str, ...]],
+    received_at: float,
+    type_names: Mapping[str, str] | None,
+) -> DataChanges:
     position = _expect_type(body, 0, _PUBLISH_RESPONSE)
     # ResponseHeader. A Bad ServiceResult never gets here (asyncua's transport raises it as a ServiceFault).
     _timestamp, _request_handle, _service_result, diagnostics = _RESPONSE_HEADER_HEAD.unpack_from(body, position)
@@ -155,7 +165,8 @@ def _decode(body: bytes, tags_by_handle: Mapping[int, tuple[str, ...]], received
     readings: list[RawReading] = []
     items = unknown = 0
     for _ in range(max(notifications, 0)):
-        position, count, missing = _decode_data_change(body, position, tags_by_handle, received_at, readings)
+        position, count, missing = _decode_data_change(
+            body, position, tags_by_handle, received_at, readings, type_names)
         items += count
         unknown += missing
     # Results (of the acknowledgements sent with the request) and DiagnosticInfos follow; nothing in them
@@ -190,6 +201,7 @@ def _decode_data_change(
     tags_by_handle: Mapping[int, tuple[str, ...]],
     received_at: float,
     readings: list[RawReading],
+    type_names: Mapping[str, str] | None = None,
 ) -> tuple[int, int, int]:
     """One NotificationData ExtensionObject, which must be a DataChangeNotification: appends its readings and
     returns (position after it, items, items with an unknown handle)."""
@@ -248,7 +260,7 @@ def _decode_data_change(
         if quality is Quality.BAD:
             value = None  # OPC UA: the value of a Bad DataValue must be ignored
         elif problem is not None:
-            quality, status, value = Quality.BAD, problem, None
+            quality, status, value = Quality.BAD, name_unsupported(problem, type_names) if type_names else problem, None
         for tag in tags:
             append(RawReading(tag, value, ts, quality, status))
     (diagnostics,) = _I32.unpack_from(body, position)

@@ -15,8 +15,9 @@ Conventions (part of the public contract; the README status list should repeat t
   nested structures and arrays of structures included.
 * A value of a type we do not publish (a structure the server does not describe, Null, DataValue,
   DiagnosticInfo, anything unexpected) becomes quality bad with status ``unsupported_type:<TypeName>``: an
-  undescribed structure is named by its encoding's node id (``unsupported_type:ExtensionObject[ns=2;i=3002]``);
-  an array of something unsupported is named ``Array[<that>]``.
+  undescribed structure is named by its DataType's BrowseName when the source read it at connect
+  (``unsupported_type:PackMLStatus``, see ``name_unsupported``), else by its encoding's node id
+  (``unsupported_type:ExtensionObject[ns=2;i=3002]``); an array of something unsupported is ``Array[<that>]``.
 * Conversions: Boolean → bool; integer types → int; Float/Double → float (Float is rounded to the shortest
   decimal that round-trips through float32, so 3.7f publishes as 3.7 and not 3.700000047683716);
   String/XmlElement → str; LocalizedText → its text; DateTime → ISO 8601 UTC with milliseconds and ``Z``
@@ -57,6 +58,7 @@ from gateway.tagmap.index_range import INDEX_OUT_OF_RANGE, IndexItem, select
 STATUS_NAMESPACE_UNKNOWN = "namespace_unknown"
 STATUS_NODE_ID_INVALID = "node_id_invalid"
 UNSUPPORTED_TYPE_PREFIX = "unsupported_type:"
+STATUS_SHAPE_MISMATCH = "shape_mismatch"
 
 _SEVERITY_MASK = 0xC0000000
 _SEVERITY_UNCERTAIN = 0x40000000
@@ -115,6 +117,9 @@ class OpcUaTagRef:
     identifier: str | int
     namespace_uri: str | None = None
     namespace_index: int | None = None
+    name_structure: bool = False
+    """Read its node's DataType at connect, to name a structure the device cannot decode (the map gives the tag
+    no ``type``, so it may be one)."""
 
 
 # ------------------------------------------------------------------------------------- status codes
@@ -339,13 +344,31 @@ def source_time(data_value: ua.DataValue | None, *, received_at: float) -> float
     return received_at
 
 
+def name_unsupported(status: str, type_names: Mapping[str, str]) -> str:
+    """``unsupported_type:ExtensionObject[<encoding id>]`` (also inside ``Array[...]``) with the structure's type
+    name instead (``unsupported_type:PackMLStatus``) when ``type_names`` (encoding id text -> DataType BrowseName)
+    knows the id; any other status as it is."""
+    marker = "ExtensionObject["
+    start = status.find(marker)
+    if start < 0:
+        return status
+    depth = status.count("Array[", 0, start)
+    name = type_names.get(status[start + len(marker) : len(status) - depth - 1])
+    return status if name is None else status[:start] + name + "]" * depth
+
+
 def readings_from_data_value(
-    tags: Sequence[str], data_value: ua.DataValue | None, *, received_at: float
+    tags: Sequence[str],
+    data_value: ua.DataValue | None,
+    *,
+    received_at: float,
+    type_names: Mapping[str, str] | None = None,
 ) -> list[RawReading]:
     """One RawReading per tag for one DataValue (several tags may name the same node).
 
     Bad status → value None (OPC UA says the value of a Bad DataValue must be ignored). Uncertain keeps
-    the value and carries the status name. An unsupported value type turns the reading bad.
+    the value and carries the status name. An unsupported value type turns the reading bad; an undescribed
+    structure is named from ``type_names`` (see :func:`name_unsupported`).
     """
     ts = source_time(data_value, received_at=received_at)
     if data_value is None:
@@ -355,7 +378,7 @@ def readings_from_data_value(
     if quality is not Quality.BAD:
         value, problem = convert_variant(data_value.Value)
         if problem is not None:
-            quality, status = Quality.BAD, problem
+            quality, status = Quality.BAD, name_unsupported(problem, type_names) if type_names else problem
     return [RawReading(tag=tag, value=value, ts=ts, quality=quality, status=status) for tag in tags]
 
 
@@ -506,4 +529,42 @@ def indexed_readings(
             out.append(reading._replace(value=value))
         else:
             out.append(reading._replace(value=None, quality=Quality.BAD, status=INDEX_OUT_OF_RANGE))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ValueShape:
+    """What a tag map declares about an array or structure tag (``shape`` / ``fields``)."""
+
+    shape: tuple[int, ...] | None = None
+    fields: tuple[str, ...] | None = None
+
+
+def _fits_shape(value: object, shape: Sequence[int]) -> bool:
+    if not shape:
+        return not isinstance(value, list)
+    if not isinstance(value, list) or (shape[0] and len(value) != shape[0]):
+        return False
+    return all(_fits_shape(item, shape[1:]) for item in value)
+
+
+def fits(value: object, declared: ValueShape) -> bool:
+    """Whether ``value`` (as published) has the declared dimensions (0: any length) or exactly the fields."""
+    if declared.shape is not None and not _fits_shape(value, declared.shape):
+        return False
+    if declared.fields is not None:
+        return isinstance(value, dict) and tuple(value) == declared.fields
+    return True
+
+
+def shaped_readings(readings: Sequence[RawReading], shapes: Mapping[str, ValueShape]) -> list[RawReading]:
+    """The readings with every value that does not fit its tag's declared shape turned bad, ``shape_mismatch``
+    (a subscriber relies on ``_meta``'s ``shape``/``fields``). Only tags that declare one pay for this."""
+    out: list[RawReading] = []
+    for reading in readings:
+        declared = shapes.get(reading.tag)
+        if declared is None or reading.value is None or fits(reading.value, declared):
+            out.append(reading)
+        else:
+            out.append(reading._replace(value=None, quality=Quality.BAD, status=STATUS_SHAPE_MISMATCH))
     return out

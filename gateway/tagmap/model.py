@@ -674,6 +674,29 @@ def _rule_address_span(tag: ModbusTag) -> Iterator[Issue]:
         )
 
 
+MAX_SHAPE_DIMENSIONS: Final = 32
+"""Dimensions a ``shape`` may have (far beyond any PLC array; OPC UA itself has no fixed limit)."""
+
+
+def _rule_shape(tag: OpcUaTag) -> Iterator[Issue]:
+    if tag.shape is not None:
+        if not 1 <= len(tag.shape) <= MAX_SHAPE_DIMENSIONS:
+            yield Issue(("shape",), f"shape needs 1 to {MAX_SHAPE_DIMENSIONS} dimensions, got {len(tag.shape)}")
+        for position, size in enumerate(tag.shape):
+            if size < 0:
+                yield Issue(("shape", position), f"a dimension is a length >= 0 (0: any length), not {size}")
+        if tag.fields is not None:
+            yield Issue(("fields",), "a tag is an array (shape) or a structure (fields), not both")
+    if tag.fields is not None:
+        if not tag.fields:
+            yield Issue(("fields",), "fields lists the structure's field names; leave it out when unknown")
+        seen: set[str] = set()
+        for position, name in enumerate(tag.fields):
+            if not name or name in seen:
+                yield Issue(("fields", position), f"field names must be non-empty and unique: {name!r}")
+            seen.add(name)
+
+
 def _index_text(value: Any) -> Any:
     """``index: 5`` (a YAML int) or ``index: '0:9'``; checked by parse_index_range."""
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
@@ -692,6 +715,12 @@ class OpcUaTag(_TagBase):
     """Documentation/meta hint only; the server's variant type is what is read."""
     index: Annotated[str, BeforeValidator(_index_text)] | None = None
     """Array values: publish only this element or range (``5``, ``0:9``, ``1,0:3``; see index_range.py)."""
+    shape: tuple[int, ...] | None = None
+    """Array value: its length per dimension, outermost first (0: any length). Published in ``_meta``; a value
+    of another shape is bad, ``shape_mismatch``. Describes the published value (after ``index``)."""
+    fields: tuple[str, ...] | None = None
+    """Structure value: its field names in order. Published in ``_meta``; a value without exactly these fields
+    is bad, ``shape_mismatch``."""
 
     _node_id: ParsedNodeId | None = PrivateAttr(default=None)
 
@@ -708,6 +737,7 @@ class OpcUaTag(_TagBase):
         except ValueError as exc:
             issues.append(Issue(("node",), str(exc)))
         issues += [*_rule_numeric_only(self, self.type), *_rule_range(self), *_rule_scale_not_zero(self)]
+        issues += [*_rule_shape(self)]
         raise_issues(issues)
         return self
 

@@ -5,8 +5,8 @@ values it has; the gateway (``cellgate run``) reads them, once subscribed and on
 what reaches the broker with what the server serves: the cross-web profile as a JSON array of 120 numbers, the
 PackMLStatus structure as an object with its field names (a nested structure inside), the dryer zones as an
 array of objects. A device that does not load the server's DataTypeDefinitions publishes the structure bad,
-``unsupported_type:ExtensionObject[<type id>]``, and the array still good. A map written by ``cellgate browse``
-runs as is and publishes the structure and the array it found.
+``unsupported_type:<type name>`` (read from the server at connect), and the array still good. A map written by
+``cellgate browse`` runs as is and publishes the structure and the array it found.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 from simulators.machines.coater import PROFILE_ARRAY_LANES, Coater
 from simulators.servers.opcua_server import OpcUaSimulatorServer
@@ -40,6 +41,10 @@ TAGS = (
     f"      - {{name: gauge/lanes011_020, node: '{NSU}.Gauge.ProfileArray', index: '10:19', unit: g/m2}}\n"
     f"      - {{name: dryer/zone03, node: '{NSU}.DryerZoneStatus', index: 2}}\n"
     f"      - {{name: gauge/lane999, node: '{NSU}.Gauge.ProfileArray', index: 999}}\n"
+    f"      - {{name: gauge/profile_shaped, node: '{NSU}.Gauge.ProfileArray', shape: [{PROFILE_ARRAY_LANES}]}}\n"
+    f"      - {{name: gauge/profile_short, node: '{NSU}.Gauge.ProfileArray', shape: [7]}}\n"
+    f"      - {{name: gauge/lanes001_010, node: '{NSU}.Gauge.ProfileArray', index: '0:9', shape: [10]}}\n"
+    f"      - {{name: packml/status_other, node: '{NSU}.PackML.Status', fields: [StateCurrent, Speed]}}\n"
 )
 
 
@@ -132,13 +137,29 @@ async def test_arrays_and_structures_arrive_as_served(running: Running) -> None:
     assert zone is not None and (zone["quality"], zone["value"]) == ("good", zones[2])
     assert past is not None and (past["quality"], past["value"], past["status"]) == ("bad", None, "index_out_of_range")
 
+    # shape / fields declared in the map: published in _meta; a value that does not fit them is bad.
+    declared = [f"{running.prefix}/coater-sub/{tag}" for tag in
+                ("gauge/profile_shaped", "gauge/profile_short", "gauge/lanes001_010", "packml/status_other", "_meta")]
+    messages = await running.subscriber.wait_for(
+        lambda received: all(latest(received, topic) is not None for topic in declared), timeout_s=10.0)
+    shaped, short, ranged, other, meta = (latest(messages, topic) for topic in declared)
+    assert shaped is not None and (shaped["quality"], shaped["value"]) == ("good", profile)
+    assert ranged is not None and (ranged["quality"], ranged["value"]) == ("good", profile[:10])
+    for wrong in (short, other):
+        assert wrong is not None and (wrong["quality"], wrong["value"], wrong["status"]) == ("bad", None,
+                                                                                            "shape_mismatch")
+    assert meta is not None
+    assert meta["tags"]["gauge/profile_shaped"]["shape"] == [PROFILE_ARRAY_LANES]
+    assert meta["tags"]["packml/status_other"]["fields"] == ["StateCurrent", "Speed"]
+    assert "shape" not in meta["tags"]["gauge/coat_weight"] and "fields" not in meta["tags"]["gauge/coat_weight"]
+
     plain_status = latest(messages, f"{running.prefix}/coater-plain/packml/status")
     assert plain_status is not None
     assert (plain_status["quality"], plain_status["value"]) == ("bad", None)
-    assert plain_status["status"].startswith("unsupported_type:ExtensionObject[ns=2;")
+    assert plain_status["status"] == "unsupported_type:PackMLStatus"
     plain_zones = latest(messages, f"{running.prefix}/coater-plain/dryer/zones")
     assert plain_zones is not None and plain_zones["quality"] == "bad"
-    assert plain_zones["status"].startswith("unsupported_type:Array[ExtensionObject[ns=2;")
+    assert plain_zones["status"] == "unsupported_type:Array[DryerZoneStatus]"
     plain_profile = latest(messages, f"{running.prefix}/coater-plain/gauge/profile")
     assert plain_profile is not None and plain_profile["value"] == profile
 
@@ -166,8 +187,9 @@ async def test_a_browsed_map_runs_and_publishes_structures(tmp_path: Path) -> No
                 try:
                     base = f"{enterprise}/site/area/line/coater01"
                     topics = (f"{base}/pack_ml/status", f"{base}/gauge/profile_array")
+                    wanted = (*topics, f"{base}/_meta")
                     messages = await subscriber.wait_for(
-                        lambda received: all(latest(received, topic) is not None for topic in topics), timeout_s=30.0)
+                        lambda received: all(latest(received, topic) is not None for topic in wanted), timeout_s=30.0)
                 finally:
                     gateway.stop()
                     gateway.close()
@@ -176,3 +198,12 @@ async def test_a_browsed_map_runs_and_publishes_structures(tmp_path: Path) -> No
     assert status["value"]["StateCurrent"] == coater.values()["PackML.StateCurrent"]
     assert status["value"]["Counts"]["ProdProcessedCount"] == coater.values()["PackML.ProdProcessedCount"]
     assert profile is not None and (profile["quality"], profile["value"]) == ("good", coater.cross_web_profile())
+    # The browse declared the array's dimensions and the structure's fields; the gateway published them in _meta.
+    written = yaml.safe_load(config.read_text(encoding="utf-8"))
+    tags = {tag["name"]: tag for tag in written["devices"][0]["tags"]}
+    assert tags["gauge/profile_array"]["shape"] == [PROFILE_ARRAY_LANES]
+    assert tags["pack_ml/status"]["fields"] == list(status["value"])
+    meta = latest(messages, f"{base}/_meta")
+    assert meta is not None
+    assert meta["tags"]["gauge/profile_array"]["shape"] == [PROFILE_ARRAY_LANES]
+    assert meta["tags"]["pack_ml/status"]["fields"] == list(status["value"])

@@ -1,0 +1,136 @@
+"""``shape:`` / ``fields:`` on OPC UA tags: validated in the map, published in ``_meta``, values checked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from asyncua import ua
+
+from gateway.browse import shape_of
+from gateway.browse_plan import STRUCTURE, BrowsedVariable, BrowsePlan, _tag_fields
+from gateway.errors import ConfigError
+from gateway.schema import Quality, TagMeta, encode_meta
+from gateway.sources.base import RawReading
+from gateway.sources.opcua_status import ValueShape, fits, name_unsupported, readings_from_data_value, shaped_readings
+from gateway.tagmap import load_plant_from_text
+
+MAP = """gateway: {id: g, enterprise: e, site: s}
+mqtt: {url: 'mqtt://127.0.0.1:1883'}
+devices:
+  - name: d
+    area: a
+    line: l
+    protocol: opcua
+    endpoint: 'opc.tcp://127.0.0.1:4840'
+    tags: [TAGS]
+"""
+
+
+def _load(tags: str) -> Any:
+    return load_plant_from_text(MAP.replace("TAGS", tags), filename="m.yaml", environ={})
+
+
+def test_tag_map_shape_and_fields() -> None:
+    plant = _load("{name: p, node: 'ns=2;s=P', shape: [2, 0]}, {name: s, node: 'ns=2;s=S', fields: [A, B]}")
+    tags = {tag.name: tag for tag in plant.devices[0].tags}
+    assert (tags["p"].shape, tags["p"].fields) == ((2, 0), None)
+    assert (tags["s"].shape, tags["s"].fields) == (None, ("A", "B"))
+
+
+@pytest.mark.parametrize(("tags", "problem"), [
+    ("{name: p, node: 'ns=2;s=P', shape: []}", "shape needs 1 to 32 dimensions, got 0"),
+    ("{name: p, node: 'ns=2;s=P', shape: [3, -1]}", "a dimension is a length >= 0 (0: any length), not -1"),
+    ("{name: p, node: 'ns=2;s=P', shape: [3], fields: [A]}", "an array (shape) or a structure (fields), not both"),
+    ("{name: p, node: 'ns=2;s=P', fields: [A, A]}", "field names must be non-empty and unique: 'A'"),
+    ("{name: p, node: 'ns=2;s=P', fields: []}", "fields lists the structure's field names"),
+])
+def test_bad_shape_or_fields_are_refused(tags: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _load(tags)
+    assert problem in str(caught.value.problems)
+
+
+@pytest.mark.parametrize(("value", "declared", "expected"), [
+    ([1.0, 2.0, 3.0], ValueShape(shape=(3,)), True),
+    ([1.0, 2.0], ValueShape(shape=(3,)), False),
+    ([1.0, 2.0], ValueShape(shape=(0,)), True),
+    ([[1, 2], [3, 4], [5, 6]], ValueShape(shape=(3, 2)), True),
+    ([[1, 2], [3]], ValueShape(shape=(2, 0)), True),
+    ([[1, 2], [3, 4]], ValueShape(shape=(2, 3)), False),
+    ([1, 2], ValueShape(shape=(2, 2)), False),
+    ([[1], [2]], ValueShape(shape=(2,)), False),
+    (5.0, ValueShape(shape=(1,)), False),
+    ({"A": 1, "B": {"C": 2}}, ValueShape(fields=("A", "B")), True),
+    ({"B": 1, "A": 2}, ValueShape(fields=("A", "B")), False),
+    ({"A": 1}, ValueShape(fields=("A", "B")), False),
+    ([{"A": 1}], ValueShape(fields=("A",)), False),
+])
+def test_fits(value: Any, declared: ValueShape, expected: bool) -> None:
+    assert fits(value, declared) is expected
+
+
+def test_shaped_readings_mark_only_misfits_bad() -> None:
+    readings = [
+        RawReading("ok", [1, 2], 1.0, Quality.GOOD, None),
+        RawReading("short", [1], 1.0, Quality.GOOD, None),
+        RawReading("undeclared", [1], 1.0, Quality.GOOD, None),
+        RawReading("already_bad", None, 1.0, Quality.BAD, "comm_failure"),
+    ]
+    shapes = {name: ValueShape(shape=(2,)) for name in ("ok", "short", "already_bad")}
+    assert shaped_readings(readings, shapes) == [
+        readings[0],
+        RawReading("short", None, 1.0, Quality.BAD, "shape_mismatch"),
+        readings[2],
+        readings[3],
+    ]
+
+
+def test_meta_carries_shape_and_fields_only_when_declared() -> None:
+    tags = [TagMeta(tag="scalar", type="float64"), TagMeta(tag="profile", type="float64", shape=(120,)),
+            TagMeta(tag="status", type="", fields=("StateCurrent", "Counts"))]
+    entries = orjson.loads(encode_meta(device="d", protocol="opcua", tags=tags, publish_mode="change",
+                                       interval_ms=1000))["tags"]
+    assert "shape" not in entries["scalar"] and "fields" not in entries["scalar"]
+    assert entries["profile"]["shape"] == [120]
+    assert entries["status"]["fields"] == ["StateCurrent", "Counts"]
+
+
+@pytest.mark.parametrize(("rank", "dimensions", "expected"), [
+    (-1, None, None), (0, None, None), (-2, None, None),
+    (1, [120], (120,)), (2, [3, 4], (3, 4)), (1, None, (0,)), (2, [5], (0, 0)), (1, [0], (0,)),
+])
+def test_browse_dimensions(rank: int, dimensions: list[int] | None, expected: tuple[int, ...] | None) -> None:
+    assert shape_of(rank, dimensions) == expected
+
+
+def test_browse_writes_shape_and_fields() -> None:
+    plan = BrowsePlan(devices=[], templates={})
+    array = BrowsedVariable(path=("P",), node_id="nsu=u;s=P", data_type=11, data_type_name="Double", value_rank=1,
+                            dimensions=(120,))
+    structure = BrowsedVariable(path=("S",), node_id="nsu=u;s=S", data_type=None, data_type_name="PackMLStatus",
+                                data_type_kind=STRUCTURE, fields=("StateCurrent", "Counts"))
+    assert _tag_fields(array, plan)["shape"] == [120]
+    assert _tag_fields(structure, plan)["fields"] == ["StateCurrent", "Counts"]
+
+
+@pytest.mark.parametrize(("status", "expected"), [
+    ("unsupported_type:ExtensionObject[ns=2;i=3002]", "unsupported_type:PackMLStatus"),
+    ("unsupported_type:Array[ExtensionObject[ns=2;i=3002]]", "unsupported_type:Array[PackMLStatus]"),
+    ("unsupported_type:Array[Array[ExtensionObject[ns=2;i=3002]]]", "unsupported_type:Array[Array[PackMLStatus]]"),
+    ("unsupported_type:ExtensionObject[ns=2;i=9999]", "unsupported_type:ExtensionObject[ns=2;i=9999]"),
+    ("unsupported_type:DiagnosticInfo", "unsupported_type:DiagnosticInfo"),
+    ("decode_error", "decode_error"),
+])
+def test_undescribed_structure_is_named(status: str, expected: str) -> None:
+    assert name_unsupported(status, {"ns=2;i=3002": "PackMLStatus"}) == expected
+
+
+def test_readings_name_an_undescribed_structure() -> None:
+    body = ua.ExtensionObject(TypeId=ua.NodeId(3002, 2), Body=b"\x01")
+    data_value = ua.DataValue(ua.Variant(body, ua.VariantType.ExtensionObject))
+    [named] = readings_from_data_value(("s",), data_value, received_at=1.0, type_names={"ns=2;i=3002": "PackMLStatus"})
+    assert (named.quality, named.value, named.status) == (Quality.BAD, None, "unsupported_type:PackMLStatus")
+    [plain] = readings_from_data_value(("s",), data_value, received_at=1.0)
+    assert plain.status == "unsupported_type:ExtensionObject[ns=2;i=3002]"
