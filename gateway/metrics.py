@@ -34,6 +34,16 @@ class DeviceState:
     """Messages queued for this device since the gateway started."""
     last_message_at: float | None
     """Wall-clock time of the last batch of readings turned into messages (the last good read)."""
+    source_stats: object | None = None
+    """The source's own counters (gateway.sources: UnitStats, OpcUaSourceStats), read by attribute name."""
+
+    def source_count(self, *names: str) -> int | None:
+        """The first of ``names`` the source's counters have (Modbus and OPC UA name some alike counts apart)."""
+        for name in names:
+            value = getattr(self.source_stats, name, None)
+            if isinstance(value, int):
+                return value
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +86,46 @@ class GatewayState:
     reloads: int
     stalled_s: float
     events: tuple[LinkEvent, ...]
+
+
+_SOURCE_COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("poll_cycles", "Poll cycles run (Modbus units, OPC UA poll mode)", ("cycles", "polls")),
+    ("poll_overruns", "Poll cycles that ran past their interval", ("overruns", "poll_overruns")),
+    (
+        "poll_skipped_cycles",
+        "Polls the fixed rate asked for that overruns cost",
+        ("skipped_cycles", "poll_skipped_cycles"),
+    ),
+    ("device_missed_cycles", "Intervals that passed without a good read (link down, back-off)", ("missed_cycles",)),
+    ("device_link_losses", "OPC UA connections lost", ("link_losses",)),
+    ("device_notifications", "OPC UA data change notifications", ("notifications",)),
+)
+_READ_ERRORS: tuple[tuple[str, str], ...] = (
+    ("comm_failure", "comm_failures"),
+    ("timeout", "timeouts"),
+    ("exception", "exception_responses"),
+    ("request_error", "request_errors"),
+    ("connect_failure", "connect_failures"),
+)
+
+
+def _source_families(devices: tuple[DeviceState, ...]) -> Iterator[Metric]:
+    for name, doc, attributes in _SOURCE_COUNTERS:
+        family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=["device"])
+        for device in devices:
+            value = device.source_count(*attributes)
+            if value is not None:
+                family.add_metric([device.name], value)
+        yield family
+    errors = CounterMetricFamily(
+        f"{PREFIX}_device_read_errors", "Failed reads or connects by result", labels=["device", "result"]
+    )
+    for device in devices:
+        for result, attribute in _READ_ERRORS:
+            value = device.source_count(attribute)
+            if value is not None:
+                errors.add_metric([device.name, result], value)
+    yield errors
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -130,6 +180,7 @@ class GatewayCollector(Collector):
             if device.last_message_at is not None:
                 last.add_metric([device.name], device.last_message_at)
         yield from (up, since, last, tags, messages)
+        yield from _source_families(s.devices)
         yield _counter("messages_queued", "Messages put into the queue", s.messages_queued)
         yield _gauge("queue_messages", "Messages waiting in the queue", s.queue_messages)
         yield _gauge("queue_capacity_messages", "Capacity of the queue (gateway.queue_size)", s.queue_capacity)

@@ -109,6 +109,8 @@ class _DeviceChannel:
         self._events = events
         self.tags = len(outbound.tag_names)
         self.last_message_at: float | None = None
+        self.source_stats: object | None = None
+        """The source's counters for this device, read at metrics scrapes (see DeviceLink.show_stats)."""
         self._gateway_id = gateway_id
         self._seq_budget = seq_budget
         self._queue = queue
@@ -153,7 +155,10 @@ class _DeviceChannel:
         )
 
     def link(self) -> DeviceLink:
-        return DeviceLink(emit=self.emit, report_link=self.report_link)
+        return DeviceLink(emit=self.emit, report_link=self.report_link, show_stats=self._show_stats)
+
+    def _show_stats(self, stats: object) -> None:
+        self.source_stats = stats
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +295,7 @@ class Gateway:
                     tags=channel.tags,
                     messages=per_device.get(name, 0),
                     last_message_at=channel.last_message_at,
+                    source_stats=channel.source_stats,
                 )
                 for name, channel in self._channels.items()
             ),

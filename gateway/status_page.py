@@ -32,6 +32,10 @@ def _when(at: float | None, now: float) -> str:
     return f"{stamp} ({max(0.0, now - at):.0f} s ago)"
 
 
+def _or_dash(value: int | None) -> str:
+    return "–" if value is None else str(value)
+
+
 def _link(device: DeviceState) -> tuple[str, str]:
     if device.connected is None:
         return "unknown", "unknown"
@@ -51,6 +55,7 @@ def _device_row(device: DeviceState, state: GatewayState) -> str:
         f'<td class="err">{escape(device.error or "")}</td>'
         f"<td>{device.tags}</td>"
         f"<td>{rate:.1f}</td>"
+        f"<td>{_or_dash(device.source_count('overruns', 'poll_overruns'))}</td>"
         "</tr>"
     )
 
@@ -87,7 +92,7 @@ def render_status(state: GatewayState, ready: Readiness) -> str:
 <p id="ready" class="{ready_css}">{"ready" if ready.ready else "not ready: " + escape(not_ready)}</p>
 <h2>Devices <span id="devices-up">{up}/{len(state.devices)}</span> up</h2>
 <div class="wrap"><table id="devices"><thead><tr><th>Device</th><th>Link</th><th>Since</th><th>Last good read</th>
-<th>Error</th><th>Tags</th><th>Msgs/s</th></tr></thead><tbody>{rows}</tbody></table></div>
+<th>Error</th><th>Tags</th><th>Msgs/s</th><th>Overruns</th></tr></thead><tbody>{rows}</tbody></table></div>
 <h2>Output</h2>
 <dl>
 <dt>Broker</dt><dd id="broker" class="{broker_css}">{broker_text} ({escape(state.broker)})</dd>

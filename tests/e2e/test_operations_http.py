@@ -110,6 +110,11 @@ def test_a_real_scrape_passes_promtool_and_carries_the_gateway_metrics(running: 
     assert "process_cpu_seconds_total" in text
     published = next(line for line in text.splitlines() if line.startswith("cellgate_messages_published_total "))
     assert float(published.split()[1]) > 0
+    # The Modbus source's own counters, kept by its poll loop, reach the registry.
+    cycles = next(line for line in text.splitlines() if line.startswith('cellgate_poll_cycles_total{device="rack-01"}'))
+    assert float(cycles.split()[-1]) > 0
+    assert 'cellgate_poll_overruns_total{device="rack-01"}' in text
+    assert 'cellgate_device_read_errors_total{device="rack-01",result="timeout"}' in text
     # Labels stay bounded: no per-tag series.
     assert "ch001" not in text
 

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from gateway.health import PUBLISH_STALL_S, PipelineView, ProgressWatch, readiness
 from gateway.http_server import OpsHttp, serve_http
 from gateway.metrics import DeviceState, GatewayState, LinkEvent, build_registry
+from gateway.sources.modbus import UnitStats
 from gateway.status_page import render_status
 from gateway.tagmap import HttpSection
 from tests.support.sim import free_tcp_port
@@ -59,6 +60,23 @@ def test_the_collector_reads_the_state_at_scrape_time() -> None:
     assert families["cellgate_build_info"].samples[0].labels["version"] == "1.2.3"
     assert "process_cpu_seconds" in families
     assert len(calls) == 1
+
+
+def test_source_counters_are_exported_per_device_with_bounded_labels() -> None:
+    stats = UnitStats(cycles=12, overruns=2, timeouts=3)
+    state = replace(STATE, devices=(replace(device("rack-01", connected=True), source_stats=stats),))
+    families = {
+        f.name: f for f in text_string_to_metric_families(generate_latest(build_registry(lambda: state)).decode())
+    }
+    assert families["cellgate_poll_cycles"].samples[0].value == 12
+    stats.overruns = 5  # read at scrape time, not copied
+    families = {
+        f.name: f for f in text_string_to_metric_families(generate_latest(build_registry(lambda: state)).decode())
+    }
+    assert families["cellgate_poll_overruns"].samples[0].value == 5
+    errors = {s.labels["result"]: s.value for s in families["cellgate_device_read_errors"].samples}
+    assert errors == {"comm_failure": 0, "timeout": 3, "exception": 0, "request_error": 0}
+    assert ">5<" in render_status(state, readiness(state))  # the overruns column
 
 
 def test_readiness_names_each_failing_check() -> None:
