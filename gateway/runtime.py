@@ -135,7 +135,8 @@ class _DeviceChannel:
         budget.left += need - len(messages)
         if not messages:
             return
-        self.last_message_at = now
+        if self.connected:
+            self.last_message_at = now  # a good read: not the bad readings sent while the link is down
         await self._queue.put(messages)
         self._counters.messages_queued += len(messages)
         name = self.outbound.device

@@ -20,16 +20,19 @@ h1{font-size:1.2rem;margin:0.2rem 0}h2{font-size:1rem;margin:1rem 0 0.3rem}
 table{border-collapse:collapse;width:100%;font-size:0.9rem}
 th,td{text-align:left;padding:0.25rem 0.4rem;border-bottom:1px solid #ddd;vertical-align:top}
 .wrap{overflow-x:auto}.up{color:#0a6b1f;font-weight:600}.down{color:#b00020;font-weight:600}
-.unknown{color:#666}.err{color:#b00020;word-break:break-word}dl{display:grid;grid-template-columns:auto 1fr;
+.unknown{color:#666}.err{color:#b00020;overflow-wrap:anywhere}dl{display:grid;grid-template-columns:auto 1fr;
 gap:0.2rem 0.8rem;margin:0}dt{color:#555}dd{margin:0}
+@media (max-width:640px){#devices thead{display:none}#devices tr{display:block;border-bottom:2px solid #bbb;
+padding:0.3rem 0}#devices td{display:grid;grid-template-columns:7.5rem 1fr;border:0;padding:0.1rem 0.2rem}
+#devices td::before{content:attr(data-label);color:#555}}
 """
 
 
 def _when(at: float | None, now: float) -> str:
     if at is None:
         return "never"
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
-    return f"{stamp} ({max(0.0, now - at):.0f} s ago)"
+    full = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    return f'<time title="{full}">{full[11:]}</time> ({max(0.0, now - at):.0f} s ago)'
 
 
 def _or_dash(value: int | None) -> str:
@@ -48,14 +51,14 @@ def _device_row(device: DeviceState, state: GatewayState) -> str:
     rate = device.messages / running_s
     return (
         f'<tr id="device-{escape(device.name)}" data-link="{text}">'
-        f"<td>{escape(device.name)}<br><small>{escape(device.protocol)}</small></td>"
-        f'<td class="{css}">{text}</td>'
-        f"<td>{_when(device.since, state.now)}</td>"
-        f"<td>{_when(device.last_message_at, state.now)}</td>"
-        f'<td class="err">{escape(device.error or "")}</td>'
-        f"<td>{device.tags}</td>"
-        f"<td>{rate:.1f}</td>"
-        f"<td>{_or_dash(device.source_count('overruns', 'poll_overruns'))}</td>"
+        f'<td data-label="Device"><span>{escape(device.name)} <small>{escape(device.protocol)}</small></span></td>'
+        f'<td data-label="Link" class="{css}">{text}</td>'
+        f'<td data-label="Since"><span>{_when(device.since, state.now)}</span></td>'
+        f'<td data-label="Last good read"><span>{_when(device.last_message_at, state.now)}</span></td>'
+        f'<td data-label="Error" class="err">{escape(device.error or "")}</td>'
+        f'<td data-label="Tags">{device.tags}</td>'
+        f'<td data-label="Msgs/s">{rate:.1f}</td>'
+        f'<td data-label="Overruns">{_or_dash(device.source_count("overruns", "poll_overruns"))}</td>'
         "</tr>"
     )
 

@@ -76,7 +76,7 @@ def test_source_counters_are_exported_per_device_with_bounded_labels() -> None:
     assert families["cellgate_poll_overruns"].samples[0].value == 5
     errors = {s.labels["result"]: s.value for s in families["cellgate_device_read_errors"].samples}
     assert errors == {"comm_failure": 0, "timeout": 3, "exception": 0, "request_error": 0}
-    assert ">5<" in render_status(state, readiness(state))  # the overruns column
+    assert 'data-label="Overruns">5<' in render_status(state, readiness(state))
 
 
 def test_readiness_names_each_failing_check() -> None:
