@@ -12,12 +12,14 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
+from gateway.errors import ConfigError
 from gateway.health import PUBLISH_STALL_S, PipelineView, ProgressWatch, readiness
 from gateway.http_server import OpsHttp, serve_http
 from gateway.metrics import DeviceState, GatewayState, LinkEvent, build_registry
 from gateway.sources.modbus import UnitStats
 from gateway.status_page import render_status
-from gateway.tagmap import HttpSection
+from gateway.tagmap import HttpSection, load_plant
+from tests.support.gateway import DEMO_CONFIG
 from tests.support.sim import free_tcp_port
 
 
@@ -159,3 +161,10 @@ async def test_a_token_guards_every_route_over_a_real_socket() -> None:
         server.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await server
+
+
+def test_the_environment_sets_the_listener_and_an_open_address_without_a_token_is_refused() -> None:
+    plant = load_plant(DEMO_CONFIG, environ={"CELLGATE_HTTP__LISTEN": "127.0.0.1:9200"})
+    assert plant.http.host_port == ("127.0.0.1", 9200)
+    with pytest.raises(ConfigError, match="token_file"):
+        load_plant(DEMO_CONFIG, environ={"CELLGATE_HTTP__LISTEN": "0.0.0.0:9108"})
