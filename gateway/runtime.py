@@ -326,7 +326,13 @@ class Gateway:
         settings = self.plant.http
         if settings.host_port is None:
             return
-        ops = OpsHttp(state=self.state, registry=build_registry(self.state), token=read_token(settings.token_file))
+        try:
+            token = read_token(settings.token_file)
+        except (OSError, ValueError) as exc:
+            # Fail closed: no listener rather than one without its token; data acquisition goes on.
+            log.error("http_token_unreadable", token_file=settings.token_file, error=str(exc))
+            return
+        ops = OpsHttp(state=self.state, registry=build_registry(self.state), token=token)
         await serve_http(ops, *settings.host_port)
 
     # --------------------------------------------------------------------------------- supervision
