@@ -10,10 +10,13 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from gateway.sources.base import POLL_SECONDS_BUCKETS, CycleTimes
 
 PREFIX = "cellgate"
 
@@ -117,6 +120,16 @@ def _source_families(devices: tuple[DeviceState, ...]) -> Iterator[Metric]:
             if value is not None:
                 family.add_metric([device.name], value)
         yield family
+    histogram = HistogramMetricFamily(
+        f"{PREFIX}_device_poll_seconds", "Poll cycle time: reads and hand-over to the queue", labels=["device"]
+    )
+    for device in devices:
+        times = getattr(device.source_stats, "cycle_times", None)
+        if isinstance(times, CycleTimes):
+            cumulative = list(accumulate(times.counts))
+            buckets = [(str(bound), count) for bound, count in zip(POLL_SECONDS_BUCKETS, cumulative, strict=False)]
+            histogram.add_metric([device.name], [*buckets, ("+Inf", cumulative[-1])], times.sum_s)
+    yield histogram
     errors = CounterMetricFamily(
         f"{PREFIX}_device_read_errors", "Failed reads or connects by result", labels=["device", "result"]
     )

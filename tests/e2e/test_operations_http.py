@@ -114,6 +114,10 @@ def test_a_real_scrape_passes_promtool_and_carries_the_gateway_metrics(running: 
     cycles = next(line for line in text.splitlines() if line.startswith('cellgate_poll_cycles_total{device="rack-01"}'))
     assert float(cycles.split()[-1]) > 0
     assert 'cellgate_poll_overruns_total{device="rack-01"}' in text
+    poll_count = next(
+        line for line in text.splitlines() if line.startswith('cellgate_device_poll_seconds_count{device="rack-01"}')
+    )
+    assert float(poll_count.split()[-1]) > 0
     assert 'cellgate_device_read_errors_total{device="rack-01",result="timeout"}' in text
     # Labels stay bounded: no per-tag series.
     assert "ch001" not in text

@@ -81,6 +81,19 @@ def test_source_counters_are_exported_per_device_with_bounded_labels() -> None:
     assert 'data-label="Overruns">5<' in render_status(state, readiness(state))
 
 
+def test_poll_cycle_times_form_a_cumulative_histogram() -> None:
+    stats = UnitStats()
+    for seconds in (0.004, 0.02, 0.02, 30.0):
+        stats.cycle_times.observe(seconds)
+    state = replace(STATE, devices=(replace(device("rack-01", connected=True), source_stats=stats),))
+    text = generate_latest(build_registry(lambda: state)).decode()
+    family = next(f for f in text_string_to_metric_families(text) if f.name == "cellgate_device_poll_seconds")
+    buckets = {s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")}
+    assert (buckets["0.005"], buckets["0.01"], buckets["0.025"], buckets["10.0"], buckets["+Inf"]) == (1, 1, 3, 3, 4)
+    count = next(s.value for s in family.samples if s.name.endswith("_count"))
+    assert count == 4
+
+
 def test_readiness_names_each_failing_check() -> None:
     assert readiness(STATE).ready
     nobody_up = replace(STATE, devices=(device("rack-02", connected=False),))
