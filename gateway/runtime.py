@@ -41,7 +41,7 @@ from gateway.assembly import DeviceLink, SourceTask, active_devices, build_outbo
 from gateway.backoff import Backoff
 from gateway.encoders.uns_json import UnsJsonEncoder
 from gateway.errors import ConfigError, SinkError
-from gateway.health import PipelineView, ProgressWatch, report_health
+from gateway.health import HEALTH_INTERVAL_S, PipelineView, ProgressWatch, report_health
 from gateway.http_server import OpsHttp, read_token, serve_http
 from gateway.metrics import DeviceState, GatewayState, LinkEvent, build_registry
 from gateway.mqtt.connection import MqttSink
@@ -267,7 +267,10 @@ class Gateway:
 
     async def _report_health(self, sink: MqttSink, forwarder: StoreAndForward) -> None:
         if self._notifier is None:
-            return
+            # No systemd: still sample progress regularly, so /readyz judges a stall as the watchdog would.
+            while True:
+                self._progress.stalled_s()
+                await asyncio.sleep(HEALTH_INTERVAL_S)
         pipeline = self._pipeline_view()
         await report_health(self._notifier, pipeline=pipeline, sink=sink, forwarder=forwarder, watch=self._progress)
 
