@@ -19,10 +19,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cellgate demo
 
-## test: lint, types and the whole test suite (installs Mosquitto, socat, Node.js + node-opcua when missing;
+## test: lint, types and the whole test suite (installs Mosquitto, socat, Node.js + node-opcua, promtool, Chromium when missing;
 ##       as root also the Debian package tools for tests/package)
 test: $(STAMP)
-	.ci/ensure-system-packages mosquitto mosquitto-clients socat nodejs npm
+	.ci/ensure-system-packages mosquitto mosquitto-clients socat nodejs npm prometheus chromium
 	cd tests/interop && npm ci --no-audit --no-fund --loglevel=error
 	# tests/package installs the .deb it builds, so it runs as root only (CI); it needs the build tools then.
 	if [ "$$(id -u)" -eq 0 ]; then .ci/ensure-system-packages $(DEB_BUILD_PACKAGES); fi

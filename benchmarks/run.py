@@ -42,11 +42,13 @@ import json
 import math
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -330,6 +332,29 @@ def security_cost_lines(results: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+SCRAPE_EVERY_S = 1.0
+"""With --metrics on, /metrics is scraped this often during the window (Prometheus' default is 15 s)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _scrape_for(port: int | None, duration_s: float) -> int:
+    """Sleep ``duration_s``; with a metrics port, GET /metrics every SCRAPE_EVERY_S meanwhile. Returns scrapes."""
+    end = time.monotonic() + duration_s
+    scrapes = 0
+    while (left := end - time.monotonic()) > 0:
+        if port is not None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+                answer.read()
+            scrapes += 1
+        time.sleep(min(SCRAPE_EVERY_S, max(0.0, end - time.monotonic())) if port is not None else left)
+    return scrapes
+
+
 def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"cellgate-bench-{plan.scenario}-{plan.mode}-"))
     broker = Broker(workdir, max_inflight_messages=args.broker_inflight)
@@ -345,7 +370,9 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         ready = server.wait_for_prefix("ready ", plan.server_ready_s)
         addresses = ready.split("=", 1)[1].split(",")
         config = workdir / "tagmap.yaml"
-        config.write_text(plan.tag_map(broker.url, addresses), encoding="utf-8")
+        metrics_port = _free_port() if args.metrics == "on" else None
+        http = f'"127.0.0.1:{metrics_port}"' if metrics_port is not None else "null"
+        config.write_text(plan.tag_map(broker.url, addresses) + f"\nhttp:\n  listen: {http}\n", encoding="utf-8")
         plant = load_plant(config, environ={})
         expected = {f"{tagmaps.ENTERPRISE}/{tagmaps.SITE}/{d.area}/{d.line}/{d.name}/{t.name}"
                     for d in plant.devices for t in d.tags}
@@ -387,7 +414,8 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         subscriber.wait_for_prefix("started", 30)
         window_started = time.monotonic()
         window_wall = (time.time(), 0.0)
-        time.sleep(args.duration_s)
+        scrapes = _scrape_for(metrics_port, args.duration_s)
+        result["metrics"] = {"listener": args.metrics, "scrapes": scrapes, "scrape_every_s": SCRAPE_EVERY_S}
         window_wall = (window_wall[0], time.time())
         after = {name: [proc_sample(pid) for pid in group] for name, group in pids.items()}
         busy_after = machine_busy_ticks()
@@ -564,6 +592,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=(*SCENARIOS, *SCENARIO_GROUPS, "all"), default="all")
     parser.add_argument("--mode", choices=("tag", "batch", "both"), default="both")
+    parser.add_argument("--metrics", choices=("on", "off"), default="on",
+                        help="the gateway's HTTP listener (/metrics scraped every 1 s during the window) or none")
     parser.add_argument("--duration-s", type=float, default=20.0, help="measured window (default 20)")
     parser.add_argument("--warmup-s", type=float, default=5.0, help="excluded after start-up (default 5)")
     parser.add_argument("--interval-ms", type=int, default=None, help="poll/publishing interval for every scenario")

@@ -33,6 +33,8 @@ class DeviceLink:
 
     emit: Emit
     report_link: ReportLink
+    show_stats: Callable[[object], None] = lambda stats: None
+    """Hands the source's counters object (UnitStats, OpcUaSourceStats) to the runtime, read at metrics scrapes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,9 +189,12 @@ def _modbus_tasks(devices: list[ModbusDevice], links: Mapping[str, DeviceLink]) 
                 )
                 for name, interval_ms, plan in units_plan
             ]
-            return ModbusConnection(
+            connection = ModbusConnection(
                 endpoint=endpoint, units=units, timeout_ms=timeout_ms, max_concurrent_requests=max_concurrent_requests
-            ).run()
+            )
+            for name, _, _ in units_plan:
+                links[name].show_stats(connection.stats[name])
+            return connection.run()
 
         tasks.append(
             SourceTask(name=f"modbus[{endpoint}]", devices=tuple(d.name for d in members), run=run)
@@ -306,6 +311,7 @@ def _opcua_task(
     def run() -> Awaitable[None]:
         link = links[name]  # looked up at each start: a reload may have replaced the device's channel
         source = OpcUaSource(device=name, options=options, tags=refs, security=security)
+        link.show_stats(source.stats)
         checked = indexed_emit(link.emit, indexes, shapes) if indexes or shapes else link.emit
         return source.run(checked, link.report_link)
 

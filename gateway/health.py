@@ -14,6 +14,7 @@ from typing import Protocol
 
 import structlog
 
+from gateway.metrics import GatewayState
 from gateway.notify import SystemdNotifier
 
 log = structlog.get_logger("cellgate.health")
@@ -67,6 +68,27 @@ class PipelineView:
     """Batches waiting in the queue now."""
 
 
+class ProgressWatch:
+    """Whether queued messages keep moving: the one meaning of "stalled" for the watchdog and ``/readyz``."""
+
+    def __init__(self, pipeline: PipelineView, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._pipeline = pipeline
+        self._clock = clock
+        self._last_forwarded = pipeline.forwarded()
+        self._last_progress = clock()
+
+    def stalled_s(self) -> float:
+        """Seconds the queue has held messages without any batch moving on (0 while it moves or is empty)."""
+        forwarded = self._pipeline.forwarded()
+        if forwarded != self._last_forwarded or not self._pipeline.queued():
+            self._last_forwarded = forwarded
+            self._last_progress = self._clock()
+        return self._clock() - self._last_progress
+
+    def stalled(self) -> bool:
+        return self.stalled_s() >= PUBLISH_STALL_S
+
+
 def health_text(*, connected: int, devices: int, broker_connected: bool, spooled: int | None) -> str:
     """The one-line STATUS= text; ``spooled`` None when the spool is unavailable."""
     broker = "connected" if broker_connected else "disconnected"
@@ -75,7 +97,12 @@ def health_text(*, connected: int, devices: int, broker_connected: bool, spooled
 
 
 async def report_health(
-    notifier: SystemdNotifier, *, pipeline: PipelineView, sink: SinkHealth, forwarder: SpoolHealth
+    notifier: SystemdNotifier,
+    *,
+    pipeline: PipelineView,
+    sink: SinkHealth,
+    forwarder: SpoolHealth,
+    watch: ProgressWatch | None = None,
 ) -> None:
     """systemd: READY=1 after the first publish or spool write; WATCHDOG=1 only while the pipeline moves.
 
@@ -92,8 +119,7 @@ async def report_health(
         )
 
     interval = notifier.watchdog_interval_s or HEALTH_INTERVAL_S
-    last_forwarded = pipeline.forwarded()
-    last_progress = time.monotonic()
+    watch = watch or ProgressWatch(pipeline)
     # Until READY systemd's start timeout applies, not the watchdog: look often, ping nothing.
     while True:
         if sink.delivered or sink.control_delivered or forwarder.spooled_total or forwarder.lost_by_reason:
@@ -102,14 +128,31 @@ async def report_health(
     notifier.ready(text())
     log.info("gateway_ready")
     while True:
-        forwarded = pipeline.forwarded()
-        if forwarded != last_forwarded or not pipeline.queued():
-            last_forwarded = forwarded
-            last_progress = time.monotonic()
-        stalled_s = time.monotonic() - last_progress
+        stalled_s = watch.stalled_s()
         if stalled_s < PUBLISH_STALL_S:
             notifier.watchdog()
         else:
             log.error("pipeline_stalled", queued=pipeline.queued(), stalled_s=round(stalled_s, 1))
         notifier.status(text())
         await asyncio.sleep(min(interval, HEALTH_INTERVAL_S))
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """``/readyz``: ready when every check holds; ``checks`` names each with its outcome."""
+
+    ready: bool
+    checks: dict[str, bool]
+
+
+def readiness(state: GatewayState) -> Readiness:
+    """Ready: the map is loaded (the gateway runs), output can deliver or spool under its cap, the pipeline is not
+    stalled (as the watchdog sees it) and at least one device is up."""
+    spool_room = state.spool_available and state.spool_bytes < state.spool_max_bytes
+    checks = {
+        "map_loaded": True,
+        "output": state.mqtt_connected or spool_room,
+        "not_stalled": state.stalled_s < PUBLISH_STALL_S,
+        "device_up": any(device.connected for device in state.devices),
+    }
+    return Readiness(all(checks.values()), checks)

@@ -51,7 +51,7 @@ class PlantFingerprint:
         )
 
 
-RELOADABLE_ONLY_BY_RESTART = ("gateway", "mqtt", "spool")
+RELOADABLE_ONLY_BY_RESTART = ("gateway", "mqtt", "spool", "http")
 
 
 def plan_reload(

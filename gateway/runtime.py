@@ -29,6 +29,7 @@ import contextlib
 import random
 import signal
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,9 @@ from gateway.assembly import DeviceLink, SourceTask, active_devices, build_outbo
 from gateway.backoff import Backoff
 from gateway.encoders.uns_json import UnsJsonEncoder
 from gateway.errors import ConfigError, SinkError
-from gateway.health import PipelineView, report_health
+from gateway.health import HEALTH_INTERVAL_S, PipelineView, ProgressWatch, report_health
+from gateway.http_server import OpsHttp, read_token, serve_http
+from gateway.metrics import DeviceState, GatewayState, LinkEvent, build_registry
 from gateway.mqtt.connection import MqttSink
 from gateway.notify import SystemdNotifier
 from gateway.outbound import DeviceOutbound, Message
@@ -66,6 +69,9 @@ SUPERVISOR_BACKOFF = Backoff(min_s=1.0, max_s=60.0, jitter=0.2)
 
 GATEWAY_STOPPED_ERROR = "gateway stopped"
 """The ``error`` of every equipment's retained ``_status`` after a clean stop."""
+
+LINK_EVENTS_KEPT = 20
+"""Device link changes the status page lists."""
 
 SEQ_CHECKPOINT_S = 5.0
 """How often the seq reservation is renewed while running (see gateway.seq_reservation)."""
@@ -97,8 +103,14 @@ class _DeviceChannel:
         clock: Callable[[], float],
         gateway_id: str,
         seq_budget: SeqBudget,
+        events: deque[LinkEvent],
     ) -> None:
         self.outbound = outbound
+        self._events = events
+        self.tags = len(outbound.tag_names)
+        self.last_message_at: float | None = None
+        self.source_stats: object | None = None
+        """The source's counters for this device, read at metrics scrapes (see DeviceLink.show_stats)."""
         self._gateway_id = gateway_id
         self._seq_budget = seq_budget
         self._queue = queue
@@ -109,15 +121,22 @@ class _DeviceChannel:
         self.error: str | None = None
         self._since = clock()
 
+    @property
+    def since(self) -> float:
+        return self._since
+
     async def emit(self, readings: Sequence[RawReading]) -> None:
         # No seq number goes out before a durable reservation covers it (waits only when the budget is spent).
         budget = self._seq_budget
         need = self.outbound.seq_need(readings)
         await budget.take(need)
-        messages = self.outbound.messages(readings, self._clock())
+        now = self._clock()
+        messages = self.outbound.messages(readings, now)
         budget.left += need - len(messages)
         if not messages:
             return
+        if self.connected:
+            self.last_message_at = now  # a good read: not the bad readings sent while the link is down
         await self._queue.put(messages)
         self._counters.messages_queued += len(messages)
         name = self.outbound.device
@@ -130,13 +149,17 @@ class _DeviceChannel:
             self._since = self._clock()  # "since" is when the link changed, not when its error text did
         self.connected = connected
         self.error = error
+        self._events.append(LinkEvent(self._clock(), self.outbound.device, connected, error))
         log.info("device_link", device=self.outbound.device, connected=connected, error=error)
         self._on_status(
             self.outbound.status_message(connected=connected, since=self._since, error=error, gateway=self._gateway_id)
         )
 
     def link(self) -> DeviceLink:
-        return DeviceLink(emit=self.emit, report_link=self.report_link)
+        return DeviceLink(emit=self.emit, report_link=self.report_link, show_stats=self._show_stats)
+
+    def _show_stats(self, stats: object) -> None:
+        self.source_stats = stats
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +199,9 @@ class Gateway:
         self._sink: MqttSink | None = None
         self._forwarder: StoreAndForward | None = None
         self._state_dir_used = False
+        self._events: deque[LinkEvent] = deque(maxlen=LINK_EVENTS_KEPT)
+        self._started = clock()
+        self._progress = ProgressWatch(self._pipeline_view())
         self._seq = SeqReservations(
             SeqFileStore(state_dir), snapshot=self._seq_snapshot_by_device, period_s=SEQ_CHECKPOINT_S
         )
@@ -229,18 +255,88 @@ class Gateway:
 
     # ---------------------------------------------------------------------------------- health
 
-    async def _report_health(self, sink: MqttSink, forwarder: StoreAndForward) -> None:
-        if self._notifier is None:
-            return
+    def _pipeline_view(self) -> PipelineView:
         channels = self._channels
 
         def devices() -> tuple[int, int]:
             return sum(1 for channel in channels.values() if channel.connected), len(channels)
 
-        pipeline = PipelineView(
+        return PipelineView(
             devices=devices, forwarded=lambda: self.counters.batches_forwarded, queued=lambda: len(self._queue)
         )
-        await report_health(self._notifier, pipeline=pipeline, sink=sink, forwarder=forwarder)
+
+    async def _report_health(self, sink: MqttSink, forwarder: StoreAndForward) -> None:
+        if self._notifier is None:
+            # No systemd: still sample progress regularly, so /readyz judges a stall as the watchdog would.
+            while True:
+                self._progress.stalled_s()
+                await asyncio.sleep(HEALTH_INTERVAL_S)
+        pipeline = self._pipeline_view()
+        await report_health(self._notifier, pipeline=pipeline, sink=sink, forwarder=forwarder, watch=self._progress)
+
+    def state(self) -> GatewayState:
+        """A snapshot for metrics, /readyz and the status page (only valid while running)."""
+        sink, forwarder = self._sink, self._forwarder
+        assert sink is not None
+        assert forwarder is not None
+        spool = forwarder.spool
+        failed = {**forwarder.lost_by_reason, **forwarder.refused_by_reason}
+        if self.counters.messages_rejected_by_sink:
+            failed["sink_rejected"] = self.counters.messages_rejected_by_sink
+        per_device = self.counters.per_device_messages
+        return GatewayState(
+            gateway_id=self.plant.gateway.id,
+            version=__version__,
+            started=self._started,
+            now=self._clock(),
+            devices=tuple(
+                DeviceState(
+                    name=name,
+                    protocol=channel.outbound.protocol,
+                    connected=channel.connected,
+                    since=channel.since,
+                    error=channel.error,
+                    tags=channel.tags,
+                    messages=per_device.get(name, 0),
+                    last_message_at=channel.last_message_at,
+                    source_stats=channel.source_stats,
+                )
+                for name, channel in self._channels.items()
+            ),
+            queue_messages=len(self._queue),
+            queue_capacity=self.plant.gateway.queue_size,
+            messages_queued=self.counters.messages_queued,
+            mqtt_connected=sink.connected,
+            broker=sink.broker,
+            brokers=sink.brokers,
+            inflight=sink.in_flight,
+            published=sink.delivered,
+            failed_by_reason=failed,
+            spool_available=spool is not None,
+            spool_messages=forwarder.spooled_now,
+            spool_bytes=spool.size_bytes if spool is not None else 0,
+            spool_max_bytes=spool.max_bytes if spool is not None else 0,
+            spooled_total=forwarder.spooled_total,
+            replayed_total=forwarder.replayed_total,
+            spool_dropped_by_reason=forwarder.dropped_by_reason,
+            source_restarts=self.counters.source_restarts,
+            reloads=self.counters.reloads,
+            stalled_s=self._progress.stalled_s(),
+            events=tuple(self._events),
+        )
+
+    async def _serve_http(self) -> None:
+        settings = self.plant.http
+        if settings.host_port is None:
+            return
+        try:
+            token = read_token(settings.token_file)
+        except (OSError, ValueError) as exc:
+            # Fail closed: no listener rather than one without its token; data acquisition goes on.
+            log.error("http_token_unreadable", token_file=settings.token_file, error=str(exc))
+            return
+        ops = OpsHttp(state=self.state, registry=build_registry(self.state), token=token)
+        await serve_http(ops, *settings.host_port)
 
     # --------------------------------------------------------------------------------- supervision
 
@@ -280,6 +376,7 @@ class Gateway:
             clock=self._clock,
             gateway_id=self.plant.gateway.id,
             seq_budget=self._seq.budget(outbound.device),
+            events=self._events,
         )
         self._channels[outbound.device] = channel
         self._links[outbound.device] = channel.link()
@@ -421,6 +518,7 @@ class Gateway:
                     group.create_task(forwarder.replay(), name="spool.replay"),
                     group.create_task(self._checkpoint_seq(), name="seq.checkpoint"),
                     group.create_task(self._report_health(sink, forwarder), name="health"),
+                    group.create_task(self._serve_http(), name="http"),
                 ]
                 for source in build_sources(plant, self._links, pki_root=self.state_dir / "pki"):
                     self._start_source(group, source)

@@ -536,6 +536,16 @@ class MqttSink:
         return dict(self._refused_by_reason)
 
     @property
+    def broker(self) -> str:
+        """``host:port`` of the broker in use or being tried."""
+        return self._current_broker
+
+    @property
+    def brokers(self) -> tuple[str, ...]:
+        """Every configured broker, ``host:port``, the primary first (the fail-over order)."""
+        return tuple(f"{host}:{port}" for host, port in self._brokers)
+
+    @property
     def in_flight(self) -> int:
         """Data messages handed over and not yet acknowledged (<= ``max_inflight``)."""
         return self._data_in_flight

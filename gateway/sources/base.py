@@ -7,11 +7,29 @@ on I/O without a timeout, never raises on bad data, and reports problems as read
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from gateway.schema import Quality, Value
+
+POLL_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Upper bounds of the poll cycle time histogram (``cellgate_device_poll_seconds``)."""
+
+
+@dataclass(slots=True)
+class CycleTimes:
+    """Poll cycle durations as histogram buckets: one bisect and two additions per cycle, never per value."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(POLL_SECONDS_BUCKETS) + 1))
+    """Cycles per bucket (not cumulative); the last one is above every bound."""
+    sum_s: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(POLL_SECONDS_BUCKETS, seconds)] += 1
+        self.sum_s += seconds
+
 
 OVERLOAD_LOG_EVERY_S = 60.0
 """A source that keeps overrunning its interval or dropping readings logs it at most this often (with totals):

@@ -43,7 +43,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Protocol, Self, TypeAlias, TypeVar
 
@@ -54,7 +54,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 from gateway.errors import SourceError
 from gateway.schema import STATUS_COMM_FAILURE, STATUS_DECODE_ERROR, Quality, device_exception_status
-from gateway.sources.base import Emit, OverrunLine, OverrunLog, PollSchedule, RawReading, ReportLink
+from gateway.sources.base import CycleTimes, Emit, OverrunLine, OverrunLog, PollSchedule, RawReading, ReportLink
 from gateway.sources.modbus_plan import ReadPlan, ReadRequest, failed_readings
 from gateway.sources.modbus_skip import Skip, SkipPolicy, UnitSkip
 from gateway.sources.modbus_tcp import (
@@ -170,6 +170,8 @@ class UnitStats:
     backoffs: int = 0
     # Poll deadlines passed over while the unit was in back-off.
     backoff_skipped_polls: int = 0
+    # Durations of the polled cycles (reads and the hand-over to the queue).
+    cycle_times: CycleTimes = field(default_factory=CycleTimes)
 
     @property
     def missed_cycles(self) -> int:
@@ -533,7 +535,8 @@ class ModbusConnection:
         overrun_log = OverrunLog()
         while True:
             cycle_started = loop.time()
-            if skip.should_poll(cycle_started):
+            polled = skip.should_poll(cycle_started)
+            if polled:
                 readings = await self._poll_once(client, unit, link, skip, stats, log)
                 if readings:
                     await unit.emit(readings)
@@ -542,6 +545,8 @@ class ModbusConnection:
                 stats.backoff_skipped_polls += 1
                 link.passed_over(cycle_started)
             now = loop.time()
+            if polled:
+                stats.cycle_times.observe(now - cycle_started)
             overran = schedule.after_cycle(now)
             if overran:
                 stats.overruns = schedule.overruns

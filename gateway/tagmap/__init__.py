@@ -28,6 +28,7 @@ from gateway.tagmap.loader import format_problems, load_plant, load_plant_from_t
 from gateway.tagmap.model import (
     Device,
     GatewaySection,
+    HttpSection,
     ModbusDevice,
     ModbusTag,
     MqttSection,
@@ -58,6 +59,7 @@ __all__ = [
     "DataType",
     "Device",
     "GatewaySection",
+    "HttpSection",
     "Issue",
     "ModbusDevice",
     "ModbusTag",

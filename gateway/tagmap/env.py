@@ -17,11 +17,11 @@ from typing import Any
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
-from gateway.tagmap.model import GatewaySection, MqttSection, SpoolSection
+from gateway.tagmap.model import GatewaySection, HttpSection, MqttSection, SpoolSection
 
 ENV_PREFIX = "CELLGATE_"
 ENV_NESTED_DELIMITER = "__"
-OVERRIDABLE_SECTIONS = ("gateway", "mqtt", "spool")
+OVERRIDABLE_SECTIONS = ("gateway", "mqtt", "spool", "http")
 
 
 class _TagMapEnvironment(BaseSettings):
@@ -34,6 +34,7 @@ class _TagMapEnvironment(BaseSettings):
     gateway: GatewaySection | None = None
     mqtt: MqttSection | None = None
     spool: SpoolSection | None = None
+    http: HttpSection | None = None
 
 
 @dataclass(slots=True)

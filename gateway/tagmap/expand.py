@@ -20,6 +20,7 @@ from gateway.tagmap.limits import MAX_ADDRESS, MIN_PAYLOAD_ROOM_BYTES
 from gateway.tagmap.model import (
     Device,
     GatewaySection,
+    HttpSection,
     ModbusDevice,
     ModbusTag,
     MqttSection,
@@ -399,12 +400,18 @@ def expand_devices(
 
 
 def assemble_plant(
-    gateway: GatewaySection, mqtt: MqttSection, devices: Sequence[Device], spool: SpoolSection | None = None
+    gateway: GatewaySection,
+    mqtt: MqttSection,
+    devices: Sequence[Device],
+    spool: SpoolSection | None = None,
+    http: HttpSection | None = None,
 ) -> Plant:
     """The Plant from expanded devices, with the defaults that depend on other sections filled."""
     if mqtt.client_id is None:
         mqtt = mqtt.model_copy(update={"client_id": f"cellgate-{gateway.id}"})
-    return Plant(gateway=gateway, mqtt=mqtt, devices=tuple(devices), spool=spool or SpoolSection())
+    return Plant(
+        gateway=gateway, mqtt=mqtt, devices=tuple(devices), spool=spool or SpoolSection(), http=http or HttpSection()
+    )
 
 
 def topic_limit(gateway: GatewaySection, mqtt: MqttSection | None) -> TopicLimit:
@@ -427,4 +434,4 @@ def build_plant(tagmap: TagMap) -> tuple[Plant | None, list[Issue]]:
     )
     if issues:
         return None, issues
-    return assemble_plant(tagmap.gateway, tagmap.mqtt, devices, tagmap.spool), []
+    return assemble_plant(tagmap.gateway, tagmap.mqtt, devices, tagmap.spool, tagmap.http), []

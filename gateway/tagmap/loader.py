@@ -22,12 +22,12 @@ from gateway.tagmap.env import OVERRIDABLE_SECTIONS, EnvOverrides, read_env_over
 from gateway.tagmap.expand import assemble_plant, expand_devices, topic_limit
 from gateway.tagmap.issues import Issue, Loc, did_you_mean, format_loc, issues_from_validation_error
 from gateway.tagmap.limits import MAX_REPEAT_COUNT, MAX_TAGS_PER_PLANT
-from gateway.tagmap.model import Device, GatewaySection, MqttSection, Plant, SpoolSection, TemplateTags
+from gateway.tagmap.model import Device, GatewaySection, HttpSection, MqttSection, Plant, SpoolSection, TemplateTags
 from gateway.tagmap.yamlpos import YamlDocument, YamlSyntaxError, parse_yaml
 
 _DEVICE: TypeAdapter[Device] = TypeAdapter(Device)
 _TEMPLATES: TypeAdapter[dict[str, TemplateTags]] = TypeAdapter(dict[str, TemplateTags])
-_SECTIONS = ("gateway", "mqtt", "spool", "templates", "devices")
+_SECTIONS = ("gateway", "mqtt", "spool", "http", "templates", "devices")
 _REQUIRED_SECTIONS = ("gateway", "mqtt", "devices")
 
 MAX_PROBLEM_CHARS = 400
@@ -157,6 +157,7 @@ def _validate(document: YamlDocument, env: EnvOverrides, report: _Report) -> Pla
     gateway = _validate_model(GatewaySection, data["gateway"], ("gateway",), report) if "gateway" in data else None
     mqtt = _validate_model(MqttSection, data["mqtt"], ("mqtt",), report) if "mqtt" in data else None
     spool = _validate_model(SpoolSection, data["spool"], ("spool",), report) if data.get("spool") is not None else None
+    http = _validate_model(HttpSection, data["http"], ("http",), report) if data.get("http") is not None else None
 
     size = _raw_tag_count(data.get("devices"), data.get("templates"))
     if size > MAX_TAGS_PER_PLANT:
@@ -194,7 +195,7 @@ def _validate(document: YamlDocument, env: EnvOverrides, report: _Report) -> Pla
     report.add_all(issues)
     if gateway is None or mqtt is None or report.problems:
         return None
-    return assemble_plant(gateway, mqtt, expanded, spool)
+    return assemble_plant(gateway, mqtt, expanded, spool, http)
 
 
 def _raw_tag_count(raw_devices: Any, raw_templates: Any) -> int:

@@ -359,6 +359,43 @@ class MqttSection(_Model):
         return urlsplit(self.url).scheme.lower() == "mqtts"
 
 
+def _is_loopback_listen(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+class HttpSection(_Model):
+    """The operations listener: /metrics (Prometheus), /healthz, /readyz and the status page at /."""
+
+    listen: NonEmptyStr | None = "127.0.0.1:9108"
+    """``host:port`` (``[::1]:9108`` for IPv6); null: no listener. 9108 is free in Prometheus' port list."""
+    token_file: NonEmptyStr | None = None
+    """File holding a bearer token every request must carry; required when ``listen`` is not loopback."""
+
+    @model_validator(mode="after")
+    def _check(self) -> HttpSection:
+        raise_issues(_rule_http(self))
+        return self
+
+    @property
+    def host_port(self) -> tuple[str, int] | None:
+        if self.listen is None:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+def _rule_http(http: HttpSection) -> Iterator[Issue]:
+    if http.listen is None:
+        return
+    host, sep, port = http.listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        yield Issue(("listen",), f"expected host:port (e.g. 127.0.0.1:9108), got {http.listen!r}")
+        return
+    if not _is_loopback_listen(http.listen) and http.token_file is None:
+        yield Issue(("token_file",), f"listen {http.listen} is not a loopback address: set http.token_file")
+
+
 class SpoolSection(_Model):
     """Store-and-forward: where undeliverable messages wait for the broker, and how big that may grow."""
 
@@ -1065,6 +1102,7 @@ class TagMap(_Model):
     gateway: GatewaySection
     mqtt: MqttSection
     spool: SpoolSection = Field(default_factory=SpoolSection)
+    http: HttpSection = Field(default_factory=HttpSection)
     templates: dict[str, TemplateTags] = Field(default_factory=dict)
     devices: tuple[Device, ...]
 
@@ -1076,6 +1114,7 @@ class Plant(_Model):
     mqtt: MqttSection
     devices: tuple[Device, ...]
     spool: SpoolSection = Field(default_factory=SpoolSection)
+    http: HttpSection = Field(default_factory=HttpSection)
 
     def device(self, name: str) -> ModbusDevice | OpcUaDevice:
         for device in self.devices:

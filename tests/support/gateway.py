@@ -61,7 +61,8 @@ class GatewayProcess:
     def __init__(self, *, config: Path, env: dict[str, str], state_dir: Path) -> None:
         self._config = config
         self.state_dir = state_dir
-        self._env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        # The operations listener on a port the system picks, unless the test names one: never the default 9108.
+        self._env = {**os.environ, "CELLGATE_HTTP__LISTEN": "127.0.0.1:0", **env, "PYTHONUNBUFFERED": "1"}
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[str] | None = None
         self.returncode: int | None = None

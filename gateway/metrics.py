@@ -1,0 +1,230 @@
+"""Prometheus metrics: one registry per gateway, read from the runtime's own counters at scrape time.
+
+Nothing here runs on the hot path: the sources, queue, store-and-forward and sink keep the plain counters
+they always kept, and ``GatewayCollector`` turns one ``GatewayState`` snapshot into metric families when
+Prometheus scrapes. Labels stay bounded: ``device``, ``reason`` (never a tag).
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from itertools import accumulate
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.sources.base import POLL_SECONDS_BUCKETS, CycleTimes
+
+PREFIX = "cellgate"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """One device as the runtime sees it now."""
+
+    name: str
+    protocol: str
+    connected: bool | None
+    """None until the source reported its first link state."""
+    since: float
+    """Wall-clock time the link state last changed (or the device was added)."""
+    error: str | None
+    tags: int
+    messages: int
+    """Messages queued for this device since the gateway started."""
+    last_message_at: float | None
+    """Wall-clock time of the last batch of readings turned into messages (the last good read)."""
+    source_stats: object | None = None
+    """The source's own counters (gateway.sources: UnitStats, OpcUaSourceStats), read by attribute name."""
+
+    def source_count(self, *names: str) -> int | None:
+        """The first of ``names`` the source's counters have (Modbus and OPC UA name some alike counts apart)."""
+        for name in names:
+            value = getattr(self.source_stats, name, None)
+            if isinstance(value, int):
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEvent:
+    """A device link change, for the status page."""
+
+    at: float
+    device: str
+    connected: bool
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayState:
+    """A snapshot of a running gateway: what metrics, readiness and the status page read."""
+
+    gateway_id: str
+    version: str
+    started: float
+    now: float
+    devices: tuple[DeviceState, ...]
+    queue_messages: int
+    queue_capacity: int
+    messages_queued: int
+    mqtt_connected: bool
+    broker: str
+    brokers: tuple[str, ...]
+    """Every configured broker, the primary first (the fail-over order)."""
+    inflight: int
+    published: int
+    failed_by_reason: Mapping[str, int]
+    spool_available: bool
+    spool_messages: int
+    spool_bytes: int
+    spool_max_bytes: int
+    spooled_total: int
+    replayed_total: int
+    spool_dropped_by_reason: Mapping[str, int]
+    source_restarts: int
+    reloads: int
+    stalled_s: float
+    events: tuple[LinkEvent, ...]
+
+
+_SOURCE_COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("poll_cycles", "Poll cycles run (Modbus units, OPC UA poll mode)", ("cycles", "polls")),
+    ("poll_overruns", "Poll cycles that ran past their interval", ("overruns", "poll_overruns")),
+    (
+        "poll_skipped_cycles",
+        "Polls the fixed rate asked for that overruns cost",
+        ("skipped_cycles", "poll_skipped_cycles"),
+    ),
+    ("device_missed_cycles", "Intervals that passed without a good read (link down, back-off)", ("missed_cycles",)),
+    ("device_link_losses", "OPC UA connections lost", ("link_losses",)),
+    ("device_notifications", "OPC UA data change notifications", ("notifications",)),
+)
+_READ_ERRORS: tuple[tuple[str, str], ...] = (
+    ("comm_failure", "comm_failures"),
+    ("timeout", "timeouts"),
+    ("exception", "exception_responses"),
+    ("request_error", "request_errors"),
+    ("connect_failure", "connect_failures"),
+)
+
+
+def _source_families(devices: tuple[DeviceState, ...]) -> Iterator[Metric]:
+    for name, doc, attributes in _SOURCE_COUNTERS:
+        family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=["device"])
+        for device in devices:
+            value = device.source_count(*attributes)
+            if value is not None:
+                family.add_metric([device.name], value)
+        yield family
+    histogram = HistogramMetricFamily(
+        f"{PREFIX}_device_poll_seconds", "Poll cycle time: reads and hand-over to the queue", labels=["device"]
+    )
+    for device in devices:
+        times = getattr(device.source_stats, "cycle_times", None)
+        if isinstance(times, CycleTimes):
+            cumulative = list(accumulate(times.counts))
+            buckets = [(str(bound), count) for bound, count in zip(POLL_SECONDS_BUCKETS, cumulative, strict=False)]
+            histogram.add_metric([device.name], [*buckets, ("+Inf", cumulative[-1])], times.sum_s)
+    yield histogram
+    errors = CounterMetricFamily(
+        f"{PREFIX}_device_read_errors", "Failed reads or connects by result", labels=["device", "result"]
+    )
+    for device in devices:
+        for result, attribute in _READ_ERRORS:
+            value = device.source_count(attribute)
+            if value is not None:
+                errors.add_metric([device.name, result], value)
+    yield errors
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+
+
+def _by_label(
+    family: GaugeMetricFamily | CounterMetricFamily, values: Mapping[str, int]
+) -> GaugeMetricFamily | CounterMetricFamily:
+    for label, value in sorted(values.items()):
+        family.add_metric([label], value)
+    return family
+
+
+class GatewayCollector(Collector):
+    """Metric families from ``state()`` at scrape time."""
+
+    def __init__(self, state: Callable[[], GatewayState]) -> None:
+        self._state = state
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # unchecked collector: families depend on the running devices
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._state()
+        info = GaugeMetricFamily(
+            f"{PREFIX}_build_info", "Cellgate version and Python; value 1", labels=["version", "python", "gateway"]
+        )
+        info.add_metric([s.version, platform.python_version(), s.gateway_id], 1)
+        yield info
+        yield _gauge("start_time_seconds", "Gateway start, Unix time", s.started)
+        up = GaugeMetricFamily(f"{PREFIX}_device_up", "1 while the device's link is up", labels=["device"])
+        since = GaugeMetricFamily(
+            f"{PREFIX}_device_link_change_time_seconds", "Last link state change, Unix time", labels=["device"]
+        )
+        last = GaugeMetricFamily(
+            f"{PREFIX}_device_last_read_time_seconds",
+            "Last readings turned into messages, Unix time",
+            labels=["device"],
+        )
+        tags = GaugeMetricFamily(f"{PREFIX}_device_tags", "Tags configured for the device", labels=["device"])
+        messages = CounterMetricFamily(f"{PREFIX}_device_messages", "Messages queued for the device", labels=["device"])
+        for device in s.devices:
+            up.add_metric([device.name], 1 if device.connected else 0)
+            since.add_metric([device.name], device.since)
+            tags.add_metric([device.name], device.tags)
+            messages.add_metric([device.name], device.messages)
+            if device.last_message_at is not None:
+                last.add_metric([device.name], device.last_message_at)
+        yield from (up, since, last, tags, messages)
+        yield from _source_families(s.devices)
+        yield _counter("messages_queued", "Messages put into the queue", s.messages_queued)
+        yield _gauge("queue_messages", "Messages waiting in the queue", s.queue_messages)
+        yield _gauge("queue_capacity_messages", "Capacity of the queue (gateway.queue_size)", s.queue_capacity)
+        yield _counter("messages_published", "Data messages the broker acknowledged", s.published)
+        yield _by_label(
+            CounterMetricFamily(f"{PREFIX}_messages_failed", "Messages neither delivered nor kept", labels=["reason"]),
+            s.failed_by_reason,
+        )
+        yield _gauge("mqtt_connected", "1 while connected to a broker", 1 if s.mqtt_connected else 0)
+        yield _gauge("mqtt_inflight", "Messages sent and not yet acknowledged", s.inflight)
+        yield _gauge("spool_available", "1 while store-and-forward has its spool", 1 if s.spool_available else 0)
+        yield _gauge("spool_messages", "Messages in the spool", s.spool_messages)
+        yield _gauge("spool_bytes", "Size of the spooled messages", s.spool_bytes)
+        yield _gauge("spool_max_bytes", "Cap on the spool (spool.max_mb)", s.spool_max_bytes)
+        yield _counter("spooled", "Live messages written to the spool", s.spooled_total)
+        yield _counter("replayed", "Spooled messages the broker acknowledged", s.replayed_total)
+        yield _by_label(
+            CounterMetricFamily(
+                f"{PREFIX}_spool_dropped", "Spooled messages deleted by a size limit", labels=["reason"]
+            ),
+            s.spool_dropped_by_reason,
+        )
+        yield _counter("source_restarts", "Sources restarted after a crash", s.source_restarts)
+        yield _counter("reloads", "Tag map reloads applied", s.reloads)
+        yield _gauge("pipeline_stalled_seconds", "How long queued messages have not moved", s.stalled_s)
+
+
+def build_registry(state: Callable[[], GatewayState]) -> CollectorRegistry:
+    """The gateway's one registry: its own collector plus process and platform metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    registry.register(GatewayCollector(state))
+    return registry
