@@ -241,8 +241,8 @@ def _good_unit_part(unit: str | None) -> bytes:
 
 @functools.lru_cache(maxsize=1024)
 def _json_ts(ts: float) -> bytes:
-    # The readings of one response share their ts, as for format_ts. Kept through _json: orjson's own bytes keep
-    # 4 KiB each, and a full cache of them was 4 MB of RSS.
+    # The readings of one response share their ts, as for format_ts. Kept through _json, which copies orjson's
+    # output to exact-size bytes (orjson's own buffers are page-sized), so the cache stays small.
     return _json(format_ts(ts))
 
 
