@@ -11,85 +11,28 @@ import itertools
 import signal
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 import pytest
 
 from gateway.sinks.spool import Spool
-from tests.support.gateway import GatewayProcess, retarget_demo_config
-from tests.support.mosquitto import Mosquitto, Received, Subscriber
-from tests.support.sim import MODBUS_MACHINES_IN_DEFAULT_SET, SimulatorProcess, free_port_run
+from tests.support.gateway import GatewayProcess
+from tests.support.outage import DemoLine, data_messages, demo_line, holes
 from tests.support.waiting import wait_until
 
 OUTAGE_S = 30.0
 
 
-@dataclass
-class Rig:
-    broker: Mosquitto
-    subscriber: Subscriber
-    config: Path
-    env: dict[str, str]
-    prefix: str
-    workdir: Path
-
+class Rig(DemoLine):
     def gateway(self, **env: str) -> GatewayProcess:
         return GatewayProcess(config=self.config, env={**self.env, **env}, state_dir=self.workdir / "state")
 
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    enterprise = f"sf{uuid.uuid4().hex[:8]}"
-    modbus_port = free_port_run(MODBUS_MACHINES_IN_DEFAULT_SET)
-    opcua_sim = SimulatorProcess(only="opcua", opcua_port=0)
-    modbus_sim = SimulatorProcess(only="modbus", modbus_port=modbus_port)
-    opcua_sim.start()
-    modbus_sim.start()
-    broker = Mosquitto(persistence=True, workdir=tmp_path / "broker")
-    (tmp_path / "broker").mkdir()
-    try:
-        broker.start()
-        opcua_port = int(opcua_sim.opcua_endpoint.rstrip("/").rsplit(":", 1)[1])
-        config = retarget_demo_config(opcua_port=opcua_port, modbus_port=modbus_port, destination=tmp_path / "map.yaml")
-        prefix = f"{enterprise}/dunkirk"
-        subscriber = Subscriber(
-            broker.host, broker.port, f"{prefix}/#", client_id=f"sub-{enterprise}", session=True
-        )
-        subscriber.start()
-        time.sleep(1.5)  # autosave_interval 1: the persistent session is on disk before any broker restart
-        env = {"CELLGATE_MQTT__URL": broker.url, "CELLGATE_GATEWAY__ENTERPRISE": enterprise}
-        yield Rig(broker, subscriber, config, env, prefix, tmp_path)
-        subscriber.stop()
-    finally:
-        broker.close()
-        opcua_sim.close()
-        modbus_sim.close()
-
-
-def data_messages(messages: list[Received]) -> dict[str, list[dict[str, object]]]:
-    """Tag messages (not _status/_meta/_gateway) per topic, in arrival order, duplicates included."""
-    out: dict[str, list[dict[str, object]]] = defaultdict(list)
-    for message in messages:
-        last = message.topic.rsplit("/", 1)[-1]
-        if not message.payload or last.startswith("_") or "/_gateway/" in message.topic:
-            continue
-        out[message.topic].append(orjson.loads(message.payload))
-    return out
-
-
-def holes(per_topic: dict[str, list[dict[str, object]]]) -> dict[str, list[int]]:
-    """Per topic, the seq numbers missing between the first and the last received (duplicates allowed)."""
-    missing: dict[str, list[int]] = {}
-    for topic, bodies in per_topic.items():
-        seqs = {int(str(body["seq"])) for body in bodies}
-        gap = sorted(set(range(min(seqs), max(seqs) + 1)) - seqs)
-        if gap:
-            missing[topic] = gap
-    return missing
+    with demo_line(tmp_path, f"sf{uuid.uuid4().hex[:8]}", Rig) as line:
+        yield line
 
 
 def historical_count(rig: Rig) -> int:
