@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     # asyncua costs about 40 MB of memory to import: a gateway without OPC UA devices never loads it.
     from gateway.sources.opcua import OpcUaDeviceOptions, OpcUaTagRef
     from gateway.sources.opcua_security import ClientSecurity
-    from gateway.sources.opcua_status import ValueShape
+    from gateway.value_shape import ValueShape
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +229,7 @@ def opcua_indexes(device: OpcUaDevice) -> dict[str, tuple[IndexItem, ...]]:
 
 def opcua_shapes(device: OpcUaDevice) -> dict[str, ValueShape]:
     """Tag name -> declared ``shape`` / ``fields`` of the tags that have one."""
-    from gateway.sources.opcua_status import ValueShape
+    from gateway.value_shape import ValueShape
 
     return {tag.name: ValueShape(tag.shape, tag.fields) for tag in device.tags
             if tag.shape is not None or tag.fields is not None}

@@ -43,6 +43,7 @@ from gateway.errors import GatewayError
 from gateway.pki import Pki, PkiError, application_uri, describe, load_certificate_file
 from gateway.sources.opcua_security import ClientSecurity, read_password_file, secure_client
 from gateway.sources.opcua_status import status_name
+from gateway.value_shape import MAX_FIELD_DEPTH, FieldShape
 
 DEFAULT_LIMIT = 1000
 """Nodes per Browse/Read request when the server advertises no limit (0)."""
@@ -328,16 +329,18 @@ class Browser:
 
     async def _type_names(
         self, data_types: Iterable[Any]
-    ) -> tuple[dict[str, str], dict[str, str], dict[str, tuple[str, ...]]]:
-        """For the types used, by type id text: name, ``structure`` / ``enumeration``, a structure's field names."""
+    ) -> tuple[dict[str, str], dict[str, str], dict[str, tuple[FieldShape, ...]]]:
+        """For the types used, by type id text: name, ``structure`` / ``enumeration``, a structure's fields (nested
+        structures and arrays described to their depth)."""
         unique = {str(node): node for node in data_types if isinstance(node, ua.NodeId)}
         names: dict[str, str] = {}
         kinds: dict[str, str] = {}
-        fields: dict[str, tuple[str, ...]] = {}
+        fields: dict[str, tuple[FieldShape, ...]] = {}
         unknown = []
         for text, node in unique.items():
-            if node.NamespaceIndex == 0 and isinstance(node.Identifier, int) and node.Identifier in BUILTIN_TYPE_NAMES:
-                names[text] = BUILTIN_TYPE_NAMES[node.Identifier]
+            builtin = _builtin_name(node)
+            if builtin is not None:
+                names[text] = builtin
             else:
                 unknown.append((text, node))
         if unknown:
@@ -346,17 +349,64 @@ class Browser:
                 qualified = _value(value)
                 if isinstance(qualified, ua.QualifiedName) and qualified.Name:
                     names[text] = qualified.Name
-            definitions = await self.read([node for _, node in unknown], AttributeIds.DataTypeDefinition)
-            for (text, _), value in zip(unknown, definitions, strict=True):
+            structures = await self._structure_definitions(unknown, kinds)
+            for text, _ in unknown:
+                if text in structures:
+                    described = _field_shapes(structures[text], structures, depth=1)
+                    if described:
+                        fields[text] = described
+        return names, kinds, fields
+
+    async def _structure_definitions(
+        self, types: Sequence[tuple[str, ua.NodeId]], kinds: dict[str, str]
+    ) -> dict[str, ua.StructureDefinition]:
+        """The StructureDefinition of every structure among ``types`` and of the structures their fields use, to
+        MAX_FIELD_DEPTH levels; ``kinds`` gets ``structure`` / ``enumeration`` for ``types``."""
+        structures: dict[str, ua.StructureDefinition] = {}
+        asked: set[str] = set()
+        wanted = list(types)
+        for level in range(MAX_FIELD_DEPTH):
+            wanted = [(text, node) for text, node in wanted if text not in asked]
+            if not wanted:
+                break
+            asked.update(text for text, _ in wanted)
+            definitions = await self.read([node for _, node in wanted], AttributeIds.DataTypeDefinition)
+            nested: dict[str, ua.NodeId] = {}
+            for (text, _), value in zip(wanted, definitions, strict=True):
                 definition = _value(value)
                 if isinstance(definition, ua.StructureDefinition):
-                    kinds[text] = STRUCTURE
-                    names_of_fields = tuple(item.Name for item in definition.Fields or [] if item.Name)
-                    if names_of_fields:
-                        fields[text] = names_of_fields
-                elif isinstance(definition, ua.EnumDefinition):
+                    structures[text] = definition
+                    if level == 0:
+                        kinds[text] = STRUCTURE
+                    for item in definition.Fields or []:
+                        if isinstance(item.DataType, ua.NodeId) and _builtin_name(item.DataType) is None:
+                            nested[str(item.DataType)] = item.DataType
+                elif isinstance(definition, ua.EnumDefinition) and level == 0:
                     kinds[text] = ENUMERATION
-        return names, kinds, fields
+            wanted = list(nested.items())
+        return structures
+
+
+def _builtin_name(node: ua.NodeId) -> str | None:
+    """The name of a built-in DataType (namespace 0), None for any other type."""
+    if node.NamespaceIndex == 0 and isinstance(node.Identifier, int):
+        return BUILTIN_TYPE_NAMES.get(node.Identifier)
+    return None
+
+
+def _field_shapes(
+    definition: ua.StructureDefinition, structures: dict[str, ua.StructureDefinition], depth: int
+) -> tuple[FieldShape, ...]:
+    """A StructureDefinition's fields; a field whose type is a known structure gets its fields, an array field
+    its shape (from ValueRank and ArrayDimensions), to MAX_FIELD_DEPTH levels."""
+    out: list[FieldShape] = []
+    for item in definition.Fields or []:
+        if not item.Name:
+            continue
+        nested = structures.get(str(item.DataType)) if depth < MAX_FIELD_DEPTH else None
+        inner = _field_shapes(nested, structures, depth + 1) if nested is not None else ()
+        out.append(FieldShape(item.Name, shape_of(item.ValueRank, item.ArrayDimensions), inner or None))
+    return tuple(out)
 
 
 def shape_of(rank: Any, array_dimensions: Any) -> tuple[int, ...] | None:

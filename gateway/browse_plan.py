@@ -31,6 +31,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from gateway.value_shape import FieldShape, fields_as_written
+
 # OPC UA built-in DataType node ids (namespace 0) -> tag-map type. Abstract numeric types give no type hint.
 BUILTIN_TYPES: Final[Mapping[int, str | None]] = {
     1: "bool", 2: "int16", 3: "uint16", 4: "int16", 5: "uint16", 6: "int32", 7: "uint32", 8: "int64",
@@ -95,8 +97,9 @@ class BrowsedVariable:
     """For a type outside the built-in ones: ``structure`` or ``enumeration`` (from its DataTypeDefinition)."""
     dimensions: tuple[int, ...] | None = None
     """An array's length per dimension (ValueRank, ArrayDimensions; 0: any length), written as the tag's ``shape``."""
-    fields: tuple[str, ...] | None = None
-    """A structure's field names (its StructureDefinition), written as the tag's ``fields``."""
+    fields: tuple[FieldShape, ...] | None = None
+    """A structure's fields (its StructureDefinition, nested structures and arrays described), written as the
+    tag's ``fields``; with ``dimensions``, the fields of every element of the array."""
 
     @property
     def is_array(self) -> bool:
@@ -198,8 +201,10 @@ def _tag_fields(variable: BrowsedVariable, plan: BrowsePlan) -> dict[str, Any]:
             out["unit"] = unit
     if variable.dimensions is not None:
         out["shape"] = list(variable.dimensions)
-    elif variable.fields is not None and variable.data_type_kind == STRUCTURE and not variable.is_array:
-        out["fields"] = list(variable.fields)
+    # A structure's fields, or with a known number of dimensions those of each element of the array.
+    if variable.fields is not None and variable.data_type_kind == STRUCTURE and (
+            not variable.is_array or variable.dimensions is not None):
+        out["fields"] = fields_as_written(variable.fields)
     numeric = tag_type not in ("bool", "string", None) and not variable.is_array  # a range checks scalars only
     if numeric and variable.low is not None and variable.high is not None and variable.low <= variable.high:
         out["min"] = _number(variable.low)

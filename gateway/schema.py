@@ -18,6 +18,8 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
+from gateway.value_shape import FieldShape, fields_as_written
+
 SCHEMA_VERSION = 1
 
 Value = float | int | bool | str | list[Any] | dict[str, Any]
@@ -380,7 +382,7 @@ class TagMeta:
     description: str | None = None
     source: str | None = None  # e.g. "holding:1000" or "ns=2;s=Coater01.Line.Speed"
     shape: tuple[int, ...] | None = None  # array: length per dimension, outermost first (0: any length)
-    fields: tuple[str, ...] | None = None  # structure: its field names in order
+    fields: tuple[FieldShape, ...] | None = None  # structure: its fields in order, nested ones with their shape
 
 
 def encode_meta(
@@ -470,7 +472,7 @@ def _meta_entry(meta: TagMeta) -> dict[str, Any]:
     if meta.shape is not None:
         entry["shape"] = list(meta.shape)
     if meta.fields is not None:
-        entry["fields"] = list(meta.fields)
+        entry["fields"] = fields_as_written(meta.fields)
     return entry
 
 

@@ -54,6 +54,7 @@ from asyncua.ua.uaerrors import UaError
 from gateway.schema import STATUS_DECODE_ERROR, Quality, Value
 from gateway.sources.base import RawReading
 from gateway.tagmap.index_range import INDEX_OUT_OF_RANGE, IndexItem, select
+from gateway.value_shape import ValueShape, fits
 
 STATUS_NAMESPACE_UNKNOWN = "namespace_unknown"
 STATUS_NODE_ID_INVALID = "node_id_invalid"
@@ -532,38 +533,13 @@ def indexed_readings(
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class ValueShape:
-    """What a tag map declares about an array or structure tag (``shape`` / ``fields``)."""
-
-    shape: tuple[int, ...] | None = None
-    fields: tuple[str, ...] | None = None
-
-
-def _fits_shape(value: object, shape: Sequence[int]) -> bool:
-    if not shape:
-        return not isinstance(value, list)
-    if not isinstance(value, list) or (shape[0] and len(value) != shape[0]):
-        return False
-    return all(_fits_shape(item, shape[1:]) for item in value)
-
-
-def fits(value: object, declared: ValueShape) -> bool:
-    """Whether ``value`` (as published) has the declared dimensions (0: any length) or exactly the fields."""
-    if declared.shape is not None and not _fits_shape(value, declared.shape):
-        return False
-    if declared.fields is not None:
-        return isinstance(value, dict) and tuple(value) == declared.fields
-    return True
-
-
 def shaped_readings(readings: Sequence[RawReading], shapes: Mapping[str, ValueShape]) -> list[RawReading]:
     """The readings with every value that does not fit its tag's declared shape turned bad, ``shape_mismatch``
     (a subscriber relies on ``_meta``'s ``shape``/``fields``). Only tags that declare one pay for this."""
     out: list[RawReading] = []
     for reading in readings:
         declared = shapes.get(reading.tag)
-        if declared is None or reading.value is None or fits(reading.value, declared):
+        if declared is None or reading.value is None or fits(reading.value, declared.shape, declared.fields):
             out.append(reading)
         else:
             out.append(reading._replace(value=None, quality=Quality.BAD, status=STATUS_SHAPE_MISMATCH))

@@ -53,6 +53,7 @@ from gateway.tagmap.limits import (
     MIN_SPOOL_MB,
 )
 from gateway.tagmap.nodeid import ParsedNodeId, parse_node_id
+from gateway.value_shape import FieldShape, parse_fields, parse_shape
 from gateway.vocabulary import (
     ByteOrder,
     DataType,
@@ -711,27 +712,20 @@ def _rule_address_span(tag: ModbusTag) -> Iterator[Issue]:
         )
 
 
-MAX_SHAPE_DIMENSIONS: Final = 32
-"""Dimensions a ``shape`` may have (far beyond any PLC array; OPC UA itself has no fixed limit)."""
-
-
 def _rule_shape(tag: OpcUaTag) -> Iterator[Issue]:
     if tag.shape is not None:
-        if not 1 <= len(tag.shape) <= MAX_SHAPE_DIMENSIONS:
-            yield Issue(("shape",), f"shape needs 1 to {MAX_SHAPE_DIMENSIONS} dimensions, got {len(tag.shape)}")
-        for position, size in enumerate(tag.shape):
-            if size < 0:
-                yield Issue(("shape", position), f"a dimension is a length >= 0 (0: any length), not {size}")
-        if tag.fields is not None:
-            yield Issue(("fields",), "a tag is an array (shape) or a structure (fields), not both")
-    if tag.fields is not None:
-        if not tag.fields:
-            yield Issue(("fields",), "fields lists the structure's field names; leave it out when unknown")
-        seen: set[str] = set()
-        for position, name in enumerate(tag.fields):
-            if not name or name in seen:
-                yield Issue(("fields", position), f"field names must be non-empty and unique: {name!r}")
-            seen.add(name)
+        _, problems = parse_shape(list(tag.shape), ("shape",))
+        yield from (Issue(loc, message) for loc, message in problems)
+
+
+def _fields_value(value: Any) -> Any:
+    """``fields: [A, {B: {fields: [...]}}, ...]`` -> FieldShape tuples, every problem at its path."""
+    if value is None:
+        return None
+    fields, problems = parse_fields(value)
+    if problems:
+        raise rule_error([Issue(loc, message) for loc, message in problems])
+    return fields
 
 
 def _index_text(value: Any) -> Any:
@@ -755,9 +749,10 @@ class OpcUaTag(_TagBase):
     shape: tuple[int, ...] | None = None
     """Array value: its length per dimension, outermost first (0: any length). Published in ``_meta``; a value
     of another shape is bad, ``shape_mismatch``. Describes the published value (after ``index``)."""
-    fields: tuple[str, ...] | None = None
-    """Structure value: its field names in order. Published in ``_meta``; a value without exactly these fields
-    is bad, ``shape_mismatch``."""
+    fields: Annotated[tuple[FieldShape, ...] | None, BeforeValidator(_fields_value)] = None
+    """Structure value: its fields in order, a nested structure or array as ``{name: {fields, shape}}`` (see
+    value_shape.py). With ``shape``: an array of such structures. Published in ``_meta``; a value that does not
+    have exactly these fields is bad, ``shape_mismatch``."""
 
     _node_id: ParsedNodeId | None = PrivateAttr(default=None)
 

@@ -175,7 +175,7 @@ async def test_a_browsed_map_runs_and_publishes_structures(tmp_path: Path) -> No
         config = tmp_path / "browsed.yaml"
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli", "browse", server.endpoint, "--include", "Coater01/PackML/Status",
-            "--include", "Coater01/Gauge/ProfileArray", "-o", str(config),
+            "--include", "Coater01/Gauge/ProfileArray", "--include", "Coater01/DryerZoneStatus", "-o", str(config),
             cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         _, stderr = await asyncio.wait_for(process.communicate(), 60)
         assert process.returncode == 0, stderr.decode()
@@ -186,24 +186,38 @@ async def test_a_browsed_map_runs_and_publishes_structures(tmp_path: Path) -> No
                 gateway.start()
                 try:
                     base = f"{enterprise}/site/area/line/coater01"
-                    topics = (f"{base}/pack_ml/status", f"{base}/gauge/profile_array")
+                    topics = (f"{base}/pack_ml/status", f"{base}/gauge/profile_array", f"{base}/dryer_zone_status")
                     wanted = (*topics, f"{base}/_meta")
                     messages = await subscriber.wait_for(
                         lambda received: all(latest(received, topic) is not None for topic in wanted), timeout_s=30.0)
                 finally:
                     gateway.stop()
                     gateway.close()
-    status, profile = (latest(messages, topic) for topic in topics)
+    status, profile, zones = (latest(messages, topic) for topic in topics)
     assert status is not None and status["quality"] == "good"
     assert status["value"]["StateCurrent"] == coater.values()["PackML.StateCurrent"]
     assert status["value"]["Counts"]["ProdProcessedCount"] == coater.values()["PackML.ProdProcessedCount"]
     assert profile is not None and (profile["quality"], profile["value"]) == ("good", coater.cross_web_profile())
-    # The browse declared the array's dimensions and the structure's fields; the gateway published them in _meta.
+    assert zones is not None and zones["quality"] == "good" and len(zones["value"]) == 10
+    # The browse declared the array's dimensions and the structure's fields, the nested structure (Counts) and
+    # the array of structures (the dryer zones) described to their depth; the gateway published them in _meta
+    # and the values fit them (else they would be bad, shape_mismatch).
+    status_fields = described_fields(status["value"])
+    assert {"Counts": {"fields": ["ProdProcessedCount", "ProdDefectiveCount"]}} in status_fields
     written = yaml.safe_load(config.read_text(encoding="utf-8"))
     tags = {tag["name"]: tag for tag in written["devices"][0]["tags"]}
     assert tags["gauge/profile_array"]["shape"] == [PROFILE_ARRAY_LANES]
-    assert tags["pack_ml/status"]["fields"] == list(status["value"])
+    assert tags["pack_ml/status"]["fields"] == status_fields
+    assert tags["dryer_zone_status"]["shape"] == [10]
+    assert tags["dryer_zone_status"]["fields"] == described_fields(zones["value"][0])
     meta = latest(messages, f"{base}/_meta")
     assert meta is not None
     assert meta["tags"]["gauge/profile_array"]["shape"] == [PROFILE_ARRAY_LANES]
-    assert meta["tags"]["pack_ml/status"]["fields"] == list(status["value"])
+    assert meta["tags"]["pack_ml/status"]["fields"] == status_fields
+    assert (meta["tags"]["dryer_zone_status"]["shape"], meta["tags"]["dryer_zone_status"]["fields"]) == (
+        [10], ["AirTempSP", "AirTemp", "HeaterOutput"])
+
+
+def described_fields(value: dict[str, Any]) -> list[Any]:
+    """The ``fields`` that describe a structure value as published (nested structures as one-key mappings)."""
+    return [{key: {"fields": described_fields(item)}} if isinstance(item, dict) else key for key, item in value.items()]
