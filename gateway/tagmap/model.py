@@ -207,20 +207,23 @@ MAX_CONTEXT_KEYS: Final = 32
 _CONTEXT_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _check_context_keys(value: dict[str, str]) -> dict[str, str]:
+def _check_context_key(key: str) -> str:
     """Context keys are identifiers (``lot``, ``roll_id``): JSON member names a subscriber can use as they are."""
-    issues = [
-        Issue((key,), f"context key {quoted(key)} is not an identifier (letters, digits, _; not first a digit)", True)
-        for key in value
-        if not _CONTEXT_KEY.fullmatch(key)
-    ]
+    if not _CONTEXT_KEY.fullmatch(key):
+        message = f"context key {quoted(key)} is not an identifier (letters, digits and _, not first a digit)"
+        raise rule_error([Issue((), message, True)])
+    return key
+
+
+def _check_context_size(value: dict[str, str]) -> dict[str, str]:
     if len(value) > MAX_CONTEXT_KEYS:
-        issues.append(Issue((), f"{len(value)} context keys; at most {MAX_CONTEXT_KEYS}"))
-    raise_issues(issues)
+        raise rule_error([Issue((), f"{len(value)} context keys; at most {MAX_CONTEXT_KEYS}")])
     return value
 
 
-ContextKeys = Annotated[dict[str, TagName], AfterValidator(_check_context_keys)]
+ContextKeys = Annotated[
+    dict[Annotated[str, AfterValidator(_check_context_key)], TagName], AfterValidator(_check_context_size)
+]
 """``{key: tag name}``: the latest good value of each tag travels as ``ctx.{key}`` with the samples."""
 
 
