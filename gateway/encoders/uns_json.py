@@ -141,7 +141,8 @@ class UnsJsonDeviceEncoder:
 
     def encode_in_context(self, samples: Sequence[Sample], context: SampleContext, now: float) -> list[Message]:
         """``encode`` with ``"ctx"``: per tag, the sample's whole context; per batch, the device's keys as ``"ctx"``
-        and each repeat instance's keys under ``"instance_ctx": {instance: {...}}`` (once, not per row).
+        and each repeat instance's keys under ``"instance_ctx": {instance: {...}}`` (once, not per row). A member
+        with no key that has a value yet is left out.
 
         Each payload is the one ``encode`` makes with the context as its last member(s): the JSON of a context is
         made once per change of it, and joined to the payloads here without parsing them.
@@ -151,6 +152,8 @@ class UnsJsonDeviceEncoder:
             parts = self._context_parts = _ContextParts(context)
         messages = self.encode(samples, now)
         if self._batch_encoder is not None:
+            if parts.batch_tail == b"}":
+                return messages
             return [Message(message.topic, message.payload[:-1] + parts.batch_tail) for message in messages]
         tails = parts.tag_tails
         tail_of = parts.tail_of.get
@@ -160,7 +163,7 @@ class UnsJsonDeviceEncoder:
         for sample, (topic, payload, _) in zip(samples, messages, strict=True):
             index = tail_of(sample.tag)
             tail = device_tail if index is None else tails[index]
-            append(_new_message(Message, (topic, payload[:-1] + tail, False)))
+            append(_new_message(Message, (topic, payload[:-1] + tail if len(tail) > 1 else payload, False)))
         return out
 
     def status(self, *, connected: bool, since: float, error: str | None, gateway: str | None) -> Message:
@@ -186,19 +189,20 @@ class _ContextParts:
 
     def __init__(self, context: SampleContext) -> None:
         self.context = context
-        self.device_tail = b',"ctx":' + orjson.dumps(dict(context.device)) + b"}"
-        self.tag_tails = [
-            b',"ctx":' + orjson.dumps({**context.device, **keys}) + b"}" for keys in context.instances
-        ]
+        # A payload's last byte is its closing brace; a tail replaces it. No key with a value yet: no member.
+        self.device_tail = _ctx_tail(context.device)
+        self.tag_tails = [_ctx_tail({**context.device, **keys}) for keys in context.instances]
         self.tail_of = context.instance_of
-        instances = b""
-        if context.instances:
-            by_name: dict[str, dict[str, Value]] = {}
-            for name, keys in zip(context.prefixes, context.instances, strict=True):
-                if keys:  # an instance whose keys have no good value yet is left out
-                    by_name.setdefault(name, {}).update(keys)  # two repeats may make the same instance (ch001)
-            instances = b',"instance_ctx":' + orjson.dumps(by_name)
+        by_name: dict[str, dict[str, Value]] = {}
+        for name, keys in zip(context.prefixes, context.instances, strict=True):
+            if keys:  # an instance whose keys have no good value yet is left out
+                by_name.setdefault(name, {}).update(keys)  # two repeats may make the same instance (ch001)
+        instances = b',"instance_ctx":' + orjson.dumps(by_name) if by_name else b""
         self.batch_tail = self.device_tail[:-1] + instances + b"}"
+
+
+def _ctx_tail(keys: Mapping[str, Value]) -> bytes:
+    return b',"ctx":' + orjson.dumps(dict(keys)) + b"}" if keys else b"}"
 
 
 # tuple.__new__(Message, (topic, payload, retain)) builds the NamedTuple in C, without its generated Python

@@ -127,6 +127,16 @@ def test_a_bad_context_tag_keeps_the_last_good_value_and_a_change_is_published()
     assert out.context is not None and out.context.of("ch001/voltage") == {"recipe": 3, "cell": "CELL-002"}
 
 
+def test_no_ctx_member_until_a_key_has_a_value() -> None:
+    _, out = rack()
+    got = bodies(out.messages([reading("ambient", 21.5), reading("ch001/cell_id", "CELL-001")], now=1.0))
+    assert "ctx" not in got["ambient"]  # recipe/version not read yet
+    assert got["ch001/cell_id"]["ctx"] == {"cell": "CELL-001"}
+    _, batch = rack("batch")
+    (message,) = batch.messages([reading("ambient", 21.5)], now=1.0)
+    assert set(orjson.loads(message.payload)) == {"ts", "seq", "samples"}
+
+
 def test_an_uncertain_context_value_is_not_taken() -> None:
     _, out = rack()
     out.messages([reading("recipe/version", 3)], now=1.0)
@@ -242,5 +252,7 @@ def test_a_tag_payload_in_context_is_the_plain_payload_plus_ctx(
     sample = Sample("d", "t", value, quality, 1234.5, status)
     (message,) = encoder.encode_in_context([sample], context, now=1235.0)
     expected = tag_payload_dict(sample, unit=unit, seq=1)
-    expected["ctx"] = {**device, **instance} if in_instance else device
+    whole = {**device, **instance} if in_instance else device
+    if whole:  # no key with a value yet: no ctx member
+        expected["ctx"] = whole
     assert orjson.loads(message.payload) == orjson.loads(orjson.dumps(expected))
