@@ -150,18 +150,27 @@ class UnsJsonDeviceEncoder:
         parts = self._context_parts
         if parts.context is not context:
             parts = self._context_parts = _ContextParts(context)
-        messages = self.encode(samples, now)
         if self._batch_encoder is not None:
+            messages = self.encode(samples, now)
             if parts.batch_tail == b"}":
                 return messages
             return [Message(message.topic, message.payload[:-1] + parts.batch_tail) for message in messages]
+        # encode()'s per-tag loop, with the sample's context tail in place of the payload's closing brace.
         tails = parts.tag_tails
         tail_of = parts.tail_of.get
         device_tail = parts.device_tail
         out: list[Message] = []
         append = out.append
-        for sample, (topic, payload, _) in zip(samples, messages, strict=True):
-            index = tail_of(sample.tag)
+        seqs = self._seq
+        last_seq = seqs.get
+        tag_topics = self._tag_topics
+        units = self._units
+        for sample in samples:
+            tag = sample.tag
+            topic = tag_topics[tag]
+            seq = seqs[topic] = last_seq(topic, 0) + 1
+            payload = encode_tag_payload(sample, unit=units[tag], seq=seq)
+            index = tail_of(tag)
             tail = device_tail if index is None else tails[index]
             append(_new_message(Message, (topic, payload[:-1] + tail if len(tail) > 1 else payload, False)))
         return out
