@@ -145,7 +145,9 @@ class UnsJsonDeviceEncoder:
         with no key that has a value yet is left out.
 
         Each payload is the one ``encode`` makes with the context as its last member(s): the JSON of a context is
-        made once per change of it, and joined to the payloads here without parsing them.
+        made once per change of it, and joined to the payloads here without parsing them. The property test
+        tests/unit/test_context.py::test_a_tag_payload_in_context_is_the_plain_payload_plus_ctx checks a per-tag
+        payload equals ``tag_payload_dict`` plus ``ctx``.
         """
         parts = self._context_parts
         if parts.context is not context:
