@@ -198,8 +198,9 @@ def check_a_new_cell_is_published_with_its_context(subscriber: Subscriber, stack
         >= 2,
         timeout_s=60,
     )
-    ids = [body["value"] for body in _bodies(subscriber, f"{stacker}/cell/id")]
-    for body in _bodies(subscriber, f"{stacker}/cell/id"):
+    good = [body for body in _bodies(subscriber, f"{stacker}/cell/id") if body["quality"] == "good"]
+    ids = [body["value"] for body in good]
+    for body in good:
         assert body["ctx"] == {"cell": body["value"]}
     cells = [(body.get("ctx") or {}).get("cell") for body in _bodies(subscriber, f"{stacker}/stack/sheet_index")]
     assert set(cells) <= set(ids), (cells, ids)
