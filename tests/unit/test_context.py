@@ -14,15 +14,16 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.assembly import build_outbound, context_plan
+from gateway.assembly import build_outbound, context_plan, modbus_plan
 from gateway.encoders.sparkplug import SparkplugDeviceEncoder, SparkplugEdgeNode
 from gateway.encoders.uns_json import UnsJsonDeviceEncoder, historical
 from gateway.outbound import ContextPlan, DeviceOutbound, Message, TagOutput
 from gateway.schema import EquipmentTopics, Quality, Sample, SampleContext, TagMeta, tag_payload_dict
 from gateway.sources.base import RawReading
-from gateway.tagmap import Plant
+from gateway.tagmap import ModbusDevice, Plant, load_plant
 from gateway.transform import TagRules
 from gateway.vocabulary import PublishMode
+from tests.support.gateway import DEMO_CONFIG
 from tests.support.tagmap import HEADER, load
 
 RACK = (
@@ -256,3 +257,19 @@ def test_a_tag_payload_in_context_is_the_plain_payload_plus_ctx(
     if whole:  # no key with a value yet: no ctx member
         expected["ctx"] = whole
     assert orjson.loads(message.payload) == orjson.loads(orjson.dumps(expected))
+
+
+def test_the_demo_context_tags_are_read_with_the_values() -> None:
+    """Every context tag of the demo map is a tag its device reads: in the Modbus read plan, one poll cycle with
+    the values; for OPC UA among the device's monitored (or polled) tags."""
+    plant = load_plant(DEMO_CONFIG)
+    with_context = 0
+    for device in plant.devices:
+        plan = context_plan(device)
+        if plan is None:
+            continue
+        with_context += 1
+        named = set(plan.device.values()) | {tag for i in plan.instances for tag in i.keys.values()}
+        read = set(modbus_plan(device).keys) if isinstance(device, ModbusDevice) else {t.name for t in device.tags}
+        assert named and named <= read, (device.name, named - read)
+    assert with_context == 5  # coater, calender, stacker and both racks
