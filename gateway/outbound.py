@@ -147,7 +147,7 @@ class DeviceOutbound:
             context=(context.described or context.device) if context else None,
         )
         self._encode = self.encoder.encode
-        # None for a device without context: messages() then costs what it did before context existed.
+        # None for a device without context: messages() then takes the plain path, with no per-sample context work.
         self._context = _ContextState(context) if context else None
         self._encode_in_context = (
             self.encoder.encode_in_context if isinstance(self.encoder, ContextEncoder) else None
