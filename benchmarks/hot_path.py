@@ -3,7 +3,8 @@
 No sockets: this isolates what Cellgate itself spends per value (the MQTT client and the sources are
 measured by benchmarks/run.py). Prints one JSON object with microseconds per value for per-tag and batch
 messages (and Sparkplug B DDATA beside the batch), for changing values (every reading published) and for
-unchanged ones (deadband suppresses them),
+unchanged ones (deadband suppresses them), for changing values on a device with context (``ctx`` on every
+sample, from two of its tags that change every cycle: the worst case, as context normally changes rarely),
 and for batches that start from Modbus register bytes (decode + transform + encode, as a poll does): the
 ``modbus-1k`` layout (one uint16 per register, plain polling) and the ``hall`` one (8 tags of float32, scaled
 int16, uint16 and uint32 in each 16-register channel).
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from gateway.encoders.sparkplug import SparkplugDeviceEncoder, SparkplugEdgeNode
-from gateway.outbound import DeviceOutbound, PublishMode, TagOutput
+from gateway.outbound import ContextPlan, DeviceOutbound, PublishMode, TagOutput
 from gateway.schema import EquipmentTopics, TagMeta
 from gateway.sources.base import RawReading
 from gateway.sources.modbus_plan import ModbusField, ReadPlan, ValueType, plan_reads
@@ -39,8 +40,11 @@ HALL_CHANNEL: tuple[tuple[str, int, ValueType, float, str | None], ...] = (
 )
 
 
-def outbound(tags: int, mode: PublishMode, *, deadband: float | None, sparkplug: bool = False) -> DeviceOutbound:
-    """``sparkplug``: the device's DDATA (one per call, by alias) instead of UNS JSON."""
+def outbound(
+    tags: int, mode: PublishMode, *, deadband: float | None, sparkplug: bool = False, context: bool = False
+) -> DeviceOutbound:
+    """``sparkplug``: the device's DDATA (one per call, by alias) instead of UNS JSON. ``context``: every sample
+    carries ``ctx`` with the device's lot and recipe (the first two of the ``tags`` values are those tags)."""
     outputs = [
         TagOutput(
             name=f"ch{n:03d}/voltage",
@@ -50,24 +54,38 @@ def outbound(tags: int, mode: PublishMode, *, deadband: float | None, sparkplug:
         )
         for n in range(tags)
     ]
+    plan = ContextPlan(device={"lot": "ch000/voltage", "recipe": "ch001/voltage"}) if context else None
     encoder = None
     if sparkplug:
         node = SparkplugEdgeNode(group_id="dunkirk", edge_node_id="gw-01")
         encoder = SparkplugDeviceEncoder(node=node, device="rack-01", catalogue=[o.meta for o in outputs], alias_base=1)
     return DeviceOutbound(
-        device="rack-01", protocol="modbus", topics=TOPICS, mode=mode, interval_ms=1000, tags=outputs, encoder=encoder
+        device="rack-01", protocol="modbus", topics=TOPICS, mode=mode, interval_ms=1000, tags=outputs, encoder=encoder,
+        context=plan,
     )
 
 
 def measure(
-    tags: int, cycles: int, mode: PublishMode, *, changing: bool, repeats: int = 5, sparkplug: bool = False
+    tags: int,
+    cycles: int,
+    mode: PublishMode,
+    *,
+    changing: bool,
+    repeats: int = 5,
+    sparkplug: bool = False,
+    context: bool = False,
 ) -> float:
     """The best of ``repeats`` runs: the least disturbed by whatever else the machine is doing."""
-    return min(_measure_once(tags, cycles, mode, changing=changing, sparkplug=sparkplug) for _ in range(repeats))
+    return min(
+        _measure_once(tags, cycles, mode, changing=changing, sparkplug=sparkplug, context=context)
+        for _ in range(repeats)
+    )
 
 
-def _measure_once(tags: int, cycles: int, mode: PublishMode, *, changing: bool, sparkplug: bool) -> float:
-    device = outbound(tags, mode, deadband=0.001, sparkplug=sparkplug)
+def _measure_once(
+    tags: int, cycles: int, mode: PublishMode, *, changing: bool, sparkplug: bool, context: bool
+) -> float:
+    device = outbound(tags, mode, deadband=0.001, sparkplug=sparkplug, context=context)
     names = device.tag_names
     now = time.time()
     step = 0.01 if changing else 0.0
@@ -163,6 +181,12 @@ def main() -> None:
             "tag_changing": round(measure(args.tags, args.cycles, PublishMode.TAG, changing=True), 3),
             "tag_unchanged": round(measure(args.tags, args.cycles, PublishMode.TAG, changing=False), 3),
             "batch_changing": round(measure(args.tags, args.cycles, PublishMode.BATCH, changing=True), 3),
+            "tag_changing_context": round(
+                measure(args.tags, args.cycles, PublishMode.TAG, changing=True, context=True), 3
+            ),
+            "batch_changing_context": round(
+                measure(args.tags, args.cycles, PublishMode.BATCH, changing=True, context=True), 3
+            ),
             "sparkplug_ddata_changing": round(
                 measure(args.tags, args.cycles, PublishMode.BATCH, changing=True, sparkplug=True), 3
             ),

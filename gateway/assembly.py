@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.mqtt.options import MqttOptions
-from gateway.outbound import DeviceOutbound, TagOutput
+from gateway.outbound import ContextPlan, DeviceOutbound, InstanceContext, TagOutput
 from gateway.schema import META_PART_DEFAULT_BYTES, EquipmentTopics, TagMeta
 from gateway.sources.base import Emit, RawReading, ReportLink
 from gateway.sources.modbus import ModbusConnection, ModbusUnit, SerialEndpoint, TcpEndpoint
@@ -109,7 +109,27 @@ def build_outbound(plant: Plant, device: Device) -> DeviceOutbound:
         interval_ms=device.interval_ms,
         tags=tags,
         max_packet_bytes=plant.mqtt.max_packet_size or META_PART_DEFAULT_BYTES,
+        context=context_plan(device),
     )
+
+
+def context_plan(device: Device) -> ContextPlan | None:
+    """The device's ``context`` and its repeats' (``repeat_context``) as the outbound side runs them."""
+    if not device.context and not device.repeat_context:
+        return None
+    described = dict(device.context)
+    instances: list[InstanceContext] = []
+    for repeat in device.repeat_context:
+        described.update({key: f"{repeat.name}/{tag}" for key, tag in repeat.keys.items()})
+        instances.extend(
+            InstanceContext(
+                name=prefix,
+                keys={key: f"{prefix}/{tag}" for key, tag in repeat.keys.items()},
+                members=[f"{prefix}/{tag}" for tag in repeat.tags],
+            )
+            for prefix in repeat.instances
+        )
+    return ContextPlan(device=dict(device.context), instances=instances, described=described)
 
 
 # ------------------------------------------------------------------------------------------- modbus

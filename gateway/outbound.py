@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 
-from gateway.encoders.base import DeviceEncoder, Message
+from gateway.encoders.base import ContextEncoder, DeviceEncoder, Message
 from gateway.encoders.uns_json import UnsJsonDeviceEncoder
 from gateway.schema import (
     META_PART_DEFAULT_BYTES,
@@ -18,13 +18,15 @@ from gateway.schema import (
     EquipmentTopics,
     Quality,
     Sample,
+    SampleContext,
     TagMeta,
+    Value,
 )
 from gateway.sources.base import RawReading
 from gateway.transform import TagRules, TagTransform
 from gateway.vocabulary import PublishMode
 
-__all__ = ["DeviceOutbound", "Message", "PublishMode", "TagOutput"]
+__all__ = ["ContextPlan", "DeviceOutbound", "InstanceContext", "Message", "PublishMode", "TagOutput"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,6 +37,77 @@ class TagOutput:
     unit: str | None
     rules: TagRules
     meta: TagMeta
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceContext:
+    """Context keys of the tags of one repeat instance: ``keys`` name tags of the device (e.g. ``{"cell":
+    "ch003/cell_id"}``), ``members`` are the tags that carry them (the instance's tags)."""
+
+    name: str
+    keys: Mapping[str, str]
+    members: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContextPlan:
+    """Which tags' latest good values travel with a device's samples (README "Traceability: context")."""
+
+    device: Mapping[str, str]
+    """``{key: tag}``: carried by every sample of the device."""
+    instances: Sequence[InstanceContext] = ()
+    described: Mapping[str, str] | None = None
+    """``{key: source}`` as ``_meta`` lists it (default: ``device``)."""
+
+    def __bool__(self) -> bool:
+        return bool(self.device) or any(instance.keys for instance in self.instances)
+
+
+class _ContextState:
+    """The latest good value of each context tag, updated from the Samples of each call before they are encoded."""
+
+    __slots__ = ("_instance_of", "_prefixes", "_values", "_watch", "current")
+
+    def __init__(self, plan: ContextPlan) -> None:
+        # _values[0]: the device's keys; _values[i + 1]: instance i's keys.
+        self._values: list[dict[str, Value]] = [{} for _ in range(1 + len(plan.instances))]
+        self._watch: dict[str, list[tuple[dict[str, Value], str]]] = {}
+        for key, tag in plan.device.items():
+            self._watch.setdefault(tag, []).append((self._values[0], key))
+        self._instance_of: dict[str, int] = {}
+        for index, instance in enumerate(plan.instances):
+            for key, tag in instance.keys.items():
+                self._watch.setdefault(tag, []).append((self._values[index + 1], key))
+            for member in instance.members:
+                self._instance_of[member] = index
+        self._prefixes = tuple(instance.name for instance in plan.instances)
+        self.current = self._snapshot()
+
+    def _snapshot(self) -> SampleContext:
+        device, *instances = self._values
+        return SampleContext(
+            dict(device),
+            tuple(dict(values) for values in instances),
+            self._prefixes,
+            self._instance_of,
+        )
+
+    def update(self, samples: Sequence[Sample]) -> SampleContext:
+        """The context after ``samples``: a good sample of a context tag sets its key; others leave it."""
+        watch = self._watch.get
+        changed = False
+        for sample in samples:
+            targets = watch(sample.tag)
+            value = sample.value
+            if targets is None or sample.quality is not Quality.GOOD or value is None:
+                continue
+            for values, key in targets:
+                if key not in values or values[key] != value or type(values[key]) is not type(value):
+                    values[key] = value
+                    changed = True
+        if changed:
+            self.current = self._snapshot()
+        return self.current
 
 
 class DeviceOutbound:
@@ -51,9 +124,12 @@ class DeviceOutbound:
         tags: Sequence[TagOutput],
         max_packet_bytes: int = META_PART_DEFAULT_BYTES,
         encoder: DeviceEncoder | None = None,
+        context: ContextPlan | None = None,
     ) -> None:
         """``encoder``: the device's output encoding; by default UNS JSON on ``topics`` in ``mode``, with its
-        retained ``_meta`` split into parts that fit ``max_packet_bytes`` (``mqtt.max_packet_size``)."""
+        retained ``_meta`` split into parts that fit ``max_packet_bytes`` (``mqtt.max_packet_size``).
+        ``context``: the tags whose latest good values go with every sample (an encoder that is not a
+        ``ContextEncoder`` publishes them only as ordinary tags)."""
         self.device = device
         self.protocol = protocol
         self.topics = topics
@@ -68,8 +144,14 @@ class DeviceOutbound:
             units={tag.name: tag.unit for tag in tags},
             catalogue=[tag.meta for tag in tags],
             max_packet_bytes=max_packet_bytes,
+            context=(context.described or context.device) if context else None,
         )
         self._encode = self.encoder.encode
+        # None for a device without context: messages() then takes the plain path, with no per-sample context work.
+        self._context = _ContextState(context) if context else None
+        self._encode_in_context = (
+            self.encoder.encode_in_context if isinstance(self.encoder, ContextEncoder) else None
+        )
         self._transforms = {
             tag.name: TagTransform(device=device, tag=tag.name, rules=tag.rules) for tag in tags
         }
@@ -116,7 +198,19 @@ class DeviceOutbound:
         samples = self.samples(readings, now)
         if not samples:
             return []
-        return self._encode(samples, now)
+        if self._context is None:
+            return self._encode(samples, now)
+        # The context tags were read with the values (one Modbus plan, one OPC UA Read, or the notifications
+        # delivered with them): their new values count for every sample of this call.
+        context = self._context.update(samples)
+        if self._encode_in_context is None:
+            return self._encode(samples, now)
+        return self._encode_in_context(samples, context, now)
+
+    @property
+    def context(self) -> SampleContext | None:
+        """The device's current context (None: the device has no context keys)."""
+        return None if self._context is None else self._context.current
 
     def link_lost_readings(self, now: float) -> list[RawReading]:
         """Every tag once with quality bad / comm_failure, for when the link to the PLC is lost."""

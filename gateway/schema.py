@@ -6,6 +6,7 @@ Everything here is pure: plain values in, bytes or strings out. Topics and paylo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -65,6 +66,33 @@ class Sample(NamedTuple):
     quality: Quality
     ts: float
     status: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SampleContext:
+    """The context of a device's samples (README "Traceability: context"): the latest good value of each context
+    tag, by key, as of the readings being encoded. Encoder-neutral: UNS JSON writes it as ``ctx``; an encoding
+    that does not use it publishes the context tags as the ordinary tags they also are.
+
+    ``device`` holds the device's own keys, which every sample carries. ``instances[i]`` holds the keys of the
+    tags of one repeat instance (e.g. ``{"cell": ...}`` for the tags of ``ch003``); ``prefixes[i]`` is that
+    instance's name and ``instance_of`` maps each such tag to ``i``. A sample's whole context is ``device`` and
+    its instance's keys (they never share a key: the tag map check refuses it). A key whose tag has not had a
+    good value yet is absent; after one, a bad or uncertain reading of the tag leaves the last good value.
+    A new object whenever a value changes, so encoders may cache what they make of one by identity.
+    """
+
+    device: Mapping[str, Value]
+    instances: tuple[Mapping[str, Value], ...] = ()
+    prefixes: tuple[str, ...] = ()
+    instance_of: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+    def of(self, tag: str) -> dict[str, Value]:
+        """The whole context of ``tag``'s samples."""
+        index = self.instance_of.get(tag)
+        if index is None:
+            return dict(self.device)
+        return {**self.device, **self.instances[index]}
 
 
 # --------------------------------------------------------------------------------------------- topics
@@ -419,6 +447,7 @@ def encode_meta_parts(
     publish_mode: str,
     interval_ms: int,
     max_payload_bytes: int,
+    context: Mapping[str, str] | None = None,
 ) -> list[bytes]:
     """Retained ``_meta`` in parts of at most ``max_payload_bytes`` each (a tag whose entry alone is larger gets
     a part of its own, the only way it can exceed the limit).
@@ -427,6 +456,10 @@ def encode_meta_parts(
     ``"parts": N``, ``"digest"`` (the same in every part of one catalogue, so a subscriber can tell parts of
     an older catalogue apart) and the ``"tags"`` of that part, in catalogue order; the union of the parts'
     ``tags`` is the catalogue.
+
+    ``context``: a device with context keys lists them in the header as ``"context": {key: tag}`` (a repeat
+    instance's key as ``"{name pattern}/{tag}"``, e.g. ``"ch{n:03d}/cell_id"``); without, the header has no
+    ``context`` member.
     """
     header: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
@@ -435,6 +468,8 @@ def encode_meta_parts(
         "publish": publish_mode,
         "interval_ms": interval_ms,
     }
+    if context:
+        header["context"] = dict(context)
     entries = [orjson.dumps(meta.tag) + b":" + orjson.dumps(_meta_entry(meta)) for meta in tags]
     whole = b"".join((orjson.dumps({**header, "tags": {}})[:-2], b",".join(entries), b"}}"))
     if len(whole) <= max_payload_bytes:

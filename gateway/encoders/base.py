@@ -9,9 +9,9 @@ forward and the sink only move the resulting messages.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
-from gateway.schema import Sample
+from gateway.schema import Sample, SampleContext
 
 
 class Message(NamedTuple):
@@ -61,6 +61,16 @@ class DeviceEncoder(Protocol):
     def retained_topics(self) -> list[str]:
         """Every topic the device's messages are retained on (status and catalogue): what to clear when the
         device leaves the tag map."""
+        ...
+
+
+@runtime_checkable
+class ContextEncoder(Protocol):
+    """A device encoding that carries context on its data messages (README "Traceability: context"). An encoder
+    without this method publishes the context tags only as the ordinary tags they are (Sparkplug B: metrics)."""
+
+    def encode_in_context(self, samples: Sequence[Sample], context: SampleContext, now: float) -> list[Message]:
+        """``encode(samples, now)`` with ``context`` (the device's, as of these samples) on the messages."""
         ...
 
 

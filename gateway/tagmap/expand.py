@@ -27,6 +27,7 @@ from gateway.tagmap.model import (
     OpcUaDevice,
     OpcUaTag,
     Plant,
+    RepeatContext,
     RepeatSpec,
     SpoolSection,
     Tag,
@@ -170,6 +171,11 @@ class _Expander:
         if self.topics is not None:
             self._check_topic_lengths(index, device, final, origin, self.topics)
         update: dict[str, Any] = {"tags": tuple(final), "repeat": ()}
+        update["repeat_context"] = (
+            self._check_context(index, device, origin)
+            if device.context or any(repeat.context for repeat in device.repeat)
+            else ()
+        )
         if isinstance(device, OpcUaDevice) and device.sampling_interval_ms is None:
             update["sampling_interval_ms"] = device.interval_ms
         return device.model_copy(update=update)
@@ -195,6 +201,50 @@ class _Expander:
         for loc, names in too_long.items():
             more = f" (and {len(names) - 1} more like it)" if len(names) > 1 else ""
             self.issues.append(Issue(loc, f"topic {quoted(f'{base}/{names[0]}')} is longer than {limit.why}{more}"))
+
+    def _check_context(self, index: int, device: Device, tags: Mapping[str, _Origin]) -> tuple[RepeatContext, ...]:
+        """Every context key names a tag of the device, and one key means one tag (per instance) in the device.
+
+        Returns the repeats' context as the Plant keeps it (the repeats themselves are gone once expanded)."""
+        for key, name in device.context.items():
+            if name not in tags:
+                self.issues.append(Issue(("devices", index, "context", key), _no_context_tag(key, name, list(tags))))
+        sources: dict[str, tuple[str, Loc]] = {
+            key: (name, ("devices", index, "context", key)) for key, name in device.context.items()
+        }
+        found: list[RepeatContext] = []
+        for repeat_index, repeat in enumerate(device.repeat):
+            if not repeat.context:
+                continue
+            prefixes = [prefix for prefix in _instance_prefixes(repeat) if prefix is not None]
+            made = (
+                [proto.tag.name for proto in self._prototypes.get((repeat.template, device.protocol), [])]
+                if self.templates is not None and repeat.template in self.templates
+                else []
+            )
+            for key, name in repeat.context.items():
+                where: Loc = ("devices", index, "repeat", repeat_index, "context", key)
+                source = f"{repeat.name}/{name}"
+                first = sources.get(key)
+                if first is not None and first[0] != source:
+                    self.issues.append(
+                        Issue(
+                            where,
+                            f"context key {key!r} is already set to {first[0]!r} at {self.describe(first[1])}; "
+                            "a key names one tag per device (per instance)",
+                        )
+                    )
+                    continue
+                sources[key] = (source, where)
+                missing = [prefix for prefix in prefixes if f"{prefix}/{name}" not in tags]
+                if missing:
+                    more = f" (and in {len(missing) - 1} more instances)" if len(missing) > 1 else ""
+                    message = _no_context_tag(key, f"{missing[0]}/{name}", [f"{missing[0]}/{tag}" for tag in made])
+                    self.issues.append(Issue(where, message + more))
+            found.append(
+                RepeatContext(name=repeat.name, instances=tuple(prefixes), tags=tuple(made), keys=dict(repeat.context))
+            )
+        return tuple(found)
 
     def _origin_text(self, origin: _Origin) -> str:
         return f"{origin.label} at {self.describe(origin.loc)}"
@@ -348,6 +398,23 @@ class _RepeatContext:
     def via(self, instance: str) -> str:
         """``devices[1].repeat[0] (ch003) -> ``: shown before template paths."""
         return f"{format_loc(self.loc)} ({instance}) -> "
+
+
+def _no_context_tag(key: str, name: str, known: Sequence[str]) -> str:
+    return f"context {key!r} names {quoted(name)}, which is not a tag of this device{did_you_mean(name, known)}"
+
+
+def _instance_prefixes(repeat: RepeatSpec) -> list[str | None]:
+    """Each instance's name (None where it cannot be formatted: already reported by the expansion)."""
+    prefixes: list[str | None] = []
+    for n in repeat.numbers():
+        try:
+            prefix = repeat.instance_name(n)
+        except (ValueError, TypeError):
+            prefixes.append(None)
+            continue
+        prefixes.append(None if tag_name_problem(prefix) else prefix)
+    return prefixes
 
 
 def _fill(pattern: str, n: int) -> str:

@@ -200,6 +200,34 @@ TagName = Annotated[str, AfterValidator(_check_tag_name)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 
 
+# ------------------------------------------------------------------------------------------- context
+
+MAX_CONTEXT_KEYS: Final = 32
+"""Most context keys per device or repeat: context rides on every sample, so it stays a handful of ids."""
+
+_CONTEXT_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_context_key(key: str) -> str:
+    """Context keys are identifiers (``lot``, ``roll_id``): JSON member names a subscriber can use as they are."""
+    if not _CONTEXT_KEY.fullmatch(key):
+        message = f"context key {quoted(key)} is not an identifier (letters, digits and _, not first a digit)"
+        raise rule_error([Issue((), message, True)])
+    return key
+
+
+def _check_context_size(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_CONTEXT_KEYS:
+        raise rule_error([Issue((), f"{len(value)} context keys; at most {MAX_CONTEXT_KEYS}")])
+    return value
+
+
+ContextKeys = Annotated[
+    dict[Annotated[str, AfterValidator(_check_context_key)], TagName], AfterValidator(_check_context_size)
+]
+"""``{key: tag name}``: the latest good value of each tag travels as ``ctx.{key}`` with the samples."""
+
+
 def _one_or_many(value: Any) -> Any:
     """``repeat:`` takes one mapping or a list of them."""
     return [value] if isinstance(value, dict) else value
@@ -851,6 +879,9 @@ class RepeatSpec(_Model):
     first: int = Field(default=1, ge=0)
     name: Annotated[str, AfterValidator(_check_repeat_name_pattern)]
     """Python format string with ``n``, e.g. ``ch{n:03d}``."""
+    context: ContextKeys = Field(default_factory=dict)
+    """Context of each instance's tags: ``{key: tag name relative to the instance}``, e.g. ``{cell: cell_id}``
+    gives the tags of ch003 the value of ``ch003/cell_id``. The tag may come from another repeat of the device."""
 
     @model_validator(mode="after")
     def _check(self) -> RepeatSpec:
@@ -896,6 +927,19 @@ class SerialSettings(_Model):
     bytesize: int = Field(default=8, ge=5, le=8)
 
 
+class RepeatContext(_Model):
+    """The context of one repeat's instances, in a Plant (expansion derives it from ``repeat[].context``)."""
+
+    name: str
+    """The repeat's name pattern, e.g. ``ch{n:03d}``."""
+    instances: tuple[str, ...]
+    """The instance prefixes it made, e.g. ``("ch001", "ch002")``."""
+    tags: tuple[str, ...]
+    """The tag names (relative to an instance) each instance has."""
+    keys: dict[str, str]
+    """``{key: tag name relative to the instance}``."""
+
+
 class _DeviceBase(_Model):
     name: TopicSegment
     area: AreaSegment
@@ -907,6 +951,12 @@ class _DeviceBase(_Model):
     publish: PublishModeField = PublishMode.TAG
     repeat: Annotated[tuple[RepeatSpec, ...], BeforeValidator(_one_or_many)] = ()
     """As written; in a Plant always empty (its instances are in ``tags``)."""
+    context: ContextKeys = Field(default_factory=dict)
+    """``{key: tag name}``: the latest good value of each of these tags of the device is attached to every sample
+    of the device as ``ctx`` (README "Traceability: context")."""
+    repeat_context: tuple[RepeatContext, ...] = ()
+    """In a Plant: the context of repeat instances, derived from ``repeat[].context`` (what a tag map writes here is
+    replaced by that)."""
 
 
 class ModbusDevice(_DeviceBase):
