@@ -207,8 +207,9 @@ def test_a_plc_that_stops_answering_shows_in_reads_and_samples(running: Running)
     code, body = get(f"{running.base}/metrics")
     check = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True, timeout=30, check=False)
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
-    # Reads come back once the hang is over (reconnect included), and other devices never stopped counting ok.
+    # Reads come back once the hang is over (reconnect included); the other PLC on the simulator (on its own port)
+    # kept reading meanwhile. (rack-01 is left alone: the status page test drops it.)
     during = seen[-1]
     wait_until(lambda: _scrape(running.base)[ok] > during[ok], 60, "rack-02 read ok again")
-    rack_01_ok = 'cellgate_device_reads_total{device="rack-01",result="ok"}'
-    assert _scrape(running.base)[rack_01_ok] > before[rack_01_ok]
+    stacker_ok = 'cellgate_device_reads_total{device="stacker-01",result="ok"}'
+    wait_until(lambda: _scrape(running.base)[stacker_ok] > before[stacker_ok], 30, "stacker-01 reading on")
