@@ -333,7 +333,7 @@ def security_cost_lines(results: Sequence[dict[str, Any]]) -> list[str]:
 
 
 SCRAPE_EVERY_S = 1.0
-"""With --metrics on, /metrics is scraped this often during the window (Prometheus' default is 15 s)."""
+"""With --metrics on, /metrics is scraped this often during the window by default (Prometheus' default is 15 s)."""
 
 
 def _free_port() -> int:
@@ -342,16 +342,18 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _scrape_for(port: int | None, duration_s: float) -> int:
-    """Sleep ``duration_s``; with a metrics port, GET /metrics every SCRAPE_EVERY_S meanwhile. Returns scrapes."""
+def _scrape_for(port: int | None, duration_s: float, every_s: float = SCRAPE_EVERY_S) -> int:
+    """Sleep ``duration_s``; with a metrics port and ``every_s`` > 0, GET /metrics every ``every_s`` meanwhile.
+    Returns scrapes."""
     end = time.monotonic() + duration_s
     scrapes = 0
+    scraping = port is not None and every_s > 0
     while (left := end - time.monotonic()) > 0:
-        if port is not None:
+        if scraping:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
                 answer.read()
             scrapes += 1
-        time.sleep(min(SCRAPE_EVERY_S, max(0.0, end - time.monotonic())) if port is not None else left)
+        time.sleep(min(every_s, max(0.0, end - time.monotonic())) if scraping else left)
     return scrapes
 
 
@@ -414,8 +416,8 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         subscriber.wait_for_prefix("started", 30)
         window_started = time.monotonic()
         window_wall = (time.time(), 0.0)
-        scrapes = _scrape_for(metrics_port, args.duration_s)
-        result["metrics"] = {"listener": args.metrics, "scrapes": scrapes, "scrape_every_s": SCRAPE_EVERY_S}
+        scrapes = _scrape_for(metrics_port, args.duration_s, args.scrape_every_s)
+        result["metrics"] = {"listener": args.metrics, "scrapes": scrapes, "scrape_every_s": args.scrape_every_s}
         window_wall = (window_wall[0], time.time())
         after = {name: [proc_sample(pid) for pid in group] for name, group in pids.items()}
         busy_after = machine_busy_ticks()
@@ -593,7 +595,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scenario", choices=(*SCENARIOS, *SCENARIO_GROUPS, "all"), default="all")
     parser.add_argument("--mode", choices=("tag", "batch", "both"), default="both")
     parser.add_argument("--metrics", choices=("on", "off"), default="on",
-                        help="the gateway's HTTP listener (/metrics scraped every 1 s during the window) or none")
+                        help="the gateway's HTTP listener (/metrics scraped during the window) or none")
+    parser.add_argument("--scrape-every-s", type=float, default=SCRAPE_EVERY_S,
+                        help="with --metrics on: seconds between scrapes of /metrics (default 1; 0: listener on, "
+                        "never scraped, to tell the listener's cost from the scrapes')")
     parser.add_argument("--duration-s", type=float, default=20.0, help="measured window (default 20)")
     parser.add_argument("--warmup-s", type=float, default=5.0, help="excluded after start-up (default 5)")
     parser.add_argument("--interval-ms", type=int, default=None, help="poll/publishing interval for every scenario")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
+from operator import itemgetter
+from typing import Final
 
 from gateway.encoders.base import ContextEncoder, DeviceEncoder, Message
 from gateway.encoders.uns_json import UnsJsonDeviceEncoder
@@ -26,7 +28,30 @@ from gateway.sources.base import RawReading
 from gateway.transform import TagRules, TagTransform
 from gateway.vocabulary import PublishMode
 
-__all__ = ["ContextPlan", "DeviceOutbound", "InstanceContext", "Message", "PublishMode", "TagOutput"]
+__all__ = ["ContextPlan", "DeviceOutbound", "InstanceContext", "Message", "PublishMode", "SampleCounts", "TagOutput"]
+
+_QUALITY_OF: Final = itemgetter(3)  # Sample.quality
+_GOOD: Final = Quality.GOOD
+_BAD: Final = Quality.BAD
+
+
+@dataclass(slots=True)
+class SampleCounts:
+    """Samples handed to the device's encoder (published), by quality (``cellgate_samples_total``)."""
+
+    good: int = 0
+    uncertain: int = 0
+    bad: int = 0
+
+    def add(self, samples: list[Sample]) -> None:
+        """Count one batch. Per batch in Python; per sample only C (itemgetter, list.count by identity)."""
+        qualities = list(map(_QUALITY_OF, samples))
+        good = qualities.count(_GOOD)
+        self.good += good
+        if good != len(qualities):
+            bad = qualities.count(_BAD)
+            self.bad += bad
+            self.uncertain += len(qualities) - good - bad
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,6 +181,7 @@ class DeviceOutbound:
             tag.name: TagTransform(device=device, tag=tag.name, rules=tag.rules) for tag in tags
         }
         self.unknown_tags = 0  # readings for tags this device does not have (a source bug); counted, not raised
+        self.sample_counts = SampleCounts()
 
     @property
     def tag_names(self) -> list[str]:
@@ -198,6 +224,7 @@ class DeviceOutbound:
         samples = self.samples(readings, now)
         if not samples:
             return []
+        self.sample_counts.add(samples)
         if self._context is None:
             return self._encode(samples, now)
         # The context tags were read with the values (one Modbus plan, one OPC UA Read, or the notifications

@@ -300,6 +300,7 @@ class Gateway:
                     messages=per_device.get(name, 0),
                     last_message_at=channel.last_message_at,
                     source_stats=channel.source_stats,
+                    samples=channel.outbound.sample_counts,
                 )
                 for name, channel in self._channels.items()
             ),
@@ -419,6 +420,7 @@ class Gateway:
             self._restore_seq(outbound)  # seq runs on across the change, and for a topic that changed device
             previous = self._channels.get(name)
             if previous is not None:
+                outbound.sample_counts = previous.outbound.sample_counts  # counters run on across a reload
                 # A catalogue that shrank leaves no stale parts retained.
                 kept = set(outbound.retained_topics())
                 for topic in previous.outbound.retained_topics():

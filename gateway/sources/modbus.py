@@ -161,6 +161,8 @@ class UnitStats:
     # Polls the fixed rate asked for that did not happen: the time overruns pushed the schedule back, in intervals
     # (after an overrun the next poll starts at once, never in a burst to catch up).
     skipped_cycles: int = 0
+    # Read requests answered with data (the other results: ``reads_by_result``).
+    reads_ok: int = 0
     comm_failures: int = 0
     exception_responses: int = 0
     request_errors: int = 0
@@ -178,6 +180,18 @@ class UnitStats:
         """Poll deadlines at which nothing could be read: failed cycles (link down, timeout) and polls skipped in
         back-off. Logged per outage as ``missed_cycles`` of ``modbus_link_up``."""
         return self.comm_failures + self.backoff_skipped_polls
+
+    def reads_by_result(self) -> dict[str, int]:
+        """Read requests by result (``cellgate_device_reads_total``): ``connection_error`` is a cycle that found no
+        connection or lost it (the rest of that cycle is not read), ``decode_error`` an answer the library refused
+        or could not parse, ``exception`` a Modbus exception response."""
+        return {
+            "ok": self.reads_ok,
+            "timeout": self.timeouts,
+            "connection_error": self.comm_failures - self.timeouts,
+            "exception": self.exception_responses,
+            "decode_error": self.request_errors,
+        }
 
 
 class _ReadResponse(Protocol):
@@ -610,8 +624,10 @@ class ModbusConnection:
                     stats.exception_responses += 1
                     readings += failed_readings(request, ts=ts, status=device_exception_status(outcome.code))
                 elif isinstance(outcome, bytes):
+                    stats.reads_ok += 1
                     readings += request.decode_block(outcome, ts=ts)
                 else:
+                    stats.reads_ok += 1
                     readings += request.decode(outcome, ts=ts)
         finally:
             reads.abandon()

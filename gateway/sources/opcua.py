@@ -148,8 +148,21 @@ class OpcUaSourceStats:
     poll_overruns: int = 0  # polls (with their emit) that ran past their slot; the next one then starts at once
     poll_skipped_cycles: int = 0  # polls the fixed rate asked for that overruns cost (see base.PollSchedule)
     read_requests: int = 0
+    reads_ok: int = 0  # Read calls (poll mode) answered
+    read_timeouts: int = 0  # Read calls without an answer within timeout_ms
+    read_errors: int = 0  # Read calls that failed otherwise (a Bad service result, a broken session)
     read_chunk_reductions: int = 0  # BadTooManyOperations from a server that under-reports MaxNodesPerRead
     missed_cycles: int = 0  # intervals (interval_ms) that passed while the link was down, added when it is up again
+
+    def reads_by_result(self) -> dict[str, int]:
+        """Requests to the server by result (``cellgate_device_reads_total``): Read calls in poll mode, and in
+        subscribe mode every Publish response as ``ok``; failed connects as ``connection_error``."""
+        return {
+            "ok": self.reads_ok + self.fast_publish_responses + self.asyncua_publish_responses,
+            "timeout": self.read_timeouts,
+            "error": self.read_errors,
+            "connection_error": self.connect_failures,
+        }
 
 
 class _EmitError(Exception):
@@ -899,7 +912,11 @@ class OpcUaSource:
                 async with asyncio.timeout(self._timeout_s):
                     self.stats.read_requests += 1
                     values = await client.read_attributes(part, AttributeIds.Value)
+            except TimeoutError:
+                self.stats.read_timeouts += 1
+                raise
             except UaStatusCodeError as exc:
+                self.stats.read_errors += 1
                 # A server that under-reports its limit answers BadTooManyOperations: halve and retry.
                 if exc.code == StatusCodes.BadTooManyOperations and len(part) > 1:
                     chunk_size = max(1, math.ceil(len(part) / 2))
@@ -907,6 +924,10 @@ class OpcUaSource:
                     self._log.warning("opcua_read_chunk_reduced", max_nodes_per_read=chunk_size)
                     continue
                 raise
+            except Exception:
+                self.stats.read_errors += 1
+                raise
+            self.stats.reads_ok += 1
             if len(values) != len(part):
                 raise ua.uaerrors.UaError(f"Read returned {len(values)} results for {len(part)} nodes")
             received_at = time.time()
