@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from gateway.encoders.base import DeviceEncoder, Message
+from gateway.encoders.base import DeviceEncoder, JointDeviceEncoder, Message
 from gateway.encoders.uns_json import UnsJsonDeviceEncoder
 from gateway.schema import (
     META_PART_DEFAULT_BYTES,
@@ -23,6 +24,9 @@ from gateway.schema import (
 from gateway.sources.base import RawReading
 from gateway.transform import TagRules, TagTransform
 from gateway.vocabulary import PublishMode
+
+if TYPE_CHECKING:  # protobuf is imported only by gateways that publish Sparkplug
+    from gateway.encoders.sparkplug import SparkplugDeviceEncoder
 
 __all__ = ["DeviceOutbound", "Message", "PublishMode", "TagOutput"]
 
@@ -51,14 +55,21 @@ class DeviceOutbound:
         tags: Sequence[TagOutput],
         max_packet_bytes: int = META_PART_DEFAULT_BYTES,
         encoder: DeviceEncoder | None = None,
+        sparkplug: SparkplugDeviceEncoder | None = None,
+        uns_json: bool = True,
     ) -> None:
         """``encoder``: the device's output encoding; by default UNS JSON on ``topics`` in ``mode``, with its
-        retained ``_meta`` split into parts that fit ``max_packet_bytes`` (``mqtt.max_packet_size``)."""
+        retained ``_meta`` split into parts that fit ``max_packet_bytes`` (``mqtt.max_packet_size``).
+        ``sparkplug``: the device as a Sparkplug device too (``uns_json`` True: both encodings) or only."""
         self.device = device
         self.protocol = protocol
         self.topics = topics
         self.mode = mode
         self.interval_ms = interval_ms
+        self.sparkplug = sparkplug
+        self.retained_status = uns_json
+        """Whether the link state is a retained message (UNS JSON ``_status``); Sparkplug's DBIRTH/DDEATH travel
+        with the data instead (see ``sparkplug``)."""
         self.encoder: DeviceEncoder = encoder or UnsJsonDeviceEncoder(
             device=device,
             protocol=protocol,
@@ -69,6 +80,8 @@ class DeviceOutbound:
             catalogue=[tag.meta for tag in tags],
             max_packet_bytes=max_packet_bytes,
         )
+        if sparkplug is not None:
+            self.encoder = JointDeviceEncoder(self.encoder, sparkplug) if uns_json else sparkplug
         self._encode = self.encoder.encode
         self._transforms = {
             tag.name: TagTransform(device=device, tag=tag.name, rules=tag.rules) for tag in tags

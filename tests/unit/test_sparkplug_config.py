@@ -27,9 +27,10 @@ def test_the_sparkplug_section_and_the_edge_node_id() -> None:
 
 
 @pytest.mark.parametrize("outputs", [["sparkplug"], ["uns-json", "sparkplug"]])
-def test_sparkplug_output_is_refused_until_the_runtime_drives_it(outputs: list[str]) -> None:
-    with pytest.raises(ValidationError, match="sparkplug is not run by this version yet"):
-        gateway(outputs=outputs, sparkplug={"group_id": "Plant1"})
+def test_sparkplug_output_alone_or_beside_uns_json(outputs: list[str]) -> None:
+    section = gateway(outputs=outputs, sparkplug={"group_id": "Plant1"})
+    assert Output.SPARKPLUG in section.outputs
+    assert (Output.UNS_JSON in section.outputs) == (len(outputs) == 2)
 
 
 @pytest.mark.parametrize(
