@@ -83,19 +83,26 @@ class SparkplugSession:
         return ((self.node.ncmd_topic, 1), (self.node.dcmd_filter, 1))
 
     def will_payload(self) -> bytes:
-        """The NDEATH of the next CONNECT: bdSeq + 1 after the last one (this run's or, at start, the stored one)."""
-        bd_seq = 0 if self._last_bd_seq is None else (self._last_bd_seq + 1) % 256
-        self._last_bd_seq = self.node.bd_seq = bd_seq
+        """The NDEATH of the next CONNECT: bdSeq + 1 after the last connection's (this run's or, at start, the stored
+        one). An attempt that gets no CONNACK (broker down) uses no number: the next attempt has the same."""
+        self.node.bd_seq = 0 if self._last_bd_seq is None else (self._last_bd_seq + 1) % 256
+        return self.node.will().payload
+
+    def _connected_with(self, bd_seq: int) -> None:
+        """The CONNECT with ``bd_seq`` was accepted: count it, and keep it for the next run."""
+        if bd_seq == self._last_bd_seq:
+            return
+        self._last_bd_seq = bd_seq
         if self._bd_seq_path is not None:
             try:
                 write_bd_seq(self._bd_seq_path, bd_seq)
             except OSError as exc:  # the count goes on in memory; a restart may then repeat a bdSeq
                 log.error("sparkplug_bdseq_not_saved", path=str(self._bd_seq_path), error=str(exc), bd_seq=bd_seq)
-        return self.node.will().payload
 
     def births(self) -> Sequence[tuple[str, bytes]]:
         """NBIRTH, then the DBIRTH of every device whose link is up (one that is down has its DBIRTH when it
-        comes back)."""
+        comes back). Called after every CONNACK (and for a Rebirth)."""
+        self._connected_with(self.node.bd_seq)
         now = self._clock()
         messages = [self.node.birth(now)]
         messages += [device.birth(now) for device in self.devices.values() if device.alive]

@@ -29,11 +29,7 @@ Edge-node assertions of Sparkplug 3.0 checked here (specification ids):
 from __future__ import annotations
 
 import base64
-import json
-import shutil
-import subprocess
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,25 +37,13 @@ import pytest
 from gateway.encoders.base import Message
 from gateway.encoders.sparkplug import QUALITY_CODES, SparkplugDeviceEncoder, SparkplugEdgeNode, parse_command
 from gateway.schema import Quality, Sample, TagMeta
+from tests.interop.sparkplug_tahu import TAHU_AVAILABLE, TAHU_MISSING, tahu
 
-HERE = Path(__file__).parent
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or not (HERE / "node_modules" / "sparkplug-payload").is_dir(),
-    reason="needs Node.js and sparkplug-payload (`make test` runs `npm ci` in tests/interop)",
-)
+pytestmark = pytest.mark.skipif(not TAHU_AVAILABLE, reason=TAHU_MISSING)
 
 T0 = 1_780_000_000.25  # epoch seconds
 
 
-def tahu(requests: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Run Tahu's decoder (or encoder) over ``requests`` in one Node process."""
-    text = "".join(json.dumps(request) + "\n" for request in requests)
-    result = subprocess.run(
-        ["node", str(HERE / "sparkplug_decode.js")],
-        input=text, capture_output=True, text=True, timeout=60, check=True,
-    )
-    return [json.loads(line) for line in result.stdout.splitlines()]
 
 
 def decode(messages: Iterable[Message]) -> list[dict[str, Any]]:
