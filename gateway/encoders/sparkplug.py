@@ -293,6 +293,14 @@ class SparkplugDeviceEncoder:
         self._alias = {meta.tag: alias_base + index for index, meta in enumerate(self._catalogue)}
         self._datatype = {meta.tag: datatype_of(meta.type) for meta in self._catalogue}
         self._last: dict[str, Sample] = {}
+        # DDATA of every tag at once, all good floats (a poll of a numeric device): this payload's metrics get the new
+        # values and timestamps, no metric object is made (see _encode_every_tag). None: the device has other types.
+        self._index = {meta.tag: index for index, meta in enumerate(self._catalogue)}
+        self._template: pb.Payload | None = None
+        if self._catalogue and all(datatype == DOUBLE for datatype in self._datatype.values()):
+            self._template = pb.Payload()
+            for meta in self._catalogue:
+                self._template.metrics.add(alias=self._alias[meta.tag], timestamp=0, double_value=0.0)
         self.ddata_topic = node.topic("DDATA", device)
         self.dbirth_topic = node.topic("DBIRTH", device)
         self.ddeath_topic = node.topic("DDEATH", device)
@@ -320,6 +328,10 @@ class SparkplugDeviceEncoder:
             for sample in samples:
                 last[sample.tag] = sample
             return []
+        if self._template is not None and len(samples) == len(self._catalogue):
+            data = self._encode_every_tag(samples, now)
+            if data is not None:
+                return [Message(self.ddata_topic, data)]
         payload = pb.Payload(timestamp=_ms(now))
         add = payload.metrics.add
         aliases = self._alias
@@ -337,6 +349,28 @@ class SparkplugDeviceEncoder:
             if sample.quality is not _GOOD:  # a metric without the property is good (Ignition's default)
                 _quality_properties(metric, sample.quality)
         return [Message(self.ddata_topic, payload.SerializeToString())]
+
+    def _encode_every_tag(self, samples: Sequence[Sample], now: float) -> bytes | None:
+        """The DDATA of ``samples`` when they are every tag once, each a good float, from the prebuilt payload; None
+        when they are not (then the general path encodes them; the payload is overwritten before its next use)."""
+        template = self._template
+        assert template is not None
+        if len({sample.tag for sample in samples}) != len(samples):
+            return None
+        metrics = template.metrics
+        index = self._index
+        last = self._last
+        for sample in samples:
+            value = sample.value
+            if value.__class__ is not float or sample.quality is not _GOOD:
+                return None
+            tag = sample.tag
+            metric = metrics[index[tag]]
+            metric.timestamp = int(sample.ts * 1000)
+            metric.double_value = value
+            last[tag] = sample
+        template.timestamp = _ms(now)
+        return template.SerializeToString()
 
     def birth(self, now: float) -> Message:
         """DBIRTH: every metric with name, alias, datatype, its last value (null before the first) and properties

@@ -241,3 +241,37 @@ def test_values_of_every_kind_decode_with_their_birth_datatype() -> None:
     assert [m["type"] for m in dbirth["metrics"]] == ["Double", "Double", "Boolean", "String", "String"]
     assert [m["alias"] for m in dbirth["metrics"]] == [100, 101, 102, 103, 104]
     assert [m["value"] for m in ddata["metrics"]] == [7.0, float(2**40), False, "[1.5,2.5]", "ok"]
+
+
+def test_ddata_of_every_tag_at_once_decodes_as_any_other() -> None:
+    """A poll of every tag with good floats takes the prebuilt payload; a part of them, or one bad value, does not.
+    Tahu reads the same values, aliases and timestamps either way, and nothing of one DDATA leaks into the next."""
+    node = SparkplugEdgeNode(group_id="Plant1", edge_node_id="gw-01")
+    metas = [TagMeta(tag=f"ch{n}/voltage", type="float32", unit="V") for n in range(3)]
+    device = SparkplugDeviceEncoder(node=node, device="Rack01", catalogue=metas, alias_base=10)
+
+    def poll(values: list[float | None], ts: float, quality: Quality = Quality.GOOD) -> list[Sample]:
+        return [Sample("Rack01", f"ch{n}/voltage", v, quality if v is None else Quality.GOOD, ts)
+                for n, v in enumerate(values)]
+
+    messages = [device.birth(T0)]
+    messages += device.encode(poll([3.1, 3.2, 3.3], T0 + 1), T0 + 1)  # every tag: the prebuilt payload
+    messages += device.encode(poll([4.1, None, 4.3], T0 + 2, Quality.BAD), T0 + 2)  # a bad value: general path
+    messages += device.encode(list(reversed(poll([5.1, 5.2, 5.3], T0 + 3))), T0 + 3)  # any order
+    messages += device.encode(poll([6.1, 6.2, 6.3], T0 + 4)[:2], T0 + 4)  # a part: general path
+    duplicated = poll([7.1, 7.2, 7.3], T0 + 5)
+    messages += device.encode([duplicated[0], duplicated[0], duplicated[2]], T0 + 5)  # a tag twice: general path
+    decoded = [entry["decoded"] for entry in decode(wire(node, messages))][1:]
+    rows = [
+        [(m["alias"], m["value"], m["timestamp"], properties(m).get("Quality")) for m in payload["metrics"]]
+        for payload in decoded
+    ]
+    ms = [int((T0 + k) * 1000) for k in range(6)]
+    assert rows == [
+        [(10, 3.1, ms[1], None), (11, 3.2, ms[1], None), (12, 3.3, ms[1], None)],
+        [(10, 4.1, ms[2], None), (11, None, ms[2], BAD), (12, 4.3, ms[2], None)],
+        [(10, 5.1, ms[3], None), (11, 5.2, ms[3], None), (12, 5.3, ms[3], None)],
+        [(10, 6.1, ms[4], None), (11, 6.2, ms[4], None)],
+        [(10, 7.1, ms[5], None), (10, 7.1, ms[5], None), (12, 7.3, ms[5], None)],
+    ]
+    assert [payload["seq"] for payload in decoded] == [2, 3, 4, 5, 6]  # after the DBIRTH's 1
