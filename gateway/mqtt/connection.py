@@ -55,6 +55,11 @@ persistence gets them back; one still unacknowledged from the last connection is
 discard the will). Control messages (status, retained) are always QoS1 retained, use no window slot and
 are not counted in ``published`` / ``delivered`` / ``failed``; they do count against the broker's
 Receive Maximum, which is enforced for everything sent (beyond it, messages wait in order in memory).
+
+Session hooks (``options.session``, Sparkplug): after every CONNACK its ``births`` go first (QoS 1 control, not
+retained), then what the last connection left unacknowledged, passed through ``session.resend`` (renumbered, or
+dropped when the births supersede it); every data payload goes through ``session.stamp`` as it is handed over, so
+numbering follows the wire order. ``rebirth`` sends the births again on the live connection.
 """
 
 from __future__ import annotations
