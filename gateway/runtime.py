@@ -54,7 +54,7 @@ from gateway.seq_reservation import SeqBudget, SeqFileStore, SeqReservations
 from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward, open_spool
 from gateway.sources.base import RawReading
-from gateway.sparkplug_session import BD_SEQ_FILE, SparkplugSession, historical_form
+from gateway.sparkplug_session import BD_SEQ_FILE, HostGate, SparkplugSession, historical_form
 from gateway.state_dir import LOCK_FILE_NAME, locked_state_dir
 from gateway.tagmap import Plant
 from gateway.tagmap.model import Output
@@ -500,7 +500,12 @@ class Gateway:
                 node = SparkplugEdgeNode(
                     group_id=gateway.sparkplug.group_id, edge_node_id=gateway.sparkplug_edge_node_id, clock=self._clock
                 )
-                self._sparkplug = SparkplugSession(node, bd_seq_path=self.state_dir / BD_SEQ_FILE, clock=self._clock)
+                self._sparkplug = SparkplugSession(
+                    node,
+                    bd_seq_path=self.state_dir / BD_SEQ_FILE,
+                    clock=self._clock,
+                    primary_host=gateway.sparkplug.primary_host,
+                )
             settings = self.plant.spool
             spool_path = Path(settings.path) if settings.path else self.state_dir / "spool.db"
 
@@ -571,8 +576,17 @@ class Gateway:
         sink = MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused)
         forwarder.bind(sink)
         self._sink, self._forwarder = sink, forwarder
+        held_stores: set[asyncio.Task[None]] = set()
         if sparkplug is not None:
-            sparkplug.bind(sink.rebirth)
+
+            def spool_held(held: list[tuple[str, bytes]]) -> None:
+                task = asyncio.get_running_loop().create_task(forwarder.store(held))
+                held_stores.add(task)
+                task.add_done_callback(held_stores.discard)
+
+            sparkplug.bind(sink.rebirth, spool_held)
+            if sparkplug.primary_host is not None:
+                forwarder.bind(HostGate(sink, sparkplug))
             if self._uns_json is not None:
                 sink.set_retained(encoder.status_topic, encoder.gateway_status(online=True).payload)
         async with sink:

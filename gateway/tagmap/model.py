@@ -227,8 +227,8 @@ class SparkplugSection(_Model):
     edge_node_id: TopicSegment | None = None
     """The edge node id; default ``gateway.id``."""
     primary_host: TopicSegment | None = None
-    """A primary host application id: data waits until ``spBv1.0/STATE/{primary_host}`` says online (not yet
-    acted on by the runtime, see README "Sparkplug B")."""
+    """A primary host application id: after every connect, births and data wait (spooled) until
+    ``spBv1.0/STATE/{primary_host}`` says online (README "Sparkplug B")."""
 
 
 class GatewaySection(_Model):

@@ -17,6 +17,8 @@ Edge-node statements of Sparkplug 3.0 checked on the wire (besides those HostVie
   that follows its return.
 - tck-id-payloads-metric-historical: data spooled during a broker outage arrives after the new births with
   is_historical on every metric, numbered in the new seq run.
+- tck-id-message-flow-edge-node-birth-publish-subscribe: with a primary host, no NBIRTH (and no data) before its
+  STATE says online; the data of the wait is spooled and replayed as historical after the births.
 - With both outputs: one connection, every sample in both encodings, the NDEATH is the will and the UNS JSON status
   says offline at a clean stop.
 """
@@ -48,7 +50,7 @@ DEVICES = ("stacker-01", "stacker-02")
 DEADLINE_S = 30.0  # generous: other tests share the machine
 
 
-def tag_map(path: Path, *, stacker_port: int, outputs: str) -> Path:
+def tag_map(path: Path, *, stacker_port: int, outputs: str, primary_host: str | None) -> Path:
     """Two devices on the stacker simulator (one Modbus connection), a few tags that change every second."""
     tags = """
       - {name: diagnostics/heartbeat, table: input, address: 600, type: uint32, description: PLC watchdog counter.}
@@ -77,7 +79,7 @@ def tag_map(path: Path, *, stacker_port: int, outputs: str) -> Path:
   enterprise: acme
   site: dunkirk
   outputs: {outputs}
-  sparkplug: {{group_id: {GROUP}}}
+  sparkplug: {{group_id: {GROUP}{f", primary_host: {primary_host}" if primary_host else ""}}}
 mqtt:
   url: mqtt://127.0.0.1:1883
   qos: 1
@@ -121,6 +123,17 @@ class Rig:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}: {counts}")
             time.sleep(0.1)
+
+    def wait_historical(self, at_least: int) -> HostView:
+        """Wait for replayed (historical) DDATA: they come after the births and the live data that is ready first."""
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            view = self.view()
+            if view.historical >= at_least:
+                return view
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {at_least} historical DDATA: {view}")
+            time.sleep(0.5)
 
     def count(self, kind: str) -> int:
         return kinds(self.sparkplug.messages).get(kind, 0)
@@ -169,7 +182,9 @@ def read_stream(messages: list[Received]) -> HostView:
 
 
 @contextlib.contextmanager
-def rig(tmp_path: Path, *, outputs: str = "[sparkplug]", persistent: bool = False) -> Iterator[Rig]:
+def rig(
+    tmp_path: Path, *, outputs: str = "[sparkplug]", persistent: bool = False, primary_host: str | None = None
+) -> Iterator[Rig]:
     modbus_port = free_port_run(MODBUS_MACHINES_IN_DEFAULT_SET)
     sim = SimulatorProcess(only="modbus", modbus_port=modbus_port)
     sim.start()
@@ -182,7 +197,9 @@ def rig(tmp_path: Path, *, outputs: str = "[sparkplug]", persistent: bool = Fals
         sparkplug.start()
         if persistent:
             time.sleep(1.5)  # autosave_interval 1: the session is on disk before the broker restarts
-        config = tag_map(tmp_path / "map.yaml", stacker_port=modbus_port + 2, outputs=outputs)
+        config = tag_map(
+            tmp_path / "map.yaml", stacker_port=modbus_port + 2, outputs=outputs, primary_host=primary_host
+        )
         yield Rig(broker, sparkplug, sim, modbus_port, config, tmp_path)
         sparkplug.stop()
     finally:
@@ -243,18 +260,31 @@ def test_both_outputs_births_rebirth_refused_writes_a_device_dying_and_the_clean
             uns.stop()
 
 
-def test_broker_restart_replays_historical_data_and_bdseq_counts_on_across_runs_and_kill(tmp_path: Path) -> None:
-    with rig(tmp_path, persistent=True) as line:
+def test_primary_host_broker_restart_replays_historical_data_and_bdseq_counts_on_across_runs_and_kill(
+    tmp_path: Path,
+) -> None:
+    with rig(tmp_path, persistent=True, primary_host="scada") as line:
         gateway = line.gateway()
         try:
+            # A primary host is configured: connected, the gateway publishes nothing until its STATE says online
+            # (tck-id-message-flow-edge-node-birth-publish-subscribe); meanwhile the data goes to the spool.
+            gateway.wait_for_event("mqtt_connected", DEADLINE_S)
+            time.sleep(1.5)
+            assert line.count("NBIRTH") == 0 and line.count("DDATA") == 0
+            state = json.dumps({"online": True, "timestamp": int(time.time() * 1000)})
+            mqtt_publish.single(
+                "spBv1.0/STATE/scada", state, qos=1, retain=True, hostname=line.broker.host, port=line.broker.port
+            )
             line.wait("births and data", NBIRTH=1, DBIRTH=1, DDATA=2)
+            view = line.wait_historical(1)  # what waited in the spool, after the births
+            assert view.nbirths == [0]
             data = line.count("DDATA")
             # The broker goes away for a while: the gateway spools, reconnects with the next bdSeq, births first,
             # then the spooled data as historical, numbered in the new run.
             line.broker.restart(down_s=1.5)
-            view = line.wait("births after the restart and the replay", NBIRTH=2, DBIRTH=2, DDATA=data + 2)
+            line.wait("births after the restart", NBIRTH=2, DBIRTH=2, DDATA=data + 2)
+            view = line.wait_historical(view.historical + 1)
             assert view.nbirths[:2] == [0, 1]
-            assert view.historical >= 1
             bd_seq_file = tmp_path / "state" / "sparkplug-bdseq"
             assert bd_seq_file.read_text().strip() == "1"
             deaths = line.count("NDEATH")  # the broker may send the will when it stops
