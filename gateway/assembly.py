@@ -402,6 +402,13 @@ def describe_plant(plant: Plant, *, list_tags: bool = False) -> str:
         f"gateway {plant.gateway.id} ({plant.gateway.enterprise}/{plant.gateway.site}) -> "
         f"{'mqtts' if mqtt.tls else 'mqtt'}://{mqtt.host}:{mqtt.port} qos {mqtt.qos}, MQTT {mqtt.protocol}",
     ]
+    sparkplug = plant.gateway.sparkplug
+    if Output.SPARKPLUG in plant.gateway.outputs and sparkplug is not None:
+        lines.append(
+            f"outputs {', '.join(plant.gateway.outputs)}: Sparkplug B edge node "
+            f"spBv1.0/{sparkplug.group_id}/+/{plant.gateway.sparkplug_edge_node_id}"
+            + (f", waits for primary host {sparkplug.primary_host}" if sparkplug.primary_host else "")
+        )
     for device in devices:
         outbound = build_outbound(plant, device)
         base = outbound.topics.base

@@ -48,3 +48,23 @@ def test_sparkplug_output_alone_or_beside_uns_json(outputs: list[str]) -> None:
 def test_invalid(fields: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValidationError, match=problem):
         gateway(**fields)
+
+
+def test_check_names_the_sparkplug_edge_node() -> None:
+    from gateway.assembly import describe_plant
+    from gateway.tagmap.loader import load_plant_from_text
+
+    text = """
+gateway: {id: edge-1, enterprise: acme, site: dunkirk, outputs: [uns-json, sparkplug],
+          sparkplug: {group_id: Cells, primary_host: scada}}
+mqtt: {url: "mqtt://127.0.0.1:1883"}
+devices:
+  - {name: stacker-01, area: a, line: l, protocol: modbus, host: 127.0.0.1, port: 5022,
+     tags: [{name: hb, table: input, address: 600, type: uint32}]}
+"""
+    summary = describe_plant(load_plant_from_text(text, environ={})).splitlines()
+    assert summary[2] == (
+        "outputs uns-json, sparkplug: Sparkplug B edge node spBv1.0/Cells/+/edge-1, waits for primary host scada"
+    )
+    plain = describe_plant(load_plant_from_text(text.replace(", outputs: [uns-json, sparkplug]", ""), environ={}))
+    assert "Sparkplug" not in plain
