@@ -125,12 +125,26 @@ class _DeviceChannel:
         # Sparkplug DBIRTH/DDEATH: they go out ahead of the next data of the device, on the queue the data takes.
         self._link_messages: list[Message] = []
         self._flushes: set[asyncio.Task[None]] = set()
+        self._emitting = 0
 
     @property
     def since(self) -> float:
         return self._since
 
     async def emit(self, readings: Sequence[RawReading]) -> None:
+        if self.outbound.sparkplug is None:
+            await self._emit(readings)
+            return
+        # Sparkplug: a DBIRTH/DDEATH goes after the data encoded before it and before the data encoded after it.
+        self._emitting += 1
+        try:
+            await self._emit(readings)
+        finally:
+            self._emitting -= 1
+        if self._link_messages and not self._emitting:
+            await self._queue.put_unbounded(self._take_link_messages())
+
+    async def _emit(self, readings: Sequence[RawReading]) -> None:
         # No seq number goes out before a durable reservation covers it (waits only when the budget is spent).
         budget = self._seq_budget
         need = self.outbound.seq_need(readings)
@@ -178,8 +192,9 @@ class _DeviceChannel:
         return messages
 
     async def _flush_link_messages(self) -> None:
-        """Queue the link messages no data took along (a DDEATH: nothing follows it)."""
-        if self._link_messages:
+        """Queue the link messages no data took along (a DDEATH: nothing follows it); an emit under way queues them
+        itself once its data is queued."""
+        if self._link_messages and not self._emitting:
             await self._queue.put_unbounded(self._take_link_messages())
 
     def link(self) -> DeviceLink:
