@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.mqtt.options import MqttOptions
+from gateway.mqtt.options import MqttOptions, SessionHooks
 from gateway.outbound import ContextPlan, DeviceOutbound, InstanceContext, TagOutput
 from gateway.schema import META_PART_DEFAULT_BYTES, EquipmentTopics, TagMeta
 from gateway.sources.base import Emit, RawReading, ReportLink
@@ -18,10 +18,13 @@ from gateway.sources.modbus import ModbusConnection, ModbusUnit, SerialEndpoint,
 from gateway.sources.modbus_plan import ModbusField, ReadLimits, ReadPlan, describe_plan, plan_reads
 from gateway.tagmap import Device, ModbusDevice, ModbusTag, OpcUaDevice, OpcUaTag, Plant, Transport
 from gateway.tagmap.index_range import IndexItem, parse_index_range
+from gateway.tagmap.model import Output
 from gateway.transform import TagRules
+from gateway.vocabulary import QoS
 
 if TYPE_CHECKING:
     # asyncua costs about 40 MB of memory to import: a gateway without OPC UA devices never loads it.
+    from gateway.encoders.sparkplug import SparkplugEdgeNode
     from gateway.sources.opcua import OpcUaDeviceOptions, OpcUaTagRef
     from gateway.sources.opcua_security import ClientSecurity
     from gateway.value_shape import ValueShape
@@ -69,7 +72,9 @@ def tag_type(tag: ModbusTag | OpcUaTag) -> str:
     return tag.type
 
 
-def build_outbound(plant: Plant, device: Device) -> DeviceOutbound:
+def build_outbound(plant: Plant, device: Device, *, sparkplug: SparkplugEdgeNode | None = None) -> DeviceOutbound:
+    """The device's outbound side; with ``sparkplug`` (the edge node, when ``gateway.outputs`` lists sparkplug) the
+    device is also (or, without uns-json, only) a Sparkplug device of it."""
     topics = EquipmentTopics.of(
         enterprise=plant.gateway.enterprise,
         site=plant.gateway.site,
@@ -101,6 +106,14 @@ def build_outbound(plant: Plant, device: Device) -> DeviceOutbound:
             fields=tag.fields if isinstance(tag, OpcUaTag) else None,
         )
         tags.append(TagOutput(name=tag.name, unit=tag.unit, rules=rules, meta=meta))
+    device_encoder = None
+    if sparkplug is not None:
+        from gateway.encoders.sparkplug import SparkplugDeviceEncoder
+
+        catalogue = [tag.meta for tag in tags]
+        device_encoder = SparkplugDeviceEncoder(
+            node=sparkplug, device=device.name, catalogue=catalogue, alias_base=sparkplug.alias_block(len(catalogue))
+        )
     return DeviceOutbound(
         device=device.name,
         protocol=device.protocol,
@@ -110,6 +123,8 @@ def build_outbound(plant: Plant, device: Device) -> DeviceOutbound:
         tags=tags,
         max_packet_bytes=plant.mqtt.max_packet_size or META_PART_DEFAULT_BYTES,
         context=context_plan(device),
+        sparkplug=device_encoder,
+        uns_json=sparkplug is None or Output.UNS_JSON in plant.gateway.outputs,
     )
 
 
@@ -354,7 +369,15 @@ def build_sources(plant: Plant, links: Mapping[str, DeviceLink], *, pki_root: Pa
 
 
 def mqtt_options_for(
-    plant: Plant, *, will_topic: str, will_payload: bytes, online_payload: bytes | Callable[[], bytes]
+    plant: Plant,
+    *,
+    will_topic: str,
+    will_payload: bytes | Callable[[], bytes],
+    online_payload: bytes | Callable[[], bytes] | None,
+    will_retain: bool = True,
+    subscriptions: tuple[tuple[str, QoS], ...] = (),
+    on_message: Callable[[str, bytes], None] | None = None,
+    session: SessionHooks | None = None,
 ) -> MqttOptions:
     mqtt = plant.mqtt
     return MqttOptions(
@@ -378,6 +401,10 @@ def mqtt_options_for(
         will_topic=will_topic,
         will_payload=will_payload,
         online_payload=online_payload,
+        will_retain=will_retain,
+        subscriptions=subscriptions,
+        on_message=on_message,
+        session=session,
     )
 
 
@@ -395,6 +422,13 @@ def describe_plant(plant: Plant, *, list_tags: bool = False) -> str:
         f"gateway {plant.gateway.id} ({plant.gateway.enterprise}/{plant.gateway.site}) -> "
         f"{'mqtts' if mqtt.tls else 'mqtt'}://{mqtt.host}:{mqtt.port} qos {mqtt.qos}, MQTT {mqtt.protocol}",
     ]
+    sparkplug = plant.gateway.sparkplug
+    if Output.SPARKPLUG in plant.gateway.outputs and sparkplug is not None:
+        lines.append(
+            f"outputs {', '.join(plant.gateway.outputs)}: Sparkplug B edge node "
+            f"spBv1.0/{sparkplug.group_id}/+/{plant.gateway.sparkplug_edge_node_id}"
+            + (f", waits for primary host {sparkplug.primary_host}" if sparkplug.primary_host else "")
+        )
     for device in devices:
         outbound = build_outbound(plant, device)
         base = outbound.topics.base

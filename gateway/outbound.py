@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from gateway.encoders.base import ContextEncoder, DeviceEncoder, Message
+from gateway.encoders.base import ContextEncoder, DeviceEncoder, JointDeviceEncoder, Message
 from gateway.encoders.uns_json import UnsJsonDeviceEncoder
 from gateway.schema import (
     META_PART_DEFAULT_BYTES,
@@ -27,6 +27,9 @@ from gateway.schema import (
 from gateway.sources.base import RawReading
 from gateway.transform import TagRules, TagTransform
 from gateway.vocabulary import PublishMode
+
+if TYPE_CHECKING:  # protobuf is imported only by gateways that publish Sparkplug
+    from gateway.encoders.sparkplug import SparkplugDeviceEncoder
 
 __all__ = ["ContextPlan", "DeviceOutbound", "InstanceContext", "Message", "PublishMode", "SampleCounts", "TagOutput"]
 
@@ -150,16 +153,23 @@ class DeviceOutbound:
         max_packet_bytes: int = META_PART_DEFAULT_BYTES,
         encoder: DeviceEncoder | None = None,
         context: ContextPlan | None = None,
+        sparkplug: SparkplugDeviceEncoder | None = None,
+        uns_json: bool = True,
     ) -> None:
         """``encoder``: the device's output encoding; by default UNS JSON on ``topics`` in ``mode``, with its
         retained ``_meta`` split into parts that fit ``max_packet_bytes`` (``mqtt.max_packet_size``).
         ``context``: the tags whose latest good values go with every sample (an encoder that is not a
-        ``ContextEncoder`` publishes them only as ordinary tags)."""
+        ``ContextEncoder`` publishes them only as ordinary tags).
+        ``sparkplug``: the device as a Sparkplug device too (``uns_json`` True: both encodings) or only."""
         self.device = device
         self.protocol = protocol
         self.topics = topics
         self.mode = mode
         self.interval_ms = interval_ms
+        self.sparkplug = sparkplug
+        self.retained_status = uns_json
+        """Whether the link state is a retained message (UNS JSON ``_status``); Sparkplug's DBIRTH/DDEATH travel
+        with the data instead (see ``sparkplug``)."""
         self.encoder: DeviceEncoder = encoder or UnsJsonDeviceEncoder(
             device=device,
             protocol=protocol,
@@ -171,6 +181,8 @@ class DeviceOutbound:
             max_packet_bytes=max_packet_bytes,
             context=(context.described or context.device) if context else None,
         )
+        if sparkplug is not None:
+            self.encoder = JointDeviceEncoder(self.encoder, sparkplug) if uns_json else sparkplug
         self._encode = self.encoder.encode
         # None for a device without context: messages() then takes the plain path, with no per-sample context work.
         self._context = _ContextState(context) if context else None

@@ -55,6 +55,11 @@ persistence gets them back; one still unacknowledged from the last connection is
 discard the will). Control messages (status, retained) are always QoS1 retained, use no window slot and
 are not counted in ``published`` / ``delivered`` / ``failed``; they do count against the broker's
 Receive Maximum, which is enforced for everything sent (beyond it, messages wait in order in memory).
+
+Session hooks (``options.session``, Sparkplug): after every CONNACK its ``births`` go first (QoS 1 control, not
+retained), then what the last connection left unacknowledged, passed through ``session.resend`` (renumbered, or
+dropped when the births supersede it); every data payload goes through ``session.stamp`` as it is handed over, so
+numbering follows the wire order. ``rebirth`` sends the births again on the live connection.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ import structlog
 
 from gateway.backoff import Backoff
 from gateway.errors import SinkError
-from gateway.mqtt.options import MqttOptions, publish_topic_problem
+from gateway.mqtt.options import MqttOptions, SessionHooks, publish_topic_problem
 from gateway.mqtt.wire import (
     DEFAULT_RECEIVE_MAXIMUM,
     MAX_PACKET_ID,
@@ -453,6 +458,7 @@ class MqttSink:
         self._on_refused = on_refused
         self._version = ProtocolVersion.V5 if options.protocol == "5" else ProtocolVersion.V311
         self._encoder = PublishEncoder(self._version)
+        self._stamp = options.session.stamp if options.session is not None else None
         self._topic_fields: dict[str, bytes] = {}
         self._brokers: tuple[tuple[str, int], ...] = ((options.host, options.port), *options.failover)
         self._broker_index = 0
@@ -851,6 +857,8 @@ class MqttSink:
         never calls the window). The hot path: one call per message."""
         if self._closed:
             raise SinkError("MqttSink is closed")
+        if self._stamp is not None:
+            payload = self._stamp(topic, payload)
         encoded_topic = self._topic_fields.get(topic) or self._topic_field(topic)
         in_flight = self._in_flight
         packet_id = self._next_packet_id + 1
@@ -922,6 +930,8 @@ class MqttSink:
                 self._qos0_drop_logged = True
                 self._log.warning("mqtt_dropping_qos0", reason="disconnected")
             return
+        if self._stamp is not None:
+            payload = self._stamp(topic, payload)
         try:
             packet = self._encoder.qos0(self._topic_field(topic), payload, retain)
         except MalformedPacketError as exc:  # a payload of over 256 MB
@@ -1258,6 +1268,8 @@ class MqttSink:
             message.sent = False
         # Everything not yet acknowledged goes again, in publish order, before anything newer.
         self._unsent = collections.deque(self._in_flight)
+        if o.session is not None and not self._closing:
+            self._begin_session(o.session)
         conn.established = True
         conn.connected_at = loop.time()
         self._connected = True
@@ -1293,6 +1305,49 @@ class MqttSink:
             self._window.resize(window)  # last: new data goes after the resends and the status
         finally:
             self._write_out()
+
+    def _begin_session(self, session: SessionHooks) -> None:
+        """The session's births first on a new connection, then what the last one left unacknowledged, renumbered
+        after them (``session.resend``; what it supersedes is dropped as if acknowledged)."""
+        left = list(self._unsent)
+        self._unsent = collections.deque(self._births(session))
+        freed = 0
+        for packet_id in left:
+            message = self._in_flight[packet_id]
+            payload = session.resend(message.topic, message.payload)
+            if payload is None:
+                freed += self._complete(packet_id, 0)
+                continue
+            if payload is not message.payload:  # only data is renumbered: never retained
+                message.payload = payload
+                message.packet = self._encoder.qos1(self._topic_field(message.topic), payload, packet_id, False)
+            self._unsent.append(packet_id)
+        if freed:
+            self._window.release(freed)
+
+    def _births(self, session: SessionHooks) -> list[int]:
+        """Take the session's births into the in-flight set (control: QoS 1, no window slot); their packet ids."""
+        stamp = session.stamp
+        ids: list[int] = []
+        for topic, payload in session.births():
+            packet_id = self._new_packet_id()
+            stamped = stamp(topic, payload)
+            packet = self._encoder.qos1(self._topic_field(topic), stamped, packet_id, False)
+            self._in_flight[packet_id] = _InFlight(topic, stamped, packet, True, None)
+            ids.append(packet_id)
+        return ids
+
+    def rebirth(self) -> None:
+        """Send the session's births now, after everything handed over before (e.g. a Sparkplug Rebirth command).
+        Nothing while disconnected: the next connection starts with them anyway."""
+        session = self._options.session
+        if session is None or not self._connected or self._closing:
+            return
+        for packet_id in self._births(session):
+            if not self._unsent and self._outstanding < self._quota:
+                self._transmit(packet_id, self._in_flight[packet_id])
+            else:
+                self._unsent.append(packet_id)
 
     def _online_payload(self) -> bytes | None:
         online = self._options.online_payload

@@ -41,8 +41,9 @@ from gateway.sinks.spool import DeadLetter, DropReason, Spool, SpooledMessage, S
 
 log = structlog.get_logger("cellgate.spool")
 
-Historical = Callable[[str, bytes], bytes]
-"""The encoder's replay form of a message (topic, payload): what the spool keeps (e.g. ``"historical": true``)."""
+Historical = Callable[[str, bytes], bytes | None]
+"""The encoder's replay form of a message (topic, payload): what the spool keeps (e.g. ``"historical": true``);
+None for a message not worth replaying (a Sparkplug birth or death: the births of the next connection supersede it)."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -185,7 +186,7 @@ class StoreAndForward:
         if handle is None:
             # Replayed as historical once requeued; a payload the encoder cannot mark is kept as it was.
             with contextlib.suppress(ValueError):
-                payload = self._historical(topic, payload)
+                payload = self._historical(topic, payload) or payload
         self._refused.append(DeadLetter(topic, payload, reason, handle))
         if handle is not None:  # a replay: its spool id (see _replay_one)
             self._replay_done(handle)
@@ -237,7 +238,9 @@ class StoreAndForward:
             self._lose(len(messages), "spool_unavailable")
             return
         historical = self._historical
-        rows = [(topic, historical(topic, payload)) for topic, payload in messages]
+        rows = [(topic, marked) for topic, payload in messages if (marked := historical(topic, payload)) is not None]
+        if not rows:
+            return
         before = dict(spool.dropped_by_reason)
         try:
             await self._io(spool.append, rows)

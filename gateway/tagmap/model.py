@@ -256,8 +256,8 @@ class SparkplugSection(_Model):
     edge_node_id: TopicSegment | None = None
     """The edge node id; default ``gateway.id``."""
     primary_host: TopicSegment | None = None
-    """A primary host application id: data waits until ``spBv1.0/STATE/{primary_host}`` says online (not yet
-    acted on by the runtime, see README "Sparkplug B")."""
+    """A primary host application id: after every connect, births and data wait (spooled) until
+    ``spBv1.0/STATE/{primary_host}`` says online (README "Sparkplug B")."""
 
 
 class GatewaySection(_Model):
@@ -295,10 +295,6 @@ def _rule_outputs(gateway: GatewaySection) -> Iterator[Issue]:
         yield Issue(("outputs",), "lists an output more than once")
     if Output.SPARKPLUG in gateway.outputs and gateway.sparkplug is None:
         yield Issue(("sparkplug",), "outputs lists sparkplug: give sparkplug.group_id")
-    elif Output.SPARKPLUG in gateway.outputs:
-        # The encoder (gateway.encoders.sparkplug) is there; the runtime does not drive it yet (per-connect
-        # will and births, DBIRTH/DDEATH ordering with data, Rebirth): refused rather than silently ignored.
-        yield Issue(("outputs",), "sparkplug is not run by this version yet (README \"Sparkplug B\"): use uns-json")
 
 
 def _rule_gateway_status_topic(gateway: GatewaySection) -> Iterator[Issue]:
