@@ -5,11 +5,11 @@ No I/O, no clock: callers pass values and times in.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
 from collections.abc import Mapping, Sequence
-import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final

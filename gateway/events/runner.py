@@ -22,7 +22,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Protocol
 
 import structlog
@@ -38,23 +37,13 @@ from gateway.events.core import (
     build_record,
 )
 from gateway.schema import Quality
+from gateway.sinks.base import Delivery
 from gateway.sources.base import PollSchedule, RawReading
 from gateway.sources.reconnect import Reconnect, ReconnectPolicy
 from gateway.tagmap.events import TriggerOn
 from gateway.vocabulary import DataType
 
 log = structlog.get_logger("cellgate.events")
-
-
-class Delivery(StrEnum):
-    """What became of a published record."""
-
-    ACKED = "acked"
-    """The broker acknowledged it (PUBACK, live or replayed from the spool)."""
-    REFUSED = "refused"
-    """The broker refused it for good (kept as a dead letter): the record is not acknowledged to the PLC."""
-    LOST = "lost"
-    """Neither sent nor kept (no spool): it is read and published again."""
 
 
 PublishRecord = Callable[[EventRecord], Awaitable["asyncio.Future[Delivery]"]]
