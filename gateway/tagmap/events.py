@@ -83,6 +83,14 @@ class EventTrigger(_EventModel):
     """The tag watched every ``interval_ms`` of the device."""
     on: Annotated[TriggerOn, BeforeValidator(_trigger_on)] = TriggerOn.CHANGE
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on_key(cls, data: Any) -> Any:
+        # YAML 1.1 reads the key `on` as the boolean true: take it back as the field it was written for.
+        if isinstance(data, dict) and True in data and "on" not in data:
+            return {("on" if key is True else key): value for key, value in data.items()}
+        return data
+
 
 class EventAck(_EventModel):
     tag: Annotated[str, Field(min_length=1)]
