@@ -164,23 +164,30 @@ class EventRunner:
         loop = asyncio.get_running_loop()
         schedule = PollSchedule(interval_s=self._interval_s, deadline=loop.time())
         while True:
+            fired = False
             for event in self.events:
                 try:
-                    await self._step(event, states[event.name])
+                    fired |= await self._step(event, states[event.name])
                 except EventReadError as exc:
                     states[event.name].forget()
                     if str(exc) != self._read_problem:  # once per change, not per interval
                         self._read_problem = str(exc)
-                        self._log.warning("event_read_failed", event=event.name, error=str(exc))
+                        self._log.warning("event_read_failed", event_name=event.name, error=str(exc))
             schedule.after_cycle(loop.time())
+            if fired:
+                # A FIFO presents its next record as soon as the last one is acknowledged: read on at once, so a
+                # backlog (after an outage) drains at the speed of the round trips, not one record per interval.
+                schedule.deadline = loop.time()
+                continue
             await asyncio.sleep(max(0.0, schedule.deadline - loop.time()))
 
-    async def _step(self, event: PlannedEvent, state: TriggerState) -> None:
+    async def _step(self, event: PlannedEvent, state: TriggerState) -> bool:
+        """One look at the trigger, and the record if it fired (True then)."""
         readings = await self._link.read((event.trigger_tag,))
         trigger = readings.get(event.trigger_tag)
         value = trigger.value if trigger is not None and trigger.quality is not Quality.BAD else None
         if not state.fires(value):
-            return
+            return False
         readings = await self._link.read(event.record_tags)
         self._read_problem = None
         record = build_record(
@@ -189,15 +196,16 @@ class EventRunner:
         delivery = await self._publish(record)
         self.stats.records[event.name] = self.stats.records.get(event.name, 0) + 1
         if event.ack is None:
-            return
+            return True
         outcome = await delivery
         if outcome is not Delivery.ACKED:
-            self._log.warning("event_record_not_delivered", event=event.name, record_id=record.record_id,
+            self._log.warning("event_record_not_delivered", event_name=event.name, record_id=record.record_id,
                               outcome=str(outcome), action="not acknowledged to the PLC")  # fmt: skip
             if outcome is Delivery.LOST:
                 state.forget()
-            return
+            return False
         await self._acknowledge(event, event.ack, record, state)
+        return True
 
     async def _acknowledge(self, event: PlannedEvent, ack: AckPlan, record: EventRecord, state: TriggerState) -> None:
         value = record.fields.get(ack.field)
@@ -205,18 +213,18 @@ class EventRunner:
         if problem is not None or value is None:
             self._count(WriteResult.REFUSED)
             self._log.error("plc_write", tag=ack.tag, value=value, result=str(WriteResult.REFUSED), error=problem,
-                            event=event.name, record_id=record.record_id)  # fmt: skip
+                            event_name=event.name, record_id=record.record_id)  # fmt: skip
             return
         written = ack_int(value, ack.type)
         result, error = await self._link.write(ack.tag, written)
         self._count(result)
         if result is WriteResult.OK:
             self.stats.acked_ids += 1
-            self._log.info("plc_write", tag=ack.tag, value=written, result=str(result), event=event.name,
+            self._log.info("plc_write", tag=ack.tag, value=written, result=str(result), event_name=event.name,
                            record_id=record.record_id)  # fmt: skip
             return
         self._log.warning("plc_write", tag=ack.tag, value=written, result=str(result), error=error,
-                          event=event.name, record_id=record.record_id)  # fmt: skip
+                          event_name=event.name, record_id=record.record_id)  # fmt: skip
         state.forget()  # the record is still presented: read and published again, then acknowledged
         if result is WriteResult.FAILED:
             raise EventLinkError(error or "ack write failed")
