@@ -27,8 +27,8 @@ from tests.support.mosquitto import Mosquitto, Subscriber
 from tests.support.sim import SimulatorProcess, free_port_run
 from tests.support.waiting import wait_until
 
-SPEEDUP = 20.0
-"""Model seconds per second: a cell about every 1.5 s."""
+SPEEDUP = 30.0
+"""Model seconds per second: a cell about every second."""
 STACKER_PENDING = 1502
 STACKER_LOST = 1504
 
@@ -107,18 +107,20 @@ def record_ids(records: list[dict[str, Any]]) -> list[int]:
 def assert_unbroken(ids: list[int]) -> None:
     """Every record id from the first to the last arrived (duplicates allowed: de-duplicated by record_id)."""
     unique = sorted(set(ids))
-    assert unique == list(range(unique[0], unique[-1] + 1)), f"records missing: {sorted(set(range(unique[0], unique[-1] + 1)) - set(unique))}"
+    missing = sorted(set(range(unique[0], unique[-1] + 1)) - set(unique))
+    assert not missing, f"records missing: {missing}"
 
 
 def acks(gateway: GatewayProcess) -> list[dict[str, object]]:
     return [event for event in gateway.events() if event.get("event") == "plc_write"]
 
 
-def test_records_arrive_and_the_fifo_is_acknowledged(rig: Rig) -> None:
+def test_records_acknowledged_after_puback_through_a_broker_outage_and_a_gateway_kill(rig: Rig) -> None:
     gateway = rig.gateway()
     gateway.start()
     try:
-        wait_until(lambda: len(rig.records()) >= 5, 60, "five cell records")
+        # 1. Records arrive, each with its own seq, and the FIFO is acknowledged as fast as cells come.
+        wait_until(lambda: len(rig.records()) >= 3, 60, "three cell records")
         records = rig.records()
         first = records[0]
         assert first["event"] == "cell" and first["quality"] == "good"
@@ -127,45 +129,32 @@ def test_records_arrive_and_the_fifo_is_acknowledged(rig: Rig) -> None:
         assert fields["record_id"] == first["record_id"]
         assert str(fields["cell_id"]).startswith("CELL-S1-") and str(fields["cathode_roll_id"]).startswith("CL01-R")
         assert [r["seq"] for r in records] == list(range(records[0]["seq"], records[0]["seq"] + len(records)))
-        assert_unbroken(record_ids(records))
-        # The FIFO is drained as fast as cells come (the gateway keeps up), and nothing was refused for a full FIFO.
-        wait_until(lambda: rig.fifo()[0] <= 2, 30, "the FIFO to be acknowledged down")
-        assert rig.fifo()[1] == 0
+        wait_until(lambda: rig.fifo()[0] <= 1, 30, "the FIFO to be acknowledged down")
         written = acks(gateway)
         assert written and all(w["result"] == "ok" and w["tag"] == "result/ack" for w in written)
-        assert {int(str(w["value"])) for w in written} <= set(record_ids(rig.records()))
-    finally:
-        assert gateway.stop() == 0
 
-
-def test_broker_away_then_gateway_killed_nothing_lost_nothing_acked_early(rig: Rig) -> None:
-    gateway = rig.gateway()
-    gateway.start()
-    try:
-        wait_until(lambda: len(rig.records()) >= 2, 60, "records before the outage")
-        # 1. The broker goes away: no PUBACK, so no ack; the PLC keeps every new record in its FIFO.
+        # 2. The broker goes away: no PUBACK, so no ack; the PLC keeps every new record in its FIFO.
         rig.broker.stop()
         time.sleep(1.0)  # an ack already on its way may still land
         acked_before = len(acks(gateway))
         pending_before = rig.fifo()[0]
-        wait_until(lambda: rig.fifo()[0] >= pending_before + 4, 60, "records to pile up in the FIFO")
+        wait_until(lambda: rig.fifo()[0] >= pending_before + 3, 60, "records to pile up in the FIFO")
         assert len(acks(gateway)) == acked_before, "nothing is acknowledged while the broker is away"
         rig.broker.start()
-        wait_until(lambda: rig.fifo()[0] <= 2, 90, "the backlog to drain once the broker is back")
-        assert rig.fifo()[1] == 0
-        wait_until(lambda: len(acks(gateway)) > acked_before + 3, 30, "acks after the outage")
-        # 2. The gateway is killed (no clean stop) and started again: the record it had not acknowledged is
+        wait_until(lambda: rig.fifo()[0] <= 1, 90, "the backlog to drain once the broker is back")
+        assert len(acks(gateway)) >= acked_before + 3
+
+        # 3. The gateway is killed (no clean stop) and started again: the record it had not acknowledged is
         # published again (a duplicate by record_id), none is lost.
         gateway.send_signal(signal.SIGKILL)
         gateway.stop()
-        time.sleep(2.0)
         gateway = rig.gateway()
         gateway.start()
-        wait_until(lambda: rig.fifo()[0] <= 2 and len(acks(gateway)) >= 3, 60, "the restarted gateway to ack")
+        wait_until(lambda: rig.fifo()[0] <= 1 and len(acks(gateway)) >= 2, 60, "the restarted gateway to ack")
     finally:
-        assert gateway.stop() in (0, -9)
+        assert gateway.stop() == 0
     ids = record_ids(rig.records())
     assert_unbroken(ids)
-    assert rig.fifo()[1] == 0
+    assert rig.fifo()[1] == 0, "no record was refused for a full FIFO"
     # Every acknowledged id had reached the subscriber (the broker had it before the ack was written).
     assert {int(str(w["value"])) for w in acks(gateway)} <= set(ids)
