@@ -221,8 +221,8 @@ def ack_tag_problems(tag: ModbusTag | OpcUaTag, loc: Loc) -> Iterator[Issue]:
     table: Table | None = getattr(tag, "table", None)
     if table is not None:
         if table not in (Table.HOLDING, Table.COIL):
-            what = "discrete input" if table is Table.DISCRETE else "input register"
-            yield Issue(loc, f"tag {quoted(tag.name)} is a {what}, which Modbus cannot write: an ack must be a "
+            what = "a discrete input" if table is Table.DISCRETE else "an input register"
+            yield Issue(loc, f"tag {quoted(tag.name)} is {what}, which Modbus cannot write: an ack must be a "
                              "holding register or a coil")
             return
         if getattr(tag, "bit", None) is not None:
