@@ -235,8 +235,9 @@ class Spool:
     def _append(self, rows: list[tuple[str, bytes, int, int]], incoming: int) -> int:
         limit, reason = self._limit()
         with self._transaction():
-            # Room first, so that a full disk's new rows reuse the pages the deleted ones free.
-            dropped = self._delete_oldest(self._bytes + incoming - limit)
+            # Room first, so that a full disk's new rows reuse the pages the deleted ones free (plain messages only:
+            # a record must not make room for new plain messages that the check below would drop anyway).
+            dropped = self._delete_oldest(self._bytes + incoming - limit, records_too=False)
             self._db.executemany("INSERT INTO message (topic, payload, size, priority) VALUES (?, ?, ?, ?)", rows)
             self._last_id = int(self._db.execute("SELECT last_insert_rowid()").fetchone()[0])
             self._count += len(rows)
@@ -388,11 +389,11 @@ class Spool:
                 self._dead_bytes += sum(letter[4] for letter in letters)
                 self.dead_letters_dropped += self._cap_dead_letters()
 
-    def _delete_oldest(self, excess: int) -> int:
+    def _delete_oldest(self, excess: int, *, records_too: bool = True) -> int:
         """Delete the oldest messages until ``excess`` bytes are gone (or none is left); returns how many.
         Plain messages go first, event records (priority 1) only once no plain message is left."""
         dropped = 0
-        for priority in (0, RECORD_PRIORITY):
+        for priority in (0, RECORD_PRIORITY) if records_too else (0,):
             if excess <= 0:
                 break
             deleted, freed = self._delete_oldest_of(priority, excess)
