@@ -371,7 +371,7 @@ def _rules(tag: ModbusTag | OpcUaTag) -> TagRules:
     return TagRules(scale=tag.scale, offset=tag.offset, minimum=tag.min, maximum=tag.max)
 
 
-def _event_link(device: Device, events: list[PlannedEvent], *, gateway_id: str, pki_root: Path | None) -> PlcLink:
+def event_link(device: Device, events: list[PlannedEvent], *, gateway_id: str, pki_root: Path | None) -> PlcLink:
     used = {event.trigger_tag for event in events} | {f.tag for event in events for f in event.fields}
     acks = {event.ack.tag for event in events if event.ack is not None}
     tags = [tag for tag in device.tags if tag.name in used | acks]
@@ -409,7 +409,7 @@ def _events_task(
     used |= {event.ack.tag for event in events if event.ack is not None}
     # Only the event tags go into the closure (see _modbus_tasks: the large tag-map models are let go).
     slim = device.model_copy(update={"tags": tuple(tag for tag in device.tags if tag.name in used)})
-    make_link = functools.partial(_event_link, slim, events, gateway_id=gateway_id, pki_root=pki_root)
+    make_link = functools.partial(event_link, slim, events, gateway_id=gateway_id, pki_root=pki_root)
 
     def run() -> Awaitable[None]:
         link = links[name]
