@@ -485,6 +485,12 @@ def describe_plant(plant: Plant, *, list_tags: bool = False) -> str:
                 + (f" namespace {device.namespace}" if device.namespace else "")
                 + f", {len(device.tags)} tags every {device.interval_ms} ms, publish {device.publish}"
             )
+        for name, spec in device.events.items():
+            ack = f", ack {spec.ack.tag} <- {spec.ack.value} after PUBACK" if spec.ack is not None else ", no ack"
+            lines.append(
+                f"  event {name} -> {base}/_events/{name}: trigger {spec.trigger.tag} on {spec.trigger.on}, "
+                f"{len(spec.record)} field(s){ack}"
+            )
         if list_tags:
             for tag in device.tags:
                 unit = f" [{tag.unit}]" if tag.unit else ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,6 +112,13 @@ def assert_unbroken(ids: list[int]) -> None:
     assert not missing, f"records missing: {missing}"
 
 
+def scrape(gateway: GatewayProcess) -> str:
+    """The gateway's /metrics text (its listener is on a port the system picked, named in its log)."""
+    listen = str(gateway.wait_for_event("http_listening", 10)["listen"])
+    with urllib.request.urlopen(f"http://{listen}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
 def acks(gateway: GatewayProcess) -> list[dict[str, object]]:
     return [event for event in gateway.events() if event.get("event") == "plc_write"]
 
@@ -132,6 +140,9 @@ def test_records_acknowledged_after_puback_through_a_broker_outage_and_a_gateway
         wait_until(lambda: rig.fifo()[0] <= 1, 30, "the FIFO to be acknowledged down")
         written = acks(gateway)
         assert written and all(w["result"] == "ok" and w["tag"] == "result/ack" for w in written)
+        metrics = scrape(gateway)
+        assert 'cellgate_event_records_total{device="stacker-01",event="cell"}' in metrics
+        assert 'cellgate_plc_writes_total{device="stacker-01",result="ok"}' in metrics
 
         # 2. The broker goes away: no PUBACK, so no ack; the PLC keeps every new record in its FIFO.
         rig.broker.stop()
