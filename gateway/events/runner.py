@@ -135,6 +135,7 @@ class EventRunner:
         self._reconnect = Reconnect(ReconnectPolicy(min_s=reconnect_min_s, max_s=reconnect_max_s))
         self._log = log.bind(device=device)
         self._read_problem: str | None = None
+        self._undelivered: Delivery | None = None  # the last outcome logged as not delivered (once per change)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -199,11 +200,14 @@ class EventRunner:
             return True
         outcome = await delivery
         if outcome is not Delivery.ACKED:
-            self._log.warning("event_record_not_delivered", event_name=event.name, record_id=record.record_id,
-                              outcome=str(outcome), action="not acknowledged to the PLC")  # fmt: skip
+            if outcome is not self._undelivered:  # a lost record is tried again every interval: said once
+                self._undelivered = outcome
+                self._log.warning("event_record_not_delivered", event_name=event.name, record_id=record.record_id,
+                                  outcome=str(outcome), action="not acknowledged to the PLC")  # fmt: skip
             if outcome is Delivery.LOST:
                 state.forget()
             return False
+        self._undelivered = None
         await self._acknowledge(event, event.ack, record, state)
         return True
 
