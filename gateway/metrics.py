@@ -223,7 +223,9 @@ class GatewayCollector(Collector):
         yield _counter("source_restarts", "Sources restarted after a crash", s.source_restarts)
         yield _counter("reloads", "Tag map reloads applied", s.reloads)
         yield _gauge("pipeline_stalled_seconds", "How long queued messages have not moved", s.stalled_s)
-        records = CounterMetricFamily(f"{PREFIX}_event_records", "Event records published", labels=["device", "event"])
+        records = CounterMetricFamily(
+            f"{PREFIX}_event_records", "Event records handed to store-and-forward", labels=["device", "event"]
+        )
         for (device_name, event), count in sorted(s.event_records.items()):
             records.add_metric([device_name, event], count)
         writes = CounterMetricFamily(
