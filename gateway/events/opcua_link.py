@@ -74,7 +74,7 @@ class OpcUaEventLink:
                     await secure_client(client, self._security, endpoint=options.endpoint)
                 await client.connect()
                 namespaces = await client.get_namespace_array()
-        except _LINK_ERRORS as exc:
+        except Exception as exc:  # refused security, certificates, a missing password file: all retried later
             await _disconnect(client)
             raise EventLinkError(f"cannot connect to {options.endpoint}: {exc or type(exc).__name__}") from exc
         plan = plan_nodes(self._refs, device_namespace_uri=options.namespace_uri, namespace_array=list(namespaces))

@@ -144,8 +144,9 @@ class EventRunner:
                 await self._link.connect()
             except EventLinkError as exc:
                 step = self._reconnect.connect_failed(loop.time(), str(exc), random.random())
-                if step.attempts == 1:
-                    self._log.warning("events_link_down", error=str(exc), retry_in_s=round(step.delay_s, 3))
+                if step.log is not None:  # the first failure of a streak, then a summary a minute
+                    self._log.warning("events_link_down", error=str(exc), attempts=step.attempts,
+                                      retry_in_s=round(step.delay_s, 3))  # fmt: skip
                 await asyncio.sleep(step.delay_s)
                 continue
             self._reconnect.connected(loop.time())
@@ -174,6 +175,8 @@ class EventRunner:
                     if str(exc) != self._read_problem:  # once per change, not per interval
                         self._read_problem = str(exc)
                         self._log.warning("event_read_failed", event_name=event.name, error=str(exc))
+            if not self._reconnect.stable:
+                self._reconnect.answered(loop.time())  # the link works: a later loss reconnects at once
             schedule.after_cycle(loop.time())
             if fired:
                 # A FIFO presents its next record as soon as the last one is acknowledged: read on at once, so a
