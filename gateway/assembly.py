@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from gateway.mqtt.options import MqttOptions
 from gateway.outbound import DeviceOutbound, TagOutput
 from gateway.schema import META_PART_DEFAULT_BYTES, EquipmentTopics, TagMeta
-from gateway.sources.base import Emit, RawReading, ReportLink
+from gateway.sources.base import Backlog, Emit, RawReading, ReportLink
 from gateway.sources.modbus import ModbusConnection, ModbusUnit, SerialEndpoint, TcpEndpoint
 from gateway.sources.modbus_plan import ModbusField, ReadLimits, ReadPlan, describe_plan, plan_reads
 from gateway.tagmap import Device, ModbusDevice, ModbusTag, OpcUaDevice, OpcUaTag, Plant, Transport
@@ -35,6 +35,8 @@ class DeviceLink:
     report_link: ReportLink
     show_stats: Callable[[object], None] = lambda stats: None
     """Hands the source's counters object (UnitStats, OpcUaSourceStats) to the runtime, read at metrics scrapes."""
+    backlog: Backlog | None = None
+    """The path to the sink, for skipping polls while its data is older than the device's ``max_queue_age_ms``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,7 @@ def _modbus_tasks(devices: list[ModbusDevice], links: Mapping[str, DeviceLink]) 
         # Only plain values go into the closure, never the device models: the runtime lets the (large)
         # tag-map models go once everything is built.
         units_plan = [(device.name, device.interval_ms, modbus_plan(device)) for device in members]
+        max_queue_age_ms = {device.name: device.queue_age_cap_ms for device in members}
         timeout_ms = max(device.timeout_ms for device in members)
         # Devices on one host:port share one connection and so one limit of requests in flight. The smallest value
         # among them is the safe choice: a server that copes with N at once also copes with fewer, while more than
@@ -178,6 +181,7 @@ def _modbus_tasks(devices: list[ModbusDevice], links: Mapping[str, DeviceLink]) 
             units_plan: list[tuple[str, int, ReadPlan]] = units_plan,
             timeout_ms: int = timeout_ms,
             max_concurrent_requests: int = max_concurrent_requests,
+            max_queue_age_ms: dict[str, int] = max_queue_age_ms,
         ) -> Awaitable[None]:
             units = [
                 ModbusUnit(
@@ -186,6 +190,8 @@ def _modbus_tasks(devices: list[ModbusDevice], links: Mapping[str, DeviceLink]) 
                     interval_ms=interval_ms,
                     emit=links[name].emit,
                     report_link=links[name].report_link,
+                    backlog=links[name].backlog,
+                    max_queue_age_ms=max_queue_age_ms[name],
                 )
                 for name, interval_ms, plan in units_plan
             ]

@@ -99,6 +99,11 @@ _SOURCE_COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "Polls the fixed rate asked for that overruns cost",
         ("skipped_cycles", "poll_skipped_cycles"),
     ),
+    (
+        "poll_skipped",
+        "Polls skipped because the data already waiting for the MQTT sink was older than max_queue_age_ms",
+        ("backlog_skipped",),
+    ),
     ("device_missed_cycles", "Intervals that passed without a good read (link down, back-off)", ("missed_cycles",)),
     ("device_link_losses", "OPC UA connections lost", ("link_losses",)),
     ("device_notifications", "OPC UA data change notifications", ("notifications",)),

@@ -156,7 +156,9 @@ class _DeviceChannel:
         )
 
     def link(self) -> DeviceLink:
-        return DeviceLink(emit=self.emit, report_link=self.report_link, show_stats=self._show_stats)
+        return DeviceLink(
+            emit=self.emit, report_link=self.report_link, show_stats=self._show_stats, backlog=self._queue
+        )
 
     def _show_stats(self, stats: object) -> None:
         self.source_stats = stats

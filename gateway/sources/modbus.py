@@ -54,7 +54,18 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 from gateway.errors import SourceError
 from gateway.schema import STATUS_COMM_FAILURE, STATUS_DECODE_ERROR, Quality, device_exception_status
-from gateway.sources.base import CycleTimes, Emit, OverrunLine, OverrunLog, PollSchedule, RawReading, ReportLink
+from gateway.sources.base import (
+    Backlog,
+    CycleTimes,
+    Emit,
+    HeldLine,
+    HeldLog,
+    OverrunLine,
+    OverrunLog,
+    PollSchedule,
+    RawReading,
+    ReportLink,
+)
 from gateway.sources.modbus_plan import ReadPlan, ReadRequest, failed_readings
 from gateway.sources.modbus_skip import Skip, SkipPolicy, UnitSkip
 from gateway.sources.modbus_tcp import (
@@ -141,7 +152,10 @@ class SerialEndpoint:
 class ModbusUnit:
     """One Cellgate device behind a connection: a Modbus unit id (inside ``plan``) polled every ``interval_ms``.
 
-    ``name`` is the device name, used in logs, task names and ``ModbusConnection.stats``.
+    ``name`` is the device name, used in logs, task names and ``ModbusConnection.stats``. When ``backlog`` is
+    given and ``max_queue_age_ms`` > 0, a poll whose time comes while the data already waiting for the sink is
+    that old waits until it is younger (the polls whose time passes meanwhile are skipped and counted in
+    ``UnitStats.backlog_skipped``), so an overloaded sink gets fresh data late rather than old data on time.
     """
 
     name: str
@@ -149,6 +163,8 @@ class ModbusUnit:
     interval_ms: int
     emit: Emit
     report_link: ReportLink
+    backlog: Backlog | None = None
+    max_queue_age_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -158,6 +174,9 @@ class UnitStats:
     cycles: int = 0
     # Cycles whose reads and emit ended after the next deadline (see base.PollSchedule).
     overruns: int = 0
+    # Polls skipped because the data already waiting for the sink was older than max_queue_age_ms (the poll waited
+    # for the backlog; see ModbusUnit).
+    backlog_skipped: int = 0
     # Polls the fixed rate asked for that did not happen: the time overruns pushed the schedule back, in intervals
     # (after an overrun the next poll starts at once, never in a burst to catch up).
     skipped_cycles: int = 0
@@ -533,7 +552,21 @@ class ModbusConnection:
         await self._first_attempt_done.wait()
         schedule = PollSchedule(interval_s=interval, deadline=loop.time())
         overrun_log = OverrunLog()
+        backlog, max_age_s = unit.backlog, unit.max_queue_age_ms / 1000
+        held_log = HeldLog()
         while True:
+            if backlog is not None and max_age_s > 0:
+                # Skip polls rather than queue data behind a backlog already this old; read as soon as it is not.
+                age_s = backlog.backlog_age_s()
+                held = age_s >= max_age_s
+                if held:
+                    await backlog.until_backlog_below(max_age_s)
+                    schedule.resume(loop.time())
+                    stats.backlog_skipped = schedule.held_polls
+                held_line = held_log.before_poll(schedule, held=held, now=loop.time())
+                if held_line is not None:
+                    _log_held(log, held_line, interval_ms=unit.interval_ms, max_queue_age_ms=unit.max_queue_age_ms,
+                              queue_age_s=age_s, total=stats.backlog_skipped)  # fmt: skip
             cycle_started = loop.time()
             polled = skip.should_poll(cycle_started)
             if polled:
@@ -808,6 +841,15 @@ def _log_overrun(log: Any, line: OverrunLine, *, interval_ms: int, cycle_s: floa
     else:
         log.warning("poll_overrun", interval_ms=interval_ms, cycle_ms=round(cycle_s * 1000, 1),
                     overruns=line.overruns, skipped_cycles=line.skipped_cycles, cycles=cycles)  # fmt: skip
+
+
+def _log_held(
+    log: Any, line: HeldLine, *, interval_ms: int, max_queue_age_ms: int, queue_age_s: float, total: int
+) -> None:
+    event = "poll_skipping_over" if line.over else "poll_skipped"
+    log.warning(event, interval_ms=interval_ms, max_queue_age_ms=max_queue_age_ms, skipped=line.skipped,
+                skipped_total=total, episode_s=round(line.episode_s, 3),
+                queue_age_ms=None if line.over else round(queue_age_s * 1000, 1))  # fmt: skip
 
 
 def _round(seconds: float | None) -> float | None:

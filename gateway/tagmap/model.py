@@ -909,9 +909,17 @@ class _DeviceBase(_Model):
     enabled: bool = True
     interval_ms: int = Field(default=1000, ge=MIN_INTERVAL_MS)
     """Poll interval, or OPC UA subscription publishing interval, in milliseconds."""
+    max_queue_age_ms: int | None = Field(default=None, ge=0)
+    """Polls (Modbus, OPC UA poll mode) are skipped while the data already waiting for the MQTT sink has waited
+    this long; None: one ``interval_ms``; 0: never skip (the source waits for room in the queue instead)."""
     publish: PublishModeField = PublishMode.TAG
     repeat: Annotated[tuple[RepeatSpec, ...], BeforeValidator(_one_or_many)] = ()
     """As written; in a Plant always empty (its instances are in ``tags``)."""
+
+    @property
+    def queue_age_cap_ms(self) -> int:
+        """``max_queue_age_ms`` with its default applied (0: never skip)."""
+        return self.interval_ms if self.max_queue_age_ms is None else self.max_queue_age_ms
 
 
 class ModbusDevice(_DeviceBase):
