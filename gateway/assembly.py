@@ -225,6 +225,7 @@ def opcua_options(device: OpcUaDevice) -> OpcUaDeviceOptions:
         username=device.username,
         password=device.password.get_secret_value() if device.password else None,
         structures=device.structures,
+        max_queue_age_ms=device.queue_age_cap_ms,
     )
 
 
@@ -316,7 +317,7 @@ def _opcua_task(
 
     def run() -> Awaitable[None]:
         link = links[name]  # looked up at each start: a reload may have replaced the device's channel
-        source = OpcUaSource(device=name, options=options, tags=refs, security=security)
+        source = OpcUaSource(device=name, options=options, tags=refs, security=security, backlog=link.backlog)
         link.show_stats(source.stats)
         checked = indexed_emit(link.emit, indexes, shapes) if indexes or shapes else link.emit
         return source.run(checked, link.report_link)

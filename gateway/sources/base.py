@@ -10,7 +10,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from gateway.schema import Quality, Value
 
@@ -200,3 +200,41 @@ class HeldLog:
         line = HeldLine(True, skipped, now - self.started_at)
         self.started_at = None
         return line
+
+
+@dataclass(slots=True)
+class HoldBack:
+    """What a poll loop does before each poll: wait while the data already waiting for the sink (``backlog``) is
+    ``max_queue_age_ms`` old, so an overloaded sink gets fresh data late rather than old data on time. The polls
+    whose time passes meanwhile are skipped (``schedule.held_polls``), logged by episode (``HeldLog``) as
+    ``poll_skipped`` / ``poll_skipping_over``. No backlog, or ``max_queue_age_ms`` 0: never waits."""
+
+    backlog: Backlog | None
+    max_queue_age_ms: int
+    interval_ms: int
+    log: Any
+    """The source's bound structlog logger."""
+    lines: HeldLog = field(default_factory=HeldLog)
+
+    async def before_poll(self, schedule: PollSchedule, clock: Callable[[], float]) -> None:
+        """``clock``: the loop's time, the schedule's clock."""
+        backlog, max_age_s = self.backlog, self.max_queue_age_ms / 1000
+        if backlog is None or max_age_s <= 0:
+            return
+        age_s = backlog.backlog_age_s()
+        held = age_s >= max_age_s
+        if held:
+            await backlog.until_backlog_below(max_age_s)
+            schedule.resume(clock())
+        line = self.lines.before_poll(schedule, held=held, now=clock())
+        if line is None:
+            return
+        self.log.warning(
+            "poll_skipping_over" if line.over else "poll_skipped",
+            interval_ms=self.interval_ms,
+            max_queue_age_ms=self.max_queue_age_ms,
+            skipped=line.skipped,
+            skipped_total=schedule.held_polls,
+            episode_s=round(line.episode_s, 3),
+            queue_age_ms=None if line.over else round(age_s * 1000, 1),
+        )

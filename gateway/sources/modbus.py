@@ -58,8 +58,7 @@ from gateway.sources.base import (
     Backlog,
     CycleTimes,
     Emit,
-    HeldLine,
-    HeldLog,
+    HoldBack,
     OverrunLine,
     OverrunLog,
     PollSchedule,
@@ -552,21 +551,10 @@ class ModbusConnection:
         await self._first_attempt_done.wait()
         schedule = PollSchedule(interval_s=interval, deadline=loop.time())
         overrun_log = OverrunLog()
-        backlog, max_age_s = unit.backlog, unit.max_queue_age_ms / 1000
-        held_log = HeldLog()
+        hold_back = HoldBack(unit.backlog, unit.max_queue_age_ms, unit.interval_ms, log)
         while True:
-            if backlog is not None and max_age_s > 0:
-                # Skip polls rather than queue data behind a backlog already this old; read as soon as it is not.
-                age_s = backlog.backlog_age_s()
-                held = age_s >= max_age_s
-                if held:
-                    await backlog.until_backlog_below(max_age_s)
-                    schedule.resume(loop.time())
-                    stats.backlog_skipped = schedule.held_polls
-                held_line = held_log.before_poll(schedule, held=held, now=loop.time())
-                if held_line is not None:
-                    _log_held(log, held_line, interval_ms=unit.interval_ms, max_queue_age_ms=unit.max_queue_age_ms,
-                              queue_age_s=age_s, total=stats.backlog_skipped)  # fmt: skip
+            await hold_back.before_poll(schedule, loop.time)  # skips polls while the queued data is too old
+            stats.backlog_skipped = schedule.held_polls
             cycle_started = loop.time()
             polled = skip.should_poll(cycle_started)
             if polled:
@@ -841,15 +829,6 @@ def _log_overrun(log: Any, line: OverrunLine, *, interval_ms: int, cycle_s: floa
     else:
         log.warning("poll_overrun", interval_ms=interval_ms, cycle_ms=round(cycle_s * 1000, 1),
                     overruns=line.overruns, skipped_cycles=line.skipped_cycles, cycles=cycles)  # fmt: skip
-
-
-def _log_held(
-    log: Any, line: HeldLine, *, interval_ms: int, max_queue_age_ms: int, queue_age_s: float, total: int
-) -> None:
-    event = "poll_skipping_over" if line.over else "poll_skipped"
-    log.warning(event, interval_ms=interval_ms, max_queue_age_ms=max_queue_age_ms, skipped=line.skipped,
-                skipped_total=total, episode_s=round(line.episode_s, 3),
-                queue_age_ms=None if line.over else round(queue_age_s * 1000, 1))  # fmt: skip
 
 
 def _round(seconds: float | None) -> float | None:
