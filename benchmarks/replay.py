@@ -104,8 +104,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         children.append(subscriber)
         state_dir = workdir / "state"
         state_dir.mkdir()
-        gateway = Child("gateway", [sys.executable, "-m", "gateway.cli", "run", "-c", str(config), "--state-dir",
-                                    str(state_dir), "--log-format", "json"],
+        profile = ["-m", "cProfile", "-o", str(args.profile)] if args.profile else []
+        gateway = Child("gateway", [sys.executable, *profile, "-m", "gateway.cli", "run", "-c", str(config),
+                                    "--state-dir", str(state_dir), "--log-format", "json"],
                         log_path=workdir / "gateway.log", cwd=REPO_ROOT, stdout_to_log=True)
         children.append(gateway)
 
@@ -230,6 +231,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup-s", type=float, default=3.0, help="after start-up, before the baseline")
     parser.add_argument("--broker-inflight", type=int, default=1000,
                         help="Mosquitto max_inflight_messages, its Receive Maximum (default 1000, as run.py)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="run the gateway under cProfile, its stats written here at the stop")
     parser.add_argument("--keep-workdir", action="store_true", help="keep the tag map and logs")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/<time>.json)")
     return parser.parse_args(argv)
