@@ -128,6 +128,7 @@ class StoreAndForward:
         self._acked: list[int] = []
         self._refused: list[DeadLetter] = []
         self._replays_in_flight = 0
+        self._live_handing = False  # a live batch is being handed over
         self._cap_episode_dropped = 0
         self._episode_reasons: set[DropReason] = set()
         self._unavailable_since = 0.0 if spool is not None else time.monotonic()
@@ -200,6 +201,13 @@ class StoreAndForward:
 
     async def forward(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Hand ``messages`` to the broker, or whatever it cannot take now to the spool, in order."""
+        self._live_handing = True  # the replay takes no slot meanwhile (see _replay_rows)
+        try:
+            await self._forward(messages)
+        finally:
+            self._live_handing = False
+
+    async def _forward(self, messages: Sequence[tuple[str, bytes]]) -> None:
         sink = self._require_sink()
         if self._window_wait_s < 0:
             taken = 0
@@ -376,6 +384,11 @@ class StoreAndForward:
         rate = 1.0 / self._replay_interval_s
         index, count = 0, len(rows)
         while index < count:
+            if self._live_handing:
+                # Live data first: a live batch waiting for slots gets every slot that frees, so under load the
+                # replay uses the capacity live data leaves, and never makes the sources skip polls.
+                await asyncio.sleep(REPLAY_SLOT_POLL_S)
+                continue
             now = time.monotonic()
             self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
             self._tokens_at = now
