@@ -342,15 +342,22 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _scrape_for(port: int | None, duration_s: float) -> int:
-    """Sleep ``duration_s``; with a metrics port, GET /metrics every SCRAPE_EVERY_S meanwhile. Returns scrapes."""
+QUEUE_AGE_METRIC = "cellgate_queue_oldest_age_seconds "
+
+
+def _scrape_for(port: int | None, duration_s: float, queue_ages_s: list[float] | None = None) -> int:
+    """Sleep ``duration_s``; with a metrics port, GET /metrics every SCRAPE_EVERY_S meanwhile. Returns scrapes.
+    The gateway's queue age at each scrape goes into ``queue_ages_s`` (when the gateway exports it)."""
     end = time.monotonic() + duration_s
     scrapes = 0
     while (left := end - time.monotonic()) > 0:
         if port is not None:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-                answer.read()
+                text = answer.read().decode()
             scrapes += 1
+            if queue_ages_s is not None:
+                queue_ages_s += [float(line[len(QUEUE_AGE_METRIC):]) for line in text.splitlines()
+                                 if line.startswith(QUEUE_AGE_METRIC)]
         time.sleep(min(SCRAPE_EVERY_S, max(0.0, end - time.monotonic())) if port is not None else left)
     return scrapes
 
@@ -433,7 +440,8 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         window_started = time.monotonic()
         window_wall = (time.time(), 0.0)
         counts_before = _scrape_counts(metrics_port)
-        scrapes = _scrape_for(metrics_port, args.duration_s)
+        queue_ages_s: list[float] = []
+        scrapes = _scrape_for(metrics_port, args.duration_s, queue_ages_s)
         counts_after = _scrape_counts(metrics_port)
         result["metrics"] = {"listener": args.metrics, "scrapes": scrapes, "scrape_every_s": SCRAPE_EVERY_S}
         window_wall = (window_wall[0], time.time())
@@ -512,6 +520,12 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
                 **{name: (counts_after[name] - counts_before[name]
                           if name in counts_after and name in counts_before else None)
                    for name in ("poll_cycles", "poll_skipped")},
+                # The gateway's own part of the data age: the oldest message not yet handed to its MQTT sink, at
+                # each scrape (the rest is the broker, the subscriber and the machine they share).
+                "queue_age_ms_at_scrapes": {
+                    "median": round(statistics.median(queue_ages_s) * 1000, 1) if queue_ages_s else None,
+                    "max": round(max(queue_ages_s) * 1000, 1) if queue_ages_s else None,
+                },
                 "peak_rss_mb": round(gw_after.peak_rss_mb, 1) if gw_after else None,
                 "threads": gw_after.threads if gw_after else None,
                 "log": log_summary,
@@ -609,6 +623,8 @@ def summary_line(result: dict[str, Any]) -> str:
         f"gw {g['cpu_us_per_value']} us/value {g['cpu_util']} cpu rss {g['rss_mb_at_window_start']}->{g['rss_mb']} MB, "
         + (f"polls {g['poll_cycles']:.0f} run / {g['poll_skipped']:.0f} skipped, "
            if g.get("poll_cycles") is not None and g.get("poll_skipped") is not None else "")
+        + (f"queue age median/max {qa['median']}/{qa['max']} ms, "
+           if (qa := g.get("queue_age_ms_at_scrapes")) and qa["max"] is not None else "")
         + f"broker {result['broker']['cpu_util']} cpu, servers {result['servers']['cpu_util']} cpu"
         + (f" (wrote {written:,.0f} values/s)" if (written := result["servers"].get("written_values_per_s")) else "")
         + ", "

@@ -89,6 +89,8 @@ class GatewayState:
     reloads: int
     stalled_s: float
     events: tuple[LinkEvent, ...]
+    queue_age_s: float = 0.0
+    """How long the oldest message not yet handed to the MQTT sink has waited (``MessageQueue.backlog_age_s``)."""
 
 
 _SOURCE_COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -201,6 +203,10 @@ class GatewayCollector(Collector):
         yield from _source_families(s.devices)
         yield _counter("messages_queued", "Messages put into the queue", s.messages_queued)
         yield _gauge("queue_messages", "Messages waiting in the queue", s.queue_messages)
+        yield _gauge(
+            "queue_oldest_age_seconds", "How long the oldest message not yet handed to the MQTT sink has waited",
+            s.queue_age_s,
+        )
         yield _gauge("queue_capacity_messages", "Capacity of the queue (gateway.queue_size)", s.queue_capacity)
         yield _counter("messages_published", "Data messages the broker acknowledged", s.published)
         yield _by_label(

@@ -306,6 +306,7 @@ class Gateway:
                 for name, channel in self._channels.items()
             ),
             queue_messages=len(self._queue),
+            queue_age_s=self._queue.backlog_age_s(),
             queue_capacity=self.plant.gateway.queue_size,
             messages_queued=self.counters.messages_queued,
             mqtt_connected=sink.connected,

@@ -150,3 +150,10 @@ def test_skipped_polls_are_exported_per_device() -> None:
     families = {f.name: f for f in text_string_to_metric_families(text)}
     sample = families["cellgate_poll_skipped"].samples[0]
     assert (sample.name, sample.labels, sample.value) == ("cellgate_poll_skipped_total", {"device": "rack-01"}, 7)
+
+
+def test_the_age_of_the_oldest_data_waiting_for_the_sink_is_a_gauge() -> None:
+    state = replace(STATE, queue_age_s=0.25)
+    text = generate_latest(build_registry(lambda: state)).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["cellgate_queue_oldest_age_seconds"].samples[0].value == 0.25
