@@ -8,10 +8,10 @@
                  PUBACK --> removed from the spool (in groups, at least every ACK_FLUSH_S)
     refused by the broker (on_refused) --> dead_letter table of the spool
 
-Live data always has the window first: a replay takes a slot only when one is free at that moment, and
-the live path never waits behind a replay. Within each topic the spool keeps arrival order, so
-historical messages arrive in order among themselves; they may interleave with newer live ones (the
-``historical`` flag and ``seq`` say which is which).
+Live data always has the window first: a replay takes a slot only when one is free at that moment and no
+live batch is being handed over, and the live path never waits behind a replay. Within each topic the spool
+keeps arrival order, so historical messages arrive in order among themselves; they may interleave with newer
+live ones (the ``historical`` flag and ``seq`` say which is which).
 
 A stuck window (a hung broker: connected, no PUBACK) costs ``window_wait_s`` once: from then on batches
 take only the slots free at that moment and the rest goes straight to the spool, at the rate it
@@ -385,8 +385,8 @@ class StoreAndForward:
         index, count = 0, len(rows)
         while index < count:
             if self._live_handing:
-                # Live data first: a live batch waiting for slots gets every slot that frees, so under load the
-                # replay uses the capacity live data leaves, and never makes the sources skip polls.
+                # Live data first: while a live batch is handed over (or spooled) the replay takes no slot, so
+                # under load it uses the capacity live data leaves.
                 await asyncio.sleep(REPLAY_SLOT_POLL_S)
                 continue
             now = time.monotonic()
