@@ -3,7 +3,7 @@ consumer that needs two poll intervals per batch (a sink at half the rate offere
 
 With ``max_queue_age_ms`` (one interval) a poll waits while the queued data is that old, so every batch is handed
 on within a few intervals of its read and the skipped polls are counted; with 0 the same load queues ever older
-batches. The whole gateway on a slow broker link is tests/e2e/test_overload.py.
+batches. The whole gateway on a slow broker link is tests/e2e/test_overload_e2e.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 when the skipped polls are logged, the device setting and its metric.
 
 The behaviour on real processes (a gateway whose link to the broker carries half of what it offers) is in
-tests/e2e/test_overload.py.
+tests/e2e/test_overload_e2e.py.
 """
 
 from __future__ import annotations
