@@ -342,19 +342,43 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _scrape_for(port: int | None, duration_s: float, every_s: float = SCRAPE_EVERY_S) -> int:
+QUEUE_AGE_METRIC = "cellgate_queue_oldest_age_seconds "
+
+
+def _scrape_for(
+    port: int | None, duration_s: float, every_s: float = SCRAPE_EVERY_S, queue_ages_s: list[float] | None = None
+) -> int:
     """Sleep ``duration_s``; with a metrics port and ``every_s`` > 0, GET /metrics every ``every_s`` meanwhile.
-    Returns scrapes."""
+    Returns scrapes. The gateway's queue age at each scrape goes into ``queue_ages_s`` (when the gateway exports
+    it)."""
     end = time.monotonic() + duration_s
     scrapes = 0
     scraping = port is not None and every_s > 0
     while (left := end - time.monotonic()) > 0:
         if scraping:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-                answer.read()
+                text = answer.read().decode()
             scrapes += 1
+            if queue_ages_s is not None:
+                queue_ages_s += [float(line[len(QUEUE_AGE_METRIC):]) for line in text.splitlines()
+                                 if line.startswith(QUEUE_AGE_METRIC)]
         time.sleep(min(every_s, max(0.0, end - time.monotonic())) if scraping else left)
     return scrapes
+
+
+def _scrape_counts(port: int | None) -> dict[str, float]:
+    """The gateway's ``cellgate_poll_cycles_total`` and ``cellgate_poll_skipped_total`` (summed over devices), by
+    the names without prefix and suffix; empty without a metrics port."""
+    if port is None:
+        return {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        for name in ("poll_cycles", "poll_skipped"):
+            if line.startswith(f"cellgate_{name}_total{{"):
+                counts[name] = counts.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
 
 
 def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
@@ -374,7 +398,10 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         config = workdir / "tagmap.yaml"
         metrics_port = _free_port() if args.metrics == "on" else None
         http = f'"127.0.0.1:{metrics_port}"' if metrics_port is not None else "null"
-        config.write_text(plan.tag_map(broker.url, addresses) + f"\nhttp:\n  listen: {http}\n", encoding="utf-8")
+        tag_map = plan.tag_map(broker.url, addresses)
+        if args.max_queue_age_ms is not None:
+            tag_map = tagmaps.with_device_setting(tag_map, "max_queue_age_ms", args.max_queue_age_ms)
+        config.write_text(tag_map + f"\nhttp:\n  listen: {http}\n", encoding="utf-8")
         plant = load_plant(config, environ={})
         expected = {f"{tagmaps.ENTERPRISE}/{tagmaps.SITE}/{d.area}/{d.line}/{d.name}/{t.name}"
                     for d in plant.devices for t in d.tags}
@@ -416,7 +443,10 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         subscriber.wait_for_prefix("started", 30)
         window_started = time.monotonic()
         window_wall = (time.time(), 0.0)
-        scrapes = _scrape_for(metrics_port, args.duration_s, args.scrape_every_s)
+        counts_before = _scrape_counts(metrics_port)
+        queue_ages_s: list[float] = []
+        scrapes = _scrape_for(metrics_port, args.duration_s, args.scrape_every_s, queue_ages_s)
+        counts_after = _scrape_counts(metrics_port)
         result["metrics"] = {"listener": args.metrics, "scrapes": scrapes, "scrape_every_s": args.scrape_every_s}
         window_wall = (window_wall[0], time.time())
         after = {name: [proc_sample(pid) for pid in group] for name, group in pids.items()}
@@ -441,6 +471,7 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
     cpu = {name: sum(d for d in (_cpu_delta(b, a) for b, a in zip(before[name], after[name], strict=True))
                      if d is not None) for name in pids}
     gw_after = after["gateway"][0]
+    gw_before = before["gateway"][0]
     values = int(counted["values"])
     sub_window_s = float(counted["window_s"]) or window_s
     busy = busy_after[0] - busy_before[0]
@@ -487,6 +518,18 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
                 "cpu_util": _util(cpu["gateway"], window_s),
                 "cpu_us_per_value": round(cpu["gateway"] / values * 1e6, 2) if values else None,
                 "rss_mb": round(gw_after.rss_mb, 1) if gw_after else None,
+                "rss_mb_at_window_start": round(gw_before.rss_mb, 1) if gw_before else None,
+                # Polls of the window, from /metrics (None without --metrics on): run, and skipped because the
+                # data waiting for the broker was older than max_queue_age_ms.
+                **{name: (counts_after[name] - counts_before[name]
+                          if name in counts_after and name in counts_before else None)
+                   for name in ("poll_cycles", "poll_skipped")},
+                # The gateway's own part of the data age: the oldest message not yet handed to its MQTT sink, at
+                # each scrape (the rest is the broker, the subscriber and the machine they share).
+                "queue_age_ms_at_scrapes": {
+                    "median": round(statistics.median(queue_ages_s) * 1000, 1) if queue_ages_s else None,
+                    "max": round(max(queue_ages_s) * 1000, 1) if queue_ages_s else None,
+                },
                 "peak_rss_mb": round(gw_after.peak_rss_mb, 1) if gw_after else None,
                 "threads": gw_after.threads if gw_after else None,
                 "log": log_summary,
@@ -579,9 +622,14 @@ def summary_line(result: dict[str, Any]) -> str:
     return (
         f"{name}: {d['values_per_s']:,.0f} values/s of {result['config']['offered_values_per_s']:,.0f} offered "
         f"({d['messages_per_s']:,.0f} msg/s{', SILENT OVERLOAD' if result['overload']['silent'] else ''}), "
-        f"age p50/p95/p99 {age['p50']}/{age['p95']}/{age['p99']} ms, "
-        f"gw {g['cpu_us_per_value']} us/value {g['cpu_util']} cpu rss {g['rss_mb']} MB, "
-        f"broker {result['broker']['cpu_util']} cpu, servers {result['servers']['cpu_util']} cpu"
+        f"age p50/p95/p99 {age['p50']}/{age['p95']}/{age['p99']} ms "
+        f"(p95 {age['p95'] / result['config']['interval_ms']:.1f} intervals), "
+        f"gw {g['cpu_us_per_value']} us/value {g['cpu_util']} cpu rss {g['rss_mb_at_window_start']}->{g['rss_mb']} MB, "
+        + (f"polls {g['poll_cycles']:.0f} run / {g['poll_skipped']:.0f} skipped, "
+           if g.get("poll_cycles") is not None and g.get("poll_skipped") is not None else "")
+        + (f"queue age median/max {qa['median']}/{qa['max']} ms, "
+           if (qa := g.get("queue_age_ms_at_scrapes")) and qa["max"] is not None else "")
+        + f"broker {result['broker']['cpu_util']} cpu, servers {result['servers']['cpu_util']} cpu"
         + (f" (wrote {written:,.0f} values/s)" if (written := result["servers"].get("written_values_per_s")) else "")
         + ", "
         f"gaps {d['seq_missing']}, starved {d['tags_starved']}/{d['tags_expected']}, "
@@ -603,6 +651,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup-s", type=float, default=5.0, help="excluded after start-up (default 5)")
     parser.add_argument("--interval-ms", type=int, default=None, help="poll/publishing interval for every scenario")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every scenario's size (default 1.0)")
+    parser.add_argument("--max-queue-age-ms", type=int, default=None,
+                        help="every device's max_queue_age_ms (default: the tag map's, one interval; 0: never skip)")
     parser.add_argument("--size", type=int, default=None, help="the size of the one chosen scenario (see above)")
     parser.add_argument("--racks", type=int, default=10, help="hall: number of racks (default 10)")
     parser.add_argument("--per-object", type=int, default=100, help="opcua-20k: variables per object (default 100)")

@@ -119,3 +119,13 @@ def opcua_20k(
     if secure:
         lines.append("    security: {policy: auto, mode: SignAndEncrypt}")
     return "\n".join(lines) + "\n"
+
+
+def with_device_setting(text: str, key: str, value: int) -> str:
+    """``text`` with ``key: value`` added to every device (after its ``protocol:`` line)."""
+    out: list[str] = []
+    for line in text.splitlines():
+        out.append(line)
+        if line.startswith("    protocol: "):
+            out.append(f"    {key}: {value}")
+    return "\n".join(out) + "\n"

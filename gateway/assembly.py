@@ -16,7 +16,7 @@ from gateway.events.runner import AckPlan, EventRunner, EventStats, PlannedEvent
 from gateway.mqtt.options import MqttOptions, SessionHooks
 from gateway.outbound import ContextPlan, DeviceOutbound, InstanceContext, TagOutput
 from gateway.schema import META_PART_DEFAULT_BYTES, EquipmentTopics, TagMeta
-from gateway.sources.base import Emit, RawReading, ReportLink
+from gateway.sources.base import Backlog, Emit, RawReading, ReportLink
 from gateway.sources.modbus import ModbusConnection, ModbusUnit, SerialEndpoint, TcpEndpoint
 from gateway.sources.modbus_plan import ModbusField, ReadLimits, ReadPlan, describe_plan, plan_reads
 from gateway.tagmap import Device, ModbusDevice, ModbusTag, OpcUaDevice, OpcUaTag, Plant, Transport
@@ -45,6 +45,8 @@ class DeviceLink:
     """Hands an event record to store-and-forward (devices with ``events``)."""
     event_stats: EventStats | None = None
     """The counters of the device's event runner, read at metrics scrapes."""
+    backlog: Backlog | None = None
+    """The path to the sink, for skipping polls while its data is older than the device's ``max_queue_age_ms``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +214,7 @@ def _modbus_tasks(devices: list[ModbusDevice], links: Mapping[str, DeviceLink]) 
         # Only plain values go into the closure, never the device models: the runtime lets the (large)
         # tag-map models go once everything is built.
         units_plan = [(device.name, device.interval_ms, modbus_plan(device)) for device in members]
+        max_queue_age_ms = {device.name: device.queue_age_cap_ms for device in members}
         timeout_ms = max(device.timeout_ms for device in members)
         # Devices on one host:port share one connection and so one limit of requests in flight. The smallest value
         # among them is the safe choice: a server that copes with N at once also copes with fewer, while more than
@@ -223,6 +226,7 @@ def _modbus_tasks(devices: list[ModbusDevice], links: Mapping[str, DeviceLink]) 
             units_plan: list[tuple[str, int, ReadPlan]] = units_plan,
             timeout_ms: int = timeout_ms,
             max_concurrent_requests: int = max_concurrent_requests,
+            max_queue_age_ms: dict[str, int] = max_queue_age_ms,
         ) -> Awaitable[None]:
             units = [
                 ModbusUnit(
@@ -231,6 +235,8 @@ def _modbus_tasks(devices: list[ModbusDevice], links: Mapping[str, DeviceLink]) 
                     interval_ms=interval_ms,
                     emit=links[name].emit,
                     report_link=links[name].report_link,
+                    backlog=links[name].backlog,
+                    max_queue_age_ms=max_queue_age_ms[name],
                 )
                 for name, interval_ms, plan in units_plan
             ]
@@ -264,6 +270,7 @@ def opcua_options(device: OpcUaDevice) -> OpcUaDeviceOptions:
         username=device.username,
         password=device.password.get_secret_value() if device.password else None,
         structures=device.structures,
+        max_queue_age_ms=device.queue_age_cap_ms,
     )
 
 
@@ -355,7 +362,7 @@ def _opcua_task(
 
     def run() -> Awaitable[None]:
         link = links[name]  # looked up at each start: a reload may have replaced the device's channel
-        source = OpcUaSource(device=name, options=options, tags=refs, security=security)
+        source = OpcUaSource(device=name, options=options, tags=refs, security=security, backlog=link.backlog)
         link.show_stats(source.stats)
         checked = indexed_emit(link.emit, indexes, shapes) if indexes or shapes else link.emit
         return source.run(checked, link.report_link)

@@ -99,6 +99,8 @@ class GatewayState:
     """Event records handed to store-and-forward, by (device, event)."""
     plc_writes: Mapping[tuple[str, str], int] = field(default_factory=dict)
     """Ack writes to PLCs, by (device, result)."""
+    queue_age_s: float = 0.0
+    """How long the oldest message not yet handed to the MQTT sink has waited (``MessageQueue.backlog_age_s``)."""
 
 
 _SOURCE_COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -108,6 +110,11 @@ _SOURCE_COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "poll_skipped_cycles",
         "Polls the fixed rate asked for that overruns cost",
         ("skipped_cycles", "poll_skipped_cycles"),
+    ),
+    (
+        "poll_skipped",
+        "Polls skipped because the data already waiting for the MQTT sink was older than max_queue_age_ms",
+        ("backlog_skipped",),
     ),
     ("device_missed_cycles", "Intervals that passed without a good read (link down, back-off)", ("missed_cycles",)),
     ("device_link_losses", "OPC UA connections lost", ("link_losses",)),
@@ -212,6 +219,10 @@ class GatewayCollector(Collector):
         yield from _source_families(s.devices)
         yield _counter("messages_queued", "Messages put into the queue", s.messages_queued)
         yield _gauge("queue_messages", "Messages waiting in the queue", s.queue_messages)
+        yield _gauge(
+            "queue_oldest_age_seconds", "How long the oldest message not yet handed to the MQTT sink has waited",
+            s.queue_age_s,
+        )
         yield _gauge("queue_capacity_messages", "Capacity of the queue (gateway.queue_size)", s.queue_capacity)
         yield _counter("messages_published", "Data messages the broker acknowledged", s.published)
         yield _by_label(

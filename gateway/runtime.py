@@ -212,7 +212,8 @@ class _DeviceChannel:
 
     def link(self) -> DeviceLink:
         return DeviceLink(emit=self.emit, report_link=self.report_link, show_stats=self._show_stats,
-                          publish_record=self.publish_record, event_stats=self.event_stats)  # fmt: skip
+                          publish_record=self.publish_record, event_stats=self.event_stats,
+                          backlog=self._queue)  # fmt: skip
 
     def _show_stats(self, stats: object) -> None:
         self.source_stats = stats
@@ -363,6 +364,7 @@ class Gateway:
                 for name, channel in self._channels.items()
             ),
             queue_messages=len(self._queue),
+            queue_age_s=self._queue.backlog_age_s(),
             queue_capacity=self.plant.gateway.queue_size,
             messages_queued=self.counters.messages_queued,
             mqtt_connected=sink.connected,

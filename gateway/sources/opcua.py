@@ -60,7 +60,16 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError, UaStructParsingError
 from gateway.pki import PkiError, ServerCertificateRejectedError
 from gateway.schema import STATUS_COMM_FAILURE
 from gateway.secrets import SecretFileError
-from gateway.sources.base import OVERLOAD_LOG_EVERY_S, Emit, OverrunLog, PollSchedule, RawReading, ReportLink
+from gateway.sources.base import (
+    OVERLOAD_LOG_EVERY_S,
+    Backlog,
+    Emit,
+    HoldBack,
+    OverrunLog,
+    PollSchedule,
+    RawReading,
+    ReportLink,
+)
 from gateway.sources.opcua_publish import DataChanges, decode_data_changes
 from gateway.sources.opcua_security import ClientSecurity, SecurityRefusedError, read_password_file, secure_client
 from gateway.sources.opcua_status import (
@@ -147,6 +156,7 @@ class OpcUaSourceStats:
     polls: int = 0
     poll_overruns: int = 0  # polls (with their emit) that ran past their slot; the next one then starts at once
     poll_skipped_cycles: int = 0  # polls the fixed rate asked for that overruns cost (see base.PollSchedule)
+    backlog_skipped: int = 0  # polls skipped while the data waiting for the sink was older than max_queue_age_ms
     read_requests: int = 0
     reads_ok: int = 0  # Read calls (poll mode) answered
     read_timeouts: int = 0  # Read calls without an answer within timeout_ms
@@ -394,12 +404,14 @@ class OpcUaSource:
         keepalive_s: float = SUBSCRIPTION_KEEPALIVE_S,
         stable_link_s: float = STABLE_LINK_S,
         security: ClientSecurity | None = None,
+        backlog: Backlog | None = None,
     ) -> None:
         if keepalive_s <= 0:
             raise ValueError(f"keepalive_s must be > 0, not {keepalive_s}")
         self.device = device
         self.options = options
         self.security = security
+        self._backlog = backlog  # poll mode: polls are skipped while its data is max_queue_age_ms old
         self.tags = tuple(tags)
         self.stats = OpcUaSourceStats()
         self._tag_names = tuple(tag.name for tag in self.tags)
@@ -865,7 +877,11 @@ class OpcUaSource:
         schedule = PollSchedule(interval_s=self.options.interval_ms / 1000.0, deadline=loop.time())
         overruns_before, skipped_before = self.stats.poll_overruns, self.stats.poll_skipped_cycles
         overrun_log = OverrunLog()
+        hold_back = HoldBack(self._backlog, self.options.max_queue_age_ms, self.options.interval_ms, self._log)
+        held_before = self.stats.backlog_skipped
         while True:
+            await hold_back.before_poll(schedule, loop.time)  # skips polls while the queued data is too old
+            self.stats.backlog_skipped = held_before + schedule.held_polls
             cycle_started = loop.time()
             if nodes:
                 readings, chunk_size = await self._poll_once(client, plan, nodes, chunk_size)

@@ -96,6 +96,8 @@ class OpcUaDeviceOptions:
     password: str | None = None
     structures: bool = False
     """Load the server's DataTypeDefinitions at every connect, so its structures decode into objects."""
+    max_queue_age_ms: int = 0
+    """Poll mode: skip polls while the data waiting for the sink is this old (0: never; see sources.base.HoldBack)."""
 
     def __repr__(self) -> str:  # never show the password in logs or tracebacks
         return (

@@ -430,7 +430,7 @@ class SpoolSection(_Model):
     max_mb: float = Field(default=1024, gt=0)
     """Cap on spooled messages (topic + payload + 48 bytes per message); past it the oldest are dropped.
     At least MIN_SPOOL_MB."""
-    replay_per_s: int = Field(default=5000, ge=1)
+    replay_per_s: int = Field(default=20000, ge=1)
     """Most spooled messages replayed per second once the broker is back (live data always goes first)."""
     window_wait_ms: int = Field(default=1000, ge=0)
     """How long a live message may wait for a free in-flight slot before it goes to the spool instead."""
@@ -947,6 +947,9 @@ class _DeviceBase(_Model):
     enabled: bool = True
     interval_ms: int = Field(default=1000, ge=MIN_INTERVAL_MS)
     """Poll interval, or OPC UA subscription publishing interval, in milliseconds."""
+    max_queue_age_ms: int | None = Field(default=None, ge=0)
+    """Polls (Modbus, OPC UA poll mode) are skipped while the data already waiting for the MQTT sink has waited
+    this long; None: one ``interval_ms``; 0: never skip (the source waits for room in the queue instead)."""
     publish: PublishModeField = PublishMode.TAG
     repeat: Annotated[tuple[RepeatSpec, ...], BeforeValidator(_one_or_many)] = ()
     """As written; in a Plant always empty (its instances are in ``tags``)."""
@@ -958,6 +961,11 @@ class _DeviceBase(_Model):
     replaced by that)."""
     events: Events = Field(default_factory=dict)
     """Event records with an optional PLC handshake, by event name (see ``gateway.tagmap.events``)."""
+
+    @property
+    def queue_age_cap_ms(self) -> int:
+        """``max_queue_age_ms`` with its default applied (0: never skip)."""
+        return self.interval_ms if self.max_queue_age_ms is None else self.max_queue_age_ms
 
 
 class ModbusDevice(_DeviceBase):
