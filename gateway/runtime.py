@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -57,10 +58,12 @@ from gateway.sinks.base import Delivery
 from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward, open_spool
 from gateway.sources.base import RawReading
-from gateway.sparkplug_session import BD_SEQ_FILE, HostGate, SparkplugSession, historical_form
 from gateway.state_dir import LOCK_FILE_NAME, locked_state_dir
 from gateway.tagmap import Plant
 from gateway.tagmap.model import Output
+
+if TYPE_CHECKING:  # protobuf is imported only by gateways that publish Sparkplug
+    from gateway.sparkplug_session import SparkplugSession
 
 log = structlog.get_logger("cellgate.runtime")
 
@@ -533,8 +536,11 @@ class Gateway:
             )
             if Output.UNS_JSON in gateway.outputs:
                 self._uns_json = encoder
+            historical: Callable[[str, bytes], bytes | None] = encoder.historical
             if Output.SPARKPLUG in gateway.outputs and gateway.sparkplug is not None:
+                # protobuf is imported only by gateways that publish Sparkplug.
                 from gateway.encoders.sparkplug import SparkplugEdgeNode
+                from gateway.sparkplug_session import BD_SEQ_FILE, SparkplugSession, historical_form
 
                 node = SparkplugEdgeNode(
                     group_id=gateway.sparkplug.group_id, edge_node_id=gateway.sparkplug_edge_node_id, clock=self._clock
@@ -545,6 +551,7 @@ class Gateway:
                     clock=self._clock,
                     primary_host=gateway.sparkplug.primary_host,
                 )
+                historical = historical_form(node, encoder.historical if self._uns_json is not None else None)
             settings = self.plant.spool
             spool_path = Path(settings.path) if settings.path else self.state_dir / "spool.db"
 
@@ -560,10 +567,7 @@ class Gateway:
             spool = await asyncio.to_thread(open_spool, open_at_path)
             forwarder = StoreAndForward(
                 spool,
-                historical=historical_form(
-                    self._sparkplug.node if self._sparkplug is not None else None,
-                    encoder.historical if self._uns_json is not None else None,
-                ),
+                historical=historical,
                 window_wait_s=settings.window_wait_ms / 1000,
                 replay_per_s=settings.replay_per_s,
                 reopen=open_at_path,
@@ -625,6 +629,8 @@ class Gateway:
 
             sparkplug.bind(sink.rebirth, spool_held)
             if sparkplug.primary_host is not None:
+                from gateway.sparkplug_session import HostGate
+
                 forwarder.bind(HostGate(sink, sparkplug))
             if self._uns_json is not None:
                 sink.set_retained(encoder.status_topic, encoder.gateway_status(online=True).payload)
