@@ -612,7 +612,8 @@ class MqttSink:
             return
         self._closing = True
         if self._connected or self._data_in_flight:
-            self._publish_control(self._options.will_topic, self._will, retain=self._options.will_retain)
+            if self._options.with_will:
+                self._publish_control(self._options.will_topic, self._will, retain=self._options.will_retain)
             drained = await self.flush(timeout_s)
         else:
             # Not connected and nothing to drain: waiting would only cost the whole budget. A lost
@@ -892,7 +893,7 @@ class MqttSink:
                 client_id=o.client_id,
                 keepalive_s=o.keepalive_s,
                 clean_start=True,
-                will=Will(topic=o.will_topic, payload=will, qos=1, retain=o.will_retain),
+                will=Will(topic=o.will_topic, payload=will, qos=1, retain=o.will_retain) if o.with_will else None,
                 username=o.username,
                 password=o.password.encode("utf-8") if o.password is not None else None,
                 properties=((Property.MAXIMUM_PACKET_SIZE, _MAX_INCOMING_PACKET),)
