@@ -213,7 +213,10 @@ class MqttFanOut:
         sinks = self._sinks
         taken = [await sinks[index].offer_many(part, wait_s=0) if part else 0 for index, part in enumerate(parts)]
         short = [index for index, part in enumerate(parts) if taken[index] < len(part)]
-        if short and wait_s > 0:
+        if len(short) == 1 and wait_s > 0:  # one connection to wait for: awaited here, no task
+            index = short[0]
+            taken[index] += await sinks[index].offer_many(parts[index][taken[index] :], wait_s=wait_s)
+        elif short and wait_s > 0:
             more = await asyncio.gather(
                 *(self._sinks[index].offer_many(parts[index][taken[index] :], wait_s=wait_s) for index in short),
                 return_exceptions=True,

@@ -18,10 +18,13 @@ import orjson
 import pytest
 
 from gateway.encoders.uns_json import historical
+from gateway.mqtt.wire import Publish
 from gateway.sinks.fanout import MqttFanOut, route
 from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward
 from tests.support.mosquitto import Mosquitto, Received, Subscriber
+from tests.support.mqtt_broker import ScriptedBroker, ack_all
+from tests.support.mqtt_broker import options as scripted_options
 from tests.support.sink import OFFLINE, ONLINE, sink_options
 from tests.support.waiting import wait_until_async
 
@@ -155,3 +158,28 @@ async def test_broker_restart_mid_stream_loses_nothing_and_keeps_live_order(
     finally:
         subscriber.stop()
         await forwarder.close()
+
+
+async def test_a_connection_that_stops_early_ends_the_taken_prefix_and_counts_what_goes_twice() -> None:
+    """One connection's broker side never acknowledges: its window fills, the others take all of theirs. The
+    batch counts as taken up to the first message the stuck connection did not take (the caller spools from
+    there), and the messages after it that other connections took are counted as sent twice."""
+    stuck = 1
+
+    def ack(publish: Publish) -> int | None:
+        return None if route(publish.topic, CONNECTIONS) == stuck else 0
+
+    async with ScriptedBroker(ack=ack) as broker:
+        output = MqttFanOut(scripted_options(broker, max_inflight=5), connections=CONNECTIONS)
+        async with output:
+            await output.wait_connected(5)
+            messages = batch("edge", 1, 2)  # 60 messages over 30 topics
+            taken = await output.offer_many(messages, wait_s=0.2)
+            routes = [route(topic, CONNECTIONS) for topic, _ in messages]
+            first_left = [n for n, index in enumerate(routes) if index == stuck][5]  # its window holds 5
+            assert taken == first_left
+            assert output.spooled_twice == sum(1 for index in routes[first_left:] if index != stuck)
+            assert output.connections[stuck].in_flight == 5
+            broker.ack = ack_all
+            broker.release_held()
+            assert await output.flush(5)
