@@ -1,7 +1,7 @@
 """Cellgate benchmark harness: real processes, an independent subscriber, numbers from /proc.
 
     python benchmarks/run.py --scenario modbus-1k|hall|opcua-20k|opcua-20k-secure|load-50k|limit|reload-50|all \\
-        --mode tag|batch|both [--qos 0|1] [--broker-inflight 20] [--mqtt-connections N] \\
+        --mode tag|batch|both [--qos 0|1] [--broker-inflight 20] [--mqtt-connections N] [--mqtt-protocol 3.1.1] \\
         [--duration-s 20] [--warmup-s 5] [--interval-ms MS] [--scale 1.0 | --size N] [--out results.json]
 
 For each live scenario and mode it starts Mosquitto (free port, no persistence), the bench servers
@@ -149,7 +149,7 @@ def plan_live(scenario: str, mode: str, args: argparse.Namespace) -> Plan:
     servers = str(BENCH_DIR / "servers.py")
     publish = mode
     concurrent = modbus_concurrent_requests(args)
-    mqtt = {"qos": args.qos, "connections": args.mqtt_connections}
+    mqtt = {"qos": args.qos, "connections": args.mqtt_connections, "protocol": args.mqtt_protocol}
     if scenario == "modbus-1k":
         # Batch: 3,000 registers, because at the tag map's 10 ms minimum 1,000 would offer only 100,000 values/s,
         # too few to test the 250,000 target.
@@ -460,7 +460,7 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
                 "mqtt_qos": plant.mqtt.qos, "offered_values_per_s": round(tags * 1000 / plan.interval_ms, 1),
                 "duration_s": args.duration_s, "warmup_s": args.warmup_s, "subscriber_client": args.client,
                 "broker_max_inflight_messages": args.broker_inflight, "mqtt_connections": args.mqtt_connections,
-                "subscriber_qos": args.subscriber_qos,
+                "subscriber_qos": args.subscriber_qos, "mqtt_protocol": args.mqtt_protocol,
                 **plan.details,
             },
             "startup": {"s": round(startup_s, 2), "tags_seen": keys_seen, "complete": keys_seen >= len(expected)},
@@ -579,7 +579,8 @@ def summary_line(result: dict[str, Any]) -> str:
     misses = [c["name"] for c in result.get("targets", []) if c["met"] is False]
     config = result["config"]
     return (
-        f"{name} (qos {config['mqtt_qos']}, receive maximum {config['broker_max_inflight_messages']}, "
+        f"{name} (MQTT {config['mqtt_protocol']} qos {config['mqtt_qos']}, "
+        f"broker max_inflight_messages {config['broker_max_inflight_messages']}, "
         f"{config['mqtt_connections']} connection(s)): {d['values_per_s']:,.0f} values/s of "
         f"{config['offered_values_per_s']:,.0f} offered "
         f"({d['messages_per_s']:,.0f} msg/s{', SILENT OVERLOAD' if result['overload']['silent'] else ''}), "
@@ -621,6 +622,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--qos", type=int, choices=(0, 1), default=1, help="the gateway's mqtt.qos (default 1)")
     parser.add_argument("--mqtt-connections", type=int, default=1, metavar="N",
                         help="the gateway's mqtt.connections: data spread over N connections (default 1)")
+    parser.add_argument("--mqtt-protocol", choices=("5", "3.1.1"), default="5",
+                        help="the gateway's mqtt.protocol (a stock Mosquitto caps only MQTT 5 clients at its window)")
     parser.add_argument("--subscriber-qos", type=int, choices=(0, 1), default=1,
                         help="the counting subscriber's QoS (1: the broker's window also limits it)")
     parser.add_argument("--keep-workdir", action="store_true",

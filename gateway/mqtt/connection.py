@@ -1,7 +1,9 @@
 """The MQTT connection: our own small asyncio MQTT client (3.1.1 / 5.0), QoS1 with a bounded in-flight window.
 
 It runs on the event loop with no thread: every PUBACK of one read is decoded in one loop, and the PUBLISH
-packets of one ``publish_many`` / ``offer_many`` call leave in one ``transport.write``. It makes no task,
+packets of one ``publish_many`` / ``offer_many`` call leave in one ``transport.write``. Window slots freed by a
+few PUBACKs wait up to 1 ms for more (half the window goes out at once), so a small window (a broker's
+Receive Maximum of 20) runs in rounds of one larger write, not a write per PUBACK read. It makes no task,
 future or log line per message. Packet encoding and decoding are in ``gateway/mqtt/wire.py`` (pure,
 table-tested); this module is the I/O shell and the bookkeeping. (Why not paho-mqtt, and what each costs: README
 "How it works" and "Performance".)
@@ -445,7 +447,8 @@ class _Connection(asyncio.BufferedProtocol):
 
 
 class MqttSink:
-    """One MQTT connection for the whole gateway. Use as ``async with MqttSink(options) as sink: ...``.
+    """One MQTT connection (the gateway's only one, or one of ``mqtt.connections``: gateway/sinks/fanout.py).
+    Use as ``async with MqttSink(options) as sink: ...``.
 
     Entering starts connecting in the background and returns at once; use ``wait_connected`` to wait.
     All methods must be called from the event loop that entered the context.
