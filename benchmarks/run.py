@@ -579,9 +579,9 @@ def summary_line(result: dict[str, Any]) -> str:
     misses = [c["name"] for c in result.get("targets", []) if c["met"] is False]
     config = result["config"]
     return (
-        f"{name} (MQTT {config['mqtt_protocol']} qos {config['mqtt_qos']}, "
+        f"{name}: [MQTT {config['mqtt_protocol']} qos {config['mqtt_qos']}, "
         f"broker max_inflight_messages {config['broker_max_inflight_messages']}, "
-        f"{config['mqtt_connections']} connection(s)): {d['values_per_s']:,.0f} values/s of "
+        f"{config['mqtt_connections']} connection(s)] {d['values_per_s']:,.0f} values/s of "
         f"{config['offered_values_per_s']:,.0f} offered "
         f"({d['messages_per_s']:,.0f} msg/s{', SILENT OVERLOAD' if result['overload']['silent'] else ''}), "
         f"age p50/p95/p99 {age['p50']}/{age['p95']}/{age['p99']} ms, "
