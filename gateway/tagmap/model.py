@@ -1112,6 +1112,13 @@ class TagMap(_Model):
     devices: tuple[Device, ...]
 
 
+def _rule_sparkplug_one_connection(plant: Plant) -> Iterator[Issue]:
+    # The edge node is one MQTT session: its NDEATH will, the births and the data must share one connection
+    # (a DBIRTH must reach the host before that device's DDATA on another topic).
+    if Output.SPARKPLUG in plant.gateway.outputs and plant.mqtt.connections > 1:
+        yield Issue(("mqtt", "connections"), "Sparkplug B needs one MQTT connection for the edge node: use 1")
+
+
 class Plant(_Model):
     """The validated, expanded tag map: what the runtime runs."""
 
@@ -1120,6 +1127,11 @@ class Plant(_Model):
     devices: tuple[Device, ...]
     spool: SpoolSection = Field(default_factory=SpoolSection)
     http: HttpSection = Field(default_factory=HttpSection)
+
+    @model_validator(mode="after")
+    def _check(self) -> Plant:
+        raise_issues(_rule_sparkplug_one_connection(self))
+        return self
 
     def device(self, name: str) -> ModbusDevice | OpcUaDevice:
         for device in self.devices:

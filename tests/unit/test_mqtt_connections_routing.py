@@ -8,6 +8,8 @@ import pytest
 
 from gateway.mqtt.options import MqttOptions
 from gateway.sinks.fanout import MqttFanOut, connection_options, mqtt_output, route
+from gateway.tagmap import Plant
+from gateway.tagmap.model import Output, _rule_sparkplug_one_connection
 from tests.support.tagmap import MINIMAL_MODBUS, load, problem_lines
 
 OPTIONS = MqttOptions(
@@ -81,3 +83,24 @@ def test_the_setting_defaults_to_one_and_is_bounded() -> None:
             'mqtt: {url: "mqtt://127.0.0.1:1883"}', f'mqtt: {{url: "mqtt://127.0.0.1:1883", connections: {bad}}}'
         )
         assert any("mqtt.connections" in line for line in problem_lines(text)), bad
+
+
+def test_sparkplug_needs_one_connection() -> None:
+    """The rule of the Plant; built without validation here, because this version still refuses Sparkplug
+    outputs in the gateway section (which would stop the validation before the rule)."""
+    plant = load(MINIMAL_MODBUS)
+
+    def with_(outputs: tuple[Output, ...], connections: int) -> Plant:
+        return plant.model_construct(
+            **{
+                **dict(plant),
+                "gateway": plant.gateway.model_construct(**{**dict(plant.gateway), "outputs": outputs}),
+                "mqtt": plant.mqtt.model_construct(**{**dict(plant.mqtt), "connections": connections}),
+            }
+        )
+
+    [issue] = _rule_sparkplug_one_connection(with_((Output.UNS_JSON, Output.SPARKPLUG), 2))
+    assert issue.loc == ("mqtt", "connections")
+    assert "Sparkplug B needs one MQTT connection" in issue.message
+    assert not list(_rule_sparkplug_one_connection(with_((Output.SPARKPLUG,), 1)))
+    assert not list(_rule_sparkplug_one_connection(with_((Output.UNS_JSON,), 4)))
