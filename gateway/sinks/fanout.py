@@ -28,10 +28,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TypeAlias
 
+import structlog
+
 from gateway.errors import SinkError
 from gateway.mqtt.connection import DEFAULT_CLOSE_TIMEOUT_S, MqttSink
 from gateway.mqtt.options import MqttOptions, publish_topic_problem
 from gateway.sinks.base import Handle
+
+log = structlog.get_logger("cellgate.mqtt")
 
 _ROUTE_CACHE_ENTRIES = 65_536  # topics whose connection is remembered; ~100 bytes each
 
@@ -172,6 +176,12 @@ class MqttFanOut:
         """Close every connection at once (each drains up to ``timeout_s``); the primary publishes the offline
         status. Whatever is unacknowledged afterwards is in ``unacked()``."""
         await asyncio.gather(*(sink.close(timeout_s) for sink in self._sinks))
+        log.info(
+            "mqtt_connections_closed",
+            connections=len(self._sinks),
+            delivered=[sink.delivered for sink in self._sinks],
+            spooled_twice=self._spooled_twice,
+        )
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait until every message handed over so far is acknowledged on every connection; False on timeout."""
