@@ -1,7 +1,7 @@
 """Cellgate benchmark harness: real processes, an independent subscriber, numbers from /proc.
 
     python benchmarks/run.py --scenario modbus-1k|hall|opcua-20k|opcua-20k-secure|load-50k|limit|reload-50|all \\
-        --mode tag|batch|both \\
+        --mode tag|batch|both [--qos 0|1] [--broker-inflight 20] [--mqtt-connections N] [--mqtt-protocol 3.1.1] \\
         [--duration-s 20] [--warmup-s 5] [--interval-ms MS] [--scale 1.0 | --size N] [--out results.json]
 
 For each live scenario and mode it starts Mosquitto (free port, no persistence), the bench servers
@@ -149,6 +149,7 @@ def plan_live(scenario: str, mode: str, args: argparse.Namespace) -> Plan:
     servers = str(BENCH_DIR / "servers.py")
     publish = mode
     concurrent = modbus_concurrent_requests(args)
+    mqtt = {"qos": args.qos, "connections": args.mqtt_connections, "protocol": args.mqtt_protocol}
     if scenario == "modbus-1k":
         # Batch: 3,000 registers, because at the tag map's 10 ms minimum 1,000 would offer only 100,000 values/s,
         # too few to test the 250,000 target.
@@ -159,7 +160,7 @@ def plan_live(scenario: str, mode: str, args: argparse.Namespace) -> Plan:
             scenario=scenario, mode=mode, protocol="modbus", interval_ms=interval, size=registers, devices=1,
             tag_map=lambda url, addresses: tagmaps.modbus_1k(
                 broker_url=url, port=int(addresses[0].rsplit(":", 1)[1]), registers=registers,
-                interval_ms=interval, publish=publish, max_concurrent_requests=concurrent,
+                interval_ms=interval, publish=publish, max_concurrent_requests=concurrent, **mqtt,
             ),
             server_argv=[python, servers, "modbus", "--ports", "0", "--impl", args.modbus_impl],
             server_ready_s=20, startup_timeout_s=30,
@@ -173,7 +174,7 @@ def plan_live(scenario: str, mode: str, args: argparse.Namespace) -> Plan:
             scenario=scenario, mode=mode, protocol="modbus", interval_ms=interval, size=channels, devices=racks,
             tag_map=lambda url, addresses: tagmaps.hall(
                 broker_url=url, ports=[int(a.rsplit(":", 1)[1]) for a in addresses], channels=channels,
-                interval_ms=interval, publish=publish, max_concurrent_requests=concurrent,
+                interval_ms=interval, publish=publish, max_concurrent_requests=concurrent, **mqtt,
             ),
             # One process serves all racks (one port each): far cheaper than ten simulator processes.
             server_argv=[python, servers, "modbus", "--ports", *["0"] * racks, "--impl", args.modbus_impl],
@@ -194,7 +195,7 @@ def plan_live(scenario: str, mode: str, args: argparse.Namespace) -> Plan:
             tag_map=lambda url, addresses: tagmaps.opcua_20k(
                 broker_url=url, endpoint=addresses[0], namespace=OPCUA_NAMESPACE, objects=objects,
                 per_object=per_object, interval_ms=interval, publish=publish, timeout_ms=args.opcua_timeout_ms,
-                secure=secure,
+                secure=secure, **mqtt,
             ),
             server_argv=[python, servers, "opcua", "--port", "0", "--variables", str(variables),
                          "--per-object", str(per_object), "--rate-hz", str(1000 / interval),
@@ -408,7 +409,8 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         subscriber = Child(
             "subscriber",
             [sys.executable, str(BENCH_DIR / "subscriber.py"), "--port", str(broker.port),
-             "--filter", f"{tagmaps.ENTERPRISE}/{tagmaps.SITE}/#", "--client", args.client],
+             "--filter", f"{tagmaps.ENTERPRISE}/{tagmaps.SITE}/#", "--client", args.client,
+             "--qos", str(args.subscriber_qos)],
             log_path=workdir / "subscriber.log", stdin_pipe=True,
         )
         children.append(subscriber)
@@ -490,7 +492,8 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
                 "tags": tags, "devices": plan.devices, "interval_ms": plan.interval_ms, "publish": plan.mode,
                 "mqtt_qos": plant.mqtt.qos, "offered_values_per_s": round(tags * 1000 / plan.interval_ms, 1),
                 "duration_s": args.duration_s, "warmup_s": args.warmup_s, "subscriber_client": args.client,
-                "broker_max_inflight_messages": args.broker_inflight,
+                "broker_max_inflight_messages": args.broker_inflight, "mqtt_connections": args.mqtt_connections,
+                "subscriber_qos": args.subscriber_qos, "mqtt_protocol": args.mqtt_protocol,
                 **plan.details,
             },
             "startup": {"s": round(startup_s, 2), "tags_seen": keys_seen, "complete": keys_seen >= len(expected)},
@@ -619,8 +622,12 @@ def summary_line(result: dict[str, Any]) -> str:
                 f"(growth {memory['rss_growth_mb']} MB), peak {memory['peak_rss_mb']} MB")
     d, g, age = result["delivered"], result["gateway"], result["data_age_ms"]
     misses = [c["name"] for c in result.get("targets", []) if c["met"] is False]
+    config = result["config"]
     return (
-        f"{name}: {d['values_per_s']:,.0f} values/s of {result['config']['offered_values_per_s']:,.0f} offered "
+        f"{name}: [MQTT {config['mqtt_protocol']} qos {config['mqtt_qos']}, "
+        f"broker max_inflight_messages {config['broker_max_inflight_messages']}, "
+        f"{config['mqtt_connections']} connection(s)] {d['values_per_s']:,.0f} values/s of "
+        f"{config['offered_values_per_s']:,.0f} offered "
         f"({d['messages_per_s']:,.0f} msg/s{', SILENT OVERLOAD' if result['overload']['silent'] else ''}), "
         f"age p50/p95/p99 {age['p50']}/{age['p95']}/{age['p99']} ms "
         f"(p95 {age['p95'] / result['config']['interval_ms']:.1f} intervals), "
@@ -667,6 +674,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--broker-inflight", type=int, default=1000,
         help="Mosquitto max_inflight_messages, announced as Receive Maximum (Mosquitto's own default is 20)",
     )
+    parser.add_argument("--qos", type=int, choices=(0, 1), default=1, help="the gateway's mqtt.qos (default 1)")
+    parser.add_argument("--mqtt-connections", type=int, default=1, metavar="N",
+                        help="the gateway's mqtt.connections: data spread over N connections (default 1)")
+    parser.add_argument("--mqtt-protocol", choices=("5", "3.1.1"), default="5",
+                        help="the gateway's mqtt.protocol (a stock Mosquitto caps only MQTT 5 clients at its window)")
+    parser.add_argument("--subscriber-qos", type=int, choices=(0, 1), default=1,
+                        help="the counting subscriber's QoS (1: the broker's window also limits it)")
     parser.add_argument("--keep-workdir", action="store_true",
                         help="keep each run's temp dir (tag map, logs); a failed run's is always kept")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/<time>.json)")

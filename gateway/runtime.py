@@ -55,6 +55,7 @@ from gateway.queueing import MessageQueue
 from gateway.reload import PlantFingerprint, plan_reload, without_tags
 from gateway.seq_reservation import SeqBudget, SeqFileStore, SeqReservations
 from gateway.sinks.base import Delivery
+from gateway.sinks.fanout import MqttOutput, mqtt_output
 from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward, open_spool
 from gateway.sources.base import RawReading
@@ -256,7 +257,7 @@ class Gateway:
         self._sources: dict[str, _RunningSource] = {}
         self._reloads: asyncio.Queue[Plant] = asyncio.Queue()
         self._stopping = False
-        self._sink: MqttSink | None = None
+        self._sink: MqttOutput | None = None
         self._forwarder: StoreAndForward | None = None
         self._state_dir_used = False
         self._events: deque[LinkEvent] = deque(maxlen=LINK_EVENTS_KEPT)
@@ -327,7 +328,7 @@ class Gateway:
             devices=devices, forwarded=lambda: self.counters.batches_forwarded, queued=lambda: len(self._queue)
         )
 
-    async def _report_health(self, sink: MqttSink, forwarder: StoreAndForward) -> None:
+    async def _report_health(self, sink: MqttOutput, forwarder: StoreAndForward) -> None:
         if self._notifier is None:
             # No systemd: still sample progress regularly, so /readyz judges a stall as the watchdog would.
             while True:
@@ -435,7 +436,7 @@ class Gateway:
         task = group.create_task(self._supervise(source.name, source.run, reporting), name=source.name)
         self._sources[source.name] = _RunningSource(task, frozenset(source.devices))
 
-    def _add_channel(self, sink: MqttSink, outbound: DeviceOutbound) -> None:
+    def _add_channel(self, sink: MqttOutput, outbound: DeviceOutbound) -> None:
         channel = _DeviceChannel(
             outbound=outbound,
             queue=self._queue,
@@ -458,7 +459,7 @@ class Gateway:
 
     # ---------------------------------------------------------------------------------- reload
 
-    async def _apply_reload(self, group: asyncio.TaskGroup, sink: MqttSink, new: Plant) -> None:
+    async def _apply_reload(self, group: asyncio.TaskGroup, sink: MqttOutput, new: Plant) -> None:
         new_fingerprint = await asyncio.to_thread(PlantFingerprint.of, new)
         # Planning a large map takes a second or more: do it off the event loop so polling goes on meanwhile.
         # Sources look their links up when they start, after the channels below exist.
@@ -616,11 +617,14 @@ class Gateway:
             spooled=forwarder.spooled_now,
             previous_stop=seq_resume.previous_stop.value,
         )
-        sink = MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused)
+        sink = mqtt_output(
+            options, connections=plant.mqtt.connections, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused
+        )
         forwarder.bind(sink)
         self._sink, self._forwarder = sink, forwarder
         held_stores: set[asyncio.Task[None]] = set()
         if sparkplug is not None:
+            assert isinstance(sink, MqttSink)  # Sparkplug outputs have one connection (a tag-map rule)
 
             def spool_held(held: list[tuple[str, bytes]]) -> None:
                 task = asyncio.get_running_loop().create_task(forwarder.store(held))
@@ -692,7 +696,7 @@ class Gateway:
             source_restarts=self.counters.source_restarts,
         )
 
-    async def _serve_reloads(self, group: asyncio.TaskGroup, sink: MqttSink, stop: asyncio.Event) -> None:
+    async def _serve_reloads(self, group: asyncio.TaskGroup, sink: MqttOutput, stop: asyncio.Event) -> None:
         stop_wait = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():

@@ -82,6 +82,9 @@ class MqttOptions:
     on_message: Callable[[str, bytes], None] | None = None
     # Births first on every connection and payloads numbered in wire order (Sparkplug); see SessionHooks.
     session: SessionHooks | None = None
+    # False: a data-only connection (the second and further of ``mqtt.connections``): no will in its
+    # CONNECT and no offline status at ``close``; ``will_topic`` / ``will_payload`` are then not used.
+    with_will: bool = True
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -121,6 +124,8 @@ class MqttOptions:
             problems.append("ca_file/cert_file/key_file given without tls")
         if self.key_file and not self.cert_file:
             problems.append("key_file given without cert_file")
+        if not self.with_will and (self.online_payload is not None or self.subscriptions):
+            problems.append("a connection without a will carries no online status and no subscriptions")
         topic_problem = publish_topic_problem(self.will_topic)
         if topic_problem:
             problems.append(f"will_topic: {topic_problem}")

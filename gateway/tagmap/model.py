@@ -319,6 +319,7 @@ def _int_from_text(value: Any) -> Any:
     return value
 
 
+MAX_MQTT_CONNECTIONS: Final = 16
 MQTT_DEFAULT_PORTS: Final[Mapping[str, int]] = {"mqtt": 1883, "mqtts": 8883}
 
 
@@ -344,6 +345,10 @@ class MqttSection(_Model):
     key_file: str | None = None
     max_inflight: int = Field(default=1000, ge=1, le=9999)
     """QoS 1 messages awaiting PUBACK at once; with MQTT 5 the broker's Receive Maximum caps it."""
+    connections: int = Field(default=1, ge=1, le=MAX_MQTT_CONNECTIONS)
+    """MQTT connections for data, each topic always on the same one (per-topic order); the first also carries
+    the will, the retained status and the subscriptions. Each has its own window: with a broker announcing a
+    small Receive Maximum (Mosquitto: 20), more connections keep more QoS 1 messages in flight."""
     reconnect_max_s: float = Field(default=10, ge=1, le=3600)
     """Cap of the reconnect backoff (1 s, doubling); also how long failover waits per attempt at most."""
     failover_urls: tuple[Annotated[str, AfterValidator(_check_mqtt_url)], ...] = ()
@@ -1161,6 +1166,13 @@ class TagMap(_Model):
     devices: tuple[Device, ...]
 
 
+def _rule_sparkplug_one_connection(plant: Plant) -> Iterator[Issue]:
+    # The edge node is one MQTT session: its NDEATH will, the births and the data must share one connection
+    # (a DBIRTH must reach the host before that device's DDATA on another topic).
+    if Output.SPARKPLUG in plant.gateway.outputs and plant.mqtt.connections > 1:
+        yield Issue(("mqtt", "connections"), "Sparkplug B needs one MQTT connection for the edge node: use 1")
+
+
 class Plant(_Model):
     """The validated, expanded tag map: what the runtime runs."""
 
@@ -1169,6 +1181,11 @@ class Plant(_Model):
     devices: tuple[Device, ...]
     spool: SpoolSection = Field(default_factory=SpoolSection)
     http: HttpSection = Field(default_factory=HttpSection)
+
+    @model_validator(mode="after")
+    def _check(self) -> Plant:
+        raise_issues(_rule_sparkplug_one_connection(self))
+        return self
 
     def device(self, name: str) -> ModbusDevice | OpcUaDevice:
         for device in self.devices:
