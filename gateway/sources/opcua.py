@@ -57,7 +57,15 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from gateway.pki import PkiError, ServerCertificateRejectedError
 from gateway.schema import STATUS_COMM_FAILURE
 from gateway.secrets import SecretFileError
-from gateway.sources.base import OVERLOAD_LOG_EVERY_S, Emit, OverrunLog, PollSchedule, RawReading, ReportLink
+from gateway.sources.base import (
+    OVERLOAD_LOG_EVERY_S,
+    CycleTimes,
+    Emit,
+    OverrunLog,
+    PollSchedule,
+    RawReading,
+    ReportLink,
+)
 from gateway.sources.opcua_fastpath import FastSubscription, create_subscription, fast_path_unavailable
 from gateway.sources.opcua_fastpath import Transport as FastTransport
 from gateway.sources.opcua_security import ClientSecurity, SecurityRefusedError, read_password_file, secure_client
@@ -149,6 +157,7 @@ class OpcUaSourceStats:
     read_requests: int = 0
     read_chunk_reductions: int = 0  # BadTooManyOperations from a server that under-reports MaxNodesPerRead
     missed_cycles: int = 0  # intervals (interval_ms) that passed while the link was down, added when it is up again
+    cycle_times: CycleTimes | None = None  # poll mode: cycle durations (cellgate_device_poll_seconds); None subscribed
 
 
 class _EmitError(Exception):
@@ -296,7 +305,7 @@ class OpcUaSource:
         self.options = options
         self.security = security
         self.tags = tuple(tags)
-        self.stats = OpcUaSourceStats()
+        self.stats = OpcUaSourceStats(cycle_times=CycleTimes() if options.mode is OpcUaMode.POLL else None)
         self._tag_names = tuple(tag.name for tag in self.tags)
         self._timeout_s = options.timeout_ms / 1000.0
         self._reconnect = Reconnect(
@@ -835,6 +844,7 @@ class OpcUaSource:
         schedule = PollSchedule(interval_s=self.options.interval_ms / 1000.0, deadline=loop.time())
         overruns_before, skipped_before = self.stats.poll_overruns, self.stats.poll_skipped_cycles
         overrun_log = OverrunLog()
+        cycle_times = self.stats.cycle_times
         while True:
             cycle_started = loop.time()
             if nodes:
@@ -842,6 +852,8 @@ class OpcUaSource:
                 self.stats.polls += 1
                 await _emit_checked(emit, readings)
             now = loop.time()
+            if nodes and cycle_times is not None:
+                cycle_times.observe(now - cycle_started)  # Reads and hand-over, as Modbus units measure it
             overran = schedule.after_cycle(now)
             if overran:
                 # The stats run across connections, the schedule is this connection's.
