@@ -48,8 +48,11 @@ TIMEOUT_MS = 30_000
 
 
 def tag_names(variables: int, per_object: int) -> list[str]:
-    return [f"B{first // per_object:03d}.V{index:03d}"
-            for first in range(0, variables, per_object) for index in range(min(per_object, variables - first))]  # fmt: skip
+    return [
+        f"B{first // per_object:03d}.V{index:03d}"
+        for first in range(0, variables, per_object)
+        for index in range(min(per_object, variables - first))
+    ]
 
 
 class Counter:
@@ -73,7 +76,7 @@ async def run_source(endpoint: str, names: Sequence[str], *, fast: bool, counter
 
 
 async def run_iterator(endpoint: str, names: Sequence[str], *, counter: Counter) -> None:
-    client = Client(endpoint, timeout=TIMEOUT_MS / 1000)
+    client = Client(endpoint, timeout=TIMEOUT_MS / 1000, watchdog_intervall=5.0)  # as OpcUaSource probes
     await client.connect()
     try:
         namespace = await client.get_namespace_index(OPCUA_NAMESPACE)
@@ -115,7 +118,9 @@ async def run_iterator(endpoint: str, names: Sequence[str], *, counter: Counter)
             await client.disconnect()
 
 
-async def measure(path: str, endpoint: str, names: Sequence[str], *, seconds: float, rate_hz: float) -> dict[str, object]:
+async def measure(
+    path: str, endpoint: str, names: Sequence[str], *, seconds: float, rate_hz: float
+) -> dict[str, object]:
     counter = Counter()
     runner: Awaitable[None]
     if path == "iterator":
@@ -166,7 +171,11 @@ async def main_async(args: argparse.Namespace, endpoint: str, out: Callable[[str
     results: dict[str, list[float]] = {path: [] for path in args.paths}
     for _round in range(args.rounds):
         for path in args.paths:
-            row = await measure(path, endpoint, names, seconds=args.seconds, rate_hz=args.rate_hz)
+            try:
+                row = await measure(path, endpoint, names, seconds=args.seconds, rate_hz=args.rate_hz)
+            except Exception as exc:  # one failed run (a busy machine's timeout) must not end the others
+                out(json.dumps({"path": path, "error": f"{type(exc).__name__}: {exc}"}))
+                continue
             out(json.dumps(row))
             if isinstance(row["us_per_value"], float):
                 results[path].append(row["us_per_value"])

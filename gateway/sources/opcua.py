@@ -7,7 +7,8 @@ different order, so ``ns=2`` can now be another namespace and values would land 
 
     connect (each attempt bounded by ``timeout_ms``; paced by ``reconnect``: exponential backoff + jitter)
       → read NamespaceArray, resolve every tag's namespace URI to today's index (pure: ``plan_nodes``)
-      → subscribe (sync handler → bounded queue → consumer task → emit) or poll (fixed rate, chunked Read)
+      → subscribe (our publish loop, or asyncua's with a sync handler → bounded queue → consumer task → emit)
+        or poll (fixed rate, chunked Read)
       → wait for loss: ``connection_lost_callback`` (asyncua's supervisor probe / socket close),
         a bad ``status_change_notification``, a failed Read, or our own subscription-silence watchdog
       → report_link(False, reason) once, emit ``comm_failure`` for every tag once, tear the client down,
@@ -17,15 +18,15 @@ different order, so ``ns=2`` can now be another namespace and values would land 
 
 The silence watchdog (subscribe mode) is for a server that still answers requests but whose subscription went
 quiet: a PLC whose publish engine hung, or a frozen process behind a TCP stack that still accepts. Its liveness
-signal is every Publish response of the subscription, data or keep-alive. asyncua 2.1 passes keep-alives to
-neither ``datachange_notification`` nor ``status_change_notification``, but it reports every Publish response,
-keep-alives included (as 0 notifications), to the client's ``Observer.on_notification``; we install one per
-client (``_PublishActivity``). ``Subscription.last_publish_at`` is not usable: asyncua's own stale-subscription
-watchdog resets it every time it re-creates a silent subscription, so a server that never publishes again would
-never look silent. The bound: link down is reported at most ``silence_s + check`` after the last Publish
-response, where ``silence_s = max(SILENCE_KEEPALIVES × keep-alive period, 2 × timeout)`` (``OpcUaSource.
-silence_timeout_s``) and ``check = min(1 s, silence_s / 4)``; sooner when asyncua's ServerState probe (every
-``min(timeout, 5 s)``) fails first, as it does for a frozen server.
+signal is every Publish response of the subscription, data or keep-alive, noted in ``_PublishActivity``: by our own
+publish loop on the fast path (``opcua_fastpath``), and on asyncua's path through the client's
+``Observer.on_notification``, to which asyncua 2.1 reports every Publish response, keep-alives included (as 0
+notifications; its handler methods never see keep-alives). On asyncua's path ``Subscription.last_publish_at`` is
+not usable: asyncua's own stale-subscription watchdog resets it every time it re-creates a silent subscription, so
+a server that never publishes again would never look silent. The bound: link down is reported at most ``silence_s +
+check`` after the last Publish response, where ``silence_s = max(SILENCE_KEEPALIVES × keep-alive period, 2 ×
+timeout)`` (``OpcUaSource.silence_timeout_s``) and ``check = min(1 s, silence_s / 4)``; sooner when asyncua's
+ServerState probe (every ``min(timeout, 5 s)``) fails first, as it does for a frozen server.
 
 Every network call is bounded by ``timeout_ms``. Nothing here raises on bad data: problems become readings
 with quality bad (see ``opcua_status`` for the status strings).
