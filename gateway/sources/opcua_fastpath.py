@@ -237,7 +237,7 @@ class FastSubscription:
                 return f"publish refused: {status_name(exc.code)}"
             body = bytes(data)
             try:
-                outcome = self._read(body, subscription_id)
+                outcome = self.take_response(body)
             except Exception as exc:
                 # Not acknowledged: a server that keeps the message may send it again (Republish is not used).
                 if self._on_unreadable is not None:
@@ -249,9 +249,10 @@ class FastSubscription:
             if acknowledge:
                 acks = [ua.SubscriptionAcknowledgement(SubscriptionId=subscription_id, SequenceNumber=sequence_number)]
 
-    def _read(self, body: bytes, subscription_id: int) -> tuple[int, bool] | str:
-        """Hands on the readings of one Publish response; (sequence number, acknowledge?) or why the
-        subscription is lost."""
+    def take_response(self, body: bytes) -> tuple[int, bool] | str:
+        """Hands on the readings of one Publish response (its body from the type id on); returns (sequence
+        number, acknowledge it?) or why the subscription is lost. Raises for a body neither decoder can read."""
+        subscription_id = self.revision.subscription_id
         received_at = time.time()
         changes = decode_data_changes(body, tags_by_handle=self._tags_by_handle, received_at=received_at,
                                       type_names=self._type_names)  # fmt: skip
