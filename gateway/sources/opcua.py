@@ -283,6 +283,8 @@ class OpcUaSource:
     ``keepalive_s`` is the keep-alive period asked of the server (subscribe mode, rounded up to whole publishing
     intervals); the silence watchdog fires after ``silence_timeout_s`` without a Publish response.
     ``stable_link_s``: a link lost before it has lived this long counts as a failed attempt for the backoff.
+    ``fast_publish``: serve subscriptions with our own publish loop and decoder (``opcua_fastpath``) when the
+    installed asyncua passes its feature check; False (or a failed check) uses asyncua's subscription API.
     """
 
     def __init__(
