@@ -148,7 +148,7 @@ class OpcUaSourceStats:
     link_losses: int = 0
     notifications: int = 0
     fast_publish_responses: int = 0  # Publish responses of data changes decoded by opcua_publish
-    asyncua_publish_responses: int = 0  # the others (status changes, keep-alives of a recreated subscription...)
+    asyncua_publish_responses: int = 0  # the others on the fast path (status changes, diagnostics): asyncua decodes
     unknown_handles: int = 0  # notifications for a client handle this connection never asked for
     queue_overflow_dropped: int = 0  # subscription readings dropped (oldest first) because the queue was full
     queue_dropped_at_stop: int = 0  # readings still queued when the source was cancelled
