@@ -81,7 +81,7 @@ def test_opcua_poll_mode_has_the_poll_cycle_histogram(tmp_path: Path) -> None:
                     return False  # not listening yet
                 return histograms.get("coater-poll", {}).get("cellgate_device_poll_seconds_count", 0) >= 3
 
-            wait_until(polled_a_few_times, 40, "three OPC UA poll cycles in cellgate_device_poll_seconds")
+            wait_until(polled_a_few_times, 120, "three OPC UA poll cycles in cellgate_device_poll_seconds")
         finally:
             assert gateway.stop() == 0
             log = gateway.log_text()
