@@ -262,7 +262,7 @@ def opcua_options(device: OpcUaDevice) -> OpcUaDeviceOptions:
     return OpcUaDeviceOptions(
         endpoint=device.endpoint,
         namespace_uri=device.namespace,
-        mode=device.mode.value,
+        mode=device.mode,
         interval_ms=device.interval_ms,
         sampling_interval_ms=device.sampling_interval_ms,
         queue_size=device.queue_size,

@@ -282,7 +282,7 @@ class DeviceOutbound:
 
     def meta_messages(self) -> list[Message]:
         """The retained catalogue (UNS JSON: ``_meta``, then ``_meta/2`` ... ``_meta/N`` when it had to be split,
-        see ``gateway.schema.encode_meta_parts``). Publish them all; on a reload clear the topics the previous
+        see ``uns_json.encode_meta_parts``). Publish them all; on a reload clear the topics the previous
         outbound of the device had and this one has not (a shrunken catalogue leaves no stale part behind)."""
         return self.encoder.meta()
 

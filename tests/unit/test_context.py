@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from gateway.assembly import build_outbound, context_plan, modbus_plan
 from gateway.encoders.sparkplug import SparkplugDeviceEncoder, SparkplugEdgeNode
-from gateway.encoders.uns_json import UnsJsonDeviceEncoder, historical
+from gateway.encoders.uns_json import UnsJsonDeviceEncoder, historical, tag_payload_dict
 from gateway.outbound import ContextPlan, DeviceOutbound, Message, TagOutput
-from gateway.schema import EquipmentTopics, Quality, Sample, SampleContext, TagMeta, tag_payload_dict
+from gateway.schema import EquipmentTopics, Quality, Sample, SampleContext, TagMeta
 from gateway.sources.base import RawReading
 from gateway.tagmap import ModbusDevice, Plant, load_plant
 from gateway.transform import TagRules
