@@ -112,7 +112,7 @@ def build_outbound(plant: Plant, device: Device, *, sparkplug: SparkplugEdgeNode
 
         catalogue = [tag.meta for tag in tags]
         device_encoder = SparkplugDeviceEncoder(
-            node=sparkplug, device=device.name, catalogue=catalogue, alias_base=sparkplug.alias_block(len(catalogue))
+            node=sparkplug, device=device.name, catalogue=catalogue
         )
     return DeviceOutbound(
         device=device.name,

@@ -66,6 +66,22 @@ class LinkEvent:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SparkplugState:
+    """The Sparkplug edge node's counters (gateway.sparkplug_session.SparkplugSession)."""
+
+    bd_seq: int
+    """The bdSeq of the current (or last) MQTT CONNECT."""
+    rebirths: int
+    """Rebirth commands acted on."""
+    commands_refused: int
+    """Writes asked for by NCMD/DCMD (each metric), refused: Cellgate is read-only."""
+    commands_malformed: int
+    """NCMD/DCMD payloads that did not parse."""
+    replay_births: int
+    """DBIRTHs sent ahead of replayed data of a device whose link is down."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GatewayState:
     """A snapshot of a running gateway: what metrics, readiness and the status page read."""
 
@@ -95,6 +111,8 @@ class GatewayState:
     reloads: int
     stalled_s: float
     events: tuple[LinkEvent, ...]
+    sparkplug: SparkplugState | None = None
+    """None unless ``gateway.outputs`` lists sparkplug."""
 
 
 _SOURCE_COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -231,6 +249,36 @@ class GatewayCollector(Collector):
         yield _counter("source_restarts", "Sources restarted after a crash", s.source_restarts)
         yield _counter("reloads", "Tag map reloads applied", s.reloads)
         yield _gauge("pipeline_stalled_seconds", "How long queued messages have not moved", s.stalled_s)
+        if s.sparkplug is not None:
+            yield from _sparkplug_families(s.sparkplug)
+
+
+SPARKPLUG_COMMAND_RESULTS = ("rebirth", "refused", "malformed")
+"""Every ``result`` of ``cellgate_sparkplug_commands_total``."""
+
+
+def _sparkplug_families(sparkplug: SparkplugState) -> Iterator[Metric]:
+    commands = CounterMetricFamily(
+        f"{PREFIX}_sparkplug_commands",
+        "Sparkplug NCMD/DCMD by result: rebirth (Rebirth acted on), refused (a write, per metric: read-only), "
+        "malformed (a payload that did not parse)",
+        labels=["result"],
+    )
+    for result, value in zip(
+        SPARKPLUG_COMMAND_RESULTS,
+        (sparkplug.rebirths, sparkplug.commands_refused, sparkplug.commands_malformed),
+        strict=True,
+    ):
+        commands.add_metric([result], value)
+    yield commands
+    yield _counter("sparkplug_rebirths", "Sparkplug Rebirth commands acted on (NBIRTH and DBIRTHs sent again)",
+                   sparkplug.rebirths)
+    yield _counter(
+        "sparkplug_replay_births",
+        "Sparkplug DBIRTHs sent ahead of replayed data of a device whose link is down",
+        sparkplug.replay_births,
+    )
+    yield _gauge("sparkplug_bdseq", "Sparkplug bdSeq of the current (or last) MQTT CONNECT", sparkplug.bd_seq)
 
 
 def build_registry(state: Callable[[], GatewayState]) -> CollectorRegistry:

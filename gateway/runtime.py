@@ -43,7 +43,7 @@ from gateway.encoders.uns_json import UnsJsonEncoder
 from gateway.errors import ConfigError, SinkError
 from gateway.health import HEALTH_INTERVAL_S, PipelineView, ProgressWatch, report_health
 from gateway.http_server import OpsHttp, read_token, serve_http
-from gateway.metrics import DeviceState, GatewayState, LinkEvent, build_registry
+from gateway.metrics import DeviceState, GatewayState, LinkEvent, SparkplugState, build_registry
 from gateway.mqtt.connection import MqttSink
 from gateway.notify import SystemdNotifier
 from gateway.outbound import DeviceOutbound, Message
@@ -368,6 +368,15 @@ class Gateway:
             reloads=self.counters.reloads,
             stalled_s=self._progress.stalled_s(),
             events=tuple(self._events),
+            sparkplug=None
+            if self._sparkplug is None
+            else SparkplugState(
+                bd_seq=self._sparkplug.node.bd_seq,
+                rebirths=self._sparkplug.rebirths,
+                commands_refused=self._sparkplug.commands_refused,
+                commands_malformed=self._sparkplug.commands_malformed,
+                replay_births=self._sparkplug.replay_births,
+            ),
         )
 
     async def _serve_http(self) -> None:
@@ -460,7 +469,7 @@ class Gateway:
             channel = self._channels.pop(name)
             self._links.pop(name)
             if self._sparkplug is not None:
-                self._sparkplug.devices.pop(name, None)
+                self._sparkplug.retire(name)
                 if channel.outbound.sparkplug is not None and channel.outbound.sparkplug.alive:
                     await self._queue.put_unbounded([channel.outbound.sparkplug.death(self._clock())])
             # A device no longer in the tag map leaves no retained status or catalogue behind.
@@ -472,6 +481,13 @@ class Gateway:
             previous = self._channels.get(name)
             if previous is not None:
                 outbound.sample_counts = previous.outbound.sample_counts  # counters run on across a reload
+                old_device, new_device = previous.outbound.sparkplug, outbound.sparkplug
+                if old_device is not None and new_device is not None:
+                    # Sparkplug: the device is dead while its source restarts; the DBIRTH with the new metric set
+                    # (kept tags keep their aliases and last values) follows when the link is up again.
+                    new_device.adopt(old_device)
+                    if old_device.alive:
+                        await self._queue.put_unbounded([old_device.death(self._clock())])
                 # A catalogue that shrank leaves no stale parts retained.
                 kept = set(outbound.retained_topics())
                 for topic in previous.outbound.retained_topics():
@@ -601,7 +617,7 @@ class Gateway:
                 held_stores.add(task)
                 task.add_done_callback(held_stores.discard)
 
-            sparkplug.bind(sink.rebirth, spool_held)
+            sparkplug.bind(sink.rebirth, spool_held, sink.send_session_messages)
             if sparkplug.primary_host is not None:
                 forwarder.bind(HostGate(sink, sparkplug))
             if self._uns_json is not None:

@@ -8,6 +8,10 @@
 * after every CONNACK: NBIRTH, then a DBIRTH per device whose link is up (``births``), before anything else;
 * ``seq`` is stamped on each message as it enters the wire order (``stamp``), and a message a lost connection left
   unacknowledged is renumbered after the next births as historical data (``resend``);
+* ``stamp`` also follows which devices a host holds born (DBIRTH since the last NBIRTH, no DDEATH since): DDATA of a
+  device that is not (a replay from the spool, or data a lost connection left, of a device whose PLC link is down at
+  the reconnect) is preceded by a DBIRTH with its last values, all of quality bad, and followed by its DDEATH once
+  ``REPLAY_DEATH_AFTER_S`` passed without more of its data, so a host never sees DDATA of a device not born;
 * NCMD ``Node Control/Rebirth`` = true sends the births again (a fresh seq run); any write (NCMD metric, DCMD) is
   refused, logged and counted: Cellgate does not write to the PLCs;
 * with a primary host (``sparkplug.primary_host``): after every CONNECT nothing is published (births withheld, data
@@ -33,6 +37,9 @@ from gateway.sinks.base import Handle, Sink
 from gateway.vocabulary import QoS
 
 log = structlog.get_logger("cellgate.sparkplug")
+
+REPLAY_DEATH_AFTER_S = 1.0
+"""A device born only for its replayed data (its link is down) gets its DDEATH once this long passed without more."""
 
 BD_SEQ_FILE = "sparkplug-bdseq"
 """In the state directory: the bdSeq of the last CONNECT, so the next run's first CONNECT continues after it."""
@@ -86,21 +93,109 @@ class SparkplugSession:
         self._last_bd_seq = read_bd_seq(bd_seq_path) if bd_seq_path is not None else None
         self._clock = clock
         self._rebirth: Callable[[], None] = lambda: None
-        self.stamp = node.stamp
+        self._send: Callable[[Sequence[tuple[str, bytes]]], None] = lambda messages: None
+        self._node_stamp = node.stamp
+        self._ddata_prefix = node.topic("DDATA") + "/"
+        self._born: set[str] = set()
+        """Devices a host holds born on the wire now: DBIRTH stamped since the last NBIRTH, no DDEATH since."""
+        self._born_for_replay: dict[str, float] = {}
+        """Devices born only for replayed data (link down): when their last data was stamped (monotonic seconds)."""
+        self._replay_deaths: asyncio.TimerHandle | None = None
+        self._retired: dict[str, SparkplugDeviceEncoder] = {}
+        """Devices a reload removed, for the DBIRTH their spooled data may still need."""
         self.rebirths = 0
         """Rebirth commands acted on."""
         self.commands_refused = 0
         """Writes asked for by NCMD/DCMD (each metric counts), refused: Cellgate is read-only."""
+        self.commands_malformed = 0
+        """NCMD/DCMD payloads that did not parse."""
+        self.replay_births = 0
+        """DBIRTHs sent for replayed data of a device whose link is down."""
 
     def bind(
-        self, rebirth: Callable[[], None], on_held: Callable[[list[tuple[str, bytes]]], None] | None = None
+        self,
+        rebirth: Callable[[], None],
+        on_held: Callable[[list[tuple[str, bytes]]], None] | None = None,
+        send: Callable[[Sequence[tuple[str, bytes]]], None] | None = None,
     ) -> None:
         """``rebirth``: sends ``births()`` now, after what the connection already has (``MqttSink.rebirth``).
         ``on_held``: takes the data a lost connection left unacknowledged while the primary host is not online (to
-        the spool)."""
+        the spool). ``send``: puts session messages (a DBIRTH, a DDEATH) into the wire order now, stamped, ahead of
+        anything handed over after them, also from inside ``stamp`` (``MqttSink.send_session_messages``)."""
         self._rebirth = rebirth
         if on_held is not None:
             self._on_held = on_held
+        if send is not None:
+            self._send = send
+
+    def retire(self, device: str) -> None:
+        """``device`` left the tag map (a reload): no births any more, but data of it still in the spool can be
+        born for its replay."""
+        encoder = self.devices.pop(device, None)
+        if encoder is not None:
+            self._retired[device] = encoder
+
+    def stamp(self, topic: str, payload: bytes) -> bytes:
+        """``SparkplugEdgeNode.stamp``, following which devices are born on the wire: DDATA of a device that is not
+        gets a DBIRTH first (``replay_birth``: its link is down, so this is replayed data)."""
+        if topic.startswith(self._ddata_prefix):
+            device = topic[len(self._ddata_prefix) :]
+            if device not in self._born:
+                self._birth_for_replay(device)
+            if device in self._born_for_replay:
+                self._born_for_replay[device] = time.monotonic()
+        elif topic.startswith(self.node.prefix):
+            self._follow(topic)
+        return self._node_stamp(topic, payload)
+
+    def unstamp(self, topic: str) -> None:
+        """``SparkplugEdgeNode.unstamp``: the message will not be sent (refused as too large)."""
+        self.node.unstamp(topic)
+        if topic.startswith(self.node.prefix) and "/DBIRTH/" in topic:
+            self._born.discard(topic.rsplit("/", 1)[1])
+
+    def _follow(self, topic: str) -> None:
+        kind = topic[len(self.node.prefix) :].split("/", 1)[0]
+        if kind == "NBIRTH":
+            self._born.clear()
+            self._born_for_replay.clear()
+        elif kind == "DBIRTH":
+            device = topic.rsplit("/", 1)[1]
+            self._born.add(device)
+        elif kind == "DDEATH":
+            device = topic.rsplit("/", 1)[1]
+            self._born.discard(device)
+            self._born_for_replay.pop(device, None)
+
+    def _birth_for_replay(self, device: str) -> None:
+        encoder = self.devices.get(device) or self._retired.get(device)
+        if encoder is None:
+            # Not in this run's tag map (spooled by an earlier run with another map): no catalogue to birth it with.
+            log.warning("sparkplug_replay_unknown_device", device=device, action="sent without DBIRTH")
+            return
+        birth = encoder.replay_birth(self._clock())
+        self.replay_births += 1
+        self._born_for_replay[device] = time.monotonic()
+        self._send([(birth.topic, birth.payload)])  # stamped (seq) and born in _follow, ahead of the data
+        if self._replay_deaths is None:
+            self._replay_deaths = asyncio.get_running_loop().call_later(REPLAY_DEATH_AFTER_S, self._end_replays)
+
+    def _end_replays(self) -> None:
+        """DDEATH for each device born for its replayed data that had none for REPLAY_DEATH_AFTER_S and whose link
+        is still down (a link that came back has sent its own DBIRTH, live)."""
+        self._replay_deaths = None
+        now = time.monotonic()
+        ended = [device for device, last in self._born_for_replay.items() if now - last >= REPLAY_DEATH_AFTER_S]
+        deaths: list[tuple[str, bytes]] = []
+        for device in ended:
+            del self._born_for_replay[device]
+            encoder = self.devices.get(device) or self._retired.get(device)
+            if encoder is not None and not encoder.alive and device in self._born:
+                deaths.append((encoder.ddeath_topic, encoder.death_payload(self._clock())))
+        if deaths:
+            self._send(deaths)
+        if self._born_for_replay:
+            self._replay_deaths = asyncio.get_running_loop().call_later(REPLAY_DEATH_AFTER_S, self._end_replays)
 
     @property
     def subscriptions(self) -> tuple[tuple[str, QoS], ...]:
@@ -117,10 +212,12 @@ class SparkplugSession:
 
     def resend(self, topic: str, payload: bytes) -> bytes | None:
         """``SparkplugEdgeNode.resend``; while the primary host is not online, data is held for the spool instead."""
+        unstamped = self.node.resend_form(topic, payload)
+        if unstamped is None or unstamped is payload:  # births and deaths (superseded); other encodings
+            return unstamped
         if self.ready:
-            return self.node.resend(topic, payload)
-        if self.node.resend(topic, payload) is not None:
-            self._held.append((topic, payload))
+            return self.stamp(topic, unstamped)
+        self._held.append((topic, payload))
         return None
 
     def will_payload(self) -> bytes:
@@ -162,7 +259,7 @@ class SparkplugSession:
         if command is None:
             return
         if command.malformed:
-            self.commands_refused += 1
+            self.commands_malformed += 1
             log.warning("sparkplug_command_refused", topic=topic, reason="malformed", metrics=[])
             return
         if command.writes:
@@ -178,7 +275,6 @@ class SparkplugSession:
             self.rebirths += 1
             log.info("sparkplug_rebirth", bd_seq=self.node.bd_seq, devices=sum(d.alive for d in self.devices.values()))
             self._rebirth()
-
 
     def _on_state(self, payload: bytes) -> None:
         """STATE 3.0 is JSON ``{"online": bool, "timestamp": ms}``; the text ONLINE/OFFLINE of older hosts too."""
@@ -251,4 +347,12 @@ def historical_form(
     return either
 
 
-__all__ = ["BD_SEQ_FILE", "HostGate", "SparkplugSession", "historical_form", "read_bd_seq", "write_bd_seq"]
+__all__ = [
+    "BD_SEQ_FILE",
+    "REPLAY_DEATH_AFTER_S",
+    "HostGate",
+    "SparkplugSession",
+    "historical_form",
+    "read_bd_seq",
+    "write_bd_seq",
+]
