@@ -274,8 +274,11 @@ def test_both_outputs_births_rebirth_refused_writes_a_device_dying_and_the_clean
             assert view.nbirths == [0, 0]  # same connection, same bdSeq
             refused = gateway.wait_for_event("sparkplug_command_refused", DEADLINE_S)
             assert refused["metrics"] == ["recipe/name"] and refused["reason"] == "read_only"
+            gateway.wait_for_event("sparkplug_rebirth", DEADLINE_S)
+            with urllib.request.urlopen(f"http://127.0.0.1:{line.http_port}/", timeout=5) as answer:
+                page = answer.read().decode()  # the status page says it too
+            assert '<dd id="sparkplug">bdSeq 0, 1 rebirths, 1 writes refused, 0 malformed commands</dd>' in page
             if PROMTOOL is not None:  # the counts reach the metrics endpoint
-                gateway.wait_for_event("sparkplug_rebirth", DEADLINE_S)
                 text = line.scrape()
                 assert 'cellgate_sparkplug_commands_total{result="refused"} 1.0' in text
                 assert 'cellgate_sparkplug_commands_total{result="rebirth"} 1.0' in text
