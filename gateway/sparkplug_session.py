@@ -78,8 +78,11 @@ class SparkplugSession:
         bd_seq_path: Path | None,
         clock: Callable[[], float] = time.time,
         primary_host: str | None = None,
+        replay_death_after_s: float = REPLAY_DEATH_AFTER_S,
     ) -> None:
-        """``primary_host``: hold births and data until its STATE says online."""
+        """``primary_host``: hold births and data until its STATE says online. ``replay_death_after_s``: how long
+        after the last replayed data of a device whose link is down its DDEATH follows."""
+        self._replay_death_after_s = replay_death_after_s
         self.node = node
         self.primary_host = primary_host
         self.state_topic = f"{NAMESPACE}/STATE/{primary_host}" if primary_host is not None else None
@@ -178,14 +181,14 @@ class SparkplugSession:
         self._born_for_replay[device] = time.monotonic()
         self._send([(birth.topic, birth.payload)])  # stamped (seq) and born in _follow, ahead of the data
         if self._replay_deaths is None:
-            self._replay_deaths = asyncio.get_running_loop().call_later(REPLAY_DEATH_AFTER_S, self._end_replays)
+            self._replay_deaths = asyncio.get_running_loop().call_later(self._replay_death_after_s, self._end_replays)
 
     def _end_replays(self) -> None:
-        """DDEATH for each device born for its replayed data that had none for REPLAY_DEATH_AFTER_S and whose link
-        is still down (a link that came back has sent its own DBIRTH, live)."""
+        """DDEATH for each device born for its replayed data that had none for ``replay_death_after_s`` and whose
+        link is still down (a link that came back has sent its own DBIRTH, live)."""
         self._replay_deaths = None
         now = time.monotonic()
-        ended = [device for device, last in self._born_for_replay.items() if now - last >= REPLAY_DEATH_AFTER_S]
+        ended = [device for device, last in self._born_for_replay.items() if now - last >= self._replay_death_after_s]
         deaths: list[tuple[str, bytes]] = []
         for device in ended:
             del self._born_for_replay[device]
@@ -195,7 +198,7 @@ class SparkplugSession:
         if deaths:
             self._send(deaths)
         if self._born_for_replay:
-            self._replay_deaths = asyncio.get_running_loop().call_later(REPLAY_DEATH_AFTER_S, self._end_replays)
+            self._replay_deaths = asyncio.get_running_loop().call_later(self._replay_death_after_s, self._end_replays)
 
     @property
     def subscriptions(self) -> tuple[tuple[str, QoS], ...]:
