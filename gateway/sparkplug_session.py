@@ -101,6 +101,10 @@ class SparkplugSession:
         self._ddata_prefix = node.topic("DDATA") + "/"
         self._born: set[str] = set()
         """Devices a host holds born on the wire now: DBIRTH stamped since the last NBIRTH, no DDEATH since."""
+        self._live_ddata: set[str] = set()
+        """DDATA topics of the born devices whose DBIRTH was their own (not one for a replay): ``stamp``'s fast path."""
+        self._birth_for: str | None = None
+        """The device whose DBIRTH for a replay is being sent."""
         self._born_for_replay: dict[str, float] = {}
         """Devices born only for replayed data (link down): when their last data was stamped (monotonic seconds)."""
         self._replay_deaths: asyncio.TimerHandle | None = None
@@ -141,6 +145,8 @@ class SparkplugSession:
     def stamp(self, topic: str, payload: bytes) -> bytes:
         """``SparkplugEdgeNode.stamp``, following which devices are born on the wire: DDATA of a device that is not
         gets a DBIRTH first (``replay_birth``: its link is down, so this is replayed data)."""
+        if topic in self._live_ddata:  # the usual case: data of a device born on the wire by its own DBIRTH
+            return self._node_stamp(topic, payload)
         if topic.startswith(self._ddata_prefix):
             device = topic[len(self._ddata_prefix) :]
             if device not in self._born:
@@ -155,19 +161,26 @@ class SparkplugSession:
         """``SparkplugEdgeNode.unstamp``: the message will not be sent (refused as too large)."""
         self.node.unstamp(topic)
         if topic.startswith(self.node.prefix) and "/DBIRTH/" in topic:
-            self._born.discard(topic.rsplit("/", 1)[1])
+            device = topic.rsplit("/", 1)[1]
+            self._born.discard(device)
+            self._live_ddata.discard(self._ddata_prefix + device)
 
     def _follow(self, topic: str) -> None:
         kind = topic[len(self.node.prefix) :].split("/", 1)[0]
         if kind == "NBIRTH":
             self._born.clear()
+            self._live_ddata.clear()
             self._born_for_replay.clear()
         elif kind == "DBIRTH":
             device = topic.rsplit("/", 1)[1]
             self._born.add(device)
+            if device != self._birth_for:  # its own DBIRTH (the link is up): no DDEATH for a replay any more
+                self._born_for_replay.pop(device, None)
+                self._live_ddata.add(self._ddata_prefix + device)
         elif kind == "DDEATH":
             device = topic.rsplit("/", 1)[1]
             self._born.discard(device)
+            self._live_ddata.discard(self._ddata_prefix + device)
             self._born_for_replay.pop(device, None)
 
     def _birth_for_replay(self, device: str) -> None:
@@ -179,7 +192,11 @@ class SparkplugSession:
         birth = encoder.replay_birth(self._clock())
         self.replay_births += 1
         self._born_for_replay[device] = time.monotonic()
-        self._send([(birth.topic, birth.payload)])  # stamped (seq) and born in _follow, ahead of the data
+        self._birth_for = device
+        try:
+            self._send([(birth.topic, birth.payload)])  # stamped (seq) and born in _follow, ahead of the data
+        finally:
+            self._birth_for = None
         if self._replay_deaths is None:
             self._replay_deaths = asyncio.get_running_loop().call_later(self._replay_death_after_s, self._end_replays)
 
