@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -54,10 +55,12 @@ from gateway.seq_reservation import SeqBudget, SeqFileStore, SeqReservations
 from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward, open_spool
 from gateway.sources.base import RawReading
-from gateway.sparkplug_session import BD_SEQ_FILE, HostGate, SparkplugSession, historical_form
 from gateway.state_dir import LOCK_FILE_NAME, locked_state_dir
 from gateway.tagmap import Plant
 from gateway.tagmap.model import Output
+
+if TYPE_CHECKING:  # protobuf is imported only by gateways that publish Sparkplug
+    from gateway.sparkplug_session import SparkplugSession
 
 log = structlog.get_logger("cellgate.runtime")
 
@@ -529,6 +532,7 @@ class Gateway:
                 self._uns_json = encoder
             if Output.SPARKPLUG in gateway.outputs and gateway.sparkplug is not None:
                 from gateway.encoders.sparkplug import SparkplugEdgeNode
+                from gateway.sparkplug_session import BD_SEQ_FILE, SparkplugSession
 
                 node = SparkplugEdgeNode(
                     group_id=gateway.sparkplug.group_id, edge_node_id=gateway.sparkplug_edge_node_id, clock=self._clock
@@ -552,12 +556,16 @@ class Gateway:
 
             # Off the event loop: opening checks the file (PRAGMA quick_check) and may salvage a damaged one.
             spool = await asyncio.to_thread(open_spool, open_at_path)
+            historical: Callable[[str, bytes], bytes | None] = encoder.historical
+            if self._sparkplug is not None:
+                from gateway.sparkplug_session import historical_form
+
+                historical = historical_form(
+                    self._sparkplug.node, encoder.historical if self._uns_json is not None else None
+                )
             forwarder = StoreAndForward(
                 spool,
-                historical=historical_form(
-                    self._sparkplug.node if self._sparkplug is not None else None,
-                    encoder.historical if self._uns_json is not None else None,
-                ),
+                historical=historical,
                 window_wait_s=settings.window_wait_ms / 1000,
                 replay_per_s=settings.replay_per_s,
                 reopen=open_at_path,
@@ -619,6 +627,8 @@ class Gateway:
 
             sparkplug.bind(sink.rebirth, spool_held, sink.send_session_messages)
             if sparkplug.primary_host is not None:
+                from gateway.sparkplug_session import HostGate
+
                 forwarder.bind(HostGate(sink, sparkplug))
             if self._uns_json is not None:
                 sink.set_retained(encoder.status_topic, encoder.gateway_status(online=True).payload)
