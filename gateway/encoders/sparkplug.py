@@ -151,12 +151,6 @@ class SparkplugEdgeNode:
         """What to subscribe to for device commands (all refused: Cellgate does not write to the PLCs)."""
         return self.topic("DCMD", "+")
 
-    def alias_block(self, size: int) -> int:
-        """The first of ``size`` aliases no other device of this node has had in this run."""
-        base = self._next_alias
-        self._next_alias += max(1, size)
-        return base
-
     def aliases_for(self, device: str, metrics: Sequence[tuple[str, int]]) -> dict[str, int]:
         """Aliases of a device's metrics (tag, datatype): the alias a metric of the same device, name and datatype
         had before in this run (a reload that changes a device keeps the aliases of the tags it keeps, so data spooled
