@@ -626,10 +626,9 @@ class Gateway:
                 task.add_done_callback(held_stores.discard)
 
             sparkplug.bind(sink.rebirth, spool_held, sink.send_session_messages)
-            if sparkplug.primary_host is not None:
-                from gateway.sparkplug_session import HostGate
+            from gateway.sparkplug_session import HostGate
 
-                forwarder.bind(HostGate(sink, sparkplug))
+            forwarder.bind(HostGate(sink, sparkplug, on_refused=forwarder.on_refused))
             if self._uns_json is not None:
                 sink.set_retained(encoder.status_topic, encoder.gateway_status(online=True).payload)
         async with sink:

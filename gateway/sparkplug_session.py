@@ -183,11 +183,16 @@ class SparkplugSession:
             self._live_ddata.discard(self._ddata_prefix + device)
             self._born_for_replay.pop(device, None)
 
+    def unknown_device(self, topic: str) -> str | None:
+        """The device of a DDATA ``topic`` this run has no catalogue for (see ``HostGate``); None for any other."""
+        if not topic.startswith(self._ddata_prefix) or topic in self._live_ddata:
+            return None
+        device = topic[len(self._ddata_prefix) :]
+        return None if device in self.devices or device in self._retired else device
+
     def _birth_for_replay(self, device: str) -> None:
         encoder = self.devices.get(device) or self._retired.get(device)
-        if encoder is None:
-            # Not in this run's tag map (spooled by an earlier run with another map): no catalogue to birth it with.
-            log.warning("sparkplug_replay_unknown_device", device=device, action="sent without DBIRTH")
+        if encoder is None:  # store-and-forward's HostGate keeps such replays as dead letters
             return
         birth = encoder.replay_birth(self._clock())
         self.replay_births += 1
@@ -315,13 +320,27 @@ class SparkplugSession:
             self._on_held(held)
 
 
-class HostGate:
-    """The MQTT sink as store-and-forward sees it while a primary host is configured: connected only once the host
-    is online, so until then live data goes to the spool and the replay waits (``Sink``)."""
+UNKNOWN_DEVICE = "sparkplug_unknown_device"
+"""Dead-letter reason of a replayed DDATA of a device the running gateway has no catalogue for."""
 
-    def __init__(self, sink: Sink, session: SparkplugSession) -> None:
+
+class HostGate:
+    """The MQTT sink as store-and-forward sees it with Sparkplug (``Sink``): with a primary host, connected only once
+    the host is online, so until then live data goes to the spool and the replay waits. A replay of a device that
+    neither the running tag map nor one reloaded since the start has (spooled by an earlier run with another map)
+    cannot be born for its replay: it goes to ``on_refused`` (the dead letters, reason ``UNKNOWN_DEVICE``) instead of
+    out as DDATA of a device a host has never seen born."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        session: SparkplugSession,
+        on_refused: Callable[[str, bytes, str, Handle | None], bool | None] | None = None,
+    ) -> None:
         self._sink = sink
         self._session = session
+        self._on_refused = on_refused
+        self._unknown_logged: set[str] = set()
 
     @property
     def connected(self) -> bool:
@@ -342,7 +361,16 @@ class HostGate:
         return await self._sink.offer_many(messages, wait_s=wait_s)
 
     def try_publish(self, topic: str, payload: bytes, handle: Handle) -> bool:
-        return self._session.ready and self._sink.try_publish(topic, payload, handle)
+        if not self._session.ready:
+            return False
+        device = self._session.unknown_device(topic)
+        if device is not None and self._on_refused is not None:
+            kept = bool(self._on_refused(topic, payload, UNKNOWN_DEVICE, handle))
+            if device not in self._unknown_logged:  # once per device
+                self._unknown_logged.add(device)
+                log.warning("sparkplug_replay_unknown_device", device=device, dead_letter=kept)
+            return True
+        return self._sink.try_publish(topic, payload, handle)
 
     def unacked(self) -> list[tuple[str, bytes]]:
         return self._sink.unacked()
@@ -370,6 +398,7 @@ def historical_form(
 __all__ = [
     "BD_SEQ_FILE",
     "REPLAY_DEATH_AFTER_S",
+    "UNKNOWN_DEVICE",
     "HostGate",
     "SparkplugSession",
     "historical_form",

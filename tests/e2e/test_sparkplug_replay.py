@@ -6,7 +6,8 @@ Sparkplug 3.0 statements checked (besides those HostView checks on every message
 - tck-id-payloads-dbirth-order / tck-id-topics-ddata-...: a host never sees DDATA of a device not born in the current
   session. Data spooled (or left unacknowledged) while a device was alive, replayed after a reconnect when that
   device's PLC link is down, follows a DBIRTH of the device (its last values, every metric Quality bad), and a
-  DDEATH follows the replay (tck-id-operational-behavior-device-ddeath).
+  DDEATH follows the replay (tck-id-operational-behavior-device-ddeath). Spooled data of a device the running
+  gateway has no catalogue for (an earlier run's map) cannot be born: it is kept as a dead letter, not sent.
 - tck-id-payloads-sequence-num-incrementing: a DDATA the broker cannot take (over the maximum packet size) is not
   sent and leaves no hole in seq; it is counted and kept in the spool's dead-letter table, historical.
 - tck-id-payloads-metric-historical: replayed metrics carry is_historical.
@@ -30,7 +31,7 @@ from gateway.mqtt.options import MqttOptions
 from gateway.schema import Quality, Sample, TagMeta
 from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward
-from gateway.sparkplug_session import SparkplugSession, historical_form
+from gateway.sparkplug_session import UNKNOWN_DEVICE, HostGate, SparkplugSession, historical_form
 from tests.interop.sparkplug_tahu import TAHU_AVAILABLE, TAHU_MISSING, HostView, decode_stream
 from tests.support.mosquitto import Mosquitto, Received, Subscriber
 
@@ -90,7 +91,7 @@ async def edge_node(
         on_ack=forwarder.on_ack,
         on_refused=forwarder.on_refused,
     )
-    forwarder.bind(sink)
+    forwarder.bind(HostGate(sink, session, on_refused=forwarder.on_refused))
     session.bind(sink.rebirth, send=sink.send_session_messages)
     async with sink:
         replay = asyncio.get_running_loop().create_task(forwarder.replay())
@@ -150,7 +151,15 @@ async def test_replayed_data_of_a_device_whose_link_is_down_is_born_for_the_repl
             await edge.forwarder.forward(edge.ddata("d1", 3.0) + edge.ddata("d2", 3.0))
             death = edge.devices["d1"].death(time.time())
             await edge.forwarder.forward([(death.topic, death.payload)])
-            assert edge.spool.count == 2
+            # A row an earlier run with another tag map spooled: a device this one does not know.
+            earlier_node = SparkplugEdgeNode(group_id="G", edge_node_id="edge-1")
+            catalogue = [TagMeta(tag="v", type="float32")]
+            earlier = SparkplugDeviceEncoder(node=earlier_node, device="gone", catalogue=catalogue)
+            earlier.birth(time.time())
+            now = time.time()
+            spooled = earlier.encode([Sample("gone", "v", 9.0, Quality.GOOD, now)], now)
+            await edge.forwarder.store([(m.topic, m.payload) for m in spooled])
+            assert edge.spool.count == 3
             broker.start()
             # After the reconnect: NBIRTH and d2's DBIRTH; d1's unacknowledged and spooled DDATA each come after a
             # DBIRTH of d1 (it is not alive: no DBIRTH of its own), and d1's DDEATH once its replay is over.
@@ -158,6 +167,11 @@ async def test_replayed_data_of_a_device_whose_link_is_down_is_born_for_the_repl
             await edge.forwarder.forward(edge.ddata("d2", 4.0))
             messages = await host.wait_for(lambda ms: sum(kind(m) == "DDATA:d2" for m in ms) == 3, DEADLINE_S)
             assert edge.session.replay_births == 1
+            deadline = time.monotonic() + DEADLINE_S
+            while edge.spool.dead_letter_counts() != {UNKNOWN_DEVICE: 1}:  # kept at the next flush (0.5 s)
+                assert time.monotonic() < deadline, edge.spool.dead_letter_counts()
+                await asyncio.sleep(0.1)
+            assert edge.spool.count == 0
     finally:
         host.stop()
         broker.close()
