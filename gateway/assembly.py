@@ -122,9 +122,8 @@ def build_outbound(plant: Plant, device: Device, *, sparkplug: SparkplugEdgeNode
         from gateway.encoders.sparkplug import SparkplugDeviceEncoder
 
         catalogue = [tag.meta for tag in tags]
-        device_encoder = SparkplugDeviceEncoder(
-            node=sparkplug, device=device.name, catalogue=catalogue, alias_base=sparkplug.alias_block(len(catalogue))
-        )
+        # Aliases from the edge node's table: a device rebuilt by a reload keeps those of the tags it keeps.
+        device_encoder = SparkplugDeviceEncoder(node=sparkplug, device=device.name, catalogue=catalogue)
     return DeviceOutbound(
         device=device.name,
         protocol=device.protocol,

@@ -66,6 +66,22 @@ class LinkEvent:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SparkplugState:
+    """The Sparkplug edge node's counters (gateway.sparkplug_session.SparkplugSession)."""
+
+    bd_seq: int
+    """The bdSeq of the current (or last) MQTT CONNECT."""
+    rebirths: int
+    """Rebirth commands acted on."""
+    commands_refused: int
+    """Writes asked for by NCMD/DCMD (each metric), refused: Cellgate is read-only."""
+    commands_malformed: int
+    """NCMD/DCMD payloads that did not parse."""
+    replay_births: int
+    """DBIRTHs sent ahead of replayed data of a device whose link is down."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GatewayState:
     """A snapshot of a running gateway: what metrics, readiness and the status page read."""
 
@@ -101,6 +117,8 @@ class GatewayState:
     """Ack writes to PLCs, by (device, result)."""
     queue_age_s: float = 0.0
     """How long the oldest message not yet handed to the MQTT sink has waited (``MessageQueue.backlog_age_s``)."""
+    sparkplug: SparkplugState | None = None
+    """None unless ``gateway.outputs`` lists sparkplug."""
 
 
 _SOURCE_COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -258,6 +276,36 @@ class GatewayCollector(Collector):
         for (device_name, result), count in sorted(s.plc_writes.items()):
             writes.add_metric([device_name, result], count)
         yield from (records, writes)
+        if s.sparkplug is not None:
+            yield from _sparkplug_families(s.sparkplug)
+
+
+SPARKPLUG_COMMAND_RESULTS = ("rebirth", "refused", "malformed")
+"""Every ``result`` of ``cellgate_sparkplug_commands_total``."""
+
+
+def _sparkplug_families(sparkplug: SparkplugState) -> Iterator[Metric]:
+    commands = CounterMetricFamily(
+        f"{PREFIX}_sparkplug_commands",
+        "Sparkplug NCMD/DCMD by result: rebirth (Rebirth acted on), refused (a write, per metric: read-only), "
+        "malformed (a payload that did not parse)",
+        labels=["result"],
+    )
+    for result, value in zip(
+        SPARKPLUG_COMMAND_RESULTS,
+        (sparkplug.rebirths, sparkplug.commands_refused, sparkplug.commands_malformed),
+        strict=True,
+    ):
+        commands.add_metric([result], value)
+    yield commands
+    yield _counter("sparkplug_rebirths", "Sparkplug Rebirth commands acted on (NBIRTH and DBIRTHs sent again)",
+                   sparkplug.rebirths)
+    yield _counter(
+        "sparkplug_replay_births",
+        "Sparkplug DBIRTHs sent ahead of replayed data of a device whose link is down",
+        sparkplug.replay_births,
+    )
+    yield _gauge("sparkplug_bdseq", "Sparkplug bdSeq of the current (or last) MQTT CONNECT", sparkplug.bd_seq)
 
 
 def build_registry(state: Callable[[], GatewayState]) -> CollectorRegistry:

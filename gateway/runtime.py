@@ -46,7 +46,7 @@ from gateway.events.core import EventRecord
 from gateway.events.runner import EventStats
 from gateway.health import HEALTH_INTERVAL_S, PipelineView, ProgressWatch, report_health
 from gateway.http_server import OpsHttp, read_token, serve_http
-from gateway.metrics import DeviceState, GatewayState, LinkEvent, build_registry
+from gateway.metrics import DeviceState, GatewayState, LinkEvent, SparkplugState, build_registry
 from gateway.mqtt.connection import MqttSink
 from gateway.notify import SystemdNotifier
 from gateway.outbound import DeviceOutbound, Message
@@ -392,6 +392,13 @@ class Gateway:
                            for event, count in channel.event_stats.records.items()},
             plc_writes={(name, result): count for name, channel in self._channels.items()
                         for result, count in channel.event_stats.writes.items()},
+            sparkplug=None if self._sparkplug is None else SparkplugState(
+                bd_seq=self._sparkplug.node.bd_seq,
+                rebirths=self._sparkplug.rebirths,
+                commands_refused=self._sparkplug.commands_refused,
+                commands_malformed=self._sparkplug.commands_malformed,
+                replay_births=self._sparkplug.replay_births,
+            ),
         )  # fmt: skip
 
     async def _serve_http(self) -> None:
@@ -486,7 +493,7 @@ class Gateway:
             channel = self._channels.pop(name)
             self._links.pop(name)
             if self._sparkplug is not None:
-                self._sparkplug.devices.pop(name, None)
+                self._sparkplug.retire(name)
                 if channel.outbound.sparkplug is not None and channel.outbound.sparkplug.alive:
                     await self._queue.put_unbounded([channel.outbound.sparkplug.death(self._clock())])
             # A device no longer in the tag map leaves no retained status or catalogue behind.
@@ -498,6 +505,13 @@ class Gateway:
             previous = self._channels.get(name)
             if previous is not None:
                 outbound.sample_counts = previous.outbound.sample_counts  # counters run on across a reload
+                old_device, new_device = previous.outbound.sparkplug, outbound.sparkplug
+                if old_device is not None and new_device is not None:
+                    # Sparkplug: the device is dead while its source restarts; the DBIRTH with the new metric set
+                    # (kept tags keep their aliases and last values) follows when the link is up again.
+                    new_device.adopt(old_device)
+                    if old_device.alive:
+                        await self._queue.put_unbounded([old_device.death(self._clock())])
                 # A catalogue that shrank leaves no stale parts retained.
                 kept = set(outbound.retained_topics())
                 for topic in previous.outbound.retained_topics():
@@ -537,11 +551,10 @@ class Gateway:
             )
             if Output.UNS_JSON in gateway.outputs:
                 self._uns_json = encoder
-            historical: Callable[[str, bytes], bytes | None] = encoder.historical
             if Output.SPARKPLUG in gateway.outputs and gateway.sparkplug is not None:
                 # protobuf is imported only by gateways that publish Sparkplug.
                 from gateway.encoders.sparkplug import SparkplugEdgeNode
-                from gateway.sparkplug_session import BD_SEQ_FILE, SparkplugSession, historical_form
+                from gateway.sparkplug_session import BD_SEQ_FILE, SparkplugSession
 
                 node = SparkplugEdgeNode(
                     group_id=gateway.sparkplug.group_id, edge_node_id=gateway.sparkplug_edge_node_id, clock=self._clock
@@ -552,7 +565,6 @@ class Gateway:
                     clock=self._clock,
                     primary_host=gateway.sparkplug.primary_host,
                 )
-                historical = historical_form(node, encoder.historical if self._uns_json is not None else None)
             settings = self.plant.spool
             spool_path = Path(settings.path) if settings.path else self.state_dir / "spool.db"
 
@@ -566,6 +578,13 @@ class Gateway:
 
             # Off the event loop: opening checks the file (PRAGMA quick_check) and may salvage a damaged one.
             spool = await asyncio.to_thread(open_spool, open_at_path)
+            historical: Callable[[str, bytes], bytes | None] = encoder.historical
+            if self._sparkplug is not None:
+                from gateway.sparkplug_session import historical_form
+
+                historical = historical_form(
+                    self._sparkplug.node, encoder.historical if self._uns_json is not None else None
+                )
             forwarder = StoreAndForward(
                 spool,
                 historical=historical,
@@ -631,11 +650,10 @@ class Gateway:
                 held_stores.add(task)
                 task.add_done_callback(held_stores.discard)
 
-            sparkplug.bind(sink.rebirth, spool_held)
-            if sparkplug.primary_host is not None:
-                from gateway.sparkplug_session import HostGate
+            sparkplug.bind(sink.rebirth, spool_held, sink.send_session_messages)
+            from gateway.sparkplug_session import HostGate
 
-                forwarder.bind(HostGate(sink, sparkplug))
+            forwarder.bind(HostGate(sink, sparkplug, on_refused=forwarder.on_refused))
             if self._uns_json is not None:
                 sink.set_retained(encoder.status_topic, encoder.gateway_status(online=True).payload)
         async with sink:

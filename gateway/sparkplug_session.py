@@ -8,6 +8,10 @@
 * after every CONNACK: NBIRTH, then a DBIRTH per device whose link is up (``births``), before anything else;
 * ``seq`` is stamped on each message as it enters the wire order (``stamp``), and a message a lost connection left
   unacknowledged is renumbered after the next births as historical data (``resend``);
+* ``stamp`` also follows which devices a host holds born (DBIRTH since the last NBIRTH, no DDEATH since): DDATA of a
+  device that is not (a replay from the spool, or data a lost connection left, of a device whose PLC link is down at
+  the reconnect) is preceded by a DBIRTH with its last values, all of quality bad, and followed by its DDEATH once
+  ``REPLAY_DEATH_AFTER_S`` passed without more of its data, so a host never sees DDATA of a device not born;
 * NCMD ``Node Control/Rebirth`` = true sends the births again (a fresh seq run); any write (NCMD metric, DCMD) is
   refused, logged and counted: Cellgate does not write to the PLCs;
 * with a primary host (``sparkplug.primary_host``): after every CONNECT nothing is published (births withheld, data
@@ -33,6 +37,9 @@ from gateway.sinks.base import Handle, Sink
 from gateway.vocabulary import QoS
 
 log = structlog.get_logger("cellgate.sparkplug")
+
+REPLAY_DEATH_AFTER_S = 1.0
+"""A device born only for its replayed data (its link is down) gets its DDEATH once this long passed without more."""
 
 BD_SEQ_FILE = "sparkplug-bdseq"
 """In the state directory: the bdSeq of the last CONNECT, so the next run's first CONNECT continues after it."""
@@ -71,8 +78,11 @@ class SparkplugSession:
         bd_seq_path: Path | None,
         clock: Callable[[], float] = time.time,
         primary_host: str | None = None,
+        replay_death_after_s: float = REPLAY_DEATH_AFTER_S,
     ) -> None:
-        """``primary_host``: hold births and data until its STATE says online."""
+        """``primary_host``: hold births and data until its STATE says online. ``replay_death_after_s``: how long
+        after the last replayed data of a device whose link is down its DDEATH follows."""
+        self._replay_death_after_s = replay_death_after_s
         self.node = node
         self.primary_host = primary_host
         self.state_topic = f"{NAMESPACE}/STATE/{primary_host}" if primary_host is not None else None
@@ -86,21 +96,131 @@ class SparkplugSession:
         self._last_bd_seq = read_bd_seq(bd_seq_path) if bd_seq_path is not None else None
         self._clock = clock
         self._rebirth: Callable[[], None] = lambda: None
-        self.stamp = node.stamp
+        self._send: Callable[[Sequence[tuple[str, bytes]]], None] = lambda messages: None
+        self._node_stamp = node.stamp
+        self._ddata_prefix = node.topic("DDATA") + "/"
+        self._born: set[str] = set()
+        """Devices a host holds born on the wire now: DBIRTH stamped since the last NBIRTH, no DDEATH since."""
+        self._live_ddata: set[str] = set()
+        """DDATA topics of the born devices whose DBIRTH was their own (not one for a replay): ``stamp``'s fast path."""
+        self._birth_for: str | None = None
+        """The device whose DBIRTH for a replay is being sent."""
+        self._born_for_replay: dict[str, float] = {}
+        """Devices born only for replayed data (link down): when their last data was stamped (monotonic seconds)."""
+        self._replay_deaths: asyncio.TimerHandle | None = None
+        self._retired: dict[str, SparkplugDeviceEncoder] = {}
+        """Devices a reload removed, for the DBIRTH their spooled data may still need."""
         self.rebirths = 0
         """Rebirth commands acted on."""
         self.commands_refused = 0
         """Writes asked for by NCMD/DCMD (each metric counts), refused: Cellgate is read-only."""
+        self.commands_malformed = 0
+        """NCMD/DCMD payloads that did not parse."""
+        self.replay_births = 0
+        """DBIRTHs sent for replayed data of a device whose link is down."""
 
     def bind(
-        self, rebirth: Callable[[], None], on_held: Callable[[list[tuple[str, bytes]]], None] | None = None
+        self,
+        rebirth: Callable[[], None],
+        on_held: Callable[[list[tuple[str, bytes]]], None] | None = None,
+        send: Callable[[Sequence[tuple[str, bytes]]], None] | None = None,
     ) -> None:
         """``rebirth``: sends ``births()`` now, after what the connection already has (``MqttSink.rebirth``).
         ``on_held``: takes the data a lost connection left unacknowledged while the primary host is not online (to
-        the spool)."""
+        the spool). ``send``: puts session messages (a DBIRTH, a DDEATH) into the wire order now, stamped, ahead of
+        anything handed over after them, also from inside ``stamp`` (``MqttSink.send_session_messages``)."""
         self._rebirth = rebirth
         if on_held is not None:
             self._on_held = on_held
+        if send is not None:
+            self._send = send
+
+    def retire(self, device: str) -> None:
+        """``device`` left the tag map (a reload): no births any more, but data of it still in the spool can be
+        born for its replay."""
+        encoder = self.devices.pop(device, None)
+        if encoder is not None:
+            self._retired[device] = encoder
+
+    def stamp(self, topic: str, payload: bytes) -> bytes:
+        """``SparkplugEdgeNode.stamp``, following which devices are born on the wire: DDATA of a device that is not
+        gets a DBIRTH first (``replay_birth``: its link is down, so this is replayed data)."""
+        if topic in self._live_ddata:  # the usual case: data of a device born on the wire by its own DBIRTH
+            return self._node_stamp(topic, payload)
+        if topic.startswith(self._ddata_prefix):
+            device = topic[len(self._ddata_prefix) :]
+            if device not in self._born:
+                self._birth_for_replay(device)
+            if device in self._born_for_replay:
+                self._born_for_replay[device] = time.monotonic()
+        elif topic.startswith(self.node.prefix):
+            self._follow(topic)
+        return self._node_stamp(topic, payload)
+
+    def unstamp(self, topic: str) -> None:
+        """``SparkplugEdgeNode.unstamp``: the message will not be sent (refused as too large)."""
+        self.node.unstamp(topic)
+        if topic.startswith(self.node.prefix) and "/DBIRTH/" in topic:
+            device = topic.rsplit("/", 1)[1]
+            self._born.discard(device)
+            self._live_ddata.discard(self._ddata_prefix + device)
+
+    def _follow(self, topic: str) -> None:
+        kind = topic[len(self.node.prefix) :].split("/", 1)[0]
+        if kind == "NBIRTH":
+            self._born.clear()
+            self._live_ddata.clear()
+            self._born_for_replay.clear()
+        elif kind == "DBIRTH":
+            device = topic.rsplit("/", 1)[1]
+            self._born.add(device)
+            if device != self._birth_for:  # its own DBIRTH (the link is up): no DDEATH for a replay any more
+                self._born_for_replay.pop(device, None)
+                self._live_ddata.add(self._ddata_prefix + device)
+        elif kind == "DDEATH":
+            device = topic.rsplit("/", 1)[1]
+            self._born.discard(device)
+            self._live_ddata.discard(self._ddata_prefix + device)
+            self._born_for_replay.pop(device, None)
+
+    def unknown_device(self, topic: str) -> str | None:
+        """The device of a DDATA ``topic`` this run has no catalogue for (see ``HostGate``); None for any other."""
+        if not topic.startswith(self._ddata_prefix) or topic in self._live_ddata:
+            return None
+        device = topic[len(self._ddata_prefix) :]
+        return None if device in self.devices or device in self._retired else device
+
+    def _birth_for_replay(self, device: str) -> None:
+        encoder = self.devices.get(device) or self._retired.get(device)
+        if encoder is None:  # store-and-forward's HostGate keeps such replays as dead letters
+            return
+        birth = encoder.replay_birth(self._clock())
+        self.replay_births += 1
+        self._born_for_replay[device] = time.monotonic()
+        self._birth_for = device
+        try:
+            self._send([(birth.topic, birth.payload)])  # stamped (seq) and born in _follow, ahead of the data
+        finally:
+            self._birth_for = None
+        if self._replay_deaths is None:
+            self._replay_deaths = asyncio.get_running_loop().call_later(self._replay_death_after_s, self._end_replays)
+
+    def _end_replays(self) -> None:
+        """DDEATH for each device born for its replayed data that had none for ``replay_death_after_s`` and whose
+        link is still down (a link that came back has sent its own DBIRTH, live)."""
+        self._replay_deaths = None
+        now = time.monotonic()
+        ended = [device for device, last in self._born_for_replay.items() if now - last >= self._replay_death_after_s]
+        deaths: list[tuple[str, bytes]] = []
+        for device in ended:
+            del self._born_for_replay[device]
+            encoder = self.devices.get(device) or self._retired.get(device)
+            if encoder is not None and not encoder.alive and device in self._born:
+                deaths.append((encoder.ddeath_topic, encoder.death_payload(self._clock())))
+        if deaths:
+            self._send(deaths)
+        if self._born_for_replay:
+            self._replay_deaths = asyncio.get_running_loop().call_later(self._replay_death_after_s, self._end_replays)
 
     @property
     def subscriptions(self) -> tuple[tuple[str, QoS], ...]:
@@ -117,10 +237,12 @@ class SparkplugSession:
 
     def resend(self, topic: str, payload: bytes) -> bytes | None:
         """``SparkplugEdgeNode.resend``; while the primary host is not online, data is held for the spool instead."""
+        unstamped = self.node.resend_form(topic, payload)
+        if unstamped is None or unstamped is payload:  # births and deaths (superseded); other encodings
+            return unstamped
         if self.ready:
-            return self.node.resend(topic, payload)
-        if self.node.resend(topic, payload) is not None:
-            self._held.append((topic, payload))
+            return self.stamp(topic, unstamped)
+        self._held.append((topic, payload))
         return None
 
     def will_payload(self) -> bytes:
@@ -162,7 +284,7 @@ class SparkplugSession:
         if command is None:
             return
         if command.malformed:
-            self.commands_refused += 1
+            self.commands_malformed += 1
             log.warning("sparkplug_command_refused", topic=topic, reason="malformed", metrics=[])
             return
         if command.writes:
@@ -178,7 +300,6 @@ class SparkplugSession:
             self.rebirths += 1
             log.info("sparkplug_rebirth", bd_seq=self.node.bd_seq, devices=sum(d.alive for d in self.devices.values()))
             self._rebirth()
-
 
     def _on_state(self, payload: bytes) -> None:
         """STATE 3.0 is JSON ``{"online": bool, "timestamp": ms}``; the text ONLINE/OFFLINE of older hosts too."""
@@ -199,13 +320,27 @@ class SparkplugSession:
             self._on_held(held)
 
 
-class HostGate:
-    """The MQTT sink as store-and-forward sees it while a primary host is configured: connected only once the host
-    is online, so until then live data goes to the spool and the replay waits (``Sink``)."""
+UNKNOWN_DEVICE = "sparkplug_unknown_device"
+"""Dead-letter reason of a replayed DDATA of a device the running gateway has no catalogue for."""
 
-    def __init__(self, sink: Sink, session: SparkplugSession) -> None:
+
+class HostGate:
+    """The MQTT sink as store-and-forward sees it with Sparkplug (``Sink``): with a primary host, connected only once
+    the host is online, so until then live data goes to the spool and the replay waits. A replay of a device that
+    neither the running tag map nor one reloaded since the start has (spooled by an earlier run with another map)
+    cannot be born for its replay: it goes to ``on_refused`` (the dead letters, reason ``UNKNOWN_DEVICE``) instead of
+    out as DDATA of a device a host has never seen born."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        session: SparkplugSession,
+        on_refused: Callable[[str, bytes, str, Handle | None], bool | None] | None = None,
+    ) -> None:
         self._sink = sink
         self._session = session
+        self._on_refused = on_refused
+        self._unknown_logged: set[str] = set()
 
     @property
     def connected(self) -> bool:
@@ -226,7 +361,16 @@ class HostGate:
         return await self._sink.offer_many(messages, wait_s=wait_s)
 
     def try_publish(self, topic: str, payload: bytes, handle: Handle) -> bool:
-        return self._session.ready and self._sink.try_publish(topic, payload, handle)
+        if not self._session.ready:
+            return False
+        device = self._session.unknown_device(topic)
+        if device is not None and self._on_refused is not None:
+            kept = bool(self._on_refused(topic, payload, UNKNOWN_DEVICE, handle))
+            if device not in self._unknown_logged:  # once per device
+                self._unknown_logged.add(device)
+                log.warning("sparkplug_replay_unknown_device", device=device, dead_letter=kept)
+            return True
+        return self._sink.try_publish(topic, payload, handle)
 
     def unacked(self) -> list[tuple[str, bytes]]:
         return self._sink.unacked()
@@ -251,4 +395,13 @@ def historical_form(
     return either
 
 
-__all__ = ["BD_SEQ_FILE", "HostGate", "SparkplugSession", "historical_form", "read_bd_seq", "write_bd_seq"]
+__all__ = [
+    "BD_SEQ_FILE",
+    "REPLAY_DEATH_AFTER_S",
+    "UNKNOWN_DEVICE",
+    "HostGate",
+    "SparkplugSession",
+    "historical_form",
+    "read_bd_seq",
+    "write_bd_seq",
+]

@@ -83,6 +83,13 @@ def render_status(state: GatewayState, ready: Readiness) -> str:
         f'<td class="err">{escape(event.error or "")}</td></tr>'
         for event in reversed(state.events)
     )
+    sparkplug = state.sparkplug
+    sparkplug_row = (
+        ""
+        if sparkplug is None
+        else f'<dt>Sparkplug</dt><dd id="sparkplug">bdSeq {sparkplug.bd_seq}, {sparkplug.rebirths} rebirths, '
+        f"{sparkplug.commands_refused} writes refused, {sparkplug.commands_malformed} malformed commands</dd>\n"
+    )
     ready_css = "up" if ready.ready else "down"
     not_ready = ", ".join(name for name, ok in ready.checks.items() if not ok)
     return f"""<!DOCTYPE html>
@@ -108,7 +115,7 @@ def render_status(state: GatewayState, ready: Readiness) -> str:
 <dt>Spooled / replayed</dt><dd>{state.spooled_total} / {state.replayed_total}</dd>
 <dt>Spool dropped</dt><dd>{dropped}</dd>
 <dt>Source restarts</dt><dd>{state.source_restarts}</dd>
-</dl>
+{sparkplug_row}</dl>
 <h2>Last link changes</h2>
 <div class="wrap"><table id="events"><thead><tr><th>When</th><th>Device</th><th>Link</th><th>Error</th></tr></thead>
 <tbody>{events}</tbody></table></div>

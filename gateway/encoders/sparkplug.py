@@ -134,6 +134,8 @@ class SparkplugEdgeNode:
         self.bd_seq = bd_seq % 256
         self._seq = 0
         self._next_alias = 0
+        self._aliases: dict[tuple[str, str, int], int] = {}
+        """(device, tag, datatype) -> alias, for every metric given an alias by ``aliases_for`` in this run."""
 
     def topic(self, message_type: str, device: str | None = None) -> str:
         base = f"{self.prefix}{message_type}/{self.edge_node_id}"
@@ -149,11 +151,21 @@ class SparkplugEdgeNode:
         """What to subscribe to for device commands (all refused: Cellgate does not write to the PLCs)."""
         return self.topic("DCMD", "+")
 
-    def alias_block(self, size: int) -> int:
-        """The first of ``size`` aliases no other device of this node has had in this run."""
-        base = self._next_alias
-        self._next_alias += max(1, size)
-        return base
+    def aliases_for(self, device: str, metrics: Sequence[tuple[str, int]]) -> dict[str, int]:
+        """Aliases of a device's metrics (tag, datatype): the alias a metric of the same device, name and datatype
+        had before in this run (a reload that changes a device keeps the aliases of the tags it keeps, so data spooled
+        before it still reads right), a new one otherwise. An alias never names two metrics in one run: unique per
+        edge node, as the specification asks, without an NBIRTH when a device's tags change."""
+        table = self._aliases
+        aliases: dict[str, int] = {}
+        for tag, datatype in metrics:
+            key = (device, tag, datatype)
+            alias = table.get(key)
+            if alias is None:
+                alias = table[key] = self._next_alias
+                self._next_alias += 1
+            aliases[tag] = alias
+        return aliases
 
     def will(self) -> Message:
         """NDEATH for the CONNECT of the current bdSeq: only the bdSeq metric, no seq (to be sent with QoS 1)."""
@@ -205,14 +217,26 @@ class SparkplugEdgeNode:
             self._seq = (self._seq + 1) & 0xFF
         return payload + _SEQ_FIELD[self._seq]
 
+    def unstamp(self, topic: str) -> None:
+        """Take back the ``seq`` the last ``stamp`` gave ``topic``: that message will not be sent (too large for the
+        broker), so the next one gets its number and ``seq`` stays contiguous on the wire."""
+        kind = self._kind(topic)
+        if kind is not None and kind not in ("NBIRTH", "NDEATH"):
+            self._seq = (self._seq - 1) & 0xFF
+
     def resend(self, topic: str, payload: bytes) -> bytes | None:
         """A message the last connection left unacknowledged, after the next births: data renumbered in the new seq
         run and historical; births and deaths None (the new births say the current state). Others unchanged."""
+        unstamped = self.resend_form(topic, payload)
+        return self.stamp(topic, unstamped) if unstamped is not None and unstamped is not payload else unstamped
+
+    def resend_form(self, topic: str, payload: bytes) -> bytes | None:
+        """What ``resend`` stamps: data historical without ``seq``, None for births and deaths, others unchanged."""
         kind = self._kind(topic)
         if kind is None:
             return payload
         if kind in ("DDATA/", "NDATA/"):
-            return self.stamp(topic, self._historical_data(payload))
+            return self._historical_data(payload)
         return None
 
     def historical(self, topic: str, payload: bytes) -> bytes | None:
@@ -280,18 +304,25 @@ def parse_command(node: SparkplugEdgeNode, topic: str, payload: bytes) -> Comman
 class SparkplugDeviceEncoder:
     """One equipment as a Sparkplug device: DBIRTH with every metric, DDATA by alias, DDEATH on link loss.
 
-    Aliases are unique per edge node (``SparkplugEdgeNode.alias_block``). The last value of every tag is kept for the
+    Aliases are unique per edge node (``SparkplugEdgeNode.aliases_for``). The last value of every tag is kept for the
     next DBIRTH (after a Rebirth or reconnect). Between a DDEATH and the next DBIRTH the device is not ``alive``:
     its samples only update the last values (a host must not see DDATA of a dead device).
     """
 
-    def __init__(self, *, node: SparkplugEdgeNode, device: str, catalogue: Sequence[TagMeta], alias_base: int) -> None:
+    def __init__(
+        self, *, node: SparkplugEdgeNode, device: str, catalogue: Sequence[TagMeta], alias_base: int | None = None
+    ) -> None:
+        """``alias_base``: aliases ``alias_base``, +1, ... in catalogue order; None: from the node's alias table
+        (``SparkplugEdgeNode.aliases_for``: a device rebuilt by a reload keeps the aliases of the tags it keeps)."""
         self.node = node
         self.device = device
         self.alive = False
         self._catalogue = list(catalogue)
-        self._alias = {meta.tag: alias_base + index for index, meta in enumerate(self._catalogue)}
         self._datatype = {meta.tag: datatype_of(meta.type) for meta in self._catalogue}
+        if alias_base is None:
+            self._alias = node.aliases_for(device, [(meta.tag, self._datatype[meta.tag]) for meta in self._catalogue])
+        else:
+            self._alias = {meta.tag: alias_base + index for index, meta in enumerate(self._catalogue)}
         self._last: dict[str, Sample] = {}
         # DDATA of every tag at once, all good floats (a poll of a numeric device): this payload's metrics get the new
         # values and timestamps, no metric object is made (see _encode_every_tag). None: the device has other types.
@@ -372,10 +403,26 @@ class SparkplugDeviceEncoder:
         template.timestamp = _ms(now)
         return template.SerializeToString()
 
+    def adopt(self, previous: SparkplugDeviceEncoder) -> None:
+        """Take the last values of ``previous`` (the same device before a reload) for the tags kept with the same
+        datatype: the next DBIRTH carries them."""
+        for tag, sample in previous._last.items():
+            if self._datatype.get(tag) == previous._datatype.get(tag):
+                self._last[tag] = sample
+
     def birth(self, now: float) -> Message:
         """DBIRTH: every metric with name, alias, datatype, its last value (null before the first) and properties
         (engUnit, engLow/engHigh, Documentation from the tag map, and Quality). The device is alive from here."""
         self.alive = True
+        return Message(self.dbirth_topic, self._birth_payload(now, quality=None))
+
+    def replay_birth(self, now: float) -> Message:
+        """DBIRTH for data replayed while the device's link is down (its historical DDATA must follow a DBIRTH of
+        the session): the last values, every one with Quality bad; the device stays not ``alive``."""
+        return Message(self.dbirth_topic, self._birth_payload(now, quality=Quality.BAD))
+
+    def _birth_payload(self, now: float, *, quality: Quality | None) -> bytes:
+        """``quality`` None: each metric's last quality (bad before the first value)."""
         payload = pb.Payload(timestamp=_ms(now))
         for meta in self._catalogue:
             metric = payload.metrics.add()
@@ -396,15 +443,19 @@ class SparkplugDeviceEncoder:
                     properties.keys.append(key)
                     properties.values.add(type=DOUBLE, double_value=bound)
             properties.keys.append(QUALITY_PROPERTY)
-            quality = sample.quality if sample is not None else Quality.BAD
-            properties.values.add(type=INT32, int_value=_QUALITY_WIRE[quality])
-        return Message(self.dbirth_topic, payload.SerializeToString())
+            shown = quality if quality is not None else sample.quality if sample is not None else Quality.BAD
+            properties.values.add(type=INT32, int_value=_QUALITY_WIRE[shown])
+        return payload.SerializeToString()
 
     def death(self, now: float) -> Message:
         """DDEATH: the device cannot provide live data (its PLC link dropped); the host marks its metrics stale."""
         self.alive = False
-        payload = pb.Payload(timestamp=_ms(now))
-        return Message(self.ddeath_topic, payload.SerializeToString())
+        return Message(self.ddeath_topic, self.death_payload(now))
+
+    @staticmethod
+    def death_payload(now: float) -> bytes:
+        """A DDEATH's payload (without ``seq``): only the timestamp."""
+        return pb.Payload(timestamp=_ms(now)).SerializeToString()
 
     def link_changed(self, *, connected: bool, now: float) -> Message | None:
         """DBIRTH when the link is (back) up, DDEATH when it drops after a DBIRTH; None for a device never born."""

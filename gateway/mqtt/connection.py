@@ -61,7 +61,9 @@ Receive Maximum, which is enforced for everything sent (beyond it, messages wait
 Session hooks (``options.session``, Sparkplug): after every CONNACK its ``births`` go first (QoS 1 control, not
 retained), then what the last connection left unacknowledged, passed through ``session.resend`` (renumbered, or
 dropped when the births supersede it); every data payload goes through ``session.stamp`` as it is handed over, so
-numbering follows the wire order. ``rebirth`` sends the births again on the live connection.
+numbering follows the wire order; a message refused as too large gives its number back (``session.unstamp``), so
+numbering stays contiguous on the wire. ``rebirth`` sends the births again on the live connection, and
+``send_session_messages`` puts other session messages into the wire order (a DBIRTH ahead of replayed data).
 """
 
 from __future__ import annotations
@@ -879,8 +881,9 @@ class MqttSink:
         never calls the window). The hot path: one call per message."""
         if self._closed:
             raise SinkError("MqttSink is closed")
-        if self._stamp is not None:
-            payload = self._stamp(topic, payload)
+        stamp = self._stamp
+        if stamp is not None:
+            payload = stamp(topic, payload)
         encoded_topic = self._topic_fields.get(topic) or self._topic_field(topic)
         in_flight = self._in_flight
         packet_id = self._next_packet_id + 1
@@ -889,6 +892,8 @@ class MqttSink:
                 packet_id = self._new_packet_id()  # wrap around, skip ids still in flight
             packet = self._encoder.qos1(encoded_topic, payload, packet_id, retain)
         except (SinkError, MalformedPacketError) as exc:  # all ids in use; a payload of over 256 MB
+            if stamp is not None:
+                self._unstamp(topic)
             raise SinkError(f"cannot publish to {topic!r}: {exc}") from exc
         self._next_packet_id = packet_id
         message = _InFlight(topic, payload, packet, False, handle)
@@ -898,18 +903,26 @@ class MqttSink:
         # Straight out while connected, under the broker's Receive Maximum and with nothing queued
         # before it (order); else it waits in _unsent for the link or for a PUBACK.
         limit = self._max_packet_size
-        if self._connected and not self._unsent and self._outstanding < self._quota:
-            if self._corked and (limit is None or len(packet) <= limit):
+        if limit is not None and len(packet) > limit:
+            # Known too large: refused now, not after the reconnect; its session number is taken back.
+            if stamp is not None:
+                self._unstamp(topic)
+            self._refuse_soon(packet_id)
+        elif self._connected and not self._unsent and self._outstanding < self._quota:
+            if self._corked:
                 # _transmit inlined for the usual case: inside a batch, a packet the broker takes
                 message.sent = True
                 self._outstanding += 1
                 self._out.append(packet)
             else:
                 self._transmit(packet_id, message)
-        elif limit is not None and len(packet) > limit:
-            self._refuse_soon(packet_id)  # known too large: refused now, not after the reconnect
         else:
             self._unsent.append(packet_id)
+
+    def _unstamp(self, topic: str) -> None:
+        session = self._options.session
+        if session is not None:
+            session.unstamp(topic)
 
     def _encode_connect(self) -> bytes:
         """CONNECT with the will of this connection (``will_payload``, called now when it is a callable)."""
@@ -957,8 +970,10 @@ class MqttSink:
         try:
             packet = self._encoder.qos0(self._topic_field(topic), payload, retain)
         except MalformedPacketError as exc:  # a payload of over 256 MB
+            self._unstamp(topic)
             raise SinkError(f"cannot publish to {topic!r}: {exc}") from exc
         if self._max_packet_size is not None and len(packet) > self._max_packet_size:
+            self._unstamp(topic)
             self._failed += 1
             self._note_refused(topic, payload, PACKET_TOO_LARGE, NO_PROPERTIES, None, control=False)
             return
@@ -1375,21 +1390,26 @@ class MqttSink:
             if payload is not message.payload:  # only data is renumbered: never retained
                 message.payload = payload
                 message.packet = self._encoder.qos1(self._topic_field(message.topic), payload, packet_id, False)
+                if self._max_packet_size is not None and len(message.packet) > self._max_packet_size:
+                    session.unstamp(message.topic)  # refused by _pump; numbering goes on without it
             self._unsent.append(packet_id)
         if freed:
             self._window.release(freed)
 
     def _births(self, session: SessionHooks) -> list[int]:
         """Take the session's births into the in-flight set (control: QoS 1, no window slot); their packet ids."""
-        stamp = session.stamp
-        ids: list[int] = []
-        for topic, payload in session.births():
-            packet_id = self._new_packet_id()
-            stamped = stamp(topic, payload)
-            packet = self._encoder.qos1(self._topic_field(topic), stamped, packet_id, False)
-            self._in_flight[packet_id] = _InFlight(topic, stamped, packet, True, None)
-            ids.append(packet_id)
-        return ids
+        return [self._session_control(session, topic, payload) for topic, payload in session.births()]
+
+    def _session_control(self, session: SessionHooks, topic: str, payload: bytes) -> int:
+        """One session message stamped into the in-flight set as a control message (QoS 1, no window slot, not
+        retained); its packet id. One too large for the broker is refused when sent, with its number taken back."""
+        packet_id = self._new_packet_id()
+        stamped = session.stamp(topic, payload)
+        packet = self._encoder.qos1(self._topic_field(topic), stamped, packet_id, False)
+        if self._max_packet_size is not None and len(packet) > self._max_packet_size:
+            session.unstamp(topic)
+        self._in_flight[packet_id] = _InFlight(topic, stamped, packet, True, None)
+        return packet_id
 
     def rebirth(self) -> None:
         """Send the session's births now, after everything handed over before (e.g. a Sparkplug Rebirth command).
@@ -1397,8 +1417,22 @@ class MqttSink:
         session = self._options.session
         if session is None or not self._connected or self._closing:
             return
-        for packet_id in self._births(session):
-            if not self._unsent and self._outstanding < self._quota:
+        self._send_in_order(self._births(session))
+
+    def send_session_messages(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Put session messages (e.g. a Sparkplug DBIRTH ahead of replayed data) into the wire order now: stamped,
+        QoS 1 control, not retained, ahead of anything handed over after this call (also when called from inside
+        ``session.stamp`` of a message being handed over: they go before it). While disconnected they wait, and the
+        next connection's ``session.resend`` decides whether they still go."""
+        session = self._options.session
+        if session is None or self._closing:
+            return
+        self._send_in_order([self._session_control(session, topic, payload) for topic, payload in messages])
+
+    def _send_in_order(self, ids: list[int]) -> None:
+        """Send these in-flight control messages now if nothing waits before them and the quota allows, else queue."""
+        for packet_id in ids:
+            if self._connected and not self._unsent and self._outstanding < self._quota:
                 self._transmit(packet_id, self._in_flight[packet_id])
             else:
                 self._unsent.append(packet_id)

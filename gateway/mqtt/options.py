@@ -24,6 +24,11 @@ class SessionHooks(Protocol):
         """The payload as it enters the wire order: called for each birth and data message as it is handed over."""
         ...
 
+    def unstamp(self, topic: str) -> None:
+        """The payload ``stamp`` just returned for ``topic`` will not be sent (too large for the broker): take its
+        number back, so numbering stays contiguous on the wire."""
+        ...
+
     def resend(self, topic: str, payload: bytes) -> bytes | None:
         """A message unacknowledged at the loss of a connection, before it is sent again after the births of
         the next one: its new payload, or None when the births superseded it (then it is not sent)."""

@@ -21,6 +21,11 @@ Edge-node statements of Sparkplug 3.0 checked on the wire (besides those HostVie
   STATE says online; the data of the wait is spooled and replayed as historical after the births.
 - With both outputs: one connection, every sample in both encodings, the NDEATH is the will and the UNS JSON status
   says offline at a clean stop.
+- A SIGHUP reload (tck-id-operational-behavior-device-ddeath, tck-id-payloads-dbirth-order,
+  tck-id-payloads-alias-uniqueness): a removed device gets its DDEATH, an added one its DBIRTH, a device whose tags
+  changed a DDEATH and then a DBIRTH with the new metric set (kept tags keep their alias and last value, new tags
+  get aliases no metric of the node had), all in one seq run without an NBIRTH.
+- The metrics endpoint (checked by promtool) counts the Rebirth and the refused write, and shows the bdSeq.
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +48,7 @@ import pytest
 from tests.interop.sparkplug_tahu import TAHU_AVAILABLE, TAHU_MISSING, HostView, decode_stream, encode_command
 from tests.support.gateway import GatewayProcess
 from tests.support.mosquitto import Mosquitto, Received, Subscriber
-from tests.support.sim import MODBUS_MACHINES_IN_DEFAULT_SET, SimulatorProcess, free_port_run
+from tests.support.sim import MODBUS_MACHINES_IN_DEFAULT_SET, SimulatorProcess, free_port_run, free_tcp_port
 
 pytestmark = pytest.mark.skipif(not TAHU_AVAILABLE, reason=TAHU_MISSING)
 
@@ -48,17 +56,33 @@ GROUP = "Cells"
 EDGE = "edge-sp-01"
 DEVICES = ("stacker-01", "stacker-02")
 DEADLINE_S = 30.0  # generous: other tests share the machine
-
-
-def tag_map(path: Path, *, stacker_port: int, outputs: str, primary_host: str | None) -> Path:
-    """Two devices on the stacker simulator (one Modbus connection), a few tags that change every second."""
-    tags = """
+PROMTOOL = shutil.which("promtool")
+TAGS = """
       - {name: diagnostics/heartbeat, table: input, address: 600, type: uint32, description: PLC watchdog counter.}
       - {name: packml/state_current, table: input, address: 100, type: int32, min: 0, max: 17}
       - {name: packml/blocked, table: discrete, address: 0, type: bool}
       - {name: energy/active_energy, table: input, address: 302, type: float32, unit: kW.h, min: 0}
       - {name: recipe/name, table: input, address: 420, type: string, length: 20}
 """
+CHANGED_TAGS = """
+      - {name: diagnostics/heartbeat, table: input, address: 600, type: uint32, description: PLC watchdog counter.}
+      - {name: packml/state_current, table: input, address: 100, type: int32, min: 0, max: 17}
+      - {name: packml/blocked, table: discrete, address: 0, type: bool}
+      - {name: energy/active_energy, table: input, address: 302, type: float32, unit: kW.h, min: 0}
+      - {name: diagnostics/heartbeat_again, table: input, address: 600, type: uint32}
+"""
+
+
+def tag_map(
+    path: Path,
+    *,
+    stacker_port: int,
+    outputs: str,
+    primary_host: str | None,
+    devices_tags: dict[str, str] | None = None,
+) -> Path:
+    """Two devices on the stacker simulator (one Modbus connection), a few tags that change every second.
+    ``devices_tags``: other devices (name -> tag list), on the same simulator."""
     devices = "".join(
         f"""
   - name: {name}
@@ -71,7 +95,7 @@ def tag_map(path: Path, *, stacker_port: int, outputs: str, primary_host: str | 
     interval_ms: 500
     timeout_ms: 500
     tags:{tags}"""
-        for name in DEVICES
+        for name, tags in (devices_tags or dict.fromkeys(DEVICES, TAGS)).items()
     )
     path.write_text(
         f"""gateway:
@@ -101,12 +125,25 @@ class Rig:
     config: Path
     tmp_path: Path
 
+    http_port: int
+
     def gateway(self) -> GatewayProcess:
         gateway = GatewayProcess(
-            config=self.config, env={"CELLGATE_MQTT__URL": self.broker.url}, state_dir=self.tmp_path / "state"
+            config=self.config,
+            env={"CELLGATE_MQTT__URL": self.broker.url, "CELLGATE_HTTP__LISTEN": f"127.0.0.1:{self.http_port}"},
+            state_dir=self.tmp_path / "state",
         )
         gateway.start()
         return gateway
+
+    def scrape(self) -> str:
+        """/metrics, checked by promtool."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5) as answer:
+            body: bytes = answer.read()
+        assert PROMTOOL is not None
+        check = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True, timeout=30, check=False)
+        assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+        return body.decode()
 
     def view(self) -> HostView:
         """The stream so far as a host reads it (asserting every rule on the way)."""
@@ -200,7 +237,7 @@ def rig(
         config = tag_map(
             tmp_path / "map.yaml", stacker_port=modbus_port + 2, outputs=outputs, primary_host=primary_host
         )
-        yield Rig(broker, sparkplug, sim, modbus_port, config, tmp_path)
+        yield Rig(broker, sparkplug, sim, modbus_port, config, tmp_path, free_tcp_port())
         sparkplug.stop()
     finally:
         broker.close()
@@ -237,6 +274,17 @@ def test_both_outputs_births_rebirth_refused_writes_a_device_dying_and_the_clean
             assert view.nbirths == [0, 0]  # same connection, same bdSeq
             refused = gateway.wait_for_event("sparkplug_command_refused", DEADLINE_S)
             assert refused["metrics"] == ["recipe/name"] and refused["reason"] == "read_only"
+            gateway.wait_for_event("sparkplug_rebirth", DEADLINE_S)
+            with urllib.request.urlopen(f"http://127.0.0.1:{line.http_port}/", timeout=5) as answer:
+                page = answer.read().decode()  # the status page says it too
+            assert '<dd id="sparkplug">bdSeq 0, 1 rebirths, 1 writes refused, 0 malformed commands</dd>' in page
+            if PROMTOOL is not None:  # the counts reach the metrics endpoint
+                text = line.scrape()
+                assert 'cellgate_sparkplug_commands_total{result="refused"} 1.0' in text
+                assert 'cellgate_sparkplug_commands_total{result="rebirth"} 1.0' in text
+                assert 'cellgate_sparkplug_commands_total{result="malformed"} 0.0' in text
+                assert "cellgate_sparkplug_rebirths_total 1.0" in text
+                assert "cellgate_sparkplug_bdseq 0.0" in text
 
             # The PLC stops answering: DDEATH, and no DDATA of a dead device (HostView fails on one).
             line.sim.stop()
@@ -303,5 +351,66 @@ def test_primary_host_broker_restart_replays_historical_data_and_bdseq_counts_on
             view = line.wait("the will", NDEATH=deaths + 2)
             assert view.ndeaths[-2:] == [1, 2]
             assert view.born == set()
+        finally:
+            gateway.close()
+
+
+def test_a_reload_kills_removed_and_changed_devices_and_births_added_and_changed_ones(tmp_path: Path) -> None:
+    with rig(tmp_path) as line:
+        gateway = line.gateway()
+        try:
+            view = line.wait("births and data", NBIRTH=1, DBIRTH=1, DDATA=1)
+            aliases_before = {name: alias for alias, name in view.aliases.items()}
+            # stacker-01 loses recipe/name and gains a tag, stacker-02 goes, stacker-03 comes.
+            tag_map(
+                line.config,
+                stacker_port=line.modbus_port + 2,
+                outputs="[sparkplug]",
+                primary_host=None,
+                devices_tags={"stacker-01": CHANGED_TAGS, "stacker-03": TAGS},
+            )
+            gateway.send_signal(signal.SIGHUP)
+            applied = gateway.wait_for_event("reload_applied", DEADLINE_S)
+            assert (applied["added"], applied["removed"], applied["changed"]) == (
+                ["stacker-03"], ["stacker-02"], ["stacker-01"],
+            )
+            counts = kinds(line.sparkplug.messages)
+            data_01 = counts["DDATA:stacker-01"]
+            deadline = time.monotonic() + DEADLINE_S
+            while True:
+                counts = kinds(line.sparkplug.messages)
+                if (
+                    counts.get("DBIRTH:stacker-03", 0) >= 1
+                    and counts.get("DBIRTH:stacker-01", 0) >= 2
+                    and counts.get("DDATA:stacker-01", 0) > data_01 + 1
+                    and counts.get("DDATA:stacker-03", 0) >= 1
+                ):
+                    break
+                assert time.monotonic() < deadline, f"timed out waiting for the births after the reload: {counts}"
+                time.sleep(0.1)
+            view = line.view()  # every rule on the whole stream, aliases unique per edge node included
+            assert view.nbirths == [0]  # no NBIRTH: device births and deaths only
+            # stacker-01 is dead while its source restarts (once, unless a slow machine made its PLC link drop too).
+            assert view.ddeaths["stacker-02"] == 1 and view.ddeaths["stacker-01"] >= 1
+            assert view.born == {"stacker-01", "stacker-03"}
+            names = {name: alias for alias, name in view.aliases.items()}
+            assert "stacker-01/diagnostics/heartbeat_again" in names
+            # Kept tags keep their alias; the new tag and the new device's tags have aliases nobody had.
+            assert names["stacker-01/diagnostics/heartbeat"] == aliases_before["stacker-01/diagnostics/heartbeat"]
+            new_aliases = {
+                alias for name, alias in names.items()
+                if name.startswith("stacker-03/") or name == "stacker-01/diagnostics/heartbeat_again"
+            }
+            assert not new_aliases & set(aliases_before.values())
+            birth_topic = f"spBv1.0/{GROUP}/DBIRTH/{EDGE}/stacker-01"
+            decoded = decode_stream((m.topic, m.payload) for m in line.sparkplug.messages if m.topic == birth_topic)
+            first, second = decoded[0][1], decoded[-1][1]
+            assert "recipe/name" in {m["name"] for m in first["metrics"]}
+            assert {m["name"] for m in second["metrics"]} == {
+                "diagnostics/heartbeat", "packml/state_current", "packml/blocked", "energy/active_energy",
+                "diagnostics/heartbeat_again",
+            }
+            gateway.stop()
+            assert gateway.returncode == 0
         finally:
             gateway.close()

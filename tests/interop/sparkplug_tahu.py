@@ -54,7 +54,8 @@ class HostView:
     seq, only bdSeq (tck-id-payloads-ndeath-seq, tck-id-topics-ndeath-payload); DDATA only for a device born since the
     last NBIRTH and not dead since (tck-id-payloads-dbirth-order); DBIRTH metrics with name, alias and datatype,
     DDATA metrics by alias only (tck-id-payloads-alias-birth-requirement, -alias-data-cmd-requirement); timestamps
-    on the payload and on every birth and data metric (tck-id-payloads-name-birth-data-requirement).
+    on the payload and on every birth and data metric (tck-id-payloads-name-birth-data-requirement); an alias names one
+    metric of one device between two NBIRTHs (tck-id-payloads-alias-uniqueness).
     """
 
     node_topic: str  # spBv1.0/{group}/{TYPE}/{edge}: with TYPE as "{}"
@@ -69,6 +70,7 @@ class HostView:
     historical: int = 0  # DDATA with every metric is_historical
     values: dict[str, list[Any]] = field(default_factory=dict)  # device/metric name -> values seen (live and replayed)
     aliases: dict[int, str] = field(default_factory=dict)
+    session_aliases: dict[int, str] = field(default_factory=dict)  # alias -> device/metric since the last NBIRTH
 
     def read(self, topic: str, payload: dict[str, Any]) -> None:
         parts = topic.split("/")
@@ -88,6 +90,7 @@ class HostView:
             self.nbirths.append(self.bd_seq)
             self.seq = 0
             self.born.clear()
+            self.session_aliases.clear()
             return
         assert self.seq is not None, f"{where}: before any NBIRTH"
         assert payload["seq"] == (self.seq + 1) % 256, where
@@ -99,7 +102,10 @@ class HostView:
             self.dbirths[device] = self.dbirths.get(device, 0) + 1
             for metric in payload["metrics"]:
                 assert {"name", "alias", "type", "timestamp"} <= set(metric), where
-                self.aliases[metric["alias"]] = f"{device}/{metric['name']}"
+                name = f"{device}/{metric['name']}"
+                named = self.session_aliases.setdefault(metric["alias"], name)
+                assert named == name, f"{where}: alias {metric['alias']} names {named} and {name}"
+                self.aliases[metric["alias"]] = name
         elif kind == "DDEATH":
             assert device in self.born, f"{where}: DDEATH of a device not born"
             self.born.discard(device)
