@@ -5,11 +5,14 @@ This is the glue between the tag-map model and the protocol modules; it decides 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.events.core import RecordField
+from gateway.events.runner import AckPlan, EventRunner, EventStats, PlannedEvent, PlcLink, PublishRecord
 from gateway.mqtt.options import MqttOptions
 from gateway.outbound import ContextPlan, DeviceOutbound, InstanceContext, TagOutput
 from gateway.schema import META_PART_DEFAULT_BYTES, EquipmentTopics, TagMeta
@@ -35,6 +38,10 @@ class DeviceLink:
     report_link: ReportLink
     show_stats: Callable[[object], None] = lambda stats: None
     """Hands the source's counters object (UnitStats, OpcUaSourceStats) to the runtime, read at metrics scrapes."""
+    publish_record: PublishRecord | None = None
+    """Hands an event record to store-and-forward (devices with ``events``)."""
+    event_stats: EventStats | None = None
+    """The counters of the device's event runner, read at metrics scrapes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +54,8 @@ class SourceTask:
     name: str
     devices: tuple[str, ...]
     run: Callable[[], Awaitable[None]]
+    reports_link: bool = True
+    """False for a device's event runner: its crash says nothing about the device's data link."""
 
 
 def active_devices(plant: Plant) -> list[Device]:
@@ -110,6 +119,7 @@ def build_outbound(plant: Plant, device: Device) -> DeviceOutbound:
         tags=tags,
         max_packet_bytes=plant.mqtt.max_packet_size or META_PART_DEFAULT_BYTES,
         context=context_plan(device),
+        events=tuple(device.events),
     )
 
 
@@ -339,7 +349,8 @@ def _opcua_task(
 
 
 def build_sources(plant: Plant, links: Mapping[str, DeviceLink], *, pki_root: Path | None = None) -> list[SourceTask]:
-    """One task per Modbus connection and per OPC UA device, for the enabled devices (``pki_root``: see gateway.pki)."""
+    """One task per Modbus connection and per OPC UA device, for the enabled devices (``pki_root``: see gateway.pki),
+    and one event runner per device with ``events``."""
     devices = active_devices(plant)
     tasks = _modbus_tasks([d for d in devices if isinstance(d, ModbusDevice)], links)
     tasks += [
@@ -347,7 +358,87 @@ def build_sources(plant: Plant, links: Mapping[str, DeviceLink], *, pki_root: Pa
         for d in devices
         if isinstance(d, OpcUaDevice)
     ]
+    tasks += [
+        _events_task(d, links, gateway_id=plant.gateway.id, pki_root=pki_root) for d in devices if d.events
+    ]
     return tasks
+
+
+# ------------------------------------------------------------------------------------------- events
+
+
+def planned_events(device: Device) -> list[PlannedEvent]:
+    """The device's events with their tags' rules and the ack's type and range (the tag map checked them)."""
+    tags = {tag.name: tag for tag in device.tags}
+    events: list[PlannedEvent] = []
+    for name, spec in device.events.items():
+        fields = tuple(
+            RecordField(field=entry.field, tag=entry.tag, rules=_rules(tags[entry.tag])) for entry in spec.record
+        )
+        ack = None
+        if spec.ack is not None:
+            ack_tag = tags[spec.ack.tag]
+            assert ack_tag.type is not None, "the tag map requires a type on ack tags"
+            ack = AckPlan(tag=ack_tag.name, field=spec.ack.value, type=ack_tag.type, minimum=ack_tag.min,
+                          maximum=ack_tag.max)  # fmt: skip
+        event = PlannedEvent(name=name, trigger_tag=spec.trigger.tag, trigger_on=spec.trigger.on, fields=fields,
+                             record_id=spec.record_id_field, ack=ack)  # fmt: skip
+        events.append(event)
+    return events
+
+
+def _rules(tag: ModbusTag | OpcUaTag) -> TagRules:
+    return TagRules(scale=tag.scale, offset=tag.offset, minimum=tag.min, maximum=tag.max)
+
+
+def event_link(device: Device, events: list[PlannedEvent], *, gateway_id: str, pki_root: Path | None) -> PlcLink:
+    used = {event.trigger_tag for event in events} | {f.tag for event in events for f in event.fields}
+    acks = {event.ack.tag for event in events if event.ack is not None}
+    tags = [tag for tag in device.tags if tag.name in used | acks]
+    if isinstance(device, ModbusDevice):
+        from gateway.events.modbus_link import ModbusAckTarget, ModbusEventLink
+
+        assert device.host is not None, "events need transport tcp (the tag map says so)"
+        fields = {
+            tag.name: ModbusField(key=tag.name, table=tag.table, address=tag.address, type=tag.type,
+                                  order=tag.order or device.order, bit=tag.bit, width=tag.width)
+            for tag in tags if isinstance(tag, ModbusTag)
+        }  # fmt: skip
+        targets = {
+            tag.name: ModbusAckTarget(table=tag.table, address=tag.address, type=tag.type,
+                                      order=tag.order or device.order)
+            for tag in tags if isinstance(tag, ModbusTag) and tag.name in acks
+        }  # fmt: skip
+        return ModbusEventLink(host=device.host, port=device.port, unit_id=device.unit_id,
+                               timeout_s=device.timeout_ms / 1000, fields=fields, acks=targets)  # fmt: skip
+    from gateway.events.opcua_link import OpcUaEventLink
+
+    refs = [ref for ref in opcua_tag_refs(device) if ref.name in used | acks]
+    ack_types = {tag.name: tag.type for tag in tags if tag.name in acks and tag.type is not None}
+    return OpcUaEventLink(options=opcua_options(device), tags=refs, ack_types=ack_types,
+                          security=opcua_security(device, gateway_id=gateway_id, pki_root=pki_root))  # fmt: skip
+
+
+def _events_task(
+    device: Device, links: Mapping[str, DeviceLink], *, gateway_id: str, pki_root: Path | None
+) -> SourceTask:
+    events = planned_events(device)
+    name = device.name
+    interval_s = device.interval_ms / 1000
+    used = {event.trigger_tag for event in events} | {f.tag for event in events for f in event.fields}
+    used |= {event.ack.tag for event in events if event.ack is not None}
+    # Only the event tags go into the closure (see _modbus_tasks: the large tag-map models are let go).
+    slim = device.model_copy(update={"tags": tuple(tag for tag in device.tags if tag.name in used)})
+    make_link = functools.partial(event_link, slim, events, gateway_id=gateway_id, pki_root=pki_root)
+
+    def run() -> Awaitable[None]:
+        link = links[name]
+        assert link.publish_record is not None, "the runtime gives every device a publish_record"
+        runner = EventRunner(device=name, events=events, link=make_link(), publish=link.publish_record,
+                             interval_s=interval_s, stats=link.event_stats)  # fmt: skip
+        return runner.run()
+
+    return SourceTask(name=f"events[{name}]", devices=(name,), run=run, reports_link=False)
 
 
 # --------------------------------------------------------------------------------------------- mqtt
@@ -413,6 +504,12 @@ def describe_plant(plant: Plant, *, list_tags: bool = False) -> str:
                 f"{base}: opcua {device.mode} {device.endpoint}"
                 + (f" namespace {device.namespace}" if device.namespace else "")
                 + f", {len(device.tags)} tags every {device.interval_ms} ms, publish {device.publish}"
+            )
+        for name, spec in device.events.items():
+            ack = f", ack {spec.ack.tag} <- {spec.ack.value} after PUBACK" if spec.ack is not None else ", no ack"
+            lines.append(
+                f"  event {name} -> {base}/_events/{name}: trigger {spec.trigger.tag} on {spec.trigger.on}, "
+                f"{len(spec.record)} field(s){ack}"
             )
         if list_tags:
             for tag in device.tags:

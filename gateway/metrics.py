@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -89,6 +89,10 @@ class GatewayState:
     reloads: int
     stalled_s: float
     events: tuple[LinkEvent, ...]
+    event_records: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """Event records handed to store-and-forward, by (device, event)."""
+    plc_writes: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """Ack writes to PLCs, by (device, result)."""
 
 
 _SOURCE_COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -219,6 +223,18 @@ class GatewayCollector(Collector):
         yield _counter("source_restarts", "Sources restarted after a crash", s.source_restarts)
         yield _counter("reloads", "Tag map reloads applied", s.reloads)
         yield _gauge("pipeline_stalled_seconds", "How long queued messages have not moved", s.stalled_s)
+        records = CounterMetricFamily(
+            f"{PREFIX}_event_records", "Event records handed to store-and-forward", labels=["device", "event"]
+        )
+        for (device_name, event), count in sorted(s.event_records.items()):
+            records.add_metric([device_name, event], count)
+        writes = CounterMetricFamily(
+            f"{PREFIX}_plc_writes", "Ack writes to PLCs by result (ok, refused, exception, failed)",
+            labels=["device", "result"],
+        )
+        for (device_name, result), count in sorted(s.plc_writes.items()):
+            writes.add_metric([device_name, result], count)
+        yield from (records, writes)
 
 
 def build_registry(state: Callable[[], GatewayState]) -> CollectorRegistry:

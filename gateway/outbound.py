@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from gateway.encoders.base import ContextEncoder, DeviceEncoder, Message
 from gateway.encoders.uns_json import UnsJsonDeviceEncoder
+from gateway.events.core import EventEncoder, EventRecord
 from gateway.schema import (
     META_PART_DEFAULT_BYTES,
     STATUS_COMM_FAILURE,
@@ -125,11 +126,13 @@ class DeviceOutbound:
         max_packet_bytes: int = META_PART_DEFAULT_BYTES,
         encoder: DeviceEncoder | None = None,
         context: ContextPlan | None = None,
+        events: Sequence[str] = (),
     ) -> None:
         """``encoder``: the device's output encoding; by default UNS JSON on ``topics`` in ``mode``, with its
         retained ``_meta`` split into parts that fit ``max_packet_bytes`` (``mqtt.max_packet_size``).
         ``context``: the tags whose latest good values go with every sample (an encoder that is not a
-        ``ContextEncoder`` publishes them only as ordinary tags)."""
+        ``ContextEncoder`` publishes them only as ordinary tags).
+        ``events``: the names of the device's events, published on ``{equipment}/_events/{event}``."""
         self.device = device
         self.protocol = protocol
         self.topics = topics
@@ -156,6 +159,7 @@ class DeviceOutbound:
             tag.name: TagTransform(device=device, tag=tag.name, rules=tag.rules) for tag in tags
         }
         self.unknown_tags = 0  # readings for tags this device does not have (a source bug); counted, not raised
+        self.events = EventEncoder(base=topics.base, events=events) if events else None
 
     @property
     def tag_names(self) -> list[str]:
@@ -163,7 +167,10 @@ class DeviceOutbound:
 
     @property
     def seq_topics(self) -> list[str]:
-        """The topics this device numbers with ``seq`` (UNS JSON: its tag topics, or its ``_batch`` topic)."""
+        """The topics this device numbers with ``seq`` (UNS JSON: its tag topics, or its ``_batch`` topic; and its
+        event topics)."""
+        if self.events is not None:
+            return [*self.encoder.seq_topics, *self.events.seq_topics]
         return self.encoder.seq_topics
 
     def seq_need(self, readings: Sized) -> int:
@@ -174,10 +181,19 @@ class DeviceOutbound:
     def restore_seq(self, last_seq: Mapping[str, int]) -> None:
         """Continue numbering after ``last_seq`` (per topic), e.g. the resume points of a previous run."""
         self.encoder.restore_seq(last_seq)
+        if self.events is not None:
+            self.events.restore_seq(last_seq)
 
     def seq_snapshot(self) -> dict[str, int]:
         """The last seq handed out per topic (only topics that have had a message)."""
+        if self.events is not None:
+            return {**self.encoder.seq_snapshot(), **self.events.seq_snapshot()}
         return self.encoder.seq_snapshot()
+
+    def record_message(self, record: EventRecord) -> Message:
+        """The message of one event record (its own ``seq`` per event topic)."""
+        assert self.events is not None, "a device without events has no records"
+        return self.events.encode(record)
 
     def samples(self, readings: Iterable[RawReading], now: float) -> list[Sample]:
         """The Samples to publish for ``readings`` (at ``now``, epoch seconds); readings of unknown tags are counted."""

@@ -41,6 +41,8 @@ from gateway.assembly import DeviceLink, SourceTask, active_devices, build_outbo
 from gateway.backoff import Backoff
 from gateway.encoders.uns_json import UnsJsonEncoder
 from gateway.errors import ConfigError, SinkError
+from gateway.events.core import EventRecord
+from gateway.events.runner import EventStats
 from gateway.health import HEALTH_INTERVAL_S, PipelineView, ProgressWatch, report_health
 from gateway.http_server import OpsHttp, read_token, serve_http
 from gateway.metrics import DeviceState, GatewayState, LinkEvent, build_registry
@@ -51,6 +53,7 @@ from gateway.process_tuning import memory_usage_mb, release_freed_memory, settle
 from gateway.queueing import MessageQueue
 from gateway.reload import PlantFingerprint, plan_reload, without_tags
 from gateway.seq_reservation import SeqBudget, SeqFileStore, SeqReservations
+from gateway.sinks.base import Delivery
 from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward, open_spool
 from gateway.sources.base import RawReading
@@ -104,8 +107,11 @@ class _DeviceChannel:
         gateway_id: str,
         seq_budget: SeqBudget,
         events: deque[LinkEvent],
+        forward_record: Callable[[str, bytes], Awaitable[asyncio.Future[Delivery]]] | None = None,
     ) -> None:
         self.outbound = outbound
+        self.event_stats = EventStats()
+        self._forward_record = forward_record
         self._events = events
         self.tags = len(outbound.tag_names)
         self.last_message_at: float | None = None
@@ -142,6 +148,13 @@ class _DeviceChannel:
         name = self.outbound.device
         self._counters.per_device_messages[name] = self._counters.per_device_messages.get(name, 0) + len(messages)
 
+    async def publish_record(self, record: EventRecord) -> asyncio.Future[Delivery]:
+        """Number one event record and hand it to store-and-forward; the future resolves at its PUBACK."""
+        assert self._forward_record is not None, "a running gateway gives every channel store-and-forward"
+        await self._seq_budget.take(1)
+        message = self.outbound.record_message(record)
+        return await self._forward_record(message.topic, message.payload)
+
     def report_link(self, connected: bool, error: str | None) -> None:
         if connected == self.connected and error == self.error:
             return
@@ -156,7 +169,8 @@ class _DeviceChannel:
         )
 
     def link(self) -> DeviceLink:
-        return DeviceLink(emit=self.emit, report_link=self.report_link, show_stats=self._show_stats)
+        return DeviceLink(emit=self.emit, report_link=self.report_link, show_stats=self._show_stats,
+                          publish_record=self.publish_record, event_stats=self.event_stats)  # fmt: skip
 
     def _show_stats(self, stats: object) -> None:
         self.source_stats = stats
@@ -323,7 +337,11 @@ class Gateway:
             reloads=self.counters.reloads,
             stalled_s=self._progress.stalled_s(),
             events=tuple(self._events),
-        )
+            event_records={(name, event): count for name, channel in self._channels.items()
+                           for event, count in channel.event_stats.records.items()},
+            plc_writes={(name, result): count for name, channel in self._channels.items()
+                        for result, count in channel.event_stats.writes.items()},
+        )  # fmt: skip
 
     async def _serve_http(self) -> None:
         settings = self.plant.http
@@ -363,7 +381,8 @@ class Gateway:
             await asyncio.sleep(SUPERVISOR_BACKOFF.delay_s(failures, random.random()))
 
     def _start_source(self, group: asyncio.TaskGroup, source: SourceTask) -> None:
-        task = group.create_task(self._supervise(source.name, source.run, source.devices), name=source.name)
+        reporting = source.devices if source.reports_link else ()
+        task = group.create_task(self._supervise(source.name, source.run, reporting), name=source.name)
         self._sources[source.name] = _RunningSource(task, frozenset(source.devices))
 
     def _add_channel(self, sink: MqttSink, outbound: DeviceOutbound) -> None:
@@ -377,6 +396,7 @@ class Gateway:
             gateway_id=self.plant.gateway.id,
             seq_budget=self._seq.budget(outbound.device),
             events=self._events,
+            forward_record=self._forwarder.forward_record if self._forwarder is not None else None,
         )
         self._channels[outbound.device] = channel
         self._links[outbound.device] = channel.link()

@@ -9,7 +9,20 @@ goes in through ``try_publish`` with a ``Handle`` the caller chose; the sink rep
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from enum import StrEnum
 from typing import Protocol, TypeAlias
+
+
+class Delivery(StrEnum):
+    """What became of a message whose fate its sender waits for (an event record, ``forward_record``)."""
+
+    ACKED = "acked"
+    """The broker acknowledged it (PUBACK), live or replayed from the spool."""
+    REFUSED = "refused"
+    """The broker refused it for good (kept as a dead letter)."""
+    LOST = "lost"
+    """Neither sent nor kept (no spool)."""
+
 
 Handle: TypeAlias = int
 """The caller's name for a message it publishes with ``try_publish``; opaque to the sink."""

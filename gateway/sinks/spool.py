@@ -2,9 +2,11 @@
 
 One database file in the state directory, WAL journal. Tables:
 
-* ``message``: (id, topic, payload, size) in arrival order. ``id`` is an AUTOINCREMENT key, so it keeps
-  growing across restarts and "oldest first" is ``ORDER BY id``. Payloads are stored exactly as they are
-  to be replayed (already marked ``"historical": true`` by the caller).
+* ``message``: (id, topic, payload, size, priority) in arrival order. ``id`` is an AUTOINCREMENT key, so it
+  keeps growing across restarts and "oldest first" is ``ORDER BY id``. Payloads are stored exactly as they are
+  to be replayed (already marked ``"historical": true`` by the caller). ``priority`` 1 marks event records
+  (``append_record``): the size limits drop every plain message (0) before the oldest record. Files from
+  earlier versions get the column (0) when opened.
 * ``dead_letter``: (id, topic, payload, reason, ts, size): messages the broker refused for good (not
   authorised, too large). Kept for ``cellgate spool requeue`` once the broker's policy is fixed, capped by
   ``dead_letter_max_bytes`` (oldest dropped).
@@ -54,6 +56,8 @@ from typing import BinaryIO
 
 from gateway.errors import SinkError
 
+RECORD_PRIORITY = 1
+"""``message.priority`` of an event record: kept by the size limits while plain messages (0) can go instead."""
 ROW_OVERHEAD_BYTES = 48
 """Counted per message on top of topic and payload: SQLite's row header, key and index share."""
 RESERVE_BYTES = 1 << 20
@@ -72,7 +76,8 @@ CREATE TABLE IF NOT EXISTS message (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
-    size INTEGER NOT NULL
+    size INTEGER NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS dead_letter (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -160,6 +165,7 @@ class Spool:
         self.dead_letters_dropped = 0
         """Dead letters deleted by ``dead_letter_max_bytes`` since this spool was opened."""
         self._disk_cap: int | None = None  # set after SQLITE_FULL: the stored bytes that fit on the disk
+        self._last_id = 0  # id of the last row appended
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             damage = _damage(path)
@@ -195,7 +201,13 @@ class Spool:
         """Messages deleted by any size limit since this spool was opened."""
         return sum(self.dropped_by_reason.values())
 
-    def append(self, messages: Sequence[tuple[str, bytes]]) -> int:
+    def append_record(self, topic: str, payload: bytes) -> int:
+        """Store one event record (priority 1: dropped by a size limit only once no plain message is left);
+        returns its id."""
+        self.append([(topic, payload)], priority=RECORD_PRIORITY)
+        return self._last_id
+
+    def append(self, messages: Sequence[tuple[str, bytes]], *, priority: int = 0) -> int:
         """Store ``messages`` after every earlier one; returns how many old ones a size limit dropped.
 
         ``last_drop_reason`` names the limit. On SQLITE_FULL the reserve is given up, the oldest rows make
@@ -203,7 +215,9 @@ class Spool:
         """
         if not messages:
             return 0
-        rows = [(topic, payload, len(topic) + len(payload) + ROW_OVERHEAD_BYTES) for topic, payload in messages]
+        rows = [
+            (topic, payload, len(topic) + len(payload) + ROW_OVERHEAD_BYTES, priority) for topic, payload in messages
+        ]
         incoming = sum(row[2] for row in rows)
         try:
             return self._append(rows, incoming)
@@ -218,12 +232,14 @@ class Spool:
                 raise SpoolFullError(f"the disk of the spool {self.path} is full: {exc}") from exc
             raise
 
-    def _append(self, rows: list[tuple[str, bytes, int]], incoming: int) -> int:
+    def _append(self, rows: list[tuple[str, bytes, int, int]], incoming: int) -> int:
         limit, reason = self._limit()
         with self._transaction():
-            # Room first, so that a full disk's new rows reuse the pages the deleted ones free.
-            dropped = self._delete_oldest(self._bytes + incoming - limit)
-            self._db.executemany("INSERT INTO message (topic, payload, size) VALUES (?, ?, ?)", rows)
+            # Room first, so that a full disk's new rows reuse the pages the deleted ones free (plain messages only:
+            # a record must not make room for new plain messages that the check below would drop anyway).
+            dropped = self._delete_oldest(self._bytes + incoming - limit, records_too=False)
+            self._db.executemany("INSERT INTO message (topic, payload, size, priority) VALUES (?, ?, ?, ?)", rows)
+            self._last_id = int(self._db.execute("SELECT last_insert_rowid()").fetchone()[0])
             self._count += len(rows)
             self._bytes += incoming
             dropped += self._delete_oldest(self._bytes - limit)  # a batch larger than the whole limit
@@ -373,11 +389,28 @@ class Spool:
                 self._dead_bytes += sum(letter[4] for letter in letters)
                 self.dead_letters_dropped += self._cap_dead_letters()
 
-    def _delete_oldest(self, excess: int) -> int:
-        """Delete the oldest messages until ``excess`` bytes are gone (or none is left); returns how many."""
+    def _delete_oldest(self, excess: int, *, records_too: bool = True) -> int:
+        """Delete the oldest messages until ``excess`` bytes are gone (or none is left); returns how many.
+        Plain messages go first, event records (priority 1) only once no plain message is left."""
         dropped = 0
+        for priority in (0, RECORD_PRIORITY) if records_too else (0,):
+            if excess <= 0:
+                break
+            deleted, freed = self._delete_oldest_of(priority, excess)
+            dropped += deleted
+            excess -= freed
+        return dropped
+
+    def _delete_oldest_of(self, priority: int, excess: int) -> tuple[int, int]:
+        """``_delete_oldest`` within one priority: (messages deleted, bytes freed)."""
+        dropped = 0
+        total_freed = 0
         while excess > 0 and self._count:
-            rows = self._db.execute("SELECT id, size FROM message ORDER BY id LIMIT 1000").fetchall()
+            rows = self._db.execute(
+                "SELECT id, size FROM message WHERE priority = ? ORDER BY id LIMIT 1000", (priority,)
+            ).fetchall()
+            if not rows:
+                break
             freed = 0
             last_id = rows[0][0]
             taken = 0
@@ -387,12 +420,13 @@ class Spool:
                 taken += 1
                 if freed >= excess:
                     break
-            self._db.execute("DELETE FROM message WHERE id <= ?", (last_id,))
+            self._db.execute("DELETE FROM message WHERE priority = ? AND id <= ?", (priority, last_id))
             self._count -= taken
             self._bytes -= freed
             excess -= freed
+            total_freed += freed
             dropped += taken
-        return dropped
+        return dropped, total_freed
 
     # ---------------------------------------------------------------------------- dead letters
 
@@ -529,6 +563,9 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         db.execute("PRAGMA journal_size_limit=67108864")
         db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(message)")}
+        if "priority" not in columns:  # a file written before event records
+            db.execute("ALTER TABLE message ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
     except sqlite3.Error:
         db.close()
         raise
@@ -737,9 +774,11 @@ def _message_record(record: bytes) -> tuple[str, bytes] | None:
     """(topic, payload) when ``record`` is a ``message`` row whose ``size`` column matches them."""
     header_size, pos = _varint(record, 0)
     types: list[int] = []
-    while pos < header_size and len(types) < 5:
+    while pos < header_size and len(types) < 6:
         serial, pos = _varint(record, pos)
         types.append(serial)
+    if len(types) == 5 and types[4] in _INT_SIZES:  # with the priority column (read as a plain message)
+        types = types[:4]
     if len(types) != 4 or types[0] != 0 or types[1] < 13 or types[1] % 2 != 1 or types[2] < 12 or types[2] % 2:
         return None
     if types[3] not in _INT_SIZES:

@@ -7,6 +7,9 @@
     replay task: Spool oldest first --free window slot only, at most replay_per_s--> Sink
                  PUBACK --> removed from the spool (in groups, at least every ACK_FLUSH_S)
     refused by the broker (on_refused) --> dead_letter table of the spool
+    forward_record(event record) --a window slot within window_wait_s--> Sink (own handle, < 0)
+                                 \\--otherwise--> Spool (priority: the size limits drop plain messages first)
+                                 its future resolves at its PUBACK (live or replayed), refusal or loss
 
 Live data always has the window first: a replay takes a slot only when one is free at that moment, and
 the live path never waits behind a replay. Within each topic the spool keeps arrival order, so
@@ -36,7 +39,7 @@ from typing import ParamSpec, TypeVar
 import structlog
 
 from gateway.errors import SinkError
-from gateway.sinks.base import Handle, Sink
+from gateway.sinks.base import Delivery, Handle, Sink
 from gateway.sinks.spool import DeadLetter, DropReason, Spool, SpooledMessage, SpoolFullError
 
 log = structlog.get_logger("cellgate.spool")
@@ -127,6 +130,11 @@ class StoreAndForward:
         self._acked: list[int] = []
         self._refused: list[DeadLetter] = []
         self._replays_in_flight = 0
+        # Event records whose sender waits for their fate: live ones in the sink by handle (negative, so never a
+        # spool id), spooled ones by spool id.
+        self._live_records: dict[Handle, tuple[str, bytes, asyncio.Future[Delivery]]] = {}
+        self._spooled_records: dict[int, asyncio.Future[Delivery]] = {}
+        self._next_record_handle = -1
         self._cap_episode_dropped = 0
         self._episode_reasons: set[DropReason] = set()
         self._unavailable_since = 0.0 if spool is not None else time.monotonic()
@@ -166,9 +174,18 @@ class StoreAndForward:
         self._sink = sink
 
     def on_ack(self, handle: Handle) -> None:
-        """The sink's ``on_ack``: the replay of spooled message ``handle`` (its spool id) was acknowledged."""
+        """The sink's ``on_ack``: the replay of spooled message ``handle`` (its spool id), or a live event record
+        (a negative handle), was acknowledged."""
+        if handle < 0:
+            live = self._live_records.pop(handle, None)
+            if live is not None:
+                _settle(live[2], Delivery.ACKED)
+            return
         self._replay_done(handle)
         self.replayed_total += 1
+        waiter = self._spooled_records.pop(handle, None)
+        if waiter is not None:
+            _settle(waiter, Delivery.ACKED)
 
     def _replay_done(self, spool_id: int) -> None:
         self._replays_in_flight -= 1
@@ -182,6 +199,15 @@ class StoreAndForward:
         spool); the sink logs the refusal, once per reason, with that answer.
         """
         self.refused_by_reason[reason] = self.refused_by_reason.get(reason, 0) + 1
+        if handle is not None and handle < 0:  # a live event record: kept like any refused live message
+            live = self._live_records.pop(handle, None)
+            if live is not None:
+                _settle(live[2], Delivery.REFUSED)
+            handle = None
+        elif handle is not None:
+            waiter = self._spooled_records.pop(handle, None)
+            if waiter is not None:
+                _settle(waiter, Delivery.REFUSED)
         if handle is None:
             # Replayed as historical once requeued; a payload the encoder cannot mark is kept as it was.
             with contextlib.suppress(ValueError):
@@ -227,6 +253,56 @@ class StoreAndForward:
                     )
         if taken < len(messages):
             await self.store(messages[taken:])
+
+    async def forward_record(self, topic: str, payload: bytes) -> asyncio.Future[Delivery]:
+        """Hand one event record to the broker (waiting up to ``window_wait_s`` for a slot) or to the spool,
+        as an event record; the future resolves when its fate is known: ``ACKED`` at its PUBACK (live, or
+        replayed later), ``REFUSED``, or ``LOST`` (no spool). Never resolved if the gateway stops first: the
+        record is then spooled (``keep_unacked``) and its PLC still holds it."""
+        sink = self._require_sink()
+        done: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+        if self._window_wait_s >= 0 and sink.connected:
+            handle = self._next_record_handle
+            self._next_record_handle -= 1
+            self._live_records[handle] = (topic, payload, done)  # before publishing: QoS 0 acks at once
+            deadline = time.monotonic() + self._window_wait_s
+            while True:
+                if sink.try_publish(topic, payload, handle):
+                    return done
+                if not sink.connected or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(REPLAY_SLOT_POLL_S)
+            del self._live_records[handle]
+        spool_id = await self._store_record(topic, payload)
+        if spool_id is None:
+            _settle(done, Delivery.LOST)
+        else:
+            self._spooled_records[spool_id] = done
+        return done
+
+    async def _store_record(self, topic: str, payload: bytes) -> int | None:
+        """Spool one event record (historical form, record priority); its spool id, None if it was lost."""
+        spool = self.spool
+        if spool is None:
+            self._lose(1, "spool_unavailable")
+            return None
+        before = dict(spool.dropped_by_reason)
+        try:
+            spool_id = await self._io(spool.append_record, topic, self._historical(topic, payload))
+        except SpoolFullError as exc:
+            self.spool_errors += 1
+            self._note_dropped(spool, before)
+            self._lose(1, "disk_full", error=str(exc))
+            return None
+        except SinkError as exc:
+            self.spool_errors += 1
+            self._lose(1, "write_failed", error=str(exc))
+            await self._give_up_spool(str(exc))
+            return None
+        self.spooled_total += 1
+        self._spooled.set()
+        self._note_dropped(spool, before)
+        return spool_id
 
     async def store(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Write live messages to the spool, marked historical. A spool failure is counted and logged."""
@@ -420,6 +496,9 @@ class StoreAndForward:
         """After the sink is closed: spool what it still holds unacknowledged, delete acked replays."""
         sink = self._require_sink()
         await self.store(sink.unacked())
+        live, self._live_records = self._live_records, {}
+        for topic, payload, _ in live.values():  # event records the sink still held (published with a handle)
+            await self._store_record(topic, payload)
         await self._flush_acks()
         if self.spool is not None and self.spool.count:
             log.info("spool_kept_for_next_start", messages=self.spool.count, bytes=self.spool.size_bytes)
@@ -434,3 +513,8 @@ class StoreAndForward:
         if self._sink is None:
             raise SinkError("StoreAndForward used before bind(sink)")
         return self._sink
+
+
+def _settle(future: asyncio.Future[Delivery], outcome: Delivery) -> None:
+    if not future.done():
+        future.set_result(outcome)

@@ -1,4 +1,5 @@
-"""Our own Modbus TCP client, for reads only (functions 1, 2, 3, 4), with several requests in flight.
+"""Our own Modbus TCP client: reads (functions 1, 2, 3, 4) with several requests in flight, and the few writes
+an event handshake needs (5 write single coil, 6 write single register, 16 write multiple registers).
 
 Why not pymodbus: its ``AsyncModbusTcpClient`` holds a lock around every transaction, so a poll cycle of 24
 register reads waits for 24 round trips one after the other, however many transactions the PLC could answer at
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from types import TracebackType
@@ -127,6 +128,32 @@ class ModbusResponseError(ModbusTcpError):
     """The answer does not fit the request (function code, unit id or byte count): only this request failed."""
 
 
+class WriteFunction(IntEnum):
+    """The Modbus write function codes this client speaks (Modbus Application Protocol v1.1b3, 6.5, 6.6, 6.12)."""
+
+    WRITE_SINGLE_COIL = 5
+    WRITE_SINGLE_REGISTER = 6
+    WRITE_MULTIPLE_REGISTERS = 16
+
+
+MAX_REGISTERS_PER_WRITE: Final = 123
+"""Function 16 writes 1..123 registers (0x7B: the request must fit the 253-byte PDU)."""
+COIL_ON: Final = 0xFF00
+"""Function 5 writes ON as 0xFF00 and OFF as 0x0000; any other value is illegal (exception 3)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteConfirmed:
+    """The server echoed the write: ``count`` registers (or the coil) from ``address`` were written."""
+
+    function: int
+    address: int
+    count: int
+
+
+WriteAnswer: TypeAlias = WriteConfirmed | ExceptionResponse
+
+
 # --------------------------------------------------------------------------------------------- pure core
 
 
@@ -149,6 +176,72 @@ def build_read_request(*, transaction_id: int, unit_id: int, function: ReadFunct
     return _READ_REQUEST.pack(
         transaction_id, MODBUS_PROTOCOL_ID, _READ_REQUEST_LENGTH, unit_id, int(function), start, count
     )
+
+
+def build_write_request(
+    *, transaction_id: int, unit_id: int, function: WriteFunction, address: int, values: Sequence[int]
+) -> bytes:
+    """The frame of one write: a coil (``values`` = [0 or 1]), one register or up to 123 registers (each
+    0..65535). Raises ValueError for values the protocol cannot carry.
+
+    >>> build_write_request(transaction_id=7, unit_id=1, function=WriteFunction.WRITE_MULTIPLE_REGISTERS,
+    ...                     address=100, values=[0, 42]).hex(" ")
+    '00 07 00 00 00 0b 01 10 00 64 00 02 04 00 00 00 2a'
+    """
+    if not 0 <= transaction_id <= MAX_TRANSACTION_ID:
+        raise ValueError(f"transaction id {transaction_id} outside 0..{MAX_TRANSACTION_ID}")
+    if not 0 <= unit_id <= MAX_UNIT_ID_BYTE:
+        raise ValueError(f"unit id {unit_id} outside 0..{MAX_UNIT_ID_BYTE}")
+    function = WriteFunction(function)
+    count = len(values)
+    if any(not 0 <= value <= 0xFFFF for value in values):
+        raise ValueError(f"register values must be 0..65535, got {list(values)}")
+    if function is WriteFunction.WRITE_MULTIPLE_REGISTERS:
+        if not 1 <= count <= MAX_REGISTERS_PER_WRITE:
+            raise ValueError(f"count {count} outside 1..{MAX_REGISTERS_PER_WRITE} for function 16")
+        pdu = struct.pack(f">BHHB{count}H", int(function), address, count, 2 * count, *values)
+    else:
+        if count != 1:
+            raise ValueError(f"function {int(function)} writes one value, got {count}")
+        value = values[0]
+        if function is WriteFunction.WRITE_SINGLE_COIL:
+            if value not in (0, 1):
+                raise ValueError(f"a coil is written 0 or 1, got {value}")
+            value = COIL_ON if value else 0
+        pdu = struct.pack(">BHH", int(function), address, value)
+    if address < 0 or address + max(count, 1) - 1 > MAX_ADDRESS:
+        raise ValueError(f"addresses {address}..{address + count - 1} outside 0..{MAX_ADDRESS}")
+    return _MBAP.pack(transaction_id, MODBUS_PROTOCOL_ID, 1 + len(pdu), unit_id) + pdu
+
+
+def parse_write_response(
+    pdu: bytes, *, function: WriteFunction, address: int, values: Sequence[int]
+) -> WriteAnswer | MalformedResponse:
+    """The answer to a write, checked against the request: functions 5 and 6 echo the address and value,
+    function 16 the address and register count."""
+    if not pdu:
+        return MalformedResponse(reason="empty PDU")
+    code = pdu[0]
+    if code == function | EXCEPTION_FLAG:
+        if len(pdu) != 2:
+            return MalformedResponse(reason=f"exception response of {len(pdu)} bytes, not 2")
+        return ExceptionResponse(function=int(function), code=pdu[1])
+    if code != function:
+        return MalformedResponse(reason=f"function code {code} in the answer to function {int(function)}")
+    if len(pdu) != 5:
+        return MalformedResponse(reason=f"write answer of {len(pdu)} bytes, not 5")
+    echoed_address, echoed = struct.unpack(">HH", pdu[1:5])
+    if function is WriteFunction.WRITE_MULTIPLE_REGISTERS:
+        expected = len(values)
+    elif function is WriteFunction.WRITE_SINGLE_COIL:
+        expected = COIL_ON if values[0] else 0
+    else:
+        expected = values[0]
+    if echoed_address != address or echoed != expected:
+        return MalformedResponse(
+            reason=f"the answer echoes address {echoed_address} / {echoed}, the request was {address} / {expected}"
+        )
+    return WriteConfirmed(function=int(function), address=address, count=len(values))
 
 
 def split_frames(buffer: bytes) -> FrameSplit:
@@ -243,11 +336,13 @@ class TcpClientStats:
 
 @dataclass(slots=True)
 class _Pending:
-    function: ReadFunction
+    function: ReadFunction | WriteFunction
     unit_id: int
     count: int
     future: asyncio.Future[ReadAnswer]
     deadline: asyncio.TimerHandle | None = None
+    # A write's answer check (its echo); None for reads.
+    check_write: Callable[[bytes], WriteAnswer | MalformedResponse] | None = None
 
 
 class _MbapProtocol(asyncio.Protocol):
@@ -299,13 +394,22 @@ class _MbapProtocol(asyncio.Protocol):
             return
         if pending.deadline is not None:
             pending.deadline.cancel()
-        answer = validate_response(frame, unit_id=pending.unit_id, function=pending.function, count=pending.count)
+        answer: ReadAnswer | WriteAnswer | MalformedResponse
+        if pending.check_write is not None:
+            if pending.unit_id and frame.unit_id != pending.unit_id:
+                reason = f"answer from unit {frame.unit_id} to a request for unit {pending.unit_id}"
+                answer = MalformedResponse(reason=reason)
+            else:
+                answer = pending.check_write(frame.pdu)
+        else:
+            assert isinstance(pending.function, ReadFunction)
+            answer = validate_response(frame, unit_id=pending.unit_id, function=pending.function, count=pending.count)
         self._stats.answers += 1
         if isinstance(answer, MalformedResponse):
             self._stats.malformed_answers += 1
             pending.future.set_exception(ModbusResponseError(answer.reason))
         else:
-            pending.future.set_result(answer)
+            pending.future.set_result(answer)  # type: ignore[arg-type]  # a write's future takes a WriteAnswer
 
     def expire(self, transaction_id: int, pending: _Pending, timeout_s: float) -> None:
         """The deadline of one request passed: fail it (its id is free again; a late answer is dropped)."""
@@ -467,6 +571,42 @@ class ModbusTcpClient:
         """One read: ``send_read`` and wait for its answer. Cancelling the caller cancels the request."""
         future = await self.send_read(function, unit_id=unit_id, start=start, count=count, timeout_s=timeout_s)
         return await future
+
+
+    async def write(
+        self, function: WriteFunction, *, unit_id: int, address: int, values: Sequence[int], timeout_s: float
+    ) -> WriteAnswer:
+        """One write (function 5, 6 or 16), answered ``WriteConfirmed`` or ``ExceptionResponse``; fails like
+        ``read``. Writes share the reads' slots (``max_in_flight``) and transaction ids."""
+        function = WriteFunction(function)
+        values = list(values)
+        await self._slots.acquire()
+        try:
+            protocol = self._protocol
+            if protocol is None or not protocol.open or protocol.transport is None:
+                raise ModbusConnectionError(f"not connected to {self.host}:{self.port}")
+            transaction_id = protocol.next_transaction_id()
+            frame = build_write_request(
+                transaction_id=transaction_id, unit_id=unit_id, function=function, address=address, values=values
+            )
+        except BaseException:
+            self._slots.release()
+            raise
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ReadAnswer] = loop.create_future()
+
+        def check(pdu: bytes) -> WriteAnswer | MalformedResponse:
+            return parse_write_response(pdu, function=function, address=address, values=values)
+
+        pending = _Pending(function=function, unit_id=unit_id, count=len(values), future=future, check_write=check)
+        pending.deadline = loop.call_at(loop.time() + timeout_s, protocol.expire, transaction_id, pending, timeout_s)
+        protocol.pending[transaction_id] = pending
+        future.add_done_callback(lambda _: self._finished(protocol, transaction_id, pending))
+        protocol.transport.write(frame)
+        self.stats.requests_sent += 1
+        answer: object = await future
+        assert isinstance(answer, WriteConfirmed | ExceptionResponse)
+        return answer
 
 
 def abandon(future: asyncio.Future[ReadAnswer]) -> None:

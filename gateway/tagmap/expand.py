@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.schema import MAX_TOPIC_BYTES, PUBLISH_OVERHEAD_BYTES, quoted, utf8_length
+from gateway.tagmap.events import event_issues
 from gateway.tagmap.issues import Issue, Loc, did_you_mean, format_loc, issues_from_validation_error
 from gateway.tagmap.limits import MAX_ADDRESS, MIN_PAYLOAD_ROOM_BYTES
 from gateway.tagmap.model import (
@@ -170,6 +171,7 @@ class _Expander:
             )
         if self.topics is not None:
             self._check_topic_lengths(index, device, final, origin, self.topics)
+        self.issues.extend(event_issues(device, final, ("devices", index)))
         update: dict[str, Any] = {"tags": tuple(final), "repeat": ()}
         update["repeat_context"] = (
             self._check_context(index, device, origin)

@@ -193,6 +193,9 @@ def _validate(document: YamlDocument, env: EnvOverrides, report: _Report) -> Pla
     topics = topic_limit(gateway, mqtt) if gateway is not None else None
     expanded, issues = expand_devices(devices, templates, describe=report.describe, topics=topics)
     report.add_all(issues)
+    if mqtt is not None and mqtt.qos == 0 and any(device.events for _, device in devices):
+        # An event's ack is written after the broker's PUBACK; QoS 0 has none.
+        report.add(Issue(("mqtt", "qos"), "devices with events need qos 1: the PLC is acknowledged after the PUBACK"))
     if gateway is None or mqtt is None or report.problems:
         return None
     return assemble_plant(gateway, mqtt, expanded, spool, http)

@@ -38,6 +38,7 @@ from gateway.schema import (
     topic_segment_problem,
     utf8_length,
 )
+from gateway.tagmap.events import Events
 from gateway.tagmap.index_range import parse_index_range
 from gateway.tagmap.issues import Issue, did_you_mean, raise_issues, rule_error
 from gateway.tagmap.limits import (
@@ -556,6 +557,8 @@ class _TagBase(_Model):
     """Absolute; publish only when |value - last published| > deadband."""
     heartbeat_s: FiniteFloat | None = Field(default=None, gt=0)
     """Republish an unchanged value at least this often, in seconds."""
+    read_only: bool = False
+    """The gateway never writes this tag: an event's ``ack`` may not name it."""
 
 
 _NUMERIC_ONLY_FIELDS: Final = ("scale", "offset", "deadband", "min", "max")
@@ -957,6 +960,8 @@ class _DeviceBase(_Model):
     repeat_context: tuple[RepeatContext, ...] = ()
     """In a Plant: the context of repeat instances, derived from ``repeat[].context`` (what a tag map writes here is
     replaced by that)."""
+    events: Events = Field(default_factory=dict)
+    """Event records with an optional PLC handshake, by event name (see ``gateway.tagmap.events``)."""
 
 
 class ModbusDevice(_DeviceBase):
