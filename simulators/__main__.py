@@ -133,6 +133,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--user-cert", metavar="FILE", action="append", default=[],
         help="with --security: accept this X.509 user certificate (DER or PEM); repeatable",
     )
+    parser.add_argument(
+        "--record-results", metavar="FILE", default=None,
+        help="append every result record a machine pushes to FILE as JSON lines (ground truth for tests; "
+             "default: off)",
+    )
     return parser.parse_args(argv)
 
 
@@ -194,6 +199,7 @@ async def _serve(plan: SimulatorPlan, args: argparse.Namespace) -> None:
         serve=(args.only,) if args.only else ("opcua", "modbus"),
         control_port=args.control_port,
         opcua_security=opcua_security_of(args),
+        results_log=Path(args.record_results) if args.record_results else None,
     )
 
 
