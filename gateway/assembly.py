@@ -410,7 +410,8 @@ def event_link(device: Device, events: list[PlannedEvent], *, gateway_id: str, p
             for tag in tags if isinstance(tag, ModbusTag) and tag.name in acks
         }  # fmt: skip
         return ModbusEventLink(host=device.host, port=device.port, unit_id=device.unit_id,
-                               timeout_s=device.timeout_ms / 1000, fields=fields, acks=targets)  # fmt: skip
+                               timeout_s=device.timeout_ms / 1000, fields=fields, acks=targets,
+                               max_in_flight=device.max_concurrent_requests)  # fmt: skip
     from gateway.events.opcua_link import OpcUaEventLink
 
     refs = [ref for ref in opcua_tag_refs(device) if ref.name in used | acks]

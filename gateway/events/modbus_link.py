@@ -57,9 +57,11 @@ class ModbusEventLink:
         timeout_s: float,
         fields: Mapping[str, ModbusField],
         acks: Mapping[str, ModbusAckTarget],
+        max_in_flight: int = 1,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._client = ModbusTcpClient(host, port, connect_timeout_s=timeout_s)
+        """``max_in_flight``: the device's ``max_concurrent_requests`` (the reads of a record go out together)."""
+        self._client = ModbusTcpClient(host, port, connect_timeout_s=timeout_s, max_in_flight=max_in_flight)
         self._unit_id = unit_id
         self._timeout_s = timeout_s
         self._fields = dict(fields)

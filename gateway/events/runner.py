@@ -193,10 +193,14 @@ class EventRunner:
         if not state.fires(value):
             return False
         readings = await self._link.read(event.record_tags)
-        self._read_problem = None
         record = build_record(
             event=event.name, fields=event.fields, readings=readings, ts=self._clock(), record_id=event.record_id
         )
+        if event.ack is not None and record.fields.get(event.ack.field) is None:
+            # Without its id the record could never be acknowledged: read it again next interval.
+            problem = record.problems.get(event.ack.field, "not read")
+            raise EventReadError(f"{event.ack.field} of the record is unusable ({problem})")
+        self._read_problem = None
         delivery = await self._publish(record)
         self.stats.records[event.name] = self.stats.records.get(event.name, 0) + 1
         if event.ack is None:

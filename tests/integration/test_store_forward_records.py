@@ -93,3 +93,29 @@ async def test_without_a_spool_a_record_the_broker_cannot_take_is_lost_and_said_
         assert outcome.done() and outcome.result() is Delivery.LOST
         assert forwarder.lost_by_reason == {"spool_unavailable": 1}
     await forwarder.close()
+
+
+async def test_a_record_the_broker_refuses_is_kept_as_a_dead_letter_and_reported_refused(
+    tmp_path: Path, prefix: str
+) -> None:
+    broker = Mosquitto()
+    spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
+    forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=2000, historical=historical)
+    try:
+        broker.start()
+        # Larger than the broker takes (mqtt.max_packet_size): refused for good, never retried, never acknowledged.
+        options = sink_options(broker, prefix, max_packet_size=1024)
+        async with MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused) as sink:
+            forwarder.bind(sink)
+            await sink.wait_connected(10)
+            topic, _ = record(prefix, 9)
+            refused = await forwarder.forward_record(topic, orjson.dumps({"record_id": 9, "blob": "x" * 2000}))
+            assert await asyncio.wait_for(refused, 10) is Delivery.REFUSED
+            fine = await forwarder.forward_record(*record(prefix, 10))
+            assert await asyncio.wait_for(fine, 10) is Delivery.ACKED
+        await forwarder.keep_unacked()
+        assert spool.dead_letter_counts() == {"packet_too_large": 1}
+        assert spool.count == 0
+        await forwarder.close()
+    finally:
+        broker.close()

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from gateway.assembly import build_outbound
 from gateway.events.core import (
     EventEncoder,
     RecordField,
@@ -17,9 +18,11 @@ from gateway.events.core import (
 )
 from gateway.schema import Quality, Value
 from gateway.sources.base import RawReading
+from gateway.tagmap import load_plant
 from gateway.tagmap.events import TriggerOn
 from gateway.transform import TagRules
 from gateway.vocabulary import DataType
+from tests.support.gateway import DEMO_CONFIG
 
 
 @pytest.mark.parametrize(
@@ -134,3 +137,19 @@ def test_seq_counts_per_event_topic_and_continues_after_a_restore() -> None:
     assert seqs == [41, 42, 1]
     assert encoder.seq_snapshot() == {"acme/dunkirk/a/l/stacker-01/_events/cell": 42,
                                       "acme/dunkirk/a/l/stacker-01/_events/reject": 1}  # fmt: skip
+
+
+def test_a_devices_event_topics_are_numbered_with_its_other_seq_topics() -> None:
+    """The runtime reserves, snapshots and restores seq per topic through the device's outbound: event topics
+    are among them, so a record's seq runs on across restarts like a tag's."""
+    plant = load_plant(DEMO_CONFIG)
+    outbound = build_outbound(plant, plant.device("stacker-01"))
+    topic = "acme/dunkirk/cell-assembly/line-1/stacker-01/_events/cell"
+    assert topic in outbound.seq_topics
+    assert "acme/dunkirk/cell-assembly/line-1/stacker-01/result/cell_id" in outbound.seq_topics
+    outbound.restore_seq({topic: 500})
+    record = build_record(event="cell", fields=FIELDS[:1], readings={}, ts=0.0, record_id=None)
+    message = outbound.record_message(record)
+    assert message.topic == topic and not message.retain
+    assert json.loads(message.payload)["seq"] == 501
+    assert outbound.seq_snapshot()[topic] == 501
