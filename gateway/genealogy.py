@@ -176,6 +176,7 @@ class Genealogy:
         self.counts = GenealogyCounts()
         self._records: OrderedDict[_RecordKey, TraceRecord] = OrderedDict()
         self._seen_seq: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._finished_index: dict[str, _RecordKey] = {}  # cell id -> key of its finished record (the latest)
         self._stacked: dict[str, _RecordKey] = {}  # cell id -> key of its stacked record (the latest)
         self._rolls: dict[str, _RecordKey] = {}  # roll id -> key of its record (the latest)
 
@@ -209,7 +210,9 @@ class Genealogy:
         self._records[key] = record
         self.counts.new += 1
         links = self.links
-        if record.event == links.stacked_event and (cell := record.text(links.cell_field)):
+        if record.event == links.finished_event and (cell := record.text(links.cell_field)):
+            self._finished_index[cell] = key
+        elif record.event == links.stacked_event and (cell := record.text(links.cell_field)):
             self._stacked[cell] = key
         elif record.event == links.roll_event and (roll := record.text(links.roll_field)):
             self._rolls[roll] = key
@@ -227,7 +230,7 @@ class Genealogy:
         while len(self._records) > self.max_records:
             key, record = self._records.popitem(last=False)
             self.counts.evicted += 1
-            for index in (self._stacked, self._rolls):
+            for index in (self._finished_index, self._stacked, self._rolls):
                 for name in (record.text(self.links.cell_field), record.text(self.links.roll_field)):
                     if name is not None and index.get(name) == key:
                         del index[name]
@@ -253,7 +256,11 @@ class Genealogy:
         return RollGenealogy(roll_id=roll_id, record=record, made_from=parent)
 
     def cell(self, cell_id: str, *, finished: TraceRecord | None = None) -> CellGenealogy:
-        """The cell's genealogy; ``finished`` is its finished record (looked up by the caller)."""
+        """The cell's genealogy; with its latest finished record unless ``finished`` names one (a cell id that
+        more than one finished record carries, e.g. the same id on two racks)."""
+        if finished is None:
+            finished_key = self._finished_index.get(cell_id)
+            finished = self._records.get(finished_key) if finished_key is not None else None
         key = self._stacked.get(cell_id)
         stacked = self._records.get(key) if key is not None else None
         rolls: dict[str, RollGenealogy] = {}

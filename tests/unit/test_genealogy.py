@@ -47,6 +47,7 @@ def test_a_finished_cell_is_traced_to_the_coated_roll_of_its_cathode() -> None:
                     stacked(1, "CELL-S1-00000001", "CL01-R000201"), graded(1, "CELL-S1-00000001")):
         assert genealogy.add(*message) is Added.NEW
     [cell] = genealogy.finished_cells()
+    assert genealogy.cell("CELL-S1-00000001") == cell
     assert cell.cell_id == "CELL-S1-00000001"
     assert cell.finished is not None and cell.finished.fields["grade"] == 1
     assert cell.stacked is not None and cell.stacked.equipment == "stacker-01"
