@@ -277,7 +277,7 @@ class Genealogy:
 
     def last_cells(self, count: int) -> list[CellGenealogy]:
         """The ``count`` latest cells, newest first: finished ones, then (while fewer than ``count`` have
-        finished) the latest assembled ones still in formation."""
+        finished) the latest stacked ones not graded yet (in the store or in formation)."""
         out: list[CellGenealogy] = []
         shown: set[str] = set()
         for record in reversed(self._records.values()):

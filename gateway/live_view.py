@@ -222,12 +222,12 @@ def _roll_text(role: str, roll: RollGenealogy) -> str:
 
 def render_cells(cells: Sequence[CellGenealogy], *, colour: bool = False) -> list[str]:
     """The lines of the genealogy block: per cell its id, where and how it finished (grade, discharge capacity),
-    or that it is still in formation, then its rolls (README "Traceability")."""
+    or that it is stacked and not graded yet, then its rolls (README "Traceability")."""
     lines = [f"{_paint('cells', BOLD, colour)}  (newest first; ? = no record of that roll seen)"]
     for cell in cells:
         finished = cell.finished
         if finished is None:
-            state = "in formation"
+            state = "stacked, not graded yet"
         else:
             grade = finished.fields.get("grade")
             name = GRADES.get(grade, str(grade)) if isinstance(grade, int) else "?"

@@ -68,7 +68,7 @@ def test_the_view_ends_with_the_last_finished_cells_and_their_genealogy() -> Non
     assert "_events" not in text
 
 
-def test_cells_still_in_formation_fill_the_block_and_grades_are_coloured() -> None:
+def test_cells_not_graded_yet_fill_the_block_and_grades_are_coloured() -> None:
     view = LiveView(topic_filter=f"{PREFIX}/#")
     for topic, body in recorded():
         if topic.endswith("/_events/cell") or "CELL-92000001" in json.dumps(body):
@@ -78,7 +78,7 @@ def test_cells_still_in_formation_fill_the_block_and_grades_are_coloured() -> No
     capacity = fields_of("rack-01", "CELL-92000001")["discharge_capacity"]
     assert lines[1] == f"  CELL-92000001  rack-01 grade A  {capacity:.1f} A.h"
     assert [line.split()[0] for line in lines[3::2]] == ["CELL-S1-02452921", "CELL-S1-02452512"]
-    assert all(line.endswith("in formation") for line in lines[3::2])
+    assert all(line.endswith("stacked, not graded yet") for line in lines[3::2])
     coloured = render_cells(cells, colour=True)
     assert f"grade {GREEN}A{RESET}" in coloured[1]
     ng = render_cells(fed_view().last_cells(1), colour=True)
