@@ -14,6 +14,9 @@ With ``--security PKI_DIR`` the OPC UA server offers only secure endpoints (Basi
 Aes256_Sha256_RsaPss, each with Sign and SignAndEncrypt), keeps its certificate in PKI_DIR/own/cert.der, and
 logs users in from ``--users-file`` (``name:password`` lines) or ``--user-cert`` X.509 certificates.
 
+``--record-results FILE`` appends every record a machine's result FIFO takes to FILE as JSON lines
+(``simulators.ground_truth``: ground truth for end-to-end tests; off by default).
+
 ``--describe`` (with the same options) prints the address map as a tag-map fragment instead of serving: a
 ``templates`` + ``devices`` YAML document that needs only ``gateway:`` and ``mqtt:`` sections to run.
 
