@@ -267,8 +267,10 @@ def test_every_finished_cell_is_traced_to_its_rolls_from_the_mqtt_stream(proof: 
         wait_until(lambda: len(proof.stream()) >= 100, 60, "the first hundred records")
         progress("outage")
         # The broker goes away: no PUBACK, no ack to the PLCs; their FIFOs hold what is finished meanwhile.
+        before = {(r.machine, r.record_id) for r in Truth.read(proof.truth_file).records}
         proof.broker.stop()
         time.sleep(3.0)
+        during = {(r.machine, r.record_id) for r in Truth.read(proof.truth_file).records} - before
         proof.broker.start()
         received = len(proof.stream())
         wait_until(lambda: len(proof.stream()) >= received + 100, 60, "records after the outage")
@@ -292,6 +294,8 @@ def test_every_finished_cell_is_traced_to_its_rolls_from_the_mqtt_stream(proof: 
         status = gateway.stop()
         log = gateway.log_text()
     assert status == 0, log[-3000:]
+    assert during, "the line finished nothing while the broker was away"
+    assert during <= proof.received(), "records finished during the outage are missing"
     stream = proof.stream()
     cells = stream.finished_cells()
     counts = Counter(key(cell) for cell in cells)
