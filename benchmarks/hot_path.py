@@ -59,6 +59,7 @@ def outbound(
     if sparkplug:
         node = SparkplugEdgeNode(group_id="dunkirk", edge_node_id="gw-01")
         encoder = SparkplugDeviceEncoder(node=node, device="rack-01", catalogue=[o.meta for o in outputs], alias_base=1)
+        encoder.birth(0.0)  # a device publishes DDATA only once born
     return DeviceOutbound(
         device="rack-01", protocol="modbus", topics=TOPICS, mode=mode, interval_ms=1000, tags=outputs, encoder=encoder,
         context=plan,

@@ -1,7 +1,7 @@
 """Throughput and CPU per message of the MQTT sink alone: QoS1 per-tag messages into a local Mosquitto.
 
     .venv/bin/python benchmarks/mqtt_sink.py [--messages 100000] [--batch 100] [--payload-bytes 200]
-        [--max-inflight 20] [--receive-maximum 20] [--protocol 5|3.1.1] [--sink-module PATH]
+        [--max-inflight 20] [--receive-maximum 20] [--protocol 5|3.1.1] [--connections N] [--sink-module PATH]
 
 Starts Mosquitto on a free port (as benchmarks/procs.py: no persistence, large queues) with
 ``max_inflight_messages`` 20 -- Mosquitto's default, which it also announces to MQTT 5 clients as their
@@ -16,6 +16,8 @@ sink and, for paho, its network thread -- per message, also split into user and 
 and the subscriber are other processes), and the subscriber's own count with ``seq`` gaps and repeats. A
 warm-up of 5 % goes first, unmeasured. ``--sink-module`` loads another implementation of
 gateway/mqtt/connection.py from a file, e.g. a copy of the paho-mqtt based one, to compare on the same machine.
+``--connections N`` (N > 1) spreads the topics over N connections (``gateway.sinks.fanout.MqttFanOut``, what
+``mqtt.connections`` builds), each with its own window.
 Set BENCH_NODELAY=1 to turn Nagle off in the broker (``set_tcp_nodelay``), for experiments.
 """
 
@@ -158,7 +160,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         # full collections from walking them (a gateway holds at most a window of messages).
         gc.collect()
         gc.freeze()
-        async with module.MqttSink(options) as sink:
+        if args.connections > 1:
+            from gateway.sinks.fanout import MqttFanOut
+
+            output: Any = MqttFanOut(options, connections=args.connections)
+        else:
+            output = module.MqttSink(options)
+        async with output as sink:
             await sink.wait_connected(10)
             await push(sink, warmup, args.batch)
             assert await sink.flush(30), "warm-up not acknowledged"
@@ -197,6 +205,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "batch": args.batch,
             "payload_bytes": len(measured[0][1]),
             "max_inflight": args.max_inflight,
+            "connections": args.connections,
             "broker_receive_maximum": args.receive_maximum,
             "refused": refused,
             "drained": drained,
@@ -225,6 +234,7 @@ def main() -> None:
     parser.add_argument("--receive-maximum", type=int, default=20,
                         help="the broker's max_inflight_messages = the Receive Maximum it announces (default 20)")
     parser.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
+    parser.add_argument("--connections", type=int, default=1, help="MQTT connections (mqtt.connections)")
     parser.add_argument("--sink-module", help="path of another gateway/mqtt/connection.py to measure instead")
     args = parser.parse_args()
     # The sink's log lines (connected, closed) go to stderr: stdout is the JSON result.

@@ -182,9 +182,11 @@ class Broker:
         except FileNotFoundError:
             return ""
 
-    def start(self, timeout_s: float = 5.0) -> None:
-        for _ in range(3):  # another process may take the free port before mosquitto binds it
-            self.port = free_port()
+    def start(self, timeout_s: float = 5.0, *, same_port: bool = False) -> None:
+        """Start on a free port, or (``same_port``, after a ``stop``) on the port of the previous start."""
+        for _ in range(1 if same_port else 3):  # another process may take the free port before mosquitto binds it
+            if not same_port:
+                self.port = free_port()
             config = self.workdir / "mosquitto.conf"
             lines = [
                 f"listener {self.port} {HOST}",

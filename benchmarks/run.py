@@ -1,7 +1,7 @@
 """Cellgate benchmark harness: real processes, an independent subscriber, numbers from /proc.
 
     python benchmarks/run.py --scenario modbus-1k|hall|opcua-20k|opcua-20k-secure|load-50k|limit|reload-50|all \\
-        --mode tag|batch|both \\
+        --mode tag|batch|both [--qos 0|1] [--broker-inflight 20] [--mqtt-connections N] [--mqtt-protocol 3.1.1] \\
         [--duration-s 20] [--warmup-s 5] [--interval-ms MS] [--scale 1.0 | --size N] [--out results.json]
 
 For each live scenario and mode it starts Mosquitto (free port, no persistence), the bench servers
@@ -149,6 +149,7 @@ def plan_live(scenario: str, mode: str, args: argparse.Namespace) -> Plan:
     servers = str(BENCH_DIR / "servers.py")
     publish = mode
     concurrent = modbus_concurrent_requests(args)
+    mqtt = {"qos": args.qos, "connections": args.mqtt_connections, "protocol": args.mqtt_protocol}
     if scenario == "modbus-1k":
         # Batch: 3,000 registers, because at the tag map's 10 ms minimum 1,000 would offer only 100,000 values/s,
         # too few to test the 250,000 target.
@@ -159,7 +160,7 @@ def plan_live(scenario: str, mode: str, args: argparse.Namespace) -> Plan:
             scenario=scenario, mode=mode, protocol="modbus", interval_ms=interval, size=registers, devices=1,
             tag_map=lambda url, addresses: tagmaps.modbus_1k(
                 broker_url=url, port=int(addresses[0].rsplit(":", 1)[1]), registers=registers,
-                interval_ms=interval, publish=publish, max_concurrent_requests=concurrent,
+                interval_ms=interval, publish=publish, max_concurrent_requests=concurrent, **mqtt,
             ),
             server_argv=[python, servers, "modbus", "--ports", "0", "--impl", args.modbus_impl],
             server_ready_s=20, startup_timeout_s=30,
@@ -173,7 +174,7 @@ def plan_live(scenario: str, mode: str, args: argparse.Namespace) -> Plan:
             scenario=scenario, mode=mode, protocol="modbus", interval_ms=interval, size=channels, devices=racks,
             tag_map=lambda url, addresses: tagmaps.hall(
                 broker_url=url, ports=[int(a.rsplit(":", 1)[1]) for a in addresses], channels=channels,
-                interval_ms=interval, publish=publish, max_concurrent_requests=concurrent,
+                interval_ms=interval, publish=publish, max_concurrent_requests=concurrent, **mqtt,
             ),
             # One process serves all racks (one port each): far cheaper than ten simulator processes.
             server_argv=[python, servers, "modbus", "--ports", *["0"] * racks, "--impl", args.modbus_impl],
@@ -194,7 +195,7 @@ def plan_live(scenario: str, mode: str, args: argparse.Namespace) -> Plan:
             tag_map=lambda url, addresses: tagmaps.opcua_20k(
                 broker_url=url, endpoint=addresses[0], namespace=OPCUA_NAMESPACE, objects=objects,
                 per_object=per_object, interval_ms=interval, publish=publish, timeout_ms=args.opcua_timeout_ms,
-                secure=secure,
+                secure=secure, **mqtt,
             ),
             server_argv=[python, servers, "opcua", "--port", "0", "--variables", str(variables),
                          "--per-object", str(per_object), "--rate-hz", str(1000 / interval),
@@ -333,7 +334,7 @@ def security_cost_lines(results: Sequence[dict[str, Any]]) -> list[str]:
 
 
 SCRAPE_EVERY_S = 1.0
-"""With --metrics on, /metrics is scraped this often during the window (Prometheus' default is 15 s)."""
+"""With --metrics on, /metrics is scraped this often during the window by default (Prometheus' default is 15 s)."""
 
 
 def _free_port() -> int:
@@ -342,17 +343,43 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _scrape_for(port: int | None, duration_s: float) -> int:
-    """Sleep ``duration_s``; with a metrics port, GET /metrics every SCRAPE_EVERY_S meanwhile. Returns scrapes."""
+QUEUE_AGE_METRIC = "cellgate_queue_oldest_age_seconds "
+
+
+def _scrape_for(
+    port: int | None, duration_s: float, every_s: float = SCRAPE_EVERY_S, queue_ages_s: list[float] | None = None
+) -> int:
+    """Sleep ``duration_s``; with a metrics port and ``every_s`` > 0, GET /metrics every ``every_s`` meanwhile.
+    Returns scrapes. The gateway's queue age at each scrape goes into ``queue_ages_s`` (when the gateway exports
+    it)."""
     end = time.monotonic() + duration_s
     scrapes = 0
+    scraping = port is not None and every_s > 0
     while (left := end - time.monotonic()) > 0:
-        if port is not None:
+        if scraping:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-                answer.read()
+                text = answer.read().decode()
             scrapes += 1
-        time.sleep(min(SCRAPE_EVERY_S, max(0.0, end - time.monotonic())) if port is not None else left)
+            if queue_ages_s is not None:
+                queue_ages_s += [float(line[len(QUEUE_AGE_METRIC):]) for line in text.splitlines()
+                                 if line.startswith(QUEUE_AGE_METRIC)]
+        time.sleep(min(every_s, max(0.0, end - time.monotonic())) if scraping else left)
     return scrapes
+
+
+def _scrape_counts(port: int | None) -> dict[str, float]:
+    """The gateway's ``cellgate_poll_cycles_total`` and ``cellgate_poll_skipped_total`` (summed over devices), by
+    the names without prefix and suffix; empty without a metrics port."""
+    if port is None:
+        return {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        for name in ("poll_cycles", "poll_skipped"):
+            if line.startswith(f"cellgate_{name}_total{{"):
+                counts[name] = counts.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
 
 
 def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
@@ -372,14 +399,18 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         config = workdir / "tagmap.yaml"
         metrics_port = _free_port() if args.metrics == "on" else None
         http = f'"127.0.0.1:{metrics_port}"' if metrics_port is not None else "null"
-        config.write_text(plan.tag_map(broker.url, addresses) + f"\nhttp:\n  listen: {http}\n", encoding="utf-8")
+        tag_map = plan.tag_map(broker.url, addresses)
+        if args.max_queue_age_ms is not None:
+            tag_map = tagmaps.with_device_setting(tag_map, "max_queue_age_ms", args.max_queue_age_ms)
+        config.write_text(tag_map + f"\nhttp:\n  listen: {http}\n", encoding="utf-8")
         plant = load_plant(config, environ={})
         expected = {f"{tagmaps.ENTERPRISE}/{tagmaps.SITE}/{d.area}/{d.line}/{d.name}/{t.name}"
                     for d in plant.devices for t in d.tags}
         subscriber = Child(
             "subscriber",
             [sys.executable, str(BENCH_DIR / "subscriber.py"), "--port", str(broker.port),
-             "--filter", f"{tagmaps.ENTERPRISE}/{tagmaps.SITE}/#", "--client", args.client],
+             "--filter", f"{tagmaps.ENTERPRISE}/{tagmaps.SITE}/#", "--client", args.client,
+             "--qos", str(args.subscriber_qos)],
             log_path=workdir / "subscriber.log", stdin_pipe=True,
         )
         children.append(subscriber)
@@ -414,8 +445,11 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         subscriber.wait_for_prefix("started", 30)
         window_started = time.monotonic()
         window_wall = (time.time(), 0.0)
-        scrapes = _scrape_for(metrics_port, args.duration_s)
-        result["metrics"] = {"listener": args.metrics, "scrapes": scrapes, "scrape_every_s": SCRAPE_EVERY_S}
+        counts_before = _scrape_counts(metrics_port)
+        queue_ages_s: list[float] = []
+        scrapes = _scrape_for(metrics_port, args.duration_s, args.scrape_every_s, queue_ages_s)
+        counts_after = _scrape_counts(metrics_port)
+        result["metrics"] = {"listener": args.metrics, "scrapes": scrapes, "scrape_every_s": args.scrape_every_s}
         window_wall = (window_wall[0], time.time())
         after = {name: [proc_sample(pid) for pid in group] for name, group in pids.items()}
         busy_after = machine_busy_ticks()
@@ -439,6 +473,7 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
     cpu = {name: sum(d for d in (_cpu_delta(b, a) for b, a in zip(before[name], after[name], strict=True))
                      if d is not None) for name in pids}
     gw_after = after["gateway"][0]
+    gw_before = before["gateway"][0]
     values = int(counted["values"])
     sub_window_s = float(counted["window_s"]) or window_s
     busy = busy_after[0] - busy_before[0]
@@ -457,7 +492,8 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
                 "tags": tags, "devices": plan.devices, "interval_ms": plan.interval_ms, "publish": plan.mode,
                 "mqtt_qos": plant.mqtt.qos, "offered_values_per_s": round(tags * 1000 / plan.interval_ms, 1),
                 "duration_s": args.duration_s, "warmup_s": args.warmup_s, "subscriber_client": args.client,
-                "broker_max_inflight_messages": args.broker_inflight,
+                "broker_max_inflight_messages": args.broker_inflight, "mqtt_connections": args.mqtt_connections,
+                "subscriber_qos": args.subscriber_qos, "mqtt_protocol": args.mqtt_protocol,
                 **plan.details,
             },
             "startup": {"s": round(startup_s, 2), "tags_seen": keys_seen, "complete": keys_seen >= len(expected)},
@@ -485,6 +521,18 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
                 "cpu_util": _util(cpu["gateway"], window_s),
                 "cpu_us_per_value": round(cpu["gateway"] / values * 1e6, 2) if values else None,
                 "rss_mb": round(gw_after.rss_mb, 1) if gw_after else None,
+                "rss_mb_at_window_start": round(gw_before.rss_mb, 1) if gw_before else None,
+                # Polls of the window, from /metrics (None without --metrics on): run, and skipped because the
+                # data waiting for the broker was older than max_queue_age_ms.
+                **{name: (counts_after[name] - counts_before[name]
+                          if name in counts_after and name in counts_before else None)
+                   for name in ("poll_cycles", "poll_skipped")},
+                # The gateway's own part of the data age: the oldest message not yet handed to its MQTT sink, at
+                # each scrape (the rest is the broker, the subscriber and the machine they share).
+                "queue_age_ms_at_scrapes": {
+                    "median": round(statistics.median(queue_ages_s) * 1000, 1) if queue_ages_s else None,
+                    "max": round(max(queue_ages_s) * 1000, 1) if queue_ages_s else None,
+                },
                 "peak_rss_mb": round(gw_after.peak_rss_mb, 1) if gw_after else None,
                 "threads": gw_after.threads if gw_after else None,
                 "log": log_summary,
@@ -574,12 +622,21 @@ def summary_line(result: dict[str, Any]) -> str:
                 f"(growth {memory['rss_growth_mb']} MB), peak {memory['peak_rss_mb']} MB")
     d, g, age = result["delivered"], result["gateway"], result["data_age_ms"]
     misses = [c["name"] for c in result.get("targets", []) if c["met"] is False]
+    config = result["config"]
     return (
-        f"{name}: {d['values_per_s']:,.0f} values/s of {result['config']['offered_values_per_s']:,.0f} offered "
+        f"{name}: [MQTT {config['mqtt_protocol']} qos {config['mqtt_qos']}, "
+        f"broker max_inflight_messages {config['broker_max_inflight_messages']}, "
+        f"{config['mqtt_connections']} connection(s)] {d['values_per_s']:,.0f} values/s of "
+        f"{config['offered_values_per_s']:,.0f} offered "
         f"({d['messages_per_s']:,.0f} msg/s{', SILENT OVERLOAD' if result['overload']['silent'] else ''}), "
-        f"age p50/p95/p99 {age['p50']}/{age['p95']}/{age['p99']} ms, "
-        f"gw {g['cpu_us_per_value']} us/value {g['cpu_util']} cpu rss {g['rss_mb']} MB, "
-        f"broker {result['broker']['cpu_util']} cpu, servers {result['servers']['cpu_util']} cpu"
+        f"age p50/p95/p99 {age['p50']}/{age['p95']}/{age['p99']} ms "
+        f"(p95 {age['p95'] / result['config']['interval_ms']:.1f} intervals), "
+        f"gw {g['cpu_us_per_value']} us/value {g['cpu_util']} cpu rss {g['rss_mb_at_window_start']}->{g['rss_mb']} MB, "
+        + (f"polls {g['poll_cycles']:.0f} run / {g['poll_skipped']:.0f} skipped, "
+           if g.get("poll_cycles") is not None and g.get("poll_skipped") is not None else "")
+        + (f"queue age median/max {qa['median']}/{qa['max']} ms, "
+           if (qa := g.get("queue_age_ms_at_scrapes")) and qa["max"] is not None else "")
+        + f"broker {result['broker']['cpu_util']} cpu, servers {result['servers']['cpu_util']} cpu"
         + (f" (wrote {written:,.0f} values/s)" if (written := result["servers"].get("written_values_per_s")) else "")
         + ", "
         f"gaps {d['seq_missing']}, starved {d['tags_starved']}/{d['tags_expected']}, "
@@ -593,11 +650,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scenario", choices=(*SCENARIOS, *SCENARIO_GROUPS, "all"), default="all")
     parser.add_argument("--mode", choices=("tag", "batch", "both"), default="both")
     parser.add_argument("--metrics", choices=("on", "off"), default="on",
-                        help="the gateway's HTTP listener (/metrics scraped every 1 s during the window) or none")
+                        help="the gateway's HTTP listener (/metrics scraped during the window) or none")
+    parser.add_argument("--scrape-every-s", type=float, default=SCRAPE_EVERY_S,
+                        help="with --metrics on: seconds between scrapes of /metrics (default 1; 0: listener on, "
+                        "never scraped, to tell the listener's cost from the scrapes')")
     parser.add_argument("--duration-s", type=float, default=20.0, help="measured window (default 20)")
     parser.add_argument("--warmup-s", type=float, default=5.0, help="excluded after start-up (default 5)")
     parser.add_argument("--interval-ms", type=int, default=None, help="poll/publishing interval for every scenario")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every scenario's size (default 1.0)")
+    parser.add_argument("--max-queue-age-ms", type=int, default=None,
+                        help="every device's max_queue_age_ms (default: the tag map's, one interval; 0: never skip)")
     parser.add_argument("--size", type=int, default=None, help="the size of the one chosen scenario (see above)")
     parser.add_argument("--racks", type=int, default=10, help="hall: number of racks (default 10)")
     parser.add_argument("--per-object", type=int, default=100, help="opcua-20k: variables per object (default 100)")
@@ -612,6 +674,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--broker-inflight", type=int, default=1000,
         help="Mosquitto max_inflight_messages, announced as Receive Maximum (Mosquitto's own default is 20)",
     )
+    parser.add_argument("--qos", type=int, choices=(0, 1), default=1, help="the gateway's mqtt.qos (default 1)")
+    parser.add_argument("--mqtt-connections", type=int, default=1, metavar="N",
+                        help="the gateway's mqtt.connections: data spread over N connections (default 1)")
+    parser.add_argument("--mqtt-protocol", choices=("5", "3.1.1"), default="5",
+                        help="the gateway's mqtt.protocol (a stock Mosquitto caps only MQTT 5 clients at its window)")
+    parser.add_argument("--subscriber-qos", type=int, choices=(0, 1), default=1,
+                        help="the counting subscriber's QoS (1: the broker's window also limits it)")
     parser.add_argument("--keep-workdir", action="store_true",
                         help="keep each run's temp dir (tag map, logs); a failed run's is always kept")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/<time>.json)")

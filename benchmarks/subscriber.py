@@ -15,7 +15,8 @@ window, values with quality other than good, and the data age = receive wall tim
 (ms; the ``ts`` of each row inside a batch). Per *topic* it checks ``seq``: a jump is a gap (missed messages,
 counted in ``seq_missing``), a repeat or step back is counted in ``seq_repeats``; sequence tracking starts in
 the warm-up so the window start never looks like a gap. Retained messages and ``_status``/``_meta``/gateway
-status topics are ignored.
+status topics are ignored. Replayed messages (``"historical": true``) are only counted (``historical``), so values,
+ages and seq are those of live data.
 
 ``--client raw`` (default) is a minimal MQTT 3.1.1 client on an asyncio socket that parses PUBLISH frames in
 bulk and sends PUBACKs in batches: measured several times cheaper per message than paho-mqtt's loop thread,
@@ -83,6 +84,7 @@ class Tally:
         self.window_s = 0.0
         self.messages_total = 0
         self.messages = 0
+        self.historical = 0
         self.values = 0
         self.not_good = 0
         self.null_values = 0
@@ -147,6 +149,9 @@ class Tally:
         if not isinstance(body, dict):
             self.unparsable += 1
             return
+        if body.get("historical") is True:
+            self.historical += self.measuring
+            return
         self.messages_total += 1
         seq = body.get("seq")
         batch = topic.endswith("/_batch")
@@ -185,6 +190,7 @@ class Tally:
         return {
             "window_s": round(self.window_s, 3),
             "messages": self.messages,
+            "historical_messages": self.historical,
             "values": self.values,
             "values_not_good": self.not_good,
             "values_null": self.null_values,

@@ -17,19 +17,27 @@ SITE = "lab"
 MODBUS_CONCURRENT_REQUESTS = 1
 
 
-def _header(*, broker_url: str, gateway_id: str, queue_size: int) -> list[str]:
+def _header(
+    *, broker_url: str, gateway_id: str, queue_size: int, qos: int, connections: int, protocol: str
+) -> list[str]:
+    # `connections` only when not the default, so the maps also load in a gateway without the setting.
+    more = f", connections: {connections}" if connections != 1 else ""
+    more += f', protocol: "{protocol}"'
     return [
         f"gateway: {{id: {gateway_id}, enterprise: {ENTERPRISE}, site: {SITE}, queue_size: {queue_size}}}",
-        f'mqtt: {{url: "{broker_url}", qos: 1}}',
+        f'mqtt: {{url: "{broker_url}", qos: {qos}{more}}}',
     ]
 
 
 def modbus_1k(
     *, broker_url: str, port: int, registers: int, interval_ms: int, publish: str,
-    max_concurrent_requests: int = MODBUS_CONCURRENT_REQUESTS,
+    max_concurrent_requests: int = MODBUS_CONCURRENT_REQUESTS, qos: int = 1, connections: int = 1, protocol: str = "5",
 ) -> str:
     """One Modbus device with ``registers`` uint16 holding registers at 0..registers-1, one tag each."""
-    lines = _header(broker_url=broker_url, gateway_id="bench-modbus", queue_size=10000)
+    lines = _header(
+        broker_url=broker_url, gateway_id="bench-modbus", queue_size=10000, qos=qos, connections=connections,
+        protocol=protocol,
+    )
     lines += [
         "templates:",
         "  register:",
@@ -66,10 +74,13 @@ HALL_TAGS_PER_CHANNEL = 8
 
 def hall(
     *, broker_url: str, ports: list[int], channels: int, interval_ms: int, publish: str,
-    max_concurrent_requests: int = MODBUS_CONCURRENT_REQUESTS,
+    max_concurrent_requests: int = MODBUS_CONCURRENT_REQUESTS, qos: int = 1, connections: int = 1, protocol: str = "5",
 ) -> str:
     """One Modbus rack per port, ``channels`` channels of 8 tags each (channel n at 1000 + 16 * (n - 1))."""
-    lines = _header(broker_url=broker_url, gateway_id="bench-hall", queue_size=10000)
+    lines = _header(
+        broker_url=broker_url, gateway_id="bench-hall", queue_size=10000, qos=qos, connections=connections,
+        protocol=protocol,
+    )
     lines += ["templates:", *HALL_CHANNEL, "devices:"]
     for index, port in enumerate(ports, start=1):
         lines += [
@@ -89,11 +100,14 @@ def hall(
 
 def opcua_20k(
     *, broker_url: str, endpoint: str, namespace: str, objects: int, per_object: int, interval_ms: int,
-    publish: str, timeout_ms: int, secure: bool = False,
+    publish: str, timeout_ms: int, secure: bool = False, qos: int = 1, connections: int = 1, protocol: str = "5",
 ) -> str:
     """One OPC UA device subscribing to ``objects * per_object`` variables ``s=B{object:03d}.V{index:03d}``
     (``secure``: over the strongest policy the server offers, SignAndEncrypt)."""
-    lines = _header(broker_url=broker_url, gateway_id="bench-opcua", queue_size=10000)
+    lines = _header(
+        broker_url=broker_url, gateway_id="bench-opcua", queue_size=10000, qos=qos, connections=connections,
+        protocol=protocol,
+    )
     lines += ["templates:", "  block:"]
     lines += [f'    - {{name: v{k:03d}, node: "s=B{{n:03d}}.V{k:03d}", type: float64}}' for k in range(per_object)]
     lines += [
@@ -119,3 +133,13 @@ def opcua_20k(
     if secure:
         lines.append("    security: {policy: auto, mode: SignAndEncrypt}")
     return "\n".join(lines) + "\n"
+
+
+def with_device_setting(text: str, key: str, value: int) -> str:
+    """``text`` with ``key: value`` added to every device (after its ``protocol:`` line)."""
+    out: list[str] = []
+    for line in text.splitlines():
+        out.append(line)
+        if line.startswith("    protocol: "):
+            out.append(f"    {key}: {value}")
+    return "\n".join(out) + "\n"

@@ -13,18 +13,21 @@ from typing import TYPE_CHECKING
 
 from gateway.events.core import RecordField
 from gateway.events.runner import AckPlan, EventRunner, EventStats, PlannedEvent, PlcLink, PublishRecord
-from gateway.mqtt.options import MqttOptions
+from gateway.mqtt.options import MqttOptions, SessionHooks
 from gateway.outbound import ContextPlan, DeviceOutbound, InstanceContext, TagOutput
 from gateway.schema import META_PART_DEFAULT_BYTES, EquipmentTopics, TagMeta
-from gateway.sources.base import Emit, RawReading, ReportLink
+from gateway.sources.base import Backlog, Emit, RawReading, ReportLink
 from gateway.sources.modbus import ModbusConnection, ModbusUnit, SerialEndpoint, TcpEndpoint
 from gateway.sources.modbus_plan import ModbusField, ReadLimits, ReadPlan, describe_plan, plan_reads
 from gateway.tagmap import Device, ModbusDevice, ModbusTag, OpcUaDevice, OpcUaTag, Plant, Transport
 from gateway.tagmap.index_range import IndexItem, parse_index_range
+from gateway.tagmap.model import Output
 from gateway.transform import TagRules
+from gateway.vocabulary import QoS
 
 if TYPE_CHECKING:
     # asyncua costs about 40 MB of memory to import: a gateway without OPC UA devices never loads it.
+    from gateway.encoders.sparkplug import SparkplugEdgeNode
     from gateway.sources.opcua import OpcUaDeviceOptions, OpcUaTagRef
     from gateway.sources.opcua_security import ClientSecurity
     from gateway.value_shape import ValueShape
@@ -42,6 +45,8 @@ class DeviceLink:
     """Hands an event record to store-and-forward (devices with ``events``)."""
     event_stats: EventStats | None = None
     """The counters of the device's event runner, read at metrics scrapes."""
+    backlog: Backlog | None = None
+    """The path to the sink, for skipping polls while its data is older than the device's ``max_queue_age_ms``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +83,9 @@ def tag_type(tag: ModbusTag | OpcUaTag) -> str:
     return tag.type
 
 
-def build_outbound(plant: Plant, device: Device) -> DeviceOutbound:
+def build_outbound(plant: Plant, device: Device, *, sparkplug: SparkplugEdgeNode | None = None) -> DeviceOutbound:
+    """The device's outbound side; with ``sparkplug`` (the edge node, when ``gateway.outputs`` lists sparkplug) the
+    device is also (or, without uns-json, only) a Sparkplug device of it."""
     topics = EquipmentTopics.of(
         enterprise=plant.gateway.enterprise,
         site=plant.gateway.site,
@@ -110,6 +117,14 @@ def build_outbound(plant: Plant, device: Device) -> DeviceOutbound:
             fields=tag.fields if isinstance(tag, OpcUaTag) else None,
         )
         tags.append(TagOutput(name=tag.name, unit=tag.unit, rules=rules, meta=meta))
+    device_encoder = None
+    if sparkplug is not None:
+        from gateway.encoders.sparkplug import SparkplugDeviceEncoder
+
+        catalogue = [tag.meta for tag in tags]
+        device_encoder = SparkplugDeviceEncoder(
+            node=sparkplug, device=device.name, catalogue=catalogue, alias_base=sparkplug.alias_block(len(catalogue))
+        )
     return DeviceOutbound(
         device=device.name,
         protocol=device.protocol,
@@ -119,6 +134,8 @@ def build_outbound(plant: Plant, device: Device) -> DeviceOutbound:
         tags=tags,
         max_packet_bytes=plant.mqtt.max_packet_size or META_PART_DEFAULT_BYTES,
         context=context_plan(device),
+        sparkplug=device_encoder,
+        uns_json=sparkplug is None or Output.UNS_JSON in plant.gateway.outputs,
         events=tuple(device.events),
     )
 
@@ -197,6 +214,7 @@ def _modbus_tasks(devices: list[ModbusDevice], links: Mapping[str, DeviceLink]) 
         # Only plain values go into the closure, never the device models: the runtime lets the (large)
         # tag-map models go once everything is built.
         units_plan = [(device.name, device.interval_ms, modbus_plan(device)) for device in members]
+        max_queue_age_ms = {device.name: device.queue_age_cap_ms for device in members}
         timeout_ms = max(device.timeout_ms for device in members)
         # Devices on one host:port share one connection and so one limit of requests in flight. The smallest value
         # among them is the safe choice: a server that copes with N at once also copes with fewer, while more than
@@ -208,6 +226,7 @@ def _modbus_tasks(devices: list[ModbusDevice], links: Mapping[str, DeviceLink]) 
             units_plan: list[tuple[str, int, ReadPlan]] = units_plan,
             timeout_ms: int = timeout_ms,
             max_concurrent_requests: int = max_concurrent_requests,
+            max_queue_age_ms: dict[str, int] = max_queue_age_ms,
         ) -> Awaitable[None]:
             units = [
                 ModbusUnit(
@@ -216,6 +235,8 @@ def _modbus_tasks(devices: list[ModbusDevice], links: Mapping[str, DeviceLink]) 
                     interval_ms=interval_ms,
                     emit=links[name].emit,
                     report_link=links[name].report_link,
+                    backlog=links[name].backlog,
+                    max_queue_age_ms=max_queue_age_ms[name],
                 )
                 for name, interval_ms, plan in units_plan
             ]
@@ -241,7 +262,7 @@ def opcua_options(device: OpcUaDevice) -> OpcUaDeviceOptions:
     return OpcUaDeviceOptions(
         endpoint=device.endpoint,
         namespace_uri=device.namespace,
-        mode=device.mode.value,
+        mode=device.mode,
         interval_ms=device.interval_ms,
         sampling_interval_ms=device.sampling_interval_ms,
         queue_size=device.queue_size,
@@ -249,6 +270,7 @@ def opcua_options(device: OpcUaDevice) -> OpcUaDeviceOptions:
         username=device.username,
         password=device.password.get_secret_value() if device.password else None,
         structures=device.structures,
+        max_queue_age_ms=device.queue_age_cap_ms,
     )
 
 
@@ -340,7 +362,7 @@ def _opcua_task(
 
     def run() -> Awaitable[None]:
         link = links[name]  # looked up at each start: a reload may have replaced the device's channel
-        source = OpcUaSource(device=name, options=options, tags=refs, security=security)
+        source = OpcUaSource(device=name, options=options, tags=refs, security=security, backlog=link.backlog)
         link.show_stats(source.stats)
         checked = indexed_emit(link.emit, indexes, shapes) if indexes or shapes else link.emit
         return source.run(checked, link.report_link)
@@ -446,7 +468,15 @@ def _events_task(
 
 
 def mqtt_options_for(
-    plant: Plant, *, will_topic: str, will_payload: bytes, online_payload: bytes | Callable[[], bytes]
+    plant: Plant,
+    *,
+    will_topic: str,
+    will_payload: bytes | Callable[[], bytes],
+    online_payload: bytes | Callable[[], bytes] | None,
+    will_retain: bool = True,
+    subscriptions: tuple[tuple[str, QoS], ...] = (),
+    on_message: Callable[[str, bytes], None] | None = None,
+    session: SessionHooks | None = None,
 ) -> MqttOptions:
     mqtt = plant.mqtt
     return MqttOptions(
@@ -470,6 +500,10 @@ def mqtt_options_for(
         will_topic=will_topic,
         will_payload=will_payload,
         online_payload=online_payload,
+        will_retain=will_retain,
+        subscriptions=subscriptions,
+        on_message=on_message,
+        session=session,
     )
 
 
@@ -487,6 +521,13 @@ def describe_plant(plant: Plant, *, list_tags: bool = False) -> str:
         f"gateway {plant.gateway.id} ({plant.gateway.enterprise}/{plant.gateway.site}) -> "
         f"{'mqtts' if mqtt.tls else 'mqtt'}://{mqtt.host}:{mqtt.port} qos {mqtt.qos}, MQTT {mqtt.protocol}",
     ]
+    sparkplug = plant.gateway.sparkplug
+    if Output.SPARKPLUG in plant.gateway.outputs and sparkplug is not None:
+        lines.append(
+            f"outputs {', '.join(plant.gateway.outputs)}: Sparkplug B edge node "
+            f"spBv1.0/{sparkplug.group_id}/+/{plant.gateway.sparkplug_edge_node_id}"
+            + (f", waits for primary host {sparkplug.primary_host}" if sparkplug.primary_host else "")
+        )
     for device in devices:
         outbound = build_outbound(plant, device)
         base = outbound.topics.base

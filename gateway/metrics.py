@@ -11,12 +11,16 @@ import platform
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.sources.base import POLL_SECONDS_BUCKETS, CycleTimes
+
+if TYPE_CHECKING:
+    from gateway.outbound import SampleCounts
 
 PREFIX = "cellgate"
 
@@ -39,6 +43,8 @@ class DeviceState:
     """Wall-clock time of the last batch of readings turned into messages (the last good read)."""
     source_stats: object | None = None
     """The source's own counters (gateway.sources: UnitStats, OpcUaSourceStats), read by attribute name."""
+    samples: SampleCounts | None = None
+    """Samples published for this device, by quality (kept by its DeviceOutbound)."""
 
     def source_count(self, *names: str) -> int | None:
         """The first of ``names`` the source's counters have (Modbus and OPC UA name some alike counts apart)."""
@@ -93,6 +99,8 @@ class GatewayState:
     """Event records handed to store-and-forward, by (device, event)."""
     plc_writes: Mapping[tuple[str, str], int] = field(default_factory=dict)
     """Ack writes to PLCs, by (device, result)."""
+    queue_age_s: float = 0.0
+    """How long the oldest message not yet handed to the MQTT sink has waited (``MessageQueue.backlog_age_s``)."""
 
 
 _SOURCE_COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -103,17 +111,18 @@ _SOURCE_COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "Polls the fixed rate asked for that overruns cost",
         ("skipped_cycles", "poll_skipped_cycles"),
     ),
+    (
+        "poll_skipped",
+        "Polls skipped because the data already waiting for the MQTT sink was older than max_queue_age_ms",
+        ("backlog_skipped",),
+    ),
     ("device_missed_cycles", "Intervals that passed without a good read (link down, back-off)", ("missed_cycles",)),
     ("device_link_losses", "OPC UA connections lost", ("link_losses",)),
     ("device_notifications", "OPC UA data change notifications", ("notifications",)),
 )
-_READ_ERRORS: tuple[tuple[str, str], ...] = (
-    ("comm_failure", "comm_failures"),
-    ("timeout", "timeouts"),
-    ("exception", "exception_responses"),
-    ("request_error", "request_errors"),
-    ("connect_failure", "connect_failures"),
-)
+READ_RESULTS = ("ok", "timeout", "connection_error", "exception", "decode_error", "error")
+"""Every ``result`` of ``cellgate_device_reads_total`` (a source reports the ones it can tell apart)."""
+QUALITIES = ("good", "uncertain", "bad")
 
 
 def _source_families(devices: tuple[DeviceState, ...]) -> Iterator[Metric]:
@@ -134,15 +143,25 @@ def _source_families(devices: tuple[DeviceState, ...]) -> Iterator[Metric]:
             buckets = [(str(bound), count) for bound, count in zip(POLL_SECONDS_BUCKETS, cumulative, strict=False)]
             histogram.add_metric([device.name], [*buckets, ("+Inf", cumulative[-1])], times.sum_s)
     yield histogram
-    errors = CounterMetricFamily(
-        f"{PREFIX}_device_read_errors", "Failed reads or connects by result", labels=["device", "result"]
+    reads = CounterMetricFamily(
+        f"{PREFIX}_device_reads",
+        "Requests to the device by result (Modbus read requests; OPC UA Read calls, Publish responses, connects)",
+        labels=["device", "result"],
     )
     for device in devices:
-        for result, attribute in _READ_ERRORS:
-            value = device.source_count(attribute)
-            if value is not None:
-                errors.add_metric([device.name, result], value)
-    yield errors
+        by_result = getattr(device.source_stats, "reads_by_result", None)
+        if callable(by_result):
+            for result, value in by_result().items():
+                reads.add_metric([device.name, result], value)
+    yield reads
+    samples = CounterMetricFamily(
+        f"{PREFIX}_samples", "Values published (samples handed to the encoder) by quality", labels=["device", "quality"]
+    )
+    for device in devices:
+        if device.samples is not None:
+            for quality in QUALITIES:
+                samples.add_metric([device.name, quality], getattr(device.samples, quality))
+    yield samples
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -200,6 +219,10 @@ class GatewayCollector(Collector):
         yield from _source_families(s.devices)
         yield _counter("messages_queued", "Messages put into the queue", s.messages_queued)
         yield _gauge("queue_messages", "Messages waiting in the queue", s.queue_messages)
+        yield _gauge(
+            "queue_oldest_age_seconds", "How long the oldest message not yet handed to the MQTT sink has waited",
+            s.queue_age_s,
+        )
         yield _gauge("queue_capacity_messages", "Capacity of the queue (gateway.queue_size)", s.queue_capacity)
         yield _counter("messages_published", "Data messages the broker acknowledged", s.published)
         yield _by_label(

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
+from operator import itemgetter
+from typing import TYPE_CHECKING, Final
 
-from gateway.encoders.base import ContextEncoder, DeviceEncoder, Message
+from gateway.encoders.base import ContextEncoder, DeviceEncoder, JointDeviceEncoder, Message
 from gateway.encoders.uns_json import UnsJsonDeviceEncoder
 from gateway.events.core import EventEncoder, EventRecord
 from gateway.schema import (
@@ -27,7 +29,33 @@ from gateway.sources.base import RawReading
 from gateway.transform import TagRules, TagTransform
 from gateway.vocabulary import PublishMode
 
-__all__ = ["ContextPlan", "DeviceOutbound", "InstanceContext", "Message", "PublishMode", "TagOutput"]
+if TYPE_CHECKING:  # protobuf is imported only by gateways that publish Sparkplug
+    from gateway.encoders.sparkplug import SparkplugDeviceEncoder
+
+__all__ = ["ContextPlan", "DeviceOutbound", "InstanceContext", "Message", "PublishMode", "SampleCounts", "TagOutput"]
+
+_QUALITY_OF: Final = itemgetter(3)  # Sample.quality
+_GOOD: Final = Quality.GOOD
+_BAD: Final = Quality.BAD
+
+
+@dataclass(slots=True)
+class SampleCounts:
+    """Samples handed to the device's encoder (published), by quality (``cellgate_samples_total``)."""
+
+    good: int = 0
+    uncertain: int = 0
+    bad: int = 0
+
+    def add(self, samples: list[Sample]) -> None:
+        """Count one batch. Per batch in Python; per sample only C (itemgetter, list.count by identity)."""
+        qualities = list(map(_QUALITY_OF, samples))
+        good = qualities.count(_GOOD)
+        self.good += good
+        if good != len(qualities):
+            bad = qualities.count(_BAD)
+            self.bad += bad
+            self.uncertain += len(qualities) - good - bad
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,18 +154,26 @@ class DeviceOutbound:
         max_packet_bytes: int = META_PART_DEFAULT_BYTES,
         encoder: DeviceEncoder | None = None,
         context: ContextPlan | None = None,
+        sparkplug: SparkplugDeviceEncoder | None = None,
+        uns_json: bool = True,
         events: Sequence[str] = (),
     ) -> None:
         """``encoder``: the device's output encoding; by default UNS JSON on ``topics`` in ``mode``, with its
         retained ``_meta`` split into parts that fit ``max_packet_bytes`` (``mqtt.max_packet_size``).
         ``context``: the tags whose latest good values go with every sample (an encoder that is not a
         ``ContextEncoder`` publishes them only as ordinary tags).
-        ``events``: the names of the device's events, published on ``{equipment}/_events/{event}``."""
+        ``sparkplug``: the device as a Sparkplug device too (``uns_json`` True: both encodings) or only.
+        ``events``: the names of the device's events, published on ``{equipment}/_events/{event}`` (UNS JSON
+        records, whatever the outputs)."""
         self.device = device
         self.protocol = protocol
         self.topics = topics
         self.mode = mode
         self.interval_ms = interval_ms
+        self.sparkplug = sparkplug
+        self.retained_status = uns_json
+        """Whether the link state is a retained message (UNS JSON ``_status``); Sparkplug's DBIRTH/DDEATH travel
+        with the data instead (see ``sparkplug``)."""
         self.encoder: DeviceEncoder = encoder or UnsJsonDeviceEncoder(
             device=device,
             protocol=protocol,
@@ -149,6 +185,8 @@ class DeviceOutbound:
             max_packet_bytes=max_packet_bytes,
             context=(context.described or context.device) if context else None,
         )
+        if sparkplug is not None:
+            self.encoder = JointDeviceEncoder(self.encoder, sparkplug) if uns_json else sparkplug
         self._encode = self.encoder.encode
         # None for a device without context: messages() then takes the plain path, with no per-sample context work.
         self._context = _ContextState(context) if context else None
@@ -159,6 +197,7 @@ class DeviceOutbound:
             tag.name: TagTransform(device=device, tag=tag.name, rules=tag.rules) for tag in tags
         }
         self.unknown_tags = 0  # readings for tags this device does not have (a source bug); counted, not raised
+        self.sample_counts = SampleCounts()
         self.events = EventEncoder(base=topics.base, events=events) if events else None
 
     @property
@@ -214,6 +253,7 @@ class DeviceOutbound:
         samples = self.samples(readings, now)
         if not samples:
             return []
+        self.sample_counts.add(samples)
         if self._context is None:
             return self._encode(samples, now)
         # The context tags were read with the values (one Modbus plan, one OPC UA Read, or the notifications
@@ -242,7 +282,7 @@ class DeviceOutbound:
 
     def meta_messages(self) -> list[Message]:
         """The retained catalogue (UNS JSON: ``_meta``, then ``_meta/2`` ... ``_meta/N`` when it had to be split,
-        see ``gateway.schema.encode_meta_parts``). Publish them all; on a reload clear the topics the previous
+        see ``uns_json.encode_meta_parts``). Publish them all; on a reload clear the topics the previous
         outbound of the device had and this one has not (a shrunken catalogue leaves no stale part behind)."""
         return self.encoder.meta()
 

@@ -135,30 +135,32 @@ def secure_devices(plant: Plant) -> list[OpcUaDevice]:
 def check_security_files(plant: Plant, state_dir: Path | None, *, create: bool) -> list[str]:
     """Problems with the files secure devices need: own certificate/key (made if ``create``), user
     certificates and keys, password files. An empty list means all can be read."""
-    from gateway.pki import Pki, PkiError, application_uri, load_certificate_file, load_private_key_file
     from gateway.secrets import SecretFileError, read_secret_file
     from gateway.tagmap import OpcUaDevice
 
     problems: list[str] = []
-    if secure_devices(plant) and state_dir is not None:
-        pki = Pki(pki_root(state_dir), uri=application_uri(plant.gateway.id))
-        if create or pki.cert_path.exists() or pki.key_path.exists():
+    opcua = [device for device in plant.devices if isinstance(device, OpcUaDevice) and device.enabled]
+    if opcua:
+        # gateway.pki imports cryptography (about 10 MB resident): a gateway without OPC UA devices never needs it.
+        from gateway.pki import Pki, PkiError, application_uri, load_certificate_file, load_private_key_file
+
+        if secure_devices(plant) and state_dir is not None:
+            pki = Pki(pki_root(state_dir), uri=application_uri(plant.gateway.id))
+            if create or pki.cert_path.exists() or pki.key_path.exists():
+                try:
+                    pki.ensure()
+                except PkiError as exc:
+                    problems.append(str(exc))
+        for device in opcua:
             try:
-                pki.ensure()
-            except PkiError as exc:
-                problems.append(str(exc))
-    for device in plant.devices:
-        if not isinstance(device, OpcUaDevice) or not device.enabled:
-            continue
-        try:
-            if device.user_certificate is not None:
-                load_certificate_file(Path(device.user_certificate))
-            if device.user_key is not None:
-                load_private_key_file(Path(device.user_key))
-            if device.password_file is not None:
-                read_secret_file(device.password_file)
-        except (PkiError, SecretFileError) as exc:
-            problems.append(f"device {device.name}: {exc}")
+                if device.user_certificate is not None:
+                    load_certificate_file(Path(device.user_certificate))
+                if device.user_key is not None:
+                    load_private_key_file(Path(device.user_key))
+                if device.password_file is not None:
+                    read_secret_file(device.password_file)
+            except (PkiError, SecretFileError) as exc:
+                problems.append(f"device {device.name}: {exc}")
     if plant.mqtt.password_file is not None:
         try:
             read_secret_file(plant.mqtt.password_file)

@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -54,11 +55,16 @@ from gateway.queueing import MessageQueue
 from gateway.reload import PlantFingerprint, plan_reload, without_tags
 from gateway.seq_reservation import SeqBudget, SeqFileStore, SeqReservations
 from gateway.sinks.base import Delivery
+from gateway.sinks.fanout import MqttOutput, mqtt_output
 from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward, open_spool
 from gateway.sources.base import RawReading
 from gateway.state_dir import LOCK_FILE_NAME, locked_state_dir
 from gateway.tagmap import Plant
+from gateway.tagmap.model import Output
+
+if TYPE_CHECKING:  # protobuf is imported only by gateways that publish Sparkplug
+    from gateway.sparkplug_session import SparkplugSession
 
 log = structlog.get_logger("cellgate.runtime")
 
@@ -126,12 +132,29 @@ class _DeviceChannel:
         self.connected: bool | None = None
         self.error: str | None = None
         self._since = clock()
+        # Sparkplug DBIRTH/DDEATH: they go out ahead of the next data of the device, on the queue the data takes.
+        self._link_messages: list[Message] = []
+        self._flushes: set[asyncio.Task[None]] = set()
+        self._emitting = 0
 
     @property
     def since(self) -> float:
         return self._since
 
     async def emit(self, readings: Sequence[RawReading]) -> None:
+        if self.outbound.sparkplug is None:
+            await self._emit(readings)
+            return
+        # Sparkplug: a DBIRTH/DDEATH goes after the data encoded before it and before the data encoded after it.
+        self._emitting += 1
+        try:
+            await self._emit(readings)
+        finally:
+            self._emitting -= 1
+        if self._link_messages and not self._emitting:
+            await self._queue.put_unbounded(self._take_link_messages())
+
+    async def _emit(self, readings: Sequence[RawReading]) -> None:
         # No seq number goes out before a durable reservation covers it (waits only when the budget is spent).
         budget = self._seq_budget
         need = self.outbound.seq_need(readings)
@@ -139,6 +162,8 @@ class _DeviceChannel:
         now = self._clock()
         messages = self.outbound.messages(readings, now)
         budget.left += need - len(messages)
+        if self._link_messages:
+            messages = self._take_link_messages() + messages
         if not messages:
             return
         if self.connected:
@@ -164,13 +189,35 @@ class _DeviceChannel:
         self.error = error
         self._events.append(LinkEvent(self._clock(), self.outbound.device, connected, error))
         log.info("device_link", device=self.outbound.device, connected=connected, error=error)
-        self._on_status(
-            self.outbound.status_message(connected=connected, since=self._since, error=error, gateway=self._gateway_id)
-        )
+        sparkplug = self.outbound.sparkplug
+        if sparkplug is not None and connected != sparkplug.alive:
+            message = sparkplug.link_changed(connected=connected, now=self._clock())
+            if message is not None:
+                self._link_messages.append(message)
+                task = asyncio.get_running_loop().create_task(self._flush_link_messages())
+                self._flushes.add(task)
+                task.add_done_callback(self._flushes.discard)
+        if self.outbound.retained_status:
+            self._on_status(
+                self.outbound.status_message(
+                    connected=connected, since=self._since, error=error, gateway=self._gateway_id
+                )
+            )
+
+    def _take_link_messages(self) -> list[Message]:
+        messages, self._link_messages = self._link_messages, []
+        return messages
+
+    async def _flush_link_messages(self) -> None:
+        """Queue the link messages no data took along (a DDEATH: nothing follows it); an emit under way queues them
+        itself once its data is queued."""
+        if self._link_messages and not self._emitting:
+            await self._queue.put_unbounded(self._take_link_messages())
 
     def link(self) -> DeviceLink:
         return DeviceLink(emit=self.emit, report_link=self.report_link, show_stats=self._show_stats,
-                          publish_record=self.publish_record, event_stats=self.event_stats)  # fmt: skip
+                          publish_record=self.publish_record, event_stats=self.event_stats,
+                          backlog=self._queue)  # fmt: skip
 
     def _show_stats(self, stats: object) -> None:
         self.source_stats = stats
@@ -210,7 +257,7 @@ class Gateway:
         self._sources: dict[str, _RunningSource] = {}
         self._reloads: asyncio.Queue[Plant] = asyncio.Queue()
         self._stopping = False
-        self._sink: MqttSink | None = None
+        self._sink: MqttOutput | None = None
         self._forwarder: StoreAndForward | None = None
         self._state_dir_used = False
         self._events: deque[LinkEvent] = deque(maxlen=LINK_EVENTS_KEPT)
@@ -219,6 +266,8 @@ class Gateway:
         self._seq = SeqReservations(
             SeqFileStore(state_dir), snapshot=self._seq_snapshot_by_device, period_s=SEQ_CHECKPOINT_S
         )
+        self._sparkplug: SparkplugSession | None = None
+        self._uns_json: UnsJsonEncoder | None = None
 
     @property
     def outbounds(self) -> list[DeviceOutbound]:
@@ -279,7 +328,7 @@ class Gateway:
             devices=devices, forwarded=lambda: self.counters.batches_forwarded, queued=lambda: len(self._queue)
         )
 
-    async def _report_health(self, sink: MqttSink, forwarder: StoreAndForward) -> None:
+    async def _report_health(self, sink: MqttOutput, forwarder: StoreAndForward) -> None:
         if self._notifier is None:
             # No systemd: still sample progress regularly, so /readyz judges a stall as the watchdog would.
             while True:
@@ -314,10 +363,12 @@ class Gateway:
                     messages=per_device.get(name, 0),
                     last_message_at=channel.last_message_at,
                     source_stats=channel.source_stats,
+                    samples=channel.outbound.sample_counts,
                 )
                 for name, channel in self._channels.items()
             ),
             queue_messages=len(self._queue),
+            queue_age_s=self._queue.backlog_age_s(),
             queue_capacity=self.plant.gateway.queue_size,
             messages_queued=self.counters.messages_queued,
             mqtt_connected=sink.connected,
@@ -385,7 +436,7 @@ class Gateway:
         task = group.create_task(self._supervise(source.name, source.run, reporting), name=source.name)
         self._sources[source.name] = _RunningSource(task, frozenset(source.devices))
 
-    def _add_channel(self, sink: MqttSink, outbound: DeviceOutbound) -> None:
+    def _add_channel(self, sink: MqttOutput, outbound: DeviceOutbound) -> None:
         channel = _DeviceChannel(
             outbound=outbound,
             queue=self._queue,
@@ -400,13 +451,15 @@ class Gateway:
         )
         self._channels[outbound.device] = channel
         self._links[outbound.device] = channel.link()
+        if self._sparkplug is not None and outbound.sparkplug is not None:
+            self._sparkplug.devices[outbound.device] = outbound.sparkplug
         for meta in outbound.meta_messages():
             sink.set_retained(meta.topic, meta.payload)
         channel.report_link(False, "connecting")
 
     # ---------------------------------------------------------------------------------- reload
 
-    async def _apply_reload(self, group: asyncio.TaskGroup, sink: MqttSink, new: Plant) -> None:
+    async def _apply_reload(self, group: asyncio.TaskGroup, sink: MqttOutput, new: Plant) -> None:
         new_fingerprint = await asyncio.to_thread(PlantFingerprint.of, new)
         # Planning a large map takes a second or more: do it off the event loop so polling goes on meanwhile.
         # Sources look their links up when they start, after the channels below exist.
@@ -419,8 +472,9 @@ class Gateway:
             wanted={name: frozenset(source.devices) for name, source in wanted.items()},
         )
         new_devices = {device.name: device for device in active_devices(new)}
+        node = self._sparkplug.node if self._sparkplug is not None else None
         new_outbounds = await asyncio.to_thread(
-            lambda: {name: build_outbound(new, new_devices[name]) for name in plan.changed | plan.added}
+            lambda: {name: build_outbound(new, new_devices[name], sparkplug=node) for name in plan.changed | plan.added}
         )
         if plan.sections_ignored:
             log.warning("reload_sections_need_restart", sections=list(plan.sections_ignored))
@@ -431,6 +485,10 @@ class Gateway:
         for name in plan.removed:
             channel = self._channels.pop(name)
             self._links.pop(name)
+            if self._sparkplug is not None:
+                self._sparkplug.devices.pop(name, None)
+                if channel.outbound.sparkplug is not None and channel.outbound.sparkplug.alive:
+                    await self._queue.put_unbounded([channel.outbound.sparkplug.death(self._clock())])
             # A device no longer in the tag map leaves no retained status or catalogue behind.
             for topic in channel.outbound.retained_topics():
                 sink.clear_retained(topic)
@@ -439,6 +497,7 @@ class Gateway:
             self._restore_seq(outbound)  # seq runs on across the change, and for a topic that changed device
             previous = self._channels.get(name)
             if previous is not None:
+                outbound.sample_counts = previous.outbound.sample_counts  # counters run on across a reload
                 # A catalogue that shrank leaves no stale parts retained.
                 kept = set(outbound.retained_topics())
                 for topic in previous.outbound.retained_topics():
@@ -476,6 +535,24 @@ class Gateway:
                 started=self._clock(),
                 version=__version__,
             )
+            if Output.UNS_JSON in gateway.outputs:
+                self._uns_json = encoder
+            historical: Callable[[str, bytes], bytes | None] = encoder.historical
+            if Output.SPARKPLUG in gateway.outputs and gateway.sparkplug is not None:
+                # protobuf is imported only by gateways that publish Sparkplug.
+                from gateway.encoders.sparkplug import SparkplugEdgeNode
+                from gateway.sparkplug_session import BD_SEQ_FILE, SparkplugSession, historical_form
+
+                node = SparkplugEdgeNode(
+                    group_id=gateway.sparkplug.group_id, edge_node_id=gateway.sparkplug_edge_node_id, clock=self._clock
+                )
+                self._sparkplug = SparkplugSession(
+                    node,
+                    bd_seq_path=self.state_dir / BD_SEQ_FILE,
+                    clock=self._clock,
+                    primary_host=gateway.sparkplug.primary_host,
+                )
+                historical = historical_form(node, encoder.historical if self._uns_json is not None else None)
             settings = self.plant.spool
             spool_path = Path(settings.path) if settings.path else self.state_dir / "spool.db"
 
@@ -491,7 +568,7 @@ class Gateway:
             spool = await asyncio.to_thread(open_spool, open_at_path)
             forwarder = StoreAndForward(
                 spool,
-                historical=encoder.historical,
+                historical=historical,
                 window_wait_s=settings.window_wait_ms / 1000,
                 replay_per_s=settings.replay_per_s,
                 reopen=open_at_path,
@@ -506,12 +583,28 @@ class Gateway:
 
     async def _run(self, stop: asyncio.Event, forwarder: StoreAndForward, encoder: UnsJsonEncoder) -> None:
         plant = self.plant
-        options = mqtt_options_for(
-            plant,
-            will_topic=encoder.status_topic,
-            will_payload=encoder.gateway_status(online=False).payload,
-            online_payload=encoder.gateway_status(online=True).payload,
-        )
+        sparkplug = self._sparkplug
+        if sparkplug is None:
+            options = mqtt_options_for(
+                plant,
+                will_topic=encoder.status_topic,
+                will_payload=encoder.gateway_status(online=False).payload,
+                online_payload=encoder.gateway_status(online=True).payload,
+            )
+        else:
+            # One connection, one will: the NDEATH, which a host must see when the gateway is lost uncleanly. The UNS
+            # JSON gateway status (with both outputs) is a retained message: online at every connect, offline at a
+            # clean stop (after a crash it still says online: README "Sparkplug B").
+            options = mqtt_options_for(
+                plant,
+                will_topic=sparkplug.node.topic("NDEATH"),
+                will_payload=sparkplug.will_payload,
+                online_payload=None,
+                will_retain=False,
+                subscriptions=sparkplug.subscriptions,
+                on_message=sparkplug.on_message,
+                session=sparkplug,
+            )
         seq_resume = await self._seq.start(used_before=self._state_dir_used)
         log.info(
             "gateway_starting",
@@ -524,12 +617,30 @@ class Gateway:
             spooled=forwarder.spooled_now,
             previous_stop=seq_resume.previous_stop.value,
         )
-        sink = MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused)
+        sink = mqtt_output(
+            options, connections=plant.mqtt.connections, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused
+        )
         forwarder.bind(sink)
         self._sink, self._forwarder = sink, forwarder
+        held_stores: set[asyncio.Task[None]] = set()
+        if sparkplug is not None:
+            assert isinstance(sink, MqttSink)  # Sparkplug outputs have one connection (a tag-map rule)
+
+            def spool_held(held: list[tuple[str, bytes]]) -> None:
+                task = asyncio.get_running_loop().create_task(forwarder.store(held))
+                held_stores.add(task)
+                task.add_done_callback(held_stores.discard)
+
+            sparkplug.bind(sink.rebirth, spool_held)
+            if sparkplug.primary_host is not None:
+                from gateway.sparkplug_session import HostGate
+
+                forwarder.bind(HostGate(sink, sparkplug))
+            if self._uns_json is not None:
+                sink.set_retained(encoder.status_topic, encoder.gateway_status(online=True).payload)
         async with sink:
             for device in active_devices(plant):
-                outbound = build_outbound(plant, device)
+                outbound = build_outbound(plant, device, sparkplug=sparkplug.node if sparkplug is not None else None)
                 self._restore_seq(outbound)
                 self._add_channel(sink, outbound)
             async with asyncio.TaskGroup() as group:
@@ -560,6 +671,9 @@ class Gateway:
                 for channel in self._channels.values():
                     channel.report_link(False, GATEWAY_STOPPED_ERROR)
                 await cancel_until_done(helpers, budget_s=1.0)
+            if sparkplug is not None and self._uns_json is not None:
+                # The will is the NDEATH (close publishes it): the UNS JSON offline status is said here.
+                sink.set_retained(encoder.status_topic, encoder.gateway_status(online=False).payload)
             await sink.close(timeout_s=CLOSE_SINK_BUDGET_S)
         await forwarder.keep_unacked()
         await self._seq.stop()
@@ -582,7 +696,7 @@ class Gateway:
             source_restarts=self.counters.source_restarts,
         )
 
-    async def _serve_reloads(self, group: asyncio.TaskGroup, sink: MqttSink, stop: asyncio.Event) -> None:
+    async def _serve_reloads(self, group: asyncio.TaskGroup, sink: MqttOutput, stop: asyncio.Event) -> None:
         stop_wait = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():

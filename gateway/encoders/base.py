@@ -81,7 +81,48 @@ class Encoder(Protocol):
         """The retained gateway status: online after every connect, offline as the will and at a clean stop."""
         ...
 
-    def historical(self, topic: str, payload: bytes) -> bytes:
-        """``payload`` (a data message this encoding made for ``topic``) as it is replayed from the spool:
-        marked as historical. Raises ValueError for a payload it did not make."""
+    def historical(self, topic: str, payload: bytes) -> bytes | None:
+        """``payload`` (a message this encoding made for ``topic``) as the spool keeps it for a replay: marked as
+        historical; None when it is not worth replaying (a birth or death the next connection's births supersede).
+        Raises ValueError for a payload it did not make."""
         ...
+
+
+class JointDeviceEncoder:
+    """Two encodings of one device at once: every sample goes through both. ``seq`` bookkeeping, status and the
+    retained catalogue are the first one's; the second adds its data messages (Sparkplug beside UNS JSON)."""
+
+    def __init__(self, first: DeviceEncoder, second: DeviceEncoder) -> None:
+        self.first = first
+        self.second = second
+
+    @property
+    def seq_topics(self) -> list[str]:
+        return self.first.seq_topics
+
+    def seq_need(self, samples: int) -> int:
+        return self.first.seq_need(samples) + self.second.seq_need(samples)
+
+    def restore_seq(self, last_seq: Mapping[str, int]) -> None:
+        self.first.restore_seq(last_seq)
+
+    def seq_snapshot(self) -> dict[str, int]:
+        return self.first.seq_snapshot()
+
+    def encode(self, samples: Sequence[Sample], now: float) -> list[Message]:
+        return self.first.encode(samples, now) + self.second.encode(samples, now)
+
+    def encode_in_context(self, samples: Sequence[Sample], context: SampleContext, now: float) -> list[Message]:
+        """The first encoding with the context if it carries context (UNS JSON), the second as it is."""
+        first = (self.first.encode_in_context(samples, context, now) if isinstance(self.first, ContextEncoder)
+                 else self.first.encode(samples, now))
+        return first + self.second.encode(samples, now)
+
+    def status(self, *, connected: bool, since: float, error: str | None, gateway: str | None) -> Message:
+        return self.first.status(connected=connected, since=since, error=error, gateway=gateway)
+
+    def meta(self) -> list[Message]:
+        return self.first.meta()
+
+    def retained_topics(self) -> list[str]:
+        return self.first.retained_topics()

@@ -5,10 +5,15 @@ the edge node, every equipment a device. Payloads are the specification's protob
 (sparkplug_b.proto, compiled into ``sparkplug_b_pb2`` with the ``protobuf`` library).
 
 ``SparkplugEdgeNode`` holds what the specification keeps per edge node: ``bdSeq`` (one per MQTT connect, carried by
-the NDEATH will and the NBIRTH after it) and ``seq`` (0 in NBIRTH, then +1 per NDATA/DBIRTH/DDATA/DDEATH, 255 -> 0).
+the NDEATH will and the NBIRTH after it) and ``seq`` (0 in NBIRTH, then +1 per DBIRTH/DDATA/DDEATH, 255 -> 0).
 ``SparkplugDeviceEncoder`` makes one device's DBIRTH (every metric with name, alias, datatype and properties),
-DDATA (by alias only) and DDEATH, numbering them from the edge node's ``seq``. Sparkplug messages are never
-retained and are published at QoS 0 except the will (QoS 1), as the specification requires.
+DDATA (by alias only) and DDEATH.
+
+``seq`` must count in the order messages reach the broker, which only the MQTT connection knows (live data,
+replays from the spool and births after a reconnect interleave there). So the encoders make payloads without
+``seq`` and ``SparkplugEdgeNode.stamp`` appends it as each message is handed to the connection
+(``gateway.mqtt.options.SessionHooks``); a message left unacknowledged by a lost connection is renumbered after the
+next births, as historical data (``resend``). No Sparkplug message is retained.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from gateway.encoders import sparkplug_b_pb2 as pb
@@ -27,9 +33,11 @@ __all__ = [
     "NAMESPACE",
     "QUALITY_CODES",
     "REBIRTH_METRIC",
+    "Command",
     "SparkplugDeviceEncoder",
     "SparkplugEdgeNode",
     "datatype_of",
+    "parse_command",
 ]
 
 NAMESPACE: Final = "spBv1.0"
@@ -37,8 +45,16 @@ REBIRTH_METRIC: Final = "Node Control/Rebirth"
 BDSEQ_METRIC: Final = "bdSeq"
 
 QUALITY_PROPERTY: Final = "Quality"
-"""The metric property Ignition reads a value's quality from (Int32, OPC classic quality codes)."""
-QUALITY_CODES: Final[Mapping[Quality, int]] = {Quality.GOOD: 192, Quality.UNCERTAIN: 64, Quality.BAD: 0}
+"""The metric property Ignition reads a value's quality from (Int32, Ignition 8 QualityCode)."""
+QUALITY_CODES: Final[Mapping[Quality, int]] = {
+    Quality.GOOD: 192,  # Good
+    Quality.UNCERTAIN: 0x40000100,  # Uncertain (1073742080): level bit 30, subcode 256
+    Quality.BAD: -0x7FFFFE00,  # Bad (-2147483136 = 0x80000200 as Int32): level bit 31, subcode 512
+}
+"""Ignition 8's codes (Cirrus Link, "Understanding and decoding Ignition QualityCodes"). Not OPC classic 0/64: Ignition
+8 reads 0 as Good_Unspecified, so a bad value sent as 0 would show good."""
+_QUALITY_WIRE: Final = {quality: code & 0xFFFFFFFF for quality, code in QUALITY_CODES.items()}
+"""PropertyValue.int_value is a uint32 holding an Int32's bits (two's complement), as the .proto says."""
 _GOOD: Final = Quality.GOOD
 
 # Sparkplug datatype ids (specification 6.4.16, DataType in sparkplug_b.proto).
@@ -64,6 +80,13 @@ _DATATYPES: Final[Mapping[str, int]] = {
 def datatype_of(tag_type: str) -> int:
     """The Sparkplug datatype a tag of ``tag_type`` (TagMeta.type) is published with."""
     return _DATATYPES.get(tag_type, STRING)
+
+
+# seq as the protobuf field it is (number 3, varint: tag byte 0x18), appended after the metrics: where the encoder
+# would put it anyway (fields 4 and 5 are not used), and a parser takes the last occurrence.
+_SEQ_FIELD: Final = tuple(
+    bytes((0x18, seq)) if seq < 0x80 else bytes((0x18, (seq & 0x7F) | 0x80, seq >> 7)) for seq in range(256)
+)
 
 
 def _ms(ts: float) -> int:
@@ -92,26 +115,28 @@ def _quality_properties(metric: pb.Payload.Metric, quality: Quality) -> None:
     properties.keys.append(QUALITY_PROPERTY)
     entry = properties.values.add()
     entry.type = INT32
-    entry.int_value = QUALITY_CODES[quality]
+    entry.int_value = _QUALITY_WIRE[quality]
 
 
 class SparkplugEdgeNode:
-    """The edge node (this gateway): bdSeq, the shared ``seq``, NBIRTH/NDEATH, Rebirth commands, replay form."""
+    """The edge node (this gateway): bdSeq, the shared ``seq``, NBIRTH/NDEATH, the replay form of its messages."""
 
     def __init__(
         self, *, group_id: str, edge_node_id: str, bd_seq: int = 0, clock: Callable[[], float] = time.time
     ) -> None:
-        """``bd_seq``: the bdSeq of the first connect (0 for a fresh start; the specification counts per CONNECT).
-        ``clock``: epoch seconds, for the NBIRTH of ``gateway_status``."""
+        """``bd_seq``: the bdSeq of the first connect. ``clock``: epoch seconds (the NBIRTH of ``gateway_status``)."""
         self._clock = clock
         self.group_id = group_id
         self.edge_node_id = edge_node_id
-        self._prefix = f"{NAMESPACE}/{group_id}"
+        self.prefix = f"{NAMESPACE}/{group_id}/"
+        """``spBv1.0/{group_id}/``: every topic of the node starts with it."""
+        self._kind_end = len(self.prefix) + 6  # NBIRTH, DBIRTH, DDEATH, NDEATH, DDATA/, NDATA/
         self.bd_seq = bd_seq % 256
         self._seq = 0
+        self._next_alias = 0
 
     def topic(self, message_type: str, device: str | None = None) -> str:
-        base = f"{self._prefix}/{message_type}/{self.edge_node_id}"
+        base = f"{self.prefix}{message_type}/{self.edge_node_id}"
         return base if device is None else f"{base}/{device}"
 
     @property
@@ -119,10 +144,16 @@ class SparkplugEdgeNode:
         """What to subscribe to for node commands (Rebirth)."""
         return self.topic("NCMD")
 
-    def next_seq(self) -> int:
-        """The seq of the next NDATA/DBIRTH/DDATA/DDEATH (after NBIRTH's 0: 1, 2 ... 255, 0, 1 ...)."""
-        self._seq = (self._seq + 1) % 256
-        return self._seq
+    @property
+    def dcmd_filter(self) -> str:
+        """What to subscribe to for device commands (all refused: Cellgate does not write to the PLCs)."""
+        return self.topic("DCMD", "+")
+
+    def alias_block(self, size: int) -> int:
+        """The first of ``size`` aliases no other device of this node has had in this run."""
+        base = self._next_alias
+        self._next_alias += max(1, size)
+        return base
 
     def will(self) -> Message:
         """NDEATH for the CONNECT of the current bdSeq: only the bdSeq metric, no seq (to be sent with QoS 1)."""
@@ -134,9 +165,8 @@ class SparkplugEdgeNode:
         return Message(self.topic("NDEATH"), payload.SerializeToString())
 
     def birth(self, now: float) -> Message:
-        """NBIRTH after a connect (with the will of ``will()``): seq 0, bdSeq and Node Control/Rebirth."""
-        self._seq = 0
-        payload = pb.Payload(timestamp=_ms(now), seq=0)
+        """NBIRTH (``stamp`` gives it seq 0 and starts a new seq run): bdSeq and Node Control/Rebirth."""
+        payload = pb.Payload(timestamp=_ms(now))
         bd_seq = payload.metrics.add()
         bd_seq.name = BDSEQ_METRIC
         bd_seq.timestamp = _ms(now)
@@ -157,48 +187,120 @@ class SparkplugEdgeNode:
         """The Encoder protocol's gateway status: NBIRTH when online, the NDEATH will when offline."""
         return self.birth(self._clock()) if online else self.will()
 
-    def wants_rebirth(self, topic: str, payload: bytes) -> bool:
-        """True for an NCMD to this node that sets ``Node Control/Rebirth`` true. Malformed payloads are False."""
-        if topic != self.ncmd_topic:
-            return False
-        command = pb.Payload()
-        try:
-            command.ParseFromString(payload)
-        except Exception:
-            return False
-        return any(
-            metric.name == REBIRTH_METRIC and metric.WhichOneof("value") == "boolean_value" and metric.boolean_value
-            for metric in command.metrics
-        )
+    def _kind(self, topic: str) -> str | None:
+        """NBIRTH, DBIRTH, DDEATH, NDEATH, DDATA/ or NDATA/ for a topic of this node's group; None otherwise."""
+        return topic[len(self.prefix) : self._kind_end] if topic.startswith(self.prefix) else None
 
-    def historical(self, topic: str, payload: bytes) -> bytes:
-        """``payload`` (an NDATA/DDATA of this node) as replayed from the spool: every metric ``is_historical``."""
-        if f"/{self.edge_node_id}" not in topic or "DATA/" not in topic:
-            raise ValueError(f"not a Sparkplug data message of this edge node: {topic}")
+    def stamp(self, topic: str, payload: bytes) -> bytes:
+        """``payload`` with the next ``seq`` as it is handed to the connection: 0 for an NBIRTH (a new run), none
+        for NDEATH, +1 (255 -> 0) for the others. Messages of other encodings pass unchanged."""
+        if not topic.startswith(self.prefix):
+            return payload
+        kind = topic[len(self.prefix) : self._kind_end]
+        if kind == "NBIRTH":
+            self._seq = 0
+        elif kind == "NDEATH":
+            return payload
+        else:
+            self._seq = (self._seq + 1) & 0xFF
+        return payload + _SEQ_FIELD[self._seq]
+
+    def resend(self, topic: str, payload: bytes) -> bytes | None:
+        """A message the last connection left unacknowledged, after the next births: data renumbered in the new seq
+        run and historical; births and deaths None (the new births say the current state). Others unchanged."""
+        kind = self._kind(topic)
+        if kind is None:
+            return payload
+        if kind in ("DDATA/", "NDATA/"):
+            return self.stamp(topic, self._historical_data(payload))
+        return None
+
+    def historical(self, topic: str, payload: bytes) -> bytes | None:
+        """The spool's form of a message: data marked ``is_historical`` on every metric, without ``seq`` (given at the
+        replay); None for births and deaths (the births after the next connect say the state). ValueError for a
+        message of another encoding or a payload that does not parse."""
+        kind = self._kind(topic)
+        if kind is None or f"/{self.edge_node_id}" not in topic:
+            raise ValueError(f"not a Sparkplug message of this edge node: {topic}")
+        if kind not in ("DDATA/", "NDATA/"):
+            return None
+        return self._historical_data(payload)
+
+    @staticmethod
+    def _historical_data(payload: bytes) -> bytes:
         message = pb.Payload()
         try:
             message.ParseFromString(payload)
         except Exception as error:
             raise ValueError(f"not a Sparkplug payload: {error}") from error
+        message.ClearField("seq")
         for metric in message.metrics:
             metric.is_historical = True
         return message.SerializeToString()
 
 
+@dataclass(frozen=True, slots=True)
+class Command:
+    """What an NCMD/DCMD asked: a Rebirth, and the metrics it tried to write (refused: Cellgate is read-only)."""
+
+    rebirth: bool
+    writes: tuple[str, ...]
+    """Metric names (or ``alias:N``) of the writes asked for."""
+    device: str | None
+    malformed: bool = False
+
+
+def parse_command(node: SparkplugEdgeNode, topic: str, payload: bytes) -> Command | None:
+    """An NCMD to ``node`` or a DCMD to one of its devices; None for any other topic."""
+    device: str | None = None
+    if topic != node.ncmd_topic:
+        prefix = node.topic("DCMD") + "/"
+        if not topic.startswith(prefix):
+            return None
+        device = topic[len(prefix) :]
+    command = pb.Payload()
+    try:
+        command.ParseFromString(payload)
+    except Exception:
+        return Command(rebirth=False, writes=(), device=device, malformed=True)
+    rebirth = False
+    writes: list[str] = []
+    for metric in command.metrics:
+        if (
+            device is None
+            and metric.name == REBIRTH_METRIC
+            and metric.WhichOneof("value") == "boolean_value"
+        ):
+            rebirth = rebirth or metric.boolean_value
+            continue
+        writes.append(metric.name or f"alias:{metric.alias}")
+    return Command(rebirth=rebirth, writes=tuple(writes), device=device)
+
+
 class SparkplugDeviceEncoder:
     """One equipment as a Sparkplug device: DBIRTH with every metric, DDATA by alias, DDEATH on link loss.
 
-    Aliases are unique per edge node: ``alias_base`` is where this device's block starts (assembly gives every
-    device its own block). The last value of every tag is kept for the next DBIRTH (after a Rebirth or reconnect).
+    Aliases are unique per edge node (``SparkplugEdgeNode.alias_block``). The last value of every tag is kept for the
+    next DBIRTH (after a Rebirth or reconnect). Between a DDEATH and the next DBIRTH the device is not ``alive``:
+    its samples only update the last values (a host must not see DDATA of a dead device).
     """
 
     def __init__(self, *, node: SparkplugEdgeNode, device: str, catalogue: Sequence[TagMeta], alias_base: int) -> None:
         self.node = node
         self.device = device
+        self.alive = False
         self._catalogue = list(catalogue)
         self._alias = {meta.tag: alias_base + index for index, meta in enumerate(self._catalogue)}
         self._datatype = {meta.tag: datatype_of(meta.type) for meta in self._catalogue}
         self._last: dict[str, Sample] = {}
+        # DDATA of every tag at once, all good floats (a poll of a numeric device): this payload's metrics get the new
+        # values and timestamps, no metric object is made (see _encode_every_tag). None: the device has other types.
+        self._index = {meta.tag: index for index, meta in enumerate(self._catalogue)}
+        self._template: pb.Payload | None = None
+        if self._catalogue and all(datatype == DOUBLE for datatype in self._datatype.values()):
+            self._template = pb.Payload()
+            for meta in self._catalogue:
+                self._template.metrics.add(alias=self._alias[meta.tag], timestamp=0, double_value=0.0)
         self.ddata_topic = node.topic("DDATA", device)
         self.dbirth_topic = node.topic("DBIRTH", device)
         self.ddeath_topic = node.topic("DDEATH", device)
@@ -219,10 +321,19 @@ class SparkplugDeviceEncoder:
 
     def encode(self, samples: Sequence[Sample], now: float) -> list[Message]:
         """One DDATA with a metric per sample: alias, timestamp, value, and the Quality property when the
-        quality is not good (a metric without it is good, as Ignition reads it; it halves the cost per value)."""
-        payload = pb.Payload(timestamp=_ms(now), seq=self.node.next_seq())
-        add = payload.metrics.add
+        quality is not good (a metric without it is good, as Ignition reads it; it halves the cost per value).
+        Nothing while the device is not alive."""
         last = self._last
+        if not self.alive:
+            for sample in samples:
+                last[sample.tag] = sample
+            return []
+        if self._template is not None and len(samples) == len(self._catalogue):
+            data = self._encode_every_tag(samples, now)
+            if data is not None:
+                return [Message(self.ddata_topic, data)]
+        payload = pb.Payload(timestamp=_ms(now))
+        add = payload.metrics.add
         aliases = self._alias
         datatypes = self._datatype
         for sample in samples:
@@ -239,10 +350,33 @@ class SparkplugDeviceEncoder:
                 _quality_properties(metric, sample.quality)
         return [Message(self.ddata_topic, payload.SerializeToString())]
 
+    def _encode_every_tag(self, samples: Sequence[Sample], now: float) -> bytes | None:
+        """The DDATA of ``samples`` when they are every tag once, each a good float, from the prebuilt payload; None
+        when they are not (then the general path encodes them; the payload is overwritten before its next use)."""
+        template = self._template
+        assert template is not None
+        if len({sample.tag for sample in samples}) != len(samples):
+            return None
+        metrics = template.metrics
+        index = self._index
+        last = self._last
+        for sample in samples:
+            value = sample.value
+            if value.__class__ is not float or sample.quality is not _GOOD:
+                return None
+            tag = sample.tag
+            metric = metrics[index[tag]]
+            metric.timestamp = int(sample.ts * 1000)
+            metric.double_value = value
+            last[tag] = sample
+        template.timestamp = _ms(now)
+        return template.SerializeToString()
+
     def birth(self, now: float) -> Message:
         """DBIRTH: every metric with name, alias, datatype, its last value (null before the first) and properties
-        (engUnit, engLow/engHigh, Documentation from the tag map, and Quality)."""
-        payload = pb.Payload(timestamp=_ms(now), seq=self.node.next_seq())
+        (engUnit, engLow/engHigh, Documentation from the tag map, and Quality). The device is alive from here."""
+        self.alive = True
+        payload = pb.Payload(timestamp=_ms(now))
         for meta in self._catalogue:
             metric = payload.metrics.add()
             metric.name = meta.tag
@@ -263,13 +397,20 @@ class SparkplugDeviceEncoder:
                     properties.values.add(type=DOUBLE, double_value=bound)
             properties.keys.append(QUALITY_PROPERTY)
             quality = sample.quality if sample is not None else Quality.BAD
-            properties.values.add(type=INT32, int_value=QUALITY_CODES[quality])
+            properties.values.add(type=INT32, int_value=_QUALITY_WIRE[quality])
         return Message(self.dbirth_topic, payload.SerializeToString())
 
     def death(self, now: float) -> Message:
         """DDEATH: the device cannot provide live data (its PLC link dropped); the host marks its metrics stale."""
-        payload = pb.Payload(timestamp=_ms(now), seq=self.node.next_seq())
+        self.alive = False
+        payload = pb.Payload(timestamp=_ms(now))
         return Message(self.ddeath_topic, payload.SerializeToString())
+
+    def link_changed(self, *, connected: bool, now: float) -> Message | None:
+        """DBIRTH when the link is (back) up, DDEATH when it drops after a DBIRTH; None for a device never born."""
+        if connected:
+            return self.birth(now)
+        return self.death(now) if self.alive else None
 
     def status(self, *, connected: bool, since: float, error: str | None, gateway: str | None) -> Message:
         """The link state as Sparkplug says it: DBIRTH when the device is (again) connected, DDEATH when not."""

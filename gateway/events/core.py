@@ -15,7 +15,8 @@ from enum import StrEnum
 from typing import Final
 
 from gateway.encoders.base import Message
-from gateway.schema import Quality, Value, format_ts
+from gateway.encoders.uns_json import format_ts
+from gateway.schema import Quality, Value
 from gateway.sources.base import RawReading
 from gateway.tagmap.events import EVENTS_SEGMENT, TriggerOn
 from gateway.transform import TagRules, normalise_value

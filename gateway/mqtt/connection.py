@@ -1,7 +1,9 @@
 """The MQTT connection: our own small asyncio MQTT client (3.1.1 / 5.0), QoS1 with a bounded in-flight window.
 
 It runs on the event loop with no thread: every PUBACK of one read is decoded in one loop, and the PUBLISH
-packets of one ``publish_many`` / ``offer_many`` call leave in one ``transport.write``. It makes no task,
+packets of one ``publish_many`` / ``offer_many`` call leave in one ``transport.write``. Window slots freed by a
+few PUBACKs wait up to 1 ms for more (half the window goes out at once), so a small window (a broker's
+Receive Maximum of 20) runs in rounds of one larger write, not a write per PUBACK read. It makes no task,
 future or log line per message. Packet encoding and decoding are in ``gateway/mqtt/wire.py`` (pure,
 table-tested); this module is the I/O shell and the bookkeeping. (Why not paho-mqtt, and what each costs: README
 "How it works" and "Performance".)
@@ -55,6 +57,11 @@ persistence gets them back; one still unacknowledged from the last connection is
 discard the will). Control messages (status, retained) are always QoS1 retained, use no window slot and
 are not counted in ``published`` / ``delivered`` / ``failed``; they do count against the broker's
 Receive Maximum, which is enforced for everything sent (beyond it, messages wait in order in memory).
+
+Session hooks (``options.session``, Sparkplug): after every CONNACK its ``births`` go first (QoS 1 control, not
+retained), then what the last connection left unacknowledged, passed through ``session.resend`` (renumbered, or
+dropped when the births supersede it); every data payload goes through ``session.stamp`` as it is handed over, so
+numbering follows the wire order. ``rebirth`` sends the births again on the live connection.
 """
 
 from __future__ import annotations
@@ -71,7 +78,7 @@ import structlog
 
 from gateway.backoff import Backoff
 from gateway.errors import SinkError
-from gateway.mqtt.options import MqttOptions, publish_topic_problem
+from gateway.mqtt.options import MqttOptions, SessionHooks, publish_topic_problem
 from gateway.mqtt.wire import (
     DEFAULT_RECEIVE_MAXIMUM,
     MAX_PACKET_ID,
@@ -121,6 +128,10 @@ _MAX_INCOMING_PACKET = 1 << 20
 _STABLE_CONNECTION_S = 5.0
 _READ_BUFFER_BYTES = 64 * 1024  # one read: up to 16,384 PUBACKs
 _TOPIC_CACHE_ENTRIES = 65_536  # encoded topics kept; ~100 bytes each
+# Slots freed by PUBACKs are handed out once half the window (at most _REFILL_MAX_SLOTS) is free, or after
+# _REFILL_HOLD_S: fewer, larger writes per PUBACK round (see MqttSink._free_slots).
+_REFILL_HOLD_S = 0.001
+_REFILL_MAX_SLOTS = 32
 
 
 def backoff_delay_s(failures: int, *, min_s: float, max_s: float, jitter: float) -> float:
@@ -251,6 +262,11 @@ class _Batch:
             self.done.set_result(None)
 
 
+def _refill_slots(window: int) -> int:
+    """Slots freed by PUBACKs that are handed out at once; fewer wait up to ``_REFILL_HOLD_S`` for more."""
+    return max(1, min(window // 2, _REFILL_MAX_SLOTS))
+
+
 class _Window:
     """The data in-flight window: a counting semaphore with a non-blocking ``try_acquire`` and a size
     that can change (MQTT 5 Receive Maximum of each new connection).
@@ -263,6 +279,7 @@ class _Window:
     def __init__(self, size: int) -> None:
         self.size = size
         self.used = 0
+        self.refill = _refill_slots(size)
         self._waiters: collections.deque[asyncio.Future[None] | _Batch] = collections.deque()
 
     def try_acquire(self) -> bool:
@@ -298,9 +315,15 @@ class _Window:
         if self._waiters:
             self._hand_out()
 
+    @property
+    def waiting(self) -> bool:
+        """Someone waits for a slot (a publish or a parked batch)."""
+        return bool(self._waiters)
+
     def resize(self, size: int) -> None:
         """Slots in use above a smaller size stay until released; a larger size serves waiters."""
         self.size = size
+        self.refill = _refill_slots(size)
         self._hand_out()
 
     def stop_offers(self) -> None:
@@ -429,7 +452,8 @@ class _Connection(asyncio.BufferedProtocol):
 
 
 class MqttSink:
-    """One MQTT connection for the whole gateway. Use as ``async with MqttSink(options) as sink: ...``.
+    """One MQTT connection (the gateway's only one, or one of ``mqtt.connections``: gateway/sinks/fanout.py).
+    Use as ``async with MqttSink(options) as sink: ...``.
 
     Entering starts connecting in the background and returns at once; use ``wait_connected`` to wait.
     All methods must be called from the event loop that entered the context.
@@ -453,6 +477,7 @@ class MqttSink:
         self._on_refused = on_refused
         self._version = ProtocolVersion.V5 if options.protocol == "5" else ProtocolVersion.V311
         self._encoder = PublishEncoder(self._version)
+        self._stamp = options.session.stamp if options.session is not None else None
         self._topic_fields: dict[str, bytes] = {}
         self._brokers: tuple[tuple[str, int], ...] = ((options.host, options.port), *options.failover)
         self._broker_index = 0
@@ -483,6 +508,8 @@ class MqttSink:
         self._write_scheduled = False
         self._corked = False  # inside a batch: its packets are written once at its end, not scheduled
         self._flush_waiters: list[_FlushWaiter] = []
+        self._held = 0  # window slots freed by PUBACKs, not handed out yet (see _free_slots)
+        self._hold_timer: asyncio.TimerHandle | None = None
         self._retained: dict[str, bytes] = {}
         self._connected = False
         self._connected_event = asyncio.Event()
@@ -612,7 +639,8 @@ class MqttSink:
             return
         self._closing = True
         if self._connected or self._data_in_flight:
-            self._publish_control(self._options.will_topic, self._will, retain=self._options.will_retain)
+            if self._options.with_will:
+                self._publish_control(self._options.will_topic, self._will, retain=self._options.will_retain)
             drained = await self.flush(timeout_s)
         else:
             # Not connected and nothing to drain: waiting would only cost the whole budget. A lost
@@ -851,6 +879,8 @@ class MqttSink:
         never calls the window). The hot path: one call per message."""
         if self._closed:
             raise SinkError("MqttSink is closed")
+        if self._stamp is not None:
+            payload = self._stamp(topic, payload)
         encoded_topic = self._topic_fields.get(topic) or self._topic_field(topic)
         in_flight = self._in_flight
         packet_id = self._next_packet_id + 1
@@ -892,7 +922,7 @@ class MqttSink:
                 client_id=o.client_id,
                 keepalive_s=o.keepalive_s,
                 clean_start=True,
-                will=Will(topic=o.will_topic, payload=will, qos=1, retain=o.will_retain),
+                will=Will(topic=o.will_topic, payload=will, qos=1, retain=o.will_retain) if o.with_will else None,
                 username=o.username,
                 password=o.password.encode("utf-8") if o.password is not None else None,
                 properties=((Property.MAXIMUM_PACKET_SIZE, _MAX_INCOMING_PACKET),)
@@ -922,6 +952,8 @@ class MqttSink:
                 self._qos0_drop_logged = True
                 self._log.warning("mqtt_dropping_qos0", reason="disconnected")
             return
+        if self._stamp is not None:
+            payload = self._stamp(topic, payload)
         try:
             packet = self._encoder.qos0(self._topic_field(topic), payload, retain)
         except MalformedPacketError as exc:  # a payload of over 256 MB
@@ -1013,7 +1045,39 @@ class MqttSink:
                 self._pump()
             if freed:
                 self._stuck = False  # the broker answers again: a new hang is a new episode
-                self._window.release(freed)
+                self._free_slots(freed)
+        finally:
+            self._write_out()
+
+    def _free_slots(self, freed: int) -> None:
+        """Window slots freed by the PUBACKs of one read. With publishers waiting, fewer than ``window.refill``
+        are held back up to ``_REFILL_HOLD_S`` for the PUBACKs still to come: the messages they let out then
+        leave in one write instead of one small write per read, and the write that answers the broker comes
+        later, so a broker that delays small writes (Nagle, e.g. a stock Mosquitto) sends its next PUBACKs
+        together. Without waiters, or once nothing else is in flight, they are free at once."""
+        window = self._window
+        held = self._held + freed
+        if not window.waiting or held >= window.refill or held >= window.used:
+            self._release_held(held)
+            return
+        self._held = held
+        if self._hold_timer is None:
+            assert self._loop is not None
+            self._hold_timer = self._loop.call_later(_REFILL_HOLD_S, self._hold_expired)
+
+    def _release_held(self, slots: int) -> None:
+        self._held = 0
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        if slots:
+            self._window.release(slots)
+
+    def _hold_expired(self) -> None:
+        self._hold_timer = None
+        self._corked = True  # what the slots let out: one write
+        try:
+            self._release_held(self._held)
         finally:
             self._write_out()
 
@@ -1258,6 +1322,8 @@ class MqttSink:
             message.sent = False
         # Everything not yet acknowledged goes again, in publish order, before anything newer.
         self._unsent = collections.deque(self._in_flight)
+        if o.session is not None and not self._closing:
+            self._begin_session(o.session)
         conn.established = True
         conn.connected_at = loop.time()
         self._connected = True
@@ -1293,6 +1359,49 @@ class MqttSink:
             self._window.resize(window)  # last: new data goes after the resends and the status
         finally:
             self._write_out()
+
+    def _begin_session(self, session: SessionHooks) -> None:
+        """The session's births first on a new connection, then what the last one left unacknowledged, renumbered
+        after them (``session.resend``; what it supersedes is dropped as if acknowledged)."""
+        left = list(self._unsent)
+        self._unsent = collections.deque(self._births(session))
+        freed = 0
+        for packet_id in left:
+            message = self._in_flight[packet_id]
+            payload = session.resend(message.topic, message.payload)
+            if payload is None:
+                freed += self._complete(packet_id, 0)
+                continue
+            if payload is not message.payload:  # only data is renumbered: never retained
+                message.payload = payload
+                message.packet = self._encoder.qos1(self._topic_field(message.topic), payload, packet_id, False)
+            self._unsent.append(packet_id)
+        if freed:
+            self._window.release(freed)
+
+    def _births(self, session: SessionHooks) -> list[int]:
+        """Take the session's births into the in-flight set (control: QoS 1, no window slot); their packet ids."""
+        stamp = session.stamp
+        ids: list[int] = []
+        for topic, payload in session.births():
+            packet_id = self._new_packet_id()
+            stamped = stamp(topic, payload)
+            packet = self._encoder.qos1(self._topic_field(topic), stamped, packet_id, False)
+            self._in_flight[packet_id] = _InFlight(topic, stamped, packet, True, None)
+            ids.append(packet_id)
+        return ids
+
+    def rebirth(self) -> None:
+        """Send the session's births now, after everything handed over before (e.g. a Sparkplug Rebirth command).
+        Nothing while disconnected: the next connection starts with them anyway."""
+        session = self._options.session
+        if session is None or not self._connected or self._closing:
+            return
+        for packet_id in self._births(session):
+            if not self._unsent and self._outstanding < self._quota:
+                self._transmit(packet_id, self._in_flight[packet_id])
+            else:
+                self._unsent.append(packet_id)
 
     def _online_payload(self) -> bytes | None:
         online = self._options.online_payload
@@ -1385,6 +1494,7 @@ class MqttSink:
             return  # a failed attempt: _connect reports it
         self._set_disconnected()
         self._outstanding = 0
+        self._release_held(self._held)
         self._window.stop_offers()
         if self._closing:
             self._log.info("mqtt_disconnected", reason="closed")

@@ -6,10 +6,28 @@ they are.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from gateway.vocabulary import MqttProtocol, QoS
+
+
+class SessionHooks(Protocol):
+    """Per-connection numbering of an encoding whose messages count in wire order (Sparkplug ``seq``)."""
+
+    def births(self) -> Sequence[tuple[str, bytes]]:
+        """Messages (topic, payload) sent first on every connection (after SUBSCRIBE), QoS 1, not retained."""
+        ...
+
+    def stamp(self, topic: str, payload: bytes) -> bytes:
+        """The payload as it enters the wire order: called for each birth and data message as it is handed over."""
+        ...
+
+    def resend(self, topic: str, payload: bytes) -> bytes | None:
+        """A message unacknowledged at the loss of a connection, before it is sent again after the births of
+        the next one: its new payload, or None when the births superseded it (then it is not sent)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +80,11 @@ class MqttOptions:
     # (topic, payload), called on the event loop; QoS 1 messages are acknowledged after it returns.
     subscriptions: tuple[tuple[str, QoS], ...] = ()
     on_message: Callable[[str, bytes], None] | None = None
+    # Births first on every connection and payloads numbered in wire order (Sparkplug); see SessionHooks.
+    session: SessionHooks | None = None
+    # False: a data-only connection (the second and further of ``mqtt.connections``): no will in its
+    # CONNECT and no offline status at ``close``; ``will_topic`` / ``will_payload`` are then not used.
+    with_will: bool = True
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -101,6 +124,8 @@ class MqttOptions:
             problems.append("ca_file/cert_file/key_file given without tls")
         if self.key_file and not self.cert_file:
             problems.append("key_file given without cert_file")
+        if not self.with_will and (self.online_payload is not None or self.subscriptions):
+            problems.append("a connection without a will carries no online status and no subscriptions")
         topic_problem = publish_topic_problem(self.will_topic)
         if topic_problem:
             problems.append(f"will_topic: {topic_problem}")

@@ -11,10 +11,10 @@
                                  \\--otherwise--> Spool (priority: the size limits drop plain messages first)
                                  its future resolves at its PUBACK (live or replayed), refusal or loss
 
-Live data always has the window first: a replay takes a slot only when one is free at that moment, and
-the live path never waits behind a replay. Within each topic the spool keeps arrival order, so
-historical messages arrive in order among themselves; they may interleave with newer live ones (the
-``historical`` flag and ``seq`` say which is which).
+Live data always has the window first: a replay takes a slot only when one is free at that moment and no
+live batch is being handed over, and the live path never waits behind a replay. Within each topic the spool
+keeps arrival order, so historical messages arrive in order among themselves; they may interleave with newer
+live ones (the ``historical`` flag and ``seq`` say which is which).
 
 A stuck window (a hung broker: connected, no PUBACK) costs ``window_wait_s`` once: from then on batches
 take only the slots free at that moment and the rest goes straight to the spool, at the rate it
@@ -44,8 +44,9 @@ from gateway.sinks.spool import DeadLetter, DropReason, Spool, SpooledMessage, S
 
 log = structlog.get_logger("cellgate.spool")
 
-Historical = Callable[[str, bytes], bytes]
-"""The encoder's replay form of a message (topic, payload): what the spool keeps (e.g. ``"historical": true``)."""
+Historical = Callable[[str, bytes], bytes | None]
+"""The encoder's replay form of a message (topic, payload): what the spool keeps (e.g. ``"historical": true``);
+None for a message not worth replaying (a Sparkplug birth or death: the births of the next connection supersede it)."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -126,7 +127,8 @@ class StoreAndForward:
         if spool is not None and spool.count:
             self._spooled.set()
         self._cursor = 0  # highest spool id handed to the sink in this run
-        self._next_replay_at = 0.0  # monotonic time the next replay may go out (rate limit)
+        self._tokens = 0.0  # replays that may go out now (rate limit: a token bucket refilled at replay_per_s)
+        self._tokens_at = 0.0  # monotonic time the bucket was last refilled
         self._acked: list[int] = []
         self._refused: list[DeadLetter] = []
         self._replays_in_flight = 0
@@ -135,6 +137,7 @@ class StoreAndForward:
         self._live_records: dict[Handle, tuple[str, bytes, asyncio.Future[Delivery]]] = {}
         self._spooled_records: dict[int, asyncio.Future[Delivery]] = {}
         self._next_record_handle = -1
+        self._live_handing = False  # a live batch is being handed over
         self._cap_episode_dropped = 0
         self._episode_reasons: set[DropReason] = set()
         self._unavailable_since = 0.0 if spool is not None else time.monotonic()
@@ -211,9 +214,9 @@ class StoreAndForward:
         if handle is None:
             # Replayed as historical once requeued; a payload the encoder cannot mark is kept as it was.
             with contextlib.suppress(ValueError):
-                payload = self._historical(topic, payload)
+                payload = self._historical(topic, payload) or payload
         self._refused.append(DeadLetter(topic, payload, reason, handle))
-        if handle is not None:  # a replay: its spool id (see _replay_one)
+        if handle is not None:  # a replay: its spool id (see _replay_rows)
             self._replay_done(handle)
         return self.spool is not None
 
@@ -225,6 +228,13 @@ class StoreAndForward:
 
     async def forward(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Hand ``messages`` to the broker, or whatever it cannot take now to the spool, in order."""
+        self._live_handing = True  # the replay takes no slot meanwhile (see _replay_rows)
+        try:
+            await self._forward(messages)
+        finally:
+            self._live_handing = False
+
+    async def _forward(self, messages: Sequence[tuple[str, bytes]]) -> None:
         sink = self._require_sink()
         if self._window_wait_s < 0:
             taken = 0
@@ -288,7 +298,9 @@ class StoreAndForward:
             return None
         before = dict(spool.dropped_by_reason)
         try:
-            spool_id = await self._io(spool.append_record, topic, self._historical(topic, payload))
+            # Records are UNS JSON (never a Sparkplug birth, the only form with no historical one).
+            stored = self._historical(topic, payload)
+            spool_id = await self._io(spool.append_record, topic, payload if stored is None else stored)
         except SpoolFullError as exc:
             self.spool_errors += 1
             self._note_dropped(spool, before)
@@ -313,7 +325,9 @@ class StoreAndForward:
             self._lose(len(messages), "spool_unavailable")
             return
         historical = self._historical
-        rows = [(topic, historical(topic, payload)) for topic, payload in messages]
+        rows = [(topic, marked) for topic, payload in messages if (marked := historical(topic, payload)) is not None]
+        if not rows:
+            return
         before = dict(spool.dropped_by_reason)
         try:
             await self._io(spool.append, rows)
@@ -384,7 +398,7 @@ class StoreAndForward:
 
     async def _replay(self) -> None:
         sink = self._require_sink()
-        self._next_replay_at = time.monotonic()
+        self._tokens, self._tokens_at = 0.0, time.monotonic()
         while True:
             await self._spooled.wait()
             spool = self.spool
@@ -408,9 +422,7 @@ class StoreAndForward:
                 else:
                     await asyncio.sleep(ACK_FLUSH_S / 5)  # acknowledgements still to come
                 continue
-            for row in rows:
-                if not await self._replay_one(sink, row):
-                    break  # disconnected: wait for the next connection
+            await self._replay_rows(sink, rows)  # returns early when disconnected: wait for the next connection
 
     async def _upkeep(self) -> None:
         while True:
@@ -442,19 +454,45 @@ class StoreAndForward:
             self._spooled.set()
         log.warning("spool_available_again", spool=str(spool.path), spooled=spool.count, lost=dict(self.lost_by_reason))
 
-    async def _replay_one(self, sink: Sink, row: SpooledMessage) -> bool:
-        """Send one spooled message at the replay rate, into a free window slot; False if disconnected."""
-        now = time.monotonic()
-        if self._next_replay_at > now:
-            await asyncio.sleep(self._next_replay_at - now)
-        # Never bank more than a second of unused rate (after a pause the replay would burst).
-        self._next_replay_at = max(self._next_replay_at + self._replay_interval_s, time.monotonic() - 1.0)
-        while not sink.try_publish(row.topic, row.payload, row.id):
-            if not sink.connected:
-                return False
-            await asyncio.sleep(REPLAY_SLOT_POLL_S)
-        self._cursor = row.id
-        self._replays_in_flight += 1
+    async def _replay_rows(self, sink: Sink, rows: Sequence[SpooledMessage]) -> bool:
+        """Send ``rows`` in order at the replay rate, into free window slots; False if disconnected first.
+
+        The rate is a token bucket refilled at ``replay_per_s`` (banking at most a second of unused rate, so a
+        pause never turns into a burst of more than a second's worth). Each turn of the event loop sends as many
+        rows as the bucket and the free slots allow, one write for all of them, then yields: a sleep per message
+        would cost an event-loop turn per message and cap the replay far below the rate asked for.
+        """
+        rate = 1.0 / self._replay_interval_s
+        index, count = 0, len(rows)
+        while index < count:
+            if self._live_handing:
+                # Live data first: while a live batch is handed over (or spooled) the replay takes no slot, so
+                # under load it uses the capacity live data leaves.
+                await asyncio.sleep(REPLAY_SLOT_POLL_S)
+                continue
+            now = time.monotonic()
+            self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
+            self._tokens_at = now
+            if self._tokens < 1.0:
+                await asyncio.sleep(max((1.0 - self._tokens) / rate, REPLAY_SLOT_POLL_S))
+                continue
+            allowed = min(int(self._tokens), count - index)
+            sent = 0
+            while sent < allowed:
+                row = rows[index]
+                if not sink.try_publish(row.topic, row.payload, row.id):
+                    break
+                self._cursor = row.id
+                self._replays_in_flight += 1
+                index += 1
+                sent += 1
+            self._tokens -= sent
+            if sent < allowed:  # no free slot (live data has the window first), or the link is down
+                if not sink.connected:
+                    return False
+                await asyncio.sleep(REPLAY_SLOT_POLL_S)
+            else:
+                await asyncio.sleep(0)  # let live data and PUBACKs through between bursts
         return True
 
     async def _flush_acks(self) -> None:

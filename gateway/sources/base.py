@@ -10,7 +10,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from gateway.schema import Quality, Value
 
@@ -73,10 +73,25 @@ class PollSchedule:
     deadline: float
     overruns: int = 0
     late_s: float = 0.0
+    held_s: float = 0.0
+    """Time polls were held back past their deadline because the data already waiting for the sink was too old
+    (see ``Backlog``); ``held_polls`` is that in intervals."""
 
     @property
     def skipped_cycles(self) -> int:
         return int(self.late_s // self.interval_s)
+
+    @property
+    def held_polls(self) -> int:
+        """Polls the fixed rate asked for that were skipped because the backlog was too old."""
+        return int(self.held_s // self.interval_s)
+
+    def resume(self, now: float) -> None:
+        """The poll held back by the backlog starts at ``now``: the schedule runs on from here (as after an
+        overrun: no burst to catch up), the time past the deadline counted in ``held_s``."""
+        if now > self.deadline:
+            self.held_s += now - self.deadline
+            self.deadline = now
 
     def after_cycle(self, now: float) -> bool:
         """Move on past the cycle that ended at ``now``; True when it overran (the next poll is due at once)."""
@@ -129,3 +144,97 @@ class OverrunLog:
         line = OverrunLine(True, schedule.overruns - self.ended_overruns, schedule.skipped_cycles - self.ended_skipped)
         self.ended_overruns, self.ended_skipped = schedule.overruns, schedule.skipped_cycles
         return line
+
+
+class Backlog(Protocol):
+    """What a poll loop sees of the path to the sink (``gateway.queueing.MessageQueue``)."""
+
+    def backlog_age_s(self) -> float:
+        """Seconds the oldest data not yet handed to the sink has waited."""
+        ...
+
+    async def until_backlog_below(self, max_age_s: float) -> None:
+        """Return once ``backlog_age_s()`` is below ``max_age_s``."""
+        ...
+
+
+class HeldLine(NamedTuple):
+    """A line a poll loop logs about polls skipped for the backlog: ``poll_skipped`` (``over`` False: the episode
+    began, or goes on; ``skipped`` counts its skipped polls so far) or ``poll_skipping_over`` (``over`` True: the
+    episode's total). ``episode_s``: how long the episode has lasted."""
+
+    over: bool
+    skipped: int
+    episode_s: float
+
+
+@dataclass(slots=True)
+class HeldLog:
+    """When a poll loop says that it skips polls because the data already queued is older than its cap. Pure.
+
+    An episode is a run of polls that each had to wait for the backlog; it ends at the first poll that did not.
+    Its first wait is logged at once, then at most one ``poll_skipped`` every ``every_s`` while it lasts, and one
+    ``poll_skipping_over`` with the episode's count when it ends: never silent, never a line per cycle.
+    """
+
+    every_s: float = OVERLOAD_LOG_EVERY_S
+    logged_at: float = -math.inf
+    started_at: float | None = None
+    baseline_s: float = 0.0
+    """``schedule.held_s`` at the last poll that did not wait: what episodes before this one held."""
+
+    def before_poll(self, schedule: PollSchedule, *, held: bool, now: float) -> HeldLine | None:
+        """After the wait (if any) that came before the poll starting at ``now``; ``held``: it had to wait."""
+        skipped = int((schedule.held_s - self.baseline_s) // schedule.interval_s)
+        if held:
+            if self.started_at is None:
+                self.started_at = now
+                self.logged_at = -math.inf
+            if now - self.logged_at < self.every_s:
+                return None
+            self.logged_at = now
+            return HeldLine(False, skipped, now - self.started_at)
+        self.baseline_s = schedule.held_s
+        if self.started_at is None:
+            return None
+        line = HeldLine(True, skipped, now - self.started_at)
+        self.started_at = None
+        return line
+
+
+@dataclass(slots=True)
+class HoldBack:
+    """What a poll loop does before each poll: wait while the data already waiting for the sink (``backlog``) is
+    ``max_queue_age_ms`` old, so an overloaded sink gets fresh data late rather than old data on time. The polls
+    whose time passes meanwhile are skipped (``schedule.held_polls``), logged by episode (``HeldLog``) as
+    ``poll_skipped`` / ``poll_skipping_over``. No backlog, or ``max_queue_age_ms`` 0: never waits."""
+
+    backlog: Backlog | None
+    max_queue_age_ms: int
+    interval_ms: int
+    log: Any
+    """The source's bound structlog logger."""
+    lines: HeldLog = field(default_factory=HeldLog)
+
+    async def before_poll(self, schedule: PollSchedule, clock: Callable[[], float]) -> None:
+        """``clock``: the loop's time, the schedule's clock."""
+        backlog, max_age_s = self.backlog, self.max_queue_age_ms / 1000
+        if backlog is None or max_age_s <= 0:
+            return
+        age_s = backlog.backlog_age_s()
+        held = age_s >= max_age_s
+        if held:
+            await backlog.until_backlog_below(max_age_s)
+            schedule.resume(clock())
+        line = self.lines.before_poll(schedule, held=held, now=clock())
+        if line is None:
+            return
+        self.log.warning(
+            "poll_skipping_over" if line.over else "poll_skipped",
+            interval_ms=self.interval_ms,
+            max_queue_age_ms=self.max_queue_age_ms,
+            skipped=line.skipped,
+            skipped_total=schedule.held_polls,
+            episode_s=round(line.episode_s, 3),
+            queue_age_ms=None if line.over else round(age_s * 1000, 1),
+        )

@@ -54,7 +54,17 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 from gateway.errors import SourceError
 from gateway.schema import STATUS_COMM_FAILURE, STATUS_DECODE_ERROR, Quality, device_exception_status
-from gateway.sources.base import CycleTimes, Emit, OverrunLine, OverrunLog, PollSchedule, RawReading, ReportLink
+from gateway.sources.base import (
+    Backlog,
+    CycleTimes,
+    Emit,
+    HoldBack,
+    OverrunLine,
+    OverrunLog,
+    PollSchedule,
+    RawReading,
+    ReportLink,
+)
 from gateway.sources.modbus_plan import ReadPlan, ReadRequest, failed_readings
 from gateway.sources.modbus_skip import Skip, SkipPolicy, UnitSkip
 from gateway.sources.modbus_tcp import (
@@ -141,7 +151,10 @@ class SerialEndpoint:
 class ModbusUnit:
     """One Cellgate device behind a connection: a Modbus unit id (inside ``plan``) polled every ``interval_ms``.
 
-    ``name`` is the device name, used in logs, task names and ``ModbusConnection.stats``.
+    ``name`` is the device name, used in logs, task names and ``ModbusConnection.stats``. When ``backlog`` is
+    given and ``max_queue_age_ms`` > 0, a poll whose time comes while the data already waiting for the sink is
+    that old waits until it is younger (the polls whose time passes meanwhile are skipped and counted in
+    ``UnitStats.backlog_skipped``), so an overloaded sink gets fresh data late rather than old data on time.
     """
 
     name: str
@@ -149,6 +162,8 @@ class ModbusUnit:
     interval_ms: int
     emit: Emit
     report_link: ReportLink
+    backlog: Backlog | None = None
+    max_queue_age_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -158,9 +173,14 @@ class UnitStats:
     cycles: int = 0
     # Cycles whose reads and emit ended after the next deadline (see base.PollSchedule).
     overruns: int = 0
+    # Polls skipped because the data already waiting for the sink was older than max_queue_age_ms (the poll waited
+    # for the backlog; see ModbusUnit).
+    backlog_skipped: int = 0
     # Polls the fixed rate asked for that did not happen: the time overruns pushed the schedule back, in intervals
     # (after an overrun the next poll starts at once, never in a burst to catch up).
     skipped_cycles: int = 0
+    # Read requests answered with data (the other results: ``reads_by_result``).
+    reads_ok: int = 0
     comm_failures: int = 0
     exception_responses: int = 0
     request_errors: int = 0
@@ -178,6 +198,18 @@ class UnitStats:
         """Poll deadlines at which nothing could be read: failed cycles (link down, timeout) and polls skipped in
         back-off. Logged per outage as ``missed_cycles`` of ``modbus_link_up``."""
         return self.comm_failures + self.backoff_skipped_polls
+
+    def reads_by_result(self) -> dict[str, int]:
+        """Read requests by result (``cellgate_device_reads_total``): ``connection_error`` is a cycle that found no
+        connection or lost it (the rest of that cycle is not read), ``decode_error`` an answer the library refused
+        or could not parse, ``exception`` a Modbus exception response."""
+        return {
+            "ok": self.reads_ok,
+            "timeout": self.timeouts,
+            "connection_error": self.comm_failures - self.timeouts,
+            "exception": self.exception_responses,
+            "decode_error": self.request_errors,
+        }
 
 
 class _ReadResponse(Protocol):
@@ -533,7 +565,10 @@ class ModbusConnection:
         await self._first_attempt_done.wait()
         schedule = PollSchedule(interval_s=interval, deadline=loop.time())
         overrun_log = OverrunLog()
+        hold_back = HoldBack(unit.backlog, unit.max_queue_age_ms, unit.interval_ms, log)
         while True:
+            await hold_back.before_poll(schedule, loop.time)  # skips polls while the queued data is too old
+            stats.backlog_skipped = schedule.held_polls
             cycle_started = loop.time()
             polled = skip.should_poll(cycle_started)
             if polled:
@@ -610,8 +645,10 @@ class ModbusConnection:
                     stats.exception_responses += 1
                     readings += failed_readings(request, ts=ts, status=device_exception_status(outcome.code))
                 elif isinstance(outcome, bytes):
+                    stats.reads_ok += 1
                     readings += request.decode_block(outcome, ts=ts)
                 else:
+                    stats.reads_ok += 1
                     readings += request.decode(outcome, ts=ts)
         finally:
             reads.abandon()

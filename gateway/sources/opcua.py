@@ -7,7 +7,8 @@ different order, so ``ns=2`` can now be another namespace and values would land 
 
     connect (each attempt bounded by ``timeout_ms``; paced by ``reconnect``: exponential backoff + jitter)
       → read NamespaceArray, resolve every tag's namespace URI to today's index (pure: ``plan_nodes``)
-      → subscribe (sync handler → bounded queue → consumer task → emit) or poll (fixed rate, chunked Read)
+      → subscribe (our publish loop, or asyncua's with a sync handler → bounded queue → consumer task → emit)
+        or poll (fixed rate, chunked Read)
       → wait for loss: ``connection_lost_callback`` (asyncua's supervisor probe / socket close),
         a bad ``status_change_notification``, a failed Read, or our own subscription-silence watchdog
       → report_link(False, reason) once, emit ``comm_failure`` for every tag once, tear the client down,
@@ -17,15 +18,15 @@ different order, so ``ns=2`` can now be another namespace and values would land 
 
 The silence watchdog (subscribe mode) is for a server that still answers requests but whose subscription went
 quiet: a PLC whose publish engine hung, or a frozen process behind a TCP stack that still accepts. Its liveness
-signal is every Publish response of the subscription, data or keep-alive. asyncua 2.1 passes keep-alives to
-neither ``datachange_notification`` nor ``status_change_notification``, but it reports every Publish response,
-keep-alives included (as 0 notifications), to the client's ``Observer.on_notification``; we install one per
-client (``_PublishActivity``). ``Subscription.last_publish_at`` is not usable: asyncua's own stale-subscription
-watchdog resets it every time it re-creates a silent subscription, so a server that never publishes again would
-never look silent. The bound: link down is reported at most ``silence_s + check`` after the last Publish
-response, where ``silence_s = max(SILENCE_KEEPALIVES × keep-alive period, 2 × timeout)`` (``OpcUaSource.
-silence_timeout_s``) and ``check = min(1 s, silence_s / 4)``; sooner when asyncua's ServerState probe (every
-``min(timeout, 5 s)``) fails first, as it does for a frozen server.
+signal is every Publish response of the subscription, data or keep-alive, noted in ``_PublishActivity``: by our own
+publish loop on the fast path (``opcua_fastpath``), and on asyncua's path through the client's
+``Observer.on_notification``, to which asyncua 2.1 reports every Publish response, keep-alives included (as 0
+notifications; its handler methods never see keep-alives). On asyncua's path ``Subscription.last_publish_at`` is
+not usable: asyncua's own stale-subscription watchdog resets it every time it re-creates a silent subscription, so
+a server that never publishes again would never look silent. The bound: link down is reported at most ``silence_s +
+check`` after the last Publish response, where ``silence_s = max(SILENCE_KEEPALIVES × keep-alive period, 2 ×
+timeout)`` (``OpcUaSource.silence_timeout_s``) and ``check = min(1 s, silence_s / 4)``; sooner when asyncua's
+ServerState probe (every ``min(timeout, 5 s)``) fails first, as it does for a frozen server.
 
 Every network call is bounded by ``timeout_ms``. Nothing here raises on bad data: problems become readings
 with quality bad (see ``opcua_status`` for the status strings).
@@ -46,22 +47,30 @@ from dataclasses import dataclass
 import structlog
 from asyncua import ua
 from asyncua.client.client import Client
-from asyncua.client.ua_session import UaSession
 from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeNotif, Subscription
-from asyncua.common.utils import Buffer
 from asyncua.observer import Observer
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
-from asyncua.ua.ua_binary import struct_from_binary
-from asyncua.ua.uaerrors import UaError, UaStatusCodeError, UaStructParsingError
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from gateway.pki import PkiError, ServerCertificateRejectedError
 from gateway.schema import STATUS_COMM_FAILURE
 from gateway.secrets import SecretFileError
-from gateway.sources.base import OVERLOAD_LOG_EVERY_S, Emit, OverrunLog, PollSchedule, RawReading, ReportLink
-from gateway.sources.opcua_publish import DataChanges, decode_data_changes
+from gateway.sources.base import (
+    OVERLOAD_LOG_EVERY_S,
+    Backlog,
+    CycleTimes,
+    Emit,
+    HoldBack,
+    OverrunLog,
+    PollSchedule,
+    RawReading,
+    ReportLink,
+)
+from gateway.sources.opcua_fastpath import FastSubscription, create_subscription, fast_path_unavailable
+from gateway.sources.opcua_fastpath import Transport as FastTransport
 from gateway.sources.opcua_security import ClientSecurity, SecurityRefusedError, read_password_file, secure_client
 from gateway.sources.opcua_status import (
     SUBSCRIPTION_KEEPALIVE_S,
@@ -78,6 +87,7 @@ from gateway.sources.opcua_status import (
     subscription_timing,
 )
 from gateway.sources.reconnect import STABLE_LINK_S, LogLine, Reconnect, ReconnectPolicy, Step
+from gateway.vocabulary import OpcUaMode
 
 __all__ = ["OpcUaDeviceOptions", "OpcUaSource", "OpcUaSourceStats", "OpcUaTagRef", "quiet_asyncua_loggers"]
 
@@ -140,16 +150,31 @@ class OpcUaSourceStats:
     link_losses: int = 0
     notifications: int = 0
     fast_publish_responses: int = 0  # Publish responses of data changes decoded by opcua_publish
-    asyncua_publish_responses: int = 0  # the others (status changes, keep-alives of a recreated subscription...)
+    asyncua_publish_responses: int = 0  # the others on the fast path (status changes, diagnostics): asyncua decodes
     unknown_handles: int = 0  # notifications for a client handle this connection never asked for
     queue_overflow_dropped: int = 0  # subscription readings dropped (oldest first) because the queue was full
     queue_dropped_at_stop: int = 0  # readings still queued when the source was cancelled
     polls: int = 0
     poll_overruns: int = 0  # polls (with their emit) that ran past their slot; the next one then starts at once
     poll_skipped_cycles: int = 0  # polls the fixed rate asked for that overruns cost (see base.PollSchedule)
+    backlog_skipped: int = 0  # polls skipped while the data waiting for the sink was older than max_queue_age_ms
     read_requests: int = 0
+    reads_ok: int = 0  # Read calls (poll mode) answered
+    read_timeouts: int = 0  # Read calls without an answer within timeout_ms
+    read_errors: int = 0  # Read calls that failed otherwise (a Bad service result, a broken session)
     read_chunk_reductions: int = 0  # BadTooManyOperations from a server that under-reports MaxNodesPerRead
     missed_cycles: int = 0  # intervals (interval_ms) that passed while the link was down, added when it is up again
+    cycle_times: CycleTimes | None = None  # poll mode: cycle durations (cellgate_device_poll_seconds); None subscribed
+
+    def reads_by_result(self) -> dict[str, int]:
+        """Requests to the server by result (``cellgate_device_reads_total``): Read calls in poll mode, and in
+        subscribe mode every Publish response as ``ok``; failed connects as ``connection_error``."""
+        return {
+            "ok": self.reads_ok + self.fast_publish_responses + self.asyncua_publish_responses,
+            "timeout": self.read_timeouts,
+            "error": self.read_errors,
+            "connection_error": self.connect_failures,
+        }
 
 
 class _EmitError(Exception):
@@ -238,98 +263,6 @@ class _DataChangeHandler:
             self._watch.lose(f"subscription status {status_name(code.value)}")
 
 
-class _FastPublishPath:
-    """Takes over the Publish responses of one subscription from asyncua's generic path (see ``opcua_publish``).
-
-    asyncua's publish loop stays in charge (one outstanding PublishRequest, acknowledgements, retries, the
-    session's life); only two of its session's hooks are replaced, for this connection's session alone (a fresh
-    Client per connection, so nothing outlives it):
-
-    * ``session.publish``: sends the PublishRequest as asyncua does, then reads a response of data changes with
-      ``decode_data_changes`` into readings at once; any other response (a status change, events, another
-      subscription id after asyncua re-created the subscription) is decoded by asyncua as before.
-    * the subscription's entry in ``session._subscription_callbacks``: hands those readings to ``push`` in one
-      go, notes the Publish activity for the silence watchdog and asyncua's stale check, and passes everything
-      else on to asyncua's own ``Subscription.publish_callback`` (which calls ``_DataChangeHandler``).
-
-    What asyncua needs from the response it gets back, a PublishResult with SubscriptionId, SequenceNumber and
-    NotificationData (non-empty when there is something to acknowledge), is kept: the readings travel inside it
-    as the single NotificationData element.
-    """
-
-    def __init__(
-        self,
-        *,
-        session: UaSession,
-        subscription: Subscription,
-        tags_by_handle: dict[int, tuple[str, ...]],
-        push: Callable[[Sequence[RawReading]], None],
-        activity: _PublishActivity,
-        handler: _DataChangeHandler,
-        stats: OpcUaSourceStats,
-        type_names: Mapping[str, str] | None = None,
-    ) -> None:
-        if subscription.subscription_id is None:
-            raise ua.uaerrors.UaError("subscription has no id")
-        self._session = session
-        self._subscription = subscription
-        self._subscription_id: int = subscription.subscription_id
-        self._tags_by_handle = tags_by_handle
-        self._push = push
-        self._activity = activity
-        self._handler = handler
-        self._stats = stats
-        self._type_names = type_names
-        self._asyncua_callback = session._subscription_callbacks[self._subscription_id]
-
-    def install(self) -> None:
-        self._session._subscription_callbacks[self._subscription_id] = self._on_publish_result
-        # An instance attribute shadows the method for this session only; the publish loop looks it up each time.
-        self._session.publish = self._publish  # type: ignore[method-assign]
-
-    async def _publish(self, acks: list[ua.SubscriptionAcknowledgement]) -> ua.PublishResponse:
-        request = ua.PublishRequest()
-        request.Parameters.SubscriptionAcknowledgements = acks if acks else []
-        data = await self._session._send_request(request, timeout=0)  # 0: the server holds it until it has news
-        body = bytes(data)
-        try:
-            changes = decode_data_changes(body, tags_by_handle=self._tags_by_handle, received_at=time.time(),
-                                          type_names=self._type_names)
-            if changes is None or changes.subscription_id != self._subscription_id:
-                self._stats.asyncua_publish_responses += 1
-                response: ua.PublishResponse = struct_from_binary(ua.PublishResponse, Buffer(body))
-                return response
-        except Exception as exc:
-            # As asyncua's own publish: the loop drops this response and carries on with the next request.
-            log.warning("opcua_publish_response_unreadable", error=describe_error(exc))
-            raise UaStructParsingError from exc
-        self._stats.fast_publish_responses += 1
-        response = ua.PublishResponse()
-        message = response.Parameters.NotificationMessage
-        response.Parameters.SubscriptionId = changes.subscription_id
-        message.SequenceNumber = changes.sequence_number
-        # Non-empty only when the message carried notifications: asyncua acknowledges exactly those.
-        message.NotificationData = [changes] if changes.notifications else []
-        return response
-
-    def _on_publish_result(self, result: ua.PublishResult) -> object:
-        data = result.NotificationMessage.NotificationData
-        if not data or not isinstance(data[0], DataChanges):
-            return self._asyncua_callback(result)  # keep-alives and whatever asyncua decoded
-        changes: DataChanges = data[0]
-        self._subscription.last_publish_at = time.monotonic()  # asyncua's stale-subscription check reads it
-        self._subscription.last_sequence_number = changes.sequence_number
-        self._activity.on_notification(self._subscription_id, changes.items)
-        if changes.unknown_handles:
-            self._stats.unknown_handles += changes.unknown_handles
-        if self._handler.closed:
-            return None
-        self._stats.notifications += changes.items
-        if changes.readings:
-            self._push(changes.readings)
-        return None
-
-
 def _monitored_item_requests(
     plan: NodePlan, *, sampling_interval_ms: float, queue_size: int
 ) -> list[ua.MonitoredItemCreateRequest]:
@@ -366,6 +299,8 @@ class OpcUaSource:
     ``keepalive_s`` is the keep-alive period asked of the server (subscribe mode, rounded up to whole publishing
     intervals); the silence watchdog fires after ``silence_timeout_s`` without a Publish response.
     ``stable_link_s``: a link lost before it has lived this long counts as a failed attempt for the backoff.
+    ``fast_publish``: serve subscriptions with our own publish loop and decoder (``opcua_fastpath``) when the
+    installed asyncua passes its feature check; False (or a failed check) uses asyncua's subscription API.
     """
 
     def __init__(
@@ -381,14 +316,17 @@ class OpcUaSource:
         keepalive_s: float = SUBSCRIPTION_KEEPALIVE_S,
         stable_link_s: float = STABLE_LINK_S,
         security: ClientSecurity | None = None,
+        backlog: Backlog | None = None,
+        fast_publish: bool = True,
     ) -> None:
         if keepalive_s <= 0:
             raise ValueError(f"keepalive_s must be > 0, not {keepalive_s}")
         self.device = device
         self.options = options
         self.security = security
+        self._backlog = backlog  # poll mode: polls are skipped while its data is max_queue_age_ms old
         self.tags = tuple(tags)
-        self.stats = OpcUaSourceStats()
+        self.stats = OpcUaSourceStats(cycle_times=CycleTimes() if options.mode is OpcUaMode.POLL else None)
         self._tag_names = tuple(tag.name for tag in self.tags)
         self._timeout_s = options.timeout_ms / 1000.0
         self._reconnect = Reconnect(
@@ -415,6 +353,10 @@ class OpcUaSource:
         self._channel: dict[str, object] = {"security_policy": "None", "security_mode": "None"}
         self._type_names: dict[str, str] = {}  # this connection's structure encoding ids -> type names
         self._log = log.bind(device=device, endpoint=options.endpoint)
+        # Why the fast publish path (opcua_fastpath) is not used, or None when it is.
+        self._fast_publish_problem = fast_path_unavailable() if fast_publish else "fast_publish is off"
+        self._publish_path_logged = False
+        self._unreadable_logged_at = -OVERLOAD_LOG_EVERY_S
 
     @property
     def silence_timeout_s(self) -> float:
@@ -435,7 +377,7 @@ class OpcUaSource:
             client.connection_lost_callback = watch.on_connection_lost
             try:
                 try:
-                    if self.options.mode == "subscribe":
+                    if self.options.mode is OpcUaMode.SUBSCRIBE:
                         reason = await self._serve_subscription(client, watch, emit, report_link)
                     else:
                         reason = await self._serve_poll(client, watch, emit, report_link)
@@ -675,74 +617,52 @@ class OpcUaSource:
         emit: Emit,
         report_link: ReportLink,
     ) -> str:
-        options = self.options
         plan = await self._plan(client)
         tags_by_handle = _tags_by_handle(plan)
         handler = _DataChangeHandler(tags_by_handle=tags_by_handle, push=self._push, watch=watch, stats=self.stats,
                                      type_names=self._type_names)
-        timing = self._timing
         # A fresh Client per connection, so a fresh observer: it only ever sees this connection's subscription.
         activity = _PublishActivity()
         client.uaclient.observer = activity
         consumer = asyncio.create_task(self._drain(emit), name=f"device[{self.device}].opcua.emit")
+        publisher: asyncio.Task[None] | None = None
         try:
-            subscription: Subscription | None = None
+            subscribed = False
             silence_s = self.silence_timeout_s
             if plan.nodes:
-                params = ua.CreateSubscriptionParameters()
-                params.RequestedPublishingInterval = timing.publishing_interval_ms
-                params.RequestedMaxKeepAliveCount = timing.max_keepalive_count
-                params.RequestedLifetimeCount = timing.lifetime_count
-                params.MaxNotificationsPerPublish = 0  # 0 = no limit
-                params.PublishingEnabled = True
-                params.Priority = 0
-                async with asyncio.timeout(self._timeout_s):
-                    subscription = await client.create_subscription(params, handler)
-                silence_s = self._silence_after_revision(subscription, silence_s)
-                _FastPublishPath(
-                    session=client.uaclient.session,
-                    subscription=subscription,
-                    tags_by_handle=tags_by_handle,
-                    push=self._push,
-                    activity=activity,
-                    handler=handler,
-                    stats=self.stats,
-                    type_names=self._type_names,
-                ).install()
-                requests = _monitored_item_requests(
-                    plan,
-                    sampling_interval_ms=options.sampling_interval_ms or options.interval_ms,
-                    queue_size=options.queue_size,
-                )
-                # CreateMonitoredItems in chunks, each under the request timeout: one call for 20,000 items
-                # takes a server longer than any sane timeout. The answer per item is a handle or a Bad status.
-                results: list[int | ua.StatusCode] = []
-                for start in range(0, len(requests), MONITORED_ITEMS_PER_CALL):
-                    async with asyncio.timeout(self._timeout_s):
-                        results += await subscription.create_monitored_items(
-                            requests[start : start + MONITORED_ITEMS_PER_CALL]
-                        )
-                if len(results) != len(plan.nodes):
-                    raise ua.uaerrors.UaError(f"{len(results)} monitored-item results for {len(plan.nodes)} nodes")
-                self._push(self._problem_readings(plan))
-                self._push(self._subscribe_failures(plan, results))
+                transport = client.uaclient.protocol if self._fast_publish_problem is None else None
+                self._log_publish_path(fast=transport is not None)
+                if transport is not None:
+                    fast = await self._subscribe_fast(transport, plan, tags_by_handle, activity, watch)
+                    silence_s = self._silence_for_keepalive(fast.revision.keepalive_s, silence_s)
+                    publisher = asyncio.create_task(self._publish(fast, watch),
+                                                    name=f"device[{self.device}].opcua.publish")  # fmt: skip
+                else:
+                    subscription = await self._subscribe_asyncua(client, plan, handler)
+                    parameters = subscription.parameters
+                    silence_s = self._silence_for_keepalive(
+                        float(parameters.RequestedPublishingInterval)
+                        * max(int(parameters.RequestedMaxKeepAliveCount), 1) / 1000, silence_s
+                    )
+                subscribed = True
             else:
                 self._push(self._problem_readings(plan))
             self._mark_up(report_link, plan)
-            reason = await self._watch_subscription(
-                watch, activity if subscription is not None else None, consumer, silence_s
-            )
+            reason = await self._watch_subscription(watch, activity if subscribed else None, consumer, silence_s)
             handler.closed = True
+            await _stop(publisher)
             await self._flush_queue(consumer)
             return reason
         except asyncio.CancelledError:
             # Stopping: do not wait for a possibly stuck sink; what is still queued is dropped (and counted).
             handler.closed = True
+            await _stop(publisher)
             self._discard_queue()
             raise
         except Exception:
             # Readings already queued belong before the comm_failure readings that follow: flush them first.
             handler.closed = True
+            await _stop(publisher)
             await self._flush_queue(consumer)
             raise
         finally:
@@ -750,14 +670,107 @@ class OpcUaSource:
             with contextlib.suppress(asyncio.CancelledError):
                 await consumer
 
-    def _silence_after_revision(self, subscription: Subscription, silence_s: float) -> float:
-        """The silence timeout for the keep-alive period actually in force. When the server revises the
-        publishing interval, asyncua modifies the subscription to a keep-alive count of its own (75 % of the
-        session timeout); ``parameters`` then holds those values. A longer keep-alive must widen the watchdog, or
-        a quiet subscription would be torn down between two keep-alives; a shorter one never narrows it."""
-        parameters = subscription.parameters
-        interval_ms = float(parameters.RequestedPublishingInterval)
-        keepalive_s = interval_ms * max(int(parameters.RequestedMaxKeepAliveCount), 1) / 1000
+    def _log_publish_path(self, *, fast: bool) -> None:
+        """Which publish path serves this source's subscriptions, once per source."""
+        if self._publish_path_logged:
+            return
+        self._publish_path_logged = True
+        if fast:
+            self._log.info("opcua_publish_path", path="fast")
+        else:
+            reason = self._fast_publish_problem or "no transport"
+            self._log.info("opcua_publish_path", path="asyncua", reason=reason)
+
+    def _subscription_parameters(self) -> ua.CreateSubscriptionParameters:
+        timing = self._timing
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = timing.publishing_interval_ms
+        params.RequestedMaxKeepAliveCount = timing.max_keepalive_count
+        params.RequestedLifetimeCount = timing.lifetime_count
+        params.MaxNotificationsPerPublish = 0  # 0 = no limit
+        params.PublishingEnabled = True
+        params.Priority = 0
+        return params
+
+    def _item_requests(self, plan: NodePlan) -> list[ua.MonitoredItemCreateRequest]:
+        options = self.options
+        sampling_interval_ms = options.sampling_interval_ms or options.interval_ms
+        return _monitored_item_requests(plan, sampling_interval_ms=sampling_interval_ms, queue_size=options.queue_size)
+
+    async def _subscribe_fast(
+        self,
+        transport: FastTransport,
+        plan: NodePlan,
+        tags_by_handle: dict[int, tuple[str, ...]],
+        activity: _PublishActivity,
+        watch: _LinkWatch,
+    ) -> FastSubscription:
+        """The subscription and its monitored items, served by our own publish loop (``opcua_fastpath``)."""
+        async with asyncio.timeout(self._timeout_s):
+            revision = await create_subscription(transport, self._subscription_parameters(), timeout_s=self._timeout_s)
+        fast = FastSubscription(
+            transport,
+            revision,
+            tags_by_handle=tags_by_handle,
+            push=self._push,
+            on_publish=lambda items: activity.on_notification(revision.subscription_id, items),
+            stats=self.stats,
+            type_names=self._type_names,
+            on_unreadable=self._publish_unreadable,
+        )
+        results: list[int | ua.StatusCode] = []
+        requests = self._item_requests(plan)
+        # CreateMonitoredItems in chunks, each under the request timeout: one call for 20,000 items takes a
+        # server longer than any sane timeout. The answer per item is a handle or a Bad status.
+        for start in range(0, len(requests), MONITORED_ITEMS_PER_CALL):
+            async with asyncio.timeout(self._timeout_s):
+                results += await fast.create_monitored_items(
+                    requests[start : start + MONITORED_ITEMS_PER_CALL], timeout_s=self._timeout_s
+                )
+        self._check_results(plan, results)
+        return fast
+
+    async def _subscribe_asyncua(self, client: Client, plan: NodePlan, handler: _DataChangeHandler) -> Subscription:
+        """The subscription through asyncua's public API: its publish loop calls ``handler``."""
+        async with asyncio.timeout(self._timeout_s):
+            subscription = await client.create_subscription(self._subscription_parameters(), handler)
+        results: list[int | ua.StatusCode] = []
+        requests = self._item_requests(plan)
+        for start in range(0, len(requests), MONITORED_ITEMS_PER_CALL):
+            async with asyncio.timeout(self._timeout_s):
+                results += await subscription.create_monitored_items(requests[start : start + MONITORED_ITEMS_PER_CALL])
+        self._check_results(plan, results)
+        return subscription
+
+    def _check_results(self, plan: NodePlan, results: Sequence[int | ua.StatusCode]) -> None:
+        if len(results) != len(plan.nodes):
+            raise ua.uaerrors.UaError(f"{len(results)} monitored-item results for {len(plan.nodes)} nodes")
+        self._push(self._problem_readings(plan))
+        self._push(self._subscribe_failures(plan, results))
+
+    async def _publish(self, fast: FastSubscription, watch: _LinkWatch) -> None:
+        """Runs the fast publish loop; whatever ends it ends the link."""
+        try:
+            reason = await fast.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reason = describe_error(exc)
+            if not isinstance(exc, _CONNECT_ERRORS):
+                self._log.warning("opcua_session_error", error=reason, exc_info=True)
+        watch.lose(reason)
+
+    def _publish_unreadable(self, error: str) -> None:
+        now = time.monotonic()
+        if now - self._unreadable_logged_at >= OVERLOAD_LOG_EVERY_S:
+            self._unreadable_logged_at = now
+            self._log.warning("opcua_publish_response_unreadable", error=error)
+
+    def _silence_for_keepalive(self, keepalive_s: float, silence_s: float) -> float:
+        """The silence timeout for the keep-alive period actually in force. A server may revise the publishing
+        interval or keep-alive count (and asyncua then modifies its subscription to a keep-alive count of its own:
+        75 % of the session timeout). A longer keep-alive must widen the watchdog, or a quiet subscription would
+        be torn down between two keep-alives; a shorter one never narrows it."""
         revised_s = SILENCE_KEEPALIVES * keepalive_s
         if revised_s <= silence_s:
             return silence_s
@@ -852,13 +865,20 @@ class OpcUaSource:
         schedule = PollSchedule(interval_s=self.options.interval_ms / 1000.0, deadline=loop.time())
         overruns_before, skipped_before = self.stats.poll_overruns, self.stats.poll_skipped_cycles
         overrun_log = OverrunLog()
+        hold_back = HoldBack(self._backlog, self.options.max_queue_age_ms, self.options.interval_ms, self._log)
+        held_before = self.stats.backlog_skipped
+        cycle_times = self.stats.cycle_times
         while True:
+            await hold_back.before_poll(schedule, loop.time)  # skips polls while the queued data is too old
+            self.stats.backlog_skipped = held_before + schedule.held_polls
             cycle_started = loop.time()
             if nodes:
                 readings, chunk_size = await self._poll_once(client, plan, nodes, chunk_size)
                 self.stats.polls += 1
                 await _emit_checked(emit, readings)
             now = loop.time()
+            if nodes and cycle_times is not None:
+                cycle_times.observe(now - cycle_started)  # Reads and hand-over, as Modbus units measure it
             overran = schedule.after_cycle(now)
             if overran:
                 # The stats run across connections, the schedule is this connection's.
@@ -899,7 +919,11 @@ class OpcUaSource:
                 async with asyncio.timeout(self._timeout_s):
                     self.stats.read_requests += 1
                     values = await client.read_attributes(part, AttributeIds.Value)
+            except TimeoutError:
+                self.stats.read_timeouts += 1
+                raise
             except UaStatusCodeError as exc:
+                self.stats.read_errors += 1
                 # A server that under-reports its limit answers BadTooManyOperations: halve and retry.
                 if exc.code == StatusCodes.BadTooManyOperations and len(part) > 1:
                     chunk_size = max(1, math.ceil(len(part) / 2))
@@ -907,6 +931,10 @@ class OpcUaSource:
                     self._log.warning("opcua_read_chunk_reduced", max_nodes_per_read=chunk_size)
                     continue
                 raise
+            except Exception:
+                self.stats.read_errors += 1
+                raise
+            self.stats.reads_ok += 1
             if len(values) != len(part):
                 raise ua.uaerrors.UaError(f"Read returned {len(values)} results for {len(part)} nodes")
             received_at = time.time()
@@ -915,6 +943,14 @@ class OpcUaSource:
                                                          type_names=self._type_names))
             start += len(part)
         return readings, chunk_size
+
+
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _round(seconds: float | None) -> float | None:

@@ -45,7 +45,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
 
 from asyncua import ua
 from asyncua.ua import status_codes
@@ -54,7 +53,9 @@ from asyncua.ua.uaerrors import UaError
 from gateway.schema import STATUS_DECODE_ERROR, Quality, Value
 from gateway.sources.base import RawReading
 from gateway.tagmap.index_range import INDEX_OUT_OF_RANGE, IndexItem, select
+from gateway.tagmap.nodeid import NodeIdKind
 from gateway.value_shape import ValueShape, fits
+from gateway.vocabulary import OpcUaMode
 
 STATUS_NAMESPACE_UNKNOWN = "namespace_unknown"
 STATUS_NODE_ID_INVALID = "node_id_invalid"
@@ -69,8 +70,6 @@ _STATUS_BITS = 0xFFFFFFFF
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 
-NodeKind = Literal["i", "s", "g", "b"]
-OpcUaMode = Literal["subscribe", "poll"]
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -87,7 +86,7 @@ class OpcUaDeviceOptions:
 
     endpoint: str
     namespace_uri: str | None = None
-    mode: OpcUaMode = "subscribe"
+    mode: OpcUaMode = OpcUaMode.SUBSCRIBE
     interval_ms: int = 1000
     sampling_interval_ms: int | None = None
     queue_size: int = 1
@@ -96,6 +95,11 @@ class OpcUaDeviceOptions:
     password: str | None = None
     structures: bool = False
     """Load the server's DataTypeDefinitions at every connect, so its structures decode into objects."""
+    max_queue_age_ms: int = 0
+    """Poll mode: skip polls while the data waiting for the sink is this old (0: never; see sources.base.HoldBack)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", OpcUaMode(self.mode))  # "poll" as text is the member POLL
 
     def __repr__(self) -> str:  # never show the password in logs or tracebacks
         return (
@@ -114,7 +118,7 @@ class OpcUaTagRef:
     """
 
     name: str
-    kind: NodeKind
+    kind: NodeIdKind
     identifier: str | int
     namespace_uri: str | None = None
     namespace_index: int | None = None

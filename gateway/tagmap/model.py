@@ -257,8 +257,8 @@ class SparkplugSection(_Model):
     edge_node_id: TopicSegment | None = None
     """The edge node id; default ``gateway.id``."""
     primary_host: TopicSegment | None = None
-    """A primary host application id: data waits until ``spBv1.0/STATE/{primary_host}`` says online (not yet
-    acted on by the runtime, see README "Sparkplug B")."""
+    """A primary host application id: after every connect, births and data wait (spooled) until
+    ``spBv1.0/STATE/{primary_host}`` says online (README "Sparkplug B")."""
 
 
 class GatewaySection(_Model):
@@ -296,10 +296,6 @@ def _rule_outputs(gateway: GatewaySection) -> Iterator[Issue]:
         yield Issue(("outputs",), "lists an output more than once")
     if Output.SPARKPLUG in gateway.outputs and gateway.sparkplug is None:
         yield Issue(("sparkplug",), "outputs lists sparkplug: give sparkplug.group_id")
-    elif Output.SPARKPLUG in gateway.outputs:
-        # The encoder (gateway.encoders.sparkplug) is there; the runtime does not drive it yet (per-connect
-        # will and births, DBIRTH/DDEATH ordering with data, Rebirth): refused rather than silently ignored.
-        yield Issue(("outputs",), "sparkplug is not run by this version yet (README \"Sparkplug B\"): use uns-json")
 
 
 def _rule_gateway_status_topic(gateway: GatewaySection) -> Iterator[Issue]:
@@ -323,6 +319,7 @@ def _int_from_text(value: Any) -> Any:
     return value
 
 
+MAX_MQTT_CONNECTIONS: Final = 16
 MQTT_DEFAULT_PORTS: Final[Mapping[str, int]] = {"mqtt": 1883, "mqtts": 8883}
 
 
@@ -348,6 +345,10 @@ class MqttSection(_Model):
     key_file: str | None = None
     max_inflight: int = Field(default=1000, ge=1, le=9999)
     """QoS 1 messages awaiting PUBACK at once; with MQTT 5 the broker's Receive Maximum caps it."""
+    connections: int = Field(default=1, ge=1, le=MAX_MQTT_CONNECTIONS)
+    """MQTT connections for data, each topic always on the same one (per-topic order); the first also carries
+    the will, the retained status and the subscriptions. Each has its own window: with a broker announcing a
+    small Receive Maximum (Mosquitto: 20), more connections keep more QoS 1 messages in flight."""
     reconnect_max_s: float = Field(default=10, ge=1, le=3600)
     """Cap of the reconnect backoff (1 s, doubling); also how long failover waits per attempt at most."""
     failover_urls: tuple[Annotated[str, AfterValidator(_check_mqtt_url)], ...] = ()
@@ -434,7 +435,7 @@ class SpoolSection(_Model):
     max_mb: float = Field(default=1024, gt=0)
     """Cap on spooled messages (topic + payload + 48 bytes per message); past it the oldest are dropped.
     At least MIN_SPOOL_MB."""
-    replay_per_s: int = Field(default=5000, ge=1)
+    replay_per_s: int = Field(default=20000, ge=1)
     """Most spooled messages replayed per second once the broker is back (live data always goes first)."""
     window_wait_ms: int = Field(default=1000, ge=0)
     """How long a live message may wait for a free in-flight slot before it goes to the spool instead."""
@@ -951,6 +952,9 @@ class _DeviceBase(_Model):
     enabled: bool = True
     interval_ms: int = Field(default=1000, ge=MIN_INTERVAL_MS)
     """Poll interval, or OPC UA subscription publishing interval, in milliseconds."""
+    max_queue_age_ms: int | None = Field(default=None, ge=0)
+    """Polls (Modbus, OPC UA poll mode) are skipped while the data already waiting for the MQTT sink has waited
+    this long; None: one ``interval_ms``; 0: never skip (the source waits for room in the queue instead)."""
     publish: PublishModeField = PublishMode.TAG
     repeat: Annotated[tuple[RepeatSpec, ...], BeforeValidator(_one_or_many)] = ()
     """As written; in a Plant always empty (its instances are in ``tags``)."""
@@ -962,6 +966,11 @@ class _DeviceBase(_Model):
     replaced by that)."""
     events: Events = Field(default_factory=dict)
     """Event records with an optional PLC handshake, by event name (see ``gateway.tagmap.events``)."""
+
+    @property
+    def queue_age_cap_ms(self) -> int:
+        """``max_queue_age_ms`` with its default applied (0: never skip)."""
+        return self.interval_ms if self.max_queue_age_ms is None else self.max_queue_age_ms
 
 
 class ModbusDevice(_DeviceBase):
@@ -1157,6 +1166,13 @@ class TagMap(_Model):
     devices: tuple[Device, ...]
 
 
+def _rule_sparkplug_one_connection(plant: Plant) -> Iterator[Issue]:
+    # The edge node is one MQTT session: its NDEATH will, the births and the data must share one connection
+    # (a DBIRTH must reach the host before that device's DDATA on another topic).
+    if Output.SPARKPLUG in plant.gateway.outputs and plant.mqtt.connections > 1:
+        yield Issue(("mqtt", "connections"), "Sparkplug B needs one MQTT connection for the edge node: use 1")
+
+
 class Plant(_Model):
     """The validated, expanded tag map: what the runtime runs."""
 
@@ -1165,6 +1181,11 @@ class Plant(_Model):
     devices: tuple[Device, ...]
     spool: SpoolSection = Field(default_factory=SpoolSection)
     http: HttpSection = Field(default_factory=HttpSection)
+
+    @model_validator(mode="after")
+    def _check(self) -> Plant:
+        raise_issues(_rule_sparkplug_one_connection(self))
+        return self
 
     def device(self, name: str) -> ModbusDevice | OpcUaDevice:
         for device in self.devices:

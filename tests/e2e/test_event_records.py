@@ -70,7 +70,7 @@ def stacker_map(destination: Path, port: int) -> Path:
     stacker["port"] = port
     stacker["interval_ms"] = 200
     stacker["tags"] = [tag for tag in stacker["tags"] if tag["name"].startswith("result/")]
-    stacker.pop("context", None)  # its context tags (cell/id, lot/..., recipe/...) are not among the result tags
+    stacker.pop("context", None)  # its context tags are not result tags
     assert stacker["events"]["cell"]["ack"] == {"tag": "result/ack", "value": "record_id"}
     demo["devices"] = [stacker]
     demo.pop("templates", None)

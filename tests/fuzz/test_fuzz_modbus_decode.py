@@ -17,7 +17,8 @@ import orjson
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway.schema import STATUS_DECODE_ERROR, STATUS_NOT_A_NUMBER, Quality, encode_tag_payload
+from gateway.encoders.uns_json import encode_tag_payload
+from gateway.schema import STATUS_DECODE_ERROR, STATUS_NOT_A_NUMBER, Quality
 from gateway.sources.base import RawReading
 from gateway.sources.modbus_plan import (
     BYTE_ORDERS,

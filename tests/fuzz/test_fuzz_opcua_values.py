@@ -27,7 +27,8 @@ from asyncua import ua
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway.schema import STATUS_DECODE_ERROR, Quality, encode_batch_payload, encode_tag_payload
+from gateway.encoders.uns_json import encode_batch_payload, encode_tag_payload
+from gateway.schema import STATUS_DECODE_ERROR, Quality
 from gateway.sources.base import RawReading
 from gateway.sources.opcua_status import (
     UNSUPPORTED_TYPE_PREFIX,

@@ -18,9 +18,10 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.encoders.uns_json import encode_tag_payload
 from gateway.errors import SinkError
 from gateway.mqtt.connection import MqttSink
-from gateway.schema import Quality, Sample, encode_tag_payload
+from gateway.schema import Quality, Sample
 from tests.support.mosquitto import Mosquitto, Received, Subscriber, retained_snapshot
 from tests.support.sink import OFFLINE, ONLINE
 from tests.support.sink import sink_options as make_options

@@ -156,6 +156,8 @@ async def test_poll_reads_in_chunks_of_max_nodes_per_read_and_keeps_status(serve
     assert value_reads and max(value_reads) == READ_LIMIT
     assert source.stats.read_requests == 3 * source.stats.polls
     assert source.stats.read_chunk_reductions == 0
+    reads = source.stats.reads_by_result()  # cellgate_device_reads_total
+    assert (reads["ok"], reads["timeout"], reads["error"]) == (source.stats.read_requests, 0, 0)
     await server.write("Count", 7, ts=INITIAL_SOURCE_TS)
 
 
@@ -168,6 +170,8 @@ async def test_poll_halves_reads_when_the_server_under_reports_its_limit(server:
             await recorder.wait_until(lambda: source.stats.polls >= 2)
         assert recorder.links == [(True, None)]
         assert source.stats.read_chunk_reductions == 1  # 4 → 2, then it sticks
+        assert source.stats.reads_by_result()["error"] == 1  # the refused Read
+        assert source.stats.reads_by_result()["ok"] == source.stats.read_requests - 1
         assert [r.value for r in recorder.readings[:4]] == [21.5, 7, True, "NMC811"]
     finally:
         await server.set_advertised_max_nodes_per_read(READ_LIMIT)
@@ -285,7 +289,7 @@ async def test_frozen_server_is_detected_and_reconnected() -> None:
     )
     try:
         assert process.stdout is not None
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(60):  # a busy machine (parallel tests) starts a server slowly
             assert (await process.stdout.readline()).strip() == b"READY"
         recorder = Recorder()
         source = OpcUaSource(

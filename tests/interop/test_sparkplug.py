@@ -29,41 +29,33 @@ Edge-node assertions of Sparkplug 3.0 checked here (specification ids):
 from __future__ import annotations
 
 import base64
-import json
-import shutil
-import subprocess
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.encoders.base import Message
-from gateway.encoders.sparkplug import SparkplugDeviceEncoder, SparkplugEdgeNode
+from gateway.encoders.sparkplug import QUALITY_CODES, SparkplugDeviceEncoder, SparkplugEdgeNode, parse_command
 from gateway.schema import Quality, Sample, TagMeta
+from tests.interop.sparkplug_tahu import TAHU_AVAILABLE, TAHU_MISSING, tahu
 
-HERE = Path(__file__).parent
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or not (HERE / "node_modules" / "sparkplug-payload").is_dir(),
-    reason="needs Node.js and sparkplug-payload (`make test` runs `npm ci` in tests/interop)",
-)
+pytestmark = pytest.mark.skipif(not TAHU_AVAILABLE, reason=TAHU_MISSING)
 
 T0 = 1_780_000_000.25  # epoch seconds
 
 
-def tahu(requests: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Run Tahu's decoder (or encoder) over ``requests`` in one Node process."""
-    text = "".join(json.dumps(request) + "\n" for request in requests)
-    result = subprocess.run(
-        ["node", str(HERE / "sparkplug_decode.js")],
-        input=text, capture_output=True, text=True, timeout=60, check=True,
-    )
-    return [json.loads(line) for line in result.stdout.splitlines()]
 
 
 def decode(messages: Iterable[Message]) -> list[dict[str, Any]]:
     return tahu({"topic": m.topic, "payload": base64.b64encode(m.payload).decode()} for m in messages)
+
+
+def wire(node: SparkplugEdgeNode, messages: Iterable[Message]) -> list[Message]:
+    """``messages`` numbered as the MQTT connection numbers them when they are handed over, in this order."""
+    return [Message(m.topic, node.stamp(m.topic, m.payload), m.retain) for m in messages]
+
+
+BAD, UNCERTAIN, GOOD = QUALITY_CODES[Quality.BAD], QUALITY_CODES[Quality.UNCERTAIN], QUALITY_CODES[Quality.GOOD]
 
 
 def catalogue() -> list[TagMeta]:
@@ -104,7 +96,7 @@ def test_a_session_decodes_with_tahu_and_keeps_the_edge_node_rules() -> None:
         stacker.status(connected=False, since=T0 + 2, error="timeout", gateway=None),
         coater.status(connected=True, since=T0 + 3, error=None, gateway=None),  # rebirth: last values
     ]
-    decoded = decode(session)
+    decoded = decode(wire(node, session))
     topics = [entry["topic"] for entry in decoded]
     assert topics == [
         "spBv1.0/Plant1/NDEATH/gw-01",
@@ -138,22 +130,22 @@ def test_a_session_decodes_with_tahu_and_keeps_the_edge_node_rules() -> None:
     assert [m["type"] for m in metrics.values()] == ["Double", "Boolean", "String", "Double"]
     assert all(m["value"] is None for m in metrics.values())
     assert properties(metrics["Line/Speed"]) == {
-        "engUnit": "m/min", "Documentation": "web speed", "engLow": 0.0, "engHigh": 100.0, "Quality": 0,
+        "engUnit": "m/min", "Documentation": "web speed", "engLow": 0.0, "engHigh": 100.0, "Quality": BAD,
     }
-    assert properties(metrics["Count"]) == {"engUnit": "sheets", "Quality": 0}
+    assert properties(metrics["Count"]) == {"engUnit": "sheets", "Quality": BAD}
 
     # DDATA: alias only (no name, no datatype on the wire), value; Quality (as Ignition reads it) when not good.
     assert ddata["rawDatatypes"] == [None, None, None, None]
     assert all("name" not in m for m in ddata["metrics"])
     assert [(m["alias"], m["value"], properties(m).get("Quality")) for m in ddata["metrics"]] == [
-        (1, 42.5, None), (2, True, None), (3, "NMC811-A", 64), (4, None, 0),
+        (1, 42.5, None), (2, True, None), (3, "NMC811-A", UNCERTAIN), (4, None, BAD),
     ]
     assert all(m["timestamp"] == int(T0 * 1000) for m in ddata["metrics"])
 
     # DDEATH: no metrics; the rebirth DBIRTH carries the last values.
     assert ddeath.get("metrics", []) == []
     assert [m["value"] for m in rebirth["metrics"]] == [42.5, True, "NMC811-A", None]
-    assert properties(rebirth["metrics"][0])["Quality"] == 192
+    assert properties(rebirth["metrics"][0])["Quality"] == GOOD
 
     # Aliases unique per edge node, across devices.
     aliases = [m["alias"] for payload in (dbirth, payloads[3]) for m in payload["metrics"]]
@@ -162,13 +154,13 @@ def test_a_session_decodes_with_tahu_and_keeps_the_edge_node_rules() -> None:
 
 def test_seq_wraps_from_255_to_0_and_nbirth_restarts_it() -> None:
     node, coater, _ = make_node()
-    node.birth(T0)
     sample = [Sample("Coater01", "Line/Speed", 1.0, Quality.GOOD, T0)]
-    messages = [coater.encode(sample, T0)[0] for _ in range(257)]
+    messages = [node.birth(T0), coater.birth(T0)]
+    messages += [coater.encode(sample, T0)[0] for _ in range(256)]
     messages.append(node.birth(T0))
-    seqs = [entry["decoded"]["seq"] for entry in decode(messages)]
-    assert seqs[:1] == [1]
-    assert seqs[254:258] == [255, 0, 1, 0]
+    seqs = [entry["decoded"]["seq"] for entry in decode(wire(node, messages))]
+    assert seqs[:3] == [0, 1, 2]
+    assert seqs[255:259] == [255, 0, 1, 0]
 
 
 def test_bdseq_counts_connections_and_wraps() -> None:
@@ -189,18 +181,31 @@ def test_rebirth_command_from_a_host_is_recognised() -> None:
         for value in (True, False)
     )
     rebirth, no_rebirth = (base64.b64decode(entry["payload"]) for entry in commands)
-    assert node.wants_rebirth("spBv1.0/Plant1/NCMD/gw-01", rebirth)
-    assert not node.wants_rebirth("spBv1.0/Plant1/NCMD/gw-01", no_rebirth)
-    assert not node.wants_rebirth("spBv1.0/Plant1/NCMD/other-node", rebirth)
-    assert not node.wants_rebirth("spBv1.0/Plant1/NCMD/gw-01", b"\xff\xff not protobuf")
+    command = parse_command(node, "spBv1.0/Plant1/NCMD/gw-01", rebirth)
+    assert command is not None and command.rebirth and not command.writes
+    command = parse_command(node, "spBv1.0/Plant1/NCMD/gw-01", no_rebirth)
+    assert command is not None and not command.rebirth
+    assert parse_command(node, "spBv1.0/Plant1/NCMD/other-node", rebirth) is None
+    command = parse_command(node, "spBv1.0/Plant1/NCMD/gw-01", b"\xff\xff not protobuf")
+    assert command is not None and command.malformed and not command.rebirth
+    # A Rebirth sent to a device is a write to a device metric: refused, never a rebirth.
+    command = parse_command(node, "spBv1.0/Plant1/DCMD/gw-01/Coater01", rebirth)
+    assert command is not None and not command.rebirth
+    assert command.device == "Coater01" and command.writes == ("Node Control/Rebirth",)
 
 
 def test_replayed_data_is_historical() -> None:
     node, coater, _ = make_node()
-    node.birth(T0)
+    birth = coater.birth(T0)
     (message,) = coater.encode([Sample("Coater01", "Line/Speed", 3.0, Quality.GOOD, T0)], T0)
-    replay = Message(message.topic, node.historical(message.topic, message.payload))
-    _, live, replayed = (entry["decoded"] for entry in decode([coater.birth(T0), message, replay]))
+    spooled = node.historical(message.topic, message.payload)
+    assert spooled is not None
+    # Births and deaths are not spooled: the births of the next connection say the state.
+    assert node.historical(birth.topic, birth.payload) is None
+    assert node.historical(coater.ddeath_topic, coater.death(T0).payload) is None
+    replay = Message(message.topic, spooled)
+    _, live, replayed = (entry["decoded"] for entry in decode(wire(node, [birth, message, replay])))
+    assert replayed["seq"] == live["seq"] + 1  # numbered when handed over, never with the seq it first had
     assert "isHistorical" not in live["metrics"][0] or live["metrics"][0]["isHistorical"] is False
     assert replayed["metrics"][0]["isHistorical"] is True
     assert replayed["metrics"][0]["value"] == 3.0
@@ -236,3 +241,37 @@ def test_values_of_every_kind_decode_with_their_birth_datatype() -> None:
     assert [m["type"] for m in dbirth["metrics"]] == ["Double", "Double", "Boolean", "String", "String"]
     assert [m["alias"] for m in dbirth["metrics"]] == [100, 101, 102, 103, 104]
     assert [m["value"] for m in ddata["metrics"]] == [7.0, float(2**40), False, "[1.5,2.5]", "ok"]
+
+
+def test_ddata_of_every_tag_at_once_decodes_as_any_other() -> None:
+    """A poll of every tag with good floats takes the prebuilt payload; a part of them, or one bad value, does not.
+    Tahu reads the same values, aliases and timestamps either way, and nothing of one DDATA leaks into the next."""
+    node = SparkplugEdgeNode(group_id="Plant1", edge_node_id="gw-01")
+    metas = [TagMeta(tag=f"ch{n}/voltage", type="float32", unit="V") for n in range(3)]
+    device = SparkplugDeviceEncoder(node=node, device="Rack01", catalogue=metas, alias_base=10)
+
+    def poll(values: list[float | None], ts: float, quality: Quality = Quality.GOOD) -> list[Sample]:
+        return [Sample("Rack01", f"ch{n}/voltage", v, quality if v is None else Quality.GOOD, ts)
+                for n, v in enumerate(values)]
+
+    messages = [device.birth(T0)]
+    messages += device.encode(poll([3.1, 3.2, 3.3], T0 + 1), T0 + 1)  # every tag: the prebuilt payload
+    messages += device.encode(poll([4.1, None, 4.3], T0 + 2, Quality.BAD), T0 + 2)  # a bad value: general path
+    messages += device.encode(list(reversed(poll([5.1, 5.2, 5.3], T0 + 3))), T0 + 3)  # any order
+    messages += device.encode(poll([6.1, 6.2, 6.3], T0 + 4)[:2], T0 + 4)  # a part: general path
+    duplicated = poll([7.1, 7.2, 7.3], T0 + 5)
+    messages += device.encode([duplicated[0], duplicated[0], duplicated[2]], T0 + 5)  # a tag twice: general path
+    decoded = [entry["decoded"] for entry in decode(wire(node, messages))][1:]
+    rows = [
+        [(m["alias"], m["value"], m["timestamp"], properties(m).get("Quality")) for m in payload["metrics"]]
+        for payload in decoded
+    ]
+    ms = [int((T0 + k) * 1000) for k in range(6)]
+    assert rows == [
+        [(10, 3.1, ms[1], None), (11, 3.2, ms[1], None), (12, 3.3, ms[1], None)],
+        [(10, 4.1, ms[2], None), (11, None, ms[2], BAD), (12, 4.3, ms[2], None)],
+        [(10, 5.1, ms[3], None), (11, 5.2, ms[3], None), (12, 5.3, ms[3], None)],
+        [(10, 6.1, ms[4], None), (11, 6.2, ms[4], None)],
+        [(10, 7.1, ms[5], None), (10, 7.1, ms[5], None), (12, 7.3, ms[5], None)],
+    ]
+    assert [payload["seq"] for payload in decoded] == [2, 3, 4, 5, 6]  # after the DBIRTH's 1

@@ -7,13 +7,18 @@
   chunks) to the client. With 2 that is right after CreateSession and ActivateSession: the client's
   ``connect()`` succeeds, its next request finds the connection closed.
 
-Both count connections, so a test can bound the attempts a client made.
+* ``throttled_proxy(upstream_port, bytes_per_s)``: a TCP proxy that passes the client's bytes upstream at no more
+  than ``bytes_per_s`` (the answers flow freely): a slow link to a broker, so a gateway offers more than its sink
+  can carry. It reads from the client only as fast as it forwards, so TCP flow control reaches the client.
+
+All count connections, so a test can bound the attempts a client made.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -91,6 +96,60 @@ async def session_then_close_proxy(upstream_port: int, *, after_messages: int = 
             upstream.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await upstream
+            client_writer.close()
+            server_writer.close()
+            counter.tasks.discard(task)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    counter.port = server.sockets[0].getsockname()[1]
+    try:
+        yield counter
+    finally:
+        server.close()
+        for task in list(counter.tasks):
+            task.cancel()
+        await asyncio.gather(*counter.tasks, return_exceptions=True)
+        await server.wait_closed()
+
+
+async def _copy_throttled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, bytes_per_s: float) -> None:
+    tick_s = 0.01
+    started = time.monotonic()
+    passed = 0
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(max(1, int(bytes_per_s * tick_s))):
+            writer.write(data)
+            await writer.drain()
+            passed += len(data)
+            ahead_s = started + passed / bytes_per_s - time.monotonic()
+            if ahead_s > 0:
+                await asyncio.sleep(ahead_s)
+            elif ahead_s < -1.0:  # idle for a while: no burst to catch up
+                started, passed = time.monotonic(), 0
+
+
+@contextlib.asynccontextmanager
+async def throttled_proxy(upstream_port: int, *, bytes_per_s: float) -> AsyncIterator[ConnectionCounter]:
+    counter = ConnectionCounter()
+
+    async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        counter.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        counter.tasks.add(task)
+        try:
+            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+        except OSError:
+            client_writer.close()
+            counter.tasks.discard(task)
+            return
+        answers = asyncio.create_task(_copy(server_reader, client_writer))
+        try:
+            await _copy_throttled(client_reader, server_writer, bytes_per_s)
+        finally:
+            answers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await answers
             client_writer.close()
             server_writer.close()
             counter.tasks.discard(task)

@@ -119,8 +119,10 @@ class ScriptedBroker:
                         writer.write(PINGRESP_BYTES)
         writer.close()
 
-    def release_held(self) -> None:
-        held, self._held = self._held, []
+    def release_held(self, count: int | None = None) -> None:
+        """PUBACK the held messages, oldest first: all of them, or the first ``count``, in one write each."""
+        cut = len(self._held) if count is None else count
+        held, self._held = self._held[:cut], self._held[cut:]
         for writer, version, packet in held:
             if not writer.is_closing():
                 self._outstanding[writer] -= 1

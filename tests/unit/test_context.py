@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from gateway.assembly import build_outbound, context_plan, modbus_plan
 from gateway.encoders.sparkplug import SparkplugDeviceEncoder, SparkplugEdgeNode
-from gateway.encoders.uns_json import UnsJsonDeviceEncoder, historical
+from gateway.encoders.uns_json import UnsJsonDeviceEncoder, historical, tag_payload_dict
 from gateway.outbound import ContextPlan, DeviceOutbound, Message, TagOutput
-from gateway.schema import EquipmentTopics, Quality, Sample, SampleContext, TagMeta, tag_payload_dict
+from gateway.schema import EquipmentTopics, Quality, Sample, SampleContext, TagMeta
 from gateway.sources.base import RawReading
 from gateway.tagmap import ModbusDevice, Plant, load_plant
 from gateway.transform import TagRules
@@ -220,6 +220,25 @@ def test_an_encoder_without_context_publishes_the_context_tags_as_ordinary_tags(
     assert with_context.context is not None and with_context.context.of("ch001/voltage") == {
         "recipe": 3, "cell": "CELL-001"
     }
+
+
+def test_with_both_outputs_the_json_messages_carry_the_context_and_sparkplug_its_metrics() -> None:
+    plant = load(RACK.replace("PUBLISH", "tag").replace(
+        "gateway: {id: gw1, enterprise: acme, site: dunkirk}",
+        "gateway: {id: gw1, enterprise: acme, site: dunkirk, outputs: [uns-json, sparkplug],"
+        " sparkplug: {group_id: dunkirk}}"))
+    node = SparkplugEdgeNode(group_id="dunkirk", edge_node_id="gw1")
+    both = build_outbound(plant, plant.devices[0], sparkplug=node)
+    assert both.sparkplug is not None
+    both.sparkplug.birth(1.0)  # a Sparkplug device publishes DDATA once born (after CONNACK)
+    sent = both.messages([reading("recipe/version", 3), reading("ch001/cell_id", "CELL-001"),
+                          reading("ch001/voltage", 3.7)], now=2.0)
+    json_messages = [m for m in sent if not m.topic.startswith("spBv1.0/")]
+    assert {m.topic.rsplit("rack-01/", 1)[1] for m in json_messages} == {"recipe/version", "ch001/cell_id",
+                                                                        "ch001/voltage"}
+    assert orjson.loads(next(m for m in json_messages if m.topic.endswith("ch001/voltage")).payload)["ctx"] == {
+        "recipe": 3, "cell": "CELL-001"}
+    assert any(m.topic.startswith("spBv1.0/dunkirk/DDATA/gw1/") for m in sent)
 
 
 # ------------------------------------------------------------------------ payload = reference + ctx

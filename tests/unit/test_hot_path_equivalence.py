@@ -19,16 +19,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.schema import (
-    STATUS_DECODE_ERROR,
-    BatchEncoder,
-    Quality,
-    Sample,
-    Value,
-    encode_batch_payload,
-    encode_tag_payload,
-    format_ts,
-)
+from gateway.encoders.uns_json import BatchEncoder, encode_batch_payload, encode_tag_payload, format_ts
+from gateway.schema import STATUS_DECODE_ERROR, Quality, Sample, Value
 from gateway.sources.base import RawReading
 from gateway.sources.modbus_plan import (
     BYTE_ORDERS,

@@ -65,7 +65,7 @@ def test_the_collector_reads_the_state_at_scrape_time() -> None:
 
 
 def test_source_counters_are_exported_per_device_with_bounded_labels() -> None:
-    stats = UnitStats(cycles=12, overruns=2, timeouts=3)
+    stats = UnitStats(cycles=12, overruns=2, reads_ok=90, comm_failures=4, timeouts=3)
     state = replace(STATE, devices=(replace(device("rack-01", connected=True), source_stats=stats),))
     families = {
         f.name: f for f in text_string_to_metric_families(generate_latest(build_registry(lambda: state)).decode())
@@ -76,8 +76,8 @@ def test_source_counters_are_exported_per_device_with_bounded_labels() -> None:
         f.name: f for f in text_string_to_metric_families(generate_latest(build_registry(lambda: state)).decode())
     }
     assert families["cellgate_poll_overruns"].samples[0].value == 5
-    errors = {s.labels["result"]: s.value for s in families["cellgate_device_read_errors"].samples}
-    assert errors == {"comm_failure": 0, "timeout": 3, "exception": 0, "request_error": 0}
+    reads = {s.labels["result"]: s.value for s in families["cellgate_device_reads"].samples}
+    assert reads == {"ok": 90, "timeout": 3, "connection_error": 1, "exception": 0, "decode_error": 0}
     assert 'data-label="Overruns">5<' in render_status(state, readiness(state))
 
 

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import orjson
 
+from gateway.encoders.uns_json import encode_batch_payload
 from gateway.outbound import DeviceOutbound, Message, PublishMode, TagOutput
-from gateway.schema import PUBLISH_OVERHEAD_BYTES, EquipmentTopics, Quality, TagMeta, encode_batch_payload
+from gateway.schema import PUBLISH_OVERHEAD_BYTES, EquipmentTopics, Quality, TagMeta
 from gateway.sources.base import RawReading
 from gateway.transform import TagRules
 

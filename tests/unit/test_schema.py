@@ -3,20 +3,22 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.schema import (
-    MAX_TOPIC_BYTES,
-    SHOWN_TEXT_CHARS,
+from gateway.encoders.uns_json import (
     BatchEncoder,
-    EquipmentTopics,
-    Quality,
-    Sample,
-    TagMeta,
     encode_batch_payload,
     encode_equipment_status,
     encode_meta,
     encode_meta_parts,
     encode_tag_payload,
     format_ts,
+)
+from gateway.schema import (
+    MAX_TOPIC_BYTES,
+    SHOWN_TEXT_CHARS,
+    EquipmentTopics,
+    Quality,
+    Sample,
+    TagMeta,
     gateway_status_topic,
     quoted,
     topic_length_problem,

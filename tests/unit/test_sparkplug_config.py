@@ -27,9 +27,10 @@ def test_the_sparkplug_section_and_the_edge_node_id() -> None:
 
 
 @pytest.mark.parametrize("outputs", [["sparkplug"], ["uns-json", "sparkplug"]])
-def test_sparkplug_output_is_refused_until_the_runtime_drives_it(outputs: list[str]) -> None:
-    with pytest.raises(ValidationError, match="sparkplug is not run by this version yet"):
-        gateway(outputs=outputs, sparkplug={"group_id": "Plant1"})
+def test_sparkplug_output_alone_or_beside_uns_json(outputs: list[str]) -> None:
+    section = gateway(outputs=outputs, sparkplug={"group_id": "Plant1"})
+    assert Output.SPARKPLUG in section.outputs
+    assert (Output.UNS_JSON in section.outputs) == (len(outputs) == 2)
 
 
 @pytest.mark.parametrize(
@@ -47,3 +48,23 @@ def test_sparkplug_output_is_refused_until_the_runtime_drives_it(outputs: list[s
 def test_invalid(fields: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValidationError, match=problem):
         gateway(**fields)
+
+
+def test_check_names_the_sparkplug_edge_node() -> None:
+    from gateway.assembly import describe_plant
+    from gateway.tagmap.loader import load_plant_from_text
+
+    text = """
+gateway: {id: edge-1, enterprise: acme, site: dunkirk, outputs: [uns-json, sparkplug],
+          sparkplug: {group_id: Cells, primary_host: scada}}
+mqtt: {url: "mqtt://127.0.0.1:1883"}
+devices:
+  - {name: stacker-01, area: a, line: l, protocol: modbus, host: 127.0.0.1, port: 5022,
+     tags: [{name: hb, table: input, address: 600, type: uint32}]}
+"""
+    summary = describe_plant(load_plant_from_text(text, environ={})).splitlines()
+    assert summary[2] == (
+        "outputs uns-json, sparkplug: Sparkplug B edge node spBv1.0/Cells/+/edge-1, waits for primary host scada"
+    )
+    plain = describe_plant(load_plant_from_text(text.replace(", outputs: [uns-json, sparkplug]", ""), environ={}))
+    assert "Sparkplug" not in plain

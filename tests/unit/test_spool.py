@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from gateway.cli import main as cli_main
-from gateway.schema import mark_historical
+from gateway.encoders.uns_json import mark_historical
 from gateway.sinks.spool import ROW_OVERHEAD_BYTES, DeadLetter, DropReason, Spool
 from gateway.state_dir import StateDirBusyError, locked_state_dir
 from tests.support.tmpfs import mounted_tmpfs, remount_read_only

@@ -10,8 +10,9 @@ from asyncua import ua
 
 from gateway.browse import shape_of
 from gateway.browse_plan import STRUCTURE, BrowsedVariable, BrowsePlan, _tag_fields
+from gateway.encoders.uns_json import encode_meta
 from gateway.errors import ConfigError
-from gateway.schema import Quality, TagMeta, encode_meta
+from gateway.schema import Quality, TagMeta
 from gateway.sources.base import RawReading
 from gateway.sources.opcua_status import name_unsupported, readings_from_data_value, shaped_readings
 from gateway.tagmap import load_plant_from_text
