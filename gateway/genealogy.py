@@ -154,6 +154,8 @@ _RecordKey = tuple[str, bytes, bytes]  # topic, record_id as JSON, fields as JSO
 
 @dataclass(slots=True)
 class GenealogyCounts:
+    """What ``Genealogy.add`` made of the messages so far (``Added``), and records evicted by ``max_records``."""
+
     new: int = 0
     duplicate_seq: int = 0
     duplicate_record: int = 0
@@ -193,6 +195,7 @@ class Genealogy:
         return self.add_record(record)
 
     def add_record(self, record: TraceRecord) -> Added:
+        """Take one parsed record: kept when new, counted when a duplicate (see the module docstring)."""
         if record.seq is not None:
             seq_key = (record.topic, record.seq)
             if seq_key in self._seen_seq:
