@@ -3,8 +3,10 @@
 A paho-mqtt subscriber thread (paho is in the ``demo`` and ``test`` extras, imported only when a view starts)
 feeds ``LiveView``; the event loop renders it every interval. ``render_view`` is pure: topics in the UNS layout
 ``{enterprise}/{site}/{area}/{line}/{equipment}/{tag...}``, the equipment's ``_status`` and the gateway's
-``{enterprise}/{site}/_gateway/{id}/status`` become one block per equipment under a header. Quality is shown by
-colour (ANSI) when asked for, i.e. on a terminal; the text is the same either way.
+``{enterprise}/{site}/_gateway/{id}/status`` become one block per equipment under a header. Event records
+(``.../{equipment}/_events/{event}``) feed a ``gateway.genealogy.Genealogy``: the view ends with the last finished
+cells and their genealogy (``render_cells``). Quality is shown by colour (ANSI) when asked for, i.e. on a
+terminal; the text is the same either way.
 """
 
 from __future__ import annotations
@@ -13,13 +15,20 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
 import orjson
 
+from gateway.genealogy import CellGenealogy, Genealogy, RollGenealogy
+from gateway.tagmap.events import EVENTS_SEGMENT
+
 TAGS_SHOWN_PER_EQUIPMENT: Final = 12
+CELLS_SHOWN: Final = 5
+GENEALOGY_RECORDS_KEPT: Final = 20_000
+"""Event records the view keeps for the genealogy (the oldest go first): some days of the simulated line."""
+GRADES: Final = {0: "-", 1: "A", 2: "B", 3: "C", 4: "NG"}
 CLEAR_SCREEN: Final = "\x1b[H\x1b[2J"
 
 # ANSI SGR colours: quality good / uncertain / bad, and states (connected, disconnected, offline).
@@ -31,20 +40,22 @@ RESET: Final = "\x1b[0m"
 QUALITY_COLOURS: Final = {"good": GREEN, "uncertain": YELLOW, "bad": RED}
 # Topic tails the view does not show as tags: the retained catalogue, and batches (recorded per tag instead).
 BATCH: Final = "_batch"
-SKIPPED_TAGS: Final = frozenset({"_meta", BATCH})
+SKIPPED_TAGS: Final = frozenset({"_meta", BATCH, EVENTS_SEGMENT})
 
 
 @dataclass(slots=True)
 class LiveView:
     """Latest JSON-object payload per topic, fed from the subscriber thread; rendered by the event loop.
 
-    The samples of a ``_batch`` are recorded as if each had come on its own tag topic."""
+    The samples of a ``_batch`` are recorded as if each had come on its own tag topic; event records also go to
+    ``genealogy``."""
 
     topic_filter: str
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)
     messages: int = 0
     connected: bool = False  # the subscriber's link to the broker, set from its thread
     lock: threading.Lock = field(default_factory=threading.Lock)
+    genealogy: Genealogy = field(default_factory=lambda: Genealogy(max_records=GENEALOGY_RECORDS_KEPT))
 
     def record(self, topic: str, payload: bytes) -> None:
         try:
@@ -65,6 +76,8 @@ class LiveView:
         with self.lock:
             self.latest.update(entries)
             self.messages += 1
+            if f"/{EVENTS_SEGMENT}/" in topic:
+                self.genealogy.add(topic, payload)
 
     def set_connected(self, connected: bool) -> None:
         with self.lock:
@@ -74,6 +87,11 @@ class LiveView:
         """The latest payload per topic, the number of messages so far, and whether the broker is connected."""
         with self.lock:
             return dict(self.latest), self.messages, self.connected
+
+    def last_cells(self, count: int = CELLS_SHOWN) -> list[CellGenealogy]:
+        """The latest cells with their genealogy (``Genealogy.last_cells``)."""
+        with self.lock:
+            return self.genealogy.last_cells(count)
 
 
 def _paint(text: str, colour: str | None, enabled: bool) -> str:
@@ -111,8 +129,10 @@ def render_view(
     colour: bool = False,
     hint: str = "Ctrl-C stops the demo",
     broker_connected: bool | None = None,
+    finished_cells: Sequence[CellGenealogy] = (),
 ) -> str:
-    """A compact text view: the gateways' status, then one block per equipment with its link state and tags.
+    """A compact text view: the gateways' status, then one block per equipment with its link state and tags,
+    then ``finished_cells`` with their genealogy (``render_cells``; nothing while there are none).
 
     ``prefix`` (``enterprise/site``) is left out of the equipment names; with None every ``enterprise/site`` seen
     is shown, and stays part of the names. ``broker_connected`` None leaves the broker's state out of the header.
@@ -178,7 +198,48 @@ def render_view(
             lines.append("  " + "  ".join(cells[row : row + 2]).rstrip())
         if len(tags) > len(shown):
             lines.append(f"  ... and {len(tags) - len(shown)} more")
+    if finished_cells:
+        lines.append("")
+        lines.extend(render_cells(finished_cells, colour=colour))
     return "\n".join(lines)
+
+
+def _number(value: object, digits: int = 1) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) and not isinstance(value, bool) else "?"
+
+
+def _roll_text(role: str, roll: RollGenealogy) -> str:
+    """``cathode CL01-R000201 <- CT01-R000101 coat 220.5±1.5 g/m2``: the roll, the rolls it was made from, and
+    the first roll's coat weight when its record was seen (``?`` marks a roll without a record)."""
+    chain = roll.chain()
+    text = f"{role} " + " <- ".join(link.roll_id + ("" if link.record is not None else "?") for link in chain)
+    origin = chain[-1].record
+    if origin is not None and "coat_weight_mean" in origin.fields:
+        mean, std = origin.fields.get("coat_weight_mean"), origin.fields.get("coat_weight_std")
+        text += f" coat {_number(mean)}±{_number(std)} g/m2"
+    return text
+
+
+def render_cells(cells: Sequence[CellGenealogy], *, colour: bool = False) -> list[str]:
+    """The lines of the genealogy block: per cell its id, where and how it finished (grade, discharge capacity),
+    or that it is stacked and not graded yet, then its rolls (README "Traceability")."""
+    lines = [f"{_paint('cells', BOLD, colour)}  (newest first; ? = no record of that roll seen)"]
+    for cell in cells:
+        finished = cell.finished
+        if finished is None:
+            state = "stacked, not graded yet"
+        else:
+            grade = finished.fields.get("grade")
+            name = GRADES.get(grade, str(grade)) if isinstance(grade, int) else "?"
+            good = name in ("A", "B", "C")
+            state = (f"{finished.equipment} grade " + _paint(name, GREEN if good else RED, colour)
+                     + f"  {_number(finished.fields.get('discharge_capacity'))} A.h")
+        lines.append(f"  {cell.cell_id}  {state}")
+        if cell.stacked is None:
+            lines.append("      no stacker record (made before the gateway ran)")
+        else:
+            lines.append("      " + " | ".join(_roll_text(role, roll) for role, roll in cell.rolls.items()))
+    return lines
 
 
 def start_subscriber(
@@ -246,6 +307,6 @@ async def show(
         rate = (count - last_count) / max(now - last_time, 1e-6)
         last_count, last_time = count, now
         text = render_view(latest, prefix=prefix, messages=count, rate=rate, colour=tty, hint=hint,
-                           broker_connected=connected if broker_state else None)
+                           broker_connected=connected if broker_state else None, finished_cells=view.last_cells())
         out.write(CLEAR_SCREEN + text + "\n" if tty else text + "\n\n")
         out.flush()

@@ -14,6 +14,9 @@ With ``--security PKI_DIR`` the OPC UA server offers only secure endpoints (Basi
 Aes256_Sha256_RsaPss, each with Sign and SignAndEncrypt), keeps its certificate in PKI_DIR/own/cert.der, and
 logs users in from ``--users-file`` (``name:password`` lines) or ``--user-cert`` X.509 certificates.
 
+``--record-results FILE`` appends every record a machine's result FIFO takes to FILE as JSON lines
+(``simulators.ground_truth``: ground truth for end-to-end tests; off by default).
+
 ``--describe`` (with the same options) prints the address map as a tag-map fragment instead of serving: a
 ``templates`` + ``devices`` YAML document that needs only ``gateway:`` and ``mqtt:`` sections to run.
 
@@ -133,6 +136,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--user-cert", metavar="FILE", action="append", default=[],
         help="with --security: accept this X.509 user certificate (DER or PEM); repeatable",
     )
+    parser.add_argument(
+        "--record-results", metavar="FILE", default=None,
+        help="append every result record a machine pushes to FILE as JSON lines (ground truth for tests; "
+             "default: off)",
+    )
     return parser.parse_args(argv)
 
 
@@ -194,6 +202,7 @@ async def _serve(plan: SimulatorPlan, args: argparse.Namespace) -> None:
         serve=(args.only,) if args.only else ("opcua", "modbus"),
         control_port=args.control_port,
         opcua_security=opcua_security_of(args),
+        results_log=Path(args.record_results) if args.record_results else None,
     )
 
 

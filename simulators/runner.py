@@ -16,6 +16,7 @@ import dataclasses
 import random
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from simulators.describe import (
     DEFAULT_CHANNELS,
@@ -30,6 +31,7 @@ from simulators.describe import (
     SimulatorPlan,
     plan_simulators,
 )
+from simulators.ground_truth import record_results
 from simulators.machines.calender import Calender, CalenderConfig
 from simulators.machines.coater import Coater, CoaterConfig
 from simulators.machines.formation import FormationConfig, FormationRack
@@ -150,6 +152,7 @@ async def _serve(
     serve: frozenset[Protocol],
     control_port: int | None,
     opcua_security: ServerSecurity | None = None,
+    results_log: Path | None = None,
 ) -> None:
     options = plan.options
     machines = [m for m in plan.machines if m.protocol in serve]
@@ -158,6 +161,8 @@ async def _serve(
     models = {m.device: build_model(m, seed=options.seed) for m in machines}
     connect_line(list(models.values()))  # outputs feed inputs by id (simulators.machines.line)
     async with contextlib.AsyncExitStack() as stack:
+        if results_log is not None:
+            stack.enter_context(record_results(models, results_log))
         waiters: set[asyncio.Task[object]] = set()
         controlled: list[ControlledMachine] = []
         modbus_ports: dict[str, int] = {}
@@ -219,8 +224,10 @@ async def serve_plan(
     serve: Collection[str] = SERVED_PROTOCOLS,
     control_port: int | None = None,
     opcua_security: ServerSecurity | None = None,
+    results_log: Path | None = None,
 ) -> None:
     """``run_simulators`` for a plan made elsewhere (``python -m simulators`` plans once, for --describe too).
-    ``opcua_security``: serve secure OPC UA endpoints instead of SecurityPolicy None."""
+    ``opcua_security``: serve secure OPC UA endpoints instead of SecurityPolicy None. ``results_log``: append
+    every result record the machines push to this file (``simulators.ground_truth``; tests only)."""
     await _serve(plan, stop=stop, on_ready=on_ready, serve=frozenset(Protocol(p) for p in serve),
-                 control_port=control_port, opcua_security=opcua_security)
+                 control_port=control_port, opcua_security=opcua_security, results_log=results_log)

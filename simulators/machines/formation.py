@@ -327,6 +327,7 @@ class FormationChannel:
         "discharge_ah",
         "end_reason",
         "energy_wh",
+        "finished",
         "grade",
         "grades",
         "paused",
@@ -366,6 +367,10 @@ class FormationChannel:
         self.grade = Grade.NONE
         self.result_charge_ah = 0.0
         self.result_discharge_ah = 0.0
+        # Every cell that ended since the owner last cleared it, at the moment it ended (a step longer than a
+        # protocol's last minutes may grade one cell, load the next and reject that one on a contact fault):
+        # (cell id, first charge A.h, discharge A.h, grade).
+        self.finished: list[tuple[str, float, float, Grade]] = []
         self.cell_serial = cell_serial
         # Where the next cell comes from (the line model: the stacker's finished cells); None: a seeded own id.
         # A source that has no cell keeps the channel Finished (starved) until it has one.
@@ -469,6 +474,7 @@ class FormationChannel:
             self.step_time_s = 0.0
             self.grade = Grade.NG
             self.grades[Grade.NG] += 1
+            self.finished.append((self._cell_id_text, 0.0, 0.0, Grade.NG))
             return
         if self.step_pos + 1 < len(self._steps):
             self._enter_step(self.step_pos + 1)
@@ -480,6 +486,7 @@ class FormationChannel:
         if self._protocol.grades_cells:
             self.grade = self._grade()
             self.grades[self.grade] += 1
+            self.finished.append((self._cell_id_text, self.result_charge_ah, self.result_discharge_ah, self.grade))
         self._phase = _EXCHANGE
         self.step_time_s = 0.0
         self.current = 0.0
@@ -968,6 +975,7 @@ class FormationRack:
                 channel.step(rng.uniform(0.0, cycle_s), plate_temp_cel=self.plate_temp)
                 channel.cells_completed = 0
                 channel.grades = [0, 0, 0, 0, 0]
+                channel.finished.clear()
             self.channels.append(channel)
         self._values: dict[str, Value] = dict.fromkeys((p.name for p in self._points), 0)
         self._publish()
@@ -1000,12 +1008,11 @@ class FormationRack:
         plate = self.plate_temp
         extended = cfg.extended_points
         for n, channel in enumerate(self.channels, start=1):
-            if extended:
-                before = (channel.cells_completed, channel.grades[Grade.NG], channel.cell_id)
-                channel.step(dt_s, plate_temp_cel=plate, paused=paused)
-                self._record_finished(n, channel, before)
-            else:
-                channel.step(dt_s, plate_temp_cel=plate, paused=paused)
+            channel.step(dt_s, plate_temp_cel=plate, paused=paused)
+            if channel.finished:
+                if extended:
+                    self._record_finished(n, channel)
+                channel.finished.clear()
         self._publish(dt_s)
         return self._values
 
@@ -1024,21 +1031,14 @@ class FormationRack:
     def ack_seen(self) -> int:
         return self.results.last_ack
 
-    def _record_finished(self, n: int, channel: FormationChannel, before: tuple[int, int, str]) -> None:
-        """Push a record when the channel graded its cell (or rejected it on a contact fault) in this step."""
-        completed, ng, cell_id = before
-        if channel.cells_completed > completed and self.config.protocol.grades_cells:
-            charge, discharge = channel.result_charge_ah, channel.result_discharge_ah
+    def _record_finished(self, n: int, channel: FormationChannel) -> None:
+        """Push a record per cell the channel graded (or rejected on a contact fault) in this step, in order."""
+        for cell_id, charge, discharge, grade in channel.finished:
             self.results.push({
                 "Result.CellId": cell_id, "Result.Channel": n,
                 "Result.FirstChargeCapacity": min(charge, 150.0), "Result.DischargeCapacity": min(discharge, 150.0),
                 "Result.CoulombicEfficiency": min(100.0 * discharge / charge, 100.0) if charge > 0.0 else 0.0,
-                "Result.Grade": int(channel.grade),
-            })
-        elif channel.grades[Grade.NG] > ng:
-            self.results.push({
-                "Result.CellId": cell_id, "Result.Channel": n, "Result.FirstChargeCapacity": 0.0,
-                "Result.DischargeCapacity": 0.0, "Result.CoulombicEfficiency": 0.0, "Result.Grade": int(Grade.NG),
+                "Result.Grade": int(grade),
             })
 
     def _publish(self, dt_s: float = 0.0) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -74,6 +74,8 @@ class ResultFifo:
         self.lost = 0
         self.last_ack = 0
         self.acknowledged = 0
+        self.on_push: Callable[[Record], None] | None = None
+        """Called with every record the FIFO takes (``simulators.ground_truth`` logs them for tests)."""
 
     @property
     def points(self) -> tuple[PointSpec, ...]:
@@ -93,7 +95,10 @@ class ResultFifo:
             return None
         record_id = self._next_id
         self._next_id = record_id % (RECORD_ID_MODULO - 1) + 1  # 1 .. 2^32-1, 0 stays "none"
-        self._records.append(Record(record_id, {spec.name: fields[spec.name] for spec in self._fields}))
+        record = Record(record_id, {spec.name: fields[spec.name] for spec in self._fields})
+        self._records.append(record)
+        if self.on_push is not None:
+            self.on_push(record)
         return record_id
 
     def ack(self, record_id: int) -> bool:

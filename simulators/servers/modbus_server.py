@@ -14,7 +14,8 @@ drop a request) and at publish time (NaN, frozen values).
 The one register a client writes is ``Result.Ack`` of a machine with a result FIFO: every publish first reads it
 back from the datastore and hands a new value to the model (``ack_result``), then writes the tables, the ack
 register holding the value just read (pymodbus does not yield between the two, so no write is lost). A write to
-the ack register publishes at once (before the next request is served), so the next read sees the next record.
+the ack register writes the result points at once (before the next request is served), so the next read sees the
+next record.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pymodbus.simulator import SimData, SimDevice
 
 from simulators.faults import BadValue, Fault, FaultState, Freeze, Restart, check_points
 from simulators.machines.points import Machine, Value
-from simulators.machines.results import ACK_POINT, Acknowledging
+from simulators.machines.results import ACK_POINT, SECTION, Acknowledging
 from simulators.servers.address_map import (
     CHANNEL_ALARM_COIL_BASE,
     CHANNEL_BASE,
@@ -189,6 +190,8 @@ class ModbusSimulatorServer(FaultControlledServer):
         if ack is not None and (ack.table is not Table.HOLDING or ack.encoding is not Encoding.UINT32):
             raise ValueError(f"{ACK_POINT} must be a uint32 holding register")
         self._ack = ack if isinstance(model, Acknowledging) else None
+        # The points an acknowledgement changes (the result FIFO's), written alone after an ack write.
+        self._result_points = tuple(p for p in register_map if p.point.startswith(f"{SECTION}."))
 
     @property
     def port(self) -> int:
@@ -308,7 +311,24 @@ class ModbusSimulatorServer(FaultControlledServer):
         """A write touching ``Result.Ack`` is taken at once: the next record is on the wire for the next read."""
         ack = self._ack
         if ack is not None and self._server is not None and start < ack.address + 2 and ack.address < start + count:
+            await self._publish_results()
+
+    async def _publish_results(self) -> None:
+        """Hand the model the ack and write only the result FIFO's points: an ack changes nothing else, and a
+        rack's full image (hundreds of channels) would cost a whole publish per record. With point faults active
+        everything is published, so frozen and bad points stay as the faults say."""
+        server = self._server
+        assert server is not None
+        if self._gate.state.point_faults(self._gate.now()):
             await self.publish()
+            return
+        await self._read_ack(server)
+        values = self._model.values()
+        for point in self._result_points:
+            value = values[point.point]
+            self._published[point.point] = value
+            await server.async_setValues(self._unit_id, _FUNCTION_CODE[point.table], point.address,
+                                         encode(point, value, self._word_order))
 
     async def _read_ack(self, server: _FaultGatedTcpServer) -> None:
         """Hand the model a record id a client wrote to the ack register since the last publish."""
