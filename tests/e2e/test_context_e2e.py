@@ -198,12 +198,16 @@ def check_a_new_cell_is_published_with_its_context(subscriber: Subscriber, stack
         >= 2,
         timeout_s=60,
     )
-    good = [body for body in _bodies(subscriber, f"{stacker}/cell/id") if body["quality"] == "good"]
-    ids = [body["value"] for body in good]
-    for body in good:
+    cells = {(body.get("ctx") or {}).get("cell") for body in _bodies(subscriber, f"{stacker}/stack/sheet_index")}
+
+    def good_ids() -> list[dict[str, Any]]:
+        return [body for body in _bodies(subscriber, f"{stacker}/cell/id") if body["quality"] == "good"]
+
+    # Every cell a sheet was stacked into was itself published on cell/id (in the same poll, so its message may
+    # reach the subscriber a moment after the sheet's).
+    subscriber.wait_for_blocking(lambda _: cells <= {body["value"] for body in good_ids()}, timeout_s=15)
+    for body in good_ids():
         assert body["ctx"] == {"cell": body["value"]}
-    cells = [(body.get("ctx") or {}).get("cell") for body in _bodies(subscriber, f"{stacker}/stack/sheet_index")]
-    assert set(cells) <= set(ids), (cells, ids)
 
 
 def check_batches_take_context_from_their_own_cycle(subscriber: Subscriber, rack: str) -> None:
