@@ -19,6 +19,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cellgate demo
 
+# Test processes (pytest-xdist). Most tests wait on real processes and sockets, so more workers than cores pay;
+# --dist loadfile keeps a file's tests (and its module fixtures: one broker, one simulator set) in one worker.
+PYTEST_WORKERS ?= 4
+
 ## test: lint, types and the whole test suite (installs Mosquitto, socat, Node.js + node-opcua, promtool, Chromium when missing;
 ##       as root also the Debian package tools for tests/package)
 test: $(STAMP)
@@ -28,7 +32,7 @@ test: $(STAMP)
 	if [ "$$(id -u)" -eq 0 ]; then .ci/ensure-system-packages $(DEB_BUILD_PACKAGES); fi
 	$(BIN)/ruff check gateway simulators tests $(wildcard benchmarks)
 	$(BIN)/mypy gateway simulators
-	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway simulators tests $(wildcard benchmarks)
