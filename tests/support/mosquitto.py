@@ -169,7 +169,7 @@ class Mosquitto:
 
     # --------------------------------------------------------------------------- lifecycle
 
-    def start(self, timeout_s: float = 5.0) -> None:
+    def start(self, timeout_s: float = 30.0) -> None:
         """Start mosquitto and return once the port accepts TCP connections."""
         if self.running:
             raise BrokerError("mosquitto is already running")
@@ -248,7 +248,7 @@ class Mosquitto:
     def _terminate(self) -> None:
         self.stop(timeout_s=2.0)
 
-    def restart(self, timeout_s: float = 5.0, *, kill: bool = False, down_s: float = 0.0) -> None:
+    def restart(self, timeout_s: float = 30.0, *, kill: bool = False, down_s: float = 0.0) -> None:
         """Stop, wait ``down_s``, start again on the same port."""
         self.stop(timeout_s, kill=kill)
         if down_s:
@@ -370,7 +370,7 @@ class Subscriber:
         with self._lock:
             self._messages.append(received)
 
-    def start(self, timeout_s: float = 5.0) -> None:
+    def start(self, timeout_s: float = 30.0) -> None:
         self._client.connect(self.host, self.port, keepalive=30)
         self._client.loop_start()
         if not self._subscribed.wait(timeout_s):
@@ -405,7 +405,7 @@ class Subscriber:
         with self._lock:
             self._messages.clear()
 
-    async def wait_for(self, predicate: Predicate, timeout_s: float = 5.0) -> list[Received]:
+    async def wait_for(self, predicate: Predicate, timeout_s: float = 15.0) -> list[Received]:
         """Poll until ``predicate(messages)`` is true and return the messages; AssertionError on timeout.
 
         Async so the event loop (and the sink under test) keeps running while we wait.
@@ -422,7 +422,7 @@ class Subscriber:
                 )
             await asyncio.sleep(0.01)
 
-    def wait_for_blocking(self, predicate: Predicate, timeout_s: float = 5.0) -> list[Received]:
+    def wait_for_blocking(self, predicate: Predicate, timeout_s: float = 15.0) -> list[Received]:
         """``wait_for`` for code without an event loop."""
         deadline = time.monotonic() + timeout_s
         while True:
