@@ -1,10 +1,12 @@
-"""Suite-wide test ordering for parallel runs (``make test``: pytest-xdist, ``--dist loadfile``).
+"""Suite-wide test ordering for parallel runs (``make test``: pytest-xdist, ``--dist loadfile
+--no-loadscope-reorder``).
 
-xdist hands whole files to its workers in collection order. A long file handed out last keeps one worker busy
-while the others sit idle, so the directories whose files take longest (a Debian package build, end-to-end runs
-of real processes) are collected first and the many short unit files fill the gaps at the end. The order
-within a directory is unchanged, and no test depends on the order (each brings its own brokers, ports and
-temporary directories).
+xdist hands whole files to its workers in collection order (without ``--no-loadscope-reorder`` it would hand
+out the files with the most tests first, which leaves the few long end-to-end tests for the end). A long file
+handed out last keeps one worker busy while the others sit idle, so the directories whose files take longest
+(a Debian package build, end-to-end runs of real processes) are collected first and the many short unit files
+fill the gaps at the end. The order within a directory is unchanged, and no test depends on the order (each
+brings its own brokers, ports and temporary directories).
 """
 
 from __future__ import annotations
