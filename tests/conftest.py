@@ -16,17 +16,32 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-# Longest files first (by the suite's durations report); directories not named here come after these.
+# The files that took longest in a parallel run (pytest --durations), longest first; then whole directories,
+# longest first; what is named nowhere comes last.
+LONGEST_FILES = (
+    "package/test_deb.py",
+    "fuzz/test_fuzz_tagmap.py",
+    "e2e/test_spool_faults.py",
+    "e2e/test_store_and_forward.py",
+    "integration/test_opcua_security.py",
+    "package/test_dists.py",
+    "integration/test_reconnect_storm.py",
+    "integration/test_opcua_source.py",
+    "e2e/test_opcua_arrays_structures.py",
+    "fuzz/test_fuzz_modbus_decode.py",
+)
 DIRECTORY_ORDER = ("package", "e2e", "interop", "integration", "fuzz", "unit")
 
 
-def _rank(item: pytest.Item) -> int:
+def _rank(item: pytest.Item) -> tuple[int, int]:
     try:
-        top = item.path.resolve().relative_to(TESTS).parts[0]
+        relative = item.path.resolve().relative_to(TESTS)
     except ValueError:
-        return len(DIRECTORY_ORDER)
-    return DIRECTORY_ORDER.index(top) if top in DIRECTORY_ORDER else len(DIRECTORY_ORDER)
+        return (len(LONGEST_FILES), len(DIRECTORY_ORDER))
+    name, top = relative.as_posix(), relative.parts[0]
+    file_rank = LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+    return (file_rank, DIRECTORY_ORDER.index(top) if top in DIRECTORY_ORDER else len(DIRECTORY_ORDER))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=_rank)  # stable: the order inside each directory stays as collected
+    items.sort(key=_rank)  # stable: the order inside each file and directory stays as collected
