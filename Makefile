@@ -19,6 +19,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cellgate demo
 
+# Test processes (pytest-xdist). Most tests wait on real processes and sockets, so more workers than cores pay;
+# --dist loadfile keeps a file's tests (and its module fixtures: one broker, one simulator set) in one worker;
+# --no-loadscope-reorder hands files out in collection order (tests/conftest.py: longest first), not by test count.
+# Tests marked `serial` assert a bound in seconds: they run alone afterwards, on a machine the others no longer load.
+PYTEST_WORKERS ?= 4
+
 ## test: lint, types and the whole test suite (installs Mosquitto, socat, Node.js + node-opcua, promtool, Chromium when missing;
 ##       as root also the Debian package tools for tests/package)
 test: $(STAMP)
@@ -28,7 +34,9 @@ test: $(STAMP)
 	if [ "$$(id -u)" -eq 0 ]; then .ci/ensure-system-packages $(DEB_BUILD_PACKAGES); fi
 	$(BIN)/ruff check gateway simulators tests $(wildcard benchmarks)
 	$(BIN)/mypy gateway simulators
-	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	# Exit status 5 is "nothing selected" (PYTEST_ARGS naming files with no serial test, or only serial ones).
+	$(BIN)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -m 'not serial' $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/pytest -q -p no:cacheprovider -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway simulators tests $(wildcard benchmarks)

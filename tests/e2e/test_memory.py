@@ -80,7 +80,7 @@ def bench_modbus_ports(tmp_path: Path) -> Iterator[list[int]]:
         assert server.stdout is not None
         with selectors.DefaultSelector() as selector:
             selector.register(server.stdout, selectors.EVENT_READ)
-            assert selector.select(timeout=20), "the bench server printed no ready line"
+            assert selector.select(timeout=90), "the bench server printed no ready line"
         ready = server.stdout.readline().strip()
         assert ready.startswith("ready modbus="), ready
         yield [int(address.rsplit(":", 1)[1]) for address in ready.split("=", 1)[1].split(",")]

@@ -156,6 +156,7 @@ def test_spool_cap_drops_the_oldest_counts_them_and_keeps_running(rig: Rig) -> N
     assert max(s for s in live if s < replayed[0]) < replayed[0] - 1, "the oldest of the outage were dropped"
 
 
+@pytest.mark.serial  # bounds the coater's pause in seconds: run alone, after the parallel part
 def test_sighup_broken_file_keeps_running_valid_file_restarts_only_the_changed_device(rig: Rig) -> None:
     gateway = rig.gateway()
     gateway.start()

@@ -180,6 +180,7 @@ async def test_unanswered_requests_time_out_as_comm_failure() -> None:
             assert rec.links[-1] == (True, None)
 
 
+@pytest.mark.serial  # compares poll gaps in milliseconds: run alone, after the parallel part
 async def test_overruns_are_counted_and_the_next_poll_starts_at_once_never_in_a_burst() -> None:
     port = free_tcp_port()
     rec = Recorder(emit_delay_s=0.05)  # a slow consumer: every cycle takes longer than the 20 ms interval
@@ -290,7 +291,8 @@ async def test_overload_is_counted_logged_once_and_every_tag_still_published() -
                 assert stats.skipped_cycles >= stats.overruns
     # The reachable rate (one cycle per ~60 ms) carries every tag each time: nothing is starved.
     assert all({r.tag for r in cycle} == {f.key for f in UNIT1_FIELDS} for cycle in rec1.cycles)
-    overruns = [entry for entry in logs if entry["event"] == "poll_overrun"]
+    # dev1's sink is slow by design; dev2 may overrun too on a loaded machine, which is not what is checked here.
+    overruns = [entry for entry in logs if entry["event"] == "poll_overrun" and entry["device"] == "dev1"]
     assert len(overruns) == 1, overruns  # once a minute at most, not once per cycle
     assert overruns[0]["device"] == "dev1" and overruns[0]["interval_ms"] == 20
     assert overruns[0]["log_level"] == "warning"
@@ -312,8 +314,9 @@ async def test_a_held_up_source_logs_the_end_of_the_stall_with_the_polls_it_cost
                 rec1.emit_delay_s = 0.0
                 await rec1.wait_until(lambda r: any(entry["event"] == "poll_caught_up" for entry in logs), within_s=5)
                 stats = connection.stats["dev1"]
-    overruns = [entry for entry in logs if entry["event"] == "poll_overrun"]
-    caught_up = [entry for entry in logs if entry["event"] == "poll_caught_up"]
+    # Only dev1's hand-over is held up; dev2 may overrun on a loaded machine, which is not what is checked here.
+    overruns = [entry for entry in logs if entry["event"] == "poll_overrun" and entry["device"] == "dev1"]
+    caught_up = [entry for entry in logs if entry["event"] == "poll_caught_up" and entry["device"] == "dev1"]
     assert len(overruns) == 1 and len(caught_up) == 1, logs
     assert caught_up[0]["device"] == "dev1"
     assert caught_up[0]["skipped_cycles"] >= 3 * 8  # three or four hand-overs of 0.5 s at 50 ms: ~30 polls lost

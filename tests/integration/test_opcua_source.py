@@ -177,6 +177,7 @@ async def test_poll_halves_reads_when_the_server_under_reports_its_limit(server:
         await server.set_advertised_max_nodes_per_read(READ_LIMIT)
 
 
+@pytest.mark.serial  # exactly one link down/up: on a loaded machine request timeouts add more
 async def test_reconnect_after_restart_with_new_namespace_order() -> None:
     """Start the sources before the server (first connect fails), then restart the server with another
     namespace registered first: values must keep landing on the right tags, never on the decoys."""
@@ -281,6 +282,7 @@ async def test_full_queue_drops_oldest_readings_and_counts_them(server: OpcUaTes
     assert source.stats.queue_overflow_dropped == 2
 
 
+@pytest.mark.serial  # detection within seconds: run alone, after the parallel part
 async def test_frozen_server_is_detected_and_reconnected() -> None:
     """SIGSTOP the server process: the TCP link stays open but nothing answers (a hung PLC, a dead switch)."""
     port = free_port()

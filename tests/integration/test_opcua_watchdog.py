@@ -18,12 +18,16 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
 from gateway.schema import STATUS_COMM_FAILURE, Quality
 from gateway.sources.base import RawReading
 from gateway.sources.opcua import OpcUaDeviceOptions, OpcUaSource, OpcUaTagRef
 from tests.support.opcua import TEST_NAMESPACE, OpcUaTestServer, free_port
+
+# Detection is asserted against a bound in seconds: run alone, after the parallel part of the suite.
+pytestmark = pytest.mark.serial
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEEPALIVE_S = 0.5  # the server sends a keep-alive after 0.5 s without data (default: 5 s)

@@ -54,7 +54,7 @@ async def default_set() -> AsyncIterator[RunningSimulators]:
         SimulatorOptions(opcua_port=0, modbus_port=0), stop=stop, control_port=0, on_ready=ready.set_result,
     ))
     try:
-        yield await asyncio.wait_for(asyncio.shield(ready), timeout=30)
+        yield await asyncio.wait_for(asyncio.shield(ready), timeout=90)
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)

@@ -140,7 +140,7 @@ async def test_the_served_default_set_is_one_line_whose_ids_connect() -> None:
     task = asyncio.create_task(run_simulators(opcua_port=0, modbus_port=0, seed=5, stop=stop,
                                               on_ready=ready.set_result))
     try:
-        running = await asyncio.wait_for(ready, timeout=30.0)
+        running = await asyncio.wait_for(ready, timeout=90.0)
         assert running.opcua_endpoint is not None
         async with Client(running.opcua_endpoint, timeout=4) as client:
             index = await client.get_namespace_index(NAMESPACE_URI)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
@@ -106,6 +107,7 @@ class Mosquitto:
         self.workdir = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="cellgate-mosquitto-"))
         self.log_path = self.workdir / "mosquitto.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._log_start = 0  # where this run's lines begin in log_path (restarts append)
 
     @property
     def url(self) -> str:
@@ -167,7 +169,7 @@ class Mosquitto:
 
     # --------------------------------------------------------------------------- lifecycle
 
-    def start(self, timeout_s: float = 5.0) -> None:
+    def start(self, timeout_s: float = 30.0) -> None:
         """Start mosquitto and return once the port accepts TCP connections."""
         if self.running:
             raise BrokerError("mosquitto is already running")
@@ -186,6 +188,7 @@ class Mosquitto:
 
     def _spawn(self) -> None:
         config = self._write_config()
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         try:
             self._process = subprocess.Popen(
@@ -195,16 +198,32 @@ class Mosquitto:
             log.close()  # the child has its own copy of the descriptor
 
     def _wait_listening(self, timeout_s: float) -> bool:
+        """True once this process logged that its listeners are open and the port accepts a connection.
+
+        The log line matters when tests run in parallel: a connection alone could reach another process that
+        took the port between ``free_port()`` and mosquitto's bind (mosquitto then exits "Address in use").
+        """
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.running:
                 return False
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return True
-            except OSError:
-                time.sleep(0.02)
+            if self._logged_running():
+                try:
+                    with socket.create_connection((self.host, self.port), timeout=0.2):
+                        return self.running
+                except OSError:
+                    pass
+            time.sleep(0.02)
         return False
+
+    def _logged_running(self) -> bool:
+        # "mosquitto version X running" comes after every listener is bound (log_type information).
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self._log_start)
+                return re.search(rb"mosquitto version \S+ running", log.read()) is not None
+        except FileNotFoundError:
+            return False
 
     def stop(self, timeout_s: float = 5.0, *, kill: bool = False) -> None:
         """Stop mosquitto: SIGTERM (graceful, saves persistence), SIGKILL after ``timeout_s``.
@@ -229,7 +248,7 @@ class Mosquitto:
     def _terminate(self) -> None:
         self.stop(timeout_s=2.0)
 
-    def restart(self, timeout_s: float = 5.0, *, kill: bool = False, down_s: float = 0.0) -> None:
+    def restart(self, timeout_s: float = 30.0, *, kill: bool = False, down_s: float = 0.0) -> None:
         """Stop, wait ``down_s``, start again on the same port."""
         self.stop(timeout_s, kill=kill)
         if down_s:
@@ -351,7 +370,7 @@ class Subscriber:
         with self._lock:
             self._messages.append(received)
 
-    def start(self, timeout_s: float = 5.0) -> None:
+    def start(self, timeout_s: float = 30.0) -> None:
         self._client.connect(self.host, self.port, keepalive=30)
         self._client.loop_start()
         if not self._subscribed.wait(timeout_s):
@@ -386,7 +405,7 @@ class Subscriber:
         with self._lock:
             self._messages.clear()
 
-    async def wait_for(self, predicate: Predicate, timeout_s: float = 5.0) -> list[Received]:
+    async def wait_for(self, predicate: Predicate, timeout_s: float = 15.0) -> list[Received]:
         """Poll until ``predicate(messages)`` is true and return the messages; AssertionError on timeout.
 
         Async so the event loop (and the sink under test) keeps running while we wait.
@@ -403,7 +422,7 @@ class Subscriber:
                 )
             await asyncio.sleep(0.01)
 
-    def wait_for_blocking(self, predicate: Predicate, timeout_s: float = 5.0) -> list[Received]:
+    def wait_for_blocking(self, predicate: Predicate, timeout_s: float = 15.0) -> list[Received]:
         """``wait_for`` for code without an event loop."""
         deadline = time.monotonic() + timeout_s
         while True:

@@ -163,7 +163,7 @@ def options(broker: ScriptedBroker, **overrides: Any) -> MqttOptions:
     return dataclasses.replace(base, **overrides)
 
 
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import sys
 from collections.abc import Iterator
@@ -92,8 +93,8 @@ class OpcUaTestServer:
         max_nodes_per_read: int = 0,
         enforce_max_nodes_per_read: int | None = None,
     ) -> None:
+        self._fixed_port = port is not None
         self.port = port if port is not None else free_port()
-        self.endpoint = f"opc.tcp://127.0.0.1:{self.port}/cellgate/"
         self.max_nodes_per_read = max_nodes_per_read
         self.enforce_max_nodes_per_read = enforce_max_nodes_per_read
         self.read_sizes: list[int] = []
@@ -102,13 +103,33 @@ class OpcUaTestServer:
         self._server: Server | None = None
         self._variables: dict[str, ServedVariable] = {v.name: v for v in TEST_VARIABLES}
 
+    @property
+    def endpoint(self) -> str:
+        """The server's URL; once handed out (a client may hold it before start()), the port stays fixed."""
+        self._fixed_port = True
+        return self._endpoint()
+
+    def _endpoint(self) -> str:
+        return f"opc.tcp://127.0.0.1:{self.port}/cellgate/"
+
     def node_id(self, name: str) -> ua.NodeId:
         return ua.NodeId(ua.String(name), ua.Int16(self.namespace_index), ua.NodeIdType.String)
 
     async def start(self, *, decoy_first: bool = False) -> None:
-        server, index, decoy = await self._build(decoy_first=decoy_first)
-        await server.start()
-        self._server, self.namespace_index, self.decoy_index = server, index, decoy
+        attempts = 1 if self._fixed_port else 3
+        for attempt in range(attempts):
+            server, index, decoy = await self._build(decoy_first=decoy_first)
+            try:
+                await server.start()
+            except OSError as error:
+                # Another process (a parallel test) bound the port after free_port() chose it: choose again.
+                if error.errno != errno.EADDRINUSE or attempt + 1 == attempts:
+                    raise
+                self.port = free_port()
+                continue
+            self._server, self.namespace_index, self.decoy_index = server, index, decoy
+            self._fixed_port = True  # restart() keeps the endpoint clients know
+            return
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -173,7 +194,7 @@ class OpcUaTestServer:
     async def _build(self, *, decoy_first: bool) -> tuple[Server, int, int | None]:
         server = Server()
         await server.init()
-        server.set_endpoint(self.endpoint)
+        server.set_endpoint(self._endpoint())
         server.set_server_name("cellgate test server")
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         decoy_index: int | None = None

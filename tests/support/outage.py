@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -41,11 +42,13 @@ def demo_line(tmp_path: Path, enterprise: str, rig_type: type[LineT]) -> Iterato
     modbus_port = free_port_run(MODBUS_MACHINES_IN_DEFAULT_SET)
     opcua_sim = SimulatorProcess(only="opcua", opcua_port=0)
     modbus_sim = SimulatorProcess(only="modbus", modbus_port=modbus_port)
-    opcua_sim.start()
-    modbus_sim.start()
     (tmp_path / "broker").mkdir()
     broker = Mosquitto(persistence=True, workdir=tmp_path / "broker")
     try:
+        # The two simulator processes start side by side: each spends seconds building its servers.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for started in [pool.submit(opcua_sim.start), pool.submit(modbus_sim.start)]:
+                started.result()
         broker.start()
         opcua_port = int(opcua_sim.opcua_endpoint.rstrip("/").rsplit(":", 1)[1])
         config = retarget_demo_config(opcua_port=opcua_port, modbus_port=modbus_port, destination=tmp_path / "map.yaml")

@@ -190,7 +190,7 @@ class SimulatorProcess:
         channels: int = 16,
         seed: int = 1,
         speedup: float = 1.0,
-        start_timeout_s: float = 20.0,
+        start_timeout_s: float = 90.0,
         only: str | None = None,
         control_port: int | None = None,
         extra_args: Sequence[str] = (),

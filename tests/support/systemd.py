@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-RECEIVE_TIMEOUT_S = 5.0
+RECEIVE_TIMEOUT_S = 30.0  # a deadline for a datagram that must come: a loaded machine starts a gateway slowly
 
 
 class NotifyListener:
