@@ -1,5 +1,5 @@
 """The live view's genealogy block, rendered from event records recorded from a real run of the proof
-(tests/e2e/test_genealogy.py: the simulated line, ``cellgate run``, Mosquitto), in the order they arrived."""
+(tests/e2e/test_genealogy_proof.py: the simulated line, ``cellgate run``, Mosquitto), in the order they arrived."""
 
 from __future__ import annotations
 
