@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 # OPC UA Connection Protocol (Part 6, 7.1.2): every chunk starts with MessageType (3 bytes), chunk type (1 byte:
@@ -74,8 +74,15 @@ async def _pass_responses(reader: asyncio.StreamReader, writer: asyncio.StreamWr
                 passed += 1
 
 
+Reader, Writer = asyncio.StreamReader, asyncio.StreamWriter
+Pipe = Callable[[Reader, Writer, Reader, Writer], Awaitable[None]]
+"""What a proxy does with one connection: (client reader, client writer, server reader, server writer)."""
+
+
 @contextlib.asynccontextmanager
-async def session_then_close_proxy(upstream_port: int, *, after_messages: int = 2) -> AsyncIterator[ConnectionCounter]:
+async def _proxy(upstream_port: int, pipe: Pipe) -> AsyncIterator[ConnectionCounter]:
+    """A TCP proxy on a free loopback port to ``upstream_port``; each connection runs ``pipe``, then both ends
+    close. Counts the connections."""
     counter = ConnectionCounter()
 
     async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
@@ -89,13 +96,9 @@ async def session_then_close_proxy(upstream_port: int, *, after_messages: int = 
             client_writer.close()
             counter.tasks.discard(task)
             return
-        upstream = asyncio.create_task(_copy(client_reader, server_writer))
         try:
-            await _pass_responses(server_reader, client_writer, after_messages)
+            await pipe(client_reader, client_writer, server_reader, server_writer)
         finally:
-            upstream.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await upstream
             client_writer.close()
             server_writer.close()
             counter.tasks.discard(task)
@@ -110,6 +113,28 @@ async def session_then_close_proxy(upstream_port: int, *, after_messages: int = 
             task.cancel()
         await asyncio.gather(*counter.tasks, return_exceptions=True)
         await server.wait_closed()
+
+
+async def _while_copying(copy: Awaitable[None], main: Awaitable[None]) -> None:
+    """Run ``main`` while ``copy`` (the other direction) runs beside it; stop the copy when ``main`` ends."""
+    other = asyncio.ensure_future(copy)
+    try:
+        await main
+    finally:
+        other.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await other
+
+
+def session_then_close_proxy(
+    upstream_port: int, *, after_messages: int = 2
+) -> contextlib.AbstractAsyncContextManager[ConnectionCounter]:
+    async def pipe(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,
+                   server_reader: asyncio.StreamReader, server_writer: asyncio.StreamWriter) -> None:
+        await _while_copying(_copy(client_reader, server_writer),
+                             _pass_responses(server_reader, client_writer, after_messages))
+
+    return _proxy(upstream_port, pipe)
 
 
 async def _copy_throttled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, bytes_per_s: float) -> None:
@@ -128,39 +153,12 @@ async def _copy_throttled(reader: asyncio.StreamReader, writer: asyncio.StreamWr
                 started, passed = time.monotonic(), 0
 
 
-@contextlib.asynccontextmanager
-async def throttled_proxy(upstream_port: int, *, bytes_per_s: float) -> AsyncIterator[ConnectionCounter]:
-    counter = ConnectionCounter()
+def throttled_proxy(
+    upstream_port: int, *, bytes_per_s: float
+) -> contextlib.AbstractAsyncContextManager[ConnectionCounter]:
+    async def pipe(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,
+                   server_reader: asyncio.StreamReader, server_writer: asyncio.StreamWriter) -> None:
+        await _while_copying(_copy(server_reader, client_writer),
+                             _copy_throttled(client_reader, server_writer, bytes_per_s))
 
-    async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        counter.connections += 1
-        task = asyncio.current_task()
-        assert task is not None
-        counter.tasks.add(task)
-        try:
-            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
-        except OSError:
-            client_writer.close()
-            counter.tasks.discard(task)
-            return
-        answers = asyncio.create_task(_copy(server_reader, client_writer))
-        try:
-            await _copy_throttled(client_reader, server_writer, bytes_per_s)
-        finally:
-            answers.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await answers
-            client_writer.close()
-            server_writer.close()
-            counter.tasks.discard(task)
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    counter.port = server.sockets[0].getsockname()[1]
-    try:
-        yield counter
-    finally:
-        server.close()
-        for task in list(counter.tasks):
-            task.cancel()
-        await asyncio.gather(*counter.tasks, return_exceptions=True)
-        await server.wait_closed()
+    return _proxy(upstream_port, pipe)
