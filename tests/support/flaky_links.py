@@ -21,6 +21,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 # OPC UA Connection Protocol (Part 6, 7.1.2): every chunk starts with MessageType (3 bytes), chunk type (1 byte:
 # F final, C intermediate, A abort) and the chunk's whole size including this header (UInt32, little-endian).
@@ -74,8 +75,9 @@ async def _pass_responses(reader: asyncio.StreamReader, writer: asyncio.StreamWr
                 passed += 1
 
 
-Reader, Writer = asyncio.StreamReader, asyncio.StreamWriter
-Pipe = Callable[[Reader, Writer, Reader, Writer], Awaitable[None]]
+_Reader: TypeAlias = asyncio.StreamReader
+_Writer: TypeAlias = asyncio.StreamWriter
+Pipe: TypeAlias = Callable[[_Reader, _Writer, _Reader, _Writer], Awaitable[None]]
 """What a proxy does with one connection: (client reader, client writer, server reader, server writer)."""
 
 
