@@ -535,21 +535,37 @@ class ModbusTcpClient:
         ``ModbusConnectionError`` when not connected and ValueError for a request the protocol cannot carry.
         """
         function = ReadFunction(function)
+
+        def frame(transaction_id: int) -> bytes:
+            return build_read_request(
+                transaction_id=transaction_id, unit_id=unit_id, function=function, start=start, count=count
+            )
+
+        return await self._send(function, unit_id, count, frame, timeout_s)
+
+    async def _send(
+        self,
+        function: ReadFunction | WriteFunction,
+        unit_id: int,
+        count: int,
+        frame_for: Callable[[int], bytes],
+        timeout_s: float,
+        check_write: Callable[[bytes], WriteAnswer | MalformedResponse] | None = None,
+    ) -> asyncio.Future[ReadAnswer]:
+        """Wait for a free slot, put the request ``frame_for(transaction id)`` on the wire, return its future."""
         await self._slots.acquire()
         try:
             protocol = self._protocol
             if protocol is None or not protocol.open or protocol.transport is None:
                 raise ModbusConnectionError(f"not connected to {self.host}:{self.port}")
             transaction_id = protocol.next_transaction_id()
-            frame = build_read_request(
-                transaction_id=transaction_id, unit_id=unit_id, function=function, start=start, count=count
-            )
+            frame = frame_for(transaction_id)
         except BaseException:
             self._slots.release()
             raise
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ReadAnswer] = loop.create_future()
-        pending = _Pending(function=function, unit_id=unit_id, count=count, future=future)
+        pending = _Pending(function=function, unit_id=unit_id, count=count, future=future, check_write=check_write)
         pending.deadline = loop.call_at(loop.time() + timeout_s, protocol.expire, transaction_id, pending, timeout_s)
         protocol.pending[transaction_id] = pending
         # Whatever ends the request (answer, deadline, connection loss, cancel) frees its slot and its id.
@@ -580,30 +596,16 @@ class ModbusTcpClient:
         ``read``. Writes share the reads' slots (``max_in_flight``) and transaction ids."""
         function = WriteFunction(function)
         values = list(values)
-        await self._slots.acquire()
-        try:
-            protocol = self._protocol
-            if protocol is None or not protocol.open or protocol.transport is None:
-                raise ModbusConnectionError(f"not connected to {self.host}:{self.port}")
-            transaction_id = protocol.next_transaction_id()
-            frame = build_write_request(
+
+        def frame(transaction_id: int) -> bytes:
+            return build_write_request(
                 transaction_id=transaction_id, unit_id=unit_id, function=function, address=address, values=values
             )
-        except BaseException:
-            self._slots.release()
-            raise
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[ReadAnswer] = loop.create_future()
 
         def check(pdu: bytes) -> WriteAnswer | MalformedResponse:
             return parse_write_response(pdu, function=function, address=address, values=values)
 
-        pending = _Pending(function=function, unit_id=unit_id, count=len(values), future=future, check_write=check)
-        pending.deadline = loop.call_at(loop.time() + timeout_s, protocol.expire, transaction_id, pending, timeout_s)
-        protocol.pending[transaction_id] = pending
-        future.add_done_callback(lambda _: self._finished(protocol, transaction_id, pending))
-        protocol.transport.write(frame)
-        self.stats.requests_sent += 1
+        future = await self._send(function, unit_id, len(values), frame, timeout_s, check)
         answer: object = await future
         assert isinstance(answer, WriteConfirmed | ExceptionResponse)
         return answer
