@@ -10,7 +10,8 @@ same window, warm-up and /proc measurements. A peer publishes one MQTT message p
 Cellgate's tag map when it can choose (modbus4mqtt 0.7.1 always publishes QoS 0: its row says so).
 
 * **Node-RED** (npm: node-red, node-red-contrib-modbus, node-red-contrib-opcua at the versions of
-  ``benchmarks/peers/package.json``), headless (``benchmarks/peers/settings.js``: no editor), running a flow
+  ``benchmarks/peers/package.json``), headless (``benchmarks/peers/settings.js``: no editor; only the node
+  module of the scenario's protocol is loaded), running a flow
   generated here. Modbus: one ``modbus-read`` node per 125-register block (the Modbus maximum: as few requests as
   the protocol allows) on one ``modbus-client`` (TCP, one request at a time, as Cellgate's default), every node
   polling at the scenario's interval; a function node turns each answer into one message per register,
@@ -385,7 +386,9 @@ def _run(argv: Sequence[str], *, cwd: Path, what: str) -> None:
 def ensure_node_red(cache: Path) -> Path:
     """npm-install the pinned Node-RED packages into ``cache/node-red`` (again when package.json changed)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
-        raise ChildError("node-red needs Node.js and npm (apt-get install nodejs npm)")
+        # As `make bench` does for Mosquitto: Debian's packages, when root (else it says what to install).
+        _run([str(BENCH_DIR.parent / ".ci" / "ensure-system-packages"), "nodejs", "npm"], cwd=cache,
+             what="installing nodejs and npm")
     target = cache / "node-red"
     target.mkdir(parents=True, exist_ok=True)
     wanted = (TEMPLATES / "package.json").read_bytes()
@@ -405,6 +408,7 @@ def ensure_modbus4mqtt(cache: Path) -> Path:
     script = venv / "bin" / "modbus4mqtt"
     stamp = venv / ".installed"
     if not (script.exists() and stamp.exists() and stamp.read_text() == MODBUS4MQTT_VERSION):
+        # The system Python: modbus4mqtt's pymodbus 2.5 predates the newest Pythons a project venv may have.
         python = shutil.which("python3") or sys.executable
         print(f"peers: installing modbus4mqtt {MODBUS4MQTT_VERSION} into {venv} (pip) ...", flush=True)
         _run([python, "-m", "venv", "--clear", str(venv)], cwd=cache, what="python3 -m venv")
@@ -498,7 +502,10 @@ def _launch(peer: str, plan: Any, address: str, broker_port: int, qos: int, work
         argv=["node", str(node_red_dir / "node_modules" / "node-red" / "red.js"), "--settings",
               str(TEMPLATES / "settings.js"), "--userDir", str(user_dir)],
         files={str(flows.relative_to(workdir)): json.dumps(flow, indent=1)},
-        env={"CELLGATE_BENCH_FLOW_FILE": str(flows), "CELLGATE_BENCH_NODE_RED_PORT": str(free_port())},
+        env={"CELLGATE_BENCH_FLOW_FILE": str(flows), "CELLGATE_BENCH_NODE_RED_PORT": str(free_port()),
+             # The other protocol's node module stays unloaded (node-opcua alone is ~100 MB of RSS).
+             "CELLGATE_BENCH_NODE_RED_EXCLUDE": "node-red-contrib-opcua" if plan.protocol == "modbus"
+             else "node-red-contrib-modbus"},
         expected=expected, has_timestamp=True,
         details={"peer_versions": versions, "peer_qos": qos, "mqtt_protocol": "5",
                  "modbus_reads_per_cycle": len(modbus_blocks(plan.size, MODBUS_MAX_REGISTERS))

@@ -12,6 +12,8 @@ module.exports = {
     logging: {
         console: { level: process.env.CELLGATE_BENCH_NODE_RED_LOG || "warn", metrics: false, audit: false },
     },
+    // Only the node module the flow uses is loaded (an installation would have only that one).
+    nodesExcludes: (process.env.CELLGATE_BENCH_NODE_RED_EXCLUDE || "").split(",").filter(Boolean),
     // Function nodes in the flow use no external modules.
     functionExternalModules: false,
     externalModules: { autoInstall: false, palette: { allowInstall: false } },
