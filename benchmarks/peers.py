@@ -280,6 +280,20 @@ def per_tag_stats(per_key: dict[str, int], expected: set[str], window_s: float) 
     }
 
 
+def server_written_per_s(output: str, window_start: float, window_end: float) -> float | None:
+    """Values the OPC UA bench server wrote per second in the window (wall clock), from its
+    ``pass writes=N ended=T`` lines; None without such lines (the Modbus server answers reads instead)."""
+    passes = [
+        (int(fields["writes"]), float(fields["ended"]))
+        for line in output.splitlines()
+        if line.startswith("pass ")
+        for fields in [dict(part.split("=", 1) for part in line.split()[1:])]
+    ]
+    if not passes or window_end <= window_start:
+        return None
+    return sum(writes for writes, ended in passes if window_start < ended <= window_end) / (window_end - window_start)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Measured:
     """What one peer run measured, before it is shaped like run.py's result."""
@@ -293,6 +307,7 @@ class Measured:
     processes: int
     busy_fraction: float | None
     has_timestamp: bool
+    written_per_s: float | None = None  # what an OPC UA bench server really wrote in the window
 
 
 def peer_result(
@@ -309,7 +324,7 @@ def peer_result(
     age = counted.get("age_ms", {}) if measured.has_timestamp else {}
     peer_cpu = measured.cpu_s["peer"]
     ratio = values / (offered * window_s) if offered and window_s else 0.0
-    return {
+    result = {
         "scenario": scenario,
         "mode": mode,
         "system": peer,
@@ -347,6 +362,9 @@ def peer_result(
            for name in ("broker", "servers", "subscriber")},
         "machine": {"busy_fraction": measured.busy_fraction},
     }
+    written = measured.written_per_s
+    result["servers"]["written_values_per_s"] = round(written, 1) if written is not None else None
+    return result
 
 
 def _fmt(value: Any, spec: str = "") -> str:
@@ -364,7 +382,8 @@ def summary_line(result: dict[str, Any]) -> str:
     per_tag = d["per_tag_values_per_s"]
     return (
         f"{name}: {d['values_per_s']:,.0f} values/s of {config['offered_values_per_s']:,.0f} offered "
-        f"(QoS {config['mqtt_qos']}, Receive Maximum {config['broker_max_inflight_messages']}), "
+        + (f"(server wrote {written:,.0f}) " if (written := result["servers"].get("written_values_per_s")) else "")
+        + f"(QoS {config['mqtt_qos']}, Receive Maximum {config['broker_max_inflight_messages']}), "
         f"per tag min/p50/max {_fmt(per_tag['min'])}/{_fmt(per_tag['p50'])}/{_fmt(per_tag['max'])} values/s, "
         f"starved {d['tags_starved']}/{d['tags_expected']}, "
         f"age p50/p95/p99 {_fmt(age['p50'])}/{_fmt(age['p95'])}/{_fmt(age['p99'])} ms, "
@@ -565,7 +584,9 @@ def run_peer(peer: str, plan: Any, args: argparse.Namespace, qos: int) -> dict[s
         subscriber.send("start")
         subscriber.wait_for_prefix("started", 30)
         window_started = time.monotonic()
+        window_wall = time.time()
         time.sleep(args.duration_s)
+        window_wall_end = time.time()
         after = {name: [proc_sample(pid) for pid in group] for name, group in pids.items()}
         busy_after = machine_busy_ticks()
         window_s = time.monotonic() - window_started
@@ -575,8 +596,11 @@ def run_peer(peer: str, plan: Any, args: argparse.Namespace, qos: int) -> dict[s
     except (ChildError, OSError, ValueError) as exc:
         raise ChildError(f"{exc}\n(files and logs kept in {workdir})") from exc
     finally:
+        server_output = ""
         for child in reversed(children):
-            child.stop()
+            _, rest = child.stop()
+            if child.name == "servers":
+                server_output = rest
         broker.stop()
     total = busy_after[1] - busy_before[1]
     peer_after = [sample for sample in after["peer"] if sample is not None]
@@ -588,6 +612,7 @@ def run_peer(peer: str, plan: Any, args: argparse.Namespace, qos: int) -> dict[s
         processes=len(peer_pids),
         busy_fraction=round((busy_after[0] - busy_before[0]) / total, 3) if total else None,
         has_timestamp=launch.has_timestamp,
+        written_per_s=server_written_per_s(server_output, window_wall, window_wall_end),
     )
     result = peer_result(
         peer=peer, scenario=plan.scenario, mode=plan.mode, protocol=plan.protocol, interval_ms=plan.interval_ms,

@@ -149,3 +149,10 @@ def test_peer_result_without_a_timestamp_has_no_data_age(peers: ModuleType) -> N
     assert set(result["data_age_ms"].values()) == {None}
     assert "age p50/p95/p99 n/a/n/a/n/a ms" in peers.summary_line(result)
     assert "QoS 0, Receive Maximum 1000" in peers.summary_line(result)
+
+
+def test_server_written_per_s_counts_the_passes_that_ended_in_the_window(peers: ModuleType) -> None:
+    output = "ready opcua=opc.tcp://127.0.0.1:1/\npass writes=1000 ended=99.5\npass writes=1000 ended=100.5\n" \
+             "pass writes=1000 ended=101.5\npass writes=1000 ended=102.5\nstats variables=1000\n"
+    assert peers.server_written_per_s(output, 100.0, 102.0) == 1000.0
+    assert peers.server_written_per_s("ready modbus=127.0.0.1:1\nstats requests=5\n", 100.0, 102.0) is None
