@@ -11,14 +11,14 @@ Cellgate's tag map when it can choose (modbus4mqtt 0.7.1 always publishes QoS 0:
 
 * **Node-RED** (npm: node-red, node-red-contrib-modbus, node-red-contrib-opcua at the versions of
   ``benchmarks/peers/package.json``), headless (``benchmarks/peers/settings.js``: no editor; only the node
-  module of the scenario's protocol is loaded), running a flow
-  generated here. Modbus: one ``modbus-read`` node per 125-register block (the Modbus maximum: as few requests as
-  the protocol allows) on one ``modbus-client`` (TCP, one request at a time, as Cellgate's default), every node
-  polling at the scenario's interval; a function node turns each answer into one message per register,
-  ``{"value": v, "ts": <time the answer reached the flow>}`` (the meaning of Cellgate's Modbus ``ts``), to an
-  ``mqtt out`` node (MQTT 5, the same QoS). OPC UA: one ``OpcUa-Client`` node with action ``subscribe``, fed the
-  server's node ids (``msg.topic`` each, at start-up), publishing interval = the scenario's interval; each data
-  change becomes ``{"value": v, "ts": <SourceTimestamp>}``.
+  module of the scenario's protocol is loaded), running a flow generated here. Modbus: one ``modbus-read`` node
+  per 125-register block (the Modbus maximum: as few requests as the protocol allows) on one ``modbus-client``
+  (TCP, one request at a time, as Cellgate's default), every node polling at the scenario's interval; a function
+  node turns each answer into one message per register, ``{"value": v, "ts": <time the answer reached the
+  flow>}`` (the meaning of Cellgate's Modbus ``ts``), to an ``mqtt out`` node (MQTT 5, the same QoS). OPC UA:
+  one ``OpcUa-Client`` node with action ``subscribe``, given every variable at start-up as one monitored-item
+  group (topic ``multiple``), sampling/publishing interval = the scenario's interval; each data change becomes
+  ``{"value": v, "ts": <SourceTimestamp>}``.
 * **modbus4mqtt** (PyPI, in its own venv: it pins pymodbus 2.x and paho-mqtt 1.x), with a YAML config generated
   for the same registers: ``scan_batching: 100`` (its maximum), ``update_rate`` = the interval, one ``pub_topic``
   per register with ``json_key: value`` so the payload is the JSON object ``{"value": v}`` the subscriber counts.
@@ -29,6 +29,7 @@ Installed on first use into ``~/.cache/cellgate-bench`` (``$CELLGATE_BENCH_CACHE
 pip into the venv ``modbus4mqtt-venv/`` (made with the system ``python3``). Never by ``make test``.
 
 CPU, RSS: the peer's process and its descendants, from /proc, over the window (RSS summed at the end).
+Results have run.py's schema plus ``"system"`` (the peer); ``"gateway"`` holds the peer's process figures.
 """
 
 from __future__ import annotations
