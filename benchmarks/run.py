@@ -31,6 +31,9 @@ else; the harness puts its certificate in the gateway's trusted/ as an operator 
 When both run (``--scenario opcua-security`` runs just the two), one more line compares the gateway's CPU per
 value with and without security.
 
+``--peers node-red,modbus4mqtt`` runs those peer gateways after Cellgate on the same load, measured the same
+way (benchmarks/peers.py): one more line and one more result each.
+
 Prints one summary line per scenario/mode and writes everything as JSON (default benchmarks/results/<time>.json).
 Exit status 0 when every run completed (whether or not it met its targets), 1 if a run failed.
 """
@@ -56,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import peers
 import tagmaps
 from procs import Broker, Child, ChildError, ProcSample, machine_busy_ticks, proc_sample
 from servers import OPCUA_NAMESPACE
@@ -681,6 +685,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the gateway's mqtt.protocol (a stock Mosquitto caps only MQTT 5 clients at its window)")
     parser.add_argument("--subscriber-qos", type=int, choices=(0, 1), default=1,
                         help="the counting subscriber's QoS (1: the broker's window also limits it)")
+    parser.add_argument("--peers", type=peers.parse_peers, default=[], metavar="node-red,modbus4mqtt",
+                        help="after each live run, run these peer gateways on the same load (benchmarks/peers.py)")
     parser.add_argument("--keep-workdir", action="store_true",
                         help="keep each run's temp dir (tag map, logs); a failed run's is always kept")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/<time>.json)")
@@ -714,7 +720,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failed = True
             results.append(result)
             print(summary_line(result), flush=True)
-    for line in security_cost_lines(results):
+            if args.peers and scenario in LIVE_SCENARIOS:
+                qos = int(_lookup(result, "config.mqtt_qos") or 1)
+                ran = peers.run_peers(args.peers, scenario, mode, lambda s=scenario, m=mode: plan_live(s, m, args),
+                                      args, qos)
+                results += ran
+                failed = failed or any("error" in r for r in ran)
+    for line in security_cost_lines([r for r in results if "system" not in r]):  # Cellgate's runs, not peers'
         print(line, flush=True)
     out = args.out or BENCH_DIR / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
