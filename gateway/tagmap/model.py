@@ -435,7 +435,7 @@ class SpoolSection(_Model):
     max_mb: float = Field(default=1024, gt=0)
     """Cap on spooled messages (topic + payload + 48 bytes per message); past it the oldest are dropped.
     At least MIN_SPOOL_MB."""
-    replay_per_s: int = Field(default=20000, ge=1)
+    replay_per_s: int = Field(default=60000, ge=1)
     """Most spooled messages replayed per second once the broker is back (live data always goes first)."""
     window_wait_ms: int = Field(default=1000, ge=0)
     """How long a live message may wait for a free in-flight slot before it goes to the spool instead."""
