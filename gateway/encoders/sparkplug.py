@@ -326,12 +326,14 @@ class SparkplugDeviceEncoder:
         self._last: dict[str, Sample] = {}
         # DDATA of every tag at once, all good floats (a poll of a numeric device): this payload's metrics get the new
         # values and timestamps, no metric object is made (see _encode_every_tag). None: the device has other types.
-        self._index = {meta.tag: index for index, meta in enumerate(self._catalogue)}
         self._template: pb.Payload | None = None
+        self._metric_of: dict[str, pb.Payload.Metric] = {}  # tag -> its metric in the template (kept views)
         if self._catalogue and all(datatype == DOUBLE for datatype in self._datatype.values()):
             self._template = pb.Payload()
             for meta in self._catalogue:
-                self._template.metrics.add(alias=self._alias[meta.tag], timestamp=0, double_value=0.0)
+                self._metric_of[meta.tag] = self._template.metrics.add(
+                    alias=self._alias[meta.tag], timestamp=0, double_value=0.0
+                )
         self.ddata_topic = node.topic("DDATA", device)
         self.dbirth_topic = node.topic("DBIRTH", device)
         self.ddeath_topic = node.topic("DDEATH", device)
@@ -388,16 +390,19 @@ class SparkplugDeviceEncoder:
         assert template is not None
         if len({sample.tag for sample in samples}) != len(samples):
             return None
-        metrics = template.metrics
-        index = self._index
+        metric_of = self._metric_of
         last = self._last
+        ts_seen, ms = -1.0, 0  # the samples of one read share their ts: convert it once per read
         for sample in samples:
             value = sample.value
             if value.__class__ is not float or sample.quality is not _GOOD:
                 return None
             tag = sample.tag
-            metric = metrics[index[tag]]
-            metric.timestamp = int(sample.ts * 1000)
+            metric = metric_of[tag]
+            ts = sample.ts
+            if ts != ts_seen:
+                ts_seen, ms = ts, int(ts * 1000)
+            metric.timestamp = ms
             metric.double_value = value
             last[tag] = sample
         template.timestamp = _ms(now)

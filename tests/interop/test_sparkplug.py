@@ -261,17 +261,21 @@ def test_ddata_of_every_tag_at_once_decodes_as_any_other() -> None:
     messages += device.encode(poll([6.1, 6.2, 6.3], T0 + 4)[:2], T0 + 4)  # a part: general path
     duplicated = poll([7.1, 7.2, 7.3], T0 + 5)
     messages += device.encode([duplicated[0], duplicated[0], duplicated[2]], T0 + 5)  # a tag twice: general path
+    mixed = poll([8.1, 8.2, 8.3], T0 + 6)
+    mixed[1] = mixed[1]._replace(ts=T0 + 6.5)  # read by another request of the poll: its own timestamp
+    messages += device.encode(mixed, T0 + 7)  # every tag, two timestamps: the prebuilt payload
     decoded = [entry["decoded"] for entry in decode(wire(node, messages))][1:]
     rows = [
         [(m["alias"], m["value"], m["timestamp"], properties(m).get("Quality")) for m in payload["metrics"]]
         for payload in decoded
     ]
-    ms = [int((T0 + k) * 1000) for k in range(6)]
+    ms = [int((T0 + k) * 1000) for k in range(7)]
     assert rows == [
         [(10, 3.1, ms[1], None), (11, 3.2, ms[1], None), (12, 3.3, ms[1], None)],
         [(10, 4.1, ms[2], None), (11, None, ms[2], BAD), (12, 4.3, ms[2], None)],
         [(10, 5.1, ms[3], None), (11, 5.2, ms[3], None), (12, 5.3, ms[3], None)],
         [(10, 6.1, ms[4], None), (11, 6.2, ms[4], None)],
         [(10, 7.1, ms[5], None), (10, 7.1, ms[5], None), (12, 7.3, ms[5], None)],
+        [(10, 8.1, ms[6], None), (11, 8.2, int((T0 + 6.5) * 1000), None), (12, 8.3, ms[6], None)],
     ]
-    assert [payload["seq"] for payload in decoded] == [2, 3, 4, 5, 6]  # after the DBIRTH's 1
+    assert [payload["seq"] for payload in decoded] == [2, 3, 4, 5, 6, 7]  # after the DBIRTH's 1
