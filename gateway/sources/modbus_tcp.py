@@ -214,11 +214,10 @@ def build_write_request(
     return _MBAP.pack(transaction_id, MODBUS_PROTOCOL_ID, 1 + len(pdu), unit_id) + pdu
 
 
-def parse_write_response(
-    pdu: bytes, *, function: WriteFunction, address: int, values: Sequence[int]
-) -> WriteAnswer | MalformedResponse:
-    """The answer to a write, checked against the request: functions 5 and 6 echo the address and value,
-    function 16 the address and register count."""
+def _refused_or_other(
+    pdu: bytes, function: ReadFunction | WriteFunction
+) -> ExceptionResponse | MalformedResponse | None:
+    """An exception response to ``function``, or a PDU that answers no request of it; None for its normal answer."""
     if not pdu:
         return MalformedResponse(reason="empty PDU")
     code = pdu[0]
@@ -228,6 +227,17 @@ def parse_write_response(
         return ExceptionResponse(function=int(function), code=pdu[1])
     if code != function:
         return MalformedResponse(reason=f"function code {code} in the answer to function {int(function)}")
+    return None
+
+
+def parse_write_response(
+    pdu: bytes, *, function: WriteFunction, address: int, values: Sequence[int]
+) -> WriteAnswer | MalformedResponse:
+    """The answer to a write, checked against the request: functions 5 and 6 echo the address and value,
+    function 16 the address and register count."""
+    refused = _refused_or_other(pdu, function)
+    if refused is not None:
+        return refused
     if len(pdu) != 5:
         return MalformedResponse(reason=f"write answer of {len(pdu)} bytes, not 5")
     echoed_address, echoed = struct.unpack(">HH", pdu[1:5])
@@ -282,15 +292,9 @@ def parse_read_response(pdu: bytes, *, function: ReadFunction, count: int) -> Re
     Register reads give the register bytes as on the wire; bit reads the first ``count`` bits, LSB first (the
     rest of the last byte is padding).
     """
-    if not pdu:
-        return MalformedResponse(reason="empty PDU")
-    code = pdu[0]
-    if code == function | EXCEPTION_FLAG:
-        if len(pdu) != 2:
-            return MalformedResponse(reason=f"exception response of {len(pdu)} bytes, not 2")
-        return ExceptionResponse(function=int(function), code=pdu[1])
-    if code != function:
-        return MalformedResponse(reason=f"function code {code} in the answer to function {int(function)}")
+    refused = _refused_or_other(pdu, function)
+    if refused is not None:
+        return refused
     if len(pdu) < 2:
         return MalformedResponse(reason="answer without a byte count")
     byte_count = pdu[1]
