@@ -18,6 +18,16 @@ LogFormat = Literal["auto", "json", "console"]
 _NOISY_LIBRARIES = ("asyncua", "pymodbus", "amqtt", "transitions")
 
 
+def _teardown_without_traceback(record: logging.LogRecord) -> bool:
+    """asyncua's ``disconnect`` logs an error with a traceback when the server has already closed the connection
+    (``close_session raised during disconnect; continuing teardown``): the link's loss is already reported by our
+    source, so this is one warning line without the traceback."""
+    if record.getMessage().endswith("during disconnect; continuing teardown"):
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
 def configure_logging(*, level: str = "INFO", log_format: LogFormat = "auto", stream: TextIO | None = None) -> None:
     """Route structlog and stdlib logging through one handler on stdout.
 
@@ -59,3 +69,4 @@ def configure_logging(*, level: str = "INFO", log_format: LogFormat = "auto", st
         logging.getLogger(name).setLevel(logging.WARNING)
     # asyncua logs a traceback every second while a server is away; our sources log the state change instead.
     logging.getLogger("asyncua.client.ua_client").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncua.client.client").addFilter(_teardown_without_traceback)

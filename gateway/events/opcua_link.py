@@ -20,7 +20,7 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from gateway.events.core import WriteResult
 from gateway.events.runner import EventLinkError, EventReadError
 from gateway.sources.base import RawReading
-from gateway.sources.opcua_security import ClientSecurity, read_password_file, secure_client
+from gateway.sources.opcua_security import ClientSecurity, close_client, read_password_file, secure_client
 from gateway.sources.opcua_status import OpcUaDeviceOptions, OpcUaTagRef, plan_nodes, readings_from_data_value
 from gateway.vocabulary import DataType
 
@@ -128,8 +128,4 @@ class OpcUaEventLink:
 
 
 async def _disconnect(client: Client) -> None:
-    try:
-        async with asyncio.timeout(2.0):
-            await client.disconnect()
-    except Exception:  # a half-open session is dropped either way
-        return
+    await close_client(client, 2.0)  # a half-open session is dropped either way

@@ -71,7 +71,13 @@ from gateway.sources.base import (
 )
 from gateway.sources.opcua_fastpath import FastSubscription, create_subscription, fast_path_unavailable
 from gateway.sources.opcua_fastpath import Transport as FastTransport
-from gateway.sources.opcua_security import ClientSecurity, SecurityRefusedError, read_password_file, secure_client
+from gateway.sources.opcua_security import (
+    ClientSecurity,
+    SecurityRefusedError,
+    close_client,
+    read_password_file,
+    secure_client,
+)
 from gateway.sources.opcua_status import (
     SUBSCRIPTION_KEEPALIVE_S,
     NodePlan,
@@ -479,13 +485,9 @@ class OpcUaSource:
 
     async def _close_client(self, client: Client) -> None:
         client.connection_lost_callback = None
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(self._timeout_s):
-                await client.disconnect()
         # A server that does not answer CloseSession makes our timeout cut disconnect() short before it closes
-        # the socket; close it here so no half-open connection (and its publish loop) outlives this client.
-        with contextlib.suppress(Exception):
-            client.disconnect_socket()
+        # the socket; close_client closes it too, so no half-open connection (and its publish loop) outlives it.
+        await close_client(client, self._timeout_s)
 
     async def _mark_down(self, emit: Emit, report_link: ReportLink, reason: str) -> None:
         """Once per loss (or per failed first connect): report the link down and every tag bad."""
