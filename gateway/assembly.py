@@ -26,7 +26,7 @@ from gateway.transform import TagRules
 from gateway.vocabulary import QoS
 
 if TYPE_CHECKING:
-    # asyncua costs about 40 MB of memory to import: a gateway without OPC UA devices never loads it.
+    # asyncua is large to import (README, "Memory"): a gateway without OPC UA devices never loads it.
     from gateway.encoders.sparkplug import SparkplugEdgeNode
     from gateway.sources.opcua import OpcUaDeviceOptions, OpcUaTagRef
     from gateway.sources.opcua_security import ClientSecurity

@@ -141,7 +141,7 @@ def check_security_files(plant: Plant, state_dir: Path | None, *, create: bool) 
     problems: list[str] = []
     opcua = [device for device in plant.devices if isinstance(device, OpcUaDevice) and device.enabled]
     if opcua:
-        # gateway.pki imports cryptography (about 10 MB resident): a gateway without OPC UA devices never needs it.
+        # gateway.pki imports cryptography: a gateway without OPC UA devices never loads it (README, "Memory").
         from gateway.pki import Pki, PkiError, application_uri, load_certificate_file, load_private_key_file
 
         if secure_devices(plant) and state_dir is not None:
