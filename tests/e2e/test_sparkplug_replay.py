@@ -27,13 +27,13 @@ import pytest
 
 from gateway.encoders.sparkplug import QUALITY_CODES, SparkplugDeviceEncoder, SparkplugEdgeNode
 from gateway.mqtt.connection import MqttSink
-from gateway.mqtt.options import MqttOptions
 from gateway.schema import Quality, Sample, TagMeta
 from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward
 from gateway.sparkplug_session import UNKNOWN_DEVICE, HostGate, SparkplugSession, historical_form
 from tests.interop.sparkplug_tahu import TAHU_AVAILABLE, TAHU_MISSING, HostView, decode_stream
 from tests.support.mosquitto import Mosquitto, Received, Subscriber
+from tests.support.sink import sparkplug_options
 
 pytestmark = pytest.mark.skipif(not TAHU_AVAILABLE, reason=TAHU_MISSING)
 
@@ -72,22 +72,7 @@ async def edge_node(
     spool = Spool(tmp_path / "spool.db", max_bytes=10_000_000)
     forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=1000, historical=historical_form(node, None))
     sink = MqttSink(
-        MqttOptions(
-            host=broker.host,
-            port=broker.port,
-            client_id="edge-1",
-            will_topic=node.topic("NDEATH"),
-            will_payload=session.will_payload,
-            online_payload=None,
-            will_retain=False,
-            subscriptions=session.subscriptions,
-            on_message=session.on_message,
-            session=session,
-            reconnect_min_s=0.2,
-            reconnect_max_s=0.5,
-            puback_timeout_s=1.0,
-            **options,
-        ),
+        sparkplug_options(broker, session, puback_timeout_s=1.0, **options),
         on_ack=forwarder.on_ack,
         on_refused=forwarder.on_refused,
     )

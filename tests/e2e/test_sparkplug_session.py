@@ -16,11 +16,11 @@ import pytest
 
 from gateway.encoders.sparkplug import SparkplugDeviceEncoder, SparkplugEdgeNode
 from gateway.mqtt.connection import MqttSink
-from gateway.mqtt.options import MqttOptions
 from gateway.schema import Quality, Sample, TagMeta
 from gateway.sparkplug_session import SparkplugSession
 from tests.interop.sparkplug_tahu import TAHU_AVAILABLE, TAHU_MISSING, HostView, decode_stream
 from tests.support.mosquitto import Mosquitto, Received, Subscriber
+from tests.support.sink import sparkplug_options
 
 pytestmark = pytest.mark.skipif(not TAHU_AVAILABLE, reason=TAHU_MISSING)
 
@@ -43,20 +43,7 @@ async def test_unacknowledged_data_follows_the_next_births_renumbered_and_histor
         device = SparkplugDeviceEncoder(node=node, device="d1", catalogue=catalogue, alias_base=0)
         session.devices["d1"] = device
         device.birth(time.time())  # its link is up: the births of every connection carry it
-        options = MqttOptions(
-            host=broker.host,
-            port=broker.port,
-            client_id="edge-1",
-            will_topic=node.topic("NDEATH"),
-            will_payload=session.will_payload,
-            online_payload=None,
-            will_retain=False,
-            subscriptions=session.subscriptions,
-            on_message=session.on_message,
-            session=session,
-            reconnect_min_s=0.2,
-            reconnect_max_s=0.5,
-        )
+        options = sparkplug_options(broker, session)
 
         def ddata(value: float) -> list[tuple[str, bytes]]:
             now = time.time()
