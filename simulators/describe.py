@@ -66,6 +66,7 @@ DEFAULT_OPCUA_PORT = 4840
 DEFAULT_MODBUS_PORT = 5020
 DEFAULT_RACKS = 2
 DEFAULT_CHANNELS = 16
+RACK_CELL_SERIAL_STRIDE = 10_000  # a rack channel's own cell ids: channel n counts from n x 10,000
 DEFAULT_STEP_HZ = 5.0
 DEFAULT_RACK_STEP_HZ = 1.0
 RACK_MAX_GAP = 12
@@ -174,14 +175,17 @@ class SimulatorPlan:
         raise KeyError(device)
 
 
-def _model_config(kind: MachineKind, options: SimulatorOptions) -> ModelConfig:
+def _model_config(kind: MachineKind, index: int, options: SimulatorOptions) -> ModelConfig:
     if kind is MachineKind.COATER:
         return CoaterConfig(extended_points=True)
     if kind is MachineKind.CALENDER:
         return CalenderConfig()
     if kind is MachineKind.STACKER:
         return StackerConfig()
-    return FormationConfig.full(channels=options.channels)
+    # Rack 3's channel 12 names its cells CELL03-00120001, ... (a stride of 10,000 keeps 1,008 channels in 16
+    # characters): unique across the racks of a run, as real cell ids are.
+    return FormationConfig.full(channels=options.channels, cell_id_prefix=f"CELL{index:02d}-",
+                                cell_serial_stride=RACK_CELL_SERIAL_STRIDE)
 
 
 def model_points(config: ModelConfig) -> tuple[PointSpec, ...]:
@@ -218,7 +222,7 @@ def plan_simulators(options: SimulatorOptions | None = None) -> SimulatorPlan:
         for index in range(1, counts[kind] + 1):
             device = f"{kind.value}-{index:02d}"
             protocol = protocols[kind]
-            config = _model_config(kind, options)
+            config = _model_config(kind, index, options)
             points = model_points(config)
             register_map: RegisterMap | None = None
             if protocol is Protocol.MODBUS:

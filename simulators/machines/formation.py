@@ -53,6 +53,7 @@ D = DataType
 # pre-charge lifts it to 3 V. A formed cell never goes back there (discharges end at 3 V = SOC 0).
 OCV_SOC: tuple[float, ...] = (-0.01, -0.005, 0.0, 0.05, 0.10, 0.20, 0.30, 0.50, 0.70, 0.80, 0.90, 1.00)
 OCV_V: tuple[float, ...] = (0.50, 1.50, 3.00, 3.40, 3.50, 3.58, 3.63, 3.70, 3.85, 3.95, 4.07, 4.20)
+CELL_ID_CHARACTERS = 16  # a channel's CellId point: 8 registers of the Modbus map, the same string in OPC UA
 MIN_STEP_VOLTAGE_V = 3.00  # lowest end / CV voltage a protocol step may ask for (a formed cell's empty voltage)
 _LAST_SEGMENT = len(OCV_SOC) - 2
 
@@ -305,6 +306,7 @@ class FormationChannel:
 
     __slots__ = (
         "_cell",
+        "_cell_id_prefix",
         "_cell_id_text",
         "_charge_before_grading",
         "_charge_eta",
@@ -353,8 +355,10 @@ class FormationChannel:
         plate_temp_cel: float = 45.0,
         noise: bool = True,
         cell_serial: int = 0,
+        cell_id_prefix: str = "CELL-",
     ) -> None:
         self._rng = rng
+        self._cell_id_prefix = cell_id_prefix
         self._cell = cell if cell is not None else CellSpec()
         self._protocol = protocol if protocol is not None else FormationProtocol()
         self._steps = self._protocol.step_list()
@@ -450,7 +454,7 @@ class FormationChannel:
         self._charge_eta = cell.coulombic_efficiency  # until the first discharge: SEI formation takes its share
         self.temperature = cell.load_temp_cel
         self.cell_serial += 1
-        self._cell_id_text = cell_id if cell_id is not None else f"CELL-{self.cell_serial:08d}"
+        self._cell_id_text = cell_id if cell_id is not None else f"{self._cell_id_prefix}{self.cell_serial:08d}"
         self._phase = _RUN
         self._enter_step(0)
 
@@ -780,17 +784,27 @@ class FormationConfig:
     stagger: bool = True  # start each channel at a random point of its protocol (a rack that has been running)
     packml: PackMLTiming = field(default_factory=_rack_timing)
     initial_state: PackMLState = PackMLState.EXECUTE
+    # A channel's own cell ids (without a line model feeding it): prefix + 8-digit serial, where channel n counts
+    # from n x stride. The simulators give each rack its own prefix, so no two racks name a cell alike.
+    cell_id_prefix: str = "CELL-"
+    cell_serial_stride: int = 1_000_000
 
     def __post_init__(self) -> None:
         if not 1 <= self.channels <= 1024:
             raise ValueError("channels must be 1..1024")
+        longest = len(self.cell_id_prefix) + len(f"{(self.channels + 1) * self.cell_serial_stride:08d}")
+        if self.cell_serial_stride < 1 or longest > CELL_ID_CHARACTERS:
+            raise ValueError(f"cell ids must fit the {CELL_ID_CHARACTERS}-character CellId: prefix "
+                             f"{self.cell_id_prefix!r} with stride {self.cell_serial_stride} gives {longest}")
 
     @classmethod
-    def full(cls, *, channels: int = 64, noise: bool = True) -> FormationConfig:
+    def full(cls, *, channels: int = 64, noise: bool = True, cell_id_prefix: str = "CELL-",
+             cell_serial_stride: int = 1_000_000) -> FormationConfig:
         cell = CellSpec()
         return cls(channels=channels, cell=cell,
                    protocol=FormationProtocol.formation_and_grading(capacity_ah=cell.capacity_ah),
-                   extended_points=True, noise=noise)
+                   extended_points=True, noise=noise, cell_id_prefix=cell_id_prefix,
+                   cell_serial_stride=cell_serial_stride)
 
 
 def channel_name(n: int, channels: int) -> str:
@@ -969,7 +983,8 @@ class FormationRack:
         cycle_s = _protocol_duration_estimate(protocol, cfg.cell)
         for n in range(1, cfg.channels + 1):
             channel = FormationChannel(rng=rng, cell=cfg.cell, protocol=protocol, plate_temp_cel=self.plate_temp,
-                                       noise=cfg.noise, cell_serial=n * 1_000_000)
+                                       noise=cfg.noise, cell_serial=n * cfg.cell_serial_stride,
+                                       cell_id_prefix=cfg.cell_id_prefix)
             if cfg.stagger:
                 # A rack that has been running: each channel somewhere in its protocol. One exact step does it.
                 channel.step(rng.uniform(0.0, cycle_s), plate_temp_cel=self.plate_temp)

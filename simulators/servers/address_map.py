@@ -108,7 +108,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from simulators.machines.formation import channel_name
+from simulators.machines.formation import CELL_ID_CHARACTERS, channel_name
 from simulators.machines.points import DataType, PointSpec, Value
 from simulators.machines.results import ACK_POINT
 
@@ -122,7 +122,7 @@ EXTENDED_CHANNEL_STRIDE = 48  # extended channel points (44 registers used)
 CHANNEL_ALARM_COIL_BASE = 100
 DEFAULT_UNIT_ID = 1
 STRING_REGISTERS = 20
-CELL_ID_REGISTERS = 8
+CELL_ID_REGISTERS = CELL_ID_CHARACTERS // 2  # two UTF-8 bytes per register
 SECTION_ALIGNMENT = 100
 MAX_CHANNELS = (65536 - CHANNEL_BASE) // EXTENDED_CHANNEL_STRIDE
 

@@ -151,3 +151,24 @@ def test_rack_tag_names_keep_the_demo_names() -> None:
     assert tag_name("Rack.Heartbeat", MachineKind.RACK) == "heartbeat"
     assert tag_name("Rack.AmbientTemp", MachineKind.RACK) == "ambient/temperature"
     assert tag_name("Dryer.Zone03.AirTemp", MachineKind.COATER) == "dryer/zone03/air_temperature"
+
+
+def test_racks_of_a_run_never_name_a_cell_alike() -> None:
+    from simulators.machines.formation import CELL_ID_CHARACTERS, FormationRack
+    from simulators.runner import build_model
+
+    plan = plan_simulators(SimulatorOptions(racks=3, channels=1008))
+    racks = [build_model(machine, seed=7) for machine in plan.machines if machine.kind is MachineKind.RACK]
+    ids = [channel.cell_id for rack in racks if isinstance(rack, FormationRack) for channel in rack.channels]
+    assert len(ids) == 3 * 1008
+    assert len(set(ids)) == len(ids)
+    assert {cell_id[:7] for cell_id in ids} == {"CELL01-", "CELL02-", "CELL03-"}
+    assert max(map(len, ids)) <= CELL_ID_CHARACTERS  # what the CellId registers hold, so nothing is cut off
+
+
+def test_a_cell_id_prefix_too_long_for_the_cellid_point_is_refused() -> None:
+    from simulators.machines.formation import FormationConfig
+
+    assert FormationConfig(channels=64, cell_id_prefix="CELL-R1-").channels == 64  # 8 + 8 characters: fits
+    with pytest.raises(ValueError, match="16-character CellId"):
+        FormationConfig(channels=100, cell_id_prefix="CELL-R1-")  # channel 100's ids need 9 digits
