@@ -420,11 +420,7 @@ def event_link(device: Device, events: list[PlannedEvent], *, gateway_id: str, p
         from gateway.events.modbus_link import ModbusAckTarget, ModbusEventLink
 
         assert device.host is not None, "events need transport tcp (the tag map says so)"
-        fields = {
-            tag.name: ModbusField(key=tag.name, table=tag.table, address=tag.address, type=tag.type,
-                                  order=tag.order or device.order, bit=tag.bit, width=tag.width)
-            for tag in tags if isinstance(tag, ModbusTag)
-        }  # fmt: skip
+        fields = event_modbus_fields(device, tags)
         targets = {
             tag.name: ModbusAckTarget(table=tag.table, address=tag.address, type=tag.type,
                                       order=tag.order or device.order)
@@ -439,6 +435,15 @@ def event_link(device: Device, events: list[PlannedEvent], *, gateway_id: str, p
     ack_types = {tag.name: tag.type for tag in tags if tag.name in acks and tag.type is not None}
     return OpcUaEventLink(options=opcua_options(device), tags=refs, ack_types=ack_types,
                           security=opcua_security(device, gateway_id=gateway_id, pki_root=pki_root))  # fmt: skip
+
+
+def event_modbus_fields(device: ModbusDevice, tags: Sequence[ModbusTag | OpcUaTag]) -> dict[str, ModbusField]:
+    """The read fields of a Modbus device's event tags, by tag name."""
+    return {
+        tag.name: ModbusField(key=tag.name, table=tag.table, address=tag.address, type=tag.type,
+                              order=tag.order or device.order, bit=tag.bit, width=tag.width)
+        for tag in tags if isinstance(tag, ModbusTag)
+    }  # fmt: skip
 
 
 def _events_task(

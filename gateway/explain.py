@@ -24,8 +24,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from gateway.assembly import active_devices, build_outbound, modbus_plan
+from gateway.assembly import active_devices, build_outbound, event_modbus_fields, modbus_plan, planned_events
 from gateway.encoders.base import Message
+from gateway.events.modbus_link import plan_event_reads
 from gateway.schema import META_PART_DEFAULT_BYTES, PUBLISH_OVERHEAD_BYTES, Value
 from gateway.sources.base import RawReading
 from gateway.sources.modbus_plan import ReadPlan, ReadRequest
@@ -144,6 +145,7 @@ class DeviceLoad:
     link: str | None = None  # Modbus: the serial port or host:port; devices on one link take turns on it
     read_width: int = 0  # Modbus: registers and bits read per cycle
     unused: int = 0  # Modbus: of those, read but used by no tag
+    events: str | None = None  # what the device's events read and write (their trigger reads are in ``requests``)
     warnings: tuple[str, ...] = ()
 
     def per_second(self, per_cycle: int) -> float:
@@ -172,6 +174,27 @@ def _encoded(plant: Plant, device: ModbusDevice | OpcUaDevice) -> tuple[str, lis
     now = 1_767_225_600.0  # any fixed time: only the sizes matter
     readings = [RawReading(tag=tag.name, value=_sample_value(tag), ts=now) for tag in device.tags]
     return outbound.topics.base, outbound.messages(readings, now), outbound.meta_messages()
+
+
+def events_load(device: ModbusDevice | OpcUaDevice) -> tuple[int, str | None]:
+    """Requests per cycle of the device's events (one trigger read per event, on the events' own connection)
+    and a line saying what a record costs: its reads (Modbus: one per block, planned as the event link plans
+    them; OPC UA: one Read call) and its ack write."""
+    events = planned_events(device)
+    if not events:
+        return 0, None
+    per_record: list[str] = []
+    for event in events:
+        if isinstance(device, ModbusDevice):
+            fields = event_modbus_fields(device, [tag for tag in device.tags if tag.name in event.record_tags])
+            reads = len(plan_event_reads([fields[tag] for tag in event.record_tags], unit_id=device.unit_id).requests)
+        else:
+            reads = 1
+        write = " + 1 ack write" if event.ack is not None else ""
+        per_record.append(f"{event.name} {reads} read(s){write}")
+    line = (f"events on a second connection: {len(events)} trigger read(s) per cycle (in the requests above); "
+            f"per record: {', '.join(per_record)}")
+    return len(events), line
 
 
 def explain_device(plant: Plant, device: ModbusDevice | OpcUaDevice, *, rtt_s: float) -> DeviceLoad:
@@ -216,13 +239,14 @@ def explain_device(plant: Plant, device: ModbusDevice | OpcUaDevice, *, rtt_s: f
             f"one cycle of {requests} request(s) takes about {cycle_s * 1000:.0f} ms {basis}, "
             f"longer than its interval of {device.interval_ms} ms: it cannot keep up"
         )
+    event_reads, events = events_load(device)
     values = len(device.tags)
     return DeviceLoad(
         name=device.name,
         base_topic=base_topic,
         summary=summary,
         interval_s=interval_s,
-        requests=requests,
+        requests=requests + event_reads,
         values=values,
         messages=len(cycle_messages),
         bytes=sum(publish_bytes(message.topic, message.payload) for message in cycle_messages),
@@ -230,6 +254,7 @@ def explain_device(plant: Plant, device: ModbusDevice | OpcUaDevice, *, rtt_s: f
         link=link,
         read_width=read,
         unused=unused,
+        events=events,
         warnings=tuple(warnings),
     )
 
@@ -283,6 +308,8 @@ def render_explain(load: PlantLoad, *, rtt_ms: float) -> str:
         if device.read_width:
             lines.append(f"    {device.read_width} registers/bits read per cycle, {device.unused} of them unused "
                          f"({device.unused / device.read_width:.0%})")
+        if device.events is not None:
+            lines.append(f"    {device.events}")
         warnings.extend(f"{device.name}: {warning}" for warning in device.warnings)
     lines.append(
         "  total: " + _rates(load.total("requests"), load.total("values"), load.total("messages"), load.total("bytes"))

@@ -45,6 +45,12 @@ class ModbusAckTarget:
     order: ByteOrder
 
 
+def plan_event_reads(fields: Sequence[ModbusField], *, unit_id: int) -> ReadPlan:
+    """The reads of a trigger or a record: gaps of up to one full read bridged (``cellgate check --explain``
+    counts them the same way)."""
+    return plan_reads(fields, unit_id=unit_id, limits=ReadLimits(max_gap=MAX_REGISTERS_PER_READ))
+
+
 class ModbusEventLink:
     """``fields``: every tag the events read, by name; ``acks``: the ack tags (the only ones written)."""
 
@@ -83,9 +89,7 @@ class ModbusEventLink:
         key = tuple(tags)
         plan = self._plans.get(key)
         if plan is None:
-            limits = ReadLimits(max_gap=MAX_REGISTERS_PER_READ)
-            plan = self._plans[key] = plan_reads((self._fields[tag] for tag in key), unit_id=self._unit_id,
-                                                 limits=limits)  # fmt: skip
+            plan = self._plans[key] = plan_event_reads([self._fields[tag] for tag in key], unit_id=self._unit_id)
         return plan
 
     async def read(self, tags: Sequence[str]) -> Mapping[str, RawReading]:

@@ -227,3 +227,26 @@ def test_check_explain_on_the_demo_map(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["check", "-c", str(DEMO_CONFIG), "--offline", "--explain", "--assume-rtt-ms", "200"]) == 0
     slow = capsys.readouterr().out
     assert "WARNING rack-01: one cycle of 12 request(s) takes about 2400 ms with a 200 ms round trip" in slow
+
+
+def test_events_add_their_trigger_reads_and_say_what_a_record_costs() -> None:
+    # t0..t3 at 0, 3, 6, 9 (max_gap 0: four poll reads); the record spans registers 0..10 and 300: two reads
+    device = _tcp("stacker", tags=4, interval_ms=500) + (
+        "      - {name: rec_id, address: 300, type: uint16}\n"
+        "      - {name: ack, address: 400, type: uint16}\n"
+        "    events:\n"
+        "      cell:\n"
+        "        trigger: {tag: rec_id, on: change}\n"
+        "        record: [rec_id, t0, t3]\n"
+        "        ack: {tag: ack, value: rec_id}\n"
+        "      alarm:\n"
+        "        trigger: {tag: t1, on: rise}\n"
+        "        record: [t1]\n"
+    )
+    (load,) = explain_plant(_plant(device)).devices
+    assert load.requests == 6 + 2  # six poll reads, plus one trigger read per event per cycle
+    assert load.events == ("events on a second connection: 2 trigger read(s) per cycle (in the requests above); "
+                           "per record: cell 2 read(s) + 1 ack write, alarm 1 read(s)")
+    assert f"    {load.events}" in render_explain(explain_plant(_plant(device)), rtt_ms=5)
+    (without,) = explain_plant(_plant(_tcp("stacker", tags=4, interval_ms=500))).devices
+    assert without.events is None and without.requests == 4
