@@ -9,8 +9,8 @@ A TCP connect is not proof of a working link. A PLC at its connection limit, or 
 once, lets every connect succeed; if a successful connect reset the backoff, the source would reconnect thousands of
 times a second and log two lines each time. So a link only counts as good once it is *stable*: it answered at least
 once and has lived ``stable_s``. A link lost before that is one more failed attempt, exactly like a refused connect,
-and the wait before the next attempt keeps growing (``gateway.backoff``: by default 0.5 s doubling up to 30 s,
-jitter shortening each wait by up to 20 %).
+and the wait before the next attempt keeps growing (the shared schedule of ``gateway.backoff``, the tenacity wait
+strategy of the other retry loops: by default 0.5 s doubling up to 30 s, jitter shortening each wait by up to 20 %).
 
 A stable link that is lost is reconnected at once (failures back to 0). Log lines: one per state change
 (``FAILING`` for the first failure after a good link or at start, ``LOST`` when a stable link goes, ``UP`` when
