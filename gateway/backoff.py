@@ -10,6 +10,10 @@ to ``jitter`` of itself, so links that failed together do not retry in step::
     failures   1      2     3     4     5     6      7+
     wait (s)   min    2min  4min  8min  ...          max   (each shortened by up to ``jitter`` x itself)
 
+Links whose reconnects a state machine paces (``gateway.sources.reconnect``: it also picks the log lines) run under
+``paced()``: each attempt returns the step it ended with, and tenacity waits that step's ``delay_s``
+(``StepWait``), the same schedule computed by ``Backoff.delay_s``.
+
 The count of failures is tenacity's ``attempt_number`` by default. A loop whose attempts can connect and still fail
 (a link that dies young, a source that crashes at once) keeps a ``Streak`` that the wait reads instead: the loop
 calls ``failed()`` or ``good()`` when an attempt ends, so a link that lived long enough starts the schedule over
@@ -22,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, retry_if_result, stop_never
 from tenacity.wait import wait_base
@@ -133,3 +137,28 @@ def forever(wait: wait_base, *, before_sleep: BeforeSleep | None = None, sleep: 
         sleep=sleep,
         reraise=True,
     )
+
+
+class Paced(Protocol):
+    """What an attempt of a ``paced()`` run returns: how long to wait before the next one."""
+
+    @property
+    def delay_s(self) -> float: ...
+
+
+class StepWait(wait_base):
+    """Waits the ``delay_s`` of what the attempt returned (0 after an attempt that raised: that ends the run)."""
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        if outcome is None or outcome.failed:
+            return 0.0
+        step: Paced = outcome.result()
+        return step.delay_s
+
+
+def paced(*, sleep: Sleep = asyncio.sleep) -> AsyncRetrying:
+    """A tenacity run for a link whose waits a state machine decides: call it with an ``async`` attempt that returns
+    a ``Paced`` step (connect, serve until the link is lost, say what happened); the next attempt starts after the
+    step's delay. An exception (a bug, cancellation) is not retried: it ends the run and reaches the caller."""
+    return AsyncRetrying(retry=retry_if_result(_always), wait=StepWait(), stop=stop_never, sleep=sleep, reraise=True)

@@ -86,6 +86,10 @@ class Step(NamedTuple):
     lived_s: float | None = None
 
 
+AGAIN: Final = Step(0.0, None, 0, 0, 0.0, None)
+"""Nothing happened to the link: the next attempt at once, nothing to log."""
+
+
 class Reconnect:
     """Reconnect state of one link; see the module docstring."""
 

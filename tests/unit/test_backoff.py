@@ -11,10 +11,15 @@ import pytest
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_base
 
-from gateway.backoff import Backoff, MqttBackoff, Streak, forever
-from gateway.sources.reconnect import ReconnectPolicy
+from gateway.backoff import Backoff, MqttBackoff, Streak, forever, paced
+from gateway.sources.reconnect import ReconnectPolicy, Step
 
 SCHEDULE = Backoff(min_s=0.5, max_s=30.0, jitter=0.2)
+
+
+def waiting(delay_s: float) -> Step:
+    """A reconnect step that only says how long to wait."""
+    return Step(delay_s, None, 0, 0, 0.0, None)
 
 
 class Stop(BaseException):
@@ -167,3 +172,43 @@ async def test_the_mqtt_wait_reads_its_streak_in_a_run() -> None:
         await run(MqttBackoff(min_s=0.5, max_s=10.0, streak=streak, draw=lambda: 0.0),
                   scripted(streak, ["good", "young", "young", "good"]), sleeps)  # fmt: skip
     assert sleeps.waits == [1.0, 2.0, 4.0, 1.0]
+
+
+async def test_a_paced_run_waits_what_each_attempt_says_and_ends_on_an_exception() -> None:
+    """The run of a source's connect loop: the state machine decides each wait (its step), tenacity waits it; a bug
+    or cancellation is not retried but reaches the caller (the supervisor)."""
+    sleeps = Sleeps()
+    steps = iter([waiting(0.5), waiting(1.0), waiting(0.0), waiting(2.0)])
+    attempts = 0
+
+    async def attempt(label: str) -> Step:
+        nonlocal attempts
+        attempts += 1
+        step = next(steps, None)
+        if step is None:
+            raise LookupError(f"{label}: out of steps")
+        return step
+
+    with pytest.raises(LookupError, match="link: out of steps"):
+        await paced(sleep=sleeps)(attempt, "link")
+    assert attempts == 5
+    assert sleeps.waits == [0.5, 1.0, 0.0, 2.0]
+
+
+async def test_a_paced_run_is_cancelled_without_another_attempt() -> None:
+    attempts = 0
+    started = asyncio.Event()
+
+    async def attempt() -> Step:
+        nonlocal attempts
+        attempts += 1
+        started.set()
+        await asyncio.Event().wait()
+        return waiting(0.0)
+
+    task = asyncio.create_task(paced()(attempt))
+    await asyncio.wait_for(started.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert attempts == 1
