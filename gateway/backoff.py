@@ -10,15 +10,13 @@ to ``jitter`` of itself, so links that failed together do not retry in step::
     failures   1      2     3     4     5     6      7+
     wait (s)   min    2min  4min  8min  ...          max   (each shortened by up to ``jitter`` x itself)
 
-Links whose reconnects a state machine paces (``gateway.sources.reconnect``: it also picks the log lines) run under
-``paced()``: each attempt returns the step it ended with, and tenacity waits that step's ``delay_s``
-(``StepWait``), the same schedule computed by ``Backoff.delay_s``.
-
 The count of failures is tenacity's ``attempt_number`` by default. A loop whose attempts can connect and still fail
 (a link that dies young, a source that crashes at once) keeps a ``Streak`` that the wait reads instead: the loop
 calls ``failed()`` or ``good()`` when an attempt ends, so a link that lived long enough starts the schedule over
 while one that died young is one more failure. ``delay_s`` is the same schedule as a pure function of the count and
-a uniform draw, for the loops paced by a state machine (``gateway.sources.reconnect``) and for the tests.
+a uniform draw, for the tests and for the links whose reconnects a state machine paces (``gateway.sources.reconnect``:
+it also picks the log lines). Those run under ``paced()``: each attempt returns the step it ended with, and tenacity
+waits that step's ``delay_s`` (``StepWait``).
 """
 
 from __future__ import annotations
