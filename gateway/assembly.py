@@ -23,7 +23,7 @@ from gateway.tagmap import Device, ModbusDevice, ModbusTag, OpcUaDevice, OpcUaTa
 from gateway.tagmap.index_range import IndexItem, parse_index_range
 from gateway.tagmap.model import Output
 from gateway.transform import TagRules
-from gateway.vocabulary import QoS
+from gateway.vocabulary import OpcUaSecurityMode, OpcUaSecurityPolicy, QoS
 
 if TYPE_CHECKING:
     # asyncua is large to import (README, "Memory"): a gateway without OPC UA devices never loads it.
@@ -334,8 +334,8 @@ def opcua_security(device: OpcUaDevice, *, gateway_id: str, pki_root: Path | Non
         return None
     security = device.security
     return ClientSecurity(
-        policy=security.policy if security else "auto",
-        mode=security.mode if security else "SignAndEncrypt",
+        policy=security.policy if security else OpcUaSecurityPolicy.AUTO,
+        mode=security.mode if security else OpcUaSecurityMode.SIGN_AND_ENCRYPT,
         allow_insecure=security.allow_insecure if security else True,
         check_hostname=security.check_hostname if security else True,
         pki=Pki(pki_root or Path("pki"), uri=application_uri(gateway_id)),

@@ -44,6 +44,7 @@ from gateway.pki import Pki, PkiError, application_uri, describe, load_certifica
 from gateway.sources.opcua_security import ClientSecurity, read_password_file, secure_client
 from gateway.sources.opcua_status import status_name
 from gateway.value_shape import MAX_FIELD_DEPTH, FieldShape
+from gateway.vocabulary import OpcUaSecurityMode, OpcUaSecurityPolicy
 
 DEFAULT_LIMIT = 1000
 """Nodes per Browse/Read request when the server advertises no limit (0)."""
@@ -463,8 +464,8 @@ BROWSE_GATEWAY_ID = "browse"
 
 def browse_security(
     *,
-    policy: str | None,
-    mode: str,
+    policy: OpcUaSecurityPolicy | None,
+    mode: OpcUaSecurityMode,
     pki_root: Path,
     password_file: str | None,
     check_hostname: bool = True,
@@ -483,7 +484,7 @@ def browse_security(
         uris = describe(load_certificate_file(own)).uris
         uri = uris[0] if uris else uri
     return ClientSecurity(
-        policy=policy or "auto", mode=mode, allow_insecure=policy is None, pki=Pki(pki_root, uri=uri),
+        policy=policy or OpcUaSecurityPolicy.AUTO, mode=mode, allow_insecure=policy is None, pki=Pki(pki_root, uri=uri),
         password_file=Path(password_file) if password_file else None, check_hostname=check_hostname,
         channel=policy is not None,
     )
@@ -546,8 +547,8 @@ def run_browse(
     templates: bool,
     timeout_s: float = 10.0,
     max_references: int = MAX_REFERENCES_PER_NODE,
-    security: str | None = None,
-    security_mode: str = "SignAndEncrypt",
+    security: OpcUaSecurityPolicy | None = None,
+    security_mode: OpcUaSecurityMode = OpcUaSecurityMode.SIGN_AND_ENCRYPT,
     pki_root: Path | None = None,
     username: str | None = None,
     password_file: str | None = None,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.errors import ConfigError, GatewayError
+from gateway.vocabulary import OpcUaSecurityMode, OpcUaSecurityPolicy
 
 if TYPE_CHECKING:
     from gateway.tagmap import Plant
@@ -194,7 +195,8 @@ def cmd_browse(args: argparse.Namespace) -> int:
         endpoint=args.endpoint, root=args.root, depth=args.depth, include=args.include, exclude=args.exclude,
         output=args.output, area=args.area, line=args.line, templates=not args.no_templates,
         timeout_s=args.timeout, max_references=args.max_references,
-        security=args.security, security_mode=args.mode, username=args.username, password_file=args.password_file,
+        security=None if args.security is None else OpcUaSecurityPolicy(args.security),
+        security_mode=OpcUaSecurityMode(args.mode), username=args.username, password_file=args.password_file,
         pki_root=(Path(args.state_dir) if args.state_dir else default_state_dir()) / "pki",
         check_hostname=not args.no_check_hostname,
     )
@@ -218,9 +220,10 @@ def _add_browse(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     browse.add_argument("-o", "--output", default=None, help="write the tag map here (default: standard output)")
     secure = browse.add_argument_group("security (as a device's `security:` block; README, Security)")
     secure.add_argument("--security", default=None, metavar="POLICY",
-                        choices=["auto", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"],
+                        choices=[policy.value for policy in OpcUaSecurityPolicy],
                         help="secure channel: auto (the strongest offered) or a policy name; default: None")
-    secure.add_argument("--mode", default="SignAndEncrypt", choices=["SignAndEncrypt", "Sign"],
+    secure.add_argument("--mode", default=OpcUaSecurityMode.SIGN_AND_ENCRYPT.value,
+                        choices=[mode.value for mode in reversed(OpcUaSecurityMode)],
                         help="message security mode with --security (default SignAndEncrypt)")
     secure.add_argument("--state-dir", default=None,
                         help="state directory whose pki/ holds the certificate and trust list (as for `run`)")

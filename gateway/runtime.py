@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import signal
 import time
 from collections import deque
@@ -39,7 +38,6 @@ import structlog
 
 from gateway import __version__
 from gateway.assembly import DeviceLink, SourceTask, active_devices, build_outbound, build_sources, mqtt_options_for
-from gateway.backoff import Backoff
 from gateway.encoders.uns_json import UnsJsonEncoder
 from gateway.errors import ConfigError, SinkError
 from gateway.events.core import EventRecord
@@ -60,6 +58,7 @@ from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward, open_spool
 from gateway.sources.base import RawReading
 from gateway.state_dir import LOCK_FILE_NAME, locked_state_dir
+from gateway.supervisor import supervise
 from gateway.tagmap import Plant
 from gateway.tagmap.model import Output
 
@@ -72,9 +71,6 @@ log = structlog.get_logger("cellgate.runtime")
 STOP_SOURCES_BUDGET_S = 2.0
 DRAIN_QUEUE_BUDGET_S = 3.0
 CLOSE_SINK_BUDGET_S = 3.0
-
-SUPERVISOR_BACKOFF = Backoff(min_s=1.0, max_s=60.0, jitter=0.2)
-"""Wait before restarting a crashed source; a source that ran longer than ``max_s`` starts from ``min_s``."""
 
 GATEWAY_STOPPED_ERROR = "gateway stopped"
 """The ``error`` of every equipment's retained ``_status`` after a clean stop."""
@@ -418,25 +414,19 @@ class Gateway:
 
     async def _supervise(self, name: str, run: Callable[[], Awaitable[None]], devices: Sequence[str]) -> None:
         """Run a source; if it dies, mark its devices disconnected and restart it with capped backoff."""
-        failures = 0
-        while True:
-            started = self._clock()
-            try:
-                await run()
-                log.warning("source_returned", source=name)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a source must never take the gateway down with it
-                log.error("source_crashed", source=name, error=repr(exc), exc_info=exc)
-                for device in devices:
-                    channel = self._channels.get(device)
-                    if channel is None:
-                        continue
-                    channel.report_link(False, f"source crashed: {exc!r}")
-                    await channel.emit(channel.outbound.link_lost_readings(self._clock()))
+
+        async def crashed(exc: Exception) -> None:
+            for device in devices:
+                channel = self._channels.get(device)
+                if channel is None:
+                    continue
+                channel.report_link(False, f"source crashed: {exc!r}")
+                await channel.emit(channel.outbound.link_lost_readings(self._clock()))
+
+        def restarted() -> None:
             self.counters.source_restarts += 1
-            failures = 1 if self._clock() - started > SUPERVISOR_BACKOFF.max_s else failures + 1
-            await asyncio.sleep(SUPERVISOR_BACKOFF.delay_s(failures, random.random()))
+
+        await supervise(name, run, on_crash=crashed, on_restart=restarted, clock=self._clock)
 
     def _start_source(self, group: asyncio.TaskGroup, source: SourceTask) -> None:
         reporting = source.devices if source.reports_link else ()

@@ -10,7 +10,20 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Final, Literal, TypeAlias
 
-__all__ = ["ByteOrder", "DataType", "MqttProtocol", "OpcUaMode", "Parity", "PublishMode", "QoS", "Table", "Transport"]
+__all__ = [
+    "ByteOrder",
+    "DataType",
+    "MqttProtocol",
+    "OpcUaMode",
+    "OpcUaSecurityMode",
+    "OpcUaSecurityPolicy",
+    "Parity",
+    "PublishMode",
+    "QoS",
+    "StopBits",
+    "Table",
+    "Transport",
+]
 
 # Closed sets whose members are numbers or protocol tokens rather than words: Literal types, defined once here.
 MqttProtocol: TypeAlias = Literal["5", "3.1.1"]
@@ -19,6 +32,8 @@ QoS: TypeAlias = Literal[0, 1]
 """The MQTT QoS levels the gateway publishes at."""
 Parity: TypeAlias = Literal["N", "E", "O"]
 """Modbus RTU serial parity: none, even, odd."""
+StopBits: TypeAlias = Literal[1, 2]
+"""Modbus RTU serial stop bits."""
 
 
 class DataType(StrEnum):
@@ -91,6 +106,22 @@ class PublishMode(StrEnum):
 class OpcUaMode(StrEnum):
     SUBSCRIBE = "subscribe"
     POLL = "poll"
+
+
+class OpcUaSecurityPolicy(StrEnum):
+    """OPC UA secure-channel policy as written in the tag map (``security.policy``), by the OPC UA names."""
+
+    AUTO = "auto"  # the strongest policy the server offers with the mode
+    BASIC256SHA256 = "Basic256Sha256"
+    AES128_SHA256_RSAOAEP = "Aes128_Sha256_RsaOaep"
+    AES256_SHA256_RSAPSS = "Aes256_Sha256_RsaPss"
+
+
+class OpcUaSecurityMode(StrEnum):
+    """OPC UA message security mode (``security.mode``), by the OPC UA names."""
+
+    SIGN = "Sign"
+    SIGN_AND_ENCRYPT = "SignAndEncrypt"
 
 
 class Transport(StrEnum):

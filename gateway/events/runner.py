@@ -26,6 +26,7 @@ from typing import Protocol
 
 import structlog
 
+from gateway.backoff import paced
 from gateway.errors import SourceError
 from gateway.events.core import (
     EventRecord,
@@ -39,7 +40,7 @@ from gateway.events.core import (
 from gateway.schema import Quality
 from gateway.sinks.base import Delivery
 from gateway.sources.base import PollSchedule, RawReading
-from gateway.sources.reconnect import Reconnect, ReconnectPolicy
+from gateway.sources.reconnect import AGAIN, Reconnect, ReconnectPolicy, Step
 from gateway.tagmap.events import TriggerOn
 from gateway.vocabulary import DataType
 
@@ -138,29 +139,32 @@ class EventRunner:
         self._undelivered: Delivery | None = None  # the last outcome logged as not delivered (once per change)
 
     async def run(self) -> None:
+        """Connect, serve, reconnect on loss (a tenacity run: ``gateway.backoff.paced``); ends only by cancellation."""
+        await paced()(self._connection)
+
+    async def _connection(self) -> Step:
+        """One attempt: connect and serve until the link fails; the step says how long to wait before the next."""
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                await self._link.connect()
-            except EventLinkError as exc:
-                step = self._reconnect.connect_failed(loop.time(), str(exc), random.random())
-                if step.log is not None:  # the first failure of a streak, then a summary a minute
-                    self._log.warning("events_link_down", error=str(exc), attempts=step.attempts,
-                                      retry_in_s=round(step.delay_s, 3))  # fmt: skip
-                await asyncio.sleep(step.delay_s)
-                continue
-            self._reconnect.connected(loop.time())
-            self._log.info("events_link_up", events=[event.name for event in self.events])
-            states = {event.name: TriggerState(event.trigger_on) for event in self.events}
-            try:
-                await self._serve(states)
-            except EventLinkError as exc:
-                step = self._reconnect.lost(loop.time(), str(exc), random.random())
-                self._log.warning("events_link_down", error=str(exc), retry_in_s=round(step.delay_s, 3))
-                await self._link.close()
-                await asyncio.sleep(step.delay_s)
-            finally:
-                await self._link.close()
+        try:
+            await self._link.connect()
+        except EventLinkError as exc:
+            step = self._reconnect.connect_failed(loop.time(), str(exc), random.random())
+            if step.log is not None:  # the first failure of a streak, then a summary a minute
+                self._log.warning("events_link_down", error=str(exc), attempts=step.attempts,
+                                  retry_in_s=round(step.delay_s, 3))  # fmt: skip
+            return step
+        self._reconnect.connected(loop.time())
+        self._log.info("events_link_up", events=[event.name for event in self.events])
+        states = {event.name: TriggerState(event.trigger_on) for event in self.events}
+        try:
+            await self._serve(states)
+        except EventLinkError as exc:
+            step = self._reconnect.lost(loop.time(), str(exc), random.random())
+            self._log.warning("events_link_down", error=str(exc), retry_in_s=round(step.delay_s, 3))
+            return step
+        finally:
+            await self._link.close()
+        return AGAIN
 
     async def _serve(self, states: Mapping[str, TriggerState]) -> None:
         loop = asyncio.get_running_loop()

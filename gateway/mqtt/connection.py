@@ -77,8 +77,9 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 import structlog
+from tenacity import RetryCallState
 
-from gateway.backoff import Backoff
+from gateway.backoff import MqttBackoff, Streak, forever
 from gateway.errors import SinkError
 from gateway.mqtt.options import MqttOptions, SessionHooks, publish_topic_problem
 from gateway.mqtt.wire import (
@@ -134,24 +135,6 @@ _TOPIC_CACHE_ENTRIES = 65_536  # encoded topics kept; ~100 bytes each
 # _REFILL_HOLD_S: fewer, larger writes per PUBACK round (see MqttSink._free_slots).
 _REFILL_HOLD_S = 0.001
 _REFILL_MAX_SLOTS = 32
-
-
-def backoff_delay_s(failures: int, *, min_s: float, max_s: float, jitter: float) -> float:
-    """Seconds to wait before the next connection attempt, ``failures`` (>= 0) attempts in a row having
-    failed since the last good connection (0: right after losing one).
-
-    The shared schedule (``gateway.backoff``) two doublings on, with jitter up to half: the ceiling is
-    ``2 * min_s`` after a loss and doubles per failed attempt up to ``max_s``; the wait is drawn between half
-    the ceiling (never below ``min_s``) and the ceiling (``jitter`` in [0, 1) is the draw), so gateways that
-    lost the same broker do not all come back in the same instant, and the wait grows with every failure
-    whatever the draw. Pure: the caller passes the random number.
-    """
-    schedule = Backoff(min_s=min_s, max_s=max_s, jitter=_MQTT_JITTER)
-    return max(min_s, schedule.delay_s(failures + 2, 1.0 - jitter))
-
-
-_MQTT_JITTER = 0.5
-"""The MQTT reconnect wait is drawn from the upper half of its ceiling."""
 
 
 class _Repeats:
@@ -1211,42 +1194,45 @@ class MqttSink:
     # ----------------------------------------------------------------------------- connection
 
     async def _run(self) -> None:
-        """Connect, serve, and reconnect with backoff until cancelled by close().
+        """Connect, serve, and reconnect with backoff until cancelled by close(): a tenacity run whose attempts are
+        one connection each (connect, then serve it until it is lost).
 
-        A connection lost less than ``_STABLE_CONNECTION_S`` after its CONNACK counts as a failed
-        attempt, so a broker that accepts and closes at once meets a growing backoff, not a storm."""
+        A connection lost less than ``_STABLE_CONNECTION_S`` after its CONNACK counts as a failed attempt
+        (``streak``), so a broker that accepts and closes at once meets a growing backoff, not a storm."""
+        o = self._options
+        streak = Streak()
+        wait = MqttBackoff(min_s=o.reconnect_min_s, max_s=o.reconnect_max_s, streak=streak, draw=self._random.random)
+        async for attempt in forever(wait, before_sleep=lambda state: self._before_reconnect(state, streak)):
+            with attempt:
+                await self._connection(streak)
+
+    async def _connection(self, streak: Streak) -> None:
+        """One attempt: connect to the current broker and serve the connection until it ends."""
         loop = asyncio.get_running_loop()
-        failures = 0  # failed attempts in a row, for the backoff
-        failovers = 0  # failed attempts in a row on the current broker, for the failover
-        while True:
-            host, port = self._brokers[self._broker_index]
-            try:
-                conn = await self._connect(host, port)
-            except Exception as exc:  # a bug here must not end the reconnect loop for good
-                self._log.error("mqtt_connection_task_error", error=repr(exc))
-                conn = None
-            stable = False
+        host, port = self._brokers[self._broker_index]
+        conn: _Connection | None = None
+        try:
+            conn = await self._connect(host, port)
             if conn is not None:
                 await self._serve(conn)
-                stable = loop.time() - conn.connected_at >= _STABLE_CONNECTION_S
-            if stable:
-                failures = failovers = 0
+        finally:
+            if conn is not None and loop.time() - conn.connected_at >= _STABLE_CONNECTION_S:
+                streak.good()
             else:
-                failures += 1
-                failovers += 1
-                if len(self._brokers) > 1 and failovers >= self._options.failover_after:
-                    failovers = 0
-                    self._broker_index = (self._broker_index + 1) % len(self._brokers)
-                    next_host, next_port = self._brokers[self._broker_index]
-                    self._current_broker = f"{next_host}:{next_port}"
-                    self._log.warning(
-                        "mqtt_failover", next_broker=self._current_broker, after_attempts=self._options.failover_after
-                    )
-            o = self._options
-            await asyncio.sleep(
-                backoff_delay_s(
-                    failures, min_s=o.reconnect_min_s, max_s=o.reconnect_max_s, jitter=self._random.random()
-                )
+                streak.failed()
+
+    def _before_reconnect(self, state: RetryCallState, streak: Streak) -> None:
+        """After an attempt: log a bug that ended it; after ``failover_after`` failed attempts in a row on one
+        broker, move on to the next."""
+        outcome = state.outcome
+        if outcome is not None and outcome.failed:  # a bug here must not end the reconnect loop for good
+            self._log.error("mqtt_connection_task_error", error=repr(outcome.exception()))
+        if len(self._brokers) > 1 and streak.failures and streak.failures % self._options.failover_after == 0:
+            self._broker_index = (self._broker_index + 1) % len(self._brokers)
+            next_host, next_port = self._brokers[self._broker_index]
+            self._current_broker = f"{next_host}:{next_port}"
+            self._log.warning(
+                "mqtt_failover", next_broker=self._current_broker, after_attempts=self._options.failover_after
             )
 
     async def _connect(self, host: str, port: int) -> _Connection | None:

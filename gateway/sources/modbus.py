@@ -52,6 +52,7 @@ from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
+from gateway.backoff import paced
 from gateway.errors import SourceError
 from gateway.schema import STATUS_COMM_FAILURE, STATUS_DECODE_ERROR, Quality, device_exception_status
 from gateway.sources.base import (
@@ -78,7 +79,7 @@ from gateway.sources.modbus_tcp import (
     TcpClientStats,
     abandon,
 )
-from gateway.sources.reconnect import STABLE_LINK_S, LogLine, Reconnect, ReconnectPolicy, Step
+from gateway.sources.reconnect import AGAIN, STABLE_LINK_S, LogLine, Reconnect, ReconnectPolicy, Step
 from gateway.vocabulary import Parity, Table
 
 # Added to pymodbus's own timeout (RTU) so the library, not our guard, normally reports the timeout.
@@ -470,34 +471,36 @@ class ModbusConnection:
     # ------------------------------------------------------------------------------------------ connecting
 
     async def _keep_connected(self, client: ModbusTcpClient | AsyncModbusSerialClient) -> None:
-        """Connect, wait for the loss, wait as ``reconnect`` says, again. A connection that is lost before it has
-        answered and lived ``stable_link_s`` counts as a failed attempt, so a server that accepts and closes at
-        once is retried at the growing backoff, not in a loop."""
+        """Connect, wait for the loss, wait as ``reconnect`` says, again: a tenacity run (``gateway.backoff.paced``).
+        A connection that is lost before it has answered and lived ``stable_link_s`` counts as a failed attempt, so a
+        server that accepts and closes at once is retried at the growing backoff, not in a loop."""
+        await paced()(self._connection, client)
+
+    async def _connection(self, client: ModbusTcpClient | AsyncModbusSerialClient) -> Step:
+        """One attempt: connect (unless still connected) and wait for the loss; the step says how long to wait."""
         loop = asyncio.get_running_loop()
         reconnect = self._reconnect
-        while True:
-            # Cleared before connecting, so a drop right after the connect is not missed.
-            self._link_lost.clear()
-            self._lost_reason = None
-            if not client.connected:
-                try:
-                    await self._connect_once(client)
-                except SourceError as exc:
-                    step = reconnect.connect_failed(loop.time(), self._last_connect_error or str(exc), random.random())
-                    self._log_reconnect(step)
-                    await asyncio.sleep(step.delay_s)
-                    continue
-                self._last_connect_error = None
-                self._log_reconnect(reconnect.connected(loop.time()))
-            await self._link_lost.wait()
-            if client.connected:
-                continue  # a request failed on a link that is still open: not a loss
-            step = reconnect.lost(loop.time(), self._lost_reason or "connection lost", random.random())
-            self._log_reconnect(step)
-            if step.delay_s > 0:
-                # The units report this in their own words at their next poll; meanwhile polls fail at once.
-                self._last_connect_error = f"connection to {self.endpoint} lost: {step.error}"
-                await asyncio.sleep(step.delay_s)
+        # Cleared before connecting, so a drop right after the connect is not missed.
+        self._link_lost.clear()
+        self._lost_reason = None
+        if not client.connected:
+            try:
+                await self._connect_once(client)
+            except SourceError as exc:
+                step = reconnect.connect_failed(loop.time(), self._last_connect_error or str(exc), random.random())
+                self._log_reconnect(step)
+                return step
+            self._last_connect_error = None
+            self._log_reconnect(reconnect.connected(loop.time()))
+        await self._link_lost.wait()
+        if client.connected:
+            return AGAIN  # a request failed on a link that is still open: not a loss
+        step = reconnect.lost(loop.time(), self._lost_reason or "connection lost", random.random())
+        self._log_reconnect(step)
+        if step.delay_s > 0:
+            # The units report this in their own words at their next poll; meanwhile polls fail at once.
+            self._last_connect_error = f"connection to {self.endpoint} lost: {step.error}"
+        return step
 
     async def _connect_once(self, client: ModbusTcpClient | AsyncModbusSerialClient) -> None:
         if isinstance(client, ModbusTcpClient):

@@ -55,6 +55,7 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
+from gateway.backoff import paced
 from gateway.pki import PkiError, ServerCertificateRejectedError
 from gateway.schema import STATUS_COMM_FAILURE
 from gateway.secrets import SecretFileError
@@ -374,55 +375,51 @@ class OpcUaSource:
     # ------------------------------------------------------------------------------------ lifecycle
 
     async def run(self, emit: Emit, report_link: ReportLink) -> None:
-        """Connect, read, reconnect on loss; returns only by cancellation."""
+        """Connect, read, reconnect on loss (a tenacity run: ``gateway.backoff.paced``); ends only by cancellation."""
         quiet_asyncua_loggers()
-        loop = asyncio.get_running_loop()
-        while True:
-            client = await self._connect_with_backoff(emit, report_link)
-            watch = _LinkWatch()
-            client.connection_lost_callback = watch.on_connection_lost
-            try:
-                try:
-                    if self.options.mode is OpcUaMode.SUBSCRIBE:
-                        reason = await self._serve_subscription(client, watch, emit, report_link)
-                    else:
-                        reason = await self._serve_poll(client, watch, emit, report_link)
-                except _EmitError as failed:
-                    # The pipeline behind emit broke: that is not a link problem, let the runtime see it.
-                    raise failed.original from None
-                except Exception as exc:  # any library failure ends this connection, never the source
-                    reason = describe_error(exc)
-                    if not isinstance(exc, _CONNECT_ERRORS):
-                        self._log.warning("opcua_session_error", error=reason, exc_info=True)
-                self.stats.link_losses += 1
-                step = self._reconnect.lost(loop.time(), reason, random.random())
-                self._log_reconnect(step)
-                # Reported before the teardown: closing a session on a frozen server waits out a whole timeout.
-                await self._mark_down(emit, report_link, reason)
-            finally:
-                await self._close_client(client)
-            await asyncio.sleep(step.delay_s)
+        await paced()(self._connection, emit, report_link)
 
-    async def _connect_with_backoff(self, emit: Emit, report_link: ReportLink) -> Client:
+    async def _connection(self, emit: Emit, report_link: ReportLink) -> Step:
+        """One attempt: connect, then read until the link is lost; the step says how long to wait before the next."""
         loop = asyncio.get_running_loop()
-        while True:
+        try:
+            client = await self._connect_once()
+        except _CONNECT_ERRORS as exc:
+            self.stats.connect_failures += 1
+            reason = describe_error(exc)
+            step = self._reconnect.connect_failed(loop.time(), reason, random.random())
+            if isinstance(exc, UaStatusCodeError) and exc.code in _LOGIN_REFUSED:
+                self._log.warning("opcua_login_refused", error=reason, attempt=step.attempts,
+                                  user=self.options.username, retry_in_s=round(step.delay_s, 3))  # fmt: skip
+            else:
+                self._log_reconnect(step)
+            await self._mark_down(emit, report_link, reason)
+            return step
+        self._reconnect.connected(loop.time())  # the link's up line is opcua_link_up, logged by _mark_up
+        self.stats.connects += 1
+        watch = _LinkWatch()
+        client.connection_lost_callback = watch.on_connection_lost
+        try:
             try:
-                client = await self._connect_once()
-            except _CONNECT_ERRORS as exc:
-                self.stats.connect_failures += 1
-                reason = describe_error(exc)
-                step = self._reconnect.connect_failed(loop.time(), reason, random.random())
-                if isinstance(exc, UaStatusCodeError) and exc.code in _LOGIN_REFUSED:
-                    self._log.warning("opcua_login_refused", error=reason, attempt=step.attempts,
-                                      user=self.options.username, retry_in_s=round(step.delay_s, 3))  # fmt: skip
+                if self.options.mode is OpcUaMode.SUBSCRIBE:
+                    reason = await self._serve_subscription(client, watch, emit, report_link)
                 else:
-                    self._log_reconnect(step)
-                await self._mark_down(emit, report_link, reason)
-                await asyncio.sleep(step.delay_s)
-                continue
-            self._reconnect.connected(loop.time())  # the link's up line is opcua_link_up, logged by _mark_up
-            self.stats.connects += 1
-            return client
+                    reason = await self._serve_poll(client, watch, emit, report_link)
+            except _EmitError as failed:
+                # The pipeline behind emit broke: that is not a link problem, let the runtime see it.
+                raise failed.original from None
+            except Exception as exc:  # any library failure ends this connection, never the source
+                reason = describe_error(exc)
+                if not isinstance(exc, _CONNECT_ERRORS):
+                    self._log.warning("opcua_session_error", error=reason, exc_info=True)
+            self.stats.link_losses += 1
+            step = self._reconnect.lost(loop.time(), reason, random.random())
+            self._log_reconnect(step)
+            # Reported before the teardown: closing a session on a frozen server waits out a whole timeout.
+            await self._mark_down(emit, report_link, reason)
+        finally:
+            await self._close_client(client)
+        return step
 
     def _log_reconnect(self, step: Step) -> None:
         """The first failed attempt of a streak, then one summary a minute; never a line per attempt."""

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from gateway.errors import GatewayError
 from gateway.pki import Pki, load_certificate_file, load_private_key_file
 from gateway.secrets import read_secret_file
+from gateway.vocabulary import OpcUaSecurityMode, OpcUaSecurityPolicy
 
 __all__ = [
     "POLICIES",
@@ -37,13 +38,16 @@ __all__ = [
 log = structlog.get_logger("gateway.sources.opcua")
 
 # Strongest first: what ``policy: auto`` prefers.
-POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
-    "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
-    "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
-    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+POLICIES: dict[OpcUaSecurityPolicy, type[security_policies.SecurityPolicy]] = {
+    OpcUaSecurityPolicy.AES256_SHA256_RSAPSS: security_policies.SecurityPolicyAes256Sha256RsaPss,
+    OpcUaSecurityPolicy.AES128_SHA256_RSAOAEP: security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    OpcUaSecurityPolicy.BASIC256SHA256: security_policies.SecurityPolicyBasic256Sha256,
 }
 _NONE_URI = "http://opcfoundation.org/UA/SecurityPolicy#None"
-_MODES = {"Sign": ua.MessageSecurityMode.Sign, "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt}
+_MODES = {
+    OpcUaSecurityMode.SIGN: ua.MessageSecurityMode.Sign,
+    OpcUaSecurityMode.SIGN_AND_ENCRYPT: ua.MessageSecurityMode.SignAndEncrypt,
+}
 
 
 class SecurityRefusedError(GatewayError):
@@ -52,10 +56,11 @@ class SecurityRefusedError(GatewayError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientSecurity:
-    """``policy``/``mode`` as in the map; ``pki`` holds the gateway's certificate and trust list."""
+    """``policy``/``mode`` as in the map (their text is taken too); ``pki`` holds the gateway's certificate and trust
+    list."""
 
-    policy: str
-    mode: str
+    policy: OpcUaSecurityPolicy
+    mode: OpcUaSecurityMode
     allow_insecure: bool
     pki: Pki
     user_certificate: Path | None = None
@@ -64,6 +69,10 @@ class ClientSecurity:
     check_hostname: bool = True
     channel: bool = True
     """False: only ``password_file`` is used, the channel stays SecurityPolicy None (no ``security`` in the map)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy", OpcUaSecurityPolicy(self.policy))
+        object.__setattr__(self, "mode", OpcUaSecurityMode(self.mode))
 
 
 def read_password_file(path: Path) -> str:
@@ -76,10 +85,15 @@ def _policy_name(uri: str) -> str:
 
 
 def choose_endpoint(
-    endpoints: list[ua.EndpointDescription], *, policy: str, mode: str, allow_insecure: bool
+    endpoints: list[ua.EndpointDescription],
+    *,
+    policy: OpcUaSecurityPolicy,
+    mode: OpcUaSecurityMode,
+    allow_insecure: bool,
 ) -> ua.EndpointDescription | None:
     """The endpoint to use; None: SecurityPolicy None (only with ``allow_insecure``). Raises SecurityRefusedError."""
-    wanted = list(POLICIES) if policy == "auto" else [policy]
+    policy, mode = OpcUaSecurityPolicy(policy), OpcUaSecurityMode(mode)  # text as in the map is taken too
+    wanted = list(POLICIES) if policy is OpcUaSecurityPolicy.AUTO else [policy]
     for name in wanted:
         for endpoint in endpoints:
             if endpoint.SecurityMode == _MODES[mode] and endpoint.SecurityPolicyUri == POLICIES[name].URI:
@@ -125,7 +139,7 @@ async def secure_client(client: Client, security: ClientSecurity, *, endpoint: s
         server_cert, server_uri=server.ApplicationUri or "", server_name=f"{name} at {endpoint}", host=host
     )
     await client.set_security(
-        POLICIES[_policy_name(chosen.SecurityPolicyUri)],
+        POLICIES[OpcUaSecurityPolicy(_policy_name(chosen.SecurityPolicyUri))],
         certificate=cert.public_bytes(serialization.Encoding.DER),
         private_key=key.private_bytes(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

@@ -1,16 +1,17 @@
 """When a source reconnects to its PLC, and what it says about it (pure: no clock, no I/O, no logging).
 
-One ``Reconnect`` per link (a Modbus connection, an OPC UA device). The source tells it what happened, passing
-the time in: ``connected(now)``, ``answered(now)`` (the first good exchange on the link, and every one after),
-``connect_failed(now, error, draw)`` and ``lost(now, error, draw)``. It answers with how long to wait before the
-next attempt and which log line, if any, the event deserves.
+One ``Reconnect`` per link (a Modbus connection, an OPC UA device, an event link). The source tells it what
+happened, passing the time in: ``connected(now)``, ``answered(now)`` (the first good exchange on the link, and every
+one after), ``connect_failed(now, error, draw)`` and ``lost(now, error, draw)``. It answers with how long to wait
+before the next attempt and which log line, if any, the event deserves. The source's connect loop is a tenacity run
+(``gateway.backoff.paced``): each attempt returns its last step and tenacity waits the step's ``delay_s``.
 
 A TCP connect is not proof of a working link. A PLC at its connection limit, or a server that accepts and closes at
 once, lets every connect succeed; if a successful connect reset the backoff, the source would reconnect thousands of
 times a second and log two lines each time. So a link only counts as good once it is *stable*: it answered at least
 once and has lived ``stable_s``. A link lost before that is one more failed attempt, exactly like a refused connect,
-and the wait before the next attempt keeps growing (``gateway.backoff``: by default 0.5 s doubling up to 30 s,
-jitter shortening each wait by up to 20 %).
+and the wait before the next attempt keeps growing (the shared schedule, ``gateway.backoff.Backoff``: by default
+0.5 s doubling up to 30 s, jitter shortening each wait by up to 20 %).
 
 A stable link that is lost is reconnected at once (failures back to 0). Log lines: one per state change
 (``FAILING`` for the first failure after a good link or at start, ``LOST`` when a stable link goes, ``UP`` when
@@ -84,6 +85,10 @@ class Step(NamedTuple):
     failing_s: float
     error: str | None
     lived_s: float | None = None
+
+
+AGAIN: Final = Step(0.0, None, 0, 0, 0.0, None)
+"""Nothing happened to the link: the next attempt at once, nothing to log."""
 
 
 class Reconnect:

@@ -88,6 +88,7 @@ _ECHO_INPUT: Final = frozenset(
         "less_than",
         "less_than_equal",
         "literal_error",
+        "enum",
         "int_parsing",
         "int_from_float",
         "float_parsing",

@@ -60,9 +60,12 @@ from gateway.vocabulary import (
     DataType,
     MqttProtocol,
     OpcUaMode,
+    OpcUaSecurityMode,
+    OpcUaSecurityPolicy,
     Parity,
     PublishMode,
     QoS,
+    StopBits,
     Table,
     Transport,
 )
@@ -927,7 +930,7 @@ class SerialSettings(_Model):
     """Serial device, e.g. /dev/ttyUSB0."""
     baudrate: int = Field(default=19200, ge=1)
     parity: Annotated[Parity, BeforeValidator(_parity)] = "N"
-    stopbits: Literal[1, 2] = 1
+    stopbits: StopBits = 1
     bytesize: int = Field(default=8, ge=5, le=8)
 
 
@@ -1059,9 +1062,9 @@ def _check_opcua_endpoint(endpoint: str) -> str:
 class OpcUaSecurity(_Model):
     """How the OPC UA secure channel is protected (see README "Security")."""
 
-    policy: Literal["auto", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"] = "auto"
+    policy: OpcUaSecurityPolicy = OpcUaSecurityPolicy.AUTO
     """auto: the strongest policy the server offers with ``mode``."""
-    mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
+    mode: OpcUaSecurityMode = OpcUaSecurityMode.SIGN_AND_ENCRYPT
     allow_insecure: bool = False
     """Only with this may ``auto`` fall back to SecurityPolicy None when the server offers nothing else."""
     check_hostname: bool = True

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.runtime import SUPERVISOR_BACKOFF
+from gateway.supervisor import SUPERVISOR_BACKOFF
 from simulators.servers.control_http import request_control
 from tests.support.gateway import GatewayProcess, retarget_demo_config
 from tests.support.mosquitto import Mosquitto

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
+from gateway.backoff import MqttBackoff, Streak
 from gateway.errors import SinkError
-from gateway.mqtt.connection import MqttSink, backoff_delay_s
+from gateway.mqtt.connection import MqttSink
 from gateway.mqtt.wire import (
     Connack,
     Connect,
@@ -233,7 +234,7 @@ def test_reconnect_backoff_doubles_from_min_to_max_with_jitter() -> None:
     down (issue 10 item 5: a link that dies right after connecting must meet a growing backoff)."""
 
     def delay(failures: int, jitter: float) -> float:
-        return backoff_delay_s(failures, min_s=0.5, max_s=10.0, jitter=jitter)
+        return MqttBackoff(min_s=0.5, max_s=10.0, streak=Streak()).delay_s(failures, 1.0 - jitter)
 
     assert [delay(n, 0.0) for n in range(6)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]  # half the ceiling, >= min
     assert [delay(n, 0.999_999) for n in range(7)] == pytest.approx([1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0], rel=1e-5)

@@ -8,7 +8,8 @@ import asyncio
 import pytest
 import structlog
 
-from gateway.mqtt.connection import MqttSink, backoff_delay_s
+from gateway.backoff import MqttBackoff, Streak
+from gateway.mqtt.connection import MqttSink
 from tests.support.mqtt_broker import ScriptedBroker, options
 
 MIN_S = 0.1
@@ -19,9 +20,10 @@ WATCH_S = 3.0
 def most_attempts(watch_s: float) -> int:
     """Connection attempts the backoff schedule allows in ``watch_s`` when every attempt fails at once:
     the first right away, then each after the shortest wait the schedule can draw (jitter 0)."""
+    schedule = MqttBackoff(min_s=MIN_S, max_s=MAX_S, streak=Streak())
     attempts, elapsed, failures = 1, 0.0, 1
     while True:
-        elapsed += backoff_delay_s(failures, min_s=MIN_S, max_s=MAX_S, jitter=0.0)
+        elapsed += schedule.delay_s(failures, 1.0)
         if elapsed > watch_s:
             return attempts
         attempts += 1
