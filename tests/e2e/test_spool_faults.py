@@ -8,8 +8,6 @@ tests skip, saying so, only where mounting is refused).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
 import signal
 import time
@@ -23,7 +21,7 @@ import pytest
 
 from tests.support.gateway import GatewayProcess
 from tests.support.outage import DemoLine, data_messages, demo_line, holes
-from tests.support.tmpfs import mounted_tmpfs, remount_read_only
+from tests.support.tmpfs import fill_disk, mounted_tmpfs, remount_read_only
 from tests.support.waiting import wait_until
 
 HEARTBEAT = "formation/hall-a/rack-01/heartbeat"
@@ -48,18 +46,6 @@ class Rig(DemoLine):
 def rig(tmp_path: Path) -> Iterator[Rig]:
     with demo_line(tmp_path, f"sp{uuid.uuid4().hex[:8]}", Rig) as line:
         yield line
-
-
-def fill_disk(directory: Path) -> None:
-    """Write a filler file until the file system is full (ENOSPC)."""
-    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for size in (65536, 4096, 512, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, b"\0" * size)
-    finally:
-        os.close(fd)
 
 
 def test_a_full_state_disk_drops_the_oldest_replays_the_rest_and_restarts_on_the_full_disk(rig: Rig) -> None:
