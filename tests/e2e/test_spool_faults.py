@@ -25,6 +25,7 @@ from tests.support.tmpfs import fill_disk, mounted_tmpfs, remount_read_only
 from tests.support.waiting import wait_until
 
 HEARTBEAT = "formation/hall-a/rack-01/heartbeat"
+SEQ_WRITE_FAILED = ("seq_reservation_failed", "seq_snapshot_failed")
 
 
 class Rig(DemoLine):
@@ -78,6 +79,7 @@ def test_a_full_state_disk_drops_the_oldest_replays_the_rest_and_restarts_on_the
             dropped = stopped["spool_dropped"]
             assert isinstance(dropped, dict) and int(dropped["disk_full"]) > 0
             assert stopped["spool_lost"] == {}, "nothing lost: the oldest made room for the newest"
+            assert not [e for e in gateway.events() if e.get("event") in SEQ_WRITE_FAILED], "seq state unwritten"
         finally:
             gateway.close()
         # The newest were kept: the replayed heartbeats run without a hole up to the first live one after the
@@ -98,6 +100,8 @@ def test_a_full_state_disk_drops_the_oldest_replays_the_rest_and_restarts_on_the
             restarted.wait_for_event("gateway_running", 30)
             wait_until(lambda: rig.live_count() > count + 3, 30, "live data after a restart on a full disk")
             assert restarted.stop() == 0
+            # The seq reserve file gives the state's writes room: a crash here could not repeat a number.
+            assert not [e for e in restarted.events() if e.get("event") in SEQ_WRITE_FAILED]
         finally:
             restarted.close()
 
