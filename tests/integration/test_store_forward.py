@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import orjson
@@ -11,6 +12,7 @@ import structlog
 
 from gateway.encoders.uns_json import historical
 from gateway.mqtt.connection import MqttSink
+from gateway.sinks.fanout import MqttFanOut, route
 from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward, open_spool
 from tests.support.mosquitto import Mosquitto, Subscriber, free_port
@@ -305,3 +307,61 @@ async def test_the_spool_keeps_the_encoders_historical_form_and_knows_no_payload
     assert [row.payload for row in rows] == [b"H|lines/rack|1 volts=3.7", b"H|lines/rack|2 volts=3.8"]
     await forwarder.close()
     spool.close()
+
+
+async def test_a_hung_broker_with_three_connections_is_detected_on_each_and_everything_is_spooled(
+    tmp_path: Path, prefix: str
+) -> None:
+    """Issue 10 defect 2 (kill -STOP on Mosquitto) with ``mqtt.connections: 3``: one wait of window_wait_s, then
+    every batch goes to the spool as it comes; each connection finds its own stuck link by the PUBACK deadline
+    (``mqtt_stuck``) and reconnects after SIGCONT; every message arrives, the spool empties."""
+    with Mosquitto() as broker:
+        spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
+        forwarder = StoreAndForward(spool, window_wait_s=2.0, replay_per_s=5000, historical=historical)
+        options = sink_options(broker, prefix, max_inflight=5, keepalive_s=60, puback_timeout_s=3.0)
+        topics = [f"t{n}" for n in range(60)]  # spread over the three connections
+
+        def batch(round_: int) -> list[tuple[str, bytes]]:
+            return [data(prefix, round_, topic) for topic in topics]
+
+        with structlog.testing.capture_logs() as logs:
+            async with MqttFanOut(
+                options, connections=3, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused
+            ) as sink:
+                forwarder.bind(sink)
+                await sink.wait_connected(5)
+                shares = Counter(route(topic, 3) for topic, _ in batch(0))
+                assert len(shares) == 3 and min(shares.values()) > 5  # every window fills
+                with Subscriber(broker.host, broker.port, f"{prefix}/data/#") as subscriber:
+                    broker.pause()
+                    try:
+                        await forwarder.forward(batch(0))  # fills the windows, waits window_wait_s once
+
+                        async def more_batches() -> None:
+                            for round_ in range(1, 21):
+                                await forwarder.forward(batch(round_))
+                                await asyncio.sleep(0.05)
+
+                        # Were each batch to wait window_wait_s, these would take 40 s.
+                        await asyncio.wait_for(more_batches(), 15)
+                        await wait_until_async(lambda: not sink.connected, 10, "a stuck link dropped")
+                        assert forwarder.window_stuck_episodes == 1
+                        await wait_until_async(
+                            lambda: sum(entry["event"] == "mqtt_stuck" for entry in logs) == 3, 10, "all three"
+                        )
+                    finally:
+                        broker.resume()
+                    replay = asyncio.create_task(forwarder.replay())
+                    await sink.wait_connected(20)
+                    await wait_until_async(lambda: spool.count == 0 and sink.in_flight == 0, 30, "replay done")
+
+                    def received() -> set[tuple[str, int]]:
+                        return {(m.topic, orjson.loads(m.payload)["value"]) for m in subscriber.messages}
+
+                    await wait_until_async(lambda: len(received()) >= 21 * 60, 20, "every message")
+                    replay.cancel()
+            await forwarder.keep_unacked()
+            await forwarder.close()
+    stuck = sorted(str(entry["client_id"]) for entry in logs if entry["event"] == "mqtt_stuck")
+    assert stuck == sorted([options.client_id, f"{options.client_id}-2", f"{options.client_id}-3"])
+    assert received() == {(f"{prefix}/data/{topic}", round_) for topic in topics for round_ in range(21)}
