@@ -18,8 +18,8 @@ live ones (the ``historical`` flag and ``seq`` say which is which).
 
 A stuck window (a hung broker: connected, no PUBACK) costs ``window_wait_s`` once: from then on batches
 take only the slots free at that moment and the rest goes straight to the spool, at the rate it
-arrives, until a slot frees again; event records likewise. So the queue in front never fills and the sources
-never block.
+arrives, until a PUBACK comes (fewer messages in flight); event records likewise. So the queue in front
+never fills and the sources never block.
 
 Without a spool (it cannot be opened: read-only or full disk, permissions) the gateway runs on live data
 only: what cannot be sent is counted as lost with a reason and said loudly (``spool_unavailable`` at
@@ -117,6 +117,7 @@ class StoreAndForward:
         self._clock = clock
         self._window_wait_s = window_wait_s
         self._window_stuck = False
+        self._stuck_in_flight = 0  # messages in flight when last seen stuck: fewer now means a PUBACK came
         self._stuck_logged = False
         self._stuck_logged_at = -SPOOL_REMINDER_S
         self.window_stuck_episodes = 0
@@ -239,10 +240,9 @@ class StoreAndForward:
         sink = self._require_sink()
         if self._window_wait_s < 0:
             taken = 0
-        elif self._window_stuck:
+        elif self._still_stuck(sink):
             taken = await sink.offer_many(messages, wait_s=0)  # only the slots free right now
-            if taken:
-                self._window_moving()
+            self._stuck_in_flight = sink.in_flight
         else:
             taken = await sink.offer_many(messages, wait_s=self._window_wait_s)
             if taken < len(messages) and sink.connected:
@@ -250,9 +250,20 @@ class StoreAndForward:
         if taken < len(messages):
             await self.store(messages[taken:])
 
+    def _still_stuck(self, sink: Sink) -> bool:
+        """Whether the window is still stuck: no PUBACK since it was found stuck (no fewer messages in flight).
+
+        A slot that is free proves nothing: with ``mqtt.connections`` > 1 the other connections may still have
+        free slots of their hung windows, so taking a message there must not start another wait.
+        """
+        if self._window_stuck and sink.in_flight < self._stuck_in_flight:
+            self._window_moving()
+        return self._window_stuck
+
     def _window_stuck_now(self, sink: Sink) -> None:
-        """No slot for window_wait_s while connected: nothing waits for one again until one frees."""
+        """No slot for window_wait_s while connected: nothing waits for one again until a PUBACK comes."""
         self._window_stuck = True
+        self._stuck_in_flight = sink.in_flight
         self.window_stuck_episodes += 1
         now = time.monotonic()
         if now - self._stuck_logged_at >= SPOOL_REMINDER_S:  # a slow broker may do this every second
@@ -282,16 +293,16 @@ class StoreAndForward:
             handle = self._next_record_handle
             self._next_record_handle -= 1
             self._live_records[handle] = (topic, payload, done)  # before publishing: QoS 0 acks at once
-            stuck = self._window_stuck  # then only a slot free right now, as for a data batch
+            stuck = self._still_stuck(sink)  # then only a slot free right now, as for a data batch
             deadline = time.monotonic() + (0.0 if stuck else self._window_wait_s)
-            while True:
-                if sink.try_publish(topic, payload, handle):
-                    if stuck:
-                        self._window_moving()
-                    return done
+            while not (published := sink.try_publish(topic, payload, handle)):
                 if not sink.connected or time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(REPLAY_SLOT_POLL_S)
+            if stuck:
+                self._stuck_in_flight = sink.in_flight
+            if published:
+                return done
             del self._live_records[handle]
             if not stuck and sink.connected:
                 self._window_stuck_now(sink)

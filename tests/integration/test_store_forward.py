@@ -365,3 +365,53 @@ async def test_a_hung_broker_with_three_connections_is_detected_on_each_and_ever
     stuck = sorted(str(entry["client_id"]) for entry in logs if entry["event"] == "mqtt_stuck")
     assert stuck == sorted([options.client_id, f"{options.client_id}-2", f"{options.client_id}-3"])
     assert received() == {(f"{prefix}/data/{topic}", round_) for topic in topics for round_ in range(21)}
+
+
+async def test_with_three_connections_a_stuck_window_stays_stuck_until_a_puback_comes(
+    tmp_path: Path, prefix: str
+) -> None:
+    """Issue 10 defect 2 (kill -STOP on Mosquitto) with ``mqtt.connections: 3`` and one message per batch (a
+    ``_batch`` device): a batch whose connection still had a free slot used to end the stuck episode, so the
+    next batch for a full connection waited window_wait_s again, once per free slot of the other connections.
+    Now only a PUBACK (fewer messages in flight) ends it: one wait, then every batch as it comes."""
+    with Mosquitto() as broker:
+        spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
+        forwarder = StoreAndForward(spool, window_wait_s=2.0, replay_per_s=5000, historical=historical)
+        options = sink_options(broker, prefix, max_inflight=5, keepalive_s=60, puback_timeout_s=60)
+        by_connection: dict[int, list[str]] = {0: [], 1: [], 2: []}
+        for n in range(200):
+            by_connection[route(f"{prefix}/data/t{n}", 3)].append(f"t{n}")
+        async with MqttFanOut(options, connections=3, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused) as sink:
+            forwarder.bind(sink)
+            await sink.wait_connected(5)
+            with Subscriber(broker.host, broker.port, f"{prefix}/data/#") as subscriber:
+                broker.pause()
+                try:
+                    # Connection 0's window fills, the sixth message waits window_wait_s: stuck.
+                    await forwarder.forward([data(prefix, 0, topic) for topic in by_connection[0][:6]])
+                    assert forwarder.window_stuck_episodes == 1
+
+                    async def single_message_batches() -> None:
+                        for round_ in range(1, 9):
+                            for index in (1, 2, 0):
+                                await forwarder.forward([data(prefix, round_, by_connection[index][0])])
+
+                    # The old rule waited window_wait_s about ten times here (20 s).
+                    await asyncio.wait_for(single_message_batches(), 8)
+                    assert forwarder.window_stuck_episodes == 1
+                    assert sink.in_flight == 15
+                finally:
+                    broker.resume()
+                replay = asyncio.create_task(forwarder.replay())
+                await wait_until_async(lambda: spool.count == 0 and sink.in_flight == 0, 30, "replay done")
+                # PUBACKs came: the window moves again and a new batch goes out live.
+                await forwarder.forward([data(prefix, 99, "after")])
+                await wait_until_async(lambda: bool(subscriber.on(f"{prefix}/data/after")), 10, "live again")
+                assert not orjson.loads(subscriber.on(f"{prefix}/data/after")[0].payload).get("historical")
+                received = {(m.topic, orjson.loads(m.payload)["value"]) for m in subscriber.messages}
+                replay.cancel()
+        await forwarder.keep_unacked()
+        await forwarder.close()
+    wanted = {(f"{prefix}/data/{topic}", 0) for topic in by_connection[0][:6]}
+    wanted |= {(f"{prefix}/data/{by_connection[i][0]}", r) for r in range(1, 9) for i in range(3)}
+    assert wanted <= received
