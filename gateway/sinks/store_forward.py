@@ -251,12 +251,13 @@ class StoreAndForward:
             await self.store(messages[taken:])
 
     def _still_stuck(self, sink: Sink) -> bool:
-        """Whether the window is still stuck: no PUBACK since it was found stuck (no fewer messages in flight).
+        """Whether the window is still stuck: no PUBACK since it was found stuck (no fewer messages in flight,
+        and some).
 
         A slot that is free proves nothing: with ``mqtt.connections`` > 1 the other connections may still have
         free slots of their hung windows, so taking a message there must not start another wait.
         """
-        if self._window_stuck and sink.in_flight < self._stuck_in_flight:
+        if self._window_stuck and (sink.in_flight < self._stuck_in_flight or not sink.in_flight):
             self._window_moving()
         return self._window_stuck
 

@@ -190,12 +190,14 @@ def test_kill_during_a_replay_resends_at_most_about_one_second_of_it(rig: Rig) -
 @pytest.mark.serial  # no poll may overrun during the stall: a machine loaded by parallel tests would overrun
 def test_a_hung_broker_never_blocks_polling_and_leaves_no_hole(rig: Rig) -> None:
     """Issue 10 defect 2 (kill -STOP on Mosquitto): while the broker is hung every batch goes to the spool as it
-    comes (no window_wait_ms per batch), the queue never fills, every poll cycle is read, and once the broker
-    is back and the replay done no seq is missing."""
+    comes (no window_wait_ms per batch), the queue never fills, every poll cycle is read, the stuck link is
+    found by the PUBACK deadline (mqtt_stuck) and reconnected, and once the broker is back and the replay done
+    no seq is missing."""
     stall_s = 12.0
     state = rig.workdir / "state"
     # A queue of about two seconds of the demo map's messages, so a pipeline that waits shows within the stall.
-    gateway = rig.gateway(state, CELLGATE_GATEWAY__QUEUE_SIZE="2000")
+    # A PUBACK deadline well inside the stall, so the stuck link is always found before SIGCONT.
+    gateway = rig.gateway(state, CELLGATE_GATEWAY__QUEUE_SIZE="2000", CELLGATE_MQTT__PUBACK_TIMEOUT_S="4")
     gateway.start()
     try:
         wait_until(lambda: rig.live_after(3), 30, "live data")
@@ -212,6 +214,7 @@ def test_a_hung_broker_never_blocks_polling_and_leaves_no_hole(rig: Rig) -> None
         wait_until(lambda: not holes(data_messages(rig.subscriber.messages), since=before), 30, "every seq")
         during = gateway.events()[mark:]
         assert not [e for e in during if e.get("event") in ("poll_overrun", "pipeline_stalled")], during[-20:]
+        assert [e for e in during if e.get("event") == "mqtt_stuck"], "the stuck link was never detected"
         assert gateway.stop() == 0
         stopped = gateway.wait_for_event("gateway_stopped", 1)
         assert stopped["queue_full_waits"] == 0, "the sources had to wait for the queue"
