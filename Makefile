@@ -25,10 +25,10 @@ demo: $(STAMP)
 # Tests marked `serial` assert a bound in seconds: they run alone afterwards, on a machine the others no longer load.
 PYTEST_WORKERS ?= 4
 
-## test: lint, types and the whole test suite (installs Mosquitto, socat, Node.js + node-opcua, promtool, Chromium when missing;
+## test: lint, types and the whole test suite (installs Mosquitto, socat, Node.js + node-opcua, promtool, Chromium, sqlite3 when missing;
 ##       as root also the Debian package tools for tests/package)
 test: $(STAMP)
-	.ci/ensure-system-packages mosquitto mosquitto-clients socat nodejs npm prometheus chromium
+	.ci/ensure-system-packages mosquitto mosquitto-clients socat nodejs npm prometheus chromium sqlite3
 	cd tests/interop && npm ci --no-audit --no-fund --loglevel=error
 	# tests/package installs the .deb it builds, so it runs as root only (CI); it needs the build tools then.
 	if [ "$$(id -u)" -eq 0 ]; then .ci/ensure-system-packages $(DEB_BUILD_PACKAGES); fi

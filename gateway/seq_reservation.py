@@ -30,6 +30,10 @@ The scheme (what the property test in ``tests/unit/test_seq_reservation_property
   wall-clock floor, microseconds since the epoch. That is above every number used before as long as the
   wall clock is not behind where it was at an earlier such loss and no topic averaged more than a million
   messages a second (about 1.8e15 in 2026, below 2**53 until the year 2255). Logged as ``seq_state_lost``.
+* A full state disk does not stop the writes: :class:`SeqFileStore` keeps a reserve file (``seq.reserve``,
+  ``SEQ_RESERVE_MIN_BYTES`` or twice the largest slot written) and gives it up when a write finds the disk
+  full. A slot is replaced by a file of about its own size, so once the reserve is gone the writes go on in
+  the room each replaced slot leaves; the reserve is made again once there is room.
 * If the state directory cannot be written (read-only, full) the gateway keeps running: the reservation
   is applied in memory, ``seq_reservation_failed`` is logged once per episode and the write is retried
   at the next checkpoint (``seq_snapshot_failed`` likewise for a snapshot; while the snapshot a start or a
@@ -47,9 +51,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import hashlib
 import math
 import os
+import threading
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -79,6 +85,10 @@ RESERVE_PERIODS = 2.0
 """A block covers this many checkpoint periods at the rate seen since the last reservation."""
 PROMISE_FACTOR = 4
 """A reservation promises that the next block is at most this many times what it asked for."""
+SEQ_RESERVE_FILE = "seq.reserve"
+"""Given up when a slot write finds the disk full, so the seq state is still written on a full state disk."""
+SEQ_RESERVE_MIN_BYTES = 64 * 1024
+"""Smallest reserve; it grows to twice the largest slot written (a snapshot of a large tag map)."""
 WALL_CLOCK_FLOOR_PER_S = 1_000_000
 """The floor after a lost state: microseconds since the epoch."""
 
@@ -366,10 +376,20 @@ class SeqStore(Protocol):
 
 
 class SeqFileStore:
-    """The slot files in ``directory``; a slot that cannot be trusted is moved aside (kept, logged)."""
+    """The slot files in ``directory``; a slot that cannot be trusted is moved aside (kept, logged).
 
-    def __init__(self, directory: Path) -> None:
+    Keeps the reserve file ``SEQ_RESERVE_FILE`` (see the module docstring); ``reserve_min_bytes`` 0: none.
+    Writes may come from two worker threads at once (a reservation and a snapshot): a lock orders them.
+    """
+
+    def __init__(self, directory: Path, *, reserve_min_bytes: int = SEQ_RESERVE_MIN_BYTES) -> None:
         self.directory = directory
+        self._reserve_path = directory / SEQ_RESERVE_FILE
+        self._reserve_min_bytes = reserve_min_bytes
+        self._reserve_bytes = reserve_min_bytes
+        self._lock = threading.Lock()
+        self.reserve_used = 0
+        """How often a write found the disk full and went ahead in the reserve's room."""
 
     def read(self, name: str) -> bytes | None:
         try:
@@ -388,7 +408,50 @@ class SeqFileStore:
             log.error("seq_state_corrupt", path=str(path), error=problem, moved_to=str(aside))
 
     def write(self, name: str, data: bytes) -> None:
-        """Replace slot ``name`` atomically and durably: temp file, fsync, rename, directory fsync."""
+        """Replace slot ``name`` atomically and durably: temp file, fsync, rename, directory fsync. On a full
+        disk the reserve is given up and the write tried once more."""
+        with self._lock:
+            try:
+                self._replace(name, data)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._give_up_reserve():
+                    raise
+                self._replace(name, data)
+                self.reserve_used += 1
+            self._keep_reserve(len(data))
+
+    def _give_up_reserve(self) -> bool:
+        """Delete the reserve file; False when there was none."""
+        try:
+            self._reserve_path.unlink()
+        except OSError:
+            return False
+        return True
+
+    def _keep_reserve(self, written: int) -> None:
+        """Make the reserve (again), at least twice ``written``, where there is room; else go without for now."""
+        if not self._reserve_min_bytes:
+            return
+        self._reserve_bytes = max(self._reserve_bytes, 2 * written)
+        try:
+            if self._reserve_path.stat().st_size >= self._reserve_bytes:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        try:
+            fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self._reserve_bytes)
+            finally:
+                os.close(fd)
+        except OSError:  # no room (yet): a smaller or no reserve, tried again at the next write
+            with contextlib.suppress(OSError):
+                if self._reserve_path.stat().st_size == 0:
+                    self._reserve_path.unlink()
+
+    def _replace(self, name: str, data: bytes) -> None:
         path = self.directory / name
         temp = path.with_name(path.name + ".tmp")
         try:

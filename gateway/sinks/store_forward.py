@@ -7,7 +7,7 @@
     replay task: Spool oldest first --free window slot only, at most replay_per_s--> Sink
                  PUBACK --> removed from the spool (in groups, at least every ACK_FLUSH_S)
     refused by the broker (on_refused) --> dead_letter table of the spool
-    forward_record(event record) --a window slot within window_wait_s--> Sink (own handle, < 0)
+    forward_record(event record) --a window slot within window_wait_s (none once stuck)--> Sink (own handle, < 0)
                                  \\--otherwise--> Spool (priority: the size limits drop plain messages first)
                                  its future resolves at its PUBACK (live or replayed), refusal or loss
 
@@ -18,7 +18,8 @@ live ones (the ``historical`` flag and ``seq`` say which is which).
 
 A stuck window (a hung broker: connected, no PUBACK) costs ``window_wait_s`` once: from then on batches
 take only the slots free at that moment and the rest goes straight to the spool, at the rate it
-arrives, until a slot frees again. So the queue in front never fills and the sources never block.
+arrives, until a PUBACK comes (fewer messages in flight); event records likewise. So the queue in front
+never fills and the sources never block.
 
 Without a spool (it cannot be opened: read-only or full disk, permissions) the gateway runs on live data
 only: what cannot be sent is counted as lost with a reason and said loudly (``spool_unavailable`` at
@@ -116,6 +117,7 @@ class StoreAndForward:
         self._clock = clock
         self._window_wait_s = window_wait_s
         self._window_stuck = False
+        self._stuck_in_flight = 0  # messages in flight when last seen stuck: fewer now means a PUBACK came
         self._stuck_logged = False
         self._stuck_logged_at = -SPOOL_REMINDER_S
         self.window_stuck_episodes = 0
@@ -238,31 +240,48 @@ class StoreAndForward:
         sink = self._require_sink()
         if self._window_wait_s < 0:
             taken = 0
-        elif self._window_stuck:
+        elif self._still_stuck(sink):
             taken = await sink.offer_many(messages, wait_s=0)  # only the slots free right now
-            if taken:
-                self._window_stuck = False
-                if self._stuck_logged:
-                    self._stuck_logged = False
-                    log.info("broker_window_moving", stuck_episodes=self.window_stuck_episodes)
+            self._stuck_in_flight = sink.in_flight
         else:
             taken = await sink.offer_many(messages, wait_s=self._window_wait_s)
             if taken < len(messages) and sink.connected:
-                # No slot for window_wait_s while connected: do not wait again until one frees.
-                self._window_stuck = True
-                self.window_stuck_episodes += 1
-                now = time.monotonic()
-                if now - self._stuck_logged_at >= SPOOL_REMINDER_S:  # a slow broker may do this every second
-                    self._stuck_logged_at = now
-                    self._stuck_logged = True
-                    log.warning(
-                        "broker_window_stuck",
-                        in_flight=sink.in_flight,
-                        waited_s=self._window_wait_s,
-                        stuck_episodes=self.window_stuck_episodes,
-                    )
+                self._window_stuck_now(sink)
         if taken < len(messages):
             await self.store(messages[taken:])
+
+    def _still_stuck(self, sink: Sink) -> bool:
+        """Whether the window is still stuck: no PUBACK since it was found stuck (no fewer messages in flight,
+        and some).
+
+        A slot that is free proves nothing: with ``mqtt.connections`` > 1 the other connections may still have
+        free slots of their hung windows, so taking a message there must not start another wait.
+        """
+        if self._window_stuck and (sink.in_flight < self._stuck_in_flight or not sink.in_flight):
+            self._window_moving()
+        return self._window_stuck
+
+    def _window_stuck_now(self, sink: Sink) -> None:
+        """No slot for window_wait_s while connected: nothing waits for one again until a PUBACK comes."""
+        self._window_stuck = True
+        self._stuck_in_flight = sink.in_flight
+        self.window_stuck_episodes += 1
+        now = time.monotonic()
+        if now - self._stuck_logged_at >= SPOOL_REMINDER_S:  # a slow broker may do this every second
+            self._stuck_logged_at = now
+            self._stuck_logged = True
+            log.warning(
+                "broker_window_stuck",
+                in_flight=sink.in_flight,
+                waited_s=self._window_wait_s,
+                stuck_episodes=self.window_stuck_episodes,
+            )
+
+    def _window_moving(self) -> None:
+        self._window_stuck = False
+        if self._stuck_logged:
+            self._stuck_logged = False
+            log.info("broker_window_moving", stuck_episodes=self.window_stuck_episodes)
 
     async def forward_record(self, topic: str, payload: bytes) -> asyncio.Future[Delivery]:
         """Hand one event record to the broker (waiting up to ``window_wait_s`` for a slot) or to the spool,
@@ -275,14 +294,19 @@ class StoreAndForward:
             handle = self._next_record_handle
             self._next_record_handle -= 1
             self._live_records[handle] = (topic, payload, done)  # before publishing: QoS 0 acks at once
-            deadline = time.monotonic() + self._window_wait_s
-            while True:
-                if sink.try_publish(topic, payload, handle):
-                    return done
+            stuck = self._still_stuck(sink)  # then only a slot free right now, as for a data batch
+            deadline = time.monotonic() + (0.0 if stuck else self._window_wait_s)
+            while not (published := sink.try_publish(topic, payload, handle)):
                 if not sink.connected or time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(REPLAY_SLOT_POLL_S)
+            if stuck:
+                self._stuck_in_flight = sink.in_flight
+            if published:
+                return done
             del self._live_records[handle]
+            if not stuck and sink.connected:
+                self._window_stuck_now(sink)
         spool_id = await self._store_record(topic, payload)
         if spool_id is None:
             _settle(done, Delivery.LOST)

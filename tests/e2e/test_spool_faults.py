@@ -8,8 +8,6 @@ tests skip, saying so, only where mounting is refused).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
 import signal
 import time
@@ -23,10 +21,11 @@ import pytest
 
 from tests.support.gateway import GatewayProcess
 from tests.support.outage import DemoLine, data_messages, demo_line, holes
-from tests.support.tmpfs import mounted_tmpfs, remount_read_only
+from tests.support.tmpfs import fill_disk, mounted_tmpfs, remount_read_only
 from tests.support.waiting import wait_until
 
 HEARTBEAT = "formation/hall-a/rack-01/heartbeat"
+SEQ_WRITE_FAILED = ("seq_reservation_failed", "seq_snapshot_failed")
 
 
 class Rig(DemoLine):
@@ -48,18 +47,6 @@ class Rig(DemoLine):
 def rig(tmp_path: Path) -> Iterator[Rig]:
     with demo_line(tmp_path, f"sp{uuid.uuid4().hex[:8]}", Rig) as line:
         yield line
-
-
-def fill_disk(directory: Path) -> None:
-    """Write a filler file until the file system is full (ENOSPC)."""
-    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for size in (65536, 4096, 512, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(fd, b"\0" * size)
-    finally:
-        os.close(fd)
 
 
 def test_a_full_state_disk_drops_the_oldest_replays_the_rest_and_restarts_on_the_full_disk(rig: Rig) -> None:
@@ -92,6 +79,7 @@ def test_a_full_state_disk_drops_the_oldest_replays_the_rest_and_restarts_on_the
             dropped = stopped["spool_dropped"]
             assert isinstance(dropped, dict) and int(dropped["disk_full"]) > 0
             assert stopped["spool_lost"] == {}, "nothing lost: the oldest made room for the newest"
+            assert not [e for e in gateway.events() if e.get("event") in SEQ_WRITE_FAILED], "seq state unwritten"
         finally:
             gateway.close()
         # The newest were kept: the replayed heartbeats run without a hole up to the first live one after the
@@ -112,6 +100,8 @@ def test_a_full_state_disk_drops_the_oldest_replays_the_rest_and_restarts_on_the
             restarted.wait_for_event("gateway_running", 30)
             wait_until(lambda: rig.live_count() > count + 3, 30, "live data after a restart on a full disk")
             assert restarted.stop() == 0
+            # The seq reserve file gives the state's writes room: a crash here could not repeat a number.
+            assert not [e for e in restarted.events() if e.get("event") in SEQ_WRITE_FAILED]
         finally:
             restarted.close()
 
@@ -200,12 +190,14 @@ def test_kill_during_a_replay_resends_at_most_about_one_second_of_it(rig: Rig) -
 @pytest.mark.serial  # no poll may overrun during the stall: a machine loaded by parallel tests would overrun
 def test_a_hung_broker_never_blocks_polling_and_leaves_no_hole(rig: Rig) -> None:
     """Issue 10 defect 2 (kill -STOP on Mosquitto): while the broker is hung every batch goes to the spool as it
-    comes (no window_wait_ms per batch), the queue never fills, every poll cycle is read, and once the broker
-    is back and the replay done no seq is missing."""
+    comes (no window_wait_ms per batch), the queue never fills, every poll cycle is read, the stuck link is
+    found by the PUBACK deadline (mqtt_stuck) and reconnected, and once the broker is back and the replay done
+    no seq is missing."""
     stall_s = 12.0
     state = rig.workdir / "state"
     # A queue of about two seconds of the demo map's messages, so a pipeline that waits shows within the stall.
-    gateway = rig.gateway(state, CELLGATE_GATEWAY__QUEUE_SIZE="2000")
+    # A PUBACK deadline well inside the stall, so the stuck link is always found before SIGCONT.
+    gateway = rig.gateway(state, CELLGATE_GATEWAY__QUEUE_SIZE="2000", CELLGATE_MQTT__PUBACK_TIMEOUT_S="4")
     gateway.start()
     try:
         wait_until(lambda: rig.live_after(3), 30, "live data")
@@ -222,6 +214,7 @@ def test_a_hung_broker_never_blocks_polling_and_leaves_no_hole(rig: Rig) -> None
         wait_until(lambda: not holes(data_messages(rig.subscriber.messages), since=before), 30, "every seq")
         during = gateway.events()[mark:]
         assert not [e for e in during if e.get("event") in ("poll_overrun", "pipeline_stalled")], during[-20:]
+        assert [e for e in during if e.get("event") == "mqtt_stuck"], "the stuck link was never detected"
         assert gateway.stop() == 0
         stopped = gateway.wait_for_event("gateway_stopped", 1)
         assert stopped["queue_full_waits"] == 0, "the sources had to wait for the queue"

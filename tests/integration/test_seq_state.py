@@ -18,10 +18,18 @@ import orjson
 import structlog
 
 from gateway.runtime import Gateway
-from gateway.seq_reservation import SLOT_FILES, SNAPSHOT_FILES
+from gateway.seq_reservation import (
+    SEQ_RESERVE_FILE,
+    SLOT_FILES,
+    SNAPSHOT_FILES,
+    PreviousStop,
+    SeqFileStore,
+    SeqReservations,
+)
 from gateway.tagmap import load_plant_from_text
 from tests.support.modbus import encode_registers, free_tcp_port, sim_device, tcp_server
 from tests.support.mosquitto import Mosquitto, Subscriber
+from tests.support.tmpfs import fill_disk, mounted_tmpfs
 
 FC_HOLDING = 3
 
@@ -103,3 +111,36 @@ async def test_seq_survives_a_deleted_spool_and_a_lost_or_corrupt_seq_state(tmp_
     assert third[0] > second[-1], "a lost seq state never restarts below what was seen"
     assert third[0] >= int((time.time() - 60) * 1_000_000)  # the wall-clock floor
     assert fourth[0] > third[-1], "one smashed state file never makes seq restart below what was seen"
+
+
+async def test_the_seq_state_is_written_on_a_completely_full_state_disk(tmp_path: Path) -> None:
+    """Issue 10 defect 1 ("keeps a reserve so deletes and seq checkpoints still work"), on a real 1 MB tmpfs
+    filled to the last byte: the reservations, the snapshots and the clean stop's exact numbers are still
+    written (the reserve file gives the first write room, each replaced slot the next), so a crash on a full
+    disk cannot repeat a number and the next start continues exactly. Before, every write failed (ENOSPC:
+    seq_snapshot_failed, seq_reservation_failed) and numbering went on in memory only."""
+    state = tmp_path / "state"
+    live: dict[str, int] = {}
+    with mounted_tmpfs(state, size="1m"):
+        first = SeqReservations(SeqFileStore(state), snapshot=lambda: {"dev": dict(live)}, period_s=5.0)
+        assert (await first.start(used_before=False)).previous_stop is PreviousStop.NEW
+        first.claim(["a/t"])
+        await first.budget("dev").take(1)
+        live["a/t"] = 1
+        assert (state / SEQ_RESERVE_FILE).stat().st_size > 0
+        await asyncio.to_thread(fill_disk, state)
+        with structlog.testing.capture_logs() as logs:
+            for round_ in range(10):
+                await first.budget("dev").take(first.reserve)  # past the block: a reservation must be written
+                live["a/t"] += first.reserve
+                if round_ % 3 == 0:
+                    first.invalidate()  # as after a reload: a snapshot, then a reservation
+                await first.checkpoint()
+            await first.stop()
+        failed = [entry for entry in logs if entry["event"] in ("seq_reservation_failed", "seq_snapshot_failed")]
+        assert failed == [], failed
+        assert first.write_failures == 0
+
+        second = SeqReservations(SeqFileStore(state), snapshot=lambda: {"dev": {}}, period_s=5.0)
+        assert (await second.start(used_before=True)).previous_stop is PreviousStop.CLEAN
+        assert second.claim(["a/t"])["a/t"] == live["a/t"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 import orjson
@@ -11,6 +12,7 @@ import structlog
 
 from gateway.encoders.uns_json import historical
 from gateway.mqtt.connection import MqttSink
+from gateway.sinks.fanout import MqttFanOut, route
 from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward, open_spool
 from tests.support.mosquitto import Mosquitto, Subscriber, free_port
@@ -305,3 +307,111 @@ async def test_the_spool_keeps_the_encoders_historical_form_and_knows_no_payload
     assert [row.payload for row in rows] == [b"H|lines/rack|1 volts=3.7", b"H|lines/rack|2 volts=3.8"]
     await forwarder.close()
     spool.close()
+
+
+async def test_a_hung_broker_with_three_connections_is_detected_on_each_and_everything_is_spooled(
+    tmp_path: Path, prefix: str
+) -> None:
+    """Issue 10 defect 2 (kill -STOP on Mosquitto) with ``mqtt.connections: 3``: one wait of window_wait_s, then
+    every batch goes to the spool as it comes; each connection finds its own stuck link by the PUBACK deadline
+    (``mqtt_stuck``) and reconnects after SIGCONT; every message arrives, the spool empties."""
+    with Mosquitto() as broker:
+        spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
+        forwarder = StoreAndForward(spool, window_wait_s=2.0, replay_per_s=5000, historical=historical)
+        options = sink_options(broker, prefix, max_inflight=5, keepalive_s=60, puback_timeout_s=3.0)
+        topics = [f"t{n}" for n in range(60)]  # spread over the three connections
+
+        def batch(round_: int) -> list[tuple[str, bytes]]:
+            return [data(prefix, round_, topic) for topic in topics]
+
+        with structlog.testing.capture_logs() as logs:
+            async with MqttFanOut(
+                options, connections=3, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused
+            ) as sink:
+                forwarder.bind(sink)
+                await sink.wait_connected(5)
+                shares = Counter(route(topic, 3) for topic, _ in batch(0))
+                assert len(shares) == 3 and min(shares.values()) > 5  # every window fills
+                with Subscriber(broker.host, broker.port, f"{prefix}/data/#") as subscriber:
+                    broker.pause()
+                    try:
+                        await forwarder.forward(batch(0))  # fills the windows, waits window_wait_s once
+
+                        async def more_batches() -> None:
+                            for round_ in range(1, 21):
+                                await forwarder.forward(batch(round_))
+                                await asyncio.sleep(0.05)
+
+                        # Were each batch to wait window_wait_s, these would take 40 s.
+                        await asyncio.wait_for(more_batches(), 15)
+                        await wait_until_async(lambda: not sink.connected, 10, "a stuck link dropped")
+                        assert forwarder.window_stuck_episodes == 1
+                        await wait_until_async(
+                            lambda: sum(entry["event"] == "mqtt_stuck" for entry in logs) == 3, 10, "all three"
+                        )
+                    finally:
+                        broker.resume()
+                    replay = asyncio.create_task(forwarder.replay())
+                    await sink.wait_connected(20)
+                    await wait_until_async(lambda: spool.count == 0 and sink.in_flight == 0, 30, "replay done")
+
+                    def received() -> set[tuple[str, int]]:
+                        return {(m.topic, orjson.loads(m.payload)["value"]) for m in subscriber.messages}
+
+                    await wait_until_async(lambda: len(received()) >= 21 * 60, 20, "every message")
+                    replay.cancel()
+            await forwarder.keep_unacked()
+            await forwarder.close()
+    stuck = sorted(str(entry["client_id"]) for entry in logs if entry["event"] == "mqtt_stuck")
+    assert stuck == sorted([options.client_id, f"{options.client_id}-2", f"{options.client_id}-3"])
+    assert received() == {(f"{prefix}/data/{topic}", round_) for topic in topics for round_ in range(21)}
+
+
+async def test_with_three_connections_a_stuck_window_stays_stuck_until_a_puback_comes(
+    tmp_path: Path, prefix: str
+) -> None:
+    """Issue 10 defect 2 (kill -STOP on Mosquitto) with ``mqtt.connections: 3`` and one message per batch (a
+    ``_batch`` device): a batch whose connection still had a free slot used to end the stuck episode, so the
+    next batch for a full connection waited window_wait_s again, once per free slot of the other connections.
+    Now only a PUBACK (fewer messages in flight) ends it: one wait, then every batch as it comes."""
+    with Mosquitto() as broker:
+        spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
+        forwarder = StoreAndForward(spool, window_wait_s=2.0, replay_per_s=5000, historical=historical)
+        options = sink_options(broker, prefix, max_inflight=5, keepalive_s=60, puback_timeout_s=60)
+        by_connection: dict[int, list[str]] = {0: [], 1: [], 2: []}
+        for n in range(200):
+            by_connection[route(f"{prefix}/data/t{n}", 3)].append(f"t{n}")
+        async with MqttFanOut(options, connections=3, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused) as sink:
+            forwarder.bind(sink)
+            await sink.wait_connected(5)
+            with Subscriber(broker.host, broker.port, f"{prefix}/data/#") as subscriber:
+                broker.pause()
+                try:
+                    # Connection 0's window fills, the sixth message waits window_wait_s: stuck.
+                    await forwarder.forward([data(prefix, 0, topic) for topic in by_connection[0][:6]])
+                    assert forwarder.window_stuck_episodes == 1
+
+                    async def single_message_batches() -> None:
+                        for round_ in range(1, 9):
+                            for index in (1, 2, 0):
+                                await forwarder.forward([data(prefix, round_, by_connection[index][0])])
+
+                    # The old rule waited window_wait_s about ten times here (20 s).
+                    await asyncio.wait_for(single_message_batches(), 8)
+                    assert forwarder.window_stuck_episodes == 1
+                    assert sink.in_flight == 15
+                finally:
+                    broker.resume()
+                replay = asyncio.create_task(forwarder.replay())
+                await wait_until_async(lambda: spool.count == 0 and sink.in_flight == 0, 30, "replay done")
+                # PUBACKs came: the window moves again and a new batch goes out live.
+                await forwarder.forward([data(prefix, 99, "after")])
+                await wait_until_async(lambda: bool(subscriber.on(f"{prefix}/data/after")), 10, "live again")
+                assert not orjson.loads(subscriber.on(f"{prefix}/data/after")[0].payload).get("historical")
+                received = {(m.topic, orjson.loads(m.payload)["value"]) for m in subscriber.messages}
+                replay.cancel()
+        await forwarder.keep_unacked()
+        await forwarder.close()
+    wanted = {(f"{prefix}/data/{topic}", 0) for topic in by_connection[0][:6]}
+    wanted |= {(f"{prefix}/data/{by_connection[i][0]}", r) for r in range(1, 9) for i in range(3)}
+    assert wanted <= received

@@ -119,3 +119,43 @@ async def test_a_record_the_broker_refuses_is_kept_as_a_dead_letter_and_reported
         await forwarder.close()
     finally:
         broker.close()
+
+
+async def test_records_never_wait_behind_a_stuck_window(tmp_path: Path, prefix: str) -> None:
+    """Issue 10 defect 2 (kill -STOP on Mosquitto) for event records: once the window is stuck, a record goes to
+    the spool at once like a data batch (each used to wait ``window_wait_s`` for a slot, so a PLC's handshake
+    waited with it); a record that waited in vain also marks the window stuck; all arrive after SIGCONT."""
+    with Mosquitto() as broker:
+        spool = Spool(tmp_path / "spool.db", max_bytes=10**7)
+        forwarder = StoreAndForward(spool, window_wait_s=3.0, replay_per_s=5000, historical=historical)
+        options = sink_options(broker, prefix, max_inflight=2, keepalive_s=60)
+        async with MqttSink(options, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused) as sink:
+            forwarder.bind(sink)
+            await sink.wait_connected(5)
+            with Subscriber(broker.host, broker.port, f"{prefix}/st/#") as subscriber:
+                broker.pause()
+                try:
+                    futures = [await forwarder.forward_record(*record(prefix, n)) for n in (1, 2)]  # the window
+                    # The third waits window_wait_s once, in vain: the window is stuck from then on.
+                    futures.append(await forwarder.forward_record(*record(prefix, 3)))
+                    assert forwarder.window_stuck_episodes == 1
+
+                    async def ten_records() -> None:
+                        for n in range(4, 14):
+                            futures.append(await forwarder.forward_record(*record(prefix, n)))
+
+                    # Were each record to wait window_wait_s, these would take 30 s.
+                    await asyncio.wait_for(ten_records(), 10)
+                    assert (sink.in_flight, spool.count) == (2, 11)
+                    assert not any(future.done() for future in futures)
+                finally:
+                    broker.resume()
+                replay = asyncio.create_task(forwarder.replay())
+                outcomes = await asyncio.wait_for(asyncio.gather(*futures), 30)
+                await wait_until_async(lambda: len(subscriber.on(f"{prefix}/st/_events/cell")) >= 13, 10)
+                replay.cancel()
+        await forwarder.keep_unacked()
+        await forwarder.close()
+    assert outcomes == [Delivery.ACKED] * 13
+    received = {orjson.loads(m.payload)["record_id"] for m in subscriber.on(f"{prefix}/st/_events/cell")}
+    assert received == set(range(1, 14))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,3 +32,15 @@ def remount_read_only(directory: Path) -> None:
     """Make a tmpfs from ``mounted_tmpfs`` read-only (EROFS on every write)."""
     remounted = _run("mount", "-o", "remount,ro", str(directory))
     assert remounted.returncode == 0, remounted.stderr
+
+
+def fill_disk(directory: Path) -> None:
+    """Write a filler file until the file system is full (ENOSPC)."""
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for size in (65536, 4096, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)

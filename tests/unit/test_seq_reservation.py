@@ -19,6 +19,7 @@ import structlog
 
 from gateway.seq_reservation import (
     MIN_RESERVE,
+    SEQ_RESERVE_FILE,
     SLOT_FILES,
     SNAPSHOT_FILES,
     DeviceSeq,
@@ -191,7 +192,7 @@ def test_file_store_writes_atomically_and_reads_back(tmp_path: Path) -> None:
     assert read_slots(store, SNAPSHOT_FILES, decode_snapshot) == [snap(2, clean=True), snap(1)]
     assert read_slots(store, SLOT_FILES, decode_reservation) == [None, res(1)]
     names = sorted(path.name for path in tmp_path.iterdir())
-    assert names == sorted([*SNAPSHOT_FILES, SLOT_FILES[1]])  # no temporary file left
+    assert names == sorted([*SNAPSHOT_FILES, SLOT_FILES[1], SEQ_RESERVE_FILE])  # no temporary file left
 
 
 def test_a_corrupt_slot_is_moved_aside_and_named_in_one_log_line(tmp_path: Path) -> None:
