@@ -10,8 +10,10 @@ Layout (as OPC UA tools lay it out)::
       issuers/                CA certificates (*.der, *.pem) and their CRLs (*.crl) for CA-signed servers
 
 A server certificate is accepted when it is inside its validity period, names the server's application URI in
-its SubjectAltName, and is either in ``trusted/`` or chains to a CA in ``issuers/`` without being revoked.
-Nothing is ever trusted on first use. The thumbprint is the SHA-1 of the DER certificate, as OPC UA tools show it.
+its SubjectAltName, and is either in ``trusted/`` (any file name: the content counts) or signed by a CA in
+``issuers/`` that is itself valid now. A certificate that a CRL in ``issuers/`` revokes is refused even when it is
+in ``trusted/``, and is not copied to ``rejected/`` (it must not be trusted by thumbprint). Nothing is ever trusted
+on first use. The thumbprint is the SHA-1 of the DER certificate, as OPC UA tools show it.
 """
 
 from __future__ import annotations
@@ -329,7 +331,12 @@ class Pki:
                 "security.check_hostname: false",
                 thumbprint=thumb,
             )
-        if (self.folder("trusted") / f"{thumb}.der").exists() or self._issued_by_trusted_ca(cert):
+        issuer = self._issuer(cert)
+        if issuer is not None:
+            ca_path, ca = issuer
+            self._check_issuer(cert, ca, ca_path, server_name=server_name)
+            return
+        if self._in_trusted(cert):
             return
         rejected = self.folder("rejected")
         rejected.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -340,12 +347,27 @@ class Pki:
             thumbprint=thumb,
         )
 
-    def _issued_by_trusted_ca(self, cert: x509.Certificate) -> bool:
-        """True if a CA in ``issuers/`` signed ``cert`` and no CRL there revokes it."""
-        folder = self.folder("issuers")
+    def _in_trusted(self, cert: x509.Certificate) -> bool:
+        """True if ``trusted/`` holds this certificate: ``{thumbprint}.der`` (what `cellgate pki trust` writes) or
+        any other certificate file with the same content (copied there by hand or from another OPC UA tool)."""
+        folder = self.folder("trusted")
+        if (folder / f"{thumbprint(cert)}.der").exists():
+            return True
         if not folder.is_dir():
             return False
         for path in folder.iterdir():
+            if path.suffix.lower() in (".der", ".pem", ".crt"):
+                with contextlib.suppress(PkiError):
+                    if load_certificate_file(path) == cert:
+                        return True
+        return False
+
+    def _issuer(self, cert: x509.Certificate) -> tuple[Path, x509.Certificate] | None:
+        """The CA certificate in ``issuers/`` that signed ``cert`` (and its file), or None."""
+        folder = self.folder("issuers")
+        if not folder.is_dir():
+            return None
+        for path in sorted(folder.iterdir()):
             if path.suffix.lower() not in (".der", ".pem", ".crt"):
                 continue
             try:
@@ -358,22 +380,43 @@ class Pki:
                 cert.verify_directly_issued_by(ca)
             except (ValueError, TypeError, InvalidSignature):
                 continue
-            return not self._revoked(cert, ca)
-        return False
+            return path, ca
+        return None
 
-    def _revoked(self, cert: x509.Certificate, ca: x509.Certificate) -> bool:
-        for path in self.folder("issuers").glob("*.crl"):
+    def _check_issuer(self, cert: x509.Certificate, ca: x509.Certificate, ca_path: Path, *, server_name: str) -> None:
+        """Raise ServerCertificateRejectedError when the issuing CA is not valid now or one of its CRLs revokes
+        ``cert`` (then ``trusted/`` does not help either: a revoked certificate is never copied to ``rejected/``)."""
+        thumb = thumbprint(cert)
+        now = datetime.now(UTC)
+        if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
+            raise ServerCertificateRejectedError(
+                f"server {server_name}: certificate {thumb} is signed by the CA {ca.subject.rfc4514_string()} "
+                f"({ca_path}), which is valid only "
+                f"{ca.not_valid_before_utc:%Y-%m-%d %H:%M}..{ca.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
+                thumbprint=thumb,
+            )
+        revoked = self._revoked(cert, ca)
+        if revoked is not None:
+            crl_path, when = revoked
+            raise ServerCertificateRejectedError(
+                f"server {server_name}: certificate {thumb} was revoked on {when:%Y-%m-%d %H:%M} UTC by the CRL "
+                f"{crl_path} of the CA {ca.subject.rfc4514_string()}; it stays refused, trusted or not",
+                thumbprint=thumb,
+            )
+
+    def _revoked(self, cert: x509.Certificate, ca: x509.Certificate) -> tuple[Path, datetime] | None:
+        """The CRL in ``issuers/`` (signed by ``ca``) that revokes ``cert``, and the revocation date; or None."""
+        for path in sorted(self.folder("issuers").glob("*.crl")):
             data = path.read_bytes()
             try:
                 crl = x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
             except ValueError:
                 continue
             ca_key = ca.public_key()
-            if (
-                isinstance(ca_key, rsa.RSAPublicKey)
-                and crl.issuer == ca.subject
-                and crl.is_signature_valid(ca_key)
-                and crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
-            ):
-                return True
-        return False
+            signed = isinstance(ca_key, rsa.RSAPublicKey) and crl.is_signature_valid(ca_key)
+            if crl.issuer != ca.subject or not signed:
+                continue
+            entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+            if entry is not None:
+                return path, entry.revocation_date_utc
+        return None

@@ -277,5 +277,6 @@ async def test_ca_signed_server_is_trusted_through_issuers_until_revoked(tmp_pat
         refused = Recorder(8.0)
         async with running(make_source(server.endpoint, pki), refused):
             await refused.wait_until(lambda: bool(refused.errors()))
-        assert "is not trusted" in refused.errors()[0]
+        assert f"certificate {thumbprint(server_cert)} was revoked on" in refused.errors()[0]
         assert not refused.good()
+        assert pki.listing("rejected") == []  # never offered for `cellgate pki trust`

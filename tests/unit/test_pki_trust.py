@@ -1,0 +1,97 @@
+"""Server-certificate trust decisions of the PKI folder (gateway.pki.Pki.check_server), without a server.
+
+The same decisions on a real handshake are in tests/integration/test_opcua_security.py; these cover the cases
+that need only certificate files: what ``trusted/`` recognises, and a CA's CRL or validity overriding trust.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from gateway.pki import Pki, ServerCertificateRejectedError, make_certificate, new_key, thumbprint
+
+SERVER_URI = "urn:plc-7:coater"
+NAME = "Coater at opc.tcp://127.0.0.1:4840"
+
+
+def make_ca(*, not_before: datetime, days: int) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    key = new_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Plant OT CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(not_before)
+        .not_valid_after(not_before + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    return ca, key
+
+
+def revoke(ca: x509.Certificate, ca_key: rsa.RSAPrivateKey, cert: x509.Certificate) -> x509.CertificateRevocationList:
+    now = datetime.now(UTC)
+    entry = x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(now).build()
+    return (
+        x509.CertificateRevocationListBuilder().issuer_name(ca.subject).last_update(now)
+        .next_update(now + timedelta(days=7)).add_revoked_certificate(entry).sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    pki = Pki(tmp_path / "pki", uri="urn:testhost:cellgate:gw")
+    pki.ensure()
+    return pki
+
+
+def check(pki: Pki, cert: x509.Certificate) -> None:
+    pki.check_server(cert, server_uri=SERVER_URI, server_name=NAME, host="127.0.0.1")
+
+
+@pytest.mark.parametrize("encoding", ["der", "pem"])
+def test_a_certificate_copied_into_trusted_under_any_name_is_trusted(pki: Pki, encoding: str) -> None:
+    cert = make_certificate(new_key(), uri=SERVER_URI, common_name="plc", server=True)
+    with pytest.raises(ServerCertificateRejectedError, match="is not trusted"):
+        check(pki, cert)
+    (pki.folder("rejected") / f"{thumbprint(cert)}.der").unlink()
+    # What an operator copies from the PLC's engineering tool: its own file name, DER or PEM.
+    data = cert.public_bytes(serialization.Encoding.DER if encoding == "der" else serialization.Encoding.PEM)
+    (pki.folder("trusted") / f"coater-plc.{encoding}").write_bytes(data)
+    check(pki, cert)  # accepted: `cellgate pki list` shows it under trusted/, so the gateway trusts it
+    assert [info.thumbprint for info in pki.listing("trusted")] == [thumbprint(cert)]
+    assert pki.listing("rejected") == []
+    other = make_certificate(new_key(), uri=SERVER_URI, common_name="plc", server=True)
+    with pytest.raises(ServerCertificateRejectedError, match="is not trusted"):
+        check(pki, other)  # another certificate with the same names is still refused
+
+
+def test_a_revoked_certificate_is_refused_with_the_reason_even_when_trusted(pki: Pki) -> None:
+    ca, ca_key = make_ca(not_before=datetime.now(UTC) - timedelta(days=1), days=30)
+    cert = make_certificate(new_key(), uri=SERVER_URI, common_name="plc", server=True, issuer=(ca, ca_key))
+    (pki.folder("issuers") / "plant-ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    check(pki, cert)  # signed by a CA in issuers/: trusted without trusted/
+    crl = pki.folder("issuers") / "plant-ca.crl"
+    crl.write_bytes(revoke(ca, ca_key, cert).public_bytes(serialization.Encoding.DER))
+    (pki.folder("trusted") / f"{thumbprint(cert)}.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    with pytest.raises(ServerCertificateRejectedError) as refused:
+        check(pki, cert)
+    message = str(refused.value)
+    assert f"certificate {thumbprint(cert)} was revoked on" in message
+    assert str(crl) in message and "CN=Plant OT CA" in message and NAME in message
+    assert "cellgate pki trust" not in message  # a revoked certificate is not to be trusted by thumbprint
+    assert pki.listing("rejected") == []
+
+
+def test_a_certificate_of_an_expired_ca_is_refused_with_the_reason(pki: Pki) -> None:
+    ca, ca_key = make_ca(not_before=datetime.now(UTC) - timedelta(days=60), days=30)
+    cert = make_certificate(new_key(), uri=SERVER_URI, common_name="plc", server=True, issuer=(ca, ca_key))
+    (pki.folder("issuers") / "plant-ca.der").write_bytes(ca.public_bytes(serialization.Encoding.DER))
+    with pytest.raises(ServerCertificateRejectedError, match=r"signed by the CA CN=Plant OT CA .* valid only"):
+        check(pki, cert)
+    assert pki.listing("rejected") == []
