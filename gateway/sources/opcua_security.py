@@ -18,6 +18,7 @@ import structlog
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.crypto import security_policies
+from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -26,6 +27,7 @@ from gateway.pki import Pki, load_certificate_file, load_private_key_file
 from gateway.secrets import read_secret_file
 
 __all__ = [
+    "LOGIN_REFUSED",
     "POLICIES",
     "ClientSecurity",
     "SecurityRefusedError",
@@ -44,6 +46,9 @@ POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
 }
 _NONE_URI = "http://opcfoundation.org/UA/SecurityPolicy#None"
 _MODES = {"Sign": ua.MessageSecurityMode.Sign, "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt}
+# A server refusing the user identity: every connection (source, event link) logs each such attempt.
+LOGIN_REFUSED = frozenset({StatusCodes.BadUserAccessDenied, StatusCodes.BadIdentityTokenRejected,
+                           StatusCodes.BadIdentityTokenInvalid})  # fmt: skip
 
 
 class SecurityRefusedError(GatewayError):
