@@ -7,13 +7,15 @@ Real processes (`python -m gateway.cli`); nothing listens on the OPC UA endpoint
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
-from gateway.pki import Pki, application_uri
+from gateway.pki import Pki, application_uri, make_certificate, new_key
 
 pytestmark = pytest.mark.e2e
 
@@ -97,3 +99,29 @@ def test_missing_password_file_is_refused_naming_the_file_not_a_secret(tmp_path:
     ok = cellgate(*check, cwd=tmp_path, env=env)
     assert ok.returncode == 0, ok.stderr
     assert "hunter2-secret" not in ok.stdout + ok.stderr
+
+
+def test_a_corrupt_user_key_is_refused_at_check_and_run(tmp_path: Path) -> None:
+    key = new_key()
+    cert = make_certificate(key, uri="urn:user:alice", common_name="alice", server=False)
+    (tmp_path / "alice.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    (tmp_path / "alice.pem").write_bytes(b"-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n")
+    identity = f"user_certificate: '{tmp_path / 'alice.der'}'\n    user_key: '{tmp_path / 'alice.pem'}'"
+    config = write_map(tmp_path, identity)
+    for args in (["check", "--offline"], ["run"]):
+        result = cellgate(*args, "-c", str(config), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert f"device coater-01: private key {tmp_path / 'alice.pem'} is corrupt" in result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_check_says_when_it_cannot_reach_a_secure_device(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused, and the port stays ours
+        port = held.getsockname()[1]
+        config = tmp_path / "map.yaml"
+        config.write_text(TAG_MAP.format(extra="").replace("'opc.tcp://127.0.0.1:9'", f"'opc.tcp://127.0.0.1:{port}'"))
+        result = cellgate("check", "-c", str(config), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"coater-01: opc.tcp://127.0.0.1:{port} could not choose an endpoint: " in result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
