@@ -169,6 +169,34 @@ def check_security_files(plant: Plant, state_dir: Path | None, *, create: bool) 
     return problems
 
 
+def own_certificate_warnings(plant: Plant, state_dir: Path) -> list[str]:
+    """The gateway's certificate has expired or expires within RENEW_WARNING_DAYS (secure devices only): said at
+    ``check`` and ``run``, because renewing it is the operator's command, never done by the gateway."""
+    if not secure_devices(plant):
+        return []
+    from datetime import UTC, datetime
+
+    from gateway.pki import Pki, PkiError, application_uri
+
+    pki = Pki(pki_root(state_dir), uri=application_uri(plant.gateway.id))
+    if not pki.cert_path.exists():
+        return []
+    try:
+        info = pki.own()
+    except PkiError:
+        return []  # check_security_files reports it
+    now = datetime.now(UTC)
+    action = "run `cellgate pki renew -c MAP` and trust the new certificate on the servers"
+    if now > info.not_after:
+        return [f"the gateway's certificate {info.thumbprint} ({pki.cert_path}) expired on "
+                f"{info.not_after:%Y-%m-%d %H:%M} UTC: servers refuse it; {action}"]  # fmt: skip
+    days = (info.not_after - now).days
+    if days < RENEW_WARNING_DAYS:
+        return [f"the gateway's certificate {info.thumbprint} ({pki.cert_path}) expires on "
+                f"{info.not_after:%Y-%m-%d %H:%M} UTC, in {days} day(s): {action}"]  # fmt: skip
+    return []
+
+
 def describe_endpoints(plant: Plant) -> list[str]:
     """For ``check --endpoints``: the endpoint each secure OPC UA device would use, or why not."""
     return asyncio.run(_describe_endpoints(plant))
