@@ -1,7 +1,9 @@
-"""Server-certificate trust decisions of the PKI folder (gateway.pki.Pki.check_server), without a server.
+"""Server-certificate trust decisions of the PKI folder (gateway.pki.Pki.check_server) and the endpoint choice
+(opcua_security.choose_endpoint), without a server.
 
 The same decisions on a real handshake are in tests/integration/test_opcua_security.py; these cover the cases
-that need only certificate files: what ``trusted/`` recognises, and a CA's CRL or validity overriding trust.
+that need only certificate files or endpoint lists: what ``trusted/`` recognises, a CA's CRL or validity
+overriding trust, and ``allow_insecure`` never downgrading a server that has a secure endpoint.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from asyncua import ua
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from gateway.pki import Pki, ServerCertificateRejectedError, make_certificate, new_key, thumbprint
+from gateway.sources.opcua_security import SecurityRefusedError, choose_endpoint
 
 SERVER_URI = "urn:plc-7:coater"
 NAME = "Coater at opc.tcp://127.0.0.1:4840"
@@ -95,3 +99,19 @@ def test_a_certificate_of_an_expired_ca_is_refused_with_the_reason(pki: Pki) -> 
     with pytest.raises(ServerCertificateRejectedError, match=r"signed by the CA CN=Plant OT CA .* valid only"):
         check(pki, cert)
     assert pki.listing("rejected") == []
+
+
+def endpoint(policy: str, mode: ua.MessageSecurityMode) -> ua.EndpointDescription:
+    return ua.EndpointDescription(SecurityPolicyUri=f"http://opcfoundation.org/UA/SecurityPolicy#{policy}",
+                                  SecurityMode=mode)  # fmt: skip
+
+
+def test_allow_insecure_never_downgrades_a_server_that_offers_another_secure_mode() -> None:
+    none = endpoint("None", ua.MessageSecurityMode.None_)
+    sign = endpoint("Basic256Sha256", ua.MessageSecurityMode.Sign)
+    with pytest.raises(SecurityRefusedError, match="offers Basic256Sha256/Sign, None/None; the map asks for auto/Sign"):
+        choose_endpoint([none, sign], policy="auto", mode="SignAndEncrypt", allow_insecure=True)
+    assert choose_endpoint([none, sign], policy="auto", mode="Sign", allow_insecure=True) is sign
+    assert choose_endpoint([none], policy="auto", mode="SignAndEncrypt", allow_insecure=True) is None  # nothing else
+    with pytest.raises(SecurityRefusedError, match="offers None/None"):
+        choose_endpoint([none], policy="auto", mode="SignAndEncrypt", allow_insecure=False)
