@@ -47,6 +47,8 @@ __all__ = [
 
 CERT_VALID_DAYS = 365 * 2
 KEY_BITS = 2048
+MIN_TRUST_PREFIX = 8
+"""Hex digits of a thumbprint `cellgate pki trust` needs at least."""
 
 
 class PkiError(GatewayError):
@@ -289,9 +291,12 @@ class Pki:
         return infos
 
     def trust(self, thumb: str) -> Path:
-        """Move the rejected certificate with this thumbprint (or a unique prefix of it) to ``trusted/``."""
+        """Move the rejected certificate with this thumbprint (or a unique prefix of at least MIN_TRUST_PREFIX hex
+        digits: what an operator compares with the server's own display must not be a guess) to ``trusted/``."""
         thumb = thumb.strip().lower().replace(":", "")
-        matches = [p for p in self.folder("rejected").glob("*.der") if p.stem.startswith(thumb)] if thumb else []
+        if len(thumb) < MIN_TRUST_PREFIX or any(c not in "0123456789abcdef" for c in thumb):
+            raise PkiError(f"{thumb!r} is not a thumbprint: give at least {MIN_TRUST_PREFIX} of its hex digits")
+        matches = [p for p in self.folder("rejected").glob("*.der") if p.stem.startswith(thumb)]
         if len(matches) != 1:
             found = "no" if not matches else "more than one"
             raise PkiError(f"{found} rejected certificate matches {thumb!r}: see `cellgate pki list`")

@@ -38,7 +38,7 @@ def add_pki_commands(pki: argparse.ArgumentParser, *, default_state_dir: Callabl
     listing = actions.add_parser("list", help="trusted and rejected server certificates, and CAs in issuers/")
     common(listing)
     listing.set_defaults(func=cmd_list)
-    trust = actions.add_parser("trust", help="trust a rejected server certificate (thumbprint or unique prefix)")
+    trust = actions.add_parser("trust", help="trust a rejected server certificate (8+ hex digits)")
     trust.add_argument("thumbprint")
     common(trust)
     trust.set_defaults(func=cmd_trust)

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from gateway.pki import Pki, ServerCertificateRejectedError, make_certificate, new_key, thumbprint
+from gateway.pki import Pki, PkiError, ServerCertificateRejectedError, make_certificate, new_key, thumbprint
 from gateway.sources.opcua_security import SecurityRefusedError, choose_endpoint
 
 SERVER_URI = "urn:plc-7:coater"
@@ -115,3 +115,16 @@ def test_allow_insecure_never_downgrades_a_server_that_offers_another_secure_mod
     assert choose_endpoint([none], policy="auto", mode="SignAndEncrypt", allow_insecure=True) is None  # nothing else
     with pytest.raises(SecurityRefusedError, match="offers None/None"):
         choose_endpoint([none], policy="auto", mode="SignAndEncrypt", allow_insecure=False)
+
+
+def test_trust_needs_eight_hex_digits_of_the_thumbprint(pki: Pki) -> None:
+    cert = make_certificate(new_key(), uri=SERVER_URI, common_name="plc", server=True)
+    with pytest.raises(ServerCertificateRejectedError):
+        check(pki, cert)
+    thumb = thumbprint(cert)
+    for guess in (thumb[:1], thumb[:7], "", "not-hex-" + thumb):
+        with pytest.raises(PkiError, match="is not a thumbprint: give at least 8 of its hex digits"):
+            pki.trust(guess)
+    assert pki.listing("trusted") == []
+    pki.trust(thumb[:8].upper())
+    check(pki, cert)
