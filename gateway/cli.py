@@ -103,7 +103,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"WARNING {warning}", file=sys.stderr)
     if secure_devices(plant) and not args.offline:
         print("OPC UA endpoints (GetEndpoints):")
-        print("\n".join(f"  {line}" for line in describe_endpoints(_shard(plant, args.shard))))
+        print("\n".join(f"  {line}" for line in describe_endpoints(_shard(plant, args.shard), state_dir)))
     return 0
 
 

@@ -306,10 +306,12 @@ class Pki:
         return target
 
     def check_server(
-        self, cert: x509.Certificate, *, server_uri: str, server_name: str, host: str | None = None
-    ) -> None:
+        self, cert: x509.Certificate, *, server_uri: str, server_name: str, host: str | None = None,
+        record: bool = True,
+    ) -> None:  # fmt: skip
         """Raise ServerCertificateRejectedError unless ``cert`` is valid now, names ``server_uri`` (and ``host``,
-        the endpoint's host, unless None) and is trusted."""
+        the endpoint's host, unless None) and is trusted. ``record``: an untrusted one is copied to ``rejected/``
+        (False: the folder is left as it is, for ``cellgate check``)."""
         info = describe(cert)
         thumb = info.thumbprint
         now = datetime.now(UTC)
@@ -343,6 +345,12 @@ class Pki:
             return
         if self._in_trusted(cert):
             return
+        if not record:
+            raise ServerCertificateRejectedError(
+                f"server {server_name} ({server_uri}): certificate {thumb} is not trusted; the gateway copies it to "
+                f"{self.folder('rejected')} at its next connect attempt, then `cellgate pki trust {thumb}` trusts it",
+                thumbprint=thumb,
+            )
         rejected = self.folder("rejected")
         rejected.mkdir(parents=True, exist_ok=True, mode=0o700)
         (rejected / f"{thumb}.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 from gateway.errors import ConfigError, GatewayError
 
 if TYPE_CHECKING:
+    from asyncua import ua
+
     from gateway.pki import Pki
     from gateway.tagmap import OpcUaDevice, Plant
 
@@ -197,15 +199,40 @@ def own_certificate_warnings(plant: Plant, state_dir: Path) -> list[str]:
     return []
 
 
-def describe_endpoints(plant: Plant) -> list[str]:
-    """For ``check --endpoints``: the endpoint each secure OPC UA device would use, or why not."""
-    return asyncio.run(_describe_endpoints(plant))
+def describe_endpoints(plant: Plant, state_dir: Path) -> list[str]:
+    """For ``check``: the endpoint each OPC UA device would use, or why not; for a secure one also whether the
+    gateway's PKI folder (``state_dir``/pki) trusts the server's certificate (nothing is written there)."""
+    return asyncio.run(_describe_endpoints(plant, state_dir))
 
 
-async def _describe_endpoints(plant: Plant) -> list[str]:
+def _trust_of(chosen: ua.EndpointDescription, pki: Pki, *, endpoint: str, check_hostname: bool) -> str:
+    from urllib.parse import urlsplit
+
+    from cryptography import x509
+
+    from gateway.pki import ServerCertificateRejectedError, thumbprint
+    from gateway.sources.opcua_security import first_certificate
+
+    try:
+        cert = x509.load_der_x509_certificate(first_certificate(chosen.ServerCertificate or b""))
+    except ValueError:
+        return "refused: the server sent a corrupt certificate"
+    name = chosen.Server.ApplicationName.Text or endpoint
+    try:
+        pki.check_server(cert, server_uri=chosen.Server.ApplicationUri or "", server_name=f"{name} at {endpoint}",
+                         host=urlsplit(endpoint).hostname if check_hostname else None, record=False)  # fmt: skip
+    except ServerCertificateRejectedError as exc:
+        return f"refused: {exc}"
+    return f"certificate {thumbprint(cert)} trusted"
+
+
+async def _describe_endpoints(plant: Plant, state_dir: Path) -> list[str]:
     from asyncua.client.client import Client
 
+    from gateway.pki import Pki, application_uri
     from gateway.sources.opcua_security import choose_endpoint
+
+    pki = Pki(pki_root(state_dir), uri=application_uri(plant.gateway.id))
 
     lines = []
     for device in plant.devices:
@@ -233,5 +260,8 @@ async def _describe_endpoints(plant: Plant) -> list[str]:
         else:
             policy = chosen.SecurityPolicyUri.rsplit("#", 1)[-1]
             server = chosen.Server.ApplicationUri
-            lines.append(f"{device.name}: {chosen.EndpointUrl} {policy} {chosen.SecurityMode.name} server {server}")
+            trust = _trust_of(chosen, pki, endpoint=device.endpoint, check_hostname=security.check_hostname)
+            lines.append(
+                f"{device.name}: {chosen.EndpointUrl} {policy} {chosen.SecurityMode.name} server {server}; {trust}"
+            )
     return lines

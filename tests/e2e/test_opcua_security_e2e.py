@@ -126,6 +126,10 @@ def test_secure_pipeline_trusts_on_command_and_leaks_no_secret(tmp_path: Path) -
             assert "urn:cellgate:simulators:opcua-server" in rejected_block
             assert not [m for m in subscriber.messages if "/coater-01/" in m.topic and b'"good"' in m.payload]
 
+            untrusted = cellgate("check", "-c", str(config), "--state-dir", str(state_dir), env=env)
+            assert untrusted.returncode == 0, untrusted.stderr
+            assert f"refused: server Cellgate equipment simulators at {sim.opcua_endpoint}" in untrusted.stdout
+            assert f"certificate {thumb} is not trusted" in untrusted.stdout
             trusted = cellgate("pki", "trust", thumb, "--state-dir", str(state_dir), env=env)
             assert trusted.returncode == 0, trusted.stderr
 
@@ -148,8 +152,10 @@ def test_secure_pipeline_trusts_on_command_and_leaks_no_secret(tmp_path: Path) -
             assert f"urn:{os.uname().nodename}:cellgate:{GATEWAY_ID}" in show.stdout
             check = cellgate("check", "-c", str(config), "--state-dir", str(state_dir), env=env)
             assert check.returncode == 0, check.stderr
-            assert "Aes256_Sha256_RsaPss SignAndEncrypt server urn:cellgate:simulators:opcua-server" in check.stdout
-            captured += [listing.stdout, listing.stderr, trusted.stdout, show.stdout, check.stdout, check.stderr]
+            assert ("Aes256_Sha256_RsaPss SignAndEncrypt server urn:cellgate:simulators:opcua-server; "
+                    f"certificate {thumb} trusted") in check.stdout  # fmt: skip
+            captured += [listing.stdout, listing.stderr, trusted.stdout, show.stdout, check.stdout, check.stderr,
+                         untrusted.stdout, untrusted.stderr]  # fmt: skip
             captured += command_lines
         finally:
             gateway.terminate()

@@ -128,3 +128,10 @@ def test_trust_needs_eight_hex_digits_of_the_thumbprint(pki: Pki) -> None:
     assert pki.listing("trusted") == []
     pki.trust(thumb[:8].upper())
     check(pki, cert)
+
+
+def test_a_check_without_record_leaves_rejected_alone(pki: Pki) -> None:
+    cert = make_certificate(new_key(), uri=SERVER_URI, common_name="plc", server=True)
+    with pytest.raises(ServerCertificateRejectedError, match=f"certificate {thumbprint(cert)} is not trusted"):
+        pki.check_server(cert, server_uri=SERVER_URI, server_name=NAME, record=False)  # what `cellgate check` does
+    assert pki.listing("rejected") == []
