@@ -197,6 +197,14 @@ def load_private_key_file(path: Path) -> rsa.RSAPrivateKey:
     return key
 
 
+def _is_ca(cert: x509.Certificate) -> bool:
+    """BasicConstraints says CA (RFC 5280 §4.2.1.9): the only certificates that may sign others."""
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -387,8 +395,8 @@ class Pki:
                 ca = load_certificate_file(path)
             except PkiError:
                 continue
-            if ca.subject != cert.issuer:
-                continue
+            if ca.subject != cert.issuer or not (ca == cert or _is_ca(ca)):
+                continue  # only a CA certificate vouches for others (a server's own one in issuers/ for itself)
             try:
                 cert.verify_directly_issued_by(ca)
             except (ValueError, TypeError, InvalidSignature):

@@ -135,3 +135,14 @@ def test_a_check_without_record_leaves_rejected_alone(pki: Pki) -> None:
     with pytest.raises(ServerCertificateRejectedError, match=f"certificate {thumbprint(cert)} is not trusted"):
         pki.check_server(cert, server_uri=SERVER_URI, server_name=NAME, record=False)  # what `cellgate check` does
     assert pki.listing("rejected") == []
+
+
+def test_a_certificate_in_issuers_that_is_no_ca_vouches_only_for_itself(pki: Pki) -> None:
+    plc_key = new_key()
+    plc = make_certificate(plc_key, uri="urn:plc-9:press", common_name="Press", server=True)
+    (pki.folder("issuers") / "press.der").write_bytes(plc.public_bytes(serialization.Encoding.DER))
+    pki.check_server(plc, server_uri="urn:plc-9:press", server_name=NAME, host="127.0.0.1")  # itself: trusted
+    # A certificate the press's key signed (BasicConstraints CA false) is not trusted through it.
+    minted = make_certificate(new_key(), uri=SERVER_URI, common_name="plc", server=True, issuer=(plc, plc_key))
+    with pytest.raises(ServerCertificateRejectedError, match="is not trusted"):
+        check(pki, minted)
