@@ -9,6 +9,9 @@ Layout (as OPC UA tools lay it out)::
       rejected/<thumb>.der    server certificates seen and refused; trusting one moves it to trusted/
       issuers/                CA certificates (*.der, *.pem) and their CRLs (*.crl) for CA-signed servers
 
+``trusted/`` and ``issuers/`` are also read in their ``certs/`` and ``crl/`` subfolders, where other OPC UA tools
+keep certificates and CRLs.
+
 A server certificate is accepted when it is inside its validity period, names the server's application URI in
 its SubjectAltName, and is either in ``trusted/`` (any file name: the content counts) or signed by a CA in
 ``issuers/`` that is itself valid now. A certificate that a CRL in ``issuers/`` revokes is refused even when it is
@@ -206,6 +209,7 @@ def _is_ca(cert: x509.Certificate) -> bool:
 
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_CERT_SUFFIXES = (".der", ".pem", ".crt")
 
 
 def cert_hosts(cert: x509.Certificate) -> list[str]:
@@ -285,17 +289,22 @@ class Pki:
     def own(self) -> CertificateInfo:
         return describe(load_certificate_file(self.cert_path))
 
+    def files(self, name: str, suffixes: tuple[str, ...] = _CERT_SUFFIXES) -> list[Path]:
+        """The files of folder ``name`` with these suffixes, also those in its ``certs/`` and ``crl/`` subfolders
+        (where UA-.NET, node-opcua and UaExpert keep them, so a folder copied from such a tool works as it is)."""
+        found: list[Path] = []
+        for folder in (self.folder(name), self.folder(name) / "certs", self.folder(name) / "crl"):
+            if folder.is_dir():
+                found += sorted(path for path in folder.iterdir() if path.suffix.lower() in suffixes)
+        return found
+
     def listing(self, name: str) -> list[CertificateInfo]:
-        folder = self.folder(name)
-        if not folder.is_dir():
-            return []
         infos = []
-        for path in sorted(folder.iterdir()):
-            if path.suffix.lower() in (".der", ".pem", ".crt"):
-                try:
-                    infos.append(describe(load_certificate_file(path)))
-                except PkiError:
-                    continue
+        for path in self.files(name):
+            try:
+                infos.append(describe(load_certificate_file(path)))
+            except PkiError:
+                continue
         return infos
 
     def trust(self, thumb: str) -> Path:
@@ -371,26 +380,17 @@ class Pki:
     def _in_trusted(self, cert: x509.Certificate) -> bool:
         """True if ``trusted/`` holds this certificate: ``{thumbprint}.der`` (what `cellgate pki trust` writes) or
         any other certificate file with the same content (copied there by hand or from another OPC UA tool)."""
-        folder = self.folder("trusted")
-        if (folder / f"{thumbprint(cert)}.der").exists():
+        if (self.folder("trusted") / f"{thumbprint(cert)}.der").exists():
             return True
-        if not folder.is_dir():
-            return False
-        for path in folder.iterdir():
-            if path.suffix.lower() in (".der", ".pem", ".crt"):
-                with contextlib.suppress(PkiError):
-                    if load_certificate_file(path) == cert:
-                        return True
+        for path in self.files("trusted"):
+            with contextlib.suppress(PkiError):
+                if load_certificate_file(path) == cert:
+                    return True
         return False
 
     def _issuer(self, cert: x509.Certificate) -> tuple[Path, x509.Certificate] | None:
         """The CA certificate in ``issuers/`` that signed ``cert`` (and its file), or None."""
-        folder = self.folder("issuers")
-        if not folder.is_dir():
-            return None
-        for path in sorted(folder.iterdir()):
-            if path.suffix.lower() not in (".der", ".pem", ".crt"):
-                continue
+        for path in self.files("issuers"):
             try:
                 ca = load_certificate_file(path)
             except PkiError:
@@ -427,7 +427,7 @@ class Pki:
 
     def _revoked(self, cert: x509.Certificate, ca: x509.Certificate) -> tuple[Path, datetime] | None:
         """The CRL in ``issuers/`` (signed by ``ca``) that revokes ``cert``, and the revocation date; or None."""
-        for path in sorted(self.folder("issuers").glob("*.crl")):
+        for path in self.files("issuers", (".crl",)):
             data = path.read_bytes()
             try:
                 crl = x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)

@@ -146,3 +146,21 @@ def test_a_certificate_in_issuers_that_is_no_ca_vouches_only_for_itself(pki: Pki
     minted = make_certificate(new_key(), uri=SERVER_URI, common_name="plc", server=True, issuer=(plc, plc_key))
     with pytest.raises(ServerCertificateRejectedError, match="is not trusted"):
         check(pki, minted)
+
+
+def test_certs_and_crl_subfolders_as_other_opc_ua_tools_lay_them_out(pki: Pki) -> None:
+    ca, ca_key = make_ca(not_before=datetime.now(UTC) - timedelta(days=1), days=30)
+    signed = make_certificate(new_key(), uri=SERVER_URI, common_name="plc", server=True, issuer=(ca, ca_key))
+    alone = make_certificate(new_key(), uri=SERVER_URI, common_name="plc-2", server=True)
+    for folder in ("issuers/certs", "issuers/crl", "trusted/certs"):
+        (pki.root / folder).mkdir(parents=True)
+    (pki.root / "issuers" / "certs" / "plant-ca.der").write_bytes(ca.public_bytes(serialization.Encoding.DER))
+    (pki.root / "trusted" / "certs" / "plc-2.pem").write_bytes(alone.public_bytes(serialization.Encoding.PEM))
+    check(pki, signed)
+    check(pki, alone)
+    assert [info.thumbprint for info in pki.listing("trusted")] == [thumbprint(alone)]
+    assert [info.thumbprint for info in pki.listing("issuers")] == [thumbprint(ca)]
+    (pki.root / "issuers" / "crl" / "plant-ca.crl").write_bytes(revoke(ca, ca_key, signed).public_bytes(
+        serialization.Encoding.PEM))  # fmt: skip
+    with pytest.raises(ServerCertificateRejectedError, match="was revoked on"):
+        check(pki, signed)
