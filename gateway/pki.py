@@ -9,8 +9,7 @@ Layout (as OPC UA tools lay it out)::
       rejected/<thumb>.der    server certificates seen and refused; trusting one moves it to trusted/
       issuers/                CA certificates (*.der, *.pem) and their CRLs (*.crl) for CA-signed servers
 
-``trusted/`` and ``issuers/`` are also read in their ``certs/`` and ``crl/`` subfolders, where other OPC UA tools
-keep certificates and CRLs.
+``trusted/`` and ``issuers/`` are also read in their ``certs/`` and ``crl/`` subfolders (node-opcua's layout).
 
 A server certificate is accepted when it is inside its validity period, names the server's application URI in
 its SubjectAltName, and is either in ``trusted/`` (any file name: the content counts) or signed by a CA in
@@ -291,7 +290,7 @@ class Pki:
 
     def files(self, name: str, suffixes: tuple[str, ...] = _CERT_SUFFIXES) -> list[Path]:
         """The files of folder ``name`` with these suffixes, also those in its ``certs/`` and ``crl/`` subfolders
-        (where UA-.NET, node-opcua and UaExpert keep them, so a folder copied from such a tool works as it is)."""
+        (node-opcua's layout, so a trust list copied from such a folder works as it is)."""
         found: list[Path] = []
         for folder in (self.folder(name), self.folder(name) / "certs", self.folder(name) / "crl"):
             if folder.is_dir():
