@@ -210,7 +210,7 @@ def _trust_of(chosen: ua.EndpointDescription, pki: Pki, *, endpoint: str, check_
 
     from cryptography import x509
 
-    from gateway.pki import ServerCertificateRejectedError, thumbprint
+    from gateway.pki import PkiError, ServerCertificateRejectedError, thumbprint
     from gateway.sources.opcua_security import first_certificate
 
     try:
@@ -223,6 +223,8 @@ def _trust_of(chosen: ua.EndpointDescription, pki: Pki, *, endpoint: str, check_
                          host=urlsplit(endpoint).hostname if check_hostname else None, record=False)  # fmt: skip
     except ServerCertificateRejectedError as exc:
         return f"refused: {exc}"
+    except (PkiError, OSError) as exc:  # an unreadable file in the PKI folder
+        return f"trust not known: {exc}"
     return f"certificate {thumbprint(cert)} trusted"
 
 
