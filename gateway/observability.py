@@ -48,8 +48,12 @@ def configure_logging(*, level: str = "INFO", log_format: LogFormat = "auto", st
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+    # Tracebacks without the frames' local variables (structlog's default with rich installed shows them): a
+    # local can be a password, and no secret goes into a log line (README, "Security").
     renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        if use_console
+        else structlog.processors.JSONRenderer()
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,

@@ -9,9 +9,13 @@ Layout (as OPC UA tools lay it out)::
       rejected/<thumb>.der    server certificates seen and refused; trusting one moves it to trusted/
       issuers/                CA certificates (*.der, *.pem) and their CRLs (*.crl) for CA-signed servers
 
+``trusted/`` and ``issuers/`` are also read in their ``certs/`` and ``crl/`` subfolders (node-opcua's layout).
+
 A server certificate is accepted when it is inside its validity period, names the server's application URI in
-its SubjectAltName, and is either in ``trusted/`` or chains to a CA in ``issuers/`` without being revoked.
-Nothing is ever trusted on first use. The thumbprint is the SHA-1 of the DER certificate, as OPC UA tools show it.
+its SubjectAltName, and is either in ``trusted/`` (any file name: the content counts) or signed by a CA in
+``issuers/`` that is itself valid now. A certificate that a CRL in ``issuers/`` revokes is refused even when it is
+in ``trusted/``, and is not copied to ``rejected/`` (it must not be trusted by thumbprint). Nothing is ever trusted
+on first use. The thumbprint is the SHA-1 of the DER certificate, as OPC UA tools show it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ __all__ = [
 
 CERT_VALID_DAYS = 365 * 2
 KEY_BITS = 2048
+MIN_TRUST_PREFIX = 8
+"""Hex digits of a thumbprint `cellgate pki trust` needs at least."""
 
 
 class PkiError(GatewayError):
@@ -193,7 +199,16 @@ def load_private_key_file(path: Path) -> rsa.RSAPrivateKey:
     return key
 
 
+def _is_ca(cert: x509.Certificate) -> bool:
+    """BasicConstraints says CA (RFC 5280 §4.2.1.9): the only certificates that may sign others."""
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_CERT_SUFFIXES = (".der", ".pem", ".crt")
 
 
 def cert_hosts(cert: x509.Certificate) -> list[str]:
@@ -273,23 +288,31 @@ class Pki:
     def own(self) -> CertificateInfo:
         return describe(load_certificate_file(self.cert_path))
 
+    def files(self, name: str, suffixes: tuple[str, ...] = _CERT_SUFFIXES) -> list[Path]:
+        """The files of folder ``name`` with these suffixes, also those in its ``certs/`` and ``crl/`` subfolders
+        (node-opcua's layout, so a trust list copied from such a folder works as it is)."""
+        found: list[Path] = []
+        for folder in (self.folder(name), self.folder(name) / "certs", self.folder(name) / "crl"):
+            if folder.is_dir():
+                found += sorted(path for path in folder.iterdir() if path.suffix.lower() in suffixes)
+        return found
+
     def listing(self, name: str) -> list[CertificateInfo]:
-        folder = self.folder(name)
-        if not folder.is_dir():
-            return []
         infos = []
-        for path in sorted(folder.iterdir()):
-            if path.suffix.lower() in (".der", ".pem", ".crt"):
-                try:
-                    infos.append(describe(load_certificate_file(path)))
-                except PkiError:
-                    continue
+        for path in self.files(name):
+            try:
+                infos.append(describe(load_certificate_file(path)))
+            except PkiError:
+                continue
         return infos
 
     def trust(self, thumb: str) -> Path:
-        """Move the rejected certificate with this thumbprint (or a unique prefix of it) to ``trusted/``."""
+        """Move the rejected certificate with this thumbprint (or a unique prefix of at least MIN_TRUST_PREFIX hex
+        digits: what an operator compares with the server's own display must not be a guess) to ``trusted/``."""
         thumb = thumb.strip().lower().replace(":", "")
-        matches = [p for p in self.folder("rejected").glob("*.der") if p.stem.startswith(thumb)] if thumb else []
+        if len(thumb) < MIN_TRUST_PREFIX or any(c not in "0123456789abcdef" for c in thumb):
+            raise PkiError(f"{thumb!r} is not a thumbprint: give at least {MIN_TRUST_PREFIX} of its hex digits")
+        matches = [p for p in self.folder("rejected").glob("*.der") if p.stem.startswith(thumb)]
         if len(matches) != 1:
             found = "no" if not matches else "more than one"
             raise PkiError(f"{found} rejected certificate matches {thumb!r}: see `cellgate pki list`")
@@ -299,10 +322,12 @@ class Pki:
         return target
 
     def check_server(
-        self, cert: x509.Certificate, *, server_uri: str, server_name: str, host: str | None = None
-    ) -> None:
+        self, cert: x509.Certificate, *, server_uri: str, server_name: str, host: str | None = None,
+        record: bool = True,
+    ) -> None:  # fmt: skip
         """Raise ServerCertificateRejectedError unless ``cert`` is valid now, names ``server_uri`` (and ``host``,
-        the endpoint's host, unless None) and is trusted."""
+        the endpoint's host, unless None) and is trusted. ``record``: an untrusted one is copied to ``rejected/``
+        (False: the folder is left as it is, for ``cellgate check``)."""
         info = describe(cert)
         thumb = info.thumbprint
         now = datetime.now(UTC)
@@ -329,8 +354,19 @@ class Pki:
                 "security.check_hostname: false",
                 thumbprint=thumb,
             )
-        if (self.folder("trusted") / f"{thumb}.der").exists() or self._issued_by_trusted_ca(cert):
+        issuer = self._issuer(cert)
+        if issuer is not None:
+            ca_path, ca = issuer
+            self._check_issuer(cert, ca, ca_path, server_name=server_name)
             return
+        if self._in_trusted(cert):
+            return
+        if not record:
+            raise ServerCertificateRejectedError(
+                f"server {server_name} ({server_uri}): certificate {thumb} is not trusted; the gateway copies it to "
+                f"{self.folder('rejected')} at its next connect attempt, then `cellgate pki trust {thumb}` trusts it",
+                thumbprint=thumb,
+            )
         rejected = self.folder("rejected")
         rejected.mkdir(parents=True, exist_ok=True, mode=0o700)
         (rejected / f"{thumb}.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
@@ -340,40 +376,67 @@ class Pki:
             thumbprint=thumb,
         )
 
-    def _issued_by_trusted_ca(self, cert: x509.Certificate) -> bool:
-        """True if a CA in ``issuers/`` signed ``cert`` and no CRL there revokes it."""
-        folder = self.folder("issuers")
-        if not folder.is_dir():
-            return False
-        for path in folder.iterdir():
-            if path.suffix.lower() not in (".der", ".pem", ".crt"):
-                continue
+    def _in_trusted(self, cert: x509.Certificate) -> bool:
+        """True if ``trusted/`` holds this certificate: ``{thumbprint}.der`` (what `cellgate pki trust` writes) or
+        any other certificate file with the same content (copied there by hand or from another OPC UA tool)."""
+        if (self.folder("trusted") / f"{thumbprint(cert)}.der").exists():
+            return True
+        for path in self.files("trusted"):
+            with contextlib.suppress(PkiError):
+                if load_certificate_file(path) == cert:
+                    return True
+        return False
+
+    def _issuer(self, cert: x509.Certificate) -> tuple[Path, x509.Certificate] | None:
+        """The CA certificate in ``issuers/`` that signed ``cert`` (and its file), or None."""
+        for path in self.files("issuers"):
             try:
                 ca = load_certificate_file(path)
             except PkiError:
                 continue
-            if ca.subject != cert.issuer:
-                continue
+            if ca.subject != cert.issuer or not (ca == cert or _is_ca(ca)):
+                continue  # only a CA certificate vouches for others (a server's own one in issuers/ for itself)
             try:
                 cert.verify_directly_issued_by(ca)
             except (ValueError, TypeError, InvalidSignature):
                 continue
-            return not self._revoked(cert, ca)
-        return False
+            return path, ca
+        return None
 
-    def _revoked(self, cert: x509.Certificate, ca: x509.Certificate) -> bool:
-        for path in self.folder("issuers").glob("*.crl"):
+    def _check_issuer(self, cert: x509.Certificate, ca: x509.Certificate, ca_path: Path, *, server_name: str) -> None:
+        """Raise ServerCertificateRejectedError when the issuing CA is not valid now or one of its CRLs revokes
+        ``cert`` (then ``trusted/`` does not help either: a revoked certificate is never copied to ``rejected/``)."""
+        thumb = thumbprint(cert)
+        now = datetime.now(UTC)
+        if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
+            raise ServerCertificateRejectedError(
+                f"server {server_name}: certificate {thumb} is signed by the CA {ca.subject.rfc4514_string()} "
+                f"({ca_path}), which is valid only "
+                f"{ca.not_valid_before_utc:%Y-%m-%d %H:%M}..{ca.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
+                thumbprint=thumb,
+            )
+        revoked = self._revoked(cert, ca)
+        if revoked is not None:
+            crl_path, when = revoked
+            raise ServerCertificateRejectedError(
+                f"server {server_name}: certificate {thumb} was revoked on {when:%Y-%m-%d %H:%M} UTC by the CRL "
+                f"{crl_path} of the CA {ca.subject.rfc4514_string()}; it stays refused, trusted or not",
+                thumbprint=thumb,
+            )
+
+    def _revoked(self, cert: x509.Certificate, ca: x509.Certificate) -> tuple[Path, datetime] | None:
+        """The CRL in ``issuers/`` (signed by ``ca``) that revokes ``cert``, and the revocation date; or None."""
+        for path in self.files("issuers", (".crl",)):
             data = path.read_bytes()
             try:
                 crl = x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
             except ValueError:
                 continue
             ca_key = ca.public_key()
-            if (
-                isinstance(ca_key, rsa.RSAPublicKey)
-                and crl.issuer == ca.subject
-                and crl.is_signature_valid(ca_key)
-                and crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
-            ):
-                return True
-        return False
+            signed = isinstance(ca_key, rsa.RSAPublicKey) and crl.is_signature_valid(ca_key)
+            if crl.issuer != ca.subject or not signed:
+                continue
+            entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+            if entry is not None:
+                return path, entry.revocation_date_utc
+        return None

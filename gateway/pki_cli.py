@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 from gateway.errors import ConfigError, GatewayError
 
 if TYPE_CHECKING:
+    from asyncua import ua
+
     from gateway.pki import Pki
     from gateway.tagmap import OpcUaDevice, Plant
 
@@ -38,7 +40,7 @@ def add_pki_commands(pki: argparse.ArgumentParser, *, default_state_dir: Callabl
     listing = actions.add_parser("list", help="trusted and rejected server certificates, and CAs in issuers/")
     common(listing)
     listing.set_defaults(func=cmd_list)
-    trust = actions.add_parser("trust", help="trust a rejected server certificate (thumbprint or unique prefix)")
+    trust = actions.add_parser("trust", help="trust a rejected server certificate (8+ hex digits)")
     trust.add_argument("thumbprint")
     common(trust)
     trust.set_defaults(func=cmd_trust)
@@ -169,15 +171,70 @@ def check_security_files(plant: Plant, state_dir: Path | None, *, create: bool) 
     return problems
 
 
-def describe_endpoints(plant: Plant) -> list[str]:
-    """For ``check --endpoints``: the endpoint each secure OPC UA device would use, or why not."""
-    return asyncio.run(_describe_endpoints(plant))
+def own_certificate_warnings(plant: Plant, state_dir: Path) -> list[str]:
+    """The gateway's certificate has expired or expires within RENEW_WARNING_DAYS (secure devices only): said at
+    ``check`` and ``run``, because renewing it is the operator's command, never done by the gateway."""
+    if not secure_devices(plant):
+        return []
+    from datetime import UTC, datetime
+
+    from gateway.pki import Pki, PkiError, application_uri
+
+    pki = Pki(pki_root(state_dir), uri=application_uri(plant.gateway.id))
+    if not pki.cert_path.exists():
+        return []
+    try:
+        info = pki.own()
+    except PkiError:
+        return []  # check_security_files reports it
+    now = datetime.now(UTC)
+    action = "run `cellgate pki renew -c MAP` and trust the new certificate on the servers"
+    if now > info.not_after:
+        return [f"the gateway's certificate {info.thumbprint} ({pki.cert_path}) expired on "
+                f"{info.not_after:%Y-%m-%d %H:%M} UTC: servers refuse it; {action}"]  # fmt: skip
+    days = (info.not_after - now).days
+    if days < RENEW_WARNING_DAYS:
+        return [f"the gateway's certificate {info.thumbprint} ({pki.cert_path}) expires on "
+                f"{info.not_after:%Y-%m-%d %H:%M} UTC, in {days} day(s): {action}"]  # fmt: skip
+    return []
 
 
-async def _describe_endpoints(plant: Plant) -> list[str]:
+def describe_endpoints(plant: Plant, state_dir: Path) -> list[str]:
+    """For ``check``: the endpoint each OPC UA device would use, or why not; for a secure one also whether the
+    gateway's PKI folder (``state_dir``/pki) trusts the server's certificate (nothing is written there)."""
+    return asyncio.run(_describe_endpoints(plant, state_dir))
+
+
+def _trust_of(chosen: ua.EndpointDescription, pki: Pki, *, endpoint: str, check_hostname: bool) -> str:
+    from urllib.parse import urlsplit
+
+    from cryptography import x509
+
+    from gateway.pki import PkiError, ServerCertificateRejectedError, thumbprint
+    from gateway.sources.opcua_security import first_certificate
+
+    try:
+        cert = x509.load_der_x509_certificate(first_certificate(chosen.ServerCertificate or b""))
+    except ValueError:
+        return "refused: the server sent a corrupt certificate"
+    name = chosen.Server.ApplicationName.Text or endpoint
+    try:
+        pki.check_server(cert, server_uri=chosen.Server.ApplicationUri or "", server_name=f"{name} at {endpoint}",
+                         host=urlsplit(endpoint).hostname if check_hostname else None, record=False)  # fmt: skip
+    except ServerCertificateRejectedError as exc:
+        return f"refused: {exc}"
+    except (PkiError, OSError) as exc:  # an unreadable file in the PKI folder
+        return f"trust not known: {exc}"
+    return f"certificate {thumbprint(cert)} trusted"
+
+
+async def _describe_endpoints(plant: Plant, state_dir: Path) -> list[str]:
     from asyncua.client.client import Client
 
+    from gateway.pki import Pki, application_uri
     from gateway.sources.opcua_security import choose_endpoint
+
+    pki = Pki(pki_root(state_dir), uri=application_uri(plant.gateway.id))
 
     lines = []
     for device in plant.devices:
@@ -205,5 +262,8 @@ async def _describe_endpoints(plant: Plant) -> list[str]:
         else:
             policy = chosen.SecurityPolicyUri.rsplit("#", 1)[-1]
             server = chosen.Server.ApplicationUri
-            lines.append(f"{device.name}: {chosen.EndpointUrl} {policy} {chosen.SecurityMode.name} server {server}")
+            trust = _trust_of(chosen, pki, endpoint=device.endpoint, check_hostname=security.check_hostname)
+            lines.append(
+                f"{device.name}: {chosen.EndpointUrl} {policy} {chosen.SecurityMode.name} server {server}; {trust}"
+            )
     return lines

@@ -18,10 +18,22 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from gateway.events.core import WriteResult
-from gateway.events.runner import EventLinkError, EventReadError
+from gateway.events.runner import EventLinkError, EventLoginRefusedError, EventReadError
 from gateway.sources.base import RawReading
-from gateway.sources.opcua_security import ClientSecurity, close_client, read_password_file, secure_client
-from gateway.sources.opcua_status import OpcUaDeviceOptions, OpcUaTagRef, plan_nodes, readings_from_data_value
+from gateway.sources.opcua_security import (
+    LOGIN_REFUSED,
+    ClientSecurity,
+    close_client,
+    read_password_file,
+    secure_client,
+)
+from gateway.sources.opcua_status import (
+    OpcUaDeviceOptions,
+    OpcUaTagRef,
+    plan_nodes,
+    readings_from_data_value,
+    status_name,
+)
 from gateway.vocabulary import DataType
 
 _VARIANTS = {
@@ -74,12 +86,26 @@ class OpcUaEventLink:
                     await secure_client(client, self._security, endpoint=options.endpoint)
                 await client.connect()
                 namespaces = await client.get_namespace_array()
+        except UaStatusCodeError as exc:
+            await _disconnect(client)
+            if exc.code in LOGIN_REFUSED:
+                raise EventLoginRefusedError(
+                    f"{options.endpoint} refused the login ({self._identity()}): {status_name(exc.code)}"
+                ) from exc
+            raise EventLinkError(f"cannot connect to {options.endpoint}: {exc}") from exc
         except Exception as exc:  # refused security, certificates, a missing password file: all retried later
             await _disconnect(client)
             raise EventLinkError(f"cannot connect to {options.endpoint}: {exc or type(exc).__name__}") from exc
         plan = plan_nodes(self._refs, device_namespace_uri=options.namespace_uri, namespace_array=list(namespaces))
         self._node_ids = {tag: planned.node_id for planned in plan.nodes for tag in planned.tags}
         self._client = client
+
+    def _identity(self) -> str:
+        if self._options.username is not None:
+            return f"user {self._options.username}"
+        if self._security is not None and self._security.user_certificate is not None:
+            return f"user certificate {self._security.user_certificate}"
+        return "anonymous"
 
     async def close(self) -> None:
         client, self._client = self._client, None

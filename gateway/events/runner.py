@@ -55,6 +55,10 @@ class EventLinkError(SourceError):
     """The connection to the PLC failed (connect, timeout, link lost): reconnect."""
 
 
+class EventLoginRefusedError(EventLinkError):
+    """The PLC refused the link's user identity: logged at every attempt (accounts lock after a few failures)."""
+
+
 class EventReadError(SourceError):
     """The PLC refused a read (Modbus exception, OPC UA Bad status on the call): try again next interval."""
 
@@ -149,7 +153,10 @@ class EventRunner:
             await self._link.connect()
         except EventLinkError as exc:
             step = self._reconnect.connect_failed(loop.time(), str(exc), random.random())
-            if step.log is not None:  # the first failure of a streak, then a summary a minute
+            if isinstance(exc, EventLoginRefusedError):  # every attempt: real servers lock accounts
+                self._log.warning("events_login_refused", error=str(exc), attempt=step.attempts,
+                                  retry_in_s=round(step.delay_s, 3))  # fmt: skip
+            elif step.log is not None:  # the first failure of a streak, then a summary a minute
                 self._log.warning("events_link_down", error=str(exc), attempts=step.attempts,
                                   retry_in_s=round(step.delay_s, 3))  # fmt: skip
             return step

@@ -73,6 +73,7 @@ from gateway.sources.base import (
 from gateway.sources.opcua_fastpath import FastSubscription, create_subscription, fast_path_unavailable
 from gateway.sources.opcua_fastpath import Transport as FastTransport
 from gateway.sources.opcua_security import (
+    LOGIN_REFUSED,
     ClientSecurity,
     SecurityRefusedError,
     close_client,
@@ -120,9 +121,6 @@ _CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     OSError, TimeoutError, ua.uaerrors.UaError, PkiError, ServerCertificateRejectedError, SecurityRefusedError,
     SecretFileError,
 )  # fmt: skip
-# A server refusing the user identity: logged on every attempt (accounts lock after a few failures; say each one).
-_LOGIN_REFUSED = frozenset({StatusCodes.BadUserAccessDenied, StatusCodes.BadIdentityTokenRejected,
-                            StatusCodes.BadIdentityTokenInvalid})  # fmt: skip
 
 
 STRUCTURE_NAME_READ_CHUNK = 1000
@@ -388,7 +386,7 @@ class OpcUaSource:
             self.stats.connect_failures += 1
             reason = describe_error(exc)
             step = self._reconnect.connect_failed(loop.time(), reason, random.random())
-            if isinstance(exc, UaStatusCodeError) and exc.code in _LOGIN_REFUSED:
+            if isinstance(exc, UaStatusCodeError) and exc.code in LOGIN_REFUSED:  # every attempt: accounts lock
                 self._log.warning("opcua_login_refused", error=reason, attempt=step.attempts,
                                   user=self.options.username, retry_in_s=round(step.delay_s, 3))  # fmt: skip
             else:

@@ -2,8 +2,9 @@
 
 The endpoint comes from GetEndpoints (over an unsecured channel, as the standard does it). ``policy: auto``
 takes the strongest policy offered with the wanted mode; SecurityPolicy None is used only when the map allows it
-(``allow_insecure``) and the server offers nothing else. The server certificate is checked against the gateway's
-PKI folder (gateway.pki) before any key is used; an unknown one lands in ``rejected/``.
+(``allow_insecure``) and the server offers no secure endpoint at all (in any policy or mode). The server
+certificate is checked against the gateway's PKI folder (gateway.pki) before any key is used; an unknown one lands
+in ``rejected/``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import structlog
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.crypto import security_policies
+from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -27,6 +29,7 @@ from gateway.secrets import read_secret_file
 from gateway.vocabulary import OpcUaSecurityMode, OpcUaSecurityPolicy
 
 __all__ = [
+    "LOGIN_REFUSED",
     "POLICIES",
     "ClientSecurity",
     "SecurityRefusedError",
@@ -48,6 +51,9 @@ _MODES = {
     OpcUaSecurityMode.SIGN: ua.MessageSecurityMode.Sign,
     OpcUaSecurityMode.SIGN_AND_ENCRYPT: ua.MessageSecurityMode.SignAndEncrypt,
 }
+# A server refusing the user identity: every connection (source, event link) logs each such attempt.
+LOGIN_REFUSED = frozenset({StatusCodes.BadUserAccessDenied, StatusCodes.BadIdentityTokenRejected,
+                           StatusCodes.BadIdentityTokenInvalid})  # fmt: skip
 
 
 class SecurityRefusedError(GatewayError):
@@ -100,7 +106,10 @@ def choose_endpoint(
                 return endpoint
     offered = sorted({f"{_policy_name(e.SecurityPolicyUri)}/{e.SecurityMode.name.rstrip('_')}" for e in endpoints})
     offered = offered or ["nothing"]
-    if allow_insecure and any(e.SecurityPolicyUri == _NONE_URI for e in endpoints):
+    # None only from a server that has nothing secure at all: one that offers another secure mode or policy is
+    # refused (the map says which), never silently downgraded to None.
+    secure = any(e.SecurityPolicyUri != _NONE_URI and e.SecurityMode != ua.MessageSecurityMode.None_ for e in endpoints)
+    if allow_insecure and not secure and any(e.SecurityPolicyUri == _NONE_URI for e in endpoints):
         return None
     raise SecurityRefusedError(f"the server offers {', '.join(offered)}; the map asks for {policy}/{mode}")
 

@@ -28,14 +28,19 @@ def test_demo_secure_reads_the_opcua_machines_over_signandencrypt(tmp_path: Path
         try:
             deadline = time.monotonic() + 60
             secure_up: dict[str, dict[str, object]] = {}
-            while time.monotonic() < deadline and set(secure_up) != {"coater-01", "calender-01"}:
+            events_up: set[str] = set()  # event links up (the OPC UA machines': own sessions, same channel)
+            wanted = {"coater-01", "calender-01"}
+            while time.monotonic() < deadline and (set(secure_up) != wanted or not events_up >= wanted):
                 time.sleep(0.5)
                 for line in log_path.read_text().splitlines():
                     if line.startswith("{"):
                         event = orjson.loads(line)
                         if event.get("event") == "opcua_link_up":
                             secure_up[str(event["device"])] = event
-            assert set(secure_up) == {"coater-01", "calender-01"}, log_path.read_text()[-3000:]
+                        elif event.get("event") == "events_link_up":
+                            events_up.add(str(event["device"]))
+            assert set(secure_up) == wanted, log_path.read_text()[-3000:]
+            assert events_up >= wanted, log_path.read_text()[-3000:]
         finally:
             process.send_signal(signal.SIGINT)
             returncode = process.wait(timeout=30)

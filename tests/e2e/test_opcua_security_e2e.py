@@ -3,8 +3,9 @@ process, DEBUG logs, secrets from systemd-style credentials) -> Mosquitto with a
 
 The operator's path: the first start rejects the unknown server (rejected/, the error names the command),
 `cellgate pki list` shows it, `cellgate pki trust` trusts it, values flow over Aes256_Sha256_RsaPss /
-SignAndEncrypt. Then every captured line (gateway DEBUG log, simulator output, CLI output, every MQTT payload,
-both command lines) is searched for every secret: both passwords and the gateway's private key.
+SignAndEncrypt, and the device's event link (its own session, same login) connects too. Then every captured
+line (gateway DEBUG log, simulator output, CLI output, every MQTT payload, both command lines) is searched for
+every secret: both passwords and the gateway's private key.
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ devices:
     tags:
       - {{name: identification/manufacturer, node: s=Coater01.Identification.Manufacturer, type: string}}
       - {{name: packml/state_current, node: s=Coater01.PackML.StateCurrent, type: int32}}
+      - {{name: result/record_id, node: s=Coater01.Result.RecordId, type: uint32}}
+      - {{name: result/ack, node: s=Coater01.Result.Ack, type: uint32}}
+    # The events' own OPC UA session (gateway.events.opcua_link): same channel, trust list and login.
+    events:
+      roll:
+        trigger: {{tag: result/record_id, on: change}}
+        record: [result/record_id]
+        ack: {{tag: result/ack, value: record_id}}
 """
 
 
@@ -117,6 +126,10 @@ def test_secure_pipeline_trusts_on_command_and_leaks_no_secret(tmp_path: Path) -
             assert "urn:cellgate:simulators:opcua-server" in rejected_block
             assert not [m for m in subscriber.messages if "/coater-01/" in m.topic and b'"good"' in m.payload]
 
+            untrusted = cellgate("check", "-c", str(config), "--state-dir", str(state_dir), env=env)
+            assert untrusted.returncode == 0, untrusted.stderr
+            assert f"refused: server Cellgate equipment simulators at {sim.opcua_endpoint}" in untrusted.stdout
+            assert f"certificate {thumb} is not trusted" in untrusted.stdout
             trusted = cellgate("pki", "trust", thumb, "--state-dir", str(state_dir), env=env)
             assert trusted.returncode == 0, trusted.stderr
 
@@ -130,13 +143,19 @@ def test_secure_pipeline_trusts_on_command_and_leaks_no_secret(tmp_path: Path) -
             up = [orjson.loads(line) for line in log_text().splitlines() if '"opcua_link_up"' in line]
             assert up[-1]["security_policy"] == "Aes256_Sha256_RsaPss"
             assert up[-1]["security_mode"] == "SignAndEncrypt"
+            # The event link refused the unknown server the same way, and logs in over the channel once trusted.
+            events_down = [orjson.loads(line) for line in log_text().splitlines() if '"events_link_down"' in line]
+            assert any(f"cellgate pki trust {thumb}" in entry["error"] for entry in events_down), events_down
+            wait_for(lambda: '"events_link_up"' in log_text(), "the event link's secure session (events_link_up)")
 
             show = cellgate("pki", "show", "--state-dir", str(state_dir), env=env)
             assert f"urn:{os.uname().nodename}:cellgate:{GATEWAY_ID}" in show.stdout
             check = cellgate("check", "-c", str(config), "--state-dir", str(state_dir), env=env)
             assert check.returncode == 0, check.stderr
-            assert "Aes256_Sha256_RsaPss SignAndEncrypt server urn:cellgate:simulators:opcua-server" in check.stdout
-            captured += [listing.stdout, listing.stderr, trusted.stdout, show.stdout, check.stdout, check.stderr]
+            assert ("Aes256_Sha256_RsaPss SignAndEncrypt server urn:cellgate:simulators:opcua-server; "
+                    f"certificate {thumb} trusted") in check.stdout  # fmt: skip
+            captured += [listing.stdout, listing.stderr, trusted.stdout, show.stdout, check.stdout, check.stderr,
+                         untrusted.stdout, untrusted.stderr]  # fmt: skip
             captured += command_lines
         finally:
             gateway.terminate()

@@ -7,13 +7,18 @@ Real processes (`python -m gateway.cli`); nothing listens on the OPC UA endpoint
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
+from cryptography.hazmat.primitives import serialization
 
-from gateway.pki import Pki, application_uri
+from gateway.pki import Pki, application_uri, make_certificate, new_key, write_private_key
 
 pytestmark = pytest.mark.e2e
 
@@ -97,3 +102,70 @@ def test_missing_password_file_is_refused_naming_the_file_not_a_secret(tmp_path:
     ok = cellgate(*check, cwd=tmp_path, env=env)
     assert ok.returncode == 0, ok.stderr
     assert "hunter2-secret" not in ok.stdout + ok.stderr
+
+
+def test_a_corrupt_user_key_is_refused_at_check_and_run(tmp_path: Path) -> None:
+    key = new_key()
+    cert = make_certificate(key, uri="urn:user:alice", common_name="alice", server=False)
+    (tmp_path / "alice.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    (tmp_path / "alice.pem").write_bytes(b"-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n")
+    identity = f"user_certificate: '{tmp_path / 'alice.der'}'\n    user_key: '{tmp_path / 'alice.pem'}'"
+    config = write_map(tmp_path, identity)
+    for args in (["check", "--offline"], ["run"]):
+        result = cellgate(*args, "-c", str(config), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert f"device coater-01: private key {tmp_path / 'alice.pem'} is corrupt" in result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_check_says_when_it_cannot_reach_a_secure_device(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused, and the port stays ours
+        port = held.getsockname()[1]
+        config = tmp_path / "map.yaml"
+        config.write_text(TAG_MAP.format(extra="").replace("'opc.tcp://127.0.0.1:9'", f"'opc.tcp://127.0.0.1:{port}'"))
+        result = cellgate("check", "-c", str(config), "--state-dir", str(tmp_path / "state"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"coater-01: opc.tcp://127.0.0.1:{port} could not choose an endpoint: " in result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def write_own_certificate(state: Path, *, not_before: datetime, days: int) -> Pki:
+    pki = Pki(state / "pki", uri=application_uri("gw-pki"))
+    pki.ensure()
+    key = new_key()
+    cert = make_certificate(key, uri=pki.uri, common_name="Cellgate", server=False, not_before=not_before, days=days)
+    write_private_key(pki.key_path, key)
+    pki.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    return pki
+
+
+@pytest.mark.parametrize(("age_days", "said"), [(0, "expires on"), (20, "expired on")], ids=["expiring", "expired"])
+def test_check_and_run_warn_about_the_gateways_own_certificate(tmp_path: Path, age_days: int, said: str) -> None:
+    state = tmp_path / "state"
+    config = write_map(tmp_path)
+    pki = write_own_certificate(state, not_before=datetime.now(UTC) - timedelta(days=age_days), days=10)
+    before = pki.own().thumbprint
+    check = cellgate("check", "--offline", "-c", str(config), "--state-dir", str(state), cwd=tmp_path)
+    assert check.returncode == 0, check.stderr
+    assert f"WARNING the gateway's certificate {before} ({pki.cert_path}) {said}" in check.stderr
+    assert "run `cellgate pki renew -c MAP`" in check.stderr
+    if age_days == 0:
+        return
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "-c", str(config), "--state-dir", str(state),
+             "--log-format", "json"], cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while '"pki_certificate_expiry"' not in log.read_text():
+            assert run.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.1)
+    finally:
+        run.terminate()
+        run.wait(timeout=20)
+    [line] = [orjson.loads(text) for text in log.read_text().splitlines() if '"pki_certificate_expiry"' in text]
+    assert "expired on" in line["error"] and before in line["error"]
+    assert pki.own().thumbprint == before  # never renewed silently

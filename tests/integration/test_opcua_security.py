@@ -1,8 +1,10 @@
 """OpcUaSource over secure channels against the simulators' secure endpoints (real asyncua server, 127.0.0.1).
 
-Every policy x mode, ``policy: auto``, user name + password and X.509 user identities, and each refusal:
-untrusted server (lands in rejected/, trusted by `pki trust`), expired and wrong-URI server certificates, a
-server offering only None, a wrong password, a corrupt own key.
+Every policy x mode (through the fast publish path, and once through asyncua's), ``policy: auto``, user name +
+password and X.509 user identities, and each refusal: untrusted server (lands in rejected/, trusted by `pki
+trust`), expired and wrong-URI server certificates, a server offering only None, a wrong password, a corrupt own
+key, a revoked CA-signed certificate. The events' own session (gateway.events.opcua_link) gets the same channel,
+trust list and login, and the same one line per refused login.
 """
 
 from __future__ import annotations
@@ -19,13 +21,22 @@ import pytest_asyncio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
+from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from gateway.pki import Pki, make_certificate, new_key, thumbprint, write_private_key
+from gateway.assembly import event_link, planned_events
+from gateway.events.core import EventRecord
+from gateway.events.runner import EventLinkError, EventRunner
+from gateway.pki import Pki, application_uri, make_certificate, new_key, thumbprint, write_private_key
+from gateway.schema import Quality
+from gateway.sinks.base import Delivery
 from gateway.sources.opcua import OpcUaDeviceOptions, OpcUaSource, OpcUaTagRef
 from gateway.sources.opcua_security import ClientSecurity
-from simulators.machines.coater import Coater
+from gateway.tagmap import OpcUaDevice, load_plant
+from gateway.tagmap.model import OpcUaSecurity
+from simulators.machines.coater import Coater, CoaterConfig
 from simulators.servers.opcua_server import APPLICATION_URI, NAMESPACE_URI, OpcUaSimulatorServer, ServerSecurity
+from tests.support.gateway import DEMO_CONFIG
 from tests.support.recorder import Recorder, running
 
 USER = "operator"
@@ -38,7 +49,7 @@ GATEWAY_URI = "urn:testhost:cellgate:gw-test"
 
 def make_source(
     endpoint: str, pki: Pki, *, policy: str = "auto", mode: str = "SignAndEncrypt", allow_insecure: bool = False,
-    username: str | None = USER, password: str | None = PASSWORD, **security: object,
+    username: str | None = USER, password: str | None = PASSWORD, fast_publish: bool = True, **security: object,
 ) -> OpcUaSource:  # fmt: skip
     options = OpcUaDeviceOptions(
         endpoint=endpoint, namespace_uri=NAMESPACE_URI, mode="subscribe", interval_ms=100, timeout_ms=3000,
@@ -47,7 +58,7 @@ def make_source(
     client_security = ClientSecurity(policy=policy, mode=mode, allow_insecure=allow_insecure, pki=pki, **security)  # type: ignore[arg-type]
     return OpcUaSource(
         device="coater", options=options, tags=[TAG], backoff_initial_s=0.1, backoff_max_s=0.3,
-        security=client_security,
+        security=client_security, fast_publish=fast_publish,
     )  # fmt: skip
 
 
@@ -73,7 +84,8 @@ def server_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest_asyncio.fixture(scope="module")
 async def secure_server(server_pki: Path) -> AsyncIterator[OpcUaSimulatorServer]:
     security = ServerSecurity(pki_dir=server_pki, users={USER: PASSWORD})
-    machines = {"Coater01": Coater(rng=random.Random(1))}
+    # The extended points include the roll-record FIFO (Coater01.Result.*) that the event-link tests read.
+    machines = {"Coater01": Coater(rng=random.Random(1), config=CoaterConfig(extended_points=True))}
     async with OpcUaSimulatorServer(machines=machines, port=0, autostep=False, security=security) as server:
         yield server
 
@@ -89,13 +101,32 @@ async def test_every_policy_and_mode_reads_values(
 ) -> None:
     trust_server(pki, server_pki)
     recorder = Recorder(8.0)
+    source = make_source(secure_server.endpoint, pki, policy=policy, mode=mode)
     with capture_logs() as logs:
-        async with running(make_source(secure_server.endpoint, pki, policy=policy, mode=mode), recorder):
+        async with running(source, recorder):
             await recorder.wait_until(lambda: bool(recorder.good()))
     assert recorder.links[0] == (True, None)
     assert isinstance(recorder.good()[0].value, str) and recorder.good()[0].value
     [up] = link_up_lines(logs)
     assert (up["security_policy"], up["security_mode"]) == (policy, mode)
+    # The value came through the fast path's own Publish loop, inside the same secure channel.
+    assert [line["path"] for line in logs if line["event"] == "opcua_publish_path"] == ["fast"]
+    assert source.stats.fast_publish_responses >= 1
+
+
+async def test_asyncua_publish_path_over_a_secure_channel(
+    secure_server: OpcUaSimulatorServer, server_pki: Path, pki: Pki
+) -> None:
+    trust_server(pki, server_pki)
+    recorder = Recorder(8.0)
+    source = make_source(secure_server.endpoint, pki, mode="SignAndEncrypt", fast_publish=False)
+    with capture_logs() as logs:
+        async with running(source, recorder):
+            await recorder.wait_until(lambda: bool(recorder.good()))
+    [up] = link_up_lines(logs)
+    assert (up["security_policy"], up["security_mode"]) == ("Aes256_Sha256_RsaPss", "SignAndEncrypt")
+    assert [line["path"] for line in logs if line["event"] == "opcua_publish_path"] == ["asyncua"]
+    assert source.stats.asyncua_publish_responses + source.stats.notifications >= 1
 
 
 async def test_auto_picks_the_strongest_policy_and_creates_the_own_certificate(
@@ -277,5 +308,69 @@ async def test_ca_signed_server_is_trusted_through_issuers_until_revoked(tmp_pat
         refused = Recorder(8.0)
         async with running(make_source(server.endpoint, pki), refused):
             await refused.wait_until(lambda: bool(refused.errors()))
-        assert "is not trusted" in refused.errors()[0]
+        assert f"certificate {thumbprint(server_cert)} was revoked on" in refused.errors()[0]
         assert not refused.good()
+        assert pki.listing("rejected") == []  # never offered for `cellgate pki trust`
+
+
+def coater_events_device(endpoint: str, *, password: str) -> OpcUaDevice:
+    """config/demo.yaml's coater-01 (its roll event reads and acks Coater01.Result.*) on a secure channel."""
+    demo = load_plant(DEMO_CONFIG).device("coater-01")
+    assert isinstance(demo, OpcUaDevice) and demo.events
+    return demo.model_copy(update={
+        "endpoint": endpoint, "security": OpcUaSecurity(), "username": USER, "password": SecretStr(password),
+    })  # fmt: skip
+
+
+async def test_event_link_uses_the_devices_security_identity_and_trust(
+    secure_server: OpcUaSimulatorServer, server_pki: Path, tmp_path: Path
+) -> None:
+    """The events' own session is built by the same assembly as the source: channel, trust list, user login."""
+    device = coater_events_device(secure_server.endpoint, password=PASSWORD)
+    events = planned_events(device)
+    pki_root = tmp_path / "state-pki"
+    link = event_link(device, events, gateway_id="gw-test", pki_root=pki_root)
+    with pytest.raises(EventLinkError) as untrusted:
+        await link.connect()
+    pki = Pki(pki_root, uri=application_uri("gw-test"))
+    [rejected] = pki.listing("rejected")
+    assert f"cellgate pki trust {rejected.thumbprint}" in str(untrusted.value)
+    pki.trust(rejected.thumbprint)
+    await link.connect()  # the simulator offers no SecurityPolicy None endpoint: this session is secure
+    try:
+        readings = await link.read(("result/record_id",))
+    finally:
+        await link.close()
+    assert readings["result/record_id"].quality is Quality.GOOD
+
+
+async def test_event_link_wrong_password_is_one_line_per_attempt_with_backoff(
+    secure_server: OpcUaSimulatorServer, server_pki: Path, tmp_path: Path
+) -> None:
+    device = coater_events_device(secure_server.endpoint, password="wrong-" + PASSWORD)
+    events = planned_events(device)
+    pki_root = tmp_path / "state-pki"
+    trust_server(Pki(pki_root, uri=application_uri("gw-test")), server_pki)
+
+    async def publish(record: EventRecord) -> asyncio.Future[Delivery]:
+        raise AssertionError(f"nothing can be read with a wrong password: {record}")
+
+    runner = EventRunner(device=device.name, events=events, publish=publish, interval_s=0.1,
+                         link=event_link(device, events, gateway_id="gw-test", pki_root=pki_root),
+                         reconnect_min_s=0.1, reconnect_max_s=0.3)  # fmt: skip
+    with capture_logs() as logs:
+        task = asyncio.create_task(runner.run())
+        try:
+            async with asyncio.timeout(20):
+                while len([line for line in logs if line["event"] == "events_login_refused"]) < 3:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    refused = [line for line in logs if line["event"] == "events_login_refused"]
+    assert [line["attempt"] for line in refused[:3]] == [1, 2, 3]
+    assert all(f"refused the login (user {USER}): BadUserAccessDenied" in str(line["error"]) for line in refused)
+    assert all(0 < float(line["retry_in_s"]) <= 0.3 * 1.5 for line in refused)  # type: ignore[arg-type]
+    assert not [line for line in logs if line["event"] == "events_link_down"]  # one line per attempt, not two
+    assert PASSWORD not in repr(logs)

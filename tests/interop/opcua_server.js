@@ -1,10 +1,12 @@
 // OPC UA server from another stack (node-opcua) for the secure-channel interoperability tests.
 //
-//   node opcua_server.js PORT PKI_DIR
+//   node opcua_server.js PORT PKI_DIR [USER_PKI_DIR]
 //
 // Offers Basic256Sha256, Aes128_Sha256_RsaOaep and Aes256_Sha256_RsaPss, each with Sign and SignAndEncrypt (no
-// None), user name + password only (users from the INTEROP_USERS environment variable, JSON {"name": "password"},
-// never on the command line). Its PKI (own certificate, trusted/rejected clients) lives in PKI_DIR; unknown client
+// None), user name + password (users from the INTEROP_USERS environment variable, JSON {"name": "password"},
+// never on the command line) and X.509 user certificates: those in USER_PKI_DIR/trusted/certs (node-opcua checks
+// the token's signature and the certificate against that folder; without USER_PKI_DIR, node-opcua's default).
+// Its PKI (own certificate, trusted/rejected clients) lives in PKI_DIR; unknown client application
 // certificates are accepted, as the test is about the gateway's side of the trust. Serves
 // ns=<urn:cellgate:interop>;s=Counter (Double, +1 every 100 ms). Prints "interop ready <endpoint>" when listening.
 "use strict";
@@ -20,7 +22,11 @@ async function main() {
     rootFolder: pkiDir,
     automaticallyAcceptUnknownCertificate: true,
   });
+  const userCertificateManager = process.argv[4]
+    ? new OPCUACertificateManager({ rootFolder: process.argv[4], automaticallyAcceptUnknownCertificate: false })
+    : undefined;
   const server = new OPCUAServer({
+    userCertificateManager,
     port,
     hostname: "127.0.0.1",
     serverCertificateManager,

@@ -1,8 +1,9 @@
 """Interoperability: OpcUaSource over secure channels against an OPC UA server from another stack (node-opcua).
 
 The server (tests/interop/opcua_server.js) runs as a Node.js process on a free port; `make test` installs
-node-opcua with `npm ci` in tests/interop. Every policy x mode, user name + password, the untrusted-server path
-and a wrong password are checked against it.
+node-opcua with `npm ci` in tests/interop. Every policy x mode, user name + password, an X.509 user certificate
+(trusted by node-opcua's user PKI, and one it refuses), the untrusted-server path and a wrong password are
+checked against it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from structlog.testing import capture_logs
 
-from gateway.pki import Pki, thumbprint
+from gateway.pki import Pki, make_certificate, new_key, thumbprint, write_private_key
 from gateway.sources.opcua import OpcUaDeviceOptions, OpcUaSource, OpcUaTagRef
 from gateway.sources.opcua_security import ClientSecurity
 from tests.support.recorder import Recorder, running
@@ -40,8 +41,9 @@ pytestmark = pytest.mark.skipif(
 
 
 class NodeOpcUaServer:
-    def __init__(self, pki_dir: Path) -> None:
+    def __init__(self, pki_dir: Path, user_pki_dir: Path) -> None:
         self.pki_dir = pki_dir
+        self.user_pki_dir = user_pki_dir
         self.port = free_tcp_port()
         self.endpoint = f"opc.tcp://127.0.0.1:{self.port}"
         self._process: subprocess.Popen[str] | None = None
@@ -52,7 +54,7 @@ class NodeOpcUaServer:
         self._output = self.pki_dir.parent / f"node-server-{self.port}.log"
         with self._output.open("w") as output:
             self._process = subprocess.Popen(
-                ["node", str(HERE / "opcua_server.js"), str(self.port), str(self.pki_dir)],
+                ["node", str(HERE / "opcua_server.js"), str(self.port), str(self.pki_dir), str(self.user_pki_dir)],
                 cwd=HERE, env=env, stdout=output, stderr=subprocess.STDOUT, text=True,
             )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -75,8 +77,23 @@ class NodeOpcUaServer:
 
 
 @pytest.fixture(scope="module")
-def node_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeOpcUaServer]:
-    server = NodeOpcUaServer(tmp_path_factory.mktemp("node-pki"))
+def user_identities(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """X.509 user certificates and keys: ``alice`` (trusted by the server's user PKI) and ``mallory`` (not)."""
+    folder = tmp_path_factory.mktemp("users")
+    for name in ("alice", "mallory"):
+        key = new_key()
+        cert = make_certificate(key, uri=f"urn:user:{name}", common_name=name, server=False)
+        (folder / f"{name}.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
+        write_private_key(folder / f"{name}.pem", key)
+    trusted = folder / "server-user-pki" / "trusted" / "certs"
+    trusted.mkdir(parents=True)
+    (trusted / "alice.der").write_bytes((folder / "alice.der").read_bytes())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def node_server(tmp_path_factory: pytest.TempPathFactory, user_identities: Path) -> Iterator[NodeOpcUaServer]:
+    server = NodeOpcUaServer(tmp_path_factory.mktemp("node-pki"), user_identities / "server-user-pki")
     server.start()
     try:
         yield server
@@ -86,14 +103,21 @@ def node_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeOpcUaS
 
 
 
-def source(server: NodeOpcUaServer, pki: Pki, *, policy: str, mode: str, password: str = PASSWORD) -> OpcUaSource:
+def source(
+    server: NodeOpcUaServer, pki: Pki, *, policy: str, mode: str, password: str = PASSWORD,
+    user_cert: Path | None = None,
+) -> OpcUaSource:  # fmt: skip
+    """User name + password, or with ``user_cert`` (``NAME.der``, key ``NAME.pem`` next to it) an X.509 user."""
     options = OpcUaDeviceOptions(
         endpoint=server.endpoint, namespace_uri=NAMESPACE, mode="subscribe", interval_ms=100, timeout_ms=5000,
-        username=USER, password=password,
+        username=None if user_cert else USER, password=None if user_cert else password,
     )  # fmt: skip
     # node-opcua's certificate names the machine's host name and external address, not 127.0.0.1 (these tests
     # stay on loopback): the host check is off here, as `security.check_hostname: false` does in a map.
-    security = ClientSecurity(policy=policy, mode=mode, allow_insecure=False, pki=pki, check_hostname=False)
+    security = ClientSecurity(
+        policy=policy, mode=mode, allow_insecure=False, pki=pki, check_hostname=False, user_certificate=user_cert,
+        user_key=user_cert.with_suffix(".pem") if user_cert else None,
+    )  # fmt: skip
     return OpcUaSource(device="node", options=options, tags=[TAG], backoff_initial_s=0.1, backoff_max_s=0.3,
                        security=security)  # fmt: skip
 
@@ -142,3 +166,24 @@ async def test_wrong_password_against_node_opcua(node_server: NodeOpcUaServer, t
     refused = [line for line in logs if line["event"] == "opcua_login_refused"]
     assert refused and refused[0]["error"] in {"BadUserAccessDenied", "BadIdentityTokenRejected"}
     assert not recorder.good()
+
+
+@pytest.mark.parametrize("mode", ["Sign", "SignAndEncrypt"])
+async def test_x509_user_identity_against_node_opcua(
+    node_server: NodeOpcUaServer, user_identities: Path, tmp_path: Path, mode: str
+) -> None:
+    """node-opcua checks the token's signature (server certificate + nonce) and the user certificate's trust."""
+    pki = Pki(tmp_path / "pki", uri="urn:testhost:cellgate:interop")
+    trust(pki, node_server)
+    recorder = Recorder(15.0)
+    async with running(source(node_server, pki, policy="auto", mode=mode, user_cert=user_identities / "alice.der"),
+                       recorder):  # fmt: skip
+        await recorder.wait_until(lambda: bool(recorder.good()))
+    refused = Recorder(15.0)
+    with capture_logs() as logs:
+        async with running(source(node_server, pki, policy="auto", mode=mode,
+                                  user_cert=user_identities / "mallory.der"), refused):  # fmt: skip
+            await refused.wait_until(lambda: bool(refused.errors()))
+    lines = [line for line in logs if line["event"] == "opcua_login_refused"]
+    assert lines and lines[0]["error"] in {"BadUserAccessDenied", "BadIdentityTokenRejected"}, logs
+    assert not refused.good()
