@@ -98,6 +98,13 @@ def test_healthz_and_readyz_answer_json(running: Running) -> None:
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian package prometheus) is not installed")
 def test_a_real_scrape_passes_promtool_and_carries_the_gateway_metrics(running: Running) -> None:
     assert PROMTOOL is not None
+
+    def published_total(text: str) -> float:
+        line = next(line for line in text.splitlines() if line.startswith("cellgate_messages_published_total "))
+        return float(line.split()[1])
+
+    # ready means a device is up; its first messages may still be on their way to the broker
+    wait_until(lambda: published_total(get(f"{running.base}/metrics")[1].decode()) > 0, 30, "a message published")
     code, body = get(f"{running.base}/metrics")
     assert code == 200
     text = body.decode()
@@ -108,8 +115,7 @@ def test_a_real_scrape_passes_promtool_and_carries_the_gateway_metrics(running: 
     assert "cellgate_build_info{" in text
     assert "cellgate_mqtt_connected 1.0" in text
     assert "process_cpu_seconds_total" in text
-    published = next(line for line in text.splitlines() if line.startswith("cellgate_messages_published_total "))
-    assert float(published.split()[1]) > 0
+    assert published_total(text) > 0
     # The Modbus source's own counters, kept by its poll loop, reach the registry.
     cycles = next(line for line in text.splitlines() if line.startswith('cellgate_poll_cycles_total{device="rack-01"}'))
     assert float(cycles.split()[-1]) > 0
