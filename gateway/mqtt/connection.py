@@ -1,6 +1,7 @@
 """The MQTT connection: our own small asyncio MQTT client (3.1.1 / 5.0), QoS1 with a bounded in-flight window.
 
-It runs on the event loop with no thread: every PUBACK of one read is decoded in one loop, and the PUBLISH
+It runs on the event loop with no thread: every PUBACK of one read is handled in one loop (a read of plain
+PUBACKs only, the usual answer to a window round, without a decoded packet each), and the PUBLISH
 packets of one ``publish_many`` / ``offer_many`` call leave in one ``transport.write``. Window slots freed by a
 few PUBACKs wait up to 1 ms for more (half the window goes out at once), so a small window (a broker's
 Receive Maximum of 20) runs in rounds of one larger write, not a write per PUBACK read. It makes no task,
