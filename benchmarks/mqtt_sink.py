@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/mqtt_sink.py [--messages 100000] [--batch 100] [--payload-bytes 200]
         [--max-inflight 20] [--receive-maximum 20] [--protocol 5|3.1.1] [--connections N] [--sink-module PATH]
+        [--event-loop asyncio|uvloop] [--profile FILE]
 
 Starts Mosquitto on a free port (as benchmarks/procs.py: no persistence, large queues) with
 ``max_inflight_messages`` 20 -- Mosquitto's default, which it also announces to MQTT 5 clients as their
@@ -18,6 +19,8 @@ warm-up of 5 % goes first, unmeasured. ``--sink-module`` loads another implement
 gateway/mqtt/connection.py from a file, e.g. a copy of the paho-mqtt based one, to compare on the same machine.
 ``--connections N`` (N > 1) spreads the topics over N connections (``gateway.sinks.fanout.MqttFanOut``, what
 ``mqtt.connections`` builds), each with its own window.
+``--event-loop`` runs it on the stock asyncio loop (default) or uvloop (``gateway.event_loop``); ``--profile FILE``
+writes a cProfile of the measured part (``python -m pstats FILE``; the profiler's own cost inflates the CPU figures).
 Set BENCH_NODELAY=1 to turn Nagle off in the broker (``set_tcp_nodelay``), for experiments.
 """
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import gc
 import importlib.util
 import json
@@ -41,6 +45,8 @@ from typing import Any
 import orjson
 import structlog
 from procs import HOST, MOSQUITTO, Child, ChildError, free_port
+
+from gateway.event_loop import choose_event_loop
 
 BENCH_DIR = Path(__file__).resolve().parent
 TOPIC_BASE = "acme/dunkirk/formation/hall-a"
@@ -173,11 +179,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.to_thread(subscriber.send, "start")
             await asyncio.to_thread(subscriber.wait_for_prefix, "started", 10)
 
+            profiler = cProfile.Profile() if args.profile else None
             times_started = os.times()
             cpu_started = time.process_time()
             started = time.perf_counter()
+            if profiler is not None:
+                profiler.enable()
             refused = await push(sink, measured, args.batch)
             drained = await sink.flush(120)
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(args.profile)
             acked_s = time.perf_counter() - started
             cpu_s = time.process_time() - cpu_started
             times_ended = os.times()
@@ -201,6 +213,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "scenario": "mqtt-sink",
             "sink": args.sink_module or "gateway.mqtt.connection",
             "protocol": args.protocol,
+            "event_loop": args.event_loop,
             "messages": count,
             "batch": args.batch,
             "payload_bytes": len(measured[0][1]),
@@ -236,10 +249,15 @@ def main() -> None:
     parser.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
     parser.add_argument("--connections", type=int, default=1, help="MQTT connections (mqtt.connections)")
     parser.add_argument("--sink-module", help="path of another gateway/mqtt/connection.py to measure instead")
+    parser.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the event loop to run on (gateway.event_loop)")
+    parser.add_argument("--profile", metavar="FILE", help="write a cProfile of the measured part to FILE")
     args = parser.parse_args()
     # The sink's log lines (connected, closed) go to stderr: stdout is the JSON result.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-    print(json.dumps(asyncio.run(run(args))))
+    choice = choose_event_loop(args.event_loop)
+    with asyncio.Runner(loop_factory=choice.factory) as runner:
+        print(json.dumps(runner.run(run(args))))
 
 
 if __name__ == "__main__":

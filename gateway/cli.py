@@ -109,6 +109,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.event_loop import choose_event_loop
     from gateway.notify import SystemdNotifier
     from gateway.observability import configure_logging
     from gateway.runtime import serve
@@ -137,8 +138,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _shard(first.pop() if first else load_plant(args.config), args.shard)
 
     try:
-        with SystemdNotifier.from_environ() as notifier:
-            asyncio.run(serve(load=load, state_dir=state_dir, notifier=notifier))
+        choice = choose_event_loop(first[0].gateway.event_loop)
+        with SystemdNotifier.from_environ() as notifier, asyncio.Runner(loop_factory=choice.factory) as runner:
+            runner.run(serve(load=load, state_dir=state_dir, notifier=notifier))
     except GatewayError as exc:
         print(f"cellgate: {exc}", file=sys.stderr)
         return EXIT_RUNTIME_ERROR

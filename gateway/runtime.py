@@ -40,6 +40,7 @@ from gateway import __version__
 from gateway.assembly import DeviceLink, SourceTask, active_devices, build_outbound, build_sources, mqtt_options_for
 from gateway.encoders.uns_json import UnsJsonEncoder
 from gateway.errors import ConfigError, SinkError
+from gateway.event_loop import running_loop_name
 from gateway.events.core import EventRecord
 from gateway.events.runner import EventStats
 from gateway.health import HEALTH_INTERVAL_S, PipelineView, ProgressWatch, report_health
@@ -625,6 +626,7 @@ class Gateway:
             spool=str(forwarder.spool.path) if forwarder.spool is not None else None,
             spooled=forwarder.spooled_now,
             previous_stop=seq_resume.previous_stop.value,
+            event_loop=running_loop_name(asyncio.get_running_loop()),
         )
         sink = mqtt_output(
             options, connections=plant.mqtt.connections, on_ack=forwarder.on_ack, on_refused=forwarder.on_refused

@@ -1,6 +1,7 @@
 """The MQTT connection: our own small asyncio MQTT client (3.1.1 / 5.0), QoS1 with a bounded in-flight window.
 
-It runs on the event loop with no thread: every PUBACK of one read is decoded in one loop, and the PUBLISH
+It runs on the event loop with no thread: every PUBACK of one read is handled in one loop (a read of plain
+PUBACKs only, the usual answer to a window round, without a decoded packet each), and the PUBLISH
 packets of one ``publish_many`` / ``offer_many`` call leave in one ``transport.write``. Window slots freed by a
 few PUBACKs wait up to 1 ms for more (half the window goes out at once), so a small window (a broker's
 Receive Maximum of 20) runs in rounds of one larger write, not a write per PUBACK read. It makes no task,
@@ -111,6 +112,7 @@ from gateway.mqtt.wire import (
     encode_puback,
     encode_subscribe,
     find_property,
+    plain_puback_ids,
     reason_text,
     refusal_reason,
     shorten,
@@ -393,8 +395,14 @@ class _Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.last_received = self._loop.time()
+        data = bytes(self._read_buffer[:nbytes])
+        if self.established and not self._decoder.buffered:
+            ids = plain_puback_ids(data)  # the usual read: the PUBACKs of a window round, nothing else
+            if ids is not None:
+                self._sink._on_pubacks(self, ids)
+                return
         try:
-            packets = self._decoder.feed(bytes(self._read_buffer[:nbytes]))
+            packets = self._decoder.feed(data)
         except MalformedPacketError as exc:
             self.drop(f"malformed packet from the broker: {exc}")
             return
@@ -1039,13 +1047,33 @@ class MqttSink:
                 elif isinstance(packet, Suback):
                     self._on_suback(packet)
                 # PINGREQ, CONNECT and SUBSCRIBE are not for clients. Nothing else comes out of the decoder.
-            if self._unsent and conn.established:
-                self._pump()
-            if freed:
-                self._stuck = False  # the broker answers again: a new hang is a new episode
-                self._free_slots(freed)
+            self._after_acks(conn, freed)
         finally:
             self._write_out()
+
+    def _on_pubacks(self, conn: _Connection, packet_ids: list[int]) -> None:
+        """A read of plain PUBACKs only (successes, ``wire.plain_puback_ids``) on an established connection:
+        ``_on_packets`` without a decoded packet per PUBACK."""
+        if conn is not self._conn:
+            return
+        complete = self._complete
+        freed = 0
+        self._corked = True
+        try:
+            for packet_id in packet_ids:
+                if complete(packet_id, 0):
+                    freed += 1
+            self._after_acks(conn, freed)
+        finally:
+            self._write_out()
+
+    def _after_acks(self, conn: _Connection, freed: int) -> None:
+        """After the packets of one read: send what waits for the Receive Maximum, then free ``freed`` slots."""
+        if self._unsent and conn.established:
+            self._pump()
+        if freed:
+            self._stuck = False  # the broker answers again: a new hang is a new episode
+            self._free_slots(freed)
 
     def _free_slots(self, freed: int) -> None:
         """Window slots freed by the PUBACKs of one read. With publishers waiting, fewer than ``window.refill``

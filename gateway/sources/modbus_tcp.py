@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from types import TracebackType
-from typing import Final, Self, TypeAlias
+from typing import Final, Self, TypeAlias, cast
 
 from gateway.errors import SourceError
 from gateway.tagmap.limits import MAX_ADDRESS, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ
@@ -366,8 +366,8 @@ class _MbapProtocol(asyncio.Protocol):
         return self.transport is not None and self._closed_reason is None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport, but not always an asyncio.Transport instance: uvloop's are its own classes.
+        self.transport = cast(asyncio.Transport, transport)
 
     def next_transaction_id(self) -> int:
         """The next id after the last one, 16-bit wrapping, skipping ids still pending."""

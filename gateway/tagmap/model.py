@@ -274,6 +274,9 @@ class GatewaySection(_Model):
     """The output encodings, each at most once: UNS JSON (the default), Sparkplug B, or both."""
     sparkplug: SparkplugSection | None = None
     """Needed when ``outputs`` lists ``sparkplug``."""
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    """The process's event loop: ``auto`` is uvloop when it can be imported, else the stock asyncio loop
+    (``gateway.event_loop``); read at start only."""
 
     @model_validator(mode="after")
     def _check(self) -> GatewaySection:
