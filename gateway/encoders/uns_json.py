@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import operator
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
@@ -117,7 +118,11 @@ class UnsJsonDeviceEncoder:
         self._units = dict(units)
         # Each mode keeps only what it publishes with: per-tag topics, or the batch rows' prepared parts.
         batch = mode is PublishMode.BATCH
-        self._tag_topics = {} if batch else {tag: topics.tag(tag) for tag in units}
+        # Per-tag mode, per tag: its topic and what follows the value in its good payload up to the ts (one
+        # bytes object per unit, shared by the tags that have it).
+        self._tag_parts: dict[str, tuple[str, bytes]] = (
+            {} if batch else {tag: (topics.tag(tag), _good_unit_part(unit)) for tag, unit in units.items()}
+        )
         self._batch_encoder = BatchEncoder(self._units) if batch else None
         self._seq: dict[str, int] = {}
         self._context_parts = _ContextParts(SampleContext({}))
@@ -126,7 +131,7 @@ class UnsJsonDeviceEncoder:
     def seq_topics(self) -> list[str]:
         if self._batch_encoder is not None:
             return [self.topics.batch]
-        return list(self._tag_topics.values())
+        return [topic for topic, _ in self._tag_parts.values()]
 
     def seq_need(self, samples: int) -> int:
         """One per sample in per-tag mode, one per call in batch mode."""
@@ -145,18 +150,30 @@ class UnsJsonDeviceEncoder:
             topic = self.topics.batch
             seq = self._seq[topic] = self._seq.get(topic, 0) + 1
             return [Message(topic, self._batch_encoder.encode(samples, ts=now, seq=seq))]
-        # Per-tag mode: one message per sample, so the per-sample lookups are bound to locals once.
+        # Per-tag mode: one message per sample; the per-sample lookups are bound to locals once. A good sample's
+        # payload is encode_tag_payload's, formatted in one step from prepared parts: the tag's unit part, the
+        # ts part (once per distinct ts: the samples of one read share theirs) and the value's JSON, cut from one
+        # orjson.dumps of all the values (see _value_texts). Other samples take tag_payload_dict, as there.
         out: list[Message] = []
         append = out.append
         seqs = self._seq
         last_seq = seqs.get
-        tag_topics = self._tag_topics
+        tag_parts = self._tag_parts
         units = self._units
-        for sample in samples:
-            tag = sample.tag
-            topic = tag_topics[tag]
+        ts_key = math.nan  # equal to no ts, so the first good sample makes its part
+        ts_part = b""
+        for sample, text in zip(samples, _value_texts(samples), strict=True):
+            _, tag, _, quality, ts, _ = sample
+            topic, unit_part = tag_parts[tag]
             seq = seqs[topic] = last_seq(topic, 0) + 1
-            append(_new_message(Message, (topic, encode_tag_payload(sample, unit=units[tag], seq=seq), False)))
+            if quality is _GOOD:
+                if ts != ts_key:
+                    ts_key = ts
+                    ts_part = _json_ts(ts) + b',"seq":'
+                payload = b'{"value":%b%b%b%d}' % (text, unit_part, ts_part, seq)
+            else:
+                payload = _json(tag_payload_dict(sample, unit=units[tag], seq=seq))
+            append(_new_message(Message, (topic, payload, False)))
         return out
 
     def encode_in_context(self, samples: Sequence[Sample], context: SampleContext, now: float) -> list[Message]:
@@ -185,16 +202,26 @@ class UnsJsonDeviceEncoder:
         append = out.append
         seqs = self._seq
         last_seq = seqs.get
-        tag_topics = self._tag_topics
+        tag_parts = self._tag_parts
         units = self._units
-        for sample in samples:
-            tag = sample.tag
-            topic = tag_topics[tag]
+        ts_key = math.nan
+        ts_part = b""
+        for sample, text in zip(samples, _value_texts(samples), strict=True):
+            _, tag, _, quality, ts, _ = sample
+            topic, unit_part = tag_parts[tag]
             seq = seqs[topic] = last_seq(topic, 0) + 1
-            payload = encode_tag_payload(sample, unit=units[tag], seq=seq)
             index = tail_of(tag)
             tail = device_tail if index is None else tails[index]
-            append(_new_message(Message, (topic, payload[:-1] + tail if len(tail) > 1 else payload, False)))
+            if quality is _GOOD:
+                if ts != ts_key:
+                    ts_key = ts
+                    ts_part = _json_ts(ts) + b',"seq":'
+                payload = b'{"value":%b%b%b%d%b' % (text, unit_part, ts_part, seq, tail)
+            else:
+                payload = _json(tag_payload_dict(sample, unit=units[tag], seq=seq))
+                if len(tail) > 1:
+                    payload = payload[:-1] + tail
+            append(_new_message(Message, (topic, payload, False)))
         return out
 
     def status(self, *, connected: bool, since: float, error: str | None, gateway: str | None) -> Message:
@@ -239,6 +266,20 @@ def _ctx_tail(keys: Mapping[str, Value]) -> bytes:
 # tuple.__new__(Message, (topic, payload, retain)) builds the NamedTuple in C, without its generated Python
 # __new__: once per message in per-tag mode.
 _new_message = tuple.__new__
+_VALUE_OF: Final = operator.itemgetter(2)  # Sample.value
+
+
+def _value_texts(samples: Sequence[Sample]) -> list[bytes]:
+    """The JSON of each sample's value, as ``orjson.dumps(value)`` writes it alone.
+
+    One ``orjson.dumps`` of the list of values, cut at its commas: numbers, booleans and null hold none. When a
+    value does (a string, an array, a structure) the pieces do not add up, and each value is dumped on its own.
+    """
+    values = list(map(_VALUE_OF, samples))
+    texts = orjson.dumps(values)[1:-1].split(b",")
+    if len(texts) != len(values):
+        return list(map(orjson.dumps, values))
+    return texts
 
 
 # ------------------------------------------------------------------------------------------- payloads

@@ -19,8 +19,14 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.encoders.uns_json import BatchEncoder, encode_batch_payload, encode_tag_payload, format_ts
-from gateway.schema import STATUS_DECODE_ERROR, Quality, Sample, Value
+from gateway.encoders.uns_json import (
+    BatchEncoder,
+    UnsJsonDeviceEncoder,
+    encode_batch_payload,
+    encode_tag_payload,
+    format_ts,
+)
+from gateway.schema import STATUS_DECODE_ERROR, EquipmentTopics, Quality, Sample, SampleContext, TagMeta, Value
 from gateway.sources.base import RawReading
 from gateway.sources.modbus_plan import (
     BYTE_ORDERS,
@@ -32,6 +38,7 @@ from gateway.sources.modbus_plan import (
     plan_reads,
 )
 from gateway.transform import TagRules, TagTransform
+from gateway.vocabulary import PublishMode
 
 # ------------------------------------------------------------------------------------ reference encoders
 # Copies of gateway/schema.py's encoders before the batch fast path (commit 1ede25e), kept verbatim apart from
@@ -169,6 +176,93 @@ def test_tag_payload_bytes_unchanged(sample: Sample, unit: str | None, seq: int,
     except orjson.JSONEncodeError:
         return
     assert encode_tag_payload(sample, unit=unit, seq=seq, historical=historical) == expected
+
+
+PER_TAG_UNITS: dict[str, str | None] = dict(zip(TAGS, ["V", None, 'in"ch', "°C", "m/s", None, "Cel"], strict=True))
+
+
+def per_tag_encoder() -> UnsJsonDeviceEncoder:
+    topics = EquipmentTopics.of(enterprise="e", site="s", area="a", line="l", equipment="rack-01")
+    return UnsJsonDeviceEncoder(
+        device="rack-01", protocol="modbus", topics=topics, mode=PublishMode.TAG, interval_ms=1000,
+        units=PER_TAG_UNITS, catalogue=[TagMeta(tag=tag, type="float32") for tag in TAGS], max_packet_bytes=1 << 20,
+    )  # fmt: skip
+
+
+def reference_per_tag_messages(
+    encoder: UnsJsonDeviceEncoder, batches: list[list[Sample]], tail_of: Any = None
+) -> list[list[tuple[str, bytes]] | None]:
+    """Per batch: each sample's topic and reference payload with its topic's next seq (plus a context tail, as
+    ``payload[:-1] + tail``); None for a batch the reference refuses (an integer beyond 64 bits)."""
+    seqs: dict[str, int] = {}
+    expected: list[list[tuple[str, bytes]] | None] = []
+    for batch in batches:
+        rows: list[tuple[str, bytes]] | None = []
+        for sample in batch:
+            topic = encoder.topics.tag(sample.tag)
+            seq = seqs[topic] = seqs.get(topic, 0) + 1
+            try:
+                payload = reference_tag_payload(sample, unit=PER_TAG_UNITS[sample.tag], seq=seq)
+            except orjson.JSONEncodeError:
+                rows = None
+                break
+            tail = b"}" if tail_of is None else tail_of(sample.tag)
+            assert rows is not None
+            rows.append((topic, payload if tail == b"}" else payload[:-1] + tail))
+        if rows is None:  # the encoder refuses the whole call; its seq numbers are not rolled back either
+            seqs = {}
+        expected.append(rows)
+    return expected
+
+
+@given(calls=st.lists(batches, max_size=4))
+@settings(max_examples=300, deadline=None)  # behavioural: no per-example time limit on a loaded CI box
+def test_per_tag_device_encoder_bytes_unchanged(calls: list[list[Sample]]) -> None:
+    """UnsJsonDeviceEncoder in per-tag mode (payloads from prepared parts and one dump of a call's values) gives
+    each sample the reference payload with its topic's next seq, over several calls."""
+    encoder = per_tag_encoder()
+    for batch, rows in zip(calls, reference_per_tag_messages(encoder, calls), strict=True):
+        if rows is None:
+            try:
+                encoder.encode(batch, now=1.0)
+            except orjson.JSONEncodeError:
+                return  # the seq numbers of a refused call are spent: stop comparing here
+            raise AssertionError("the encoder accepted what the reference refuses")
+        assert [(m.topic, m.payload, m.retain) for m in encoder.encode(batch, now=1.0)] == [
+            (topic, payload, False) for topic, payload in rows
+        ]
+
+
+context_values = st.dictionaries(
+    st.sampled_from(["lot", "recipe", "cell"]), st.one_of(st.text(max_size=4), st.integers(-5, 5)), max_size=2
+)
+
+
+@given(calls=st.lists(batches, max_size=3), device=context_values, instance=context_values)
+@settings(max_examples=200, deadline=None)  # behavioural: no per-example time limit on a loaded CI box
+def test_per_tag_device_encoder_in_context_bytes_unchanged(
+    calls: list[list[Sample]], device: dict[str, Value], instance: dict[str, Value]
+) -> None:
+    """``encode_in_context`` per tag: the reference payload with the sample's context in place of its closing
+    brace (the tags of one repeat instance add that instance's keys)."""
+    encoder = per_tag_encoder()
+    instance = {key: value for key, value in instance.items() if key not in device}
+    members = {"ch001/voltage": 0, "ch001/temp": 0}
+    context = SampleContext(device, (instance,), ("ch001",), members)
+
+    def tail_of(tag: str) -> bytes:
+        keys = {**device, **instance} if tag in members else device
+        return b',"ctx":' + orjson.dumps(keys) + b"}" if keys else b"}"
+
+    for batch, rows in zip(calls, reference_per_tag_messages(encoder, calls, tail_of), strict=True):
+        if rows is None:
+            try:
+                encoder.encode_in_context(batch, context, now=1.0)
+            except orjson.JSONEncodeError:
+                return
+            raise AssertionError("the encoder accepted what the reference refuses")
+        found = encoder.encode_in_context(batch, context, now=1.0)
+        assert [(m.topic, m.payload) for m in found] == rows
 
 
 def test_batch_encoder_fast_path_is_taken_and_exact_size() -> None:
