@@ -57,12 +57,20 @@ class TagRules:
     """``maximum``, or +inf."""
     publishes_every_reading: bool = dataclasses.field(init=False, repr=False, compare=False)
     """Plain polling (no deadband, no heartbeat): every good reading is published, whatever came before."""
+    passes_through: bool = dataclasses.field(init=False, repr=False, compare=False)
+    """Plain polling of the value as read (no scaling, no limits): a good finite number is published as it is,
+    whatever came before (see ``DeviceOutbound``'s per-call path)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", self.scale != 1.0 or self.offset != 0.0)
         object.__setattr__(self, "low", -math.inf if self.minimum is None else self.minimum)
         object.__setattr__(self, "high", math.inf if self.maximum is None else self.maximum)
         object.__setattr__(self, "publishes_every_reading", self.deadband is None and self.heartbeat_s is None)
+        object.__setattr__(
+            self,
+            "passes_through",
+            self.publishes_every_reading and not self.scales and self.minimum is None and self.maximum is None,
+        )
 
 
 def normalise_value(raw: RawReading, rules: TagRules) -> tuple[Value | None, Quality, str | None]:

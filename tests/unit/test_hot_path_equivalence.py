@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
-from hypothesis import given, settings
+import pytest
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.encoders.uns_json import (
@@ -26,6 +27,7 @@ from gateway.encoders.uns_json import (
     encode_tag_payload,
     format_ts,
 )
+from gateway.outbound import DeviceOutbound, TagOutput
 from gateway.schema import STATUS_DECODE_ERROR, EquipmentTopics, Quality, Sample, SampleContext, TagMeta, Value
 from gateway.sources.base import RawReading
 from gateway.sources.modbus_plan import (
@@ -317,6 +319,82 @@ def test_transform_fast_path_equals_generic_path(rules: TagRules, steps: list[tu
     for raw, elapsed in steps:
         now += elapsed
         assert comparable(fast.apply(raw, now)) == comparable(generic.apply_generic(raw, now))
+
+
+PASS_TAGS = ["a", "b"]
+# Mostly calls of plain good numbers (the per-call path), with what sends a call to the per-reading path: a bad or
+# uncertain reading, a NaN or an infinity, a boolean, a string, an int beyond float range, a tag the device lacks.
+plain_numbers = st.one_of(st.integers(-(2**31), 2**31), st.floats(-1e6, 1e6), st.sampled_from([0, 0.0, -0.0, 1e308]))
+device_readings = st.one_of(
+    st.builds(RawReading, st.sampled_from(PASS_TAGS), plain_numbers, st.sampled_from([1.0, 2.5])),
+    st.builds(
+        RawReading,
+        st.sampled_from([*PASS_TAGS, "unknown"]),
+        # Few distinct values and statuses: a repeated bad reading (reported once) must come up often.
+        st.sampled_from([None, None, 1, 1.5, math.nan, math.inf, True, "x", 2**70]),
+        st.sampled_from([1.0, 2.5]),
+        st.sampled_from([Quality.GOOD, Quality.UNCERTAIN, Quality.BAD, Quality.BAD]),
+        st.sampled_from([None, "comm_failure"]),
+    ),
+)
+plain_call = st.lists(st.builds(RawReading, st.sampled_from(PASS_TAGS), plain_numbers, st.just(3.0)), max_size=6)
+device_calls = st.lists(st.one_of(plain_call, st.lists(device_readings, max_size=6)), max_size=8)
+
+
+def pass_through_device() -> DeviceOutbound:
+    outputs = [
+        TagOutput(name=tag, unit=None, rules=TagRules(), meta=TagMeta(tag=tag, type="float32")) for tag in PASS_TAGS
+    ]
+    return DeviceOutbound(
+        device="d", protocol="modbus", topics=EquipmentTopics.of(enterprise="e", site="s", area="a", line="l",
+        equipment="d"), mode=PublishMode.TAG, interval_ms=1000, tags=outputs,
+    )  # fmt: skip
+
+
+_LOST = RawReading("a", None, 1.0, Quality.BAD, "comm_failure")
+
+
+@given(calls=device_calls)
+# A repeated bad reading is reported once, unless a good one came between, even one the per-call path made.
+@example(calls=[[_LOST], [RawReading("a", 1, 2.0), RawReading("b", 2.0, 2.0)], [_LOST], [_LOST]])
+@example(calls=[[RawReading("a", 1, 2.0), RawReading("b", 2, 2.0)], [_LOST], [RawReading("a", 1, 3.0)], [_LOST]])
+@settings(max_examples=200, deadline=None)  # behavioural: no per-example time limit on a loaded CI box
+def test_pass_through_device_samples_equal_each_transforms_generic_path(calls: list[list[RawReading]]) -> None:
+    """A device whose tags all pass their values through makes a call of plain readings into Samples in one step
+    (without its transforms); over any sequence of calls it publishes what each tag's generic transform does."""
+    device = pass_through_device()
+    reference = {tag: TagTransform(device="d", tag=tag, rules=TagRules()) for tag in PASS_TAGS}
+    now = 1000.0
+    unknown = 0
+    for readings in calls:
+        now += 1.0
+        expected: list[Sample | None] = []
+        for raw in readings:
+            if raw.tag in reference:
+                expected.append(reference[raw.tag].apply_generic(raw, now))
+            else:
+                unknown += 1
+        found = device.samples(readings, now)
+        assert [comparable(sample) for sample in found] == [comparable(s) for s in expected if s is not None]
+    assert device.unknown_tags == unknown
+
+
+def test_pass_through_device_takes_the_per_call_path_once_every_tag_was_good(monkeypatch: Any) -> None:
+    device = pass_through_device()
+    first = [RawReading(tag, 1, 1.0) for tag in PASS_TAGS]
+    assert device.samples(first, 1.0) == [Sample("d", tag, 1, Quality.GOOD, 1.0) for tag in PASS_TAGS]
+
+    def no_transform(*_: object) -> None:
+        raise AssertionError("a transform was asked")
+
+    monkeypatch.setattr(TagTransform, "apply", no_transform)
+    second = [RawReading("b", 2.5, 2.0), RawReading("a", -7, 2.0)]
+    assert device.samples(second, 2.0) == [
+        Sample("d", "b", 2.5, Quality.GOOD, 2.0),
+        Sample("d", "a", -7, Quality.GOOD, 2.0),
+    ]
+    with pytest.raises(AssertionError, match="a transform was asked"):  # a NaN is not plain: the tag's transform
+        device.samples([RawReading("a", math.nan, 3.0)], 3.0)
 
 
 def test_transform_derived_rules_do_not_change_equality() -> None:
