@@ -101,8 +101,8 @@ def _measure_once(
     return (time.process_time() - started) / ((cycles - 1) * tags) * 1e6
 
 
-def modbus_1k_device(tags: int) -> tuple[ReadPlan, DeviceOutbound]:
-    """``tags`` uint16 holding registers at 0.., published in batches, every reading (no deadband)."""
+def modbus_1k_device(tags: int, mode: PublishMode = PublishMode.BATCH) -> tuple[ReadPlan, DeviceOutbound]:
+    """``tags`` uint16 holding registers at 0.., published in batches (or per tag), every reading (no deadband)."""
     names = [f"hr{n:05d}/value" for n in range(tags)]
     plan = plan_reads(
         [ModbusField(key=name, table="holding", address=n, type="uint16") for n, name in enumerate(names)], unit_id=1
@@ -110,10 +110,13 @@ def modbus_1k_device(tags: int) -> tuple[ReadPlan, DeviceOutbound]:
     outputs = [
         TagOutput(name=name, unit=None, rules=TagRules(), meta=TagMeta(tag=name, type="uint16")) for name in names
     ]
-    device = DeviceOutbound(
-        device="plc-01", protocol="modbus", topics=TOPICS, mode=PublishMode.BATCH, interval_ms=10, tags=outputs
-    )
+    device = DeviceOutbound(device="plc-01", protocol="modbus", topics=TOPICS, mode=mode, interval_ms=10, tags=outputs)
     return plan, device
+
+
+def modbus_1k_tag_device(tags: int) -> tuple[ReadPlan, DeviceOutbound]:
+    """``modbus_1k_device`` published per tag: the ``modbus-1k --mode tag`` benchmark's device."""
+    return modbus_1k_device(tags, PublishMode.TAG)
 
 
 def hall_device(tags: int) -> tuple[ReadPlan, DeviceOutbound]:
@@ -195,6 +198,9 @@ def main() -> None:
                 measure_from_registers(modbus_1k_device, args.tags, args.cycles), 3
             ),
             "batch_from_registers_hall": round(measure_from_registers(hall_device, args.tags, args.cycles), 3),
+            "tag_from_registers_modbus_1k": round(
+                measure_from_registers(modbus_1k_tag_device, args.tags, args.cycles), 3
+            ),
         },
     }
     print(json.dumps(result))

@@ -34,7 +34,16 @@ from gateway.vocabulary import PublishMode
 if TYPE_CHECKING:  # protobuf is imported only by gateways that publish Sparkplug
     from gateway.encoders.sparkplug import SparkplugDeviceEncoder
 
-__all__ = ["ContextPlan", "DeviceOutbound", "InstanceContext", "Message", "PublishMode", "SampleCounts", "TagOutput"]
+__all__ = [
+    "ContextPlan",
+    "DeviceOutbound",
+    "InstanceContext",
+    "Message",
+    "PublishMode",
+    "SampleCounts",
+    "TagOutput",
+    "sink_pairs",
+]
 
 _QUALITY_OF: Final = itemgetter(3)  # Sample.quality
 _NUMBER_TYPES: Final = frozenset((int, float))  # exact types: bool is not among them
@@ -42,6 +51,14 @@ _NUMBER_TYPES: Final = frozenset((int, float))  # exact types: bool is not among
 _new_sample = tuple.__new__
 _GOOD: Final = Quality.GOOD
 _BAD: Final = Quality.BAD
+
+
+_TOPIC_AND_PAYLOAD: Final = itemgetter(0, 1)  # Message.topic, Message.payload
+
+
+def sink_pairs(messages: Sequence[Message]) -> list[tuple[str, bytes]]:
+    """``(topic, payload)`` of each message, as the sink takes them (``StoreAndForward.forward``); built in C."""
+    return list(map(_TOPIC_AND_PAYLOAD, messages))
 
 
 @dataclass(slots=True)
