@@ -7,20 +7,27 @@ unchanged ones (deadband suppresses them), for changing values on a device with 
 sample, from two of its tags that change every cycle: the worst case, as context normally changes rarely),
 and for batches that start from Modbus register bytes (decode + transform + encode, as a poll does): the
 ``modbus-1k`` layout (one uint16 per register, plain polling) and the ``hall`` one (8 tags of float32, scaled
-int16, uint16 and uint32 in each 16-register channel).
-Run: ``.venv/bin/python benchmarks/hot_path.py [--tags 1000] [--cycles 200]``.
+int16, uint16 and uint32 in each 16-register channel); and ``modbus-1k`` per tag from the register bytes, what
+``benchmarks/run.py --scenario modbus-1k --mode tag`` has the gateway do before its MQTT client.
+``--gc gateway`` (the default) sets the garbage collector as ``cellgate run`` does after start-up
+(``settle_garbage_collector``: the inputs frozen, a young threshold of 50,000); ``--gc default`` keeps Python's
+(threshold 700), under which collections over the prepared inputs take much of the time measured.
+Run: ``.venv/bin/python benchmarks/hot_path.py [--tags 1000] [--cycles 200] [--gc gateway|default]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from gateway.encoders.sparkplug import SparkplugDeviceEncoder, SparkplugEdgeNode
 from gateway.outbound import ContextPlan, DeviceOutbound, PublishMode, TagOutput
+from gateway.process_tuning import settle_garbage_collector
 from gateway.schema import EquipmentTopics, TagMeta
 from gateway.sources.base import RawReading
 from gateway.sources.modbus_plan import ModbusField, ReadPlan, ValueType, plan_reads
@@ -75,16 +82,19 @@ def measure(
     repeats: int = 5,
     sparkplug: bool = False,
     context: bool = False,
+    gateway_gc: bool = True,
 ) -> float:
     """The best of ``repeats`` runs: the least disturbed by whatever else the machine is doing."""
     return min(
-        _measure_once(tags, cycles, mode, changing=changing, sparkplug=sparkplug, context=context)
+        _measure_once(
+            tags, cycles, mode, changing=changing, sparkplug=sparkplug, context=context, gateway_gc=gateway_gc
+        )
         for _ in range(repeats)
     )
 
 
 def _measure_once(
-    tags: int, cycles: int, mode: PublishMode, *, changing: bool, sparkplug: bool, context: bool
+    tags: int, cycles: int, mode: PublishMode, *, changing: bool, sparkplug: bool, context: bool, gateway_gc: bool
 ) -> float:
     device = outbound(tags, mode, deadband=0.001, sparkplug=sparkplug, context=context)
     names = device.tag_names
@@ -95,10 +105,11 @@ def _measure_once(
         for cycle in range(cycles)
     ]
     device.messages(batches[0], now)  # first publish of every tag
-    started = time.process_time()
-    for cycle, readings in enumerate(batches[1:], start=1):
-        device.messages(readings, now + cycle)
-    return (time.process_time() - started) / ((cycles - 1) * tags) * 1e6
+    with _collector(gateway_gc):
+        started = time.process_time()
+        for cycle, readings in enumerate(batches[1:], start=1):
+            device.messages(readings, now + cycle)
+        return (time.process_time() - started) / ((cycles - 1) * tags) * 1e6
 
 
 def modbus_1k_device(tags: int, mode: PublishMode = PublishMode.BATCH) -> tuple[ReadPlan, DeviceOutbound]:
@@ -137,14 +148,19 @@ def hall_device(tags: int) -> tuple[ReadPlan, DeviceOutbound]:
 
 
 def measure_from_registers(
-    build: Callable[[int], tuple[ReadPlan, DeviceOutbound]], tags: int, cycles: int, *, repeats: int = 5
+    build: Callable[[int], tuple[ReadPlan, DeviceOutbound]],
+    tags: int,
+    cycles: int,
+    *,
+    repeats: int = 5,
+    gateway_gc: bool = True,
 ) -> float:
-    """Register bytes of every read -> ``decode_block`` -> batch message, as one poll cycle; the best of ``repeats``."""
-    return min(_measure_from_registers_once(build, tags, cycles) for _ in range(repeats))
+    """Register bytes of every read -> ``decode_block`` -> messages, as one poll cycle; the best of ``repeats``."""
+    return min(_measure_from_registers_once(build, tags, cycles, gateway_gc) for _ in range(repeats))
 
 
 def _measure_from_registers_once(
-    build: Callable[[int], tuple[ReadPlan, DeviceOutbound]], tags: int, cycles: int
+    build: Callable[[int], tuple[ReadPlan, DeviceOutbound]], tags: int, cycles: int, gateway_gc: bool
 ) -> float:
     plan, device = build(tags)
     values = len(plan.keys)
@@ -163,10 +179,27 @@ def _measure_from_registers_once(
         device.messages(readings, ts)
 
     poll(0)  # first publish of every tag
-    started = time.process_time()
-    for cycle in range(1, cycles):
-        poll(cycle)
-    return (time.process_time() - started) / ((cycles - 1) * values) * 1e6
+    with _collector(gateway_gc):
+        started = time.process_time()
+        for cycle in range(1, cycles):
+            poll(cycle)
+        return (time.process_time() - started) / ((cycles - 1) * values) * 1e6
+
+
+@contextlib.contextmanager
+def _collector(gateway_gc: bool) -> Iterator[None]:
+    """With ``gateway_gc``: the collector as the gateway runs it (what was built so far frozen, young threshold
+    50,000) while measuring, then as it was (unfrozen, so each measurement's inputs can be freed)."""
+    if not gateway_gc:
+        yield
+        return
+    threshold = gc.get_threshold()
+    settle_garbage_collector()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 def _registers(count: int, cycle: int) -> list[int]:
@@ -177,30 +210,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tags", type=int, default=1000)
     parser.add_argument("--cycles", type=int, default=200)
+    parser.add_argument("--gc", choices=("gateway", "default"), default="gateway",
+                        help="the garbage collector as cellgate run sets it (default), or Python's default")
     args = parser.parse_args()
+    gateway_gc = args.gc == "gateway"
+    tags, cycles = args.tags, args.cycles
+
+    def of(mode: PublishMode, **options: bool) -> float:
+        return round(measure(tags, cycles, mode, gateway_gc=gateway_gc, **options), 3)
+
+    def registers(build: Callable[[int], tuple[ReadPlan, DeviceOutbound]]) -> float:
+        return round(measure_from_registers(build, tags, cycles, gateway_gc=gateway_gc), 3)
+
     result = {
         "scenario": "hot-path",
-        "tags": args.tags,
+        "tags": tags,
+        "gc": args.gc,
         "us_per_value": {
-            "tag_changing": round(measure(args.tags, args.cycles, PublishMode.TAG, changing=True), 3),
-            "tag_unchanged": round(measure(args.tags, args.cycles, PublishMode.TAG, changing=False), 3),
-            "batch_changing": round(measure(args.tags, args.cycles, PublishMode.BATCH, changing=True), 3),
-            "tag_changing_context": round(
-                measure(args.tags, args.cycles, PublishMode.TAG, changing=True, context=True), 3
-            ),
-            "batch_changing_context": round(
-                measure(args.tags, args.cycles, PublishMode.BATCH, changing=True, context=True), 3
-            ),
-            "sparkplug_ddata_changing": round(
-                measure(args.tags, args.cycles, PublishMode.BATCH, changing=True, sparkplug=True), 3
-            ),
-            "batch_from_registers_modbus_1k": round(
-                measure_from_registers(modbus_1k_device, args.tags, args.cycles), 3
-            ),
-            "batch_from_registers_hall": round(measure_from_registers(hall_device, args.tags, args.cycles), 3),
-            "tag_from_registers_modbus_1k": round(
-                measure_from_registers(modbus_1k_tag_device, args.tags, args.cycles), 3
-            ),
+            "tag_changing": of(PublishMode.TAG, changing=True),
+            "tag_unchanged": of(PublishMode.TAG, changing=False),
+            "batch_changing": of(PublishMode.BATCH, changing=True),
+            "tag_changing_context": of(PublishMode.TAG, changing=True, context=True),
+            "batch_changing_context": of(PublishMode.BATCH, changing=True, context=True),
+            "sparkplug_ddata_changing": of(PublishMode.BATCH, changing=True, sparkplug=True),
+            "batch_from_registers_modbus_1k": registers(modbus_1k_device),
+            "batch_from_registers_hall": registers(hall_device),
+            "tag_from_registers_modbus_1k": registers(modbus_1k_tag_device),
         },
     }
     print(json.dumps(result))
