@@ -139,12 +139,17 @@ class TagTransform:
         if value < rules.low or value > rules.high:
             quality = _UNCERTAIN
             status = STATUS_OUT_OF_RANGE
-        if not (
-            rules.publishes_every_reading
-            or self._changed(value, quality, status)
-            or (rules.heartbeat_s is not None and now - self._last_publish_ts >= rules.heartbeat_s)
-        ):
-            return None  # with a deadband and no heartbeat due, an unchanged good value is not republished
+        if not rules.publishes_every_reading and quality is self._last_quality and status == self._last_status:
+            # _changed for a number, inline (a call per value saved): same quality and status as last time.
+            last = self._last_value
+            if type(last) is float or type(last) is int:
+                deadband = rules.deadband
+                changed = value != last if deadband is None else abs(value - last) > deadband
+            else:
+                changed = value != last
+            heartbeat = rules.heartbeat_s
+            if not changed and (heartbeat is None or not now - self._last_publish_ts >= heartbeat):
+                return None  # with a deadband and no heartbeat due, an unchanged good value is not republished
         self._last_value = value
         self._last_quality = quality
         self._last_status = status
