@@ -8,7 +8,8 @@ sample, from two of its tags that change every cycle: the worst case, as context
 and for batches that start from Modbus register bytes (decode + transform + encode, as a poll does): the
 ``modbus-1k`` layout (one uint16 per register, plain polling) and the ``hall`` one (8 tags of float32, scaled
 int16, uint16 and uint32 in each 16-register channel); and ``modbus-1k`` per tag from the register bytes, what
-``benchmarks/run.py --scenario modbus-1k --mode tag`` has the gateway do before its MQTT client.
+``benchmarks/run.py --scenario modbus-1k --mode tag`` has the gateway do before its MQTT client, in total and
+by stage (decode, transform, encode, hand-over to the sink).
 ``--gc gateway`` (the default) sets the garbage collector as ``cellgate run`` does after start-up
 (``settle_garbage_collector``: the inputs frozen, a young threshold of 50,000); ``--gc default`` keeps Python's
 (threshold 700), under which collections over the prepared inputs take much of the time measured.
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from gateway.encoders.sparkplug import SparkplugDeviceEncoder, SparkplugEdgeNode
-from gateway.outbound import ContextPlan, DeviceOutbound, PublishMode, TagOutput
+from gateway.outbound import ContextPlan, DeviceOutbound, PublishMode, TagOutput, sink_pairs
 from gateway.process_tuning import settle_garbage_collector
 from gateway.schema import EquipmentTopics, TagMeta
 from gateway.sources.base import RawReading
@@ -186,6 +187,47 @@ def _measure_from_registers_once(
         return (time.process_time() - started) / ((cycles - 1) * values) * 1e6
 
 
+def measure_stages(tags: int, cycles: int, *, repeats: int = 5, gateway_gc: bool = True) -> dict[str, float]:
+    """``tag_from_registers_modbus_1k`` split by stage, each the best of ``repeats``: ``decode`` (register bytes ->
+    RawReadings), ``transform`` (-> Samples, ``DeviceOutbound.samples``), ``encode`` (the sample counts and the
+    encoder: -> Messages) and ``hand_over`` (-> the sink's (topic, payload) pairs, ``sink_pairs``)."""
+    runs = [_measure_stages_once(tags, cycles, gateway_gc) for _ in range(repeats)]
+    return {stage: round(min(run[stage] for run in runs), 3) for stage in runs[0]}
+
+
+def _measure_stages_once(tags: int, cycles: int, gateway_gc: bool) -> dict[str, float]:
+    plan, device = modbus_1k_tag_device(tags)
+    values = len(plan.keys)
+    now = time.time()
+    responses = [
+        [(request, struct.pack(f">{request.count}H", *_registers(request.count, cycle))) for request in plan.requests]
+        for cycle in range(cycles)
+    ]
+    spent = dict.fromkeys(("decode", "transform", "encode", "hand_over"), 0.0)
+    clock = time.process_time
+    with _collector(gateway_gc):
+        for cycle in range(cycles):
+            ts = now + cycle
+            started = clock()
+            readings: list[RawReading] = []
+            for request, block in responses[cycle]:
+                readings += request.decode_block(block, ts=ts)
+            decoded = clock()
+            samples = device.samples(readings, ts)
+            transformed = clock()
+            device.sample_counts.add(samples)
+            messages = device.encoder.encode(samples, ts)
+            encoded = clock()
+            sink_pairs(messages)
+            handed = clock()
+            if cycle:  # the first publish of every tag is not measured
+                spent["decode"] += decoded - started
+                spent["transform"] += transformed - decoded
+                spent["encode"] += encoded - transformed
+                spent["hand_over"] += handed - encoded
+    return {stage: seconds / ((cycles - 1) * values) * 1e6 for stage, seconds in spent.items()}
+
+
 @contextlib.contextmanager
 def _collector(gateway_gc: bool) -> Iterator[None]:
     """With ``gateway_gc``: the collector as the gateway runs it (what was built so far frozen, young threshold
@@ -237,6 +279,7 @@ def main() -> None:
             "batch_from_registers_hall": registers(hall_device),
             "tag_from_registers_modbus_1k": registers(modbus_1k_tag_device),
         },
+        "tag_from_registers_modbus_1k_stages": measure_stages(tags, cycles, gateway_gc=gateway_gc),
     }
     print(json.dumps(result))
 
