@@ -218,7 +218,6 @@ class DeviceOutbound:
         self._transforms = {
             tag.name: TagTransform(device=device, tag=tag.name, rules=tag.rules) for tag in tags
         }
-        self._known = frozenset(self._transforms)
         # A device whose every tag passes its good numbers through as read (plain polling) turns a call of
         # plain readings into Samples in one step (see _passed_through).
         self._passes_through = bool(tags) and all(tag.rules.passes_through for tag in tags)
@@ -287,6 +286,8 @@ class DeviceOutbound:
                     not_last_good.discard(sample.tag)
                 else:
                     not_last_good.add(sample.tag)
+            if not not_last_good:
+                self._not_last_good = set()  # a set keeps its table when emptied: the first poll filled it
         return out
 
     def _passed_through(self, readings: Sequence[RawReading]) -> list[Sample] | None:
@@ -309,7 +310,7 @@ class DeviceOutbound:
                 return None
         except OverflowError:  # an int beyond float range
             return None
-        if not self._known.issuperset(tags) or not self._not_last_good.isdisjoint(tags):
+        if not all(map(self._transforms.__contains__, tags)) or not self._not_last_good.isdisjoint(tags):
             return None
         return list(
             map(_new_sample, repeat(Sample), zip(repeat(self.device), tags, values, repeat(_GOOD), times, repeat(None)))
