@@ -1,9 +1,9 @@
 """cProfile of the gateway process of a benchmark run, for finding where its CPU goes.
 
-Put this directory on ``PYTHONPATH`` (an absolute path: the benchmark starts the gateway in its work directory) and
-name an output prefix in ``CELLGATE_PROFILE``; every
-``python -m gateway.cli run ...`` started with that environment (``benchmarks/run.py`` passes its own on to the
-gateway) profiles itself from start-up and writes ``{prefix}.{pid}`` at exit (on the stop the benchmark sends it)::
+Put this directory on ``PYTHONPATH`` (an absolute path: the benchmark starts the gateway in its work directory)
+and name an output prefix in ``CELLGATE_PROFILE``; every ``python -m gateway.cli run ...`` started with that
+environment (``benchmarks/run.py`` passes its own on to the gateway) profiles itself from start-up and writes
+``{prefix}.{pid}`` at exit (on the stop the benchmark sends it)::
 
     PYTHONPATH=$PWD/benchmarks/profile_gateway CELLGATE_PROFILE=/tmp/gw .venv/bin/python benchmarks/run.py \\
         --scenario modbus-1k --mode tag --interval-ms 30 --qos 0 --broker-inflight 20 --subscriber-qos 0
