@@ -7,20 +7,28 @@ unchanged ones (deadband suppresses them), for changing values on a device with 
 sample, from two of its tags that change every cycle: the worst case, as context normally changes rarely),
 and for batches that start from Modbus register bytes (decode + transform + encode, as a poll does): the
 ``modbus-1k`` layout (one uint16 per register, plain polling) and the ``hall`` one (8 tags of float32, scaled
-int16, uint16 and uint32 in each 16-register channel).
-Run: ``.venv/bin/python benchmarks/hot_path.py [--tags 1000] [--cycles 200]``.
+int16, uint16 and uint32 in each 16-register channel); and ``modbus-1k`` per tag from the register bytes, what
+``benchmarks/run.py --scenario modbus-1k --mode tag`` has the gateway do before its MQTT client, in total and
+by stage (decode, transform, encode, hand-over to the sink).
+``--gc gateway`` (the default) sets the garbage collector as ``cellgate run`` does after start-up
+(``settle_garbage_collector``: the inputs frozen, a young threshold of 50,000); ``--gc default`` keeps Python's
+(threshold 700), under which collections over the prepared inputs take much of the time measured.
+Run: ``.venv/bin/python benchmarks/hot_path.py [--tags 1000] [--cycles 200] [--gc gateway|default]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from gateway.encoders.sparkplug import SparkplugDeviceEncoder, SparkplugEdgeNode
-from gateway.outbound import ContextPlan, DeviceOutbound, PublishMode, TagOutput
+from gateway.outbound import ContextPlan, DeviceOutbound, PublishMode, TagOutput, sink_pairs
+from gateway.process_tuning import settle_garbage_collector
 from gateway.schema import EquipmentTopics, TagMeta
 from gateway.sources.base import RawReading
 from gateway.sources.modbus_plan import ModbusField, ReadPlan, ValueType, plan_reads
@@ -75,16 +83,19 @@ def measure(
     repeats: int = 5,
     sparkplug: bool = False,
     context: bool = False,
+    gateway_gc: bool = True,
 ) -> float:
     """The best of ``repeats`` runs: the least disturbed by whatever else the machine is doing."""
     return min(
-        _measure_once(tags, cycles, mode, changing=changing, sparkplug=sparkplug, context=context)
+        _measure_once(
+            tags, cycles, mode, changing=changing, sparkplug=sparkplug, context=context, gateway_gc=gateway_gc
+        )
         for _ in range(repeats)
     )
 
 
 def _measure_once(
-    tags: int, cycles: int, mode: PublishMode, *, changing: bool, sparkplug: bool, context: bool
+    tags: int, cycles: int, mode: PublishMode, *, changing: bool, sparkplug: bool, context: bool, gateway_gc: bool
 ) -> float:
     device = outbound(tags, mode, deadband=0.001, sparkplug=sparkplug, context=context)
     names = device.tag_names
@@ -95,14 +106,15 @@ def _measure_once(
         for cycle in range(cycles)
     ]
     device.messages(batches[0], now)  # first publish of every tag
-    started = time.process_time()
-    for cycle, readings in enumerate(batches[1:], start=1):
-        device.messages(readings, now + cycle)
-    return (time.process_time() - started) / ((cycles - 1) * tags) * 1e6
+    with _collector(gateway_gc):
+        started = time.process_time()
+        for cycle, readings in enumerate(batches[1:], start=1):
+            device.messages(readings, now + cycle)
+        return (time.process_time() - started) / ((cycles - 1) * tags) * 1e6
 
 
-def modbus_1k_device(tags: int) -> tuple[ReadPlan, DeviceOutbound]:
-    """``tags`` uint16 holding registers at 0.., published in batches, every reading (no deadband)."""
+def modbus_1k_device(tags: int, mode: PublishMode = PublishMode.BATCH) -> tuple[ReadPlan, DeviceOutbound]:
+    """``tags`` uint16 holding registers at 0.., published in batches (or per tag), every reading (no deadband)."""
     names = [f"hr{n:05d}/value" for n in range(tags)]
     plan = plan_reads(
         [ModbusField(key=name, table="holding", address=n, type="uint16") for n, name in enumerate(names)], unit_id=1
@@ -110,10 +122,13 @@ def modbus_1k_device(tags: int) -> tuple[ReadPlan, DeviceOutbound]:
     outputs = [
         TagOutput(name=name, unit=None, rules=TagRules(), meta=TagMeta(tag=name, type="uint16")) for name in names
     ]
-    device = DeviceOutbound(
-        device="plc-01", protocol="modbus", topics=TOPICS, mode=PublishMode.BATCH, interval_ms=10, tags=outputs
-    )
+    device = DeviceOutbound(device="plc-01", protocol="modbus", topics=TOPICS, mode=mode, interval_ms=10, tags=outputs)
     return plan, device
+
+
+def modbus_1k_tag_device(tags: int) -> tuple[ReadPlan, DeviceOutbound]:
+    """``modbus_1k_device`` published per tag: the ``modbus-1k --mode tag`` benchmark's device."""
+    return modbus_1k_device(tags, PublishMode.TAG)
 
 
 def hall_device(tags: int) -> tuple[ReadPlan, DeviceOutbound]:
@@ -134,14 +149,19 @@ def hall_device(tags: int) -> tuple[ReadPlan, DeviceOutbound]:
 
 
 def measure_from_registers(
-    build: Callable[[int], tuple[ReadPlan, DeviceOutbound]], tags: int, cycles: int, *, repeats: int = 5
+    build: Callable[[int], tuple[ReadPlan, DeviceOutbound]],
+    tags: int,
+    cycles: int,
+    *,
+    repeats: int = 5,
+    gateway_gc: bool = True,
 ) -> float:
-    """Register bytes of every read -> ``decode_block`` -> batch message, as one poll cycle; the best of ``repeats``."""
-    return min(_measure_from_registers_once(build, tags, cycles) for _ in range(repeats))
+    """Register bytes of every read -> ``decode_block`` -> messages, as one poll cycle; the best of ``repeats``."""
+    return min(_measure_from_registers_once(build, tags, cycles, gateway_gc) for _ in range(repeats))
 
 
 def _measure_from_registers_once(
-    build: Callable[[int], tuple[ReadPlan, DeviceOutbound]], tags: int, cycles: int
+    build: Callable[[int], tuple[ReadPlan, DeviceOutbound]], tags: int, cycles: int, gateway_gc: bool
 ) -> float:
     plan, device = build(tags)
     values = len(plan.keys)
@@ -160,10 +180,68 @@ def _measure_from_registers_once(
         device.messages(readings, ts)
 
     poll(0)  # first publish of every tag
-    started = time.process_time()
-    for cycle in range(1, cycles):
-        poll(cycle)
-    return (time.process_time() - started) / ((cycles - 1) * values) * 1e6
+    with _collector(gateway_gc):
+        started = time.process_time()
+        for cycle in range(1, cycles):
+            poll(cycle)
+        return (time.process_time() - started) / ((cycles - 1) * values) * 1e6
+
+
+def measure_stages(tags: int, cycles: int, *, repeats: int = 5, gateway_gc: bool = True) -> dict[str, float]:
+    """``tag_from_registers_modbus_1k`` split by stage, each the best of ``repeats``: ``decode`` (register bytes ->
+    RawReadings), ``transform`` (-> Samples, ``DeviceOutbound.samples``), ``encode`` (the sample counts and the
+    encoder: -> Messages) and ``hand_over`` (-> the sink's (topic, payload) pairs, ``sink_pairs``)."""
+    runs = [_measure_stages_once(tags, cycles, gateway_gc) for _ in range(repeats)]
+    return {stage: round(min(run[stage] for run in runs), 3) for stage in runs[0]}
+
+
+def _measure_stages_once(tags: int, cycles: int, gateway_gc: bool) -> dict[str, float]:
+    plan, device = modbus_1k_tag_device(tags)
+    values = len(plan.keys)
+    now = time.time()
+    responses = [
+        [(request, struct.pack(f">{request.count}H", *_registers(request.count, cycle))) for request in plan.requests]
+        for cycle in range(cycles)
+    ]
+    spent = dict.fromkeys(("decode", "transform", "encode", "hand_over"), 0.0)
+    clock = time.process_time
+    with _collector(gateway_gc):
+        for cycle in range(cycles):
+            ts = now + cycle
+            started = clock()
+            readings: list[RawReading] = []
+            for request, block in responses[cycle]:
+                readings += request.decode_block(block, ts=ts)
+            decoded = clock()
+            samples = device.samples(readings, ts)
+            transformed = clock()
+            device.sample_counts.add(samples)
+            messages = device.encoder.encode(samples, ts)
+            encoded = clock()
+            sink_pairs(messages)
+            handed = clock()
+            if cycle:  # the first publish of every tag is not measured
+                spent["decode"] += decoded - started
+                spent["transform"] += transformed - decoded
+                spent["encode"] += encoded - transformed
+                spent["hand_over"] += handed - encoded
+    return {stage: seconds / ((cycles - 1) * values) * 1e6 for stage, seconds in spent.items()}
+
+
+@contextlib.contextmanager
+def _collector(gateway_gc: bool) -> Iterator[None]:
+    """With ``gateway_gc``: the collector as the gateway runs it (what was built so far frozen, young threshold
+    50,000) while measuring, then as it was (unfrozen, so each measurement's inputs can be freed)."""
+    if not gateway_gc:
+        yield
+        return
+    threshold = gc.get_threshold()
+    settle_garbage_collector()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 def _registers(count: int, cycle: int) -> list[int]:
@@ -174,28 +252,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tags", type=int, default=1000)
     parser.add_argument("--cycles", type=int, default=200)
+    parser.add_argument("--gc", choices=("gateway", "default"), default="gateway",
+                        help="the garbage collector as cellgate run sets it (default), or Python's default")
     args = parser.parse_args()
+    gateway_gc = args.gc == "gateway"
+    tags, cycles = args.tags, args.cycles
+
+    def of(mode: PublishMode, **options: bool) -> float:
+        return round(measure(tags, cycles, mode, gateway_gc=gateway_gc, **options), 3)
+
+    def registers(build: Callable[[int], tuple[ReadPlan, DeviceOutbound]]) -> float:
+        return round(measure_from_registers(build, tags, cycles, gateway_gc=gateway_gc), 3)
+
     result = {
         "scenario": "hot-path",
-        "tags": args.tags,
+        "tags": tags,
+        "gc": args.gc,
         "us_per_value": {
-            "tag_changing": round(measure(args.tags, args.cycles, PublishMode.TAG, changing=True), 3),
-            "tag_unchanged": round(measure(args.tags, args.cycles, PublishMode.TAG, changing=False), 3),
-            "batch_changing": round(measure(args.tags, args.cycles, PublishMode.BATCH, changing=True), 3),
-            "tag_changing_context": round(
-                measure(args.tags, args.cycles, PublishMode.TAG, changing=True, context=True), 3
-            ),
-            "batch_changing_context": round(
-                measure(args.tags, args.cycles, PublishMode.BATCH, changing=True, context=True), 3
-            ),
-            "sparkplug_ddata_changing": round(
-                measure(args.tags, args.cycles, PublishMode.BATCH, changing=True, sparkplug=True), 3
-            ),
-            "batch_from_registers_modbus_1k": round(
-                measure_from_registers(modbus_1k_device, args.tags, args.cycles), 3
-            ),
-            "batch_from_registers_hall": round(measure_from_registers(hall_device, args.tags, args.cycles), 3),
+            "tag_changing": of(PublishMode.TAG, changing=True),
+            "tag_unchanged": of(PublishMode.TAG, changing=False),
+            "batch_changing": of(PublishMode.BATCH, changing=True),
+            "tag_changing_context": of(PublishMode.TAG, changing=True, context=True),
+            "batch_changing_context": of(PublishMode.BATCH, changing=True, context=True),
+            "sparkplug_ddata_changing": of(PublishMode.BATCH, changing=True, sparkplug=True),
+            "batch_from_registers_modbus_1k": registers(modbus_1k_device),
+            "batch_from_registers_hall": registers(hall_device),
+            "tag_from_registers_modbus_1k": registers(modbus_1k_tag_device),
         },
+        "tag_from_registers_modbus_1k_stages": measure_stages(tags, cycles, gateway_gc=gateway_gc),
     }
     print(json.dumps(result))
 

@@ -7,8 +7,10 @@ the state it keeps: the runtime passes ``now`` in and carries the messages out.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
+from itertools import repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Final
 
@@ -32,11 +34,31 @@ from gateway.vocabulary import PublishMode
 if TYPE_CHECKING:  # protobuf is imported only by gateways that publish Sparkplug
     from gateway.encoders.sparkplug import SparkplugDeviceEncoder
 
-__all__ = ["ContextPlan", "DeviceOutbound", "InstanceContext", "Message", "PublishMode", "SampleCounts", "TagOutput"]
+__all__ = [
+    "ContextPlan",
+    "DeviceOutbound",
+    "InstanceContext",
+    "Message",
+    "PublishMode",
+    "SampleCounts",
+    "TagOutput",
+    "sink_pairs",
+]
 
 _QUALITY_OF: Final = itemgetter(3)  # Sample.quality
+_NUMBER_TYPES: Final = frozenset((int, float))  # exact types: bool is not among them
+# Sample is a NamedTuple: tuple.__new__(Sample, (all six fields)) builds one in C.
+_new_sample = tuple.__new__
 _GOOD: Final = Quality.GOOD
 _BAD: Final = Quality.BAD
+
+
+_TOPIC_AND_PAYLOAD: Final = itemgetter(0, 1)  # Message.topic, Message.payload
+
+
+def sink_pairs(messages: Sequence[Message]) -> list[tuple[str, bytes]]:
+    """``(topic, payload)`` of each message, as the sink takes them (``StoreAndForward.forward``); built in C."""
+    return list(map(_TOPIC_AND_PAYLOAD, messages))
 
 
 @dataclass(slots=True)
@@ -196,6 +218,11 @@ class DeviceOutbound:
         self._transforms = {
             tag.name: TagTransform(device=device, tag=tag.name, rules=tag.rules) for tag in tags
         }
+        # A device whose every tag passes its good numbers through as read (plain polling) turns a call of
+        # plain readings into Samples in one step (see _passed_through).
+        self._passes_through = bool(tags) and all(tag.rules.passes_through for tag in tags)
+        self._not_last_good: set[str] = set(self._transforms) if self._passes_through else set()
+        """Tags whose last published Sample was not good, or that have published none yet."""
         self.unknown_tags = 0  # readings for tags this device does not have (a source bug); counted, not raised
         self.sample_counts = SampleCounts()
         self.events = EventEncoder(base=topics.base, events=events) if events else None
@@ -236,6 +263,11 @@ class DeviceOutbound:
 
     def samples(self, readings: Iterable[RawReading], now: float) -> list[Sample]:
         """The Samples to publish for ``readings`` (at ``now``, epoch seconds); readings of unknown tags are counted."""
+        if self._passes_through:
+            readings = readings if isinstance(readings, Sequence) else list(readings)
+            passed = self._passed_through(readings)
+            if passed is not None:
+                return passed
         out: list[Sample] = []
         append = out.append
         transform_of = self._transforms.get
@@ -247,7 +279,42 @@ class DeviceOutbound:
             sample = transform.apply(reading, now)
             if sample is not None:
                 append(sample)
+        if self._passes_through:
+            not_last_good = self._not_last_good
+            for sample in out:
+                if sample.quality is _GOOD:
+                    not_last_good.discard(sample.tag)
+                else:
+                    not_last_good.add(sample.tag)
+            if not not_last_good:
+                self._not_last_good = set()  # a set keeps its table when emptied: the first poll filled it
         return out
+
+    def _passed_through(self, readings: Sequence[RawReading]) -> list[Sample] | None:
+        """The Samples of a call of good finite numbers of known tags whose last published Sample was good, made
+        in C (no Python work per reading); None when the call is not that plain (then each reading takes its
+        tag's transform).
+
+        What each ``TagTransform.apply`` would return: its tag passes a good finite number through (no scaling,
+        no limits) and publishes every reading, whatever came before. The transforms are not updated: with rules
+        like these and a good last Sample, what a transform decides next depends only on that last quality,
+        which stays good (``_not_last_good`` keeps track; tests/unit/test_hot_path_equivalence.py compares the paths).
+        """
+        if not readings:
+            return None
+        tags, values, times, qualities, _ = zip(*readings, strict=True)
+        if qualities.count(_GOOD) != len(qualities) or not _NUMBER_TYPES.issuperset(map(type, values)):
+            return None
+        try:
+            if not math.isfinite(sum(values, 0.0)):  # a NaN or an infinity (or a sum beyond float range)
+                return None
+        except OverflowError:  # an int beyond float range
+            return None
+        if not all(map(self._transforms.__contains__, tags)) or not self._not_last_good.isdisjoint(tags):
+            return None
+        return list(
+            map(_new_sample, repeat(Sample), zip(repeat(self.device), tags, values, repeat(_GOOD), times, repeat(None)))
+        )
 
     def messages(self, readings: Iterable[RawReading], now: float) -> list[Message]:
         samples = self.samples(readings, now)

@@ -48,7 +48,7 @@ from gateway.http_server import OpsHttp, read_token, serve_http
 from gateway.metrics import DeviceState, GatewayState, LinkEvent, SparkplugState, build_registry
 from gateway.mqtt.connection import MqttSink
 from gateway.notify import SystemdNotifier
-from gateway.outbound import DeviceOutbound, Message
+from gateway.outbound import DeviceOutbound, Message, sink_pairs
 from gateway.process_tuning import memory_usage_mb, release_freed_memory, settle_garbage_collector
 from gateway.queueing import MessageQueue
 from gateway.reload import PlantFingerprint, plan_reload, without_tags
@@ -288,7 +288,7 @@ class Gateway:
             if not messages:
                 return  # the stop marker: everything queued before it has been handed on
             try:
-                await forwarder.forward([(m.topic, m.payload) for m in messages])
+                await forwarder.forward(sink_pairs(messages))
             except SinkError as exc:
                 # The sink refused part of a batch (e.g. paho's own queue full): count it and keep running;
                 # one bad hand-over must never stop the gateway. (Part of the batch may have gone out.)

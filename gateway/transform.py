@@ -57,12 +57,20 @@ class TagRules:
     """``maximum``, or +inf."""
     publishes_every_reading: bool = dataclasses.field(init=False, repr=False, compare=False)
     """Plain polling (no deadband, no heartbeat): every good reading is published, whatever came before."""
+    passes_through: bool = dataclasses.field(init=False, repr=False, compare=False)
+    """Plain polling of the value as read (no scaling, no limits): a good finite number is published as it is,
+    whatever came before (see ``DeviceOutbound``'s per-call path)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", self.scale != 1.0 or self.offset != 0.0)
         object.__setattr__(self, "low", -math.inf if self.minimum is None else self.minimum)
         object.__setattr__(self, "high", math.inf if self.maximum is None else self.maximum)
         object.__setattr__(self, "publishes_every_reading", self.deadband is None and self.heartbeat_s is None)
+        object.__setattr__(
+            self,
+            "passes_through",
+            self.publishes_every_reading and not self.scales and self.minimum is None and self.maximum is None,
+        )
 
 
 def normalise_value(raw: RawReading, rules: TagRules) -> tuple[Value | None, Quality, str | None]:
@@ -131,12 +139,17 @@ class TagTransform:
         if value < rules.low or value > rules.high:
             quality = _UNCERTAIN
             status = STATUS_OUT_OF_RANGE
-        if not (
-            rules.publishes_every_reading
-            or self._changed(value, quality, status)
-            or (rules.heartbeat_s is not None and now - self._last_publish_ts >= rules.heartbeat_s)
-        ):
-            return None  # with a deadband and no heartbeat due, an unchanged good value is not republished
+        if not rules.publishes_every_reading and quality is self._last_quality and status == self._last_status:
+            # _changed for a number, inline (a call per value saved): same quality and status as last time.
+            last = self._last_value
+            if type(last) is float or type(last) is int:
+                deadband = rules.deadband
+                changed = value != last if deadband is None else abs(value - last) > deadband
+            else:
+                changed = value != last
+            heartbeat = rules.heartbeat_s
+            if not changed and (heartbeat is None or not now - self._last_publish_ts >= heartbeat):
+                return None  # with a deadband and no heartbeat due, an unchanged good value is not republished
         self._last_value = value
         self._last_quality = quality
         self._last_status = status

@@ -12,8 +12,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import operator
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
 from typing import Any, Final
 
 import orjson
@@ -117,7 +119,12 @@ class UnsJsonDeviceEncoder:
         self._units = dict(units)
         # Each mode keeps only what it publishes with: per-tag topics, or the batch rows' prepared parts.
         batch = mode is PublishMode.BATCH
-        self._tag_topics = {} if batch else {tag: topics.tag(tag) for tag in units}
+        # Per-tag mode, per tag: its topic, and what follows the value in its good payload up to the ts (one
+        # bytes object per unit, shared by the tags that have it).
+        self._topic_of: dict[str, str] = {} if batch else {tag: topics.tag(tag) for tag in units}
+        self._unit_part_of: dict[str, bytes] = (
+            {} if batch else {tag: _good_unit_part(unit) for tag, unit in units.items()}
+        )
         self._batch_encoder = BatchEncoder(self._units) if batch else None
         self._seq: dict[str, int] = {}
         self._context_parts = _ContextParts(SampleContext({}))
@@ -126,7 +133,7 @@ class UnsJsonDeviceEncoder:
     def seq_topics(self) -> list[str]:
         if self._batch_encoder is not None:
             return [self.topics.batch]
-        return list(self._tag_topics.values())
+        return list(self._topic_of.values())
 
     def seq_need(self, samples: int) -> int:
         """One per sample in per-tag mode, one per call in batch mode."""
@@ -145,19 +152,59 @@ class UnsJsonDeviceEncoder:
             topic = self.topics.batch
             seq = self._seq[topic] = self._seq.get(topic, 0) + 1
             return [Message(topic, self._batch_encoder.encode(samples, ts=now, seq=seq))]
-        # Per-tag mode: one message per sample, so the per-sample lookups are bound to locals once.
+        # Per-tag mode: one message per sample. A good sample's payload is encode_tag_payload's, formatted in one
+        # step from prepared parts: the tag's unit part, the ts part (once per distinct ts: the samples of one
+        # read share theirs), the value's JSON (cut from one orjson.dumps of all the values, see _value_texts)
+        # and the seq. Other samples take tag_payload_dict, as there.
+        good = self._good_tag_messages(samples)
+        if good is not None:
+            return good
+        # Not all good, or a tag twice: sample by sample, with the per-sample lookups bound to locals once.
         out: list[Message] = []
         append = out.append
         seqs = self._seq
         last_seq = seqs.get
-        tag_topics = self._tag_topics
+        topic_of = self._topic_of
+        unit_part_of = self._unit_part_of
         units = self._units
-        for sample in samples:
-            tag = sample.tag
-            topic = tag_topics[tag]
+        ts_key = math.nan  # equal to no ts, so the first good sample makes its part
+        ts_part = b""
+        for sample, text in zip(samples, _value_texts(samples), strict=True):
+            _, tag, _, quality, ts, _ = sample
+            topic = topic_of[tag]
+            unit_part = unit_part_of[tag]
             seq = seqs[topic] = last_seq(topic, 0) + 1
-            append(_new_message(Message, (topic, encode_tag_payload(sample, unit=units[tag], seq=seq), False)))
+            if quality is _GOOD:
+                if ts != ts_key:
+                    ts_key = ts
+                    ts_part = _json_ts(ts) + b',"seq":'
+                payload = b'{"value":%b%b%b%d}' % (text, unit_part, ts_part, seq)
+            else:
+                payload = _json(tag_payload_dict(sample, unit=units[tag], seq=seq))
+            append(_new_message(Message, (topic, payload, False)))
         return out
+
+    def _good_tag_messages(self, samples: Sequence[Sample]) -> list[Message] | None:
+        """``encode``'s per-tag messages of a call of good samples, each tag at most once, made in C (no Python
+        work per sample); None for any other call."""
+        if not samples:
+            return None
+        _, tags, _, qualities, times, _ = zip(*samples, strict=True)
+        if qualities.count(_GOOD) != len(qualities):
+            return None
+        topics = list(map(self._topic_of.__getitem__, tags))
+        if len(set(topics)) != len(topics):  # a tag twice in one call: its seq counts up within the call
+            return None
+        texts = _value_texts(samples)
+        ts_parts = {moment: _json_ts(moment) + b',"seq":' for moment in dict.fromkeys(times)}
+        seqs = list(map(_add, map(self._seq.get, topics, repeat(0)), repeat(1)))
+        self._seq.update(zip(topics, seqs, strict=True))
+        payloads = map(
+            bytes.__mod__,
+            repeat(b'{"value":%b%b%b%d}'),
+            zip(texts, map(self._unit_part_of.__getitem__, tags), map(ts_parts.__getitem__, times), seqs, strict=True),
+        )
+        return list(map(_new_message, repeat(Message), zip(topics, payloads, repeat(False))))
 
     def encode_in_context(self, samples: Sequence[Sample], context: SampleContext, now: float) -> list[Message]:
         """``encode`` with ``"ctx"``: per tag, the sample's whole context; per batch, the device's keys as ``"ctx"``
@@ -185,16 +232,28 @@ class UnsJsonDeviceEncoder:
         append = out.append
         seqs = self._seq
         last_seq = seqs.get
-        tag_topics = self._tag_topics
+        topic_of = self._topic_of
+        unit_part_of = self._unit_part_of
         units = self._units
-        for sample in samples:
-            tag = sample.tag
-            topic = tag_topics[tag]
+        ts_key = math.nan
+        ts_part = b""
+        for sample, text in zip(samples, _value_texts(samples), strict=True):
+            _, tag, _, quality, ts, _ = sample
+            topic = topic_of[tag]
+            unit_part = unit_part_of[tag]
             seq = seqs[topic] = last_seq(topic, 0) + 1
-            payload = encode_tag_payload(sample, unit=units[tag], seq=seq)
             index = tail_of(tag)
             tail = device_tail if index is None else tails[index]
-            append(_new_message(Message, (topic, payload[:-1] + tail if len(tail) > 1 else payload, False)))
+            if quality is _GOOD:
+                if ts != ts_key:
+                    ts_key = ts
+                    ts_part = _json_ts(ts) + b',"seq":'
+                payload = b'{"value":%b%b%b%d%b' % (text, unit_part, ts_part, seq, tail)
+            else:
+                payload = _json(tag_payload_dict(sample, unit=units[tag], seq=seq))
+                if len(tail) > 1:
+                    payload = payload[:-1] + tail
+            append(_new_message(Message, (topic, payload, False)))
         return out
 
     def status(self, *, connected: bool, since: float, error: str | None, gateway: str | None) -> Message:
@@ -239,6 +298,21 @@ def _ctx_tail(keys: Mapping[str, Value]) -> bytes:
 # tuple.__new__(Message, (topic, payload, retain)) builds the NamedTuple in C, without its generated Python
 # __new__: once per message in per-tag mode.
 _new_message = tuple.__new__
+_VALUE_OF: Final = operator.itemgetter(2)  # Sample.value
+_add: Final = operator.add
+
+
+def _value_texts(samples: Sequence[Sample]) -> list[bytes]:
+    """The JSON of each sample's value, as ``orjson.dumps(value)`` writes it alone.
+
+    One ``orjson.dumps`` of the list of values, cut at its commas: numbers, booleans and null hold none. When a
+    value does (a string, an array, a structure) the pieces do not add up, and each value is dumped on its own.
+    """
+    values = list(map(_VALUE_OF, samples))
+    texts = orjson.dumps(values)[1:-1].split(b",")
+    if len(texts) != len(values):
+        return list(map(orjson.dumps, values))
+    return texts
 
 
 # ------------------------------------------------------------------------------------------- payloads

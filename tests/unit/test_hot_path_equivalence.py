@@ -16,11 +16,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
-from hypothesis import given, settings
+import pytest
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.encoders.uns_json import BatchEncoder, encode_batch_payload, encode_tag_payload, format_ts
-from gateway.schema import STATUS_DECODE_ERROR, Quality, Sample, Value
+from gateway.encoders.uns_json import (
+    BatchEncoder,
+    UnsJsonDeviceEncoder,
+    encode_batch_payload,
+    encode_tag_payload,
+    format_ts,
+)
+from gateway.outbound import DeviceOutbound, TagOutput
+from gateway.schema import STATUS_DECODE_ERROR, EquipmentTopics, Quality, Sample, SampleContext, TagMeta, Value
 from gateway.sources.base import RawReading
 from gateway.sources.modbus_plan import (
     BYTE_ORDERS,
@@ -32,6 +40,7 @@ from gateway.sources.modbus_plan import (
     plan_reads,
 )
 from gateway.transform import TagRules, TagTransform
+from gateway.vocabulary import PublishMode
 
 # ------------------------------------------------------------------------------------ reference encoders
 # Copies of gateway/schema.py's encoders before the batch fast path (commit 1ede25e), kept verbatim apart from
@@ -171,6 +180,98 @@ def test_tag_payload_bytes_unchanged(sample: Sample, unit: str | None, seq: int,
     assert encode_tag_payload(sample, unit=unit, seq=seq, historical=historical) == expected
 
 
+PER_TAG_UNITS: dict[str, str | None] = dict(zip(TAGS, ["V", None, 'in"ch', "°C", "m/s", None, "Cel"], strict=True))
+
+
+def per_tag_encoder() -> UnsJsonDeviceEncoder:
+    topics = EquipmentTopics.of(enterprise="e", site="s", area="a", line="l", equipment="rack-01")
+    return UnsJsonDeviceEncoder(
+        device="rack-01", protocol="modbus", topics=topics, mode=PublishMode.TAG, interval_ms=1000,
+        units=PER_TAG_UNITS, catalogue=[TagMeta(tag=tag, type="float32") for tag in TAGS], max_packet_bytes=1 << 20,
+    )  # fmt: skip
+
+
+def reference_per_tag_messages(
+    encoder: UnsJsonDeviceEncoder, batches: list[list[Sample]], tail_of: Any = None
+) -> list[list[tuple[str, bytes]] | None]:
+    """Per batch: each sample's topic and reference payload with its topic's next seq (plus a context tail, as
+    ``payload[:-1] + tail``); None for a batch the reference refuses (an integer beyond 64 bits)."""
+    seqs: dict[str, int] = {}
+    expected: list[list[tuple[str, bytes]] | None] = []
+    for batch in batches:
+        rows: list[tuple[str, bytes]] | None = []
+        for sample in batch:
+            topic = encoder.topics.tag(sample.tag)
+            seq = seqs[topic] = seqs.get(topic, 0) + 1
+            try:
+                payload = reference_tag_payload(sample, unit=PER_TAG_UNITS[sample.tag], seq=seq)
+            except orjson.JSONEncodeError:
+                rows = None
+                break
+            tail = b"}" if tail_of is None else tail_of(sample.tag)
+            assert rows is not None
+            rows.append((topic, payload if tail == b"}" else payload[:-1] + tail))
+        if rows is None:  # the encoder refuses the whole call; its seq numbers are not rolled back either
+            seqs = {}
+        expected.append(rows)
+    return expected
+
+
+# Good samples of distinct tags: what the per-tag encoder makes in one step (no Python work per sample).
+distinct_good = st.lists(good_samples, max_size=len(TAGS), unique_by=lambda sample: sample.tag)
+
+
+@given(calls=st.lists(st.one_of(batches, distinct_good), max_size=4))
+@settings(max_examples=300, deadline=None)  # behavioural: no per-example time limit on a loaded CI box
+def test_per_tag_device_encoder_bytes_unchanged(calls: list[list[Sample]]) -> None:
+    """UnsJsonDeviceEncoder in per-tag mode (payloads from prepared parts and one dump of a call's values, a
+    call of good samples of distinct tags in one step) gives each sample the reference payload with its topic's
+    next seq, over several calls."""
+    encoder = per_tag_encoder()
+    for batch, rows in zip(calls, reference_per_tag_messages(encoder, calls), strict=True):
+        if rows is None:
+            try:
+                encoder.encode(batch, now=1.0)
+            except orjson.JSONEncodeError:
+                return  # the seq numbers of a refused call are spent: stop comparing here
+            raise AssertionError("the encoder accepted what the reference refuses")
+        assert [(m.topic, m.payload, m.retain) for m in encoder.encode(batch, now=1.0)] == [
+            (topic, payload, False) for topic, payload in rows
+        ]
+
+
+context_values = st.dictionaries(
+    st.sampled_from(["lot", "recipe", "cell"]), st.one_of(st.text(max_size=4), st.integers(-5, 5)), max_size=2
+)
+
+
+@given(calls=st.lists(batches, max_size=3), device=context_values, instance=context_values)
+@settings(max_examples=200, deadline=None)  # behavioural: no per-example time limit on a loaded CI box
+def test_per_tag_device_encoder_in_context_bytes_unchanged(
+    calls: list[list[Sample]], device: dict[str, Value], instance: dict[str, Value]
+) -> None:
+    """``encode_in_context`` per tag: the reference payload with the sample's context in place of its closing
+    brace (the tags of one repeat instance add that instance's keys)."""
+    encoder = per_tag_encoder()
+    instance = {key: value for key, value in instance.items() if key not in device}
+    members = {"ch001/voltage": 0, "ch001/temp": 0}
+    context = SampleContext(device, (instance,), ("ch001",), members)
+
+    def tail_of(tag: str) -> bytes:
+        keys = {**device, **instance} if tag in members else device
+        return b',"ctx":' + orjson.dumps(keys) + b"}" if keys else b"}"
+
+    for batch, rows in zip(calls, reference_per_tag_messages(encoder, calls, tail_of), strict=True):
+        if rows is None:
+            try:
+                encoder.encode_in_context(batch, context, now=1.0)
+            except orjson.JSONEncodeError:
+                return
+            raise AssertionError("the encoder accepted what the reference refuses")
+        found = encoder.encode_in_context(batch, context, now=1.0)
+        assert [(m.topic, m.payload) for m in found] == rows
+
+
 def test_batch_encoder_fast_path_is_taken_and_exact_size() -> None:
     units = {"ch001/voltage": "V", 'quote"d': None}
     batch = [
@@ -223,6 +324,82 @@ def test_transform_fast_path_equals_generic_path(rules: TagRules, steps: list[tu
     for raw, elapsed in steps:
         now += elapsed
         assert comparable(fast.apply(raw, now)) == comparable(generic.apply_generic(raw, now))
+
+
+PASS_TAGS = ["a", "b"]
+# Mostly calls of plain good numbers (the per-call path), with what sends a call to the per-reading path: a bad or
+# uncertain reading, a NaN or an infinity, a boolean, a string, an int beyond float range, a tag the device lacks.
+plain_numbers = st.one_of(st.integers(-(2**31), 2**31), st.floats(-1e6, 1e6), st.sampled_from([0, 0.0, -0.0, 1e308]))
+device_readings = st.one_of(
+    st.builds(RawReading, st.sampled_from(PASS_TAGS), plain_numbers, st.sampled_from([1.0, 2.5])),
+    st.builds(
+        RawReading,
+        st.sampled_from([*PASS_TAGS, "unknown"]),
+        # Few distinct values and statuses: a repeated bad reading (reported once) must come up often.
+        st.sampled_from([None, None, 1, 1.5, math.nan, math.inf, True, "x", 2**70]),
+        st.sampled_from([1.0, 2.5]),
+        st.sampled_from([Quality.GOOD, Quality.UNCERTAIN, Quality.BAD, Quality.BAD]),
+        st.sampled_from([None, "comm_failure"]),
+    ),
+)
+plain_call = st.lists(st.builds(RawReading, st.sampled_from(PASS_TAGS), plain_numbers, st.just(3.0)), max_size=6)
+device_calls = st.lists(st.one_of(plain_call, st.lists(device_readings, max_size=6)), max_size=8)
+
+
+def pass_through_device() -> DeviceOutbound:
+    outputs = [
+        TagOutput(name=tag, unit=None, rules=TagRules(), meta=TagMeta(tag=tag, type="float32")) for tag in PASS_TAGS
+    ]
+    return DeviceOutbound(
+        device="d", protocol="modbus", topics=EquipmentTopics.of(enterprise="e", site="s", area="a", line="l",
+        equipment="d"), mode=PublishMode.TAG, interval_ms=1000, tags=outputs,
+    )  # fmt: skip
+
+
+_LOST = RawReading("a", None, 1.0, Quality.BAD, "comm_failure")
+
+
+@given(calls=device_calls)
+# A repeated bad reading is reported once, unless a good one came between, even one the per-call path made.
+@example(calls=[[_LOST], [RawReading("a", 1, 2.0), RawReading("b", 2.0, 2.0)], [_LOST], [_LOST]])
+@example(calls=[[RawReading("a", 1, 2.0), RawReading("b", 2, 2.0)], [_LOST], [RawReading("a", 1, 3.0)], [_LOST]])
+@settings(max_examples=200, deadline=None)  # behavioural: no per-example time limit on a loaded CI box
+def test_pass_through_device_samples_equal_each_transforms_generic_path(calls: list[list[RawReading]]) -> None:
+    """A device whose tags all pass their values through makes a call of plain readings into Samples in one step
+    (without its transforms); over any sequence of calls it publishes what each tag's generic transform does."""
+    device = pass_through_device()
+    reference = {tag: TagTransform(device="d", tag=tag, rules=TagRules()) for tag in PASS_TAGS}
+    now = 1000.0
+    unknown = 0
+    for readings in calls:
+        now += 1.0
+        expected: list[Sample | None] = []
+        for raw in readings:
+            if raw.tag in reference:
+                expected.append(reference[raw.tag].apply_generic(raw, now))
+            else:
+                unknown += 1
+        found = device.samples(readings, now)
+        assert [comparable(sample) for sample in found] == [comparable(s) for s in expected if s is not None]
+    assert device.unknown_tags == unknown
+
+
+def test_pass_through_device_takes_the_per_call_path_once_every_tag_was_good(monkeypatch: Any) -> None:
+    device = pass_through_device()
+    first = [RawReading(tag, 1, 1.0) for tag in PASS_TAGS]
+    assert device.samples(first, 1.0) == [Sample("d", tag, 1, Quality.GOOD, 1.0) for tag in PASS_TAGS]
+
+    def no_transform(*_: object) -> None:
+        raise AssertionError("a transform was asked")
+
+    monkeypatch.setattr(TagTransform, "apply", no_transform)
+    second = [RawReading("b", 2.5, 2.0), RawReading("a", -7, 2.0)]
+    assert device.samples(second, 2.0) == [
+        Sample("d", "b", 2.5, Quality.GOOD, 2.0),
+        Sample("d", "a", -7, Quality.GOOD, 2.0),
+    ]
+    with pytest.raises(AssertionError, match="a transform was asked"):  # a NaN is not plain: the tag's transform
+        device.samples([RawReading("a", math.nan, 3.0)], 3.0)
 
 
 def test_transform_derived_rules_do_not_change_equality() -> None:

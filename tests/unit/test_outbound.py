@@ -3,7 +3,7 @@ from __future__ import annotations
 import orjson
 
 from gateway.encoders.uns_json import encode_batch_payload
-from gateway.outbound import DeviceOutbound, Message, PublishMode, TagOutput
+from gateway.outbound import DeviceOutbound, Message, PublishMode, TagOutput, sink_pairs
 from gateway.schema import PUBLISH_OVERHEAD_BYTES, EquipmentTopics, Quality, TagMeta
 from gateway.sources.base import RawReading
 from gateway.transform import TagRules
@@ -140,3 +140,10 @@ def test_seq_need_bounds_the_numbers_one_call_hands_out() -> None:
         assert max(advance.values()) <= need
     assert outbound(PublishMode.TAG).seq_need(readings) == 4
     assert outbound(PublishMode.BATCH).seq_need(readings) == 1
+
+
+def test_sink_pairs_are_topic_and_payload_of_each_message_in_order() -> None:
+    out = outbound(PublishMode.TAG)
+    messages = [*out.messages(cycle(3.7, 250, 1.0), now=1.0), Message("e/s/a/l/rack/_status", b"{}", retain=True)]
+    assert sink_pairs(messages) == [(m.topic, m.payload) for m in messages]
+    assert all(type(pair) is tuple and len(pair) == 2 for pair in sink_pairs(messages))
