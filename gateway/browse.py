@@ -41,7 +41,7 @@ from gateway.browse_plan import (
 )
 from gateway.errors import GatewayError
 from gateway.pki import Pki, PkiError, application_uri, describe, load_certificate_file
-from gateway.sources.opcua_security import ClientSecurity, read_password_file, secure_client
+from gateway.sources.opcua_security import ClientSecurity, new_client, secure_client
 from gateway.sources.opcua_status import status_name
 from gateway.value_shape import MAX_FIELD_DEPTH, FieldShape
 from gateway.vocabulary import OpcUaSecurityMode, OpcUaSecurityPolicy
@@ -434,11 +434,8 @@ async def browse_server(
     """Connect (over a secure channel when ``security`` says so, as a device does), walk, disconnect.
     Returns the devices, the statistics and the main namespace URI."""
     started = time.monotonic()
-    client = Client(endpoint, timeout=timeout_s)
-    if username is not None:
-        client.set_user(username)
-    if security is not None and security.password_file is not None:
-        client.set_password(read_password_file(security.password_file))
+    client = new_client(endpoint, timeout_s=timeout_s, username=username, password=None,
+                        password_file=security.password_file if security is not None else None)
     if security is not None and security.channel:
         await secure_client(client, security, endpoint=endpoint)
     async with client:

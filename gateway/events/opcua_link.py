@@ -24,7 +24,7 @@ from gateway.sources.opcua_security import (
     LOGIN_REFUSED,
     ClientSecurity,
     close_client,
-    read_password_file,
+    new_client,
     secure_client,
 )
 from gateway.sources.opcua_status import (
@@ -72,14 +72,9 @@ class OpcUaEventLink:
 
     async def connect(self) -> None:
         options = self._options
-        client = Client(options.endpoint, timeout=self._timeout_s, watchdog_intervall=min(self._timeout_s, 5.0))
-        if options.username is not None:
-            client.set_user(options.username)
-        password = options.password
-        if self._security is not None and self._security.password_file is not None:
-            password = read_password_file(self._security.password_file)
-        if password is not None:
-            client.set_password(password)
+        client = new_client(options.endpoint, timeout_s=self._timeout_s, username=options.username,
+                            password=options.password,
+                            password_file=self._security.password_file if self._security is not None else None)
         try:
             async with asyncio.timeout(self._timeout_s):
                 if self._security is not None and self._security.channel:

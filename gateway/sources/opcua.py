@@ -77,7 +77,7 @@ from gateway.sources.opcua_security import (
     ClientSecurity,
     SecurityRefusedError,
     close_client,
-    read_password_file,
+    new_client,
     secure_client,
 )
 from gateway.sources.opcua_status import (
@@ -101,9 +101,6 @@ __all__ = ["OpcUaDeviceOptions", "OpcUaSource", "OpcUaSourceStats", "OpcUaTagRef
 
 log = structlog.get_logger("cellgate.opcua")
 
-# Orphaned sessions (a link that died before CloseSession) hold a slot on the PLC until this expires.
-# asyncua's default is one hour; PLCs often allow only a handful of sessions.
-SESSION_TIMEOUT_MS = 60_000
 # The subscription is declared dead when no publish response (data or keep-alive) came for this many
 # keep-alive periods (never less than two timeouts). asyncua's own stale watchdog tries to re-create it after
 # 1.5 periods first; if that does not bring publishes back, we build a new client.
@@ -446,16 +443,9 @@ class OpcUaSource:
 
     async def _connect_once(self) -> Client:
         options = self.options
-        # The client's supervisor probes ServerState every watchdog interval, with that interval as timeout.
-        client = Client(options.endpoint, timeout=self._timeout_s, watchdog_intervall=min(self._timeout_s, 5.0))
-        client.session_timeout = SESSION_TIMEOUT_MS
-        if options.username is not None:
-            client.set_user(options.username)
-        password = options.password
-        if self.security is not None and self.security.password_file is not None:
-            password = read_password_file(self.security.password_file)  # at each connect: a rotated file counts
-        if password is not None:
-            client.set_password(password)
+        client = new_client(options.endpoint, timeout_s=self._timeout_s, username=options.username,
+                            password=options.password,
+                            password_file=self.security.password_file if self.security is not None else None)
         try:
             async with asyncio.timeout(self._timeout_s):
                 if self.security is not None and self.security.channel:

@@ -31,6 +31,7 @@ from gateway.vocabulary import OpcUaSecurityMode, OpcUaSecurityPolicy
 __all__ = [
     "LOGIN_REFUSED",
     "POLICIES",
+    "SESSION_TIMEOUT_MS",
     "ClientSecurity",
     "SecurityRefusedError",
     "choose_endpoint",
@@ -162,6 +163,29 @@ async def secure_client(client: Client, security: ClientSecurity, *, endpoint: s
         client.user_certificate = user_cert
         client.user_private_key = user_key
     return {"security_policy": _policy_name(chosen.SecurityPolicyUri), "security_mode": chosen.SecurityMode.name}
+
+
+# Orphaned sessions (a link that died before CloseSession) hold a slot on the PLC until this expires.
+# asyncua's default is one hour; PLCs often allow only a handful of sessions.
+SESSION_TIMEOUT_MS = 60_000
+
+
+def new_client(
+    endpoint: str, *, timeout_s: float, username: str | None, password: str | None, password_file: Path | None
+) -> Client:
+    """An unconnected client as every OPC UA session of a device opens it (the source's and the event link's):
+    request timeout, a 60 s session timeout, the login. A ``password_file`` is read here, at each connect, so a
+    rotated file counts."""
+    # The client's supervisor probes ServerState every watchdog interval, with that interval as timeout.
+    client = Client(endpoint, timeout=timeout_s, watchdog_intervall=min(timeout_s, 5.0))
+    client.session_timeout = SESSION_TIMEOUT_MS
+    if username is not None:
+        client.set_user(username)
+    if password_file is not None:
+        password = read_password_file(password_file)
+    if password is not None:
+        client.set_password(password)
+    return client
 
 
 async def close_client(client: Client, timeout_s: float) -> None:

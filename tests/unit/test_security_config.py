@@ -101,3 +101,12 @@ def test_a_pki_folder_that_cannot_be_made_is_a_pki_error(tmp_path: Path) -> None
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(PkiError, match="cannot create the PKI folder"):
         Pki(tmp_path / "file" / "pki", uri="urn:h:cellgate:one").ensure()
+
+
+def test_every_opcua_session_of_a_device_opens_with_a_60_s_session_timeout() -> None:
+    from gateway.sources.opcua_security import SESSION_TIMEOUT_MS, new_client
+
+    # the source, the event link and browse all open their clients here (their logins are tested on real servers)
+    client = new_client("opc.tcp://127.0.0.1:4840", timeout_s=2.0, username=None, password=None, password_file=None)
+    # an orphaned session holds a PLC's session slot for this long, not asyncua's default hour
+    assert client.session_timeout == SESSION_TIMEOUT_MS == 60_000
