@@ -284,6 +284,7 @@ def test_both_outputs_births_rebirth_refused_writes_a_device_dying_and_the_clean
                 assert 'cellgate_sparkplug_commands_total{result="rebirth"} 1.0' in text
                 assert 'cellgate_sparkplug_commands_total{result="malformed"} 0.0' in text
                 assert "cellgate_sparkplug_rebirths_total 1.0" in text
+                assert 'cellgate_sparkplug_dropped_total{reason="ddeath_not_born"} 0.0' in text
                 assert "cellgate_sparkplug_bdseq 0.0" in text
 
             # The PLC stops answering: DDEATH, and no DDATA of a dead device (HostView fails on one).
