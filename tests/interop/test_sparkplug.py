@@ -279,3 +279,32 @@ def test_ddata_of_every_tag_at_once_decodes_as_any_other() -> None:
         [(10, 8.1, ms[6], None), (11, 8.2, int((T0 + 6.5) * 1000), None), (12, 8.3, ms[6], None)],
     ]
     assert [payload["seq"] for payload in decoded] == [2, 3, 4, 5, 6, 7]  # after the DBIRTH's 1
+
+
+def test_the_dbirth_after_polls_of_every_tag_carries_the_last_value_of_each_tag() -> None:
+    """The prebuilt payload's polls keep their samples as the last values as a whole: a later partial poll, samples
+    while the device is dead and a reload's ``adopt`` each start from them, and the next DBIRTH carries them."""
+    node = SparkplugEdgeNode(group_id="Plant1", edge_node_id="gw-01")
+    metas = [TagMeta(tag=f"ch{n}/voltage", type="float32", unit="V") for n in range(3)]
+    device = SparkplugDeviceEncoder(node=node, device="Rack01", catalogue=metas, alias_base=10)
+
+    def sample(n: int, value: float | None, ts: float) -> Sample:
+        return Sample("Rack01", f"ch{n}/voltage", value, Quality.GOOD if value is not None else Quality.BAD, ts)
+
+    messages = [device.birth(T0)]
+    messages += device.encode([sample(n, 1.0 + n, T0 + 1) for n in range(3)], T0 + 1)  # every tag
+    messages += device.encode([sample(2, 2.2, T0 + 2)], T0 + 2)  # a part of them
+    messages.append(device.birth(T0 + 3))  # a Rebirth
+    messages += device.encode([sample(n, 3.0 + n, T0 + 4) for n in (2, 0, 1)], T0 + 4)  # every tag, another order
+    messages.append(device.death(T0 + 5))
+    device.encode([sample(0, None, T0 + 6)], T0 + 6)  # while dead: only the last values
+    reloaded = SparkplugDeviceEncoder(node=node, device="Rack01", catalogue=metas, alias_base=10)
+    reloaded.adopt(device)
+    messages.append(reloaded.birth(T0 + 7))
+    decoded = [entry["decoded"] for entry in decode(wire(node, messages))]
+    rebirth, last_birth = decoded[3], decoded[-1]
+    assert [(m["value"], m["timestamp"]) for m in rebirth["metrics"]] == [
+        (1.0, int((T0 + 1) * 1000)), (2.0, int((T0 + 1) * 1000)), (2.2, int((T0 + 2) * 1000))
+    ]
+    assert [m["value"] for m in last_birth["metrics"]] == [None, 4.0, 3.0 + 2]
+    assert [properties(m)["Quality"] for m in last_birth["metrics"]] == [BAD, GOOD, GOOD]
