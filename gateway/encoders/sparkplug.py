@@ -326,8 +326,11 @@ class SparkplugDeviceEncoder:
         else:
             self._alias = {meta.tag: alias_base + index for index, meta in enumerate(self._catalogue)}
         self._last: dict[str, Sample] = {}
-        self._last_poll: tuple[Sample, ...] = ()
-        """The samples of the last DDATA of every tag at once, not yet in ``_last`` (see ``_last_values``)."""
+        """The last sample of each tag the general path (or a dead device's samples, or ``adopt``) gave since the
+        prebuilt payload last held every tag's value (``_template_holds_last``): these override the payload's."""
+        self._template_holds_last = False
+        """The prebuilt payload's metrics hold each tag's last value (good, with its timestamp), under ``_last``.
+        A poll taken from it keeps no sample: nothing per value for the garbage collector to follow."""
         # DDATA of every tag at once, all good floats (a poll of a numeric device): this payload's metrics get the new
         # values and timestamps, no metric object is made (see _encode_every_tag). None: the device has other types.
         self._template: pb.Payload | None = None
@@ -366,7 +369,7 @@ class SparkplugDeviceEncoder:
             data = self._encode_every_tag(samples, now)
             if data is not None:
                 return [Message(self.ddata_topic, data)]
-        last = self._last_values()
+        last = self._last
         if not self.alive:
             for sample in samples:
                 last[sample.tag] = sample
@@ -395,28 +398,29 @@ class SparkplugDeviceEncoder:
 
         A poll reads its tags in the same order every time: while the tags come in the order of the last poll taken
         here (``_ordered``), each sample's metric is the next one of that order, with no lookup and no check for a
-        tag given twice (an order of distinct tags, matched tag by tag, has none). The samples become the last values
-        as a whole (``_last_poll``): they are every tag's, so the previous poll's are all superseded."""
+        tag given twice (an order of distinct tags, matched tag by tag, has none). The payload then holds the last
+        value of every tag (``_template_holds_last``)."""
         template = self._template
         assert template is not None
-        poll = tuple(samples)  # the caller's list may change after this call; a tuple of the same samples is cheap
         ts_seen, ms = -1.0, 0  # the samples of one read share their ts: convert it once per read
-        for (_, tag, value, quality, ts, _), (expected, metric) in zip(poll, self._ordered, strict=True):
+        for (_, tag, value, quality, ts, _), (expected, metric) in zip(samples, self._ordered, strict=True):
             if value.__class__ is not float or quality is not _GOOD:
                 return None
             if tag is not expected and tag != expected:
-                if not self._fill_in_new_order(poll):
+                if not self._fill_in_new_order(samples):
                     return None
                 break
             if ts != ts_seen:
                 ts_seen, ms = ts, int(ts * 1000)
             metric.timestamp = ms
             metric.double_value = value
-        self._last_poll = poll
+        if self._last:
+            self._last.clear()  # older than this poll, which has every tag
+        self._template_holds_last = True
         template.timestamp = _ms(now)
         return template.SerializeToString()
 
-    def _fill_in_new_order(self, poll: tuple[Sample, ...]) -> bool:
+    def _fill_in_new_order(self, poll: Sequence[Sample]) -> bool:
         """Fill the prebuilt payload from ``poll`` by tag and keep its order as ``_ordered``; False when a tag is
         given twice or a value is not a good float."""
         if len(set(map(_TAG, poll))) != len(poll):
@@ -434,12 +438,14 @@ class SparkplugDeviceEncoder:
         return True
 
     def _last_values(self) -> dict[str, Sample]:
-        """The last sample of every tag seen (``_last_poll`` moved into it first)."""
-        last = self._last
-        if self._last_poll:
-            for sample in self._last_poll:
-                last[sample.tag] = sample
-            self._last_poll = ()
+        """The last sample of every tag seen. One the prebuilt payload holds has its timestamp in whole milliseconds:
+        ``ts`` is the middle of that millisecond, so ``_ms(ts)`` gives it back exactly."""
+        last: dict[str, Sample] = {}
+        if self._template_holds_last:
+            device = self.device
+            for tag, metric in self._metric_of.items():
+                last[tag] = Sample(device, tag, metric.double_value, _GOOD, (metric.timestamp + 0.5) / 1000)
+        last.update(self._last)
         return last
 
     def adopt(self, previous: SparkplugDeviceEncoder) -> None:
@@ -463,7 +469,8 @@ class SparkplugDeviceEncoder:
     def _birth_payload(self, now: float, *, quality: Quality | None) -> bytes:
         """``quality`` None: each metric's last quality (bad before the first value)."""
         payload = pb.Payload(timestamp=_ms(now))
-        last = self._last_values()
+        last = self._last
+        held = self._metric_of if self._template_holds_last else {}
         for meta in self._catalogue:
             metric = payload.metrics.add()
             metric.name = meta.tag
@@ -471,8 +478,13 @@ class SparkplugDeviceEncoder:
             datatype = self._datatype[meta.tag]
             metric.datatype = datatype
             sample = last.get(meta.tag)
-            metric.timestamp = _ms(sample.ts if sample is not None else now)
-            _set_value(metric, datatype, None if sample is None else sample.value)
+            kept = held.get(meta.tag) if sample is None else None
+            if kept is not None:  # from the prebuilt payload: a good float, its timestamp in ms
+                metric.timestamp = kept.timestamp
+                metric.double_value = kept.double_value
+            else:
+                metric.timestamp = _ms(sample.ts if sample is not None else now)
+                _set_value(metric, datatype, None if sample is None else sample.value)
             properties = metric.properties
             for key, text in (("engUnit", meta.unit), ("Documentation", meta.description)):
                 if text is not None:
@@ -483,7 +495,10 @@ class SparkplugDeviceEncoder:
                     properties.keys.append(key)
                     properties.values.add(type=DOUBLE, double_value=bound)
             properties.keys.append(QUALITY_PROPERTY)
-            shown = quality if quality is not None else sample.quality if sample is not None else Quality.BAD
+            if quality is not None:
+                shown = quality
+            else:
+                shown = sample.quality if sample is not None else _GOOD if kept is not None else Quality.BAD
             properties.values.add(type=INT32, int_value=_QUALITY_WIRE[shown])
         return payload.SerializeToString()
 
