@@ -205,6 +205,7 @@ def read_stream(messages: list[Received]) -> HostView:
             seen.add((m.topic, m.payload))
             spb.append(m)
     assert not [m.topic for m in spb if m.retain], "a Sparkplug message was retained"
+    assert all(m.qos == 1 for m in spb if "/NDEATH/" in m.topic), "an NDEATH (the will) not at QoS 1"
     view = HostView(node_topic=f"spBv1.0/{GROUP}/{{}}/{EDGE}")
     decoded = decode_stream((m.topic, m.payload) for m in spb)
     for index, (topic, payload) in enumerate(decoded):

@@ -127,3 +127,13 @@ def test_a_ddeath_of_a_device_not_born_on_the_wire_is_dropped_and_counted() -> N
     wire.hand_over(ddeath.topic, ddeath.payload)
     assert wire.sent == [("NBIRTH/e", 0), ("DBIRTH/e/d1", 1), ("DDEATH/e/d1", 2)]
     assert session.stamp(ddeath.topic, ddeath.payload) is None  # dead again: a second DDEATH is dropped
+
+
+def test_the_session_subscribes_to_its_commands_at_qos_1() -> None:
+    """tck-id-message-flow-edge-node-ncmd-subscribe: NCMD of the node at QoS 1 (and DCMD of its devices, to refuse
+    them); with a primary host its STATE first."""
+    node = SparkplugEdgeNode(group_id="G", edge_node_id="e")
+    assert SparkplugSession(node, bd_seq_path=None).subscriptions == (
+        ("spBv1.0/G/NCMD/e", 1), ("spBv1.0/G/DCMD/e/+", 1)
+    )
+    assert SparkplugSession(node, bd_seq_path=None, primary_host="scada").subscriptions[0] == ("spBv1.0/STATE/scada", 1)
