@@ -365,7 +365,7 @@ class SparkplugDeviceEncoder:
         """One DDATA with a metric per sample: alias, timestamp, value, and the Quality property when the
         quality is not good (a metric without it is good, as Ignition reads it; it halves the cost per value).
         Nothing while the device is not alive."""
-        if self._template is not None and len(samples) == len(self._catalogue) and self.alive:
+        if self._template is not None and len(samples) == len(self._ordered) and self.alive:
             data = self._encode_every_tag(samples, now)
             if data is not None:
                 return [Message(self.ddata_topic, data)]
