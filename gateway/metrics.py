@@ -79,6 +79,8 @@ class SparkplugState:
     """NCMD/DCMD payloads that did not parse."""
     replay_births: int
     """DBIRTHs sent ahead of replayed data of a device whose link is down."""
+    dropped: Mapping[str, int] = field(default_factory=dict)
+    """Messages not sent because the device was not born on the wire, by reason (sparkplug_session.DROP_REASONS)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -304,6 +306,16 @@ def _sparkplug_families(sparkplug: SparkplugState) -> Iterator[Metric]:
         "sparkplug_replay_births",
         "Sparkplug DBIRTHs sent ahead of replayed data of a device whose link is down",
         sparkplug.replay_births,
+    )
+    yield _by_label(
+        CounterMetricFamily(
+            f"{PREFIX}_sparkplug_dropped",
+            "Sparkplug messages not sent because their device is not born on the wire, by reason: ddeath_not_born (a "
+            "DDEATH reaching a connection whose births no longer had the device), ddata_not_born (data that could not "
+            "be born for its replay)",
+            labels=["reason"],
+        ),
+        sparkplug.dropped,
     )
     yield _gauge("sparkplug_bdseq", "Sparkplug bdSeq of the current (or last) MQTT CONNECT", sparkplug.bd_seq)
 

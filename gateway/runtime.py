@@ -395,6 +395,7 @@ class Gateway:
                 commands_refused=self._sparkplug.commands_refused,
                 commands_malformed=self._sparkplug.commands_malformed,
                 replay_births=self._sparkplug.replay_births,
+                dropped=dict(self._sparkplug.dropped),
             ),
         )  # fmt: skip
 

@@ -11,7 +11,10 @@
 * ``stamp`` also follows which devices a host holds born (DBIRTH since the last NBIRTH, no DDEATH since): DDATA of a
   device that is not (a replay from the spool, or data a lost connection left, of a device whose PLC link is down at
   the reconnect) is preceded by a DBIRTH with its last values, all of quality bad, and followed by its DDEATH once
-  ``REPLAY_DEATH_AFTER_S`` passed without more of its data, so a host never sees DDATA of a device not born;
+  ``REPLAY_DEATH_AFTER_S`` passed without more of its data, so a host never sees DDATA of a device not born. A DDEATH
+  of a device not born on the wire (its link dropped before a reconnect, and the DDEATH reached the connection after
+  the births that no longer had the device), or DDATA that could not be born, is dropped: ``stamp`` returns None and
+  the connection settles it unsent (counted in ``dropped``);
 * NCMD ``Node Control/Rebirth`` = true sends the births again (a fresh seq run); any write (NCMD metric, DCMD) is
   refused, logged and counted: Cellgate does not write to the PLCs;
 * with a primary host (``sparkplug.primary_host``): after every CONNECT nothing is published (births withheld, data
@@ -40,6 +43,12 @@ log = structlog.get_logger("cellgate.sparkplug")
 
 REPLAY_DEATH_AFTER_S = 1.0
 """A device born only for its replayed data (its link is down) gets its DDEATH once this long passed without more."""
+
+DROPPED_DDEATH = "ddeath_not_born"
+"""Drop reason: a DDEATH of a device not born on the wire (its DBIRTH was not among the births of this session)."""
+DROPPED_DDATA = "ddata_not_born"
+"""Drop reason: DDATA of a device not born on the wire that could not be born for it (no catalogue, no DBIRTH sent)."""
+DROP_REASONS = (DROPPED_DDEATH, DROPPED_DDATA)
 
 BD_SEQ_FILE = "sparkplug-bdseq"
 """In the state directory: the bdSeq of the last CONNECT, so the next run's first CONNECT continues after it."""
@@ -99,6 +108,7 @@ class SparkplugSession:
         self._send: Callable[[Sequence[tuple[str, bytes]]], None] = lambda messages: None
         self._node_stamp = node.stamp
         self._ddata_prefix = node.topic("DDATA") + "/"
+        self._ddeath_prefix = node.topic("DDEATH") + "/"
         self._born: set[str] = set()
         """Devices a host holds born on the wire now: DBIRTH stamped since the last NBIRTH, no DDEATH since."""
         self._live_ddata: set[str] = set()
@@ -118,6 +128,10 @@ class SparkplugSession:
         """NCMD/DCMD payloads that did not parse."""
         self.replay_births = 0
         """DBIRTHs sent for replayed data of a device whose link is down."""
+        self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        """Messages ``stamp`` dropped, by reason (``DROP_REASONS``)."""
+        self._drops_logged: set[str] = set()
+        """Devices whose drop was logged since the last NBIRTH or their last DBIRTH: one line per episode."""
 
     def bind(
         self,
@@ -142,20 +156,38 @@ class SparkplugSession:
         if encoder is not None:
             self._retired[device] = encoder
 
-    def stamp(self, topic: str, payload: bytes) -> bytes:
+    def stamp(self, topic: str, payload: bytes) -> bytes | None:
         """``SparkplugEdgeNode.stamp``, following which devices are born on the wire: DDATA of a device that is not
-        gets a DBIRTH first (``replay_birth``: its link is down, so this is replayed data)."""
+        gets a DBIRTH first (``replay_birth``: its link is down, so this is replayed data). None (not sent) for a
+        DDEATH of a device that is not born, and for DDATA of one that cannot be (no catalogue, or the DBIRTH did not
+        go): a host must never see either."""
         if topic in self._live_ddata:  # the usual case: data of a device born on the wire by its own DBIRTH
             return self._node_stamp(topic, payload)
         if topic.startswith(self._ddata_prefix):
             device = topic[len(self._ddata_prefix) :]
             if device not in self._born:
                 self._birth_for_replay(device)
+                if device not in self._born:
+                    self._drop(device, DROPPED_DDATA)
+                    return None
             if device in self._born_for_replay:
                 self._born_for_replay[device] = time.monotonic()
+        elif topic.startswith(self._ddeath_prefix):
+            device = topic[len(self._ddeath_prefix) :]
+            if device not in self._born:
+                self._drop(device, DROPPED_DDEATH)
+                return None
+            self._follow(topic)
         elif topic.startswith(self.node.prefix):
             self._follow(topic)
         return self._node_stamp(topic, payload)
+
+    def _drop(self, device: str, reason: str) -> None:
+        self.dropped[reason] += 1
+        if device not in self._drops_logged:
+            self._drops_logged.add(device)
+            total = sum(self.dropped.values())
+            log.info("sparkplug_message_dropped", device=device, reason=reason, dropped_total=total)
 
     def unstamp(self, topic: str) -> None:
         """``SparkplugEdgeNode.unstamp``: the message will not be sent (refused as too large)."""
@@ -171,9 +203,11 @@ class SparkplugSession:
             self._born.clear()
             self._live_ddata.clear()
             self._born_for_replay.clear()
+            self._drops_logged.clear()
         elif kind == "DBIRTH":
             device = topic.rsplit("/", 1)[1]
             self._born.add(device)
+            self._drops_logged.discard(device)
             if device != self._birth_for:  # its own DBIRTH (the link is up): no DDEATH for a replay any more
                 self._born_for_replay.pop(device, None)
                 self._live_ddata.add(self._ddata_prefix + device)
@@ -397,6 +431,9 @@ def historical_form(
 
 __all__ = [
     "BD_SEQ_FILE",
+    "DROPPED_DDATA",
+    "DROPPED_DDEATH",
+    "DROP_REASONS",
     "REPLAY_DEATH_AFTER_S",
     "UNKNOWN_DEVICE",
     "HostGate",

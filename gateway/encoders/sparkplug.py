@@ -19,6 +19,7 @@ next births, as historical data (``resend``). No Sparkplug message is retained.
 from __future__ import annotations
 
 import json
+import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ QUALITY_CODES: Final[Mapping[Quality, int]] = {
 _QUALITY_WIRE: Final = {quality: code & 0xFFFFFFFF for quality, code in QUALITY_CODES.items()}
 """PropertyValue.int_value is a uint32 holding an Int32's bits (two's complement), as the .proto says."""
 _GOOD: Final = Quality.GOOD
+_TAG: Final = operator.attrgetter("tag")
 
 # Sparkplug datatype ids (specification 6.4.16, DataType in sparkplug_b.proto).
 INT32: Final = pb.Int32
@@ -324,16 +326,23 @@ class SparkplugDeviceEncoder:
         else:
             self._alias = {meta.tag: alias_base + index for index, meta in enumerate(self._catalogue)}
         self._last: dict[str, Sample] = {}
+        """The last sample of each tag the general path (or a dead device's samples, or ``adopt``) gave since the
+        prebuilt payload last held every tag's value (``_template_holds_last``): these override the payload's."""
+        self._template_holds_last = False
+        """The prebuilt payload's metrics hold each tag's last value (good, with its timestamp), under ``_last``.
+        A poll taken from it keeps no sample: nothing per value for the garbage collector to follow."""
         # DDATA of every tag at once, all good floats (a poll of a numeric device): this payload's metrics get the new
         # values and timestamps, no metric object is made (see _encode_every_tag). None: the device has other types.
         self._template: pb.Payload | None = None
         self._metric_of: dict[str, pb.Payload.Metric] = {}  # tag -> its metric in the template (kept views)
+        self._ordered: tuple[tuple[str, pb.Payload.Metric], ...] = ()  # (tag, metric) in the last poll's order
         if self._catalogue and all(datatype == DOUBLE for datatype in self._datatype.values()):
             self._template = pb.Payload()
             for meta in self._catalogue:
                 self._metric_of[meta.tag] = self._template.metrics.add(
                     alias=self._alias[meta.tag], timestamp=0, double_value=0.0
                 )
+            self._ordered = tuple(self._metric_of.items())
         self.ddata_topic = node.topic("DDATA", device)
         self.dbirth_topic = node.topic("DBIRTH", device)
         self.ddeath_topic = node.topic("DDEATH", device)
@@ -356,15 +365,15 @@ class SparkplugDeviceEncoder:
         """One DDATA with a metric per sample: alias, timestamp, value, and the Quality property when the
         quality is not good (a metric without it is good, as Ignition reads it; it halves the cost per value).
         Nothing while the device is not alive."""
+        if self._template is not None and len(samples) == len(self._ordered) and self.alive:
+            data = self._encode_every_tag(samples, now)
+            if data is not None:
+                return [Message(self.ddata_topic, data)]
         last = self._last
         if not self.alive:
             for sample in samples:
                 last[sample.tag] = sample
             return []
-        if self._template is not None and len(samples) == len(self._catalogue):
-            data = self._encode_every_tag(samples, now)
-            if data is not None:
-                return [Message(self.ddata_topic, data)]
         payload = pb.Payload(timestamp=_ms(now))
         add = payload.metrics.add
         aliases = self._alias
@@ -385,33 +394,64 @@ class SparkplugDeviceEncoder:
 
     def _encode_every_tag(self, samples: Sequence[Sample], now: float) -> bytes | None:
         """The DDATA of ``samples`` when they are every tag once, each a good float, from the prebuilt payload; None
-        when they are not (then the general path encodes them; the payload is overwritten before its next use)."""
+        when they are not (then the general path encodes them; the payload is overwritten before its next use).
+
+        A poll reads its tags in the same order every time: while the tags come in the order of the last poll taken
+        here (``_ordered``), each sample's metric is the next one of that order, with no lookup and no check for a
+        tag given twice (an order of distinct tags, matched tag by tag, has none). The payload then holds the last
+        value of every tag (``_template_holds_last``)."""
         template = self._template
         assert template is not None
-        if len({sample.tag for sample in samples}) != len(samples):
-            return None
-        metric_of = self._metric_of
-        last = self._last
         ts_seen, ms = -1.0, 0  # the samples of one read share their ts: convert it once per read
-        for sample in samples:
-            value = sample.value
-            if value.__class__ is not float or sample.quality is not _GOOD:
+        for (_, tag, value, quality, ts, _), (expected, metric) in zip(samples, self._ordered, strict=True):
+            if value.__class__ is not float or quality is not _GOOD:
                 return None
-            tag = sample.tag
-            metric = metric_of[tag]
-            ts = sample.ts
+            if tag is not expected and tag != expected:
+                if not self._fill_in_new_order(samples):
+                    return None
+                break
             if ts != ts_seen:
                 ts_seen, ms = ts, int(ts * 1000)
             metric.timestamp = ms
             metric.double_value = value
-            last[tag] = sample
+        if self._last:
+            self._last.clear()  # older than this poll, which has every tag
+        self._template_holds_last = True
         template.timestamp = _ms(now)
         return template.SerializeToString()
+
+    def _fill_in_new_order(self, poll: Sequence[Sample]) -> bool:
+        """Fill the prebuilt payload from ``poll`` by tag and keep its order as ``_ordered``; False when a tag is
+        given twice or a value is not a good float."""
+        if len(set(map(_TAG, poll))) != len(poll):
+            return False
+        metric_of = self._metric_of
+        ordered: list[tuple[str, pb.Payload.Metric]] = []
+        for _, tag, value, quality, ts, _ in poll:
+            if value.__class__ is not float or quality is not _GOOD:
+                return False
+            metric = metric_of[tag]
+            metric.timestamp = int(ts * 1000)
+            metric.double_value = value
+            ordered.append((tag, metric))
+        self._ordered = tuple(ordered)
+        return True
+
+    def _last_values(self) -> dict[str, Sample]:
+        """The last sample of every tag seen. One the prebuilt payload holds has its timestamp in whole milliseconds:
+        ``ts`` is the middle of that millisecond, so ``_ms(ts)`` gives it back exactly."""
+        last: dict[str, Sample] = {}
+        if self._template_holds_last:
+            device = self.device
+            for tag, metric in self._metric_of.items():
+                last[tag] = Sample(device, tag, metric.double_value, _GOOD, (metric.timestamp + 0.5) / 1000)
+        last.update(self._last)
+        return last
 
     def adopt(self, previous: SparkplugDeviceEncoder) -> None:
         """Take the last values of ``previous`` (the same device before a reload) for the tags kept with the same
         datatype: the next DBIRTH carries them."""
-        for tag, sample in previous._last.items():
+        for tag, sample in previous._last_values().items():
             if self._datatype.get(tag) == previous._datatype.get(tag):
                 self._last[tag] = sample
 
@@ -429,15 +469,22 @@ class SparkplugDeviceEncoder:
     def _birth_payload(self, now: float, *, quality: Quality | None) -> bytes:
         """``quality`` None: each metric's last quality (bad before the first value)."""
         payload = pb.Payload(timestamp=_ms(now))
+        last = self._last
+        held = self._metric_of if self._template_holds_last else {}
         for meta in self._catalogue:
             metric = payload.metrics.add()
             metric.name = meta.tag
             metric.alias = self._alias[meta.tag]
             datatype = self._datatype[meta.tag]
             metric.datatype = datatype
-            sample = self._last.get(meta.tag)
-            metric.timestamp = _ms(sample.ts if sample is not None else now)
-            _set_value(metric, datatype, None if sample is None else sample.value)
+            sample = last.get(meta.tag)
+            kept = held.get(meta.tag) if sample is None else None
+            if kept is not None:  # from the prebuilt payload: a good float, its timestamp in ms
+                metric.timestamp = kept.timestamp
+                metric.double_value = kept.double_value
+            else:
+                metric.timestamp = _ms(sample.ts if sample is not None else now)
+                _set_value(metric, datatype, None if sample is None else sample.value)
             properties = metric.properties
             for key, text in (("engUnit", meta.unit), ("Documentation", meta.description)):
                 if text is not None:
@@ -448,7 +495,10 @@ class SparkplugDeviceEncoder:
                     properties.keys.append(key)
                     properties.values.add(type=DOUBLE, double_value=bound)
             properties.keys.append(QUALITY_PROPERTY)
-            shown = quality if quality is not None else sample.quality if sample is not None else Quality.BAD
+            if quality is not None:
+                shown = quality
+            else:
+                shown = sample.quality if sample is not None else _GOOD if kept is not None else Quality.BAD
             properties.values.add(type=INT32, int_value=_QUALITY_WIRE[shown])
         return payload.SerializeToString()
 

@@ -874,7 +874,11 @@ class MqttSink:
             raise SinkError("MqttSink is closed")
         stamp = self._stamp
         if stamp is not None:
-            payload = stamp(topic, payload)
+            stamped = stamp(topic, payload)
+            if stamped is None:  # the session drops it (SessionHooks.stamp)
+                self._settle_dropped_soon(handle)
+                return
+            payload = stamped
         encoded_topic = self._topic_fields.get(topic) or self._topic_field(topic)
         in_flight = self._in_flight
         packet_id = self._next_packet_id + 1
@@ -909,6 +913,17 @@ class MqttSink:
                 self._transmit(packet_id, message)
         else:
             self._unsent.append(packet_id)
+
+    def _settle_dropped_soon(self, handle: Handle | None) -> None:
+        """A data message the session dropped at its hand-over: its window slot back, its handle acknowledged (never
+        sent, nothing to spool or refuse). Later, not here: this may run inside the window's hand-out."""
+        assert self._loop is not None
+        self._loop.call_soon(self._settle_dropped, handle)
+
+    def _settle_dropped(self, handle: Handle | None) -> None:
+        if handle is not None and self._on_ack is not None:
+            self._on_ack(handle)
+        self._window.release()
 
     def _unstamp(self, topic: str) -> None:
         session = self._options.session
@@ -957,7 +972,10 @@ class MqttSink:
                 self._log.warning("mqtt_dropping_qos0", reason="disconnected")
             return
         if self._stamp is not None:
-            payload = self._stamp(topic, payload)
+            stamped = self._stamp(topic, payload)
+            if stamped is None:  # the session drops it (SessionHooks.stamp)
+                return
+            payload = stamped
         try:
             packet = self._encoder.qos0(self._topic_field(topic), payload, retain)
         except MalformedPacketError as exc:  # a payload of over 256 MB
@@ -1412,13 +1430,16 @@ class MqttSink:
 
     def _births(self, session: SessionHooks) -> list[int]:
         """Take the session's births into the in-flight set (control: QoS 1, no window slot); their packet ids."""
-        return [self._session_control(session, topic, payload) for topic, payload in session.births()]
+        return [i for t, p in session.births() if (i := self._session_control(session, t, p)) is not None]
 
-    def _session_control(self, session: SessionHooks, topic: str, payload: bytes) -> int:
+    def _session_control(self, session: SessionHooks, topic: str, payload: bytes) -> int | None:
         """One session message stamped into the in-flight set as a control message (QoS 1, no window slot, not
-        retained); its packet id. One too large for the broker is refused when sent, with its number taken back."""
+        retained); its packet id (None: the session dropped it). One too large for the broker is refused when sent,
+        with its number taken back."""
         packet_id = self._new_packet_id()
         stamped = session.stamp(topic, payload)
+        if stamped is None:
+            return None
         packet = self._encoder.qos1(self._topic_field(topic), stamped, packet_id, False)
         if self._max_packet_size is not None and len(packet) > self._max_packet_size:
             session.unstamp(topic)
@@ -1441,7 +1462,7 @@ class MqttSink:
         session = self._options.session
         if session is None or self._closing:
             return
-        self._send_in_order([self._session_control(session, topic, payload) for topic, payload in messages])
+        self._send_in_order([i for t, p in messages if (i := self._session_control(session, t, p)) is not None])
 
     def _send_in_order(self, ids: list[int]) -> None:
         """Send these in-flight control messages now if nothing waits before them and the quota allows, else queue."""

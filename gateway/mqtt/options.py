@@ -20,8 +20,10 @@ class SessionHooks(Protocol):
         """Messages (topic, payload) sent first on every connection (after SUBSCRIBE), QoS 1, not retained."""
         ...
 
-    def stamp(self, topic: str, payload: bytes) -> bytes:
-        """The payload as it enters the wire order: called for each birth and data message as it is handed over."""
+    def stamp(self, topic: str, payload: bytes) -> bytes | None:
+        """The payload as it enters the wire order: called for each birth and data message as it is handed over.
+        None drops the message (e.g. Sparkplug data of a device not born on this connection): the connection settles
+        it as delivered without sending it (its handle is acknowledged: not refused, not spooled again)."""
         ...
 
     def unstamp(self, topic: str) -> None:

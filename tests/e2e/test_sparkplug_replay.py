@@ -210,3 +210,47 @@ async def test_a_ddata_over_the_maximum_packet_size_leaves_no_seq_hole_and_is_ke
     view, decoded = host_view(messages)  # seq +1 throughout: the refused DDATA used no number
     assert view.values["d1/v"] == ["a", "b", "c"]
     assert [payload["seq"] for _, payload in decoded] == [0, 1, 2, 3, 4]
+
+
+async def test_a_ddeath_of_a_device_not_born_in_the_new_session_never_reaches_the_host(tmp_path: Path) -> None:
+    """Two PLC links drop across a broker restart: d2's DDEATH is in flight (the broker holds its PUBACK) and d1's is
+    still queued (encoded, not yet handed to the connection) when the link to the broker is lost. The births after
+    the reconnect have neither device (both links are down), so neither DDEATH may follow them: the one in flight is
+    superseded, the queued one is dropped when it reaches the connection (counted, not spooled, not refused)."""
+    (tmp_path / "broker").mkdir()
+    broker = Mosquitto(persistence=True, workdir=tmp_path / "broker")
+    broker.start()
+    host = Subscriber(broker.host, broker.port, "spBv1.0/#", client_id="host-lone-ddeath-test", session=True)
+    try:
+        host.start()
+        await asyncio.sleep(1.5)  # autosave_interval 1: the host's session survives the broker's crash
+        async with edge_node(broker, tmp_path, devices={"d1": "float32", "d2": "float32"}) as edge:
+            await edge.sink.wait_connected(10)
+            await edge.forwarder.forward(edge.ddata("d1", 1.0) + edge.ddata("d2", 1.0))
+            await host.wait_for(lambda ms: sum(kind(m).startswith("DDATA") for m in ms) == 2, DEADLINE_S)
+            broker.pause()  # no PUBACK from here on
+            in_flight = edge.devices["d2"].death(time.time())
+            await edge.forwarder.forward([(in_flight.topic, in_flight.payload)])
+            queued = edge.devices["d1"].death(time.time())  # d1's link drops too; its DDEATH waits in the queue
+            broker.restart(kill=True)
+            await host.wait_for(lambda ms: sum(kind(m) == "NBIRTH" for m in ms) == 2, DEADLINE_S)
+            await edge.forwarder.forward([(queued.topic, queued.payload)])  # reaches the new connection
+            # d1's link comes back: its DBIRTH and data show where the DDEATH would have been on the wire.
+            birth = edge.devices["d1"].link_changed(connected=True, now=time.time())
+            assert birth is not None
+            await edge.forwarder.forward([(birth.topic, birth.payload), *edge.ddata("d1", 2.0)])
+            messages = await host.wait_for(lambda ms: sum(kind(m) == "DDATA:d1" for m in ms) == 2, DEADLINE_S)
+            refused, spooled = dict(edge.forwarder.refused_by_reason), edge.spool.count
+    finally:
+        host.stop()
+        broker.close()
+
+    view, decoded = host_view(messages)  # fails on a DDEATH (or DDATA) of a device not born
+    names = [topic.split("/", 2)[2] for topic, _ in decoded]
+    after_reconnect = names[names.index("NBIRTH/edge-1", 1):]
+    assert after_reconnect == ["NBIRTH/edge-1", "DBIRTH/edge-1/d1", "DDATA/edge-1/d1"]
+    assert view.ddeaths == {}
+    assert view.born == {"d1"}
+    # The dropped DDEATH is settled as delivered: counted, neither refused nor spooled.
+    assert edge.session.dropped == {"ddeath_not_born": 1, "ddata_not_born": 0}
+    assert (refused, spooled) == ({}, 0)

@@ -205,6 +205,7 @@ def read_stream(messages: list[Received]) -> HostView:
             seen.add((m.topic, m.payload))
             spb.append(m)
     assert not [m.topic for m in spb if m.retain], "a Sparkplug message was retained"
+    assert all(m.qos == 1 for m in spb if "/NDEATH/" in m.topic), "an NDEATH (the will) not at QoS 1"
     view = HostView(node_topic=f"spBv1.0/{GROUP}/{{}}/{EDGE}")
     decoded = decode_stream((m.topic, m.payload) for m in spb)
     for index, (topic, payload) in enumerate(decoded):
@@ -284,6 +285,7 @@ def test_both_outputs_births_rebirth_refused_writes_a_device_dying_and_the_clean
                 assert 'cellgate_sparkplug_commands_total{result="rebirth"} 1.0' in text
                 assert 'cellgate_sparkplug_commands_total{result="malformed"} 0.0' in text
                 assert "cellgate_sparkplug_rebirths_total 1.0" in text
+                assert 'cellgate_sparkplug_dropped_total{reason="ddeath_not_born"} 0.0' in text
                 assert "cellgate_sparkplug_bdseq 0.0" in text
 
             # The PLC stops answering: DDEATH, and no DDATA of a dead device (HostView fails on one).

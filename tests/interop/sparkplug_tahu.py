@@ -55,7 +55,8 @@ class HostView:
     last NBIRTH and not dead since (tck-id-payloads-dbirth-order); DBIRTH metrics with name, alias and datatype,
     DDATA metrics by alias only (tck-id-payloads-alias-birth-requirement, -alias-data-cmd-requirement); timestamps
     on the payload and on every birth and data metric (tck-id-payloads-name-birth-data-requirement); an alias names one
-    metric of one device between two NBIRTHs (tck-id-payloads-alias-uniqueness).
+    metric of one device between two NBIRTHs (tck-id-payloads-alias-uniqueness); the live (not is_historical) values
+    of a metric in DDATA in time order (tck-id-operational-behavior-data-publish-dbirth-order, for DDATA).
     """
 
     node_topic: str  # spBv1.0/{group}/{TYPE}/{edge}: with TYPE as "{}"
@@ -71,6 +72,7 @@ class HostView:
     values: dict[str, list[Any]] = field(default_factory=dict)  # device/metric name -> values seen (live and replayed)
     aliases: dict[int, str] = field(default_factory=dict)
     session_aliases: dict[int, str] = field(default_factory=dict)  # alias -> device/metric since the last NBIRTH
+    live_ts: dict[str, int] = field(default_factory=dict)  # device/metric -> timestamp of its last live DDATA value
 
     def read(self, topic: str, payload: dict[str, Any]) -> None:
         parts = topic.split("/")
@@ -118,6 +120,11 @@ class HostView:
             self.historical += all(flags)
             for metric in payload["metrics"]:
                 assert "name" not in metric and "alias" in metric and "timestamp" in metric, where
-                self.values.setdefault(self.aliases[metric["alias"]], []).append(metric["value"])
+                name = self.aliases[metric["alias"]]
+                self.values.setdefault(name, []).append(metric["value"])
+                if not metric.get("isHistorical"):
+                    before, ts = self.live_ts.get(name, 0), metric["timestamp"]
+                    assert ts >= before, f"{where}: {name} live at {ts} after {before}"
+                    self.live_ts[name] = ts
         else:
             raise AssertionError(f"unexpected message {where}")

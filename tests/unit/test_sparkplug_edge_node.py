@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import structlog.testing
+
 from gateway.encoders import sparkplug_b_pb2 as pb
 from gateway.encoders.sparkplug import DOUBLE, STRING, SparkplugDeviceEncoder, SparkplugEdgeNode
 from gateway.schema import Quality, Sample, TagMeta
@@ -56,6 +58,7 @@ class Wire:
 
     def hand_over(self, topic: str, payload: bytes) -> None:
         stamped = self.session.stamp(topic, payload)
+        assert stamped is not None
         self.sent.append((topic.split("/", 2)[2], seq_of(stamped)))
 
 
@@ -94,3 +97,43 @@ async def test_a_device_that_came_back_during_its_replay_gets_no_ddeath_from_the
     wire.hand_over(birth.topic, birth.payload)
     await asyncio.sleep(DEATH_AFTER_S * 6)
     assert [kind for kind, _ in wire.sent] == ["NBIRTH/e", "DBIRTH/e/d1", "DDATA/e/d1", "DBIRTH/e/d1"]
+
+
+def test_a_ddeath_of_a_device_not_born_on_the_wire_is_dropped_and_counted() -> None:
+    node = SparkplugEdgeNode(group_id="G", edge_node_id="e")
+    session = SparkplugSession(node, bd_seq_path=None)
+    device = SparkplugDeviceEncoder(node=node, device="d1", catalogue=[TagMeta(tag="v", type="float32")])
+    session.devices["d1"] = device
+    wire = Wire(session)
+    session.bind(lambda: None, send=wire.send)
+    device.birth(1.0)
+    ddeath = device.death(2.0)  # encoded before the reconnect, handed over after its births (which lack d1)
+    for topic, payload in session.births():
+        wire.hand_over(topic, payload)
+    with structlog.testing.capture_logs() as logs:
+        assert session.stamp(ddeath.topic, ddeath.payload) is None
+        assert session.stamp(ddeath.topic, ddeath.payload) is None
+        # Another device's DDATA that cannot be born (no catalogue in this run) is dropped too.
+        assert session.stamp(node.topic("DDATA", "gone"), b"") is None
+    assert session.dropped == {"ddeath_not_born": 2, "ddata_not_born": 1}
+    # One line per device and episode, not per message.
+    assert [(e["event"], e["device"], e["reason"]) for e in logs] == [
+        ("sparkplug_message_dropped", "d1", "ddeath_not_born"), ("sparkplug_message_dropped", "gone", "ddata_not_born")
+    ]
+    # Born again, its DDEATH goes, numbered after the DBIRTH (the dropped ones took no seq).
+    birth = device.link_changed(connected=True, now=3.0)
+    assert birth is not None
+    wire.hand_over(birth.topic, birth.payload)
+    wire.hand_over(ddeath.topic, ddeath.payload)
+    assert wire.sent == [("NBIRTH/e", 0), ("DBIRTH/e/d1", 1), ("DDEATH/e/d1", 2)]
+    assert session.stamp(ddeath.topic, ddeath.payload) is None  # dead again: a second DDEATH is dropped
+
+
+def test_the_session_subscribes_to_its_commands_at_qos_1() -> None:
+    """tck-id-message-flow-edge-node-ncmd-subscribe: NCMD of the node at QoS 1 (and DCMD of its devices, to refuse
+    them); with a primary host its STATE first."""
+    node = SparkplugEdgeNode(group_id="G", edge_node_id="e")
+    assert SparkplugSession(node, bd_seq_path=None).subscriptions == (
+        ("spBv1.0/G/NCMD/e", 1), ("spBv1.0/G/DCMD/e/+", 1)
+    )
+    assert SparkplugSession(node, bd_seq_path=None, primary_host="scada").subscriptions[0] == ("spBv1.0/STATE/scada", 1)
