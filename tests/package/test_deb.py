@@ -2,15 +2,17 @@
 `cellgate` (check, init, run as the package's system user against the simulators and Mosquitto, demo), an upgrade
 that keeps an edited conffile, then remove and purge leaving nothing behind.
 
-One build serves every test (module fixture). The upgrade installs the same build repacked with a new version
-and a changed upstream conffile (`dpkg-deb -R`/`-b`): dpkg's conffile and maintainer-script handling is what is
-under test there, and a second pip build would only cost time. The module purges the package at the end, also
-when a test fails. Needs root (dpkg -i) on a Debian-based system: CI runs `make test` as root.
+One build serves the install tests (module fixture). The upgrade installs a second, real `make deb` of a copy of
+the tree with a new changelog entry (a higher version) and a changed upstream `cellgate.env`; it starts in the
+background once the package is installed, so it builds while the install tests run. The module purges the
+package at the end, also when a test fails. Needs root (dpkg -i) on a Debian-based system: CI runs `make test`
+as root.
 """
 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import os
 import shutil
 import signal
@@ -18,6 +20,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -46,6 +49,8 @@ OWNED_PATHS = [
     UNITS / "cellgate.service", UNITS / "cellgate-simulators.service", UNITS / "cellgate.service.d",
 ]
 EDITED_ENV = "# edited on site\nCELLGATE_GATEWAY__ID=edge-from-site\n"
+UPGRADE_SUFFIX = "+upgrade1"
+UPSTREAM_ENV_LINE = "# a line the next release added\n"
 
 
 def run(*command: str | Path, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -78,8 +83,77 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return debs[0]
 
 
+def tree_copy(destination: Path) -> Path:
+    """The repository's files as `make deb` sees them (tracked and untracked, not ignored), in a git work tree of
+    their own, so that `make deb` runs there unchanged."""
+    files = run("git", "-C", REPO_ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard").stdout
+    destination.mkdir()
+    subprocess.run(["tar", "--null", "--ignore-failed-read", "-T", "-", "-cf", destination / "tree.tar"],
+                   cwd=REPO_ROOT, input=files, text=True, check=True, capture_output=True)
+    tree = destination / "tree"
+    tree.mkdir()
+    run("tar", "-xf", destination / "tree.tar", "-C", tree)
+    run("git", "init", "--quiet", tree)
+    return tree
+
+
+def prepend_changelog_entry(tree: Path, version: str, change: str) -> None:
+    """A new top entry in debian/changelog: what `dch -v VERSION` writes for a release."""
+    changelog = tree / "debian" / "changelog"
+    stamp = email.utils.format_datetime(datetime.now(UTC).replace(microsecond=0)).replace("-0000", "+0000")
+    entry = (f"cellgate ({version}) unstable; urgency=medium\n\n  * {change}\n\n"
+             f" -- Cellgate maintainers <cellgate@example.com>  {stamp}\n\n")
+    changelog.write_text(entry + changelog.read_text())
+
+
+class Rebuild:
+    """The second `make deb` (the upgrade), running in the background from a changed copy of the tree."""
+
+    def __init__(self, workdir: Path, version: str) -> None:
+        self.version = version
+        self.out = workdir / "deb"
+        tree = tree_copy(workdir / "src")
+        env_file = tree / "gateway" / "data" / "cellgate.env"
+        self.upstream_env = env_file.read_text() + UPSTREAM_ENV_LINE
+        env_file.write_text(self.upstream_env)
+        prepend_changelog_entry(tree, version, "Rebuilt by tests/package: cellgate.env changed upstream.")
+        self.log = workdir / "make-deb.log"
+        with self.log.open("w") as log:
+            self._make = subprocess.Popen(
+                ["make", "-C", str(tree), "deb", f"DEB_DIR={self.out}", "DEB_COMPRESSION=gzip"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def wait(self) -> Path:
+        returncode = self._make.wait(timeout=900)
+        assert returncode == 0, self.log.read_text()[-3000:]
+        debs = sorted(self.out.glob("cellgate_*.deb"))
+        assert len(debs) == 1, debs
+        return debs[0]
+
+    def stop(self) -> None:
+        if self._make.poll() is None:
+            self._make.terminate()
+            try:
+                self._make.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._make.kill()
+                self._make.wait()
+
+
 @pytest.fixture(scope="module")
-def installed(deb: Path) -> Iterator[Path]:
+def rebuild(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rebuild]:
+    """Started once the first build exists (pip's cache is warm then); the upgrade test waits for it."""
+    version = run("dpkg-deb", "-f", deb, "Version").stdout.strip() + UPGRADE_SUFFIX
+    started = Rebuild(tmp_path_factory.mktemp("rebuild"), version)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="module")
+def installed(deb: Path, rebuild: Rebuild) -> Iterator[Path]:
     if installed_version() is not None:
         pytest.fail(f"{PACKAGE} is already installed on this machine; the test would replace it (dpkg --purge it)")
     purge()  # leftovers of an earlier, interrupted run (config-files state)
@@ -252,39 +326,25 @@ def test_installed_init_writes_examples_that_check_cleanly(installed: Path, read
     assert again.returncode == 2 and "--force" in again.stderr
 
 
-def repack(deb: Path, destination: Path, *, version: str, env_text: str) -> Path:
-    """The same package with another version and another upstream cellgate.env."""
-    tree = destination / "tree"
-    run("dpkg-deb", "-R", deb, tree)
-    control = tree / "DEBIAN" / "control"
-    control.write_text("".join(
-        f"Version: {version}\n" if line.startswith("Version:") else line
-        for line in control.read_text().splitlines(keepends=True)
-    ))
-    (tree / "etc" / "cellgate" / "cellgate.env").write_text(env_text)
-    md5sums = tree / "DEBIAN" / "md5sums"
-    md5sums.write_text(run("sh", "-c", f"cd {tree} && find . -path ./DEBIAN -prune -o -type f -printf '%P\\0' "
-                                       "| sort -z | xargs -0 md5sum").stdout)
-    out = destination / f"cellgate_{version}_{run('dpkg', '--print-architecture').stdout.strip()}.deb"
-    run("dpkg-deb", "--root-owner-group", "-Znone", "-b", tree, out, timeout=300)  # uncompressed: faster
-    return out
-
-
-def test_upgrade_keeps_the_edited_conffile_then_remove_and_purge_leave_nothing(
-    installed: Path, tmp_path: Path
+def test_upgrade_to_a_rebuilt_package_keeps_the_edited_conffile_then_remove_and_purge_leave_nothing(
+    installed: Path, rebuild: Rebuild
 ) -> None:
     old_version = installed_version()
     assert old_version is not None
     (ETC / "cellgate.env").write_text(EDITED_ENV)
     spool_marker = STATE / "kept-across-upgrade"
     spool_marker.write_text("state")
-    upstream_env = (ETC / "cellgate.env").read_text().replace("edge", "upstream") + "# new upstream line\n"
-    new = repack(installed, tmp_path, version=f"{old_version}+upgrade1", env_text=upstream_env)
+    new = rebuild.wait()
+    assert new.name.startswith(f"cellgate_{old_version}{UPGRADE_SUFFIX}_"), new.name
+    assert run("dpkg-deb", "-f", new, "Version").stdout.strip() == rebuild.version
 
     run("dpkg", "-i", "--force-confdef", "--force-confold", new)
-    assert installed_version() == f"{old_version}+upgrade1"
+    assert installed_version() == rebuild.version
     assert (ETC / "cellgate.env").read_text() == EDITED_ENV
-    assert (ETC / "cellgate.env.dpkg-dist").read_text() == upstream_env
+    assert (ETC / "cellgate.env.dpkg-dist").read_text() == rebuild.upstream_env
+    assert (ETC / "tagmap.yaml").read_text() == DEMO_CONFIG.read_text()  # unedited: replaced without a question
+    changelog = run("sh", "-c", "zcat /usr/share/doc/cellgate/changelog.gz | head -1").stdout
+    assert rebuild.version in changelog  # the new build's files are the ones installed
     assert spool_marker.read_text() == "state"
     run(CELLGATE, "--version")  # the upgraded environment works (and writes byte code prerm must clean up)
 
