@@ -4,9 +4,10 @@ that keeps an edited conffile, then remove and purge leaving nothing behind.
 
 One build serves the install tests (module fixture). The upgrade installs a second, real `make deb` of a copy of
 the tree with a new changelog entry (a higher version) and a changed upstream `cellgate.env`; it starts in the
-background once the package is installed, so it builds while the install tests run. The module purges the
-package at the end, also when a test fails. Needs root (dpkg -i) on a Debian-based system: CI runs `make test`
-as root.
+background once the first build is done, so it builds while lintian and the install tests run. The maintainer
+scripts run as on a machine where systemd runs (`SystemdView`), and the tests check what they asked it. The
+module purges the package at the end, also when a test fails. Needs root (dpkg -i) on a Debian-based system: CI
+runs `make test` as root.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ class Rebuild:
         self.log = workdir / "make-deb.log"
         with self.log.open("w") as log:
             self._make = subprocess.Popen(
-                ["make", "-C", str(tree), "deb", f"DEB_DIR={self.out}", "DEB_COMPRESSION=gzip"],
+                # Uncompressed: it is installed, never copied or linted, and compressing costs time.
+                ["make", "-C", str(tree), "deb", f"DEB_DIR={self.out}", "DEB_COMPRESSION=none"],
                 stdout=log, stderr=subprocess.STDOUT,
             )
 
@@ -152,16 +154,86 @@ def rebuild(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reb
         started.stop()
 
 
+FAKE_SYSTEMCTL = """#!/bin/sh
+# Records what the maintainer scripts ask systemd; units listed in ENABLED are enabled, none is active.
+echo "$*" >> LOG
+for unit; do :; done
+case " $* " in
+    *" is-enabled "*)
+        if grep -qx -- "$unit" ENABLED 2>/dev/null; then echo enabled; exit 0; fi
+        echo disabled; exit 1 ;;
+    *" is-active "*) exit 3 ;;
+esac
+exit 0
+"""
+
+
+class SystemdView:
+    """dpkg run as on a machine where systemd runs, without touching this machine's services: in a private mount
+    namespace (`unshare --mount`) /run/systemd/system exists, so the scripts debhelper generated act, and
+    `systemctl` on PATH is a recorder that says the units in `enabled` are enabled. A policy-rc.d that forbids
+    every start (container images install one) is masked there by one that allows, as on a plant machine."""
+
+    def __init__(self, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log = workdir / "systemctl.log"
+        self.enabled_file = workdir / "enabled"
+        self.enabled_file.write_text("")
+        self.bin = workdir / "bin"
+        self.bin.mkdir()
+        systemctl = self.bin / "systemctl"
+        systemctl.write_text(FAKE_SYSTEMCTL.replace("LOG", str(self.log)).replace("ENABLED", str(self.enabled_file)))
+        systemctl.chmod(0o755)
+        self.allow = workdir / "policy-rc.d"
+        self.allow.write_text("#!/bin/sh\nexit 0\n")
+        self.allow.chmod(0o755)
+        probe = run("unshare", "--mount", "--propagation", "private", "true", check=False)
+        self.unavailable = None if probe.returncode == 0 else f"unshare --mount fails: {probe.stderr.strip()}"
+
+    def enable(self, *units: str) -> None:
+        self.enabled_file.write_text("".join(f"{unit}\n" for unit in units))
+
+    def dpkg(self, *args: str | Path) -> list[list[str]]:
+        """`dpkg ARGS`; the systemctl calls its maintainer scripts made, each split into words."""
+        self.log.write_text("")
+        if self.unavailable is not None:
+            run("dpkg", *args)
+            return []
+        script = (
+            "set -e; mkdir -p /run/systemd; mount -t tmpfs tmpfs /run/systemd; mkdir /run/systemd/system; "
+            f"if [ -e /usr/sbin/policy-rc.d ]; then mount --bind {self.allow} /usr/sbin/policy-rc.d; fi; "
+            f'PATH={self.bin}:$PATH; export PATH; exec dpkg "$@"'
+        )
+        run("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *args)
+        return [line.split() for line in self.log.read_text().splitlines()]
+
+
+def acted_on(calls: list[list[str]], action: str) -> set[str]:
+    """The units a systemctl ACTION (start, restart, stop, enable) was called for."""
+    return {word for call in calls if action in call for word in call[call.index(action) + 1:]
+            if word.endswith(".service")}
+
+
 @pytest.fixture(scope="module")
-def installed(deb: Path, rebuild: Rebuild) -> Iterator[Path]:
+def systemd(tmp_path_factory: pytest.TempPathFactory) -> SystemdView:
+    return SystemdView(tmp_path_factory.mktemp("systemd"))
+
+
+@pytest.fixture(scope="module")
+def install_calls(deb: Path, rebuild: Rebuild, systemd: SystemdView) -> Iterator[list[list[str]]]:
+    """The package installed (dpkg -i, systemd visible): what its scripts asked systemctl."""
     if installed_version() is not None:
         pytest.fail(f"{PACKAGE} is already installed on this machine; the test would replace it (dpkg --purge it)")
     purge()  # leftovers of an earlier, interrupted run (config-files state)
     try:
-        run("dpkg", "-i", deb)
-        yield deb
+        yield systemd.dpkg("-i", deb)
     finally:
         purge()
+
+
+@pytest.fixture(scope="module")
+def installed(deb: Path, install_calls: list[list[str]]) -> Path:
+    return deb
 
 
 @pytest.fixture
@@ -220,7 +292,8 @@ def equipment_seen(messages: list[Received]) -> set[str]:
 EQUIPMENT = {"coater-01", "calender-01", "stacker-01", "rack-01", "rack-02"}
 
 
-def test_lintian_finds_no_errors(deb: Path) -> None:
+def test_lintian_finds_no_errors(deb: Path, rebuild: Rebuild) -> None:
+    """(`rebuild` starts the upgrade's build here, so that it runs while lintian does.)"""
     result = run("lintian", "--fail-on", "error", deb, check=False, timeout=300)
     errors = [line for line in result.stdout.splitlines() if line.startswith("E:")]
     assert result.returncode == 0 and not errors, result.stdout[-3000:] + result.stderr[-3000:]
@@ -245,6 +318,16 @@ def test_installs_the_venv_units_conffiles_and_a_system_user_without_starting_an
     assert STATE.is_dir() and STATE.owner() == "cellgate"
     # Not enabled, so not started on installation (and not after upgrades either until an administrator enables it).
     assert not list(Path("/etc/systemd/system").glob("*.wants/cellgate*.service"))
+
+
+def test_installation_reloads_systemd_and_neither_enables_nor_starts_a_unit(
+    install_calls: list[list[str]], systemd: SystemdView
+) -> None:
+    if systemd.unavailable is not None:
+        pytest.skip(f"the maintainer scripts' systemctl calls cannot be observed here: {systemd.unavailable}")
+    assert ["--system", "daemon-reload"] in install_calls, install_calls
+    for action in ("enable", "start", "restart"):
+        assert not acted_on(install_calls, action), (action, install_calls)
 
 
 def test_installed_units_and_the_package_drop_in_pass_systemd_analyze_verify(installed: Path, tmp_path: Path) -> None:
@@ -327,8 +410,11 @@ def test_installed_init_writes_examples_that_check_cleanly(installed: Path, read
 
 
 def test_upgrade_to_a_rebuilt_package_keeps_the_edited_conffile_then_remove_and_purge_leave_nothing(
-    installed: Path, rebuild: Rebuild
+    installed: Path, rebuild: Rebuild, systemd: SystemdView
 ) -> None:
+    """Upgrade, remove, purge as dpkg does them on a machine with systemd, where an administrator enabled
+    cellgate.service (not the simulators): the upgrade reloads systemd and restarts that unit only, the remove
+    stops both units, the purge leaves nothing of the package behind."""
     old_version = installed_version()
     assert old_version is not None
     (ETC / "cellgate.env").write_text(EDITED_ENV)
@@ -338,7 +424,8 @@ def test_upgrade_to_a_rebuilt_package_keeps_the_edited_conffile_then_remove_and_
     assert new.name.startswith(f"cellgate_{old_version}{UPGRADE_SUFFIX}_"), new.name
     assert run("dpkg-deb", "-f", new, "Version").stdout.strip() == rebuild.version
 
-    run("dpkg", "-i", "--force-confdef", "--force-confold", new)
+    systemd.enable("cellgate.service")
+    upgrade_calls = systemd.dpkg("-i", "--force-confdef", "--force-confold", new)
     assert installed_version() == rebuild.version
     assert (ETC / "cellgate.env").read_text() == EDITED_ENV
     assert (ETC / "cellgate.env.dpkg-dist").read_text() == rebuild.upstream_env
@@ -348,14 +435,22 @@ def test_upgrade_to_a_rebuilt_package_keeps_the_edited_conffile_then_remove_and_
     assert spool_marker.read_text() == "state"
     run(CELLGATE, "--version")  # the upgraded environment works (and writes byte code prerm must clean up)
 
-    run("dpkg", "--remove", PACKAGE)
+    remove_calls = systemd.dpkg("--remove", PACKAGE)
     assert not Path("/opt/cellgate").exists() and not Path("/usr/bin/cellgate").exists()
     assert (ETC / "cellgate.env").read_text() == EDITED_ENV  # configuration and state survive a remove
     assert spool_marker.exists()
 
-    run("dpkg", "--purge", PACKAGE)
+    systemd.dpkg("--purge", PACKAGE)
     left = [str(path) for path in OWNED_PATHS if path.exists() or path.is_symlink()]
     assert not left, left
     assert run("dpkg-query", "-W", PACKAGE, check=False).returncode != 0
     helper_state = Path("/var/lib/systemd/deb-systemd-helper-enabled")
     assert not list(helper_state.rglob("cellgate*"))  # rglob of a missing directory is empty
+
+    if systemd.unavailable is not None:
+        pytest.skip(f"the maintainer scripts' systemctl calls cannot be observed here: {systemd.unavailable}")
+    assert ["--system", "daemon-reload"] in upgrade_calls, upgrade_calls
+    assert acted_on(upgrade_calls, "restart") == {"cellgate.service"}, upgrade_calls
+    assert not acted_on(upgrade_calls, "start"), upgrade_calls
+    assert acted_on(remove_calls, "stop") == {"cellgate.service", "cellgate-simulators.service"}, remove_calls
+    assert ["--system", "daemon-reload"] in remove_calls, remove_calls
