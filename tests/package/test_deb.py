@@ -304,8 +304,10 @@ def test_installs_the_venv_units_conffiles_and_a_system_user_without_starting_an
     assert Path("/usr/bin/cellgate").resolve() == CELLGATE.resolve()
     assert (VENV / "pyvenv.cfg").is_file()
     assert not (VENV / "bin" / "pip").exists()  # replaced by the next package, never changed in place
-    executable_modules = [str(path) for path in (VENV / "lib").rglob("*.py") if path.stat().st_mode & 0o111]
-    assert not executable_modules, executable_modules[:5]  # imported, never run
+    site = next((VENV / "lib").glob("python3*/site-packages"))
+    read_only = [*site.rglob("*.py"), *(path for path in site.glob("*.dist-info/*") if path.is_file())]
+    executable = [str(path) for path in read_only if path.stat().st_mode & 0o111]
+    assert not executable, executable[:5]  # modules and metadata are read, never run
     for unit in ("cellgate.service", "cellgate-simulators.service"):
         text = (UNITS / unit).read_text()
         assert f"ExecStart={CELLGATE} " in text
