@@ -6,11 +6,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint types unit bench sim clean deb
 
-$(STAMP): pyproject.toml
+# The exact versions of constraints.txt: what CI tests is what the Debian package and a constrained pip install get.
+$(STAMP): pyproject.toml constraints.txt
 	.ci/ensure-system-packages python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,demo]'
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt -e '.[test,demo]'
 	touch $(STAMP)
 
 venv: $(STAMP)
