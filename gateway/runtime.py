@@ -260,9 +260,9 @@ class Gateway:
         self._events: deque[LinkEvent] = deque(maxlen=LINK_EVENTS_KEPT)
         self._started = clock()
         self._progress = ProgressWatch(self._pipeline_view())
-        self._seq = SeqReservations(
-            SeqFileStore(state_dir), snapshot=self._seq_snapshot_by_device, period_s=SEQ_CHECKPOINT_S
-        )
+        # The seq slots and Sparkplug's bdSeq: small files written with one reserve (still written on a full disk).
+        self._state_files = SeqFileStore(state_dir)
+        self._seq = SeqReservations(self._state_files, snapshot=self._seq_snapshot_by_device, period_s=SEQ_CHECKPOINT_S)
         self._sparkplug: SparkplugSession | None = None
         self._uns_json: UnsJsonEncoder | None = None
 
@@ -546,14 +546,14 @@ class Gateway:
             if Output.SPARKPLUG in gateway.outputs and gateway.sparkplug is not None:
                 # protobuf is imported only by gateways that publish Sparkplug.
                 from gateway.encoders.sparkplug import SparkplugEdgeNode
-                from gateway.sparkplug_session import BD_SEQ_FILE, SparkplugSession
+                from gateway.sparkplug_session import SparkplugSession
 
                 node = SparkplugEdgeNode(
                     group_id=gateway.sparkplug.group_id, edge_node_id=gateway.sparkplug_edge_node_id, clock=self._clock
                 )
                 self._sparkplug = SparkplugSession(
                     node,
-                    bd_seq_path=self.state_dir / BD_SEQ_FILE,
+                    bd_seq_files=self._state_files,
                     clock=self._clock,
                     primary_host=gateway.sparkplug.primary_host,
                 )

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -54,15 +54,29 @@ BD_SEQ_FILE = "sparkplug-bdseq"
 """In the state directory: the bdSeq of the last CONNECT, so the next run's first CONNECT continues after it."""
 
 
-def read_bd_seq(path: Path) -> int | None:
+class SlotFiles(Protocol):
+    """Small state files written atomically (``gateway.seq_reservation.SeqFileStore``: with its reserve, so they are
+    still written on a full state disk)."""
+
+    @property
+    def directory(self) -> Path: ...
+
+    def read(self, name: str) -> bytes | None: ...
+
+    def write(self, name: str, data: bytes) -> None: ...
+
+
+def read_bd_seq(files: SlotFiles) -> int | None:
     """The bdSeq last used (0-255), or None when there is none (first run) or it is unreadable (logged)."""
+    path = files.directory / BD_SEQ_FILE
     try:
-        text = path.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
+        data = files.read(BD_SEQ_FILE)
+    except OSError as exc:
         log.error("sparkplug_bdseq_unreadable", path=str(path), error=str(exc), action="starting at 0")
         return None
+    if data is None:
+        return None
+    text = data.decode("ascii", errors="replace").strip()
     if not text.isdigit() or int(text) > 255:
         problem = f"not 0-255: {text[:20]!r}"
         log.error("sparkplug_bdseq_unreadable", path=str(path), error=problem, action="starting at 0")
@@ -70,11 +84,9 @@ def read_bd_seq(path: Path) -> int | None:
     return int(text)
 
 
-def write_bd_seq(path: Path, bd_seq: int) -> None:
-    """Keep ``bd_seq`` (written aside and renamed: a crash leaves the old value or the new one)."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(f"{bd_seq}\n", encoding="ascii")
-    os.replace(temporary, path)
+def write_bd_seq(files: SlotFiles, bd_seq: int) -> None:
+    """Keep ``bd_seq`` (atomically: a crash leaves the old value or the new one)."""
+    files.write(BD_SEQ_FILE, f"{bd_seq}\n".encode("ascii"))
 
 
 class SparkplugSession:
@@ -84,7 +96,7 @@ class SparkplugSession:
         self,
         node: SparkplugEdgeNode,
         *,
-        bd_seq_path: Path | None,
+        bd_seq_files: SlotFiles | None,
         clock: Callable[[], float] = time.time,
         primary_host: str | None = None,
         replay_death_after_s: float = REPLAY_DEATH_AFTER_S,
@@ -101,8 +113,8 @@ class SparkplugSession:
         self._held: list[tuple[str, bytes]] = []
         self._on_held: Callable[[list[tuple[str, bytes]]], None] = lambda held: None
         self.devices: dict[str, SparkplugDeviceEncoder] = {}
-        self._bd_seq_path = bd_seq_path
-        self._last_bd_seq = read_bd_seq(bd_seq_path) if bd_seq_path is not None else None
+        self._bd_seq_files = bd_seq_files
+        self._last_bd_seq = read_bd_seq(bd_seq_files) if bd_seq_files is not None else None
         self._clock = clock
         self._rebirth: Callable[[], None] = lambda: None
         self._send: Callable[[Sequence[tuple[str, bytes]]], None] = lambda messages: None
@@ -292,11 +304,13 @@ class SparkplugSession:
         if bd_seq == self._last_bd_seq:
             return
         self._last_bd_seq = bd_seq
-        if self._bd_seq_path is not None:
+        files = self._bd_seq_files
+        if files is not None:
             try:
-                write_bd_seq(self._bd_seq_path, bd_seq)
+                write_bd_seq(files, bd_seq)
             except OSError as exc:  # the count goes on in memory; a restart may then repeat a bdSeq
-                log.error("sparkplug_bdseq_not_saved", path=str(self._bd_seq_path), error=str(exc), bd_seq=bd_seq)
+                log.error("sparkplug_bdseq_not_saved", path=str(files.directory / BD_SEQ_FILE), error=str(exc),
+                          bd_seq=bd_seq)  # fmt: skip
 
     def births(self) -> Sequence[tuple[str, bytes]]:
         """NBIRTH, then the DBIRTH of every device whose link is up (one that is down has its DBIRTH when it

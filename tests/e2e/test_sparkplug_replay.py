@@ -28,6 +28,7 @@ import pytest
 from gateway.encoders.sparkplug import QUALITY_CODES, SparkplugDeviceEncoder, SparkplugEdgeNode
 from gateway.mqtt.connection import MqttSink
 from gateway.schema import Quality, Sample, TagMeta
+from gateway.seq_reservation import SeqFileStore
 from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward
 from gateway.sparkplug_session import UNKNOWN_DEVICE, HostGate, SparkplugSession, historical_form
@@ -63,7 +64,7 @@ async def edge_node(
 ) -> AsyncIterator[EdgeNode]:
     """``devices``: name -> tag type of its one tag ``v``; every device is alive (born) from the start."""
     node = SparkplugEdgeNode(group_id="G", edge_node_id="edge-1")
-    session = SparkplugSession(node, bd_seq_path=tmp_path / "bdseq")
+    session = SparkplugSession(node, bd_seq_files=SeqFileStore(tmp_path))
     encoders = {}
     for name, tag_type in devices.items():
         encoder = SparkplugDeviceEncoder(node=node, device=name, catalogue=[TagMeta(tag="v", type=tag_type)])

@@ -17,6 +17,7 @@ import pytest
 from gateway.encoders.sparkplug import SparkplugDeviceEncoder, SparkplugEdgeNode
 from gateway.mqtt.connection import MqttSink
 from gateway.schema import Quality, Sample, TagMeta
+from gateway.seq_reservation import SeqFileStore
 from gateway.sparkplug_session import SparkplugSession
 from tests.interop.sparkplug_tahu import TAHU_AVAILABLE, TAHU_MISSING, HostView, decode_stream
 from tests.support.mosquitto import Mosquitto, Received, Subscriber
@@ -38,7 +39,7 @@ async def test_unacknowledged_data_follows_the_next_births_renumbered_and_histor
         host.start()
         await asyncio.sleep(1.5)  # autosave_interval 1: the host's session survives the broker's crash
         node = SparkplugEdgeNode(group_id="G", edge_node_id="edge-1")
-        session = SparkplugSession(node, bd_seq_path=tmp_path / "bdseq")
+        session = SparkplugSession(node, bd_seq_files=SeqFileStore(tmp_path))
         catalogue = [TagMeta(tag="v", type="float32")]
         device = SparkplugDeviceEncoder(node=node, device="d1", catalogue=catalogue, alias_base=0)
         session.devices["d1"] = device

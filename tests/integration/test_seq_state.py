@@ -144,3 +144,28 @@ async def test_the_seq_state_is_written_on_a_completely_full_state_disk(tmp_path
         second = SeqReservations(SeqFileStore(state), snapshot=lambda: {"dev": {}}, period_s=5.0)
         assert (await second.start(used_before=True)).previous_stop is PreviousStop.CLEAN
         assert second.claim(["a/t"])["a/t"] == live["a/t"]
+
+
+def test_sparkplug_bdseq_is_written_on_a_completely_full_state_disk(tmp_path: Path) -> None:
+    """The bdSeq file goes through the seq state's files and their reserve: on a state disk filled to the last
+    byte the next run still continues after the last accepted CONNECT (a repeated bdSeq would let a host take an
+    old NDEATH for the current session's)."""
+    from gateway.encoders.sparkplug import SparkplugEdgeNode
+    from gateway.sparkplug_session import BD_SEQ_FILE, SparkplugSession
+
+    state = tmp_path / "state"
+    with mounted_tmpfs(state, size="1m"):
+        files = SeqFileStore(state)
+        files.write("seq.a.json", b"{}")  # what a gateway writes first: the reserve is made beside it
+        assert (state / SEQ_RESERVE_FILE).stat().st_size > 0
+        fill_disk(state)
+        session = SparkplugSession(SparkplugEdgeNode(group_id="G", edge_node_id="e"), bd_seq_files=files)
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):  # three accepted CONNECTs: bdSeq 0, 1, 2
+                session.will_payload()
+                session.births()
+        assert [entry for entry in logs if entry["event"] == "sparkplug_bdseq_not_saved"] == []
+        assert (state / BD_SEQ_FILE).read_text() == "2\n"
+        after_restart = SparkplugSession(SparkplugEdgeNode(group_id="G", edge_node_id="e"), bd_seq_files=files)
+        after_restart.will_payload()
+        assert after_restart.node.bd_seq == 3

@@ -64,7 +64,7 @@ class Wire:
 
 async def test_ddata_of_a_device_not_born_gets_a_dbirth_first_and_a_ddeath_after_its_replay() -> None:
     node = SparkplugEdgeNode(group_id="G", edge_node_id="e")
-    session = SparkplugSession(node, bd_seq_path=None, replay_death_after_s=DEATH_AFTER_S)
+    session = SparkplugSession(node, bd_seq_files=None, replay_death_after_s=DEATH_AFTER_S)
     device = SparkplugDeviceEncoder(node=node, device="d1", catalogue=[TagMeta(tag="v", type="float32")])
     session.devices["d1"] = device
     wire = Wire(session)
@@ -85,7 +85,7 @@ async def test_ddata_of_a_device_not_born_gets_a_dbirth_first_and_a_ddeath_after
 
 async def test_a_device_that_came_back_during_its_replay_gets_no_ddeath_from_the_replay() -> None:
     node = SparkplugEdgeNode(group_id="G", edge_node_id="e")
-    session = SparkplugSession(node, bd_seq_path=None, replay_death_after_s=DEATH_AFTER_S)
+    session = SparkplugSession(node, bd_seq_files=None, replay_death_after_s=DEATH_AFTER_S)
     device = SparkplugDeviceEncoder(node=node, device="d1", catalogue=[TagMeta(tag="v", type="float32")])
     session.devices["d1"] = device
     wire = Wire(session)
@@ -101,7 +101,7 @@ async def test_a_device_that_came_back_during_its_replay_gets_no_ddeath_from_the
 
 def test_a_ddeath_of_a_device_not_born_on_the_wire_is_dropped_and_counted() -> None:
     node = SparkplugEdgeNode(group_id="G", edge_node_id="e")
-    session = SparkplugSession(node, bd_seq_path=None)
+    session = SparkplugSession(node, bd_seq_files=None)
     device = SparkplugDeviceEncoder(node=node, device="d1", catalogue=[TagMeta(tag="v", type="float32")])
     session.devices["d1"] = device
     wire = Wire(session)
@@ -133,7 +133,8 @@ def test_the_session_subscribes_to_its_commands_at_qos_1() -> None:
     """tck-id-message-flow-edge-node-ncmd-subscribe: NCMD of the node at QoS 1 (and DCMD of its devices, to refuse
     them); with a primary host its STATE first."""
     node = SparkplugEdgeNode(group_id="G", edge_node_id="e")
-    assert SparkplugSession(node, bd_seq_path=None).subscriptions == (
+    assert SparkplugSession(node, bd_seq_files=None).subscriptions == (
         ("spBv1.0/G/NCMD/e", 1), ("spBv1.0/G/DCMD/e/+", 1)
     )
-    assert SparkplugSession(node, bd_seq_path=None, primary_host="scada").subscriptions[0] == ("spBv1.0/STATE/scada", 1)
+    with_host = SparkplugSession(node, bd_seq_files=None, primary_host="scada")
+    assert with_host.subscriptions[0] == ("spBv1.0/STATE/scada", 1)
