@@ -31,7 +31,7 @@ from gateway.schema import META_PART_DEFAULT_BYTES, PUBLISH_OVERHEAD_BYTES, Valu
 from gateway.sources.base import RawReading
 from gateway.sources.modbus_plan import ReadPlan, ReadRequest
 from gateway.tagmap import ModbusDevice, OpcUaDevice, Plant
-from gateway.tagmap.model import ModbusTag, OpcUaTag
+from gateway.tagmap.model import ModbusTag, OpcUaTag, Output
 from gateway.vocabulary import DataType, OpcUaMode, Transport
 
 RTU_BITS_PER_CHARACTER: Final = 11
@@ -122,7 +122,10 @@ def size_problems(topic: str, payload: bytes, *, packet_limit: int) -> list[str]
         )
     size = publish_bytes(topic, payload)
     if size > packet_limit:
-        problems.append(f"{topic}: a {size}-byte message, over the broker packet limit of {packet_limit} bytes")
+        problem = f"{topic}: a {size}-byte message, over the broker packet limit of {packet_limit} bytes"
+        if "/DBIRTH/" in topic:
+            problem += " (a Sparkplug DBIRTH cannot be split: split the device into smaller ones)"
+        problems.append(problem)
     return problems
 
 
@@ -169,11 +172,24 @@ def _sample_value(tag: ModbusTag | OpcUaTag) -> Value:
 
 
 def _encoded(plant: Plant, device: ModbusDevice | OpcUaDevice) -> tuple[str, list[Message], list[Message]]:
-    """The device's base topic, the messages of one cycle in which every value changed, and its ``_meta``."""
-    outbound = build_outbound(plant, device)
+    """The device's base topic, the messages of one cycle in which every value changed (in every output of the
+    gateway), and the messages sent once: its ``_meta`` and, with Sparkplug, its DBIRTH with every last value."""
     now = 1_767_225_600.0  # any fixed time: only the sizes matter
+    node = None
+    if Output.SPARKPLUG in plant.gateway.outputs and plant.gateway.sparkplug is not None:
+        from gateway.encoders.sparkplug import SparkplugEdgeNode  # protobuf only for Sparkplug maps
+
+        node = SparkplugEdgeNode(group_id=plant.gateway.sparkplug.group_id,
+                                 edge_node_id=plant.gateway.sparkplug_edge_node_id, clock=lambda: now)  # fmt: skip
+    outbound = build_outbound(plant, device, sparkplug=node)
+    if outbound.sparkplug is not None:
+        outbound.sparkplug.birth(now)  # born: its DDATA is encoded
     readings = [RawReading(tag=tag.name, value=_sample_value(tag), ts=now) for tag in device.tags]
-    return outbound.topics.base, outbound.messages(readings, now), outbound.meta_messages()
+    cycle = outbound.messages(readings, now)
+    once = outbound.meta_messages()
+    if outbound.sparkplug is not None:
+        once.append(outbound.sparkplug.birth(now))  # with the last values: as large as it gets
+    return outbound.topics.base, cycle, once
 
 
 def events_load(device: ModbusDevice | OpcUaDevice) -> tuple[int, str | None]:

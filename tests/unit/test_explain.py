@@ -250,3 +250,18 @@ def test_events_add_their_trigger_reads_and_say_what_a_record_costs() -> None:
     assert f"    {load.events}" in render_explain(explain_plant(_plant(device)), rtt_ms=5)
     (without,) = explain_plant(_plant(_tcp("stacker", tags=4, interval_ms=500))).devices
     assert without.events is None and without.requests == 4
+
+
+def test_a_sparkplug_gateway_is_sized_by_its_ddata_and_a_dbirth_over_the_packet_limit_is_warned_about() -> None:
+    sparkplug = ("gateway: {id: edge-01, enterprise: acme, site: dunkirk, outputs: [sparkplug], "
+                 "sparkplug: {group_id: G}}\n")
+    text = HEAD.replace(HEAD.splitlines()[0] + "\n", sparkplug) % ", max_packet_size: 3000" + _tcp(
+        "rack", tags=200, interval_ms=500)
+    (device,) = explain_plant(load_plant_from_text(text)).devices
+    assert device.per_second(device.messages) == 2  # one DDATA per cycle, not a message per value
+    assert device.per_second(device.values) == 400
+    dbirth = [w for w in device.warnings if "spBv1.0/G/DBIRTH/edge-01/rack: a" in w]
+    assert len(dbirth) == 1 and "a Sparkplug DBIRTH cannot be split" in dbirth[0], device.warnings
+    both = text.replace("outputs: [sparkplug]", "outputs: [uns-json, sparkplug]")
+    (joint,) = explain_plant(load_plant_from_text(both)).devices
+    assert joint.per_second(joint.messages) == 200 * 2 + 2  # a message per value and a DDATA per cycle
