@@ -62,6 +62,7 @@ from gateway.sources.base import RawReading
 from gateway.state_dir import LOCK_FILE_NAME, locked_state_dir
 from gateway.tagmap import Plant
 from gateway.tagmap.model import Output
+from gateway.vocabulary import PublishMode
 
 if TYPE_CHECKING:  # protobuf is imported only by gateways that publish Sparkplug
     from gateway.sparkplug_session import SparkplugSession
@@ -217,7 +218,13 @@ class _DeviceChannel:
     def link(self) -> DeviceLink:
         return DeviceLink(emit=self.emit, report_link=self.report_link, show_stats=self._show_stats,
                           publish_record=self.publish_record, event_stats=self.event_stats,
-                          backlog=self._queue)  # fmt: skip
+                          backlog=self._queue, paced_reads=self._paced_reads())  # fmt: skip
+
+    def _paced_reads(self) -> bool:
+        """A poll may be emitted in parts: one message per value (a batch or a DDATA is one poll), no context (it
+        is the poll's context tags that a sample carries)."""
+        outbound = self.outbound
+        return outbound.mode is PublishMode.TAG and outbound.sparkplug is None and outbound.context is None
 
     def _show_stats(self, stats: object) -> None:
         self.source_stats = stats

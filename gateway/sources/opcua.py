@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -324,6 +325,7 @@ class OpcUaSource:
         security: ClientSecurity | None = None,
         backlog: Backlog | None = None,
         fast_publish: bool = True,
+        paced_reads: bool = False,
     ) -> None:
         if keepalive_s <= 0:
             raise ValueError(f"keepalive_s must be > 0, not {keepalive_s}")
@@ -331,6 +333,7 @@ class OpcUaSource:
         self.options = options
         self.security = security
         self._backlog = backlog  # poll mode: polls are skipped while its data is max_queue_age_ms old
+        self._paced_reads = paced_reads  # poll mode: Reads of a poll wait for the sink under overload (base.HoldBack)
         self.tags = tuple(tags)
         self.stats = OpcUaSourceStats(cycle_times=CycleTimes() if options.mode is OpcUaMode.POLL else None)
         self._tag_names = tuple(tag.name for tag in self.tags)
@@ -867,21 +870,24 @@ class OpcUaSource:
         schedule = PollSchedule(interval_s=self.options.interval_ms / 1000.0, deadline=loop.time())
         overruns_before, skipped_before = self.stats.poll_overruns, self.stats.poll_skipped_cycles
         overrun_log = OverrunLog()
-        hold_back = HoldBack(self._backlog, self.options.max_queue_age_ms, self.options.interval_ms, self._log)
+        hold_back = HoldBack(self._backlog, self.options.max_queue_age_ms, self.options.interval_ms, self._log,
+                             self._paced_reads)  # fmt: skip
         held_before = self.stats.backlog_skipped
         cycle_times = self.stats.cycle_times
+        checked: Emit = functools.partial(_emit_checked, emit)
         while True:
             await hold_back.before_poll(schedule, loop.time)  # skips polls while the queued data is too old
             self.stats.backlog_skipped = held_before + schedule.held_polls
             cycle_started = loop.time()
             if nodes:
-                readings, chunk_size = await self._poll_once(client, plan, nodes, chunk_size)
+                readings, chunk_size = await self._poll_once(client, plan, nodes, chunk_size, checked, hold_back)
                 self.stats.polls += 1
-                await _emit_checked(emit, readings)
+                await hold_back.finish(readings, checked, loop.time)
             now = loop.time()
             if nodes and cycle_times is not None:
                 cycle_times.observe(now - cycle_started)  # Reads and hand-over, as Modbus units measure it
-            overran = schedule.after_cycle(now)
+            overran = hold_back.after_cycle(schedule, now)  # the time paced Reads waited for the sink is held
+            self.stats.backlog_skipped = held_before + schedule.held_polls
             if overran:
                 # The stats run across connections, the schedule is this connection's.
                 self.stats.poll_overruns = overruns_before + schedule.overruns
@@ -910,9 +916,10 @@ class OpcUaSource:
             return watch.reason or "connection lost"
 
     async def _poll_once(
-        self, client: Client, plan: NodePlan, nodes: Sequence[Node], chunk_size: int
+        self, client: Client, plan: NodePlan, nodes: Sequence[Node], chunk_size: int, emit: Emit, hold_back: HoldBack
     ) -> tuple[list[RawReading], int]:
-        """One Read per chunk (read_attributes keeps StatusCode and timestamps; read_values hides them)."""
+        """One Read per chunk (read_attributes keeps StatusCode and timestamps; read_values hides them). While the
+        sink is busy (paced reads), each chunk's readings are handed over before the next Read (``HoldBack``)."""
         readings: list[RawReading] = []
         start = 0
         while start < len(nodes):
@@ -944,6 +951,9 @@ class OpcUaSource:
                 readings.extend(readings_from_data_value(planned.tags, data_value, received_at=received_at,
                                                          type_names=self._type_names))
             start += len(part)
+            if (pace := hold_back.pace) is not None and pace.busy and readings and start < len(nodes):
+                await hold_back.hand_over(readings, emit, asyncio.get_running_loop().time)
+                readings = []
         return readings, chunk_size
 
 
