@@ -830,9 +830,11 @@ class _TcpCycleReads:
         return request, sent
 
     async def _fill(self) -> None:
-        """Send the next reads of the cycle until ``window`` of them are on the wire (or none are left)."""
+        """Send the next reads of the cycle until ``window`` of them are on the wire (or none are left); one while
+        paced reads may wait for the sink (see ``hold``)."""
         requests = self._requests
-        while len(self._sent) < self._window and self._next < len(requests):
+        window = 1 if (pace := self._pace) is not None and pace.busy else self._window
+        while len(self._sent) < window and self._next < len(requests):
             request = requests[self._next]
             self._next += 1
             self._sent.append((request, await self._send(request)))
