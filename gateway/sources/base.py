@@ -185,25 +185,35 @@ class HeldLine(NamedTuple):
     episode_s: float
 
 
+HELD_EPISODE_QUIET_S = 1.0
+"""An episode of polls skipped for the backlog ends at the first poll that did not wait after this long without a
+wait: an overload that holds every few polls back is one episode, not a pair of lines every few polls."""
+
+
 @dataclass(slots=True)
 class HeldLog:
     """When a poll loop says that it skips polls because the data already queued is older than its cap. Pure.
 
-    An episode is a run of polls that each had to wait for the backlog; it ends at the first poll that did not.
-    Its first wait is logged at once, then at most one ``poll_skipped`` every ``every_s`` while it lasts, and one
-    ``poll_skipping_over`` with the episode's count when it ends: never silent, never a line per cycle.
+    An episode is a run of polls that had to wait for the backlog; it ends at the first poll that did not wait once
+    ``quiet_s`` passed without a wait. Its first wait is logged at once, then at most one ``poll_skipped`` every
+    ``every_s`` while it lasts, and one ``poll_skipping_over`` with the episode's count when it ends: never silent,
+    never a line per cycle.
     """
 
     every_s: float = OVERLOAD_LOG_EVERY_S
+    quiet_s: float = HELD_EPISODE_QUIET_S
     logged_at: float = -math.inf
     started_at: float | None = None
+    held_at: float = -math.inf
+    """When the last poll that waited started."""
     baseline_s: float = 0.0
-    """``schedule.held_s`` at the last poll that did not wait: what episodes before this one held."""
+    """``schedule.held_s`` when no episode was under way: what episodes before this one held."""
 
     def before_poll(self, schedule: PollSchedule, *, held: bool, now: float) -> HeldLine | None:
         """After the wait (if any) that came before the poll starting at ``now``; ``held``: it had to wait."""
         skipped = int((schedule.held_s - self.baseline_s) // schedule.interval_s)
         if held:
+            self.held_at = now
             if self.started_at is None:
                 self.started_at = now
                 self.logged_at = -math.inf
@@ -211,9 +221,12 @@ class HeldLog:
                 return None
             self.logged_at = now
             return HeldLine(False, skipped, now - self.started_at)
-        self.baseline_s = schedule.held_s
         if self.started_at is None:
+            self.baseline_s = schedule.held_s
             return None
+        if now - self.held_at < self.quiet_s:
+            return None  # the episode goes on
+        self.baseline_s = schedule.held_s
         line = HeldLine(True, skipped, now - self.started_at)
         self.started_at = None
         return line

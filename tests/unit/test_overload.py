@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.errors import ConfigError
 from gateway.metrics import build_registry
 from gateway.queueing import MessageQueue
-from gateway.sources.base import HeldLine, HeldLog, HoldBack, PollSchedule, RawReading
+from gateway.sources.base import HELD_EPISODE_QUIET_S, HeldLine, HeldLog, HoldBack, PollSchedule, RawReading
 from gateway.sources.modbus import UnitStats
 from gateway.tagmap import load_plant_from_text
 from tests.unit.test_operations import STATE, device
@@ -197,6 +197,7 @@ async def test_a_paced_poll_hands_its_parts_over_and_each_waits_for_room_before_
     await hold_back.finish([], emit, clock)
     assert emitted == [readings("d")] and not hold_back.paced  # not paced: one emit, no wait
     assert not hold_back.after_cycle(schedule, 0.25)
+    clock.now = 0.22 + HELD_EPISODE_QUIET_S  # the first poll that did not wait after a quiet second ends it
     await hold_back.before_poll(schedule, clock)
     assert [event for event, _ in log.lines] == ["poll_skipped", "poll_skipping_over"]
 
@@ -225,6 +226,16 @@ def test_an_episode_of_skipped_polls_is_logged_when_it_starts_and_when_it_is_ove
     # A second episode counts from its own start.
     lines = run_held(HeldLog(), PollSchedule(interval_s=1.0, deadline=0.0), [3.0, 0, 1.0, 0])
     assert [line.skipped for _, line in lines] == [3, 3, 1, 1]
+
+
+def test_polls_held_now_and_then_are_one_episode_until_a_quiet_second() -> None:
+    schedule = PollSchedule(interval_s=0.1, deadline=0.0)
+    # For 3 s every other poll is held half an interval (as paced reads do under a steady overload), then none.
+    lines = run_held(HeldLog(), schedule, [0.05, 0.0] * 15 + [0.0] * 12)
+    assert [(line.over, line.skipped) for _, line in lines] == [(False, 0), (True, 7)]
+    ended_at, over = lines[-1]
+    assert over.episode_s == pytest.approx(ended_at - lines[0][0])
+    assert ended_at - 3.0 >= HELD_EPISODE_QUIET_S - 0.1  # one quiet second after the last held poll
 
 
 def test_a_long_episode_is_logged_once_a_minute_never_per_poll() -> None:
