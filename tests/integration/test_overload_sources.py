@@ -194,3 +194,36 @@ async def test_paced_reads_hand_a_poll_over_by_request_while_the_sink_is_busy_an
         assert fresh <= 2 * INTERVAL_MS and fresh <= 0.6 * whole_p95, (paced_p95, windowed_p95, whole_p95)
     # A sink that keeps up is never busy when a request's answer is decoded: every poll is handed over whole.
     assert set(idle.sizes) == {PACED_TAGS}, idle.sizes
+
+
+async def run_opcua_paced(server: OpcUaTestServer, *, paced_reads: bool) -> tuple[PerValueSink, int]:
+    sink = PerValueSink(MessageQueue(100_000), per_reading_s=0.03)  # a poll of 4 takes 120 ms: 2.4x at 50 ms
+    consumer = asyncio.create_task(sink.run())
+    options = OpcUaDeviceOptions(
+        endpoint=server.endpoint, namespace_uri=TEST_NAMESPACE, mode="poll", interval_ms=INTERVAL_MS,
+        timeout_ms=2000, max_queue_age_ms=INTERVAL_MS,
+    )  # fmt: skip
+    tags = [OpcUaTagRef(name=name, kind="s", identifier=name) for name in ("Temperature", "Count", "Running", "Recipe")]
+    source = OpcUaSource(device="coater", options=options, tags=tags, backlog=sink.queue, paced_reads=paced_reads)
+    task = asyncio.create_task(source.run(sink.emit, lambda connected, error: None))
+    try:
+        await wait_until_async(lambda: len(sink.ages_ms) >= 40, 60, "10 polls handed on")
+    finally:
+        for running in (task, consumer):
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+    return sink, source.stats.backlog_skipped
+
+
+async def test_opcua_poll_mode_paces_its_reads_by_max_nodes_per_read_chunk() -> None:
+    server = OpcUaTestServer(max_nodes_per_read=1)  # one Read per node: four per poll
+    await server.start()
+    try:
+        paced, paced_skipped = await run_opcua_paced(server, paced_reads=True)
+        whole, _ = await run_opcua_paced(server, paced_reads=False)
+    finally:
+        await server.stop()
+    assert set(paced.sizes) <= {1, 4} and paced.sizes.count(1) >= 0.8 * len(paced.sizes), paced.sizes
+    assert set(whole.sizes) == {4}, whole.sizes
+    assert paced_skipped >= 3  # the paced polls took longer than their interval: the polls in between skipped
