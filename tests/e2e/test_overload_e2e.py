@@ -135,6 +135,9 @@ async def test_an_overloaded_sink_path_makes_sources_skip_polls_and_keeps_the_da
     # they start, each a whole poll on the link, give about three: an interval of queue and 200 ms of poll.)
     assert capped.ages_ms and uncapped.ages_ms
     capped_p95, uncapped_p95 = _p95(capped.ages_ms), _p95(uncapped.ages_ms)
+    # The README's Performance figures for this rig (``pytest -s``).
+    print(f"data age p50/p95 ms: capped {statistics.median(capped.ages_ms):.0f}/{capped_p95:.0f}, "
+          f"uncapped {statistics.median(uncapped.ages_ms):.0f}/{uncapped_p95:.0f}")  # fmt: skip
     assert capped_p95 <= 2 * INTERVAL_MS, (capped_p95, uncapped_p95)
     # The rig really is overloaded: without the cap the same load ages by the queue's length.
     assert uncapped_p95 >= 12 * INTERVAL_MS, (capped_p95, uncapped_p95)
