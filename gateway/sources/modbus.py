@@ -178,7 +178,7 @@ class UnitStats:
     # Cycles whose reads and emit ended after the next deadline (see base.PollSchedule).
     overruns: int = 0
     # Polls skipped because the data already waiting for the sink was older than max_queue_age_ms (the poll waited
-    # for the backlog; see ModbusUnit).
+    # for the backlog), or while paced reads waited for the sink (see ModbusUnit).
     backlog_skipped: int = 0
     # Polls the fixed rate asked for that did not happen: the time overruns pushed the schedule back, in intervals
     # (after an overrun the next poll starts at once, never in a burst to catch up).

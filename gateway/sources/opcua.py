@@ -164,7 +164,7 @@ class OpcUaSourceStats:
     polls: int = 0
     poll_overruns: int = 0  # polls (with their emit) that ran past their slot; the next one then starts at once
     poll_skipped_cycles: int = 0  # polls the fixed rate asked for that overruns cost (see base.PollSchedule)
-    backlog_skipped: int = 0  # polls skipped while the data waiting for the sink was older than max_queue_age_ms
+    backlog_skipped: int = 0  # polls skipped while the queued data was max_queue_age_ms old or paced Reads waited
     read_requests: int = 0
     reads_ok: int = 0  # Read calls (poll mode) answered
     read_timeouts: int = 0  # Read calls without an answer within timeout_ms
