@@ -100,6 +100,12 @@ class RuntimeCounters:
     per_device_messages: dict[str, int] = field(default_factory=dict)
 
 
+def paced_reads(outbound: DeviceOutbound) -> bool:
+    """Whether the device's polls may be emitted in parts (see ``sources.base.HoldBack``): one message per value
+    (a ``_batch`` message or a DDATA is one poll), no context (a sample carries its poll's context tags)."""
+    return outbound.mode is PublishMode.TAG and outbound.sparkplug is None and outbound.context is None
+
+
 class _DeviceChannel:
     """Glue for one device: raw readings -> messages -> queue, link changes -> retained status."""
 
@@ -218,13 +224,7 @@ class _DeviceChannel:
     def link(self) -> DeviceLink:
         return DeviceLink(emit=self.emit, report_link=self.report_link, show_stats=self._show_stats,
                           publish_record=self.publish_record, event_stats=self.event_stats,
-                          backlog=self._queue, paced_reads=self._paced_reads())  # fmt: skip
-
-    def _paced_reads(self) -> bool:
-        """A poll may be emitted in parts: one message per value (a batch or a DDATA is one poll), no context (it
-        is the poll's context tags that a sample carries)."""
-        outbound = self.outbound
-        return outbound.mode is PublishMode.TAG and outbound.sparkplug is None and outbound.context is None
+                          backlog=self._queue, paced_reads=paced_reads(self.outbound))  # fmt: skip
 
     def _show_stats(self, stats: object) -> None:
         self.source_stats = stats

@@ -15,12 +15,16 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.assembly import build_outbound
+from gateway.encoders.sparkplug import SparkplugEdgeNode
 from gateway.errors import ConfigError
 from gateway.metrics import build_registry
 from gateway.queueing import MessageQueue
+from gateway.runtime import paced_reads
 from gateway.sources.base import HELD_EPISODE_QUIET_S, HeldLine, HeldLog, HoldBack, PollSchedule, RawReading
 from gateway.sources.modbus import UnitStats
 from gateway.tagmap import load_plant_from_text
+from tests.unit.test_context import RACK, load
 from tests.unit.test_operations import STATE, device
 
 
@@ -284,3 +288,14 @@ def test_the_age_of_the_oldest_data_waiting_for_the_sink_is_a_gauge() -> None:
     text = generate_latest(build_registry(lambda: state)).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert families["cellgate_queue_oldest_age_seconds"].samples[0].value == 0.25
+
+
+def test_only_devices_with_one_message_per_value_and_no_context_pace_their_reads() -> None:
+    per_tag = load_plant_from_text(MAP.format(extra=""), filename="map.yaml", environ={})
+    assert paced_reads(build_outbound(per_tag, per_tag.devices[0]))
+    batch = load_plant_from_text(MAP.format(extra=", publish: batch"), filename="map.yaml", environ={})
+    assert not paced_reads(build_outbound(batch, batch.devices[0]))  # a _batch message is one poll
+    with_context = load(RACK.replace("PUBLISH", "tag"))
+    assert not paced_reads(build_outbound(with_context, with_context.devices[0]))  # its poll's context tags
+    node = SparkplugEdgeNode(group_id="g", edge_node_id="gw")
+    assert not paced_reads(build_outbound(per_tag, per_tag.devices[0], sparkplug=node))  # one DDATA per poll
