@@ -23,7 +23,7 @@ class MessageQueue(Generic[T]):
     time the sink spends handing a batch to the broker (or the spool) counts too. Sources use it to skip polls
     rather than queue data that would only grow older (``until_backlog_below``; see the device setting
     ``max_queue_age_ms``), and to hand a poll over in parts while the consumer is busy (``busy``, ``until_room``),
-    so each part waits behind at most one other. ``clock``: monotonic seconds.
+    so each part waits behind at most two others. ``clock``: monotonic seconds.
     """
 
     def __init__(self, max_items: int, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -63,11 +63,13 @@ class MessageQueue(Generic[T]):
             await self._changed.wait_for(lambda: self.backlog_age_s() < max_age_s)
 
     async def until_room(self) -> None:
-        """Return once no batch is queued (at once if none is); the consumer may still hold one."""
-        if not self._batches:
+        """Return once at most one batch is queued (the consumer may hold another): a producer that has just put
+        one waits until the one before it is taken, so the consumer has the next batch at hand while the producer
+        prepares another, and none waits behind more than two."""
+        if len(self._batches) <= 1:
             return
         async with self._changed:
-            await self._changed.wait_for(lambda: not self._batches)
+            await self._changed.wait_for(lambda: len(self._batches) <= 1)
 
     async def put(self, batch: Sequence[T]) -> None:
         async with self._changed:

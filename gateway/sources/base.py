@@ -171,7 +171,7 @@ class Backlog(Protocol):
         ...
 
     async def until_room(self) -> None:
-        """Return once no data waits for the sink besides what it holds."""
+        """Return once at most one batch waits for the sink besides what it holds."""
         ...
 
 
@@ -239,12 +239,13 @@ class HoldBack:
     Before each poll (``before_poll``): wait while the data already waiting for the sink (``backlog``) is
     ``max_queue_age_ms`` old. Between the reads of a poll, with ``paced_reads`` (the device's messages may be handed
     over in parts: one message per value, no context): while the sink is busy (``pace.busy``, one attribute read per
-    request), hand the readings so far over and wait until nothing else waits for the sink before the next read
-    (``hand_over``): a value then waits for about two requests' worth of messages, not for the rest of its poll and
-    the poll before. A poll so paced takes longer than its interval; ``after_cycle`` counts the time it waited
-    as held, not as an overrun. The polls whose time passes while waiting are skipped (``schedule.held_polls``),
-    logged by episode (``HeldLog``) as ``poll_skipped`` / ``poll_skipping_over``. No backlog, or
-    ``max_queue_age_ms`` 0: never waits, never hands a poll over in parts.
+    request), hand the readings so far over and, before the next read, wait until the sink has taken what was
+    queued before them (``hand_over``): the sink has the next part at hand while the next request is read, and a
+    value waits for at most about three requests' worth of messages (the part the sink holds, the one before its
+    own, its own), not for the rest of its poll and the poll before. A poll so paced takes longer than its
+    interval; ``after_cycle`` counts the time it waited as held, not as an overrun. The polls whose time passes
+    while waiting are skipped (``schedule.held_polls``), logged by episode (``HeldLog``) as ``poll_skipped`` /
+    ``poll_skipping_over``. No backlog, or ``max_queue_age_ms`` 0: never waits, never hands a poll over in parts.
     """
 
     backlog: Backlog | None
@@ -292,8 +293,8 @@ class HoldBack:
         )
 
     async def hand_over(self, readings: list[RawReading], emit: Emit, clock: Callable[[], float]) -> None:
-        """Emit the readings of the poll so far, then wait until no other data waits for the sink (only with
-        ``pace``): the next read waits for room rather than its values for the sink."""
+        """Emit the readings of the poll so far, then wait until the sink has taken what was queued before them
+        (only with ``pace``): the next read waits for room rather than its values for the sink."""
         assert self.pace is not None, "hand_over is for paced reads"
         self.paced = True
         await emit(readings)

@@ -157,7 +157,7 @@ class ModbusUnit:
     ``UnitStats.backlog_skipped``), so an overloaded sink gets fresh data late rather than old data on time. With
     ``paced_reads`` as well (the device's messages may be handed over in parts), while the sink is busy each
     request's readings are handed over as they are decoded and the next request waits until the sink has room (see
-    ``base.HoldBack``): a value then waits behind about one request's worth of messages, not behind its poll.
+    ``base.HoldBack``): a value then waits behind about two requests' worth of messages, not behind its poll.
     """
 
     name: str

@@ -116,9 +116,9 @@ async def test_opcua_poll_mode_skips_polls_for_the_backlog_too() -> None:
     assert source.stats.polls >= 8
 
 
-PACED_TAGS = 80
-PER_READ = 10  # eight requests per poll
-SINK_S_PER_READING = 0.001  # a poll takes 80 ms (or more: asyncio's timers) to hand on: 1.6x overload at 50 ms
+PACED_TAGS = 120
+PER_READ = 10  # twelve requests per poll
+SINK_S_PER_READING = 0.001  # a poll takes 120 ms (or more: asyncio's timers) to hand on: 2.4x overload at 50 ms
 
 
 @dataclass
@@ -160,7 +160,7 @@ async def run_paced(port: int, *, paced_reads: bool, per_reading_s: float, windo
     )
     try:
         async with connection:
-            await wait_until_async(lambda: len(sink.ages_ms) >= 12 * PACED_TAGS, 60, "12 polls handed on")
+            await wait_until_async(lambda: len(sink.ages_ms) >= 10 * PACED_TAGS, 60, "10 polls handed on")
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -181,17 +181,18 @@ async def test_paced_reads_hand_a_poll_over_by_request_while_the_sink_is_busy_an
         windowed = await run_paced(port, paced_reads=True, per_reading_s=SINK_S_PER_READING, window=4)
         whole = await run_paced(port, paced_reads=False, per_reading_s=SINK_S_PER_READING)
         idle = await run_paced(port, paced_reads=True, per_reading_s=0.0)
-    # Paced: the overloaded sink gets parts of polls; a value waits for about one part ahead of it and its own
-    # (10 + 10 ms). Whole polls: the last value of a poll waits for the poll before it and its own (about 80 ms
-    # each, less what the cap held back). Generous bounds: the machine is shared.
+    # Paced: the overloaded sink gets parts of polls; a value waits for at most about two parts ahead of it and its
+    # own (3 x 10 ms). Whole polls: the last value of a poll waits for the poll before it and its own (about 120 ms
+    # each, less what the cap held back). The machine is shared and asyncio's 1 ms sleeps stretch with its load, so
+    # the bounds are relative: paced values at most half as old as whole polls' (about a quarter when quiet).
     # (A poll that finds the sink idle at every answer, as when a short stall let it catch up, goes whole.)
     for sizes in (paced.sizes, windowed.sizes):
         assert set(sizes) <= {PER_READ, PACED_TAGS} and sizes.count(PER_READ) >= 0.8 * len(sizes), sizes
     assert set(whole.sizes) == {PACED_TAGS}, whole.sizes
     paced_p95, windowed_p95, whole_p95 = p95(paced.ages_ms), p95(windowed.ages_ms), p95(whole.ages_ms)
-    assert whole_p95 >= 1.6 * INTERVAL_MS, (paced_p95, windowed_p95, whole_p95)
+    assert whole_p95 >= 2.4 * INTERVAL_MS, (paced_p95, windowed_p95, whole_p95)
     for fresh in (paced_p95, windowed_p95):
-        assert fresh <= 2 * INTERVAL_MS and fresh <= 0.6 * whole_p95, (paced_p95, windowed_p95, whole_p95)
+        assert fresh <= 0.5 * whole_p95, (paced_p95, windowed_p95, whole_p95)
     # A sink that keeps up is never busy when a request's answer is decoded: every poll is handed over whole.
     assert set(idle.sizes) == {PACED_TAGS}, idle.sizes
 
@@ -199,9 +200,11 @@ async def test_paced_reads_hand_a_poll_over_by_request_while_the_sink_is_busy_an
 async def run_opcua_paced(server: OpcUaTestServer, *, paced_reads: bool) -> tuple[PerValueSink, int]:
     sink = PerValueSink(MessageQueue(100_000), per_reading_s=0.03)  # a poll of 4 takes 120 ms: 2.4x at 50 ms
     consumer = asyncio.create_task(sink.run())
+    # A part the sink holds can be two parts (60 ms) old: a cap of one interval would also hold whole polls back
+    # until the sink is idle; four intervals leave the pacing to the paced reads.
     options = OpcUaDeviceOptions(
         endpoint=server.endpoint, namespace_uri=TEST_NAMESPACE, mode="poll", interval_ms=INTERVAL_MS,
-        timeout_ms=2000, max_queue_age_ms=INTERVAL_MS,
+        timeout_ms=2000, max_queue_age_ms=4 * INTERVAL_MS,
     )  # fmt: skip
     tags = [OpcUaTagRef(name=name, kind="s", identifier=name) for name in ("Temperature", "Count", "Running", "Recipe")]
     source = OpcUaSource(device="coater", options=options, tags=tags, backlog=sink.queue, paced_reads=paced_reads)

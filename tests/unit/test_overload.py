@@ -107,17 +107,18 @@ async def test_the_queue_is_busy_while_the_consumer_holds_a_batch_or_one_waits()
     assert not queue.busy
 
 
-async def test_until_room_waits_until_no_batch_is_queued_the_one_in_hand_does_not_count() -> None:
+async def test_until_room_waits_while_two_batches_are_queued_the_one_in_hand_does_not_count() -> None:
     queue: MessageQueue[int] = MessageQueue(100)
     await queue.until_room()  # empty: at once
     await queue.put([1])
     await queue.get()
-    await queue.until_room()  # only the one in hand: at once
     await queue.put([2])
-    waiter = asyncio.create_task(queue.until_room())
+    await queue.until_room()  # one in hand, one queued (the producer's own, say): at once
+    await queue.put([3])
+    waiter = asyncio.create_task(queue.until_room())  # [3] waits behind [2]
     await asyncio.sleep(0.02)
     assert not waiter.done()
-    await queue.get()  # [2] taken: nothing queued
+    assert list(await queue.get()) == [2]  # taken: only [3] queued
     await asyncio.wait_for(waiter, 1)
 
 
@@ -164,7 +165,8 @@ async def test_a_paced_poll_hands_its_parts_over_and_each_waits_for_room_before_
     hold_back = HoldBack(queue, 100, 100, log, paced_reads=True)
     schedule = PollSchedule(interval_s=0.1, deadline=0.0)
     await queue.put(readings("older"))
-    await queue.get()  # the sink is busy with another device's data
+    await queue.get()  # the sink is busy with another device's data, and more waits for it
+    await queue.put(readings("queued"))
     await hold_back.before_poll(schedule, clock)
 
     async def consumer_takes_after(seconds: float) -> None:
@@ -172,17 +174,18 @@ async def test_a_paced_poll_hands_its_parts_over_and_each_waits_for_room_before_
         clock.now += seconds
         await queue.get()
 
-    # The first part goes to the queue at once; the next read waits until the sink has taken it.
+    # The first part goes to the queue at once; the next read waits until the sink has taken the batch before it.
     taker = asyncio.create_task(consumer_takes_after(0.15))
     await hold_back.hand_over(readings("a", "b"), queue.put, clock)
     await taker
     assert hold_back.paced and hold_back.waited_s == pytest.approx(0.15)
-    assert queue.busy and len(queue) == 0  # "a", "b" in hand
+    assert queue.busy and len(queue) == 2  # "queued" in hand, "a", "b" next: the next read may go ahead
     # The rest of a paced poll is one more part (it too waits for room); an unpaced one is emitted as it is.
     taker = asyncio.create_task(consumer_takes_after(0.05))
     await hold_back.finish(readings("c"), queue.put, clock)
     await taker
     assert hold_back.waited_s == pytest.approx(0.2)
+    assert list(await queue.get()) == readings("c")
     # The poll took 0.22 s: 0.02 s of reads and 0.2 s of waits, held, not an overrun; the next poll is due at once.
     assert not hold_back.after_cycle(schedule, 0.22)
     assert (schedule.held_polls, schedule.overruns, schedule.deadline) == (1, 0, 0.22)
