@@ -47,6 +47,9 @@ class DeviceLink:
     """The counters of the device's event runner, read at metrics scrapes."""
     backlog: Backlog | None = None
     """The path to the sink, for skipping polls while its data is older than the device's ``max_queue_age_ms``."""
+    paced_reads: bool = False
+    """The device's readings may be emitted in parts of a poll (one message per value, no context): poll loops
+    pace their reads to the sink under overload (``sources.base.HoldBack``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +239,7 @@ def _modbus_tasks(devices: list[ModbusDevice], links: Mapping[str, DeviceLink]) 
                     report_link=links[name].report_link,
                     backlog=links[name].backlog,
                     max_queue_age_ms=max_queue_age_ms[name],
+                    paced_reads=links[name].paced_reads,
                 )
                 for name, interval_ms, plan in units_plan
             ]
@@ -361,7 +365,8 @@ def _opcua_task(
 
     def run() -> Awaitable[None]:
         link = links[name]  # looked up at each start: a reload may have replaced the device's channel
-        source = OpcUaSource(device=name, options=options, tags=refs, security=security, backlog=link.backlog)
+        source = OpcUaSource(device=name, options=options, tags=refs, security=security, backlog=link.backlog,
+                              paced_reads=link.paced_reads)  # fmt: skip
         link.show_stats(source.stats)
         checked = indexed_emit(link.emit, indexes, shapes) if indexes or shapes else link.emit
         return source.run(checked, link.report_link)

@@ -133,7 +133,8 @@ _SOURCE_COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
     (
         "poll_skipped",
-        "Polls skipped because the data already waiting for the MQTT sink was older than max_queue_age_ms",
+        "Polls skipped because the data already waiting for the MQTT sink was older than max_queue_age_ms, or while"
+        " a poll's paced reads waited for it",
         ("backlog_skipped",),
     ),
     ("device_missed_cycles", "Intervals that passed without a good read (link down, back-off)", ("missed_cycles",)),

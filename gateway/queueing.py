@@ -22,7 +22,8 @@ class MessageQueue(Generic[T]):
     as waiting from its ``put`` until the consumer asks for the *next* batch (``get`` / ``get_nowait``), so the
     time the sink spends handing a batch to the broker (or the spool) counts too. Sources use it to skip polls
     rather than queue data that would only grow older (``until_backlog_below``; see the device setting
-    ``max_queue_age_ms``). ``clock``: monotonic seconds.
+    ``max_queue_age_ms``), and to hand a poll over in parts while the consumer is busy (``busy``, ``until_room``),
+    so each part waits behind at most two others. ``clock``: monotonic seconds.
     """
 
     def __init__(self, max_items: int, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -35,6 +36,8 @@ class MessageQueue(Generic[T]):
         self._changed = asyncio.Condition()
         self._in_hand_since: float | None = None  # put time of the batch the consumer is handing on
         self.full_waits = 0
+        self.busy = False
+        """The consumer holds a batch, or batches are queued: a plain attribute, read by poll loops per request."""
 
     def __len__(self) -> int:
         """Items (not batches) waiting."""
@@ -59,6 +62,15 @@ class MessageQueue(Generic[T]):
         async with self._changed:
             await self._changed.wait_for(lambda: self.backlog_age_s() < max_age_s)
 
+    async def until_room(self) -> None:
+        """Return once at most one batch is queued (the consumer may hold another): a producer that has just put
+        one waits until the one before it is taken, so the consumer has the next batch at hand while the producer
+        prepares another, and none waits behind more than two."""
+        if len(self._batches) <= 1:
+            return
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self._batches) <= 1)
+
     async def put(self, batch: Sequence[T]) -> None:
         async with self._changed:
             if self._count and self._count + len(batch) > self.max_items:
@@ -66,11 +78,13 @@ class MessageQueue(Generic[T]):
                 await self._changed.wait_for(lambda: not self._count or self._count + len(batch) <= self.max_items)
             self._batches.append((batch, self._clock()))
             self._count += len(batch)
+            self.busy = True
             self._changed.notify_all()
 
     async def get(self) -> Sequence[T]:
         async with self._changed:
             self._in_hand_since = None  # asking for the next batch: the previous one is handed on
+            self.busy = bool(self._batches)
             self._changed.notify_all()
             await self._changed.wait_for(lambda: bool(self._batches))
             batch = self._take()
@@ -82,12 +96,14 @@ class MessageQueue(Generic[T]):
         async with self._changed:
             self._batches.append((batch, self._clock()))
             self._count += len(batch)
+            self.busy = True
             self._changed.notify_all()
 
     def get_nowait(self) -> Sequence[T] | None:
         """The oldest batch, or None when empty. Waiting producers are woken on the next put/get."""
         self._in_hand_since = None
         if not self._batches:
+            self.busy = False
             return None
         return self._take()
 
@@ -95,4 +111,5 @@ class MessageQueue(Generic[T]):
         batch, since = self._batches.popleft()
         self._count -= len(batch)
         self._in_hand_since = since if batch else None  # the empty stop marker is not data
+        self.busy = self._in_hand_since is not None or bool(self._batches)
         return batch

@@ -62,6 +62,7 @@ from gateway.state_dir import LOCK_FILE_NAME, locked_state_dir
 from gateway.supervisor import supervise
 from gateway.tagmap import Plant
 from gateway.tagmap.model import Output
+from gateway.vocabulary import PublishMode
 
 if TYPE_CHECKING:  # protobuf is imported only by gateways that publish Sparkplug
     from gateway.sparkplug_session import SparkplugSession
@@ -94,6 +95,12 @@ class RuntimeCounters:
     reloads: int = 0
     reloads_rejected: int = 0
     per_device_messages: dict[str, int] = field(default_factory=dict)
+
+
+def paced_reads(outbound: DeviceOutbound) -> bool:
+    """Whether the device's polls may be emitted in parts (see ``sources.base.HoldBack``): one message per value
+    (a ``_batch`` message or a DDATA is one poll), no context (a sample carries its poll's context tags)."""
+    return outbound.mode is PublishMode.TAG and outbound.sparkplug is None and outbound.context is None
 
 
 class _DeviceChannel:
@@ -214,7 +221,7 @@ class _DeviceChannel:
     def link(self) -> DeviceLink:
         return DeviceLink(emit=self.emit, report_link=self.report_link, show_stats=self._show_stats,
                           publish_record=self.publish_record, event_stats=self.event_stats,
-                          backlog=self._queue)  # fmt: skip
+                          backlog=self._queue, paced_reads=paced_reads(self.outbound))  # fmt: skip
 
     def _show_stats(self, stats: object) -> None:
         self.source_stats = stats

@@ -93,14 +93,24 @@ class PollSchedule:
             self.held_s += now - self.deadline
             self.deadline = now
 
-    def after_cycle(self, now: float) -> bool:
-        """Move on past the cycle that ended at ``now``; True when it overran (the next poll is due at once)."""
+    def after_cycle(self, now: float, *, held_s: float = 0.0) -> bool:
+        """Move on past the cycle that ended at ``now``; True when it overran (the next poll is due at once).
+
+        ``held_s``: how long the cycle waited for the sink between its reads (``HoldBack.hand_over``). When the
+        cycle ended late, that much of the lateness counts as held (``held_s``), not as an overrun: only reads
+        that took longer than the interval by themselves are an overrun. Either way the next poll is due at once.
+        """
         self.deadline += self.interval_s
         if now <= self.deadline:
             return False
-        self.overruns += 1
-        self.late_s += now - self.deadline
+        late_s = now - self.deadline
         self.deadline = now
+        held_s = min(held_s, late_s)
+        self.held_s += held_s
+        if late_s - held_s <= 0.0:
+            return False
+        self.overruns += 1
+        self.late_s += late_s - held_s
         return True
 
 
@@ -149,12 +159,19 @@ class OverrunLog:
 class Backlog(Protocol):
     """What a poll loop sees of the path to the sink (``gateway.queueing.MessageQueue``)."""
 
+    busy: bool
+    """The sink holds data or data waits for it (a plain attribute: poll loops read it after every request)."""
+
     def backlog_age_s(self) -> float:
         """Seconds the oldest data not yet handed to the sink has waited."""
         ...
 
     async def until_backlog_below(self, max_age_s: float) -> None:
         """Return once ``backlog_age_s()`` is below ``max_age_s``."""
+        ...
+
+    async def until_room(self) -> None:
+        """Return once at most one batch waits for the sink besides what it holds."""
         ...
 
 
@@ -168,25 +185,35 @@ class HeldLine(NamedTuple):
     episode_s: float
 
 
+HELD_EPISODE_QUIET_S = 1.0
+"""An episode of polls skipped for the backlog ends at the first poll that did not wait after this long without a
+wait: an overload that holds every few polls back is one episode, not a pair of lines every few polls."""
+
+
 @dataclass(slots=True)
 class HeldLog:
     """When a poll loop says that it skips polls because the data already queued is older than its cap. Pure.
 
-    An episode is a run of polls that each had to wait for the backlog; it ends at the first poll that did not.
-    Its first wait is logged at once, then at most one ``poll_skipped`` every ``every_s`` while it lasts, and one
-    ``poll_skipping_over`` with the episode's count when it ends: never silent, never a line per cycle.
+    An episode is a run of polls that had to wait for the backlog; it ends at the first poll that did not wait once
+    ``quiet_s`` passed without a wait. Its first wait is logged at once, then at most one ``poll_skipped`` every
+    ``every_s`` while it lasts, and one ``poll_skipping_over`` with the episode's count when it ends: never silent,
+    never a line per cycle.
     """
 
     every_s: float = OVERLOAD_LOG_EVERY_S
+    quiet_s: float = HELD_EPISODE_QUIET_S
     logged_at: float = -math.inf
     started_at: float | None = None
+    held_at: float = -math.inf
+    """When the last poll that waited started."""
     baseline_s: float = 0.0
-    """``schedule.held_s`` at the last poll that did not wait: what episodes before this one held."""
+    """``schedule.held_s`` when no episode was under way: what episodes before this one held."""
 
     def before_poll(self, schedule: PollSchedule, *, held: bool, now: float) -> HeldLine | None:
         """After the wait (if any) that came before the poll starting at ``now``; ``held``: it had to wait."""
         skipped = int((schedule.held_s - self.baseline_s) // schedule.interval_s)
         if held:
+            self.held_at = now
             if self.started_at is None:
                 self.started_at = now
                 self.logged_at = -math.inf
@@ -194,9 +221,12 @@ class HeldLog:
                 return None
             self.logged_at = now
             return HeldLine(False, skipped, now - self.started_at)
-        self.baseline_s = schedule.held_s
         if self.started_at is None:
+            self.baseline_s = schedule.held_s
             return None
+        if now - self.held_at < self.quiet_s:
+            return None  # the episode goes on
+        self.baseline_s = schedule.held_s
         line = HeldLine(True, skipped, now - self.started_at)
         self.started_at = None
         return line
@@ -204,17 +234,40 @@ class HeldLog:
 
 @dataclass(slots=True)
 class HoldBack:
-    """What a poll loop does before each poll: wait while the data already waiting for the sink (``backlog``) is
-    ``max_queue_age_ms`` old, so an overloaded sink gets fresh data late rather than old data on time. The polls
-    whose time passes meanwhile are skipped (``schedule.held_polls``), logged by episode (``HeldLog``) as
-    ``poll_skipped`` / ``poll_skipping_over``. No backlog, or ``max_queue_age_ms`` 0: never waits."""
+    """What a poll loop does for an overloaded sink, so that it gets fresh data late rather than old data on time.
+
+    Before each poll (``before_poll``): wait while the data already waiting for the sink (``backlog``) is
+    ``max_queue_age_ms`` old. Between the reads of a poll, with ``paced_reads`` (the device's messages may be handed
+    over in parts: one message per value, no context): while the sink is busy (``pace.busy``, one attribute read per
+    request), hand the readings so far over and, before the next read, wait until the sink has taken what was
+    queued before them (``hand_over``): the sink has the next part at hand while the next request is read, and a
+    value waits for at most about three requests' worth of messages (the part the sink holds, the one before its
+    own, its own), not for the rest of its poll and the poll before. A poll so paced takes longer than its
+    interval; ``after_cycle`` counts the time it waited as held, not as an overrun. The polls whose time passes
+    while waiting are skipped (``schedule.held_polls``), logged by episode (``HeldLog``) as ``poll_skipped`` /
+    ``poll_skipping_over``. No backlog, or ``max_queue_age_ms`` 0: never waits, never hands a poll over in parts.
+    """
 
     backlog: Backlog | None
     max_queue_age_ms: int
     interval_ms: int
     log: Any
     """The source's bound structlog logger."""
+    paced_reads: bool = False
     lines: HeldLog = field(default_factory=HeldLog)
+    pace: Backlog | None = field(init=False, default=None)
+    """``backlog`` when reads are paced, else None: a poll loop's check after each request is
+    ``pace is not None and pace.busy``."""
+    paced: bool = field(init=False, default=False)
+    """The poll under way has handed readings over in parts."""
+    waited_s: float = field(init=False, default=0.0)
+    """How long the poll under way has waited for the sink between its reads."""
+    held_last: bool = field(init=False, default=False)
+    """The previous poll's waits between its reads skipped polls (it counts as held, for the episode log)."""
+
+    def __post_init__(self) -> None:
+        if self.paced_reads and self.max_queue_age_ms > 0:
+            self.pace = self.backlog
 
     async def before_poll(self, schedule: PollSchedule, clock: Callable[[], float]) -> None:
         """``clock``: the loop's time, the schedule's clock."""
@@ -226,7 +279,7 @@ class HoldBack:
         if held:
             await backlog.until_backlog_below(max_age_s)
             schedule.resume(clock())
-        line = self.lines.before_poll(schedule, held=held, now=clock())
+        line = self.lines.before_poll(schedule, held=held or self.held_last, now=clock())
         if line is None:
             return
         self.log.warning(
@@ -238,3 +291,30 @@ class HoldBack:
             episode_s=round(line.episode_s, 3),
             queue_age_ms=None if line.over else round(age_s * 1000, 1),
         )
+
+    async def hand_over(self, readings: list[RawReading], emit: Emit, clock: Callable[[], float]) -> None:
+        """Emit the readings of the poll so far, then wait until the sink has taken what was queued before them
+        (only with ``pace``): the next read waits for room rather than its values for the sink."""
+        assert self.pace is not None, "hand_over is for paced reads"
+        self.paced = True
+        await emit(readings)
+        started = clock()
+        await self.pace.until_room()
+        self.waited_s += clock() - started
+
+    async def finish(self, readings: list[RawReading], emit: Emit, clock: Callable[[], float]) -> None:
+        """Emit the rest of a poll: at once, or as one more part of a poll handed over in parts."""
+        if not readings:
+            return
+        if self.paced:
+            await self.hand_over(readings, emit, clock)
+        else:
+            await emit(readings)
+
+    def after_cycle(self, schedule: PollSchedule, now: float) -> bool:
+        """``schedule.after_cycle`` with the time the poll waited between its reads; True when it overran."""
+        waited_s, held_before = self.waited_s, schedule.held_s
+        self.waited_s, self.paced = 0.0, False
+        overran = schedule.after_cycle(now, held_s=waited_s)
+        self.held_last = schedule.held_s > held_before
+        return overran

@@ -155,7 +155,10 @@ class ModbusUnit:
     ``name`` is the device name, used in logs, task names and ``ModbusConnection.stats``. When ``backlog`` is
     given and ``max_queue_age_ms`` > 0, a poll whose time comes while the data already waiting for the sink is
     that old waits until it is younger (the polls whose time passes meanwhile are skipped and counted in
-    ``UnitStats.backlog_skipped``), so an overloaded sink gets fresh data late rather than old data on time.
+    ``UnitStats.backlog_skipped``), so an overloaded sink gets fresh data late rather than old data on time. With
+    ``paced_reads`` as well (the device's messages may be handed over in parts), while the sink is busy each
+    request's readings are handed over as they are decoded and the next request waits until the sink has room (see
+    ``base.HoldBack``): a value then waits behind about two requests' worth of messages, not behind its poll.
     """
 
     name: str
@@ -165,6 +168,7 @@ class ModbusUnit:
     report_link: ReportLink
     backlog: Backlog | None = None
     max_queue_age_ms: int = 0
+    paced_reads: bool = False
 
 
 @dataclass(slots=True)
@@ -175,7 +179,7 @@ class UnitStats:
     # Cycles whose reads and emit ended after the next deadline (see base.PollSchedule).
     overruns: int = 0
     # Polls skipped because the data already waiting for the sink was older than max_queue_age_ms (the poll waited
-    # for the backlog; see ModbusUnit).
+    # for the backlog), or while paced reads waited for the sink (see ModbusUnit).
     backlog_skipped: int = 0
     # Polls the fixed rate asked for that did not happen: the time overruns pushed the schedule back, in intervals
     # (after an overrun the next poll starts at once, never in a burst to catch up).
@@ -568,16 +572,15 @@ class ModbusConnection:
         await self._first_attempt_done.wait()
         schedule = PollSchedule(interval_s=interval, deadline=loop.time())
         overrun_log = OverrunLog()
-        hold_back = HoldBack(unit.backlog, unit.max_queue_age_ms, unit.interval_ms, log)
+        hold_back = HoldBack(unit.backlog, unit.max_queue_age_ms, unit.interval_ms, log, unit.paced_reads)
         while True:
             await hold_back.before_poll(schedule, loop.time)  # skips polls while the queued data is too old
             stats.backlog_skipped = schedule.held_polls
             cycle_started = loop.time()
             polled = skip.should_poll(cycle_started)
             if polled:
-                readings = await self._poll_once(client, unit, link, skip, stats, log)
-                if readings:
-                    await unit.emit(readings)
+                readings = await self._poll_once(client, unit, link, skip, stats, log, hold_back)
+                await hold_back.finish(readings, unit.emit, loop.time)
                 stats.cycles += 1
             else:
                 stats.backoff_skipped_polls += 1
@@ -585,7 +588,8 @@ class ModbusConnection:
             now = loop.time()
             if polled:
                 stats.cycle_times.observe(now - cycle_started)
-            overran = schedule.after_cycle(now)
+            overran = hold_back.after_cycle(schedule, now)  # the time paced reads waited for the sink is held
+            stats.backlog_skipped = schedule.held_polls
             if overran:
                 stats.overruns = schedule.overruns
                 stats.skipped_cycles = schedule.skipped_cycles
@@ -604,6 +608,7 @@ class ModbusConnection:
         skip: UnitSkip,
         stats: UnitStats,
         log: Any,
+        hold_back: HoldBack,
     ) -> list[RawReading]:
         if not client.connected:
             reason = self._last_connect_error or f"not connected to {self.endpoint}"
@@ -618,6 +623,7 @@ class ModbusConnection:
                 window=self.max_concurrent_requests,
                 timeout_s=self._timeout_s,
                 retries=self._retries,
+                pace=hold_back.pace,
             )
         else:
             reads = _SerialCycleReads(self._execute, unit_id=unit.plan.unit_id, requests=unit.plan.requests)
@@ -653,6 +659,10 @@ class ModbusConnection:
                 else:
                     stats.reads_ok += 1
                     readings += request.decode(outcome, ts=ts)
+                if (pace := hold_back.pace) is not None and pace.busy and readings:
+                    reads.hold()  # a read in flight would answer while the sink drains: its ts would hide the wait
+                    await hold_back.hand_over(readings, unit.emit, asyncio.get_running_loop().time)
+                    readings = []
         finally:
             reads.abandon()
         # Any answer, exception responses included, proves the unit (and the connection) is there.
@@ -725,6 +735,10 @@ class _CycleReads(Protocol):
 
     async def next(self) -> tuple[ReadRequest, _Outcome] | None: ...
 
+    def hold(self) -> None:
+        """Give up the reads sent ahead; the next ``next()`` sends them again (the cycle waits for the sink)."""
+        ...
+
     def abandon(self) -> None: ...
 
 
@@ -752,6 +766,9 @@ class _SerialCycleReads:
         self._next += 1
         return request, await self._execute(self._unit_id, request)
 
+    def hold(self) -> None:
+        pass  # nothing is sent ahead
+
     def abandon(self) -> None:
         pass  # nothing runs between two next() calls
 
@@ -766,7 +783,7 @@ class _TcpCycleReads:
     count towards a request's timeout.
     """
 
-    __slots__ = ("_client", "_next", "_requests", "_retries", "_sent", "_timeout_s", "_unit_id", "_window")
+    __slots__ = ("_client", "_next", "_pace", "_requests", "_retries", "_sent", "_timeout_s", "_unit_id", "_window")
 
     def __init__(
         self,
@@ -777,8 +794,10 @@ class _TcpCycleReads:
         window: int,
         timeout_s: float,
         retries: int,
+        pace: Backlog | None = None,
     ) -> None:
         self._client = client
+        self._pace = pace  # while it is busy, nothing is sent ahead: the loop may wait for the sink (see hold)
         self._unit_id = unit_id
         self._requests = requests
         self._window = window
@@ -807,15 +826,18 @@ class _TcpCycleReads:
             except ModbusResponseError as exc:
                 return request, _RequestFailure(str(exc))
             # The next read goes out before this answer is decoded, so even one request at a time overlaps the
-            # round trip with the decoding.
-            await self._fill()
+            # round trip with the decoding; not while paced reads may wait for the sink after this one.
+            if (pace := self._pace) is None or not pace.busy:
+                await self._fill()
             return request, answer
         return request, sent
 
     async def _fill(self) -> None:
-        """Send the next reads of the cycle until ``window`` of them are on the wire (or none are left)."""
+        """Send the next reads of the cycle until ``window`` of them are on the wire (or none are left); one while
+        paced reads may wait for the sink (see ``hold``)."""
         requests = self._requests
-        while len(self._sent) < self._window and self._next < len(requests):
+        window = 1 if (pace := self._pace) is not None and pace.busy else self._window
+        while len(self._sent) < window and self._next < len(requests):
             request = requests[self._next]
             self._next += 1
             self._sent.append((request, await self._send(request)))
@@ -833,6 +855,10 @@ class _TcpCycleReads:
             return _CommFailure(str(exc))
         except ValueError as exc:  # a request the protocol cannot carry (the planner never makes one)
             return _RequestFailure(str(exc))
+
+    def hold(self) -> None:
+        self._next -= len(self._sent)  # the reads on the wire are the ones just before _next, in order
+        self.abandon()
 
     def abandon(self) -> None:
         while self._sent:

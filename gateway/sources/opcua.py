@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -159,7 +160,7 @@ class OpcUaSourceStats:
     polls: int = 0
     poll_overruns: int = 0  # polls (with their emit) that ran past their slot; the next one then starts at once
     poll_skipped_cycles: int = 0  # polls the fixed rate asked for that overruns cost (see base.PollSchedule)
-    backlog_skipped: int = 0  # polls skipped while the data waiting for the sink was older than max_queue_age_ms
+    backlog_skipped: int = 0  # polls skipped while the queued data was max_queue_age_ms old or paced Reads waited
     read_requests: int = 0
     reads_ok: int = 0  # Read calls (poll mode) answered
     read_timeouts: int = 0  # Read calls without an answer within timeout_ms
@@ -320,6 +321,7 @@ class OpcUaSource:
         security: ClientSecurity | None = None,
         backlog: Backlog | None = None,
         fast_publish: bool = True,
+        paced_reads: bool = False,
     ) -> None:
         if keepalive_s <= 0:
             raise ValueError(f"keepalive_s must be > 0, not {keepalive_s}")
@@ -327,6 +329,7 @@ class OpcUaSource:
         self.options = options
         self.security = security
         self._backlog = backlog  # poll mode: polls are skipped while its data is max_queue_age_ms old
+        self._paced_reads = paced_reads  # poll mode: Reads of a poll wait for the sink under overload (base.HoldBack)
         self.tags = tuple(tags)
         self.stats = OpcUaSourceStats(cycle_times=CycleTimes() if options.mode is OpcUaMode.POLL else None)
         self._tag_names = tuple(tag.name for tag in self.tags)
@@ -852,21 +855,24 @@ class OpcUaSource:
         schedule = PollSchedule(interval_s=self.options.interval_ms / 1000.0, deadline=loop.time())
         overruns_before, skipped_before = self.stats.poll_overruns, self.stats.poll_skipped_cycles
         overrun_log = OverrunLog()
-        hold_back = HoldBack(self._backlog, self.options.max_queue_age_ms, self.options.interval_ms, self._log)
+        hold_back = HoldBack(self._backlog, self.options.max_queue_age_ms, self.options.interval_ms, self._log,
+                             self._paced_reads)  # fmt: skip
         held_before = self.stats.backlog_skipped
         cycle_times = self.stats.cycle_times
+        checked: Emit = functools.partial(_emit_checked, emit)
         while True:
             await hold_back.before_poll(schedule, loop.time)  # skips polls while the queued data is too old
             self.stats.backlog_skipped = held_before + schedule.held_polls
             cycle_started = loop.time()
             if nodes:
-                readings, chunk_size = await self._poll_once(client, plan, nodes, chunk_size)
+                readings, chunk_size = await self._poll_once(client, plan, nodes, chunk_size, checked, hold_back)
                 self.stats.polls += 1
-                await _emit_checked(emit, readings)
+                await hold_back.finish(readings, checked, loop.time)
             now = loop.time()
             if nodes and cycle_times is not None:
                 cycle_times.observe(now - cycle_started)  # Reads and hand-over, as Modbus units measure it
-            overran = schedule.after_cycle(now)
+            overran = hold_back.after_cycle(schedule, now)  # the time paced Reads waited for the sink is held
+            self.stats.backlog_skipped = held_before + schedule.held_polls
             if overran:
                 # The stats run across connections, the schedule is this connection's.
                 self.stats.poll_overruns = overruns_before + schedule.overruns
@@ -895,9 +901,10 @@ class OpcUaSource:
             return watch.reason or "connection lost"
 
     async def _poll_once(
-        self, client: Client, plan: NodePlan, nodes: Sequence[Node], chunk_size: int
+        self, client: Client, plan: NodePlan, nodes: Sequence[Node], chunk_size: int, emit: Emit, hold_back: HoldBack
     ) -> tuple[list[RawReading], int]:
-        """One Read per chunk (read_attributes keeps StatusCode and timestamps; read_values hides them)."""
+        """One Read per chunk (read_attributes keeps StatusCode and timestamps; read_values hides them). While the
+        sink is busy (paced reads), each chunk's readings are handed over before the next Read (``HoldBack``)."""
         readings: list[RawReading] = []
         start = 0
         while start < len(nodes):
@@ -929,6 +936,9 @@ class OpcUaSource:
                 readings.extend(readings_from_data_value(planned.tags, data_value, received_at=received_at,
                                                          type_names=self._type_names))
             start += len(part)
+            if (pace := hold_back.pace) is not None and pace.busy and readings and start < len(nodes):
+                await hold_back.hand_over(readings, emit, asyncio.get_running_loop().time)
+                readings = []
         return readings, chunk_size
 
 

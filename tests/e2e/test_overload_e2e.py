@@ -1,6 +1,8 @@
 """Overload of the sink path: a gateway that offers about twice what its link to the broker carries skips polls
-(counted, logged) instead of queueing ever-older data, so the data age stays a few intervals; with the cap off
-(``max_queue_age_ms: 0``) the same rig shows the old behaviour, the queue turning overload into seconds of age.
+(counted, logged) instead of queueing ever-older data, and paces the reads of a poll to the sink (each request's
+values handed over as read, the next request only once the sink has room), so the data age stays within two
+intervals; with the cap off (``max_queue_age_ms: 0``) the same rig shows the old behaviour, the queue turning
+overload into seconds of age.
 
 Real parts: ``cellgate run`` as a process, Mosquitto, a pymodbus server, and a TCP proxy that passes the gateway's
 bytes to the broker at a fixed rate (``tests/support/flaky_links.throttled_proxy``). Data age is measured as the
@@ -29,6 +31,7 @@ from tests.support.waiting import wait_until_async
 
 TAGS = 200
 INTERVAL_MS = 100
+REGISTERS_PER_READ = 25  # eight requests per poll: a request's 25 messages take about 25 ms on the link
 # One per-tag message is about 110 bytes on the wire (topic, payload, header): the gateway offers about
 # TAGS * 10 * 110 = 220 kB/s; the link carries half of it.
 LINK_BYTES_PER_S = 110_000
@@ -46,6 +49,7 @@ devices:
     protocol: modbus
     host: 127.0.0.1
     port: {modbus_port}
+    max_registers_per_read: {registers_per_read}
     interval_ms: {interval_ms}
     {max_queue_age}
     repeat: {{template: register, count: {tags}, start: 0, stride: 1, name: "hr{{n:03d}}"}}
@@ -75,7 +79,7 @@ async def _run(tmp_path: Path, broker: Mosquitto, modbus_port: int, *, max_queue
         config.write_text(
             TAGMAP.format(
                 enterprise=enterprise, queue_size=QUEUE_SIZE, mqtt_port=proxy.port, modbus_port=modbus_port,
-                interval_ms=INTERVAL_MS, tags=TAGS,
+                interval_ms=INTERVAL_MS, tags=TAGS, registers_per_read=REGISTERS_PER_READ,
                 max_queue_age=f"max_queue_age_ms: {max_queue_age_ms}" if max_queue_age_ms is not None else "",
             ),
             encoding="utf-8",
@@ -126,11 +130,15 @@ async def test_an_overloaded_sink_path_makes_sources_skip_polls_and_keeps_the_da
     assert skipped[0]["device"] == "plc" and skipped[0]["max_queue_age_ms"] == INTERVAL_MS
     assert not [e for e in uncapped.events if e.get("event") == "poll_skipped"]
 
-    # Bounded age: about an interval of queue plus a cycle's time on the link (two intervals at 2x), and what the
-    # shared test machine adds; generous: six intervals.
+    # Bounded age: a value waits for at most the two requests on the link before its own and for its own (about
+    # 75 ms), plus what the shared test machine adds; within the two intervals of the target. (Polls held back only
+    # before they start, each a whole poll on the link, give about three: an interval of queue and 200 ms of poll.)
     assert capped.ages_ms and uncapped.ages_ms
     capped_p95, uncapped_p95 = _p95(capped.ages_ms), _p95(uncapped.ages_ms)
-    assert capped_p95 <= 6 * INTERVAL_MS, (capped_p95, uncapped_p95)
+    # The README's Performance figures for this rig (``pytest -s``).
+    print(f"data age p50/p95 ms: capped {statistics.median(capped.ages_ms):.0f}/{capped_p95:.0f}, "
+          f"uncapped {statistics.median(uncapped.ages_ms):.0f}/{uncapped_p95:.0f}")  # fmt: skip
+    assert capped_p95 <= 2 * INTERVAL_MS, (capped_p95, uncapped_p95)
     # The rig really is overloaded: without the cap the same load ages by the queue's length.
     assert uncapped_p95 >= 12 * INTERVAL_MS, (capped_p95, uncapped_p95)
 

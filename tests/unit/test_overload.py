@@ -1,5 +1,6 @@
 """Bounded data age under overload, the pure parts: the queue's backlog age, the poll schedule held back by it,
-when the skipped polls are logged, the device setting and its metric.
+the paced reads (a poll handed over in parts while the sink is busy), when the skipped polls are logged, the
+device setting and its metric.
 
 The behaviour on real processes (a gateway whose link to the broker carries half of what it offers) is in
 tests/e2e/test_overload_e2e.py.
@@ -14,12 +15,16 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.assembly import build_outbound
+from gateway.encoders.sparkplug import SparkplugEdgeNode
 from gateway.errors import ConfigError
 from gateway.metrics import build_registry
 from gateway.queueing import MessageQueue
-from gateway.sources.base import HeldLine, HeldLog, PollSchedule
+from gateway.runtime import paced_reads
+from gateway.sources.base import HELD_EPISODE_QUIET_S, HeldLine, HeldLog, HoldBack, PollSchedule, RawReading
 from gateway.sources.modbus import UnitStats
 from gateway.tagmap import load_plant_from_text
+from tests.unit.test_context import RACK, load
 from tests.unit.test_operations import STATE, device
 
 
@@ -85,6 +90,125 @@ def test_a_held_poll_moves_the_schedule_and_counts_the_polls_it_skipped() -> Non
     assert schedule.held_polls == 3
 
 
+async def test_the_queue_is_busy_while_the_consumer_holds_a_batch_or_one_waits() -> None:
+    queue: MessageQueue[int] = MessageQueue(100)
+    assert not queue.busy
+    await queue.put([1])
+    await queue.put([2])
+    assert queue.busy
+    assert list(await queue.get()) == [1]
+    assert queue.busy  # one in hand, one queued
+    assert queue.get_nowait() == [2]
+    assert queue.busy  # in hand until the consumer asks for the next
+    assert queue.get_nowait() is None
+    assert not queue.busy
+    await queue.put_unbounded([])  # the stop marker
+    assert queue.get_nowait() == []
+    assert not queue.busy
+
+
+async def test_until_room_waits_while_two_batches_are_queued_the_one_in_hand_does_not_count() -> None:
+    queue: MessageQueue[int] = MessageQueue(100)
+    await queue.until_room()  # empty: at once
+    await queue.put([1])
+    await queue.get()
+    await queue.put([2])
+    await queue.until_room()  # one in hand, one queued (the producer's own, say): at once
+    await queue.put([3])
+    waiter = asyncio.create_task(queue.until_room())  # [3] waits behind [2]
+    await asyncio.sleep(0.02)
+    assert not waiter.done()
+    assert list(await queue.get()) == [2]  # taken: only [3] queued
+    await asyncio.wait_for(waiter, 1)
+
+
+def test_the_time_a_poll_waited_between_its_reads_is_held_not_an_overrun() -> None:
+    schedule = PollSchedule(interval_s=0.1, deadline=1.0)
+    # Reads of 0.05 s and 0.2 s of waits for the sink: ended at 1.25, due 1.1; the 0.15 s late are all waits.
+    assert not schedule.after_cycle(1.25, held_s=0.2)
+    assert (schedule.overruns, schedule.late_s, schedule.deadline) == (0, 0.0, 1.25)
+    assert schedule.held_s == pytest.approx(0.15)  # one skipped poll and a half
+    assert schedule.held_polls == 1
+    # Reads of 0.15 s and 0.05 s of waits: 0.1 s late, of which 0.05 s the reads' own: an overrun.
+    assert schedule.after_cycle(1.45, held_s=0.05)
+    assert schedule.overruns == 1 and schedule.late_s == pytest.approx(0.05)
+    assert schedule.held_s == pytest.approx(0.2) and schedule.deadline == 1.45
+    # Waits within the slot skip nothing.
+    assert not schedule.after_cycle(1.5, held_s=0.03)
+    assert schedule.held_s == pytest.approx(0.2) and schedule.deadline == pytest.approx(1.55)
+
+
+class Log:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, object]]] = []
+
+    def warning(self, event: str, **fields: object) -> None:
+        self.lines.append((event, fields))
+
+
+def readings(*tags: str) -> list[RawReading]:
+    return [RawReading(tag=tag, value=1, ts=0.0) for tag in tags]
+
+
+@pytest.mark.parametrize(("paced_reads", "cap_ms"), [(False, 100), (True, 0)])
+def test_reads_are_paced_only_when_the_device_allows_parts_and_has_a_cap(paced_reads: bool, cap_ms: int) -> None:
+    queue: MessageQueue[RawReading] = MessageQueue(100)
+    assert HoldBack(queue, 100, 100, Log(), paced_reads=True).pace is queue
+    assert HoldBack(queue, cap_ms, 100, Log(), paced_reads=paced_reads).pace is None
+    assert HoldBack(None, 100, 100, Log(), paced_reads=True).pace is None
+
+
+async def test_a_paced_poll_hands_its_parts_over_and_each_waits_for_room_before_the_next_read() -> None:
+    clock = Clock()
+    queue: MessageQueue[RawReading] = MessageQueue(100)
+    log = Log()
+    hold_back = HoldBack(queue, 100, 100, log, paced_reads=True)
+    schedule = PollSchedule(interval_s=0.1, deadline=0.0)
+    await queue.put(readings("older"))
+    await queue.get()  # the sink is busy with another device's data, and more waits for it
+    await queue.put(readings("queued"))
+    await hold_back.before_poll(schedule, clock)
+
+    async def consumer_takes_after(seconds: float) -> None:
+        await asyncio.sleep(0.02)
+        clock.now += seconds
+        await queue.get()
+
+    # The first part goes to the queue at once; the next read waits until the sink has taken the batch before it.
+    taker = asyncio.create_task(consumer_takes_after(0.15))
+    await hold_back.hand_over(readings("a", "b"), queue.put, clock)
+    await taker
+    assert hold_back.paced and hold_back.waited_s == pytest.approx(0.15)
+    assert queue.busy and len(queue) == 2  # "queued" in hand, "a", "b" next: the next read may go ahead
+    # The rest of a paced poll is one more part (it too waits for room); an unpaced one is emitted as it is.
+    taker = asyncio.create_task(consumer_takes_after(0.05))
+    await hold_back.finish(readings("c"), queue.put, clock)
+    await taker
+    assert hold_back.waited_s == pytest.approx(0.2)
+    assert list(await queue.get()) == readings("c")
+    # The poll took 0.22 s: 0.02 s of reads and 0.2 s of waits, held, not an overrun; the next poll is due at once.
+    assert not hold_back.after_cycle(schedule, 0.22)
+    assert (schedule.held_polls, schedule.overruns, schedule.deadline) == (1, 0, 0.22)
+    assert (hold_back.paced, hold_back.waited_s) == (False, 0.0)
+    # The episode is logged at the next poll (it skipped one), never per part.
+    clock.now = 0.22
+    assert queue.get_nowait() is None  # the sink caught up (nothing in hand)
+    await hold_back.before_poll(schedule, clock)
+    assert [(event, fields["skipped"]) for event, fields in log.lines] == [("poll_skipped", 1)]
+    emitted: list[list[RawReading]] = []
+
+    async def emit(parts: list[RawReading]) -> None:
+        emitted.append(parts)
+
+    await hold_back.finish(readings("d"), emit, clock)
+    await hold_back.finish([], emit, clock)
+    assert emitted == [readings("d")] and not hold_back.paced  # not paced: one emit, no wait
+    assert not hold_back.after_cycle(schedule, 0.25)
+    clock.now = 0.22 + HELD_EPISODE_QUIET_S  # the first poll that did not wait after a quiet second ends it
+    await hold_back.before_poll(schedule, clock)
+    assert [event for event, _ in log.lines] == ["poll_skipped", "poll_skipping_over"]
+
+
 def run_held(log: HeldLog, schedule: PollSchedule, waits: list[float]) -> list[tuple[float, HeldLine]]:
     """Polls at each deadline; a wait > 0 holds that poll back so long (as the poll loops do)."""
     lines = []
@@ -109,6 +233,16 @@ def test_an_episode_of_skipped_polls_is_logged_when_it_starts_and_when_it_is_ove
     # A second episode counts from its own start.
     lines = run_held(HeldLog(), PollSchedule(interval_s=1.0, deadline=0.0), [3.0, 0, 1.0, 0])
     assert [line.skipped for _, line in lines] == [3, 3, 1, 1]
+
+
+def test_polls_held_now_and_then_are_one_episode_until_a_quiet_second() -> None:
+    schedule = PollSchedule(interval_s=0.1, deadline=0.0)
+    # For 3 s every other poll is held half an interval (as paced reads do under a steady overload), then none.
+    lines = run_held(HeldLog(), schedule, [0.05, 0.0] * 15 + [0.0] * 12)
+    assert [(line.over, line.skipped) for _, line in lines] == [(False, 0), (True, 7)]
+    ended_at, over = lines[-1]
+    assert over.episode_s == pytest.approx(ended_at - lines[0][0])
+    assert ended_at - 3.0 >= HELD_EPISODE_QUIET_S - 0.1  # one quiet second after the last held poll
 
 
 def test_a_long_episode_is_logged_once_a_minute_never_per_poll() -> None:
@@ -157,3 +291,14 @@ def test_the_age_of_the_oldest_data_waiting_for_the_sink_is_a_gauge() -> None:
     text = generate_latest(build_registry(lambda: state)).decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert families["cellgate_queue_oldest_age_seconds"].samples[0].value == 0.25
+
+
+def test_only_devices_with_one_message_per_value_and_no_context_pace_their_reads() -> None:
+    per_tag = load_plant_from_text(MAP.format(extra=""), filename="map.yaml", environ={})
+    assert paced_reads(build_outbound(per_tag, per_tag.devices[0]))
+    batch = load_plant_from_text(MAP.format(extra=", publish: batch"), filename="map.yaml", environ={})
+    assert not paced_reads(build_outbound(batch, batch.devices[0]))  # a _batch message is one poll
+    with_context = load(RACK.replace("PUBLISH", "tag"))
+    assert not paced_reads(build_outbound(with_context, with_context.devices[0]))  # its poll's context tags
+    node = SparkplugEdgeNode(group_id="g", edge_node_id="gw")
+    assert not paced_reads(build_outbound(per_tag, per_tag.devices[0], sparkplug=node))  # one DDATA per poll
