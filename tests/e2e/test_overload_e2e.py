@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tests.support.flaky_links import throttled_proxy
 from tests.support.gateway import GatewayProcess
@@ -115,6 +116,7 @@ def _p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20)[-1]
 
 
+@pytest.mark.serial  # it bounds data ages in ms: run alone, not beside three other workers
 async def test_an_overloaded_sink_path_makes_sources_skip_polls_and_keeps_the_data_age_bounded(
     tmp_path: Path,
 ) -> None:

@@ -16,6 +16,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+import pytest
+
 from gateway.queueing import MessageQueue
 from gateway.sources.base import RawReading
 from gateway.sources.modbus import ModbusConnection, ModbusUnit, TcpEndpoint
@@ -172,6 +174,7 @@ def p95(values: list[float]) -> float:
     return sorted(values)[int(len(values) * 0.95)]
 
 
+@pytest.mark.serial  # it bounds data ages in ms: run alone, not beside three other workers
 async def test_paced_reads_hand_a_poll_over_by_request_while_the_sink_is_busy_and_its_values_stay_fresh() -> None:
     port = free_tcp_port()
     async with tcp_server([sim_device(1, holding=PACED_TAGS)], port):
