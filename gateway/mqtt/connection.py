@@ -38,8 +38,9 @@ Delivery contract:
   then not why). Learning the limit: once a message of packet size P (> ``_MIN_INFERRED_LIMIT``) was refused so
   and a smaller message is acknowledged after it, P - 1 becomes an inferred maximum packet size for the rest
   of the sink's life (``mqtt_packet_limit_inferred``): messages of P bytes or more are refused before sending
-  (``packet_too_large``), without three reconnects each. One just below P may still be too large: it is then
-  found the same way, and the limit goes down to it.
+  (``packet_too_large``), without three reconnects each. One just below P may still be too large: from then on
+  a suspect larger than every message acknowledged (tracked once suspicion starts) is refused at its first
+  qualifying loss, as the broker is known to hang up on size, and the limit goes down to it.
 * While disconnected, QoS1 messages stay in the in-flight set; after the reconnect they are sent
   again in publish order, ahead of anything newer. Every connection is a new session (Clean Start 1),
   so the resend is a first delivery on it: DUP 0. Once the window is full, ``publish`` waits for the
@@ -553,6 +554,7 @@ class MqttSink:
         self._suspect_closes = 0
         self._limit_candidate: int | None = None
         self._inferred_limit: int | None = None
+        self._largest_acked = 0  # packet size, tracked once a limit is inferred
         self._qos0_drop_logged = False  # one log line per outage for dropped QoS0 messages
         self._published = 0
         self._control_delivered = 0
@@ -1189,7 +1191,7 @@ class MqttSink:
                     waiter.done.set_result(None)
         if reason_code >= 0x80:  # MQTT 5 PUBACK reason, e.g. "Not authorized" from an ACL; or ours
             return self._refused(message, reason_code, properties)
-        if self._suspect is not None or self._limit_candidate is not None:
+        if self._suspect is not None or self._limit_candidate is not None or self._inferred_limit is not None:
             self._poison_evidence(message)
         if message.control:
             self._control_delivered += 1
@@ -1638,7 +1640,10 @@ class MqttSink:
         if suspect is not self._suspect:
             self._suspect, self._suspect_closes = suspect, 0
         self._suspect_closes += 1
-        if self._suspect_closes < _POISON_CLOSES:
+        # Once the broker is known to hang up on size, a suspect larger than everything it took since is
+        # refused at its first close: several oversize messages cost one reconnect each, not three.
+        proven = self._inferred_limit is not None and len(suspect.packet) > self._largest_acked
+        if self._suspect_closes < _POISON_CLOSES and not proven:
             return
         self._clear_suspect()
         for packet_id, message in self._in_flight.items():
@@ -1681,6 +1686,8 @@ class MqttSink:
         poison one passed, so its size is the likely cause: later messages that large are refused before
         sending (the inferred limit)."""
         size = len(message.packet)
+        if size > self._largest_acked:
+            self._largest_acked = size
         suspect = self._suspect
         if suspect is not None and message is not suspect and size >= len(suspect.packet):
             self._clear_suspect()

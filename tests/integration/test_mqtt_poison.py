@@ -17,6 +17,7 @@ from tests.support.sink import sink_options
 
 BROKER_MAX_PACKET = 1000
 BIG = b"m" * 2000  # a PUBLISH of about 2 kB: over the broker's limit
+MID = b"n" * 1500  # also over it, smaller than BIG
 HUGE = b"h" * 3000
 Refusal = tuple[str, bytes, str, int | None]
 
@@ -32,8 +33,9 @@ async def test_a_311_broker_hanging_up_on_an_oversize_meta_gets_it_refused_after
     connects in 12 s, 0 data). Now the broker's third close in a row with the ``_meta`` the largest message sent and
     unacknowledged makes it refused (``broker_closed_connection``, once to ``on_refused``, one log line saying
     ``mqtt.max_packet_size`` would avoid it); the data flows on the fourth connection, which stays. A smaller
-    message passing then sets an inferred limit: a later oversize message is refused before sending
-    (``packet_too_large``), without another reconnect."""
+    message passing then sets an inferred limit: a second oversize ``_meta`` (smaller than the first) is refused at
+    its first close (the broker is known to hang up on size), and a later oversize message is refused before
+    sending (``packet_too_large``), without another reconnect."""
     refused: list[Refusal] = []
     with (
         structlog.testing.capture_logs() as logs,
@@ -44,21 +46,24 @@ async def test_a_311_broker_hanging_up_on_an_oversize_meta_gets_it_refused_after
         async with MqttSink(options_311, on_refused=lambda *args: refused.append(args)) as sink:
             sink.set_retained(f"{prefix}/cell/_meta", BIG)  # a large device's _meta, sent at every connect
             sink.set_retained(f"{prefix}/cell/_status", b'{"connected":true}')
+            sink.set_retained(f"{prefix}/cell2/_meta", MID)
             await sink.publish_many([(f"{prefix}/t/{n}", b"%d" % n) for n in range(5)])
             assert await sink.flush(30)
             await sub.wait_for(lambda msgs: {m.payload for m in msgs if "/t/" in m.topic} >= {b"0", b"4"}, 10)
-            assert sink.refused_by_reason == {"broker_closed_connection": 1}
-            assert connections(broker, options_311.client_id) == 4  # three closed by the broker, then one that stays
+            await wait_until(lambda: sink.refused_by_reason == {"broker_closed_connection": 2})
+            # three closes for the first, one for the second, then one that stays
+            assert connections(broker, options_311.client_id) == 5
             await sink.publish(f"{prefix}/t/later-big", HUGE)  # over the inferred limit: never sent
             await sink.publish(f"{prefix}/t/5", b"5")
             assert await sink.flush(10)
             await sub.wait_for(lambda msgs: any(m.payload == b"5" for m in msgs), 10)
             assert sink.connected
-            assert sink.refused_by_reason == {"broker_closed_connection": 1, "packet_too_large": 1}
+            assert sink.refused_by_reason == {"broker_closed_connection": 2, "packet_too_large": 1}
             assert (sink.delivered, sink.failed) == (6, 1)
-        assert connections(broker, options_311.client_id) == 4
+        assert connections(broker, options_311.client_id) == 5
     assert refused == [
         (f"{prefix}/cell/_meta", BIG, "broker_closed_connection", None),
+        (f"{prefix}/cell2/_meta", MID, "broker_closed_connection", None),
         (f"{prefix}/t/later-big", HUGE, "packet_too_large", None),
     ]
     assert {m.payload for m in sub.messages if "/t/" in m.topic} == {b"%d" % n for n in range(6)}
@@ -71,7 +76,9 @@ async def test_a_311_broker_hanging_up_on_an_oversize_meta_gets_it_refused_after
     assert poison_line["packet_bytes"] > len(BIG)
     assert "mqtt.max_packet_size" in poison_line["hint"]
     inferred = [entry for entry in logs if entry["event"] == "mqtt_packet_limit_inferred"]
-    assert [entry["max_packet_size"] for entry in inferred] == [poison_line["packet_bytes"] - 1]
+    first, second = (entry["max_packet_size"] for entry in inferred)
+    assert first == poison_line["packet_bytes"] - 1
+    assert len(MID) < second < first  # lowered to just below the second oversize _meta
 
 
 async def test_a_311_broker_restarted_three_times_with_messages_in_flight_refuses_nothing(prefix: str) -> None:
