@@ -554,7 +554,7 @@ class MqttSink:
         self._suspect_closes = 0
         self._limit_candidate: int | None = None
         self._inferred_limit: int | None = None
-        self._largest_acked = 0  # packet size, tracked once a limit is inferred
+        self._largest_acked = 0  # largest packet acknowledged while a suspect, candidate or inferred limit exists
         self._qos0_drop_logged = False  # one log line per outage for dropped QoS0 messages
         self._published = 0
         self._control_delivered = 0
