@@ -24,23 +24,24 @@ Delivery contract:
   window slot is freed, so it never blocks the others. A refused control message leaves the retained
   set, so it is not sent again at every connect.
 * Poison messages: a broker that cannot announce its limit (MQTT 3.1.1) hangs up on a packet over it, and the
-  message would go first again at every connect, forever. A loss of an established connection qualifies when
-  (1) it ended less than ``_STABLE_CONNECTION_S`` after its CONNACK, (2) the broker ended it (end of stream, a
-  reset, or an MQTT 5 DISCONNECT with a reason that can be about a message, ``_MESSAGE_DISCONNECT_REASONS``), not
-  the client (keep alive, PUBACK deadline, protocol error, close), and (3) messages sent on it are
-  unacknowledged: its suspect is the largest of them (whole PUBLISH; the first sent of equal ones). When
-  ``_POISON_CLOSES`` (3) qualifying losses in a row have the same suspect (the same handed-over message, not
-  just the same topic; data or control alike), it is refused with reason ``broker_closed_connection`` (as
-  above: ``on_refused`` once, counted, logged once with its topic and packet size) before the reconnect, and
-  the others go on. The count starts again at a loss that does not qualify or has another suspect, at a
-  connection that lasts ``_STABLE_CONNECTION_S``, at a failed connect attempt (a restarting broker refuses
-  connections between its closes), and at the PUBACK of a message at least as large as the suspect (size is
-  then not why). Learning the limit: once a message of packet size P (> ``_MIN_INFERRED_LIMIT``) was refused so
-  and a smaller message is acknowledged after it, P - 1 becomes an inferred maximum packet size for the rest
-  of the sink's life (``mqtt_packet_limit_inferred``): messages of P bytes or more are refused before sending
-  (``packet_too_large``), without three reconnects each. One just below P may still be too large: from then on
-  a suspect larger than every message acknowledged (tracked once suspicion starts) is refused at its first
-  qualifying loss, as the broker is known to hang up on size, and the limit goes down to it.
+  message would go first again at every connect, forever. A loss of an established connection qualifies when (1)
+  it ended less than ``_STABLE_CONNECTION_S`` after its CONNACK, (2) the broker ended it (end of stream, a reset,
+  or an MQTT 5 DISCONNECT with a reason that can be about a message, ``_MESSAGE_DISCONNECT_REASONS``), not the
+  client (keep alive, PUBACK deadline, protocol error, close), and (3) messages sent on it are unacknowledged: its
+  suspect is the largest of them (whole PUBLISH; the first sent of equal ones). When ``_POISON_CLOSES`` (3)
+  qualifying losses in a row have the same suspect (the same handed-over message, not just the same topic; data or
+  control alike: a retained message still unacknowledged is resent as the same one, while the online status and
+  session births are new ones at every connect), it is refused with reason ``broker_closed_connection`` (as above:
+  ``on_refused`` once, counted, logged once with its topic and packet size) before the reconnect, and the others
+  go on. The count starts again at a loss that does not qualify or has another suspect, at a connection that lasts
+  ``_STABLE_CONNECTION_S``, at a failed connect attempt (a restarting broker refuses connections between its
+  closes), and at the PUBACK of a message at least as large as the suspect (size is then not why). Learning the
+  limit: once a message of packet size P (> ``_MIN_INFERRED_LIMIT``) was refused so and a smaller message is
+  acknowledged after it, P - 1 becomes an inferred maximum packet size for the rest of the sink's life
+  (``mqtt_packet_limit_inferred``): messages of P bytes or more are refused before sending (``packet_too_large``),
+  without three reconnects each. One just below P may still be too large: from then on a suspect larger than every
+  message acknowledged (tracked once suspicion starts) is refused at its first qualifying loss, as the broker is
+  known to hang up on size, and the limit goes down to it.
 * While disconnected, QoS1 messages stay in the in-flight set; after the reconnect they are sent
   again in publish order, ahead of anything newer. Every connection is a new session (Clean Start 1),
   so the resend is a first delivery on it: DUP 0. Once the window is full, ``publish`` waits for the
