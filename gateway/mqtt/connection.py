@@ -23,6 +23,25 @@ Delivery contract:
   token), is counted in ``refused_by_reason`` (data also in ``failed``) and logged once per reason; its
   window slot is freed, so it never blocks the others. A refused control message leaves the retained
   set, so it is not sent again at every connect.
+* Poison messages: a broker that cannot announce its limit (MQTT 3.1.1) hangs up on a packet over it, and the
+  message would go first again at every connect, forever. A loss of an established connection qualifies when (1)
+  it ended less than ``_STABLE_CONNECTION_S`` after its CONNACK, (2) the broker ended it (end of stream, a reset,
+  or an MQTT 5 DISCONNECT with a reason that can be about a message, ``_MESSAGE_DISCONNECT_REASONS``), not the
+  client (keep alive, PUBACK deadline, protocol error, close), and (3) messages sent on it are unacknowledged: its
+  suspect is the largest of them (whole PUBLISH; the first sent of equal ones). When ``_POISON_CLOSES`` (3)
+  qualifying losses in a row have the same suspect (the same handed-over message, not just the same topic; data or
+  control alike: a retained message still unacknowledged is resent as the same one, while the online status and
+  session births are new ones at every connect), it is refused with reason ``broker_closed_connection`` (as above:
+  ``on_refused`` once, counted, logged once with its topic and packet size) before the reconnect, and the others
+  go on. The count starts again at a loss that does not qualify or has another suspect, at a connection that lasts
+  ``_STABLE_CONNECTION_S``, at a failed connect attempt (a restarting broker refuses connections between its
+  closes), and at the PUBACK of a message at least as large as the suspect (size is then not why). Learning the
+  limit: once a message of packet size P (> ``_MIN_INFERRED_LIMIT``) was refused so and a smaller message is
+  acknowledged after it, P - 1 becomes an inferred maximum packet size for the rest of the sink's life
+  (``mqtt_packet_limit_inferred``): messages of P bytes or more are refused before sending (``packet_too_large``),
+  without three reconnects each. One just below P may still be too large: from then on a suspect larger than every
+  message acknowledged (tracked once suspicion starts) is refused at its first qualifying loss, as the broker is
+  known to hang up on size, and the limit goes down to it.
 * While disconnected, QoS1 messages stay in the in-flight set; after the reconnect they are sent
   again in publish order, ahead of anything newer. Every connection is a new session (Clean Start 1),
   so the resend is a first delivery on it: DUP 0. Once the window is full, ``publish`` waits for the
@@ -131,6 +150,18 @@ _MAX_INCOMING_PACKET = 1 << 20
 # A connection that ends sooner than this after its CONNACK counts as a failed attempt for the backoff:
 # a broker (or a proxy) that accepts and closes at once must not get a reconnect every reconnect_min_s.
 _STABLE_CONNECTION_S = 5.0
+# Poison detection (module docstring, "Poison messages"): this many short connections in a row, each closed by the
+# broker with the same message as the largest sent and unacknowledged, make that message refused.
+_POISON_CLOSES = 3
+# Refusal code of a poison message: outside the one-byte MQTT reason codes, so it never clashes with a PUBACK's.
+_BROKER_CLOSED_CODE = 0x100
+BROKER_CLOSED_CONNECTION = "broker_closed_connection"
+# A limit inferred from a poison message is never set below this (mqtt.max_packet_size's own minimum): a small
+# message the broker hangs up on is about its content, not its size.
+_MIN_INFERRED_LIMIT = 1024
+# MQTT 5 DISCONNECT reasons (§3.14.2.1) that can be about one message sent; the others ("Session taken over",
+# "Server shutting down", "Server busy", "Keep Alive timeout", ...) never make a message a suspect.
+_MESSAGE_DISCONNECT_REASONS = frozenset({0x80, 0x81, 0x82, 0x83, 0x87, 0x90, 0x95, 0x99, 0x9A, 0x9B})
 _READ_BUFFER_BYTES = 64 * 1024  # one read: up to 16,384 PUBACKs
 _TOPIC_CACHE_ENTRIES = 65_536  # encoded topics kept; ~100 bytes each
 # Slots freed by PUBACKs are handed out once half the window (at most _REFILL_MAX_SLOTS) is free, or after
@@ -380,6 +411,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.established = False  # CONNACK accepted and processed by the sink
         self.connected_at = 0.0  # loop time of the accepted CONNACK
         self.quiet = False  # its mqtt_connected line was left out (the link flaps)
+        self.dropped = False  # we ended it (dead link, stuck broker, protocol error, close), not the broker
         now = loop.time()
         self.last_sent = now
         self.last_received = now
@@ -438,6 +470,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def drop(self, reason: str) -> None:
         """End the link at once (dead link, protocol error): no DISCONNECT, so the broker sends the will."""
+        self.dropped = True
         if self.lost_reason is None:
             self.lost_reason = reason
         if self.transport is not None:
@@ -515,6 +548,14 @@ class MqttSink:
         self._stuck = False  # an episode of mqtt_stuck: logged once, until a PUBACK comes again
         self._refusals_logged: set[str] = set()  # one log line per refusal reason
         self._refused_by_reason: dict[str, int] = {}
+        # Poison detection: the message suspected by the last short connections closed by the broker, and how many
+        # closed with it in a row; a poison message's packet size waiting for proof that smaller ones pass; the
+        # packet limit inferred from that (None: none inferred).
+        self._suspect: _InFlight | None = None
+        self._suspect_closes = 0
+        self._limit_candidate: int | None = None
+        self._inferred_limit: int | None = None
+        self._largest_acked = 0  # largest packet acknowledged while a suspect, candidate or inferred limit exists
         self._qos0_drop_logged = False  # one log line per outage for dropped QoS0 messages
         self._published = 0
         self._control_delivered = 0
@@ -984,7 +1025,7 @@ class MqttSink:
         if self._max_packet_size is not None and len(packet) > self._max_packet_size:
             self._unstamp(topic)
             self._failed += 1
-            self._note_refused(topic, payload, PACKET_TOO_LARGE, NO_PROPERTIES, None, control=False)
+            self._note_refused(topic, payload, PACKET_TOO_LARGE, NO_PROPERTIES, None, False, len(packet))
             return
         self._published += 1
         self._delivered += 1  # QoS0 has no PUBACK: written is all there is
@@ -1169,6 +1210,8 @@ class MqttSink:
                     waiter.done.set_result(None)
         if reason_code >= 0x80:  # MQTT 5 PUBACK reason, e.g. "Not authorized" from an ACL; or ours
             return self._refused(message, reason_code, properties)
+        if self._suspect is not None or self._limit_candidate is not None or self._inferred_limit is not None:
+            self._poison_evidence(message)
         if message.control:
             self._control_delivered += 1
             return False
@@ -1187,7 +1230,15 @@ class MqttSink:
         else:
             self._data_in_flight -= 1
             self._failed += 1
-        self._note_refused(message.topic, message.payload, reason_code, properties, message.handle, message.control)
+        self._note_refused(
+            message.topic,
+            message.payload,
+            reason_code,
+            properties,
+            message.handle,
+            message.control,
+            len(message.packet),
+        )
         return not message.control
 
     def _note_refused(
@@ -1198,9 +1249,11 @@ class MqttSink:
         properties: Properties,
         handle: Handle | None,
         control: bool,
+        packet_bytes: int | None = None,
     ) -> None:
         """Count a refusal, tell ``on_refused``, log the first one of each reason (the only log line of it)."""
-        reason = refusal_reason(reason_code)
+        poison = reason_code == _BROKER_CLOSED_CODE
+        reason = BROKER_CLOSED_CONNECTION if poison else refusal_reason(reason_code)
         self._refused_by_reason[reason] = self._refused_by_reason.get(reason, 0) + 1
         kept = False
         if self._on_refused is not None:
@@ -1215,12 +1268,17 @@ class MqttSink:
                 "mqtt_message_refused",
                 topic=shorten(topic),
                 reason=reason,
-                reason_code=self._reason(reason_code),
+                reason_code=None if poison else self._reason(reason_code),
                 reason_string=shorten(reason_string) if isinstance(reason_string, str) else None,
                 payload_bytes=len(payload),
+                packet_bytes=packet_bytes,
                 max_packet_size=self._max_packet_size,
                 control=control,
                 dead_letter=kept,
+                hint=f"the broker closed the connection right after it {_POISON_CLOSES} times in a row; if its "
+                f"limit is the cause, mqtt.max_packet_size below {packet_bytes} refuses such messages before sending"
+                if poison
+                else None,
             )
 
     def _refuse_soon(self, packet_id: int) -> None:
@@ -1350,14 +1408,12 @@ class MqttSink:
         # data window and everything sent respect it (connack_problem refused a Receive Maximum of 0).
         self._quota = connack.receive_maximum
         window = min(o.max_inflight, connack.receive_maximum)
-        broker_limit = connack.maximum_packet_size
-        self._max_packet_size = (
-            o.max_packet_size
-            if broker_limit is None
-            else broker_limit
-            if o.max_packet_size is None
-            else min(o.max_packet_size, broker_limit)
-        )
+        limits = [
+            limit
+            for limit in (o.max_packet_size, connack.maximum_packet_size, self._inferred_limit)
+            if limit is not None
+        ]
+        self._max_packet_size = min(limits) if limits else None
         # Server Keep Alive replaces ours for this connection [MQTT-3.2.2-21]; 0 turns keep alive off.
         server_keep_alive = connack.server_keep_alive
         self._keepalive_s = float(o.keepalive_s if server_keep_alive is None else server_keep_alive)
@@ -1533,6 +1589,7 @@ class MqttSink:
                 stable_at = conn.connected_at + _STABLE_CONNECTION_S
                 if now >= stable_at:
                     stable = True  # a new run of the same problems is logged again
+                    self._clear_suspect()  # a broker that keeps the link is not hanging up on a message
                     self._connect_repeats.reset()
                     self._lost_repeats.reset()
                     if conn.quiet:  # its mqtt_connected was left out while the link flapped
@@ -1566,11 +1623,13 @@ class MqttSink:
         self._release_held(self._held)
         self._window.stop_offers()
         if self._closing:
+            self._clear_suspect()
             self._log.info("mqtt_disconnected", reason="closed")
             return
         reason = conn.lost_reason or "unknown"
         now = asyncio.get_running_loop().time()
         lived_s = now - conn.connected_at
+        self._note_close(conn, lived_s)
         if lived_s >= _STABLE_CONNECTION_S:
             self._lost_repeats.reset()
             self._log.warning("mqtt_disconnected", reason=reason, by_broker=conn.server_disconnect is not None)
@@ -1593,11 +1652,95 @@ class MqttSink:
                 "mqtt_link_flapping", reason=reason, short_connections=repeats, over_s=self._options.repeat_log_s
             )
 
+    def _note_close(self, conn: _Connection, lived_s: float) -> None:
+        """Poison detection at the loss of an established connection (rule: module docstring). The suspect is
+        refused on the event loop's next turn, before the reconnect, so it is not sent again."""
+        suspect = self._close_suspect(conn, lived_s)
+        if suspect is None:
+            self._clear_suspect()
+            return
+        if suspect is not self._suspect:
+            self._suspect, self._suspect_closes = suspect, 0
+        self._suspect_closes += 1
+        # Once the broker is known to hang up on size, a suspect larger than everything it took since is
+        # refused at its first close: several oversize messages cost one reconnect each, not three.
+        proven = self._inferred_limit is not None and len(suspect.packet) > self._largest_acked
+        if self._suspect_closes < _POISON_CLOSES and not proven:
+            return
+        self._clear_suspect()
+        for packet_id, message in self._in_flight.items():
+            if message is suspect:
+                assert self._loop is not None
+                self._loop.call_soon(self._refuse_poison, packet_id, suspect)
+                break
+
+    def _close_suspect(self, conn: _Connection, lived_s: float) -> _InFlight | None:
+        """The message a short connection the broker closed may have died of: the largest (whole PUBLISH) sent on
+        it and unacknowledged, the first sent of equal ones. None when the loss does not qualify."""
+        if lived_s >= _STABLE_CONNECTION_S or conn.dropped:
+            return None
+        disconnect = conn.server_disconnect
+        if disconnect is not None and disconnect.reason_code not in _MESSAGE_DISCONNECT_REASONS:
+            return None
+        suspect: _InFlight | None = None
+        for message in self._in_flight.values():
+            if message.sent and (suspect is None or len(message.packet) > len(suspect.packet)):
+                suspect = message
+        return suspect
+
+    def _clear_suspect(self) -> None:
+        self._suspect, self._suspect_closes = None, 0
+
+    def _refuse_poison(self, packet_id: int, suspect: _InFlight) -> None:
+        """Refuse the poison message (if still in flight: no PUBACK can have come while disconnected) and
+        remember its size, to infer a packet limit once a smaller message passes."""
+        if self._in_flight.get(packet_id) is not suspect:
+            return
+        size = len(suspect.packet)
+        if size > _MIN_INFERRED_LIMIT and (self._limit_candidate is None or size < self._limit_candidate):
+            self._limit_candidate = size
+        if self._complete(packet_id, _BROKER_CLOSED_CODE):
+            self._window.release()
+
+    def _poison_evidence(self, message: _InFlight) -> None:
+        """A PUBACK while a message is suspected or a limit candidate waits: a message at least as large as the
+        suspect passed, so size cannot be why the broker hung up (the streak ends); a message smaller than a
+        poison one passed, so its size is the likely cause: later messages that large are refused before
+        sending (the inferred limit)."""
+        size = len(message.packet)
+        if size > self._largest_acked:
+            self._largest_acked = size
+        suspect = self._suspect
+        if suspect is not None and message is not suspect and size >= len(suspect.packet):
+            self._clear_suspect()
+        candidate = self._limit_candidate
+        if candidate is None:
+            return
+        if size >= candidate:
+            self._limit_candidate = None  # a message that large passed: the broker has no such limit
+            return
+        self._limit_candidate = None
+        limit = candidate - 1
+        if self._inferred_limit is not None and self._inferred_limit <= limit:
+            return
+        self._inferred_limit = limit
+        if self._max_packet_size is None or limit < self._max_packet_size:
+            self._max_packet_size = limit
+        self._log.warning(
+            "mqtt_packet_limit_inferred",
+            max_packet_size=limit,
+            poison_packet_bytes=candidate,
+            passed_packet_bytes=size,
+            hint=f"messages of {candidate} bytes or more are refused before sending (packet_too_large); set "
+            "mqtt.max_packet_size to the broker's limit to refuse every oversize message without reconnects",
+        )
+
     def _set_disconnected(self) -> None:
         self._connected = False
         self._connected_event.clear()
 
     def _note_connect_problem(self, problem: str) -> None:
+        self._clear_suspect()  # the broker was down or refused us: not a broker hanging up on one message
         # Logged when it changes, then summed up every repeat_log_s, not at every attempt of an outage.
         self._last_connect_problem = problem
         repeats = self._connect_repeats.note(problem, asyncio.get_running_loop().time())
