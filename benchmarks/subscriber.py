@@ -287,7 +287,7 @@ class SparkplugTally(Tally):
         self.messages_total += 1
         aliases = self.aliases
         if not self.measuring:
-            self.keys_seen.update(aliases.get((node, metric.alias), "?") for metric in metrics)
+            self.keys_seen.update(key for metric in metrics if (key := aliases.get((node, metric.alias))) is not None)
             return
         self.messages += 1
         per_key = self.per_key
@@ -333,7 +333,7 @@ class Tallies:
             tally.stop()
 
     def status_line(self) -> str:
-        keys = sum(len(tally.keys_seen - {"?"}) for tally in self._each())
+        keys = sum(len(tally.keys_seen) for tally in self._each())
         messages = sum(tally.messages_total for tally in self._each())
         return f"status keys={keys} messages={messages}"
 
