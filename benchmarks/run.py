@@ -3,6 +3,7 @@
     python benchmarks/run.py --scenario modbus-1k|hall|opcua-20k|opcua-20k-secure|load-50k|limit|reload-50|all \\
         --mode tag|batch|both [--qos 0|1] [--broker-inflight 20] [--mqtt-connections N] [--mqtt-protocol 3.1.1] \\
         [--duration-s 20] [--warmup-s 5] [--interval-ms MS] [--scale 1.0 | --size N] [--out results.json]
+        [--outputs uns-json|sparkplug|both]
 
 For each live scenario and mode it starts Mosquitto (free port, no persistence), the bench servers
 (benchmarks/servers.py), the subscriber (benchmarks/subscriber.py, its own process) and ``cellgate run`` as a
@@ -15,6 +16,12 @@ then ``--warmup-s``, then measures a fixed ``--duration-s`` window:
   /proc/<pid>/stat; gateway CPU microseconds per delivered value; gateway RSS (now and peak) from /proc/<pid>/status;
 * how busy the whole machine was (it may be shared: read the numbers with that in mind);
 * the gateway's own warnings/errors (overload must never be silent).
+
+``--outputs`` sets the gateway's ``outputs`` (default ``uns-json``; ``sparkplug`` or ``both`` add a ``sparkplug``
+section, group ``Bench``, the edge node being the gateway id): the subscriber then also decodes the Sparkplug B
+stream and counts it on its own (values per device/metric, age from each metric's timestamp, seq per edge node).
+``delivered`` and ``data_age_ms`` are the first output's (UNS JSON with ``both``), the gateway's CPU per value is per
+sample; with ``both`` the Sparkplug counts are under ``sparkplug`` and in the summary line.
 
 ``load-50k`` runs benchmarks/load_plan.py (tag-map load + Modbus planning of ~51,200 tags) in its own process.
 ``limit`` and ``reload-50`` run benchmarks/memory.py: the gateway's peak RSS with MAX_TAGS_PER_PLANT tags over
@@ -272,6 +279,25 @@ def _per_key_stats(per_key: dict[str, int], expected: set[str], window_s: float)
     }
 
 
+def _delivered(counted: dict[str, Any], expected: set[str], window_s: float) -> dict[str, Any]:
+    """What the subscriber counted for one output encoding in the window."""
+    return {
+        "window_s": round(window_s, 3),
+        "messages": counted["messages"],
+        "values": counted["values"],
+        "values_per_s": round(counted["values"] / window_s, 1),
+        "messages_per_s": round(counted["messages"] / window_s, 1),
+        "values_not_good": counted["values_not_good"],
+        "values_null": counted["values_null"],
+        "unparsable": counted["unparsable"],
+        "historical_messages": counted["historical_messages"],
+        "seq_missing": counted["seq_missing"],
+        "seq_gap_events": counted["seq_gap_events"],
+        "seq_repeats": counted["seq_repeats"],
+        **_per_key_stats(counted["per_key"], expected, window_s),
+    }
+
+
 def _overload(
     *, values: int, window_s: float, offered_per_s: float, tags: int, counted: dict[str, Any], log: dict[str, Any]
 ) -> dict[str, Any]:
@@ -403,18 +429,25 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         config = workdir / "tagmap.yaml"
         metrics_port = _free_port() if args.metrics == "on" else None
         http = f'"127.0.0.1:{metrics_port}"' if metrics_port is not None else "null"
-        tag_map = plan.tag_map(broker.url, addresses)
+        tag_map = tagmaps.with_outputs(plan.tag_map(broker.url, addresses), args.outputs)
         if args.max_queue_age_ms is not None:
             tag_map = tagmaps.with_device_setting(tag_map, "max_queue_age_ms", args.max_queue_age_ms)
         config.write_text(tag_map + f"\nhttp:\n  listen: {http}\n", encoding="utf-8")
         plant = load_plant(config, environ={})
-        expected = {f"{tagmaps.ENTERPRISE}/{tagmaps.SITE}/{d.area}/{d.line}/{d.name}/{t.name}"
-                    for d in plant.devices for t in d.tags}
+        outputs = tagmaps.OUTPUTS[args.outputs]
+        expected_by_output = {
+            "uns-json": {f"{tagmaps.ENTERPRISE}/{tagmaps.SITE}/{d.area}/{d.line}/{d.name}/{t.name}"
+                         for d in plant.devices for t in d.tags},
+            "sparkplug": {f"{d.name}/{t.name}" for d in plant.devices for t in d.tags},
+        }
+        expected = expected_by_output[outputs[0]]
+        keys_wanted = sum(len(expected_by_output[output]) for output in outputs)
+        subscribe = (["--filter", f"{tagmaps.ENTERPRISE}/{tagmaps.SITE}/#"] if "uns-json" in outputs else [])
+        subscribe += (["--sparkplug-group", tagmaps.SPARKPLUG_GROUP] if "sparkplug" in outputs else [])
         subscriber = Child(
             "subscriber",
             [sys.executable, str(BENCH_DIR / "subscriber.py"), "--port", str(broker.port),
-             "--filter", f"{tagmaps.ENTERPRISE}/{tagmaps.SITE}/#", "--client", args.client,
-             "--qos", str(args.subscriber_qos)],
+             *subscribe, "--client", args.client, "--qos", str(args.subscriber_qos)],
             log_path=workdir / "subscriber.log", stdin_pipe=True,
         )
         children.append(subscriber)
@@ -435,7 +468,7 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
                 raise ChildError(f"gateway exited with {gateway.process.returncode}; log:\n{gateway.log_tail()}")
             subscriber.send("status")
             keys_seen = int(subscriber.wait_for_prefix("status ", 30).split("keys=")[1].split()[0])
-            if keys_seen >= len(expected):
+            if keys_seen >= keys_wanted:
                 break
             time.sleep(0.25)
         startup_s = time.monotonic() - started
@@ -459,7 +492,9 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
         busy_after = machine_busy_ticks()
         window_s = time.monotonic() - window_started
         subscriber.send("stop")
-        counted = orjson.loads(subscriber.wait_for_prefix("result ", 120)[len("result "):])
+        counted_all = orjson.loads(subscriber.wait_for_prefix("result ", 120)[len("result "):])
+        by_output = {"uns-json": counted_all, "sparkplug": counted_all.get("sparkplug")}
+        counted = by_output[outputs[0]]
         gateway_alive = gateway.running
     except (ChildError, OSError, ValueError) as exc:
         raise ChildError(f"{exc}\n(tag map and logs kept in {workdir})") from exc
@@ -498,24 +533,17 @@ def run_live(plan: Plan, args: argparse.Namespace) -> dict[str, Any]:
                 "duration_s": args.duration_s, "warmup_s": args.warmup_s, "subscriber_client": args.client,
                 "broker_max_inflight_messages": args.broker_inflight, "mqtt_connections": args.mqtt_connections,
                 "subscriber_qos": args.subscriber_qos, "mqtt_protocol": args.mqtt_protocol,
+                "outputs": list(outputs),
                 **plan.details,
             },
-            "startup": {"s": round(startup_s, 2), "tags_seen": keys_seen, "complete": keys_seen >= len(expected)},
-            "delivered": {
-                "window_s": round(sub_window_s, 3),
-                "messages": counted["messages"],
-                "values": values,
-                "values_per_s": round(values / sub_window_s, 1),
-                "messages_per_s": round(counted["messages"] / sub_window_s, 1),
-                "values_not_good": counted["values_not_good"],
-                "values_null": counted["values_null"],
-                "unparsable": counted["unparsable"],
-                "seq_missing": counted["seq_missing"],
-                "seq_gap_events": counted["seq_gap_events"],
-                "seq_repeats": counted["seq_repeats"],
-                **_per_key_stats(counted["per_key"], expected, sub_window_s),
-            },
+            "startup": {"s": round(startup_s, 2), "tags_seen": keys_seen, "complete": keys_seen >= keys_wanted},
+            "delivered": _delivered(counted, expected, sub_window_s),
             "data_age_ms": counted["age_ms"],
+            # The second output of `--outputs both`, counted on its own: the same samples in the other encoding.
+            **{output.replace("-", "_"): {
+                "delivered": _delivered(by_output[output], expected_by_output[output], sub_window_s),
+                "data_age_ms": by_output[output]["age_ms"],
+            } for output in outputs[1:]},
             "overload": _overload(values=values, window_s=sub_window_s, offered_per_s=deliverable_per_s,
                                   tags=tags, counted=counted, log=log_summary),
             "gateway": {
@@ -628,7 +656,8 @@ def summary_line(result: dict[str, Any]) -> str:
     misses = [c["name"] for c in result.get("targets", []) if c["met"] is False]
     config = result["config"]
     return (
-        f"{name}: [MQTT {config['mqtt_protocol']} qos {config['mqtt_qos']}, "
+        f"{name}: [{'+'.join(config.get('outputs', ['uns-json']))}, "
+        f"MQTT {config['mqtt_protocol']} qos {config['mqtt_qos']}, "
         f"broker max_inflight_messages {config['broker_max_inflight_messages']}, "
         f"{config['mqtt_connections']} connection(s)] {d['values_per_s']:,.0f} values/s of "
         f"{config['offered_values_per_s']:,.0f} offered "
@@ -645,6 +674,14 @@ def summary_line(result: dict[str, Any]) -> str:
         + ", "
         f"gaps {d['seq_missing']}, starved {d['tags_starved']}/{d['tags_expected']}, "
         f"not-good {d['values_not_good']}, machine busy {result['machine']['busy_fraction']}"
+        + "".join(
+            f"; {output}: {o['delivered']['values_per_s']:,.0f} values/s "
+            f"({o['delivered']['messages_per_s']:,.0f} msg/s), "
+            f"age p50/p95/p99 {o['data_age_ms']['p50']}/{o['data_age_ms']['p95']}/{o['data_age_ms']['p99']} ms, "
+            f"gaps {o['delivered']['seq_missing']}, repeats {o['delivered']['seq_repeats']}, "
+            f"starved {o['delivered']['tags_starved']}/{o['delivered']['tags_expected']}"
+            for output in ("sparkplug",) if (o := result.get(output))
+        )
         + (f", MISSED: {', '.join(misses)}" if misses else "")
     )
 
@@ -679,6 +716,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Mosquitto max_inflight_messages, announced as Receive Maximum (Mosquitto's own default is 20)",
     )
     parser.add_argument("--qos", type=int, choices=(0, 1), default=1, help="the gateway's mqtt.qos (default 1)")
+    parser.add_argument("--outputs", choices=tuple(tagmaps.OUTPUTS), default="uns-json",
+                        help="the gateway's outputs: UNS JSON (default), Sparkplug B, or both, each counted")
     parser.add_argument("--mqtt-connections", type=int, default=1, metavar="N",
                         help="the gateway's mqtt.connections: data spread over N connections (default 1)")
     parser.add_argument("--mqtt-protocol", choices=("5", "3.1.1"), default="5",

@@ -1,6 +1,7 @@
 """The benchmark's independent subscriber: a separate process that counts what the gateway delivered.
 
     python benchmarks/subscriber.py --host 127.0.0.1 --port 1883 --filter 'acme/dunkirk/#' [--client raw|paho]
+        [--sparkplug-group GROUP]
 
 Protocol with the harness (one line each way, stdin -> stdout):
 
@@ -17,6 +18,15 @@ counted in ``seq_missing``), a repeat or step back is counted in ``seq_repeats``
 the warm-up so the window start never looks like a gap. Retained messages and ``_status``/``_meta``/gateway
 status topics are ignored. Replayed messages (``"historical": true``) are only counted (``historical``), so values,
 ages and seq are those of live data.
+
+With ``--sparkplug-group GROUP`` it also subscribes ``spBv1.0/GROUP/#`` (``--filter`` may then be left out, and
+may be given more than once) and counts Sparkplug B separately (the ``sparkplug`` member of the result, same
+fields): NBIRTH/DBIRTH/DDATA are decoded with the gateway's compiled protobuf module, the births teach the aliases,
+values are counted per ``{device}/{metric name}`` key, the data age is receive time - the metric's timestamp (ms),
+and ``seq`` (0-255 per edge node, +1 per message, 0 again at an NBIRTH) is checked for gaps (a step of more than
+one, modulo 256, counted in ``seq_missing``) and repeats (the same number again). A metric flagged
+``is_historical`` (a replay) is only counted (``historical_messages``); a DDATA alias no birth named counts as
+``unparsable``. ``status`` then reports the keys of both encodings together.
 
 ``--client raw`` (default) is a minimal MQTT 3.1.1 client on an asyncio socket that parses PUBLISH frames in
 bulk and sends PUBACKs in batches: measured several times cheaper per message than paho-mqtt's loop thread,
@@ -40,6 +50,13 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
+from google.protobuf.message import DecodeError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # run as a script: the gateway's compiled Sparkplug protobuf module
+    sys.path.insert(0, REPO_ROOT)
+
+from gateway.encoders import sparkplug_b_pb2 as spb  # noqa: E402
 
 AGE_BIN_MS = 0.1
 IGNORED_SUFFIXES = ("/_status", "/_meta")
@@ -210,6 +227,124 @@ class Tally:
         }
 
 
+SPARKPLUG_NAMESPACE = "spBv1.0/"
+GOOD_QUALITY = 192  # Ignition's Good: the Quality property of a good metric (absent in DDATA means good)
+
+
+class SparkplugTally(Tally):
+    """Counts a Sparkplug B stream like ``Tally`` counts UNS JSON: values per ``{device}/{metric}`` key, data age
+    from each metric's timestamp (ms), and ``seq`` per edge node (0-255, +1 per message, restarting at NBIRTH)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aliases: dict[tuple[str, int], str] = {}  # (edge node, alias) -> "{device}/{metric name}"
+        self._payload = spb.Payload()
+
+    def _sp_seq(self, node: str, seq: int, birth: bool) -> None:
+        last = self.last_seq.get(node)
+        self.last_seq[node] = seq
+        if birth or last is None or not self.measuring:
+            return
+        step = (seq - last) % 256
+        if step == 0:
+            self.seq_repeats += 1
+        elif step > 1:
+            self.seq_missing += step - 1
+            self.seq_gap_events += 1
+
+    def _metric_age(self, received: float, timestamp_ms: int) -> None:
+        age_ms = received * 1000.0 - timestamp_ms
+        key = math.floor(age_ms / AGE_BIN_MS)
+        self.age_histogram[key] = self.age_histogram.get(key, 0) + 1
+        self.age_max_ms = max(self.age_max_ms, age_ms)
+        self.age_min_ms = min(self.age_min_ms, age_ms)
+
+    def on_message(self, topic: str, payload: bytes, received: float) -> None:
+        # spBv1.0/{group}/{type}/{edge node}[/{device}]
+        parts = topic.split("/")
+        if len(parts) < 4 or parts[2] not in ("NBIRTH", "DBIRTH", "DDATA", "DDEATH"):
+            return  # NDEATH (no seq), commands, STATE
+        kind, node = parts[2], parts[3]
+        device = parts[4] if len(parts) > 4 else ""
+        body = self._payload
+        try:
+            body.ParseFromString(payload)
+        except DecodeError:
+            self.unparsable += 1
+            return
+        if kind in ("NBIRTH", "DBIRTH"):
+            for metric in body.metrics:
+                if metric.HasField("alias") and metric.name:
+                    self.aliases[(node, metric.alias)] = f"{device}/{metric.name}"
+        if body.HasField("seq"):
+            self._sp_seq(node, body.seq, kind == "NBIRTH")
+        if kind != "DDATA":
+            return
+        metrics = body.metrics
+        if any(metric.is_historical for metric in metrics):
+            self.historical += self.measuring
+            return
+        self.messages_total += 1
+        aliases = self.aliases
+        if not self.measuring:
+            self.keys_seen.update(key for metric in metrics if (key := aliases.get((node, metric.alias))) is not None)
+            return
+        self.messages += 1
+        per_key = self.per_key
+        for metric in metrics:
+            key = aliases.get((node, metric.alias))
+            if key is None:
+                self.unparsable += 1
+                continue
+            self.keys_seen.add(key)
+            self.values += 1
+            per_key[key] = per_key.get(key, 0) + 1
+            if metric.is_null:
+                self.null_values += 1
+            if metric.HasField("properties"):
+                quality = dict(zip(metric.properties.keys, metric.properties.values, strict=False)).get("Quality")
+                if quality is not None and quality.int_value != GOOD_QUALITY:
+                    self.not_good += 1
+            self._metric_age(received, metric.timestamp)
+
+
+class Tallies:
+    """Routes each message to the UNS JSON tally or, for ``spBv1.0/`` topics, the Sparkplug one."""
+
+    def __init__(self, *, sparkplug: bool) -> None:
+        self.json = Tally()
+        self.sparkplug = SparkplugTally() if sparkplug else None
+
+    def on_message(self, topic: str, payload: bytes, received: float) -> None:
+        if self.sparkplug is not None and topic.startswith(SPARKPLUG_NAMESPACE):
+            self.sparkplug.on_message(topic, payload, received)
+        else:
+            self.json.on_message(topic, payload, received)
+
+    def _each(self) -> list[Tally]:
+        return [self.json] if self.sparkplug is None else [self.json, self.sparkplug]
+
+    def start(self) -> None:
+        for tally in self._each():
+            tally.start()
+
+    def stop(self) -> None:
+        for tally in self._each():
+            tally.stop()
+
+    def status_line(self) -> str:
+        keys = sum(len(tally.keys_seen) for tally in self._each())
+        messages = sum(tally.messages_total for tally in self._each())
+        return f"status keys={keys} messages={messages}"
+
+    def result(self) -> dict[str, Any]:
+        """The UNS JSON counts at the top level (as without Sparkplug), the Sparkplug ones under ``sparkplug``."""
+        document = self.json.result()
+        if self.sparkplug is not None:
+            document["sparkplug"] = self.sparkplug.result()
+        return document
+
+
 # ------------------------------------------------------------------------------------------ raw MQTT
 
 
@@ -232,18 +367,18 @@ def connect_packet(client_id: str, keepalive_s: int) -> bytes:
     return b"\x10" + _remaining_length(len(body)) + body
 
 
-def subscribe_packet(topic_filter: str, qos: int, packet_id: int = 1) -> bytes:
-    body = struct.pack(">H", packet_id) + _utf8(topic_filter) + bytes((qos,))
+def subscribe_packet(topic_filters: list[str], qos: int, packet_id: int = 1) -> bytes:
+    body = struct.pack(">H", packet_id) + b"".join(_utf8(each) + bytes((qos,)) for each in topic_filters)
     return b"\x82" + _remaining_length(len(body)) + body
 
 
 class RawMqttProtocol(asyncio.Protocol):
     """Just enough MQTT 3.1.1 to subscribe and read: CONNECT, SUBSCRIBE, PUBLISH in, PUBACK out, PINGREQ."""
 
-    def __init__(self, tally: Tally, topic_filter: str, qos: int, on_ready: Callable[[], None],
+    def __init__(self, tally: Tallies, topic_filters: list[str], qos: int, on_ready: Callable[[], None],
                  on_lost: Callable[[str], None]) -> None:
         self._tally = tally
-        self._filter = topic_filter
+        self._filters = topic_filters
         self._qos = qos
         self._on_ready = on_ready
         self._on_lost = on_lost
@@ -301,9 +436,9 @@ class RawMqttProtocol(asyncio.Protocol):
                     self._on_lost(f"CONNACK refused, code {buffer[index + 1]}")
                     return
                 assert self.transport is not None
-                self.transport.write(subscribe_packet(self._filter, self._qos))
+                self.transport.write(subscribe_packet(self._filters, self._qos))
             elif kind == 9:  # SUBACK
-                if buffer[end - 1] == 0x80:
+                if 0x80 in buffer[index + 2 : end]:  # a return code per filter
                     self._on_lost("SUBACK refused the subscription")
                     return
                 self._on_ready()
@@ -320,7 +455,7 @@ class RawMqttProtocol(asyncio.Protocol):
 # ---------------------------------------------------------------------------------------------- main
 
 
-async def _commands(tally: Tally, lock: threading.Lock | None) -> None:
+async def _commands(tally: Tallies, lock: threading.Lock | None) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -345,7 +480,7 @@ async def _commands(tally: Tally, lock: threading.Lock | None) -> None:
                 lock.release()
 
 
-async def run_raw(args: argparse.Namespace, tally: Tally) -> int:
+async def run_raw(args: argparse.Namespace, tally: Tallies) -> int:
     loop = asyncio.get_running_loop()
     ready = asyncio.Event()
     failed: list[str] = []
@@ -355,7 +490,7 @@ async def run_raw(args: argparse.Namespace, tally: Tally) -> int:
         ready.set()
 
     transport, protocol = await loop.create_connection(
-        lambda: RawMqttProtocol(tally, args.filter, args.qos, ready.set, lost), args.host, args.port
+        lambda: RawMqttProtocol(tally, args.filters, args.qos, ready.set, lost), args.host, args.port
     )
     await asyncio.wait_for(ready.wait(), timeout=10)
     if failed:
@@ -377,7 +512,7 @@ async def run_raw(args: argparse.Namespace, tally: Tally) -> int:
     return 0
 
 
-async def run_paho(args: argparse.Namespace, tally: Tally) -> int:
+async def run_paho(args: argparse.Namespace, tally: Tallies) -> int:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -386,7 +521,7 @@ async def run_paho(args: argparse.Namespace, tally: Tally) -> int:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"cellgate-bench-{os.getpid()}")
 
     def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        client.subscribe(args.filter, qos=args.qos)
+        client.subscribe([(topic_filter, args.qos) for topic_filter in args.filters])
 
     def on_subscribe(client: Any, userdata: Any, mid: Any, reasons: Any, props: Any) -> None:
         subscribed.set()
@@ -417,11 +552,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--filter", required=True, help="topic filter, e.g. acme/dunkirk/#")
+    parser.add_argument("--filter", action="append", default=[], help="topic filter, e.g. acme/dunkirk/# (repeatable)")
+    parser.add_argument("--sparkplug-group", default=None,
+                        help="also subscribe spBv1.0/GROUP/# and count Sparkplug B on its own")
     parser.add_argument("--qos", type=int, choices=(0, 1), default=1)
     parser.add_argument("--client", choices=("raw", "paho"), default="raw")
     args = parser.parse_args()
-    tally = Tally()
+    args.filters = list(args.filter)
+    if args.sparkplug_group is not None:
+        args.filters.append(f"{SPARKPLUG_NAMESPACE}{args.sparkplug_group}/#")
+    if not args.filters:
+        parser.error("give --filter or --sparkplug-group")
+    tally = Tallies(sparkplug=args.sparkplug_group is not None)
     runner = run_paho if args.client == "paho" else run_raw
     return asyncio.run(runner(args, tally))
 

@@ -143,3 +143,26 @@ def with_device_setting(text: str, key: str, value: int) -> str:
         if line.startswith("    protocol: "):
             out.append(f"    {key}: {value}")
     return "\n".join(out) + "\n"
+
+
+SPARKPLUG_GROUP = "Bench"
+OUTPUTS = {"uns-json": ("uns-json",), "sparkplug": ("sparkplug",), "both": ("uns-json", "sparkplug")}
+"""``run.py --outputs`` choices -> the gateway's ``outputs``."""
+
+
+def with_outputs(text: str, outputs: str) -> str:
+    """``text`` with the gateway's ``outputs`` for ``outputs`` (a key of OUTPUTS) and, when it lists Sparkplug, a
+    ``sparkplug`` section (group SPARKPLUG_GROUP; the edge node is the gateway id). Unchanged for ``uns-json``,
+    the default, so the map also loads in a gateway without the setting."""
+    chosen = OUTPUTS[outputs]
+    if chosen == ("uns-json",):
+        return text
+    extra = f", outputs: [{', '.join(chosen)}]"
+    if "sparkplug" in chosen:
+        extra += f", sparkplug: {{group_id: {SPARKPLUG_GROUP}}}"
+    out = []
+    for line in text.splitlines():
+        if line.startswith("gateway: {") and line.endswith("}"):
+            line = line[:-1] + extra + "}"
+        out.append(line)
+    return "\n".join(out) + "\n"

@@ -88,3 +88,50 @@ def test_age_cpu_and_memory_are_measured(bench: tuple[dict[str, Any], str]) -> N
     assert result["machine"]["cpus"] >= 1
     assert {check["name"] for check in result["targets"]} >= {"values_per_s", "gateway_us_per_value"}
     assert set(result["overload"]) == {"ratio_of_offered", "fell_behind", "gateway_warned", "silent"}
+
+
+@pytest.fixture(scope="module")
+def bench_both(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+    """A short batch run with both outputs: the subscriber decodes the Sparkplug B stream and counts it apart."""
+    out = tmp_path_factory.mktemp("bench-both") / "results.json"
+    completed = subprocess.run(
+        [
+            sys.executable, "benchmarks/run.py", "--scenario", "modbus-1k", "--mode", "batch", "--outputs", "both",
+            "--size", str(REGISTERS), "--interval-ms", str(INTERVAL_MS),
+            "--duration-s", "2", "--warmup-s", "0.5", "--out", str(out),
+        ],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert completed.returncode == 0, f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}"
+    document: dict[str, Any] = json.loads(out.read_text())
+    return document, completed.stdout
+
+
+def test_both_outputs_are_counted_each_on_its_own(bench_both: tuple[dict[str, Any], str]) -> None:
+    document, stdout = bench_both
+    [result] = document["results"]
+    assert "error" not in result
+    assert result["config"]["outputs"] == ["uns-json", "sparkplug"]
+    assert result["startup"]["complete"] is True
+    json_delivered = result["delivered"]
+    sparkplug = result["sparkplug"]
+    sp_delivered = sparkplug["delivered"]
+    for delivered in (json_delivered, sp_delivered):
+        assert delivered["values"] > 0
+        assert delivered["tags_expected"] == REGISTERS
+        assert delivered["tags_starved"] == 0
+        assert delivered["unexpected_keys"] == 0
+        assert delivered["unparsable"] == 0
+        assert delivered["seq_missing"] == 0
+        assert delivered["seq_repeats"] == 0
+        assert delivered["values_not_good"] == 0
+    # Batch mode: one JSON _batch and one DDATA per poll of the device, each holding every register.
+    assert sp_delivered["values"] == sp_delivered["messages"] * REGISTERS
+    assert json_delivered["values"] == json_delivered["messages"] * REGISTERS
+    age = sparkplug["data_age_ms"]
+    assert age["p50"] is not None
+    assert age["p50"] <= age["p95"] <= age["max"] + 0.1
+    assert result["gateway"]["cpu_us_per_value"] > 0
+    [line] = [line for line in stdout.splitlines() if line.startswith("modbus-1k/batch: ")]
+    assert "[uns-json+sparkplug, " in line
+    assert "; sparkplug: " in line
