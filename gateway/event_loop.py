@@ -15,8 +15,7 @@ from importlib import import_module
 from typing import Literal, TypeAlias
 
 from gateway.errors import GatewayError
-
-EventLoopSetting: TypeAlias = Literal["auto", "asyncio", "uvloop"]
+from gateway.vocabulary import EventLoopSetting
 
 LoopFactory: TypeAlias = Callable[[], asyncio.AbstractEventLoop]
 
@@ -38,17 +37,17 @@ def choose_event_loop(
 ) -> EventLoopChoice:
     """The loop for ``setting``: ``asyncio`` always the stock loop; ``uvloop`` uvloop or a ``GatewayError`` when it
     is not installed; ``auto`` uvloop when importable, else the stock loop. ``importer`` is for tests."""
-    if setting == "asyncio":
+    if setting == EventLoopSetting.ASYNCIO:
         return STOCK_LOOP
     try:
         module = importer("uvloop")
     except ImportError as exc:
-        if setting == "uvloop":
+        if setting == EventLoopSetting.UVLOOP:
             raise GatewayError(f"gateway.event_loop is uvloop, but uvloop cannot be imported ({exc})") from exc
         return STOCK_LOOP
     factory = getattr(module, "new_event_loop", None)
     if not callable(factory):  # a module of that name that is not uvloop
-        if setting == "uvloop":
+        if setting == EventLoopSetting.UVLOOP:
             raise GatewayError("gateway.event_loop is uvloop, but the uvloop module has no new_event_loop")
         return STOCK_LOOP
     version = getattr(module, "__version__", None)

@@ -124,6 +124,14 @@ class OpcUaSecurityMode(StrEnum):
     SIGN_AND_ENCRYPT = "SignAndEncrypt"
 
 
+class EventLoopSetting(StrEnum):
+    """The gateway process's event loop (``gateway.event_loop``)."""
+
+    AUTO = "auto"  # uvloop when it can be imported, else the stock loop
+    ASYNCIO = "asyncio"
+    UVLOOP = "uvloop"
+
+
 class Transport(StrEnum):
     TCP = "tcp"
     RTU = "rtu"

@@ -58,6 +58,7 @@ from gateway.value_shape import FieldShape, parse_fields, parse_shape
 from gateway.vocabulary import (
     ByteOrder,
     DataType,
+    EventLoopSetting,
     MqttProtocol,
     OpcUaMode,
     OpcUaSecurityMode,
@@ -274,7 +275,7 @@ class GatewaySection(_Model):
     """The output encodings, each at most once: UNS JSON (the default), Sparkplug B, or both."""
     sparkplug: SparkplugSection | None = None
     """Needed when ``outputs`` lists ``sparkplug``."""
-    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    event_loop: EventLoopSetting = EventLoopSetting.AUTO
     """The process's event loop: ``auto`` is uvloop when it can be imported, else the stock asyncio loop
     (``gateway.event_loop``); read at start only."""
 

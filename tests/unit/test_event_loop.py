@@ -9,6 +9,7 @@ import pytest
 from gateway.errors import ConfigError, GatewayError
 from gateway.event_loop import STOCK_LOOP, choose_event_loop, running_loop_name
 from gateway.tagmap import load_plant_from_text
+from gateway.vocabulary import EventLoopSetting
 
 HEADER = """
 gateway: {{id: gw, enterprise: e, site: s{extra}}}
@@ -32,26 +33,26 @@ def _loop_of(factory: object) -> str:
 
 
 def test_asyncio_is_the_stock_loop_even_with_uvloop_installed() -> None:
-    choice = choose_event_loop("asyncio")
+    choice = choose_event_loop(EventLoopSetting.ASYNCIO)
     assert choice == STOCK_LOOP
     assert _loop_of(choice.factory) == "asyncio"
 
 
 def test_auto_and_uvloop_run_on_uvloop_when_it_is_installed() -> None:
-    for setting in ("auto", "uvloop"):
-        choice = choose_event_loop(setting)  # type: ignore[arg-type]
+    for setting in (EventLoopSetting.AUTO, EventLoopSetting.UVLOOP):
+        choice = choose_event_loop(setting)
         assert choice.name == "uvloop"
         assert choice.version
         assert _loop_of(choice.factory) == "uvloop"
 
 
 def test_auto_falls_back_to_the_stock_loop_without_uvloop() -> None:
-    assert choose_event_loop("auto", importer=_no_uvloop) == STOCK_LOOP
+    assert choose_event_loop(EventLoopSetting.AUTO, importer=_no_uvloop) == STOCK_LOOP
 
 
 def test_uvloop_without_uvloop_is_an_error_naming_the_setting() -> None:
     with pytest.raises(GatewayError, match=r"gateway\.event_loop is uvloop, but uvloop cannot be imported"):
-        choose_event_loop("uvloop", importer=_no_uvloop)
+        choose_event_loop(EventLoopSetting.UVLOOP, importer=_no_uvloop)
 
 
 def test_the_setting_defaults_to_auto_and_takes_only_the_three_values() -> None:
