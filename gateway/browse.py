@@ -434,7 +434,9 @@ async def browse_server(
     """Connect (over a secure channel when ``security`` says so, as a device does), walk, disconnect.
     Returns the devices, the statistics and the main namespace URI."""
     started = time.monotonic()
-    client = Client(endpoint, timeout=timeout_s)
+    # asyncua probes the server state every watchdog interval and gives the probe that long to answer; its default
+    # (1 s) drops the session when a long Browse keeps either side busy, so the probe gets the request timeout.
+    client = Client(endpoint, timeout=timeout_s, watchdog_intervall=timeout_s)
     if username is not None:
         client.set_user(username)
     if security is not None and security.password_file is not None:
