@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import pytest
@@ -119,25 +120,40 @@ def test_opcua_restart_with_reordered_namespaces_keeps_values_on_the_right_topic
         plant.opcua_sim.control_port, "POST", "/faults/coater-01", {"fault": "restart", "extra_namespaces": 3}
     )
     assert code == 200, answer
+
+    def status_change(start: int, connected: bool) -> int | None:
+        """The index of the first coater _status message from ``start`` on that says ``connected``."""
+        messages = plant.subscriber.messages
+        return next((i for i in range(start, len(messages))
+                     if messages[i].topic.endswith(f"{COATER}/_status")
+                     and orjson.loads(messages[i].payload)["connected"] is connected), None)
+
     # The link drops with the server, a fresh client resolves the namespace URI to its new index.
-    wait_until(
-        lambda: any(
-            m.topic.endswith(f"{COATER}/_status") and orjson.loads(m.payload)["connected"] is False
-            for m in plant.subscriber.messages[mark:]
-        ),
-        30,
-        "the coater reported down",
-    )
-    wait_until(lambda: (status(plant, COATER) or {}).get("connected") is True, 60, "the coater back")
-    restarted = len(plant.subscriber.messages)
-    wait_until(lambda: len(plant.subscriber.messages) > restarted + 100, 30, "coater data after the restart")
+    wait_until(lambda: status_change(mark, False) is not None, 30, "the coater reported down")
+    down = status_change(mark, False)
+    assert down is not None
+    wait_until(lambda: status_change(down, True) is not None, 60, "the coater back")
+    restarted = status_change(down, True)
+    assert restarted is not None
+    back_since = str(orjson.loads(plant.subscriber.messages[restarted].payload)["since"])
 
     # Every coater tag published after the restart is good: with a stale namespace index the node ids would
-    # not resolve (bad, BadNodeIdUnknown) or would read another namespace's nodes.
-    after = [
-        (m.topic, orjson.loads(m.payload)) for m in plant.subscriber.messages[restarted:]
-        if f"/{COATER}/" in m.topic and "/_" not in m.topic
-    ]
+    # not resolve (bad, BadNodeIdUnknown) or would read another namespace's nodes. The _status goes out at once,
+    # the data through the device's queue: on a loaded machine the link-down readings (comm_failure, stamped
+    # before the link came back) can still arrive after the "connected" status, and are not readings of the
+    # restarted server.
+    def after_restart() -> list[tuple[str, dict[str, Any]]]:
+        return [
+            (m.topic, body) for m in plant.subscriber.messages[restarted:]
+            if f"/{COATER}/" in m.topic and "/_" not in m.topic
+            and not ((body := orjson.loads(m.payload)).get("status") == "comm_failure" and str(body["ts"]) < back_since)
+        ]
+
+    # Wait for a line speed the restarted server stamped after the link came back (it changes every step): the
+    # readings queued before it (every tag's first value after the restart) have arrived then too.
+    wait_until(lambda: any(topic == speed and str(body["ts"]) > back_since for topic, body in after_restart()), 60,
+               "a line speed read from the restarted server")
+    after = after_restart()
     assert after
     assert all(body["quality"] == "good" for _, body in after), [t for t, b in after if b["quality"] != "good"][:5]
     # A constant identification string lands on its own topic again, unchanged.
