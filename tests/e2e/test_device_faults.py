@@ -121,41 +121,45 @@ def test_opcua_restart_with_reordered_namespaces_keeps_values_on_the_right_topic
     )
     assert code == 200, answer
 
-    def status_change(start: int, connected: bool) -> int | None:
-        """The index of the first coater _status message from ``start`` on that says ``connected``."""
+    def statuses(start: int) -> list[tuple[int, dict[str, Any]]]:
+        """The coater's _status messages from ``start`` on: (index, body)."""
         messages = plant.subscriber.messages
-        return next((i for i in range(start, len(messages))
-                     if messages[i].topic.endswith(f"{COATER}/_status")
-                     and orjson.loads(messages[i].payload)["connected"] is connected), None)
+        return [(i, orjson.loads(messages[i].payload)) for i in range(start, len(messages))
+                if messages[i].topic.endswith(f"{COATER}/_status")]
 
     # The link drops with the server, a fresh client resolves the namespace URI to its new index.
-    wait_until(lambda: status_change(mark, False) is not None, 30, "the coater reported down")
-    down = status_change(mark, False)
-    assert down is not None
-    wait_until(lambda: status_change(down, True) is not None, 60, "the coater back")
-    restarted = status_change(down, True)
-    assert restarted is not None
-    back_since = str(orjson.loads(plant.subscriber.messages[restarted].payload)["since"])
+    wait_until(lambda: any(body["connected"] is False for _, body in statuses(mark)), 30, "the coater reported down")
+    down = next(i for i, body in statuses(mark) if body["connected"] is False)
 
-    # Every coater tag published after the restart is good: with a stale namespace index the node ids would
-    # not resolve (bad, BadNodeIdUnknown) or would read another namespace's nodes. The _status goes out at once,
-    # the data through the device's queue: on a loaded machine the link-down readings (comm_failure, stamped
-    # before the link came back) can still arrive after the "connected" status, and are not readings of the
-    # restarted server.
-    def after_restart() -> list[tuple[str, dict[str, Any]]]:
+    def readings_since(up: int) -> list[tuple[str, dict[str, Any]]]:
+        """Coater readings after the _status message at ``up`` (connected), less the bad ones stamped before that
+        link came up. Those belong to the link before it: the _status goes out at once, the data through the
+        device's queue, so on a loaded machine they can arrive after the status."""
+        since = str(orjson.loads(plant.subscriber.messages[up].payload)["since"])
         return [
-            (m.topic, body) for m in plant.subscriber.messages[restarted:]
+            (m.topic, body) for m in plant.subscriber.messages[up + 1:]
             if f"/{COATER}/" in m.topic and "/_" not in m.topic
-            and not ((body := orjson.loads(m.payload)).get("status") == "comm_failure" and str(body["ts"]) < back_since)
+            and not ((body := orjson.loads(m.payload))["quality"] != "good" and str(body["ts"]) < since)
         ]
 
-    # Wait for a line speed the restarted server stamped after the link came back (it changes every step): the
-    # readings queued before it (every tag's first value after the restart) have arrived then too.
-    wait_until(lambda: any(topic == speed and str(body["ts"]) > back_since for topic, body in after_restart()), 60,
-               "a line speed read from the restarted server")
-    after = after_restart()
+    def settled() -> int | None:
+        """The last coater _status if it says connected and a line speed stamped after it has arrived since.
+        (While the old server stops it may still accept a connection that then goes down too: the last link up
+        is the restarted server's.)"""
+        last = statuses(down)[-1:]
+        if not last or last[0][1]["connected"] is not True:
+            return None
+        up, body = last[0]
+        fresh = any(topic == speed and str(reading["ts"]) > str(body["since"]) for topic, reading in readings_since(up))
+        return up if fresh else None
+
+    wait_until(lambda: settled() is not None, 90, "the coater back, with a line speed read from the restarted server")
+    restarted = settled()
+    assert restarted is not None
+    after = readings_since(restarted)
     assert after
-    assert all(body["quality"] == "good" for _, body in after), [t for t, b in after if b["quality"] != "good"][:5]
+    assert all(body["quality"] == "good" for _, body in after), (
+        [body for _, body in statuses(mark)], [(t, b) for t, b in after if b["quality"] != "good"][:5])
     # A constant identification string lands on its own topic again, unchanged.
     latest_serial = plant.latest(serial)
     assert latest_serial is not None and latest_serial["value"] == before["value"]
