@@ -434,8 +434,11 @@ async def browse_server(
     """Connect (over a secure channel when ``security`` says so, as a device does), walk, disconnect.
     Returns the devices, the statistics and the main namespace URI."""
     started = time.monotonic()
+    # asyncua probes the server state every watchdog interval and gives the probe that long to answer; a short one
+    # drops the session when a long Browse keeps either side busy, so the probe gets the request timeout.
     client = new_client(endpoint, timeout_s=timeout_s, username=username, password=None,
-                        password_file=security.password_file if security is not None else None)
+                        password_file=security.password_file if security is not None else None,
+                        watchdog_s=timeout_s)
     if security is not None and security.channel:
         await secure_client(client, security, endpoint=endpoint)
     async with client:

@@ -171,13 +171,20 @@ SESSION_TIMEOUT_MS = 60_000
 
 
 def new_client(
-    endpoint: str, *, timeout_s: float, username: str | None, password: str | None, password_file: Path | None
+    endpoint: str,
+    *,
+    timeout_s: float,
+    username: str | None,
+    password: str | None,
+    password_file: Path | None,
+    watchdog_s: float | None = None,
 ) -> Client:
     """An unconnected client as every OPC UA session of a device opens it (the source's and the event link's):
     request timeout, a 60 s session timeout, the login. A ``password_file`` is read here, at each connect, so a
-    rotated file counts."""
+    rotated file counts. ``watchdog_s``: see below (default: the request timeout, at most 5 s)."""
     # The client's supervisor probes ServerState every watchdog interval, with that interval as timeout.
-    client = Client(endpoint, timeout=timeout_s, watchdog_intervall=min(timeout_s, 5.0))
+    watchdog = min(timeout_s, 5.0) if watchdog_s is None else watchdog_s
+    client = Client(endpoint, timeout=timeout_s, watchdog_intervall=watchdog)
     client.session_timeout = SESSION_TIMEOUT_MS
     if username is not None:
         client.set_user(username)

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import pytest
@@ -119,27 +120,46 @@ def test_opcua_restart_with_reordered_namespaces_keeps_values_on_the_right_topic
         plant.opcua_sim.control_port, "POST", "/faults/coater-01", {"fault": "restart", "extra_namespaces": 3}
     )
     assert code == 200, answer
-    # The link drops with the server, a fresh client resolves the namespace URI to its new index.
-    wait_until(
-        lambda: any(
-            m.topic.endswith(f"{COATER}/_status") and orjson.loads(m.payload)["connected"] is False
-            for m in plant.subscriber.messages[mark:]
-        ),
-        30,
-        "the coater reported down",
-    )
-    wait_until(lambda: (status(plant, COATER) or {}).get("connected") is True, 60, "the coater back")
-    restarted = len(plant.subscriber.messages)
-    wait_until(lambda: len(plant.subscriber.messages) > restarted + 100, 30, "coater data after the restart")
 
-    # Every coater tag published after the restart is good: with a stale namespace index the node ids would
-    # not resolve (bad, BadNodeIdUnknown) or would read another namespace's nodes.
-    after = [
-        (m.topic, orjson.loads(m.payload)) for m in plant.subscriber.messages[restarted:]
-        if f"/{COATER}/" in m.topic and "/_" not in m.topic
-    ]
+    def statuses(start: int) -> list[tuple[int, dict[str, Any]]]:
+        """The coater's _status messages from ``start`` on: (index, body)."""
+        messages = plant.subscriber.messages
+        return [(i, orjson.loads(messages[i].payload)) for i in range(start, len(messages))
+                if messages[i].topic.endswith(f"{COATER}/_status")]
+
+    # The link drops with the server, a fresh client resolves the namespace URI to its new index.
+    wait_until(lambda: any(body["connected"] is False for _, body in statuses(mark)), 30, "the coater reported down")
+    down = next(i for i, body in statuses(mark) if body["connected"] is False)
+
+    def readings_since(up: int) -> list[tuple[str, dict[str, Any]]]:
+        """Coater readings after the _status message at ``up`` (connected), less the bad ones stamped before that
+        link came up. Those belong to the link before it: the _status goes out at once, the data through the
+        device's queue, so on a loaded machine they can arrive after the status."""
+        since = str(orjson.loads(plant.subscriber.messages[up].payload)["since"])
+        return [
+            (m.topic, body) for m in plant.subscriber.messages[up + 1:]
+            if f"/{COATER}/" in m.topic and "/_" not in m.topic
+            and not ((body := orjson.loads(m.payload))["quality"] != "good" and str(body["ts"]) < since)
+        ]
+
+    def settled() -> int | None:
+        """The last coater _status if it says connected and a line speed stamped after it has arrived since.
+        (While the old server stops it may still accept a connection that then goes down too: the last link up
+        is the restarted server's.)"""
+        last = statuses(down)[-1:]
+        if not last or last[0][1]["connected"] is not True:
+            return None
+        up, body = last[0]
+        fresh = any(topic == speed and str(reading["ts"]) > str(body["since"]) for topic, reading in readings_since(up))
+        return up if fresh else None
+
+    wait_until(lambda: settled() is not None, 90, "the coater back, with a line speed read from the restarted server")
+    restarted = settled()
+    assert restarted is not None
+    after = readings_since(restarted)
     assert after
-    assert all(body["quality"] == "good" for _, body in after), [t for t, b in after if b["quality"] != "good"][:5]
+    assert all(body["quality"] == "good" for _, body in after), (
+        [body for _, body in statuses(mark)], [(t, b) for t, b in after if b["quality"] != "good"][:5])
     # A constant identification string lands on its own topic again, unchanged.
     latest_serial = plant.latest(serial)
     assert latest_serial is not None and latest_serial["value"] == before["value"]

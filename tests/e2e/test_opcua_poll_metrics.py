@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.gateway import GatewayProcess
 from tests.support.mosquitto import Mosquitto
-from tests.support.sim import SimulatorProcess, free_tcp_port
+from tests.support.sim import SimulatorProcess
 from tests.support.waiting import wait_until
 
 CONFIG = """
@@ -59,18 +59,17 @@ def poll_histogram(base: str) -> dict[str, dict[str, float]]:
 
 
 def test_opcua_poll_mode_has_the_poll_cycle_histogram(tmp_path: Path) -> None:
-    http_port = free_tcp_port()
     with Mosquitto() as broker, SimulatorProcess(only="opcua") as sim:
         config = tmp_path / "map.yaml"
         config.write_text(CONFIG.format(enterprise=f"poll{uuid.uuid4().hex[:8]}", endpoint=sim.opcua_endpoint))
         gateway = GatewayProcess(
             config=config,
-            env={"CELLGATE_MQTT__URL": broker.url, "CELLGATE_HTTP__LISTEN": f"127.0.0.1:{http_port}"},
+            env={"CELLGATE_MQTT__URL": broker.url},  # the listener on a port it binds itself, named in its log
             state_dir=tmp_path / "state",
         )
         gateway.start()
         try:
-            base = f"http://127.0.0.1:{http_port}"
+            base = f"http://{gateway.wait_for_event('http_listening', 60)['listen']}"
             histograms: dict[str, dict[str, float]] = {}
 
             def polled_a_few_times() -> bool:

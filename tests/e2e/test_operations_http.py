@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -20,7 +21,7 @@ from gateway.supervisor import SUPERVISOR_BACKOFF
 from simulators.servers.control_http import request_control
 from tests.support.gateway import GatewayProcess, retarget_demo_config
 from tests.support.mosquitto import Mosquitto
-from tests.support.sim import MODBUS_MACHINES_IN_DEFAULT_SET, SimulatorProcess, free_port_run, free_tcp_port
+from tests.support.sim import MODBUS_MACHINES_IN_DEFAULT_SET, SimulatorProcess, free_port_run
 from tests.support.waiting import wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -47,28 +48,31 @@ def get(url: str) -> tuple[int, bytes]:
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     workdir = tmp_path_factory.mktemp("ops")
     modbus_port = free_port_run(MODBUS_MACHINES_IN_DEFAULT_SET)
-    http_port = free_tcp_port()
-    # Modbus only: the coater's OPC UA endpoint (an unused port) stays down, which the page must show too.
+    # Modbus only: the coater's OPC UA endpoint stays down, which the page must show too. Its port is held bound
+    # (never listening) for the whole module, so no other test's server or client can take it meanwhile.
+    coater_port = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    coater_port.bind(("127.0.0.1", 0))
     modbus_sim = SimulatorProcess(only="modbus", modbus_port=modbus_port, control_port=0)
-    with Mosquitto() as broker:
+    with coater_port, Mosquitto() as broker:
         modbus_sim.start()
         try:
             config = retarget_demo_config(
-                opcua_port=free_tcp_port(), modbus_port=modbus_port, destination=workdir / "m.yaml"
+                opcua_port=coater_port.getsockname()[1], modbus_port=modbus_port, destination=workdir / "m.yaml"
             )
+            # The operations listener on a port the system picks (GatewayProcess's default), read from the log:
+            # a port chosen beforehand can be taken by any other test's connection before the gateway binds it.
             gateway = GatewayProcess(
                 config=config,
-                env={
-                    "CELLGATE_MQTT__URL": broker.url,
-                    "CELLGATE_GATEWAY__ENTERPRISE": f"ops{uuid.uuid4().hex[:8]}",
-                    "CELLGATE_HTTP__LISTEN": f"127.0.0.1:{http_port}",
-                },
+                env={"CELLGATE_MQTT__URL": broker.url, "CELLGATE_GATEWAY__ENTERPRISE": f"ops{uuid.uuid4().hex[:8]}"},
                 state_dir=workdir / "state",
             )
             gateway.start()
             try:
-                base = f"http://127.0.0.1:{http_port}"
-                wait_until(lambda: _ready(base), 40, "/readyz answering 200")
+                base = f"http://{gateway.wait_for_event('http_listening', 60)['listen']}"
+                try:
+                    wait_until(lambda: _ready(base), 60, "/readyz answering 200")
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}; gateway log tail:\n{gateway.log_text()[-3000:]}") from None
                 yield Running(base, modbus_sim, gateway, workdir)
             finally:
                 assert gateway.stop() == 0

@@ -11,6 +11,10 @@
   than ``bytes_per_s`` (the answers flow freely): a slow link to a broker, so a gateway offers more than its sink
   can carry. It reads from the client only as fast as it forwards, so TCP flow control reaches the client.
 
+* ``stalling_proxy(upstream_port, after_messages, stall_s)``: a TCP proxy in front of a real OPC UA server that,
+  on each connection, holds the server's answers for ``stall_s`` once ``after_messages`` service responses have
+  passed, then passes everything on: a server (or a link) that is busy for a while, not gone.
+
 All count connections, so a test can bound the attempts a client made.
 """
 
@@ -162,5 +166,35 @@ def throttled_proxy(
                    server_reader: asyncio.StreamReader, server_writer: asyncio.StreamWriter) -> None:
         await _while_copying(_copy(server_reader, client_writer),
                              _copy_throttled(client_reader, server_writer, bytes_per_s))
+
+    return _proxy(upstream_port, pipe)
+
+
+async def _pass_responses_stalling(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, after_messages: int, stall_s: float
+) -> None:
+    """Copy whole chunks from the server to the client; wait ``stall_s`` once, after the ``after_messages``-th
+    service response, then copy on until either side closes."""
+    passed = 0
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+        while True:
+            header = await reader.readexactly(_UA_HEADER_SIZE)
+            size = int.from_bytes(header[4:8], "little")
+            body = await reader.readexactly(size - _UA_HEADER_SIZE)
+            writer.write(header + body)
+            await writer.drain()
+            if header[:4] == b"MSGF":
+                passed += 1
+                if passed == after_messages:
+                    await asyncio.sleep(stall_s)
+
+
+def stalling_proxy(
+    upstream_port: int, *, after_messages: int, stall_s: float
+) -> contextlib.AbstractAsyncContextManager[ConnectionCounter]:
+    async def pipe(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,
+                   server_reader: asyncio.StreamReader, server_writer: asyncio.StreamWriter) -> None:
+        await _while_copying(_copy(client_reader, server_writer),
+                             _pass_responses_stalling(server_reader, client_writer, after_messages, stall_s))
 
     return _proxy(upstream_port, pipe)

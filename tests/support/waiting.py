@@ -24,3 +24,24 @@ async def wait_until_async(predicate: Callable[[], object], timeout_s: float, wh
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def wait_while_progressing(
+    predicate: Callable[[], object], progress: Callable[[], int], *, stall_s: float, cap_s: float, what: str
+) -> None:
+    """Block until ``predicate()`` is truthy, as long as ``progress()`` (a count that only grows while work gets
+    done: records received, bytes written) keeps growing: AssertionError naming ``what`` once it has not grown for
+    ``stall_s``, or after ``cap_s`` in all. For a backlog whose drain time depends on the machine's speed: a loaded
+    machine drains it more slowly, a stuck one not at all."""
+    started = time.monotonic()
+    last, last_change = progress(), started
+    while not predicate():
+        now = time.monotonic()
+        current = progress()
+        if current != last:
+            last, last_change = current, now
+        elif now - last_change > stall_s:
+            raise AssertionError(f"no progress for {stall_s:g} s (at {current}) waiting for {what}")
+        if now - started > cap_s:
+            raise AssertionError(f"timed out after {cap_s:g} s (at {current}) waiting for {what}")
+        time.sleep(0.2)
