@@ -48,7 +48,7 @@ import pytest
 from tests.interop.sparkplug_tahu import TAHU_AVAILABLE, TAHU_MISSING, HostView, decode_stream, encode_command
 from tests.support.gateway import GatewayProcess
 from tests.support.mosquitto import Mosquitto, Received, Subscriber
-from tests.support.sim import MODBUS_MACHINES_IN_DEFAULT_SET, SimulatorProcess, free_port_run, free_tcp_port
+from tests.support.sim import MODBUS_MACHINES_IN_DEFAULT_SET, SimulatorProcess, free_port_run
 
 pytestmark = pytest.mark.skipif(not TAHU_AVAILABLE, reason=TAHU_MISSING)
 
@@ -125,15 +125,16 @@ class Rig:
     config: Path
     tmp_path: Path
 
-    http_port: int
+    http_port: int = 0  # the port the last gateway's listener bound (it picks a free one itself: no race)
 
     def gateway(self) -> GatewayProcess:
         gateway = GatewayProcess(
             config=self.config,
-            env={"CELLGATE_MQTT__URL": self.broker.url, "CELLGATE_HTTP__LISTEN": f"127.0.0.1:{self.http_port}"},
+            env={"CELLGATE_MQTT__URL": self.broker.url, "CELLGATE_HTTP__LISTEN": "127.0.0.1:0"},
             state_dir=self.tmp_path / "state",
         )
         gateway.start()
+        self.http_port = int(str(gateway.wait_for_event("http_listening", 60)["listen"]).rsplit(":", 1)[1])
         return gateway
 
     def scrape(self) -> str:
@@ -238,7 +239,7 @@ def rig(
         config = tag_map(
             tmp_path / "map.yaml", stacker_port=modbus_port + 2, outputs=outputs, primary_host=primary_host
         )
-        yield Rig(broker, sparkplug, sim, modbus_port, config, tmp_path, free_tcp_port())
+        yield Rig(broker, sparkplug, sim, modbus_port, config, tmp_path)
         sparkplug.stop()
     finally:
         broker.close()
