@@ -25,6 +25,8 @@ log = structlog.get_logger("cellgate.http")
 
 REQUEST_TIMEOUT_S = 5.0
 MAX_HEADER_BYTES = 16_384
+LISTEN_RETRY_S = 30.0
+"""How often a listener that could not bind its port tries again."""
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
             503: "Service Unavailable"}  # fmt: skip
@@ -105,15 +107,22 @@ class OpsHttp:
         return status, content_type, body, method
 
 
-async def serve_http(ops: OpsHttp, host: str, port: int) -> None:
-    """Listen until cancelled. A port already in use is logged and the gateway runs on without the listener:
-    the operations view must never stop data acquisition."""
-    try:
-        server = await asyncio.start_server(ops.handle, host, port, limit=MAX_HEADER_BYTES)
-    except OSError as exc:
-        log.error("http_listen_failed", listen=f"{host}:{port}", error=str(exc))
-        return
+async def serve_http(ops: OpsHttp, host: str, port: int, *, retry_s: float = LISTEN_RETRY_S) -> None:
+    """Listen until cancelled. A port that cannot be bound (already in use) is logged and tried again every
+    ``retry_s`` while the gateway runs on: the operations view must never stop data acquisition, and it comes
+    back by itself once the port is free."""
+    problem = None
+    while True:
+        try:
+            server = await asyncio.start_server(ops.handle, host, port, limit=MAX_HEADER_BYTES)
+        except OSError as exc:
+            if str(exc) != problem:  # once per distinct error, not every retry
+                problem = str(exc)
+                log.error("http_listen_failed", listen=f"{host}:{port}", error=problem, retry_in_s=retry_s)
+            await asyncio.sleep(retry_s)
+            continue
+        break
     bound = server.sockets[0].getsockname()
-    log.info("http_listening", listen=f"{bound[0]}:{bound[1]}")
+    log.info("http_listening", listen=f"{bound[0]}:{bound[1]}", after_failures=problem is not None)
     async with server:
         await server.serve_forever()

@@ -176,6 +176,37 @@ async def test_a_token_guards_every_route_over_a_real_socket() -> None:
             await server
 
 
+async def test_a_listener_whose_port_is_taken_says_so_once_and_listens_once_the_port_is_free() -> None:
+    import socket
+
+    import structlog.testing
+
+    ops = OpsHttp(state=lambda: STATE, registry=build_registry(lambda: STATE), token=None)
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    port = squatter.getsockname()[1]
+    with structlog.testing.capture_logs() as logs:
+        server = asyncio.create_task(serve_http(ops, "127.0.0.1", port, retry_s=0.05))
+        try:
+            await asyncio.sleep(0.5)  # about ten attempts while the port is taken
+            failed = [entry for entry in logs if entry["event"] == "http_listen_failed"]
+            assert len(failed) == 1 and failed[0]["retry_in_s"] == 0.05, failed  # said once, not per attempt
+            squatter.close()
+            for _ in range(200):
+                if any(entry["event"] == "http_listening" for entry in logs):
+                    break
+                await asyncio.sleep(0.02)
+            assert (await _get(port, "/healthz", None)).startswith(b"HTTP/1.1 200 ")
+            listening = [entry for entry in logs if entry["event"] == "http_listening"]
+            assert listening[0]["after_failures"] is True
+        finally:
+            squatter.close()
+            server.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await server
+
+
 def test_the_environment_sets_the_listener_and_an_open_address_without_a_token_is_refused() -> None:
     plant = load_plant(DEMO_CONFIG, environ={"CELLGATE_HTTP__LISTEN": "127.0.0.1:9200"})
     assert plant.http.host_port == ("127.0.0.1", 9200)
