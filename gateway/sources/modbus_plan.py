@@ -370,7 +370,7 @@ _BAD: Final = Quality.BAD
 
 
 def _good_readings(keys: Iterable[str], values: Iterable[Value], ts: float) -> list[RawReading]:
-    """A good RawReading per (key, value), all with time ``ts``; built entirely in C (0.11 us a reading)."""
+    """A good RawReading per (key, value), all with time ``ts``; built entirely in C (no Python call per reading)."""
     return list(map(_new_tuple, repeat(RawReading), zip(keys, values, repeat(ts), repeat(_GOOD), repeat(None))))
 
 
