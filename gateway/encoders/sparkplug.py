@@ -331,7 +331,7 @@ class SparkplugDeviceEncoder:
         self._template_holds_last = False
         """The prebuilt payload's metrics hold each tag's last value (good, with its timestamp), under ``_last``.
         A poll taken from it keeps no sample: nothing per value for the garbage collector to follow."""
-        # DDATA of every tag at once, all good floats (a poll of a numeric device): this payload's metrics get the new
+        # DDATA of every tag at once, all good numbers (a poll of a numeric device): this payload's metrics get the new
         # values and timestamps, no metric object is made (see _encode_every_tag). None: the device has other types.
         self._template: pb.Payload | None = None
         self._metric_of: dict[str, pb.Payload.Metric] = {}  # tag -> its metric in the template (kept views)
@@ -393,7 +393,7 @@ class SparkplugDeviceEncoder:
         return [Message(self.ddata_topic, payload.SerializeToString())]
 
     def _encode_every_tag(self, samples: Sequence[Sample], now: float) -> bytes | None:
-        """The DDATA of ``samples`` when they are every tag once, each a good float, from the prebuilt payload; None
+        """The DDATA of ``samples`` when they are every tag once, each a good number, from the prebuilt payload; None
         when they are not (then the general path encodes them; the payload is overwritten before its next use).
 
         A poll reads its tags in the same order every time: while the tags come in the order of the last poll taken
@@ -404,7 +404,11 @@ class SparkplugDeviceEncoder:
         assert template is not None
         ts_seen, ms = -1.0, 0  # the samples of one read share their ts: convert it once per read
         for (_, tag, value, quality, ts, _), (expected, metric) in zip(samples, self._ordered, strict=True):
-            if value.__class__ is not float or quality is not _GOOD:
+            if value.__class__ is not float:
+                if value.__class__ is not int or quality is not _GOOD:  # a register's whole number is a Double too
+                    return None
+                value = float(value)
+            elif quality is not _GOOD:
                 return None
             if tag is not expected and tag != expected:
                 if not self._fill_in_new_order(samples):
@@ -422,13 +426,17 @@ class SparkplugDeviceEncoder:
 
     def _fill_in_new_order(self, poll: Sequence[Sample]) -> bool:
         """Fill the prebuilt payload from ``poll`` by tag and keep its order as ``_ordered``; False when a tag is
-        given twice or a value is not a good float."""
+        given twice or a value is not a good number."""
         if len(set(map(_TAG, poll))) != len(poll):
             return False
         metric_of = self._metric_of
         ordered: list[tuple[str, pb.Payload.Metric]] = []
         for _, tag, value, quality, ts, _ in poll:
-            if value.__class__ is not float or quality is not _GOOD:
+            if value.__class__ is not float:
+                if value.__class__ is not int or quality is not _GOOD:
+                    return False
+                value = float(value)
+            elif quality is not _GOOD:
                 return False
             metric = metric_of[tag]
             metric.timestamp = int(ts * 1000)
@@ -479,7 +487,7 @@ class SparkplugDeviceEncoder:
             metric.datatype = datatype
             sample = last.get(meta.tag)
             kept = held.get(meta.tag) if sample is None else None
-            if kept is not None:  # from the prebuilt payload: a good float, its timestamp in ms
+            if kept is not None:  # from the prebuilt payload: a good number as a Double, its timestamp in ms
                 metric.timestamp = kept.timestamp
                 metric.double_value = kept.double_value
             else:

@@ -550,6 +550,32 @@ def test_ddata_of_every_tag_at_once_decodes_as_any_other() -> None:
     assert [payload["seq"] for payload in decoded] == [2, 3, 4, 5, 6, 7]  # after the DBIRTH's 1
 
 
+def test_ddata_of_every_register_at_once_is_the_same_bytes_as_the_general_path() -> None:
+    """Modbus registers are whole numbers: a poll of every tag with good ints takes the prebuilt payload too, and
+    its DDATA is byte for byte the general path's (a part of the tags, which goes the general way), Doubles both."""
+    node = SparkplugEdgeNode(group_id="Plant1", edge_node_id="gw-01")
+    metas = [TagMeta(tag=f"hr{n}", type=kind) for n, kind in enumerate(("uint16", "int32", "float32", "uint64"))]
+    fast = SparkplugDeviceEncoder(node=node, device="Plc", catalogue=metas, alias_base=1)
+    general = SparkplugDeviceEncoder(node=node, device="Plc", catalogue=metas, alias_base=1)
+    fast.birth(T0)
+    general.birth(T0)
+    values: list[int | float] = [65535, -7, 2.5, 2**40]
+    poll = [Sample("Plc", meta.tag, value, Quality.GOOD, T0 + 1) for meta, value in zip(metas, values, strict=True)]
+    [from_template] = fast.encode(poll, T0 + 1)
+    assert fast._template_holds_last  # the prebuilt payload took the poll (the general path would not set it)
+    general_payload = pb.Payload(timestamp=int((T0 + 1) * 1000))  # what the general path builds, metric by metric
+    for meta, value in zip(metas, values, strict=True):
+        general_payload.metrics.add(alias=1 + metas.index(meta), timestamp=int((T0 + 1) * 1000),
+                                    double_value=float(value))  # fmt: skip
+    assert from_template.payload == general_payload.SerializeToString()
+    [partial] = general.encode(poll[:3], T0 + 1)  # three of four tags: the general path
+    assert partial.payload == pb.Payload(
+        timestamp=int((T0 + 1) * 1000), metrics=list(general_payload.metrics)[:3]).SerializeToString()
+    [decoded] = [entry["decoded"] for entry in decode(wire(node, [fast.birth(T0), from_template]))][1:]
+    assert [m["value"] for m in decoded["metrics"]] == [65535.0, -7.0, 2.5, float(2**40)]
+    assert [m["type"] for m in decode([fast.birth(T0)])[0]["decoded"]["metrics"]] == ["Double"] * 4
+
+
 def test_the_dbirth_after_polls_of_every_tag_carries_the_last_value_of_each_tag() -> None:
     """The prebuilt payload's polls keep their samples as the last values as a whole: a later partial poll, samples
     while the device is dead and a reload's ``adopt`` each start from them, and the next DBIRTH carries them."""
