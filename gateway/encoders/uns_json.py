@@ -159,30 +159,8 @@ class UnsJsonDeviceEncoder:
         good = self._good_tag_messages(samples)
         if good is not None:
             return good
-        # Not all good, or a tag twice: sample by sample, with the per-sample lookups bound to locals once.
-        out: list[Message] = []
-        append = out.append
-        seqs = self._seq
-        last_seq = seqs.get
-        topic_of = self._topic_of
-        unit_part_of = self._unit_part_of
-        units = self._units
-        ts_key = math.nan  # equal to no ts, so the first good sample makes its part
-        ts_part = b""
-        for sample, text in zip(samples, _value_texts(samples), strict=True):
-            _, tag, _, quality, ts, _ = sample
-            topic = topic_of[tag]
-            unit_part = unit_part_of[tag]
-            seq = seqs[topic] = last_seq(topic, 0) + 1
-            if quality is _GOOD:
-                if ts != ts_key:
-                    ts_key = ts
-                    ts_part = _json_ts(ts) + b',"seq":'
-                payload = b'{"value":%b%b%b%d}' % (text, unit_part, ts_part, seq)
-            else:
-                payload = _json(tag_payload_dict(sample, unit=units[tag], seq=seq))
-            append(_new_message(Message, (topic, payload, False)))
-        return out
+        # Not all good, or a tag twice: sample by sample.
+        return self._tag_messages(samples, None)
 
     def _good_tag_messages(self, samples: Sequence[Sample]) -> list[Message] | None:
         """``encode``'s per-tag messages of a call of good samples, each tag at most once, made in C (no Python
@@ -224,10 +202,14 @@ class UnsJsonDeviceEncoder:
             if parts.batch_tail == b"}":
                 return messages
             return [Message(message.topic, message.payload[:-1] + parts.batch_tail) for message in messages]
-        # encode()'s per-tag loop, with the sample's context tail in place of the payload's closing brace.
-        tails = parts.tag_tails
-        tail_of = parts.tail_of.get
-        device_tail = parts.device_tail
+        return self._tag_messages(samples, parts)
+
+    def _tag_messages(self, samples: Sequence[Sample], parts: _ContextParts | None) -> list[Message]:
+        """Per-tag messages sample by sample, the per-sample lookups bound to locals once; with ``parts``, each
+        payload ends with its sample's context tail in place of the closing brace."""
+        tails = parts.tag_tails if parts is not None else ()
+        tail_of = parts.tail_of.get if parts is not None else None
+        device_tail = parts.device_tail if parts is not None else b"}"
         out: list[Message] = []
         append = out.append
         seqs = self._seq
@@ -235,14 +217,14 @@ class UnsJsonDeviceEncoder:
         topic_of = self._topic_of
         unit_part_of = self._unit_part_of
         units = self._units
-        ts_key = math.nan
+        ts_key = math.nan  # equal to no ts, so the first good sample makes its part
         ts_part = b""
         for sample, text in zip(samples, _value_texts(samples), strict=True):
             _, tag, _, quality, ts, _ = sample
             topic = topic_of[tag]
             unit_part = unit_part_of[tag]
             seq = seqs[topic] = last_seq(topic, 0) + 1
-            index = tail_of(tag)
+            index = None if tail_of is None else tail_of(tag)
             tail = device_tail if index is None else tails[index]
             if quality is _GOOD:
                 if ts != ts_key:
