@@ -33,7 +33,7 @@ from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward
 from gateway.sparkplug_session import UNKNOWN_DEVICE, HostGate, SparkplugSession, historical_form
 from tests.interop.sparkplug_tahu import TAHU_AVAILABLE, TAHU_MISSING, HostView, decode_stream
-from tests.support.mosquitto import Mosquitto, Received, Subscriber
+from tests.support.mosquitto import Mosquitto, Received, Subscriber, persistent_broker_and_host
 from tests.support.sink import sparkplug_options
 
 pytestmark = pytest.mark.skipif(not TAHU_AVAILABLE, reason=TAHU_MISSING)
@@ -114,53 +114,46 @@ def host_view(messages: list[Received]) -> tuple[HostView, list[tuple[str, dict[
 async def test_replayed_data_of_a_device_whose_link_is_down_is_born_for_the_replay_and_dies_after(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "broker").mkdir()
-    broker = Mosquitto(persistence=True, workdir=tmp_path / "broker")
-    broker.start()
-    host = Subscriber(broker.host, broker.port, "spBv1.0/#", client_id="host-replay-test", session=True)
-    try:
-        host.start()
-        await asyncio.sleep(1.5)  # autosave_interval 1: the host's session survives the broker's crash
-        async with edge_node(broker, tmp_path, devices={"d1": "float32", "d2": "float32"}) as edge:
-            await edge.sink.wait_connected(10)
-            await edge.forwarder.forward(edge.ddata("d1", 1.0) + edge.ddata("d2", 1.0))
-            await host.wait_for(lambda ms: sum(kind(m).startswith("DDATA") for m in ms) == 2, DEADLINE_S)
-            broker.pause()  # d1's next DDATA is never acknowledged
-            await edge.forwarder.forward(edge.ddata("d1", 2.0))
-            await asyncio.sleep(0.2)
-            broker.stop(kill=True)  # the link is lost with it unacknowledged
-            deadline = time.monotonic() + DEADLINE_S
-            while edge.sink.connected:
-                assert time.monotonic() < deadline, "the sink never saw the broker go"
-                await asyncio.sleep(0.05)
-            # During the outage: more data of both (spooled), then d1's PLC link drops (its DDEATH is not spooled).
-            await edge.forwarder.forward(edge.ddata("d1", 3.0) + edge.ddata("d2", 3.0))
-            death = edge.devices["d1"].death(time.time())
-            await edge.forwarder.forward([(death.topic, death.payload)])
-            # A row an earlier run with another tag map spooled: a device this one does not know.
-            earlier_node = SparkplugEdgeNode(group_id="G", edge_node_id="edge-1")
-            catalogue = [TagMeta(tag="v", type="float32")]
-            earlier = SparkplugDeviceEncoder(node=earlier_node, device="gone", catalogue=catalogue)
-            earlier.birth(time.time())
-            now = time.time()
-            spooled = earlier.encode([Sample("gone", "v", 9.0, Quality.GOOD, now)], now)
-            await edge.forwarder.store([(m.topic, m.payload) for m in spooled])
-            assert edge.spool.count == 3
-            broker.start()
-            # After the reconnect: NBIRTH and d2's DBIRTH; d1's unacknowledged and spooled DDATA each come after a
-            # DBIRTH of d1 (it is not alive: no DBIRTH of its own), and d1's DDEATH once its replay is over.
-            messages = await host.wait_for(lambda ms: any(kind(m) == "DDEATH:d1" for m in ms), DEADLINE_S)
-            await edge.forwarder.forward(edge.ddata("d2", 4.0))
-            messages = await host.wait_for(lambda ms: sum(kind(m) == "DDATA:d2" for m in ms) == 3, DEADLINE_S)
-            assert edge.session.replay_births == 1
-            deadline = time.monotonic() + DEADLINE_S
-            while edge.spool.dead_letter_counts() != {UNKNOWN_DEVICE: 1}:  # kept at the next flush (0.5 s)
-                assert time.monotonic() < deadline, edge.spool.dead_letter_counts()
-                await asyncio.sleep(0.1)
-            assert edge.spool.count == 0
-    finally:
-        host.stop()
-        broker.close()
+    async with (
+        persistent_broker_and_host(tmp_path, "spBv1.0/#", "host-replay-test") as (broker, host),
+        edge_node(broker, tmp_path, devices={"d1": "float32", "d2": "float32"}) as edge,
+    ):
+        await edge.sink.wait_connected(10)
+        await edge.forwarder.forward(edge.ddata("d1", 1.0) + edge.ddata("d2", 1.0))
+        await host.wait_for(lambda ms: sum(kind(m).startswith("DDATA") for m in ms) == 2, DEADLINE_S)
+        broker.pause()  # d1's next DDATA is never acknowledged
+        await edge.forwarder.forward(edge.ddata("d1", 2.0))
+        await asyncio.sleep(0.2)
+        broker.stop(kill=True)  # the link is lost with it unacknowledged
+        deadline = time.monotonic() + DEADLINE_S
+        while edge.sink.connected:
+            assert time.monotonic() < deadline, "the sink never saw the broker go"
+            await asyncio.sleep(0.05)
+        # During the outage: more data of both (spooled), then d1's PLC link drops (its DDEATH is not spooled).
+        await edge.forwarder.forward(edge.ddata("d1", 3.0) + edge.ddata("d2", 3.0))
+        death = edge.devices["d1"].death(time.time())
+        await edge.forwarder.forward([(death.topic, death.payload)])
+        # A row an earlier run with another tag map spooled: a device this one does not know.
+        earlier_node = SparkplugEdgeNode(group_id="G", edge_node_id="edge-1")
+        catalogue = [TagMeta(tag="v", type="float32")]
+        earlier = SparkplugDeviceEncoder(node=earlier_node, device="gone", catalogue=catalogue)
+        earlier.birth(time.time())
+        now = time.time()
+        spooled = earlier.encode([Sample("gone", "v", 9.0, Quality.GOOD, now)], now)
+        await edge.forwarder.store([(m.topic, m.payload) for m in spooled])
+        assert edge.spool.count == 3
+        broker.start()
+        # After the reconnect: NBIRTH and d2's DBIRTH; d1's unacknowledged and spooled DDATA each come after a
+        # DBIRTH of d1 (it is not alive: no DBIRTH of its own), and d1's DDEATH once its replay is over.
+        messages = await host.wait_for(lambda ms: any(kind(m) == "DDEATH:d1" for m in ms), DEADLINE_S)
+        await edge.forwarder.forward(edge.ddata("d2", 4.0))
+        messages = await host.wait_for(lambda ms: sum(kind(m) == "DDATA:d2" for m in ms) == 3, DEADLINE_S)
+        assert edge.session.replay_births == 1
+        deadline = time.monotonic() + DEADLINE_S
+        while edge.spool.dead_letter_counts() != {UNKNOWN_DEVICE: 1}:  # kept at the next flush (0.5 s)
+            assert time.monotonic() < deadline, edge.spool.dead_letter_counts()
+            await asyncio.sleep(0.1)
+        assert edge.spool.count == 0
 
     view, decoded = host_view(messages)  # fails on DDATA of a device not born, a seq hole or repeat
     stream = [(topic.split("/", 4)[2] + ("" if topic.count("/") == 3 else ":" + topic.split("/")[4]), payload)
@@ -218,33 +211,26 @@ async def test_a_ddeath_of_a_device_not_born_in_the_new_session_never_reaches_th
     still queued (encoded, not yet handed to the connection) when the link to the broker is lost. The births after
     the reconnect have neither device (both links are down), so neither DDEATH may follow them: the one in flight is
     superseded, the queued one is dropped when it reaches the connection (counted, not spooled, not refused)."""
-    (tmp_path / "broker").mkdir()
-    broker = Mosquitto(persistence=True, workdir=tmp_path / "broker")
-    broker.start()
-    host = Subscriber(broker.host, broker.port, "spBv1.0/#", client_id="host-lone-ddeath-test", session=True)
-    try:
-        host.start()
-        await asyncio.sleep(1.5)  # autosave_interval 1: the host's session survives the broker's crash
-        async with edge_node(broker, tmp_path, devices={"d1": "float32", "d2": "float32"}) as edge:
-            await edge.sink.wait_connected(10)
-            await edge.forwarder.forward(edge.ddata("d1", 1.0) + edge.ddata("d2", 1.0))
-            await host.wait_for(lambda ms: sum(kind(m).startswith("DDATA") for m in ms) == 2, DEADLINE_S)
-            broker.pause()  # no PUBACK from here on
-            in_flight = edge.devices["d2"].death(time.time())
-            await edge.forwarder.forward([(in_flight.topic, in_flight.payload)])
-            queued = edge.devices["d1"].death(time.time())  # d1's link drops too; its DDEATH waits in the queue
-            broker.restart(kill=True)
-            await host.wait_for(lambda ms: sum(kind(m) == "NBIRTH" for m in ms) == 2, DEADLINE_S)
-            await edge.forwarder.forward([(queued.topic, queued.payload)])  # reaches the new connection
-            # d1's link comes back: its DBIRTH and data show where the DDEATH would have been on the wire.
-            birth = edge.devices["d1"].link_changed(connected=True, now=time.time())
-            assert birth is not None
-            await edge.forwarder.forward([(birth.topic, birth.payload), *edge.ddata("d1", 2.0)])
-            messages = await host.wait_for(lambda ms: sum(kind(m) == "DDATA:d1" for m in ms) == 2, DEADLINE_S)
-            refused, spooled = dict(edge.forwarder.refused_by_reason), edge.spool.count
-    finally:
-        host.stop()
-        broker.close()
+    async with (
+        persistent_broker_and_host(tmp_path, "spBv1.0/#", "host-lone-ddeath-test") as (broker, host),
+        edge_node(broker, tmp_path, devices={"d1": "float32", "d2": "float32"}) as edge,
+    ):
+        await edge.sink.wait_connected(10)
+        await edge.forwarder.forward(edge.ddata("d1", 1.0) + edge.ddata("d2", 1.0))
+        await host.wait_for(lambda ms: sum(kind(m).startswith("DDATA") for m in ms) == 2, DEADLINE_S)
+        broker.pause()  # no PUBACK from here on
+        in_flight = edge.devices["d2"].death(time.time())
+        await edge.forwarder.forward([(in_flight.topic, in_flight.payload)])
+        queued = edge.devices["d1"].death(time.time())  # d1's link drops too; its DDEATH waits in the queue
+        broker.restart(kill=True)
+        await host.wait_for(lambda ms: sum(kind(m) == "NBIRTH" for m in ms) == 2, DEADLINE_S)
+        await edge.forwarder.forward([(queued.topic, queued.payload)])  # reaches the new connection
+        # d1's link comes back: its DBIRTH and data show where the DDEATH would have been on the wire.
+        birth = edge.devices["d1"].link_changed(connected=True, now=time.time())
+        assert birth is not None
+        await edge.forwarder.forward([(birth.topic, birth.payload), *edge.ddata("d1", 2.0)])
+        messages = await host.wait_for(lambda ms: sum(kind(m) == "DDATA:d1" for m in ms) == 2, DEADLINE_S)
+        refused, spooled = dict(edge.forwarder.refused_by_reason), edge.spool.count
 
     view, decoded = host_view(messages)  # fails on a DDEATH (or DDATA) of a device not born
     names = [topic.split("/", 2)[2] for topic, _ in decoded]

@@ -20,7 +20,7 @@ from gateway.schema import Quality, Sample, TagMeta
 from gateway.seq_reservation import SeqFileStore
 from gateway.sparkplug_session import SparkplugSession
 from tests.interop.sparkplug_tahu import TAHU_AVAILABLE, TAHU_MISSING, HostView, decode_stream
-from tests.support.mosquitto import Mosquitto, Received, Subscriber
+from tests.support.mosquitto import Received, persistent_broker_and_host
 from tests.support.sink import sparkplug_options
 
 pytestmark = pytest.mark.skipif(not TAHU_AVAILABLE, reason=TAHU_MISSING)
@@ -31,13 +31,7 @@ def count(messages: list[Received], kind: str) -> int:
 
 
 async def test_unacknowledged_data_follows_the_next_births_renumbered_and_historical(tmp_path: Path) -> None:
-    (tmp_path / "broker").mkdir()
-    broker = Mosquitto(persistence=True, workdir=tmp_path / "broker")
-    broker.start()
-    host = Subscriber(broker.host, broker.port, "spBv1.0/#", client_id="host-session-test", session=True)
-    try:
-        host.start()
-        await asyncio.sleep(1.5)  # autosave_interval 1: the host's session survives the broker's crash
+    async with persistent_broker_and_host(tmp_path, "spBv1.0/#", "host-session-test") as (broker, host):
         node = SparkplugEdgeNode(group_id="G", edge_node_id="edge-1")
         session = SparkplugSession(node, bd_seq_files=SeqFileStore(tmp_path))
         catalogue = [TagMeta(tag="v", type="float32")]
@@ -63,9 +57,6 @@ async def test_unacknowledged_data_follows_the_next_births_renumbered_and_histor
             messages = await host.wait_for(lambda ms: count(ms, "DDATA") >= 3, timeout_s=20)
             await sink.publish_many(ddata(4.0))
             messages = await host.wait_for(lambda ms: count(ms, "DDATA") >= 4, timeout_s=10)
-    finally:
-        host.stop()
-        broker.close()
 
     view = HostView(node_topic="spBv1.0/G/{}/edge-1")
     decoded = decode_stream((m.topic, m.payload) for m in messages)

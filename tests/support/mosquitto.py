@@ -20,6 +20,7 @@ subscriber ``tls=ClientTls(...)`` to match. tests/support/tls.py generates the f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -451,3 +452,22 @@ async def retained_snapshot(
     with Subscriber(host, port, topic_filter, username=username, password=password, tls=tls) as sub:
         await asyncio.sleep(settle_s)
         return {m.topic: m.payload for m in sub.messages if m.retain}
+
+
+@contextlib.asynccontextmanager
+async def persistent_broker_and_host(
+    tmp_path: Path, topic_filter: str, client_id: str
+) -> AsyncIterator[tuple[Mosquitto, Subscriber]]:
+    """A broker that keeps sessions on disk (in ``tmp_path/broker``) and a subscriber with a persistent session on
+    ``topic_filter``, for tests that crash and restart the broker and expect the subscriber to miss nothing."""
+    (tmp_path / "broker").mkdir()
+    broker = Mosquitto(persistence=True, workdir=tmp_path / "broker")
+    broker.start()
+    host = Subscriber(broker.host, broker.port, topic_filter, client_id=client_id, session=True)
+    try:
+        host.start()
+        await asyncio.sleep(1.5)  # autosave_interval 1: the subscriber's session is on disk before any crash
+        yield broker, host
+    finally:
+        host.stop()
+        broker.close()
