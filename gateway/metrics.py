@@ -101,6 +101,8 @@ class GatewayState:
     """Every configured broker, the primary first (the fail-over order)."""
     inflight: int
     published: int
+    mqtt_window: int = 0
+    """Data messages the MQTT in-flight window takes now (``Sink.window``)."""
     failed_by_reason: Mapping[str, int]
     spool_available: bool
     spool_messages: int
@@ -252,6 +254,12 @@ class GatewayCollector(Collector):
         )
         yield _gauge("mqtt_connected", "1 while connected to a broker", 1 if s.mqtt_connected else 0)
         yield _gauge("mqtt_inflight", "Messages sent and not yet acknowledged", s.inflight)
+        yield _gauge(
+            "mqtt_window_messages",
+            "Data messages the in-flight window takes now: min(mqtt.max_inflight, Receive Maximum) per connection,"
+            " lowered while PUBACKs queue",
+            s.mqtt_window,
+        )
         yield _gauge("spool_available", "1 while store-and-forward has its spool", 1 if s.spool_available else 0)
         yield _gauge("spool_messages", "Messages in the spool", s.spool_messages)
         yield _gauge("spool_bytes", "Size of the spooled messages", s.spool_bytes)

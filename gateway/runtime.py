@@ -379,6 +379,7 @@ class Gateway:
             broker=sink.broker,
             brokers=sink.brokers,
             inflight=sink.in_flight,
+            mqtt_window=sink.window,
             published=sink.delivered,
             failed_by_reason=failed,
             spool_available=spool is not None,

@@ -398,6 +398,10 @@ class HostGate:
     def in_flight(self) -> int:
         return self._sink.in_flight
 
+    @property
+    def window(self) -> int:
+        return self._sink.window
+
     async def until_connected(self) -> None:
         while not self.connected:
             await self._sink.until_connected()

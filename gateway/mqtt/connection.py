@@ -102,6 +102,7 @@ from tenacity import RetryCallState
 from gateway.backoff import MqttBackoff, Streak, forever
 from gateway.errors import SinkError
 from gateway.mqtt.options import MqttOptions, SessionHooks, publish_topic_problem
+from gateway.mqtt.pacing import DelayWindow
 from gateway.mqtt.wire import (
     DEFAULT_RECEIVE_MAXIMUM,
     MAX_PACKET_ID,
@@ -415,12 +416,14 @@ class _Connection(asyncio.BufferedProtocol):
         now = loop.time()
         self.last_sent = now
         self.last_received = now
+        self.connect_sent_at = now  # the CONNECT's write: its CONNACK gives the first round trip (pacing.DelayWindow)
         self.ping_sent_at: float | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.transport.write(self._connect_packet)
+        self.connect_sent_at = self._loop.time()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._read_buffer
@@ -519,6 +522,10 @@ class MqttSink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: _Connection | None = None  # the connection being made or in use
         self._window = _Window(options.max_inflight)
+        # The window's size follows the PUBACK delay (gateway/mqtt/pacing.py): one probe message at a time.
+        self._delay_window = DelayWindow(options.max_inflight)
+        self._probe_id: int | None = None
+        self._probe_sent_at = 0.0
         # packet id -> message; insertion order = publish order (resends go out in this order)
         self._in_flight: dict[int, _InFlight] = {}
         self._data_in_flight = 0
@@ -605,6 +612,12 @@ class MqttSink:
     def brokers(self) -> tuple[str, ...]:
         """Every configured broker, ``host:port``, the primary first (the fail-over order)."""
         return tuple(f"{host}:{port}" for host, port in self._brokers)
+
+    @property
+    def window(self) -> int:
+        """Data messages the in-flight window takes now: min(``max_inflight``, Receive Maximum), lowered while
+        PUBACKs queue (gateway/mqtt/pacing.py)."""
+        return self._window.size
 
     @property
     def in_flight(self) -> int:
@@ -1073,9 +1086,28 @@ class MqttSink:
         conn = self._conn
         if conn is not None:
             conn.write(out[0] if len(out) == 1 else b"".join(out))
+            if self._probe_id is None and self._delay_window.adapts:
+                self._start_probe(conn)
         # Without a connection the bytes are dropped: QoS1 messages are still in the in-flight set and
         # are sent again after the reconnect; QoS0 ones are lost, as QoS0 allows.
         out.clear()
+
+    def _start_probe(self, conn: _Connection) -> None:
+        """Time the newest message just written, if it was (not a resend of an older one or a control message
+        alone): its PUBACK says how long a round trip takes now."""
+        packet_id = self._next_packet_id
+        message = self._in_flight.get(packet_id)
+        if message is not None and message.sent:
+            self._probe_id = packet_id
+            self._probe_sent_at = conn.last_sent
+
+    def _probe_answered(self, conn: _Connection) -> None:
+        """The probe's PUBACK came in this read: size the window by its delay."""
+        self._probe_id = None
+        delay_window = self._delay_window
+        window = self._window
+        if delay_window.probe(self._probe_sent_at, conn.last_received, publishers_waiting=window.waiting):
+            window.resize(delay_window.size)
 
     # ---------------------------------------------------------------------------- receiving
 
@@ -1106,6 +1138,8 @@ class MqttSink:
                 elif isinstance(packet, Suback):
                     self._on_suback(packet)
                 # PINGREQ, CONNECT and SUBSCRIBE are not for clients. Nothing else comes out of the decoder.
+            if self._probe_id is not None and self._probe_id not in self._in_flight:
+                self._probe_answered(conn)
             self._after_acks(conn, freed)
         finally:
             self._write_out()
@@ -1122,6 +1156,8 @@ class MqttSink:
             for packet_id in packet_ids:
                 if complete(packet_id, 0):
                     freed += 1
+            if self._probe_id is not None and self._probe_id not in self._in_flight:
+                self._probe_answered(conn)
             self._after_acks(conn, freed)
         finally:
             self._write_out()
@@ -1408,6 +1444,9 @@ class MqttSink:
         # data window and everything sent respect it (connack_problem refused a Receive Maximum of 0).
         self._quota = connack.receive_maximum
         window = min(o.max_inflight, connack.receive_maximum)
+        now = loop.time()
+        self._delay_window.reset(window, connect_s=now - conn.connect_sent_at, now=now)
+        self._probe_id = None
         limits = [
             limit
             for limit in (o.max_packet_size, connack.maximum_packet_size, self._inferred_limit)
@@ -1459,7 +1498,7 @@ class MqttSink:
                     if topic not in pending:
                         self._publish_control(topic, payload)
             self._pump()
-            self._window.resize(window)  # last: new data goes after the resends and the status
+            self._window.resize(self._delay_window.size)  # last: new data goes after the resends and the status
         finally:
             self._write_out()
 
@@ -1616,6 +1655,7 @@ class MqttSink:
             return
         self._conn = None
         self._out.clear()
+        self._probe_id = None
         if not conn.established:
             return  # a failed attempt: _connect reports it
         self._set_disconnected()

@@ -45,6 +45,11 @@ class Sink(Protocol):
         """Messages handed over and not acknowledged yet."""
         ...
 
+    @property
+    def window(self) -> int:
+        """Data messages it takes unacknowledged now (its in-flight window; the sum over connections)."""
+        ...
+
     async def until_connected(self) -> None: ...
 
     async def offer_many(self, messages: Sequence[tuple[str, bytes]], *, wait_s: float) -> int:

@@ -103,6 +103,10 @@ class MqttFanOut:
         return sum(sink.in_flight for sink in self._sinks)
 
     @property
+    def window(self) -> int:
+        return sum(sink.window for sink in self._sinks)
+
+    @property
     def published(self) -> int:
         return sum(sink.published for sink in self._sinks)
 
