@@ -93,6 +93,7 @@ import collections
 import contextlib
 import random
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -416,14 +417,15 @@ class _Connection(asyncio.BufferedProtocol):
         now = loop.time()
         self.last_sent = now
         self.last_received = now
-        self.connect_sent_at = now  # the CONNECT's write: its CONNACK gives the first round trip (pacing.DelayWindow)
+        # time.monotonic() of the CONNECT's write: its CONNACK gives the first round trip (pacing.DelayWindow)
+        self.connect_sent_at = time.monotonic()
         self.ping_sent_at: float | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.transport.write(self._connect_packet)
-        self.connect_sent_at = self._loop.time()
+        self.connect_sent_at = time.monotonic()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._read_buffer
@@ -525,7 +527,8 @@ class MqttSink:
         # The window's size follows the PUBACK delay (gateway/mqtt/pacing.py): one probe message at a time.
         self._delay_window = DelayWindow(options.max_inflight)
         self._probe_id: int | None = None
-        self._probe_sent_at = 0.0
+        self._probe_sent_at = 0.0  # time.monotonic(): the loop's clock may count whole milliseconds (uvloop)
+        self._slot_wanted = False  # try_publish found no free slot since the last probe
         # packet id -> message; insertion order = publish order (resends go out in this order)
         self._in_flight: dict[int, _InFlight] = {}
         self._data_in_flight = 0
@@ -855,6 +858,7 @@ class MqttSink:
                 self._on_ack(handle)
             return True
         if not self._window.try_acquire():
+            self._slot_wanted = True  # a replay would take more: the window may grow (pacing.DelayWindow)
             return False
         try:
             self._hand_over(topic, payload, False, handle)
@@ -1087,26 +1091,28 @@ class MqttSink:
         if conn is not None:
             conn.write(out[0] if len(out) == 1 else b"".join(out))
             if self._probe_id is None and self._delay_window.adapts:
-                self._start_probe(conn)
+                self._start_probe()
         # Without a connection the bytes are dropped: QoS1 messages are still in the in-flight set and
         # are sent again after the reconnect; QoS0 ones are lost, as QoS0 allows.
         out.clear()
 
-    def _start_probe(self, conn: _Connection) -> None:
+    def _start_probe(self) -> None:
         """Time the newest message just written, if it was (not a resend of an older one or a control message
         alone): its PUBACK says how long a round trip takes now."""
         packet_id = self._next_packet_id
         message = self._in_flight.get(packet_id)
         if message is not None and message.sent:
             self._probe_id = packet_id
-            self._probe_sent_at = conn.last_sent
+            self._probe_sent_at = time.monotonic()
 
-    def _probe_answered(self, conn: _Connection) -> None:
+    def _probe_answered(self) -> None:
         """The probe's PUBACK came in this read: size the window by its delay."""
         self._probe_id = None
         delay_window = self._delay_window
         window = self._window
-        if delay_window.probe(self._probe_sent_at, conn.last_received, publishers_waiting=window.waiting):
+        waiting = window.waiting or self._slot_wanted
+        self._slot_wanted = False
+        if delay_window.probe(self._probe_sent_at, time.monotonic(), publishers_waiting=waiting):
             window.resize(delay_window.size)
 
     # ---------------------------------------------------------------------------- receiving
@@ -1139,7 +1145,7 @@ class MqttSink:
                     self._on_suback(packet)
                 # PINGREQ, CONNECT and SUBSCRIBE are not for clients. Nothing else comes out of the decoder.
             if self._probe_id is not None and self._probe_id not in self._in_flight:
-                self._probe_answered(conn)
+                self._probe_answered()
             self._after_acks(conn, freed)
         finally:
             self._write_out()
@@ -1157,7 +1163,7 @@ class MqttSink:
                 if complete(packet_id, 0):
                     freed += 1
             if self._probe_id is not None and self._probe_id not in self._in_flight:
-                self._probe_answered(conn)
+                self._probe_answered()
             self._after_acks(conn, freed)
         finally:
             self._write_out()
@@ -1444,7 +1450,7 @@ class MqttSink:
         # data window and everything sent respect it (connack_problem refused a Receive Maximum of 0).
         self._quota = connack.receive_maximum
         window = min(o.max_inflight, connack.receive_maximum)
-        now = loop.time()
+        now = time.monotonic()
         self._delay_window.reset(window, connect_s=now - conn.connect_sent_at, now=now)
         self._probe_id = None
         limits = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.mqtt.pacing import DEFAULT_FLOOR, DEFAULT_TARGET_S, DelayWindow
+from gateway.mqtt.pacing import DEFAULT_FLOOR, DEFAULT_STANDING_S, DEFAULT_TARGET_S, DelayWindow
 
 BASE_S = 0.001  # the connection's CONNECT to CONNACK time in these tests
 
@@ -33,19 +33,30 @@ def test_the_window_starts_at_its_limit_and_stays_there_while_pubacks_are_quick(
     assert feed(w, [BASE_S + 0.001] * 20) == [1000] * 20
 
 
-def test_a_standing_queue_shrinks_the_window_by_at_least_a_quarter_per_three_probes_down_to_the_floor() -> None:
+def test_a_queue_standing_for_standing_s_shrinks_the_window_by_at_least_a_quarter_down_to_the_floor() -> None:
     w = window()
-    queued = BASE_S + DEFAULT_TARGET_S + 0.001  # just over the target: a quarter at a time
-    sizes = feed(w, [queued] * 60)
-    assert sizes[:6] == [1000, 1000, 750, 750, 750, 562]
+    queued = BASE_S + DEFAULT_TARGET_S + 0.001  # 7 ms, just over the target: a quarter at a time
+    sizes = feed(w, [queued] * 400)
+    # The 16th probe is the first whose history goes back DEFAULT_STANDING_S (100 ms): 15 probes of 7 ms do not.
+    assert DEFAULT_STANDING_S == 0.1
+    assert sizes[:17] == [1000] * 15 + [750, 750]
+    assert sizes[30:32] == [750, 562]
     assert sizes[-1] == DEFAULT_FLOOR
     assert min(sizes) == DEFAULT_FLOOR
+
+
+def test_a_poll_burst_queueing_for_less_than_standing_s_changes_nothing() -> None:
+    """A poll of 1,000 tags: its messages queue at the broker for a few ms, then the queue is gone."""
+    w = window()
+    burst = [BASE_S + 0.008] * 5 + [BASE_S] * 10  # 40 ms queued, 10 ms clear: every 50 ms
+    assert feed(w, burst * 20, waiting=False) == [1000] * 300
 
 
 def test_a_long_queue_shrinks_the_window_at_once_to_what_queues_the_target() -> None:
     """1000 in flight taking 30 ms: the broker passes 33 per ms, so 6 ms (base + target) is 200 in flight."""
     w = window()
-    assert feed(w, [0.030] * 3) == [1000, 1000, 200]
+    assert feed(w, [0.030] * 5) == [1000] * 4 + [200]
+    # Probes slower than standing_s: three since the change are enough.
     assert feed(w, [0.200] * 3, start=10.0) == [200, 200, DEFAULT_FLOOR]
 
 
@@ -74,12 +85,12 @@ def test_quick_probes_without_waiting_publishers_do_not_grow_it() -> None:
 
 def test_a_probe_written_before_the_last_change_says_nothing_about_the_new_size() -> None:
     w = window()
-    feed(w, [BASE_S + DEFAULT_TARGET_S + 0.001] * 3)
-    assert w.size == 750
+    feed(w, [0.030] * 5)
+    assert w.size == 200
     changed_at = w.changed_at
-    for _ in range(5):  # written just before the change, answered after it
-        assert not w.probe(changed_at - 0.001, changed_at + 0.060, publishers_waiting=True)
-    assert w.size == 750
+    for n in range(5):  # written just before the change, answered after it
+        assert not w.probe(changed_at - 0.001, changed_at + 0.200 * (n + 1), publishers_waiting=True)
+    assert w.size == 200
 
 
 @pytest.mark.parametrize("limit", [1, 20, DEFAULT_FLOOR])
