@@ -135,3 +135,28 @@ def test_both_outputs_are_counted_each_on_its_own(bench_both: tuple[dict[str, An
     [line] = [line for line in stdout.splitlines() if line.startswith("modbus-1k/batch: ")]
     assert "[uns-json+sparkplug, " in line
     assert "; sparkplug: " in line
+
+
+def test_the_qos1_floor_benchmark_measures_the_three_clients(tmp_path: Path) -> None:
+    """benchmarks/qos1_floor.py: a minimal publisher's QoS 0 and QoS 1 (Receive Maximum 20) runs, with their system
+    calls per message as its loop made them."""
+    out = tmp_path / "floor.json"
+    completed = subprocess.run(
+        [sys.executable, "benchmarks/qos1_floor.py", "--rate", "2000", "--seconds", "0.5", "--rounds", "1",
+         "--out", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert completed.returncode == 0, f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}"
+    document = json.loads(out.read_text())
+    assert document["receive_maximum"] == 20
+    lines = {line["mode"]: line for line in document["lines"]}
+    assert set(lines) == {"qos0", "qos1_each", "qos1_half"}
+    for line in lines.values():
+        assert line["msg_per_s"] > 0
+        assert line["us_per_msg"] == pytest.approx(line["user_us_per_msg"] + line["system_us_per_msg"], abs=0.02)
+    assert lines["qos0"]["writes_per_msg"] == pytest.approx(1 / 125, rel=0.05)
+    assert lines["qos0"]["reads_per_msg"] == 0
+    # One write per read of PUBACKs; a window of 20 takes at least a write per 20 messages.
+    assert lines["qos1_each"]["writes_per_msg"] == pytest.approx(lines["qos1_each"]["reads_per_msg"], rel=0.05)
+    assert lines["qos1_each"]["writes_per_msg"] >= 1 / 20 * 0.95
+    assert "floor: " in completed.stdout
