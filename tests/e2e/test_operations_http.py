@@ -107,8 +107,18 @@ def test_a_real_scrape_passes_promtool_and_carries_the_gateway_metrics(running: 
         line = next(line for line in text.splitlines() if line.startswith("cellgate_messages_published_total "))
         return float(line.split()[1])
 
-    # ready means a device is up; its first messages may still be on their way to the broker
-    wait_until(lambda: published_total(get(f"{running.base}/metrics")[1].decode()) > 0, 30, "a message published")
+    def rack_counter(text: str, name: str) -> float:
+        line = next(line for line in text.splitlines() if line.startswith(f'{name}{{device="rack-01"}}'))
+        return float(line.split()[-1])
+
+    def scrape_after_a_poll() -> bool:
+        # ready means a device is up; its first messages may still be on their way to the broker, and a poll's
+        # values go out request by request, before the poll (and its counters) ends
+        text = get(f"{running.base}/metrics")[1].decode()
+        return (published_total(text) > 0 and rack_counter(text, "cellgate_poll_cycles_total") > 0
+                and rack_counter(text, "cellgate_device_poll_seconds_count") > 0)
+
+    wait_until(scrape_after_a_poll, 30, "a message published and a poll of rack-01 counted")
     code, body = get(f"{running.base}/metrics")
     assert code == 200
     text = body.decode()
@@ -121,13 +131,9 @@ def test_a_real_scrape_passes_promtool_and_carries_the_gateway_metrics(running: 
     assert "process_cpu_seconds_total" in text
     assert published_total(text) > 0
     # The Modbus source's own counters, kept by its poll loop, reach the registry.
-    cycles = next(line for line in text.splitlines() if line.startswith('cellgate_poll_cycles_total{device="rack-01"}'))
-    assert float(cycles.split()[-1]) > 0
+    assert rack_counter(text, "cellgate_poll_cycles_total") > 0
     assert 'cellgate_poll_overruns_total{device="rack-01"}' in text
-    poll_count = next(
-        line for line in text.splitlines() if line.startswith('cellgate_device_poll_seconds_count{device="rack-01"}')
-    )
-    assert float(poll_count.split()[-1]) > 0
+    assert rack_counter(text, "cellgate_device_poll_seconds_count") > 0
     assert 'cellgate_device_reads_total{device="rack-01",result="timeout"}' in text
     assert 'cellgate_samples_total{device="rack-01",quality="bad"}' in text
     # Labels stay bounded: no per-tag series.
