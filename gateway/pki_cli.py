@@ -109,9 +109,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{folder}/ ({len(infos)})")
         for info in infos:
             print(f"  {info.line()}")
-    crls = pki.crl_listing()
+    crls = pki.crl_listing()  # only when there are any: the listing of a PKI without CRLs stays as it was
     now = datetime.now(UTC)
-    print(f"issuers/ CRLs ({len(crls)})")
+    if crls:
+        print(f"issuers/ CRLs ({len(crls)})")
     for crl in crls:
         print(f"  {crl.line(now)}")
     return EXIT_OK
