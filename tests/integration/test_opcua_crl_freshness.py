@@ -2,8 +2,9 @@
 
 The server is the simulators' asyncua server (127.0.0.1, free port) with a certificate signed by a CA made here;
 the gateway side is OpcUaSource with the assembly's client settings. Refused by default (the device's error names
-the CRL, the CA and the date), read with ``security.accept_outdated_crl: true`` (one warning per connect), and
-read again without the opt-out once a fresh CRL is next to the old one.
+the CRL, the CA and the date; `cellgate check` says the same), read with ``security.accept_outdated_crl: true``
+(one warning per connect; `check` says trusted, but with the finding), and read again without the opt-out once a
+fresh CRL is next to the old one.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from cryptography.x509.oid import NameOID
 from structlog.testing import capture_logs
 
 from gateway.pki import Pki, make_certificate, new_key, thumbprint
+from gateway.pki_cli import _describe_endpoints, pki_root
 from gateway.sources.opcua import OpcUaDeviceOptions, OpcUaSource, OpcUaTagRef
 from gateway.sources.opcua_security import ClientSecurity
+from gateway.tagmap import Plant, load_plant_from_text
 from gateway.vocabulary import OpcUaSecurityMode, OpcUaSecurityPolicy
 from simulators.machines.coater import Coater
 from simulators.servers.opcua_server import APPLICATION_URI, NAMESPACE_URI, OpcUaSimulatorServer, ServerSecurity
@@ -28,6 +31,25 @@ from tests.support.recorder import Recorder, running
 USER = "operator"
 PASSWORD = "crl-Pw-for-tests-9"
 TAG = OpcUaTagRef(name="id/manufacturer", kind="s", identifier="Coater01.Identification.Manufacturer")
+
+
+CHECK_MAP = """\
+gateway: {{id: gw-crl, enterprise: acme, site: s1}}
+mqtt: {{url: "mqtt://127.0.0.1:9"}}
+devices:
+  - name: coater
+    area: a
+    line: l
+    protocol: opcua
+    endpoint: "{endpoint}"
+    security: {{accept_outdated_crl: {accept}}}
+    tags: [{{name: m, node: "ns=2;s=Coater01.Identification.Manufacturer", type: string}}]
+"""
+
+
+def check_map(endpoint: str, *, accept: bool) -> Plant:
+    """What `cellgate check` reads: a map with this one secure device."""
+    return load_plant_from_text(CHECK_MAP.format(endpoint=endpoint, accept=str(accept).lower()))
 
 
 def make_source(endpoint: str, pki: Pki, *, accept_outdated_crl: bool) -> OpcUaSource:
@@ -63,7 +85,8 @@ async def test_an_expired_crl_refuses_the_server_unless_the_device_accepts_it(tm
     server_key = new_key()
     server_cert = make_certificate(server_key, uri=APPLICATION_URI, common_name="plc", server=True,
                                    issuer=(ca, ca_key))  # fmt: skip
-    pki = Pki(tmp_path / "gw-pki", uri="urn:testhost:cellgate:gw-crl")
+    state = tmp_path / "state"
+    pki = Pki(pki_root(state), uri="urn:testhost:cellgate:gw-crl")
     pki.ensure()
     issuers = pki.folder("issuers")
     (issuers / "plant-ca.der").write_bytes(ca.public_bytes(serialization.Encoding.DER))
@@ -83,6 +106,11 @@ async def test_an_expired_crl_refuses_the_server_unless_the_device_accepts_it(tm
         assert "a fresh CRL from that CA" in error
         assert not refused.good()
         assert pki.listing("rejected") == []  # nothing to trust by thumbprint
+        [line] = await _describe_endpoints(check_map(server.endpoint, accept=False), state)
+        assert "; refused: server " in line and f"whose CRL {old_crl} expired on" in line
+        [line] = await _describe_endpoints(check_map(server.endpoint, accept=True), state)
+        assert f"certificate {thumbprint(server_cert)} trusted, but: " in line
+        assert "accepted because security.accept_outdated_crl is true" in line
 
         accepted = Recorder(8.0)
         with capture_logs() as logs:
