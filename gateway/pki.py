@@ -61,6 +61,8 @@ CERT_VALID_DAYS = 365 * 2
 KEY_BITS = 2048
 MIN_TRUST_PREFIX = 8
 """Hex digits of a thumbprint `cellgate pki trust` needs at least."""
+MAX_CHAIN_DEPTH = 5
+"""CAs above the issuing one whose revocation is checked: a bound for a chain no plant PKI reaches."""
 
 
 class PkiError(GatewayError):
@@ -500,46 +502,75 @@ class Pki:
         self, cert: x509.Certificate, ca: x509.Certificate, ca_path: Path, *, server_name: str,
         accept_outdated_crl: bool,
     ) -> list[str]:  # fmt: skip
-        """Raise ServerCertificateRejectedError when the issuing CA is not valid now, one of its CRLs revokes
-        ``cert``, or all its CRLs are outdated (then ``trusted/`` does not help either: such a certificate is never
-        copied to ``rejected/``). Returns the outdated-CRL finding when ``accept_outdated_crl`` let it pass."""
+        """Raise ServerCertificateRejectedError when the issuing CA is not valid now, or when ``cert`` or a CA
+        above it (a CA in ``issuers/`` signed by another one there) is revoked or has a revocation status unknown
+        because the CRLs of its issuer are all outdated (then ``trusted/`` does not help either: such a certificate
+        is never copied to ``rejected/``). Returns the outdated-CRL findings ``accept_outdated_crl`` let pass."""
         thumb = thumbprint(cert)
         now = datetime.now(UTC)
-        ca_name = ca.subject.rfc4514_string()
         if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
             raise ServerCertificateRejectedError(
-                f"server {server_name}: certificate {thumb} is signed by the CA {ca_name} "
+                f"server {server_name}: certificate {thumb} is signed by the CA {ca.subject.rfc4514_string()} "
                 f"({ca_path}), which is valid only "
                 f"{ca.not_valid_before_utc:%Y-%m-%d %H:%M}..{ca.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
                 thumbprint=thumb,
             )
+        findings = []
+        finding = self._check_revocation(
+            cert, ca, subject=f"certificate {thumb}", server_name=server_name, thumb=thumb, now=now,
+            accept_outdated_crl=accept_outdated_crl,
+        )  # fmt: skip
+        findings += [finding] if finding else []
+        # Up the chain (OPC 10000-4: Bad_CertificateIssuerRevoked / Bad_CertificateIssuerRevocationUnknown): each
+        # CA that another CA in issuers/ signed is checked against that one's CRLs, up to a self-signed root.
+        child, seen = ca, {thumbprint(ca)}
+        for _ in range(MAX_CHAIN_DEPTH):
+            found = self._issuer(child)
+            if found is None or found[1] == child or thumbprint(found[1]) in seen:
+                break
+            parent = found[1]
+            seen.add(thumbprint(parent))
+            finding = self._check_revocation(
+                child, parent, subject=f"certificate {thumb}: its issuer CA {child.subject.rfc4514_string()}",
+                server_name=server_name, thumb=thumb, now=now, accept_outdated_crl=accept_outdated_crl,
+            )  # fmt: skip
+            findings += [finding] if finding else []
+            child = parent
+        return findings
+
+    def _check_revocation(
+        self, cert: x509.Certificate, ca: x509.Certificate, *, subject: str, server_name: str, thumb: str,
+        now: datetime, accept_outdated_crl: bool,
+    ) -> str | None:  # fmt: skip
+        """Raise ServerCertificateRejectedError when a CRL of ``ca`` revokes ``cert`` (``subject`` says which
+        certificate of the chain that is) or all of them are outdated; the finding when the opt-out let it pass."""
         facts = [
             CrlFacts(path=path, next_update=crl.next_update_utc, revoked_on=_revocation_date(crl, cert))
             for path, crl in self._crls_of(ca)
         ]
         verdict = revocation_status(facts, now=now, accept_outdated=accept_outdated_crl)
         crl_facts = verdict.crl
+        ca_name = ca.subject.rfc4514_string()
         if verdict.status is Revocation.REVOKED and crl_facts is not None and crl_facts.revoked_on is not None:
             raise ServerCertificateRejectedError(
-                f"server {server_name}: certificate {thumb} was revoked on {crl_facts.revoked_on:%Y-%m-%d %H:%M} UTC "
+                f"server {server_name}: {subject} was revoked on {crl_facts.revoked_on:%Y-%m-%d %H:%M} UTC "
                 f"by the CRL {crl_facts.path} of the CA {ca_name}; it stays refused, trusted or not",
                 thumbprint=thumb,
             )
-        if verdict.status in (Revocation.OUTDATED, Revocation.OUTDATED_ACCEPTED) and crl_facts is not None:
-            expired = f"{crl_facts.next_update:%Y-%m-%d %H:%M} UTC" if crl_facts.next_update else "?"
-            finding = (
-                f"server {server_name}: certificate {thumb} is signed by the CA {ca_name}, whose CRL "
-                f"{crl_facts.path} expired on {expired} (its nextUpdate): whether the certificate is revoked is "
-                "unknown"
+        if verdict.status not in (Revocation.OUTDATED, Revocation.OUTDATED_ACCEPTED) or crl_facts is None:
+            return None
+        expired = f"{crl_facts.next_update:%Y-%m-%d %H:%M} UTC" if crl_facts.next_update else "?"
+        finding = (
+            f"server {server_name}: {subject} is signed by the CA {ca_name}, whose CRL {crl_facts.path} expired on "
+            f"{expired} (its nextUpdate): whether it is revoked is unknown"
+        )
+        if verdict.status is Revocation.OUTDATED:
+            raise ServerCertificateRejectedError(
+                f"{finding}; it is refused, trusted or not, until a fresh CRL from that CA replaces the file in "
+                f"{self.folder('issuers')} (or the device sets security.accept_outdated_crl: true)",
+                thumbprint=thumb,
             )
-            if verdict.status is Revocation.OUTDATED:
-                raise ServerCertificateRejectedError(
-                    f"{finding}; it is refused, trusted or not, until a fresh CRL from that CA replaces the file in "
-                    f"{self.folder('issuers')} (or the device sets security.accept_outdated_crl: true)",
-                    thumbprint=thumb,
-                )
-            return [f"{finding}; accepted because security.accept_outdated_crl is true"]
-        return []
+        return f"{finding}; accepted because security.accept_outdated_crl is true"
 
     def _crls_of(self, ca: x509.Certificate) -> list[tuple[Path, x509.CertificateRevocationList]]:
         """The CRLs in ``issuers/`` that ``ca`` issued and signed (others are ignored: anyone can write a file)."""

@@ -221,3 +221,36 @@ def test_check_warns_about_expired_expiring_and_unsigned_crls(tmp_path: Path) ->
     # Without a secure device the PKI folder is not the gateway's business: no warning.
     plain = load_plant_from_text(SECURE_MAP.format(security="{}").replace("    security: {}\n", ""))
     assert crl_warnings(plain, tmp_path) == []
+
+
+def test_the_issuing_ca_is_checked_against_the_crls_of_the_ca_above_it(pki: Pki) -> None:
+    root, root_key = make_ca()
+    now = datetime.now(UTC)
+    inter_key = new_key()
+    inter_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Cell 3 CA")])
+    inter = (
+        x509.CertificateBuilder().subject_name(inter_name).issuer_name(root.subject)
+        .public_key(inter_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=30)).not_valid_after(now + timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).sign(root_key, hashes.SHA256())
+    )  # fmt: skip
+    cert = make_certificate(new_key(), uri=SERVER_URI, common_name="plc", server=True, issuer=(inter, inter_key))
+    issuers = pki.folder("issuers")
+    (issuers / "root.der").write_bytes(root.public_bytes(serialization.Encoding.DER))
+    (issuers / "cell-3.der").write_bytes(inter.public_bytes(serialization.Encoding.DER))
+    (issuers / "cell-3.crl").write_bytes(make_crl(inter, inter_key, next_update=now + timedelta(days=7)))
+    assert check(pki, cert) == []  # the root has no CRL: the intermediate is not checked (as for a leaf)
+    root_crl = issuers / "root.crl"
+    root_crl.write_bytes(make_crl(root, root_key, next_update=now - timedelta(days=1)))
+    with pytest.raises(ServerCertificateRejectedError) as refused:
+        check(pki, cert)
+    assert (f"certificate {thumbprint(cert)}: its issuer CA CN=Cell 3 CA is signed by the CA CN=Plant OT CA, whose "
+            f"CRL {root_crl} expired on") in str(refused.value)  # fmt: skip
+    [finding] = check(pki, cert, accept=True)
+    assert "its issuer CA CN=Cell 3 CA" in finding
+    root_crl.write_bytes(make_crl(root, root_key, next_update=now + timedelta(days=30), revoke=inter))
+    revoked = r"its issuer CA CN=Cell 3 CA was revoked on .* by the CRL .*root\.crl of the CA CN=Plant OT CA"
+    with pytest.raises(ServerCertificateRejectedError, match=revoked):
+        check(pki, cert, accept=True)
+    root_crl.write_bytes(make_crl(root, root_key, next_update=now + timedelta(days=30)))
+    assert check(pki, cert) == []
