@@ -130,7 +130,7 @@ class Revocation(enum.Enum):
     """The revocation status of a CA-signed server certificate (OPC 10000-4, "Revocation Check")."""
 
     NOT_CHECKED = "not_checked"
-    """The CA has no CRL in ``issuers/``: nothing to check against (node-opcua's ignoreMissingRevocationList)."""
+    """The CA has no CRL in ``issuers/``: nothing to check (as with node-opcua's ignoreMissingRevocationList)."""
     GOOD = "good"
     """A CRL that has not passed its nextUpdate does not list the certificate."""
     REVOKED = "revoked"
