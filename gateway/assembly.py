@@ -342,6 +342,7 @@ def opcua_security(device: OpcUaDevice, *, gateway_id: str, pki_root: Path | Non
         mode=security.mode if security else OpcUaSecurityMode.SIGN_AND_ENCRYPT,
         allow_insecure=security.allow_insecure if security else True,
         check_hostname=security.check_hostname if security else True,
+        accept_outdated_crl=security.accept_outdated_crl if security else False,
         pki=Pki(pki_root or Path("pki"), uri=application_uri(gateway_id)),
         user_certificate=Path(device.user_certificate) if device.user_certificate else None,
         user_key=Path(device.user_key) if device.user_key else None,

@@ -92,7 +92,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         print(render_explain(explain_plant(_shard(plant, args.shard), rtt_ms=args.assume_rtt_ms),
                              rtt_ms=args.assume_rtt_ms))
-    from gateway.pki_cli import check_security_files, describe_endpoints, own_certificate_warnings, secure_devices
+    from gateway.pki_cli import (
+        check_security_files,
+        crl_warnings,
+        describe_endpoints,
+        own_certificate_warnings,
+        secure_devices,
+    )
 
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
     problems = check_security_files(plant, state_dir, create=False)
@@ -100,7 +106,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"PROBLEM {problem}", file=sys.stderr)
     if problems:
         return EXIT_CONFIG_ERROR
-    for warning in own_certificate_warnings(plant, state_dir):
+    for warning in [*own_certificate_warnings(plant, state_dir), *crl_warnings(plant, state_dir)]:
         print(f"WARNING {warning}", file=sys.stderr)
     if secure_devices(plant) and not args.offline:
         print("OPC UA endpoints (GetEndpoints):")
@@ -118,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     plant = _load_or_report(args.config)
     assert isinstance(plant, Plant)
     configure_logging(level=args.log_level, log_format=args.log_format)
-    from gateway.pki_cli import check_security_files, own_certificate_warnings
+    from gateway.pki_cli import check_security_files, crl_warnings, own_certificate_warnings
 
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
     problems = check_security_files(plant, state_dir, create=True)  # the own certificate is made on first start
@@ -130,6 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     for warning in own_certificate_warnings(plant, state_dir):
         structlog.get_logger("cellgate.pki").warning("pki_certificate_expiry", error=warning)
+    for warning in crl_warnings(plant, state_dir):
+        structlog.get_logger("cellgate.pki").warning("pki_crl_expiry", error=warning)
     first: list[Plant] = [plant]
     del plant  # the gateway keeps the models only until it has built its read plans (see runtime.without_tags)
 

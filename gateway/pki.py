@@ -14,17 +14,22 @@ Layout (as OPC UA tools lay it out)::
 A server certificate is accepted when it is inside its validity period, names the server's application URI in
 its SubjectAltName, and is either in ``trusted/`` (any file name: the content counts) or signed by a CA in
 ``issuers/`` that is itself valid now. A certificate that a CRL in ``issuers/`` revokes is refused even when it is
-in ``trusted/``, and is not copied to ``rejected/`` (it must not be trusted by thumbprint). Nothing is ever trusted
-on first use. The thumbprint is the SHA-1 of the DER certificate, as OPC UA tools show it.
+in ``trusted/``, and is not copied to ``rejected/`` (it must not be trusted by thumbprint). So is one whose issuing
+CA has CRLs there that have all passed their ``nextUpdate`` (revocation status unknown, OPC 10000-4's
+Bad_CertificateRevocationUnknown), unless the device accepts outdated CRLs; a CA without any CRL is not checked
+for revocation (see ``revocation_status``). Nothing is ever trusted on first use. The thumbprint is the SHA-1 of the
+DER certificate, as OPC UA tools show it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import hashlib
 import ipaddress
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,11 +44,16 @@ from gateway.errors import GatewayError
 
 __all__ = [
     "CertificateInfo",
+    "CrlFacts",
+    "CrlInfo",
     "Pki",
     "PkiError",
+    "Revocation",
+    "RevocationVerdict",
     "ServerCertificateRejectedError",
     "application_uri",
     "make_certificate",
+    "revocation_status",
     "thumbprint",
 ]
 
@@ -51,6 +61,8 @@ CERT_VALID_DAYS = 365 * 2
 KEY_BITS = 2048
 MIN_TRUST_PREFIX = 8
 """Hex digits of a thumbprint `cellgate pki trust` needs at least."""
+MAX_CHAIN_DEPTH = 5
+"""CAs above the issuing one whose revocation is checked: a bound for a chain no plant PKI reaches."""
 
 
 class PkiError(GatewayError):
@@ -77,6 +89,85 @@ class CertificateInfo:
         uris = ",".join(self.uris) or "-"
         valid = f"{self.not_before:%Y-%m-%d}..{self.not_after:%Y-%m-%d}"
         return f"{self.thumbprint}  {self.subject}  uri={uris}  valid {valid}"
+
+
+@dataclass(frozen=True, slots=True)
+class CrlInfo:
+    """One CRL file of ``issuers/`` as ``cellgate pki list`` and ``check`` show it; ``ca`` is the subject of the CA
+    certificate in ``issuers/`` whose signature it carries (None: no CA there signed it, so it is never used)."""
+
+    path: Path
+    issuer: str
+    ca: str | None
+    last_update: datetime
+    next_update: datetime | None
+    revoked: int
+
+    def line(self, now: datetime) -> str:
+        if self.next_update is None:
+            until = "no nextUpdate"
+        elif now > self.next_update:
+            until = f"EXPIRED {self.next_update:%Y-%m-%d %H:%M} UTC"
+        else:
+            until = f"next update by {self.next_update:%Y-%m-%d %H:%M} UTC"
+        ca = "" if self.ca is not None else "  (no CA in issuers/ signed it: not used)"
+        issued = f"issued {self.last_update:%Y-%m-%d}"
+        return f"{self.path.name}  {self.issuer}  {self.revoked} revoked  {issued}  {until}{ca}"
+
+
+@dataclass(frozen=True, slots=True)
+class CrlFacts:
+    """What the revocation decision needs of one CRL signed by the issuing CA."""
+
+    path: Path
+    next_update: datetime | None
+    """None: the CRL names no next update (RFC 5280 requires one; such a CRL never counts as outdated)."""
+    revoked_on: datetime | None
+    """When this CRL says the certificate was revoked; None: it does not list the certificate."""
+
+
+class Revocation(enum.Enum):
+    """The revocation status of a CA-signed server certificate (OPC 10000-4, "Revocation Check")."""
+
+    NOT_CHECKED = "not_checked"
+    """The CA has no CRL in ``issuers/``: nothing to check (as with node-opcua's ignoreMissingRevocationList)."""
+    GOOD = "good"
+    """A CRL that has not passed its nextUpdate does not list the certificate."""
+    REVOKED = "revoked"
+    """A CRL lists it (an outdated CRL too: staleness never un-revokes a certificate)."""
+    OUTDATED = "outdated"
+    """All CRLs are past their nextUpdate, none lists it: status unknown, refused (Bad_CertificateRevocationUnknown)."""
+    OUTDATED_ACCEPTED = "outdated_accepted"
+    """As OUTDATED, accepted because the device says so (``security.accept_outdated_crl``), logged at each connect."""
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationVerdict:
+    status: Revocation
+    crl: CrlFacts | None = None
+    """The CRL the verdict rests on: the revoking one, or (outdated) the one that expired last."""
+
+    @property
+    def refused(self) -> bool:
+        return self.status in (Revocation.REVOKED, Revocation.OUTDATED)
+
+
+def revocation_status(crls: Sequence[CrlFacts], *, now: datetime, accept_outdated: bool) -> RevocationVerdict:
+    """The revocation decision for one certificate from the CRLs its issuing CA signed (pure: no files, no clock).
+
+    A listing CRL revokes whatever its age. Otherwise one current CRL (``nextUpdate`` not passed, or absent) is
+    enough: an old file left next to the fresh one changes nothing. With only outdated CRLs the status is unknown.
+    """
+    for crl in crls:
+        if crl.revoked_on is not None:
+            return RevocationVerdict(Revocation.REVOKED, crl)
+    if not crls:
+        return RevocationVerdict(Revocation.NOT_CHECKED)
+    current = [crl for crl in crls if crl.next_update is None or now <= crl.next_update]
+    if current:
+        return RevocationVerdict(Revocation.GOOD, current[0])
+    latest = max(crls, key=lambda crl: crl.next_update or now)
+    return RevocationVerdict(Revocation.OUTDATED_ACCEPTED if accept_outdated else Revocation.OUTDATED, latest)
 
 
 def application_uri(gateway_id: str, host: str | None = None) -> str:
@@ -323,11 +414,14 @@ class Pki:
 
     def check_server(
         self, cert: x509.Certificate, *, server_uri: str, server_name: str, host: str | None = None,
-        record: bool = True,
-    ) -> None:  # fmt: skip
+        record: bool = True, accept_outdated_crl: bool = False,
+    ) -> list[str]:  # fmt: skip
         """Raise ServerCertificateRejectedError unless ``cert`` is valid now, names ``server_uri`` (and ``host``,
         the endpoint's host, unless None) and is trusted. ``record``: an untrusted one is copied to ``rejected/``
-        (False: the folder is left as it is, for ``cellgate check``)."""
+        (False: the folder is left as it is, for ``cellgate check``). ``accept_outdated_crl``: a CA whose CRLs have
+        all passed their nextUpdate does not refuse the certificate. Returns the checks that failed but were
+        accepted that way (for a warning at every connect: OPC 10000-6 asks for a log entry when an error is
+        suppressed); empty when none."""
         info = describe(cert)
         thumb = info.thumbprint
         now = datetime.now(UTC)
@@ -357,10 +451,11 @@ class Pki:
         issuer = self._issuer(cert)
         if issuer is not None:
             ca_path, ca = issuer
-            self._check_issuer(cert, ca, ca_path, server_name=server_name)
-            return
+            return self._check_issuer(
+                cert, ca, ca_path, server_name=server_name, accept_outdated_crl=accept_outdated_crl
+            )
         if self._in_trusted(cert):
-            return
+            return []
         if not record:
             raise ServerCertificateRejectedError(
                 f"server {server_name} ({server_uri}): certificate {thumb} is not trusted; the gateway copies it to "
@@ -403,9 +498,14 @@ class Pki:
             return path, ca
         return None
 
-    def _check_issuer(self, cert: x509.Certificate, ca: x509.Certificate, ca_path: Path, *, server_name: str) -> None:
-        """Raise ServerCertificateRejectedError when the issuing CA is not valid now or one of its CRLs revokes
-        ``cert`` (then ``trusted/`` does not help either: a revoked certificate is never copied to ``rejected/``)."""
+    def _check_issuer(
+        self, cert: x509.Certificate, ca: x509.Certificate, ca_path: Path, *, server_name: str,
+        accept_outdated_crl: bool,
+    ) -> list[str]:  # fmt: skip
+        """Raise ServerCertificateRejectedError when the issuing CA is not valid now, or when ``cert`` or a CA
+        above it (a CA in ``issuers/`` signed by another one there) is revoked or has a revocation status unknown
+        because the CRLs of its issuer are all outdated (then ``trusted/`` does not help either: such a certificate
+        is never copied to ``rejected/``). Returns the outdated-CRL findings ``accept_outdated_crl`` let pass."""
         thumb = thumbprint(cert)
         now = datetime.now(UTC)
         if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
@@ -415,28 +515,104 @@ class Pki:
                 f"{ca.not_valid_before_utc:%Y-%m-%d %H:%M}..{ca.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
                 thumbprint=thumb,
             )
-        revoked = self._revoked(cert, ca)
-        if revoked is not None:
-            crl_path, when = revoked
+        findings = []
+        finding = self._check_revocation(
+            cert, ca, subject=f"certificate {thumb}", server_name=server_name, thumb=thumb, now=now,
+            accept_outdated_crl=accept_outdated_crl,
+        )  # fmt: skip
+        findings += [finding] if finding else []
+        # Up the chain (OPC 10000-4: Bad_CertificateIssuerRevoked / Bad_CertificateIssuerRevocationUnknown): each
+        # CA that another CA in issuers/ signed is checked against that one's CRLs, up to a self-signed root.
+        child, seen = ca, {thumbprint(ca)}
+        for _ in range(MAX_CHAIN_DEPTH):
+            found = self._issuer(child)
+            if found is None or found[1] == child or thumbprint(found[1]) in seen:
+                break
+            parent = found[1]
+            seen.add(thumbprint(parent))
+            finding = self._check_revocation(
+                child, parent, subject=f"certificate {thumb}: its issuer CA {child.subject.rfc4514_string()}",
+                server_name=server_name, thumb=thumb, now=now, accept_outdated_crl=accept_outdated_crl,
+            )  # fmt: skip
+            findings += [finding] if finding else []
+            child = parent
+        return findings
+
+    def _check_revocation(
+        self, cert: x509.Certificate, ca: x509.Certificate, *, subject: str, server_name: str, thumb: str,
+        now: datetime, accept_outdated_crl: bool,
+    ) -> str | None:  # fmt: skip
+        """Raise ServerCertificateRejectedError when a CRL of ``ca`` revokes ``cert`` (``subject`` says which
+        certificate of the chain that is) or all of them are outdated; the finding when the opt-out let it pass."""
+        facts = [
+            CrlFacts(path=path, next_update=crl.next_update_utc, revoked_on=_revocation_date(crl, cert))
+            for path, crl in self._crls_of(ca)
+        ]
+        verdict = revocation_status(facts, now=now, accept_outdated=accept_outdated_crl)
+        crl_facts = verdict.crl
+        ca_name = ca.subject.rfc4514_string()
+        if verdict.status is Revocation.REVOKED and crl_facts is not None and crl_facts.revoked_on is not None:
             raise ServerCertificateRejectedError(
-                f"server {server_name}: certificate {thumb} was revoked on {when:%Y-%m-%d %H:%M} UTC by the CRL "
-                f"{crl_path} of the CA {ca.subject.rfc4514_string()}; it stays refused, trusted or not",
+                f"server {server_name}: {subject} was revoked on {crl_facts.revoked_on:%Y-%m-%d %H:%M} UTC "
+                f"by the CRL {crl_facts.path} of the CA {ca_name}; it stays refused, trusted or not",
                 thumbprint=thumb,
             )
+        if verdict.status not in (Revocation.OUTDATED, Revocation.OUTDATED_ACCEPTED) or crl_facts is None:
+            return None
+        expired = f"{crl_facts.next_update:%Y-%m-%d %H:%M} UTC" if crl_facts.next_update else "?"
+        finding = (
+            f"server {server_name}: {subject} is signed by the CA {ca_name}, whose CRL {crl_facts.path} expired on "
+            f"{expired} (its nextUpdate): whether it is revoked is unknown"
+        )
+        if verdict.status is Revocation.OUTDATED:
+            raise ServerCertificateRejectedError(
+                f"{finding}; it is refused, trusted or not, until a fresh CRL from that CA replaces the file in "
+                f"{self.folder('issuers')} (or the device sets security.accept_outdated_crl: true)",
+                thumbprint=thumb,
+            )
+        return f"{finding}; accepted because security.accept_outdated_crl is true"
 
-    def _revoked(self, cert: x509.Certificate, ca: x509.Certificate) -> tuple[Path, datetime] | None:
-        """The CRL in ``issuers/`` (signed by ``ca``) that revokes ``cert``, and the revocation date; or None."""
+    def _crls_of(self, ca: x509.Certificate) -> list[tuple[Path, x509.CertificateRevocationList]]:
+        """The CRLs in ``issuers/`` that ``ca`` issued and signed (others are ignored: anyone can write a file)."""
+        found = []
+        ca_key = ca.public_key()
+        for path, crl in self._crl_files():
+            if crl.issuer == ca.subject and isinstance(ca_key, rsa.RSAPublicKey) and crl.is_signature_valid(ca_key):
+                found.append((path, crl))
+        return found
+
+    def _crl_files(self) -> list[tuple[Path, x509.CertificateRevocationList]]:
+        """Every readable CRL file (``*.crl``, DER or PEM) of ``issuers/`` and its subfolders."""
+        found = []
         for path in self.files("issuers", (".crl",)):
             data = path.read_bytes()
             try:
                 crl = x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
             except ValueError:
                 continue
-            ca_key = ca.public_key()
-            signed = isinstance(ca_key, rsa.RSAPublicKey) and crl.is_signature_valid(ca_key)
-            if crl.issuer != ca.subject or not signed:
-                continue
-            entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
-            if entry is not None:
-                return path, entry.revocation_date_utc
-        return None
+            found.append((path, crl))
+        return found
+
+    def crl_listing(self) -> list[CrlInfo]:
+        """The CRLs of ``issuers/`` with their dates and the CA (in ``issuers/``) that signed each."""
+        cas = []
+        for path in self.files("issuers"):
+            with contextlib.suppress(PkiError):
+                cas.append(load_certificate_file(path))
+        infos = []
+        for path, crl in self._crl_files():
+            signer = None
+            for ca in cas:
+                key = ca.public_key()
+                if ca.subject == crl.issuer and isinstance(key, rsa.RSAPublicKey) and crl.is_signature_valid(key):
+                    signer = ca.subject.rfc4514_string()
+                    break
+            issuer = crl.issuer.rfc4514_string()
+            infos.append(CrlInfo(path=path, issuer=issuer, ca=signer, last_update=crl.last_update_utc,
+                                 next_update=crl.next_update_utc, revoked=len(crl)))  # fmt: skip
+        return infos
+
+
+def _revocation_date(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> datetime | None:
+    entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+    return entry.revocation_date_utc if entry is not None else None

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_REFUSED = 2
 RENEW_WARNING_DAYS = 30
+CRL_WARNING_DAYS = 3
+"""``check`` and ``run`` warn this long before a CRL in issuers/ passes its nextUpdate: replacing the file is a copy
+(nothing to roll out to servers, unlike the own certificate), so a few days' notice, a weekend included, is enough
+and a CA that issues weekly CRLs does not warn all the time."""
 
 
 def add_pki_commands(pki: argparse.ArgumentParser, *, default_state_dir: Callable[[], Path]) -> None:
@@ -37,7 +41,7 @@ def add_pki_commands(pki: argparse.ArgumentParser, *, default_state_dir: Callabl
     show = actions.add_parser("show", help="the gateway's certificate: thumbprint, application URI, expiry")
     common(show)
     show.set_defaults(func=cmd_show)
-    listing = actions.add_parser("list", help="trusted and rejected server certificates, and CAs in issuers/")
+    listing = actions.add_parser("list", help="trusted and rejected server certificates, CAs and CRLs in issuers/")
     common(listing)
     listing.set_defaults(func=cmd_list)
     trust = actions.add_parser("trust", help="trust a rejected server certificate (8+ hex digits)")
@@ -97,12 +101,20 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
     pki = _pki(args)
     for folder in ("trusted", "rejected", "issuers"):
         infos = pki.listing(folder)
         print(f"{folder}/ ({len(infos)})")
         for info in infos:
             print(f"  {info.line()}")
+    crls = pki.crl_listing()  # only when there are any: the listing of a PKI without CRLs stays as it was
+    now = datetime.now(UTC)
+    if crls:
+        print(f"issuers/ CRLs ({len(crls)})")
+    for crl in crls:
+        print(f"  {crl.line(now)}")
     return EXIT_OK
 
 
@@ -199,13 +211,43 @@ def own_certificate_warnings(plant: Plant, state_dir: Path) -> list[str]:
     return []
 
 
+def crl_warnings(plant: Plant, state_dir: Path) -> list[str]:
+    """CRLs in issuers/ that have passed their nextUpdate or pass it within CRL_WARNING_DAYS, and CRL files no CA
+    in issuers/ signed (never used): said at ``check`` and ``run`` (secure devices only), because an outdated CRL
+    makes the gateway refuse every server its CA vouches for, and only the operator can fetch a fresh one."""
+    if not secure_devices(plant):
+        return []
+    from datetime import UTC, datetime
+
+    from gateway.pki import Pki, application_uri
+
+    pki = Pki(pki_root(state_dir), uri=application_uri(plant.gateway.id))
+    now = datetime.now(UTC)
+    action = "copy a fresh CRL from that CA into issuers/ (replacing this file)"
+    warnings = []
+    for crl in pki.crl_listing():
+        if crl.ca is None:
+            warnings.append(f"the CRL {crl.path} (issuer {crl.issuer}) is signed by no CA certificate in issuers/: "
+                            "it is not used; add its CA's certificate or remove the file")  # fmt: skip
+        elif crl.next_update is not None and now > crl.next_update:
+            warnings.append(f"the CRL {crl.path} of the CA {crl.ca} expired on {crl.next_update:%Y-%m-%d %H:%M} UTC "
+                            f"(its nextUpdate): servers that CA signed are refused; {action}")  # fmt: skip
+        elif crl.next_update is not None and (crl.next_update - now).days < CRL_WARNING_DAYS:
+            days = (crl.next_update - now).days
+            warnings.append(f"the CRL {crl.path} of the CA {crl.ca} expires on {crl.next_update:%Y-%m-%d %H:%M} UTC, "
+                            f"in {days} day(s) (its nextUpdate): {action}")  # fmt: skip
+    return warnings
+
+
 def describe_endpoints(plant: Plant, state_dir: Path) -> list[str]:
     """For ``check``: the endpoint each OPC UA device would use, or why not; for a secure one also whether the
     gateway's PKI folder (``state_dir``/pki) trusts the server's certificate (nothing is written there)."""
     return asyncio.run(_describe_endpoints(plant, state_dir))
 
 
-def _trust_of(chosen: ua.EndpointDescription, pki: Pki, *, endpoint: str, check_hostname: bool) -> str:
+def _trust_of(
+    chosen: ua.EndpointDescription, pki: Pki, *, endpoint: str, check_hostname: bool, accept_outdated_crl: bool
+) -> str:
     from urllib.parse import urlsplit
 
     from cryptography import x509
@@ -219,12 +261,17 @@ def _trust_of(chosen: ua.EndpointDescription, pki: Pki, *, endpoint: str, check_
         return "refused: the server sent a corrupt certificate"
     name = chosen.Server.ApplicationName.Text or endpoint
     try:
-        pki.check_server(cert, server_uri=chosen.Server.ApplicationUri or "", server_name=f"{name} at {endpoint}",
-                         host=urlsplit(endpoint).hostname if check_hostname else None, record=False)  # fmt: skip
+        accepted = pki.check_server(
+            cert, server_uri=chosen.Server.ApplicationUri or "", server_name=f"{name} at {endpoint}",
+            host=urlsplit(endpoint).hostname if check_hostname else None, record=False,
+            accept_outdated_crl=accept_outdated_crl,
+        )
     except ServerCertificateRejectedError as exc:
         return f"refused: {exc}"
     except (PkiError, OSError) as exc:  # an unreadable file in the PKI folder
         return f"trust not known: {exc}"
+    if accepted:
+        return f"certificate {thumbprint(cert)} trusted, but: {'; '.join(accepted)}"
     return f"certificate {thumbprint(cert)} trusted"
 
 
@@ -262,7 +309,8 @@ async def _describe_endpoints(plant: Plant, state_dir: Path) -> list[str]:
         else:
             policy = chosen.SecurityPolicyUri.rsplit("#", 1)[-1]
             server = chosen.Server.ApplicationUri
-            trust = _trust_of(chosen, pki, endpoint=device.endpoint, check_hostname=security.check_hostname)
+            trust = _trust_of(chosen, pki, endpoint=device.endpoint, check_hostname=security.check_hostname,
+                              accept_outdated_crl=security.accept_outdated_crl)  # fmt: skip
             lines.append(
                 f"{device.name}: {chosen.EndpointUrl} {policy} {chosen.SecurityMode.name} server {server}; {trust}"
             )

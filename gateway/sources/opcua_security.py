@@ -74,6 +74,8 @@ class ClientSecurity:
     user_key: Path | None = None
     password_file: Path | None = None
     check_hostname: bool = True
+    accept_outdated_crl: bool = False
+    """A CA-signed server certificate is accepted when its CA's CRLs have all passed their nextUpdate (logged)."""
     channel: bool = True
     """False: only ``password_file`` is used, the channel stays SecurityPolicy None (no ``security`` in the map)."""
 
@@ -145,9 +147,12 @@ async def secure_client(client: Client, security: ClientSecurity, *, endpoint: s
     server = chosen.Server
     name = server.ApplicationName.Text or endpoint
     host = urlsplit(endpoint).hostname if security.check_hostname else None
-    security.pki.check_server(
-        server_cert, server_uri=server.ApplicationUri or "", server_name=f"{name} at {endpoint}", host=host
+    accepted = security.pki.check_server(
+        server_cert, server_uri=server.ApplicationUri or "", server_name=f"{name} at {endpoint}", host=host,
+        accept_outdated_crl=security.accept_outdated_crl,
     )
+    for finding in accepted:
+        log.warning("opcua_outdated_crl_accepted", endpoint=endpoint, error=finding)
     await client.set_security(
         POLICIES[OpcUaSecurityPolicy(_policy_name(chosen.SecurityPolicyUri))],
         certificate=cert.public_bytes(serialization.Encoding.DER),

@@ -1073,6 +1073,9 @@ class OpcUaSecurity(_Model):
     """Only with this may ``auto`` fall back to SecurityPolicy None when the server offers nothing else."""
     check_hostname: bool = True
     """The server certificate must name the endpoint's host (DNS name or IP address) in its SubjectAltName."""
+    accept_outdated_crl: bool = False
+    """Accept a CA-signed server certificate whose CA's CRLs in issuers/ have all passed their nextUpdate
+    (revocation status unknown); a warning is logged at every connect. For plants that cannot refresh CRLs."""
 
 
 class OpcUaDevice(_DeviceBase):

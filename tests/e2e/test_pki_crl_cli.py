@@ -1,0 +1,99 @@
+"""`cellgate pki list`, `cellgate check` and `cellgate run` on the CRLs of issuers/ (real processes).
+
+A CRL past its nextUpdate makes the gateway refuse every server its CA signed, so `check` prints a WARNING line
+and `run` logs ``pki_crl_expiry`` at start (as for the gateway's own certificate), and `pki list` shows each CRL
+with its dates. Nothing listens on the OPC UA endpoint: `check` runs with --offline.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from gateway.pki import Pki, application_uri, new_key
+
+pytestmark = pytest.mark.e2e
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TAG_MAP = """\
+gateway: {id: gw-crl, enterprise: acme, site: lab}
+mqtt: {url: 'mqtt://127.0.0.1:9'}
+devices:
+  - name: coater-01
+    area: electrode
+    line: cathode-1
+    protocol: opcua
+    endpoint: 'opc.tcp://127.0.0.1:9'
+    security: {mode: Sign}
+    tags:
+      - {name: t, node: 'ns=2;s=X', type: float64}
+"""
+
+
+def cellgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ), check=False)  # fmt: skip
+
+
+def test_list_check_and_run_tell_about_an_expired_crl(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = tmp_path / "map.yaml"
+    config.write_text(TAG_MAP)
+    pki = Pki(state / "pki", uri=application_uri("gw-crl"))
+    pki.ensure()
+    key = new_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Plant OT CA")])
+    now = datetime.now(UTC)
+    ca = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=30))
+        .not_valid_after(now + timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    expired_at = now - timedelta(days=1)
+    crl = (
+        x509.CertificateRevocationListBuilder().issuer_name(name).last_update(now - timedelta(days=8))
+        .next_update(expired_at).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    crl_path = pki.folder("issuers") / "plant-ca.crl"
+    (pki.folder("issuers") / "plant-ca.der").write_bytes(ca.public_bytes(serialization.Encoding.DER))
+    crl_path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+
+    listing = cellgate("pki", "list", "--state-dir", str(state))
+    assert listing.returncode == 0, listing.stderr
+    assert "issuers/ CRLs (1)" in listing.stdout
+    assert f"plant-ca.crl  CN=Plant OT CA  0 revoked  issued {now - timedelta(days=8):%Y-%m-%d}  EXPIRED " \
+           f"{expired_at:%Y-%m-%d %H:%M} UTC" in listing.stdout  # fmt: skip
+
+    check = cellgate("check", "--offline", "-c", str(config), "--state-dir", str(state))
+    assert check.returncode == 0, check.stderr
+    assert (f"WARNING the CRL {crl_path} of the CA CN=Plant OT CA expired on {expired_at:%Y-%m-%d %H:%M} UTC"
+            in check.stderr)  # fmt: skip
+    assert "copy a fresh CRL from that CA into issuers/" in check.stderr
+
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "-c", str(config), "--state-dir", str(state),
+             "--log-format", "json"], cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while '"pki_crl_expiry"' not in log.read_text():
+            assert run.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.1)
+    finally:
+        run.terminate()
+        run.wait(timeout=20)
+    [line] = [orjson.loads(text) for text in log.read_text().splitlines() if '"pki_crl_expiry"' in text]
+    assert line["level"] == "warning" and str(crl_path) in line["error"] and "expired on" in line["error"]
