@@ -115,7 +115,7 @@ def test_a_ddeath_of_a_device_not_born_on_the_wire_is_dropped_and_counted() -> N
         assert session.stamp(ddeath.topic, ddeath.payload) is None
     assert session.dropped == {"ddeath_not_born": 2}
     # One line per device and episode, not per message. (DDATA that cannot be born is refused, not dropped:
-    # tests/unit/test_sparkplug_not_born.py.)
+    # tests/unit/test_sparkplug_session_refusal.py.)
     assert [(e["event"], e["device"], e["reason"]) for e in logs] == [
         ("sparkplug_message_dropped", "d1", "ddeath_not_born")
     ]
