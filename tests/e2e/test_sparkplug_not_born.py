@@ -7,7 +7,8 @@ letter, ``packet_too_large``), and its DDATA, live or replayed from the spool, i
 ``sparkplug_not_born`` (tck-id-payloads-dbirth-order: a host never sees DDATA of a device not born): into the spool's
 dead-letter table with its values, historical and without ``seq``, counted by reason (the counts behind
 ``cellgate_messages_failed_total{reason}``), logged once per device and episode, its window slot freed at once, no
-``seq`` taken (tck-id-payloads-sequence-num-incrementing), while the other device's data flows on.
+``seq`` taken (tck-id-payloads-sequence-num-incrementing), while the other device's data flows on. The same through
+a real ``cellgate run`` on the Modbus simulator: the metrics endpoint, ``cellgate spool dead-letters`` and the log.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +36,9 @@ from gateway.sinks.spool import Spool
 from gateway.sinks.store_forward import StoreAndForward
 from gateway.sparkplug_session import NOT_BORN, HostGate, SparkplugSession, historical_form
 from tests.interop.sparkplug_tahu import TAHU_AVAILABLE, TAHU_MISSING, HostView, decode_stream
+from tests.support.gateway import REPO_ROOT, GatewayProcess
 from tests.support.mosquitto import Mosquitto, Subscriber
+from tests.support.sim import MODBUS_MACHINES_IN_DEFAULT_SET, SimulatorProcess, free_port_run
 from tests.support.sink import sparkplug_options
 
 pytestmark = pytest.mark.skipif(not TAHU_AVAILABLE, reason=TAHU_MISSING)
@@ -163,3 +169,92 @@ async def test_ddata_of_a_device_whose_dbirth_is_too_large_is_kept_as_a_dead_let
     assert [(e["device"], e["reason"], e["cause"]) for e in refused_logs] == [("big", NOT_BORN, "dbirth_not_sent")]
     mqtt_logs = [(e["reason"], e["dead_letter"]) for e in logs if e["event"] == "mqtt_message_refused"]
     assert mqtt_logs == [("packet_too_large", True), (NOT_BORN, True)]
+
+
+def runtime_tag_map(path: Path, *, stacker_port: int) -> Path:
+    """Two devices on the stacker simulator: ``small`` (the heartbeat), and ``big``, the heartbeat 40 times with long
+    names and descriptions, so its DBIRTH is over ``mqtt.max_packet_size`` while its DDATA (aliases only) is not."""
+    copies = "".join(
+        f"""
+      - {{name: diagnostics/heartbeat_copy_{i:02d}_of_the_plc_watchdog, table: input, address: 600, type: uint32,
+         description: A copy of the PLC watchdog counter that makes the DBIRTH larger than the broker takes.}}"""
+        for i in range(40)
+    )
+    device = """
+  - name: {name}
+    area: cell-assembly
+    line: line-1
+    protocol: modbus
+    host: 127.0.0.1
+    port: {port}
+    unit_id: 1
+    interval_ms: 300
+    timeout_ms: 500
+    tags:{tags}"""
+    heartbeat = "\n      - {name: diagnostics/heartbeat, table: input, address: 600, type: uint32}"
+    devices = device.format(name="small", port=stacker_port, tags=heartbeat)
+    devices += device.format(name="big", port=stacker_port, tags=copies)
+    path.write_text(
+        f"""gateway:
+  id: edge-unborn
+  enterprise: acme
+  site: dunkirk
+  outputs: [sparkplug]
+  sparkplug: {{group_id: Cells}}
+mqtt:
+  url: mqtt://127.0.0.1:1883
+  qos: 1
+  max_packet_size: 2048
+devices:{devices}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_cellgate_run_keeps_ddata_of_a_device_that_cannot_be_born_counts_it_and_logs_it_once(tmp_path: Path) -> None:
+    modbus_port = free_port_run(MODBUS_MACHINES_IN_DEFAULT_SET)
+    config = runtime_tag_map(tmp_path / "map.yaml", stacker_port=modbus_port + 2)
+    with SimulatorProcess(only="modbus", modbus_port=modbus_port), Mosquitto() as broker:
+        host = Subscriber(broker.host, broker.port, "spBv1.0/#")
+        host.start()
+        state_dir = tmp_path / "state"
+        gateway = GatewayProcess(config=config, env={"CELLGATE_MQTT__URL": broker.url}, state_dir=state_dir)
+        gateway.start()
+        try:
+            http_port = int(str(gateway.wait_for_event("http_listening", 60)["listen"]).rsplit(":", 1)[1])
+            host.wait_for_blocking(lambda ms: sum(m.topic.endswith("/small") for m in ms) >= 5, DEADLINE_S)
+            deadline = time.monotonic() + DEADLINE_S
+            while True:  # the refusals reach the spool at its next acknowledgement flush
+                listing = subprocess.run(
+                    [sys.executable, "-m", "gateway.cli", "spool", "dead-letters", "--state-dir", str(state_dir)],
+                    cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True,
+                ).stdout  # fmt: skip
+                counts = dict(line.split("\t") for line in listing.splitlines() if "\t" in line)
+                if int(counts.get(NOT_BORN, 0)) >= 2:
+                    break
+                assert time.monotonic() < deadline, listing
+                time.sleep(0.2)
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as answer:
+                metrics = answer.read().decode()
+            events = gateway.events()
+            messages = host.messages
+        finally:
+            gateway.stop()
+            gateway.close()
+            host.stop()
+
+    assert counts["packet_too_large"] == "1"  # big's DBIRTH, once: not tried again for each of its DDATA
+    failed = [line for line in metrics.splitlines() if line.startswith("cellgate_messages_failed_total{")]
+    not_born = [float(line.rsplit(" ", 1)[1]) for line in failed if f'reason="{NOT_BORN}"' in line]
+    assert not_born and not_born[0] >= 2, failed
+    assert not [line for line in metrics.splitlines() if "ddata_not_born" in line]
+    refused = [e for e in events if e.get("event") == "sparkplug_ddata_refused"]
+    assert [(e["device"], e["cause"]) for e in refused] == [("big", "dbirth_not_sent")]  # once, not per poll
+    # The host: births and data of small only, seq +1 throughout.
+    assert not [m.topic for m in messages if m.topic.endswith("/big")]
+    view = HostView(node_topic="spBv1.0/Cells/{}/edge-unborn")
+    for topic, payload in decode_stream((m.topic, m.payload) for m in messages):
+        view.read(topic, payload)
+    assert view.born == {"small"}
+    assert view.ddata["small"] >= 4
