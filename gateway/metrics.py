@@ -320,8 +320,8 @@ def _sparkplug_families(sparkplug: SparkplugState) -> Iterator[Metric]:
         CounterMetricFamily(
             f"{PREFIX}_sparkplug_dropped",
             "Sparkplug messages not sent because their device is not born on the wire, by reason: ddeath_not_born (a "
-            "DDEATH reaching a connection whose births no longer had the device), ddata_not_born (data that could not "
-            "be born for its replay)",
+            "DDEATH reaching a connection whose births no longer had the device; DDATA that cannot be born is kept as "
+            "a dead letter instead: messages_failed reason sparkplug_not_born)",
             labels=["reason"],
         ),
         sparkplug.dropped,

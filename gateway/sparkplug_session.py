@@ -13,8 +13,11 @@
   the reconnect) is preceded by a DBIRTH with its last values, all of quality bad, and followed by its DDEATH once
   ``REPLAY_DEATH_AFTER_S`` passed without more of its data, so a host never sees DDATA of a device not born. A DDEATH
   of a device not born on the wire (its link dropped before a reconnect, and the DDEATH reached the connection after
-  the births that no longer had the device), or DDATA that could not be born, is dropped: ``stamp`` returns None and
-  the connection settles it unsent (counted in ``dropped``);
+  the births that no longer had the device) is dropped: ``stamp`` returns None and the connection settles it unsent
+  (counted in ``dropped``). DDATA that cannot be born (no catalogue; its DBIRTH did not go, e.g. too large for the
+  broker) is refused instead: ``stamp`` returns a ``SessionRefusal`` (``NOT_BORN``) and the connection hands it to
+  ``on_refused`` unsent, so store and forward keeps it as a dead letter (counted in ``ddata_refused``). A device whose
+  DBIRTH was taken back is not born for a replay again until the next NBIRTH (each try would be refused the same);
 * NCMD ``Node Control/Rebirth`` = true sends the births again (a fresh seq run); any write (NCMD metric, DCMD) is
   refused, logged and counted: Cellgate does not write to the PLCs;
 * with a primary host (``sparkplug.primary_host``): after every CONNECT nothing is published (births withheld, data
@@ -36,6 +39,7 @@ from typing import Protocol
 import structlog
 
 from gateway.encoders.sparkplug import NAMESPACE, SparkplugDeviceEncoder, SparkplugEdgeNode, parse_command
+from gateway.mqtt.options import SessionRefusal
 from gateway.sinks.base import Handle, Sink
 from gateway.vocabulary import QoS
 
@@ -46,9 +50,10 @@ REPLAY_DEATH_AFTER_S = 1.0
 
 DROPPED_DDEATH = "ddeath_not_born"
 """Drop reason: a DDEATH of a device not born on the wire (its DBIRTH was not among the births of this session)."""
-DROPPED_DDATA = "ddata_not_born"
-"""Drop reason: DDATA of a device not born on the wire that could not be born for it (no catalogue, no DBIRTH sent)."""
-DROP_REASONS = (DROPPED_DDEATH, DROPPED_DDATA)
+DROP_REASONS = (DROPPED_DDEATH,)
+NOT_BORN = "sparkplug_not_born"
+"""Refusal reason (a dead letter): DDATA of a device not born on the wire that could not be born for it (no catalogue,
+or its DBIRTH did not go)."""
 
 BD_SEQ_FILE = "sparkplug-bdseq"
 """In the state directory: the bdSeq of the last CONNECT, so the next run's first CONNECT continues after it."""
@@ -127,6 +132,8 @@ class SparkplugSession:
         """DDATA topics of the born devices whose DBIRTH was their own (not one for a replay): ``stamp``'s fast path."""
         self._birth_for: str | None = None
         """The device whose DBIRTH for a replay is being sent."""
+        self._unborn: set[str] = set()
+        """Devices whose DBIRTH was taken back (``unstamp``: too large) since the last NBIRTH: no replay DBIRTH."""
         self._born_for_replay: dict[str, float] = {}
         """Devices born only for replayed data (link down): when their last data was stamped (monotonic seconds)."""
         self._replay_deaths: asyncio.TimerHandle | None = None
@@ -144,6 +151,10 @@ class SparkplugSession:
         """Messages ``stamp`` dropped, by reason (``DROP_REASONS``)."""
         self._drops_logged: set[str] = set()
         """Devices whose drop was logged since the last NBIRTH or their last DBIRTH: one line per episode."""
+        self.ddata_refused = 0
+        """DDATA ``stamp`` refused (``NOT_BORN``): its device could not be born."""
+        self._refusals_logged: set[str] = set()
+        """Devices whose refused DDATA was logged since the last NBIRTH or their last DBIRTH: one line per episode."""
 
     def bind(
         self,
@@ -168,20 +179,21 @@ class SparkplugSession:
         if encoder is not None:
             self._retired[device] = encoder
 
-    def stamp(self, topic: str, payload: bytes) -> bytes | None:
+    def stamp(self, topic: str, payload: bytes) -> bytes | SessionRefusal | None:
         """``SparkplugEdgeNode.stamp``, following which devices are born on the wire: DDATA of a device that is not
-        gets a DBIRTH first (``replay_birth``: its link is down, so this is replayed data). None (not sent) for a
-        DDEATH of a device that is not born, and for DDATA of one that cannot be (no catalogue, or the DBIRTH did not
-        go): a host must never see either."""
+        gets a DBIRTH first (``replay_birth``: its link is down, so this is replayed data). None (dropped) for a
+        DDEATH of a device that is not born; a refusal (``NOT_BORN``, kept by the connection's ``on_refused``) for DDATA
+        of one that cannot be (no catalogue, or the DBIRTH did not go): a host must never see either. Neither takes a
+        ``seq``."""
         if topic in self._live_ddata:  # the usual case: data of a device born on the wire by its own DBIRTH
             return self._node_stamp(topic, payload)
         if topic.startswith(self._ddata_prefix):
             device = topic[len(self._ddata_prefix) :]
             if device not in self._born:
-                self._birth_for_replay(device)
+                if device not in self._unborn:
+                    self._birth_for_replay(device)
                 if device not in self._born:
-                    self._drop(device, DROPPED_DDATA)
-                    return None
+                    return self._refuse(device, payload)
             if device in self._born_for_replay:
                 self._born_for_replay[device] = time.monotonic()
         elif topic.startswith(self._ddeath_prefix):
@@ -201,6 +213,15 @@ class SparkplugSession:
             total = sum(self.dropped.values())
             log.info("sparkplug_message_dropped", device=device, reason=reason, dropped_total=total)
 
+    def _refuse(self, device: str, payload: bytes) -> SessionRefusal:
+        self.ddata_refused += 1
+        if device not in self._refusals_logged:
+            self._refusals_logged.add(device)
+            cause = "dbirth_not_sent" if device in self.devices or device in self._retired else "no_catalogue"
+            log.warning("sparkplug_ddata_refused", device=device, reason=NOT_BORN, cause=cause,
+                        refused_total=self.ddata_refused)  # fmt: skip
+        return SessionRefusal(NOT_BORN, payload)
+
     def unstamp(self, topic: str) -> None:
         """``SparkplugEdgeNode.unstamp``: the message will not be sent (refused as too large)."""
         self.node.unstamp(topic)
@@ -208,6 +229,7 @@ class SparkplugSession:
             device = topic.rsplit("/", 1)[1]
             self._born.discard(device)
             self._live_ddata.discard(self._ddata_prefix + device)
+            self._unborn.add(device)
 
     def _follow(self, topic: str) -> None:
         kind = topic[len(self.node.prefix) :].split("/", 1)[0]
@@ -216,10 +238,14 @@ class SparkplugSession:
             self._live_ddata.clear()
             self._born_for_replay.clear()
             self._drops_logged.clear()
+            self._unborn.clear()
+            self._refusals_logged.clear()
         elif kind == "DBIRTH":
             device = topic.rsplit("/", 1)[1]
             self._born.add(device)
+            self._unborn.discard(device)
             self._drops_logged.discard(device)
+            self._refusals_logged.discard(device)
             if device != self._birth_for:  # its own DBIRTH (the link is up): no DDEATH for a replay any more
                 self._born_for_replay.pop(device, None)
                 self._live_ddata.add(self._ddata_prefix + device)
@@ -281,7 +307,7 @@ class SparkplugSession:
     async def until_ready(self) -> None:
         await self._host_online.wait()
 
-    def resend(self, topic: str, payload: bytes) -> bytes | None:
+    def resend(self, topic: str, payload: bytes) -> bytes | SessionRefusal | None:
         """``SparkplugEdgeNode.resend``; while the primary host is not online, data is held for the spool instead."""
         unstamped = self.node.resend_form(topic, payload)
         if unstamped is None or unstamped is payload:  # births and deaths (superseded); other encodings
@@ -449,9 +475,9 @@ def historical_form(
 
 __all__ = [
     "BD_SEQ_FILE",
-    "DROPPED_DDATA",
     "DROPPED_DDEATH",
     "DROP_REASONS",
+    "NOT_BORN",
     "REPLAY_DEATH_AFTER_S",
     "UNKNOWN_DEVICE",
     "HostGate",

@@ -82,8 +82,10 @@ Session hooks (``options.session``, Sparkplug): after every CONNACK its ``births
 retained), then what the last connection left unacknowledged, passed through ``session.resend`` (renumbered, or
 dropped when the births supersede it); every data payload goes through ``session.stamp`` as it is handed over, so
 numbering follows the wire order; a message refused as too large gives its number back (``session.unstamp``), so
-numbering stays contiguous on the wire. ``rebirth`` sends the births again on the live connection, and
-``send_session_messages`` puts other session messages into the wire order (a DBIRTH ahead of replayed data).
+numbering stays contiguous on the wire. ``stamp`` (and ``resend``) may also drop a message (None: settled as
+delivered, unsent) or refuse it (``SessionRefusal``: to ``on_refused`` with the session's reason, as above, unsent).
+``rebirth`` sends the births again on the live connection, and ``send_session_messages`` puts other session
+messages into the wire order (a DBIRTH ahead of replayed data).
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ from tenacity import RetryCallState
 
 from gateway.backoff import MqttBackoff, Streak, forever
 from gateway.errors import SinkError
-from gateway.mqtt.options import MqttOptions, SessionHooks, publish_topic_problem
+from gateway.mqtt.options import MqttOptions, SessionHooks, SessionRefusal, publish_topic_problem
 from gateway.mqtt.pacing import DelayWindow
 from gateway.mqtt.wire import (
     DEFAULT_RECEIVE_MAXIMUM,
@@ -158,6 +160,8 @@ _POISON_CLOSES = 3
 # Refusal code of a poison message: outside the one-byte MQTT reason codes, so it never clashes with a PUBACK's.
 _BROKER_CLOSED_CODE = 0x100
 BROKER_CLOSED_CONNECTION = "broker_closed_connection"
+_SESSION_REFUSED_CODE = 0x101
+"""Ours, beyond MQTT's one-byte codes: a refusal by the session hooks (``SessionRefusal``, which names its reason)."""
 # A limit inferred from a poison message is never set below this (mqtt.max_packet_size's own minimum): a small
 # message the broker hangs up on is about its content, not its size.
 _MIN_INFERRED_LIMIT = 1024
@@ -597,7 +601,7 @@ class MqttSink:
     @property
     def failed(self) -> int:
         """Data messages lost: QoS0 while disconnected, refused by the broker (PUBACK reason >= 0x80),
-        larger than the maximum packet size."""
+        larger than the maximum packet size, refused by the session hooks (``SessionRefusal``)."""
         return self._failed
 
     @property
@@ -933,8 +937,8 @@ class MqttSink:
         stamp = self._stamp
         if stamp is not None:
             stamped = stamp(topic, payload)
-            if stamped is None:  # the session drops it (SessionHooks.stamp)
-                self._settle_dropped_soon(handle)
+            if not isinstance(stamped, bytes):  # the session drops (None) or refuses it (SessionHooks.stamp)
+                self._settle_unstamped_soon(topic, stamped, handle)
                 return
             payload = stamped
         encoded_topic = self._topic_fields.get(topic) or self._topic_field(topic)
@@ -972,14 +976,19 @@ class MqttSink:
         else:
             self._unsent.append(packet_id)
 
-    def _settle_dropped_soon(self, handle: Handle | None) -> None:
-        """A data message the session dropped at its hand-over: its window slot back, its handle acknowledged (never
-        sent, nothing to spool or refuse). Later, not here: this may run inside the window's hand-out."""
+    def _settle_unstamped_soon(self, topic: str, refusal: SessionRefusal | None, handle: Handle | None) -> None:
+        """A data message the session did not let on the wire at its hand-over: its window slot back, and dropped
+        (None: its handle acknowledged, nothing to spool or refuse) or refused (``on_refused``, to be kept). Never
+        sent. Later, not here: this may run inside the window's hand-out."""
         assert self._loop is not None
-        self._loop.call_soon(self._settle_dropped, handle)
+        self._loop.call_soon(self._settle_unstamped, topic, refusal, handle)
 
-    def _settle_dropped(self, handle: Handle | None) -> None:
-        if handle is not None and self._on_ack is not None:
+    def _settle_unstamped(self, topic: str, refusal: SessionRefusal | None, handle: Handle | None) -> None:
+        if refusal is not None:
+            self._failed += 1
+            self._note_refused(topic, refusal.payload, _SESSION_REFUSED_CODE, NO_PROPERTIES, handle, False,
+                               reason=refusal.reason)  # fmt: skip
+        elif handle is not None and self._on_ack is not None:
             self._on_ack(handle)
         self._window.release()
 
@@ -1031,7 +1040,11 @@ class MqttSink:
             return
         if self._stamp is not None:
             stamped = self._stamp(topic, payload)
-            if stamped is None:  # the session drops it (SessionHooks.stamp)
+            if not isinstance(stamped, bytes):  # the session drops (None) or refuses it (SessionHooks.stamp)
+                if stamped is not None:
+                    self._failed += 1
+                    self._note_refused(topic, stamped.payload, _SESSION_REFUSED_CODE, NO_PROPERTIES, None, False,
+                                       reason=stamped.reason)  # fmt: skip
                 return
             payload = stamped
         try:
@@ -1236,9 +1249,12 @@ class MqttSink:
         self._subscribing[packet_id] = filters
         self._write(encode_subscribe(Subscribe(packet_id=packet_id, filters=filters), self._version))
 
-    def _complete(self, packet_id: int, reason_code: int, properties: Properties = NO_PROPERTIES) -> bool:
+    def _complete(
+        self, packet_id: int, reason_code: int, properties: Properties = NO_PROPERTIES, reason: str | None = None
+    ) -> bool:
         """A PUBACK (or a local refusal) for ``packet_id``: count it, tell who waits. True when it freed
-        a window slot, which the caller releases (after all PUBACKs of a read: one hand-out per read)."""
+        a window slot, which the caller releases (after all PUBACKs of a read: one hand-out per read).
+        ``reason``: the refusal's token when the code is ``_SESSION_REFUSED_CODE``."""
         message = self._in_flight.pop(packet_id, None)
         if message is None:
             return False  # not ours (any more): ignore, as the specification asks of a client
@@ -1251,7 +1267,7 @@ class MqttSink:
                 if not pending and not waiter.done.done():
                     waiter.done.set_result(None)
         if reason_code >= 0x80:  # MQTT 5 PUBACK reason, e.g. "Not authorized" from an ACL; or ours
-            return self._refused(message, reason_code, properties)
+            return self._refused(message, reason_code, properties, reason)
         if self._suspect is not None or self._limit_candidate is not None or self._inferred_limit is not None:
             self._poison_evidence(message)
         if message.control:
@@ -1263,7 +1279,7 @@ class MqttSink:
         self._delivered += 1
         return True
 
-    def _refused(self, message: _InFlight, reason_code: int, properties: Properties) -> bool:
+    def _refused(self, message: _InFlight, reason_code: int, properties: Properties, reason: str | None) -> bool:
         """``message`` will never be taken: hand it to ``on_refused``. A refused control message leaves the
         retained set, so it is not sent again at every connect. True when it freed a data window slot."""
         if message.control:
@@ -1280,6 +1296,7 @@ class MqttSink:
             message.handle,
             message.control,
             len(message.packet),
+            reason=reason,
         )
         return not message.control
 
@@ -1292,10 +1309,14 @@ class MqttSink:
         handle: Handle | None,
         control: bool,
         packet_bytes: int | None = None,
+        *,
+        reason: str | None = None,
     ) -> None:
-        """Count a refusal, tell ``on_refused``, log the first one of each reason (the only log line of it)."""
+        """Count a refusal, tell ``on_refused``, log the first one of each reason (the only log line of it).
+        ``reason``: the token of a session's refusal (``_SESSION_REFUSED_CODE``)."""
         poison = reason_code == _BROKER_CLOSED_CODE
-        reason = BROKER_CLOSED_CONNECTION if poison else refusal_reason(reason_code)
+        if reason is None:
+            reason = BROKER_CLOSED_CONNECTION if poison else refusal_reason(reason_code)
         self._refused_by_reason[reason] = self._refused_by_reason.get(reason, 0) + 1
         kept = False
         if self._on_refused is not None:
@@ -1310,7 +1331,7 @@ class MqttSink:
                 "mqtt_message_refused",
                 topic=shorten(topic),
                 reason=reason,
-                reason_code=None if poison else self._reason(reason_code),
+                reason_code=None if reason_code > 0xFF else self._reason(reason_code),  # ours: no MQTT code
                 reason_string=shorten(reason_string) if isinstance(reason_string, str) else None,
                 payload_bytes=len(payload),
                 packet_bytes=packet_bytes,
@@ -1520,6 +1541,10 @@ class MqttSink:
             if payload is None:
                 freed += self._complete(packet_id, 0)
                 continue
+            if not isinstance(payload, bytes):  # refused by the session: kept (on_refused), never sent
+                message.payload = payload.payload
+                freed += self._complete(packet_id, _SESSION_REFUSED_CODE, reason=payload.reason)
+                continue
             if payload is not message.payload:  # only data is renumbered: never retained
                 message.payload = payload
                 message.packet = self._encoder.qos1(self._topic_field(message.topic), payload, packet_id, False)
@@ -1539,7 +1564,7 @@ class MqttSink:
         with its number taken back."""
         packet_id = self._new_packet_id()
         stamped = session.stamp(topic, payload)
-        if stamped is None:
+        if not isinstance(stamped, bytes):  # births and deaths are dropped, never refused
             return None
         packet = self._encoder.qos1(self._topic_field(topic), stamped, packet_id, False)
         if self._max_packet_size is not None and len(packet) > self._max_packet_size:

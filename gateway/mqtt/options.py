@@ -13,6 +13,17 @@ from typing import Protocol
 from gateway.vocabulary import MqttProtocol, QoS
 
 
+@dataclass(frozen=True, slots=True)
+class SessionRefusal:
+    """What ``SessionHooks.stamp`` returns for a data message the session will not let on the wire but that must not be
+    lost (e.g. Sparkplug DDATA of a device that cannot be born): the connection refuses it as it refuses one the broker
+    will never take (``on_refused(topic, payload, reason, handle)``, counted by ``reason``, logged once per reason, its
+    window slot freed), without sending it. ``payload``: the form to keep (without the session's numbering)."""
+
+    reason: str
+    payload: bytes
+
+
 class SessionHooks(Protocol):
     """Per-connection numbering of an encoding whose messages count in wire order (Sparkplug ``seq``)."""
 
@@ -20,10 +31,11 @@ class SessionHooks(Protocol):
         """Messages (topic, payload) sent first on every connection (after SUBSCRIBE), QoS 1, not retained."""
         ...
 
-    def stamp(self, topic: str, payload: bytes) -> bytes | None:
+    def stamp(self, topic: str, payload: bytes) -> bytes | SessionRefusal | None:
         """The payload as it enters the wire order: called for each birth and data message as it is handed over.
-        None drops the message (e.g. Sparkplug data of a device not born on this connection): the connection settles
-        it as delivered without sending it (its handle is acknowledged: not refused, not spooled again)."""
+        None drops the message (e.g. a Sparkplug DDEATH of a device not born on this connection): the connection
+        settles it as delivered without sending it (its handle is acknowledged: not refused, not spooled again). A
+        ``SessionRefusal`` (data only) refuses it unsent, to be kept. Neither takes a number."""
         ...
 
     def unstamp(self, topic: str) -> None:
@@ -31,9 +43,10 @@ class SessionHooks(Protocol):
         number back, so numbering stays contiguous on the wire."""
         ...
 
-    def resend(self, topic: str, payload: bytes) -> bytes | None:
+    def resend(self, topic: str, payload: bytes) -> bytes | SessionRefusal | None:
         """A message unacknowledged at the loss of a connection, before it is sent again after the births of
-        the next one: its new payload, or None when the births superseded it (then it is not sent)."""
+        the next one: its new payload, None when the births superseded it (then it is not sent), or a
+        ``SessionRefusal`` as from ``stamp``."""
         ...
 
 

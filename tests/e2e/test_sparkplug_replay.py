@@ -239,5 +239,5 @@ async def test_a_ddeath_of_a_device_not_born_in_the_new_session_never_reaches_th
     assert view.ddeaths == {}
     assert view.born == {"d1"}
     # The dropped DDEATH is settled as delivered: counted, neither refused nor spooled.
-    assert edge.session.dropped == {"ddeath_not_born": 1, "ddata_not_born": 0}
+    assert edge.session.dropped == {"ddeath_not_born": 1}
     assert (refused, spooled) == ({}, 0)

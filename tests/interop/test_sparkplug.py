@@ -54,6 +54,9 @@ RELOAD = f"{RUNTIME}::test_a_reload_kills_removed_and_changed_devices_and_births
 REPLAY = f"{REPLAYS}::test_replayed_data_of_a_device_whose_link_is_down_is_born_for_the_replay_and_dies_after"
 TOO_LARGE = f"{REPLAYS}::test_a_ddata_over_the_maximum_packet_size_leaves_no_seq_hole_and_is_kept_as_a_dead_letter"
 LONE_DDEATH = f"{REPLAYS}::test_a_ddeath_of_a_device_not_born_in_the_new_session_never_reaches_the_host"
+UNBORN = "tests/e2e/test_sparkplug_not_born.py::" + (
+    "test_ddata_of_a_device_whose_dbirth_is_too_large_is_kept_as_a_dead_letter_and_never_reaches_the_host"
+)
 RESEND = (
     "tests/e2e/test_sparkplug_session.py::test_unacknowledged_data_follows_the_next_births_renumbered_and_historical"
 )
@@ -201,7 +204,7 @@ EDGE_NODE_ASSERTIONS: dict[str, str | tuple[str, ...]] = {
     "topics-dbirth-metrics": (SESSION, HOST),
     "operational-behavior-data-publish-dbirth": (SESSION, RELOAD),
     "operational-behavior-data-publish-dbirth-values": (SESSION, LAST),
-    "payloads-dbirth-order": (HOST, BOTH, REPLAY, LONE_DDEATH),
+    "payloads-dbirth-order": (HOST, BOTH, REPLAY, LONE_DDEATH, UNBORN),
     # DDATA and DDEATH
     "topics-ddata-mqtt": QOS_DEVIATION + "; not retained: " + " ".join(RETAIN_FALSE),
     "payloads-ddata-qos": QOS_DEVIATION,

@@ -113,12 +113,11 @@ def test_a_ddeath_of_a_device_not_born_on_the_wire_is_dropped_and_counted() -> N
     with structlog.testing.capture_logs() as logs:
         assert session.stamp(ddeath.topic, ddeath.payload) is None
         assert session.stamp(ddeath.topic, ddeath.payload) is None
-        # Another device's DDATA that cannot be born (no catalogue in this run) is dropped too.
-        assert session.stamp(node.topic("DDATA", "gone"), b"") is None
-    assert session.dropped == {"ddeath_not_born": 2, "ddata_not_born": 1}
-    # One line per device and episode, not per message.
+    assert session.dropped == {"ddeath_not_born": 2}
+    # One line per device and episode, not per message. (DDATA that cannot be born is refused, not dropped:
+    # tests/unit/test_sparkplug_session_refusal.py.)
     assert [(e["event"], e["device"], e["reason"]) for e in logs] == [
-        ("sparkplug_message_dropped", "d1", "ddeath_not_born"), ("sparkplug_message_dropped", "gone", "ddata_not_born")
+        ("sparkplug_message_dropped", "d1", "ddeath_not_born")
     ]
     # Born again, its DDEATH goes, numbered after the DBIRTH (the dropped ones took no seq).
     birth = device.link_changed(connected=True, now=3.0)

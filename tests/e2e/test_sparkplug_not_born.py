@@ -1,0 +1,260 @@
+"""Sparkplug DDATA of a device that cannot be born is kept as a dead letter, never sent and never lost, against a real
+Mosquitto, every message the host gets decoded by Eclipse Tahu and read as a host does (tests/interop/sparkplug_tahu.py
+HostView), the dead letters decoded by Tahu too.
+
+A device whose DBIRTH is over the maximum packet size cannot be born on the wire: its DBIRTH is refused (a dead
+letter, ``packet_too_large``), and its DDATA, live or replayed from the spool, is refused with reason
+``sparkplug_not_born`` (tck-id-payloads-dbirth-order: a host never sees DDATA of a device not born): into the spool's
+dead-letter table with its values, historical and without ``seq``, counted by reason (the counts behind
+``cellgate_messages_failed_total{reason}``), logged once per device and episode, its window slot freed at once, no
+``seq`` taken (tck-id-payloads-sequence-num-incrementing), while the other device's data flows on. The same through
+a real ``cellgate run`` on the Modbus simulator: the metrics endpoint, ``cellgate spool dead-letters`` and the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog.testing
+
+from gateway.encoders.sparkplug import SparkplugDeviceEncoder, SparkplugEdgeNode
+from gateway.mqtt.connection import MqttSink
+from gateway.schema import Quality, Sample, TagMeta
+from gateway.seq_reservation import SeqFileStore
+from gateway.sinks.spool import Spool
+from gateway.sinks.store_forward import StoreAndForward
+from gateway.sparkplug_session import NOT_BORN, HostGate, SparkplugSession, historical_form
+from tests.interop.sparkplug_tahu import TAHU_AVAILABLE, TAHU_MISSING, HostView, decode_stream
+from tests.support.gateway import REPO_ROOT, GatewayProcess
+from tests.support.mosquitto import Mosquitto, Subscriber
+from tests.support.sim import MODBUS_MACHINES_IN_DEFAULT_SET, SimulatorProcess, free_port_run
+from tests.support.sink import sparkplug_options
+
+pytestmark = pytest.mark.skipif(not TAHU_AVAILABLE, reason=TAHU_MISSING)
+
+DEADLINE_S = 20.0  # generous: other tests share the machine
+MAX_PACKET_SIZE = 1000
+TAG = "temperature_zone_000"
+
+
+@dataclass
+class EdgeNode:
+    session: SparkplugSession
+    devices: dict[str, SparkplugDeviceEncoder]
+    sink: MqttSink
+    forwarder: StoreAndForward
+    spool: Spool
+
+    def ddata(self, device: str, value: float) -> list[tuple[str, bytes]]:
+        now = time.time()
+        messages = self.devices[device].encode([Sample(device, TAG, value, Quality.GOOD, now)], now)
+        return [(m.topic, m.payload) for m in messages]
+
+
+@contextlib.asynccontextmanager
+async def edge_node(broker: Mosquitto, tmp_path: Path, *, devices: dict[str, int]) -> AsyncIterator[EdgeNode]:
+    """As ``cellgate run`` assembles it (tests/e2e/test_sparkplug_replay.py); ``devices``: name -> number of float
+    tags (the DBIRTH grows with them, a DDATA of one tag does not). Every device's link is up from the start."""
+    node = SparkplugEdgeNode(group_id="G", edge_node_id="edge-1")
+    session = SparkplugSession(node, bd_seq_files=SeqFileStore(tmp_path))
+    encoders = {}
+    for name, tags in devices.items():
+        catalogue = [TagMeta(tag=f"temperature_zone_{i:03d}", type="float32") for i in range(tags)]
+        encoder = SparkplugDeviceEncoder(node=node, device=name, catalogue=catalogue)
+        encoder.birth(time.time())
+        session.devices[name] = encoders[name] = encoder
+    spool = Spool(tmp_path / "spool.db", max_bytes=10_000_000)
+    forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=1000, historical=historical_form(node, None))
+    sink = MqttSink(
+        sparkplug_options(broker, session, puback_timeout_s=1.0, max_packet_size=MAX_PACKET_SIZE),
+        on_ack=forwarder.on_ack,
+        on_refused=forwarder.on_refused,
+    )
+    forwarder.bind(HostGate(sink, session, on_refused=forwarder.on_refused))
+    session.bind(sink.rebirth, send=sink.send_session_messages)
+    async with sink:
+        replay = asyncio.get_running_loop().create_task(forwarder.replay())
+        try:
+            yield EdgeNode(session, encoders, sink, forwarder, spool)
+        finally:
+            replay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await replay
+    await forwarder.close()
+    spool.close()
+
+
+def dead_letters(path: Path) -> list[tuple[str, bytes, str]]:
+    """The dead-letter table (``cellgate spool dead-letters`` counts it), read as another process would."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        rows = db.execute("SELECT topic, payload, reason FROM dead_letter ORDER BY id")
+        return [(topic, bytes(payload), reason) for topic, payload, reason in rows]
+
+
+async def test_ddata_of_a_device_whose_dbirth_is_too_large_is_kept_as_a_dead_letter_and_never_reaches_the_host(
+    tmp_path: Path,
+) -> None:
+    with Mosquitto() as broker, structlog.testing.capture_logs() as logs:
+        host = Subscriber(broker.host, broker.port, "spBv1.0/#")
+        host.start()
+        try:
+            async with edge_node(broker, tmp_path, devices={"small": 1, "big": 80}) as edge:
+                assert len(edge.devices["big"].birth(time.time()).payload) > MAX_PACKET_SIZE
+                await edge.sink.wait_connected(10)
+                # Live data of both: big's is refused at its hand-over, small's goes on (the window is not blocked).
+                for value in (1.0, 2.0):
+                    await edge.forwarder.forward(edge.ddata("big", value) + edge.ddata("small", value))
+                # A replay from the spool: its row moves to the dead letters, not acknowledged away.
+                await edge.forwarder.store(edge.ddata("big", 3.0))
+                deadline = time.monotonic() + DEADLINE_S
+                while edge.spool.count:
+                    assert time.monotonic() < deadline, edge.spool.count
+                    await asyncio.sleep(0.05)
+                await edge.forwarder.forward(edge.ddata("small", 3.0))
+                messages = await host.wait_for(lambda ms: sum("/DDATA/" in m.topic for m in ms) == 3, DEADLINE_S)
+                while edge.spool.dead_letter_counts() != {"packet_too_large": 1, NOT_BORN: 3}:  # at the next flush
+                    assert time.monotonic() < deadline, edge.spool.dead_letter_counts()
+                    await asyncio.sleep(0.1)
+                assert edge.forwarder.refused_by_reason == {"packet_too_large": 1, NOT_BORN: 3}
+                assert edge.sink.refused_by_reason == {"packet_too_large": 1, NOT_BORN: 3}
+                assert edge.session.ddata_refused == 3
+                assert edge.session.replay_births == 0  # the DBIRTH that cannot go is not tried for each DDATA
+                assert edge.session.dropped == {"ddeath_not_born": 0}
+                assert edge.sink.unacked() == []
+                await asyncio.sleep(0.3)  # anything wrongly sent after the last DDATA would show now
+                messages = host.messages
+        finally:
+            host.stop()
+        letters = dead_letters(tmp_path / "spool.db")
+
+    # (2) The host never saw the device: no DBIRTH, no DDATA; (3) the other device's data flowed, seq +1 throughout
+    # (the refused DDATA took no number).
+    assert not [m.topic for m in messages if m.topic.endswith("/big")]
+    view = HostView(node_topic="spBv1.0/G/{}/edge-1")
+    decoded = decode_stream((m.topic, m.payload) for m in messages)
+    for topic, payload in decoded:
+        view.read(topic, payload)
+    assert [topic.split("/", 2)[2] for topic, _ in decoded] == [
+        "NBIRTH/edge-1", "DBIRTH/edge-1/small", "DDATA/edge-1/small", "DDATA/edge-1/small", "DDATA/edge-1/small"
+    ]
+    assert [payload["seq"] for _, payload in decoded] == [0, 1, 2, 3, 4]
+    assert view.values[f"small/{TAG}"] == [1.0, 2.0, 3.0]
+
+    # (1) Kept: the refused DBIRTH, then every DDATA of big with reason sparkplug_not_born and its value, historical
+    # and without seq, as `cellgate spool requeue` would replay it once the device can be born.
+    assert [(topic.split("/", 2)[2], reason) for topic, _, reason in letters] == [
+        ("DBIRTH/edge-1/big", "packet_too_large"), *[("DDATA/edge-1/big", NOT_BORN)] * 3
+    ]
+    kept = decode_stream((topic, payload) for topic, payload, _ in letters)  # the DBIRTH teaches Tahu the aliases
+    aliases = {metric["alias"]: metric["name"] for metric in kept[0][1]["metrics"]}
+    data: list[dict[str, Any]] = [payload for _, payload in kept[1:]]
+    assert [[(aliases[m["alias"]], m["value"], m.get("isHistorical")) for m in p["metrics"]] for p in data] == [
+        [(TAG, 1.0, True)], [(TAG, 2.0, True)], [(TAG, 3.0, True)]
+    ]
+    assert all(p.get("seq") is None for p in data)
+
+    # (4) Logged once for the device in this session (not per message), and the refusal once per reason.
+    refused_logs = [e for e in logs if e["event"] == "sparkplug_ddata_refused"]
+    assert [(e["device"], e["reason"], e["cause"]) for e in refused_logs] == [("big", NOT_BORN, "dbirth_not_sent")]
+    mqtt_logs = [(e["reason"], e["dead_letter"]) for e in logs if e["event"] == "mqtt_message_refused"]
+    assert mqtt_logs == [("packet_too_large", True), (NOT_BORN, True)]
+
+
+def runtime_tag_map(path: Path, *, stacker_port: int) -> Path:
+    """Two devices on the stacker simulator: ``small`` (the heartbeat), and ``big``, the heartbeat 40 times with long
+    names and descriptions, so its DBIRTH is over ``mqtt.max_packet_size`` while its DDATA (aliases only) is not."""
+    copies = "".join(
+        f"""
+      - {{name: diagnostics/heartbeat_copy_{i:02d}_of_the_plc_watchdog, table: input, address: 600, type: uint32,
+         description: A copy of the PLC watchdog counter that makes the DBIRTH larger than the broker takes.}}"""
+        for i in range(40)
+    )
+    device = """
+  - name: {name}
+    area: cell-assembly
+    line: line-1
+    protocol: modbus
+    host: 127.0.0.1
+    port: {port}
+    unit_id: 1
+    interval_ms: 300
+    timeout_ms: 500
+    tags:{tags}"""
+    heartbeat = "\n      - {name: diagnostics/heartbeat, table: input, address: 600, type: uint32}"
+    devices = device.format(name="small", port=stacker_port, tags=heartbeat)
+    devices += device.format(name="big", port=stacker_port, tags=copies)
+    path.write_text(
+        f"""gateway:
+  id: edge-unborn
+  enterprise: acme
+  site: dunkirk
+  outputs: [sparkplug]
+  sparkplug: {{group_id: Cells}}
+mqtt:
+  url: mqtt://127.0.0.1:1883
+  qos: 1
+  max_packet_size: 2048
+devices:{devices}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_cellgate_run_keeps_ddata_of_a_device_that_cannot_be_born_counts_it_and_logs_it_once(tmp_path: Path) -> None:
+    modbus_port = free_port_run(MODBUS_MACHINES_IN_DEFAULT_SET)
+    config = runtime_tag_map(tmp_path / "map.yaml", stacker_port=modbus_port + 2)
+    with SimulatorProcess(only="modbus", modbus_port=modbus_port), Mosquitto() as broker:
+        host = Subscriber(broker.host, broker.port, "spBv1.0/#")
+        host.start()
+        state_dir = tmp_path / "state"
+        gateway = GatewayProcess(config=config, env={"CELLGATE_MQTT__URL": broker.url}, state_dir=state_dir)
+        gateway.start()
+        try:
+            http_port = int(str(gateway.wait_for_event("http_listening", 60)["listen"]).rsplit(":", 1)[1])
+            host.wait_for_blocking(lambda ms: sum(m.topic.endswith("/small") for m in ms) >= 5, DEADLINE_S)
+            deadline = time.monotonic() + DEADLINE_S
+            while True:  # the refusals reach the spool at its next acknowledgement flush
+                listing = subprocess.run(
+                    [sys.executable, "-m", "gateway.cli", "spool", "dead-letters", "--state-dir", str(state_dir)],
+                    cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True,
+                ).stdout  # fmt: skip
+                counts = dict(line.split("\t") for line in listing.splitlines() if "\t" in line)
+                if int(counts.get(NOT_BORN, 0)) >= 2:
+                    break
+                assert time.monotonic() < deadline, listing
+                time.sleep(0.2)
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as answer:
+                metrics = answer.read().decode()
+            events = gateway.events()
+            messages = host.messages
+        finally:
+            gateway.stop()
+            gateway.close()
+            host.stop()
+
+    assert counts["packet_too_large"] == "1"  # big's DBIRTH, once: not tried again for each of its DDATA
+    failed = [line for line in metrics.splitlines() if line.startswith("cellgate_messages_failed_total{")]
+    not_born = [float(line.rsplit(" ", 1)[1]) for line in failed if f'reason="{NOT_BORN}"' in line]
+    assert not_born and not_born[0] >= 2, failed
+    assert not [line for line in metrics.splitlines() if "ddata_not_born" in line]
+    refused = [e for e in events if e.get("event") == "sparkplug_ddata_refused"]
+    assert [(e["device"], e["cause"]) for e in refused] == [("big", "dbirth_not_sent")]  # once, not per poll
+    # The host: births and data of small only, seq +1 throughout.
+    assert not [m.topic for m in messages if m.topic.endswith("/big")]
+    view = HostView(node_topic="spBv1.0/Cells/{}/edge-unborn")
+    for topic, payload in decode_stream((m.topic, m.payload) for m in messages):
+        view.read(topic, payload)
+    assert view.born == {"small"}
+    assert view.ddata["small"] >= 4
