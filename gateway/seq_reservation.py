@@ -33,7 +33,8 @@ The scheme (what the property test in ``tests/unit/test_seq_reservation_property
 * A full state disk does not stop the writes: :class:`SeqFileStore` keeps a reserve file (``seq.reserve``,
   ``SEQ_RESERVE_MIN_BYTES`` or twice the largest slot written) and gives it up when a write finds the disk
   full. A slot is replaced by a file of about its own size, so once the reserve is gone the writes go on in
-  the room each replaced slot leaves; the reserve is made again once there is room.
+  the room each replaced slot leaves; after each write the reserve is made again, with what room there is when
+  there is not enough for all of it, so that another writer on the full disk (the spool) cannot take that room.
 * If the state directory cannot be written (read-only, full) the gateway keeps running: the reservation
   is applied in memory, ``seq_reservation_failed`` is logged once per episode and the write is retried
   at the next checkpoint (``seq_snapshot_failed`` likewise for a snapshot; while the snapshot a start or a
@@ -442,14 +443,32 @@ class SeqFileStore:
             return
         try:
             fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return
+        try:
             try:
                 os.posix_fallocate(fd, 0, self._reserve_bytes)
-            finally:
-                os.close(fd)
-        except OSError:  # no room (yet): a smaller or no reserve, tried again at the next write
-            with contextlib.suppress(OSError):
-                if self._reserve_path.stat().st_size == 0:
-                    self._reserve_path.unlink()
+            except OSError:
+                # No room for all of it (yet): keep the room there is, down to what one write of this slot needs,
+                # so that nothing else on the disk (the spool, logs) takes it before the next write; the full size
+                # is tried again at the next write.
+                room = self._free_bytes()
+                if room >= written:
+                    with contextlib.suppress(OSError):
+                        os.posix_fallocate(fd, 0, room)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            if self._reserve_path.stat().st_size == 0:
+                self._reserve_path.unlink()
+
+    def _free_bytes(self) -> int:
+        """Bytes this process may still write on the state directory's file system, whole blocks only."""
+        try:
+            stats = os.statvfs(self.directory)
+        except OSError:
+            return 0
+        return stats.f_bavail * stats.f_frsize
 
     def _replace(self, name: str, data: bytes) -> None:
         path = self.directory / name

@@ -146,6 +146,28 @@ async def test_the_seq_state_is_written_on_a_completely_full_state_disk(tmp_path
         assert second.claim(["a/t"])["a/t"] == live["a/t"]
 
 
+def test_the_seq_reserve_keeps_the_room_a_full_disk_has_left_from_other_writers(tmp_path: Path) -> None:
+    """A full state disk shared with another writer (the spool) that takes every byte as soon as it is free: once a
+    write has used the reserve and there is no room to make all of it again, the room there is stays the reserve,
+    so the next write still has it. Before, the reserve file was given up, the spool took the room and the next
+    seq write failed (ENOSPC: seq_reservation_failed in the full-disk e2e test)."""
+    state = tmp_path / "state"
+    with mounted_tmpfs(state, size="1m"):
+        store = SeqFileStore(state, reserve_min_bytes=8192)
+        store.write("a", b"x" * 1000)
+        assert (state / SEQ_RESERVE_FILE).stat().st_size == 8192
+        fill_disk(state)
+        store.write("b", b"y" * 3000)  # a new slot: the reserve's room, less a page, is left
+        assert store.reserve_used == 1
+        assert (state / SEQ_RESERVE_FILE).stat().st_size >= 3000, "the room left is kept as the reserve"
+        for round_ in range(5):
+            fill_disk(state)  # the other writer takes whatever is free
+            store.write("b", bytes([round_]) * 3000)
+            store.write("a", bytes([round_]) * 1000)
+        assert (state / "b").read_bytes() == bytes([4]) * 3000
+        assert (state / "a").read_bytes() == bytes([4]) * 1000
+
+
 def test_sparkplug_bdseq_is_written_on_a_completely_full_state_disk(tmp_path: Path) -> None:
     """The bdSeq file goes through the seq state's files and their reserve: on a state disk filled to the last
     byte the next run still continues after the last accepted CONNECT (a repeated bdSeq would let a host take an
