@@ -11,9 +11,14 @@ brings its own brokers, ports and temporary directories).
 
 from __future__ import annotations
 
+import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.sim import child_simulator_pids
 
 TESTS = Path(__file__).resolve().parent
 # The files that took longest in a parallel run (pytest --durations), longest first; then whole directories,
@@ -46,3 +51,14 @@ def _rank(item: pytest.Item) -> tuple[int, int]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=_rank)  # stable: the order inside each file and directory stays as collected
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_simulator_left_running() -> Iterator[None]:
+    """After the last test of a module (its own module fixtures end first), no simulator process it started may still
+    run: a leaked one keeps serving its ports and burning CPU beside every later test, and outlives the run."""
+    yield
+    left = child_simulator_pids()
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"simulator processes this module started are still running (killed now): {left}"

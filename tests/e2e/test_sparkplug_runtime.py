@@ -229,6 +229,7 @@ def rig(
     sim.start()
     (tmp_path / "broker").mkdir()
     broker = Mosquitto(persistence=persistent, workdir=tmp_path / "broker")
+    line: Rig | None = None
     try:
         broker.start()
         # A persistent session: what the gateway publishes while the subscriber is away (broker restart) waits for it.
@@ -239,11 +240,14 @@ def rig(
         config = tag_map(
             tmp_path / "map.yaml", stacker_port=modbus_port + 2, outputs=outputs, primary_host=primary_host
         )
-        yield Rig(broker, sparkplug, sim, modbus_port, config, tmp_path)
+        line = Rig(broker, sparkplug, sim, modbus_port, config, tmp_path)
+        yield line
         sparkplug.stop()
     finally:
         broker.close()
         sim.close()
+        if line is not None:
+            line.sim.close()  # a test may have replaced it with a restarted simulator
 
 
 def test_both_outputs_births_rebirth_refused_writes_a_device_dying_and_the_clean_stop(tmp_path: Path) -> None:

@@ -179,6 +179,25 @@ async def read_register_points(
     return values
 
 
+def child_simulator_pids() -> list[int]:
+    """Live ``python -m simulators`` processes that are children of this process (not yet exited: zombies, exited
+    and not reaped yet, do not count): what a test left running when every test of its module has ended."""
+    me = os.getpid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        if int(parent) == me and state != "Z" and b"\0-m\0simulators\0" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
 class SimulatorProcess:
     """``python -m simulators`` as a child process on free ports (or the ports given)."""
 
