@@ -13,9 +13,9 @@ Delivery contract:
 
 * ``publish`` / ``publish_many`` return once a message is *accepted into the in-flight window*, not
   when it is delivered. At most ``max_inflight`` data messages are unacknowledged at any time (with
-  MQTT 5, also at most the broker's Receive Maximum: window = min(max_inflight, Receive Maximum)); a
-  caller beyond that waits. That is the backpressure: memory stays bounded while the broker is slow or
-  away.
+  MQTT 5, also at most the broker's Receive Maximum: window = min(max_inflight, Receive Maximum); a window
+  above 50 is lowered while PUBACKs queue at the broker, gateway/mqtt/pacing.py); a caller beyond that waits.
+  That is the backpressure: memory stays bounded while the broker is slow or away.
 * A QoS1 message counts as ``delivered`` only when its PUBACK arrives (MQTT 5: reason code < 0x80).
 * Refused: a message larger than the maximum packet size (``max_packet_size``, or a smaller one from
   the MQTT 5 CONNACK) is never sent; one with a PUBACK reason >= 0x80 is refused by the broker. Either
