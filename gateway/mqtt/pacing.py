@@ -52,7 +52,7 @@ class DelayWindow:
     target_s: float = DEFAULT_TARGET_S
     standing_s: float = DEFAULT_STANDING_S
     size: int = field(init=False)
-    changed_at: float = field(init=False, default=float("-inf"))  # when ``size`` last changed (loop time)
+    changed_at: float = field(init=False, default=float("-inf"))  # when ``size`` last changed (the probes' clock)
     _epoch_start: float | None = field(init=False, default=None)
     _epoch_min: float = field(init=False, default=float("inf"))
     _previous_min: float = field(init=False, default=float("inf"))
