@@ -158,7 +158,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
-    return run_demo(config=args.config, broker_url=args.broker, view=not args.no_view, secure=args.secure)
+    return run_demo(
+        config=args.config, broker_url=args.broker, view=not args.no_view, secure=args.secure, any_ports=args.any_ports
+    )
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
@@ -322,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--broker", default=None, help="use this broker (mqtt://host:port) instead of the embedded one")
     demo.add_argument("--no-view", action="store_true", help="no live view; log instead")
+    demo.add_argument(
+        "--any-ports", action="store_true",
+        help="free ports for the simulators and the embedded broker, not the tag map's (4840, 1883, ...)",
+    )  # fmt: skip
     demo.add_argument(
         "--secure", action="store_true",
         help="OPC UA with certificates, SignAndEncrypt and a user login (the demo trusts its simulator by itself)",

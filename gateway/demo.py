@@ -65,21 +65,25 @@ class DemoPorts:
     broker: int
 
 
-def choose_ports(plant: Plant) -> DemoPorts:
-    """The demo tag map's simulator ports, or free ones where those are busy."""
+def choose_ports(plant: Plant, *, any_ports: bool = False) -> DemoPorts:
+    """The demo tag map's simulator ports, or free ones where those are busy; ``any_ports``: free ones throughout
+    (two demos at once, e.g. in tests, would otherwise both find the map's ports free and race to bind them)."""
     opcua = next((urlsplit(d.endpoint).port or 4840 for d in plant.devices if isinstance(d, OpcUaDevice)), 4840)
     broker = plant.mqtt.port
-    modbus: dict[str, int] = {}
-    for device in plant.devices:
-        if isinstance(device, ModbusDevice):
-            wanted = device.port
-            taken = wanted in modbus.values() or wanted == opcua
-            modbus[device.name] = wanted if not taken and port_is_free(wanted) else free_port()
-    return DemoPorts(
-        opcua=opcua if port_is_free(opcua) else free_port(),
-        modbus=modbus,
-        broker=broker if port_is_free(broker) else free_port(),
-    )
+
+    chosen: set[int] = set()
+
+    def pick(wanted: int) -> int:
+        """``wanted`` if it is free (and not ``any_ports``), else a free port; never one already chosen."""
+        port = wanted if not any_ports and wanted not in chosen and port_is_free(wanted) else free_port()
+        while port in chosen:
+            port = free_port()
+        chosen.add(port)
+        return port
+
+    opcua = pick(opcua)
+    modbus = {device.name: pick(device.port) for device in plant.devices if isinstance(device, ModbusDevice)}
+    return DemoPorts(opcua=opcua, modbus=modbus, broker=pick(broker))
 
 
 def retarget_plant(plant: Plant, ports: DemoPorts, *, broker_url: str | None) -> Plant:
@@ -148,7 +152,9 @@ def trust_demo_server(plant: Plant, state_dir: Path, server_pki: Path) -> str:
     return thumb
 
 
-async def _demo(plant: Plant, *, broker_url: str | None, view_enabled: bool, secure: bool = False) -> None:
+async def _demo(
+    plant: Plant, *, broker_url: str | None, view_enabled: bool, secure: bool = False, any_ports: bool = False
+) -> None:
     import secrets
 
     from simulators.runner import run_simulators
@@ -159,7 +165,7 @@ async def _demo(plant: Plant, *, broker_url: str | None, view_enabled: bool, sec
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
 
-    ports = choose_ports(plant)
+    ports = choose_ports(plant, any_ports=any_ports)
     plant = retarget_plant(plant, ports, broker_url=broker_url)
     password = secrets.token_urlsafe(18)  # made up per run, never printed
     if secure:
@@ -236,7 +242,7 @@ def missing_demo_modules(*, broker_url: str | None, view: bool) -> list[str]:
     return missing
 
 
-def run_demo(*, config: str, broker_url: str | None, view: bool, secure: bool = False) -> int:
+def run_demo(*, config: str, broker_url: str | None, view: bool, secure: bool = False, any_ports: bool = False) -> int:
     try:
         plant = load_plant(config)
     except ConfigError as exc:
@@ -253,5 +259,5 @@ def run_demo(*, config: str, broker_url: str | None, view: bool, secure: bool = 
         return 2
     # The live view owns stdout; log state changes (warnings and up) to stderr, or everything when there is no view.
     configure_logging(level="WARNING" if view else "INFO", log_format="auto", stream=sys.stderr)
-    asyncio.run(_demo(plant, broker_url=broker_url, view_enabled=view, secure=secure))
+    asyncio.run(_demo(plant, broker_url=broker_url, view_enabled=view, secure=secure, any_ports=any_ports))
     return 0

@@ -22,8 +22,9 @@ def test_demo_secure_reads_the_opcua_machines_over_signandencrypt(tmp_path: Path
     out_path, log_path = tmp_path / "demo.out", tmp_path / "demo.log"
     with out_path.open("w") as out, log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "demo", "--secure", "--no-view"], cwd=REPO_ROOT, stdout=out,
-            stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # --any-ports: test_cli.py's demo may run beside this one, on the tag map's ports
+            [sys.executable, "-m", "gateway.cli", "demo", "--secure", "--no-view", "--any-ports"], cwd=REPO_ROOT,
+            stdout=out, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 60
