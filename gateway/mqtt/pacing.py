@@ -3,7 +3,7 @@
 The broker's Receive Maximum (or ``mqtt.max_inflight``) says how many unacknowledged messages the broker takes;
 it does not say how many it can process soon. While the broker (or the link) is slower than the data, a large
 window fills with messages that wait in socket buffers and in the broker, and that wait is invisible to the
-gateway's own queue: with 1,000 in flight and a broker that passes 50,000 messages/s, every value arrives 20 ms
+gateway's own queue: with W in flight and a broker that passes R messages/s, every value arrives W / R seconds
 older than it left the queue, and the source's ``max_queue_age_ms`` never sees it. So the window follows the delay,
 as a delay-based TCP congestion control does (TCP Vegas, LEDBAT, RFC 6817):
 

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
-from gateway.pki import Pki, application_uri, new_key
+from gateway.pki import Pki, application_uri
+from tests.support.plant_ca import make_ca, make_crl
 
 pytestmark = pytest.mark.e2e
 
@@ -51,23 +50,14 @@ def test_list_check_and_run_tell_about_an_expired_crl(tmp_path: Path) -> None:
     config.write_text(TAG_MAP)
     pki = Pki(state / "pki", uri=application_uri("gw-crl"))
     pki.ensure()
-    key = new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Plant OT CA")])
+    ca, key = make_ca()
     now = datetime.now(UTC)
-    ca = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=30))
-        .not_valid_after(now + timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).sign(key, hashes.SHA256())
-    )  # fmt: skip
     expired_at = now - timedelta(days=1)
-    crl = (
-        x509.CertificateRevocationListBuilder().issuer_name(name).last_update(now - timedelta(days=8))
-        .next_update(expired_at).sign(key, hashes.SHA256())
-    )  # fmt: skip
+    crl = make_crl(ca, key, next_update=expired_at, last_update=now - timedelta(days=8),
+                   encoding=serialization.Encoding.PEM)  # fmt: skip
     crl_path = pki.folder("issuers") / "plant-ca.crl"
     (pki.folder("issuers") / "plant-ca.der").write_bytes(ca.public_bytes(serialization.Encoding.DER))
-    crl_path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    crl_path.write_bytes(crl)
 
     listing = cellgate("pki", "list", "--state-dir", str(state))
     assert listing.returncode == 0, listing.stderr

@@ -13,9 +13,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from structlog.testing import capture_logs
 
 from gateway.pki import Pki, make_certificate, new_key, thumbprint
@@ -26,6 +24,7 @@ from gateway.tagmap import Plant, load_plant_from_text
 from gateway.vocabulary import OpcUaSecurityMode, OpcUaSecurityPolicy
 from simulators.machines.coater import Coater
 from simulators.servers.opcua_server import APPLICATION_URI, NAMESPACE_URI, OpcUaSimulatorServer, ServerSecurity
+from tests.support.plant_ca import make_ca, make_crl
 from tests.support.recorder import Recorder, running
 
 USER = "operator"
@@ -65,22 +64,10 @@ def make_source(endpoint: str, pki: Pki, *, accept_outdated_crl: bool) -> OpcUaS
 
 async def test_an_expired_crl_refuses_the_server_unless_the_device_accepts_it(tmp_path: Path) -> None:
     now = datetime.now(UTC)
-    ca_key = new_key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Plant OT CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=30))
-        .not_valid_after(now + timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
+    ca, ca_key = make_ca()
 
     def crl(next_update: datetime) -> bytes:
-        built = (
-            x509.CertificateRevocationListBuilder().issuer_name(ca_name).last_update(next_update - timedelta(days=7))
-            .next_update(next_update).sign(ca_key, hashes.SHA256())
-        )  # fmt: skip
-        return built.public_bytes(serialization.Encoding.DER)
+        return make_crl(ca, ca_key, next_update=next_update, last_update=next_update - timedelta(days=7))
 
     server_key = new_key()
     server_cert = make_certificate(server_key, uri=APPLICATION_URI, common_name="plc", server=True,

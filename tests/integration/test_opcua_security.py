@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
@@ -37,6 +36,7 @@ from gateway.tagmap.model import OpcUaSecurity
 from simulators.machines.coater import Coater, CoaterConfig
 from simulators.servers.opcua_server import APPLICATION_URI, NAMESPACE_URI, OpcUaSimulatorServer, ServerSecurity
 from tests.support.gateway import DEMO_CONFIG
+from tests.support.plant_ca import make_ca, make_crl
 from tests.support.recorder import Recorder, running
 
 USER = "operator"
@@ -272,16 +272,7 @@ async def test_corrupt_own_key_is_a_clear_error(
 
 
 async def test_ca_signed_server_is_trusted_through_issuers_until_revoked(tmp_path: Path, pki: Pki) -> None:
-    ca_key = new_key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Plant OT CA")])
-    now = datetime.now(UTC)
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
+    ca, ca_key = make_ca()
     server_key = new_key()
     server_cert = make_certificate(
         server_key, uri=APPLICATION_URI, common_name="plc", server=True, issuer=(ca, ca_key)
@@ -297,14 +288,9 @@ async def test_ca_signed_server_is_trusted_through_issuers_until_revoked(tmp_pat
         async with running(make_source(server.endpoint, pki), trusted):
             await trusted.wait_until(lambda: bool(trusted.good()))
         assert pki.listing("trusted") == [] and pki.listing("rejected") == []
-        revoked = (
-            x509.RevokedCertificateBuilder().serial_number(server_cert.serial_number).revocation_date(now).build()
-        )
-        crl = (
-            x509.CertificateRevocationListBuilder().issuer_name(ca_name).last_update(now)
-            .next_update(now + timedelta(days=7)).add_revoked_certificate(revoked).sign(ca_key, hashes.SHA256())
-        )  # fmt: skip
-        (pki.folder("issuers") / "plant-ca.crl").write_bytes(crl.public_bytes(serialization.Encoding.DER))
+        now = datetime.now(UTC)
+        crl = make_crl(ca, ca_key, next_update=now + timedelta(days=7), last_update=now, revoke=server_cert)
+        (pki.folder("issuers") / "plant-ca.crl").write_bytes(crl)
         refused = Recorder(8.0)
         async with running(make_source(server.endpoint, pki), refused):
             await refused.wait_until(lambda: bool(refused.errors()))

@@ -17,6 +17,20 @@ gateway: {id: gw1, enterprise: acme, site: dunkirk}
 mqtt: {url: "mqtt://127.0.0.1:1883"}
 """
 
+# One OPC UA device; ``{security}`` is its ``security`` section (YAML flow style), e.g. "{}" for the defaults.
+SECURE_OPCUA_MAP = """\
+gateway: {{id: gw, enterprise: acme, site: s1}}
+mqtt: {{url: "mqtt://127.0.0.1:1883"}}
+devices:
+  - name: coater
+    area: a
+    line: l
+    protocol: opcua
+    endpoint: "opc.tcp://127.0.0.1:4840"
+    security: {security}
+    tags: [{{name: speed, node: "ns=2;s=Speed", type: float64}}]
+"""
+
 MINIMAL_MODBUS = (
     HEADER
     + """\

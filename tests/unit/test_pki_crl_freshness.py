@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from gateway.assembly import opcua_security
 from gateway.pki import (
@@ -31,6 +30,8 @@ from gateway.pki import (
 from gateway.pki_cli import CRL_WARNING_DAYS, crl_warnings
 from gateway.tagmap import OpcUaDevice
 from gateway.tagmap.loader import load_plant_from_text
+from tests.support.plant_ca import make_ca, make_crl
+from tests.support.tagmap import SECURE_OPCUA_MAP
 
 SERVER_URI = "urn:plc-7:coater"
 NAME = "Coater at opc.tcp://127.0.0.1:4840"
@@ -65,35 +66,6 @@ def test_revocation_decision_table(
     assert verdict.status is status
     assert verdict.crl == (facts[named] if named is not None else None)
     assert verdict.refused == (status in (Revocation.REVOKED, Revocation.OUTDATED))
-
-
-def make_ca() -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
-    key = new_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Plant OT CA")])
-    now = datetime.now(UTC)
-    ca = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=30))
-        .not_valid_after(now + timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    return ca, key
-
-
-def make_crl(
-    ca: x509.Certificate, key: rsa.RSAPrivateKey, *, next_update: datetime, revoke: x509.Certificate | None = None
-) -> bytes:
-    last_update = min(datetime.now(UTC), next_update) - timedelta(days=7)
-    builder = (
-        x509.CertificateRevocationListBuilder().issuer_name(ca.subject).last_update(last_update)
-        .next_update(next_update)
-    )  # fmt: skip
-    if revoke is not None:
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(revoke.serial_number).revocation_date(last_update).build()
-        )
-    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
 @pytest.fixture
@@ -169,23 +141,9 @@ def test_an_expired_crl_no_ca_in_issuers_signed_is_ignored(
     assert check(pki, cert) == []
 
 
-SECURE_MAP = """\
-gateway: {{id: gw, enterprise: acme, site: s1}}
-mqtt: {{url: "mqtt://127.0.0.1:1883"}}
-devices:
-  - name: coater
-    area: a
-    line: l
-    protocol: opcua
-    endpoint: "opc.tcp://127.0.0.1:4840"
-    security: {security}
-    tags: [{{name: speed, node: "ns=2;s=Speed", type: float64}}]
-"""
-
-
 def test_accept_outdated_crl_is_a_bool_of_the_map_down_to_the_client(tmp_path: Path) -> None:
-    strict = load_plant_from_text(SECURE_MAP.format(security="{}")).devices[0]
-    lenient = load_plant_from_text(SECURE_MAP.format(security="{accept_outdated_crl: true}")).devices[0]
+    strict = load_plant_from_text(SECURE_OPCUA_MAP.format(security="{}")).devices[0]
+    lenient = load_plant_from_text(SECURE_OPCUA_MAP.format(security="{accept_outdated_crl: true}")).devices[0]
     assert isinstance(strict, OpcUaDevice) and isinstance(lenient, OpcUaDevice)
     strict_client = opcua_security(strict, gateway_id="gw", pki_root=tmp_path)
     lenient_client = opcua_security(lenient, gateway_id="gw", pki_root=tmp_path)
@@ -194,7 +152,7 @@ def test_accept_outdated_crl_is_a_bool_of_the_map_down_to_the_client(tmp_path: P
 
 
 def test_check_warns_about_expired_expiring_and_unsigned_crls(tmp_path: Path) -> None:
-    plant = load_plant_from_text(SECURE_MAP.format(security="{}"))
+    plant = load_plant_from_text(SECURE_OPCUA_MAP.format(security="{}"))
     pki = Pki(tmp_path / "pki", uri=application_uri(plant.gateway.id))
     pki.ensure()
     ca, ca_key = make_ca()
@@ -219,21 +177,14 @@ def test_check_warns_about_expired_expiring_and_unsigned_crls(tmp_path: Path) ->
                                f"{expiring_at:%Y-%m-%d %H:%M} UTC, in 1 day(s)")  # fmt: skip
     assert stray.startswith(f"the CRL {issuers / 'stray.crl'} (issuer CN=Plant OT CA) is signed by no CA")
     # Without a secure device the PKI folder is not the gateway's business: no warning.
-    plain = load_plant_from_text(SECURE_MAP.format(security="{}").replace("    security: {}\n", ""))
+    plain = load_plant_from_text(SECURE_OPCUA_MAP.format(security="{}").replace("    security: {}\n", ""))
     assert crl_warnings(plain, tmp_path) == []
 
 
 def test_the_issuing_ca_is_checked_against_the_crls_of_the_ca_above_it(pki: Pki) -> None:
     root, root_key = make_ca()
     now = datetime.now(UTC)
-    inter_key = new_key()
-    inter_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Cell 3 CA")])
-    inter = (
-        x509.CertificateBuilder().subject_name(inter_name).issuer_name(root.subject)
-        .public_key(inter_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=30)).not_valid_after(now + timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).sign(root_key, hashes.SHA256())
-    )  # fmt: skip
+    inter, inter_key = make_ca("Cell 3 CA", issuer=(root, root_key))
     cert = make_certificate(new_key(), uri=SERVER_URI, common_name="plc", server=True, issuer=(inter, inter_key))
     issuers = pki.folder("issuers")
     (issuers / "root.der").write_bytes(root.public_bytes(serialization.Encoding.DER))

@@ -16,6 +16,7 @@ from gateway.sources.opcua_security import POLICIES
 from gateway.tagmap import ByteOrder, DataType, ModbusDevice, OpcUaDevice, Table, load_plant_from_text, model
 from gateway.tagmap.model import OpcUaSecurity
 from gateway.vocabulary import OpcUaSecurityMode, OpcUaSecurityPolicy
+from tests.support.tagmap import SECURE_OPCUA_MAP
 
 PLANT = """
 gateway: {id: gw, enterprise: acme, site: s1}
@@ -51,19 +52,6 @@ def test_the_read_plan_carries_the_tag_maps_enum_members() -> None:
 
 # ----------------------------------------------------------------------------------- OPC UA security
 
-SECURE_PLANT = """\
-gateway: {{id: gw, enterprise: acme, site: s1}}
-mqtt: {{url: "mqtt://127.0.0.1:1883"}}
-devices:
-  - name: coater
-    area: a
-    line: l
-    protocol: opcua
-    endpoint: "opc.tcp://127.0.0.1:4840"
-    security: {security}
-    tags: [{{name: speed, node: "ns=2;s=Speed", type: float64}}]
-"""
-
 
 def _words_in_literals(annotation: object) -> bool:
     """True if ``annotation`` is, or contains, a Literal of words (a parallel vocabulary)."""
@@ -88,7 +76,7 @@ def test_no_field_of_the_tag_map_is_a_literal_of_words() -> None:
 
 
 def test_security_settings_are_the_vocabulary_members_down_to_the_client(tmp_path: Path) -> None:
-    plant = load_plant_from_text(SECURE_PLANT.format(security="{policy: Aes128_Sha256_RsaOaep, mode: Sign}"))
+    plant = load_plant_from_text(SECURE_OPCUA_MAP.format(security="{policy: Aes128_Sha256_RsaOaep, mode: Sign}"))
     device = plant.devices[0]
     assert isinstance(device, OpcUaDevice) and device.security is not None
     assert device.security.policy is OpcUaSecurityPolicy.AES128_SHA256_RSAOAEP
@@ -97,7 +85,7 @@ def test_security_settings_are_the_vocabulary_members_down_to_the_client(tmp_pat
     assert client is not None
     assert (client.policy, client.mode) == (OpcUaSecurityPolicy.AES128_SHA256_RSAOAEP, OpcUaSecurityMode.SIGN)
     assert type(client.policy) is OpcUaSecurityPolicy and type(client.mode) is OpcUaSecurityMode
-    defaults = load_plant_from_text(SECURE_PLANT.format(security="{}")).devices[0]
+    defaults = load_plant_from_text(SECURE_OPCUA_MAP.format(security="{}")).devices[0]
     assert isinstance(defaults, OpcUaDevice) and defaults.security is not None
     assert (defaults.security.policy, defaults.security.mode) == ("auto", "SignAndEncrypt")  # the same spellings
 
@@ -128,5 +116,5 @@ def test_the_security_code_knows_exactly_the_policies_of_the_vocabulary(capsys: 
 )  # fmt: skip
 def test_a_bad_security_value_is_reported_at_its_place_as_before(security: str, expected: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_plant_from_text(SECURE_PLANT.format(security=security), filename="map.yaml")
+        load_plant_from_text(SECURE_OPCUA_MAP.format(security=security), filename="map.yaml")
     assert str(caught.value) == expected
