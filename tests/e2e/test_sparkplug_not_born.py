@@ -20,26 +20,19 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog.testing
 
-from gateway.encoders.sparkplug import SparkplugDeviceEncoder, SparkplugEdgeNode
-from gateway.mqtt.connection import MqttSink
-from gateway.schema import Quality, Sample, TagMeta
-from gateway.seq_reservation import SeqFileStore
-from gateway.sinks.spool import Spool
-from gateway.sinks.store_forward import StoreAndForward
-from gateway.sparkplug_session import NOT_BORN, HostGate, SparkplugSession, historical_form
+from gateway.schema import TagMeta
+from gateway.sparkplug_session import NOT_BORN
 from tests.interop.sparkplug_tahu import TAHU_AVAILABLE, TAHU_MISSING, HostView, decode_stream
 from tests.support.gateway import REPO_ROOT, GatewayProcess
 from tests.support.mosquitto import Mosquitto, Subscriber
 from tests.support.sim import MODBUS_MACHINES_IN_DEFAULT_SET, SimulatorProcess, free_port_run
-from tests.support.sink import sparkplug_options
+from tests.support.sparkplug_edge import edge_node
 
 pytestmark = pytest.mark.skipif(not TAHU_AVAILABLE, reason=TAHU_MISSING)
 
@@ -48,51 +41,9 @@ MAX_PACKET_SIZE = 1000
 TAG = "temperature_zone_000"
 
 
-@dataclass
-class EdgeNode:
-    session: SparkplugSession
-    devices: dict[str, SparkplugDeviceEncoder]
-    sink: MqttSink
-    forwarder: StoreAndForward
-    spool: Spool
-
-    def ddata(self, device: str, value: float) -> list[tuple[str, bytes]]:
-        now = time.time()
-        messages = self.devices[device].encode([Sample(device, TAG, value, Quality.GOOD, now)], now)
-        return [(m.topic, m.payload) for m in messages]
-
-
-@contextlib.asynccontextmanager
-async def edge_node(broker: Mosquitto, tmp_path: Path, *, devices: dict[str, int]) -> AsyncIterator[EdgeNode]:
-    """As ``cellgate run`` assembles it (tests/e2e/test_sparkplug_replay.py); ``devices``: name -> number of float
-    tags (the DBIRTH grows with them, a DDATA of one tag does not). Every device's link is up from the start."""
-    node = SparkplugEdgeNode(group_id="G", edge_node_id="edge-1")
-    session = SparkplugSession(node, bd_seq_files=SeqFileStore(tmp_path))
-    encoders = {}
-    for name, tags in devices.items():
-        catalogue = [TagMeta(tag=f"temperature_zone_{i:03d}", type="float32") for i in range(tags)]
-        encoder = SparkplugDeviceEncoder(node=node, device=name, catalogue=catalogue)
-        encoder.birth(time.time())
-        session.devices[name] = encoders[name] = encoder
-    spool = Spool(tmp_path / "spool.db", max_bytes=10_000_000)
-    forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=1000, historical=historical_form(node, None))
-    sink = MqttSink(
-        sparkplug_options(broker, session, puback_timeout_s=1.0, max_packet_size=MAX_PACKET_SIZE),
-        on_ack=forwarder.on_ack,
-        on_refused=forwarder.on_refused,
-    )
-    forwarder.bind(HostGate(sink, session, on_refused=forwarder.on_refused))
-    session.bind(sink.rebirth, send=sink.send_session_messages)
-    async with sink:
-        replay = asyncio.get_running_loop().create_task(forwarder.replay())
-        try:
-            yield EdgeNode(session, encoders, sink, forwarder, spool)
-        finally:
-            replay.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await replay
-    await forwarder.close()
-    spool.close()
+def zones(tags: int) -> list[TagMeta]:
+    """A catalogue of float tags: the DBIRTH grows with them, a DDATA of the first does not."""
+    return [TagMeta(tag=f"temperature_zone_{i:03d}", type="float32") for i in range(tags)]
 
 
 def dead_letters(path: Path) -> list[tuple[str, bytes, str]]:
@@ -109,7 +60,8 @@ async def test_ddata_of_a_device_whose_dbirth_is_too_large_is_kept_as_a_dead_let
         host = Subscriber(broker.host, broker.port, "spBv1.0/#")
         host.start()
         try:
-            async with edge_node(broker, tmp_path, devices={"small": 1, "big": 80}) as edge:
+            catalogues = {"small": zones(1), "big": zones(80)}
+            async with edge_node(broker, tmp_path, catalogues=catalogues, max_packet_size=MAX_PACKET_SIZE) as edge:
                 assert len(edge.devices["big"].birth(time.time()).payload) > MAX_PACKET_SIZE
                 await edge.sink.wait_connected(10)
                 # Live data of both: big's is refused at its hand-over, small's goes on (the window is not blocked).

@@ -16,79 +16,23 @@ Sparkplug 3.0 statements checked (besides those HostView checks on every message
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.encoders.sparkplug import QUALITY_CODES, SparkplugDeviceEncoder, SparkplugEdgeNode
-from gateway.mqtt.connection import MqttSink
 from gateway.schema import Quality, Sample, TagMeta
-from gateway.seq_reservation import SeqFileStore
-from gateway.sinks.spool import Spool
-from gateway.sinks.store_forward import StoreAndForward
-from gateway.sparkplug_session import UNKNOWN_DEVICE, HostGate, SparkplugSession, historical_form
+from gateway.sparkplug_session import UNKNOWN_DEVICE
 from tests.interop.sparkplug_tahu import TAHU_AVAILABLE, TAHU_MISSING, HostView, decode_stream
 from tests.support.mosquitto import Mosquitto, Received, Subscriber, persistent_broker_and_host
-from tests.support.sink import sparkplug_options
+from tests.support.sparkplug_edge import edge_node
 
 pytestmark = pytest.mark.skipif(not TAHU_AVAILABLE, reason=TAHU_MISSING)
 
 DEADLINE_S = 20.0  # generous: other tests share the machine
-
-
-@dataclass
-class EdgeNode:
-    """An edge node as ``cellgate run`` assembles it: session hooks on the MQTT connection, store-and-forward."""
-
-    node: SparkplugEdgeNode
-    session: SparkplugSession
-    devices: dict[str, SparkplugDeviceEncoder]
-    sink: MqttSink
-    forwarder: StoreAndForward
-    spool: Spool
-
-    def ddata(self, device: str, value: float | str) -> list[tuple[str, bytes]]:
-        now = time.time()
-        sample = Sample(device, "v", value, Quality.GOOD, now)
-        return [(m.topic, m.payload) for m in self.devices[device].encode([sample], now)]
-
-
-@contextlib.asynccontextmanager
-async def edge_node(
-    broker: Mosquitto, tmp_path: Path, *, devices: dict[str, str], **options: Any
-) -> AsyncIterator[EdgeNode]:
-    """``devices``: name -> tag type of its one tag ``v``; every device is alive (born) from the start."""
-    node = SparkplugEdgeNode(group_id="G", edge_node_id="edge-1")
-    session = SparkplugSession(node, bd_seq_files=SeqFileStore(tmp_path))
-    encoders = {}
-    for name, tag_type in devices.items():
-        encoder = SparkplugDeviceEncoder(node=node, device=name, catalogue=[TagMeta(tag="v", type=tag_type)])
-        encoder.birth(time.time())
-        session.devices[name] = encoders[name] = encoder
-    spool = Spool(tmp_path / "spool.db", max_bytes=10_000_000)
-    forwarder = StoreAndForward(spool, window_wait_s=0.5, replay_per_s=1000, historical=historical_form(node, None))
-    sink = MqttSink(
-        sparkplug_options(broker, session, puback_timeout_s=1.0, **options),
-        on_ack=forwarder.on_ack,
-        on_refused=forwarder.on_refused,
-    )
-    forwarder.bind(HostGate(sink, session, on_refused=forwarder.on_refused))
-    session.bind(sink.rebirth, send=sink.send_session_messages)
-    async with sink:
-        replay = asyncio.get_running_loop().create_task(forwarder.replay())
-        try:
-            yield EdgeNode(node, session, encoders, sink, forwarder, spool)
-        finally:
-            replay.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await replay
-    await forwarder.close()
-    spool.close()
+TWO_FLOAT_DEVICES = {"d1": [TagMeta(tag="v", type="float32")], "d2": [TagMeta(tag="v", type="float32")]}
 
 
 def kind(message: Received) -> str:
@@ -116,7 +60,7 @@ async def test_replayed_data_of_a_device_whose_link_is_down_is_born_for_the_repl
 ) -> None:
     async with (
         persistent_broker_and_host(tmp_path, "spBv1.0/#", "host-replay-test") as (broker, host),
-        edge_node(broker, tmp_path, devices={"d1": "float32", "d2": "float32"}) as edge,
+        edge_node(broker, tmp_path, catalogues=TWO_FLOAT_DEVICES) as edge,
     ):
         await edge.sink.wait_connected(10)
         await edge.forwarder.forward(edge.ddata("d1", 1.0) + edge.ddata("d2", 1.0))
@@ -180,7 +124,8 @@ async def test_a_ddata_over_the_maximum_packet_size_leaves_no_seq_hole_and_is_ke
         host = Subscriber(broker.host, broker.port, "spBv1.0/#")
         host.start()
         try:
-            async with edge_node(broker, tmp_path, devices={"d1": "string"}, max_packet_size=1000) as edge:
+            async with edge_node(broker, tmp_path, catalogues={"d1": [TagMeta(tag="v", type="string")]},
+                                 max_packet_size=1000) as edge:
                 await edge.sink.wait_connected(10)
                 await edge.forwarder.forward(edge.ddata("d1", "a"))
                 await edge.forwarder.forward(edge.ddata("d1", "x" * 2000))  # over max_packet_size: refused
@@ -213,7 +158,7 @@ async def test_a_ddeath_of_a_device_not_born_in_the_new_session_never_reaches_th
     superseded, the queued one is dropped when it reaches the connection (counted, not spooled, not refused)."""
     async with (
         persistent_broker_and_host(tmp_path, "spBv1.0/#", "host-lone-ddeath-test") as (broker, host),
-        edge_node(broker, tmp_path, devices={"d1": "float32", "d2": "float32"}) as edge,
+        edge_node(broker, tmp_path, catalogues=TWO_FLOAT_DEVICES) as edge,
     ):
         await edge.sink.wait_connected(10)
         await edge.forwarder.forward(edge.ddata("d1", 1.0) + edge.ddata("d2", 1.0))
