@@ -10,15 +10,14 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 
 from gateway.pki import Pki, application_uri, make_certificate, new_key, write_private_key
+from tests.support.gateway import GatewayProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -152,20 +151,11 @@ def test_check_and_run_warn_about_the_gateways_own_certificate(tmp_path: Path, a
     assert "run `cellgate pki renew -c MAP`" in check.stderr
     if age_days == 0:
         return
-    log = tmp_path / "run.log"
-    with log.open("w") as out:
-        run = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "-c", str(config), "--state-dir", str(state),
-             "--log-format", "json"], cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    run = GatewayProcess(config=config, env={}, state_dir=state)
+    run.start()
     try:
-        deadline = time.monotonic() + 30
-        while '"pki_certificate_expiry"' not in log.read_text():
-            assert run.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.1)
+        line = run.wait_for_event("pki_certificate_expiry", 30)
     finally:
-        run.terminate()
-        run.wait(timeout=20)
-    [line] = [orjson.loads(text) for text in log.read_text().splitlines() if '"pki_certificate_expiry"' in text]
-    assert "expired on" in line["error"] and before in line["error"]
+        run.close()
+    assert "expired on" in str(line["error"]) and before in str(line["error"])
     assert pki.own().thumbprint == before  # never renewed silently

@@ -10,15 +10,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 
 from gateway.pki import Pki, application_uri
+from tests.support.gateway import GatewayProcess
 from tests.support.plant_ca import make_ca, make_crl
 
 pytestmark = pytest.mark.e2e
@@ -71,19 +70,10 @@ def test_list_check_and_run_tell_about_an_expired_crl(tmp_path: Path) -> None:
             in check.stderr)  # fmt: skip
     assert "copy a fresh CRL from that CA into issuers/" in check.stderr
 
-    log = tmp_path / "run.log"
-    with log.open("w") as out:
-        run = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "-c", str(config), "--state-dir", str(state),
-             "--log-format", "json"], cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    run = GatewayProcess(config=config, env={}, state_dir=state)
+    run.start()
     try:
-        deadline = time.monotonic() + 30
-        while '"pki_crl_expiry"' not in log.read_text():
-            assert run.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.1)
+        line = run.wait_for_event("pki_crl_expiry", 30)
     finally:
-        run.terminate()
-        run.wait(timeout=20)
-    [line] = [orjson.loads(text) for text in log.read_text().splitlines() if '"pki_crl_expiry"' in text]
-    assert line["level"] == "warning" and str(crl_path) in line["error"] and "expired on" in line["error"]
+        run.close()
+    assert line["level"] == "warning" and str(crl_path) in str(line["error"]) and "expired on" in str(line["error"])
