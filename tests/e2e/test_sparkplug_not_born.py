@@ -143,7 +143,7 @@ def runtime_tag_map(path: Path, *, stacker_port: int) -> Path:
     port: {port}
     unit_id: 1
     interval_ms: 300
-    timeout_ms: 500
+    timeout_ms: 3000
     tags:{tags}"""
     heartbeat = "\n      - {name: diagnostics/heartbeat, table: input, address: 600, type: uint32}"
     devices = device.format(name="small", port=stacker_port, tags=heartbeat)
@@ -200,13 +200,22 @@ def test_cellgate_run_keeps_ddata_of_a_device_that_cannot_be_born_counts_it_and_
             gateway.close()
             host.stop()
 
-    assert counts["packet_too_large"] == "1"  # big's DBIRTH, once: not tried again for each of its DDATA
+    # big's DBIRTH, once per occasion to be born (the first poll, a link back up, a reconnect or a Rebirth; on a
+    # loaded machine a poll can time out), not tried again for each of its DDATA
+    births = 1 + sum(
+        1 for e in events
+        if (e.get("event") == "modbus_link_up" and e.get("device") == "big" and "down_s" in e)
+        or e.get("event") == "sparkplug_rebirth"
+    ) + sum(1 for e in events if e.get("event") == "mqtt_connected") - 1  # fmt: skip
+    assert counts["packet_too_large"] == str(births), (births, events)
     failed = [line for line in metrics.splitlines() if line.startswith("cellgate_messages_failed_total{")]
     not_born = [float(line.rsplit(" ", 1)[1]) for line in failed if f'reason="{NOT_BORN}"' in line]
     assert not_born and not_born[0] >= 2, failed
     assert not [line for line in metrics.splitlines() if "ddata_not_born" in line]
     refused = [e for e in events if e.get("event") == "sparkplug_ddata_refused"]
-    assert [(e["device"], e["cause"]) for e in refused] == [("big", "dbirth_not_sent")]  # once, not per poll
+    # once per episode (at most one per DBIRTH tried), not per poll
+    assert {(e["device"], e["cause"]) for e in refused} == {("big", "dbirth_not_sent")}
+    assert len(refused) <= births
     # The host: births and data of small only, seq +1 throughout.
     assert not [m.topic for m in messages if m.topic.endswith("/big")]
     view = HostView(node_topic="spBv1.0/Cells/{}/edge-unborn")
